@@ -1,0 +1,348 @@
+//! The `awooop` subcommands. Each command is a thin shell over the same service the HTTP API
+//! uses; output is JSON on stdout, errors are JSON `{code, message, details}` on stderr.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::{Actor, AdminToken, Role};
+use crate::config::*;
+use crate::contracts::{self, ContractKind, signing::Keyring};
+use crate::control::{ControlPlane, MigrationMode, NewProject};
+use crate::coord::Coord;
+use crate::error::{Error, ErrorCode};
+use crate::local::{self, LocalPostgres};
+use crate::tenancy::{self, Db, ProjectId};
+use crate::{db, http};
+
+/// A connected platform: keeps the private PostgreSQL (if any) alive while it lives.
+pub struct Platform {
+    pub control: ControlPlane,
+    pub owner_url: String,
+    pub state_dir: PathBuf,
+    _pg: LocalPostgres,
+}
+
+impl Platform {
+    pub async fn connect(db_args: &DbArgs, redis: Option<&RedisArgs>, keyring: Option<&KeyringArgs>) -> anyhow::Result<Self> {
+        validate_db(db_args)?;
+        if let Some(r) = redis {
+            validate_redis(r)?;
+        }
+        std::fs::create_dir_all(&db_args.state_dir)
+            .with_context(|| format!("cannot create state folder {}", db_args.state_dir.display()))?;
+        let pg = local::resolve(db_args.database_url.as_deref(), &db_args.state_dir).await?;
+        db::migrate(&pg.url).await.map_err(anyhow_err)?;
+        let app_url = db_args.app_database_url.clone().unwrap_or_else(|| pg.url.clone());
+        let pool = db::connect_app(&app_url, db_args.db_max_connections).await.map_err(anyhow_err)?;
+        let coord = match redis.and_then(|r| r.redis_url.as_deref()) {
+            Some(u) => Coord::connect(u).context("invalid REDIS_URL")?,
+            None => Coord::none(),
+        };
+        let keyring = load_keyring(keyring, &db_args.state_dir)?;
+        Ok(Self {
+            control: ControlPlane::new(Db::new(pool), coord, keyring),
+            owner_url: pg.url.clone(),
+            state_dir: db_args.state_dir.clone(),
+            _pg: pg,
+        })
+    }
+
+    pub fn source(&self) -> &'static str {
+        self._pg.source
+    }
+}
+
+fn keyring_path(k: Option<&KeyringArgs>, state_dir: &Path) -> PathBuf {
+    k.and_then(|k| k.keyring.clone())
+        .unwrap_or_else(|| state_dir.join("keyring"))
+}
+
+fn load_keyring(k: Option<&KeyringArgs>, state_dir: &Path) -> anyhow::Result<Keyring> {
+    let path = keyring_path(k, state_dir);
+    if path.exists() {
+        Keyring::load(&path).map_err(anyhow_err)
+    } else {
+        Ok(Keyring::default())
+    }
+}
+
+fn anyhow_err(e: Error) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", e.code, e.message)
+}
+
+fn print<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Run a command; service errors are printed as JSON and turned into exit code 2.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let res = dispatch(cli.command).await;
+    match res {
+        Ok(()) => Ok(0),
+        Err(e) => match e.downcast::<Error>() {
+            Ok(err) => {
+                eprintln!("{}", serde_json::to_string_pretty(&crate::error::error_json(&err))?);
+                Ok(2)
+            }
+            Err(other) => Err(other),
+        },
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Up(args) => up(args).await,
+        Command::Migrate(dbargs) => {
+            validate_db(&dbargs)?;
+            let pg = local::resolve(dbargs.database_url.as_deref(), &dbargs.state_dir).await?;
+            db::migrate(&pg.url).await.map_err(anyhow_err)?;
+            eprintln!("migrations applied ({})", pg.source);
+            Ok(())
+        }
+        Command::Project(ProjectCmd::Create { db, id, name, required_approvals }) => {
+            let p = Platform::connect(&db, None, None).await?;
+            let display_name = name.unwrap_or_else(|| id.clone());
+            let v = p
+                .control
+                .create_project(&Actor::cli("cli"), NewProject { project_id: id, display_name, required_approvals: Some(required_approvals) })
+                .await?;
+            print(&v)
+        }
+        Command::Project(ProjectCmd::List { db }) => {
+            let p = Platform::connect(&db, None, None).await?;
+            print(&p.control.list_projects(&Actor::cli("cli")).await?)
+        }
+        Command::Apikey(ApikeyCmd::Create { db, project, principal, roles }) => {
+            let p = Platform::connect(&db, None, None).await?;
+            let roles = roles.iter().map(|r| Role::parse(r)).collect::<Result<Vec<_>, _>>()?;
+            let project = ProjectId::parse(&project)?;
+            print(&p.control.create_api_key(&Actor::cli("cli"), &project, &principal, roles).await?)
+        }
+        Command::SigningKey(SigningKeyCmd::Create { db, keyring, project, key_id }) => {
+            let p = Platform::connect(&db, None, Some(&keyring)).await?;
+            let path = keyring_path(Some(&keyring), &p.state_dir);
+            let v = create_signing_key(&p, &path, &ProjectId::parse(&project)?, &key_id).await?;
+            print(&v)
+        }
+        Command::Contract(c) => contract(c).await,
+        Command::Mode(ModeCmd::Show { db, project }) => {
+            let p = Platform::connect(&db, None, None).await?;
+            print(&tenancy::scope(ProjectId::parse(&project)?, p.control.migration()).await?)
+        }
+        Command::Mode(ModeCmd::Set { db, project, mode, force, reason, actor }) => {
+            let p = Platform::connect(&db, None, None).await?;
+            let to = MigrationMode::parse(&mode)?;
+            let v = tenancy::scope(
+                ProjectId::parse(&project)?,
+                p.control.set_mode(&Actor::cli(&actor), to, force, reason.as_deref()),
+            )
+            .await?;
+            print(&v)
+        }
+        Command::Schemas(a) => schemas(&a.out, a.check),
+        Command::Errors => {
+            print!("{}", crate::error::markdown_table());
+            Ok(())
+        }
+        Command::Bench(b) => crate::bench::run(b).await,
+    }
+}
+
+/// Generate key material, store it in the keyring file (0600) and register the fingerprint.
+pub async fn create_signing_key(p: &Platform, path: &Path, project: &ProjectId, key_id: &str) -> anyhow::Result<Value> {
+    let mut ring = if path.exists() { Keyring::load(path).map_err(anyhow_err)? } else { Keyring::default() };
+    if ring.get(key_id).is_none() {
+        ring.insert(key_id, Keyring::generate());
+        write_private(path, ring.to_text().as_bytes())?;
+    }
+    p.control.set_keyring(ring);
+    let v = tenancy::scope(project.clone(), p.control.register_signing_key(&Actor::cli("cli"), key_id)).await?;
+    Ok(v)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn read_json(file: &Path) -> anyhow::Result<Value> {
+    let mut s = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut s)?;
+    } else {
+        s = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    Ok(http::extract::parse_json(s.as_bytes())?)
+}
+
+fn uuid(s: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(s).map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "id must be a UUID"))
+}
+
+async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
+    match cmd {
+        ContractCmd::Validate { kind, file } => {
+            let kind = ContractKind::parse(&kind)?;
+            let body = read_json(&file)?;
+            match contracts::validate_and_hash(kind, &body) {
+                Ok(v) => print(&serde_json::json!({"valid": true, "body_hash": v.body_hash})),
+                Err(e) => Err(e.into()),
+            }
+        }
+        ContractCmd::Draft { db, target, file, actor } => {
+            let p = Platform::connect(&db, None, None).await?;
+            let kind = ContractKind::parse(&target.kind)?;
+            let body = read_json(&file)?;
+            let v = tenancy::scope(ProjectId::parse(&target.project)?, p.control.create_draft(&Actor::cli(&actor), kind, &target.name, body)).await?;
+            print(&v)
+        }
+        ContractCmd::Publish { db, keyring, project, draft, key_id, actor } => {
+            let p = Platform::connect(&db, None, Some(&keyring)).await?;
+            let draft = uuid(&draft)?;
+            let v = tenancy::scope(ProjectId::parse(&project)?, async {
+                let req = p.control.sign_draft(draft, &key_id).await?;
+                p.control.publish(&Actor::cli(&actor), draft, req).await
+            })
+            .await?;
+            print(&v)
+        }
+        ContractCmd::Approve { db, redis, project, revision, actor } => {
+            let p = Platform::connect(&db, Some(&redis), None).await?;
+            let v = tenancy::scope(ProjectId::parse(&project)?, p.control.approve(&Actor::cli(&actor), uuid(&revision)?)).await?;
+            print(&v)
+        }
+        ContractCmd::Activate { db, redis, project, revision, actor } => {
+            let p = Platform::connect(&db, Some(&redis), None).await?;
+            let v = tenancy::scope(ProjectId::parse(&project)?, p.control.activate(&Actor::cli(&actor), uuid(&revision)?)).await?;
+            print(&v)
+        }
+        ContractCmd::Show { db, target, revision } => {
+            let p = Platform::connect(&db, None, None).await?;
+            let kind = ContractKind::parse(&target.kind)?;
+            let project = ProjectId::parse(&target.project)?;
+            match revision {
+                Some(n) => print(&tenancy::scope(project, p.control.revision(kind, &target.name, n)).await?),
+                None => print(&tenancy::scope(project, p.control.active(kind, &target.name)).await?),
+            }
+        }
+        ContractCmd::Diff { db, target, from, to } => {
+            let p = Platform::connect(&db, None, None).await?;
+            let kind = ContractKind::parse(&target.kind)?;
+            let d = tenancy::scope(ProjectId::parse(&target.project)?, p.control.diff(kind, &target.name, from, to)).await?;
+            print!("{d}");
+            Ok(())
+        }
+        ContractCmd::History { db, target } => {
+            let p = Platform::connect(&db, None, None).await?;
+            let kind = ContractKind::parse(&target.kind)?;
+            print(&tenancy::scope(ProjectId::parse(&target.project)?, p.control.history(kind, &target.name)).await?)
+        }
+    }
+}
+
+/// Write the generated schemas, or check them against the committed files.
+pub fn schemas(out: &Path, check: bool) -> anyhow::Result<()> {
+    let mut stale = Vec::new();
+    for kind in ContractKind::ALL {
+        let path = out.join(kind.schema_file());
+        let text = format!("{}\n", serde_json::to_string_pretty(&kind.schema())?);
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                stale.push(path.display().to_string());
+            }
+        } else {
+            std::fs::create_dir_all(out)?;
+            std::fs::write(&path, text)?;
+        }
+    }
+    if !stale.is_empty() {
+        anyhow::bail!("generated schemas differ from committed files (run `awooop schemas`): {}", stale.join(", "));
+    }
+    Ok(())
+}
+
+/// `awooop up`: the whole platform locally.
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    let admin_token = match &args.admin_token {
+        Some(t) => t.clone(),
+        None => {
+            let path = p.state_dir.join("admin-token");
+            if path.exists() {
+                std::fs::read_to_string(&path)?.trim().to_string()
+            } else {
+                let t = AdminToken::generate();
+                write_private(&path, t.as_bytes())?;
+                t
+            }
+        }
+    };
+    // A local signing key for the seeded project, so the whole lifecycle works out of the box.
+    let keyring_file = keyring_path(Some(&args.keyring), &p.state_dir);
+    let awoooi = ProjectId::parse("awoooi")?;
+    let has_key: bool = tenancy::scope(awoooi.clone(), async {
+        let mut tx = p.control.db().tenant().await?;
+        let n: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signing_keys WHERE key_id = 'local')")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok::<_, Error>(n)
+    })
+    .await?;
+    if !has_key && args.keyring.keyring.is_none() {
+        create_signing_key(&p, &keyring_file, &awoooi, "local").await?;
+    }
+    let state = http::AppState {
+        control: p.control.clone(),
+        admin: Some(AdminToken::new(&admin_token)),
+        max_body_bytes: args.max_body_bytes,
+    };
+    eprintln!(
+        "AwoooP is up\n  database: {}\n  redis:    {}\n  API:      http://{}\n  admin token: {} (file {})\n  keyring:  {}",
+        p.source(),
+        if p.control.coord().is_configured() { "configured" } else { "not configured (optional)" },
+        args.listen,
+        if args.admin_token.is_some() { "from AWOOOP_ADMIN_TOKEN" } else { "generated" },
+        p.state_dir.join("admin-token").display(),
+        keyring_file.display(),
+    );
+    http::serve(args.listen, http::app(state), shutdown_signal()).await?;
+    drop(p);
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

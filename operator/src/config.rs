@@ -1,0 +1,342 @@
+//! Command-line and environment configuration (clap derive, every flag also an env var).
+//!
+//! Shared flag groups are flattened into the subcommands that need them. `validate()` checks
+//! what clap cannot, at start, with messages that name the flag.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "awooop", version, about = "AwoooP: multi-tenant agent platform", long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "AWOOOP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole platform locally (HTTP API on 127.0.0.1:8080) on an embedded default database.
+    Up(UpArgs),
+    /// Apply database migrations.
+    Migrate(DbArgs),
+    /// Manage projects (tenants).
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Apikey(ApikeyCmd),
+    /// Manage publish signing keys.
+    #[command(subcommand, name = "signing-key")]
+    SigningKey(SigningKeyCmd),
+    /// Validate, draft, publish, approve, activate and inspect contracts.
+    #[command(subcommand)]
+    Contract(ContractCmd),
+    /// Show or change a project's migration mode.
+    #[command(subcommand)]
+    Mode(ModeCmd),
+    /// Write (or with --check, verify) the generated contract JSON Schemas.
+    Schemas(SchemasArgs),
+    /// Print the error-code table as Markdown.
+    Errors,
+    /// Run a benchmark; the last line of output is key=value pairs.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Owner connection URL (runs migrations). Without it: 127.0.0.1:5432 if it answers, else a
+    /// private cluster in the state folder.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Runtime connection URL (a login role that is a member of awooop_app). Default: the owner
+    /// URL with `SET ROLE awooop_app` on every connection.
+    #[arg(long, env = "AWOOOP_APP_DATABASE_URL", hide_env_values = true)]
+    pub app_database_url: Option<String>,
+    /// Size of the runtime connection pool.
+    #[arg(long, env = "AWOOOP_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Folder for local state (private PostgreSQL cluster, admin token, keyring).
+    #[arg(long, env = "AWOOOP_STATE_DIR", default_value = ".awooop")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL (optional: cache, counters and coordination only).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyringArgs {
+    /// File of publish signing keys (`key_id:base64` per line). Default: STATE_DIR/keyring.
+    #[arg(long, env = "AWOOOP_KEYRING")]
+    pub keyring: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub keyring: KeyringArgs,
+    /// Address of the HTTP API.
+    #[arg(long, env = "AWOOOP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Platform admin token. Default: generated once into STATE_DIR/admin-token.
+    #[arg(long, env = "AWOOOP_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "AWOOOP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+}
+
+impl UpArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_body_bytes < 1024 {
+            anyhow::bail!("--max-body-bytes (AWOOOP_MAX_BODY_BYTES) must be at least 1024");
+        }
+        if let Some(t) = &self.admin_token
+            && t.len() < 32
+        {
+            anyhow::bail!("--admin-token (AWOOOP_ADMIN_TOKEN) must be at least 32 characters");
+        }
+        validate_db(&self.db)?;
+        validate_redis(&self.redis)
+    }
+}
+
+pub fn validate_db(db: &DbArgs) -> anyhow::Result<()> {
+    if db.db_max_connections == 0 || db.db_max_connections > 1000 {
+        anyhow::bail!("--db-max-connections (AWOOOP_DB_MAX_CONNECTIONS) must be 1..=1000");
+    }
+    for (flag, url) in [
+        ("--database-url (DATABASE_URL)", &db.database_url),
+        ("--app-database-url (AWOOOP_APP_DATABASE_URL)", &db.app_database_url),
+    ] {
+        if let Some(u) = url
+            && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        {
+            anyhow::bail!("{flag} must be a postgres:// URL");
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_redis(r: &RedisArgs) -> anyhow::Result<()> {
+    if let Some(u) = &r.redis_url
+        && redis::Client::open(u.as_str()).is_err()
+    {
+        anyhow::bail!("--redis-url (REDIS_URL) is not a valid redis:// URL");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCmd {
+    /// Create a project (starts in shadow mode).
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Project id (^[a-z][a-z0-9-]{1,62}$).
+        id: String,
+        /// Display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Distinct approvers needed to activate a revision.
+        #[arg(long, default_value_t = 2)]
+        required_approvals: i32,
+    },
+    /// List projects.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCmd {
+    /// Create an API key; the token is printed once.
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        /// Principal name the key acts as (approvals are counted per principal).
+        #[arg(long, default_value = "api")]
+        principal: String,
+        /// Comma-separated roles.
+        #[arg(long, default_value = "reader,author,publisher,approver,activator,runner", value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeyCmd {
+    /// Generate key material into the keyring file and register its fingerprint for a project.
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        keyring: KeyringArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        key_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ContractTarget {
+    #[arg(long)]
+    pub project: String,
+    #[arg(long)]
+    pub kind: String,
+    #[arg(long)]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContractCmd {
+    /// Validate a contract file (no database needed).
+    Validate {
+        #[arg(long)]
+        kind: String,
+        /// JSON file, or - for standard input.
+        file: PathBuf,
+    },
+    /// Create a draft from a file.
+    Draft {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        target: ContractTarget,
+        file: PathBuf,
+        #[arg(long = "as", default_value = "cli")]
+        actor: String,
+    },
+    /// Sign a draft with a keyring key and publish it.
+    Publish {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        keyring: KeyringArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        draft: String,
+        #[arg(long)]
+        key_id: String,
+        #[arg(long = "as", default_value = "cli")]
+        actor: String,
+    },
+    /// Approve a published revision as a named approver.
+    Approve {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        revision: String,
+        #[arg(long = "as")]
+        actor: String,
+    },
+    /// Activate an approved revision (an earlier one = rollback).
+    Activate {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        revision: String,
+        #[arg(long = "as", default_value = "cli")]
+        actor: String,
+    },
+    /// Show the active revision, or a given revision number.
+    Show {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        target: ContractTarget,
+        #[arg(long)]
+        revision: Option<i32>,
+    },
+    /// Unified diff of two revisions.
+    Diff {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        target: ContractTarget,
+        #[arg(long)]
+        from: i32,
+        #[arg(long)]
+        to: i32,
+    },
+    /// Revisions and activations of a contract.
+    History {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        target: ContractTarget,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModeCmd {
+    /// Show the mode and its history.
+    Show {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+    },
+    /// Move to another mode (one step, or --force with --reason).
+    Set {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        mode: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long = "as", default_value = "cli")]
+        actor: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SchemasArgs {
+    /// Output folder.
+    #[arg(long, default_value = "operator/schemas")]
+    pub out: PathBuf,
+    /// Fail if the committed files differ from the generated ones instead of writing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to benchmark.
+    #[arg(value_parser = ["contracts"])]
+    pub area: String,
+    /// Finish within 30 seconds.
+    #[arg(long)]
+    pub quick: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}

@@ -1,0 +1,361 @@
+//! The one error type of the platform's service layer, its stable codes and its single HTTP
+//! mapping point.
+//!
+//! Every user-facing failure carries an [`ErrorCode`]: a stable `E-…` string documented in
+//! `docs/errors.md` (a test keeps that table and this enum in step). Messages say what failed
+//! and never carry secrets, SQL, upstream configuration or other tenants' names; internal causes
+//! are logged server-side and replaced by a generic message in responses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// Stable error codes. The string form is part of the public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Request body is not valid JSON, or has the wrong shape/unknown fields.
+    ReqMalformed,
+    /// Request body exceeds the size limit.
+    ReqTooLarge,
+    /// A path or query parameter is invalid.
+    ReqInvalidParam,
+    /// No credential was presented.
+    AuthMissing,
+    /// The credential is unknown, revoked or malformed.
+    AuthInvalid,
+    /// The credential is valid but lacks the role for this action.
+    AuthForbidden,
+    /// A tenant query was attempted without tenant context.
+    TenantMissing,
+    /// The project does not exist or is not active (indistinguishable on purpose).
+    ProjectNotFound,
+    /// A project with that id already exists.
+    ProjectExists,
+    /// A project id or name is malformed.
+    ProjectInvalid,
+    /// A document violates its JSON Schema.
+    SchemaViolation,
+    /// The contract kind is unknown.
+    ContractUnknownKind,
+    /// An artifact reference has a malformed hash.
+    ContractBadHash,
+    /// A contract violates a semantic rule that JSON Schema cannot express.
+    ContractSemantic,
+    /// Draft, revision or contract not found.
+    ContractNotFound,
+    /// The revision number being published is not the next one (someone published first).
+    ContractRevisionConflict,
+    /// A published revision cannot be changed or deleted.
+    ContractImmutable,
+    /// The publish signature does not verify.
+    ContractBadSignature,
+    /// The publish signature was already used.
+    ContractSignatureReplay,
+    /// The signing key is unknown, revoked, or its material does not match its fingerprint.
+    ContractSigningKey,
+    /// The approver already approved this revision.
+    ContractDuplicateApproval,
+    /// Not enough valid approvals to activate.
+    ContractInsufficientApprovals,
+    /// Only published revisions can be approved or activated.
+    ContractNotPublished,
+    /// A referenced artifact is not registered with the same hash.
+    ContractArtifactMissing,
+    /// The approver is not allowed to approve by the project's ACL.
+    ContractApproverNotAllowed,
+    /// The revision is already the active one.
+    ContractAlreadyActive,
+    /// A migration-state change skips a step without being forced.
+    MigrationIllegalStep,
+    /// A forced migration-state change has no reason.
+    MigrationReasonRequired,
+    /// Artifact content does not match its declared hash, or is malformed.
+    ArtifactInvalid,
+    /// The database is unreachable or overloaded.
+    Unavailable,
+    /// Anything else: details only in the server log.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::ReqMalformed,
+        Self::ReqTooLarge,
+        Self::ReqInvalidParam,
+        Self::AuthMissing,
+        Self::AuthInvalid,
+        Self::AuthForbidden,
+        Self::TenantMissing,
+        Self::ProjectNotFound,
+        Self::ProjectExists,
+        Self::ProjectInvalid,
+        Self::SchemaViolation,
+        Self::ContractUnknownKind,
+        Self::ContractBadHash,
+        Self::ContractSemantic,
+        Self::ContractNotFound,
+        Self::ContractRevisionConflict,
+        Self::ContractImmutable,
+        Self::ContractBadSignature,
+        Self::ContractSignatureReplay,
+        Self::ContractSigningKey,
+        Self::ContractDuplicateApproval,
+        Self::ContractInsufficientApprovals,
+        Self::ContractNotPublished,
+        Self::ContractArtifactMissing,
+        Self::ContractApproverNotAllowed,
+        Self::ContractAlreadyActive,
+        Self::MigrationIllegalStep,
+        Self::MigrationReasonRequired,
+        Self::ArtifactInvalid,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReqMalformed => "E-REQ-001",
+            Self::ReqTooLarge => "E-REQ-002",
+            Self::ReqInvalidParam => "E-REQ-003",
+            Self::AuthMissing => "E-AUTH-001",
+            Self::AuthInvalid => "E-AUTH-002",
+            Self::AuthForbidden => "E-AUTH-003",
+            Self::TenantMissing => "E-TENANT-001",
+            Self::ProjectNotFound => "E-PROJECT-001",
+            Self::ProjectExists => "E-PROJECT-002",
+            Self::ProjectInvalid => "E-PROJECT-003",
+            Self::SchemaViolation => "E-SCHEMA-001",
+            Self::ContractUnknownKind => "E-CONTRACT-001",
+            Self::ContractBadHash => "E-CONTRACT-002",
+            Self::ContractSemantic => "E-CONTRACT-003",
+            Self::ContractNotFound => "E-CONTRACT-004",
+            Self::ContractRevisionConflict => "E-CONTRACT-005",
+            Self::ContractNotPublished => "E-CONTRACT-006",
+            Self::ContractImmutable => "E-CONTRACT-007",
+            Self::ContractBadSignature => "E-CONTRACT-008",
+            Self::ContractSignatureReplay => "E-CONTRACT-009",
+            Self::ContractSigningKey => "E-CONTRACT-010",
+            Self::ContractDuplicateApproval => "E-CONTRACT-011",
+            Self::ContractInsufficientApprovals => "E-CONTRACT-012",
+            Self::ContractArtifactMissing => "E-CONTRACT-013",
+            Self::ContractApproverNotAllowed => "E-CONTRACT-014",
+            Self::ContractAlreadyActive => "E-CONTRACT-015",
+            Self::MigrationIllegalStep => "E-MIGRATION-001",
+            Self::MigrationReasonRequired => "E-MIGRATION-002",
+            Self::ArtifactInvalid => "E-ARTIFACT-001",
+            Self::Unavailable => "E-UNAVAILABLE-001",
+            Self::Internal => "E-INTERNAL-001",
+        }
+    }
+
+    /// The one place that maps errors to HTTP statuses.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            ReqMalformed | ReqInvalidParam | SchemaViolation | ContractUnknownKind
+            | ContractBadHash | ContractSemantic | ProjectInvalid | ArtifactInvalid
+            | MigrationReasonRequired => StatusCode::UNPROCESSABLE_ENTITY,
+            ReqTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AuthMissing | AuthInvalid => StatusCode::UNAUTHORIZED,
+            AuthForbidden | ContractApproverNotAllowed => StatusCode::FORBIDDEN,
+            ContractBadSignature | ContractSigningKey => StatusCode::UNAUTHORIZED,
+            TenantMissing | Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ProjectNotFound | ContractNotFound => StatusCode::NOT_FOUND,
+            ProjectExists
+            | ContractRevisionConflict
+            | ContractImmutable
+            | ContractSignatureReplay
+            | ContractDuplicateApproval
+            | ContractInsufficientApprovals
+            | ContractNotPublished
+            | ContractArtifactMissing
+            | ContractAlreadyActive
+            | MigrationIllegalStep => StatusCode::CONFLICT,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A one-line description, used by `docs/errors.md` and `awooop errors`.
+    pub fn describe(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            ReqMalformed => "request body is not valid JSON or has unknown/mistyped fields",
+            ReqTooLarge => "request body exceeds the configured size limit",
+            ReqInvalidParam => "a path or query parameter is invalid",
+            AuthMissing => "no credential presented",
+            AuthInvalid => "credential unknown, revoked or malformed",
+            AuthForbidden => "credential lacks the role required for this action",
+            TenantMissing => "a tenant query ran without tenant context (fail closed)",
+            ProjectNotFound => "project does not exist or is not active",
+            ProjectExists => "a project with this id already exists",
+            ProjectInvalid => "project id or attribute malformed",
+            SchemaViolation => "document violates its JSON Schema (details list each path)",
+            ContractUnknownKind => "unknown contract kind",
+            ContractBadHash => "artifact reference hash is not sha256:<64 lowercase hex>",
+            ContractSemantic => "contract violates a cross-field rule",
+            ContractNotFound => "draft, revision or contract not found",
+            ContractRevisionConflict => "the revision number signed is not the next revision",
+            ContractNotPublished => "only published revisions can be approved or activated",
+            ContractImmutable => "published revisions and history are immutable",
+            ContractBadSignature => "publish signature does not verify",
+            ContractSignatureReplay => "publish signature was already used",
+            ContractSigningKey => "signing key unknown, revoked, or not in the keyring",
+            ContractDuplicateApproval => "this approver already approved this revision",
+            ContractInsufficientApprovals => "not enough distinct, unexpired approvals",
+            ContractArtifactMissing => "a referenced artifact is not registered with that hash",
+            ContractApproverNotAllowed => "approver not listed in the project's approver ACL",
+            ContractAlreadyActive => "this revision is already active",
+            MigrationIllegalStep => "migration mode can only move one step unless forced",
+            MigrationReasonRequired => "a forced migration-mode change needs a reason",
+            ArtifactInvalid => "artifact content does not match its hash or is malformed",
+            Unavailable => "database unavailable; retry later",
+            Internal => "internal error; see server logs by trace id",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A platform error: a stable code, a safe message and optional structured details.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Option<Value>,
+    /// The internal cause; logged, never sent to clients.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+            source: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::new(ErrorCode::Internal, "internal error").with_source(source)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::ContractNotFound, format!("{what} not found"))
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            match db.code().as_deref() {
+                // awooop_reject_mutation(): an immutable row was touched.
+                Some("AW001") => {
+                    return Error::new(
+                        ErrorCode::ContractImmutable,
+                        "published revisions and history are immutable",
+                    )
+                    .with_source(e);
+                }
+                // insufficient_privilege / RLS WITH CHECK violation: the tenant boundary held.
+                Some("42501") => {
+                    return Error::new(ErrorCode::AuthForbidden, "operation not permitted")
+                        .with_source(e);
+                }
+                _ => {}
+            }
+        }
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => Error::new(ErrorCode::Unavailable, "database unavailable")
+                .with_source(e),
+            _ => Error::internal(e),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a Value>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        if status.is_server_error() {
+            tracing::error!(code = self.code.as_str(), error = ?self.source, "{}", self.message);
+        } else {
+            tracing::debug!(code = self.code.as_str(), "{}", self.message);
+        }
+        let body = Body {
+            code: self.code.as_str(),
+            message: &self.message,
+            details: self.details.as_ref(),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// The JSON body of an error as sent to clients; also what the CLI prints.
+pub fn error_json(e: &Error) -> Value {
+    json!({"code": e.code.as_str(), "message": e.message, "details": e.details})
+}
+
+/// The error-code table as Markdown (docs/errors.md is generated from this and checked).
+pub fn markdown_table() -> String {
+    let mut s = String::from("| Code | HTTP | Meaning |\n|---|---|---|\n");
+    for c in ErrorCode::ALL {
+        s.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            c.as_str(),
+            c.status().as_u16(),
+            c.describe()
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_and_well_formed() {
+        let mut seen = HashSet::new();
+        for c in ErrorCode::ALL {
+            let s = c.as_str();
+            assert!(seen.insert(s), "duplicate code {s}");
+            assert!(
+                regex::Regex::new(r"^E-[A-Z]+(-[A-Z]+)*-\d{3}$")
+                    .unwrap()
+                    .is_match(s),
+                "{s}"
+            );
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The HTTP API (axum). `app(state)` builds the router without a socket so tests drive it with
+//! `tower::ServiceExt::oneshot`; `serve` binds it with graceful shutdown.
+//!
+//! Layers: router (this module) → handlers ([`control`]) → service ([`crate::control`]) →
+//! repository ([`crate::control::repo`]). Errors become JSON `{code, message, details}` in
+//! exactly one place ([`crate::error::Error`]'s `IntoResponse`).
+
+pub mod control;
+pub mod extract;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+
+use crate::auth::AdminToken;
+use crate::control::ControlPlane;
+
+/// Everything handlers need, passed explicitly.
+#[derive(Clone)]
+pub struct AppState {
+    pub control: ControlPlane,
+    pub admin: Option<AdminToken>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/v1/control", control::router())
+        .fallback(not_found)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Ready when PostgreSQL answers. Redis is optional and only reported.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let db_ok = sqlx::query("SELECT 1")
+        .execute(state.control.db().pool_for_health())
+        .await
+        .is_ok();
+    let redis = match state.control.coord().ping().await {
+        None => "not_configured",
+        Some(true) => "ok",
+        Some(false) => "unavailable",
+    };
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"postgres": if db_ok {"ok"} else {"unavailable"}, "redis": redis})),
+    )
+}
+
+async fn not_found() -> crate::error::Error {
+    crate::error::Error::new(crate::error::ErrorCode::ReqInvalidParam, "no such endpoint")
+}
+
+/// Serve until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "HTTP API listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

@@ -28,17 +28,27 @@ pub struct Platform {
 }
 
 impl Platform {
-    pub async fn connect(db_args: &DbArgs, redis: Option<&RedisArgs>, keyring: Option<&KeyringArgs>) -> anyhow::Result<Self> {
+    pub async fn connect(
+        db_args: &DbArgs,
+        redis: Option<&RedisArgs>,
+        keyring: Option<&KeyringArgs>,
+    ) -> anyhow::Result<Self> {
         validate_db(db_args)?;
         if let Some(r) = redis {
             validate_redis(r)?;
         }
-        std::fs::create_dir_all(&db_args.state_dir)
-            .with_context(|| format!("cannot create state folder {}", db_args.state_dir.display()))?;
+        std::fs::create_dir_all(&db_args.state_dir).with_context(|| {
+            format!("cannot create state folder {}", db_args.state_dir.display())
+        })?;
         let pg = local::resolve(db_args.database_url.as_deref(), &db_args.state_dir).await?;
         db::migrate(&pg.url).await.map_err(anyhow_err)?;
-        let app_url = db_args.app_database_url.clone().unwrap_or_else(|| pg.url.clone());
-        let pool = db::connect_app(&app_url, db_args.db_max_connections).await.map_err(anyhow_err)?;
+        let app_url = db_args
+            .app_database_url
+            .clone()
+            .unwrap_or_else(|| pg.url.clone());
+        let pool = db::connect_app(&app_url, db_args.db_max_connections)
+            .await
+            .map_err(anyhow_err)?;
         let coord = match redis.and_then(|r| r.redis_url.as_deref()) {
             Some(u) => Coord::connect(u).context("invalid REDIS_URL")?,
             None => Coord::none(),
@@ -87,7 +97,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Ok(()) => Ok(0),
         Err(e) => match e.downcast::<Error>() {
             Ok(err) => {
-                eprintln!("{}", serde_json::to_string_pretty(&crate::error::error_json(&err))?);
+                eprintln!(
+                    "{}",
+                    serde_json::to_string_pretty(&crate::error::error_json(&err))?
+                );
                 Ok(2)
             }
             Err(other) => Err(other),
@@ -105,12 +118,24 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             eprintln!("migrations applied ({})", pg.source);
             Ok(())
         }
-        Command::Project(ProjectCmd::Create { db, id, name, required_approvals }) => {
+        Command::Project(ProjectCmd::Create {
+            db,
+            id,
+            name,
+            required_approvals,
+        }) => {
             let p = Platform::connect(&db, None, None).await?;
             let display_name = name.unwrap_or_else(|| id.clone());
             let v = p
                 .control
-                .create_project(&Actor::cli("cli"), NewProject { project_id: id, display_name, required_approvals: Some(required_approvals) })
+                .create_project(
+                    &Actor::cli("cli"),
+                    NewProject {
+                        project_id: id,
+                        display_name,
+                        required_approvals: Some(required_approvals),
+                    },
+                )
                 .await?;
             print(&v)
         }
@@ -118,13 +143,30 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             let p = Platform::connect(&db, None, None).await?;
             print(&p.control.list_projects(&Actor::cli("cli")).await?)
         }
-        Command::Apikey(ApikeyCmd::Create { db, project, principal, roles }) => {
+        Command::Apikey(ApikeyCmd::Create {
+            db,
+            project,
+            principal,
+            roles,
+        }) => {
             let p = Platform::connect(&db, None, None).await?;
-            let roles = roles.iter().map(|r| Role::parse(r)).collect::<Result<Vec<_>, _>>()?;
+            let roles = roles
+                .iter()
+                .map(|r| Role::parse(r))
+                .collect::<Result<Vec<_>, _>>()?;
             let project = ProjectId::parse(&project)?;
-            print(&p.control.create_api_key(&Actor::cli("cli"), &project, &principal, roles).await?)
+            print(
+                &p.control
+                    .create_api_key(&Actor::cli("cli"), &project, &principal, roles)
+                    .await?,
+            )
         }
-        Command::SigningKey(SigningKeyCmd::Create { db, keyring, project, key_id }) => {
+        Command::SigningKey(SigningKeyCmd::Create {
+            db,
+            keyring,
+            project,
+            key_id,
+        }) => {
             let p = Platform::connect(&db, None, Some(&keyring)).await?;
             let path = keyring_path(Some(&keyring), &p.state_dir);
             let v = create_signing_key(&p, &path, &ProjectId::parse(&project)?, &key_id).await?;
@@ -135,12 +177,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             let p = Platform::connect(&db, None, None).await?;
             print(&tenancy::scope(ProjectId::parse(&project)?, p.control.migration()).await?)
         }
-        Command::Mode(ModeCmd::Set { db, project, mode, force, reason, actor }) => {
+        Command::Mode(ModeCmd::Set {
+            db,
+            project,
+            mode,
+            force,
+            reason,
+            actor,
+        }) => {
             let p = Platform::connect(&db, None, None).await?;
             let to = MigrationMode::parse(&mode)?;
             let v = tenancy::scope(
                 ProjectId::parse(&project)?,
-                p.control.set_mode(&Actor::cli(&actor), to, force, reason.as_deref()),
+                p.control
+                    .set_mode(&Actor::cli(&actor), to, force, reason.as_deref()),
             )
             .await?;
             print(&v)
@@ -155,25 +205,43 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
 }
 
 /// Generate key material, store it in the keyring file (0600) and register the fingerprint.
-pub async fn create_signing_key(p: &Platform, path: &Path, project: &ProjectId, key_id: &str) -> anyhow::Result<Value> {
-    let mut ring = if path.exists() { Keyring::load(path).map_err(anyhow_err)? } else { Keyring::default() };
+pub async fn create_signing_key(
+    p: &Platform,
+    path: &Path,
+    project: &ProjectId,
+    key_id: &str,
+) -> anyhow::Result<Value> {
+    let mut ring = if path.exists() {
+        Keyring::load(path).map_err(anyhow_err)?
+    } else {
+        Keyring::default()
+    };
     if ring.get(key_id).is_none() {
         ring.insert(key_id, Keyring::generate());
         write_private(path, ring.to_text().as_bytes())?;
     }
     p.control.set_keyring(ring);
-    let v = tenancy::scope(project.clone(), p.control.register_signing_key(&Actor::cli("cli"), key_id)).await?;
+    let v = tenancy::scope(
+        project.clone(),
+        p.control.register_signing_key(&Actor::cli("cli"), key_id),
+    )
+    .await?;
     Ok(v)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -185,7 +253,8 @@ fn read_json(file: &Path) -> anyhow::Result<Value> {
     if file.as_os_str() == "-" {
         std::io::stdin().read_to_string(&mut s)?;
     } else {
-        s = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        s = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
     }
     Ok(http::extract::parse_json(s.as_bytes())?)
 }
@@ -204,14 +273,31 @@ async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
                 Err(e) => Err(e.into()),
             }
         }
-        ContractCmd::Draft { db, target, file, actor } => {
+        ContractCmd::Draft {
+            db,
+            target,
+            file,
+            actor,
+        } => {
             let p = Platform::connect(&db, None, None).await?;
             let kind = ContractKind::parse(&target.kind)?;
             let body = read_json(&file)?;
-            let v = tenancy::scope(ProjectId::parse(&target.project)?, p.control.create_draft(&Actor::cli(&actor), kind, &target.name, body)).await?;
+            let v = tenancy::scope(
+                ProjectId::parse(&target.project)?,
+                p.control
+                    .create_draft(&Actor::cli(&actor), kind, &target.name, body),
+            )
+            .await?;
             print(&v)
         }
-        ContractCmd::Publish { db, keyring, project, draft, key_id, actor } => {
+        ContractCmd::Publish {
+            db,
+            keyring,
+            project,
+            draft,
+            key_id,
+            actor,
+        } => {
             let p = Platform::connect(&db, None, Some(&keyring)).await?;
             let draft = uuid(&draft)?;
             let v = tenancy::scope(ProjectId::parse(&project)?, async {
@@ -221,36 +307,79 @@ async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
             .await?;
             print(&v)
         }
-        ContractCmd::Approve { db, redis, project, revision, actor } => {
+        ContractCmd::Approve {
+            db,
+            redis,
+            project,
+            revision,
+            actor,
+        } => {
             let p = Platform::connect(&db, Some(&redis), None).await?;
-            let v = tenancy::scope(ProjectId::parse(&project)?, p.control.approve(&Actor::cli(&actor), uuid(&revision)?)).await?;
+            let v = tenancy::scope(
+                ProjectId::parse(&project)?,
+                p.control.approve(&Actor::cli(&actor), uuid(&revision)?),
+            )
+            .await?;
             print(&v)
         }
-        ContractCmd::Activate { db, redis, project, revision, actor } => {
+        ContractCmd::Activate {
+            db,
+            redis,
+            project,
+            revision,
+            actor,
+        } => {
             let p = Platform::connect(&db, Some(&redis), None).await?;
-            let v = tenancy::scope(ProjectId::parse(&project)?, p.control.activate(&Actor::cli(&actor), uuid(&revision)?)).await?;
+            let v = tenancy::scope(
+                ProjectId::parse(&project)?,
+                p.control.activate(&Actor::cli(&actor), uuid(&revision)?),
+            )
+            .await?;
             print(&v)
         }
-        ContractCmd::Show { db, target, revision } => {
+        ContractCmd::Show {
+            db,
+            target,
+            revision,
+        } => {
             let p = Platform::connect(&db, None, None).await?;
             let kind = ContractKind::parse(&target.kind)?;
             let project = ProjectId::parse(&target.project)?;
             match revision {
-                Some(n) => print(&tenancy::scope(project, p.control.revision(kind, &target.name, n)).await?),
-                None => print(&tenancy::scope(project, p.control.active(kind, &target.name)).await?),
+                Some(n) => print(
+                    &tenancy::scope(project, p.control.revision(kind, &target.name, n)).await?,
+                ),
+                None => {
+                    print(&tenancy::scope(project, p.control.active(kind, &target.name)).await?)
+                }
             }
         }
-        ContractCmd::Diff { db, target, from, to } => {
+        ContractCmd::Diff {
+            db,
+            target,
+            from,
+            to,
+        } => {
             let p = Platform::connect(&db, None, None).await?;
             let kind = ContractKind::parse(&target.kind)?;
-            let d = tenancy::scope(ProjectId::parse(&target.project)?, p.control.diff(kind, &target.name, from, to)).await?;
+            let d = tenancy::scope(
+                ProjectId::parse(&target.project)?,
+                p.control.diff(kind, &target.name, from, to),
+            )
+            .await?;
             print!("{d}");
             Ok(())
         }
         ContractCmd::History { db, target } => {
             let p = Platform::connect(&db, None, None).await?;
             let kind = ContractKind::parse(&target.kind)?;
-            print(&tenancy::scope(ProjectId::parse(&target.project)?, p.control.history(kind, &target.name)).await?)
+            print(
+                &tenancy::scope(
+                    ProjectId::parse(&target.project)?,
+                    p.control.history(kind, &target.name),
+                )
+                .await?,
+            )
         }
     }
 }
@@ -271,7 +400,10 @@ pub fn schemas(out: &Path, check: bool) -> anyhow::Result<()> {
         }
     }
     if !stale.is_empty() {
-        anyhow::bail!("generated schemas differ from committed files (run `awooop schemas`): {}", stale.join(", "));
+        anyhow::bail!(
+            "generated schemas differ from committed files (run `awooop schemas`): {}",
+            stale.join(", ")
+        );
     }
     Ok(())
 }
@@ -298,9 +430,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let awoooi = ProjectId::parse("awoooi")?;
     let has_key: bool = tenancy::scope(awoooi.clone(), async {
         let mut tx = p.control.db().tenant().await?;
-        let n: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signing_keys WHERE key_id = 'local')")
-            .fetch_one(&mut *tx)
-            .await?;
+        let n: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signing_keys WHERE key_id = 'local')")
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok::<_, Error>(n)
     })
@@ -316,9 +449,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     eprintln!(
         "AwoooP is up\n  database: {}\n  redis:    {}\n  API:      http://{}\n  admin token: {} (file {})\n  keyring:  {}",
         p.source(),
-        if p.control.coord().is_configured() { "configured" } else { "not configured (optional)" },
+        if p.control.coord().is_configured() {
+            "configured"
+        } else {
+            "not configured (optional)"
+        },
         args.listen,
-        if args.admin_token.is_some() { "from AWOOOP_ADMIN_TOKEN" } else { "generated" },
+        if args.admin_token.is_some() {
+            "from AWOOOP_ADMIN_TOKEN"
+        } else {
+            "generated"
+        },
         p.state_dir.join("admin-token").display(),
         keyring_file.display(),
     );

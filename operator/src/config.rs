@@ -119,7 +119,10 @@ pub fn validate_db(db: &DbArgs) -> anyhow::Result<()> {
     }
     for (flag, url) in [
         ("--database-url (DATABASE_URL)", &db.database_url),
-        ("--app-database-url (AWOOOP_APP_DATABASE_URL)", &db.app_database_url),
+        (
+            "--app-database-url (AWOOOP_APP_DATABASE_URL)",
+            &db.app_database_url,
+        ),
     ] {
         if let Some(u) = url
             && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
@@ -173,7 +176,11 @@ pub enum ApikeyCmd {
         #[arg(long, default_value = "api")]
         principal: String,
         /// Comma-separated roles.
-        #[arg(long, default_value = "reader,author,publisher,approver,activator,runner", value_delimiter = ',')]
+        #[arg(
+            long,
+            default_value = "reader,author,publisher,approver,activator,runner",
+            value_delimiter = ','
+        )]
         roles: Vec<String>,
     },
 }

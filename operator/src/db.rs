@@ -87,9 +87,13 @@ pub async fn ensure_database(admin_url: &str, name: &str) -> Result<String> {
     if exists.is_none() {
         // Identifiers cannot be bound; `name` is ours ([a-z0-9_]) and quoted anyway.
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
             // Lost a race with another creator: fine.
-            let dup = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04"));
+            let dup =
+                matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04"));
             if !dup {
                 return Err(e.into());
             }

@@ -153,8 +153,14 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            ReqMalformed | ReqInvalidParam | SchemaViolation | ContractUnknownKind
-            | ContractBadHash | ContractSemantic | ProjectInvalid | ArtifactInvalid
+            ReqMalformed
+            | ReqInvalidParam
+            | SchemaViolation
+            | ContractUnknownKind
+            | ContractBadHash
+            | ContractSemantic
+            | ProjectInvalid
+            | ArtifactInvalid
             | MigrationReasonRequired => StatusCode::UNPROCESSABLE_ENTITY,
             ReqTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AuthMissing | AuthInvalid => StatusCode::UNAUTHORIZED,
@@ -288,8 +294,9 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Error::new(ErrorCode::Unavailable, "database unavailable")
-                .with_source(e),
+            | sqlx::Error::Tls(_) => {
+                Error::new(ErrorCode::Unavailable, "database unavailable").with_source(e)
+            }
             _ => Error::internal(e),
         }
     }

@@ -50,7 +50,10 @@ fn unsafe_kill(pid: u32, sig: i32) {
 }
 
 /// Resolve the database to use.
-pub async fn resolve(database_url: Option<&str>, state_dir: &Path) -> anyhow::Result<LocalPostgres> {
+pub async fn resolve(
+    database_url: Option<&str>,
+    state_dir: &Path,
+) -> anyhow::Result<LocalPostgres> {
     if let Some(url) = database_url {
         return Ok(LocalPostgres {
             url: url.to_string(),
@@ -116,7 +119,13 @@ pub fn start_private_cluster(dir: &Path) -> anyhow::Result<LocalPostgres> {
         let mut cmd = Command::new(bindir.join("initdb"));
         cmd.arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         as_user(&mut cmd, run_as);

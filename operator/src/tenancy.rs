@@ -187,7 +187,16 @@ mod tests {
         for ok in ["awoooi", "ewoooc", "a1", "tenant-42"] {
             assert!(ProjectId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a", "A1", "1abc", "_platform", "a_b", "a b", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "a",
+            "A1",
+            "1abc",
+            "_platform",
+            "a_b",
+            "a b",
+            &"a".repeat(64),
+        ] {
             assert!(ProjectId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -198,7 +207,10 @@ mod tests {
         assert!(redis_key("session", "1").is_err());
         let p = ProjectId::parse("awoooi").unwrap();
         scope(p.clone(), async {
-            assert_eq!(redis_key("session", "1").unwrap(), "awooop:awoooi:session:1");
+            assert_eq!(
+                redis_key("session", "1").unwrap(),
+                "awooop:awoooi:session:1"
+            );
             let inherited = spawn(async { current() }).await.unwrap();
             assert_eq!(inherited, Some(ProjectId::parse("awoooi").unwrap()));
             // a plain tokio::spawn does not inherit: fail closed

@@ -1,1 +1,11 @@
+//! Integration tests against the real PostgreSQL and Redis (see tests/README.md).
+//! One binary, many modules: linking is the slow part of a Rust test build here.
 
+mod support;
+
+mod contracts_golden;
+mod control_plane;
+mod http_api;
+mod local_postgres;
+mod redis_coordination;
+mod tenancy_rls;

@@ -111,6 +111,9 @@ pub async fn record_detached(db: &Db, entry: Entry<'_>) {
     }
     .await;
     if let Err(e) = res {
-        tracing::warn!(code = e.code.as_str(), "failed to write denial audit record");
+        tracing::warn!(
+            code = e.code.as_str(),
+            "failed to write denial audit record"
+        );
     }
 }

@@ -65,7 +65,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let p50 = percentile_ms(&lat, 50.0);
     let p99 = percentile_ms(&lat, 99.0);
     let a50 = percentile_ms(&approve_lat, 50.0);
-    eprintln!("activation: {} samples, p50 {p50:.2} ms, p99 {p99:.2} ms (approve p50 {a50:.2} ms)", lat.len());
+    eprintln!(
+        "activation: {} samples, p50 {p50:.2} ms, p99 {p99:.2} ms (approve p50 {a50:.2} ms)",
+        lat.len()
+    );
     println!(
         "validations_per_sec={vps:.0} activation_p50_ms={p50:.2} activation_p99_ms={p99:.2} approve_p50_ms={a50:.2} activations={} redis={}",
         lat.len(),
@@ -86,12 +89,21 @@ async fn activation_latency(
         db_max_connections: 4,
         state_dir: state.clone(),
     };
-    let keyring = KeyringArgs { keyring: Some(state.join("keyring")) };
+    let keyring = KeyringArgs {
+        keyring: Some(state.join("keyring")),
+    };
     let p = Platform::connect(&dbargs, Some(&args.redis), Some(&keyring)).await?;
     let admin = Actor::cli("bench");
     let project = ProjectId::parse("bench")?;
     p.control
-        .create_project(&admin, NewProject { project_id: "bench".into(), display_name: "bench".into(), required_approvals: Some(2) })
+        .create_project(
+            &admin,
+            NewProject {
+                project_id: "bench".into(),
+                display_name: "bench".into(),
+                required_approvals: Some(2),
+            },
+        )
         .await?;
     crate::cli::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
     let out = tenancy::scope(project, async {

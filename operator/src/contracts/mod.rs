@@ -67,6 +67,8 @@ impl ContractKind {
 
     /// The generated JSON Schema of this kind (Draft 2020-12), with `$id` and title.
     pub fn schema(self) -> Value {
+        // Optional fields are omitted, never `null`: a null is rejected like any wrong type, and
+        // the schema stays free of `anyOf [T, null]` wrappers that would blur error paths.
         let mut schema = match self {
             Self::Project => schemars::schema_for!(ProjectContract),
             Self::Agent => schemars::schema_for!(AgentContract),
@@ -76,6 +78,7 @@ impl ContractKind {
             Self::Channel => schemars::schema_for!(ChannelContract),
         }
         .to_value();
+        strip_null(&mut schema);
         if let Some(obj) = schema.as_object_mut() {
             obj.insert(
                 "$id".into(),
@@ -110,6 +113,41 @@ impl ContractKind {
 impl std::fmt::Display for ContractKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Remove the `null` alternative schemars adds for `Option<T>` (`anyOf: [T, {type: null}]` or
+/// `type: [T, "null"]`). Contracts have no meaningful nulls, so only `T` remains.
+fn strip_null(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::Array(alts)) = m.get("anyOf")
+                && alts.len() == 2
+                && let Some(i) = alts
+                    .iter()
+                    .position(|a| a == &serde_json::json!({"type": "null"}))
+            {
+                let keep = alts[1 - i].clone();
+                m.remove("anyOf");
+                if let Value::Object(k) = keep {
+                    for (key, val) in k {
+                        m.insert(key, val);
+                    }
+                }
+            }
+            if let Some(Value::Array(types)) = m.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let t = types[0].clone();
+                    m.insert("type".into(), t);
+                }
+            }
+            for (_, child) in m.iter_mut() {
+                strip_null(child);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_null),
+        _ => {}
     }
 }
 
@@ -175,10 +213,10 @@ pub struct ValidatedBody {
 pub fn validate(kind: ContractKind, body: &Value) -> Result<Contract, Vec<Violation>> {
     let validator = kind.validator();
     if !validator.is_valid(body) {
-        let mut out: Vec<Violation> = validator
-            .iter_errors(body)
-            .map(|e| schema_violation(&e))
-            .collect();
+        let mut out: Vec<Violation> = Vec::new();
+        for e in validator.iter_errors(body) {
+            collect_violations(&e, &mut out);
+        }
         out.sort_by(|a, b| a.path.cmp(&b.path).then(a.code.cmp(b.code)));
         out.dedup();
         return Err(out);
@@ -221,7 +259,12 @@ pub fn validate_and_hash(kind: ContractKind, body: &Value) -> Result<ValidatedBo
 pub fn violations_error(violations: Vec<Violation>) -> Error {
     let code = violations
         .first()
-        .and_then(|v| ErrorCode::ALL.iter().find(|c| c.as_str() == v.code).copied())
+        .and_then(|v| {
+            ErrorCode::ALL
+                .iter()
+                .find(|c| c.as_str() == v.code)
+                .copied()
+        })
         .unwrap_or(ErrorCode::SchemaViolation);
     let summary = violations
         .first()
@@ -242,12 +285,47 @@ fn deserialize(kind: ContractKind, body: &Value) -> Result<Contract, serde_json:
     })
 }
 
+/// Flatten a schema error into violations. For `anyOf`/`oneOf` (optional values, tagged
+/// enums) the branch the document evidently meant is the one whose discriminator (`type`
+/// constant) and JSON type matched; its errors are reported at their own precise paths.
+fn collect_violations(e: &jsonschema::ValidationError<'_>, out: &mut Vec<Violation>) {
+    use jsonschema::error::ValidationErrorKind as K;
+    let context = match e.kind() {
+        K::AnyOf { context } | K::OneOfNotValid { context } => context,
+        _ => {
+            out.push(schema_violation(e));
+            return;
+        }
+    };
+    let parent = e.instance_path().to_string();
+    let tag = format!("{parent}/type");
+    let best = context
+        .iter()
+        .filter(|branch| {
+            !branch.iter().any(|x| {
+                let p = x.instance_path().to_string();
+                (p == parent && matches!(x.kind(), K::Type { .. }))
+                    || (p == tag && matches!(x.kind(), K::Constant { .. } | K::Enum { .. }))
+            })
+        })
+        .min_by_key(|b| b.len());
+    match best {
+        Some(branch) if !branch.is_empty() => {
+            for x in branch {
+                collect_violations(x, out);
+            }
+        }
+        _ => out.push(schema_violation(e)),
+    }
+}
+
 fn schema_violation(e: &jsonschema::ValidationError<'_>) -> Violation {
     use jsonschema::error::ValidationErrorKind as K;
     let path = e.instance_path().to_string();
     // A malformed artifact hash gets its own code: it is the one schema rule callers most need
     // to tell apart (they computed a hash wrongly, the document is otherwise fine).
-    let is_hash = path.ends_with("/sha256") && matches!(e.kind(), K::Pattern { .. } | K::Type { .. });
+    let is_hash =
+        path.ends_with("/sha256") && matches!(e.kind(), K::Pattern { .. } | K::Type { .. });
     match e.kind() {
         K::AdditionalProperties { unexpected } => Violation {
             path,

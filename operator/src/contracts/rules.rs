@@ -120,7 +120,11 @@ fn gateway(g: &McpGatewayContract, out: &mut Out) {
         "name",
         g.credential_refs.iter().map(|c| c.name.as_str()),
     );
-    out.unique("/providers", "name", g.providers.iter().map(|p| p.name.as_str()));
+    out.unique(
+        "/providers",
+        "name",
+        g.providers.iter().map(|p| p.name.as_str()),
+    );
     let creds: HashSet<&str> = g.credential_refs.iter().map(|c| c.name.as_str()).collect();
     let providers: HashMap<&str, &McpProvider> =
         g.providers.iter().map(|p| (p.name.as_str(), p)).collect();
@@ -225,7 +229,11 @@ fn gateway(g: &McpGatewayContract, out: &mut Out) {
 }
 
 fn policy(p: &PolicyContract, out: &mut Out) {
-    out.unique("/providers", "name", p.providers.iter().map(|x| x.name.as_str()));
+    out.unique(
+        "/providers",
+        "name",
+        p.providers.iter().map(|x| x.name.as_str()),
+    );
     out.unique("/routes", "name", p.routes.iter().map(|x| x.name.as_str()));
     let providers: HashSet<&str> = p.providers.iter().map(|x| x.name.as_str()).collect();
     let defaults = p.routes.iter().filter(|r| r.agents.is_empty()).count();
@@ -282,7 +290,11 @@ fn runtime(r: &RuntimeContract, out: &mut Out) {
 }
 
 fn channel(c: &ChannelContract, out: &mut Out) {
-    out.unique("/channels", "name", c.channels.iter().map(|x| x.name.as_str()));
+    out.unique(
+        "/channels",
+        "name",
+        c.channels.iter().map(|x| x.name.as_str()),
+    );
     for (i, ch) in c.channels.iter().enumerate() {
         if ch.provider != ChannelProvider::Api && ch.verify_secret.is_none() {
             out.push(

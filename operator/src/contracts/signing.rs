@@ -85,7 +85,9 @@ impl Keyring {
                     format!("keyring line {}: {why}", n + 1),
                 )
             };
-            let (id, b64) = line.split_once(':').ok_or_else(|| bad("expected key_id:base64"))?;
+            let (id, b64) = line
+                .split_once(':')
+                .ok_or_else(|| bad("expected key_id:base64"))?;
             let id = id.trim();
             if !is_key_id(id) {
                 return Err(bad("key id must match [A-Za-z0-9._-]{1,64}"));
@@ -126,7 +128,8 @@ impl Keyring {
 
     /// Serialise back to the file format (for `awooop signing-key create`).
     pub fn to_text(&self) -> String {
-        let mut s = String::from("# AwoooP publish keyring: key_id:base64(material). Keep secret.\n");
+        let mut s =
+            String::from("# AwoooP publish keyring: key_id:base64(material). Keep secret.\n");
         for (id, k) in &self.keys {
             s.push_str(&format!("{id}:{}\n", STANDARD.encode(k)));
         }

@@ -116,7 +116,9 @@ pub struct ProjectContract {
 }
 
 /// A lowercase slug.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Slug(#[schemars(pattern(r"^[a-z][a-z0-9-]{0,62}$"))] pub String);
 
@@ -172,7 +174,9 @@ pub struct Acl {
 }
 
 /// A principal name (user or service account).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Principal(#[schemars(pattern(r"^[A-Za-z0-9._@-]{1,128}$"))] pub String);
 
@@ -239,7 +243,9 @@ pub struct AgentContract {
 }
 
 /// An exposed tool name `{provider}__{tool}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct ToolName(
     #[schemars(pattern(r"^[a-z][a-z0-9-]{0,62}__[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"))] pub String,

@@ -98,7 +98,13 @@ mod tests {
 
     #[test]
     fn transition_table() {
-        let cases: &[(MigrationMode, MigrationMode, bool, Option<&str>, Option<&str>)] = &[
+        let cases: &[(
+            MigrationMode,
+            MigrationMode,
+            bool,
+            Option<&str>,
+            Option<&str>,
+        )] = &[
             (Shadow, Canary, false, None, None),
             (Canary, ReadOnly, false, None, None),
             (ReadOnly, Suggest, false, None, None),
@@ -108,7 +114,13 @@ mod tests {
             (Shadow, AutoRemediate, false, None, Some("E-MIGRATION-001")),
             (Shadow, AutoRemediate, true, Some("incident 42"), None),
             (Shadow, AutoRemediate, true, None, Some("E-MIGRATION-002")),
-            (Shadow, AutoRemediate, true, Some("  "), Some("E-MIGRATION-002")),
+            (
+                Shadow,
+                AutoRemediate,
+                true,
+                Some("  "),
+                Some("E-MIGRATION-002"),
+            ),
             (Shadow, Shadow, false, None, Some("E-MIGRATION-001")),
             (AutoRemediate, Shadow, true, Some("rollback"), None),
         ];

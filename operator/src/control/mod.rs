@@ -241,7 +241,10 @@ impl ControlPlane {
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
-            return Err(Error::new(ErrorCode::ProjectExists, "project already exists"));
+            return Err(Error::new(
+                ErrorCode::ProjectExists,
+                "project already exists",
+            ));
         }
         sqlx::query(
             "INSERT INTO project_migration_state (project_id, mode, changed_by) VALUES ($1, 'shadow', $2)",
@@ -427,11 +430,10 @@ impl ControlPlane {
         let project = repo::project(&mut tx)
             .await?
             .ok_or_else(|| Error::new(ErrorCode::ProjectNotFound, "project not found"))?;
-        let mode: String =
-            sqlx::query_scalar("SELECT mode FROM project_migration_state")
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or_else(|| "shadow".into());
+        let mode: String = sqlx::query_scalar("SELECT mode FROM project_migration_state")
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or_else(|| "shadow".into());
         tx.commit().await?;
         Ok(ProjectView { project, mode })
     }
@@ -459,7 +461,11 @@ impl ControlPlane {
     }
 
     /// The active revision parsed into its typed contract.
-    pub async fn active_typed(&self, kind: ContractKind, name: &str) -> Result<(ActiveRow, Contract)> {
+    pub async fn active_typed(
+        &self,
+        kind: ContractKind,
+        name: &str,
+    ) -> Result<(ActiveRow, Contract)> {
         let a = self.active(kind, name).await?;
         // Published bodies were validated at publish; a failure here means a schema change
         // made an old revision unreadable, which must not be silently accepted.
@@ -474,7 +480,12 @@ impl ControlPlane {
         Ok(rows)
     }
 
-    pub async fn revision(&self, kind: ContractKind, name: &str, revision: i32) -> Result<RevisionRow> {
+    pub async fn revision(
+        &self,
+        kind: ContractKind,
+        name: &str,
+        revision: i32,
+    ) -> Result<RevisionRow> {
         let mut tx = self.db.tenant().await?;
         let row = repo::revision_by_number(&mut tx, kind, name, revision).await?;
         tx.commit().await?;
@@ -552,18 +563,30 @@ impl ControlPlane {
         content: &[u8],
     ) -> Result<ArtifactView> {
         actor.require(Role::Author)?;
-        if artifact_ref.is_empty() || artifact_ref.len() > 512 || artifact_ref.chars().any(char::is_control) {
-            return Err(Error::new(ErrorCode::ArtifactInvalid, "artifact ref must be 1..512 printable characters"));
+        if artifact_ref.is_empty()
+            || artifact_ref.len() > 512
+            || artifact_ref.chars().any(char::is_control)
+        {
+            return Err(Error::new(
+                ErrorCode::ArtifactInvalid,
+                "artifact ref must be 1..512 printable characters",
+            ));
         }
         if !["prompt", "schema", "eval", "replay", "other"].contains(&artifact_kind) {
-            return Err(Error::new(ErrorCode::ArtifactInvalid, "artifact kind must be prompt, schema, eval, replay or other"));
+            return Err(Error::new(
+                ErrorCode::ArtifactInvalid,
+                "artifact kind must be prompt, schema, eval, replay or other",
+            ));
         }
         if artifact_kind == "schema" {
             let parsed: Value = serde_json::from_slice(content).map_err(|_| {
                 Error::new(ErrorCode::ArtifactInvalid, "a schema artifact must be JSON")
             })?;
             if !jsonschema::draft202012::meta::is_valid(&parsed) {
-                return Err(Error::new(ErrorCode::ArtifactInvalid, "a schema artifact must be a valid JSON Schema"));
+                return Err(Error::new(
+                    ErrorCode::ArtifactInvalid,
+                    "a schema artifact must be a valid JSON Schema",
+                ));
             }
         }
         let sha = format!("sha256:{}", hex::encode(Sha256::digest(content)));
@@ -586,7 +609,12 @@ impl ControlPlane {
         .await?;
         audit::record(
             &mut tx,
-            Entry::ok(&actor.principal, "artifact.put", artifact_ref, json!({"sha256": sha, "size": content.len()})),
+            Entry::ok(
+                &actor.principal,
+                "artifact.put",
+                artifact_ref,
+                json!({"sha256": sha, "size": content.len()}),
+            ),
         )
         .await?;
         tx.commit().await?;
@@ -658,7 +686,12 @@ impl ControlPlane {
         .await?;
         audit::record(
             &mut tx,
-            Entry::ok(&actor.principal, "draft.create", format!("{kind}/{name}"), json!({"draft_id": id})),
+            Entry::ok(
+                &actor.principal,
+                "draft.create",
+                format!("{kind}/{name}"),
+                json!({"draft_id": id}),
+            ),
         )
         .await?;
         let view = self.draft_view(&mut tx, id).await?;
@@ -681,7 +714,12 @@ impl ControlPlane {
             .await?;
         audit::record(
             &mut tx,
-            Entry::ok(&actor.principal, "draft.update", format!("{kind}/{}", draft.name), json!({"draft_id": id})),
+            Entry::ok(
+                &actor.principal,
+                "draft.update",
+                format!("{kind}/{}", draft.name),
+                json!({"draft_id": id}),
+            ),
         )
         .await?;
         let view = self.draft_view(&mut tx, id).await?;
@@ -730,8 +768,13 @@ impl ControlPlane {
         let kind = ContractKind::parse(&draft.kind)?;
         let next_revision = repo::next_revision(conn, kind, &draft.name).await?;
         let body_hash = contracts::canonical::body_hash(&draft.body);
-        let signing_message =
-            signing::publish_message(project.as_str(), kind, &draft.name, next_revision, &body_hash);
+        let signing_message = signing::publish_message(
+            project.as_str(),
+            kind,
+            &draft.name,
+            next_revision,
+            &body_hash,
+        );
         Ok(DraftView {
             draft,
             next_revision,
@@ -745,7 +788,10 @@ impl ControlPlane {
         let view = self.get_draft(id).await?;
         let ring = self.keyring.read().expect("keyring lock");
         let key = ring.get(key_id).ok_or_else(|| {
-            Error::new(ErrorCode::ContractSigningKey, "key id is not in the local keyring")
+            Error::new(
+                ErrorCode::ContractSigningKey,
+                "key id is not in the local keyring",
+            )
         })?;
         Ok(PublishRequest {
             revision: view.next_revision,
@@ -760,7 +806,12 @@ impl ControlPlane {
 
     /// Freeze a draft into an immutable, signed revision. Nothing is written unless every
     /// check passes; denials are audited.
-    pub async fn publish(&self, actor: &Actor, draft_id: Uuid, req: PublishRequest) -> Result<RevisionRow> {
+    pub async fn publish(
+        &self,
+        actor: &Actor,
+        draft_id: Uuid,
+        req: PublishRequest,
+    ) -> Result<RevisionRow> {
         let res = self.publish_inner(actor, draft_id, &req).await;
         if let Err(e) = &res
             && matches!(
@@ -786,11 +837,24 @@ impl ControlPlane {
         res
     }
 
-    async fn publish_inner(&self, actor: &Actor, draft_id: Uuid, req: &PublishRequest) -> Result<RevisionRow> {
+    async fn publish_inner(
+        &self,
+        actor: &Actor,
+        draft_id: Uuid,
+        req: &PublishRequest,
+    ) -> Result<RevisionRow> {
         actor.require(Role::Publisher)?;
         let project = tenancy::require()?;
-        if req.signature.len() != 64 || !req.signature.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(Error::new(ErrorCode::ContractBadSignature, "signature must be 64 lowercase hex digits"));
+        if req.signature.len() != 64
+            || !req
+                .signature
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Error::new(
+                ErrorCode::ContractBadSignature,
+                "signature must be 64 lowercase hex digits",
+            ));
         }
         let mut tx = self.db.tenant().await?;
         self.require_active_project(&mut tx).await?;
@@ -801,11 +865,27 @@ impl ControlPlane {
         let kind = ContractKind::parse(&draft.kind)?;
         let validated = contracts::validate_and_hash(kind, &draft.body)?;
         repo::lock_contract(&mut tx, kind, &draft.name).await?;
+        // Replay first: a signature already used gets its precise code.
+        let replayed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM publish_signatures WHERE signature = $1)",
+        )
+        .bind(&req.signature)
+        .fetch_one(&mut *tx)
+        .await?;
+        if replayed {
+            return Err(Error::new(
+                ErrorCode::ContractSignatureReplay,
+                "this signature was already used",
+            ));
+        }
         let next = repo::next_revision(&mut tx, kind, &draft.name).await?;
         if req.revision != next {
             return Err(Error::new(
                 ErrorCode::ContractRevisionConflict,
-                format!("the next revision is {next}, the signature is for {}", req.revision),
+                format!(
+                    "the next revision is {next}, the signature is for {}",
+                    req.revision
+                ),
             )
             .with_details(json!({"expected_revision": next})));
         }
@@ -818,17 +898,16 @@ impl ControlPlane {
             )
             .with_details(json!({"body_hash": validated.body_hash})));
         }
-        // Replay first: a signature already used gets its precise code.
-        let replayed: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM publish_signatures WHERE signature = $1)")
-                .bind(&req.signature)
-                .fetch_one(&mut *tx)
-                .await?;
-        if replayed {
-            return Err(Error::new(ErrorCode::ContractSignatureReplay, "this signature was already used"));
-        }
-        self.verify_signature(&mut tx, &project, kind, &draft.name, next, &validated.body_hash, req)
-            .await?;
+        self.verify_signature(
+            &mut tx,
+            &project,
+            kind,
+            &draft.name,
+            next,
+            &validated.body_hash,
+            req,
+        )
+        .await?;
         for a in validated.contract.artifact_refs() {
             let ok: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM artifact_refs WHERE artifact_ref = $1 AND sha256 = $2)",
@@ -840,7 +919,10 @@ impl ControlPlane {
             if !ok {
                 return Err(Error::new(
                     ErrorCode::ContractArtifactMissing,
-                    format!("artifact '{}' is not registered with hash {}", a.reference, a.sha256),
+                    format!(
+                        "artifact '{}' is not registered with hash {}",
+                        a.reference, a.sha256
+                    ),
                 ));
             }
         }
@@ -901,7 +983,12 @@ impl ControlPlane {
         body_hash: &str,
         req: &PublishRequest,
     ) -> Result<()> {
-        let key_error = || Error::new(ErrorCode::ContractSigningKey, "signing key unknown, revoked or unavailable");
+        let key_error = || {
+            Error::new(
+                ErrorCode::ContractSigningKey,
+                "signing key unknown, revoked or unavailable",
+            )
+        };
         let fp: Option<String> = sqlx::query_scalar(
             "SELECT fingerprint FROM signing_keys WHERE key_id = $1 AND revoked_at IS NULL",
         )
@@ -917,7 +1004,10 @@ impl ControlPlane {
         }
         let message = signing::publish_message(project.as_str(), kind, name, revision, body_hash);
         if !signing::verify(material, &message, &req.signature) {
-            return Err(Error::new(ErrorCode::ContractBadSignature, "publish signature does not verify"));
+            return Err(Error::new(
+                ErrorCode::ContractBadSignature,
+                "publish signature does not verify",
+            ));
         }
         Ok(())
     }
@@ -930,11 +1020,22 @@ impl ControlPlane {
     pub async fn approve(&self, actor: &Actor, revision_id: Uuid) -> Result<ApprovalStatus> {
         let res = self.approve_inner(actor, revision_id).await;
         if let Err(e) = &res
-            && matches!(e.code, ErrorCode::ContractDuplicateApproval | ErrorCode::ContractApproverNotAllowed | ErrorCode::AuthForbidden)
+            && matches!(
+                e.code,
+                ErrorCode::ContractDuplicateApproval
+                    | ErrorCode::ContractApproverNotAllowed
+                    | ErrorCode::AuthForbidden
+            )
         {
             audit::record_detached(
                 &self.db,
-                Entry::denied(&actor.principal, "revision.approve", revision_id.to_string(), e.code.as_str(), json!({})),
+                Entry::denied(
+                    &actor.principal,
+                    "revision.approve",
+                    revision_id.to_string(),
+                    e.code.as_str(),
+                    json!({}),
+                ),
             )
             .await;
         }
@@ -944,7 +1045,10 @@ impl ControlPlane {
     async fn approve_inner(&self, actor: &Actor, revision_id: Uuid) -> Result<ApprovalStatus> {
         actor.require(Role::Approver)?;
         if !is_principal(&actor.principal) {
-            return Err(Error::new(ErrorCode::AuthForbidden, "approver name is not valid"));
+            return Err(Error::new(
+                ErrorCode::AuthForbidden,
+                "approver name is not valid",
+            ));
         }
         let project = tenancy::require()?;
         let mut tx = self.db.tenant().await?;
@@ -952,7 +1056,10 @@ impl ControlPlane {
         self.check_acl(&mut tx, actor, AclList::Approvers).await?;
         let rev = self.published_revision(&mut tx, revision_id).await?;
         let ttl = Duration::from_secs(p.approval_ttl_seconds as u64);
-        let redis_key = tenancy::redis_key("approval", &format!("{}:{}", rev.revision_id, actor.principal))?;
+        let redis_key = tenancy::redis_key(
+            "approval",
+            &format!("{}:{}", rev.revision_id, actor.principal),
+        )?;
         let redis_fresh = self.coord.set_nx(&redis_key, ttl).await;
         repo::void_expired_approvals(&mut tx, revision_id).await?;
         let inserted = sqlx::query(
@@ -968,7 +1075,10 @@ impl ControlPlane {
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
-            return Err(Error::new(ErrorCode::ContractDuplicateApproval, "this approver already approved this revision"));
+            return Err(Error::new(
+                ErrorCode::ContractDuplicateApproval,
+                "this approver already approved this revision",
+            ));
         }
         if redis_fresh == Some(false) {
             // Redis remembered an approval PostgreSQL does not have (an earlier attempt rolled
@@ -1015,8 +1125,14 @@ impl ControlPlane {
         let kind = ContractKind::parse(&rev.kind)?;
         repo::lock_contract(&mut tx, kind, &rev.name).await?;
         let current = repo::active(&mut tx, kind, &rev.name).await?;
-        if current.as_ref().is_some_and(|c| c.revision_id == revision_id) {
-            return Err(Error::new(ErrorCode::ContractAlreadyActive, "this revision is already active"));
+        if current
+            .as_ref()
+            .is_some_and(|c| c.revision_id == revision_id)
+        {
+            return Err(Error::new(
+                ErrorCode::ContractAlreadyActive,
+                "this revision is already active",
+            ));
         }
         repo::void_expired_approvals(&mut tx, revision_id).await?;
         let approvers = repo::open_approvers(&mut tx, revision_id).await?;
@@ -1026,7 +1142,9 @@ impl ControlPlane {
                 ErrorCode::ContractInsufficientApprovals,
                 format!("{} of {required} required approvals", approvers.len()),
             )
-            .with_details(json!({"approvals": approvers.len(), "required": required, "approvers": approvers})));
+            .with_details(
+                json!({"approvals": approvers.len(), "required": required, "approvers": approvers}),
+            ));
         }
         let activation_id = Uuid::now_v7();
         sqlx::query(
@@ -1038,11 +1156,11 @@ impl ControlPlane {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO active_revisions (project_id, kind, name, revision_id, revision, body_hash, activation_id, activated_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            "INSERT INTO active_revisions (project_id, kind, name, revision_id, revision, body_hash, activation_id, activated_by, activated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, clock_timestamp()) \
              ON CONFLICT (project_id, kind, name) DO UPDATE SET revision_id = EXCLUDED.revision_id, \
              revision = EXCLUDED.revision, body_hash = EXCLUDED.body_hash, activation_id = EXCLUDED.activation_id, \
-             activated_by = EXCLUDED.activated_by, activated_at = now()",
+             activated_by = EXCLUDED.activated_by, activated_at = clock_timestamp()",
         )
         .bind(project.as_str())
         .bind(kind.as_str())
@@ -1058,7 +1176,8 @@ impl ControlPlane {
         let previous = current.as_ref().map(|c| c.revision_id);
         sqlx::query(
             "INSERT INTO activation_history (project_id, activation_id, kind, name, revision_id, revision, body_hash, \
-             previous_revision_id, is_rollback, approvers, activated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             previous_revision_id, is_rollback, approvers, activated_by, activated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, clock_timestamp())",
         )
         .bind(project.as_str())
         .bind(activation_id)
@@ -1128,7 +1247,11 @@ impl ControlPlane {
         })
     }
 
-    async fn published_revision(&self, conn: &mut sqlx::PgConnection, id: Uuid) -> Result<RevisionRow> {
+    async fn published_revision(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        id: Uuid,
+    ) -> Result<RevisionRow> {
         if let Some(r) = repo::revision_by_id(conn, id).await? {
             return Ok(r);
         }
@@ -1138,7 +1261,10 @@ impl ControlPlane {
                 .fetch_one(conn)
                 .await?;
         if is_draft {
-            Err(Error::new(ErrorCode::ContractNotPublished, "this is a draft: publish it first"))
+            Err(Error::new(
+                ErrorCode::ContractNotPublished,
+                "this is a draft: publish it first",
+            ))
         } else {
             Err(Error::not_found("revision"))
         }
@@ -1190,11 +1316,13 @@ impl ControlPlane {
                 .ok_or_else(|| Error::new(ErrorCode::ProjectNotFound, "project not found"))?;
         let from = MigrationMode::parse(&from)?;
         migration::check_transition(from, to, force, reason)?;
-        sqlx::query("UPDATE project_migration_state SET mode = $1, changed_by = $2, changed_at = now()")
-            .bind(to.as_str())
-            .bind(&actor.principal)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE project_migration_state SET mode = $1, changed_by = $2, changed_at = now()",
+        )
+        .bind(to.as_str())
+        .bind(&actor.principal)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO project_migration_history (project_id, change_id, from_mode, to_mode, forced, reason, changed_by) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1232,9 +1360,16 @@ impl ControlPlane {
     }
 
     /// When the active Project contract lists publishers/approvers, only they may act.
-    async fn check_acl(&self, conn: &mut sqlx::PgConnection, actor: &Actor, list: AclList) -> Result<()> {
+    async fn check_acl(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        actor: &Actor,
+        list: AclList,
+    ) -> Result<()> {
         let project = tenancy::require()?;
-        let Some((_, body)) = repo::active_body(conn, ContractKind::Project, project.as_str()).await? else {
+        let Some((_, body)) =
+            repo::active_body(conn, ContractKind::Project, project.as_str()).await?
+        else {
             return Ok(());
         };
         let Ok(Contract::Project(pc)) = contracts::validate(ContractKind::Project, &body) else {

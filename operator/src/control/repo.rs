@@ -202,21 +202,23 @@ pub async fn active_body(
     .bind(name)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|(revision_id, revision, body_hash, activation_id, activated_by, activated_at, body)| {
-        (
-            ActiveRow {
-                kind: kind.as_str().to_string(),
-                name: name.to_string(),
-                revision_id,
-                revision,
-                body_hash,
-                activation_id,
-                activated_by,
-                activated_at,
-            },
-            body,
-        )
-    }))
+    Ok(row.map(
+        |(revision_id, revision, body_hash, activation_id, activated_by, activated_at, body)| {
+            (
+                ActiveRow {
+                    kind: kind.as_str().to_string(),
+                    name: name.to_string(),
+                    revision_id,
+                    revision,
+                    body_hash,
+                    activation_id,
+                    activated_by,
+                    activated_at,
+                },
+                body,
+            )
+        },
+    ))
 }
 
 pub async fn activations(

@@ -140,11 +140,21 @@ async fn put_artifact(
 ) -> Result<impl IntoResponse> {
     let content = base64::engine::general_purpose::STANDARD
         .decode(req.content_base64.as_bytes())
-        .map_err(|_| Error::new(ErrorCode::ArtifactInvalid, "content_base64 is not valid base64"))?;
+        .map_err(|_| {
+            Error::new(
+                ErrorCode::ArtifactInvalid,
+                "content_base64 is not valid base64",
+            )
+        })?;
     let v = tenancy::scope(
         c.project()?,
-        s.control
-            .put_artifact(&c.actor, &req.reference, &req.kind, &req.media_type, &content),
+        s.control.put_artifact(
+            &c.actor,
+            &req.reference,
+            &req.kind,
+            &req.media_type,
+            &content,
+        ),
     )
     .await?;
     Ok((StatusCode::CREATED, Json(v)))
@@ -196,7 +206,9 @@ async fn create_draft(
 
 async fn list_drafts(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
     c.actor.require(Role::Reader)?;
-    Ok(Json(tenancy::scope(c.project()?, s.control.list_drafts()).await?))
+    Ok(Json(
+        tenancy::scope(c.project()?, s.control.list_drafts()).await?,
+    ))
 }
 
 async fn get_draft(
@@ -283,7 +295,9 @@ async fn activate(
 
 async fn active_list(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
     c.actor.require(Role::Reader)?;
-    Ok(Json(tenancy::scope(c.project()?, s.control.active_list()).await?))
+    Ok(Json(
+        tenancy::scope(c.project()?, s.control.active_list()).await?,
+    ))
 }
 
 async fn active(
@@ -348,7 +362,9 @@ async fn diff(
 
 async fn migration(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
     c.actor.require(Role::Reader)?;
-    Ok(Json(tenancy::scope(c.project()?, s.control.migration()).await?))
+    Ok(Json(
+        tenancy::scope(c.project()?, s.control.migration()).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -395,6 +411,7 @@ async fn audit(
 ) -> Result<impl IntoResponse> {
     c.actor.require(Role::Reader)?;
     let Query(q) = q.map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "expected ?limit=N"))?;
-    Ok(Json(tenancy::scope(c.project()?, s.control.audit(q.limit)).await?))
+    Ok(Json(
+        tenancy::scope(c.project()?, s.control.audit(q.limit)).await?,
+    ))
 }
-

@@ -46,14 +46,22 @@ impl FromRequestParts<AppState> for Caller {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or_else(|| Error::new(ErrorCode::AuthInvalid, "expected 'Authorization: Bearer <token>'"))?;
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::AuthInvalid,
+                    "expected 'Authorization: Bearer <token>'",
+                )
+            })?;
         if let Some(admin) = &state.admin
             && admin.matches(token)
         {
             let project = match parts.headers.get(PROJECT_HEADER) {
                 None => None,
                 Some(v) => Some(ProjectId::parse(v.to_str().map_err(|_| {
-                    Error::new(ErrorCode::ReqInvalidParam, "X-Awooop-Project is not valid text")
+                    Error::new(
+                        ErrorCode::ReqInvalidParam,
+                        "X-Awooop-Project is not valid text",
+                    )
                 })?)?),
             };
             return Ok(Caller {
@@ -67,7 +75,10 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(v) = parts.headers.get(PROJECT_HEADER)
             && v.as_bytes() != project.as_str().as_bytes()
         {
-            return Err(Error::new(ErrorCode::AuthForbidden, "this credential cannot act on another project"));
+            return Err(Error::new(
+                ErrorCode::AuthForbidden,
+                "this credential cannot act on another project",
+            ));
         }
         Ok(Caller {
             actor,

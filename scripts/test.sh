@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Runs every check and test of AwoooP on a fresh Debian/Ubuntu machine with Rust:
+#   1. makes sure PostgreSQL and Redis answer on 127.0.0.1 (starts them when installed but
+#      stopped, installs them with apt-get when missing);
+#   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
+#   3. the whole test suite (cargo nextest when installed, else cargo test).
+# CI (.ci/run) calls this same script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then $SUDO apt-get update -qq; apt_updated=1; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_postgres() {
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    log "installing PostgreSQL"
+    apt_install postgresql postgresql-client
+  fi
+  if ! answers 5432; then
+    log "starting PostgreSQL"
+    for v in $(ls /etc/postgresql 2>/dev/null); do
+      $SUDO pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
+    done
+    for _ in $(seq 1 50); do answers 5432 && break; sleep 0.2; done
+  fi
+  answers 5432 || { echo "PostgreSQL does not answer on 127.0.0.1:5432" >&2; exit 1; }
+  # Tests connect over TCP as the postgres superuser. Trust auth (CI image) needs no password;
+  # a stock Debian install wants one, so set a known local password when trust is off.
+  if [ -z "${DATABASE_URL:-}" ]; then
+    export DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+    if command -v psql >/dev/null && ! psql "$DATABASE_URL" -Atc 'select 1' >/dev/null 2>&1; then
+      $SUDO -u postgres psql -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null 2>&1 \
+        || runuser -u postgres -- psql -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
+      export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    fi
+  fi
+}
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null; then
+    log "installing Redis"
+    apt_install redis-server
+  fi
+  if ! answers 6379; then
+    log "starting Redis"
+    mkdir -p /tmp/awooop-redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /tmp/awooop-redis --logfile /tmp/awooop-redis/redis.log
+    for _ in $(seq 1 50); do answers 6379 && break; sleep 0.1; done
+  fi
+  answers 6379 || { echo "Redis does not answer on 127.0.0.1:6379" >&2; exit 1; }
+  export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+}
+
+ensure_postgres
+ensure_redis
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+log "tests against PostgreSQL and Redis on 127.0.0.1"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --profile ci
+else
+  cargo test --locked
+fi

@@ -316,7 +316,7 @@ mod tests {
         fn generate(next: &mut dyn FnMut() -> u64, depth: u32) -> Value {
             match next() % if depth > 3 { 4 } else { 6 } {
                 0 => Value::Null,
-                1 => Value::Bool(next() % 2 == 0),
+                1 => Value::Bool(next().is_multiple_of(2)),
                 2 => json!((next() % 2_000_000) as f64 / 7.0 - 1000.0),
                 3 => Value::String(format!("k{}\u{e9}\u{1F600}\n", next() % 100)),
                 4 => Value::Array((0..next() % 4).map(|_| generate(next, depth + 1)).collect()),

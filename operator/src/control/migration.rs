@@ -98,13 +98,14 @@ mod tests {
 
     #[test]
     fn transition_table() {
-        let cases: &[(
+        type Case = (
             MigrationMode,
             MigrationMode,
             bool,
-            Option<&str>,
-            Option<&str>,
-        )] = &[
+            Option<&'static str>,
+            Option<&'static str>,
+        );
+        let cases: &[Case] = &[
             (Shadow, Canary, false, None, None),
             (Canary, ReadOnly, false, None, None),
             (ReadOnly, Suggest, false, None, None),

@@ -286,7 +286,7 @@ impl ControlPlane {
             .db
             .platform(&actor.principal, "project.list", json!({}))
             .await?;
-        let rows: Vec<(String, String, String, i32, i32, bool, DateTime<Utc>)> = sqlx::query_as(
+        let rows: Vec<ProjectRow> = sqlx::query_as(
             "SELECT project_id, display_name, status, required_approvals, approval_ttl_seconds, \
              allow_destructive, created_at FROM projects ORDER BY project_id",
         )
@@ -294,20 +294,12 @@ impl ControlPlane {
         .await?;
         tx.commit().await?;
         let mut out = Vec::with_capacity(rows.len());
-        for (project_id, display_name, status, ra, ttl, ad, created_at) in rows {
+        for project in rows {
             // The migration mode is tenant data: read it inside each tenant's own scope.
-            let id = ProjectId::parse(&project_id)?;
+            let id = ProjectId::parse(&project.project_id)?;
             let mode = tenancy::scope(id, self.mode()).await?;
             out.push(ProjectView {
-                project: ProjectRow {
-                    project_id,
-                    display_name,
-                    status,
-                    required_approvals: ra,
-                    approval_ttl_seconds: ttl,
-                    allow_destructive: ad,
-                    created_at,
-                },
+                project,
                 mode: mode.as_str().into(),
             });
         }

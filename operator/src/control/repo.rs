@@ -193,8 +193,20 @@ pub async fn active_body(
     kind: ContractKind,
     name: &str,
 ) -> Result<Option<(ActiveRow, Value)>> {
-    let row: Option<(Uuid, i32, String, Uuid, String, DateTime<Utc>, Value)> = sqlx::query_as(
-        "SELECT a.revision_id, a.revision, a.body_hash, a.activation_id, a.activated_by, a.activated_at, r.body \
+    #[derive(FromRow)]
+    struct Row {
+        kind: String,
+        name: String,
+        revision_id: Uuid,
+        revision: i32,
+        body_hash: String,
+        activation_id: Uuid,
+        activated_by: String,
+        activated_at: DateTime<Utc>,
+        body: Value,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT a.kind, a.name, a.revision_id, a.revision, a.body_hash, a.activation_id, a.activated_by, a.activated_at, r.body \
          FROM active_revisions a JOIN contract_revisions r USING (project_id, revision_id) \
          WHERE a.kind = $1 AND a.name = $2",
     )
@@ -202,23 +214,21 @@ pub async fn active_body(
     .bind(name)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(
-        |(revision_id, revision, body_hash, activation_id, activated_by, activated_at, body)| {
-            (
-                ActiveRow {
-                    kind: kind.as_str().to_string(),
-                    name: name.to_string(),
-                    revision_id,
-                    revision,
-                    body_hash,
-                    activation_id,
-                    activated_by,
-                    activated_at,
-                },
-                body,
-            )
-        },
-    ))
+    Ok(row.map(|r| {
+        (
+            ActiveRow {
+                kind: r.kind,
+                name: r.name,
+                revision_id: r.revision_id,
+                revision: r.revision,
+                body_hash: r.body_hash,
+                activation_id: r.activation_id,
+                activated_by: r.activated_by,
+                activated_at: r.activated_at,
+            },
+            r.body,
+        )
+    }))
 }
 
 pub async fn activations(

@@ -1,13 +1,757 @@
-//! PLACEHOLDER until the redaction engine lands.
-pub struct Redactor;
+//! The one redaction engine, used by the audit sink, the (future) MCP gateway and logs.
+//!
+//! Contract: [`Redactor::redact_str`] replaces every match of the built-in pattern classes with a
+//! typed marker `[REDACTED:<class>]`; [`Redactor::redact_json`] walks nested JSON and redacts
+//! object keys and string values, and replaces the whole value of secret-looking keys
+//! (`password`, `api_key`, `*_token`, …). [`ExactSecrets`] removes known credential values
+//! (and their base64 and percent-encoded forms) that no pattern could recognise. Redaction is
+//! idempotent: markers never match a pattern again.
+//!
+//! Order matters: whole PEM blocks and JWTs go first (they contain text other patterns would
+//! nibble at), URL userinfo before e-mail (`user:pw@host` is not an address), provider keys
+//! before the generic key/value rule, payment cards before phone numbers (a Luhn-valid 13–19
+//! digit run is far more likely a card). Candidates that need a checksum (Luhn, SSN ranges,
+//! Taiwanese ID check digit) are verified in code; failures are left untouched.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use base64::Engine;
+use regex::{Captures, Regex, RegexSet};
+use serde_json::Value;
+
+/// The pattern classes and their marker names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PatternClass {
+    PrivateKey,
+    Jwt,
+    UrlCredentials,
+    BearerToken,
+    ApiKey,
+    SecretKeyValue,
+    Email,
+    PaymentCard,
+    NationalId,
+    Phone,
+}
+
+impl PatternClass {
+    pub const ALL: [PatternClass; 10] = [
+        Self::PrivateKey,
+        Self::Jwt,
+        Self::UrlCredentials,
+        Self::BearerToken,
+        Self::ApiKey,
+        Self::SecretKeyValue,
+        Self::Email,
+        Self::PaymentCard,
+        Self::NationalId,
+        Self::Phone,
+    ];
+
+    pub fn marker(self) -> &'static str {
+        match self {
+            Self::PrivateKey => "private_key",
+            Self::Jwt => "jwt",
+            Self::UrlCredentials => "url_credentials",
+            Self::BearerToken => "bearer",
+            Self::ApiKey => "api_key",
+            Self::SecretKeyValue => "secret",
+            Self::Email => "email",
+            Self::PaymentCard => "card",
+            Self::NationalId => "national_id",
+            Self::Phone => "phone",
+        }
+    }
+}
+
+type Replace = fn(&Captures<'_>) -> Option<String>;
+
+struct Rule {
+    re: Regex,
+    /// Replacement for a match; `None` leaves the match unchanged (checksum failed, …).
+    replace: Replace,
+}
+
+pub struct Redactor {
+    set: RegexSet,
+    rules: Vec<Rule>,
+}
+
+fn marker(c: PatternClass) -> String {
+    format!("[REDACTED:{}]", c.marker())
+}
+
+const RULES: &[(PatternClass, &str, Replace)] = &[
+    (
+        PatternClass::PrivateKey,
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
+        |_| Some(marker(PatternClass::PrivateKey)),
+    ),
+    (
+        PatternClass::Jwt,
+        r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+        |_| Some(marker(PatternClass::Jwt)),
+    ),
+    (
+        PatternClass::UrlCredentials,
+        r"(?i)\b([a-z][a-z0-9+.-]{1,20}://)([^\s:/@\[\]]+):([^\s@/\[\]]+)@",
+        |c| {
+            Some(format!(
+                "{}{}@",
+                &c[1],
+                marker(PatternClass::UrlCredentials)
+            ))
+        },
+    ),
+    (
+        PatternClass::UrlCredentials,
+        r"(?i)([?&](?:token|access_token|api_key|apikey|key|secret|password|sig|signature)=)([^\s&#\[]+)",
+        |c| Some(format!("{}{}", &c[1], marker(PatternClass::SecretKeyValue))),
+    ),
+    (
+        PatternClass::BearerToken,
+        r"(?i)\b(bearer)\s+([A-Za-z0-9._~+/=-]{8,})",
+        |c| Some(format!("{} {}", &c[1], marker(PatternClass::BearerToken))),
+    ),
+    (
+        PatternClass::BearerToken,
+        r"(?i)(authorization\s*[:=]\s*basic)\s+([A-Za-z0-9+/=]{8,})",
+        |c| Some(format!("{} {}", &c[1], marker(PatternClass::BearerToken))),
+    ),
+    (
+        PatternClass::ApiKey,
+        concat!(
+            r"\bsk-ant-[A-Za-z0-9_-]{20,}",
+            r"|\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}",
+            r"|\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}",
+            r"|\bgithub_pat_[A-Za-z0-9_]{22,}",
+            r"|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
+            r"|\bxox[abposr]-[A-Za-z0-9-]{10,}",
+            r"|\bxapp-[A-Za-z0-9-]{10,}",
+            r"|https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+",
+            r"|\b\d{8,10}:[A-Za-z0-9_-]{35}\b",
+            r"|\bAIza[0-9A-Za-z_-]{35}\b",
+        ),
+        |_| Some(marker(PatternClass::ApiKey)),
+    ),
+    (
+        PatternClass::SecretKeyValue,
+        r#"(?i)\b((?:[a-z0-9]+[_-])*(?:password|passwd|pwd|secret|api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|auth[_-]?token|token|client[_-]?secret|private[_-]?key|secret[_-]?key|credentials?))(\s*"?\s*[:=]\s*["']?)([^\s"'&,;}\]]+)"#,
+        |c| {
+            if c[3].starts_with("[REDACTED") {
+                return None;
+            }
+            Some(format!(
+                "{}{}{}",
+                &c[1],
+                &c[2],
+                marker(PatternClass::SecretKeyValue)
+            ))
+        },
+    ),
+    (
+        PatternClass::Email,
+        r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+        |_| Some(marker(PatternClass::Email)),
+    ),
+    (
+        PatternClass::PaymentCard,
+        r"\b\d(?:[ -]?\d){12,18}\b",
+        |c| luhn_ok(&c[0]).then(|| marker(PatternClass::PaymentCard)),
+    ),
+    (
+        PatternClass::NationalId,
+        r"\b(\d{3})-(\d{2})-(\d{4})\b",
+        |c| {
+            let (area, group, serial) = (&c[1], &c[2], &c[3]);
+            let valid = area != "000"
+                && area != "666"
+                && !area.starts_with('9')
+                && group != "00"
+                && serial != "0000";
+            valid.then(|| marker(PatternClass::NationalId))
+        },
+    ),
+    (PatternClass::NationalId, r"\b[A-Z][12]\d{8}\b", |c| {
+        taiwan_id_ok(&c[0]).then(|| marker(PatternClass::NationalId))
+    }),
+    (
+        PatternClass::Phone,
+        concat!(
+            r"\+\d{1,3}[ -]?\(?\d{1,4}\)?(?:[ -]?\d{2,4}){1,4}\b",
+            r"|\(\d{3}\)\s?\d{3}-\d{4}\b",
+            r"|\b\d{3}-\d{3}-\d{4}\b",
+            r"|\b09\d{2}-?\d{3}-?\d{3}\b",
+        ),
+        |c| {
+            let digits = c[0].bytes().filter(u8::is_ascii_digit).count();
+            (8..=15)
+                .contains(&digits)
+                .then(|| marker(PatternClass::Phone))
+        },
+    ),
+];
+
+fn luhn_ok(s: &str) -> bool {
+    let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) || digits.iter().all(|&d| d == digits[0]) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// Taiwanese national ID: letter (mapped to 10..35 in the official order), then 9 digits with
+/// weights 1,9,8,7,6,5,4,3,2,1 (letter tens/units first), sum divisible by 10.
+fn taiwan_id_ok(s: &str) -> bool {
+    const ORDER: &str = "ABCDEFGHJKLMNPQRSTUVXYWZIO";
+    let b = s.as_bytes();
+    let Some(pos) = ORDER.find(b[0] as char) else {
+        return false;
+    };
+    let code = 10 + pos as u32;
+    let mut sum = (code / 10) + (code % 10) * 9;
+    for (i, &d) in b[1..].iter().enumerate() {
+        let d = (d - b'0') as u32;
+        let w = if i == 8 { 1 } else { 8 - i as u32 };
+        sum += d * w;
+    }
+    sum.is_multiple_of(10)
+}
+
+static GLOBAL: LazyLock<Redactor> = LazyLock::new(Redactor::new);
+
 impl Redactor {
+    fn new() -> Self {
+        let rules: Vec<Rule> = RULES
+            .iter()
+            .map(|(_, pat, replace)| Rule {
+                re: Regex::new(pat).expect("redaction pattern compiles"),
+                replace: *replace,
+            })
+            .collect();
+        let set = RegexSet::new(RULES.iter().map(|(_, p, _)| *p)).expect("pattern set compiles");
+        Self { set, rules }
+    }
+
+    /// The process-wide engine (compiled once).
     pub fn global() -> &'static Redactor {
-        &Redactor
+        &GLOBAL
     }
-    pub fn redact_str<'a>(&self, s: &'a str) -> std::borrow::Cow<'a, str> {
-        std::borrow::Cow::Borrowed(s)
+
+    /// The classes a string would be redacted for (for tests and metrics).
+    pub fn classes(&self, s: &str) -> Vec<PatternClass> {
+        let out = self.redact_str(s);
+        PatternClass::ALL
+            .into_iter()
+            .filter(|c| out.contains(&marker(*c)))
+            .collect()
     }
-    pub fn redact_json(&self, _v: &mut serde_json::Value) -> usize {
-        0
+
+    /// Redact a string; borrowed when nothing matched (one scan for clean input).
+    pub fn redact_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        let hits = self.set.matches(s);
+        if !hits.matched_any() {
+            return Cow::Borrowed(s);
+        }
+        let mut cur: Cow<'a, str> = Cow::Borrowed(s);
+        for i in hits.iter() {
+            let rule = &self.rules[i];
+            let replaced = rule.re.replace_all(&cur, |c: &Captures<'_>| {
+                (rule.replace)(c).unwrap_or_else(|| c[0].to_string())
+            });
+            if let Cow::Owned(o) = replaced {
+                cur = Cow::Owned(o);
+            }
+        }
+        cur
+    }
+
+    /// Redact JSON in place: keys and string values, nested; whole values of secret-looking
+    /// keys. Returns the number of replaced keys and values.
+    pub fn redact_json(&self, v: &mut Value) -> usize {
+        match v {
+            Value::String(s) => match self.redact_str(s) {
+                Cow::Borrowed(_) => 0,
+                Cow::Owned(o) => {
+                    *s = o;
+                    1
+                }
+            },
+            Value::Array(a) => a.iter_mut().map(|x| self.redact_json(x)).sum(),
+            Value::Object(m) => {
+                let mut n = 0;
+                let old = std::mem::take(m);
+                for (k, mut val) in old {
+                    let key = match self.redact_str(&k) {
+                        Cow::Borrowed(_) => k,
+                        Cow::Owned(o) => {
+                            n += 1;
+                            o
+                        }
+                    };
+                    if is_secret_key(&key) && matches!(val, Value::String(_) | Value::Number(_)) {
+                        if val.as_str().is_none_or(|s| !s.starts_with("[REDACTED")) {
+                            val = Value::String(marker(PatternClass::SecretKeyValue));
+                            n += 1;
+                        }
+                    } else {
+                        n += self.redact_json(&mut val);
+                    }
+                    m.insert(key, val);
+                }
+                n
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Keys whose value is a secret whatever it looks like. Exact names after dropping `-`/`_`
+/// and case, or names ending in one of them (`db_password`, `slack_bot_token`). `token_count`
+/// or `max_output_tokens` are not secrets: the secret word must end the key.
+pub fn is_secret_key(key: &str) -> bool {
+    let k: String = key
+        .chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect();
+    const EXACT: &[&str] = &[
+        "authorization",
+        "cookie",
+        "setcookie",
+        "credential",
+        "credentials",
+        "pwd",
+    ];
+    const SUFFIX: &[&str] = &[
+        "password",
+        "passwd",
+        "secret",
+        "apikey",
+        "token",
+        "privatekey",
+        "secretkey",
+        "accesskey",
+    ];
+    EXACT.contains(&k.as_str()) || SUFFIX.iter().any(|s| k.ends_with(s))
+}
+
+/// Exact-value redaction of credentials known at call time (their raw, base64 and
+/// percent-encoded forms), longest first.
+pub struct ExactSecrets {
+    re: Option<Regex>,
+}
+
+impl ExactSecrets {
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(secrets: I) -> Self {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        let mut forms: Vec<String> = Vec::new();
+        for s in secrets {
+            let s = s.as_ref();
+            // Very short values would redact ordinary text everywhere.
+            if s.chars().count() < 4 {
+                continue;
+            }
+            forms.push(s.to_string());
+            for e in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+                forms.push(e.encode(s.as_bytes()));
+            }
+            forms.push(percent_encode(s));
+        }
+        forms.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        forms.dedup();
+        let re = (!forms.is_empty()).then(|| {
+            let alt = forms
+                .iter()
+                .map(|f| regex::escape(f))
+                .collect::<Vec<_>>()
+                .join("|");
+            Regex::new(&alt).expect("escaped literals compile")
+        });
+        Self { re }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.re.is_none()
+    }
+
+    pub fn redact_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        match &self.re {
+            None => Cow::Borrowed(s),
+            Some(re) => re.replace_all(s, "[REDACTED:credential]"),
+        }
+    }
+
+    pub fn redact_json(&self, v: &mut Value) -> usize {
+        match v {
+            Value::String(s) => match self.redact_str(s) {
+                Cow::Borrowed(_) => 0,
+                Cow::Owned(o) => {
+                    *s = o;
+                    1
+                }
+            },
+            Value::Array(a) => a.iter_mut().map(|x| self.redact_json(x)).sum(),
+            Value::Object(m) => {
+                let mut n = 0;
+                let old = std::mem::take(m);
+                for (k, mut val) in old {
+                    let key = match self.redact_str(&k) {
+                        Cow::Borrowed(_) => k,
+                        Cow::Owned(o) => {
+                            n += 1;
+                            o
+                        }
+                    };
+                    n += self.redact_json(&mut val);
+                    m.insert(key, val);
+                }
+                n
+            }
+            _ => 0,
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn r(s: &str) -> String {
+        Redactor::global().redact_str(s).into_owned()
+    }
+
+    /// Each positive must be redacted to its marker with the secret gone; each negative must be
+    /// left exactly as it is.
+    #[track_caller]
+    fn corpus(class: PatternClass, positives: &[(&str, &str)], negatives: &[&str]) {
+        let m = format!("[REDACTED:{}]", class.marker());
+        for (input, secret) in positives {
+            let out = r(input);
+            assert!(out.contains(&m), "{class:?}: {input:?} -> {out:?}");
+            assert!(
+                !out.contains(secret),
+                "{class:?}: {secret:?} survived in {out:?}"
+            );
+            assert_eq!(r(&out), out, "not idempotent: {input:?}");
+        }
+        for input in negatives {
+            assert_eq!(r(input), *input, "{class:?}: false positive");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        corpus(
+            PatternClass::Email,
+            &[
+                (
+                    "contact alice.smith+ops@example.co.uk now",
+                    "alice.smith+ops@example.co.uk",
+                ),
+                ("<bob@awoooi.io>", "bob@awoooi.io"),
+            ],
+            &[
+                "user@localhost",
+                "@alice on Slack",
+                "version 1.2.3",
+                "a@b",
+                "git@github",
+            ],
+        );
+    }
+
+    #[test]
+    fn phones() {
+        corpus(
+            PatternClass::Phone,
+            &[
+                ("call +886 912 345 678", "912 345 678"),
+                ("+1-415-555-0100", "415-555-0100"),
+                ("(555) 123-4567", "123-4567"),
+                ("555-123-4567", "555-123-4567"),
+                ("手機 0912-345-678", "0912-345-678"),
+                ("0912345678", "0912345678"),
+            ],
+            &[
+                "2026-11-24",
+                "12:30:45",
+                "v1.2.3",
+                "port 8080",
+                "550e8400-e29b-41d4-a716-446655440000",
+                "10.0.0.12",
+                "+1",
+            ],
+        );
+    }
+
+    #[test]
+    fn payment_cards() {
+        corpus(
+            PatternClass::PaymentCard,
+            &[
+                ("card 4111 1111 1111 1111 exp", "4111 1111 1111 1111"),
+                ("5500-0000-0000-0004", "5500-0000-0000-0004"),
+                ("378282246310005", "378282246310005"),
+            ],
+            &[
+                "order 4111111111111112",
+                "1234567890123456",
+                "0000000000000000",
+                "ts 1732450000000",
+            ],
+        );
+    }
+
+    #[test]
+    fn national_ids() {
+        corpus(
+            PatternClass::NationalId,
+            &[
+                ("ssn 123-45-6789", "123-45-6789"),
+                ("身分證 A123456789", "A123456789"),
+            ],
+            &[
+                "000-12-3456",
+                "666-12-3456",
+                "900-12-3456",
+                "123-00-4567",
+                "A123456788",
+                "Z999999999",
+                "AB12345678",
+            ],
+        );
+    }
+
+    #[test]
+    fn jwts() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        corpus(
+            PatternClass::Jwt,
+            &[(&format!("token {jwt} end"), jwt)],
+            &["eyJ", "eyJhbGci.short", "a.b.c"],
+        );
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        corpus(
+            PatternClass::BearerToken,
+            &[
+                (
+                    "Authorization: Bearer abcdef0123456789xyz",
+                    "abcdef0123456789xyz",
+                ),
+                (
+                    "authorization=basic dXNlcjpwYXNzd29yZA==",
+                    "dXNlcjpwYXNzd29yZA==",
+                ),
+            ],
+            &[
+                "Bearer",
+                "the bearer of bad news",
+                "basic understanding of things",
+            ],
+        );
+    }
+
+    #[test]
+    fn provider_api_keys() {
+        let keys = [
+            "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+            "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx",
+            "sk-AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+            "ghp_0123456789abcdefghijABCDEFGHIJ012345",
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnop",
+            "AKIAIOSFODNN7EXAMPLE",
+            "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOp",
+            "xapp-1-A0123456789-0123456789012-abcdef",
+            "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXX",
+            "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsawQ",
+            "AIzaSyA0123456789abcdefghijklmnopqrstuv",
+        ];
+        let positives: Vec<(String, &str)> =
+            keys.iter().map(|k| (format!("key={k};"), *k)).collect();
+        for (input, secret) in &positives {
+            let out = r(input);
+            assert!(!out.contains(secret), "{input} -> {out}");
+            assert!(out.contains("[REDACTED:"), "{out}");
+        }
+        for k in keys {
+            assert!(
+                r(&format!("value {k} here")).contains("[REDACTED:api_key]"),
+                "{k}"
+            );
+        }
+        for neg in [
+            "task-list-for-today",
+            "sk-short",
+            "ghp_x",
+            "AKIA",
+            "xoxb",
+            "12345:abc",
+            "risk-assessment-123456789012345678901",
+        ] {
+            assert_eq!(r(neg), neg);
+        }
+    }
+
+    #[test]
+    fn private_keys() {
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAx\nabc\n-----END RSA PRIVATE KEY-----";
+        let pem2 = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----";
+        corpus(
+            PatternClass::PrivateKey,
+            &[
+                (&format!("key:\n{pem}\nrest"), "MIIEowIBAAKCAQEAx"),
+                (pem2, "MIGHAgEAMBMGByqGSM49"),
+            ],
+            &[
+                "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQ\n-----END PUBLIC KEY-----",
+                "-----BEGIN CERTIFICATE-----",
+            ],
+        );
+    }
+
+    #[test]
+    fn url_credentials() {
+        corpus(
+            PatternClass::UrlCredentials,
+            &[
+                ("postgres://app:s3cr3t-pw@db:5432/x", "s3cr3t-pw"),
+                ("redis://default:hunter22@cache:6379", "hunter22"),
+            ],
+            &[
+                "https://example.com/path?q=1",
+                "http://host:8080/",
+                "mailto:someone",
+            ],
+        );
+        assert_eq!(
+            r("postgres://app:pw12345@db:5432/x"),
+            "postgres://[REDACTED:url_credentials]@db:5432/x"
+        );
+        let out = r("https://api.example.com/v1?token=abcdef123&x=1");
+        assert_eq!(
+            out,
+            "https://api.example.com/v1?token=[REDACTED:secret]&x=1"
+        );
+    }
+
+    #[test]
+    fn secret_key_values() {
+        corpus(
+            PatternClass::SecretKeyValue,
+            &[
+                ("password=hunter2!", "hunter2!"),
+                ("DB_PASSWORD: 'p@ss w'", "p@ss"),
+                ("api_key = abc123xyz", "abc123xyz"),
+                ("client_secret=zzz999", "zzz999"),
+                (r#"{"password": "inline-json"}"#, "inline-json"),
+                ("access_token=tok123&next=1", "tok123"),
+            ],
+            &[
+                "password_policy=strict",
+                "token_count=42",
+                "max_output_tokens: 4096",
+                "no secrets here",
+                "passwordless login",
+            ],
+        );
+    }
+
+    #[test]
+    fn nested_json_keys_and_values() {
+        let mut v = json!({
+            "user": {"email": "alice@example.com", "tags": ["call +1-415-555-0100"]},
+            "headers": {"Authorization": "Bearer abcdefghijklmnop", "X-Api-Key": "plainvalue", "db_password": 12345},
+            "alice@example.com": "key is an email",
+            "token_count": 42,
+            "list": [{"nested": {"secret": "s"}}]
+        });
+        let n = Redactor::global().redact_json(&mut v);
+        let text = v.to_string();
+        for leaked in [
+            "alice@example.com",
+            "abcdefghijklmnop",
+            "plainvalue",
+            "12345",
+            "555-0100",
+        ] {
+            assert!(!text.contains(leaked), "{leaked} in {text}");
+        }
+        assert_eq!(v["token_count"], 42);
+        assert_eq!(v["list"][0]["nested"]["secret"], "[REDACTED:secret]");
+        assert!(v.get("[REDACTED:email]").is_some());
+        assert!(n >= 7, "{n}");
+        // idempotent
+        let again = v.clone();
+        Redactor::global().redact_json(&mut v);
+        assert_eq!(v, again);
+    }
+
+    #[test]
+    fn exact_secrets_in_every_encoding() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let secret = "s3cr3t/value+with=chars?";
+        let ex = ExactSecrets::new([secret, "abc"]);
+        let forms = [
+            secret.to_string(),
+            STANDARD.encode(secret),
+            URL_SAFE_NO_PAD.encode(secret),
+            percent_encode(secret),
+        ];
+        for f in &forms {
+            let input = format!("x {f} y");
+            assert_eq!(ex.redact_str(&input), "x [REDACTED:credential] y", "{f}");
+        }
+        // short secrets are ignored
+        assert_eq!(ex.redact_str("abc abc"), "abc abc");
+        let mut v =
+            json!({"result": {format!("k-{secret}"): [secret, {"deep": STANDARD.encode(secret)}]}});
+        assert_eq!(ex.redact_json(&mut v), 3);
+        assert!(!v.to_string().contains(secret));
+        // overlapping secrets: the longest wins
+        let ex = ExactSecrets::new(["password", "password123"]);
+        assert_eq!(ex.redact_str("password123"), "[REDACTED:credential]");
+        assert!(ExactSecrets::new(Vec::<String>::new()).is_empty());
+    }
+
+    #[test]
+    fn clean_text_is_borrowed() {
+        let s = "all quiet on the western front ".repeat(500);
+        assert!(matches!(
+            Redactor::global().redact_str(&s),
+            Cow::Borrowed(_)
+        ));
     }
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod contracts_golden;
+mod cli_e2e;
 mod control_plane;
 mod http_api;
 mod local_postgres;

@@ -12,10 +12,20 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_awooop");
 
 /// Minimal HTTP/1.1 client (Connection: close), enough for JSON endpoints.
-async fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let body = body.unwrap_or("");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -30,7 +40,11 @@ async fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: Op
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -49,15 +63,28 @@ async fn up_serves_the_api_and_stops_gracefully_on_sigterm() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "awooop up did not start listening");
-        assert!(child.try_wait().unwrap().is_none(), "awooop up exited early");
+        assert!(
+            Instant::now() < deadline,
+            "awooop up did not start listening"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "awooop up exited early"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (s, ready) = http(port, "GET", "/readyz", None, None).await;
     assert_eq!((s, ready["postgres"].as_str()), (200, Some("ok")));
     assert_eq!(ready["redis"], "not_configured");
     let token = std::fs::read_to_string(state.join("admin-token")).unwrap();
-    let (s, projects) = http(port, "GET", "/v1/control/projects", Some(token.trim()), None).await;
+    let (s, projects) = http(
+        port,
+        "GET",
+        "/v1/control/projects",
+        Some(token.trim()),
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(projects[0]["project_id"], "awoooi");
     assert_eq!(projects[0]["mode"], "shadow");
@@ -67,13 +94,19 @@ async fn up_serves_the_api_and_stops_gracefully_on_sigterm() {
     let keyring = std::fs::read_to_string(state.join("keyring")).unwrap();
     assert!(keyring.contains("local:"));
 
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "awooop up did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "awooop up did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
@@ -82,7 +115,11 @@ async fn up_serves_the_api_and_stops_gracefully_on_sigterm() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
     assert!(logs.contains("AwoooP is up"));
     assert!(!logs.contains(token.trim()));
-    let material = keyring.lines().find(|l| l.starts_with("local:")).unwrap().trim_start_matches("local:");
+    let material = keyring
+        .lines()
+        .find(|l| l.starts_with("local:"))
+        .unwrap()
+        .trim_start_matches("local:");
     assert!(!logs.contains(material));
     let _ = std::fs::remove_dir_all(&state);
     t.cleanup().await;
@@ -100,11 +137,22 @@ async fn cli_lifecycle_with_exit_codes_and_json_errors() {
             .env_remove("REDIS_URL")
             .output()
             .unwrap();
-        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
-    let json = |s: &str| -> Value { serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}")) };
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/contracts/runtime/valid/awoooi_default.json");
-    let invalid = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/contracts/runtime/invalid/heartbeat_not_shorter_than_lease.json");
+    let json =
+        |s: &str| -> Value { serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}")) };
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/contracts/runtime/valid/awoooi_default.json"
+    );
+    let invalid = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/contracts/runtime/invalid/heartbeat_not_shorter_than_lease.json"
+    );
 
     let (code, out, _) = run(&["contract", "validate", "--kind", "runtime", fixture]);
     assert_eq!(code, 0);
@@ -118,33 +166,141 @@ async fn cli_lifecycle_with_exit_codes_and_json_errors() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["mode"], "shadow");
     let (code, _, err) = run(&["project", "create", "cli-demo"]);
-    assert_eq!((code, json(&err)["code"].as_str()), (2, Some("E-PROJECT-002")));
-    let (code, _, err) = run(&["signing-key", "create", "--project", "cli-demo", "--key-id", "k1"]);
+    assert_eq!(
+        (code, json(&err)["code"].as_str()),
+        (2, Some("E-PROJECT-002"))
+    );
+    let (code, _, err) = run(&[
+        "signing-key",
+        "create",
+        "--project",
+        "cli-demo",
+        "--key-id",
+        "k1",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = run(&["contract", "draft", "--project", "cli-demo", "--kind", "runtime", "--name", "default", fixture]);
+    let (code, out, err) = run(&[
+        "contract",
+        "draft",
+        "--project",
+        "cli-demo",
+        "--kind",
+        "runtime",
+        "--name",
+        "default",
+        fixture,
+    ]);
     assert_eq!(code, 0, "{err}");
     let draft = json(&out)["draft_id"].as_str().unwrap().to_string();
-    let (code, out, err) = run(&["contract", "publish", "--project", "cli-demo", "--draft", &draft, "--key-id", "k1"]);
+    let (code, out, err) = run(&[
+        "contract",
+        "publish",
+        "--project",
+        "cli-demo",
+        "--draft",
+        &draft,
+        "--key-id",
+        "k1",
+    ]);
     assert_eq!(code, 0, "{err}");
     let rev = json(&out)["revision_id"].as_str().unwrap().to_string();
-    assert_eq!(run(&["contract", "approve", "--project", "cli-demo", "--revision", &rev, "--as", "alice"]).0, 0);
-    let (code, _, err) = run(&["contract", "approve", "--project", "cli-demo", "--revision", &rev, "--as", "alice"]);
-    assert_eq!((code, json(&err)["code"].as_str()), (2, Some("E-CONTRACT-011")));
-    let (code, _, err) = run(&["contract", "activate", "--project", "cli-demo", "--revision", &rev]);
-    assert_eq!((code, json(&err)["code"].as_str()), (2, Some("E-CONTRACT-012")));
-    assert_eq!(run(&["contract", "approve", "--project", "cli-demo", "--revision", &rev, "--as", "bob"]).0, 0);
-    let (code, _, err) = run(&["contract", "activate", "--project", "cli-demo", "--revision", &rev]);
+    assert_eq!(
+        run(&[
+            "contract",
+            "approve",
+            "--project",
+            "cli-demo",
+            "--revision",
+            &rev,
+            "--as",
+            "alice"
+        ])
+        .0,
+        0
+    );
+    let (code, _, err) = run(&[
+        "contract",
+        "approve",
+        "--project",
+        "cli-demo",
+        "--revision",
+        &rev,
+        "--as",
+        "alice",
+    ]);
+    assert_eq!(
+        (code, json(&err)["code"].as_str()),
+        (2, Some("E-CONTRACT-011"))
+    );
+    let (code, _, err) = run(&[
+        "contract",
+        "activate",
+        "--project",
+        "cli-demo",
+        "--revision",
+        &rev,
+    ]);
+    assert_eq!(
+        (code, json(&err)["code"].as_str()),
+        (2, Some("E-CONTRACT-012"))
+    );
+    assert_eq!(
+        run(&[
+            "contract",
+            "approve",
+            "--project",
+            "cli-demo",
+            "--revision",
+            &rev,
+            "--as",
+            "bob"
+        ])
+        .0,
+        0
+    );
+    let (code, _, err) = run(&[
+        "contract",
+        "activate",
+        "--project",
+        "cli-demo",
+        "--revision",
+        &rev,
+    ]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, _) = run(&["contract", "show", "--project", "cli-demo", "--kind", "runtime", "--name", "default"]);
+    let (code, out, _) = run(&[
+        "contract",
+        "show",
+        "--project",
+        "cli-demo",
+        "--kind",
+        "runtime",
+        "--name",
+        "default",
+    ]);
     assert_eq!(code, 0);
     assert_eq!(json(&out)["revision_id"], rev.as_str());
-    let (code, out, _) = run(&["contract", "history", "--project", "cli-demo", "--kind", "runtime", "--name", "default"]);
+    let (code, out, _) = run(&[
+        "contract",
+        "history",
+        "--project",
+        "cli-demo",
+        "--kind",
+        "runtime",
+        "--name",
+        "default",
+    ]);
     assert_eq!(code, 0);
-    assert_eq!(json(&out)["activations"][0]["approvers"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(
+        json(&out)["activations"][0]["approvers"],
+        serde_json::json!(["alice", "bob"])
+    );
     let (code, out, _) = run(&["mode", "set", "--project", "cli-demo", "canary"]);
     assert_eq!((code, json(&out)["mode"].as_str()), (0, Some("canary")));
     let (code, _, err) = run(&["mode", "set", "--project", "cli-demo", "auto_remediate"]);
-    assert_eq!((code, json(&err)["code"].as_str()), (2, Some("E-MIGRATION-001")));
+    assert_eq!(
+        (code, json(&err)["code"].as_str()),
+        (2, Some("E-MIGRATION-001"))
+    );
     // Configuration is validated with a message naming the flag.
     let (code, _, err) = run(&["project", "list", "--db-max-connections", "0"]);
     assert_eq!(code, 1);

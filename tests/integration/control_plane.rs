@@ -29,11 +29,7 @@ async fn published_revision_is_immutable_for_runtime_role_and_owner() {
             "DELETE FROM contract_revisions WHERE revision_id = $1",
             "DELETE FROM publish_signatures WHERE revision_id = $1",
         ] {
-            let mut tx = pool.begin().await.unwrap();
-            sqlx::query("SELECT set_config('awooop.project_id', 'alpha', true)")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            let mut tx = scoped_tx(pool, "alpha").await;
             let err = sqlx::query(sql)
                 .bind(rev)
                 .execute(&mut *tx)
@@ -79,11 +75,7 @@ async fn database_rejects_a_body_that_does_not_match_its_hash() {
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
     project(&cp, "alpha", 1).await;
-    let mut tx = t.app.begin().await.unwrap();
-    sqlx::query("SELECT set_config('awooop.project_id', 'alpha', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = scoped_tx(&t.app, "alpha").await;
     let err = sqlx::query(
         "INSERT INTO contract_revisions (project_id, revision_id, kind, name, revision, body_canonical, body_hash, published_by) \
          VALUES ('alpha', gen_random_uuid(), 'runtime', 'x', 1, '{\"a\":1}', $1, 'me')",
@@ -138,11 +130,7 @@ async fn drafts_are_invisible_to_runtime_reads() {
     .await;
     // Every active revision has a revision_id and a body_hash matching its revision row. The
     // owner is subject to FORCE RLS too, so it looks from inside the tenant's scope.
-    let mut tx = t.owner.begin().await.unwrap();
-    sqlx::query("SELECT set_config('awooop.project_id', 'alpha', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = scoped_tx(&t.owner, "alpha").await;
     let rows = sqlx::query(
         "SELECT a.revision_id, a.body_hash, r.body_hash AS rev_hash FROM active_revisions a \
          LEFT JOIN contract_revisions r USING (project_id, revision_id)",
@@ -388,11 +376,7 @@ async fn expired_approvals_do_not_count_and_can_be_renewed() {
     })
     .await;
     // Age alice's approval past its TTL (as the owner, in the tenant's scope).
-    let mut tx = t.owner.begin().await.unwrap();
-    sqlx::query("SELECT set_config('awooop.project_id', 'alpha', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = scoped_tx(&t.owner, "alpha").await;
     sqlx::query("UPDATE activation_approvals SET approved_at = now() - interval '2 days', expires_at = now() - interval '1 day' WHERE approver = 'alice'")
         .execute(&mut *tx)
         .await
@@ -447,11 +431,7 @@ async fn concurrent_activations_leave_exactly_one_active_pointer() {
             "{r}"
         );
     }
-    let mut tx = t.owner.begin().await.unwrap();
-    sqlx::query("SELECT set_config('awooop.project_id', 'alpha', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = scoped_tx(&t.owner, "alpha").await;
     let pointers: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM active_revisions WHERE kind = 'runtime' AND name = 'default'",
     )

@@ -3,8 +3,8 @@
 
 mod support;
 
-mod contracts_golden;
 mod cli_e2e;
+mod contracts_golden;
 mod control_plane;
 mod http_api;
 mod local_postgres;

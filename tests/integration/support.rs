@@ -145,6 +145,18 @@ async fn reap_old_databases(base: &str, now: u64) {
     }
 }
 
+/// A raw transaction on `pool` inside `project`'s RLS scope, for tests that check what the
+/// database itself allows.
+pub async fn scoped_tx(pool: &PgPool, project: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.project_id', $1, true)")
+        .bind(project)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
 pub const KEY_ID: &str = "test-key";
 
 pub fn test_key() -> Vec<u8> {

@@ -303,11 +303,7 @@ async fn platform_tables_need_platform_scope_and_access_is_audited() {
     sqlx::query("INSERT INTO platform_resources (resource_kind, resource_key, value, updated_by) VALUES ('provider_health', 'ollama', '{\"ok\":true}', 'ops')")
         .execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
-    let mut tx = t.app.begin().await.unwrap();
-    sqlx::query("SELECT set_config('awooop.project_id', 'awoooi', true)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let mut tx = scoped_tx(&t.app, "awoooi").await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM platform_resources")
         .fetch_one(&mut *tx)
         .await

@@ -283,40 +283,53 @@ impl Redactor {
     /// Redact JSON in place: keys and string values, nested; whole values of secret-looking
     /// keys. Returns the number of replaced keys and values.
     pub fn redact_json(&self, v: &mut Value) -> usize {
-        match v {
-            Value::String(s) => match self.redact_str(s) {
-                Cow::Borrowed(_) => 0,
-                Cow::Owned(o) => {
-                    *s = o;
-                    1
-                }
-            },
-            Value::Array(a) => a.iter_mut().map(|x| self.redact_json(x)).sum(),
-            Value::Object(m) => {
-                let mut n = 0;
-                let old = std::mem::take(m);
-                for (k, mut val) in old {
-                    let key = match self.redact_str(&k) {
-                        Cow::Borrowed(_) => k,
-                        Cow::Owned(o) => {
-                            n += 1;
-                            o
-                        }
-                    };
-                    if is_secret_key(&key) && matches!(val, Value::String(_) | Value::Number(_)) {
-                        if val.as_str().is_none_or(|s| !s.starts_with("[REDACTED")) {
-                            val = Value::String(marker(PatternClass::SecretKeyValue));
-                            n += 1;
-                        }
-                    } else {
-                        n += self.redact_json(&mut val);
-                    }
-                    m.insert(key, val);
-                }
-                n
+        walk_json(v, &|s| self.redact_str(s), true)
+    }
+}
+
+/// Walk JSON, rewriting keys and string values with `redact`; with `secret_keys`, the whole
+/// scalar value of a secret-looking key is replaced. Returns the number of replacements.
+fn walk_json(
+    v: &mut Value,
+    redact: &dyn for<'a> Fn(&'a str) -> Cow<'a, str>,
+    secret_keys: bool,
+) -> usize {
+    match v {
+        Value::String(s) => match redact(s) {
+            Cow::Borrowed(_) => 0,
+            Cow::Owned(o) => {
+                *s = o;
+                1
             }
-            _ => 0,
+        },
+        Value::Array(a) => a
+            .iter_mut()
+            .map(|x| walk_json(x, redact, secret_keys))
+            .sum(),
+        Value::Object(m) => {
+            let mut n = 0;
+            for (k, mut val) in std::mem::take(m) {
+                let key = match redact(&k) {
+                    Cow::Borrowed(_) => k,
+                    Cow::Owned(o) => {
+                        n += 1;
+                        o
+                    }
+                };
+                let scalar = matches!(val, Value::String(_) | Value::Number(_));
+                if secret_keys && scalar && is_secret_key(&key) {
+                    if val.as_str().is_none_or(|s| !s.starts_with("[REDACTED")) {
+                        val = Value::String(marker(PatternClass::SecretKeyValue));
+                        n += 1;
+                    }
+                } else {
+                    n += walk_json(&mut val, redact, secret_keys);
+                }
+                m.insert(key, val);
+            }
+            n
         }
+        _ => 0,
     }
 }
 
@@ -399,33 +412,7 @@ impl ExactSecrets {
     }
 
     pub fn redact_json(&self, v: &mut Value) -> usize {
-        match v {
-            Value::String(s) => match self.redact_str(s) {
-                Cow::Borrowed(_) => 0,
-                Cow::Owned(o) => {
-                    *s = o;
-                    1
-                }
-            },
-            Value::Array(a) => a.iter_mut().map(|x| self.redact_json(x)).sum(),
-            Value::Object(m) => {
-                let mut n = 0;
-                let old = std::mem::take(m);
-                for (k, mut val) in old {
-                    let key = match self.redact_str(&k) {
-                        Cow::Borrowed(_) => k,
-                        Cow::Owned(o) => {
-                            n += 1;
-                            o
-                        }
-                    };
-                    n += self.redact_json(&mut val);
-                    m.insert(key, val);
-                }
-                n
-            }
-            _ => 0,
-        }
+        walk_json(v, &|s| self.redact_str(s), false)
     }
 }
 

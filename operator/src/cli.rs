@@ -111,6 +111,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Up(args) => up(args).await,
+        Command::Worker(args) => {
+            args.worker.validate()?;
+            let p = Platform::connect(&args.db, None, None).await?;
+            let worker = worker_for(&p, &args.worker);
+            let (tx, rx) = crate::runtime::worker::shutdown_channel();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = tx.send(true);
+            });
+            eprintln!(
+                "worker {} running ({} slots)",
+                worker_id(),
+                args.worker.worker_slots
+            );
+            worker.run(rx).await?;
+            Ok(())
+        }
         Command::Migrate(dbargs) => {
             validate_db(&dbargs)?;
             let pg = local::resolve(dbargs.database_url.as_deref(), &dbargs.state_dir).await?;
@@ -463,9 +480,37 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         p.state_dir.join("admin-token").display(),
         keyring_file.display(),
     );
+    let worker = worker_for(&p, &args.worker);
+    let (stop_tx, stop_rx) = crate::runtime::worker::shutdown_channel();
+    let worker_task = tokio::spawn(worker.run(stop_rx));
     http::serve(args.listen, http::app(state), shutdown_signal()).await?;
+    // The API has stopped taking requests; let the worker finish or release its runs.
+    let _ = stop_tx.send(true);
+    let _ = worker_task.await;
     drop(p);
     Ok(())
+}
+
+fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// A worker executing scripted agents; tool calls go through the guarded boundary (no MCP
+/// gateway is wired in yet, so tool calls fail with E-RUN-013).
+pub fn worker_for(
+    p: &Platform,
+    args: &WorkerArgs,
+) -> std::sync::Arc<crate::runtime::worker::Worker> {
+    use crate::runtime::executor::{GuardedGateway, NoGateway, ScriptedExecutor};
+    let gateway = GuardedGateway::new(p.control.clone(), std::sync::Arc::new(NoGateway));
+    let executor = std::sync::Arc::new(ScriptedExecutor::new(gateway));
+    std::sync::Arc::new(crate::runtime::worker::Worker::new(
+        p.control.db().pool_for_health().clone(),
+        p.control.clone(),
+        executor,
+        args.config(worker_id()),
+    ))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -20,8 +20,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole platform locally (HTTP API on 127.0.0.1:8080) on an embedded default database.
+    /// Run the whole platform locally (HTTP API on 127.0.0.1:8080 and a worker) on an embedded default database.
     Up(UpArgs),
+    /// Run a worker that executes runs.
+    Worker(WorkerCmdArgs),
     /// Apply database migrations.
     Migrate(DbArgs),
     /// Manage projects (tenants).
@@ -80,7 +82,60 @@ pub struct KeyringArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Runs executed at once by this worker.
+    #[arg(long, env = "AWOOOP_WORKER_SLOTS", default_value_t = 16)]
+    pub worker_slots: usize,
+    /// Lease length; a worker missing heartbeats this long loses its runs.
+    #[arg(long, env = "AWOOOP_LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u64,
+    /// Heartbeat interval (shorter than the lease).
+    #[arg(long, env = "AWOOOP_HEARTBEAT_SECONDS", default_value_t = 5)]
+    pub heartbeat_seconds: u64,
+    /// Fallback poll interval when no notification arrives.
+    #[arg(long, env = "AWOOOP_POLL_MS", default_value_t = 500)]
+    pub poll_ms: u64,
+    /// Shutdown grace period for in-flight runs.
+    #[arg(long, env = "AWOOOP_GRACE_SECONDS", default_value_t = 20)]
+    pub grace_seconds: u64,
+}
+
+impl WorkerArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.worker_slots == 0 || self.worker_slots > 10_000 {
+            anyhow::bail!("--worker-slots (AWOOOP_WORKER_SLOTS) must be 1..=10000");
+        }
+        if self.heartbeat_seconds == 0 || self.heartbeat_seconds >= self.lease_seconds {
+            anyhow::bail!(
+                "--heartbeat-seconds must be at least 1 and shorter than --lease-seconds"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn config(&self, id: String) -> crate::runtime::worker::WorkerConfig {
+        let mut c = crate::runtime::worker::WorkerConfig::new(id);
+        c.slots = self.worker_slots;
+        c.lease = std::time::Duration::from_secs(self.lease_seconds);
+        c.heartbeat = std::time::Duration::from_secs(self.heartbeat_seconds);
+        c.poll = std::time::Duration::from_millis(self.poll_ms);
+        c.grace = std::time::Duration::from_secs(self.grace_seconds);
+        c
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerCmdArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct UpArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
@@ -108,6 +163,7 @@ impl UpArgs {
         {
             anyhow::bail!("--admin-token (AWOOOP_ADMIN_TOKEN) must be at least 32 characters");
         }
+        self.worker.validate()?;
         validate_db(&self.db)?;
         validate_redis(&self.redis)
     }

@@ -72,6 +72,32 @@ pub enum ErrorCode {
     MigrationReasonRequired,
     /// Artifact content does not match its declared hash, or is malformed.
     ArtifactInvalid,
+    /// Run not found (or belongs to another project: indistinguishable on purpose).
+    RunNotFound,
+    /// Illegal run state transition.
+    RunIllegalTransition,
+    /// Idempotency key reused with a different request.
+    RunIdempotencyConflict,
+    /// Idempotency key malformed.
+    RunIdempotencyKeyInvalid,
+    /// Lease lost more often than the run's max attempts.
+    RunAttemptsExhausted,
+    /// The run passed its hard deadline.
+    RunDeadlineExceeded,
+    /// Unknown agent, or the agent has no active revision.
+    RunAgentInactive,
+    /// Run input larger than the runtime contract allows.
+    RunInputTooLarge,
+    /// The traceparent header is malformed.
+    RunBadTraceparent,
+    /// The requested mode exceeds the project's migration mode.
+    RunModeNotAllowed,
+    /// A step of the run failed.
+    RunStepFailed,
+    /// The run was cancelled.
+    RunCancelled,
+    /// A tool call was blocked at the platform boundary (mode forbids its risk class).
+    RunToolBlocked,
     /// The database is unreachable or overloaded.
     Unavailable,
     /// Anything else: details only in the server log.
@@ -109,6 +135,19 @@ impl ErrorCode {
         Self::MigrationIllegalStep,
         Self::MigrationReasonRequired,
         Self::ArtifactInvalid,
+        Self::RunNotFound,
+        Self::RunIllegalTransition,
+        Self::RunIdempotencyConflict,
+        Self::RunIdempotencyKeyInvalid,
+        Self::RunAttemptsExhausted,
+        Self::RunDeadlineExceeded,
+        Self::RunAgentInactive,
+        Self::RunInputTooLarge,
+        Self::RunBadTraceparent,
+        Self::RunModeNotAllowed,
+        Self::RunStepFailed,
+        Self::RunCancelled,
+        Self::RunToolBlocked,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -144,6 +183,19 @@ impl ErrorCode {
             Self::MigrationIllegalStep => "E-MIGRATION-001",
             Self::MigrationReasonRequired => "E-MIGRATION-002",
             Self::ArtifactInvalid => "E-ARTIFACT-001",
+            Self::RunNotFound => "E-RUN-001",
+            Self::RunIllegalTransition => "E-RUN-002",
+            Self::RunIdempotencyConflict => "E-RUN-003",
+            Self::RunIdempotencyKeyInvalid => "E-RUN-004",
+            Self::RunAttemptsExhausted => "E-RUN-005",
+            Self::RunDeadlineExceeded => "E-RUN-006",
+            Self::RunAgentInactive => "E-RUN-007",
+            Self::RunInputTooLarge => "E-RUN-008",
+            Self::RunBadTraceparent => "E-RUN-009",
+            Self::RunModeNotAllowed => "E-RUN-010",
+            Self::RunStepFailed => "E-RUN-011",
+            Self::RunCancelled => "E-RUN-012",
+            Self::RunToolBlocked => "E-RUN-013",
             Self::Unavailable => "E-UNAVAILABLE-001",
             Self::Internal => "E-INTERNAL-001",
         }
@@ -162,7 +214,16 @@ impl ErrorCode {
             | ProjectInvalid
             | ArtifactInvalid
             | MigrationReasonRequired => StatusCode::UNPROCESSABLE_ENTITY,
-            ReqTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ReqTooLarge | RunInputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RunNotFound => StatusCode::NOT_FOUND,
+            RunIllegalTransition | RunIdempotencyConflict | RunModeNotAllowed => {
+                StatusCode::CONFLICT
+            }
+            RunIdempotencyKeyInvalid | RunBadTraceparent | RunAgentInactive => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            RunAttemptsExhausted | RunDeadlineExceeded | RunStepFailed | RunCancelled
+            | RunToolBlocked => StatusCode::CONFLICT,
             AuthMissing | AuthInvalid => StatusCode::UNAUTHORIZED,
             AuthForbidden | ContractApproverNotAllowed => StatusCode::FORBIDDEN,
             ContractBadSignature | ContractSigningKey => StatusCode::UNAUTHORIZED,
@@ -215,6 +276,23 @@ impl ErrorCode {
             MigrationIllegalStep => "migration mode can only move one step unless forced",
             MigrationReasonRequired => "a forced migration-mode change needs a reason",
             ArtifactInvalid => "artifact content does not match its hash or is malformed",
+            RunNotFound => "run not found",
+            RunIllegalTransition => "illegal run state transition",
+            RunIdempotencyConflict => "idempotency key already used with a different request",
+            RunIdempotencyKeyInvalid => "Idempotency-Key must match [A-Za-z0-9._:-]{1,128}",
+            RunAttemptsExhausted => {
+                "run lost its lease more often than max_attempts (recorded on the run)"
+            }
+            RunDeadlineExceeded => "run passed its hard deadline (state timed_out)",
+            RunAgentInactive => "unknown agent or agent without an active revision",
+            RunInputTooLarge => "run input exceeds the runtime contract's max_input_bytes",
+            RunBadTraceparent => "traceparent header is not a valid W3C trace context",
+            RunModeNotAllowed => "requested mode exceeds the project's migration mode",
+            RunStepFailed => "a step of the run failed (recorded on the run and its journal)",
+            RunCancelled => "the run was cancelled",
+            RunToolBlocked => {
+                "tool call blocked at the platform boundary: mode forbids its risk class"
+            }
             Unavailable => "database unavailable; retry later",
             Internal => "internal error; see server logs by trace id",
         }
@@ -275,6 +353,13 @@ impl From<sqlx::Error> for Error {
         if let sqlx::Error::Database(db) = &e {
             match db.code().as_deref() {
                 // awooop_reject_mutation(): an immutable row was touched.
+                Some("AW002") => {
+                    return Error::new(
+                        ErrorCode::RunIllegalTransition,
+                        "illegal run state transition",
+                    )
+                    .with_source(e);
+                }
                 Some("AW001") => {
                     return Error::new(
                         ErrorCode::ContractImmutable,

@@ -18,4 +18,5 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod local;
+pub mod runtime;
 pub mod tenancy;

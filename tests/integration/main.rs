@@ -9,4 +9,5 @@ mod control_plane;
 mod http_api;
 mod local_postgres;
 mod redis_coordination;
+mod runtime;
 mod tenancy_rls;

@@ -8,9 +8,14 @@ use sqlx::{PgPool, Row};
 
 use crate::support::*;
 
-/// Fill two projects with rows in every table the lifecycle touches.
+/// Fill two projects with rows in every table the lifecycle and the runtime touch.
 async fn two_populated_projects(t: &TestDb) {
     let cp = t.control(Coord::none());
+    let echo = serde_json::json!({
+        "display_name": "Echo", "context_domain": "demo",
+        "safety": {"max_risk": "read_only", "max_steps": 1, "max_tokens_per_run": 1, "timeout_seconds": 60},
+        "executor": {"type": "scripted", "steps": [{"type": "output", "key": "echo", "template": "hi"}]}
+    });
     for id in ["tenant-a", "tenant-b"] {
         let p = project(&cp, id, 1).await;
         tenancy::scope(p.clone(), async {
@@ -34,6 +39,49 @@ async fn two_populated_projects(t: &TestDb) {
             )
             .await
             .unwrap();
+            let a = publish(&cp, ContractKind::Agent, "echo", echo.clone()).await;
+            approve_and_activate(&cp, a, 1).await;
+            let runs = awooop::runtime::RunService::new(cp.clone());
+            let run = runs
+                .create(
+                    &awooop::auth::Actor::cli("r"),
+                    awooop::runtime::CreateRun {
+                        agent: "echo".into(),
+                        input: serde_json::json!({}),
+                        mode: None,
+                    },
+                    Some("idem-1"),
+                    None,
+                )
+                .await
+                .unwrap();
+            // Claim it and journal a step, so the step journal has rows too.
+            let claimed = awooop::runtime::repo::worker_claim(&t.app, "rls-test", 10, 30.0)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            let mut tx = cp.db().tenant().await.unwrap();
+            let trace = awooop::runtime::TraceContext::generate();
+            let step = awooop::runtime::repo::StepRecord {
+                project: id,
+                run_id: run.run_id,
+                attempt: 1,
+                step_index: 0,
+                step_key: "echo",
+                step_type: "output",
+                input_hash: "h",
+                status: "succeeded",
+                output: None,
+                error_code: None,
+                trace: &trace,
+                started_at: chrono::Utc::now(),
+            };
+            assert!(
+                awooop::runtime::repo::journal_step(&mut tx, &step)
+                    .await
+                    .unwrap()
+            );
+            tx.commit().await.unwrap();
         })
         .await;
         cp.create_api_key(&admin(), &p, "ci", vec![awooop::auth::Role::Reader])

@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod extract;
+pub mod runs;
 
 use std::net::SocketAddr;
 
@@ -34,6 +35,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/v1/control", control::router())
+        .nest("/v1/platform", runs::router())
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

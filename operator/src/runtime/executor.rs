@@ -1,0 +1,454 @@
+//! The executor interface and the deterministic scripted executor.
+//!
+//! Every executor (scripted now, LLM tool-calling later) gets a [`RunContext`] and a
+//! [`Journal`]: completed steps are skipped on resume, every step attempt is journaled with
+//! the attempt fence, and tool calls go through a [`ToolGateway`]. The gateway given to
+//! executors is always wrapped in [`GuardedGateway`], the platform boundary that blocks
+//! write/execute/destructive tools in shadow, canary and read_only modes whatever the
+//! executor asks for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::repo;
+use super::trace::TraceContext;
+use crate::audit::{self, Entry};
+use crate::contracts::{self, AgentContract, Contract, ContractKind, RiskClass, ScriptStep};
+use crate::control::{ControlPlane, MigrationMode};
+use crate::error::{Error, ErrorCode, Result};
+use crate::tenancy::{Db, ProjectId};
+
+/// Everything an executor knows about the run it executes.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub project: ProjectId,
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub agent: String,
+    pub contract: AgentContract,
+    pub mode: MigrationMode,
+    pub input: Value,
+    pub trace: TraceContext,
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded(Value),
+    WaitingApproval { step_key: String, reason: String },
+    Failed { code: String, message: String },
+}
+
+const LEASE_LOST: &str = "lease lost: result discarded";
+
+/// Raised when the attempt lost its lease mid-run: its results are discarded.
+pub fn lease_lost() -> Error {
+    Error::new(ErrorCode::RunAttemptsExhausted, LEASE_LOST)
+}
+
+pub fn is_lease_lost(e: &Error) -> bool {
+    e.code == ErrorCode::RunAttemptsExhausted && e.message == LEASE_LOST
+}
+
+#[async_trait]
+pub trait Executor: Send + Sync {
+    async fn execute(&self, ctx: &RunContext, journal: &mut Journal) -> Result<Outcome>;
+}
+
+/// One tool call leaving the platform.
+#[derive(Debug, Clone)]
+pub struct ToolCall {
+    pub project: ProjectId,
+    pub agent: String,
+    pub run_id: Uuid,
+    pub mode: MigrationMode,
+    pub trace: TraceContext,
+    pub tool: String,
+    pub arguments: Value,
+}
+
+#[async_trait]
+pub trait ToolGateway: Send + Sync {
+    async fn call_tool(&self, call: &ToolCall) -> Result<Value>;
+}
+
+/// Used until an MCP gateway is configured: every call fails clearly.
+pub struct NoGateway;
+
+#[async_trait]
+impl ToolGateway for NoGateway {
+    async fn call_tool(&self, _call: &ToolCall) -> Result<Value> {
+        Err(Error::new(
+            ErrorCode::RunToolBlocked,
+            "no MCP gateway is configured for tool calls",
+        ))
+    }
+}
+
+/// The platform boundary for tool calls: looks the tool's risk class up in the project's
+/// active MCP Gateway contract (`default`) and refuses anything but read-only tools in
+/// shadow, canary and read_only modes, and anything above the agent's safety ceiling. Refusals
+/// are audited and never reach the inner gateway.
+pub struct GuardedGateway {
+    control: ControlPlane,
+    inner: Arc<dyn ToolGateway>,
+}
+
+impl GuardedGateway {
+    pub fn new(control: ControlPlane, inner: Arc<dyn ToolGateway>) -> Self {
+        Self { control, inner }
+    }
+
+    async fn risk_of(&self, tool: &str) -> Result<Option<RiskClass>> {
+        match self
+            .control
+            .active_typed(ContractKind::McpGateway, "default")
+            .await
+        {
+            Ok((_, Contract::McpGateway(g))) => Ok(g
+                .tools
+                .iter()
+                .find(|t| t.enabled && format!("{}__{}", t.provider.as_str(), t.name) == tool)
+                .map(|t| t.risk)),
+            Ok(_) => Ok(None),
+            Err(e) if e.code == ErrorCode::ContractNotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn call(&self, ceiling: RiskClass, call: &ToolCall) -> Result<Value> {
+        let risk = self.risk_of(&call.tool).await?;
+        let denial = match risk {
+            None => Some("tool is not registered in the active MCP Gateway contract"),
+            Some(r) if r > ceiling => Some("tool risk exceeds the agent's safety ceiling"),
+            Some(r)
+                if r != RiskClass::ReadOnly
+                    && matches!(
+                        call.mode,
+                        MigrationMode::Shadow | MigrationMode::Canary | MigrationMode::ReadOnly
+                    ) =>
+            {
+                Some("this mode allows read-only tools only")
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = denial {
+            audit::record_detached(
+                self.control.db(),
+                Entry {
+                    trace_id: Some(call.trace.trace_id.clone()),
+                    ..Entry::denied(
+                        "runtime",
+                        "tool.call",
+                        call.tool.clone(),
+                        ErrorCode::RunToolBlocked.as_str(),
+                        json!({"run_id": call.run_id, "mode": call.mode.as_str(), "reason": why}),
+                    )
+                },
+            )
+            .await;
+            return Err(Error::new(ErrorCode::RunToolBlocked, why));
+        }
+        self.inner.call_tool(call).await
+    }
+}
+
+/// The step journal of one attempt: what completed before (skipped on resume) and fenced
+/// writes of new step attempts.
+pub struct Journal {
+    db: Db,
+    project: ProjectId,
+    run_id: Uuid,
+    attempt: i32,
+    completed: HashMap<i32, Value>,
+}
+
+impl Journal {
+    pub async fn load(db: &Db, project: &ProjectId, run_id: Uuid, attempt: i32) -> Result<Self> {
+        let mut tx = db.tenant().await?;
+        let completed = repo::completed_steps(&mut tx, run_id)
+            .await?
+            .into_iter()
+            .collect();
+        tx.commit().await?;
+        Ok(Self {
+            db: db.clone(),
+            project: project.clone(),
+            run_id,
+            attempt,
+            completed,
+        })
+    }
+
+    pub fn completed(&self, index: i32) -> Option<&Value> {
+        self.completed.get(&index)
+    }
+
+    /// Journal a step attempt. Errors with [`lease_lost`] when this attempt no longer holds
+    /// the run.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record(
+        &mut self,
+        index: i32,
+        key: &str,
+        step_type: &str,
+        input_hash: &str,
+        status: &str,
+        output: Option<&Value>,
+        error_code: Option<&str>,
+        trace: &TraceContext,
+        started_at: chrono::DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.db.tenant().await?;
+        let ok = repo::journal_step(
+            &mut tx,
+            &repo::StepRecord {
+                project: self.project.as_str(),
+                run_id: self.run_id,
+                attempt: self.attempt,
+                step_index: index,
+                step_key: key,
+                step_type,
+                input_hash,
+                status,
+                output,
+                error_code,
+                trace,
+                started_at,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        if !ok {
+            return Err(lease_lost());
+        }
+        if status == "succeeded" {
+            self.completed
+                .insert(index, output.cloned().unwrap_or(Value::Null));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the scripted steps declared in the Agent contract.
+pub struct ScriptedExecutor {
+    gateway: GuardedGateway,
+}
+
+impl ScriptedExecutor {
+    pub fn new(gateway: GuardedGateway) -> Self {
+        Self { gateway }
+    }
+}
+
+#[async_trait]
+impl Executor for ScriptedExecutor {
+    async fn execute(&self, ctx: &RunContext, journal: &mut Journal) -> Result<Outcome> {
+        let steps = match &ctx.contract.executor {
+            contracts::Executor::Scripted { steps } => steps,
+            contracts::Executor::Llm { .. } => {
+                return Ok(Outcome::Failed {
+                    code: ErrorCode::RunStepFailed.as_str().into(),
+                    message: "the LLM executor is not available in this build".into(),
+                });
+            }
+        };
+        let mut outputs = Map::new();
+        let mut last = Value::Null;
+        for (i, step) in steps.iter().enumerate() {
+            let index = i as i32;
+            let key = step.key().as_str();
+            if let Some(out) = journal.completed(index) {
+                outputs.insert(key.to_string(), out.clone());
+                last = out.clone();
+                continue;
+            }
+            let scope = json!({"input": ctx.input, "steps": outputs});
+            let span = ctx.trace.child();
+            let started = Utc::now();
+            match step {
+                ScriptStep::Output { template, .. } => {
+                    let out = Value::String(render(template, &scope));
+                    let h = contracts::canonical::body_hash(
+                        &json!({"template": template, "scope": scope}),
+                    );
+                    journal
+                        .record(
+                            index,
+                            key,
+                            "output",
+                            &h,
+                            "succeeded",
+                            Some(&out),
+                            None,
+                            &span,
+                            started,
+                        )
+                        .await?;
+                    outputs.insert(key.to_string(), out.clone());
+                    last = out;
+                }
+                ScriptStep::ToolCall {
+                    tool, arguments, ..
+                } => {
+                    let args = render_value(&Value::Object(arguments.clone()), &scope);
+                    let h = contracts::canonical::body_hash(
+                        &json!({"tool": tool.0, "arguments": args}),
+                    );
+                    let call = ToolCall {
+                        project: ctx.project.clone(),
+                        agent: ctx.agent.clone(),
+                        run_id: ctx.run_id,
+                        mode: ctx.mode,
+                        trace: span.clone(),
+                        tool: tool.0.clone(),
+                        arguments: args,
+                    };
+                    match self.gateway.call(ctx.contract.safety.max_risk, &call).await {
+                        Ok(out) => {
+                            journal
+                                .record(
+                                    index,
+                                    key,
+                                    "tool_call",
+                                    &h,
+                                    "succeeded",
+                                    Some(&out),
+                                    None,
+                                    &span,
+                                    started,
+                                )
+                                .await?;
+                            outputs.insert(key.to_string(), out.clone());
+                            last = out;
+                        }
+                        Err(e) => {
+                            journal
+                                .record(
+                                    index,
+                                    key,
+                                    "tool_call",
+                                    &h,
+                                    "failed",
+                                    None,
+                                    Some(e.code.as_str()),
+                                    &span,
+                                    started,
+                                )
+                                .await?;
+                            return Ok(Outcome::Failed {
+                                code: e.code.as_str().into(),
+                                message: e.message,
+                            });
+                        }
+                    }
+                }
+                ScriptStep::WaitApproval { reason, .. } => {
+                    let reason = render(reason, &scope);
+                    let h = contracts::canonical::body_hash(&json!({"reason": reason}));
+                    journal
+                        .record(
+                            index,
+                            key,
+                            "wait_approval",
+                            &h,
+                            "waiting",
+                            Some(&json!({"reason": reason})),
+                            None,
+                            &span,
+                            started,
+                        )
+                        .await?;
+                    return Ok(Outcome::WaitingApproval {
+                        step_key: key.into(),
+                        reason,
+                    });
+                }
+            }
+        }
+        Ok(Outcome::Succeeded(
+            json!({"result": last, "steps": outputs}),
+        ))
+    }
+}
+
+/// Render `{{input.a.b}}` / `{{steps.key.field}}` placeholders. Strings are inserted as they
+/// are, other values as JSON; unknown paths render empty.
+pub fn render(template: &str, scope: &Value) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}") {
+            Some(end) => {
+                let path = after[..end].trim();
+                let mut v = scope;
+                let mut found = true;
+                for part in path.split('.') {
+                    match v.get(part) {
+                        Some(x) => v = x,
+                        None => {
+                            found = false;
+                            break;
+                        }
+                    }
+                }
+                if found {
+                    match v {
+                        Value::String(s) => out.push_str(s),
+                        other => out.push_str(&other.to_string()),
+                    }
+                }
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn render_value(v: &Value, scope: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(render(s, scope)),
+        Value::Array(a) => Value::Array(a.iter().map(|x| render_value(x, scope)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (k.clone(), render_value(x, scope)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        let scope = json!({"input": {"ns": "prod", "n": 3}, "steps": {"pods": {"count": 7}}});
+        assert_eq!(
+            render("ns={{input.ns}} n={{ input.n }}", &scope),
+            "ns=prod n=3"
+        );
+        assert_eq!(render("{{steps.pods.count}} pods", &scope), "7 pods");
+        assert_eq!(
+            render("{{steps.missing}}|{{input}}", &scope),
+            "|{\"ns\":\"prod\",\"n\":3}"
+        );
+        assert_eq!(
+            render("unterminated {{input.ns", &scope),
+            "unterminated {{input.ns"
+        );
+    }
+}

@@ -1,0 +1,595 @@
+//! The durable run runtime against real PostgreSQL: the state machine in SQL, idempotency,
+//! workers claiming with SKIP LOCKED, exactly-once completion, reaping a killed worker, fenced
+//! late writes, approvals, and shadow mode enforced at the tool boundary.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use awooop::auth::Actor;
+use awooop::contracts::ContractKind;
+use awooop::control::{ControlPlane, MigrationMode};
+use awooop::coord::Coord;
+use awooop::runtime::executor::{
+    Executor, GuardedGateway, Journal, Outcome, RunContext, ScriptedExecutor, ToolCall, ToolGateway,
+};
+use awooop::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
+use awooop::runtime::{CreateRun, RunService, repo};
+use awooop::tenancy::{self, ProjectId};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::*;
+
+fn echo_agent() -> Value {
+    json!({
+        "display_name": "Echo", "context_domain": "demo",
+        "safety": {"max_risk": "read_only", "max_steps": 4, "max_tokens_per_run": 1, "timeout_seconds": 60},
+        "executor": {"type": "scripted", "steps": [{"type": "output", "key": "echo", "template": "hello {{input.name}}"}]}
+    })
+}
+
+fn gateway_contract() -> Value {
+    let obj = json!({"type": "object"});
+    json!({
+        "providers": [{"name": "k8s", "transport": {"type": "streamable_http", "url": "http://127.0.0.1:1/mcp"}}],
+        "tools": [
+            {"provider": "k8s", "name": "get_pods", "risk": "read_only", "environments": ["dev"], "input_schema": obj},
+            {"provider": "k8s", "name": "restart", "risk": "write", "environments": ["dev"], "input_schema": obj}
+        ]
+    })
+}
+
+/// A project with an active echo agent (and an MCP gateway contract), ready for runs.
+async fn runnable_project(cp: &ControlPlane, id: &str) -> ProjectId {
+    let p = project(cp, id, 1).await;
+    tenancy::scope(p.clone(), async {
+        let r = publish(cp, ContractKind::Agent, "echo", echo_agent()).await;
+        approve_and_activate(cp, r, 1).await;
+        let r = publish(cp, ContractKind::McpGateway, "default", gateway_contract()).await;
+        approve_and_activate(cp, r, 1).await;
+    })
+    .await;
+    p
+}
+
+fn runner() -> Actor {
+    Actor::cli("runner")
+}
+
+fn req(agent: &str, input: Value) -> CreateRun {
+    CreateRun {
+        agent: agent.into(),
+        input,
+        mode: None,
+    }
+}
+
+/// Records calls; stands in for the upstream MCP server behind the boundary.
+#[derive(Default)]
+struct RecordingUpstream {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl ToolGateway for RecordingUpstream {
+    async fn call_tool(&self, call: &ToolCall) -> awooop::error::Result<Value> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(json!({"tool": call.tool, "count": 3}))
+    }
+}
+
+fn worker(
+    t: &TestDb,
+    cp: &ControlPlane,
+    id: &str,
+    upstream: Arc<dyn ToolGateway>,
+    lease_ms: u64,
+) -> Arc<Worker> {
+    let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+        cp.clone(),
+        upstream,
+    )));
+    worker_with(t, cp, id, exec, lease_ms)
+}
+
+fn worker_with(
+    t: &TestDb,
+    cp: &ControlPlane,
+    id: &str,
+    exec: Arc<dyn Executor>,
+    lease_ms: u64,
+) -> Arc<Worker> {
+    let mut cfg = WorkerConfig::new(id);
+    cfg.slots = 8;
+    cfg.lease = Duration::from_millis(lease_ms);
+    cfg.heartbeat = Duration::from_millis(lease_ms / 4);
+    cfg.poll = Duration::from_millis(50);
+    cfg.reap_every = Duration::from_millis(100);
+    cfg.grace = Duration::from_secs(2);
+    Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg))
+}
+
+async fn wait_state(runs: &RunService, p: &ProjectId, id: Uuid, want: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let d = tenancy::scope(p.clone(), runs.get(id)).await.unwrap();
+        if d.run.state == want {
+            return serde_json::to_value(d).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {id} is {} (wanted {want}): {:?}",
+            d.run.state,
+            d.run.error_code
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn run_creation_rejects_bad_input_and_honours_idempotency() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    tenancy::scope(p.clone(), async {
+        assert_code(
+            runs.create(&runner(), req("ghost", json!({})), None, None)
+                .await,
+            "E-RUN-007",
+        );
+        assert_code(
+            runs.create(&runner(), req("echo", json!({})), Some("bad key!"), None)
+                .await,
+            "E-RUN-004",
+        );
+        assert_code(
+            runs.create(&runner(), req("echo", json!({})), None, Some("00-zz-yy-01"))
+                .await,
+            "E-RUN-009",
+        );
+        assert_code(
+            runs.create(
+                &runner(),
+                req("echo", json!({"pad": "x".repeat(300_000)})),
+                None,
+                None,
+            )
+            .await,
+            "E-RUN-008",
+        );
+        let mut r = req("echo", json!({}));
+        r.mode = Some("auto_remediate".into());
+        assert_code(runs.create(&runner(), r, None, None).await, "E-RUN-010");
+        assert_code(
+            runs.create(
+                &Actor {
+                    principal: "r".into(),
+                    roles: vec![awooop::auth::Role::Reader],
+                    admin: false,
+                },
+                req("echo", json!({})),
+                None,
+                None,
+            )
+            .await,
+            "E-AUTH-003",
+        );
+        // Nothing was written by the rejected requests.
+        assert!(runs.list(Default::default()).await.unwrap().runs.is_empty());
+
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let a = runs
+            .create(
+                &runner(),
+                req("echo", json!({"name": "x"})),
+                Some("k-1"),
+                Some(tp),
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(a.mode, "shadow");
+        assert_eq!(a.run_id.get_version_num(), 7);
+        let b = runs
+            .create(
+                &runner(),
+                req("echo", json!({"name": "x"})),
+                Some("k-1"),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.run_id, b.run_id);
+        assert!(b.replayed);
+        assert_code(
+            runs.create(
+                &runner(),
+                req("echo", json!({"name": "y"})),
+                Some("k-1"),
+                None,
+            )
+            .await,
+            "E-RUN-003",
+        );
+        let d = runs.get(a.run_id).await.unwrap();
+        assert_eq!(d.run.state, "queued");
+        let active = cp.active(ContractKind::Agent, "echo").await.unwrap();
+        assert_eq!(d.run.agent_revision_id, active.pointer.revision_id);
+        assert_eq!(d.run.agent_body_hash, active.pointer.body_hash);
+        assert_eq!(runs.list(Default::default()).await.unwrap().runs.len(), 1);
+    })
+    .await;
+    // Another project cannot see the run: not found, like a missing one.
+    let other = runnable_project(&cp, "beta").await;
+    let any = tenancy::scope(p.clone(), runs.list(Default::default()))
+        .await
+        .unwrap()
+        .runs[0]
+        .run_id;
+    assert_code(
+        tenancy::scope(other.clone(), runs.get(any)).await,
+        "E-RUN-001",
+    );
+    assert_code(
+        tenancy::scope(other, runs.cancel(&runner(), any)).await,
+        "E-RUN-001",
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn database_rejects_illegal_state_transitions() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let id = tenancy::scope(
+        p.clone(),
+        runs.create(&runner(), req("echo", json!({})), None, None),
+    )
+    .await
+    .unwrap()
+    .run_id;
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let err = sqlx::query("UPDATE runs SET state = 'succeeded' WHERE run_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("AW002")
+    );
+    tx.rollback().await.unwrap();
+    tenancy::scope(p, async {
+        runs.cancel(&runner(), id).await.unwrap();
+        // Terminal: cancelling again is an illegal transition, in code.
+        assert_code(runs.cancel(&runner(), id).await, "E-RUN-002");
+    })
+    .await;
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn four_workers_complete_2000_runs_exactly_once() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    tenancy::scope(p.clone(), async {
+        for i in 0..2000 {
+            runs.create(&runner(), req("echo", json!({"name": i})), None, None)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let (stop, rx) = shutdown_channel();
+    let upstream: Arc<dyn ToolGateway> = Arc::new(RecordingUpstream::default());
+    let workers: Vec<_> = (0..4)
+        .map(|i| worker(&t, &cp, &format!("w{i}"), upstream.clone(), 10_000))
+        .collect();
+    let handles: Vec<_> = workers
+        .iter()
+        .map(|w| tokio::spawn(w.clone().run(rx.clone())))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut tx = scoped_tx(&t.app, "alpha").await;
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE state = 'succeeded'")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        if done == 2000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of 2000 runs finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let (runs_n, attempts_max, steps, distinct): (i64, i32, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM runs), (SELECT max(attempt) FROM runs), \
+         (SELECT count(*) FROM run_steps), (SELECT count(DISTINCT run_id) FROM run_steps)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        (runs_n, attempts_max, steps, distinct),
+        (2000, 1, 2000, 2000)
+    );
+    let claimed: u64 = workers
+        .iter()
+        .map(|w| w.stats.claimed.load(Ordering::Relaxed))
+        .sum();
+    let succeeded: u64 = workers
+        .iter()
+        .map(|w| w.stats.succeeded.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!((claimed, succeeded), (2000, 2000));
+    // Outputs are the rendered templates, and the trace id follows the run into its steps.
+    let bad: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM runs r JOIN run_steps s USING (project_id, run_id) \
+         WHERE r.output->>'result' <> 'hello ' || (r.input->>'name') OR s.trace_id <> r.trace_id",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(bad, 0);
+    tx.rollback().await.unwrap();
+    t.cleanup().await;
+}
+
+/// Blocks forever on the first attempt of every run (a hung or dying worker); later attempts
+/// run the real scripted executor.
+struct HangFirstAttempt {
+    inner: ScriptedExecutor,
+}
+
+#[async_trait]
+impl Executor for HangFirstAttempt {
+    async fn execute(
+        &self,
+        ctx: &RunContext,
+        journal: &mut Journal,
+    ) -> awooop::error::Result<Outcome> {
+        if ctx.attempt == 1 {
+            std::future::pending::<()>().await;
+        }
+        self.inner.execute(ctx, journal).await
+    }
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_reaped_and_its_late_write_discarded() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let id = tenancy::scope(
+        p.clone(),
+        runs.create(&runner(), req("echo", json!({"name": "z"})), None, None),
+    )
+    .await
+    .unwrap()
+    .run_id;
+
+    // The victim has its own pool so that killing it also drops its connections.
+    let victim_pool = awooop::db::connect_app(&t.url, 4).await.unwrap();
+    let victim_cp = ControlPlane::new(
+        tenancy::Db::new(victim_pool.clone()),
+        Coord::none(),
+        test_keyring(),
+    );
+    let hang = Arc::new(HangFirstAttempt {
+        inner: ScriptedExecutor::new(GuardedGateway::new(
+            victim_cp.clone(),
+            Arc::new(RecordingUpstream::default()),
+        )),
+    });
+    let mut cfg = WorkerConfig::new("victim");
+    cfg.lease = Duration::from_millis(600);
+    cfg.heartbeat = Duration::from_millis(150);
+    cfg.poll = Duration::from_millis(50);
+    let victim = Arc::new(Worker::new(victim_pool.clone(), victim_cp, hang, cfg));
+    let (_vstop, vrx) = shutdown_channel();
+    let vh = tokio::spawn(victim.clone().run(vrx));
+    // Wait until the victim holds the run, then kill it: task aborted, connections closed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while victim.stats.claimed.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "victim never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    vh.abort();
+    victim_pool.close().await;
+
+    let rescuer = worker(
+        &t,
+        &cp,
+        "rescuer",
+        Arc::new(RecordingUpstream::default()),
+        2_000,
+    );
+    let (stop, rx) = shutdown_channel();
+    let rh = tokio::spawn(rescuer.clone().run(rx));
+    let done = wait_state(&runs, &p, id, "succeeded", 20).await;
+    assert_eq!(done["attempt"], 2);
+    assert_eq!(done["output"]["result"], "hello z");
+    assert!(rescuer.stats.reaped.load(Ordering::Relaxed) >= 1);
+    // The dead attempt's late result changes nothing.
+    let landed = tenancy::scope(p.clone(), async {
+        let mut tx = cp.db().tenant().await.unwrap();
+        let l = repo::finish(
+            &mut tx,
+            id,
+            Some(1),
+            awooop::runtime::RunState::Failed,
+            None,
+            Some(("E-X", "late")),
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        l
+    })
+    .await;
+    assert!(!landed);
+    assert_eq!(
+        tenancy::scope(p.clone(), runs.get(id))
+            .await
+            .unwrap()
+            .run
+            .state,
+        "succeeded"
+    );
+    stop.send(true).unwrap();
+    rh.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn shadow_runs_never_reach_write_tools_but_read_only_calls_pass() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let agent = |tool: &str, risk: &str| {
+        json!({
+            "display_name": "Tools", "context_domain": "infra", "tools": [tool],
+            "safety": {"max_risk": risk, "max_steps": 4, "max_tokens_per_run": 1, "timeout_seconds": 60},
+            "executor": {"type": "scripted", "steps": [
+                {"type": "tool_call", "key": "call", "tool": tool, "arguments": {"ns": "{{input.ns}}"}},
+                {"type": "output", "key": "out", "template": "{{steps.call.count}} pods"}
+            ]}
+        })
+    };
+    tenancy::scope(p.clone(), async {
+        for (name, body) in [
+            ("reader", agent("k8s__get_pods", "read_only")),
+            ("writer", agent("k8s__restart", "write")),
+        ] {
+            let r = publish(&cp, ContractKind::Agent, name, body).await;
+            approve_and_activate(&cp, r, 1).await;
+        }
+    })
+    .await;
+    let runs = RunService::new(cp.clone());
+    let (r1, r2) = tenancy::scope(p.clone(), async {
+        (
+            runs.create(&runner(), req("reader", json!({"ns": "prod"})), None, None)
+                .await
+                .unwrap()
+                .run_id,
+            runs.create(&runner(), req("writer", json!({"ns": "prod"})), None, None)
+                .await
+                .unwrap()
+                .run_id,
+        )
+    })
+    .await;
+    let upstream = Arc::new(RecordingUpstream::default());
+    let w = worker(&t, &cp, "w", upstream.clone(), 5_000);
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.run(rx));
+    let ok = wait_state(&runs, &p, r1, "succeeded", 20).await;
+    assert_eq!(ok["output"]["result"], "3 pods");
+    let blocked = wait_state(&runs, &p, r2, "failed", 20).await;
+    assert_eq!(blocked["error_code"], "E-RUN-013");
+    // Exactly one upstream call: the read-only one. The write never left the platform.
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+    let audit = tenancy::scope(p.clone(), cp.audit(200)).await.unwrap();
+    assert!(audit.iter().any(|a| a.action == "tool.call"
+        && a.outcome == "denied"
+        && a.target.as_deref() == Some("k8s__restart")));
+    // In auto_remediate the same write call still needs the agent's ceiling: it passes now.
+    tenancy::scope(p.clone(), async {
+        cp.set_mode(&admin(), MigrationMode::AutoRemediate, true, Some("test"))
+            .await
+            .unwrap();
+        let mut r = req("writer", json!({"ns": "dev"}));
+        r.mode = Some("auto_remediate".into());
+        let id = runs.create(&runner(), r, None, None).await.unwrap().run_id;
+        wait_state(&runs, &p, id, "succeeded", 20).await;
+    })
+    .await;
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 2);
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn waiting_approval_resumes_without_repeating_completed_steps() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let body = json!({
+        "display_name": "Gate", "context_domain": "infra", "tools": ["k8s__get_pods"],
+        "safety": {"max_risk": "read_only", "max_steps": 4, "max_tokens_per_run": 1, "timeout_seconds": 60},
+        "executor": {"type": "scripted", "steps": [
+            {"type": "tool_call", "key": "look", "tool": "k8s__get_pods"},
+            {"type": "wait_approval", "key": "ok", "reason": "go ahead?"},
+            {"type": "output", "key": "done", "template": "approved by {{steps.ok.approved_by}}"}
+        ]}
+    });
+    tenancy::scope(p.clone(), async {
+        let r = publish(&cp, ContractKind::Agent, "gate", body).await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+    let runs = RunService::new(cp.clone());
+    let id = tenancy::scope(
+        p.clone(),
+        runs.create(&runner(), req("gate", json!({})), None, None),
+    )
+    .await
+    .unwrap()
+    .run_id;
+    let upstream = Arc::new(RecordingUpstream::default());
+    let w = worker(&t, &cp, "w", upstream.clone(), 5_000);
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.run(rx));
+    let waiting = wait_state(&runs, &p, id, "waiting_approval", 20).await;
+    assert_eq!(waiting["output"]["reason"], "go ahead?");
+    tenancy::scope(p.clone(), runs.approve(&Actor::cli("carol"), id, true))
+        .await
+        .unwrap();
+    let done = wait_state(&runs, &p, id, "succeeded", 20).await;
+    assert_eq!(done["output"]["result"], "approved by carol");
+    // The tool call before the approval ran once, not again on resume.
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+    let succeeded_steps = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "succeeded")
+        .count();
+    assert_eq!(succeeded_steps, 3);
+    // A rejected approval fails with a structured code.
+    let id2 = tenancy::scope(
+        p.clone(),
+        runs.create(&runner(), req("gate", json!({})), None, None),
+    )
+    .await
+    .unwrap()
+    .run_id;
+    wait_state(&runs, &p, id2, "waiting_approval", 20).await;
+    tenancy::scope(p.clone(), runs.approve(&Actor::cli("carol"), id2, false))
+        .await
+        .unwrap();
+    let rejected = wait_state(&runs, &p, id2, "failed", 5).await;
+    assert_eq!(rejected["error_code"], "E-RUN-011");
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    t.cleanup().await;
+}

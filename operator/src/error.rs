@@ -98,6 +98,8 @@ pub enum ErrorCode {
     RunCancelled,
     /// A tool call was blocked at the platform boundary (mode forbids its risk class).
     RunToolBlocked,
+    /// Shadow runs never send outbound messages.
+    RunShadowOutbound,
     /// The database is unreachable or overloaded.
     Unavailable,
     /// Anything else: details only in the server log.
@@ -148,6 +150,7 @@ impl ErrorCode {
         Self::RunStepFailed,
         Self::RunCancelled,
         Self::RunToolBlocked,
+        Self::RunShadowOutbound,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -196,6 +199,7 @@ impl ErrorCode {
             Self::RunStepFailed => "E-RUN-011",
             Self::RunCancelled => "E-RUN-012",
             Self::RunToolBlocked => "E-RUN-013",
+            Self::RunShadowOutbound => "E-RUN-014",
             Self::Unavailable => "E-UNAVAILABLE-001",
             Self::Internal => "E-INTERNAL-001",
         }
@@ -223,7 +227,7 @@ impl ErrorCode {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             RunAttemptsExhausted | RunDeadlineExceeded | RunStepFailed | RunCancelled
-            | RunToolBlocked => StatusCode::CONFLICT,
+            | RunToolBlocked | RunShadowOutbound => StatusCode::CONFLICT,
             AuthMissing | AuthInvalid => StatusCode::UNAUTHORIZED,
             AuthForbidden | ContractApproverNotAllowed => StatusCode::FORBIDDEN,
             ContractBadSignature | ContractSigningKey => StatusCode::UNAUTHORIZED,
@@ -293,6 +297,9 @@ impl ErrorCode {
             RunToolBlocked => {
                 "tool call blocked at the platform boundary: mode forbids its risk class"
             }
+            RunShadowOutbound => {
+                "shadow runs never send outbound messages (enforced by PostgreSQL)"
+            }
             Unavailable => "database unavailable; retry later",
             Internal => "internal error; see server logs by trace id",
         }
@@ -357,6 +364,13 @@ impl From<sqlx::Error> for Error {
                     return Error::new(
                         ErrorCode::RunIllegalTransition,
                         "illegal run state transition",
+                    )
+                    .with_source(e);
+                }
+                Some("AW003") => {
+                    return Error::new(
+                        ErrorCode::RunShadowOutbound,
+                        "shadow runs never send outbound messages",
                     )
                     .with_source(e);
                 }

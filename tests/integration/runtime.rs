@@ -63,6 +63,7 @@ fn req(agent: &str, input: Value) -> CreateRun {
         agent: agent.into(),
         input,
         mode: None,
+        reply_to: None,
     }
 }
 
@@ -591,5 +592,84 @@ async fn waiting_approval_resumes_without_repeating_completed_steps() {
     assert_eq!(rejected["error_code"], "E-RUN-011");
     stop.send(true).unwrap();
     h.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn shadow_runs_never_write_outbound_messages() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let reply = awooop::runtime::outbound::ReplyTo {
+        channel: "ops-telegram".into(),
+        conversation: "-100123".into(),
+    };
+    let mk = |mode: Option<&str>| CreateRun {
+        agent: "echo".into(),
+        input: json!({"name": "ops"}),
+        mode: mode.map(Into::into),
+        reply_to: Some(reply.clone()),
+    };
+    let shadow = tenancy::scope(p.clone(), runs.create(&runner(), mk(None), None, None))
+        .await
+        .unwrap();
+    assert_eq!(shadow.mode, "shadow");
+    let w = worker(&t, &cp, "w", Arc::new(RecordingUpstream::default()), 5_000);
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.run(rx));
+    wait_state(&runs, &p, shadow.run_id, "succeeded", 20).await;
+    // Canary: the reply is queued.
+    tenancy::scope(
+        p.clone(),
+        cp.set_mode(&admin(), MigrationMode::Canary, false, None),
+    )
+    .await
+    .unwrap();
+    let canary = tenancy::scope(p.clone(), runs.create(&runner(), mk(None), None, None))
+        .await
+        .unwrap();
+    assert_eq!(canary.mode, "canary");
+    wait_state(&runs, &p, canary.run_id, "succeeded", 20).await;
+    // A shadow-mode run requested explicitly in a canary project is still refused outbound.
+    let explicit = tenancy::scope(
+        p.clone(),
+        runs.create(&runner(), mk(Some("shadow")), None, None),
+    )
+    .await
+    .unwrap();
+    wait_state(&runs, &p, explicit.run_id, "succeeded", 20).await;
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let rows: Vec<(Uuid, Value)> = sqlx::query_as("SELECT run_id, body FROM outbound_messages")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, canary.run_id);
+    assert_eq!(rows[0].1["result"], "hello ops");
+    // The database itself refuses a shadow run's message, whoever writes it.
+    let err = sqlx::query(
+        "INSERT INTO outbound_messages (project_id, message_id, run_id, channel, conversation, kind, body, trace_id) \
+         VALUES ('alpha', gen_random_uuid(), $1, 'x', 'y', 'progress', '{}', 't')",
+    )
+    .bind(shadow.run_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.as_database_error().unwrap().code().as_deref(),
+        Some("AW003")
+    );
+    tx.rollback().await.unwrap();
+    let audit = tenancy::scope(p.clone(), cp.audit(500)).await.unwrap();
+    let suppressed: Vec<_> = audit
+        .iter()
+        .filter(|a| a.action == "outbound.suppressed")
+        .collect();
+    assert_eq!(suppressed.len(), 2);
+    assert!(suppressed.iter().all(|a| a.trace_id.is_some()));
     t.cleanup().await;
 }

@@ -49,6 +49,7 @@ async fn two_populated_projects(t: &TestDb) {
                         agent: "echo".into(),
                         input: serde_json::json!({}),
                         mode: None,
+                        reply_to: None,
                     },
                     Some("idem-1"),
                     None,
@@ -80,6 +81,22 @@ async fn two_populated_projects(t: &TestDb) {
                 awooop::runtime::repo::journal_step(&mut tx, &step)
                     .await
                     .unwrap()
+            );
+            let reply = awooop::runtime::outbound::ReplyTo {
+                channel: "api".into(),
+                conversation: "c1".into(),
+            };
+            assert!(
+                awooop::runtime::outbound::deliver_reply(
+                    &mut tx,
+                    id,
+                    run.run_id,
+                    &reply,
+                    &serde_json::json!({}),
+                    &trace.trace_id
+                )
+                .await
+                .unwrap()
             );
             tx.commit().await.unwrap();
         })

@@ -5,6 +5,7 @@
 //! [`worker::Worker`] executes runs through the [`executor::Executor`] interface.
 
 pub mod executor;
+pub mod outbound;
 pub mod repo;
 pub mod state;
 pub mod trace;
@@ -47,6 +48,9 @@ pub struct CreateRun {
     /// Requested mode; defaults to (and may not exceed) the project's migration mode.
     #[serde(default)]
     pub mode: Option<String>,
+    /// Where the reply goes when the run succeeds (never for shadow runs).
+    #[serde(default)]
+    pub reply_to: Option<outbound::ReplyTo>,
 }
 
 /// What the caller gets back from `POST /v1/platform/runs`.
@@ -227,7 +231,7 @@ impl RunService {
         };
         let input_hash = contracts::canonical::body_hash(&req.input);
         let request_hash = contracts::canonical::body_hash(&json!({
-            "agent": req.agent, "input": req.input, "mode": mode.as_str()
+            "agent": req.agent, "input": req.input, "mode": mode.as_str(), "reply_to": req.reply_to
         }));
         let mut tx = self.control.db().tenant().await?;
         if let Some(key) = idempotency_key
@@ -252,6 +256,7 @@ impl RunService {
                 project_body_hash: project_ptr.as_ref().map(|p| p.body_hash.as_str()),
                 trace: &trace,
                 idempotency_key,
+                reply_to: req.reply_to.as_ref(),
                 max_attempts: i32::from(settings.max_attempts),
                 deadline_seconds: settings.run_deadline_seconds as i64,
             },

@@ -29,6 +29,7 @@ pub struct NewRun<'a> {
     pub project_body_hash: Option<&'a str>,
     pub trace: &'a TraceContext,
     pub idempotency_key: Option<&'a str>,
+    pub reply_to: Option<&'a super::outbound::ReplyTo>,
     pub max_attempts: i32,
     pub deadline_seconds: i64,
 }
@@ -36,8 +37,8 @@ pub struct NewRun<'a> {
 pub async fn insert_run(conn: &mut PgConnection, r: &NewRun<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
-         project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + make_interval(secs => $15))",
+         project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + make_interval(secs => $15), $16)",
     )
     .bind(r.project)
     .bind(r.run_id)
@@ -54,6 +55,7 @@ pub async fn insert_run(conn: &mut PgConnection, r: &NewRun<'_>) -> Result<()> {
     .bind(r.idempotency_key)
     .bind(r.max_attempts)
     .bind(r.deadline_seconds as f64)
+    .bind(r.reply_to.map(|x| serde_json::to_value(x).expect("serialisable")))
     .execute(conn)
     .await?;
     Ok(())
@@ -260,6 +262,7 @@ pub struct Claimed {
     pub span_id: String,
     pub attempt: i32,
     pub created_at: DateTime<Utc>,
+    pub reply_to: Option<Value>,
 }
 
 /// Claim up to `n` runnable runs: `FOR UPDATE SKIP LOCKED` on the partial queue index, lease
@@ -280,7 +283,7 @@ pub async fn worker_claim(
             lease_expires_at = now() + make_interval(secs => $3), heartbeat_at = now(), \
             started_at = coalesce(r.started_at, now()), updated_at = now() \
          FROM c WHERE r.project_id = c.project_id AND r.run_id = c.run_id \
-         RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at",
+         RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to",
     )
     .bind(n)
     .bind(worker)

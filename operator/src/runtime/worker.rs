@@ -327,15 +327,11 @@ impl Worker {
         };
         match outcome {
             Outcome::Succeeded(out) => {
-                self.finish(
-                    c.run_id,
-                    c.attempt,
-                    RunState::Succeeded,
-                    Some(&out),
-                    None,
-                    &trace,
-                )
-                .await
+                let reply = c.reply_to.as_ref().and_then(|r| {
+                    serde_json::from_value::<super::outbound::ReplyTo>(r.clone()).ok()
+                });
+                self.finish_with_reply(c.run_id, c.attempt, &out, reply.as_ref(), &trace)
+                    .await
             }
             Outcome::Failed { code, message } => {
                 self.finish(
@@ -361,6 +357,60 @@ impl Worker {
                 .await
             }
         }
+    }
+
+    /// Succeed the run and queue its reply in the same transaction (fenced: a discarded
+    /// attempt sends nothing).
+    async fn finish_with_reply(
+        &self,
+        run_id: Uuid,
+        attempt: i32,
+        output: &serde_json::Value,
+        reply: Option<&super::outbound::ReplyTo>,
+        trace: &TraceContext,
+    ) -> Result<bool> {
+        let project = tenancy::require()?;
+        let mut tx = self.control.db().tenant().await?;
+        let landed = repo::finish(
+            &mut tx,
+            run_id,
+            Some(attempt),
+            RunState::Succeeded,
+            Some(output),
+            None,
+        )
+        .await?;
+        if landed {
+            if let Some(r) = reply {
+                super::outbound::deliver_reply(
+                    &mut tx,
+                    project.as_str(),
+                    run_id,
+                    r,
+                    output,
+                    &trace.trace_id,
+                )
+                .await?;
+            }
+            audit::record(
+                &mut tx,
+                Entry {
+                    trace_id: Some(trace.trace_id.clone()),
+                    ..Entry::ok(
+                        "worker",
+                        "run.finish",
+                        run_id.to_string(),
+                        json!({"state": "succeeded", "attempt": attempt}),
+                    )
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if landed {
+            self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(landed)
     }
 
     async fn finish(

@@ -114,7 +114,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Worker(args) => {
             args.worker.validate()?;
             let p = Platform::connect(&args.db, None, None).await?;
-            let worker = worker_for(&p, &args.worker);
+            let worker = worker_for(&p, &args.worker, crate::metrics::Metrics::new());
             let (tx, rx) = crate::runtime::worker::shutdown_channel();
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -458,10 +458,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if !has_key && args.keyring.keyring.is_none() {
         create_signing_key(&p, &keyring_file, &awoooi, "local").await?;
     }
+    let metrics = crate::metrics::Metrics::new();
     let state = http::AppState {
         control: p.control.clone(),
         admin: Some(AdminToken::new(&admin_token)),
         max_body_bytes: args.max_body_bytes,
+        metrics: metrics.clone(),
     };
     eprintln!(
         "AwoooP is up\n  database: {}\n  redis:    {}\n  API:      http://{}\n  admin token: {} (file {})\n  keyring:  {}",
@@ -480,7 +482,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         p.state_dir.join("admin-token").display(),
         keyring_file.display(),
     );
-    let worker = worker_for(&p, &args.worker);
+    let worker = worker_for(&p, &args.worker, metrics);
     let (stop_tx, stop_rx) = crate::runtime::worker::shutdown_channel();
     let worker_task = tokio::spawn(worker.run(stop_rx));
     http::serve(args.listen, http::app(state), shutdown_signal()).await?;
@@ -501,16 +503,20 @@ fn worker_id() -> String {
 pub fn worker_for(
     p: &Platform,
     args: &WorkerArgs,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> std::sync::Arc<crate::runtime::worker::Worker> {
     use crate::runtime::executor::{GuardedGateway, NoGateway, ScriptedExecutor};
     let gateway = GuardedGateway::new(p.control.clone(), std::sync::Arc::new(NoGateway));
     let executor = std::sync::Arc::new(ScriptedExecutor::new(gateway));
-    std::sync::Arc::new(crate::runtime::worker::Worker::new(
-        p.control.db().pool_for_health().clone(),
-        p.control.clone(),
-        executor,
-        args.config(worker_id()),
-    ))
+    std::sync::Arc::new(
+        crate::runtime::worker::Worker::new(
+            p.control.db().pool_for_health().clone(),
+            p.control.clone(),
+            executor,
+            args.config(worker_id()),
+        )
+        .with_metrics(metrics),
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.

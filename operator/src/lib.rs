@@ -18,5 +18,6 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod local;
+pub mod metrics;
 pub mod runtime;
 pub mod tenancy;

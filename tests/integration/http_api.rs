@@ -26,6 +26,7 @@ impl Api {
             control: t.control(Coord::none()),
             admin: Some(AdminToken::new(ADMIN)),
             max_body_bytes,
+            metrics: awooop::metrics::Metrics::new(),
         };
         Self { router: app(state) }
     }
@@ -534,6 +535,155 @@ async fn validate_endpoint_reports_every_violation_with_paths() {
     assert_eq!(
         v["body_hash"],
         awooop::contracts::canonical::body_hash(&agent_body())
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn runs_api_and_metrics() {
+    let t = TestDb::new().await;
+    let api = Api::new(&t, 1 << 20);
+    let (s, _) = api
+        .json(
+            "POST",
+            "/v1/control/projects",
+            ADMIN,
+            json!({"project_id": "alpha", "display_name": "A"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let key = api_key(&api, "alpha", "svc", &["reader", "runner"]).await;
+    // No active agent yet.
+    expect(
+        &api.json(
+            "POST",
+            "/v1/platform/runs",
+            &key,
+            json!({"agent": "echo", "input": {}}),
+        )
+        .await,
+        422,
+        "E-RUN-007",
+    );
+    let cp = t.control(Coord::none());
+    let p = pid("alpha");
+    awooop::tenancy::scope(p.clone(), async {
+        cp.register_signing_key(&admin(), KEY_ID).await.unwrap();
+        let body = json!({"display_name": "Echo", "context_domain": "demo",
+            "safety": {"max_risk": "read_only", "max_steps": 1, "max_tokens_per_run": 1, "timeout_seconds": 60},
+            "executor": {"type": "scripted", "steps": [{"type": "output", "key": "o", "template": "x"}]}});
+        let r = publish(&cp, awooop::contracts::ContractKind::Agent, "echo", body).await;
+        approve_and_activate(&cp, r, 2).await;
+    })
+    .await;
+    let mut req = Request::builder()
+        .method("POST")
+        .uri("/v1/platform/runs")
+        .header("authorization", format!("Bearer {key}"))
+        .header("idempotency-key", "order-42")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .body(Body::from(
+            serde_json::to_vec(&json!({"agent": "echo", "input": {"q": 1}})).unwrap(),
+        ))
+        .unwrap();
+    req.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    let resp = api.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let tp = resp
+        .headers()
+        .get("traceparent")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let run_id = body["run_id"].as_str().unwrap().to_string();
+    assert_eq!(body["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    let (s, run) = api
+        .call(
+            "GET",
+            &format!("/v1/platform/runs/{run_id}"),
+            Some(&key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(run["state"], "queued");
+    expect(
+        &api.call("GET", "/v1/platform/runs/not-a-run", Some(&key), None, None)
+            .await,
+        404,
+        "E-RUN-001",
+    );
+    let (s, page) = api
+        .call(
+            "GET",
+            "/v1/platform/runs?limit=1&state=queued",
+            Some(&key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(page["runs"].as_array().unwrap().len(), 1);
+    expect(
+        &api.call(
+            "GET",
+            "/v1/platform/runs?cursor=zzz",
+            Some(&key),
+            None,
+            None,
+        )
+        .await,
+        422,
+        "E-REQ-003",
+    );
+    let (s, c) = api
+        .call(
+            "POST",
+            &format!("/v1/platform/runs/{run_id}/cancel"),
+            Some(&key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, c["state"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    expect(
+        &api.call(
+            "POST",
+            &format!("/v1/platform/runs/{run_id}/cancel"),
+            Some(&key),
+            None,
+            None,
+        )
+        .await,
+        409,
+        "E-RUN-002",
+    );
+    // Queue depth is read from PostgreSQL at scrape time.
+    for _ in 0..2 {
+        let (s, _) = api
+            .json("POST", "/v1/platform/runs", &key, json!({"agent": "echo"}))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+    }
+    let (s, m) = api.call("GET", "/metrics", None, None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = m.as_str().unwrap();
+    assert!(text.contains("awooop_claim_duration_seconds"), "{text}");
+    assert!(
+        text.contains("awooop_queue_depth{project=\"alpha\"} 2"),
+        "{text}"
     );
     t.cleanup().await;
 }

@@ -28,12 +28,15 @@ pub struct AppState {
     pub admin: Option<AdminToken>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// The registry `/metrics` serves (shared with the workers of this process).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .nest("/v1/control", control::router())
         .nest("/v1/platform", runs::router())
         .fallback(not_found)
@@ -64,6 +67,20 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (
         status,
         axum::Json(json!({"postgres": if db_ok {"ok"} else {"unavailable"}, "redis": redis})),
+    )
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let body = state
+        .metrics
+        .render(state.control.db().pool_for_health())
+        .await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
     )
 }
 

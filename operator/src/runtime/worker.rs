@@ -23,6 +23,7 @@ use crate::audit::{self, Entry};
 use crate::contracts::{self, Contract, ContractKind};
 use crate::control::{ControlPlane, MigrationMode};
 use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::tenancy::{self, ProjectId};
 
 #[derive(Debug, Clone)]
@@ -63,6 +64,16 @@ pub struct WorkerStats {
     pub reaped: AtomicU64,
 }
 
+tokio::task_local! {
+    /// When the current attempt started executing (for the run-duration histogram).
+    static RUN_STARTED: std::time::Instant;
+}
+
+fn observe_finish(metrics: &Metrics, state: RunState) {
+    let took = RUN_STARTED.try_with(|t| t.elapsed()).unwrap_or_default();
+    metrics.finished(state.as_str(), took);
+}
+
 pub struct Worker {
     pool: PgPool,
     control: ControlPlane,
@@ -72,6 +83,7 @@ pub struct Worker {
     held: Arc<Mutex<HashMap<Uuid, i32>>>,
     healthy: Arc<AtomicBool>,
     pub stats: Arc<WorkerStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -89,7 +101,14 @@ impl Worker {
             held: Arc::default(),
             healthy: Arc::new(AtomicBool::new(true)),
             stats: Arc::default(),
+            metrics: Metrics::new(),
         }
+    }
+
+    /// Report into a shared registry (the one `/metrics` serves).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Run until `shutdown` turns true; then stop claiming, wait up to the grace period for
@@ -236,6 +255,9 @@ impl Worker {
                 tick.tick().await;
                 match repo::worker_reap(&self.pool).await {
                     Ok(r) => {
+                        self.metrics.reaped("requeued", r.requeued);
+                        self.metrics.reaped("failed", r.failed);
+                        self.metrics.reaped("timed_out", r.timed_out);
                         let n = r.requeued + r.failed + r.timed_out;
                         if n > 0 {
                             self.stats.reaped.fetch_add(n, Ordering::Relaxed);
@@ -266,11 +288,15 @@ impl Worker {
             sampled: true,
         };
         let span = tracing::info_span!("run", %run_id, trace_id = %trace.trace_id, project = %project, attempt);
-        let res = tenancy::scope(project.clone(), async {
-            let _e = span.enter();
-            self.execute_in_scope(&project, c, trace).await
-        })
-        .await;
+        let res = RUN_STARTED
+            .scope(
+                std::time::Instant::now(),
+                tenancy::scope(project.clone(), async {
+                    let _e = span.enter();
+                    self.execute_in_scope(&project, c, trace).await
+                }),
+            )
+            .await;
         self.held.lock().expect("held lock").remove(&run_id);
         match res {
             Ok(true) => {}
@@ -409,6 +435,7 @@ impl Worker {
         tx.commit().await?;
         if landed {
             self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            observe_finish(&self.metrics, RunState::Succeeded);
         }
         Ok(landed)
     }
@@ -436,6 +463,7 @@ impl Worker {
         }
         tx.commit().await?;
         if landed {
+            observe_finish(&self.metrics, to);
             match to {
                 RunState::Succeeded => self.stats.succeeded.fetch_add(1, Ordering::Relaxed),
                 RunState::Failed => self.stats.failed.fetch_add(1, Ordering::Relaxed),

@@ -393,11 +393,17 @@ pub struct SchemasArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts"])]
+    #[arg(value_parser = ["contracts", "runs"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]
     pub quick: bool,
+    /// Number of runs (bench runs).
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Number of workers (bench runs).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

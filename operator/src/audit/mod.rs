@@ -100,6 +100,51 @@ pub async fn record(conn: &mut PgConnection, entry: Entry<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Append many records in one statement (batched writers: workers completing runs).
+pub async fn record_many(conn: &mut PgConnection, entries: Vec<Entry<'_>>) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let project = tenancy::require()?;
+    let r = redact::Redactor::global();
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut actors = Vec::with_capacity(entries.len());
+    let mut actions = Vec::with_capacity(entries.len());
+    let mut targets = Vec::with_capacity(entries.len());
+    let mut outcomes = Vec::with_capacity(entries.len());
+    let mut codes = Vec::with_capacity(entries.len());
+    let mut traces = Vec::with_capacity(entries.len());
+    let mut details = Vec::with_capacity(entries.len());
+    for e in entries {
+        let mut d = e.details;
+        r.redact_json(&mut d);
+        ids.push(Uuid::now_v7());
+        actors.push(e.actor.to_string());
+        actions.push(e.action.to_string());
+        targets.push(e.target.map(|t| r.redact_str(&t).into_owned()));
+        outcomes.push(e.outcome.as_str());
+        codes.push(e.code);
+        traces.push(e.trace_id);
+        details.push(d);
+    }
+    sqlx::query(
+        "INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details) \
+         SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[])",
+    )
+    .bind(project.as_str())
+    .bind(&ids)
+    .bind(&actors)
+    .bind(&actions)
+    .bind(&targets)
+    .bind(&outcomes)
+    .bind(&codes)
+    .bind(&traces)
+    .bind(&details)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Append a record in its own transaction (for denials, whose change was rolled back). Failing
 /// to audit a denial must not turn the denial into success, so errors are only logged.
 pub async fn record_detached(db: &Db, entry: Entry<'_>) {

@@ -158,80 +158,137 @@ impl GuardedGateway {
     }
 }
 
-/// The step journal of one attempt: what completed before (skipped on resume) and fenced
-/// writes of new step attempts.
+/// A step attempt not yet written.
+#[derive(Debug, Clone)]
+pub struct PendingStep {
+    pub index: i32,
+    pub key: String,
+    pub step_type: String,
+    pub input_hash: String,
+    pub status: String,
+    pub output: Option<Value>,
+    pub error_code: Option<String>,
+    pub trace: TraceContext,
+    pub started_at: chrono::DateTime<Utc>,
+}
+
+/// The step journal of one attempt: what completed before (skipped on resume) and the step
+/// attempts of this one. Pure steps are buffered and written with the run's completion (one
+/// transaction); before anything with a side effect the executor calls [`Journal::flush`], so
+/// a completed tool call is durable before the next step and never repeats after a crash.
+/// Writes are fenced by the attempt: a flush by an attempt that lost the run fails with
+/// [`lease_lost`].
 pub struct Journal {
     db: Db,
     project: ProjectId,
     run_id: Uuid,
     attempt: i32,
     completed: HashMap<i32, Value>,
+    pending: Vec<PendingStep>,
 }
 
 impl Journal {
+    /// Load the completed steps of earlier attempts.
     pub async fn load(db: &Db, project: &ProjectId, run_id: Uuid, attempt: i32) -> Result<Self> {
-        let mut tx = db.tenant().await?;
-        let completed = repo::completed_steps(&mut tx, run_id)
-            .await?
-            .into_iter()
-            .collect();
-        tx.commit().await?;
-        Ok(Self {
+        let mut j = Self::fresh(db, project, run_id, attempt);
+        if attempt > 1 {
+            let mut tx = db.tenant().await?;
+            j.completed = repo::completed_steps(&mut tx, run_id)
+                .await?
+                .into_iter()
+                .collect();
+            tx.commit().await?;
+        }
+        Ok(j)
+    }
+
+    /// A journal for a first attempt: nothing can have completed before it.
+    pub fn fresh(db: &Db, project: &ProjectId, run_id: Uuid, attempt: i32) -> Self {
+        Self {
             db: db.clone(),
             project: project.clone(),
             run_id,
             attempt,
-            completed,
-        })
+            completed: HashMap::new(),
+            pending: Vec::new(),
+        }
     }
 
     pub fn completed(&self, index: i32) -> Option<&Value> {
         self.completed.get(&index)
     }
 
-    /// Journal a step attempt. Errors with [`lease_lost`] when this attempt no longer holds
-    /// the run.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn record(
-        &mut self,
-        index: i32,
-        key: &str,
-        step_type: &str,
-        input_hash: &str,
-        status: &str,
-        output: Option<&Value>,
-        error_code: Option<&str>,
-        trace: &TraceContext,
-        started_at: chrono::DateTime<Utc>,
-    ) -> Result<()> {
-        let mut tx = self.db.tenant().await?;
-        let ok = repo::journal_step(
-            &mut tx,
-            &repo::StepRecord {
-                project: self.project.as_str(),
-                run_id: self.run_id,
-                attempt: self.attempt,
-                step_index: index,
-                step_key: key,
-                step_type,
-                input_hash,
-                status,
-                output,
-                error_code,
-                trace,
-                started_at,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        if !ok {
-            return Err(lease_lost());
-        }
-        if status == "succeeded" {
+    /// Record a step attempt (buffered until [`Journal::flush`] or the run's completion).
+    pub fn record(&mut self, step: PendingStep) {
+        if step.status == "succeeded" {
             self.completed
-                .insert(index, output.cloned().unwrap_or(Value::Null));
+                .insert(step.index, step.output.clone().unwrap_or(Value::Null));
         }
+        self.pending.push(step);
+    }
+
+    /// Write buffered steps now, fenced by the attempt.
+    pub async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.tenant().await?;
+        for s in &self.pending {
+            let ok = repo::journal_step(
+                &mut tx,
+                &repo::StepRecord {
+                    project: self.project.as_str(),
+                    run_id: self.run_id,
+                    attempt: self.attempt,
+                    step_index: s.index,
+                    step_key: &s.key,
+                    step_type: &s.step_type,
+                    input_hash: &s.input_hash,
+                    status: &s.status,
+                    output: s.output.as_ref(),
+                    error_code: s.error_code.as_deref(),
+                    trace: &s.trace,
+                    started_at: s.started_at,
+                },
+            )
+            .await?;
+            if !ok {
+                return Err(lease_lost());
+            }
+        }
+        tx.commit().await?;
+        self.pending.clear();
         Ok(())
+    }
+
+    /// Steps still to be written (by the completion, in its transaction).
+    pub fn take_pending(&mut self) -> Vec<PendingStep> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step(
+    index: i32,
+    key: &str,
+    step_type: &str,
+    input_hash: String,
+    status: &str,
+    output: Option<Value>,
+    error_code: Option<&str>,
+    trace: &TraceContext,
+    started_at: chrono::DateTime<Utc>,
+) -> PendingStep {
+    PendingStep {
+        index,
+        key: key.to_string(),
+        step_type: step_type.to_string(),
+        input_hash,
+        status: status.to_string(),
+        output,
+        error_code: error_code.map(str::to_string),
+        trace: trace.clone(),
+        started_at,
     }
 }
 
@@ -260,9 +317,9 @@ impl Executor for ScriptedExecutor {
         };
         let mut outputs = Map::new();
         let mut last = Value::Null;
-        for (i, step) in steps.iter().enumerate() {
+        for (i, s) in steps.iter().enumerate() {
             let index = i as i32;
-            let key = step.key().as_str();
+            let key = s.key().as_str();
             if let Some(out) = journal.completed(index) {
                 outputs.insert(key.to_string(), out.clone());
                 last = out.clone();
@@ -271,25 +328,23 @@ impl Executor for ScriptedExecutor {
             let scope = json!({"input": ctx.input, "steps": outputs});
             let span = ctx.trace.child();
             let started = Utc::now();
-            match step {
+            match s {
                 ScriptStep::Output { template, .. } => {
                     let out = Value::String(render(template, &scope));
                     let h = contracts::canonical::body_hash(
                         &json!({"template": template, "scope": scope}),
                     );
-                    journal
-                        .record(
-                            index,
-                            key,
-                            "output",
-                            &h,
-                            "succeeded",
-                            Some(&out),
-                            None,
-                            &span,
-                            started,
-                        )
-                        .await?;
+                    journal.record(step(
+                        index,
+                        key,
+                        "output",
+                        h,
+                        "succeeded",
+                        Some(out.clone()),
+                        None,
+                        &span,
+                        started,
+                    ));
                     outputs.insert(key.to_string(), out.clone());
                     last = out;
                 }
@@ -309,38 +364,37 @@ impl Executor for ScriptedExecutor {
                         tool: tool.0.clone(),
                         arguments: args,
                     };
+                    // Everything before a side effect is durable first; so is its result.
+                    journal.flush().await?;
                     match self.gateway.call(ctx.contract.safety.max_risk, &call).await {
                         Ok(out) => {
-                            journal
-                                .record(
-                                    index,
-                                    key,
-                                    "tool_call",
-                                    &h,
-                                    "succeeded",
-                                    Some(&out),
-                                    None,
-                                    &span,
-                                    started,
-                                )
-                                .await?;
+                            journal.record(step(
+                                index,
+                                key,
+                                "tool_call",
+                                h,
+                                "succeeded",
+                                Some(out.clone()),
+                                None,
+                                &span,
+                                started,
+                            ));
+                            journal.flush().await?;
                             outputs.insert(key.to_string(), out.clone());
                             last = out;
                         }
                         Err(e) => {
-                            journal
-                                .record(
-                                    index,
-                                    key,
-                                    "tool_call",
-                                    &h,
-                                    "failed",
-                                    None,
-                                    Some(e.code.as_str()),
-                                    &span,
-                                    started,
-                                )
-                                .await?;
+                            journal.record(step(
+                                index,
+                                key,
+                                "tool_call",
+                                h,
+                                "failed",
+                                None,
+                                Some(e.code.as_str()),
+                                &span,
+                                started,
+                            ));
                             return Ok(Outcome::Failed {
                                 code: e.code.as_str().into(),
                                 message: e.message,
@@ -351,19 +405,17 @@ impl Executor for ScriptedExecutor {
                 ScriptStep::WaitApproval { reason, .. } => {
                     let reason = render(reason, &scope);
                     let h = contracts::canonical::body_hash(&json!({"reason": reason}));
-                    journal
-                        .record(
-                            index,
-                            key,
-                            "wait_approval",
-                            &h,
-                            "waiting",
-                            Some(&json!({"reason": reason})),
-                            None,
-                            &span,
-                            started,
-                        )
-                        .await?;
+                    journal.record(step(
+                        index,
+                        key,
+                        "wait_approval",
+                        h,
+                        "waiting",
+                        Some(json!({"reason": reason})),
+                        None,
+                        &span,
+                        started,
+                    ));
                     return Ok(Outcome::WaitingApproval {
                         step_key: key.into(),
                         reason,

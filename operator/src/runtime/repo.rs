@@ -461,3 +461,113 @@ pub async fn retention(conn: &mut PgConnection, days: i64) -> Result<(u64, u64)>
         .rows_affected();
     Ok((runs, keys))
 }
+
+/// The result of one attempt, written by [`complete_batch`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub state: RunState,
+    pub output: Option<Value>,
+    pub error: Option<(String, String)>,
+    pub steps: Vec<super::executor::PendingStep>,
+    pub reply: Option<super::outbound::ReplyTo>,
+    pub trace_id: String,
+}
+
+/// Write many completions of the current project in one transaction: the fenced state update
+/// (only attempts that still hold their run land), then the journal rows, replies and audit
+/// rows of the landed ones. Returns, per completion, whether it landed.
+pub async fn complete_batch(
+    conn: &mut PgConnection,
+    project: &str,
+    items: &[Completion],
+) -> Result<Vec<bool>> {
+    let ids: Vec<Uuid> = items.iter().map(|c| c.run_id).collect();
+    let attempts: Vec<i32> = items.iter().map(|c| c.attempt).collect();
+    let states: Vec<&str> = items.iter().map(|c| c.state.as_str()).collect();
+    let outputs: Vec<Value> = items
+        .iter()
+        .map(|c| c.output.clone().unwrap_or(Value::Null))
+        .collect();
+    let codes: Vec<Option<&str>> = items
+        .iter()
+        .map(|c| c.error.as_ref().map(|e| e.0.as_str()))
+        .collect();
+    let msgs: Vec<Option<&str>> = items
+        .iter()
+        .map(|c| c.error.as_ref().map(|e| e.1.as_str()))
+        .collect();
+    let landed: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code, \
+         error_message = h.msg, \
+         finished_at = CASE WHEN h.state IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE r.finished_at END, \
+         worker_id = NULL, lease_expires_at = NULL, updated_at = now() \
+         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[]) AS h(run_id, attempt, state, output, code, msg) \
+         WHERE r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = 'running' \
+         RETURNING r.run_id",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&states)
+    .bind(&outputs)
+    .bind(&codes)
+    .bind(&msgs)
+    .fetch_all(&mut *conn)
+    .await?;
+    let landed: std::collections::HashSet<Uuid> = landed.into_iter().collect();
+    let ok: Vec<&Completion> = items
+        .iter()
+        .filter(|c| landed.contains(&c.run_id))
+        .collect();
+    if !ok.is_empty() {
+        // Journal rows.
+        let steps: Vec<(&Completion, &super::executor::PendingStep)> = ok
+            .iter()
+            .flat_map(|c| c.steps.iter().map(move |s| (*c, s)))
+            .collect();
+        if !steps.is_empty() {
+            sqlx::query(
+                "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at) \
+                 SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::timestamptz[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(project)
+            .bind(steps.iter().map(|(c, _)| c.run_id).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.index).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(c, _)| c.attempt).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.key.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.step_type.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.input_hash.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.status.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.output.clone().unwrap_or(Value::Null)).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.error_code.as_deref()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.trace.trace_id.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.trace.span_id.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.started_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        for c in ok.iter().filter(|c| c.state == RunState::Succeeded) {
+            if let (Some(r), Some(out)) = (&c.reply, &c.output) {
+                super::outbound::deliver_reply(conn, project, c.run_id, r, out, &c.trace_id)
+                    .await?;
+            }
+        }
+        // Audit rows (their details carry no user content: state, attempt, code).
+        let entries: Vec<crate::audit::Entry<'_>> = ok
+            .iter()
+            .map(|c| crate::audit::Entry {
+                trace_id: Some(c.trace_id.clone()),
+                ..crate::audit::Entry::ok(
+                    "worker",
+                    "run.finish",
+                    c.run_id.to_string(),
+                    serde_json::json!({"state": c.state.as_str(), "attempt": c.attempt, "error_code": c.error.as_ref().map(|e| e.0.as_str())}),
+                )
+            })
+            .collect();
+        crate::audit::record_many(conn, entries).await?;
+    }
+    Ok(items.iter().map(|c| landed.contains(&c.run_id)).collect())
+}

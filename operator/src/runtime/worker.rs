@@ -12,15 +12,14 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::executor::{Executor, Journal, Outcome, RunContext};
 use super::repo::{self, Claimed};
 use super::state::RunState;
 use super::trace::TraceContext;
-use crate::audit::{self, Entry};
-use crate::contracts::{self, Contract, ContractKind};
+use crate::contracts::{self, AgentContract, Contract, ContractKind};
 use crate::control::{ControlPlane, MigrationMode};
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -64,16 +63,6 @@ pub struct WorkerStats {
     pub reaped: AtomicU64,
 }
 
-tokio::task_local! {
-    /// When the current attempt started executing (for the run-duration histogram).
-    static RUN_STARTED: std::time::Instant;
-}
-
-fn observe_finish(metrics: &Metrics, state: RunState) {
-    let took = RUN_STARTED.try_with(|t| t.elapsed()).unwrap_or_default();
-    metrics.finished(state.as_str(), took);
-}
-
 pub struct Worker {
     pool: PgPool,
     control: ControlPlane,
@@ -84,6 +73,9 @@ pub struct Worker {
     healthy: Arc<AtomicBool>,
     pub stats: Arc<WorkerStats>,
     metrics: Arc<Metrics>,
+    contracts: Mutex<HashMap<Uuid, Arc<AgentContract>>>,
+    completions: mpsc::Sender<Pending>,
+    completions_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
 }
 
 impl Worker {
@@ -93,6 +85,8 @@ impl Worker {
         executor: Arc<dyn Executor>,
         cfg: WorkerConfig,
     ) -> Self {
+        // Bounded by the slots: at most one pending completion per run in flight.
+        let (tx, rx) = mpsc::channel(cfg.slots.max(1) * 2);
         Self {
             pool,
             control,
@@ -102,6 +96,9 @@ impl Worker {
             healthy: Arc::new(AtomicBool::new(true)),
             stats: Arc::default(),
             metrics: Metrics::new(),
+            contracts: Mutex::default(),
+            completions: tx,
+            completions_rx: Mutex::new(Some(rx)),
         }
     }
 
@@ -115,9 +112,20 @@ impl Worker {
     /// in-flight runs and release the rest to the queue.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let wake = Arc::new(Notify::new());
-        let listener = self.clone().spawn_listener(wake.clone());
-        let heartbeat = self.clone().spawn_heartbeat();
-        let reaper = self.clone().spawn_reaper();
+        let rx = self
+            .completions_rx
+            .lock()
+            .expect("completion receiver")
+            .take()
+            .ok_or_else(|| {
+                crate::error::Error::new(crate::error::ErrorCode::Internal, "a worker runs once")
+            })?;
+        let _background = AbortOnDrop(vec![
+            self.clone().spawn_listener(wake.clone()),
+            self.clone().spawn_heartbeat(),
+            self.clone().spawn_reaper(),
+            tokio::spawn(self.clone().write_completions(rx)),
+        ]);
         let slots = Arc::new(tokio::sync::Semaphore::new(self.cfg.slots));
         let mut tasks = tokio::task::JoinSet::new();
         loop {
@@ -127,7 +135,11 @@ impl Worker {
             while tasks.try_join_next().is_some() {}
             let free = slots.available_permits();
             let mut claimed_full = false;
-            if free > 0 && self.healthy.load(Ordering::Relaxed) {
+            // Claim in batches: wait until a quarter of the slots are free (or all of them)
+            // rather than issuing one claim per finished run.
+            let worth_claiming =
+                free > 0 && (free >= (self.cfg.slots / 4).max(1) || free == self.cfg.slots);
+            if worth_claiming && self.healthy.load(Ordering::Relaxed) {
                 match repo::worker_claim(
                     &self.pool,
                     &self.cfg.id,
@@ -192,9 +204,6 @@ impl Worker {
         if released > 0 {
             tracing::info!(released, "released in-flight runs to the queue");
         }
-        listener.abort();
-        heartbeat.abort();
-        reaper.abort();
         Ok(())
     }
 
@@ -278,9 +287,9 @@ impl Worker {
     async fn execute(self: Arc<Self>, c: Claimed) {
         let run_id = c.run_id;
         let attempt = c.attempt;
-        let project = match ProjectId::parse(&c.project_id) {
-            Ok(p) => p,
-            Err(_) => return,
+        let started = std::time::Instant::now();
+        let Ok(project) = ProjectId::parse(&c.project_id) else {
+            return;
         };
         let trace = TraceContext {
             trace_id: c.trace_id.clone(),
@@ -288,19 +297,49 @@ impl Worker {
             sampled: true,
         };
         let span = tracing::info_span!("run", %run_id, trace_id = %trace.trace_id, project = %project, attempt);
-        let res = RUN_STARTED
-            .scope(
-                std::time::Instant::now(),
-                tenancy::scope(project.clone(), async {
-                    let _e = span.enter();
-                    self.execute_in_scope(&project, c, trace).await
-                }),
-            )
-            .await;
+        let completion = tenancy::scope(project.clone(), async {
+            let _e = span.enter();
+            self.execute_in_scope(&project, c, trace).await
+        })
+        .await;
+        let res = match completion {
+            Ok(Some(done)) => {
+                let state = done.state;
+                let (tx, rx) = oneshot::channel();
+                if self
+                    .completions
+                    .send((project.clone(), done, tx))
+                    .await
+                    .is_err()
+                {
+                    Err(crate::error::Error::new(
+                        crate::error::ErrorCode::Unavailable,
+                        "completion writer stopped",
+                    ))
+                } else {
+                    match rx.await {
+                        Ok(r) => r.map(|landed| landed.then_some(state)),
+                        Err(_) => Err(crate::error::Error::new(
+                            crate::error::ErrorCode::Unavailable,
+                            "completion writer stopped",
+                        )),
+                    }
+                }
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
         self.held.lock().expect("held lock").remove(&run_id);
         match res {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Some(state)) => {
+                self.metrics.finished(state.as_str(), started.elapsed());
+                match state {
+                    RunState::Succeeded => self.stats.succeeded.fetch_add(1, Ordering::Relaxed),
+                    RunState::Failed => self.stats.failed.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+            }
+            Ok(None) => {
                 self.stats.discarded.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
@@ -311,166 +350,145 @@ impl Worker {
         }
     }
 
-    /// Returns Ok(false) when the result was discarded (the attempt lost the run).
+    /// The agent contract of a revision. Published revisions are immutable, so they are cached
+    /// by revision id for the life of the process.
+    async fn agent_contract(&self, revision_id: Uuid) -> Result<Option<Arc<AgentContract>>> {
+        if let Some(c) = self
+            .contracts
+            .lock()
+            .expect("contract cache")
+            .get(&revision_id)
+        {
+            return Ok(Some(c.clone()));
+        }
+        let rev = self.control.revision_by_id(revision_id).await?;
+        let Ok(Contract::Agent(a)) = contracts::validate(ContractKind::Agent, &rev.body) else {
+            return Ok(None);
+        };
+        let a = Arc::new(a);
+        self.contracts
+            .lock()
+            .expect("contract cache")
+            .insert(revision_id, a.clone());
+        Ok(Some(a))
+    }
+
+    /// Execute one attempt; `Ok(None)` when the attempt lost the run mid-way (discarded).
     async fn execute_in_scope(
         &self,
         project: &ProjectId,
         c: Claimed,
         trace: TraceContext,
-    ) -> Result<bool> {
-        let db = self.control.db();
-        let rev = self.control.revision_by_id(c.agent_revision_id).await?;
-        let contract = match contracts::validate(ContractKind::Agent, &rev.body) {
-            Ok(Contract::Agent(a)) => a,
-            _ => {
-                return self
-                    .finish(
-                        c.run_id,
-                        c.attempt,
-                        RunState::Failed,
-                        None,
-                        Some(("E-RUN-011", "agent revision is unreadable")),
-                        &trace,
-                    )
-                    .await;
-            }
+    ) -> Result<Option<repo::Completion>> {
+        let completion = |state, output, error: Option<(&str, &str)>, steps| repo::Completion {
+            run_id: c.run_id,
+            attempt: c.attempt,
+            state,
+            output,
+            error: error.map(|(a, b)| (a.to_string(), b.to_string())),
+            steps,
+            reply: None,
+            trace_id: trace.trace_id.clone(),
+        };
+        let Some(contract) = self.agent_contract(c.agent_revision_id).await? else {
+            return Ok(Some(completion(
+                RunState::Failed,
+                None,
+                Some(("E-RUN-011", "agent revision is unreadable")),
+                vec![],
+            )));
         };
         let ctx = RunContext {
             project: project.clone(),
             run_id: c.run_id,
             attempt: c.attempt,
             agent: c.agent.clone(),
-            contract,
+            contract: (*contract).clone(),
             mode: MigrationMode::parse(&c.mode)?,
             input: c.input.clone(),
             trace: trace.clone(),
         };
-        let mut journal = Journal::load(db, project, c.run_id, c.attempt).await?;
+        let mut journal = Journal::load(self.control.db(), project, c.run_id, c.attempt).await?;
         let outcome = match self.executor.execute(&ctx, &mut journal).await {
             Ok(o) => o,
-            Err(e) if super::executor::is_lease_lost(&e) => return Ok(false),
+            Err(e) if super::executor::is_lease_lost(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        match outcome {
+        let steps = journal.take_pending();
+        Ok(Some(match outcome {
             Outcome::Succeeded(out) => {
-                let reply = c.reply_to.as_ref().and_then(|r| {
+                let mut done = completion(RunState::Succeeded, Some(out), None, steps);
+                done.reply = c.reply_to.as_ref().and_then(|r| {
                     serde_json::from_value::<super::outbound::ReplyTo>(r.clone()).ok()
                 });
-                self.finish_with_reply(c.run_id, c.attempt, &out, reply.as_ref(), &trace)
-                    .await
+                done
             }
             Outcome::Failed { code, message } => {
-                self.finish(
-                    c.run_id,
-                    c.attempt,
-                    RunState::Failed,
-                    None,
-                    Some((&code, &message)),
-                    &trace,
-                )
-                .await
+                completion(RunState::Failed, None, Some((&code, &message)), steps)
             }
-            Outcome::WaitingApproval { step_key, reason } => {
-                let out = json!({"waiting_for": step_key, "reason": reason});
-                self.finish(
-                    c.run_id,
-                    c.attempt,
-                    RunState::WaitingApproval,
-                    Some(&out),
-                    None,
-                    &trace,
-                )
-                .await
+            Outcome::WaitingApproval { step_key, reason } => completion(
+                RunState::WaitingApproval,
+                Some(json!({"waiting_for": step_key, "reason": reason})),
+                None,
+                steps,
+            ),
+        }))
+    }
+
+    /// The completion writer: drains finished attempts and writes them in batches, one
+    /// transaction per project per batch (the fenced update, journal rows, replies, audit).
+    async fn write_completions(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(x) => batch.push(x),
+                    Err(_) => break,
+                }
+            }
+            let mut by_project: HashMap<ProjectId, Vec<Waiting>> = HashMap::new();
+            for (p, c, tx) in batch {
+                by_project.entry(p).or_default().push((c, tx));
+            }
+            for (project, group) in by_project {
+                let (items, senders): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let res = tenancy::scope(project.clone(), async {
+                    let mut tx = self.control.db().tenant().await?;
+                    let landed = repo::complete_batch(&mut tx, project.as_str(), &items).await?;
+                    tx.commit().await?;
+                    Ok::<_, crate::error::Error>(landed)
+                })
+                .await;
+                match res {
+                    Ok(landed) => {
+                        for (s, l) in senders.into_iter().zip(landed) {
+                            let _ = s.send(Ok(l));
+                        }
+                    }
+                    Err(e) => {
+                        for s in senders {
+                            let _ =
+                                s.send(Err(crate::error::Error::new(e.code, e.message.clone())));
+                        }
+                    }
+                }
             }
         }
     }
+}
 
-    /// Succeed the run and queue its reply in the same transaction (fenced: a discarded
-    /// attempt sends nothing).
-    async fn finish_with_reply(
-        &self,
-        run_id: Uuid,
-        attempt: i32,
-        output: &serde_json::Value,
-        reply: Option<&super::outbound::ReplyTo>,
-        trace: &TraceContext,
-    ) -> Result<bool> {
-        let project = tenancy::require()?;
-        let mut tx = self.control.db().tenant().await?;
-        let landed = repo::finish(
-            &mut tx,
-            run_id,
-            Some(attempt),
-            RunState::Succeeded,
-            Some(output),
-            None,
-        )
-        .await?;
-        if landed {
-            if let Some(r) = reply {
-                super::outbound::deliver_reply(
-                    &mut tx,
-                    project.as_str(),
-                    run_id,
-                    r,
-                    output,
-                    &trace.trace_id,
-                )
-                .await?;
-            }
-            audit::record(
-                &mut tx,
-                Entry {
-                    trace_id: Some(trace.trace_id.clone()),
-                    ..Entry::ok(
-                        "worker",
-                        "run.finish",
-                        run_id.to_string(),
-                        json!({"state": "succeeded", "attempt": attempt}),
-                    )
-                },
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        if landed {
-            self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
-            observe_finish(&self.metrics, RunState::Succeeded);
-        }
-        Ok(landed)
-    }
+type Pending = (ProjectId, repo::Completion, oneshot::Sender<Result<bool>>);
+type Waiting = (repo::Completion, oneshot::Sender<Result<bool>>);
 
-    async fn finish(
-        &self,
-        run_id: Uuid,
-        attempt: i32,
-        to: RunState,
-        output: Option<&serde_json::Value>,
-        error: Option<(&str, &str)>,
-        trace: &TraceContext,
-    ) -> Result<bool> {
-        let mut tx = self.control.db().tenant().await?;
-        let landed = repo::finish(&mut tx, run_id, Some(attempt), to, output, error).await?;
-        if landed {
-            audit::record(
-                &mut tx,
-                Entry {
-                    trace_id: Some(trace.trace_id.clone()),
-                    ..Entry::ok("worker", "run.finish", run_id.to_string(), json!({"state": to.as_str(), "attempt": attempt, "error_code": error.map(|e| e.0)}))
-                },
-            )
-            .await?;
+/// Aborts the worker's background tasks when the worker's `run` future ends or is dropped
+/// (a killed worker must also stop heartbeating, or its leases would never expire).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
         }
-        tx.commit().await?;
-        if landed {
-            observe_finish(&self.metrics, to);
-            match to {
-                RunState::Succeeded => self.stats.succeeded.fetch_add(1, Ordering::Relaxed),
-                RunState::Failed => self.stats.failed.fetch_add(1, Ordering::Relaxed),
-                _ => 0,
-            };
-        }
-        Ok(landed)
     }
 }
 

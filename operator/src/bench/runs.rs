@@ -1,0 +1,293 @@
+//! `awooop bench runs`: throughput of the runtime (claim, journal one step, complete), pickup
+//! latency at low load, and recovery time after a worker is killed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::{drop_scratch, percentile_ms, scratch_database};
+use crate::auth::Actor;
+use crate::cli::Platform;
+use crate::config::{BenchArgs, DbArgs, KeyringArgs};
+use crate::contracts::ContractKind;
+use crate::control::NewProject;
+use crate::runtime::executor::{
+    Executor, GuardedGateway, Journal, NoGateway, Outcome, RunContext, ScriptedExecutor,
+};
+use crate::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
+use crate::tenancy::{self, ProjectId};
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let n = args.runs.unwrap_or(if args.quick { 5_000 } else { 20_000 });
+    let workers = args.concurrency.unwrap_or(4);
+    let base = args
+        .db
+        .database_url
+        .clone()
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let scratch = scratch_database(&base, "runs").await?;
+    let res = bench(&scratch, n, workers, args.quick).await;
+    drop_scratch(&base, &scratch).await;
+    let r = res?;
+    println!(
+        "runs_per_sec={:.0} pickup_p50_ms={:.2} pickup_p95_ms={:.2} pickup_p99_ms={:.2} recovery_s={:.2} runs={n} workers={workers}",
+        r.0, r.1, r.2, r.3, r.4
+    );
+    Ok(())
+}
+
+struct Setup {
+    p: Platform,
+    project: ProjectId,
+}
+
+async fn setup(url: &str) -> anyhow::Result<Setup> {
+    let state = std::env::temp_dir().join(format!("awooop-bench-runs-{}", std::process::id()));
+    let dbargs = DbArgs {
+        database_url: Some(url.into()),
+        app_database_url: None,
+        db_max_connections: 24,
+        state_dir: state.clone(),
+    };
+    let p = Platform::connect(
+        &dbargs,
+        None,
+        Some(&KeyringArgs {
+            keyring: Some(state.join("keyring")),
+        }),
+    )
+    .await?;
+    let admin = Actor::cli("bench");
+    p.control
+        .create_project(
+            &admin,
+            NewProject {
+                project_id: "bench".into(),
+                display_name: "bench".into(),
+                required_approvals: Some(1),
+            },
+        )
+        .await?;
+    let project = ProjectId::parse("bench")?;
+    crate::cli::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
+    tenancy::scope(project.clone(), async {
+        let body = json!({"display_name": "noop", "context_domain": "bench",
+            "safety": {"max_risk": "read_only", "max_steps": 1, "max_tokens_per_run": 1, "timeout_seconds": 600},
+            "executor": {"type": "scripted", "steps": [{"type": "output", "key": "done", "template": "ok"}]}});
+        let d = p.control.create_draft(&admin, ContractKind::Agent, "noop", body).await?;
+        let req = p.control.sign_draft(d.draft.draft_id, "bench").await?;
+        let rev = p.control.publish(&admin, d.draft.draft_id, req).await?;
+        p.control.approve(&Actor::cli("a"), rev.revision_id).await?;
+        p.control.activate(&admin, rev.revision_id).await?;
+        Ok::<_, crate::error::Error>(())
+    })
+    .await?;
+    Ok(Setup { p, project })
+}
+
+/// Insert `n` queued runs of the no-op agent in one statement.
+async fn enqueue(s: &Setup, n: i64) -> anyhow::Result<()> {
+    tenancy::scope(s.project.clone(), async {
+        let active = s.p.control.active(ContractKind::Agent, "noop").await?;
+        let mut tx = s.p.control.db().tenant().await?;
+        sqlx::query(
+            "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+             trace_id, span_id, max_attempts, deadline_at) \
+             SELECT 'bench', gen_random_uuid(), 'noop', 'shadow', '{}'::jsonb, $1, $2, $3, \
+             md5(random()::text || g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour' \
+             FROM generate_series(1, $4) g",
+        )
+        .bind(crate::contracts::canonical::body_hash(&json!({})))
+        .bind(active.pointer.revision_id)
+        .bind(&active.pointer.body_hash)
+        .bind(n)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, crate::error::Error>(())
+    })
+    .await?;
+    Ok(())
+}
+
+async fn count(s: &Setup, state: &str) -> anyhow::Result<i64> {
+    tenancy::scope(s.project.clone(), async {
+        let mut tx = s.p.control.db().tenant().await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE state = $1")
+            .bind(state)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok::<_, crate::error::Error>(n)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn worker(
+    s: &Setup,
+    id: &str,
+    exec: Arc<dyn Executor>,
+    slots: usize,
+    lease: Duration,
+) -> Arc<Worker> {
+    let mut cfg = WorkerConfig::new(id);
+    cfg.slots = slots;
+    cfg.lease = lease;
+    cfg.heartbeat = lease / 4;
+    cfg.poll = Duration::from_millis(200);
+    cfg.reap_every = Duration::from_millis(250);
+    cfg.grace = Duration::from_secs(2);
+    Arc::new(Worker::new(
+        s.p.control.db().pool_for_health().clone(),
+        s.p.control.clone(),
+        exec,
+        cfg,
+    ))
+}
+
+fn scripted(s: &Setup) -> Arc<dyn Executor> {
+    Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+        s.p.control.clone(),
+        Arc::new(NoGateway),
+    )))
+}
+
+/// Never finishes its first attempt: the worker that runs it is the one we kill.
+struct Stuck;
+
+#[async_trait]
+impl Executor for Stuck {
+    async fn execute(&self, _: &RunContext, _: &mut Journal) -> crate::error::Result<Outcome> {
+        std::future::pending().await
+    }
+}
+
+async fn bench(
+    url: &str,
+    n: usize,
+    workers: usize,
+    quick: bool,
+) -> anyhow::Result<(f64, f64, f64, f64, f64)> {
+    let s = setup(url).await?;
+
+    // 1. Throughput: pre-insert n runs, then let the workers drain them.
+    enqueue(&s, n as i64).await?;
+    let (stop, rx) = shutdown_channel();
+    let ws: Vec<_> = (0..workers)
+        .map(|i| {
+            worker(
+                &s,
+                &format!("bench-{i}"),
+                scripted(&s),
+                256,
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    let handles: Vec<_> = ws
+        .iter()
+        .map(|w| tokio::spawn(w.clone().run(rx.clone())))
+        .collect();
+    loop {
+        let done: u64 = ws
+            .iter()
+            .map(|w| w.stats.succeeded.load(Ordering::Relaxed))
+            .sum();
+        if done as usize >= n {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(if quick { 20 } else { 300 }),
+            "only {done} of {n} runs finished"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        count(&s, "succeeded").await? == n as i64,
+        "not every run succeeded exactly once"
+    );
+    let rps = n as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "throughput: {n} runs in {:.2} s = {rps:.0} runs/s with {workers} workers",
+        elapsed.as_secs_f64()
+    );
+
+    // 2. Pickup latency at low load: one run at a time into idle workers; enqueue→start from
+    //    the database's own clock (created_at → started_at).
+    let samples = if quick { 100 } else { 300 };
+    for _ in 0..samples {
+        enqueue(&s, 1).await?;
+        tokio::time::sleep(Duration::from_millis(if quick { 15 } else { 25 })).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut pickup: Vec<Duration> = tenancy::scope(s.project.clone(), async {
+        let mut tx = s.p.control.db().tenant().await?;
+        let rows: Vec<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM started_at - created_at)::float8 FROM runs \
+             WHERE started_at IS NOT NULL ORDER BY created_at DESC LIMIT $1",
+        )
+        .bind(samples as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, crate::error::Error>(
+            rows.into_iter()
+                .map(|x| Duration::from_secs_f64(x.max(0.0)))
+                .collect(),
+        )
+    })
+    .await?;
+    pickup.sort();
+    stop.send(true)?;
+    for h in handles {
+        let _ = h.await;
+    }
+
+    // 3. Recovery: a worker holding runs is killed (task aborted); a healthy worker with a
+    //    short lease must finish them. Measured from the kill to the last run succeeding.
+    let lease = Duration::from_secs(if quick { 3 } else { 5 });
+    let stuck_n = 8;
+    let before = count(&s, "succeeded").await?;
+    enqueue(&s, stuck_n).await?;
+    let victim = worker(&s, "victim", Arc::new(Stuck), 16, lease);
+    let (_vs, vrx) = shutdown_channel();
+    let vh = tokio::spawn(victim.clone().run(vrx));
+    while (victim.stats.claimed.load(Ordering::Relaxed) as i64) < stuck_n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    vh.abort();
+    let killed = Instant::now();
+    let (stop, rx) = shutdown_channel();
+    let rescuer = worker(&s, "rescuer", scripted(&s), 16, lease);
+    let rh = tokio::spawn(rescuer.clone().run(rx));
+    while count(&s, "succeeded").await? < before + stuck_n {
+        anyhow::ensure!(
+            killed.elapsed() < Duration::from_secs(60),
+            "runs of the killed worker were not recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovery = killed.elapsed().as_secs_f64();
+    eprintln!(
+        "recovery after kill: {recovery:.2} s (lease {} s)",
+        lease.as_secs()
+    );
+    stop.send(true)?;
+    let _ = rh.await;
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("awooop-bench-runs-{}", std::process::id())),
+    );
+    Ok((
+        rps,
+        percentile_ms(&pickup, 50.0),
+        percentile_ms(&pickup, 95.0),
+        percentile_ms(&pickup, 99.0),
+        recovery,
+    ))
+}

@@ -10,4 +10,5 @@ mod http_api;
 mod local_postgres;
 mod redis_coordination;
 mod runtime;
+mod runtime_faults;
 mod tenancy_rls;

@@ -50,7 +50,3 @@ GRANT UPDATE (status) ON outbound_messages TO awooop_app;
 
 -- Where a run's reply goes (set by the caller, e.g. a channel adapter).
 ALTER TABLE runs ADD COLUMN reply_to jsonb;
-
--- Retention across tenants happens in worker scope: finished runs (steps and messages
--- cascade) and expired idempotency keys.
-CREATE POLICY worker_retention ON idempotency_keys FOR DELETE USING (awooop_worker_scope());

@@ -673,3 +673,66 @@ async fn shadow_runs_never_write_outbound_messages() {
     assert!(suppressed.iter().all(|a| a.trace_id.is_some()));
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn retention_removes_old_finished_runs_and_expired_keys_only() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let (old, fresh, queued) = tenancy::scope(p.clone(), async {
+        (
+            runs.create(
+                &runner(),
+                req("echo", json!({"name": 1})),
+                Some("old-key"),
+                None,
+            )
+            .await
+            .unwrap()
+            .run_id,
+            runs.create(&runner(), req("echo", json!({"name": 2})), None, None)
+                .await
+                .unwrap()
+                .run_id,
+            runs.create(&runner(), req("echo", json!({"name": 3})), None, None)
+                .await
+                .unwrap()
+                .run_id,
+        )
+    })
+    .await;
+    let w = worker(&t, &cp, "w", Arc::new(RecordingUpstream::default()), 5_000);
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.clone().run(rx));
+    wait_state(&runs, &p, old, "succeeded", 20).await;
+    wait_state(&runs, &p, fresh, "succeeded", 20).await;
+    wait_state(&runs, &p, queued, "succeeded", 20).await;
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    // Age one run past the retention window and expire its key (as the owner).
+    let mut tx = scoped_tx(&t.owner, "alpha").await;
+    sqlx::query("UPDATE runs SET finished_at = now() - interval '40 days' WHERE run_id = $1")
+        .bind(old)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (r, k) = w.retention_pass().await.unwrap();
+    assert_eq!((r, k), (1, 1));
+    assert_code(tenancy::scope(p.clone(), runs.get(old)).await, "E-RUN-001");
+    assert!(tenancy::scope(p.clone(), runs.get(fresh)).await.is_ok());
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let steps: i64 = sqlx::query_scalar("SELECT count(*) FROM run_steps WHERE run_id = $1")
+        .bind(old)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(steps, 0, "journal rows cascade");
+    tx.rollback().await.unwrap();
+    t.cleanup().await;
+}

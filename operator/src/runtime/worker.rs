@@ -35,6 +35,8 @@ pub struct WorkerConfig {
     /// Fallback poll when no notification arrives.
     pub poll: Duration,
     pub reap_every: Duration,
+    /// How often finished runs and expired idempotency keys are cleaned up.
+    pub retention_every: Duration,
     /// How long shutdown waits for in-flight runs before releasing them.
     pub grace: Duration,
 }
@@ -48,6 +50,7 @@ impl WorkerConfig {
             heartbeat: Duration::from_secs(5),
             poll: Duration::from_millis(500),
             reap_every: Duration::from_secs(2),
+            retention_every: Duration::from_secs(600),
             grace: Duration::from_secs(20),
         }
     }
@@ -124,6 +127,7 @@ impl Worker {
             self.clone().spawn_listener(wake.clone()),
             self.clone().spawn_heartbeat(),
             self.clone().spawn_reaper(),
+            self.clone().spawn_retention(),
             tokio::spawn(self.clone().write_completions(rx)),
         ]);
         let slots = Arc::new(tokio::sync::Semaphore::new(self.cfg.slots));
@@ -255,6 +259,52 @@ impl Worker {
                 }
             }
         })
+    }
+
+    /// Keep finished runs from bloating the table: each project's finished runs older than its
+    /// Runtime contract's `retention_days` are deleted (journal rows and messages cascade),
+    /// with its expired idempotency keys.
+    fn spawn_retention(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.cfg.retention_every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.retention_pass().await {
+                    tracing::debug!(code = e.code.as_str(), "retention pass failed");
+                }
+            }
+        })
+    }
+
+    pub async fn retention_pass(&self) -> Result<(u64, u64)> {
+        let mut tx = repo::worker_tx(&self.pool).await?;
+        let projects: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT project_id FROM runs WHERE finished_at IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let runs = super::RunService::new(self.control.clone());
+        let (mut deleted_runs, mut deleted_keys) = (0, 0);
+        for p in projects {
+            let Ok(project) = ProjectId::parse(&p) else {
+                continue;
+            };
+            let (r, k) = tenancy::scope(project, async {
+                let days = runs.runtime_settings().await?.retention_days;
+                let mut tx = self.control.db().tenant().await?;
+                let out = repo::retention(&mut tx, i64::from(days)).await?;
+                tx.commit().await?;
+                Ok::<_, crate::error::Error>(out)
+            })
+            .await?;
+            deleted_runs += r;
+            deleted_keys += k;
+        }
+        if deleted_runs + deleted_keys > 0 {
+            tracing::info!(deleted_runs, deleted_keys, "retention");
+        }
+        Ok((deleted_runs, deleted_keys))
     }
 
     fn spawn_reaper(self: Arc<Self>) -> tokio::task::JoinHandle<()> {

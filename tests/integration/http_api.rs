@@ -687,3 +687,47 @@ async fn runs_api_and_metrics() {
     );
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn openapi_document_covers_routes_that_exist() {
+    let t = TestDb::new().await;
+    let api = Api::new(&t, 1 << 20);
+    let (s, doc) = api.call("GET", "/openapi.json", None, None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(
+        doc["components"]["schemas"]["CreateRun"].is_object(),
+        "{}",
+        doc["components"]["schemas"]
+    );
+    assert!(doc["paths"]["/v1/platform/runs"]["post"]["responses"]["202"].is_object());
+    let ops = awooop::http::openapi::operations();
+    assert!(ops.len() >= 20);
+    for op in ops {
+        let path = op
+            .path
+            .replace("{id}", "00000000-0000-7000-8000-000000000000")
+            .replace("{project}", "awoooi")
+            .replace("{kind}", "agent")
+            .replace("{name}", "x");
+        let (_, body) = api
+            .call(
+                &op.method.to_uppercase(),
+                &path,
+                Some(ADMIN),
+                Some("awoooi"),
+                Some(b"{}".to_vec()),
+            )
+            .await;
+        assert_ne!(
+            body["message"], "no such endpoint",
+            "{} {} is documented but not routed",
+            op.method, op.path
+        );
+        // Every documented error code exists in the error table.
+        for e in op.errors {
+            assert!(awooop::error::markdown_table().contains(e.as_str()));
+        }
+    }
+    t.cleanup().await;
+}

@@ -36,7 +36,7 @@ pub struct ControlPlane {
     keyring: Arc<RwLock<signing::Keyring>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
     pub project_id: String,
@@ -74,7 +74,7 @@ pub struct DraftView {
     pub signing_message: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     pub revision: i32,

@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod extract;
+pub mod openapi;
 pub mod runs;
 
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .nest("/v1/control", control::router())
         .nest("/v1/platform", runs::router())
         .fallback(not_found)
@@ -82,6 +84,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         body,
     )
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi::document())
 }
 
 async fn not_found() -> crate::error::Error {

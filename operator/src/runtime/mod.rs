@@ -39,7 +39,7 @@ pub fn default_runtime() -> RuntimeContract {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRun {
     pub agent: String,
@@ -54,7 +54,7 @@ pub struct CreateRun {
 }
 
 /// What the caller gets back from `POST /v1/platform/runs`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunAccepted {
     pub run_id: Uuid,
     pub trace_id: String,
@@ -65,7 +65,7 @@ pub struct RunAccepted {
     pub replayed: bool,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct RunView {
     pub run_id: Uuid,
     pub agent: String,
@@ -88,7 +88,7 @@ pub struct RunView {
     pub deadline_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
 pub struct StepView {
     pub step_index: i32,
     pub attempt: i32,
@@ -103,7 +103,7 @@ pub struct StepView {
     pub finished_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunView,
@@ -124,7 +124,7 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunPage {
     pub runs: Vec<RunView>,
     pub next_cursor: Option<String>,

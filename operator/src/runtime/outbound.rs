@@ -11,7 +11,7 @@ use crate::audit::{self, Entry};
 use crate::error::{ErrorCode, Result};
 
 /// Where a run's reply goes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyTo {
     /// Channel name (from the Communication contract).

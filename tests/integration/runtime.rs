@@ -736,3 +736,50 @@ async fn retention_removes_old_finished_runs_and_expired_keys_only() {
     tx.rollback().await.unwrap();
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn graceful_shutdown_releases_in_flight_runs_to_the_queue() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let id = tenancy::scope(
+        p.clone(),
+        runs.create(&runner(), req("echo", json!({"name": "g"})), None, None),
+    )
+    .await
+    .unwrap()
+    .run_id;
+    let hang = Arc::new(HangFirstAttempt {
+        inner: ScriptedExecutor::new(GuardedGateway::new(
+            cp.clone(),
+            Arc::new(RecordingUpstream::default()),
+        )),
+    });
+    let mut cfg = WorkerConfig::new("leaving");
+    cfg.poll = Duration::from_millis(50);
+    cfg.grace = Duration::from_millis(300);
+    let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), hang, cfg));
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.clone().run(rx));
+    wait_state(&runs, &p, id, "running", 10).await;
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    // Released at once (not left to the lease), ready for the next worker.
+    let d = tenancy::scope(p.clone(), runs.get(id)).await.unwrap();
+    assert_eq!((d.run.state.as_str(), d.run.attempt), ("retrying", 1));
+    let next = worker(
+        &t,
+        &cp,
+        "next",
+        Arc::new(RecordingUpstream::default()),
+        5_000,
+    );
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(next.run(rx));
+    let done = wait_state(&runs, &p, id, "succeeded", 20).await;
+    assert_eq!(done["attempt"], 2);
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    t.cleanup().await;
+}

@@ -46,6 +46,9 @@ CREATE INDEX runs_claimable ON runs (run_after) WHERE state IN ('queued', 'retry
 CREATE INDEX runs_leased ON runs (lease_expires_at) WHERE state = 'running';
 CREATE INDEX runs_deadline ON runs (deadline_at) WHERE state IN ('queued', 'retrying', 'running', 'waiting_approval');
 CREATE INDEX runs_by_created ON runs (project_id, created_at DESC, run_id DESC);
+-- Run ids are UUID v7, unique on their own: workers (which see every project) address runs
+-- by id alone, and this index keeps their heartbeats and fenced updates off sequential scans.
+CREATE UNIQUE INDEX runs_run_id ON runs (run_id);
 CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE FUNCTION awooop_run_transition() RETURNS trigger

@@ -30,7 +30,7 @@ pub struct RunContext {
     pub run_id: Uuid,
     pub attempt: i32,
     pub agent: String,
-    pub contract: AgentContract,
+    pub contract: Arc<AgentContract>,
     pub mode: MigrationMode,
     pub input: Value,
     pub trace: TraceContext,

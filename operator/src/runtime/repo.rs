@@ -504,7 +504,7 @@ pub async fn complete_batch(
          finished_at = CASE WHEN h.state IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE r.finished_at END, \
          worker_id = NULL, lease_expires_at = NULL, updated_at = now() \
          FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[]) AS h(run_id, attempt, state, output, code, msg) \
-         WHERE r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = 'running' \
+         WHERE r.project_id = $7 AND r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = 'running' \
          RETURNING r.run_id",
     )
     .bind(&ids)
@@ -513,6 +513,7 @@ pub async fn complete_batch(
     .bind(&outputs)
     .bind(&codes)
     .bind(&msgs)
+    .bind(project)
     .fetch_all(&mut *conn)
     .await?;
     let landed: std::collections::HashSet<Uuid> = landed.into_iter().collect();

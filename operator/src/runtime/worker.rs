@@ -453,7 +453,7 @@ impl Worker {
             run_id: c.run_id,
             attempt: c.attempt,
             agent: c.agent.clone(),
-            contract: (*contract).clone(),
+            contract,
             mode: MigrationMode::parse(&c.mode)?,
             input: c.input.clone(),
             trace: trace.clone(),

@@ -56,8 +56,10 @@ async fn count(t: &TestDb, sql: &str) -> i64 {
     n
 }
 
-fn rescuer(t: &TestDb, cp: &awooop::control::ControlPlane) -> Arc<Worker> {
-    let mut cfg = WorkerConfig::new("rescuer");
+/// A worker with a short lease and fast reaping, for fault tests.
+fn fast_worker(t: &TestDb, cp: &awooop::control::ControlPlane, name: &str) -> Arc<Worker> {
+    let mut cfg = WorkerConfig::new(name);
+    cfg.slots = 8;
     cfg.lease = Duration::from_secs(2);
     cfg.heartbeat = Duration::from_millis(500);
     cfg.poll = Duration::from_millis(50);
@@ -133,7 +135,7 @@ async fn runs_held_by_a_sigkilled_worker_process_are_finished_by_another() {
         0
     );
 
-    let w = rescuer(&t, &cp);
+    let w = fast_worker(&t, &cp, "rescuer");
     let (stop, rx) = shutdown_channel();
     let h = tokio::spawn(w.clone().run(rx));
     wait_all_succeeded(&t, 40, 30).await;
@@ -158,19 +160,7 @@ async fn workers_survive_terminated_database_connections() {
     let t = TestDb::new().await;
     let cp = setup(&t, 600).await;
     let workers: Vec<_> = (0..2)
-        .map(|i| {
-            let mut cfg = WorkerConfig::new(format!("w{i}"));
-            cfg.slots = 8;
-            cfg.lease = Duration::from_secs(2);
-            cfg.heartbeat = Duration::from_millis(500);
-            cfg.poll = Duration::from_millis(50);
-            cfg.reap_every = Duration::from_millis(200);
-            let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
-                cp.clone(),
-                Arc::new(NoGateway),
-            )));
-            Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg))
-        })
+        .map(|i| fast_worker(&t, &cp, &format!("w{i}")))
         .collect();
     let (stop, rx) = shutdown_channel();
     let hs: Vec<_> = workers

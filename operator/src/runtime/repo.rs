@@ -311,9 +311,13 @@ pub async fn worker_heartbeat(
     let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
     let mut tx = worker_tx(pool).await?;
     let res = sqlx::query(
+        // SKIP LOCKED: a row locked right now is being completed or cancelled, so it needs no
+        // heartbeat; waiting for it could deadlock with this worker's own completion writer.
         "UPDATE runs r SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $4) \
-         FROM unnest($2::uuid[], $3::int[]) AS h(run_id, attempt) \
-         WHERE r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = 'running' AND r.worker_id = $1",
+         FROM (SELECT x.run_id FROM runs x JOIN unnest($2::uuid[], $3::int[]) AS h(run_id, attempt) \
+               ON x.run_id = h.run_id AND x.attempt = h.attempt \
+               WHERE x.state = 'running' AND x.worker_id = $1 FOR UPDATE OF x SKIP LOCKED) l \
+         WHERE r.run_id = l.run_id",
     )
     .bind(worker)
     .bind(&ids)

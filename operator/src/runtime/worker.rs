@@ -502,13 +502,27 @@ impl Worker {
             }
             for (project, group) in by_project {
                 let (items, senders): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                let res = tenancy::scope(project.clone(), async {
-                    let mut tx = self.control.db().tenant().await?;
-                    let landed = repo::complete_batch(&mut tx, project.as_str(), &items).await?;
-                    tx.commit().await?;
-                    Ok::<_, crate::error::Error>(landed)
-                })
-                .await;
+                // Transient failures (deadlock, serialization, a dropped connection) are
+                // retried: the batch is one transaction, so a retry cannot half-apply it.
+                let mut attempt = 0;
+                let res = loop {
+                    attempt += 1;
+                    let r = tenancy::scope(project.clone(), async {
+                        let mut tx = self.control.db().tenant().await?;
+                        let landed =
+                            repo::complete_batch(&mut tx, project.as_str(), &items).await?;
+                        tx.commit().await?;
+                        Ok::<_, crate::error::Error>(landed)
+                    })
+                    .await;
+                    match r {
+                        Err(e) if attempt < 4 => {
+                            tracing::warn!(code = e.code.as_str(), error = ?e.source, attempt, "completion batch failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                        }
+                        other => break other,
+                    }
+                };
                 match res {
                     Ok(landed) => {
                         for (s, l) in senders.into_iter().zip(landed) {

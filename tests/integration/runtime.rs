@@ -783,3 +783,57 @@ async fn graceful_shutdown_releases_in_flight_runs_to_the_queue() {
     h.await.unwrap().unwrap();
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn heartbeats_never_wait_for_rows_locked_by_a_completion() {
+    // Regression: a heartbeat blocking on a row its own completion writer had locked (in
+    // another order) deadlocked and stalled whole batches until their leases expired.
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let id = tenancy::scope(
+        p.clone(),
+        runs.create(&runner(), req("echo", json!({})), None, None),
+    )
+    .await
+    .unwrap()
+    .run_id;
+    let claimed = repo::worker_claim(&t.app, "hb", 1, 30.0).await.unwrap();
+    assert_eq!(claimed[0].run_id, id);
+    let mut lock = scoped_tx(&t.app, "alpha").await;
+    sqlx::query("SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let extended = tokio::time::timeout(
+        Duration::from_secs(3),
+        repo::worker_heartbeat(&t.app, "hb", &[(id, 1)], 30.0),
+    )
+    .await
+    .expect("the heartbeat waited for a locked row")
+    .unwrap();
+    assert_eq!(extended, 0);
+    lock.rollback().await.unwrap();
+    assert_eq!(
+        repo::worker_heartbeat(&t.app, "hb", &[(id, 1)], 30.0)
+            .await
+            .unwrap(),
+        1
+    );
+    // A heartbeat for an attempt the worker no longer holds extends nothing.
+    assert_eq!(
+        repo::worker_heartbeat(&t.app, "hb", &[(id, 2)], 30.0)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        repo::worker_heartbeat(&t.app, "other", &[(id, 1)], 30.0)
+            .await
+            .unwrap(),
+        0
+    );
+    t.cleanup().await;
+}

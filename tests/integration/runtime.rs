@@ -837,3 +837,129 @@ async fn heartbeats_never_wait_for_rows_locked_by_a_completion() {
     );
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn sql_trigger_and_code_agree_on_every_transition() {
+    use awooop::runtime::RunState;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let template = tenancy::scope(
+        p.clone(),
+        runs.create(&runner(), req("echo", json!({})), None, None),
+    )
+    .await
+    .unwrap()
+    .run_id;
+    for from in RunState::ALL {
+        for to in RunState::ALL {
+            if from == to {
+                continue;
+            }
+            let mut tx = scoped_tx(&t.owner, "alpha").await;
+            // A copy of the template run in state `from` (INSERT is not a transition).
+            let id = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO runs (project_id, run_id, agent, mode, state, input, input_hash, agent_revision_id, agent_body_hash, \
+                 trace_id, span_id, max_attempts, deadline_at, worker_id, lease_expires_at) \
+                 SELECT project_id, $2, agent, mode, $3, input, input_hash, agent_revision_id, agent_body_hash, trace_id, span_id, \
+                 max_attempts, deadline_at, 'w', now() FROM runs WHERE run_id = $1",
+            )
+            .bind(template)
+            .bind(id)
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            let res = sqlx::query("UPDATE runs SET state = $2 WHERE run_id = $1")
+                .bind(id)
+                .bind(to.as_str())
+                .execute(&mut *tx)
+                .await;
+            let sql_allows = match &res {
+                Ok(_) => true,
+                Err(e) => {
+                    assert_eq!(
+                        e.as_database_error().unwrap().code().as_deref(),
+                        Some("AW002"),
+                        "{from:?} -> {to:?}"
+                    );
+                    false
+                }
+            };
+            assert_eq!(
+                sql_allows,
+                from.can_move_to(to),
+                "{from:?} -> {to:?}: trigger and code disagree"
+            );
+            tx.rollback().await.unwrap();
+        }
+    }
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn reaper_fails_runs_out_of_attempts_and_times_out_runs_past_their_deadline() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let (a, b, c) = tenancy::scope(p.clone(), async {
+        (
+            runs.create(&runner(), req("echo", json!({"n": 1})), None, None)
+                .await
+                .unwrap()
+                .run_id,
+            runs.create(&runner(), req("echo", json!({"n": 2})), None, None)
+                .await
+                .unwrap()
+                .run_id,
+            runs.create(&runner(), req("echo", json!({"n": 3})), None, None)
+                .await
+                .unwrap()
+                .run_id,
+        )
+    })
+    .await;
+    let claimed = repo::worker_claim(&t.app, "dead", 3, 30.0).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let mut tx = scoped_tx(&t.owner, "alpha").await;
+    // a: lease expired on its last allowed attempt; b: lease expired with attempts left;
+    // c: alive (lease valid) but past its hard deadline.
+    sqlx::query("UPDATE runs SET max_attempts = 1, lease_expires_at = now() - interval '1 second' WHERE run_id = $1").bind(a).execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = $1")
+        .bind(b)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE runs SET deadline_at = now() - interval '1 second' WHERE run_id = $1")
+        .bind(c)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let r = repo::worker_reap(&t.app).await.unwrap();
+    assert_eq!((r.failed, r.requeued, r.timed_out), (1, 1, 1));
+    tenancy::scope(p.clone(), async {
+        let ra = runs.get(a).await.unwrap().run;
+        assert_eq!(
+            (ra.state.as_str(), ra.error_code.as_deref()),
+            ("failed", Some("E-RUN-005"))
+        );
+        let rb = runs.get(b).await.unwrap().run;
+        assert_eq!((rb.state.as_str(), rb.attempt), ("retrying", 1));
+        let rc = runs.get(c).await.unwrap().run;
+        assert_eq!(
+            (rc.state.as_str(), rc.error_code.as_deref()),
+            ("timed_out", Some("E-RUN-006"))
+        );
+    })
+    .await;
+    // Nothing more to reap.
+    assert_eq!(
+        repo::worker_reap(&t.app).await.unwrap(),
+        repo::Reaped::default()
+    );
+    t.cleanup().await;
+}

@@ -24,6 +24,9 @@ CREATE TABLE runs (
     idempotency_key      text,
     attempt              integer NOT NULL DEFAULT 0 CHECK (attempt >= 0),
     max_attempts         integer NOT NULL CHECK (max_attempts BETWEEN 1 AND 20),
+    -- From the project's Runtime contract; the effective lease is the shorter of this and the
+    -- worker's own --lease-seconds.
+    lease_seconds        integer NOT NULL DEFAULT 30 CHECK (lease_seconds BETWEEN 1 AND 3600),
     run_after            timestamptz NOT NULL DEFAULT now(),
     worker_id            text,
     lease_expires_at     timestamptz,

@@ -86,8 +86,9 @@ pub struct WorkerArgs {
     /// Runs executed at once by this worker.
     #[arg(long, env = "AWOOOP_WORKER_SLOTS", default_value_t = 16)]
     pub worker_slots: usize,
-    /// Lease length; a worker missing heartbeats this long loses its runs.
-    #[arg(long, env = "AWOOOP_LEASE_SECONDS", default_value_t = 30)]
+    /// Lease length cap; a worker missing heartbeats this long loses its runs. The effective
+    /// lease is the shorter of this and the project's Runtime contract.
+    #[arg(long, env = "AWOOOP_LEASE_SECONDS", default_value_t = 20)]
     pub lease_seconds: u64,
     /// Heartbeat interval (shorter than the lease).
     #[arg(long, env = "AWOOOP_HEARTBEAT_SECONDS", default_value_t = 5)]

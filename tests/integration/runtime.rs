@@ -963,3 +963,54 @@ async fn reaper_fails_runs_out_of_attempts_and_times_out_runs_past_their_deadlin
     );
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_runtime_contract_sets_attempts_lease_and_deadline_of_new_runs() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    tenancy::scope(p.clone(), async {
+        let body = json!({"max_attempts": 7, "lease_seconds": 2, "heartbeat_seconds": 1, "run_deadline_seconds": 120,
+            "idempotency_ttl_seconds": 60, "retention_days": 1, "max_concurrent_runs": 4, "max_input_bytes": 64});
+        let r = publish(&cp, ContractKind::Runtime, "default", body).await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+    let runs = RunService::new(cp.clone());
+    let id = tenancy::scope(p.clone(), async {
+        assert_code(
+            runs.create(
+                &runner(),
+                req("echo", json!({"pad": "x".repeat(100)})),
+                None,
+                None,
+            )
+            .await,
+            "E-RUN-008",
+        );
+        runs.create(&runner(), req("echo", json!({})), None, None)
+            .await
+            .unwrap()
+            .run_id
+    })
+    .await;
+    // The worker allows 30 s; the project's contract says 2 s: the shorter one wins.
+    repo::worker_claim(&t.app, "w", 1, 30.0).await.unwrap();
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let (attempts, lease_left, deadline_left): (i32, f64, f64) = sqlx::query_as(
+        "SELECT max_attempts, extract(epoch FROM lease_expires_at - now())::float8, extract(epoch FROM deadline_at - now())::float8 \
+         FROM runs WHERE run_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(attempts, 7);
+    assert!(lease_left <= 2.0 && lease_left > 0.5, "{lease_left}");
+    assert!(
+        deadline_left <= 120.0 && deadline_left > 100.0,
+        "{deadline_left}"
+    );
+    t.cleanup().await;
+}

@@ -29,7 +29,7 @@ pub use trace::TraceContext;
 pub fn default_runtime() -> RuntimeContract {
     RuntimeContract {
         max_attempts: 3,
-        lease_seconds: 30,
+        lease_seconds: 20,
         heartbeat_seconds: 5,
         run_deadline_seconds: 900,
         idempotency_ttl_seconds: 86_400,
@@ -258,6 +258,7 @@ impl RunService {
                 idempotency_key,
                 reply_to: req.reply_to.as_ref(),
                 max_attempts: i32::from(settings.max_attempts),
+                lease_seconds: settings.lease_seconds as i32,
                 deadline_seconds: settings.run_deadline_seconds as i64,
             },
         )

@@ -31,14 +31,15 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<&'a str>,
     pub reply_to: Option<&'a super::outbound::ReplyTo>,
     pub max_attempts: i32,
+    pub lease_seconds: i32,
     pub deadline_seconds: i64,
 }
 
 pub async fn insert_run(conn: &mut PgConnection, r: &NewRun<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
-         project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + make_interval(secs => $15), $16)",
+         project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + make_interval(secs => $15), $16, $17)",
     )
     .bind(r.project)
     .bind(r.run_id)
@@ -56,6 +57,7 @@ pub async fn insert_run(conn: &mut PgConnection, r: &NewRun<'_>) -> Result<()> {
     .bind(r.max_attempts)
     .bind(r.deadline_seconds as f64)
     .bind(r.reply_to.map(|x| serde_json::to_value(x).expect("serialisable")))
+    .bind(r.lease_seconds)
     .execute(conn)
     .await?;
     Ok(())
@@ -280,7 +282,7 @@ pub async fn worker_claim(
             WHERE state IN ('queued', 'retrying') AND run_after <= now() \
             ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED) \
          UPDATE runs r SET state = 'running', attempt = r.attempt + 1, worker_id = $2, \
-            lease_expires_at = now() + make_interval(secs => $3), heartbeat_at = now(), \
+            lease_expires_at = now() + make_interval(secs => least($3, r.lease_seconds)), heartbeat_at = now(), \
             started_at = coalesce(r.started_at, now()), updated_at = now() \
          FROM c WHERE r.project_id = c.project_id AND r.run_id = c.run_id \
          RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to",
@@ -313,7 +315,7 @@ pub async fn worker_heartbeat(
     let res = sqlx::query(
         // SKIP LOCKED: a row locked right now is being completed or cancelled, so it needs no
         // heartbeat; waiting for it could deadlock with this worker's own completion writer.
-        "UPDATE runs r SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $4) \
+        "UPDATE runs r SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => least($4, r.lease_seconds)) \
          FROM (SELECT x.run_id FROM runs x JOIN unnest($2::uuid[], $3::int[]) AS h(run_id, attempt) \
                ON x.run_id = h.run_id AND x.attempt = h.attempt \
                WHERE x.state = 'running' AND x.worker_id = $1 FOR UPDATE OF x SKIP LOCKED) l \

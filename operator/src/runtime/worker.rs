@@ -46,7 +46,7 @@ impl WorkerConfig {
         Self {
             id: id.into(),
             slots: 16,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(20),
             heartbeat: Duration::from_secs(5),
             poll: Duration::from_millis(500),
             reap_every: Duration::from_secs(2),

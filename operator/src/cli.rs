@@ -213,6 +213,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             print(&v)
         }
         Command::Schemas(a) => schemas(&a.out, a.check),
+        Command::Crdgen(a) => crdgen(&a.out, a.check),
         Command::Errors => {
             print!("{}", crate::error::markdown_table());
             Ok(())
@@ -419,6 +420,29 @@ pub fn schemas(out: &Path, check: bool) -> anyhow::Result<()> {
     if !stale.is_empty() {
         anyhow::bail!(
             "generated schemas differ from committed files (run `awooop schemas`): {}",
+            stale.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Write the CRD YAML files, or check them against the committed ones.
+pub fn crdgen(out: &Path, check: bool) -> anyhow::Result<()> {
+    let mut stale = Vec::new();
+    for (name, text) in crate::k8s::crd::crd_files() {
+        let path = out.join(name);
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                stale.push(path.display().to_string());
+            }
+        } else {
+            std::fs::create_dir_all(out)?;
+            std::fs::write(&path, text)?;
+        }
+    }
+    if !stale.is_empty() {
+        anyhow::bail!(
+            "generated CRDs differ from committed files (run `awooop crdgen`): {}",
             stale.join(", ")
         );
     }

@@ -45,6 +45,8 @@ pub enum Command {
     Schemas(SchemasArgs),
     /// Print the error-code table as Markdown.
     Errors,
+    /// Write (or with --check, verify) the CRD YAML generated from the Rust types.
+    Crdgen(CrdgenArgs),
     /// Run a benchmark; the last line of output is key=value pairs.
     Bench(BenchArgs),
 }
@@ -385,6 +387,16 @@ pub enum ModeCmd {
 pub struct SchemasArgs {
     /// Output folder.
     #[arg(long, default_value = "operator/schemas")]
+    pub out: PathBuf,
+    /// Fail if the committed files differ from the generated ones instead of writing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CrdgenArgs {
+    /// Output folder.
+    #[arg(long, default_value = "crds")]
     pub out: PathBuf,
     /// Fail if the committed files differ from the generated ones instead of writing.
     #[arg(long)]

@@ -17,6 +17,7 @@ pub mod coord;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod k8s;
 pub mod local;
 pub mod metrics;
 pub mod runtime;

@@ -6,6 +6,7 @@ mod support;
 mod cli_e2e;
 mod contracts_golden;
 mod control_plane;
+mod crds;
 mod http_api;
 mod local_postgres;
 mod redis_coordination;

@@ -214,6 +214,19 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Schemas(a) => schemas(&a.out, a.check),
         Command::Crdgen(a) => crdgen(&a.out, a.check),
+        Command::Operator(a) => {
+            // The in-cluster controller is not built yet; the file sink is.
+            let p = Platform::connect(&a.db, None, None).await?;
+            let w = crate::k8s::sink::export(&p.control, &a.out, &a.namespace).await?;
+            eprintln!(
+                "projected {} project(s) and {} grant(s) into {}; removed {} stale file(s)",
+                w.projects,
+                w.grants,
+                a.out.display(),
+                w.removed
+            );
+            Ok(())
+        }
         Command::Errors => {
             print!("{}", crate::error::markdown_table());
             Ok(())

@@ -47,6 +47,8 @@ pub enum Command {
     Errors,
     /// Write (or with --check, verify) the CRD YAML generated from the Rust types.
     Crdgen(CrdgenArgs),
+    /// Project active revisions into AgentProject/McpGrant manifests (file sink: --out DIR).
+    Operator(OperatorArgs),
     /// Run a benchmark; the last line of output is key=value pairs.
     Bench(BenchArgs),
 }
@@ -391,6 +393,18 @@ pub struct SchemasArgs {
     /// Fail if the committed files differ from the generated ones instead of writing.
     #[arg(long)]
     pub check: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Write the manifests into this folder instead of a cluster (GitOps, or no cluster).
+    #[arg(long, env = "AWOOOP_OPERATOR_OUT")]
+    pub out: PathBuf,
+    /// Namespace written into the manifests.
+    #[arg(long, env = "AWOOOP_NAMESPACE", default_value = "awooop")]
+    pub namespace: String,
 }
 
 #[derive(Debug, Args)]

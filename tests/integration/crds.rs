@@ -97,3 +97,91 @@ fn crd_schemas_are_structural_with_status_subresource_and_printer_columns() {
         );
     }
 }
+
+/// The file sink mirrors PostgreSQL: active revisions become manifests; a retired grant's file
+/// disappears; files we did not write are left alone.
+#[tokio::test]
+async fn file_sink_projects_active_revisions_and_removes_retired_ones() {
+    use crate::support::*;
+    use awooop::contracts::ContractKind;
+    use awooop::tenancy;
+    use serde_json::json;
+
+    let t = TestDb::new().await;
+    let cp = t.control(awooop::coord::Coord::none());
+    let p = project(&cp, "alpha", 1).await;
+    let project_body = json!({
+        "display_name": "Alpha",
+        "data_boundary": {"default_class": "internal", "allowed_classes": ["internal"]},
+        "budget": {"period": "day", "token_limit": 1000}, "acl": {},
+        "approval": {"required_approvals": 1, "ttl_seconds": 3600}, "environments": ["prod"],
+        "workers": {"min_replicas": 1, "max_replicas": 4, "runs_per_replica": 10}
+    });
+    let gateway = |agents: &[&str]| {
+        json!({
+            "credential_refs": [{"name": "tok", "source": {"kubernetes_secret": {"name": "k8s-mcp", "key": "token"}}}],
+            "providers": [{"name": "k8s", "transport": {"type": "streamable_http", "url": "http://k8s/mcp"},
+                "credentials": [{"credential": "tok", "inject": {"type": "header", "name": "Authorization"}}]}],
+            "tools": [{"provider": "k8s", "name": "get_pods", "risk": "read_only", "environments": ["prod"], "input_schema": {"type": "object"}}],
+            "grants": agents.iter().map(|a| json!({"agent": a, "tools": ["k8s__get_pods"], "environments": ["prod"]})).collect::<Vec<_>>()
+        })
+    };
+    let (prev, _) = tenancy::scope(p.clone(), async {
+        let r = publish(&cp, ContractKind::Project, "alpha", project_body).await;
+        approve_and_activate(&cp, r, 1).await;
+        let g = publish(
+            &cp,
+            ContractKind::McpGateway,
+            "default",
+            gateway(&["triage", "reporter"]),
+        )
+        .await;
+        approve_and_activate(&cp, g, 1).await;
+        (r, g)
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("awooop-sink-{}", t.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("alpha")).unwrap();
+    std::fs::write(dir.join("alpha/README.yaml"), "# someone else's file\n").unwrap();
+    let w = awooop::k8s::sink::export(&cp, &dir, "awooop")
+        .await
+        .unwrap();
+    assert_eq!((w.projects, w.grants, w.removed), (1, 2, 0));
+    let text = std::fs::read_to_string(dir.join("alpha/agentproject.yaml")).unwrap();
+    let ap: awooop::k8s::crd::AgentProject = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(ap.spec.revision_id, prev.to_string());
+    assert_eq!(ap.spec.mode, "shadow");
+    assert_eq!(ap.spec.workers.max_replicas, 4);
+    assert_eq!(ap.metadata.namespace.as_deref(), Some("awooop"));
+    let grant: awooop::k8s::crd::McpGrant = serde_saphyr::from_str(
+        &std::fs::read_to_string(dir.join("alpha/mcpgrant-triage.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(grant.spec.credential_refs[0].name, "k8s-mcp");
+    assert!(
+        !std::fs::read_to_string(dir.join("alpha/mcpgrant-triage.yaml"))
+            .unwrap()
+            .contains("value")
+    );
+    // Retire the reporter grant: its file goes, the other files stay.
+    tenancy::scope(p.clone(), async {
+        let g = publish(
+            &cp,
+            ContractKind::McpGateway,
+            "default",
+            gateway(&["triage"]),
+        )
+        .await;
+        approve_and_activate(&cp, g, 1).await;
+    })
+    .await;
+    let w = awooop::k8s::sink::export(&cp, &dir, "awooop")
+        .await
+        .unwrap();
+    assert_eq!((w.projects, w.grants, w.removed), (1, 1, 1));
+    assert!(!dir.join("alpha/mcpgrant-reporter.yaml").exists());
+    assert!(dir.join("alpha/README.yaml").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+    t.cleanup().await;
+}

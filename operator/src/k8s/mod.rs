@@ -2,3 +2,5 @@
 //! planned, see docs/architecture.md).
 
 pub mod crd;
+pub mod project;
+pub mod sink;

@@ -178,6 +178,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     .await?,
             )
         }
+        Command::Apikey(ApikeyCmd::Revoke {
+            db,
+            project,
+            key_id,
+        }) => {
+            let p = Platform::connect(&db, None, None).await?;
+            tenancy::scope(
+                ProjectId::parse(&project)?,
+                p.control.revoke_api_key(&Actor::cli("cli"), &key_id),
+            )
+            .await?;
+            eprintln!("revoked");
+            Ok(())
+        }
         Command::SigningKey(SigningKeyCmd::Create {
             db,
             keyring,

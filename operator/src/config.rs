@@ -227,6 +227,15 @@ pub enum ProjectCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum ApikeyCmd {
+    /// Revoke an API key (it stops authenticating at once).
+    Revoke {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        key_id: String,
+    },
     /// Create an API key; the token is printed once.
     Create {
         #[command(flatten)]

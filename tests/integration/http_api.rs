@@ -731,3 +731,120 @@ async fn openapi_document_covers_routes_that_exist() {
     }
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn revoked_keys_stop_working() {
+    let t = TestDb::new().await;
+    let api = Api::new(&t, 1 << 20);
+    let (s, _) = api
+        .json(
+            "POST",
+            "/v1/control/projects",
+            ADMIN,
+            json!({"project_id": "alpha", "display_name": "A"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let key = api_key(&api, "alpha", "ci", &["reader", "author", "publisher"]).await;
+    let key_id = key.split('.').nth(2).unwrap().to_string();
+    let (s, _) = api
+        .call("GET", "/v1/control/drafts", Some(&key), None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Only the admin may revoke.
+    expect(
+        &api.call(
+            "POST",
+            &format!("/v1/control/api-keys/{key_id}/revoke"),
+            Some(&key),
+            None,
+            None,
+        )
+        .await,
+        403,
+        "E-AUTH-003",
+    );
+    let (s, _) = api
+        .call(
+            "POST",
+            &format!("/v1/control/api-keys/{key_id}/revoke"),
+            Some(ADMIN),
+            Some("alpha"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    expect(
+        &api.call("GET", "/v1/control/drafts", Some(&key), None, None)
+            .await,
+        401,
+        "E-AUTH-002",
+    );
+    expect(
+        &api.call(
+            "POST",
+            &format!("/v1/control/api-keys/{key_id}/revoke"),
+            Some(ADMIN),
+            Some("alpha"),
+            None,
+        )
+        .await,
+        404,
+        "E-CONTRACT-004",
+    );
+
+    // A revoked signing key can no longer publish.
+    let (s, _) = api
+        .call(
+            "POST",
+            "/v1/control/signing-keys",
+            Some(ADMIN),
+            Some("alpha"),
+            Some(br#"{"key_id":"test-key"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, d) = api
+        .call(
+            "POST",
+            "/v1/control/drafts",
+            Some(ADMIN),
+            Some("alpha"),
+            Some(
+                serde_json::to_vec(
+                    &json!({"kind": "runtime", "name": "default", "body": runtime_body(1)}),
+                )
+                .unwrap(),
+            ),
+        )
+        .await;
+    let sig = signing::sign(&test_key(), d["signing_message"].as_str().unwrap());
+    let (s, _) = api
+        .call(
+            "POST",
+            "/v1/control/signing-keys/test-key/revoke",
+            Some(ADMIN),
+            Some("alpha"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let body =
+        serde_json::to_vec(&json!({"revision": 1, "key_id": KEY_ID, "signature": sig})).unwrap();
+    expect(
+        &api.call(
+            "POST",
+            &format!(
+                "/v1/control/drafts/{}/publish",
+                d["draft_id"].as_str().unwrap()
+            ),
+            Some(ADMIN),
+            Some("alpha"),
+            Some(body),
+        )
+        .await,
+        401,
+        "E-CONTRACT-010",
+    );
+    t.cleanup().await;
+}

@@ -363,6 +363,48 @@ impl ControlPlane {
         .await
     }
 
+    /// Revoke an API key of the current project: it stops authenticating at once.
+    pub async fn revoke_api_key(&self, actor: &Actor, key_id: &str) -> Result<()> {
+        actor.require_admin()?;
+        self.revoke("api_keys", "apikey.revoke", actor, key_id)
+            .await
+    }
+
+    /// Revoke a signing key of the current project: new publishes with it are refused
+    /// (revisions it signed earlier stay valid).
+    pub async fn revoke_signing_key(&self, actor: &Actor, key_id: &str) -> Result<()> {
+        actor.require_admin()?;
+        self.revoke("signing_keys", "signing_key.revoke", actor, key_id)
+            .await
+    }
+
+    async fn revoke(
+        &self,
+        table: &'static str,
+        action: &'static str,
+        actor: &Actor,
+        key_id: &str,
+    ) -> Result<()> {
+        let mut tx = self.db.tenant().await?;
+        // `table` is one of two literals above, never input.
+        let res = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL"
+        )))
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Err(Error::not_found("active key"));
+        }
+        audit::record(
+            &mut tx,
+            Entry::ok(&actor.principal, action, key_id, json!({})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Register the fingerprint of a keyring key for the current project.
     pub async fn register_signing_key(&self, actor: &Actor, key_id: &str) -> Result<Value> {
         actor.require_admin()?;

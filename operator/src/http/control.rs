@@ -26,6 +26,8 @@ pub fn router() -> Router<AppState> {
         .route("/projects/{project}/api-keys", post(create_api_key))
         .route("/project", get(project))
         .route("/signing-keys", post(register_signing_key))
+        .route("/signing-keys/{id}/revoke", post(revoke_signing_key))
+        .route("/api-keys/{id}/revoke", post(revoke_api_key))
         .route("/artifacts", post(put_artifact))
         .route("/contracts/validate", post(validate))
         .route("/drafts", get(list_drafts).post(create_draft))
@@ -116,6 +118,28 @@ async fn register_signing_key(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn revoke_api_key(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(key_id): Path<String>,
+) -> Result<impl IntoResponse> {
+    tenancy::scope(c.project()?, s.control.revoke_api_key(&c.actor, &key_id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_signing_key(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(key_id): Path<String>,
+) -> Result<impl IntoResponse> {
+    tenancy::scope(
+        c.project()?,
+        s.control.revoke_signing_key(&c.actor, &key_id),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

@@ -535,7 +535,26 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     let worker = worker_for(&p, &args.worker, metrics);
     let (stop_tx, stop_rx) = crate::runtime::worker::shutdown_channel();
-    let worker_task = tokio::spawn(worker.run(stop_rx));
+    let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
+    // Without a cluster the projection goes to files (the operator's file sink).
+    let has_kubeconfig = std::env::var_os("KUBECONFIG").is_some()
+        || std::env::var_os("HOME")
+            .is_some_and(|h| std::path::Path::new(&h).join(".kube/config").exists());
+    let manifests = p.state_dir.join("manifests");
+    if !has_kubeconfig {
+        tokio::spawn(crate::k8s::sink::run_file_sink(
+            p.control.clone(),
+            p.control.db().pool_for_health().clone(),
+            manifests.clone(),
+            "awooop".into(),
+            std::time::Duration::from_secs(60),
+            stop_rx,
+        ));
+        eprintln!(
+            "  manifests: {} (no kubeconfig: file sink)",
+            manifests.display()
+        );
+    }
     http::serve(args.listen, http::app(state), shutdown_signal()).await?;
     // The API has stopped taking requests; let the worker finish or release its runs.
     let _ = stop_tx.send(true);

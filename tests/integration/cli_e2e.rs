@@ -57,6 +57,8 @@ async fn up_serves_the_api_and_stops_gracefully_on_sigterm() {
         .env("DATABASE_URL", &t.url)
         .env("AWOOOP_STATE_DIR", &state)
         .env_remove("REDIS_URL")
+        .env_remove("KUBECONFIG")
+        .env("HOME", &state)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -93,6 +95,47 @@ async fn up_serves_the_api_and_stops_gracefully_on_sigterm() {
     // The seeded project got a local signing key so the lifecycle works out of the box.
     let keyring = std::fs::read_to_string(state.join("keyring")).unwrap();
     assert!(keyring.contains("local:"));
+
+    // No kubeconfig: activations are projected into manifest files, on NOTIFY (the periodic
+    // resync is a minute away, so a file within seconds shows the notification drove it).
+    let cp = t.control(awooop::coord::Coord::none());
+    let awoooi = pid("awoooi");
+    awooop::tenancy::scope(awoooi.clone(), cp.register_signing_key(&admin(), KEY_ID))
+        .await
+        .unwrap();
+    let project_body = serde_json::json!({
+        "display_name": "AWOOOI",
+        "data_boundary": {"default_class": "internal", "allowed_classes": ["internal"]},
+        "budget": {"period": "day", "token_limit": 1000}, "acl": {},
+        "approval": {"required_approvals": 2, "ttl_seconds": 3600}, "environments": ["prod"],
+        "workers": {"min_replicas": 1, "max_replicas": 2, "runs_per_replica": 10}
+    });
+    awooop::tenancy::scope(awoooi, async {
+        let r = publish(
+            &cp,
+            awooop::contracts::ContractKind::Project,
+            "awoooi",
+            project_body,
+        )
+        .await;
+        approve_and_activate(&cp, r, 2).await;
+    })
+    .await;
+    let manifest = state.join("manifests/awoooi/agentproject.yaml");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !manifest.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "activation was not projected to {}",
+            manifest.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        std::fs::read_to_string(&manifest)
+            .unwrap()
+            .contains("kind: AgentProject")
+    );
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

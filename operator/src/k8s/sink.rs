@@ -166,3 +166,50 @@ fn remove_stale(dir: &Path, keep: &BTreeSet<String>) -> std::io::Result<usize> {
     }
     Ok(n)
 }
+
+/// Keep `dir` in step with PostgreSQL: export at start, on every activation (LISTEN
+/// `awooop_activation`) and on a periodic resync, so a missed notification only delays.
+pub async fn run_file_sink(
+    control: ControlPlane,
+    pool: sqlx::PgPool,
+    dir: std::path::PathBuf,
+    namespace: String,
+    resync: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.ok();
+    if let Some(l) = listener.as_mut()
+        && l.listen(crate::control::ACTIVATION_CHANNEL).await.is_err()
+    {
+        listener = None;
+    }
+    loop {
+        match export(&control, &dir, &namespace).await {
+            Ok(w) if w.projects + w.grants + w.removed > 0 => {
+                tracing::debug!(
+                    projects = w.projects,
+                    grants = w.grants,
+                    removed = w.removed,
+                    "projected manifests"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "projection to files failed; retrying at the next resync")
+            }
+        }
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => {
+                    let _ = l.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = notified => {},
+            _ = tokio::time::sleep(resync) => {},
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -27,6 +27,8 @@ CREATE TABLE runs (
     -- From the project's Runtime contract; the effective lease is the shorter of this and the
     -- worker's own --lease-seconds.
     lease_seconds        integer NOT NULL DEFAULT 30 CHECK (lease_seconds BETWEEN 1 AND 3600),
+    -- The project's Runtime contract `max_concurrent_runs` when the run was created.
+    max_concurrent       integer NOT NULL DEFAULT 64 CHECK (max_concurrent >= 1),
     run_after            timestamptz NOT NULL DEFAULT now(),
     worker_id            text,
     lease_expires_at     timestamptz,

@@ -1014,3 +1014,61 @@ async fn the_runtime_contract_sets_attempts_lease_and_deadline_of_new_runs() {
     );
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn claims_respect_the_projects_max_concurrent_runs() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let q = runnable_project(&cp, "beta").await;
+    tenancy::scope(p.clone(), async {
+        let body = json!({"max_attempts": 3, "lease_seconds": 30, "heartbeat_seconds": 5, "run_deadline_seconds": 600,
+            "idempotency_ttl_seconds": 60, "retention_days": 1, "max_concurrent_runs": 2, "max_input_bytes": 1024});
+        let r = publish(&cp, ContractKind::Runtime, "default", body).await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+    let runs = RunService::new(cp.clone());
+    for project in [&p, &q] {
+        tenancy::scope(project.clone(), async {
+            for i in 0..5 {
+                runs.create(&runner(), req("echo", json!({"i": i})), None, None)
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    }
+    // alpha may run 2 at once; beta (default 64) all 5.
+    let first = repo::worker_claim(&t.app, "w", 50, 30.0).await.unwrap();
+    let count = |c: &[repo::Claimed], id: &str| c.iter().filter(|x| x.project_id == id).count();
+    assert_eq!((count(&first, "alpha"), count(&first, "beta")), (2, 5));
+    let second = repo::worker_claim(&t.app, "w", 50, 30.0).await.unwrap();
+    assert!(second.is_empty(), "{second:?}");
+    // One finishes: one more may start.
+    tenancy::scope(p.clone(), async {
+        let id = first
+            .iter()
+            .find(|x| x.project_id == "alpha")
+            .unwrap()
+            .run_id;
+        let mut tx = cp.db().tenant().await.unwrap();
+        assert!(
+            repo::finish(
+                &mut tx,
+                id,
+                Some(1),
+                awooop::runtime::RunState::Succeeded,
+                None,
+                None
+            )
+            .await
+            .unwrap()
+        );
+        tx.commit().await.unwrap();
+    })
+    .await;
+    let third = repo::worker_claim(&t.app, "w", 50, 30.0).await.unwrap();
+    assert_eq!(count(&third, "alpha"), 1);
+    t.cleanup().await;
+}

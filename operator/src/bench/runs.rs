@@ -95,9 +95,9 @@ async fn enqueue(s: &Setup, n: i64) -> anyhow::Result<()> {
         let mut tx = s.p.control.db().tenant().await?;
         sqlx::query(
             "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
-             trace_id, span_id, max_attempts, deadline_at) \
+             trace_id, span_id, max_attempts, deadline_at, max_concurrent) \
              SELECT 'bench', gen_random_uuid(), 'noop', 'shadow', '{}'::jsonb, $1, $2, $3, \
-             md5(random()::text || g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour' \
+             md5(random()::text || g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour', 100000 \
              FROM generate_series(1, $4) g",
         )
         .bind(crate::contracts::canonical::body_hash(&json!({})))

@@ -259,6 +259,7 @@ impl RunService {
                 reply_to: req.reply_to.as_ref(),
                 max_attempts: i32::from(settings.max_attempts),
                 lease_seconds: settings.lease_seconds as i32,
+                max_concurrent: settings.max_concurrent_runs as i32,
                 deadline_seconds: settings.run_deadline_seconds as i64,
             },
         )

@@ -32,14 +32,15 @@ pub struct NewRun<'a> {
     pub reply_to: Option<&'a super::outbound::ReplyTo>,
     pub max_attempts: i32,
     pub lease_seconds: i32,
+    pub max_concurrent: i32,
     pub deadline_seconds: i64,
 }
 
 pub async fn insert_run(conn: &mut PgConnection, r: &NewRun<'_>) -> Result<()> {
     sqlx::query(
         "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
-         project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + make_interval(secs => $15), $16, $17)",
+         project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds, max_concurrent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + make_interval(secs => $15), $16, $17, $18)",
     )
     .bind(r.project)
     .bind(r.run_id)
@@ -58,6 +59,7 @@ pub async fn insert_run(conn: &mut PgConnection, r: &NewRun<'_>) -> Result<()> {
     .bind(r.deadline_seconds as f64)
     .bind(r.reply_to.map(|x| serde_json::to_value(x).expect("serialisable")))
     .bind(r.lease_seconds)
+    .bind(r.max_concurrent)
     .execute(conn)
     .await?;
     Ok(())
@@ -277,14 +279,28 @@ pub async fn worker_claim(
 ) -> Result<Vec<Claimed>> {
     let mut tx = worker_tx(pool).await?;
     let rows = sqlx::query_as(
+        // Candidates are locked with SKIP LOCKED, then ranked per project so that a project never
+        // gets more running runs than its Runtime contract's max_concurrent_runs. Candidates
+        // over the limit stay queued (their row locks end with this transaction). Two workers
+        // claiming at the same instant can each see the same running count, so the limit can
+        // be exceeded by one claim batch per concurrent claimer, never more.
         "WITH c AS ( \
-            SELECT project_id, run_id FROM runs \
+            SELECT project_id, run_id, run_after FROM runs \
             WHERE state IN ('queued', 'retrying') AND run_after <= now() \
-            ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED) \
+            ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         busy AS ( \
+            SELECT project_id, count(*) AS n FROM runs \
+            WHERE state = 'running' AND project_id IN (SELECT project_id FROM c) GROUP BY project_id), \
+         k AS ( \
+            SELECT c.project_id, c.run_id, \
+                   row_number() OVER (PARTITION BY c.project_id ORDER BY c.run_after, c.run_id) AS rn \
+            FROM c) \
          UPDATE runs r SET state = 'running', attempt = r.attempt + 1, worker_id = $2, \
             lease_expires_at = now() + make_interval(secs => least($3, r.lease_seconds)), heartbeat_at = now(), \
             started_at = coalesce(r.started_at, now()), updated_at = now() \
-         FROM c WHERE r.project_id = c.project_id AND r.run_id = c.run_id \
+         FROM k LEFT JOIN busy b ON b.project_id = k.project_id \
+         WHERE r.project_id = k.project_id AND r.run_id = k.run_id \
+           AND k.rn + coalesce(b.n, 0) <= r.max_concurrent \
          RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to",
     )
     .bind(n)

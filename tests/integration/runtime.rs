@@ -54,6 +54,17 @@ async fn runnable_project(cp: &ControlPlane, id: &str) -> ProjectId {
     p
 }
 
+/// Start a run of `agent` in project `p` (no idempotency key, no traceparent).
+async fn start(runs: &RunService, p: &ProjectId, agent: &str, input: Value) -> Uuid {
+    tenancy::scope(
+        p.clone(),
+        runs.create(&runner(), req(agent, input), None, None),
+    )
+    .await
+    .unwrap()
+    .run_id
+}
+
 fn runner() -> Actor {
     Actor::cli("runner")
 }
@@ -247,13 +258,7 @@ async fn database_rejects_illegal_state_transitions() {
     let cp = t.control(Coord::none());
     let p = runnable_project(&cp, "alpha").await;
     let runs = RunService::new(cp.clone());
-    let id = tenancy::scope(
-        p.clone(),
-        runs.create(&runner(), req("echo", json!({})), None, None),
-    )
-    .await
-    .unwrap()
-    .run_id;
+    let id = start(&runs, &p, "echo", json!({})).await;
     let mut tx = scoped_tx(&t.app, "alpha").await;
     let err = sqlx::query("UPDATE runs SET state = 'succeeded' WHERE run_id = $1")
         .bind(id)
@@ -378,13 +383,7 @@ async fn a_killed_worker_is_reaped_and_its_late_write_discarded() {
     let cp = t.control(Coord::none());
     let p = runnable_project(&cp, "alpha").await;
     let runs = RunService::new(cp.clone());
-    let id = tenancy::scope(
-        p.clone(),
-        runs.create(&runner(), req("echo", json!({"name": "z"})), None, None),
-    )
-    .await
-    .unwrap()
-    .run_id;
+    let id = start(&runs, &p, "echo", json!({"name": "z"})).await;
 
     // The victim has its own pool so that killing it also drops its connections.
     let victim_pool = awooop::db::connect_app(&t.url, 4).await.unwrap();
@@ -549,13 +548,7 @@ async fn waiting_approval_resumes_without_repeating_completed_steps() {
     })
     .await;
     let runs = RunService::new(cp.clone());
-    let id = tenancy::scope(
-        p.clone(),
-        runs.create(&runner(), req("gate", json!({})), None, None),
-    )
-    .await
-    .unwrap()
-    .run_id;
+    let id = start(&runs, &p, "gate", json!({})).await;
     let upstream = Arc::new(RecordingUpstream::default());
     let w = worker(&t, &cp, "w", upstream.clone(), 5_000);
     let (stop, rx) = shutdown_channel();
@@ -577,13 +570,7 @@ async fn waiting_approval_resumes_without_repeating_completed_steps() {
         .count();
     assert_eq!(succeeded_steps, 3);
     // A rejected approval fails with a structured code.
-    let id2 = tenancy::scope(
-        p.clone(),
-        runs.create(&runner(), req("gate", json!({})), None, None),
-    )
-    .await
-    .unwrap()
-    .run_id;
+    let id2 = start(&runs, &p, "gate", json!({})).await;
     wait_state(&runs, &p, id2, "waiting_approval", 20).await;
     tenancy::scope(p.clone(), runs.approve(&Actor::cli("carol"), id2, false))
         .await
@@ -743,13 +730,7 @@ async fn graceful_shutdown_releases_in_flight_runs_to_the_queue() {
     let cp = t.control(Coord::none());
     let p = runnable_project(&cp, "alpha").await;
     let runs = RunService::new(cp.clone());
-    let id = tenancy::scope(
-        p.clone(),
-        runs.create(&runner(), req("echo", json!({"name": "g"})), None, None),
-    )
-    .await
-    .unwrap()
-    .run_id;
+    let id = start(&runs, &p, "echo", json!({"name": "g"})).await;
     let hang = Arc::new(HangFirstAttempt {
         inner: ScriptedExecutor::new(GuardedGateway::new(
             cp.clone(),
@@ -792,13 +773,7 @@ async fn heartbeats_never_wait_for_rows_locked_by_a_completion() {
     let cp = t.control(Coord::none());
     let p = runnable_project(&cp, "alpha").await;
     let runs = RunService::new(cp.clone());
-    let id = tenancy::scope(
-        p.clone(),
-        runs.create(&runner(), req("echo", json!({})), None, None),
-    )
-    .await
-    .unwrap()
-    .run_id;
+    let id = start(&runs, &p, "echo", json!({})).await;
     let claimed = repo::worker_claim(&t.app, "hb", 1, 30.0).await.unwrap();
     assert_eq!(claimed[0].run_id, id);
     let mut lock = scoped_tx(&t.app, "alpha").await;
@@ -845,13 +820,7 @@ async fn sql_trigger_and_code_agree_on_every_transition() {
     let cp = t.control(Coord::none());
     let p = runnable_project(&cp, "alpha").await;
     let runs = RunService::new(cp.clone());
-    let template = tenancy::scope(
-        p.clone(),
-        runs.create(&runner(), req("echo", json!({})), None, None),
-    )
-    .await
-    .unwrap()
-    .run_id;
+    let template = start(&runs, &p, "echo", json!({})).await;
     for from in RunState::ALL {
         for to in RunState::ALL {
             if from == to {

@@ -709,7 +709,8 @@ async fn openapi_document_covers_routes_that_exist() {
             .replace("{id}", "00000000-0000-7000-8000-000000000000")
             .replace("{project}", "awoooi")
             .replace("{kind}", "agent")
-            .replace("{name}", "x");
+            .replace("{name}", "x")
+            .replace("{n}", "1");
         let (_, body) = api
             .call(
                 &op.method.to_uppercase(),

@@ -227,7 +227,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             print(&v)
         }
         Command::Schemas(a) => schemas(&a.out, a.check),
-        Command::Crdgen(a) => crdgen(&a.out, a.check),
+        Command::Crdgen(a) => crdgen(&[a.out, a.chart_out], a.check),
         Command::Operator(a) => {
             // The in-cluster controller is not built yet; the file sink is.
             let p = Platform::connect(&a.db, None, None).await?;
@@ -454,17 +454,22 @@ pub fn schemas(out: &Path, check: bool) -> anyhow::Result<()> {
 }
 
 /// Write the CRD YAML files, or check them against the committed ones.
-pub fn crdgen(out: &Path, check: bool) -> anyhow::Result<()> {
+/// Writes (or checks) the same files into every folder given: `crds/` for `kubectl apply` and
+/// the Helm chart's `charts/awooop/crds/`, so the two can never drift apart.
+pub fn crdgen<P: AsRef<Path>>(outs: &[P], check: bool) -> anyhow::Result<()> {
     let mut stale = Vec::new();
-    for (name, text) in crate::k8s::crd::crd_files() {
-        let path = out.join(name);
-        if check {
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                stale.push(path.display().to_string());
+    for out in outs {
+        let out = out.as_ref();
+        for (name, text) in crate::k8s::crd::crd_files() {
+            let path = out.join(name);
+            if check {
+                if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                    stale.push(path.display().to_string());
+                }
+            } else {
+                std::fs::create_dir_all(out)?;
+                std::fs::write(&path, text)?;
             }
-        } else {
-            std::fs::create_dir_all(out)?;
-            std::fs::write(&path, text)?;
         }
     }
     if !stale.is_empty() {

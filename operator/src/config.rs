@@ -421,6 +421,9 @@ pub struct CrdgenArgs {
     /// Output folder.
     #[arg(long, default_value = "crds")]
     pub out: PathBuf,
+    /// The Helm chart's copy of the same files (Helm installs CRDs from the chart's crds/).
+    #[arg(long, default_value = "charts/awooop/crds")]
+    pub chart_out: PathBuf,
     /// Fail if the committed files differ from the generated ones instead of writing.
     #[arg(long)]
     pub check: bool,

@@ -9,8 +9,11 @@ use serde_json::Value;
 
 #[test]
 fn committed_crds_match_the_types() {
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    awooop::cli::crdgen(&out, true).expect("run `awooop crdgen` and commit crds/");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = root.join("crds");
+    let chart = root.join("charts/awooop/crds");
+    awooop::cli::crdgen(&[&out, &chart], true)
+        .expect("run `awooop crdgen` and commit crds/ and charts/awooop/crds/");
     for (name, crd) in [
         (
             "agentprojects.awooop.dev.yaml",
@@ -22,6 +25,11 @@ fn committed_crds_match_the_types() {
         ),
     ] {
         let text = std::fs::read_to_string(out.join(name)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(chart.join(name)).unwrap(),
+            text,
+            "the chart's copy of {name} differs from crds/"
+        );
         let parsed: Value = serde_saphyr::from_str(&text).unwrap();
         assert_eq!(
             parsed, crd,

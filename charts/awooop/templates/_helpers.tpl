@@ -1,0 +1,98 @@
+{{/* Names, labels and shared snippets of the awooop chart. */}}
+
+{{- define "awooop.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Fully qualified app name, at most 54 characters so "-operator" suffixes stay under 63. */}}
+{{- define "awooop.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 54 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "awooop.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Standard app.kubernetes.io labels of every object the chart renders. */}}
+{{- define "awooop.labels" -}}
+helm.sh/chart: {{ include "awooop.chart" . }}
+app.kubernetes.io/name: {{ include "awooop.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: awooop
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component ("operator" or "api"): stable across upgrades. */}}
+{{- define "awooop.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "awooop.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "awooop.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "awooop.operatorServiceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (printf "%s-operator" (include "awooop.fullname" .)) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "awooop.apiServiceAccountName" -}}
+{{- if .Values.api.serviceAccount.create -}}
+{{- default (printf "%s-api" (include "awooop.fullname" .)) .Values.api.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.api.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Kubernetes username of the operator's ServiceAccount (what admission requests carry). */}}
+{{- define "awooop.operatorUsername" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "awooop.operatorServiceAccountName" .) -}}
+{{- end -}}
+
+{{/*
+Environment shared by the operator and the API: database and logging. Each entry names the
+`awooop` flag it sets.
+*/}}
+{{- define "awooop.commonEnv" -}}
+# --database-url (owner URL: runs migrations)
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.urlKey }}
+{{- if .Values.database.appUrlKey }}
+# --app-database-url (runtime role, member of awooop_app)
+- name: AWOOOP_APP_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.appUrlKey }}
+{{- end }}
+# --db-max-connections
+- name: AWOOOP_DB_MAX_CONNECTIONS
+  value: {{ .Values.database.maxConnections | quote }}
+# --state-dir (an emptyDir: the root filesystem is read-only)
+- name: AWOOOP_STATE_DIR
+  value: /tmp/awooop
+# --log-format
+- name: AWOOOP_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end -}}

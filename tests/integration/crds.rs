@@ -38,32 +38,153 @@ fn committed_crds_match_the_types() {
     }
 }
 
-/// Structural schema rules (apiextensions.k8s.io/v1): every node has a type (or an explicit
-/// x-kubernetes escape), no $ref, no additionalProperties: false, no nullable-only tricks.
+/// Structural schema rules (apiextensions.k8s.io/v1, "Specifying a structural schema"): every
+/// node has a type (or an explicit x-kubernetes escape), arrays say their items, no $ref and
+/// no keywords the API server rejects (uniqueItems: true, patternProperties, additionalItems,
+/// dependencies, definitions, id, $schema), properties and additionalProperties never together,
+/// no additionalProperties: false, value validations only inside allOf/anyOf/oneOf/not, and
+/// root `metadata` restricts nothing but name and generateName.
 fn check_structural(path: &str, v: &Value, errors: &mut Vec<String>) {
+    check_node(path, v, errors);
+    if let Some(meta) = v
+        .pointer("/properties/metadata/properties")
+        .and_then(Value::as_object)
+    {
+        for k in meta
+            .keys()
+            .filter(|k| !["name", "generateName"].contains(&k.as_str()))
+        {
+            errors.push(format!(
+                "{path}.metadata.{k}: root metadata may only restrict name and generateName"
+            ));
+        }
+    }
+}
+
+fn check_node(path: &str, v: &Value, errors: &mut Vec<String>) {
     let Some(obj) = v.as_object() else { return };
-    if obj.contains_key("$ref") {
-        errors.push(format!("{path}: $ref"));
+    for forbidden in [
+        "$ref",
+        "patternProperties",
+        "additionalItems",
+        "dependencies",
+        "definitions",
+        "id",
+        "$schema",
+    ] {
+        if obj.contains_key(forbidden) {
+            errors.push(format!("{path}: {forbidden}"));
+        }
+    }
+    if obj.get("uniqueItems") == Some(&Value::Bool(true)) {
+        errors.push(format!("{path}: uniqueItems: true"));
     }
     if obj.get("additionalProperties") == Some(&Value::Bool(false)) {
         errors.push(format!("{path}: additionalProperties: false"));
+    }
+    if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
+        errors.push(format!(
+            "{path}: properties and additionalProperties together"
+        ));
     }
     let escaped = obj.contains_key("x-kubernetes-int-or-string")
         || obj.contains_key("x-kubernetes-preserve-unknown-fields");
     if !obj.contains_key("type") && !escaped {
         errors.push(format!("{path}: no type"));
     }
+    if obj.get("type") == Some(&Value::String("array".into())) && !obj.contains_key("items") {
+        errors.push(format!("{path}: array without items"));
+    }
+    for junctor in ["allOf", "anyOf", "oneOf", "not"] {
+        let branches = match obj.get(junctor) {
+            Some(Value::Array(a)) => a.iter().collect::<Vec<_>>(),
+            Some(one) => vec![one],
+            None => continue,
+        };
+        for b in branches {
+            for k in [
+                "type",
+                "default",
+                "description",
+                "nullable",
+                "additionalProperties",
+                "x-kubernetes-preserve-unknown-fields",
+            ] {
+                if b.get(k).is_some() {
+                    errors.push(format!("{path}.{junctor}: {k} inside a junctor"));
+                }
+            }
+        }
+    }
     if let Some(props) = obj.get("properties").and_then(Value::as_object) {
         for (k, p) in props {
-            check_structural(&format!("{path}.{k}"), p, errors);
+            check_node(&format!("{path}.{k}"), p, errors);
         }
     }
     if let Some(items) = obj.get("items") {
-        check_structural(&format!("{path}[]"), items, errors);
+        check_node(&format!("{path}[]"), items, errors);
     }
     if let Some(ap) = obj.get("additionalProperties").filter(|a| a.is_object()) {
-        check_structural(&format!("{path}{{*}}"), ap, errors);
+        check_node(&format!("{path}{{*}}"), ap, errors);
     }
+}
+
+/// The checker is not vacuous: each rule catches a schema the API server would reject.
+#[test]
+fn structural_checker_rejects_non_structural_schemas() {
+    use serde_json::json;
+    let cases = [
+        (
+            json!({"type": "object", "properties": {"a": {}}}),
+            ".a: no type",
+        ),
+        (json!({"type": "array"}), ": array without items"),
+        (
+            json!({"type": "object", "properties": {"a": {"$ref": "#/x", "type": "object"}}}),
+            ".a: $ref",
+        ),
+        (
+            json!({"type": "array", "items": {"type": "string"}, "uniqueItems": true}),
+            ": uniqueItems: true",
+        ),
+        (
+            json!({"type": "object", "additionalProperties": false}),
+            ": additionalProperties: false",
+        ),
+        (
+            json!({"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": {"type": "string"}}),
+            ": properties and additionalProperties together",
+        ),
+        (
+            json!({"type": "object", "patternProperties": {}}),
+            ": patternProperties",
+        ),
+        (
+            json!({"type": "string", "anyOf": [{"type": "string"}]}),
+            ".anyOf: type inside a junctor",
+        ),
+        (
+            json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}}}),
+            ".metadata.labels: root metadata may only restrict name and generateName",
+        ),
+    ];
+    for (schema, want) in cases {
+        let mut errors = Vec::new();
+        check_structural("", &schema, &mut errors);
+        assert!(
+            errors.iter().any(|e| e == want),
+            "{schema}: {errors:?}, wanted {want:?}"
+        );
+    }
+    let mut errors = Vec::new();
+    check_structural(
+        "",
+        &json!({"type": "object", "properties": {"metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 63}}},
+            "n": {"type": "integer", "anyOf": [{"minimum": 0}]}, "m": {"type": "object", "additionalProperties": {"type": "string"}},
+            "q": {"x-kubernetes-int-or-string": true}}}),
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
 }
 
 #[test]

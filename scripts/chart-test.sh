@@ -94,6 +94,7 @@ check "helm lint --strict (all optional parts on)" "$HELM" lint --strict "$CHART
 check "helm template (defaults)" sh -c "'$HELM' template awooop '$CHART' -n $NS --include-crds > '$WORK/default.yaml'"
 check "helm template (all optional parts on)" \
   sh -c "'$HELM' template awooop '$CHART' -n $NS --include-crds -f '$ALL' > '$WORK/all.yaml'"
+check "helm package (what a registry would serve)" "$HELM" package "$CHART" -d "$WORK/pkg"
 check "defaults render only the core objects" "$PY" tests/chart/checks.py kinds "$WORK/default.yaml" \
   CustomResourceDefinition=2 ServiceAccount=2 Role=2 RoleBinding=2 Service=2 Deployment=2 \
   ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding

@@ -12,6 +12,7 @@
 #   - every file in tests/chart/bad-values/ makes helm lint AND helm template fail with the
 #     values.schema.json error its first line names;
 #   - the ValidatingAdmissionPolicy's CEL, as rendered, over sample admission requests;
+#   - the Dockerfile against .dockerignore (no Docker here to build it);
 #   - the Argo CD health check (docs/gitops/awooop-health.lua) over sample AgentProjects;
 #   - every env var of the Deployments is mapped to the `awooop` flag that reads it;
 #   - the custom resources `awooop operator --out` writes validate against the CRDs' schemas
@@ -134,6 +135,8 @@ check "admission policy (defaults): only the operator and exempt users write pro
   --exempt system:serviceaccount:kube-system:namespace-controller --exempt system:kube-controller-manager
 check "admission policy (all-on, break-glass user)" "$PY" tests/chart/checks.py vap "$WORK/all.yaml" --exempt break-glass-admin
 
+check "Dockerfile: COPY sources exist and are not .dockerignored, --locked, non-root runtime stage" \
+  "$PY" tests/chart/checks.py dockerfile Dockerfile .dockerignore
 check "Argo CD health check (Lua 5.1) follows the Ready condition" \
   "$PY" tests/chart/checks.py argocd-health docs/gitops/awooop-health.lua
 

@@ -19,6 +19,9 @@ Subcommands (each prints one line per finding and exits non-zero on any failure)
       The rendered output contains exactly the listed kinds (with counts as KIND=N).
   argocd-health LUA_FILE
       Runs the Argo CD health check (Lua 5.1, Argo CD's dialect) over sample AgentProjects.
+  dockerfile DOCKERFILE DOCKERIGNORE
+      The image build: every COPY source exists and is not excluded by .dockerignore, cargo
+      builds with --locked, the last stage is not the build image and runs as a non-root UID.
   servicemonitor RENDERED.yaml
       The ServiceMonitor (a Prometheus Operator CR, not in kubernetes-validate's bundled
       schemas) selects the chart's Services and scrapes ports they expose.
@@ -328,6 +331,39 @@ def check_argocd_health(lua_file):
     return failures
 
 
+def check_dockerfile(dockerfile, dockerignore):
+    import fnmatch
+
+    with open(dockerignore) as f:
+        ignored = [l.strip().strip("/").rstrip("/") for l in f if l.strip() and not l.startswith("#")]
+    with open(dockerfile) as f:
+        text = f.read().replace("\\\n", " ")
+    lines = [l.strip() for l in text.splitlines()]
+    stages = [l for l in lines if l.upper().startswith("FROM ")]
+    failures = 0
+    for l in lines:
+        if not l.upper().startswith("COPY ") or "--from=" in l:
+            continue
+        for src in l.split()[1:-1]:
+            src = src.rstrip("/")
+            if not os.path.exists(os.path.join(os.path.dirname(dockerfile) or ".", src)):
+                failures += fail(f"dockerfile: COPY source {src} does not exist")
+            for pat in ignored:
+                if fnmatch.fnmatch(src, pat) or src.startswith(pat + "/"):
+                    failures += fail(f"dockerfile: COPY source {src} is excluded by .dockerignore ({pat})")
+    if not any("cargo build" in l and "--locked" in l for l in lines):
+        failures += fail("dockerfile: no `cargo build ... --locked`")
+    if len(stages) < 2 or stages[-1].split()[1] == stages[0].split()[1]:
+        failures += fail(f"dockerfile: not a multi-stage build with a separate runtime image: {stages}")
+    last_stage = text[text.rfind(stages[-1]):] if stages else ""
+    user = re.findall(r"^USER\s+(\S+)", last_stage, re.M)
+    if not user or user[-1].split(":")[0] in ("0", "root"):
+        failures += fail(f"dockerfile: the runtime stage does not switch to a non-root user ({user})")
+    if failures == 0:
+        print(f"ok   dockerfile: {len(stages)} stages, runtime {stages[-1].split()[1]}, USER {user[-1]}")
+    return failures
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
 
@@ -351,6 +387,8 @@ def main(argv):
         return check_kinds(args[0], args[1:])
     if cmd == "argocd-health":
         return check_argocd_health(args[0])
+    if cmd == "dockerfile":
+        return check_dockerfile(args[0], args[1])
     if cmd == "servicemonitor":
         return check_servicemonitor(args[0])
     print(__doc__)

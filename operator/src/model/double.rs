@@ -36,6 +36,12 @@ pub enum Reply {
     Truncated(Box<Reply>),
     /// Text streamed forever (ignores `max_tokens`), one chunk every `Duration`.
     Endless(Duration),
+    /// The inner reply, reporting this usage instead of the double's own count.
+    WithUsage {
+        input: u64,
+        output: u64,
+        reply: Box<Reply>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -142,21 +148,29 @@ async fn handle(
     let stream = body["stream"].as_bool().unwrap_or(api == Api::Ollama);
     // Prompt tokens: one per four bytes of the messages, like a real tokenizer's ballpark.
     let input_tokens = (body["messages"].to_string().len() as u64).div_ceil(4).max(1);
-    respond(api, reply, stream, input_tokens).await
+    respond(api, reply, stream, (input_tokens, None)).await
 }
+
+/// `(input tokens, reported output override)`.
+type UsageSpec = (u64, Option<u64>);
 
 fn respond(
     api: Api,
     reply: Reply,
     stream: bool,
-    input_tokens: u64,
+    usage: UsageSpec,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
     Box::pin(async move {
         match reply {
             Reply::Delay(d, inner) => {
                 tokio::time::sleep(d).await;
-                respond(api, *inner, stream, input_tokens).await
+                respond(api, *inner, stream, usage).await
             }
+            Reply::WithUsage {
+                input,
+                output,
+                reply,
+            } => respond(api, *reply, stream, (input, Some(output))).await,
             Reply::Status(code) => (
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 axum::Json(json!({"error": {"type": "double_error", "message": format!("scripted {code}")}})),
@@ -179,12 +193,12 @@ fn respond(
                 stream_response(api, Body::from_stream(s))
             }
             Reply::Truncated(inner) => {
-                let mut chunks = chunks(api, &inner, input_tokens);
+                let mut chunks = chunks(api, &inner, usage);
                 chunks.truncate(chunks.len().saturating_sub(2).max(1));
                 stream_body(api, chunks)
             }
-            other if stream => stream_body(api, chunks(api, &other, input_tokens)),
-            other => axum::Json(whole(api, &other, input_tokens)).into_response(),
+            other if stream => stream_body(api, chunks(api, &other, usage)),
+            other => axum::Json(whole(api, &other, usage)).into_response(),
         }
     })
 }
@@ -236,9 +250,9 @@ fn pieces(text: &str) -> Vec<String> {
     chars.chunks(4).map(|c| c.iter().collect()).collect()
 }
 
-fn chunks(api: Api, reply: &Reply, input_tokens: u64) -> Vec<String> {
+fn chunks(api: Api, reply: &Reply, (input_tokens, out): UsageSpec) -> Vec<String> {
     let (text, calls) = parts(reply);
-    let out = output_tokens(&text, &calls);
+    let out = out.unwrap_or_else(|| output_tokens(&text, &calls));
     let sse = |v: Value| format!("data: {v}\n\n");
     let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
     let mut c = Vec::new();
@@ -299,9 +313,9 @@ fn chunks(api: Api, reply: &Reply, input_tokens: u64) -> Vec<String> {
     c
 }
 
-fn whole(api: Api, reply: &Reply, input_tokens: u64) -> Value {
+fn whole(api: Api, reply: &Reply, (input_tokens, out): UsageSpec) -> Value {
     let (text, calls) = parts(reply);
-    let out = output_tokens(&text, &calls);
+    let out = out.unwrap_or_else(|| output_tokens(&text, &calls));
     match api {
         Api::OpenAi => {
             let tcs: Vec<Value> = calls.iter().enumerate().map(|(i, (n, a))| json!({"id": format!("call_{i}"), "type": "function", "function": {"name": n, "arguments": a}})).collect();

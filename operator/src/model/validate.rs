@@ -67,6 +67,26 @@ impl OutputSchema {
         self.validator.is_some()
     }
 
+    /// Validate a run's output (`{"result": …, …}`): the schema applies to its `result`; the
+    /// whole output is what is wrapped (and what a reply carries).
+    pub fn validate_run_output(
+        &self,
+        output: Value,
+    ) -> std::result::Result<ValidatedOutput, Vec<String>> {
+        if let Some(v) = &self.validator {
+            let result = output.get("result").unwrap_or(&Value::Null);
+            let errors: Vec<String> = v
+                .iter_errors(result)
+                .take(20)
+                .map(|e| format!("{}: {}", e.instance_path(), e))
+                .collect();
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+        }
+        Ok(ValidatedOutput(output))
+    }
+
     /// Validate; on failure the error lists each violation (`path: message`), which is also
     /// what the model is told when it is re-asked.
     pub fn validate(&self, output: Value) -> std::result::Result<ValidatedOutput, Vec<String>> {

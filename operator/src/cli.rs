@@ -600,7 +600,10 @@ pub fn worker_for(
             anomalies,
         )),
         Err(e) => {
-            tracing::error!(code = e.code.as_str(), "model proxy unavailable; LLM agents fail");
+            tracing::error!(
+                code = e.code.as_str(),
+                "model proxy unavailable; LLM agents fail"
+            );
             None
         }
     };

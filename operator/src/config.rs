@@ -115,7 +115,11 @@ pub struct ModelArgs {
     #[arg(long, env = "AWOOOP_MODEL_ANOMALY_THRESHOLD", default_value_t = 50)]
     pub model_anomaly_threshold: u64,
     /// Length of the anomaly counter's window, in seconds.
-    #[arg(long, env = "AWOOOP_MODEL_ANOMALY_WINDOW_SECONDS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "AWOOOP_MODEL_ANOMALY_WINDOW_SECONDS",
+        default_value_t = 300
+    )]
     pub model_anomaly_window_seconds: u64,
 }
 

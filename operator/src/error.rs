@@ -358,8 +358,12 @@ impl ErrorCode {
             RunShadowOutbound => {
                 "shadow runs never send outbound messages (enforced by PostgreSQL)"
             }
-            BudgetExceeded => "budget reservation refused: the call's worst case would pass a limit",
-            BudgetStreamAborted => "a streamed model call exhausted its reservation and was aborted",
+            BudgetExceeded => {
+                "budget reservation refused: the call's worst case would pass a limit"
+            }
+            BudgetStreamAborted => {
+                "a streamed model call exhausted its reservation and was aborted"
+            }
             BudgetBreakerOpen => {
                 "project model breaker open (period hard limit or anomaly threshold reached)"
             }

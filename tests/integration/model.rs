@@ -19,8 +19,7 @@ use awooop::model::policy::{BreakerPolicy, BudgetPolicy, EffectivePolicy, ScopeL
 use awooop::model::proxy::{CallMeta, LocalCredentials, ModelCall, ProviderProxy};
 use awooop::model::wire::{self, ChatMessage, ChatRequest, ToolSpec};
 use awooop::runtime::executor::{
-    Executor, GuardedGateway, Journal, Outcome, RunContext, ScriptedExecutor, ToolCall,
-    ToolGateway,
+    Executor, GuardedGateway, Journal, Outcome, RunContext, ScriptedExecutor, ToolCall, ToolGateway,
 };
 use awooop::runtime::trace::TraceContext;
 use awooop::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
@@ -99,7 +98,10 @@ async fn ledger_of(t: &TestDb, p: &ProjectId) -> (i64, i64, bool) {
     let rows = tenancy::scope(p.clone(), Budget::new(t.db()).ledger(BudgetPeriod::Day))
         .await
         .unwrap();
-    let r = rows.iter().find(|r| r.scope == "project").expect("project row");
+    let r = rows
+        .iter()
+        .find(|r| r.scope == "project")
+        .expect("project row");
     (r.reserved_tokens, r.spent_tokens, r.tripped)
 }
 
@@ -162,7 +164,10 @@ async fn budget_fifty_concurrent_calls_never_spend_past_the_limit() {
         match h.await.unwrap() {
             Ok(c) => {
                 ok += 1;
-                assert_eq!(c.envelope.usage.input_tokens + c.envelope.usage.output_tokens, worst);
+                assert_eq!(
+                    c.envelope.usage.input_tokens + c.envelope.usage.output_tokens,
+                    worst
+                );
             }
             Err(e) => {
                 assert!(
@@ -201,7 +206,12 @@ async fn budget_a_call_dropped_mid_stream_is_settled_and_expired_reservations_ar
     let double = ProviderDouble::start().await.unwrap();
     double.script([Reply::Endless(Duration::from_millis(5))]);
     let pol = policy(
-        vec![target(&double, ProviderApi::AnthropicMessages, "cloud", 100_000)],
+        vec![target(
+            &double,
+            ProviderApi::AnthropicMessages,
+            "cloud",
+            100_000,
+        )],
         10_000_000,
     );
     let px = proxy(&t);
@@ -222,7 +232,10 @@ async fn budget_a_call_dropped_mid_stream_is_settled_and_expired_reservations_ar
     assert!(task.await.unwrap_err().is_cancelled());
     let deadline = Instant::now() + Duration::from_secs(10);
     while open_reservations(&t, &p).await > 0 {
-        assert!(Instant::now() < deadline, "the dropped call's reservation was never settled");
+        assert!(
+            Instant::now() < deadline,
+            "the dropped call's reservation was never settled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (reserved, spent, _) = ledger_of(&t, &p).await;
@@ -250,12 +263,21 @@ async fn budget_a_call_dropped_mid_stream_is_settled_and_expired_reservations_ar
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(tenancy::scope(p.clone(), budget.sweep_expired()).await.unwrap(), 1);
+    assert_eq!(
+        tenancy::scope(p.clone(), budget.sweep_expired())
+            .await
+            .unwrap(),
+        1
+    );
     let (reserved2, spent2, _) = ledger_of(&t, &p).await;
     assert_eq!(reserved2, 0);
     assert_eq!(spent2, spent + 777);
     // A late settlement of the swept reservation changes nothing.
-    assert!(!tenancy::scope(p.clone(), budget.settle(&r, 1, 0)).await.unwrap());
+    assert!(
+        !tenancy::scope(p.clone(), budget.settle(&r, 1, 0))
+            .await
+            .unwrap()
+    );
     assert_eq!(ledger_of(&t, &p).await.1, spent2);
     t.cleanup().await;
 }
@@ -280,7 +302,10 @@ async fn budget_a_stream_exhausting_its_reservation_is_aborted() {
     let (reserved, spent, _) = ledger_of(&t, &p).await;
     assert_eq!(reserved, 0);
     let worst = wire::prompt_token_bound(&request()) + 40;
-    assert!(spent as u64 <= 3 * worst, "charged at most the reservations");
+    assert!(
+        spent as u64 <= 3 * worst,
+        "charged at most the reservations"
+    );
     assert_eq!(open_reservations(&t, &p).await, 0);
     t.cleanup().await;
 }
@@ -314,7 +339,10 @@ async fn proxy_speaks_each_wire_format_with_tool_calls_and_keeps_keys_out_of_rec
             .unwrap();
         assert_eq!(first.response.tool_calls.len(), 1, "{api:?}");
         assert_eq!(first.response.tool_calls[0].name, "k8s__get_pods");
-        assert_eq!(first.response.tool_calls[0].arguments, json!({"namespace": "prod"}));
+        assert_eq!(
+            first.response.tool_calls[0].arguments,
+            json!({"namespace": "prod"})
+        );
         assert!(first.envelope.usage.reported && first.envelope.usage.output_tokens > 0);
         assert!(first.envelope.cost_micros > 0);
         let second = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
@@ -329,9 +357,19 @@ async fn proxy_speaks_each_wire_format_with_tool_calls_and_keeps_keys_out_of_rec
     let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["/v1/chat/completions", "/v1/chat/completions", "/v1/messages", "/v1/messages", "/api/chat", "/api/chat"]
+        [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/messages",
+            "/v1/messages",
+            "/api/chat",
+            "/api/chat"
+        ]
     );
-    assert!(reqs.iter().all(|r| r.has_api_key && r.body["stream"] == true));
+    assert!(
+        reqs.iter()
+            .all(|r| r.has_api_key && r.body["stream"] == true)
+    );
     assert!(reqs.iter().all(|r| !r.body.to_string().contains(&secret)));
     // Every call is audited with its envelope; no key anywhere in the audit log.
     let actions = audit_actions(&t, "wire-formats").await;
@@ -342,7 +380,11 @@ async fn proxy_speaks_each_wire_format_with_tool_calls_and_keeps_keys_out_of_rec
     tg.api_key = Some(CredentialSource::File {
         path: "/nonexistent/awooop-key".into(),
     });
-    let res = tenancy::scope(p.clone(), px.chat(&policy(vec![tg], 10_000_000), &meta(), &request(), None)).await;
+    let res = tenancy::scope(
+        p.clone(),
+        px.chat(&policy(vec![tg], 10_000_000), &meta(), &request(), None),
+    )
+    .await;
     assert_code(res, "E-MODEL-006");
     assert_eq!(double.requests().len(), 6);
     assert_eq!(open_reservations(&t, &p).await, 0);
@@ -372,14 +414,21 @@ async fn proxy_falls_back_on_429_5xx_and_timeouts_and_opens_the_circuit() {
         cooldown_seconds: 60,
     });
     // Primary: 429, then 503 (retry exhausted) → secondary answers.
-    double.script([Reply::Status(429), Reply::Status(503), Reply::Text("from secondary".into())]);
+    double.script([
+        Reply::Status(429),
+        Reply::Status(503),
+        Reply::Text("from secondary".into()),
+    ]);
     let c = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
         .await
         .unwrap();
     assert_eq!(c.response.text, "from secondary");
     assert_eq!(c.envelope.provider, "secondary");
     assert_eq!(c.envelope.decision.target_index, 1);
-    assert_eq!(c.envelope.decision.fallbacks, ["primary: HTTP 429", "primary: HTTP 503"]);
+    assert_eq!(
+        c.envelope.decision.fallbacks,
+        ["primary: HTTP 429", "primary: HTTP 503"]
+    );
     // A timeout is the third consecutive failure: the primary's circuit opens (audited)...
     double.script([
         Reply::Delay(Duration::from_secs(3), Box::new(Reply::Text("late".into()))),
@@ -454,7 +503,11 @@ async fn proxy_bad_provider_output_gets_clear_codes_and_nothing_stays_reserved()
             "E-MODEL-005",
         ),
         (ProviderApi::OpenaiChat, Reply::Status(400), "E-MODEL-008"),
-        (ProviderApi::AnthropicMessages, Reply::Status(401), "E-MODEL-008"),
+        (
+            ProviderApi::AnthropicMessages,
+            Reply::Status(401),
+            "E-MODEL-008",
+        ),
         (ProviderApi::OllamaChat, Reply::Status(429), "E-MODEL-003"),
     ];
     for (api, reply, code) in cases {
@@ -550,9 +603,15 @@ async fn llm_project(cp: &ControlPlane, id: &str, double: &ProviderDouble) -> Pr
     p
 }
 
-fn llm_executor(t: &TestDb, cp: &ControlPlane, upstream: Arc<dyn ToolGateway>) -> Arc<AgentExecutor> {
+fn llm_executor(
+    t: &TestDb,
+    cp: &ControlPlane,
+    upstream: Arc<dyn ToolGateway>,
+) -> Arc<AgentExecutor> {
     let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
-    let px = Arc::new(ProviderProxy::new(t.db(), anomalies.clone(), Arc::new(LocalCredentials)).unwrap());
+    let px = Arc::new(
+        ProviderProxy::new(t.db(), anomalies.clone(), Arc::new(LocalCredentials)).unwrap(),
+    );
     Arc::new(AgentExecutor::new(
         ScriptedExecutor::new(GuardedGateway::new(cp.clone(), upstream.clone())),
         Some(LlmExecutor::new(
@@ -564,7 +623,13 @@ fn llm_executor(t: &TestDb, cp: &ControlPlane, upstream: Arc<dyn ToolGateway>) -
     ))
 }
 
-async fn run_to_end(t: &TestDb, cp: &ControlPlane, p: &ProjectId, exec: Arc<AgentExecutor>, input: Value) -> Value {
+async fn run_to_end(
+    t: &TestDb,
+    cp: &ControlPlane,
+    p: &ProjectId,
+    exec: Arc<AgentExecutor>,
+    input: Value,
+) -> Value {
     let runs = RunService::new(cp.clone());
     let id = tenancy::scope(
         p.clone(),
@@ -608,7 +673,13 @@ fn step_types(view: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| format!("{}:{}", s["step_type"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["step_type"].as_str().unwrap(),
+                s["status"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -622,17 +693,36 @@ async fn llm_run_calls_tools_through_the_gateway_and_validates_its_output() {
     let exec = llm_executor(&t, &cp, upstream.clone());
     // tool call → invalid answer (re-asked with the violations) → valid answer.
     double.script([
-        Reply::ToolCalls(vec![("k8s__get_pods".into(), json!({"namespace": "default"}))]),
+        Reply::ToolCalls(vec![(
+            "k8s__get_pods".into(),
+            json!({"namespace": "default"}),
+        )]),
         Reply::Text("three pods".into()),
         Reply::Text("{\"answer\": \"3 pods in default\"}".into()),
     ]);
-    let view = run_to_end(&t, &cp, &p, exec.clone(), json!({"message": "How many pods?"})).await;
+    let view = run_to_end(
+        &t,
+        &cp,
+        &p,
+        exec.clone(),
+        json!({"message": "How many pods?"}),
+    )
+    .await;
     assert_eq!(view["state"], "succeeded", "{view}");
-    assert_eq!(view["output"]["result"], json!({"answer": "3 pods in default"}));
+    assert_eq!(
+        view["output"]["result"],
+        json!({"answer": "3 pods in default"})
+    );
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
     assert_eq!(
         step_types(&view),
-        ["policy:succeeded", "model_call:succeeded", "tool_call:succeeded", "model_call:succeeded", "model_call:succeeded"]
+        [
+            "policy:succeeded",
+            "model_call:succeeded",
+            "tool_call:succeeded",
+            "model_call:succeeded",
+            "model_call:succeeded"
+        ]
     );
     // The policy step records the resolved policy and the revisions it came from.
     let steps = view["steps"].as_array().unwrap();
@@ -647,8 +737,14 @@ async fn llm_run_calls_tools_through_the_gateway_and_validates_its_output() {
     let second = reqs[1].body["messages"].to_string();
     assert!(second.contains("\\\"pods\\\":3"), "{second}");
     let third = reqs[2].body["messages"].to_string();
-    assert!(third.contains("does not satisfy the required output JSON Schema"), "{third}");
-    assert_eq!(reqs[0].body["tools"][0]["function"]["description"], "List pods");
+    assert!(
+        third.contains("does not satisfy the required output JSON Schema"),
+        "{third}"
+    );
+    assert_eq!(
+        reqs[0].body["tools"][0]["function"]["description"],
+        "List pods"
+    );
 
     // Three invalid answers: E-SCHEMA-001.
     double.script([
@@ -661,13 +757,19 @@ async fn llm_run_calls_tools_through_the_gateway_and_validates_its_output() {
     assert_eq!(view["error_code"], "E-SCHEMA-001");
 
     // A tool the agent does not have: E-MODEL-005, never reaches the upstream.
-    double.script([Reply::ToolCalls(vec![("k8s__delete_all".into(), json!({}))])]);
+    double.script([Reply::ToolCalls(vec![(
+        "k8s__delete_all".into(),
+        json!({}),
+    )])]);
     let view = run_to_end(&t, &cp, &p, exec.clone(), json!({"message": "x"})).await;
     assert_eq!(view["error_code"], "E-MODEL-005");
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
 
     // A model that never stops calling tools: the step limit (8) ends the run.
-    double.script((0..10).map(|_| Reply::ToolCalls(vec![("k8s__get_pods".into(), json!({"namespace": "a"}))])));
+    double.script(
+        (0..10)
+            .map(|_| Reply::ToolCalls(vec![("k8s__get_pods".into(), json!({"namespace": "a"}))])),
+    );
     let view = run_to_end(&t, &cp, &p, exec.clone(), json!({"message": "loop"})).await;
     assert_eq!(view["error_code"], "E-MODEL-007");
     assert_eq!(open_reservations(&t, &p).await, 0);
@@ -706,15 +808,20 @@ async fn llm_run_resumes_without_repeating_completed_steps() {
         let (cp, p) = (cp.clone(), p.clone());
         let exec = exec.clone();
         async move {
-            let claimed = repo::worker_claim(cp.db().pool_for_health(), "w1", 1, 30.0).await.unwrap();
+            let claimed = repo::worker_claim(cp.db().pool_for_health(), "w1", 1, 30.0)
+                .await
+                .unwrap();
             assert_eq!(claimed.len(), 1);
             let c = &claimed[0];
             assert_eq!(c.attempt, n);
-            let rev = tenancy::scope(p.clone(), cp.revision_by_id(c.agent_revision_id)).await.unwrap();
-            let contract = match awooop::contracts::validate(ContractKind::Agent, &rev.body).unwrap() {
-                awooop::contracts::Contract::Agent(a) => Arc::new(a),
-                _ => unreachable!(),
-            };
+            let rev = tenancy::scope(p.clone(), cp.revision_by_id(c.agent_revision_id))
+                .await
+                .unwrap();
+            let contract =
+                match awooop::contracts::validate(ContractKind::Agent, &rev.body).unwrap() {
+                    awooop::contracts::Contract::Agent(a) => Arc::new(a),
+                    _ => unreachable!(),
+                };
             let ctx = RunContext {
                 project: p.clone(),
                 run_id: c.run_id,
@@ -726,7 +833,9 @@ async fn llm_run_resumes_without_repeating_completed_steps() {
                 trace: TraceContext::generate(),
             };
             tenancy::scope(p.clone(), async {
-                let mut j = Journal::load(cp.db(), &p, c.run_id, c.attempt).await.unwrap();
+                let mut j = Journal::load(cp.db(), &p, c.run_id, c.attempt)
+                    .await
+                    .unwrap();
                 exec.execute(&ctx, &mut j).await.unwrap()
             })
             .await
@@ -734,22 +843,40 @@ async fn llm_run_resumes_without_repeating_completed_steps() {
     };
     // Attempt 1: tool call, then the provider rejects the next call (the attempt ends).
     double.script([
-        Reply::ToolCalls(vec![("k8s__get_pods".into(), json!({"namespace": "default"}))]),
+        Reply::ToolCalls(vec![(
+            "k8s__get_pods".into(),
+            json!({"namespace": "default"}),
+        )]),
         Reply::Status(400),
     ]);
     let out = attempt(1).await;
-    assert!(matches!(out, Outcome::Failed { ref code, .. } if code == "E-MODEL-008"), "{out:?}");
+    assert!(
+        matches!(out, Outcome::Failed { ref code, .. } if code == "E-MODEL-008"),
+        "{out:?}"
+    );
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
     assert_eq!(double.requests().len(), 2);
     // The worker lost it (released to the queue); attempt 2 resumes.
-    repo::worker_release(&t.app, "w1", &[(id, 1)]).await.unwrap();
+    repo::worker_release(&t.app, "w1", &[(id, 1)])
+        .await
+        .unwrap();
     double.script([Reply::Text("{\"answer\": \"3\"}".into())]);
     let out = attempt(2).await;
     assert_eq!(
         out,
-        Outcome::Succeeded(json!({"result": {"answer": "3"}, "model_calls": 2, "tokens": match &out { Outcome::Succeeded(v) => v["tokens"].clone(), _ => json!(null) }, "route": "main"}))
+        Outcome::Succeeded(
+            json!({"result": {"answer": "3"}, "model_calls": 2, "tokens": match &out { Outcome::Succeeded(v) => v["tokens"].clone(), _ => json!(null) }, "route": "main"})
+        )
     );
-    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1, "the tool call was not repeated");
-    assert_eq!(double.requests().len(), 3, "only the failed model call was repeated");
+    assert_eq!(
+        upstream.calls.load(Ordering::SeqCst),
+        1,
+        "the tool call was not repeated"
+    );
+    assert_eq!(
+        double.requests().len(),
+        3,
+        "only the failed model call was repeated"
+    );
     t.cleanup().await;
 }

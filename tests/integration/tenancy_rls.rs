@@ -107,7 +107,10 @@ async fn two_populated_projects(t: &TestDb) {
             let b = Budget::new(cp.db().clone());
             let limits = BudgetPolicy {
                 period: awooop::contracts::BudgetPeriod::Day,
-                project: ScopeLimit { token_limit: 1000, currency_limit_micros: None },
+                project: ScopeLimit {
+                    token_limit: 1000,
+                    currency_limit_micros: None,
+                },
                 agent: None,
             };
             let req = ReserveRequest {
@@ -121,8 +124,14 @@ async fn two_populated_projects(t: &TestDb) {
             };
             let r = b.reserve(&limits, &req).await.unwrap();
             assert!(b.settle(&r, 5, 0).await.unwrap());
-            let cfg = BreakerPolicy { failure_threshold: 5, cooldown_seconds: 60 };
-            Breakers::new(cp.db().clone()).provider_failure("p", &cfg).await.unwrap();
+            let cfg = BreakerPolicy {
+                failure_threshold: 5,
+                cooldown_seconds: 60,
+            };
+            Breakers::new(cp.db().clone())
+                .provider_failure("p", &cfg)
+                .await
+                .unwrap();
             AnomalyCounter::new(cp.db().clone(), Coord::none(), AnomalyConfig::default())
                 .record(Anomaly::Denial)
                 .await

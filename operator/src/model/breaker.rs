@@ -143,7 +143,12 @@ impl Breakers {
         .await?;
         audit::record(
             &mut tx,
-            Entry::ok("model", "project.breaker.close", project.as_str().to_string(), json!({})),
+            Entry::ok(
+                "model",
+                "project.breaker.close",
+                project.as_str().to_string(),
+                json!({}),
+            ),
         )
         .await?;
         tx.commit().await?;

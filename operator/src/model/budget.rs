@@ -54,7 +54,10 @@ pub fn cost_micros(tokens: u64, micros_per_mtok: u64) -> u64 {
 /// Whether a reservation of `want` fits: the check the SQL performs, stated once in Rust for
 /// tests and docs.
 pub fn admits(spent: u64, reserved: u64, want: u64, limit: u64) -> bool {
-    spent.saturating_add(reserved).saturating_add(want) <= limit
+    spent
+        .checked_add(reserved)
+        .and_then(|x| x.checked_add(want))
+        .is_some_and(|total| total <= limit)
 }
 
 pub fn agent_scope(agent: &str) -> String {
@@ -110,7 +113,11 @@ impl Budget {
     }
 
     /// Reserve the worst case of one call in the current tenant.
-    pub async fn reserve(&self, limits: &BudgetPolicy, req: &ReserveRequest) -> Result<Reservation> {
+    pub async fn reserve(
+        &self,
+        limits: &BudgetPolicy,
+        req: &ReserveRequest,
+    ) -> Result<Reservation> {
         let project = tenancy::require()?;
         let period = period_start(limits.period, Utc::now());
         let mut scopes = vec![("project".to_string(), &limits.project)];

@@ -147,7 +147,9 @@ async fn handle(
     };
     let stream = body["stream"].as_bool().unwrap_or(api == Api::Ollama);
     // Prompt tokens: one per four bytes of the messages, like a real tokenizer's ballpark.
-    let input_tokens = (body["messages"].to_string().len() as u64).div_ceil(4).max(1);
+    let input_tokens = (body["messages"].to_string().len() as u64)
+        .div_ceil(4)
+        .max(1);
     respond(api, reply, stream, (input_tokens, None)).await
 }
 
@@ -232,7 +234,10 @@ fn parts(reply: &Reply) -> (String, Vec<(String, String)>) {
         Reply::Text(t) => (t.clone(), vec![]),
         Reply::ToolCalls(calls) => (
             String::new(),
-            calls.iter().map(|(n, a)| (n.clone(), a.to_string())).collect(),
+            calls
+                .iter()
+                .map(|(n, a)| (n.clone(), a.to_string()))
+                .collect(),
         ),
         Reply::RawToolCall(n, raw) => (String::new(), vec![(n.clone(), raw.clone())]),
         _ => (String::new(), vec![]),
@@ -258,9 +263,13 @@ fn chunks(api: Api, reply: &Reply, (input_tokens, out): UsageSpec) -> Vec<String
     let mut c = Vec::new();
     match api {
         Api::OpenAi => {
-            c.push(sse(json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})));
+            c.push(sse(
+                json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+            ));
             for p in pieces(&text) {
-                c.push(sse(json!({"choices": [{"index": 0, "delta": {"content": p}}]})));
+                c.push(sse(
+                    json!({"choices": [{"index": 0, "delta": {"content": p}}]}),
+                ));
             }
             for (i, (name, args)) in calls.iter().enumerate() {
                 c.push(sse(json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "id": format!("call_{i}"), "type": "function", "function": {"name": name, "arguments": ""}}]}}]})));
@@ -270,8 +279,14 @@ fn chunks(api: Api, reply: &Reply, (input_tokens, out): UsageSpec) -> Vec<String
                     c.push(sse(json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": frag}}]}}]})));
                 }
             }
-            let finish = if calls.is_empty() { "stop" } else { "tool_calls" };
-            c.push(sse(json!({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})));
+            let finish = if calls.is_empty() {
+                "stop"
+            } else {
+                "tool_calls"
+            };
+            c.push(sse(
+                json!({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}),
+            ));
             c.push(sse(json!({"choices": [], "usage": {"prompt_tokens": input_tokens, "completion_tokens": out, "total_tokens": input_tokens + out}})));
             c.push("data: [DONE]\n\n".into());
         }
@@ -283,16 +298,26 @@ fn chunks(api: Api, reply: &Reply, (input_tokens, out): UsageSpec) -> Vec<String
                 for p in pieces(&text) {
                     c.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": idx, "delta": {"type": "text_delta", "text": p}})));
                 }
-                c.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": idx})));
+                c.push(ev(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": idx}),
+                ));
                 idx += 1;
             }
             for (i, (name, args)) in calls.iter().enumerate() {
                 c.push(ev("content_block_start", json!({"type": "content_block_start", "index": idx, "content_block": {"type": "tool_use", "id": format!("toolu_{i}"), "name": name, "input": {}}})));
                 c.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": idx, "delta": {"type": "input_json_delta", "partial_json": args}})));
-                c.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": idx})));
+                c.push(ev(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": idx}),
+                ));
                 idx += 1;
             }
-            let stop = if calls.is_empty() { "end_turn" } else { "tool_use" };
+            let stop = if calls.is_empty() {
+                "end_turn"
+            } else {
+                "tool_use"
+            };
             c.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": out}})));
             c.push(ev("message_stop", json!({"type": "message_stop"})));
         }

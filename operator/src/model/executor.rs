@@ -81,7 +81,12 @@ impl LlmExecutor {
             .await?
         {
             (row, Contract::Project(p)) => (row, p),
-            _ => return Err(Error::new(ErrorCode::Internal, "project contract unreadable")),
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    "project contract unreadable",
+                ));
+            }
         };
         let eff = policy::resolve(&PolicyInputs {
             agent_name: &ctx.agent,
@@ -297,7 +302,8 @@ impl Executor for LlmExecutor {
                     }
                     let span = ctx.trace.child();
                     let started = Utc::now();
-                    let input = json!({"messages": req.messages.len(), "last": req.messages.last()});
+                    let input =
+                        json!({"messages": req.messages.len(), "last": req.messages.last()});
                     journal.flush().await?;
                     let meta = CallMeta {
                         run_id: Some(ctx.run_id),
@@ -453,7 +459,10 @@ impl Executor for LlmExecutor {
     }
 }
 
-fn validate_result(schema: &OutputSchema, answer: Value) -> std::result::Result<Value, Vec<String>> {
+fn validate_result(
+    schema: &OutputSchema,
+    answer: Value,
+) -> std::result::Result<Value, Vec<String>> {
     schema.validate(answer).map(|v| v.into_value())
 }
 
@@ -488,7 +497,10 @@ mod tests {
     fn answers() {
         assert_eq!(parse_answer("hi", false), json!("hi"));
         assert_eq!(parse_answer("{\"a\":1}", true), json!({"a": 1}));
-        assert_eq!(parse_answer("```json\n{\"a\":1}\n```", true), json!({"a": 1}));
+        assert_eq!(
+            parse_answer("```json\n{\"a\":1}\n```", true),
+            json!({"a": 1})
+        );
         assert_eq!(parse_answer("not json", true), json!("not json"));
         assert_eq!(user_text(&json!({"message": "why?"})), "why?");
         assert_eq!(user_text(&json!({"n": 1})), "{\"n\":1}");

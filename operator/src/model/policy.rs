@@ -125,7 +125,12 @@ pub fn resolve(i: &PolicyInputs<'_>) -> Result<EffectivePolicy> {
         Some(l) => l.max(default),
         None => default,
     };
-    if !i.project.data_boundary.allowed_classes.contains(&data_class) {
+    if !i
+        .project
+        .data_boundary
+        .allowed_classes
+        .contains(&data_class)
+    {
         return Err(Error::new(
             ErrorCode::ModelPrivacyBlocked,
             "the run's data class is outside the project's data boundary",
@@ -276,16 +281,106 @@ mod tests {
             &'a [&'a str],
         );
         let cases: Vec<Case> = vec![
-            ("default route for unlisted agent", "bot", None, "internal", &all, json!({}), Ok("default"), &["cloud", "local"]),
-            ("agent listed on a route", "sre", None, "internal", &all, json!({}), Ok("ops"), &["local"]),
-            ("llm executor override wins", "sre", Some("default"), "internal", &all, json!({}), Ok("default"), &["cloud", "local"]),
-            ("unknown override falls back to listing", "sre", Some("nope"), "internal", &all, json!({}), Ok("ops"), &["local"]),
-            ("confidential input gates out cloud", "bot", None, "internal", &all, json!({"data_class": "confidential"}), Ok("default"), &["local"]),
-            ("confidential default gates out cloud", "bot", None, "confidential", &all, json!({}), Ok("default"), &["local"]),
-            ("label never lowers the class", "bot", None, "confidential", &all, json!({"data_class": "public"}), Ok("default"), &["local"]),
-            ("cloud-only route with confidential data", "x", None, "confidential", &all, json!({}), Err("E-MODEL-002"), &[]),
-            ("class outside the boundary", "bot", None, "internal", &["public", "internal"], json!({"data_class": "restricted"}), Err("E-MODEL-002"), &[]),
-            ("malformed label", "bot", None, "internal", &all, json!({"data_class": "secret"}), Err("E-MODEL-002"), &[]),
+            (
+                "default route for unlisted agent",
+                "bot",
+                None,
+                "internal",
+                &all,
+                json!({}),
+                Ok("default"),
+                &["cloud", "local"],
+            ),
+            (
+                "agent listed on a route",
+                "sre",
+                None,
+                "internal",
+                &all,
+                json!({}),
+                Ok("ops"),
+                &["local"],
+            ),
+            (
+                "llm executor override wins",
+                "sre",
+                Some("default"),
+                "internal",
+                &all,
+                json!({}),
+                Ok("default"),
+                &["cloud", "local"],
+            ),
+            (
+                "unknown override falls back to listing",
+                "sre",
+                Some("nope"),
+                "internal",
+                &all,
+                json!({}),
+                Ok("ops"),
+                &["local"],
+            ),
+            (
+                "confidential input gates out cloud",
+                "bot",
+                None,
+                "internal",
+                &all,
+                json!({"data_class": "confidential"}),
+                Ok("default"),
+                &["local"],
+            ),
+            (
+                "confidential default gates out cloud",
+                "bot",
+                None,
+                "confidential",
+                &all,
+                json!({}),
+                Ok("default"),
+                &["local"],
+            ),
+            (
+                "label never lowers the class",
+                "bot",
+                None,
+                "confidential",
+                &all,
+                json!({"data_class": "public"}),
+                Ok("default"),
+                &["local"],
+            ),
+            (
+                "cloud-only route with confidential data",
+                "x",
+                None,
+                "confidential",
+                &all,
+                json!({}),
+                Err("E-MODEL-002"),
+                &[],
+            ),
+            (
+                "class outside the boundary",
+                "bot",
+                None,
+                "internal",
+                &["public", "internal"],
+                json!({"data_class": "restricted"}),
+                Err("E-MODEL-002"),
+                &[],
+            ),
+            (
+                "malformed label",
+                "bot",
+                None,
+                "internal",
+                &all,
+                json!({"data_class": "secret"}),
+                Err("E-MODEL-002"),
+                &[],
+            ),
         ];
         let pol = policy();
         for (name, agent_name, route, default, allowed, input, want, providers) in cases {

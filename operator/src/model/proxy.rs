@@ -279,7 +279,10 @@ impl ProviderProxy {
         {
             Ok(r) => r,
             Err(e) => {
-                if matches!(e.code, ErrorCode::BudgetExceeded | ErrorCode::BudgetBreakerOpen) {
+                if matches!(
+                    e.code,
+                    ErrorCode::BudgetExceeded | ErrorCode::BudgetBreakerOpen
+                ) {
                     let _ = self.anomalies.record(Anomaly::Denial).await;
                 }
                 env.error_code = Some(e.code.as_str().into());
@@ -382,11 +385,7 @@ impl ProviderProxy {
             rb = rb.header("anthropic-version", "2023-06-01");
         }
         if let Some(src) = &target.api_key {
-            let key = self
-                .creds
-                .resolve(src)
-                .await
-                .map_err(AttemptError::Fatal)?;
+            let key = self.creds.resolve(src).await.map_err(AttemptError::Fatal)?;
             rb = match target.api {
                 ProviderApi::AnthropicMessages => rb.header("x-api-key", key.expose()),
                 _ => rb.bearer_auth(key.expose()),
@@ -412,7 +411,10 @@ impl ProviderProxy {
             return Err(AttemptError::Fatal(
                 Error::new(
                     ErrorCode::ModelProviderRejected,
-                    format!("provider rejected the request with HTTP {}", status.as_u16()),
+                    format!(
+                        "provider rejected the request with HTTP {}",
+                        status.as_u16()
+                    ),
                 )
                 .with_details(json!({"status": status.as_u16()})),
             ));

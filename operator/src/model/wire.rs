@@ -218,7 +218,8 @@ fn anthropic_body(model: &str, max_tokens: u32, req: &ChatRequest) -> Value {
             }
         }
     }
-    let mut body = json!({"model": model, "max_tokens": max_tokens, "messages": msgs, "stream": true});
+    let mut body =
+        json!({"model": model, "max_tokens": max_tokens, "messages": msgs, "stream": true});
     if let Some(s) = &req.system {
         body["system"] = json!(s);
     }
@@ -318,8 +319,8 @@ impl Decoder {
                 if line.trim().is_empty() {
                     return Ok(());
                 }
-                let v: Value = serde_json::from_str(line)
-                    .map_err(|_| bad("NDJSON line is not valid JSON"))?;
+                let v: Value =
+                    serde_json::from_str(line).map_err(|_| bad("NDJSON line is not valid JSON"))?;
                 self.ollama(&v)
             }
             _ => {
@@ -340,7 +341,10 @@ impl Decoder {
                     self.data.push_str(d.strip_prefix(' ').unwrap_or(d));
                     return Ok(());
                 }
-                if line.starts_with("event:") || line.starts_with("id:") || line.starts_with("retry:") {
+                if line.starts_with("event:")
+                    || line.starts_with("id:")
+                    || line.starts_with("retry:")
+                {
                     return Ok(());
                 }
                 Err(bad("stream line is not server-sent events"))
@@ -394,7 +398,10 @@ impl Decoder {
                 for tc in tcs {
                     let idx = tc["index"].as_u64().unwrap_or(0) as usize;
                     if idx > 128 {
-                        return Err(Error::new(ErrorCode::ModelBadToolCall, "tool call index out of range"));
+                        return Err(Error::new(
+                            ErrorCode::ModelBadToolCall,
+                            "tool call index out of range",
+                        ));
                     }
                     while self.calls.len() <= idx {
                         self.calls.push(PartialCall::default());
@@ -482,7 +489,10 @@ impl Decoder {
 
     fn ollama(&mut self, v: &Value) -> Result<()> {
         if let Some(e) = v.get("error").and_then(Value::as_str) {
-            return Err(bad(format!("provider reported an error: {}", truncate(e, 200))));
+            return Err(bad(format!(
+                "provider reported an error: {}",
+                truncate(e, 200)
+            )));
         }
         let done = v.get("done") == Some(&Value::Bool(true));
         match v.get("message") {
@@ -536,11 +546,17 @@ impl Decoder {
         let mut tool_calls = Vec::new();
         for (i, p) in self.calls.into_iter().enumerate() {
             if p.name.is_empty() {
-                return Err(Error::new(ErrorCode::ModelBadToolCall, "tool call without a name"));
+                return Err(Error::new(
+                    ErrorCode::ModelBadToolCall,
+                    "tool call without a name",
+                ));
             }
             let args = if !p.args.trim().is_empty() {
                 serde_json::from_str::<Value>(&p.args).map_err(|_| {
-                    Error::new(ErrorCode::ModelBadToolCall, "tool call arguments are not valid JSON")
+                    Error::new(
+                        ErrorCode::ModelBadToolCall,
+                        "tool call arguments are not valid JSON",
+                    )
                 })?
             } else {
                 p.whole.unwrap_or_else(|| Value::Object(Map::new()))
@@ -552,14 +568,20 @@ impl Decoder {
                 ));
             }
             tool_calls.push(ModelToolCall {
-                id: if p.id.is_empty() { format!("call_{i}") } else { p.id },
+                id: if p.id.is_empty() {
+                    format!("call_{i}")
+                } else {
+                    p.id
+                },
                 name: p.name,
                 arguments: args,
             });
         }
         let mut usage = self.usage;
         if !usage.reported {
-            usage.output_tokens = usage.output_tokens.max(estimate_tokens(self.streamed_bytes));
+            usage.output_tokens = usage
+                .output_tokens
+                .max(estimate_tokens(self.streamed_bytes));
         }
         Ok(ChatResponse {
             text: self.text,
@@ -670,7 +692,9 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         let req = ChatRequest {
             system: Some("be brief".into()),
             messages: vec![
-                ChatMessage::User { content: "hi".into() },
+                ChatMessage::User {
+                    content: "hi".into(),
+                },
                 ChatMessage::Assistant {
                     content: String::new(),
                     tool_calls: vec![ModelToolCall {
@@ -679,13 +703,24 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
                         arguments: json!({"ns": "a"}),
                     }],
                 },
-                ChatMessage::Tool { call_id: "c1".into(), name: "k8s__get_pods".into(), content: "3".into() },
+                ChatMessage::Tool {
+                    call_id: "c1".into(),
+                    name: "k8s__get_pods".into(),
+                    content: "3".into(),
+                },
             ],
-            tools: vec![ToolSpec { name: "k8s__get_pods".into(), description: "d".into(), parameters: json!({"type": "object"}) }],
+            tools: vec![ToolSpec {
+                name: "k8s__get_pods".into(),
+                description: "d".into(),
+                parameters: json!({"type": "object"}),
+            }],
         };
         let o = request_body(ProviderApi::OpenaiChat, "m", 100, &req);
         assert_eq!(o["messages"][0]["role"], "system");
-        assert_eq!(o["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"ns\":\"a\"}");
+        assert_eq!(
+            o["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            "{\"ns\":\"a\"}"
+        );
         assert_eq!(o["messages"][3]["tool_call_id"], "c1");
         assert_eq!(o["stream_options"]["include_usage"], true);
         let a = request_body(ProviderApi::AnthropicMessages, "m", 100, &req);
@@ -695,10 +730,22 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(a["tools"][0]["input_schema"]["type"], "object");
         let l = request_body(ProviderApi::OllamaChat, "m", 100, &req);
         assert_eq!(l["options"]["num_predict"], 100);
-        assert_eq!(l["messages"][2]["tool_calls"][0]["function"]["arguments"]["ns"], "a");
+        assert_eq!(
+            l["messages"][2]["tool_calls"][0]["function"]["arguments"]["ns"],
+            "a"
+        );
         assert!(prompt_token_bound(&req) > serde_json::to_vec(&req).unwrap().len() as u64);
-        assert_eq!(endpoint(ProviderApi::OpenaiChat, "http://x/v1/"), "http://x/v1/chat/completions");
-        assert_eq!(endpoint(ProviderApi::AnthropicMessages, "http://x"), "http://x/v1/messages");
-        assert_eq!(endpoint(ProviderApi::OllamaChat, "http://x"), "http://x/api/chat");
+        assert_eq!(
+            endpoint(ProviderApi::OpenaiChat, "http://x/v1/"),
+            "http://x/v1/chat/completions"
+        );
+        assert_eq!(
+            endpoint(ProviderApi::AnthropicMessages, "http://x"),
+            "http://x/v1/messages"
+        );
+        assert_eq!(
+            endpoint(ProviderApi::OllamaChat, "http://x"),
+            "http://x/api/chat"
+        );
     }
 }

@@ -480,8 +480,12 @@ impl Worker {
                         .map_err(|errs| crate::model::validate::schema_error(&errs))
                 }) {
                 Ok(valid) => {
-                    let mut done =
-                        completion(RunState::Succeeded, Some(valid.value().clone()), None, steps);
+                    let mut done = completion(
+                        RunState::Succeeded,
+                        Some(valid.value().clone()),
+                        None,
+                        steps,
+                    );
                     done.reply = c.reply_to.as_ref().and_then(|r| {
                         serde_json::from_value::<super::outbound::ReplyTo>(r.clone())
                             .ok()

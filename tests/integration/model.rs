@@ -765,6 +765,19 @@ async fn llm_run_calls_tools_through_the_gateway_and_validates_its_output() {
     assert_eq!(view["error_code"], "E-MODEL-005");
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
 
+    // Confidential input: outside this project's data boundary, no model is called.
+    let before = double.requests().len();
+    let view = run_to_end(
+        &t,
+        &cp,
+        &p,
+        exec.clone(),
+        json!({"message": "x", "data_class": "confidential"}),
+    )
+    .await;
+    assert_eq!(view["error_code"], "E-MODEL-002");
+    assert_eq!(double.requests().len(), before);
+
     // A model that never stops calling tools: the step limit (8) ends the run.
     double.script(
         (0..10)
@@ -878,5 +891,234 @@ async fn llm_run_resumes_without_repeating_completed_steps() {
         3,
         "only the failed model call was repeated"
     );
+    t.cleanup().await;
+}
+
+/// The anomaly counter opens the project breaker at its threshold, with Redis and without
+/// (PostgreSQL fallback); while open every model call of the project is refused.
+#[tokio::test]
+async fn anomalies_trip_the_project_breaker_with_and_without_redis() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let double = ProviderDouble::start().await.unwrap();
+    for coord in [Coord::none(), Coord::connect(&redis_url()).unwrap()] {
+        // Unique per run: other engineers' tests share this Redis.
+        let id = format!("anomaly-{}", &Uuid::new_v4().simple().to_string()[..10]);
+        let p = project(&cp, &id, 1).await;
+        let counter = AnomalyCounter::new(
+            t.db(),
+            coord.clone(),
+            AnomalyConfig {
+                window: Duration::from_secs(3600),
+                threshold: 3,
+            },
+        );
+        let px = Arc::new(
+            ProviderProxy::new(t.db(), counter.clone(), Arc::new(LocalCredentials)).unwrap(),
+        );
+        let pol = policy(
+            vec![target(&double, ProviderApi::OpenaiChat, "p", 50)],
+            10_000_000,
+        );
+        tenancy::scope(p.clone(), async {
+            use awooop::model::breaker::Anomaly;
+            assert!(!counter.record(Anomaly::SchemaFailure).await.unwrap());
+            assert!(!counter.record(Anomaly::Denial).await.unwrap());
+            assert!(!counter.record(Anomaly::Denial).await.unwrap());
+            // Kinds are counted apart: the third denial trips, not the third event.
+            assert!(px.chat(&pol, &meta(), &request(), None).await.is_ok());
+            assert!(counter.record(Anomaly::Denial).await.unwrap());
+            assert_code(
+                px.chat(&pol, &meta(), &request(), None).await,
+                "E-BUDGET-003",
+            );
+            Breakers::new(t.db()).close_project().await.unwrap();
+            assert!(px.chat(&pol, &meta(), &request(), None).await.is_ok());
+        })
+        .await;
+        let actions = audit_actions(&t, &id).await;
+        assert!(
+            actions
+                .iter()
+                .any(|(a, d)| a == "project.breaker.open" && d.contains("denial")),
+            "{actions:?}"
+        );
+        assert!(actions.iter().any(|(a, _)| a == "project.breaker.close"));
+        // Where the count lived: Redis when configured, else the PostgreSQL table.
+        let mut tx = scoped_tx(&t.app, &id).await;
+        let pg: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(count), 0)::bigint FROM model_anomalies")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        tx.commit().await.unwrap();
+        // One schema failure, three denials, and the refused call (a denial too).
+        assert_eq!(pg, if coord.is_configured() { 0 } else { 5 });
+    }
+    t.cleanup().await;
+}
+
+/// An agent's own budget is a second ledger scope inside the project's, and currency limits
+/// use the contract's per-model prices.
+#[tokio::test]
+async fn budget_agent_scope_and_currency_limits_are_enforced() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "budget-scopes", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    let px = proxy(&t);
+    let req = request();
+    let worst = wire::prompt_token_bound(&req) + 100;
+    let mut pol = policy(
+        vec![target(&double, ProviderApi::OllamaChat, "p", 100)],
+        1_000_000,
+    );
+    pol.budget.agent = Some(ScopeLimit {
+        token_limit: 2 * worst,
+        currency_limit_micros: None,
+    });
+    tenancy::scope(p.clone(), async {
+        // The agent's scope admits two worst cases at once, not three.
+        let b = Budget::new(t.db());
+        let rr = |tokens| ReserveRequest {
+            run_id: None,
+            agent: "bot".into(),
+            provider: "p".into(),
+            model: "m".into(),
+            tokens,
+            micros: 0,
+            ttl: Duration::from_secs(60),
+        };
+        let r1 = b.reserve(&pol.budget, &rr(worst)).await.unwrap();
+        let r2 = b.reserve(&pol.budget, &rr(worst)).await.unwrap();
+        assert_code(b.reserve(&pol.budget, &rr(worst)).await, "E-BUDGET-001");
+        // A refused reservation took nothing from the project scope either.
+        let rows = b.ledger(BudgetPeriod::Day).await.unwrap();
+        let proj = rows.iter().find(|r| r.scope == "project").unwrap();
+        let agent = rows.iter().find(|r| r.scope == "agent:bot").unwrap();
+        assert_eq!(proj.reserved_tokens as u64, 2 * worst);
+        assert_eq!(agent.reserved_tokens as u64, 2 * worst);
+        b.settle(&r1, 10, 0).await.unwrap();
+        b.settle(&r2, 10, 0).await.unwrap();
+        assert!(px.chat(&pol, &meta(), &req, None).await.is_ok());
+        // Another agent is not limited by bot's scope.
+        let mut other = pol.clone();
+        other.agent = "other".into();
+        other.budget.agent = None; // "other" has no entry in agent_budgets
+        let o = b
+            .reserve(
+                &other.budget,
+                &ReserveRequest {
+                    agent: "other".into(),
+                    ..rr(3 * worst)
+                },
+            )
+            .await
+            .unwrap();
+        b.settle(&o, 0, 0).await.unwrap();
+        // Currency: a price that makes one worst case cost more than the limit.
+        let mut pricey = pol.clone();
+        pricey.budget.agent = None;
+        pricey.budget.project.currency_limit_micros = Some(1_000);
+        pricey.targets[0].input_micros_per_mtok = 1_000_000_000;
+        assert_code(px.chat(&pricey, &meta(), &req, None).await, "E-BUDGET-001");
+        pricey.targets[0].input_micros_per_mtok = 1;
+        pricey.targets[0].output_micros_per_mtok = 1;
+        let c = px.chat(&pricey, &meta(), &req, None).await.unwrap();
+        assert!(c.envelope.cost_micros >= 1);
+    })
+    .await;
+    t.cleanup().await;
+}
+
+/// The output schema is enforced on every successful run, scripted ones included, and only
+/// validated output reaches the outbound path.
+#[tokio::test]
+async fn output_schema_gates_the_outbound_path_for_scripted_agents_too() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "schema-gate", 1).await;
+    tenancy::scope(p.clone(), async {
+        let schema = br#"{"type": "string", "pattern": "^ok"}"#;
+        let h = cp
+            .put_artifact(&admin(), "schemas/ok", "schema", "application/json", schema)
+            .await
+            .unwrap()
+            .sha256;
+        let r = publish(
+            &cp,
+            ContractKind::Agent,
+            "llm-bot",
+            json!({
+                "display_name": "Echo", "context_domain": "demo",
+                "output_schema": {"ref": "schemas/ok", "sha256": h},
+                "safety": {"max_risk": "read_only", "max_steps": 4, "max_tokens_per_run": 1, "timeout_seconds": 60},
+                "executor": {"type": "scripted", "steps": [{"type": "output", "key": "echo", "template": "{{input.word}} there"}]}
+            }),
+        )
+        .await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+    let exec = llm_executor(&t, &cp, Arc::new(PodsUpstream::default()));
+    let reply = || {
+        Some(awooop::runtime::outbound::ReplyTo {
+            channel: "api".into(),
+            conversation: "c1".into(),
+        })
+    };
+    let runs = RunService::new(cp.clone());
+    let mut ids = Vec::new();
+    for word in ["ok", "bad"] {
+        let id = tenancy::scope(
+            p.clone(),
+            runs.create(
+                &awooop::auth::Actor::cli("runner"),
+                CreateRun {
+                    agent: "llm-bot".into(),
+                    input: json!({"word": word}),
+                    mode: None,
+                    reply_to: reply(),
+                },
+                None,
+                None,
+            ),
+        )
+        .await
+        .unwrap()
+        .run_id;
+        ids.push(id);
+    }
+    let mut cfg = WorkerConfig::new("schema-gate");
+    cfg.poll = Duration::from_millis(50);
+    let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg));
+    let (stop, rx) = shutdown_channel();
+    let task = tokio::spawn(w.run(rx));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut states = Vec::new();
+    for id in &ids {
+        loop {
+            let d = tenancy::scope(p.clone(), runs.get(*id)).await.unwrap();
+            if d.run.state == "succeeded" || d.run.state == "failed" {
+                states.push((d.run.state.clone(), d.run.error_code.clone()));
+                break;
+            }
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+    assert_eq!(states[0], ("succeeded".into(), None));
+    assert_eq!(states[1], ("failed".into(), Some("E-SCHEMA-001".into())));
+    // Shadow mode: the valid reply reached the outbound path (and was suppressed there, as
+    // shadow replies are); the invalid one never got there.
+    let actions = audit_actions(&t, "schema-gate").await;
+    let suppressed: Vec<&String> = actions
+        .iter()
+        .filter(|(a, _)| a == "outbound.suppressed")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(suppressed.len(), 1, "{actions:?}");
     t.cleanup().await;
 }

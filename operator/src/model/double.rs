@@ -99,6 +99,11 @@ impl ProviderDouble {
             .extend(replies);
     }
 
+    /// Drop replies still queued.
+    pub fn clear_script(&self) {
+        self.inner.lock().expect("double lock").script.clear();
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.inner.lock().expect("double lock").requests.clone()
     }

@@ -257,25 +257,22 @@ impl Budget {
         .bind(i64_of(micros))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((scopes, period, held_t, held_m)) = row else {
+        let Some((mut scopes, period, held_t, held_m)) = row else {
             tx.commit().await?;
             return Ok(false);
         };
-        sqlx::query(
-            "UPDATE budget_ledger SET reserved_tokens = reserved_tokens - $4, spent_tokens = spent_tokens + $5, \
-               reserved_micros = reserved_micros - $6, spent_micros = spent_micros + $7, updated_at = now() \
-             WHERE project_id = $1 AND scope = ANY($2) AND period_start = $3",
-        )
-        .bind(project.as_str())
-        .bind(&scopes)
-        .bind(period)
-        .bind(held_t)
-        .bind(i64_of(tokens))
-        .bind(held_m)
-        .bind(i64_of(micros))
-        .execute(&mut *tx)
-        .await?;
-        let tripped = trip(&mut tx, project.as_str()).await?;
+        sort_scopes(&mut scopes);
+        for scope in &scopes {
+            apply(
+                &mut tx,
+                project.as_str(),
+                scope,
+                period,
+                [held_t, i64_of(tokens), held_m, i64_of(micros)],
+            )
+            .await?;
+        }
+        let tripped = trip(&mut tx, project.as_str(), period, &scopes).await?;
         audit_trips_in(&mut tx, &tripped, "settlement").await?;
         tx.commit().await?;
         Ok(true)
@@ -355,38 +352,95 @@ fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Charge expired reservations in full and free them; returns newly tripped scopes.
-async fn sweep(conn: &mut PgConnection, project: &str) -> Result<Vec<String>> {
-    let n = sqlx::query(
-        "WITH e AS ( \
-           UPDATE budget_reservations SET state = 'expired', actual_tokens = tokens, actual_micros = micros, settled_at = now() \
-           WHERE project_id = $1 AND state = 'reserved' AND expires_at < now() \
-           RETURNING scopes, period_start, tokens, micros), \
-         s AS (SELECT sc AS scope, period_start, sum(tokens)::bigint AS t, sum(micros)::bigint AS m \
-               FROM e, unnest(e.scopes) AS sc GROUP BY sc, period_start) \
-         UPDATE budget_ledger l SET reserved_tokens = l.reserved_tokens - s.t, spent_tokens = l.spent_tokens + s.t, \
-           reserved_micros = l.reserved_micros - s.m, spent_micros = l.spent_micros + s.m, updated_at = now() \
-         FROM s WHERE l.project_id = $1 AND l.scope = s.scope AND l.period_start = s.period_start",
-    )
-    .bind(project)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    trip(conn, project).await
+/// Lock order of ledger rows: `project` first, then agent scopes by name. Every transaction
+/// that touches ledger rows touches the project row first, so they serialise on it and
+/// cannot deadlock on the agent rows.
+fn sort_scopes(scopes: &mut [String]) {
+    scopes.sort_by(|a, b| (a != "project", a).cmp(&(b != "project", b)));
 }
 
-/// Trip every row of the project whose spend reached its hard limit; returns their scopes.
-async fn trip(conn: &mut PgConnection, project: &str) -> Result<Vec<String>> {
+/// Trade `held` reserved tokens/micros of one row for `spent` ones:
+/// `[reserved_tokens, spent_tokens, reserved_micros, spent_micros]`.
+async fn apply(
+    conn: &mut PgConnection,
+    project: &str,
+    scope: &str,
+    period: DateTime<Utc>,
+    [held_t, spent_t, held_m, spent_m]: [i64; 4],
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE budget_ledger SET reserved_tokens = reserved_tokens - $4, spent_tokens = spent_tokens + $5, \
+           reserved_micros = reserved_micros - $6, spent_micros = spent_micros + $7, updated_at = now() \
+         WHERE project_id = $1 AND scope = $2 AND period_start = $3",
+    )
+    .bind(project)
+    .bind(scope)
+    .bind(period)
+    .bind(held_t)
+    .bind(spent_t)
+    .bind(held_m)
+    .bind(spent_m)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Charge expired reservations in full and free them; returns newly tripped scopes.
+async fn sweep(conn: &mut PgConnection, project: &str) -> Result<Vec<String>> {
+    let expired: Vec<(Vec<String>, DateTime<Utc>, i64, i64)> = sqlx::query_as(
+        "UPDATE budget_reservations SET state = 'expired', actual_tokens = tokens, actual_micros = micros, settled_at = now() \
+         WHERE project_id = $1 AND state = 'reserved' AND expires_at < now() \
+         RETURNING scopes, period_start, tokens, micros",
+    )
+    .bind(project)
+    .fetch_all(&mut *conn)
+    .await?;
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sums: std::collections::BTreeMap<(DateTime<Utc>, String), (i64, i64)> =
+        Default::default();
+    for (scopes, period, t, m) in expired {
+        for sc in scopes {
+            let e = sums.entry((period, sc)).or_default();
+            e.0 += t;
+            e.1 += m;
+        }
+    }
+    let mut tripped = Vec::new();
+    let periods: std::collections::BTreeSet<DateTime<Utc>> = sums.keys().map(|k| k.0).collect();
+    for period in periods {
+        let mut scopes: Vec<String> = sums
+            .keys()
+            .filter(|k| k.0 == period)
+            .map(|k| k.1.clone())
+            .collect();
+        sort_scopes(&mut scopes);
+        for sc in &scopes {
+            let (t, m) = sums[&(period, sc.clone())];
+            apply(conn, project, sc, period, [t, t, m, m]).await?;
+        }
+        tripped.extend(trip(conn, project, period, &scopes).await?);
+    }
+    Ok(tripped)
+}
+
+/// Trip the given rows whose spend reached their hard limit; returns their scopes.
+async fn trip(
+    conn: &mut PgConnection,
+    project: &str,
+    period: DateTime<Utc>,
+    scopes: &[String],
+) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "UPDATE budget_ledger SET tripped_at = now() \
-         WHERE project_id = $1 AND tripped_at IS NULL \
+         WHERE project_id = $1 AND period_start = $2 AND scope = ANY($3) AND tripped_at IS NULL \
            AND (spent_tokens >= token_limit OR (currency_limit_micros IS NOT NULL AND spent_micros >= currency_limit_micros)) \
          RETURNING scope",
     )
     .bind(project)
+    .bind(period)
+    .bind(scopes)
     .fetch_all(&mut *conn)
     .await?)
 }
@@ -469,6 +523,15 @@ mod tests {
         );
         let first = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
         assert_eq!(period_start(BudgetPeriod::Month, first), first);
+    }
+
+    #[test]
+    fn ledger_rows_lock_project_first() {
+        let mut s: Vec<String> = ["agent:zed", "project", "agent:abe"]
+            .map(String::from)
+            .to_vec();
+        sort_scopes(&mut s);
+        assert_eq!(s, ["project", "agent:abe", "agent:zed"]);
     }
 
     #[test]

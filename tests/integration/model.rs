@@ -146,10 +146,16 @@ async fn budget_fifty_concurrent_calls_never_spend_past_the_limit() {
             Box::new(Reply::Text("fine".into())),
         )),
     }));
-    let pol = Arc::new(policy(
+    let mut pol = policy(
         vec![target(&double, ProviderApi::OpenaiChat, "vllm", max_out)],
         limit,
-    ));
+    );
+    // Two ledger scopes (project and agent) locked by every call: also exercises lock order.
+    pol.budget.agent = Some(ScopeLimit {
+        token_limit: limit,
+        currency_limit_micros: None,
+    });
+    let pol = Arc::new(pol);
     let px = proxy(&t);
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -193,6 +199,7 @@ async fn budget_fifty_concurrent_calls_never_spend_past_the_limit() {
     // Raising the limit (a new policy revision) clears the breaker.
     let mut raised = (*pol).clone();
     raised.budget.project.token_limit = limit * 2;
+    raised.budget.agent = None;
     let c = tenancy::scope(p.clone(), px.chat(&raised, &meta(), &req, None)).await;
     assert!(c.is_ok(), "{c:?}");
     t.cleanup().await;

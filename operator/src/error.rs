@@ -125,6 +125,8 @@ pub enum ErrorCode {
     ModelStepLimit,
     /// The provider rejected the request (4xx other than 408/429).
     ModelProviderRejected,
+    /// An LLM run passed its agent's `safety.timeout_seconds`.
+    ModelRunTimeout,
     /// The database is unreachable or overloaded.
     Unavailable,
     /// Anything else: details only in the server log.
@@ -188,6 +190,7 @@ impl ErrorCode {
         Self::ModelCredential,
         Self::ModelStepLimit,
         Self::ModelProviderRejected,
+        Self::ModelRunTimeout,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -249,6 +252,7 @@ impl ErrorCode {
             Self::ModelCredential => "E-MODEL-006",
             Self::ModelStepLimit => "E-MODEL-007",
             Self::ModelProviderRejected => "E-MODEL-008",
+            Self::ModelRunTimeout => "E-MODEL-009",
             Self::Unavailable => "E-UNAVAILABLE-001",
             Self::Internal => "E-INTERNAL-001",
         }
@@ -300,7 +304,7 @@ impl ErrorCode {
             ModelProviderUnavailable | ModelBadResponse | ModelProviderRejected => {
                 StatusCode::BAD_GATEWAY
             }
-            ModelBadToolCall | ModelStepLimit => StatusCode::CONFLICT,
+            ModelBadToolCall | ModelStepLimit | ModelRunTimeout => StatusCode::CONFLICT,
             ModelCredential => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -378,6 +382,7 @@ impl ErrorCode {
             ModelCredential => "a provider API key reference cannot be resolved",
             ModelStepLimit => "the run reached its step limit without a final answer",
             ModelProviderRejected => "the provider rejected the request (4xx other than 408/429)",
+            ModelRunTimeout => "the LLM run passed its agent's safety.timeout_seconds",
             Unavailable => "database unavailable; retry later",
             Internal => "internal error; see server logs by trace id",
         }

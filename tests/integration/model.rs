@@ -637,13 +637,14 @@ async fn run_to_end(
     exec: Arc<AgentExecutor>,
     input: Value,
 ) -> Value {
+    let agent = input["agent"].as_str().unwrap_or("llm-bot").to_string();
     let runs = RunService::new(cp.clone());
     let id = tenancy::scope(
         p.clone(),
         runs.create(
             &awooop::auth::Actor::cli("runner"),
             CreateRun {
-                agent: "llm-bot".into(),
+                agent,
                 input,
                 mode: None,
                 reply_to: None,
@@ -1127,5 +1128,49 @@ async fn output_schema_gates_the_outbound_path_for_scripted_agents_too() {
         .map(|(_, d)| d)
         .collect();
     assert_eq!(suppressed.len(), 1, "{actions:?}");
+    t.cleanup().await;
+}
+
+/// The agent's `timeout_seconds` ends a run whose model never answers; the cut-off call's
+/// reservation is settled.
+#[tokio::test]
+async fn llm_run_past_its_agent_timeout_fails_and_releases_its_reservation() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let double = ProviderDouble::start().await.unwrap();
+    let p = llm_project(&cp, "llm-timeout", &double).await;
+    tenancy::scope(p.clone(), async {
+        let r = publish(
+            &cp,
+            ContractKind::Agent,
+            "llm-slow",
+            json!({
+                "display_name": "Slow", "context_domain": "infra",
+                "safety": {"max_risk": "read_only", "max_steps": 4, "max_tokens_per_run": 100000, "timeout_seconds": 1},
+                "executor": {"type": "llm", "route": "main"}
+            }),
+        )
+        .await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+    let exec = llm_executor(&t, &cp, Arc::new(PodsUpstream::default()));
+    double.script([Reply::Endless(Duration::from_millis(200))]);
+    let view = run_to_end(
+        &t,
+        &cp,
+        &p,
+        exec,
+        json!({"agent": "llm-slow", "message": "hi"}),
+    )
+    .await;
+    assert_eq!(view["state"], "failed");
+    assert_eq!(view["error_code"], "E-MODEL-009");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_reservations(&t, &p).await > 0 {
+        assert!(Instant::now() < deadline, "reservation left open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger_of(&t, &p).await.0, 0);
     t.cleanup().await;
 }

@@ -222,7 +222,22 @@ fn user_text(input: &Value) -> String {
 
 #[async_trait]
 impl Executor for LlmExecutor {
+    /// The agent's `safety.timeout_seconds` bounds the whole attempt (`E-MODEL-009`); a model
+    /// call cut off by it settles its reservation through the guard.
     async fn execute(&self, ctx: &RunContext, journal: &mut Journal) -> Result<Outcome> {
+        let limit = std::time::Duration::from_secs(u64::from(ctx.contract.safety.timeout_seconds));
+        match tokio::time::timeout(limit, self.run(ctx, journal)).await {
+            Ok(r) => r,
+            Err(_) => Ok(failed(&Error::new(
+                ErrorCode::ModelRunTimeout,
+                "the run passed its agent's timeout_seconds",
+            ))),
+        }
+    }
+}
+
+impl LlmExecutor {
+    async fn run(&self, ctx: &RunContext, journal: &mut Journal) -> Result<Outcome> {
         // Step 0: the policy this run executes under.
         let policy: EffectivePolicy = match journal.completed(0) {
             Some(v) => serde_json::from_value(v["policy"].clone()).map_err(Error::internal)?,

@@ -1174,3 +1174,52 @@ async fn llm_run_past_its_agent_timeout_fails_and_releases_its_reservation() {
     assert_eq!(ledger_of(&t, &p).await.0, 0);
     t.cleanup().await;
 }
+
+/// The sweep commits on its own: a reservation refused right after it (here because the
+/// expired reservation, charged in full, used the whole budget) does not undo it.
+#[tokio::test]
+async fn budget_sweep_survives_a_refused_reservation() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "budget-sweep", 1).await;
+    let b = Budget::new(t.db());
+    let limits = BudgetPolicy {
+        period: BudgetPeriod::Day,
+        project: ScopeLimit {
+            token_limit: 1000,
+            currency_limit_micros: None,
+        },
+        agent: None,
+    };
+    let rr = |tokens, ttl| ReserveRequest {
+        run_id: None,
+        agent: "bot".into(),
+        provider: "p".into(),
+        model: "m".into(),
+        tokens,
+        micros: 0,
+        ttl,
+    };
+    tenancy::scope(p.clone(), async {
+        b.reserve(&limits, &rr(1000, Duration::from_millis(1)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_code(
+            b.reserve(&limits, &rr(10, Duration::from_secs(60))).await,
+            "E-BUDGET-003",
+        );
+        assert_eq!(b.open_reservations().await.unwrap(), 0);
+    })
+    .await;
+    let (reserved, spent, tripped) = ledger_of(&t, &p).await;
+    assert_eq!((reserved, spent, tripped), (0, 1000, true));
+    let actions = audit_actions(&t, "budget-sweep").await;
+    assert!(
+        actions
+            .iter()
+            .any(|(a, d)| a == "budget.breaker.trip" && d.contains("expired")),
+        "{actions:?}"
+    );
+    t.cleanup().await;
+}

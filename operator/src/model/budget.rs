@@ -28,7 +28,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::policy::BudgetPolicy;
+use super::policy::{BudgetPolicy, ScopeLimit};
 use crate::audit::{self, Entry};
 use crate::contracts::BudgetPeriod;
 use crate::error::{Error, ErrorCode, Result};
@@ -125,7 +125,14 @@ impl Budget {
             scopes.push((agent_scope(&req.agent), a));
         }
         let mut tx = self.db.tenant().await?;
+        // Expired reservations are freed first, in their own commit when there are any, so a
+        // refused reservation (rolled back below) never undoes the sweep.
         let tripped = sweep(&mut tx, project.as_str()).await?;
+        if let Some(tripped) = tripped {
+            audit_trips_in(&mut tx, &tripped, "expired reservations").await?;
+            tx.commit().await?;
+            tx = self.db.tenant().await?;
+        }
         let breaker_open: Option<String> = sqlx::query_scalar(
             "SELECT coalesce(reason, 'open') FROM model_breakers WHERE project_id = $1 AND breaker = 'project' AND open_until > now()",
         )
@@ -140,7 +147,14 @@ impl Budget {
             )
             .with_details(json!({"reason": reason})));
         }
+        // Fixed order (project, then agent): every transaction locks the project row first.
         for (scope, limit) in &scopes {
+            // Fast path: the row exists with these limits and the worst case fits.
+            if reserve_row(&mut tx, project.as_str(), scope, period, req, Some(limit)).await? {
+                continue;
+            }
+            // New period, changed limits, tripped or full: bring the row up to date (raising a
+            // limit above the spend clears the trip), then try once more.
             sqlx::query(
                 "INSERT INTO budget_ledger (project_id, scope, period_start, period, token_limit, currency_limit_micros) \
                  VALUES ($1, $2, $3, $4, $5, $6) \
@@ -164,53 +178,32 @@ impl Budget {
             .bind(limit.currency_limit_micros.map(i64_of))
             .execute(&mut *tx)
             .await?;
-        }
-        // Fixed order (project, then agent): two callers never wait on each other's second row.
-        for (scope, _) in &scopes {
-            let ok = sqlx::query(
-                "UPDATE budget_ledger SET reserved_tokens = reserved_tokens + $4, reserved_micros = reserved_micros + $5, updated_at = now() \
-                 WHERE project_id = $1 AND scope = $2 AND period_start = $3 AND tripped_at IS NULL \
-                   AND spent_tokens + reserved_tokens + $4 <= token_limit \
-                   AND (currency_limit_micros IS NULL OR spent_micros + reserved_micros + $5 <= currency_limit_micros)",
+            if reserve_row(&mut tx, project.as_str(), scope, period, req, None).await? {
+                continue;
+            }
+            let is_tripped: bool = sqlx::query_scalar(
+                "SELECT tripped_at IS NOT NULL FROM budget_ledger WHERE project_id = $1 AND scope = $2 AND period_start = $3",
             )
             .bind(project.as_str())
             .bind(scope)
             .bind(period)
-            .bind(i64_of(req.tokens))
-            .bind(i64_of(req.micros))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !ok {
-                let is_tripped: bool = sqlx::query_scalar(
-                    "SELECT tripped_at IS NOT NULL FROM budget_ledger WHERE project_id = $1 AND scope = $2 AND period_start = $3",
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            let (code, msg) = if is_tripped {
+                (
+                    ErrorCode::BudgetBreakerOpen,
+                    "the period's hard limit was reached: model calls are blocked",
                 )
-                .bind(project.as_str())
-                .bind(scope)
-                .bind(period)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.rollback().await?;
-                // The sweep's trips are recorded even though this reservation failed.
-                if !tripped.is_empty() {
-                    self.audit_trips(&tripped, "expired reservations").await;
-                }
-                let (code, msg) = if is_tripped {
-                    (
-                        ErrorCode::BudgetBreakerOpen,
-                        "the period's hard limit was reached: model calls are blocked",
-                    )
-                } else {
-                    (
-                        ErrorCode::BudgetExceeded,
-                        "the call's worst case would exceed the budget",
-                    )
-                };
-                return Err(Error::new(code, msg).with_details(json!({
-                    "scope": scope, "wanted_tokens": req.tokens, "wanted_micros": req.micros
-                })));
-            }
+            } else {
+                (
+                    ErrorCode::BudgetExceeded,
+                    "the call's worst case would exceed the budget",
+                )
+            };
+            return Err(Error::new(code, msg).with_details(json!({
+                "scope": scope, "wanted_tokens": req.tokens, "wanted_micros": req.micros
+            })));
         }
         let id = Uuid::now_v7();
         let scope_names: Vec<&str> = scopes.iter().map(|(s, _)| s.as_str()).collect();
@@ -231,7 +224,6 @@ impl Budget {
         .bind(req.ttl.as_secs_f64())
         .execute(&mut *tx)
         .await?;
-        audit_trips_in(&mut tx, &tripped, "expired reservations").await?;
         tx.commit().await?;
         Ok(Reservation {
             id,
@@ -288,8 +280,9 @@ impl Budget {
         .bind(project.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        let tripped = sweep(&mut tx, project.as_str()).await?;
-        audit_trips_in(&mut tx, &tripped, "expired reservations").await?;
+        if let Some(tripped) = sweep(&mut tx, project.as_str()).await? {
+            audit_trips_in(&mut tx, &tripped, "expired reservations").await?;
+        }
         tx.commit().await?;
         Ok(n as u64)
     }
@@ -322,12 +315,6 @@ impl Budget {
         .await?;
         tx.commit().await?;
         Ok(n)
-    }
-
-    async fn audit_trips(&self, tripped: &[String], cause: &str) {
-        for scope in tripped {
-            audit::record_detached(&self.db, trip_entry(scope, cause)).await;
-        }
     }
 }
 
@@ -385,8 +372,9 @@ async fn apply(
     Ok(())
 }
 
-/// Charge expired reservations in full and free them; returns newly tripped scopes.
-async fn sweep(conn: &mut PgConnection, project: &str) -> Result<Vec<String>> {
+/// Charge expired reservations in full and free them. `None`: there were none; else the
+/// newly tripped scopes.
+async fn sweep(conn: &mut PgConnection, project: &str) -> Result<Option<Vec<String>>> {
     let expired: Vec<(Vec<String>, DateTime<Utc>, i64, i64)> = sqlx::query_as(
         "UPDATE budget_reservations SET state = 'expired', actual_tokens = tokens, actual_micros = micros, settled_at = now() \
          WHERE project_id = $1 AND state = 'reserved' AND expires_at < now() \
@@ -396,7 +384,7 @@ async fn sweep(conn: &mut PgConnection, project: &str) -> Result<Vec<String>> {
     .fetch_all(&mut *conn)
     .await?;
     if expired.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let mut sums: std::collections::BTreeMap<(DateTime<Utc>, String), (i64, i64)> =
         Default::default();
@@ -422,7 +410,38 @@ async fn sweep(conn: &mut PgConnection, project: &str) -> Result<Vec<String>> {
         }
         tripped.extend(trip(conn, project, period, &scopes).await?);
     }
-    Ok(tripped)
+    Ok(Some(tripped))
+}
+
+/// The conditional reservation of one ledger row. With `expect`, it only applies when the row
+/// already carries exactly these limits (the fast path).
+async fn reserve_row(
+    conn: &mut PgConnection,
+    project: &str,
+    scope: &str,
+    period: DateTime<Utc>,
+    req: &ReserveRequest,
+    expect: Option<&ScopeLimit>,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE budget_ledger SET reserved_tokens = reserved_tokens + $4, reserved_micros = reserved_micros + $5, updated_at = now() \
+         WHERE project_id = $1 AND scope = $2 AND period_start = $3 AND tripped_at IS NULL \
+           AND spent_tokens + reserved_tokens + $4 <= token_limit \
+           AND (currency_limit_micros IS NULL OR spent_micros + reserved_micros + $5 <= currency_limit_micros) \
+           AND ($6 OR (token_limit = $7 AND currency_limit_micros IS NOT DISTINCT FROM $8))",
+    )
+    .bind(project)
+    .bind(scope)
+    .bind(period)
+    .bind(i64_of(req.tokens))
+    .bind(i64_of(req.micros))
+    .bind(expect.is_none())
+    .bind(expect.map_or(0, |l| i64_of(l.token_limit)))
+    .bind(expect.and_then(|l| l.currency_limit_micros).map(i64_of))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// Trip the given rows whose spend reached their hard limit; returns their scopes.

@@ -1223,3 +1223,59 @@ async fn budget_sweep_survives_a_refused_reservation() {
     );
     t.cleanup().await;
 }
+
+/// The double also answers non-streaming requests in each API's JSON shape.
+#[tokio::test]
+async fn double_answers_non_streaming_requests_in_each_format() {
+    let double = ProviderDouble::start().await.unwrap();
+    let http = reqwest::Client::new();
+    for (path, api) in [
+        ("/v1/chat/completions", ProviderApi::OpenaiChat),
+        ("/v1/messages", ProviderApi::AnthropicMessages),
+        ("/api/chat", ProviderApi::OllamaChat),
+    ] {
+        double.script([
+            Reply::ToolCalls(vec![("k8s__get_pods".into(), json!({"namespace": "a"}))]),
+            Reply::Status(429),
+        ]);
+        let mut body = wire::request_body(api, "m", 10, &request());
+        body["stream"] = json!(false);
+        let v: Value = http
+            .post(format!("{}{path}", double.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (name, args) = match api {
+            ProviderApi::OpenaiChat => (
+                v["choices"][0]["message"]["tool_calls"][0]["function"]["name"].clone(),
+                serde_json::from_str::<Value>(
+                    v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+                        .as_str()
+                        .unwrap(),
+                )
+                .unwrap(),
+            ),
+            ProviderApi::AnthropicMessages => (
+                v["content"][0]["name"].clone(),
+                v["content"][0]["input"].clone(),
+            ),
+            ProviderApi::OllamaChat => (
+                v["message"]["tool_calls"][0]["function"]["name"].clone(),
+                v["message"]["tool_calls"][0]["function"]["arguments"].clone(),
+            ),
+        };
+        assert_eq!(name, "k8s__get_pods", "{api:?}: {v}");
+        assert_eq!(args, json!({"namespace": "a"}));
+        let r = http
+            .post(format!("{}{path}", double.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 429);
+    }
+}

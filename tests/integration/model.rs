@@ -469,6 +469,19 @@ async fn proxy_falls_back_on_429_5xx_and_timeouts_and_opens_the_circuit() {
     );
     let actions = audit_actions(&t, "fallback").await;
     assert!(actions.iter().any(|(a, _)| a == "provider.breaker.open"));
+    let mut tx = scoped_tx(&t.app, "fallback").await;
+    let codes: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT code FROM audit_log WHERE action = 'model.call' AND outcome = 'error'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(!codes.is_empty());
+    assert!(
+        codes.iter().all(|c| c.as_deref() == Some("E-MODEL-003")),
+        "{codes:?}"
+    );
     assert_eq!(open_reservations(&t, &p).await, 0);
     assert_eq!(ledger_of(&t, &p).await.0, 0);
     t.cleanup().await;

@@ -459,7 +459,13 @@ impl ProviderProxy {
             } else {
                 Entry {
                     outcome: audit::Outcome::Error,
-                    code: None,
+                    // The stable code, as the audit log's indexed column.
+                    code: env.error_code.as_deref().and_then(|c| {
+                        ErrorCode::ALL
+                            .iter()
+                            .find(|x| x.as_str() == c)
+                            .map(|x| x.as_str())
+                    }),
                     ..Entry::ok("model", "model.call", env.provider.clone(), details)
                 }
             }

@@ -49,11 +49,12 @@ CREATE TABLE budget_reservations (
 );
 CREATE INDEX budget_reservations_open ON budget_reservations (project_id, expires_at) WHERE state = 'reserved';
 
--- Breakers: 'project' (budget exhausted or anomaly threshold) and 'provider:<name>' (circuit
--- breaker per model provider, shared by every worker).
+-- The project breaker (opened by the anomaly counter). Provider circuit breakers are platform
+-- resources (platform_resources, kind 'model_provider_breaker'): a shared provider's failover
+-- state is global, not a tenant's.
 CREATE TABLE model_breakers (
     project_id    text NOT NULL REFERENCES projects (project_id),
-    breaker       text NOT NULL CHECK (breaker ~ '^(project|provider:[a-z][a-z0-9-]{0,62})$'),
+    breaker       text NOT NULL CHECK (breaker = 'project'),
     failures      integer NOT NULL DEFAULT 0 CHECK (failures >= 0),
     open_until    timestamptz,
     reason        text,

@@ -405,13 +405,14 @@ async fn proxy_falls_back_on_429_5xx_and_timeouts_and_opens_the_circuit() {
     let cp = t.control(Coord::none());
     let p = project(&cp, "fallback", 1).await;
     let double = ProviderDouble::start().await.unwrap();
+    let second = ProviderDouble::start().await.unwrap();
     let px = proxy(&t);
     let mut primary = target(&double, ProviderApi::OpenaiChat, "primary", 100);
     primary.timeout_ms = 300;
     let mut pol = policy(
         vec![
             primary,
-            target(&double, ProviderApi::AnthropicMessages, "secondary", 100),
+            target(&second, ProviderApi::AnthropicMessages, "secondary", 100),
         ],
         10_000_000,
     );
@@ -421,11 +422,8 @@ async fn proxy_falls_back_on_429_5xx_and_timeouts_and_opens_the_circuit() {
         cooldown_seconds: 60,
     });
     // Primary: 429, then 503 (retry exhausted) → secondary answers.
-    double.script([
-        Reply::Status(429),
-        Reply::Status(503),
-        Reply::Text("from secondary".into()),
-    ]);
+    double.script([Reply::Status(429), Reply::Status(503)]);
+    second.script([Reply::Text("from secondary".into())]);
     let c = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
         .await
         .unwrap();
@@ -437,32 +435,59 @@ async fn proxy_falls_back_on_429_5xx_and_timeouts_and_opens_the_circuit() {
         ["primary: HTTP 429", "primary: HTTP 503"]
     );
     // A timeout is the third consecutive failure: the primary's circuit opens (audited)...
-    double.script([
-        Reply::Delay(Duration::from_secs(3), Box::new(Reply::Text("late".into()))),
-        Reply::Text("secondary again".into()),
-    ]);
+    double.script([Reply::Delay(
+        Duration::from_secs(3),
+        Box::new(Reply::Text("late".into())),
+    )]);
+    second.script([Reply::Text("secondary again".into())]);
     let c = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
         .await
         .unwrap();
     assert_eq!(c.response.text, "secondary again");
     assert_eq!(c.envelope.decision.fallbacks, ["primary: timeout"]);
     assert!(
-        tenancy::scope(p.clone(), Breakers::new(t.db()).provider_open("primary"))
-            .await
-            .unwrap()
+        tenancy::scope(
+            p.clone(),
+            Breakers::new(t.db()).provider_open(&double.base_url())
+        )
+        .await
+        .unwrap()
     );
     // ...so the next call skips it without sending anything there.
     let before = double.requests().len();
-    double.script([Reply::Text("straight to secondary".into())]);
+    second.script([Reply::Text("straight to secondary".into())]);
     let c = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
         .await
         .unwrap();
     assert_eq!(c.envelope.decision.fallbacks, ["primary: circuit open"]);
-    let reqs = double.requests();
-    assert_eq!(reqs.len(), before + 1);
-    assert_eq!(reqs.last().unwrap().path, "/v1/messages");
+    assert_eq!(double.requests().len(), before);
+    // The circuit is a platform resource: another project using the same endpoint (and
+    // another process's cache) sees it open too.
+    let q = project(&cp, "fallback-b", 1).await;
+    second.script([Reply::Text("for b".into())]);
+    let c = tenancy::scope(q.clone(), proxy(&t).chat(&pol, &meta(), &request(), None))
+        .await
+        .unwrap();
+    assert_eq!(c.envelope.decision.fallbacks, ["primary: circuit open"]);
+    assert_eq!(double.requests().len(), before);
+    let mut tx = t.app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM platform_audit WHERE action = 'model.breaker.failure'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        failures, 3,
+        "every write of the platform resource is audited"
+    );
     // Everything failing: E-MODEL-003, with every reservation settled.
-    double.script((0..4).map(|_| Reply::Status(500)));
+    second.script((0..4).map(|_| Reply::Status(500)));
     assert_code(
         tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None)).await,
         "E-MODEL-003",

@@ -129,7 +129,11 @@ async fn two_populated_projects(t: &TestDb) {
                 cooldown_seconds: 60,
             };
             Breakers::new(cp.db().clone())
-                .provider_failure("p", &cfg)
+                .provider_failure("p", "http://127.0.0.1:1", &cfg)
+                .await
+                .unwrap();
+            Breakers::new(cp.db().clone())
+                .open_project("rls fixture", std::time::Duration::from_secs(1))
                 .await
                 .unwrap();
             AnomalyCounter::new(cp.db().clone(), Coord::none(), AnomalyConfig::default())

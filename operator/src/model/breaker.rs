@@ -1,10 +1,10 @@
-//! Breakers and the anomaly counter, kept in PostgreSQL (`model_breakers`) so every worker
-//! sees the same state.
+//! Breakers and the anomaly counter, kept in PostgreSQL so every worker sees the same state.
 //!
-//! * Provider circuit breaker (`provider:<name>`): consecutive failures (timeouts, 429, 5xx)
-//!   of a provider within a project; at the Policy/Routing contract's `failure_threshold` it
-//!   opens for `cooldown_seconds` and the proxy skips the provider (falls back). A success
-//!   resets the count. Opening is audited.
+//! * Provider circuit breaker: consecutive failures (timeouts, 429, 5xx) of a provider
+//!   endpoint, kept as a platform resource (shared by every project using that endpoint); at
+//!   the Policy/Routing contract's `failure_threshold` it opens for `cooldown_seconds` and the
+//!   proxy skips the provider (falls back). A success resets the count. Every access is in
+//!   `platform_audit`; opening is also audited in the calling project's log.
 //! * Project breaker (`project`): opened by the anomaly counter; while open every model call
 //!   of the project is refused with `E-BUDGET-003` (checked in the reservation transaction).
 //!   The budget's own hard-limit trip lives on the ledger row (see [`super::budget`]).
@@ -13,93 +13,212 @@
 //!   `model_anomalies`. A count reaching the threshold opens the project breaker for one
 //!   window, audited.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use super::policy::BreakerPolicy;
 use crate::audit::{self, Entry};
 use crate::coord::Coord;
-use crate::error::{ErrorCode, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::tenancy::{self, Db};
 
+/// Breakers. Provider circuit state is a platform resource (`platform_resources`, kind
+/// `model_provider_breaker`, keyed by the provider's endpoint URL): a shared provider's
+/// failover state (e.g. one self-hosted Ollama behind several projects) is global, as the
+/// roadmap asks, and every access is a platform transaction with its `platform_audit` row.
+/// Reads are cached for [`BREAKER_CACHE`] per process so the audit trail is not one row per
+/// model call.
 #[derive(Clone, Debug)]
 pub struct Breakers {
     db: Db,
+    cache: Arc<Mutex<HashMap<String, (Instant, ProviderState)>>>,
+}
+
+/// How long a read of a provider's circuit state is reused.
+pub const BREAKER_CACHE: Duration = Duration::from_secs(1);
+const PROVIDER_KIND: &str = "model_provider_breaker";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProviderState {
+    pub failures: u32,
+    pub open_until: Option<DateTime<Utc>>,
+}
+
+impl ProviderState {
+    pub fn is_open(&self, now: DateTime<Utc>) -> bool {
+        self.open_until.is_some_and(|t| t > now)
+    }
+
+    /// The state after one more failure (pure): at the threshold the circuit opens for the
+    /// cooldown and the count restarts. Returns whether this failure opened it.
+    pub fn fail(&self, cfg: &BreakerPolicy, now: DateTime<Utc>) -> (ProviderState, bool) {
+        let failures = self.failures + 1;
+        if failures >= cfg.failure_threshold {
+            (
+                ProviderState {
+                    failures: 0,
+                    open_until: Some(
+                        now + chrono::Duration::seconds(i64::from(cfg.cooldown_seconds)),
+                    ),
+                },
+                true,
+            )
+        } else {
+            (
+                ProviderState {
+                    failures,
+                    open_until: self.open_until,
+                },
+                false,
+            )
+        }
+    }
 }
 
 impl Breakers {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            cache: Arc::default(),
+        }
+    }
+
+    fn actor() -> String {
+        format!(
+            "model:{}",
+            tenancy::current()
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        )
+    }
+
+    /// The provider's circuit state (cached for [`BREAKER_CACHE`]).
+    pub async fn provider_state(&self, endpoint: &str) -> Result<ProviderState> {
+        if let Some((at, st)) = self.cache.lock().expect("breaker cache").get(endpoint)
+            && at.elapsed() < BREAKER_CACHE
+        {
+            return Ok(st.clone());
+        }
+        let mut tx = self
+            .db
+            .platform(
+                &Self::actor(),
+                "model.breaker.read",
+                json!({"endpoint": endpoint}),
+            )
+            .await?;
+        let v: Option<Value> = sqlx::query_scalar(
+            "SELECT value FROM platform_resources WHERE resource_kind = $1 AND resource_key = $2",
+        )
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let st: ProviderState = v
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        self.cache
+            .lock()
+            .expect("breaker cache")
+            .insert(endpoint.to_string(), (Instant::now(), st.clone()));
+        Ok(st)
     }
 
     /// Whether the provider's circuit is open (skip it).
-    pub async fn provider_open(&self, provider: &str) -> Result<bool> {
-        let project = tenancy::require()?;
-        let mut tx = self.db.tenant().await?;
-        let open: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM model_breakers WHERE project_id = $1 AND breaker = $2 AND open_until > now())",
-        )
-        .bind(project.as_str())
-        .bind(format!("provider:{provider}"))
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(open)
+    pub async fn provider_open(&self, endpoint: &str) -> Result<bool> {
+        Ok(self.provider_state(endpoint).await?.is_open(Utc::now()))
     }
 
-    /// Count a failure; returns true when this failure opened the circuit.
-    pub async fn provider_failure(&self, provider: &str, cfg: &BreakerPolicy) -> Result<bool> {
-        let project = tenancy::require()?;
-        let mut tx = self.db.tenant().await?;
-        let (failures,): (i32,) = sqlx::query_as(
-            "INSERT INTO model_breakers (project_id, breaker, failures) VALUES ($1, $2, 1) \
-             ON CONFLICT (project_id, breaker) DO UPDATE SET failures = model_breakers.failures + 1, updated_at = now() \
-             RETURNING failures",
-        )
-        .bind(project.as_str())
-        .bind(format!("provider:{provider}"))
-        .fetch_one(&mut *tx)
-        .await?;
-        let opened = failures as u32 >= cfg.failure_threshold;
-        if opened {
-            sqlx::query(
-                "UPDATE model_breakers SET failures = 0, open_until = now() + make_interval(secs => $3), reason = 'consecutive failures', updated_at = now() \
-                 WHERE project_id = $1 AND breaker = $2",
+    /// Count a failure; returns true when this failure opened the circuit (also recorded in
+    /// the calling project's audit log).
+    pub async fn provider_failure(
+        &self,
+        provider: &str,
+        endpoint: &str,
+        cfg: &BreakerPolicy,
+    ) -> Result<bool> {
+        let mut tx = self
+            .db
+            .platform(
+                &Self::actor(),
+                "model.breaker.failure",
+                json!({"endpoint": endpoint, "threshold": cfg.failure_threshold}),
             )
-            .bind(project.as_str())
-            .bind(format!("provider:{provider}"))
-            .bind(f64::from(cfg.cooldown_seconds))
-            .execute(&mut *tx)
             .await?;
-            audit::record(
-                &mut tx,
+        // The row lock serialises concurrent failures of the same provider.
+        let v: Option<Value> = sqlx::query_scalar(
+            "SELECT value FROM platform_resources WHERE resource_kind = $1 AND resource_key = $2 FOR UPDATE",
+        )
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let now = Utc::now();
+        let cur: ProviderState = v
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let (next, opened) = cur.fail(cfg, now);
+        sqlx::query(
+            "INSERT INTO platform_resources (resource_kind, resource_key, value, updated_by) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (resource_kind, resource_key) DO UPDATE SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by, updated_at = now()",
+        )
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .bind(serde_json::to_value(&next).map_err(Error::internal)?)
+        .bind(Self::actor())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.cache
+            .lock()
+            .expect("breaker cache")
+            .insert(endpoint.to_string(), (Instant::now(), next));
+        if opened && tenancy::current().is_some() {
+            audit::record_detached(
+                &self.db,
                 Entry::denied(
                     "model",
                     "provider.breaker.open",
                     provider.to_string(),
                     ErrorCode::ModelProviderUnavailable.as_str(),
-                    json!({"failures": failures, "cooldown_seconds": cfg.cooldown_seconds}),
+                    json!({"endpoint": endpoint, "cooldown_seconds": cfg.cooldown_seconds}),
                 ),
             )
-            .await?;
+            .await;
         }
-        tx.commit().await?;
         Ok(opened)
     }
 
-    pub async fn provider_success(&self, provider: &str) -> Result<()> {
-        let project = tenancy::require()?;
-        let mut tx = self.db.tenant().await?;
+    /// A success resets the failure count (written only when there were failures).
+    pub async fn provider_success(&self, endpoint: &str) -> Result<()> {
+        if self.provider_state(endpoint).await?.failures == 0 {
+            return Ok(());
+        }
+        let mut tx = self
+            .db
+            .platform(
+                &Self::actor(),
+                "model.breaker.success",
+                json!({"endpoint": endpoint}),
+            )
+            .await?;
         sqlx::query(
-            "UPDATE model_breakers SET failures = 0, updated_at = now() WHERE project_id = $1 AND breaker = $2 AND failures > 0",
+            "UPDATE platform_resources SET value = jsonb_set(value, '{failures}', '0'), updated_by = $3, updated_at = now() \
+             WHERE resource_kind = $1 AND resource_key = $2",
         )
-        .bind(project.as_str())
-        .bind(format!("provider:{provider}"))
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .bind(Self::actor())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.cache.lock().expect("breaker cache").remove(endpoint);
         Ok(())
     }
 
@@ -277,6 +396,24 @@ impl AnomalyCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_state_opens_at_the_threshold() {
+        let cfg = BreakerPolicy {
+            failure_threshold: 3,
+            cooldown_seconds: 30,
+        };
+        let now = Utc::now();
+        let (s1, o1) = ProviderState::default().fail(&cfg, now);
+        let (s2, o2) = s1.fail(&cfg, now);
+        let (s3, o3) = s2.fail(&cfg, now);
+        assert_eq!((o1, o2, o3), (false, false, true));
+        assert_eq!(s2.failures, 2);
+        assert_eq!(s3.failures, 0);
+        assert!(s3.is_open(now));
+        assert!(!s3.is_open(now + chrono::Duration::seconds(31)));
+        assert!(!s2.is_open(now));
+    }
 
     #[test]
     fn windows() {

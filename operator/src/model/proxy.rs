@@ -182,7 +182,7 @@ impl ProviderProxy {
     ) -> Result<ModelCall> {
         let mut fallbacks = Vec::new();
         for (index, target) in policy.targets.iter().enumerate() {
-            if policy.breaker.is_some() && self.breakers.provider_open(&target.provider).await? {
+            if policy.breaker.is_some() && self.breakers.provider_open(&target.base_url).await? {
                 fallbacks.push(format!("{}: circuit open", target.provider));
                 continue;
             }
@@ -199,7 +199,7 @@ impl ProviderProxy {
                 {
                     Ok(call) => {
                         if policy.breaker.is_some() {
-                            self.breakers.provider_success(&target.provider).await?;
+                            self.breakers.provider_success(&target.base_url).await?;
                         }
                         return Ok(call);
                     }
@@ -208,7 +208,10 @@ impl ProviderProxy {
                         let _ = self.anomalies.record(Anomaly::ProviderError).await;
                         fallbacks.push(format!("{}: {why}", target.provider));
                         if let Some(b) = &policy.breaker
-                            && self.breakers.provider_failure(&target.provider, b).await?
+                            && self
+                                .breakers
+                                .provider_failure(&target.provider, &target.base_url, b)
+                                .await?
                         {
                             break; // circuit just opened: next target
                         }

@@ -151,7 +151,18 @@ impl Breakers {
                 json!({"endpoint": endpoint, "threshold": cfg.failure_threshold}),
             )
             .await?;
-        // The row lock serialises concurrent failures of the same provider.
+        // The row exists first, then its lock serialises concurrent failures of the same
+        // provider (no lost updates, even for the very first failures).
+        sqlx::query(
+            "INSERT INTO platform_resources (resource_kind, resource_key, value, updated_by) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (resource_kind, resource_key) DO NOTHING",
+        )
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .bind(serde_json::to_value(ProviderState::default()).map_err(Error::internal)?)
+        .bind(Self::actor())
+        .execute(&mut *tx)
+        .await?;
         let v: Option<Value> = sqlx::query_scalar(
             "SELECT value FROM platform_resources WHERE resource_kind = $1 AND resource_key = $2 FOR UPDATE",
         )
@@ -165,8 +176,8 @@ impl Breakers {
             .unwrap_or_default();
         let (next, opened) = cur.fail(cfg, now);
         sqlx::query(
-            "INSERT INTO platform_resources (resource_kind, resource_key, value, updated_by) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (resource_kind, resource_key) DO UPDATE SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by, updated_at = now()",
+            "UPDATE platform_resources SET value = $3, updated_by = $4, updated_at = now() \
+             WHERE resource_kind = $1 AND resource_key = $2",
         )
         .bind(PROVIDER_KIND)
         .bind(endpoint)

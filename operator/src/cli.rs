@@ -573,16 +573,46 @@ fn worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// A worker executing scripted agents; tool calls go through the guarded boundary (no MCP
-/// gateway is wired in yet, so tool calls fail with E-RUN-013).
+/// A worker executing scripted and LLM agents; tool calls go through the guarded boundary (no
+/// MCP gateway is wired in yet, so tool calls fail with E-RUN-013); model calls go through
+/// the ProviderProxy with local (env/file) credential refs.
 pub fn worker_for(
     p: &Platform,
     args: &WorkerArgs,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> std::sync::Arc<crate::runtime::worker::Worker> {
+    use crate::model::breaker::AnomalyCounter;
+    use crate::model::executor::{AgentExecutor, LlmExecutor};
+    use crate::model::proxy::{LocalCredentials, ProviderProxy};
     use crate::runtime::executor::{GuardedGateway, NoGateway, ScriptedExecutor};
-    let gateway = GuardedGateway::new(p.control.clone(), std::sync::Arc::new(NoGateway));
-    let executor = std::sync::Arc::new(ScriptedExecutor::new(gateway));
+    let tools: std::sync::Arc<dyn crate::runtime::executor::ToolGateway> =
+        std::sync::Arc::new(NoGateway);
+    let scripted = ScriptedExecutor::new(GuardedGateway::new(p.control.clone(), tools.clone()));
+    let anomalies = AnomalyCounter::new(
+        p.control.db().clone(),
+        p.control.coord().clone(),
+        args.model.anomaly(),
+    );
+    let llm = match ProviderProxy::new(
+        p.control.db().clone(),
+        anomalies.clone(),
+        std::sync::Arc::new(LocalCredentials),
+    ) {
+        Ok(proxy) => Some(LlmExecutor::new(
+            p.control.clone(),
+            GuardedGateway::new(p.control.clone(), tools),
+            std::sync::Arc::new(proxy),
+            anomalies,
+        )),
+        Err(e) => {
+            tracing::error!(
+                code = e.code.as_str(),
+                "model proxy unavailable; LLM agents fail"
+            );
+            None
+        }
+    };
+    let executor = std::sync::Arc::new(AgentExecutor::new(scripted, llm));
     std::sync::Arc::new(
         crate::runtime::worker::Worker::new(
             p.control.db().pool_for_health().clone(),

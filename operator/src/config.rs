@@ -103,6 +103,33 @@ pub struct WorkerArgs {
     /// Shutdown grace period for in-flight runs.
     #[arg(long, env = "AWOOOP_GRACE_SECONDS", default_value_t = 20)]
     pub grace_seconds: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// The model path of workers (LLM agents): anomaly counter thresholds.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Denials, schema failures or provider errors (each kind counted apart) per window that
+    /// open the project's model breaker for one window.
+    #[arg(long, env = "AWOOOP_MODEL_ANOMALY_THRESHOLD", default_value_t = 50)]
+    pub model_anomaly_threshold: u64,
+    /// Length of the anomaly counter's window, in seconds.
+    #[arg(
+        long,
+        env = "AWOOOP_MODEL_ANOMALY_WINDOW_SECONDS",
+        default_value_t = 300
+    )]
+    pub model_anomaly_window_seconds: u64,
+}
+
+impl ModelArgs {
+    pub fn anomaly(&self) -> crate::model::breaker::AnomalyConfig {
+        crate::model::breaker::AnomalyConfig {
+            window: std::time::Duration::from_secs(self.model_anomaly_window_seconds.max(1)),
+            threshold: self.model_anomaly_threshold.max(1),
+        }
+    }
 }
 
 impl WorkerArgs {
@@ -432,7 +459,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs"])]
+    #[arg(value_parser = ["contracts", "runs", "budget"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]

@@ -100,6 +100,33 @@ pub enum ErrorCode {
     RunToolBlocked,
     /// Shadow runs never send outbound messages.
     RunShadowOutbound,
+    // --- model path (model::*): budget ledger, policy, provider proxy ---
+    /// Pre-flight budget reservation refused: the call's worst case would pass a limit.
+    BudgetExceeded,
+    /// A streamed model call exhausted its reservation and was aborted.
+    BudgetStreamAborted,
+    /// The project's model breaker is open (period hard limit reached or anomaly threshold).
+    BudgetBreakerOpen,
+    /// The run reached its agent's `max_tokens_per_run` ceiling.
+    BudgetRunCeiling,
+    /// No usable Policy/Routing contract or route for this agent.
+    ModelRouteNotFound,
+    /// No provider on the route may receive the run's data class.
+    ModelPrivacyBlocked,
+    /// Every target of the route failed (timeouts, 429, 5xx, open circuit breakers).
+    ModelProviderUnavailable,
+    /// The provider answered with something that is not a valid response or stream.
+    ModelBadResponse,
+    /// The model asked for a tool with malformed arguments or a tool the agent does not have.
+    ModelBadToolCall,
+    /// A provider API key reference cannot be resolved.
+    ModelCredential,
+    /// The run reached its step limit without a final answer.
+    ModelStepLimit,
+    /// The provider rejected the request (4xx other than 408/429).
+    ModelProviderRejected,
+    /// An LLM run passed its agent's `safety.timeout_seconds`.
+    ModelRunTimeout,
     /// The database is unreachable or overloaded.
     Unavailable,
     /// Anything else: details only in the server log.
@@ -151,6 +178,19 @@ impl ErrorCode {
         Self::RunCancelled,
         Self::RunToolBlocked,
         Self::RunShadowOutbound,
+        Self::BudgetExceeded,
+        Self::BudgetStreamAborted,
+        Self::BudgetBreakerOpen,
+        Self::BudgetRunCeiling,
+        Self::ModelRouteNotFound,
+        Self::ModelPrivacyBlocked,
+        Self::ModelProviderUnavailable,
+        Self::ModelBadResponse,
+        Self::ModelBadToolCall,
+        Self::ModelCredential,
+        Self::ModelStepLimit,
+        Self::ModelProviderRejected,
+        Self::ModelRunTimeout,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -200,6 +240,19 @@ impl ErrorCode {
             Self::RunCancelled => "E-RUN-012",
             Self::RunToolBlocked => "E-RUN-013",
             Self::RunShadowOutbound => "E-RUN-014",
+            Self::BudgetExceeded => "E-BUDGET-001",
+            Self::BudgetStreamAborted => "E-BUDGET-002",
+            Self::BudgetBreakerOpen => "E-BUDGET-003",
+            Self::BudgetRunCeiling => "E-BUDGET-004",
+            Self::ModelRouteNotFound => "E-MODEL-001",
+            Self::ModelPrivacyBlocked => "E-MODEL-002",
+            Self::ModelProviderUnavailable => "E-MODEL-003",
+            Self::ModelBadResponse => "E-MODEL-004",
+            Self::ModelBadToolCall => "E-MODEL-005",
+            Self::ModelCredential => "E-MODEL-006",
+            Self::ModelStepLimit => "E-MODEL-007",
+            Self::ModelProviderRejected => "E-MODEL-008",
+            Self::ModelRunTimeout => "E-MODEL-009",
             Self::Unavailable => "E-UNAVAILABLE-001",
             Self::Internal => "E-INTERNAL-001",
         }
@@ -244,6 +297,15 @@ impl ErrorCode {
             | ContractAlreadyActive
             | MigrationIllegalStep => StatusCode::CONFLICT,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            BudgetExceeded | BudgetStreamAborted | BudgetBreakerOpen | BudgetRunCeiling => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ModelRouteNotFound | ModelPrivacyBlocked => StatusCode::UNPROCESSABLE_ENTITY,
+            ModelProviderUnavailable | ModelBadResponse | ModelProviderRejected => {
+                StatusCode::BAD_GATEWAY
+            }
+            ModelBadToolCall | ModelStepLimit | ModelRunTimeout => StatusCode::CONFLICT,
+            ModelCredential => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -300,6 +362,27 @@ impl ErrorCode {
             RunShadowOutbound => {
                 "shadow runs never send outbound messages (enforced by PostgreSQL)"
             }
+            BudgetExceeded => {
+                "budget reservation refused: the call's worst case would pass a limit"
+            }
+            BudgetStreamAborted => {
+                "a streamed model call exhausted its reservation and was aborted"
+            }
+            BudgetBreakerOpen => {
+                "project model breaker open (period hard limit or anomaly threshold reached)"
+            }
+            BudgetRunCeiling => "the run reached its agent's max_tokens_per_run ceiling",
+            ModelRouteNotFound => "no active Policy/Routing contract or no route for this agent",
+            ModelPrivacyBlocked => "no provider on the route may receive the run's data class",
+            ModelProviderUnavailable => {
+                "every route target failed (timeout, 429, 5xx or open circuit breaker)"
+            }
+            ModelBadResponse => "provider response or stream is malformed or truncated",
+            ModelBadToolCall => "model tool call has malformed arguments or names an unknown tool",
+            ModelCredential => "a provider API key reference cannot be resolved",
+            ModelStepLimit => "the run reached its step limit without a final answer",
+            ModelProviderRejected => "the provider rejected the request (4xx other than 408/429)",
+            ModelRunTimeout => "the LLM run passed its agent's safety.timeout_seconds",
             Unavailable => "database unavailable; retry later",
             Internal => "internal error; see server logs by trace id",
         }

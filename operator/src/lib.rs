@@ -20,5 +20,6 @@ pub mod http;
 pub mod k8s;
 pub mod local;
 pub mod metrics;
+pub mod model;
 pub mod runtime;
 pub mod tenancy;

@@ -92,13 +92,54 @@ async fn two_populated_projects(t: &TestDb) {
                     id,
                     run.run_id,
                     &reply,
-                    &serde_json::json!({}),
+                    &awooop::model::validate::OutputSchema::none()
+                        .validate(serde_json::json!({}))
+                        .unwrap(),
                     &trace.trace_id
                 )
                 .await
                 .unwrap()
             );
             tx.commit().await.unwrap();
+            // The model path's tables: budget ledger and reservation, a provider breaker, an
+            // anomaly window (PostgreSQL fallback: no Redis here).
+            use awooop::model::{breaker::*, budget::*, policy::*};
+            let b = Budget::new(cp.db().clone());
+            let limits = BudgetPolicy {
+                period: awooop::contracts::BudgetPeriod::Day,
+                project: ScopeLimit {
+                    token_limit: 1000,
+                    currency_limit_micros: None,
+                },
+                agent: None,
+            };
+            let req = ReserveRequest {
+                run_id: None,
+                agent: "echo".into(),
+                provider: "p".into(),
+                model: "m".into(),
+                tokens: 10,
+                micros: 0,
+                ttl: std::time::Duration::from_secs(60),
+            };
+            let r = b.reserve(&limits, &req).await.unwrap();
+            assert!(b.settle(&r, 5, 0).await.unwrap());
+            let cfg = BreakerPolicy {
+                failure_threshold: 5,
+                cooldown_seconds: 60,
+            };
+            Breakers::new(cp.db().clone())
+                .provider_failure("p", "http://127.0.0.1:1", &cfg)
+                .await
+                .unwrap();
+            Breakers::new(cp.db().clone())
+                .open_project("rls fixture", std::time::Duration::from_secs(1))
+                .await
+                .unwrap();
+            AnomalyCounter::new(cp.db().clone(), Coord::none(), AnomalyConfig::default())
+                .record(Anomaly::Denial)
+                .await
+                .unwrap();
         })
         .await;
         cp.create_api_key(&admin(), &p, "ci", vec![awooop::auth::Role::Reader])

@@ -4,6 +4,7 @@
 //! afterwards (published revisions are immutable by design, so they cannot be cleaned up in
 //! place). The last line printed is `key=value` pairs.
 
+mod budget;
 mod contracts;
 mod runs;
 
@@ -15,6 +16,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.area.as_str() {
         "contracts" => contracts::run(&args).await,
         "runs" => runs::run(&args).await,
+        "budget" => budget::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, Entry};
 use crate::error::{ErrorCode, Result};
+use crate::model::validate::ValidatedOutput;
 
 /// Where a run's reply goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -21,15 +22,18 @@ pub struct ReplyTo {
 }
 
 /// Queue the reply of a finished run. Returns false when the message was refused because the
-/// run is in shadow mode (recorded in the audit log instead).
+/// run is in shadow mode (recorded in the audit log instead). Only output that passed the
+/// agent's output schema can be sent: `body` is a [`ValidatedOutput`], which only the
+/// validator constructs.
 pub async fn deliver_reply(
     conn: &mut PgConnection,
     project: &str,
     run_id: Uuid,
     reply_to: &ReplyTo,
-    body: &Value,
+    body: &ValidatedOutput,
     trace_id: &str,
 ) -> Result<bool> {
+    let body: &Value = body.value();
     let mut sp = conn.begin().await?;
     let res = sqlx::query(
         "INSERT INTO outbound_messages (project_id, message_id, run_id, channel, conversation, kind, body, trace_id) \

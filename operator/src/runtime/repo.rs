@@ -493,7 +493,11 @@ pub struct Completion {
     pub output: Option<Value>,
     pub error: Option<(String, String)>,
     pub steps: Vec<super::executor::PendingStep>,
-    pub reply: Option<super::outbound::ReplyTo>,
+    /// Where the reply goes, with the run output that passed the agent's output schema.
+    pub reply: Option<(
+        super::outbound::ReplyTo,
+        crate::model::validate::ValidatedOutput,
+    )>,
     pub trace_id: String,
 }
 
@@ -572,7 +576,7 @@ pub async fn complete_batch(
             .await?;
         }
         for c in ok.iter().filter(|c| c.state == RunState::Succeeded) {
-            if let (Some(r), Some(out)) = (&c.reply, &c.output) {
+            if let Some((r, out)) = &c.reply {
                 super::outbound::deliver_reply(conn, project, c.run_id, r, out, &c.trace_id)
                     .await?;
             }

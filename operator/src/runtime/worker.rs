@@ -79,6 +79,8 @@ pub struct Worker {
     contracts: Mutex<HashMap<Uuid, Arc<AgentContract>>>,
     completions: mpsc::Sender<Pending>,
     completions_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
+    /// Agents' output schemas (enforced on every successful run's result).
+    schemas: crate::model::validate::SchemaCache,
 }
 
 impl Worker {
@@ -102,6 +104,7 @@ impl Worker {
             contracts: Mutex::default(),
             completions: tx,
             completions_rx: Mutex::new(Some(rx)),
+            schemas: crate::model::validate::SchemaCache::default(),
         }
     }
 
@@ -466,13 +469,38 @@ impl Worker {
         };
         let steps = journal.take_pending();
         Ok(Some(match outcome {
-            Outcome::Succeeded(out) => {
-                let mut done = completion(RunState::Succeeded, Some(out), None, steps);
-                done.reply = c.reply_to.as_ref().and_then(|r| {
-                    serde_json::from_value::<super::outbound::ReplyTo>(r.clone()).ok()
-                });
-                done
-            }
+            // The agent's output schema is enforced on every run's `result`, whatever the
+            // executor; only validated output can become a reply.
+            Outcome::Succeeded(out) => match self
+                .schemas
+                .for_agent(&self.control, &ctx.contract)
+                .await
+                .and_then(|s| {
+                    s.validate_run_output(out)
+                        .map_err(|errs| crate::model::validate::schema_error(&errs))
+                }) {
+                Ok(valid) => {
+                    let mut done = completion(
+                        RunState::Succeeded,
+                        Some(valid.value().clone()),
+                        None,
+                        steps,
+                    );
+                    done.reply = c.reply_to.as_ref().and_then(|r| {
+                        serde_json::from_value::<super::outbound::ReplyTo>(r.clone())
+                            .ok()
+                            .map(|r| (r, valid))
+                    });
+                    done
+                }
+                Err(e) if e.code == crate::error::ErrorCode::Unavailable => return Err(e),
+                Err(e) => completion(
+                    RunState::Failed,
+                    None,
+                    Some((e.code.as_str(), &e.message)),
+                    steps,
+                ),
+            },
             Outcome::Failed { code, message } => {
                 completion(RunState::Failed, None, Some((&code, &message)), steps)
             }

@@ -1,0 +1,275 @@
+//! `awooop bench budget`: the budget ledger and the provider proxy.
+//!
+//! * Reservation + settlement pairs per second on one project, with 1 and 64 concurrent
+//!   callers (every pair is two tenant transactions on the same ledger row: the contention a
+//!   busy project produces).
+//! * The concurrency run: 50 concurrent proxy calls against a budget that admits 10 worst
+//!   cases, the provider double reporting usage equal to each reservation; `overshoot_tokens`
+//!   is the spend above the limit (must be 0).
+//! * Proxy overhead: p50 of a model call through the proxy (policy, breaker, reservation,
+//!   settlement, audit) minus p50 of the same streamed request sent to the double directly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{drop_scratch, percentile_ms, scratch_database};
+use crate::auth::Actor;
+use crate::config::BenchArgs;
+use crate::contracts::{BudgetPeriod, DataClass, ProviderApi};
+use crate::control::{ControlPlane, NewProject};
+use crate::coord::Coord;
+use crate::model::breaker::{AnomalyConfig, AnomalyCounter};
+use crate::model::budget::{Budget, ReserveRequest};
+use crate::model::double::{ProviderDouble, Reply};
+use crate::model::policy::{BudgetPolicy, EffectivePolicy, ScopeLimit, Target};
+use crate::model::proxy::{CallMeta, LocalCredentials, ProviderProxy};
+use crate::model::wire::{self, ChatMessage, ChatRequest, Decoder};
+use crate::runtime::trace::TraceContext;
+use crate::tenancy::{self, Db, ProjectId};
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let base = args
+        .db
+        .database_url
+        .clone()
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let scratch = scratch_database(&base, "budget").await?;
+    let res = bench(&scratch, args.quick).await;
+    drop_scratch(&base, &scratch).await;
+    let r = res?;
+    println!(
+        "reserve_settle_per_sec_1={:.0} reserve_settle_per_sec_64={:.0} overshoot_tokens={} admitted={} refused={} limit_tokens={} direct_p50_ms={:.2} proxy_p50_ms={:.2} proxy_overhead_ms={:.2} proxy_calls={}",
+        r.per_sec_1,
+        r.per_sec_64,
+        r.overshoot,
+        r.admitted,
+        r.refused,
+        r.limit,
+        r.direct_p50,
+        r.proxy_p50,
+        r.proxy_p50 - r.direct_p50,
+        r.proxy_calls
+    );
+    Ok(())
+}
+
+struct Figures {
+    per_sec_1: f64,
+    per_sec_64: f64,
+    overshoot: i64,
+    admitted: usize,
+    refused: usize,
+    limit: u64,
+    direct_p50: f64,
+    proxy_p50: f64,
+    proxy_calls: usize,
+}
+
+fn limits(tokens: u64) -> BudgetPolicy {
+    BudgetPolicy {
+        period: BudgetPeriod::Day,
+        project: ScopeLimit {
+            token_limit: tokens,
+            currency_limit_micros: None,
+        },
+        agent: None,
+    }
+}
+
+fn policy(double: &ProviderDouble, tokens: u64, max_out: u32) -> EffectivePolicy {
+    EffectivePolicy {
+        agent: "bench".into(),
+        route: "bench".into(),
+        data_class: DataClass::Internal,
+        targets: vec![Target {
+            provider: "double".into(),
+            api: ProviderApi::OpenaiChat,
+            base_url: double.base_url(),
+            api_key: None,
+            model: "double".into(),
+            max_output_tokens: max_out,
+            timeout_ms: 10_000,
+            input_micros_per_mtok: 0,
+            output_micros_per_mtok: 0,
+        }],
+        gated_out: vec![],
+        retries: 0,
+        budget: limits(tokens),
+        breaker: None,
+        max_steps: 10,
+        max_tokens_per_run: u64::MAX / 4,
+        timeout_seconds: 60,
+    }
+}
+
+fn request() -> ChatRequest {
+    ChatRequest {
+        system: Some("bench".into()),
+        messages: vec![ChatMessage::User {
+            content: "How many pods are running?".into(),
+        }],
+        tools: vec![],
+    }
+}
+
+fn meta() -> CallMeta {
+    CallMeta {
+        run_id: None,
+        agent: "bench".into(),
+        trace: TraceContext::generate(),
+    }
+}
+
+async fn reserve_settle_loop(
+    budget: Budget,
+    project: ProjectId,
+    n: usize,
+) -> crate::error::Result<()> {
+    tenancy::scope(project, async move {
+        let l = limits(u64::MAX / 4);
+        for _ in 0..n {
+            let r = budget
+                .reserve(
+                    &l,
+                    &ReserveRequest {
+                        run_id: None,
+                        agent: "bench".into(),
+                        provider: "double".into(),
+                        model: "double".into(),
+                        tokens: 1000,
+                        micros: 0,
+                        ttl: Duration::from_secs(60),
+                    },
+                )
+                .await?;
+            budget.settle(&r, 400, 0).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
+    let pool = crate::db::connect_app(url, 32)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = Db::new(pool.clone());
+    let cp = ControlPlane::new(db.clone(), Coord::none(), Default::default());
+    let admin = Actor::cli("bench");
+    for id in ["bench", "bench-conc"] {
+        cp.create_project(
+            &admin,
+            NewProject {
+                project_id: id.into(),
+                display_name: id.into(),
+                required_approvals: Some(1),
+            },
+        )
+        .await?;
+    }
+    let project = ProjectId::parse("bench")?;
+    let budget = Budget::new(db.clone());
+
+    // 1 caller.
+    let n1 = if quick { 300 } else { 2_000 };
+    let t = Instant::now();
+    reserve_settle_loop(budget.clone(), project.clone(), n1).await?;
+    let per_sec_1 = n1 as f64 / t.elapsed().as_secs_f64();
+
+    // 64 callers on the same project.
+    let each = if quick { 15 } else { 100 };
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        tasks.push(tokio::spawn(reserve_settle_loop(
+            budget.clone(),
+            project.clone(),
+            each,
+        )));
+    }
+    for h in tasks {
+        h.await??;
+    }
+    let per_sec_64 = (64 * each) as f64 / t.elapsed().as_secs_f64();
+
+    // The concurrency run: 50 calls, budget for 10 worst cases, usage = reservation.
+    let double = ProviderDouble::start().await?;
+    let anomalies = AnomalyCounter::new(db.clone(), Coord::none(), AnomalyConfig::default());
+    let proxy = Arc::new(ProviderProxy::new(
+        db.clone(),
+        anomalies,
+        Arc::new(LocalCredentials),
+    )?);
+    let req = request();
+    let max_out = 200u32;
+    let bound = wire::prompt_token_bound(&req);
+    let worst = bound + u64::from(max_out);
+    let limit = 10 * worst;
+    double.script((0..50).map(|_| Reply::WithUsage {
+        input: bound,
+        output: u64::from(max_out),
+        reply: Box::new(Reply::Delay(
+            Duration::from_millis(20),
+            Box::new(Reply::Text("ok".into())),
+        )),
+    }));
+    let conc = ProjectId::parse("bench-conc")?;
+    let pol = Arc::new(policy(&double, limit, max_out));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (px, pol, req) = (proxy.clone(), pol.clone(), req.clone());
+        tasks.push(tokio::spawn(tenancy::scope(conc.clone(), async move {
+            px.chat(&pol, &meta(), &req, None).await
+        })));
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for h in tasks {
+        match h.await? {
+            Ok(_) => admitted += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    let spent = tenancy::scope(conc.clone(), budget.ledger(BudgetPeriod::Day))
+        .await?
+        .into_iter()
+        .find(|r| r.scope == "project")
+        .map_or(0, |r| r.spent_tokens);
+    let overshoot = (spent - limit as i64).max(0);
+    double.clear_script(); // the refused calls' replies were never asked for
+
+    // Proxy overhead versus the double called directly (same streamed request).
+    let calls = if quick { 100 } else { 500 };
+    let pol = policy(&double, u64::MAX / 4, 64);
+    let http = reqwest::Client::new();
+    let body = wire::request_body(ProviderApi::OpenaiChat, "double", 64, &req);
+    let url_direct = wire::endpoint(ProviderApi::OpenaiChat, &double.base_url());
+    let mut direct = Vec::with_capacity(calls);
+    let mut via = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        let mut resp = http.post(&url_direct).json(&body).send().await?;
+        let mut dec = Decoder::new(ProviderApi::OpenaiChat);
+        while let Some(c) = resp.chunk().await? {
+            dec.feed(&c)?;
+        }
+        dec.finish()?;
+        direct.push(t.elapsed());
+        let t = Instant::now();
+        tenancy::scope(project.clone(), proxy.chat(&pol, &meta(), &req, None)).await?;
+        via.push(t.elapsed());
+    }
+    direct.sort();
+    via.sort();
+    pool.close().await;
+    Ok(Figures {
+        per_sec_1,
+        per_sec_64,
+        overshoot,
+        admitted,
+        refused,
+        limit,
+        direct_p50: percentile_ms(&direct, 50.0),
+        proxy_p50: percentile_ms(&via, 50.0),
+        proxy_calls: calls,
+    })
+}

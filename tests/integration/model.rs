@@ -1,0 +1,1319 @@
+//! The model path against real PostgreSQL and the local provider double (which speaks the
+//! OpenAI, Anthropic and Ollama wire formats): budget reservations under concurrency, calls
+//! killed mid-stream, in-flight aborts, fallback and circuit breakers, bad provider output,
+//! and whole LLM runs through the worker with tools behind the guarded gateway.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use awooop::contracts::{BudgetPeriod, ContractKind, CredentialSource, DataClass, ProviderApi};
+use awooop::control::ControlPlane;
+use awooop::coord::Coord;
+use awooop::model::breaker::{AnomalyConfig, AnomalyCounter, Breakers};
+use awooop::model::budget::{Budget, ReserveRequest};
+use awooop::model::double::{ProviderDouble, Reply};
+use awooop::model::executor::{AgentExecutor, LlmExecutor};
+use awooop::model::policy::{BreakerPolicy, BudgetPolicy, EffectivePolicy, ScopeLimit, Target};
+use awooop::model::proxy::{CallMeta, LocalCredentials, ModelCall, ProviderProxy};
+use awooop::model::wire::{self, ChatMessage, ChatRequest, ToolSpec};
+use awooop::runtime::executor::{
+    Executor, GuardedGateway, Journal, Outcome, RunContext, ScriptedExecutor, ToolCall, ToolGateway,
+};
+use awooop::runtime::trace::TraceContext;
+use awooop::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
+use awooop::runtime::{CreateRun, RunService, repo};
+use awooop::tenancy::{self, ProjectId};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::*;
+
+fn target(double: &ProviderDouble, api: ProviderApi, provider: &str, max_out: u32) -> Target {
+    Target {
+        provider: provider.into(),
+        api,
+        base_url: double.base_url(),
+        api_key: None,
+        model: "double-model".into(),
+        max_output_tokens: max_out,
+        timeout_ms: 5_000,
+        input_micros_per_mtok: 1_000_000,
+        output_micros_per_mtok: 2_000_000,
+    }
+}
+
+fn policy(targets: Vec<Target>, token_limit: u64) -> EffectivePolicy {
+    EffectivePolicy {
+        agent: "bot".into(),
+        route: "default".into(),
+        data_class: DataClass::Internal,
+        targets,
+        gated_out: vec![],
+        retries: 0,
+        budget: BudgetPolicy {
+            period: BudgetPeriod::Day,
+            project: ScopeLimit {
+                token_limit,
+                currency_limit_micros: None,
+            },
+            agent: None,
+        },
+        breaker: None,
+        max_steps: 10,
+        max_tokens_per_run: 1_000_000,
+        timeout_seconds: 60,
+    }
+}
+
+fn request() -> ChatRequest {
+    ChatRequest {
+        system: Some("You are terse.".into()),
+        messages: vec![ChatMessage::User {
+            content: "How many pods?".into(),
+        }],
+        tools: vec![ToolSpec {
+            name: "k8s__get_pods".into(),
+            description: "list pods".into(),
+            parameters: json!({"type": "object"}),
+        }],
+    }
+}
+
+fn meta() -> CallMeta {
+    CallMeta {
+        run_id: None,
+        agent: "bot".into(),
+        trace: TraceContext::generate(),
+    }
+}
+
+fn proxy(t: &TestDb) -> Arc<ProviderProxy> {
+    let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
+    Arc::new(ProviderProxy::new(t.db(), anomalies, Arc::new(LocalCredentials)).unwrap())
+}
+
+async fn ledger_of(t: &TestDb, p: &ProjectId) -> (i64, i64, bool) {
+    let rows = tenancy::scope(p.clone(), Budget::new(t.db()).ledger(BudgetPeriod::Day))
+        .await
+        .unwrap();
+    let r = rows
+        .iter()
+        .find(|r| r.scope == "project")
+        .expect("project row");
+    (r.reserved_tokens, r.spent_tokens, r.tripped)
+}
+
+async fn open_reservations(t: &TestDb, p: &ProjectId) -> i64 {
+    tenancy::scope(p.clone(), Budget::new(t.db()).open_reservations())
+        .await
+        .unwrap()
+}
+
+async fn audit_actions(t: &TestDb, p: &str) -> Vec<(String, String)> {
+    let mut tx = scoped_tx(&t.app, p).await;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, details::text FROM audit_log WHERE project_id = $1 ORDER BY audit_id",
+    )
+    .bind(p)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    rows
+}
+
+/// 50 concurrent calls against a budget that admits exactly 10 worst cases. The double
+/// reports usage equal to each call's reservation, so any admission past the limit would show
+/// as spend above it.
+#[tokio::test]
+async fn budget_fifty_concurrent_calls_never_spend_past_the_limit() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "budget-conc", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    let max_out = 200u32;
+    let req = request();
+    let bound = wire::prompt_token_bound(&req);
+    let worst = bound + u64::from(max_out);
+    let limit = 10 * worst;
+    double.script((0..50).map(|_| Reply::WithUsage {
+        input: bound,
+        output: u64::from(max_out),
+        reply: Box::new(Reply::Delay(
+            Duration::from_millis(50),
+            Box::new(Reply::Text("fine".into())),
+        )),
+    }));
+    let mut pol = policy(
+        vec![target(&double, ProviderApi::OpenaiChat, "vllm", max_out)],
+        limit,
+    );
+    // Two ledger scopes (project and agent) locked by every call: also exercises lock order.
+    pol.budget.agent = Some(ScopeLimit {
+        token_limit: limit,
+        currency_limit_micros: None,
+    });
+    let pol = Arc::new(pol);
+    let px = proxy(&t);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (px, pol, req, p) = (px.clone(), pol.clone(), req.clone(), p.clone());
+        tasks.push(tokio::spawn(tenancy::scope(p, async move {
+            px.chat(&pol, &meta(), &req, None).await
+        })));
+    }
+    let mut ok = 0;
+    let mut refused = 0;
+    for h in tasks {
+        match h.await.unwrap() {
+            Ok(c) => {
+                ok += 1;
+                assert_eq!(
+                    c.envelope.usage.input_tokens + c.envelope.usage.output_tokens,
+                    worst
+                );
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e.code.as_str(), "E-BUDGET-001" | "E-BUDGET-003"),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 10, "exactly the ten worst cases that fit were admitted");
+    assert_eq!(refused, 40);
+    let (reserved, spent, tripped) = ledger_of(&t, &p).await;
+    assert_eq!(reserved, 0, "nothing left reserved");
+    assert!(spent as u64 <= limit, "spent {spent} > limit {limit}");
+    assert_eq!(spent as u64, limit);
+    assert!(tripped, "the hard limit trips the project breaker");
+    // The trip is audited, and from now on every call is refused by the breaker.
+    let actions = audit_actions(&t, "budget-conc").await;
+    assert!(actions.iter().any(|(a, _)| a == "budget.breaker.trip"));
+    let again = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &req, None)).await;
+    assert_code(again, "E-BUDGET-003");
+    // Raising the limit (a new policy revision) clears the breaker.
+    let mut raised = (*pol).clone();
+    raised.budget.project.token_limit = limit * 2;
+    raised.budget.agent = None;
+    let c = tenancy::scope(p.clone(), px.chat(&raised, &meta(), &req, None)).await;
+    assert!(c.is_ok(), "{c:?}");
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn budget_a_call_dropped_mid_stream_is_settled_and_expired_reservations_are_swept() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "budget-drop", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    double.script([Reply::Endless(Duration::from_millis(5))]);
+    let pol = policy(
+        vec![target(
+            &double,
+            ProviderApi::AnthropicMessages,
+            "cloud",
+            100_000,
+        )],
+        10_000_000,
+    );
+    let px = proxy(&t);
+    let task = {
+        let (px, pol, p) = (px.clone(), pol.clone(), p.clone());
+        tokio::spawn(tenancy::scope(p, async move {
+            px.chat(&pol, &meta(), &request(), None).await
+        }))
+    };
+    // Wait until the stream is flowing (the reservation is held), then kill the call.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while double.requests().is_empty() || open_reservations(&t, &p).await == 0 {
+        assert!(Instant::now() < deadline, "the call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_reservations(&t, &p).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped call's reservation was never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (reserved, spent, _) = ledger_of(&t, &p).await;
+    assert_eq!(reserved, 0);
+    assert!(spent > 0, "what was sent and streamed is charged");
+    assert!((spent as u64) < wire::prompt_token_bound(&request()) + 100_000);
+
+    // A reservation whose holder vanished (no guard ran) expires and is charged in full.
+    let budget = Budget::new(t.db());
+    let r = tenancy::scope(
+        p.clone(),
+        budget.reserve(
+            &pol.budget,
+            &ReserveRequest {
+                run_id: None,
+                agent: "bot".into(),
+                provider: "cloud".into(),
+                model: "m".into(),
+                tokens: 777,
+                micros: 0,
+                ttl: Duration::from_millis(1),
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        tenancy::scope(p.clone(), budget.sweep_expired())
+            .await
+            .unwrap(),
+        1
+    );
+    let (reserved2, spent2, _) = ledger_of(&t, &p).await;
+    assert_eq!(reserved2, 0);
+    assert_eq!(spent2, spent + 777);
+    // A late settlement of the swept reservation changes nothing.
+    assert!(
+        !tenancy::scope(p.clone(), budget.settle(&r, 1, 0))
+            .await
+            .unwrap()
+    );
+    assert_eq!(ledger_of(&t, &p).await.1, spent2);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn budget_a_stream_exhausting_its_reservation_is_aborted() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "budget-abort", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    let px = proxy(&t);
+    for api in [
+        ProviderApi::OpenaiChat,
+        ProviderApi::AnthropicMessages,
+        ProviderApi::OllamaChat,
+    ] {
+        double.script([Reply::Endless(Duration::from_millis(1))]);
+        let pol = policy(vec![target(&double, api, "p", 40)], 10_000_000);
+        let res = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None)).await;
+        assert_code(res, "E-BUDGET-002");
+    }
+    let (reserved, spent, _) = ledger_of(&t, &p).await;
+    assert_eq!(reserved, 0);
+    let worst = wire::prompt_token_bound(&request()) + 40;
+    assert!(
+        spent as u64 <= 3 * worst,
+        "charged at most the reservations"
+    );
+    assert_eq!(open_reservations(&t, &p).await, 0);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn proxy_speaks_each_wire_format_with_tool_calls_and_keeps_keys_out_of_records() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "wire-formats", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    let key_file = std::env::temp_dir().join(format!("awooop-model-key-{}", Uuid::new_v4()));
+    let secret = format!("sk-test-{}", Uuid::new_v4().simple());
+    std::fs::write(&key_file, &secret).unwrap();
+    let px = proxy(&t);
+    for api in [
+        ProviderApi::OpenaiChat,
+        ProviderApi::AnthropicMessages,
+        ProviderApi::OllamaChat,
+    ] {
+        let mut tg = target(&double, api, "p", 500);
+        tg.api_key = Some(CredentialSource::File {
+            path: key_file.to_string_lossy().into(),
+        });
+        let pol = policy(vec![tg], 10_000_000);
+        double.script([
+            Reply::ToolCalls(vec![("k8s__get_pods".into(), json!({"namespace": "prod"}))]),
+            Reply::Text("There are 3 pods.".into()),
+        ]);
+        let first: ModelCall = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
+            .await
+            .unwrap();
+        assert_eq!(first.response.tool_calls.len(), 1, "{api:?}");
+        assert_eq!(first.response.tool_calls[0].name, "k8s__get_pods");
+        assert_eq!(
+            first.response.tool_calls[0].arguments,
+            json!({"namespace": "prod"})
+        );
+        assert!(first.envelope.usage.reported && first.envelope.usage.output_tokens > 0);
+        assert!(first.envelope.cost_micros > 0);
+        let second = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
+            .await
+            .unwrap();
+        assert_eq!(second.response.text, "There are 3 pods.", "{api:?}");
+        assert!(second.response.tool_calls.is_empty());
+        let env = serde_json::to_string(&second.envelope).unwrap();
+        assert!(!env.contains(&secret));
+    }
+    let reqs = double.requests();
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/messages",
+            "/v1/messages",
+            "/api/chat",
+            "/api/chat"
+        ]
+    );
+    assert!(
+        reqs.iter()
+            .all(|r| r.has_api_key && r.body["stream"] == true)
+    );
+    assert!(reqs.iter().all(|r| !r.body.to_string().contains(&secret)));
+    // Every call is audited with its envelope; no key anywhere in the audit log.
+    let actions = audit_actions(&t, "wire-formats").await;
+    assert_eq!(actions.iter().filter(|(a, _)| a == "model.call").count(), 6);
+    assert!(actions.iter().all(|(_, d)| !d.contains(&secret)));
+    // A key reference that cannot be resolved fails clearly, before anything is sent.
+    let mut tg = target(&double, ProviderApi::OpenaiChat, "p", 500);
+    tg.api_key = Some(CredentialSource::File {
+        path: "/nonexistent/awooop-key".into(),
+    });
+    let res = tenancy::scope(
+        p.clone(),
+        px.chat(&policy(vec![tg], 10_000_000), &meta(), &request(), None),
+    )
+    .await;
+    assert_code(res, "E-MODEL-006");
+    assert_eq!(double.requests().len(), 6);
+    assert_eq!(open_reservations(&t, &p).await, 0);
+    let _ = std::fs::remove_file(key_file);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn proxy_falls_back_on_429_5xx_and_timeouts_and_opens_the_circuit() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "fallback", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    let second = ProviderDouble::start().await.unwrap();
+    let px = proxy(&t);
+    let mut primary = target(&double, ProviderApi::OpenaiChat, "primary", 100);
+    primary.timeout_ms = 300;
+    let mut pol = policy(
+        vec![
+            primary,
+            target(&second, ProviderApi::AnthropicMessages, "secondary", 100),
+        ],
+        10_000_000,
+    );
+    pol.retries = 1;
+    pol.breaker = Some(BreakerPolicy {
+        failure_threshold: 3,
+        cooldown_seconds: 60,
+    });
+    // Primary: 429, then 503 (retry exhausted) → secondary answers.
+    double.script([Reply::Status(429), Reply::Status(503)]);
+    second.script([Reply::Text("from secondary".into())]);
+    let c = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
+        .await
+        .unwrap();
+    assert_eq!(c.response.text, "from secondary");
+    assert_eq!(c.envelope.provider, "secondary");
+    assert_eq!(c.envelope.decision.target_index, 1);
+    assert_eq!(
+        c.envelope.decision.fallbacks,
+        ["primary: HTTP 429", "primary: HTTP 503"]
+    );
+    // A timeout is the third consecutive failure: the primary's circuit opens (audited)...
+    double.script([Reply::Delay(
+        Duration::from_secs(3),
+        Box::new(Reply::Text("late".into())),
+    )]);
+    second.script([Reply::Text("secondary again".into())]);
+    let c = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
+        .await
+        .unwrap();
+    assert_eq!(c.response.text, "secondary again");
+    assert_eq!(c.envelope.decision.fallbacks, ["primary: timeout"]);
+    assert!(
+        tenancy::scope(
+            p.clone(),
+            Breakers::new(t.db()).provider_open(&double.base_url())
+        )
+        .await
+        .unwrap()
+    );
+    // ...so the next call skips it without sending anything there.
+    let before = double.requests().len();
+    second.script([Reply::Text("straight to secondary".into())]);
+    let c = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None))
+        .await
+        .unwrap();
+    assert_eq!(c.envelope.decision.fallbacks, ["primary: circuit open"]);
+    assert_eq!(double.requests().len(), before);
+    // The circuit is a platform resource: another project using the same endpoint (and
+    // another process's cache) sees it open too.
+    let q = project(&cp, "fallback-b", 1).await;
+    second.script([Reply::Text("for b".into())]);
+    let c = tenancy::scope(q.clone(), proxy(&t).chat(&pol, &meta(), &request(), None))
+        .await
+        .unwrap();
+    assert_eq!(c.envelope.decision.fallbacks, ["primary: circuit open"]);
+    assert_eq!(double.requests().len(), before);
+    let mut tx = t.app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM platform_audit WHERE action = 'model.breaker.failure'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        failures, 3,
+        "every write of the platform resource is audited"
+    );
+    // Everything failing: E-MODEL-003, with every reservation settled.
+    second.script((0..4).map(|_| Reply::Status(500)));
+    assert_code(
+        tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None)).await,
+        "E-MODEL-003",
+    );
+    let actions = audit_actions(&t, "fallback").await;
+    assert!(actions.iter().any(|(a, _)| a == "provider.breaker.open"));
+    let mut tx = scoped_tx(&t.app, "fallback").await;
+    let codes: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT code FROM audit_log WHERE action = 'model.call' AND outcome = 'error'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(!codes.is_empty());
+    assert!(
+        codes.iter().all(|c| c.as_deref() == Some("E-MODEL-003")),
+        "{codes:?}"
+    );
+    assert_eq!(open_reservations(&t, &p).await, 0);
+    assert_eq!(ledger_of(&t, &p).await.0, 0);
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn proxy_bad_provider_output_gets_clear_codes_and_nothing_stays_reserved() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "bad-output", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    let px = proxy(&t);
+    let cases: Vec<(ProviderApi, Reply, &str)> = vec![
+        (ProviderApi::OpenaiChat, Reply::Garbage, "E-MODEL-004"),
+        (ProviderApi::OllamaChat, Reply::Garbage, "E-MODEL-004"),
+        (
+            ProviderApi::OpenaiChat,
+            Reply::Truncated(Box::new(Reply::Text("a long answer that is cut".into()))),
+            "E-MODEL-004",
+        ),
+        (
+            ProviderApi::AnthropicMessages,
+            Reply::Truncated(Box::new(Reply::Text("a long answer that is cut".into()))),
+            "E-MODEL-004",
+        ),
+        (
+            ProviderApi::OllamaChat,
+            Reply::Truncated(Box::new(Reply::Text("a long answer that is cut".into()))),
+            "E-MODEL-004",
+        ),
+        (
+            ProviderApi::OpenaiChat,
+            Reply::RawToolCall("k8s__get_pods".into(), "{\"namespace\": ".into()),
+            "E-MODEL-005",
+        ),
+        (
+            ProviderApi::AnthropicMessages,
+            Reply::RawToolCall("k8s__get_pods".into(), "[1, 2]".into()),
+            "E-MODEL-005",
+        ),
+        (ProviderApi::OpenaiChat, Reply::Status(400), "E-MODEL-008"),
+        (
+            ProviderApi::AnthropicMessages,
+            Reply::Status(401),
+            "E-MODEL-008",
+        ),
+        (ProviderApi::OllamaChat, Reply::Status(429), "E-MODEL-003"),
+    ];
+    for (api, reply, code) in cases {
+        double.script([reply.clone()]);
+        let pol = policy(vec![target(&double, api, "p", 100)], 10_000_000);
+        let res = tenancy::scope(p.clone(), px.chat(&pol, &meta(), &request(), None)).await;
+        match res {
+            Ok(c) => panic!("{api:?} {reply:?}: expected {code}, got {:?}", c.response),
+            Err(e) => assert_eq!(e.code.as_str(), code, "{api:?} {reply:?}: {e}"),
+        }
+    }
+    assert_eq!(open_reservations(&t, &p).await, 0);
+    assert_eq!(ledger_of(&t, &p).await.0, 0);
+    t.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole runs.
+
+/// Stands in for the MCP upstream behind the guarded gateway; counts calls.
+#[derive(Default)]
+struct PodsUpstream {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl ToolGateway for PodsUpstream {
+    async fn call_tool(&self, call: &ToolCall) -> awooop::error::Result<Value> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(json!({"tool": call.tool, "namespace": call.arguments["namespace"], "pods": 3}))
+    }
+}
+
+const OUTPUT_SCHEMA: &str = r#"{"type":"object","required":["answer"],"properties":{"answer":{"type":"string"}},"additionalProperties":false}"#;
+
+/// A project with an active LLM agent `llm-bot` (output schema, one read-only tool), a
+/// Policy/Routing contract pointing at the double, a project contract and an MCP gateway
+/// contract.
+async fn llm_project(cp: &ControlPlane, id: &str, double: &ProviderDouble) -> ProjectId {
+    let p = project(cp, id, 1).await;
+    tenancy::scope(p.clone(), async {
+        let schema_hash = cp
+            .put_artifact(&admin(), "schemas/answer", "schema", "application/json", OUTPUT_SCHEMA.as_bytes())
+            .await
+            .unwrap()
+            .sha256;
+        let mut project_body: Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/contracts/project/valid/minimal.json")).unwrap(),
+        )
+        .unwrap();
+        project_body["budget"]["token_limit"] = json!(10_000_000);
+        let r = publish(cp, ContractKind::Project, id, project_body).await;
+        approve_and_activate(cp, r, 1).await;
+        let r = publish(
+            cp,
+            ContractKind::Policy,
+            "default",
+            json!({
+                "providers": [{"name": "double", "api": "openai_chat", "base_url": double.base_url(), "self_hosted": true, "privacy_classes": ["internal"]}],
+                "routes": [{"name": "main", "targets": [{"provider": "double", "model": "m", "max_output_tokens": 500, "timeout_ms": 5000}]}]
+            }),
+        )
+        .await;
+        approve_and_activate(cp, r, 1).await;
+        let obj = json!({"type": "object", "properties": {"namespace": {"type": "string"}}});
+        let r = publish(
+            cp,
+            ContractKind::McpGateway,
+            "default",
+            json!({
+                "providers": [{"name": "k8s", "transport": {"type": "streamable_http", "url": "http://127.0.0.1:1/mcp"}}],
+                "tools": [{"provider": "k8s", "name": "get_pods", "description": "List pods", "risk": "read_only", "environments": ["dev"], "input_schema": obj}]
+            }),
+        )
+        .await;
+        approve_and_activate(cp, r, 1).await;
+        let r = publish(
+            cp,
+            ContractKind::Agent,
+            "llm-bot",
+            json!({
+                "display_name": "LLM bot", "context_domain": "infra",
+                "output_schema": {"ref": "schemas/answer", "sha256": schema_hash},
+                "tools": ["k8s__get_pods"],
+                "safety": {"max_risk": "read_only", "max_steps": 8, "max_tokens_per_run": 100000, "timeout_seconds": 60},
+                "executor": {"type": "llm", "route": "main"}
+            }),
+        )
+        .await;
+        approve_and_activate(cp, r, 1).await;
+    })
+    .await;
+    p
+}
+
+fn llm_executor(
+    t: &TestDb,
+    cp: &ControlPlane,
+    upstream: Arc<dyn ToolGateway>,
+) -> Arc<AgentExecutor> {
+    let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
+    let px = Arc::new(
+        ProviderProxy::new(t.db(), anomalies.clone(), Arc::new(LocalCredentials)).unwrap(),
+    );
+    Arc::new(AgentExecutor::new(
+        ScriptedExecutor::new(GuardedGateway::new(cp.clone(), upstream.clone())),
+        Some(LlmExecutor::new(
+            cp.clone(),
+            GuardedGateway::new(cp.clone(), upstream),
+            px,
+            anomalies,
+        )),
+    ))
+}
+
+async fn run_to_end(
+    t: &TestDb,
+    cp: &ControlPlane,
+    p: &ProjectId,
+    exec: Arc<AgentExecutor>,
+    input: Value,
+) -> Value {
+    let agent = input["agent"].as_str().unwrap_or("llm-bot").to_string();
+    let runs = RunService::new(cp.clone());
+    let id = tenancy::scope(
+        p.clone(),
+        runs.create(
+            &awooop::auth::Actor::cli("runner"),
+            CreateRun {
+                agent,
+                input,
+                mode: None,
+                reply_to: None,
+            },
+            None,
+            None,
+        ),
+    )
+    .await
+    .unwrap()
+    .run_id;
+    let mut cfg = WorkerConfig::new(format!("model-{}", Uuid::new_v4()));
+    cfg.slots = 2;
+    cfg.poll = Duration::from_millis(50);
+    let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg));
+    let (stop, rx) = shutdown_channel();
+    let task = tokio::spawn(w.run(rx));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let view = loop {
+        let d = tenancy::scope(p.clone(), runs.get(id)).await.unwrap();
+        if matches!(d.run.state.as_str(), "succeeded" | "failed") {
+            break serde_json::to_value(d).unwrap();
+        }
+        assert!(Instant::now() < deadline, "run stuck in {}", d.run.state);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+    view
+}
+
+fn step_types(view: &Value) -> Vec<String> {
+    view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["step_type"].as_str().unwrap(),
+                s["status"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn llm_run_calls_tools_through_the_gateway_and_validates_its_output() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let double = ProviderDouble::start().await.unwrap();
+    let p = llm_project(&cp, "llm-run", &double).await;
+    let upstream = Arc::new(PodsUpstream::default());
+    let exec = llm_executor(&t, &cp, upstream.clone());
+    // tool call → invalid answer (re-asked with the violations) → valid answer.
+    double.script([
+        Reply::ToolCalls(vec![(
+            "k8s__get_pods".into(),
+            json!({"namespace": "default"}),
+        )]),
+        Reply::Text("three pods".into()),
+        Reply::Text("{\"answer\": \"3 pods in default\"}".into()),
+    ]);
+    let view = run_to_end(
+        &t,
+        &cp,
+        &p,
+        exec.clone(),
+        json!({"message": "How many pods?"}),
+    )
+    .await;
+    assert_eq!(view["state"], "succeeded", "{view}");
+    assert_eq!(
+        view["output"]["result"],
+        json!({"answer": "3 pods in default"})
+    );
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        step_types(&view),
+        [
+            "policy:succeeded",
+            "model_call:succeeded",
+            "tool_call:succeeded",
+            "model_call:succeeded",
+            "model_call:succeeded"
+        ]
+    );
+    // The policy step records the resolved policy and the revisions it came from.
+    let steps = view["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["output"]["policy"]["route"], "main");
+    assert!(steps[0]["output"]["revisions"]["policy"]["revision_id"].is_string());
+    // Each model call step carries its envelope.
+    assert_eq!(steps[1]["output"]["envelope"]["provider"], "double");
+    assert_eq!(steps[1]["output"]["envelope"]["run_id"], view["run_id"]);
+    // What the model saw: the tool result, then the validation errors.
+    let reqs = double.requests();
+    assert_eq!(reqs.len(), 3);
+    let second = reqs[1].body["messages"].to_string();
+    assert!(second.contains("\\\"pods\\\":3"), "{second}");
+    let third = reqs[2].body["messages"].to_string();
+    assert!(
+        third.contains("does not satisfy the required output JSON Schema"),
+        "{third}"
+    );
+    assert_eq!(
+        reqs[0].body["tools"][0]["function"]["description"],
+        "List pods"
+    );
+
+    // Three invalid answers: E-SCHEMA-001.
+    double.script([
+        Reply::Text("no".into()),
+        Reply::Text("{\"answer\": 1}".into()),
+        Reply::Text("{\"answer\": \"x\", \"extra\": 1}".into()),
+    ]);
+    let view = run_to_end(&t, &cp, &p, exec.clone(), json!({"message": "again"})).await;
+    assert_eq!(view["state"], "failed");
+    assert_eq!(view["error_code"], "E-SCHEMA-001");
+
+    // A tool the agent does not have: E-MODEL-005, never reaches the upstream.
+    double.script([Reply::ToolCalls(vec![(
+        "k8s__delete_all".into(),
+        json!({}),
+    )])]);
+    let view = run_to_end(&t, &cp, &p, exec.clone(), json!({"message": "x"})).await;
+    assert_eq!(view["error_code"], "E-MODEL-005");
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+
+    // Confidential input: outside this project's data boundary, no model is called.
+    let before = double.requests().len();
+    let view = run_to_end(
+        &t,
+        &cp,
+        &p,
+        exec.clone(),
+        json!({"message": "x", "data_class": "confidential"}),
+    )
+    .await;
+    assert_eq!(view["error_code"], "E-MODEL-002");
+    assert_eq!(double.requests().len(), before);
+
+    // A model that never stops calling tools: the step limit (8) ends the run.
+    double.script(
+        (0..10)
+            .map(|_| Reply::ToolCalls(vec![("k8s__get_pods".into(), json!({"namespace": "a"}))])),
+    );
+    let view = run_to_end(&t, &cp, &p, exec.clone(), json!({"message": "loop"})).await;
+    assert_eq!(view["error_code"], "E-MODEL-007");
+    assert_eq!(open_reservations(&t, &p).await, 0);
+    t.cleanup().await;
+}
+
+/// A run whose first attempt died after a tool call resumes from the journal: the completed
+/// model call and tool call are not repeated.
+#[tokio::test]
+async fn llm_run_resumes_without_repeating_completed_steps() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let double = ProviderDouble::start().await.unwrap();
+    let p = llm_project(&cp, "llm-resume", &double).await;
+    let upstream = Arc::new(PodsUpstream::default());
+    let exec = llm_executor(&t, &cp, upstream.clone());
+    let runs = RunService::new(cp.clone());
+    let id = tenancy::scope(
+        p.clone(),
+        runs.create(
+            &awooop::auth::Actor::cli("runner"),
+            CreateRun {
+                agent: "llm-bot".into(),
+                input: json!({"message": "pods?"}),
+                mode: None,
+                reply_to: None,
+            },
+            None,
+            None,
+        ),
+    )
+    .await
+    .unwrap()
+    .run_id;
+    let attempt = |n: i32| {
+        let (cp, p) = (cp.clone(), p.clone());
+        let exec = exec.clone();
+        async move {
+            let claimed = repo::worker_claim(cp.db().pool_for_health(), "w1", 1, 30.0)
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 1);
+            let c = &claimed[0];
+            assert_eq!(c.attempt, n);
+            let rev = tenancy::scope(p.clone(), cp.revision_by_id(c.agent_revision_id))
+                .await
+                .unwrap();
+            let contract =
+                match awooop::contracts::validate(ContractKind::Agent, &rev.body).unwrap() {
+                    awooop::contracts::Contract::Agent(a) => Arc::new(a),
+                    _ => unreachable!(),
+                };
+            let ctx = RunContext {
+                project: p.clone(),
+                run_id: c.run_id,
+                attempt: c.attempt,
+                agent: c.agent.clone(),
+                contract,
+                mode: awooop::control::MigrationMode::parse(&c.mode).unwrap(),
+                input: c.input.clone(),
+                trace: TraceContext::generate(),
+            };
+            tenancy::scope(p.clone(), async {
+                let mut j = Journal::load(cp.db(), &p, c.run_id, c.attempt)
+                    .await
+                    .unwrap();
+                exec.execute(&ctx, &mut j).await.unwrap()
+            })
+            .await
+        }
+    };
+    // Attempt 1: tool call, then the provider rejects the next call (the attempt ends).
+    double.script([
+        Reply::ToolCalls(vec![(
+            "k8s__get_pods".into(),
+            json!({"namespace": "default"}),
+        )]),
+        Reply::Status(400),
+    ]);
+    let out = attempt(1).await;
+    assert!(
+        matches!(out, Outcome::Failed { ref code, .. } if code == "E-MODEL-008"),
+        "{out:?}"
+    );
+    assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(double.requests().len(), 2);
+    // The worker lost it (released to the queue); attempt 2 resumes.
+    repo::worker_release(&t.app, "w1", &[(id, 1)])
+        .await
+        .unwrap();
+    double.script([Reply::Text("{\"answer\": \"3\"}".into())]);
+    let out = attempt(2).await;
+    assert_eq!(
+        out,
+        Outcome::Succeeded(
+            json!({"result": {"answer": "3"}, "model_calls": 2, "tokens": match &out { Outcome::Succeeded(v) => v["tokens"].clone(), _ => json!(null) }, "route": "main"})
+        )
+    );
+    assert_eq!(
+        upstream.calls.load(Ordering::SeqCst),
+        1,
+        "the tool call was not repeated"
+    );
+    assert_eq!(
+        double.requests().len(),
+        3,
+        "only the failed model call was repeated"
+    );
+    t.cleanup().await;
+}
+
+/// The anomaly counter opens the project breaker at its threshold, with Redis and without
+/// (PostgreSQL fallback); while open every model call of the project is refused.
+#[tokio::test]
+async fn anomalies_trip_the_project_breaker_with_and_without_redis() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let double = ProviderDouble::start().await.unwrap();
+    for coord in [Coord::none(), Coord::connect(&redis_url()).unwrap()] {
+        // Unique per run: other engineers' tests share this Redis.
+        let id = format!("anomaly-{}", &Uuid::new_v4().simple().to_string()[..10]);
+        let p = project(&cp, &id, 1).await;
+        let counter = AnomalyCounter::new(
+            t.db(),
+            coord.clone(),
+            AnomalyConfig {
+                window: Duration::from_secs(3600),
+                threshold: 3,
+            },
+        );
+        let px = Arc::new(
+            ProviderProxy::new(t.db(), counter.clone(), Arc::new(LocalCredentials)).unwrap(),
+        );
+        let pol = policy(
+            vec![target(&double, ProviderApi::OpenaiChat, "p", 50)],
+            10_000_000,
+        );
+        tenancy::scope(p.clone(), async {
+            use awooop::model::breaker::Anomaly;
+            assert!(!counter.record(Anomaly::SchemaFailure).await.unwrap());
+            assert!(!counter.record(Anomaly::Denial).await.unwrap());
+            assert!(!counter.record(Anomaly::Denial).await.unwrap());
+            // Kinds are counted apart: the third denial trips, not the third event.
+            assert!(px.chat(&pol, &meta(), &request(), None).await.is_ok());
+            assert!(counter.record(Anomaly::Denial).await.unwrap());
+            assert_code(
+                px.chat(&pol, &meta(), &request(), None).await,
+                "E-BUDGET-003",
+            );
+            Breakers::new(t.db()).close_project().await.unwrap();
+            assert!(px.chat(&pol, &meta(), &request(), None).await.is_ok());
+        })
+        .await;
+        let actions = audit_actions(&t, &id).await;
+        assert!(
+            actions
+                .iter()
+                .any(|(a, d)| a == "project.breaker.open" && d.contains("denial")),
+            "{actions:?}"
+        );
+        assert!(actions.iter().any(|(a, _)| a == "project.breaker.close"));
+        // Where the count lived: Redis when configured, else the PostgreSQL table.
+        let mut tx = scoped_tx(&t.app, &id).await;
+        let pg: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(count), 0)::bigint FROM model_anomalies")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        tx.commit().await.unwrap();
+        // One schema failure, three denials, and the refused call (a denial too).
+        assert_eq!(pg, if coord.is_configured() { 0 } else { 5 });
+    }
+    t.cleanup().await;
+}
+
+/// An agent's own budget is a second ledger scope inside the project's, and currency limits
+/// use the contract's per-model prices.
+#[tokio::test]
+async fn budget_agent_scope_and_currency_limits_are_enforced() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "budget-scopes", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    let px = proxy(&t);
+    let req = request();
+    let worst = wire::prompt_token_bound(&req) + 100;
+    let mut pol = policy(
+        vec![target(&double, ProviderApi::OllamaChat, "p", 100)],
+        1_000_000,
+    );
+    pol.budget.agent = Some(ScopeLimit {
+        token_limit: 2 * worst,
+        currency_limit_micros: None,
+    });
+    tenancy::scope(p.clone(), async {
+        // The agent's scope admits two worst cases at once, not three.
+        let b = Budget::new(t.db());
+        let rr = |tokens| ReserveRequest {
+            run_id: None,
+            agent: "bot".into(),
+            provider: "p".into(),
+            model: "m".into(),
+            tokens,
+            micros: 0,
+            ttl: Duration::from_secs(60),
+        };
+        let r1 = b.reserve(&pol.budget, &rr(worst)).await.unwrap();
+        let r2 = b.reserve(&pol.budget, &rr(worst)).await.unwrap();
+        assert_code(b.reserve(&pol.budget, &rr(worst)).await, "E-BUDGET-001");
+        // A refused reservation took nothing from the project scope either.
+        let rows = b.ledger(BudgetPeriod::Day).await.unwrap();
+        let proj = rows.iter().find(|r| r.scope == "project").unwrap();
+        let agent = rows.iter().find(|r| r.scope == "agent:bot").unwrap();
+        assert_eq!(proj.reserved_tokens as u64, 2 * worst);
+        assert_eq!(agent.reserved_tokens as u64, 2 * worst);
+        b.settle(&r1, 10, 0).await.unwrap();
+        b.settle(&r2, 10, 0).await.unwrap();
+        assert!(px.chat(&pol, &meta(), &req, None).await.is_ok());
+        // Another agent is not limited by bot's scope.
+        let mut other = pol.clone();
+        other.agent = "other".into();
+        other.budget.agent = None; // "other" has no entry in agent_budgets
+        let o = b
+            .reserve(
+                &other.budget,
+                &ReserveRequest {
+                    agent: "other".into(),
+                    ..rr(3 * worst)
+                },
+            )
+            .await
+            .unwrap();
+        b.settle(&o, 0, 0).await.unwrap();
+        // Currency: a price that makes one worst case cost more than the limit.
+        let mut pricey = pol.clone();
+        pricey.budget.agent = None;
+        pricey.budget.project.currency_limit_micros = Some(1_000);
+        pricey.targets[0].input_micros_per_mtok = 1_000_000_000;
+        assert_code(px.chat(&pricey, &meta(), &req, None).await, "E-BUDGET-001");
+        pricey.targets[0].input_micros_per_mtok = 1;
+        pricey.targets[0].output_micros_per_mtok = 1;
+        let c = px.chat(&pricey, &meta(), &req, None).await.unwrap();
+        assert!(c.envelope.cost_micros >= 1);
+    })
+    .await;
+    t.cleanup().await;
+}
+
+/// The output schema is enforced on every successful run, scripted ones included, and only
+/// validated output reaches the outbound path.
+#[tokio::test]
+async fn output_schema_gates_the_outbound_path_for_scripted_agents_too() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "schema-gate", 1).await;
+    tenancy::scope(p.clone(), async {
+        let schema = br#"{"type": "string", "pattern": "^ok"}"#;
+        let h = cp
+            .put_artifact(&admin(), "schemas/ok", "schema", "application/json", schema)
+            .await
+            .unwrap()
+            .sha256;
+        let r = publish(
+            &cp,
+            ContractKind::Agent,
+            "llm-bot",
+            json!({
+                "display_name": "Echo", "context_domain": "demo",
+                "output_schema": {"ref": "schemas/ok", "sha256": h},
+                "safety": {"max_risk": "read_only", "max_steps": 4, "max_tokens_per_run": 1, "timeout_seconds": 60},
+                "executor": {"type": "scripted", "steps": [{"type": "output", "key": "echo", "template": "{{input.word}} there"}]}
+            }),
+        )
+        .await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+    let exec = llm_executor(&t, &cp, Arc::new(PodsUpstream::default()));
+    let reply = || {
+        Some(awooop::runtime::outbound::ReplyTo {
+            channel: "api".into(),
+            conversation: "c1".into(),
+        })
+    };
+    let runs = RunService::new(cp.clone());
+    let mut ids = Vec::new();
+    for word in ["ok", "bad"] {
+        let id = tenancy::scope(
+            p.clone(),
+            runs.create(
+                &awooop::auth::Actor::cli("runner"),
+                CreateRun {
+                    agent: "llm-bot".into(),
+                    input: json!({"word": word}),
+                    mode: None,
+                    reply_to: reply(),
+                },
+                None,
+                None,
+            ),
+        )
+        .await
+        .unwrap()
+        .run_id;
+        ids.push(id);
+    }
+    let mut cfg = WorkerConfig::new("schema-gate");
+    cfg.poll = Duration::from_millis(50);
+    let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg));
+    let (stop, rx) = shutdown_channel();
+    let task = tokio::spawn(w.run(rx));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut states = Vec::new();
+    for id in &ids {
+        loop {
+            let d = tenancy::scope(p.clone(), runs.get(*id)).await.unwrap();
+            if d.run.state == "succeeded" || d.run.state == "failed" {
+                states.push((d.run.state.clone(), d.run.error_code.clone()));
+                break;
+            }
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let _ = stop.send(true);
+    task.await.unwrap().unwrap();
+    assert_eq!(states[0], ("succeeded".into(), None));
+    assert_eq!(states[1], ("failed".into(), Some("E-SCHEMA-001".into())));
+    // Shadow mode: the valid reply reached the outbound path (and was suppressed there, as
+    // shadow replies are); the invalid one never got there.
+    let actions = audit_actions(&t, "schema-gate").await;
+    let suppressed: Vec<&String> = actions
+        .iter()
+        .filter(|(a, _)| a == "outbound.suppressed")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(suppressed.len(), 1, "{actions:?}");
+    t.cleanup().await;
+}
+
+/// The agent's `timeout_seconds` ends a run whose model never answers; the cut-off call's
+/// reservation is settled.
+#[tokio::test]
+async fn llm_run_past_its_agent_timeout_fails_and_releases_its_reservation() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let double = ProviderDouble::start().await.unwrap();
+    let p = llm_project(&cp, "llm-timeout", &double).await;
+    tenancy::scope(p.clone(), async {
+        let r = publish(
+            &cp,
+            ContractKind::Agent,
+            "llm-slow",
+            json!({
+                "display_name": "Slow", "context_domain": "infra",
+                "safety": {"max_risk": "read_only", "max_steps": 4, "max_tokens_per_run": 100000, "timeout_seconds": 1},
+                "executor": {"type": "llm", "route": "main"}
+            }),
+        )
+        .await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+    let exec = llm_executor(&t, &cp, Arc::new(PodsUpstream::default()));
+    double.script([Reply::Endless(Duration::from_millis(200))]);
+    let view = run_to_end(
+        &t,
+        &cp,
+        &p,
+        exec,
+        json!({"agent": "llm-slow", "message": "hi"}),
+    )
+    .await;
+    assert_eq!(view["state"], "failed");
+    assert_eq!(view["error_code"], "E-MODEL-009");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_reservations(&t, &p).await > 0 {
+        assert!(Instant::now() < deadline, "reservation left open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger_of(&t, &p).await.0, 0);
+    t.cleanup().await;
+}
+
+/// The sweep commits on its own: a reservation refused right after it (here because the
+/// expired reservation, charged in full, used the whole budget) does not undo it.
+#[tokio::test]
+async fn budget_sweep_survives_a_refused_reservation() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "budget-sweep", 1).await;
+    let b = Budget::new(t.db());
+    let limits = BudgetPolicy {
+        period: BudgetPeriod::Day,
+        project: ScopeLimit {
+            token_limit: 1000,
+            currency_limit_micros: None,
+        },
+        agent: None,
+    };
+    let rr = |tokens, ttl| ReserveRequest {
+        run_id: None,
+        agent: "bot".into(),
+        provider: "p".into(),
+        model: "m".into(),
+        tokens,
+        micros: 0,
+        ttl,
+    };
+    tenancy::scope(p.clone(), async {
+        b.reserve(&limits, &rr(1000, Duration::from_millis(1)))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_code(
+            b.reserve(&limits, &rr(10, Duration::from_secs(60))).await,
+            "E-BUDGET-003",
+        );
+        assert_eq!(b.open_reservations().await.unwrap(), 0);
+    })
+    .await;
+    let (reserved, spent, tripped) = ledger_of(&t, &p).await;
+    assert_eq!((reserved, spent, tripped), (0, 1000, true));
+    let actions = audit_actions(&t, "budget-sweep").await;
+    assert!(
+        actions
+            .iter()
+            .any(|(a, d)| a == "budget.breaker.trip" && d.contains("expired")),
+        "{actions:?}"
+    );
+    t.cleanup().await;
+}
+
+/// The double also answers non-streaming requests in each API's JSON shape.
+#[tokio::test]
+async fn double_answers_non_streaming_requests_in_each_format() {
+    let double = ProviderDouble::start().await.unwrap();
+    let http = reqwest::Client::new();
+    for (path, api) in [
+        ("/v1/chat/completions", ProviderApi::OpenaiChat),
+        ("/v1/messages", ProviderApi::AnthropicMessages),
+        ("/api/chat", ProviderApi::OllamaChat),
+    ] {
+        double.script([
+            Reply::ToolCalls(vec![("k8s__get_pods".into(), json!({"namespace": "a"}))]),
+            Reply::Status(429),
+        ]);
+        let mut body = wire::request_body(api, "m", 10, &request());
+        body["stream"] = json!(false);
+        let v: Value = http
+            .post(format!("{}{path}", double.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (name, args) = match api {
+            ProviderApi::OpenaiChat => (
+                v["choices"][0]["message"]["tool_calls"][0]["function"]["name"].clone(),
+                serde_json::from_str::<Value>(
+                    v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+                        .as_str()
+                        .unwrap(),
+                )
+                .unwrap(),
+            ),
+            ProviderApi::AnthropicMessages => (
+                v["content"][0]["name"].clone(),
+                v["content"][0]["input"].clone(),
+            ),
+            ProviderApi::OllamaChat => (
+                v["message"]["tool_calls"][0]["function"]["name"].clone(),
+                v["message"]["tool_calls"][0]["function"]["arguments"].clone(),
+            ),
+        };
+        assert_eq!(name, "k8s__get_pods", "{api:?}: {v}");
+        assert_eq!(args, json!({"namespace": "a"}));
+        let r = http
+            .post(format!("{}{path}", double.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 429);
+    }
+}

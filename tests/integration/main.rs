@@ -9,6 +9,7 @@ mod control_plane;
 mod crds;
 mod http_api;
 mod local_postgres;
+mod operator;
 mod redis_coordination;
 mod runtime;
 mod runtime_faults;

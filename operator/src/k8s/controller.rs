@@ -704,17 +704,20 @@ where
     }
 }
 
+/// Delete; returns the object's new resourceVersion while finalizers hold it.
 async fn delete_quietly<K>(
     api: &Api<K>,
     kind: &'static str,
     name: &str,
-) -> Result<bool, ReconcileError>
+) -> Result<Option<String>, ReconcileError>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
+        Ok(either) => Ok(either
+            .left()
+            .and_then(|o| o.meta().resource_version.clone())),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(None),
         Err(e) => Err(kube_err("delete", kind, name)(e)),
     }
 }
@@ -750,6 +753,7 @@ where
         .filter(|o| desired.iter().any(|d| d.meta().name == o.meta().name))
         .map(|o| (o.meta().name.clone().unwrap_or_default(), o.clone()))
         .collect();
+    let mut versions: BTreeMap<String, String> = BTreeMap::new();
     for step in plan::plan(desired, existing) {
         match step {
             Step::Apply { name, why } => {
@@ -769,7 +773,11 @@ where
                 now.insert(name, applied);
             }
             Step::Delete { name } => {
-                delete_quietly(&api, kind, &name).await?;
+                // The deletion bumps resourceVersion: the release that follows must use the new
+                // one, or its precondition fails.
+                if let Some(rv) = delete_quietly(&api, kind, &name).await? {
+                    versions.insert(name, rv);
+                }
                 out.deleted += 1;
             }
             Step::Release {
@@ -788,7 +796,8 @@ where
                     )
                     .await?;
                 }
-                release(&api, &name, &remaining, resource_version.as_deref()).await?;
+                let rv = versions.get(&name).cloned().or(resource_version);
+                release(&api, &name, &remaining, rv.as_deref()).await?;
                 out.released += 1;
             }
         }

@@ -291,6 +291,14 @@ impl FakeApiServer {
                         obj["metadata"]["generation"] = json!(g + 1);
                     }
                 } else {
+                    // A resourceVersion in a merge patch is a precondition, as on the API server.
+                    let sent = body["metadata"]["resourceVersion"].as_str();
+                    if sent.is_some() && sent != obj["metadata"]["resourceVersion"].as_str() {
+                        return (
+                            StatusCode::CONFLICT,
+                            status(409, "Conflict", "the object has been modified"),
+                        );
+                    }
                     merge(&mut obj, &body);
                 }
                 obj["metadata"]["resourceVersion"] = json!(rv);

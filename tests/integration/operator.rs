@@ -338,16 +338,18 @@ async fn operator_retired_grant_and_project_are_deleted_cleaned_up_and_released(
     let out = reconcile(&ctx, &p).await;
     assert_eq!((out.deleted, out.released), (1, 1), "{out:?}");
     let log = fake.take_log();
+    // The remaining grant moves to the new revision; the retired one is deleted, then released.
     assert_eq!(
-        lines(&log)[4..6],
+        lines(&log)[4..7],
         [
+            format!("PATCH {MG}/alpha-triage"),
             format!("DELETE {MG}/alpha-reporter"),
-            format!("PATCH {MG}/alpha-reporter")
+            format!("PATCH {MG}/alpha-reporter"),
         ]
     );
     // The release is a merge patch of the finalizers, fenced by the resourceVersion the
     // deletion returned.
-    let rel = &log[5];
+    let rel = &log[6];
     assert!(rel.content_type.as_deref().unwrap().contains("merge-patch"));
     assert_eq!(
         rel.body.as_ref().unwrap()["metadata"]["finalizers"],
@@ -357,10 +359,19 @@ async fn operator_retired_grant_and_project_are_deleted_cleaned_up_and_released(
     assert_eq!(fake.names(MG), vec!["alpha-triage"]);
 
     // The project is retired: everything goes, workers first.
-    sqlx::query("UPDATE projects SET status = 'retired' WHERE project_id = 'alpha'")
-        .execute(&t.owner)
+    // (No lifecycle endpoint retires projects yet: the platform scope writes it directly.)
+    let mut tx = t.owner.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
+        .execute(&mut *tx)
         .await
         .unwrap();
+    let n = sqlx::query("UPDATE projects SET status = 'retired' WHERE project_id = 'alpha'")
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    tx.commit().await.unwrap();
+    assert_eq!(n, 1);
     let out = reconcile(&ctx, &p).await;
     assert_eq!(
         (out.deleted, out.released, out.applied),

@@ -1072,8 +1072,17 @@ pub async fn run(
         };
         let results: Vec<(ProjectId, Result<Outcome, ReconcileError>)> = match target {
             Some(p) => {
-                let r = reconcile_project(&ctx, &p).await;
-                vec![(p, r)]
+                // Coalesce triggers that queued up meanwhile: one reconcile per project.
+                let mut batch = BTreeSet::from([p]);
+                while let Ok(more) = rx.try_recv() {
+                    batch.insert(more);
+                }
+                let mut out = Vec::with_capacity(batch.len());
+                for p in batch {
+                    let r = reconcile_project(&ctx, &p).await;
+                    out.push((p, r));
+                }
+                out
             }
             None => match resync(&ctx).await {
                 Ok(r) => {
@@ -1127,13 +1136,17 @@ where
     use kube::runtime::{WatchStreamExt, watcher};
     let api = Api::<K>::namespaced(ctx.client.clone(), &ctx.namespace);
     tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR))
-            .default_backoff()
-            .touched_objects();
+        let stream =
+            watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR)).default_backoff();
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
-            if let Ok(obj) = ev
-                && let Some(Ok(p)) = project_of(obj.meta()).map(ProjectId::parse)
+            // Only changes after the initial listing: the periodic resync already covers what
+            // exists at start, and re-listing must not trigger one reconcile per object.
+            let obj = match ev {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => o,
+                _ => continue,
+            };
+            if let Some(Ok(p)) = project_of(obj.meta()).map(ProjectId::parse)
                 && tx.send(p).is_err()
             {
                 return;

@@ -822,3 +822,115 @@ async fn operator_kube_secrets_cache_returns_labelled_values_only() {
     assert_eq!(log[0].path, SEC);
     assert_eq!(log[0].query["labelSelector"], "awooop.dev/project");
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_awooop");
+
+async fn get_status(port: u16, path: &str, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf)
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `awooop serve` (the API alone) and `awooop operator` without `--out` through the binary.
+#[tokio::test]
+async fn operator_serve_and_in_cluster_commands_start_only_when_configured() {
+    use std::process::{Command, Stdio};
+    let t = TestDb::new().await;
+    let state = std::env::temp_dir().join(format!("awooop-serve-{}", t.name));
+    let token = "t".repeat(40);
+    // Without DATABASE_URL serve refuses (it never starts an embedded database).
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env_remove("DATABASE_URL")
+        .env("AWOOOP_ADMIN_TOKEN", &token)
+        .env("AWOOOP_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL"));
+    // Without an admin token too.
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env("DATABASE_URL", &t.url)
+        .env_remove("AWOOOP_ADMIN_TOKEN")
+        .env("AWOOOP_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWOOOP_ADMIN_TOKEN"));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &t.url)
+        .env("AWOOOP_ADMIN_TOKEN", &token)
+        .env("AWOOOP_STATE_DIR", &state)
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve did not listen");
+        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get_status(port, "/readyz", &token).await, 200);
+    assert_eq!(get_status(port, "/v1/control/projects", &token).await, 200);
+    assert_eq!(get_status(port, "/v1/control/projects", "wrong").await, 401);
+    assert!(
+        !state.join("admin-token").exists(),
+        "serve never generates a token"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+
+    // The in-cluster controller fails closed without Kubernetes API configuration.
+    let out = Command::new(BIN)
+        .args(["operator"])
+        .env("DATABASE_URL", &t.url)
+        .env("AWOOOP_STATE_DIR", &state)
+        .env("HOME", &state)
+        .env("KUBECONFIG", state.join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("AWOOOP_METRICS_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no Kubernetes API configuration"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&state);
+    t.cleanup().await;
+}

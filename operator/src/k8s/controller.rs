@@ -420,35 +420,40 @@ fn project_of(meta: &ObjectMeta) -> Option<&str> {
 }
 
 impl Cluster {
-    /// The part of a whole-namespace snapshot that belongs to one project.
-    pub fn slice(&self, project: &str) -> Cluster {
-        let mine = |m: &ObjectMeta| project_of(m) == Some(project);
-        Cluster {
-            projects: self
-                .projects
-                .iter()
-                .filter(|o| mine(&o.metadata))
-                .cloned()
-                .collect(),
-            grants: self
-                .grants
-                .iter()
-                .filter(|o| mine(&o.metadata))
-                .cloned()
-                .collect(),
-            deployments: self
-                .deployments
-                .iter()
-                .filter(|o| mine(&o.metadata))
-                .cloned()
-                .collect(),
-            secrets: self
-                .secrets
-                .iter()
-                .filter(|(_, s)| s.project.as_deref() == Some(project))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+    /// Split a whole-namespace snapshot by project, in one pass (a per-project filter over
+    /// the whole snapshot would make a resync quadratic in the number of projects).
+    pub fn partition(&self) -> BTreeMap<String, Cluster> {
+        let mut out: BTreeMap<String, Cluster> = BTreeMap::new();
+        for o in &self.projects {
+            if let Some(p) = project_of(&o.metadata) {
+                out.entry(p.to_string())
+                    .or_default()
+                    .projects
+                    .push(o.clone());
+            }
         }
+        for o in &self.grants {
+            if let Some(p) = project_of(&o.metadata) {
+                out.entry(p.to_string()).or_default().grants.push(o.clone());
+            }
+        }
+        for o in &self.deployments {
+            if let Some(p) = project_of(&o.metadata) {
+                out.entry(p.to_string())
+                    .or_default()
+                    .deployments
+                    .push(o.clone());
+            }
+        }
+        for (name, s) in &self.secrets {
+            if let Some(p) = &s.project {
+                out.entry(p.clone())
+                    .or_default()
+                    .secrets
+                    .insert(name.clone(), s.clone());
+            }
+        }
+        out
     }
 
     /// Every project that has objects here.
@@ -986,6 +991,8 @@ pub async fn resync(ctx: &Context) -> Result<Resync, ReconcileError> {
         .map(|p| p.project.project_id.clone())
         .collect();
     ids.extend(cluster.project_ids());
+    let parts = cluster.partition();
+    let empty = Cluster::default();
     let mut r = Resync::default();
     for raw in ids {
         let Ok(id) = ProjectId::parse(&raw) else {
@@ -995,7 +1002,8 @@ pub async fn resync(ctx: &Context) -> Result<Resync, ReconcileError> {
         let res = async {
             let depth = depths.get(id.as_str()).copied().unwrap_or(0);
             let db = fetch_db(&ctx.control, &id, Some(depth)).await?;
-            reconcile_with(ctx, &id, db.as_ref(), &cluster.slice(id.as_str())).await
+            let slice = parts.get(id.as_str()).unwrap_or(&empty);
+            reconcile_with(ctx, &id, db.as_ref(), slice).await
         }
         .await;
         observe(ctx, &res, started);

@@ -774,6 +774,25 @@ async fn operator_lease_admits_one_leader_and_a_lost_lease_stops_the_work() {
     assert_eq!(lease["spec"]["holderIdentity"], "operator-a");
     // Renewal keeps it.
     assert_eq!(a.try_acquire().await.unwrap(), Ok(()));
+    // A graceful shutdown gives it up: the follower takes over at once, and the old leader's
+    // release no longer touches a lease it does not hold.
+    a.release().await.unwrap();
+    assert_eq!(b.try_acquire().await.unwrap(), Ok(()));
+    a.release().await.unwrap();
+    assert_eq!(
+        a.try_acquire().await.unwrap(),
+        Err("operator-b".to_string()),
+        "a release by a non-holder changes nothing"
+    );
+    b.release().await.unwrap();
+    assert_eq!(a.try_acquire().await.unwrap(), Ok(()));
+    let lease = fake
+        .get(
+            "/apis/coordination.k8s.io/v1/namespaces/awooop/leases",
+            "awooop-operator",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "operator-a");
 
     // Another replica takes over (its renewTime is fresh): the leader's work is stopped.
     let mut taken = lease.clone();

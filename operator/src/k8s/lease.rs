@@ -198,6 +198,37 @@ impl Elector {
         }
     }
 
+    /// Give the lease up on a graceful shutdown, so a follower takes over at once instead of
+    /// waiting for the lease to expire. Only a lease we still hold is touched.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(lease) = self.api.get_opt(&self.cfg.name).await? else {
+            return Ok(());
+        };
+        let ours = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(self.cfg.identity.as_str());
+        if !ours {
+            return Ok(());
+        }
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        spec.holder_identity = None;
+        let next = Lease {
+            metadata: lease.metadata.clone(),
+            spec: Some(spec),
+        };
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &next)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_conflict() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Run `work` only while leading: returns `Err(LeaseLost)` as soon as the lease is lost,
     /// dropping (stopping) `work`.
     pub async fn lead<F: std::future::Future>(&self, work: F) -> Result<F::Output, LeaseLost> {

@@ -108,7 +108,12 @@ pub async fn run_in_cluster(control: ControlPlane, args: &OperatorArgs) -> anyho
         _ = waiting_stop.changed() => return Ok(()),
     }
     match elector.lead(controller::run(ctx, resync, stop_rx)).await {
-        Ok(res) => res,
+        Ok(res) => {
+            if let Err(e) = elector.release().await {
+                tracing::warn!(error = %e, "failed to release the lease; it expires on its own");
+            }
+            res
+        }
         Err(lost) => Err(anyhow::anyhow!(
             "{lost}; exiting so that only the leader projects"
         )),

@@ -953,3 +953,49 @@ async fn operator_serve_and_in_cluster_commands_start_only_when_configured() {
     let _ = std::fs::remove_dir_all(&state);
     t.cleanup().await;
 }
+
+/// The flags the Helm chart sets: namespace resolution and leader election.
+#[test]
+fn operator_flags_resolve_the_namespace_and_leader_election() {
+    use awooop::config::{Cli, Command};
+    use clap::Parser;
+    let parse = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+        Command::Operator(a) => a,
+        other => panic!("{other:?}"),
+    };
+    if std::env::var_os("AWOOOP_NAMESPACE").is_none() && std::env::var_os("POD_NAMESPACE").is_none()
+    {
+        let a = parse(&["awooop", "operator"]);
+        assert_eq!(a.namespace(), "awooop");
+        assert!(a.leader_election);
+        assert_eq!(a.lease_name, "awooop-operator");
+        assert_eq!(a.resync_seconds, 60);
+        assert!(a.out.is_none());
+    }
+    let a = parse(&["awooop", "operator", "--pod-namespace", "from-pod"]);
+    assert_eq!(a.namespace(), "from-pod");
+    let a = parse(&[
+        "awooop",
+        "operator",
+        "--pod-namespace",
+        "from-pod",
+        "--namespace",
+        "explicit",
+    ]);
+    assert_eq!(a.namespace(), "explicit");
+    let a = parse(&[
+        "awooop",
+        "operator",
+        "--leader-election",
+        "false",
+        "--resync-seconds",
+        "0",
+    ]);
+    assert!(!a.leader_election);
+    assert!(
+        a.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("AWOOOP_RESYNC_SECONDS")
+    );
+}

@@ -113,8 +113,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Up(args) => up(args).await,
         Command::Worker(args) => {
             args.worker.validate()?;
+            let project = match &args.project {
+                Some(id) => Some(ProjectId::parse(id)?.to_string()),
+                None => None,
+            };
             let p = Platform::connect(&args.db, None, None).await?;
-            let worker = worker_for(&p, &args.worker, crate::metrics::Metrics::new());
+            let worker =
+                worker_for_project(&p, &args.worker, crate::metrics::Metrics::new(), project);
             let (tx, rx) = crate::runtime::worker::shutdown_channel();
             tokio::spawn(async move {
                 shutdown_signal().await;
@@ -229,18 +234,22 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Schemas(a) => schemas(&a.out, a.check),
         Command::Crdgen(a) => crdgen(&[a.out, a.chart_out], a.check),
         Command::Operator(a) => {
-            // The in-cluster controller is not built yet; the file sink is.
+            a.validate()?;
             let p = Platform::connect(&a.db, None, None).await?;
-            let w = crate::k8s::sink::export(&p.control, &a.out, &a.namespace).await?;
+            let Some(out) = &a.out else {
+                return crate::k8s::runtime::run_in_cluster(p.control.clone(), &a).await;
+            };
+            let w = crate::k8s::sink::export(&p.control, out, &a.namespace()).await?;
             eprintln!(
                 "projected {} project(s) and {} grant(s) into {}; removed {} stale file(s)",
                 w.projects,
                 w.grants,
-                a.out.display(),
+                out.display(),
                 w.removed
             );
             Ok(())
         }
+        Command::Serve(args) => serve(args).await,
         Command::Errors => {
             print!("{}", crate::error::markdown_table());
             Ok(())
@@ -568,6 +577,36 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `awooop serve`: the HTTP API alone, against an external PostgreSQL, with no worker (the
+/// operator runs workers as Deployments) and no file sink.
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    let admin_token = args
+        .admin_token
+        .clone()
+        .expect("validate() requires an admin token");
+    let state = http::AppState {
+        control: p.control.clone(),
+        admin: Some(AdminToken::new(&admin_token)),
+        max_body_bytes: args.max_body_bytes,
+        metrics: crate::metrics::Metrics::new(),
+    };
+    eprintln!(
+        "AwoooP API serving on http://{} (database: {}, redis: {})",
+        args.listen,
+        p.source(),
+        if p.control.coord().is_configured() {
+            "configured"
+        } else {
+            "not configured (optional)"
+        },
+    );
+    http::serve(args.listen, http::app(state), shutdown_signal()).await?;
+    drop(p);
+    Ok(())
+}
+
 fn worker_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     format!("{host}-{}", std::process::id())
@@ -580,6 +619,16 @@ pub fn worker_for(
     p: &Platform,
     args: &WorkerArgs,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> std::sync::Arc<crate::runtime::worker::Worker> {
+    worker_for_project(p, args, metrics, None)
+}
+
+/// [`worker_for`], claiming only `project`'s runs when given (`awooop worker --project P`).
+pub fn worker_for_project(
+    p: &Platform,
+    args: &WorkerArgs,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    project: Option<String>,
 ) -> std::sync::Arc<crate::runtime::worker::Worker> {
     use crate::model::breaker::AnomalyCounter;
     use crate::model::executor::{AgentExecutor, LlmExecutor};
@@ -618,7 +667,11 @@ pub fn worker_for(
             p.control.db().pool_for_health().clone(),
             p.control.clone(),
             executor,
-            args.config(worker_id()),
+            {
+                let mut cfg = args.config(worker_id());
+                cfg.project = project;
+                cfg
+            },
         )
         .with_metrics(metrics),
     )

@@ -47,8 +47,11 @@ pub enum Command {
     Errors,
     /// Write (or with --check, verify) the CRD YAML generated from the Rust types.
     Crdgen(CrdgenArgs),
-    /// Project active revisions into AgentProject/McpGrant manifests (file sink: --out DIR).
+    /// Project active revisions into AgentProject/McpGrant objects: the in-cluster controller,
+    /// or with --out DIR the file sink.
     Operator(OperatorArgs),
+    /// Serve the HTTP API only (no embedded database, no worker): for clusters.
+    Serve(ServeArgs),
     /// Run a benchmark; the last line of output is key=value pairs.
     Bench(BenchArgs),
 }
@@ -162,6 +165,9 @@ pub struct WorkerCmdArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub worker: WorkerArgs,
+    /// Claim only this project's runs (the operator's per-project worker Deployments).
+    #[arg(long, env = "AWOOOP_WORKER_PROJECT")]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -435,12 +441,111 @@ pub struct SchemasArgs {
 pub struct OperatorArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// Write the manifests into this folder instead of a cluster (GitOps, or no cluster).
+    /// Write the manifests into this folder and exit (GitOps, or no cluster). Without it: run
+    /// the in-cluster controller.
     #[arg(long, env = "AWOOOP_OPERATOR_OUT")]
-    pub out: PathBuf,
-    /// Namespace written into the manifests.
-    #[arg(long, env = "AWOOOP_NAMESPACE", default_value = "awooop")]
-    pub namespace: String,
+    pub out: Option<PathBuf>,
+    /// Namespace of the projected objects and worker Deployments. Default: the pod's namespace
+    /// (POD_NAMESPACE), else `awooop`.
+    #[arg(long, env = "AWOOOP_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The pod's namespace (downward API), used when AWOOOP_NAMESPACE is not set.
+    #[arg(long, env = "POD_NAMESPACE", hide = true)]
+    pub pod_namespace: Option<String>,
+    /// Leader election with a coordination.k8s.io Lease (disable only with one replica).
+    #[arg(long, env = "AWOOOP_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "AWOOOP_LEASE_NAME", default_value = "awooop-operator")]
+    pub lease_name: String,
+    /// Lease holder identity (the pod name, from the downward API). Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Full resync period: a missed notification delays a projection at most this long.
+    #[arg(long, env = "AWOOOP_RESYNC_SECONDS", default_value_t = 60)]
+    pub resync_seconds: u64,
+    /// Image of the worker Deployments (`awooop worker --project P`). Without it the operator
+    /// runs no workers (WorkersReady is Unknown).
+    #[arg(long, env = "AWOOOP_WORKER_IMAGE")]
+    pub worker_image: Option<String>,
+    /// Secret (key `database-url`) given to worker pods as DATABASE_URL.
+    #[arg(
+        long,
+        env = "AWOOOP_WORKER_DB_SECRET",
+        default_value = "awooop-database"
+    )]
+    pub worker_db_secret: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "AWOOOP_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+}
+
+impl OperatorArgs {
+    /// AWOOOP_NAMESPACE, else POD_NAMESPACE, else `awooop`.
+    pub fn namespace(&self) -> String {
+        self.namespace
+            .clone()
+            .or_else(|| self.pod_namespace.clone())
+            .unwrap_or_else(|| "awooop".into())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        validate_db(&self.db)?;
+        if self.resync_seconds == 0 || self.resync_seconds > 86_400 {
+            anyhow::bail!("--resync-seconds (AWOOOP_RESYNC_SECONDS) must be 1..=86400");
+        }
+        if self.out.is_none() && self.db.database_url.is_none() {
+            anyhow::bail!("the in-cluster controller needs --database-url (DATABASE_URL)");
+        }
+        if self.lease_name.is_empty() || self.worker_db_secret.is_empty() {
+            anyhow::bail!(
+                "--lease-name (AWOOOP_LEASE_NAME) and --worker-db-secret (AWOOOP_WORKER_DB_SECRET) must not be empty"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `awooop serve`: the HTTP API alone (no embedded PostgreSQL, no worker), for clusters.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub keyring: KeyringArgs,
+    /// Address of the HTTP API.
+    #[arg(long, env = "AWOOOP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Platform admin token (required, at least 32 characters).
+    #[arg(long, env = "AWOOOP_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "AWOOOP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+}
+
+impl ServeArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.db.database_url.is_none() {
+            anyhow::bail!(
+                "awooop serve needs --database-url (DATABASE_URL): it never starts an embedded database"
+            );
+        }
+        match &self.admin_token {
+            None => anyhow::bail!("awooop serve needs --admin-token (AWOOOP_ADMIN_TOKEN)"),
+            Some(t) if t.len() < 32 => {
+                anyhow::bail!("--admin-token (AWOOOP_ADMIN_TOKEN) must be at least 32 characters")
+            }
+            Some(_) => {}
+        }
+        if self.max_body_bytes < 1024 {
+            anyhow::bail!("--max-body-bytes (AWOOOP_MAX_BODY_BYTES) must be at least 1024");
+        }
+        validate_db(&self.db)?;
+        validate_redis(&self.redis)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -459,7 +564,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs", "budget"])]
+    #[arg(value_parser = ["contracts", "runs", "budget", "projection"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]
@@ -470,6 +575,9 @@ pub struct BenchArgs {
     /// Number of workers (bench runs).
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Number of projects (bench projection; each gets 10 grants).
+    #[arg(long)]
+    pub projects: Option<usize>,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

@@ -10,6 +10,7 @@ mod crds;
 mod http_api;
 mod local_postgres;
 mod model;
+mod operator;
 mod redis_coordination;
 mod runtime;
 mod runtime_faults;

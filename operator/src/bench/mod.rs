@@ -6,6 +6,7 @@
 
 mod budget;
 mod contracts;
+mod projection;
 mod runs;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "contracts" => contracts::run(&args).await,
         "runs" => runs::run(&args).await,
         "budget" => budget::run(&args).await,
+        "projection" => projection::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }
 }

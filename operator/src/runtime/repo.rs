@@ -277,6 +277,18 @@ pub async fn worker_claim(
     n: i64,
     lease_seconds: f64,
 ) -> Result<Vec<Claimed>> {
+    worker_claim_for(pool, worker, n, lease_seconds, None).await
+}
+
+/// [`worker_claim`] limited to one project's runs when `project` is given (the per-project
+/// worker Deployments the operator runs: `awooop worker --project P`).
+pub async fn worker_claim_for(
+    pool: &PgPool,
+    worker: &str,
+    n: i64,
+    lease_seconds: f64,
+    project: Option<&str>,
+) -> Result<Vec<Claimed>> {
     let mut tx = worker_tx(pool).await?;
     let rows = sqlx::query_as(
         // Candidates are locked with SKIP LOCKED, then ranked per project so that a project never
@@ -287,6 +299,7 @@ pub async fn worker_claim(
         "WITH c AS ( \
             SELECT project_id, run_id, run_after FROM runs \
             WHERE state IN ('queued', 'retrying') AND run_after <= now() \
+              AND ($4::text IS NULL OR project_id = $4) \
             ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED), \
          busy AS ( \
             SELECT project_id, count(*) AS n FROM runs \
@@ -306,6 +319,7 @@ pub async fn worker_claim(
     .bind(n)
     .bind(worker)
     .bind(lease_seconds)
+    .bind(project)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -39,6 +39,8 @@ pub struct WorkerConfig {
     pub retention_every: Duration,
     /// How long shutdown waits for in-flight runs before releasing them.
     pub grace: Duration,
+    /// Claim only this project's runs (`awooop worker --project P`); `None`: every project.
+    pub project: Option<String>,
 }
 
 impl WorkerConfig {
@@ -52,6 +54,7 @@ impl WorkerConfig {
             reap_every: Duration::from_secs(2),
             retention_every: Duration::from_secs(600),
             grace: Duration::from_secs(20),
+            project: None,
         }
     }
 }
@@ -147,11 +150,12 @@ impl Worker {
             let worth_claiming =
                 free > 0 && (free >= (self.cfg.slots / 4).max(1) || free == self.cfg.slots);
             if worth_claiming && self.healthy.load(Ordering::Relaxed) {
-                match repo::worker_claim(
+                match repo::worker_claim_for(
                     &self.pool,
                     &self.cfg.id,
                     free as i64,
                     self.cfg.lease.as_secs_f64(),
+                    self.cfg.project.as_deref(),
                 )
                 .await
                 {

@@ -1,0 +1,259 @@
+//! `awooop bench projection`: the projection controller against the in-process fake API
+//! server (`k8s::fake`, the API server's wire format through a real `kube::Client`) and the
+//! real PostgreSQL.
+//!
+//! * a full resync of N projects × 10 grants (default 1,000 × 10 = 10,000 McpGrants, plus one
+//!   AgentProject and one worker Deployment per project), cold (everything created) and warm
+//!   (nothing changed): time and API requests sent;
+//! * activation → applied object with LISTEN/NOTIFY: the controller loop (`controller::run`,
+//!   as in the cluster) runs; each sample activates a new Project revision and waits until the
+//!   fake API server holds the AgentProject with that revision. Timed from just before the
+//!   activation call (so it includes the activation's own transaction) to the applied object.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{drop_scratch, percentile_ms, scratch_database};
+use crate::auth::Actor;
+use crate::cli::Platform;
+use crate::config::{BenchArgs, DbArgs, KeyringArgs};
+use crate::contracts::ContractKind;
+use crate::control::{ControlPlane, NewProject};
+use crate::k8s::controller::{self, Context, ControllerMetrics};
+use crate::k8s::fake::FakeApiServer;
+use crate::k8s::workers::WorkerSettings;
+use crate::tenancy::{self, ProjectId};
+
+const NS: &str = "awooop";
+const AGENTS: usize = 10;
+
+fn project_body(max_replicas: u32) -> Value {
+    json!({
+        "display_name": "Bench",
+        "data_boundary": {"default_class": "internal", "allowed_classes": ["internal"]},
+        "budget": {"period": "day", "token_limit": 1000}, "acl": {},
+        "approval": {"required_approvals": 1, "ttl_seconds": 3600}, "environments": ["prod"],
+        "workers": {"min_replicas": 1, "max_replicas": max_replicas, "runs_per_replica": 10}
+    })
+}
+
+fn gateway(secret: &str) -> Value {
+    let agents: Vec<Value> = (0..AGENTS)
+        .map(|i| json!({"agent": format!("agent{i}"), "tools": ["k8s__get_pods"], "environments": ["prod"]}))
+        .collect();
+    json!({
+        "credential_refs": [{"name": "tok", "source": {"kubernetes_secret": {"name": secret, "key": "token"}}}],
+        "providers": [{"name": "k8s", "transport": {"type": "streamable_http", "url": "http://k8s/mcp"},
+            "credentials": [{"credential": "tok", "inject": {"type": "header", "name": "Authorization"}}]}],
+        "tools": [{"provider": "k8s", "name": "get_pods", "risk": "read_only", "environments": ["prod"], "input_schema": {"type": "object"}}],
+        "grants": agents
+    })
+}
+
+async fn activate(
+    cp: &ControlPlane,
+    kind: ContractKind,
+    name: &str,
+    body: Value,
+) -> crate::error::Result<()> {
+    let admin = Actor::cli("bench");
+    let d = cp.create_draft(&admin, kind, name, body).await?;
+    let req = cp.sign_draft(d.draft.draft_id, "bench").await?;
+    let rev = cp.publish(&admin, d.draft.draft_id, req).await?;
+    cp.approve(&Actor::cli("approver"), rev.revision_id).await?;
+    cp.activate(&admin, rev.revision_id).await?;
+    Ok(())
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let projects = args.projects.unwrap_or(if args.quick { 40 } else { 1000 });
+    let samples = if args.quick { 40 } else { 200 };
+    let base = match &args.db.database_url {
+        Some(u) => u.clone(),
+        None => "postgres://postgres@127.0.0.1:5432/postgres".into(),
+    };
+    let scratch = scratch_database(&base, "projection").await?;
+    let res = bench(&scratch, projects, samples).await;
+    drop_scratch(&base, &scratch).await;
+    let line = res?;
+    println!("{line}");
+    Ok(())
+}
+
+async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
+    let state = std::env::temp_dir().join(format!("awooop-bench-proj-{}", std::process::id()));
+    let dbargs = DbArgs {
+        database_url: Some(url.to_string()),
+        app_database_url: None,
+        db_max_connections: 8,
+        state_dir: state.clone(),
+    };
+    let keyring = KeyringArgs {
+        keyring: Some(state.join("keyring")),
+    };
+    let p = Platform::connect(&dbargs, None, Some(&keyring)).await?;
+    let fake = FakeApiServer::new();
+    let ids: Vec<ProjectId> = (0..n)
+        .map(|i| ProjectId::parse(&format!("p{i:04}")))
+        .collect::<Result<_, _>>()?;
+
+    // Setup through the real lifecycle (draft, sign, publish, approve, activate).
+    let started = Instant::now();
+    for id in &ids {
+        p.control
+            .create_project(
+                &Actor::cli("bench"),
+                NewProject {
+                    project_id: id.to_string(),
+                    display_name: id.to_string(),
+                    required_approvals: Some(1),
+                },
+            )
+            .await?;
+        crate::cli::create_signing_key(&p, &state.join("keyring"), id, "bench").await?;
+        let secret = format!("mcp-{id}");
+        tenancy::scope(id.clone(), async {
+            activate(
+                &p.control,
+                ContractKind::Project,
+                id.as_str(),
+                project_body(4),
+            )
+            .await?;
+            activate(
+                &p.control,
+                ContractKind::McpGateway,
+                "default",
+                gateway(&secret),
+            )
+            .await?;
+            Ok::<_, crate::error::Error>(())
+        })
+        .await?;
+        fake.insert(
+            &format!("/api/v1/namespaces/{NS}/secrets"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": secret, "namespace": NS, "labels": {"awooop.dev/project": id.as_str()}},
+                   "data": {"token": "dG9rZW4="}}),
+        );
+    }
+    eprintln!(
+        "setup: {n} projects × {AGENTS} grants activated in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let ctx = Arc::new(Context {
+        client: fake.client(NS),
+        control: p.control.clone(),
+        namespace: NS.into(),
+        workers: Some(WorkerSettings {
+            image: "awooop:bench".into(),
+            db_secret: "awooop-database".into(),
+        }),
+        identity: "bench".into(),
+        metrics: ControllerMetrics::new(),
+    });
+
+    // Full resync, cold then warm.
+    fake.take_log();
+    let t = Instant::now();
+    let cold = controller::resync(&ctx).await?;
+    let cold_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let cold_requests = fake.take_log().len();
+    anyhow::ensure!(cold.failed.is_empty(), "resync failed: {:?}", cold.failed);
+    let grants = fake
+        .names(&format!(
+            "/apis/awooop.dev/v1alpha1/namespaces/{NS}/mcpgrants"
+        ))
+        .len();
+    anyhow::ensure!(
+        grants == n * AGENTS,
+        "expected {} grants, found {grants}",
+        n * AGENTS
+    );
+    let t = Instant::now();
+    let warm = controller::resync(&ctx).await?;
+    let warm_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let warm_requests = fake.take_log().len();
+    anyhow::ensure!(warm.failed.is_empty(), "resync failed: {:?}", warm.failed);
+    eprintln!(
+        "resync of {n} projects / {grants} grants: cold {cold_ms:.0} ms ({cold_requests} requests, {} applied, {} status writes), warm {warm_ms:.0} ms ({warm_requests} requests)",
+        cold.outcome.applied, cold.outcome.status_writes
+    );
+
+    // Activation → applied, through LISTEN/NOTIFY and the controller loop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let loop_ctx = ctx.clone();
+    let task =
+        tokio::spawn(
+            async move { controller::run(loop_ctx, Duration::from_secs(3600), stop_rx).await },
+        );
+    // Wait for the loop's start-up resync (every project reconciled once more).
+    let ok = || {
+        ctx.metrics
+            .reconciliations
+            .get_or_create(&controller::ResultLabel {
+                result: "ok".into(),
+            })
+            .get()
+    };
+    let before = ok();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ok() < before + n as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ap_coll = format!("/apis/awooop.dev/v1alpha1/namespaces/{NS}/agentprojects");
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let id = &ids[i % n];
+        let body = project_body(5 + i as u32 % 90);
+        let (rev_id, t0) = tenancy::scope(id.clone(), async {
+            let admin = Actor::cli("bench");
+            let d = p
+                .control
+                .create_draft(&admin, ContractKind::Project, id.as_str(), body)
+                .await?;
+            let req = p.control.sign_draft(d.draft.draft_id, "bench").await?;
+            let rev = p.control.publish(&admin, d.draft.draft_id, req).await?;
+            p.control
+                .approve(&Actor::cli("approver"), rev.revision_id)
+                .await?;
+            let t0 = Instant::now();
+            p.control.activate(&admin, rev.revision_id).await?;
+            Ok::<_, crate::error::Error>((rev.revision_id.to_string(), t0))
+        })
+        .await?;
+        let deadline = t0 + Duration::from_secs(10);
+        loop {
+            let applied = fake
+                .get(&ap_coll, id.as_str())
+                .is_some_and(|o| o["spec"]["revisionId"] == rev_id.as_str());
+            if applied {
+                lat.push(t0.elapsed());
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "activation of {id} never applied"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = task.await;
+    drop(p);
+    let _ = std::fs::remove_dir_all(&state);
+    lat.sort();
+    let p50 = percentile_ms(&lat, 50.0);
+    let p99 = percentile_ms(&lat, 99.0);
+    eprintln!(
+        "activation → applied AgentProject: {} samples, p50 {p50:.1} ms, p99 {p99:.1} ms",
+        lat.len()
+    );
+    Ok(format!(
+        "projects={n} grants={grants} cold_resync_ms={cold_ms:.0} cold_requests={cold_requests} warm_resync_ms={warm_ms:.0} warm_requests={warm_requests} activation_p50_ms={p50:.1} activation_p99_ms={p99:.1} samples={}",
+        lat.len()
+    ))
+}

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::audit::redact::Redactor;
+use crate::error::ErrorCode;
 use crate::tenancy::{self, Db, ProjectId};
 
 /// One audited call.
@@ -104,7 +105,8 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
         while !buf.is_empty() {
             match write(&db, &buf).await {
                 Ok(()) => buf.clear(),
-                Err(e) => {
+                Err(e) if e.code == ErrorCode::Unavailable => {
+                    // PostgreSQL is away: keep the rows and try again.
                     tracing::warn!(
                         code = e.code.as_str(),
                         rows = buf.len(),
@@ -112,6 +114,24 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
                     );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(_) => {
+                    // A row the database refuses for good (e.g. its project was removed) must
+                    // not block the others: write them one by one and report the refused ones.
+                    let mut keep = Vec::new();
+                    for r in buf.drain(..) {
+                        match write(&db, std::slice::from_ref(&r)).await {
+                            Ok(()) => {}
+                            Err(e) if e.code == ErrorCode::Unavailable => keep.push(r),
+                            Err(e) => tracing::error!(
+                                code = e.code.as_str(),
+                                project = %r.project,
+                                call_id = %r.call_id,
+                                "call audit row refused by the database"
+                            ),
+                        }
+                    }
+                    buf = keep;
                 }
             }
         }

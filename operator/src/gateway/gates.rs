@@ -238,6 +238,15 @@ mod tests {
         }
     }
 
+    /// (caller, project, agent, tool, expected: Ok(needs_approval) or Err(code))
+    type Case<'a> = (
+        CallerView<'a>,
+        Option<ProjectState>,
+        Option<AgentState>,
+        &'a str,
+        Result<bool, ErrorCode>,
+    );
+
     #[test]
     fn each_gate_denies_with_its_code() {
         use ErrorCode::*;
@@ -250,13 +259,7 @@ mod tests {
             ..auto.clone()
         };
         // (caller, project, agent, tool, expected: Ok(needs_approval) or Err(code))
-        let cases: Vec<(
-            CallerView,
-            Option<ProjectState>,
-            Option<AgentState>,
-            &str,
-            Result<bool, ErrorCode>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 caller("a", "dev"),
                 None,

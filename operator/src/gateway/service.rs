@@ -422,6 +422,12 @@ impl Gateway {
             tool,
         ) {
             Ok(x) => x,
+            Err(d) if s.project.is_none() => {
+                // No such project: there is no tenant to write an audit row into (its audit
+                // table is keyed by existing projects); the refusal goes to the log.
+                tracing::info!(code = d.code.as_str(), trace_id = %trace.trace_id, "tool call for an unknown project refused");
+                return Err(Error::new(d.code, d.reason));
+            }
             Err(d) => {
                 let mode = s
                     .project

@@ -41,6 +41,9 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 pub const AGENT_HEADER: &str = "x-awooop-agent";
 pub const ENV_HEADER: &str = "x-awooop-environment";
 
+/// SHA-256 of an API key → (verified at, its project, has the runner role).
+type ApiKeyCache = HashMap<[u8; 32], (Instant, ProjectId, bool)>;
+
 #[derive(Clone)]
 pub struct McpState {
     pub gateway: Arc<Gateway>,
@@ -49,7 +52,7 @@ pub struct McpState {
     pub session_ttl_seconds: i64,
     /// Origins allowed to call (browsers); requests without `Origin` are not affected.
     pub allowed_origins: Arc<Vec<String>>,
-    api_keys: Arc<RwLock<HashMap<[u8; 32], (Instant, ProjectId, bool)>>>,
+    api_keys: Arc<RwLock<ApiKeyCache>>,
 }
 
 impl McpState {

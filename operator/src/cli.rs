@@ -246,7 +246,29 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(b) => crate::bench::run(b).await,
+        Command::McpFixture(a) => mcp_fixture(a).await,
     }
+}
+
+/// `awooop mcp-fixture`: the upstream client's test server (stdio, or HTTP until SIGTERM).
+async fn mcp_fixture(a: McpFixtureArgs) -> anyhow::Result<()> {
+    use crate::gateway::upstream::fixture;
+    if a.stdio {
+        fixture::serve_stdio().await?;
+        return Ok(());
+    }
+    let server = fixture::FixtureServer::bind(
+        a.listen,
+        fixture::FixtureOptions {
+            sse: a.sse,
+            ..Default::default()
+        },
+    )
+    .await?;
+    println!("PORT={}", server.addr.port());
+    shutdown_signal().await;
+    drop(server);
+    Ok(())
 }
 
 /// Generate key material, store it in the keyring file (0600) and register the fingerprint.

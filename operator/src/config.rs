@@ -51,6 +51,24 @@ pub enum Command {
     Operator(OperatorArgs),
     /// Run a benchmark; the last line of output is key=value pairs.
     Bench(BenchArgs),
+    // --- upstream MCP client (gateway/upstream) ---
+    /// Test fixture: a minimal MCP server over stdio (--stdio) or Streamable HTTP.
+    #[command(name = "mcp-fixture", hide = true)]
+    McpFixture(McpFixtureArgs),
+}
+
+/// `awooop mcp-fixture`: the MCP test server of `gateway::upstream::fixture`.
+#[derive(Debug, Clone, Args)]
+pub struct McpFixtureArgs {
+    /// Serve over stdin/stdout instead of HTTP.
+    #[arg(long)]
+    pub stdio: bool,
+    /// HTTP listen address (prints `PORT=<n>` once listening).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Answer with text/event-stream instead of application/json.
+    #[arg(long)]
+    pub sse: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -3,12 +3,15 @@
 
 mod support;
 
+mod mcp_support;
+
 mod cli_e2e;
 mod contracts_golden;
 mod control_plane;
 mod crds;
 mod http_api;
 mod local_postgres;
+mod mcp_upstream;
 mod redis_coordination;
 mod runtime;
 mod runtime_faults;

@@ -20,6 +20,7 @@ Tools (the same contract as the Rust fixture, operator/src/gateway/upstream/fixt
     sleep(ms)             -> waits, then "slept"
     pid()                 -> {"pid": <process id>}
     headers()             -> the request headers as a JSON object (HTTP only)
+    env()                 -> {"names": [sorted names of the process's environment variables]}
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ def headers(ctx: Context) -> dict[str, Any]:
     if request is None:
         return {}
     return {k.lower(): v for k, v in request.headers.items()}
+
+
+@server.tool()
+def env() -> dict[str, Any]:
+    return {"names": sorted(os.environ.keys())}
 
 
 async def _serve_http(json_response: bool) -> None:

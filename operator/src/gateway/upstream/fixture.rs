@@ -16,6 +16,7 @@
 //! | `sleep {ms}` | waits, then `slept` |
 //! | `pid` | `{"pid": n}` of the serving process |
 //! | `headers` | the request headers (HTTP) |
+//! | `env` | `{"names": [...]}`: the names of the process's environment variables |
 //! | `exit` | stdio only: the process exits without answering |
 //!
 //! It speaks what the client needs, strictly enough to catch client mistakes: sessions
@@ -101,6 +102,7 @@ pub fn tools() -> Value {
                "inputSchema": {"type": "object", "properties": {"ms": {"type": "integer"}}}}),
         json!({"name": "pid", "description": "The serving process id", "inputSchema": {"type": "object"}}),
         json!({"name": "headers", "description": "The request headers", "inputSchema": {"type": "object"}}),
+        json!({"name": "env", "description": "Names of the environment variables", "inputSchema": {"type": "object"}}),
         json!({"name": "exit", "description": "stdio: exit without answering", "inputSchema": {"type": "object"}}),
     ];
     for n in [
@@ -156,6 +158,13 @@ pub fn call(name: &str, args: &Map<String, Value>, src: &Source) -> Result<Value
             )),
             Source::Env => structured(json!({})),
         },
+        "env" => {
+            let mut names: Vec<String> = std::env::vars_os()
+                .map(|(k, _)| k.to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            structured(json!({ "names": names }))
+        }
         "secret" => text(secret()),
         "leak_text" => text(format!("the secret is {} (oops)", secret())),
         "leak_structured" => structured(json!({"token": secret()})),

@@ -354,7 +354,10 @@ impl HttpSession {
                 return Err(self.too_large());
             }
             for ev in parser.push(&chunk) {
-                if ev.event.as_deref().is_some_and(|e| e != "message") {
+                // Other event types, and events without data (the priming event a server sends
+                // so that a client can resume), carry no JSON-RPC message.
+                if ev.event.as_deref().is_some_and(|e| e != "message") || ev.data.trim().is_empty()
+                {
                     continue;
                 }
                 let Ok(msg) = serde_json::from_str::<Value>(&ev.data) else {

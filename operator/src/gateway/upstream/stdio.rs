@@ -77,8 +77,22 @@ struct Child {
 }
 
 impl Child {
+    /// Alive as far as we know: its output is open and the process has not exited (a
+    /// `waitpid(WNOHANG)`, so a killed child is noticed before a request is written to it,
+    /// even when its closed stdout has not been read yet).
     fn alive(&self) -> bool {
-        self.shared.alive.load(Ordering::SeqCst)
+        if !self.shared.alive.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut p = self.process.lock().expect("process lock");
+        let exited = match p.as_mut() {
+            Some(p) => !matches!(p.try_wait(), Ok(None)),
+            None => true,
+        };
+        if exited {
+            self.shared.alive.store(false, Ordering::SeqCst);
+        }
+        !exited
     }
 
     fn kill(&self) {

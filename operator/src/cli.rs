@@ -254,6 +254,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Bench(b) => crate::bench::run(b).await,
         Command::Token(t) => token(t),
+        Command::McpFixture(a) => mcp_fixture(a).await,
     }
 }
 
@@ -291,7 +292,7 @@ pub fn attach_gateway(
     args: &GatewayArgs,
     generate_key: bool,
 ) -> anyhow::Result<std::sync::Arc<crate::gateway::Gateway>> {
-    use crate::gateway::{credentials, keys::GatewayKeys, service};
+    use crate::gateway::{credentials, keys::GatewayKeys};
     let master = gateway_key(args.gateway_key.as_deref(), &p.state_dir, generate_key)?;
     let local = credentials::LocalPolicy::parse(
         args.gateway_env_credentials.as_deref(),
@@ -310,7 +311,9 @@ pub fn attach_gateway(
         p.control.coord().clone(),
         GatewayKeys::derive(&master),
         creds,
-        std::sync::Arc::new(service::NoUpstream),
+        std::sync::Arc::new(crate::gateway::upstream::Upstreams::new(
+            args.upstream.config(),
+        )),
         audit,
         args.config(),
     ));
@@ -402,6 +405,27 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `awooop mcp-fixture`: the upstream client's test server (stdio, or HTTP until SIGTERM).
+async fn mcp_fixture(a: McpFixtureArgs) -> anyhow::Result<()> {
+    use crate::gateway::upstream::fixture;
+    if a.stdio {
+        fixture::serve_stdio().await?;
+        return Ok(());
+    }
+    let server = fixture::FixtureServer::bind(
+        a.listen,
+        fixture::FixtureOptions {
+            sse: a.sse,
+            ..Default::default()
+        },
+    )
+    .await?;
+    println!("PORT={}", server.addr.port());
+    shutdown_signal().await;
+    drop(server);
+    Ok(())
 }
 
 /// Generate key material, store it in the keyring file (0600) and register the fingerprint.

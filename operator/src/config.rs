@@ -54,6 +54,24 @@ pub enum Command {
     /// Mint MCP gateway tokens (per-run bearer tokens, approval tokens).
     #[command(subcommand)]
     Token(TokenCmd),
+    // --- upstream MCP client (gateway/upstream) ---
+    /// Test fixture: a minimal MCP server over stdio (--stdio) or Streamable HTTP.
+    #[command(name = "mcp-fixture", hide = true)]
+    McpFixture(McpFixtureArgs),
+}
+
+/// `awooop mcp-fixture`: the MCP test server of `gateway::upstream::fixture`.
+#[derive(Debug, Clone, Args)]
+pub struct McpFixtureArgs {
+    /// Serve over stdin/stdout instead of HTTP.
+    #[arg(long)]
+    pub stdio: bool,
+    /// HTTP listen address (prints `PORT=<n>` once listening).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Answer with text/event-stream instead of application/json.
+    #[arg(long)]
+    pub sse: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -504,6 +522,9 @@ pub struct GatewayArgs {
     /// Origin header are unaffected.
     #[arg(long, env = "AWOOOP_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub gateway_allowed_origins: Vec<String>,
+    /// The upstream MCP client pool.
+    #[command(flatten)]
+    pub upstream: crate::gateway::upstream::UpstreamArgs,
 }
 
 impl GatewayArgs {

@@ -3,6 +3,8 @@
 
 mod support;
 
+mod mcp_support;
+
 mod cli_e2e;
 mod contracts_golden;
 mod control_plane;
@@ -10,6 +12,7 @@ mod crds;
 mod gateway;
 mod http_api;
 mod local_postgres;
+mod mcp_upstream;
 mod redis_coordination;
 mod runtime;
 mod runtime_faults;

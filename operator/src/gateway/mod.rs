@@ -24,5 +24,6 @@ pub mod sanitize;
 pub mod server;
 pub mod service;
 pub mod tokens;
+pub mod upstream;
 
 pub use service::{Caller, Gateway, GatewayConfig, ToolUpstream};

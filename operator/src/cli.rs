@@ -24,6 +24,8 @@ pub struct Platform {
     pub control: ControlPlane,
     pub owner_url: String,
     pub state_dir: PathBuf,
+    /// Where the workers' tool calls go (the MCP gateway once [`attach_gateway`] ran).
+    pub tools: std::sync::Arc<dyn crate::runtime::executor::ToolGateway>,
     _pg: LocalPostgres,
 }
 
@@ -58,6 +60,7 @@ impl Platform {
             control: ControlPlane::new(Db::new(pool), coord, keyring),
             owner_url: pg.url.clone(),
             state_dir: db_args.state_dir.clone(),
+            tools: std::sync::Arc::new(crate::runtime::executor::NoGateway),
             _pg: pg,
         })
     }
@@ -113,7 +116,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Up(args) => up(args).await,
         Command::Worker(args) => {
             args.worker.validate()?;
-            let p = Platform::connect(&args.db, None, None).await?;
+            args.gateway.validate()?;
+            let mut p = Platform::connect(&args.db, Some(&args.redis), None).await?;
+            let gw = attach_gateway(&mut p, &args.gateway, false)?;
             let worker = worker_for(&p, &args.worker, crate::metrics::Metrics::new());
             let (tx, rx) = crate::runtime::worker::shutdown_channel();
             tokio::spawn(async move {
@@ -126,6 +131,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 args.worker.worker_slots
             );
             worker.run(rx).await?;
+            // Every queued call-audit row is written before exit.
+            gw.audit().flush().await;
             Ok(())
         }
         Command::Migrate(dbargs) => {
@@ -247,6 +254,156 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Bench(b) => crate::bench::run(b).await,
         Command::McpFixture(a) => mcp_fixture(a).await,
+        Command::Token(t) => token(t),
+    }
+}
+
+// --- MCP gateway (operator/src/gateway/) ---
+
+/// The gateway master key: flag/env, else STATE_DIR/gateway-key (generated there once when
+/// `generate`, like the admin token).
+pub fn gateway_key(
+    explicit: Option<&str>,
+    state_dir: &Path,
+    generate: bool,
+) -> anyhow::Result<String> {
+    if let Some(k) = explicit {
+        return Ok(k.to_string());
+    }
+    let path = state_dir.join("gateway-key");
+    if path.exists() {
+        return Ok(std::fs::read_to_string(&path)?.trim().to_string());
+    }
+    if !generate {
+        anyhow::bail!(
+            "no gateway key: set AWOOOP_GATEWAY_KEY or run `awooop up` once to create {}",
+            path.display()
+        );
+    }
+    let k = crate::gateway::keys::GatewayKeys::generate_master();
+    write_private(&path, k.as_bytes())?;
+    Ok(k)
+}
+
+/// Build the gateway, make it the workers' tool gateway, and start its audit writer and
+/// activation listener. Callers flush its audit (`gw.audit().flush()`) before exiting.
+pub fn attach_gateway(
+    p: &mut Platform,
+    args: &GatewayArgs,
+    generate_key: bool,
+) -> anyhow::Result<std::sync::Arc<crate::gateway::Gateway>> {
+    use crate::gateway::{credentials, keys::GatewayKeys};
+    let master = gateway_key(args.gateway_key.as_deref(), &p.state_dir, generate_key)?;
+    let local = credentials::LocalPolicy::parse(
+        args.gateway_env_credentials.as_deref(),
+        args.gateway_credential_dir.as_deref(),
+    )?;
+    // No Kubernetes API in local runs: kubernetes_secret refs fail with E-MCP-005 (the
+    // in-cluster operator provides a SecretLookup).
+    let creds = credentials::CredentialResolver::new(
+        None,
+        local,
+        std::time::Duration::from_secs(args.gateway_credential_ttl_seconds),
+    );
+    let (audit, _writer) = crate::gateway::audit::CallAudit::spawn(p.control.db().clone());
+    let gw = std::sync::Arc::new(crate::gateway::Gateway::new(
+        p.control.db().clone(),
+        p.control.coord().clone(),
+        GatewayKeys::derive(&master),
+        creds,
+        std::sync::Arc::new(crate::gateway::upstream::Upstreams::new(
+            args.upstream.config(),
+        )),
+        audit,
+        args.config(),
+    ));
+    gw.spawn_invalidation(p.control.db().pool_for_health().clone());
+    p.tools = std::sync::Arc::new(crate::gateway::runtime::InProcessGateway::new(gw.clone()));
+    Ok(gw)
+}
+
+fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+    let now = chrono::Utc::now().timestamp();
+    match cmd {
+        TokenCmd::Mint {
+            project,
+            agent,
+            environment,
+            run,
+            mode,
+            ttl_seconds,
+            state_dir,
+            gateway_key: key,
+        } => {
+            let keys = crate::gateway::keys::GatewayKeys::derive(&gateway_key(
+                key.as_deref(),
+                &state_dir,
+                false,
+            )?);
+            let mode = mode.as_deref().map(MigrationMode::parse).transpose()?;
+            let t = crate::gateway::tokens::mint_run_token(
+                &keys.run_token,
+                &crate::gateway::tokens::RunTokenClaims {
+                    project,
+                    agent,
+                    run_id: run,
+                    environment,
+                    mode,
+                    iat: now,
+                    exp: now + ttl_seconds,
+                },
+            )?;
+            println!("{t}");
+            Ok(())
+        }
+        TokenCmd::Approve {
+            project,
+            tool,
+            arguments,
+            run,
+            approver,
+            ttl_seconds,
+            state_dir,
+            gateway_key: key,
+        } => {
+            use crate::gateway::approval;
+            let keys = crate::gateway::keys::GatewayKeys::derive(&gateway_key(
+                key.as_deref(),
+                &state_dir,
+                false,
+            )?);
+            let args: Value = http::extract::parse_json(arguments.as_bytes())?;
+            if !args.is_object() {
+                return Err(Error::new(
+                    ErrorCode::ReqInvalidParam,
+                    "--arguments must be a JSON object",
+                )
+                .into());
+            }
+            if ttl_seconds <= 0 || ttl_seconds > approval::MAX_TTL_SECONDS {
+                return Err(Error::new(
+                    ErrorCode::ReqInvalidParam,
+                    "--ttl-seconds must be 1..=604800",
+                )
+                .into());
+            }
+            ProjectId::parse(&project)?;
+            let hash = approval::arguments_hash(&args);
+            let run = run.map(|r| r.to_string());
+            let claims = approval::claims(
+                approval::Expected {
+                    project: &project,
+                    run_id: run.as_deref(),
+                    tool: &tool,
+                    args_sha256: &hash,
+                },
+                &approver,
+                now,
+                ttl_seconds,
+            );
+            println!("{}", approval::mint(&keys.approval, &claims));
+            Ok(())
+        }
     }
 }
 
@@ -501,7 +658,8 @@ pub fn crdgen(out: &Path, check: bool) -> anyhow::Result<()> {
 /// `awooop up`: the whole platform locally.
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    let mut p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    let gateway = attach_gateway(&mut p, &args.gateway, true)?;
     let admin_token = match &args.admin_token {
         Some(t) => t.clone(),
         None => {
@@ -577,10 +735,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             manifests.display()
         );
     }
-    http::serve(args.listen, http::app(state), shutdown_signal()).await?;
+    let mcp =
+        http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), args.max_body_bytes)
+            .with_allowed_origins(args.gateway.gateway_allowed_origins.clone());
+    eprintln!(
+        "  MCP gateway: http://{}/mcp (bearer: `awooop token mint --project P --agent A`; key file {})",
+        args.listen,
+        p.state_dir.join("gateway-key").display()
+    );
+    let router = http::app(state).merge(http::mcp::router(mcp));
+    http::serve(args.listen, router, shutdown_signal()).await?;
     // The API has stopped taking requests; let the worker finish or release its runs.
     let _ = stop_tx.send(true);
     let _ = worker_task.await;
+    // Every queued call-audit row is written before exit.
+    gateway.audit().flush().await;
     drop(p);
     Ok(())
 }
@@ -590,15 +759,15 @@ fn worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// A worker executing scripted agents; tool calls go through the guarded boundary (no MCP
-/// gateway is wired in yet, so tool calls fail with E-RUN-013).
+/// A worker executing scripted agents; tool calls go through the guarded boundary and then
+/// `p.tools` (the MCP gateway after [`attach_gateway`], else every call fails with E-RUN-013).
 pub fn worker_for(
     p: &Platform,
     args: &WorkerArgs,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> std::sync::Arc<crate::runtime::worker::Worker> {
-    use crate::runtime::executor::{GuardedGateway, NoGateway, ScriptedExecutor};
-    let gateway = GuardedGateway::new(p.control.clone(), std::sync::Arc::new(NoGateway));
+    use crate::runtime::executor::{GuardedGateway, ScriptedExecutor};
+    let gateway = GuardedGateway::new(p.control.clone(), p.tools.clone());
     let executor = std::sync::Arc::new(ScriptedExecutor::new(gateway));
     std::sync::Arc::new(
         crate::runtime::worker::Worker::new(

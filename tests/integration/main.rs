@@ -9,6 +9,7 @@ mod cli_e2e;
 mod contracts_golden;
 mod control_plane;
 mod crds;
+mod gateway;
 mod http_api;
 mod local_postgres;
 mod mcp_upstream;

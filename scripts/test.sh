@@ -4,6 +4,8 @@
 #      stopped, installs them with apt-get when missing);
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. the whole test suite (cargo nextest when installed, else cargo test).
+# It also installs the official MCP SDKs the interop tests talk to (Python `mcp` in a venv
+# under .tools/venv, gitignored) and exports AWOOOP_TEST_PYTHON for them.
 # CI (.ci/run) calls this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,8 +61,30 @@ ensure_redis() {
   export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 }
 
+# The official Python MCP SDK for the MCP interop tests (tests/mcp/, tests/integration/mcp_*.rs):
+# `mcp` and its dependencies pinned in tests/mcp/requirements.txt, from PyPI only. Idempotent:
+# a venv built from the same requirements file is reused without touching the network.
+ensure_python_mcp() {
+  local venv=.tools/venv req=tests/mcp/requirements.txt marker
+  marker="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$marker" ] || [ ! -x "$venv/bin/python" ]; then
+    log "installing the Python MCP SDK ($req) into $venv"
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+      apt_install python3-venv
+    fi
+    rm -rf "$venv"
+    mkdir -p .tools
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+    echo "$marker" > "$venv/.requirements-sha256"
+  fi
+  AWOOOP_TEST_PYTHON="$(pwd)/$venv/bin/python"
+  export AWOOOP_TEST_PYTHON
+}
+
 ensure_postgres
 ensure_redis
+ensure_python_mcp
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -522,7 +522,7 @@ pub struct GatewayArgs {
     /// Origin header are unaffected.
     #[arg(long, env = "AWOOOP_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub gateway_allowed_origins: Vec<String>,
-    /// The upstream MCP client pool.
+    /// The MCP client toward upstream tool servers (sessions, children, limits).
     #[command(flatten)]
     pub upstream: crate::gateway::upstream::UpstreamArgs,
 }

@@ -675,37 +675,3 @@ impl ToolUpstream for NoUpstream {
         ))
     }
 }
-
-/// The real upstream: the MCP client pool of [`super::upstream`].
-#[async_trait]
-impl ToolUpstream for super::upstream::Upstreams {
-    async fn call_tool(
-        &self,
-        call: UpstreamCall<'_>,
-    ) -> std::result::Result<Value, UpstreamFailure> {
-        use super::upstream::{CallRequest, Injected, UpstreamError, Upstreams};
-        let injected: Vec<Injected> = call
-            .credentials
-            .iter()
-            .map(|c| Injected {
-                inject: c.inject.clone(),
-                value: c.value.expose().to_string(),
-            })
-            .collect();
-        let req = CallRequest {
-            project: call.project,
-            provider: call.provider,
-            tool: call.tool,
-            arguments: call.arguments,
-            credentials: &injected,
-            traceparent: call.traceparent,
-            timeout: call.timeout,
-        };
-        Upstreams::call_tool(self, req).await.map_err(|e| match e {
-            UpstreamError::Timeout => UpstreamFailure::Timeout,
-            UpstreamError::Unavailable(m) => UpstreamFailure::Unavailable(m),
-            UpstreamError::Protocol(m) => UpstreamFailure::Protocol(m),
-            UpstreamError::Rpc { code, message } => UpstreamFailure::Rpc { code, message },
-        })
-    }
-}

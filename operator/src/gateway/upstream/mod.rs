@@ -85,6 +85,52 @@ pub enum UpstreamError {
     Rpc { code: i64, message: String },
 }
 
+/// The gateway core calls upstreams through its `ToolUpstream` trait; this pool is that
+/// client. Credential values are copied out of the resolver's `SecretValue` only here, into the
+/// request that carries them.
+#[async_trait::async_trait]
+impl crate::gateway::service::ToolUpstream for Upstreams {
+    async fn call_tool(
+        &self,
+        call: crate::gateway::service::UpstreamCall<'_>,
+    ) -> Result<serde_json::Value, crate::gateway::service::UpstreamFailure> {
+        let credentials: Vec<Injected> = call
+            .credentials
+            .iter()
+            .map(|c| Injected {
+                inject: c.inject.clone(),
+                value: c.value.expose().to_string(),
+            })
+            .collect();
+        Upstreams::call_tool(
+            self,
+            CallRequest {
+                project: call.project,
+                provider: call.provider,
+                tool: call.tool,
+                arguments: call.arguments,
+                credentials: &credentials,
+                traceparent: call.traceparent,
+                timeout: call.timeout,
+            },
+        )
+        .await
+        .map_err(Into::into)
+    }
+}
+
+impl From<UpstreamError> for crate::gateway::service::UpstreamFailure {
+    fn from(e: UpstreamError) -> Self {
+        use crate::gateway::service::UpstreamFailure as F;
+        match e {
+            UpstreamError::Timeout => F::Timeout,
+            UpstreamError::Unavailable(m) => F::Unavailable(m),
+            UpstreamError::Protocol(m) => F::Protocol(m),
+            UpstreamError::Rpc { code, message } => F::Rpc { code, message },
+        }
+    }
+}
+
 /// Pool settings. `Default` gives production values; [`UpstreamArgs`] reads them from flags
 /// or environment variables.
 #[derive(Clone, Debug)]

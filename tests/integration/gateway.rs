@@ -1591,3 +1591,50 @@ async fn gateway_interop_official_python_client_and_server() {
     assert!(bad.is_err());
     e.done().await;
 }
+
+/// A row the database refuses for good (its project does not exist) is reported and dropped;
+/// the rows queued with it are still written and `flush` returns.
+#[tokio::test]
+async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
+    use awooop::gateway::audit::CallRecord;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    project(&cp, "alpha", 1).await;
+    let (audit, _task) = CallAudit::spawn(t.db());
+    let rec = |p: &str| CallRecord {
+        project: pid(p),
+        call_id: Uuid::now_v7(),
+        at: chrono::Utc::now(),
+        trace_id: "t".into(),
+        run_id: None,
+        agent: "triage".into(),
+        tool: "leaky__text".into(),
+        environment: "dev".into(),
+        mode: "shadow".into(),
+        credential_refs: vec!["tok".into()],
+        decision: "allowed",
+        code: None,
+        result_status: "ok",
+        latency_us: 1,
+        bytes_in: 2,
+        bytes_out: 3,
+        truncated: false,
+        details: json!({"note": "password=hunter2"}),
+    };
+    audit.record(rec("ghost")).await;
+    audit.record(rec("alpha")).await;
+    audit.record(rec("alpha")).await;
+    tokio::time::timeout(Duration::from_secs(20), audit.flush())
+        .await
+        .expect("flush returns although one row can never be written");
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let rows: Vec<Value> = sqlx::query_scalar("SELECT details FROM mcp_call_audit")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(rows.len(), 2);
+    // layer-2 redaction ran on the details
+    assert!(!rows[0].to_string().contains("hunter2"), "{rows:?}");
+    t.cleanup().await;
+}

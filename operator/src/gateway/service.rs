@@ -123,6 +123,8 @@ pub struct Gateway {
     snapshots: RwLock<HashMap<ProjectId, Arc<Snapshot>>>,
     /// (project, agent) → (window start, calls in window).
     rate: Mutex<HashMap<(ProjectId, String), (Instant, u32)>>,
+    /// Digest of a call's credential values → their compiled exact-value redactor.
+    exact: RwLock<HashMap<[u8; 32], Arc<ExactSecrets>>>,
 }
 
 /// `_meta` key carrying an approval token in `tools/call`.
@@ -156,6 +158,7 @@ impl Gateway {
             config,
             snapshots: RwLock::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
+            exact: RwLock::new(HashMap::new()),
         }
     }
 
@@ -517,7 +520,7 @@ impl Gateway {
                 }
             }
         }
-        let exact = ExactSecrets::new(creds.iter().map(|c| c.value.expose()));
+        let exact = self.exact_secrets(&creds);
         let traceparent = trace.traceparent();
         let res = self
             .upstream
@@ -595,6 +598,29 @@ impl Gateway {
         )
         .await;
         Ok(out.result)
+    }
+
+    /// The exact-value redactor of a set of credential values. Compiling it is the costliest
+    /// step of sanitizing, so it is cached by a digest of the values (a rotated value yields
+    /// a new entry; the map is cleared when it grows large).
+    fn exact_secrets(&self, creds: &[ResolvedCredential]) -> Arc<ExactSecrets> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for c in creds {
+            h.update((c.value.expose().len() as u64).to_be_bytes());
+            h.update(c.value.expose().as_bytes());
+        }
+        let key: [u8; 32] = h.finalize().into();
+        if let Some(e) = self.exact.read().expect("exact lock").get(&key) {
+            return e.clone();
+        }
+        let e = Arc::new(ExactSecrets::new(creds.iter().map(|c| c.value.expose())));
+        let mut m = self.exact.write().expect("exact lock");
+        if m.len() >= 1024 {
+            m.clear();
+        }
+        m.insert(key, e.clone());
+        e
     }
 
     /// Verify an approval token for this exact call and consume its `jti` once.

@@ -750,3 +750,45 @@ async fn python_sdk_client_talks_to_the_rust_fixture() {
         assert!(run_driver(&py, &fx.url(), None, None).await.is_err());
     }
 }
+
+#[tokio::test]
+async fn typescript_sdk_client_talks_to_the_rust_fixture() {
+    let Some(nm) = node_modules() else { return };
+    let fx = FixtureServer::start(FixtureOptions {
+        sse: true,
+        require_header: Some(("authorization".into(), "Bearer ts-token".into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let out = run_ts_driver(
+        &nm,
+        &fx.url(),
+        Some("ts-token"),
+        Some(("echo", json!({"y": [1]}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["protocol_version"], "2025-11-25");
+    assert!(out["tools"].as_array().unwrap().contains(&json!("blob")));
+    assert_eq!(out["result"]["structuredContent"], json!({"y": [1]}));
+    let out = run_ts_driver(
+        &nm,
+        &fx.url(),
+        Some("ts-token"),
+        Some(("fail", json!({"mode": "rpc"}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["error"]["code"], -32001);
+    assert!(
+        run_ts_driver(&nm, &fx.url(), Some("wrong"), None)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        fx.deleted_sessions(),
+        2,
+        "the TypeScript client ends its sessions"
+    );
+}

@@ -399,6 +399,25 @@ async fn errors_timeouts_and_unreachable_upstreams_are_typed() {
         .unwrap_err();
     assert!(matches!(err, UpstreamError::Unavailable(_)), "{err:?}");
 
+    // Responses beyond the size limit are refused, over HTTP and over stdio.
+    let small = Upstreams::new(UpstreamConfig {
+        max_response_bytes: 4096,
+        ..Default::default()
+    });
+    call(&small, &p, &prov, "blob", json!({"size": 1000}), &[])
+        .await
+        .unwrap();
+    for provider in [&prov, &rust_stdio_provider("local")] {
+        let err = call(&small, &p, provider, "blob", json!({"size": 10000}), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, UpstreamError::Protocol(m) if m.contains("4096")),
+            "{err:?}"
+        );
+    }
+    small.shutdown().await;
+
     // A stdio command that does not exist.
     let missing = stdio_provider("missing", "/nonexistent/awooop-no-such-server", &[]);
     let err = call(&up, &p, &missing, "echo", json!({}), &[])

@@ -523,6 +523,20 @@ async fn stdio_requests_are_multiplexed_and_traceparent_rides_in_meta() {
         .await
         .unwrap();
     assert_eq!(r["structuredContent"], json!({"k": [1, 2]}));
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = call_with(
+        &up,
+        &p,
+        &prov,
+        "meta",
+        json!({}),
+        &[],
+        Some(tp),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["structuredContent"]["traceparent"], tp);
     let err = call(&up, &p, &prov, "fail", json!({"mode": "rpc"}), &[])
         .await
         .unwrap_err();

@@ -5,7 +5,8 @@
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. the whole test suite (cargo nextest when installed, else cargo test).
 # It also installs the official MCP SDKs the interop tests talk to (Python `mcp` in a venv
-# under .tools/venv, gitignored) and exports AWOOOP_TEST_PYTHON for them.
+# under .tools/venv, TypeScript `@modelcontextprotocol/sdk` under .tools/node, both gitignored)
+# and exports AWOOOP_TEST_PYTHON and AWOOOP_TEST_NODE_MODULES for them.
 # CI (.ci/run) calls this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,9 +83,31 @@ ensure_python_mcp() {
   export AWOOOP_TEST_PYTHON
 }
 
+# The official TypeScript MCP SDK (tests/mcp/package.json, versions pinned in its lock file,
+# from the npm registry) into .tools/node, for the TypeScript client interop test. Idempotent
+# like the venv. Needs Node.js and npm (installed with apt-get when missing).
+ensure_node_mcp() {
+  local dir=.tools/node marker
+  marker="$(cat tests/mcp/package.json tests/mcp/package-lock.json | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$dir/.lock-sha256" 2>/dev/null)" != "$marker" ] || [ ! -d "$dir/node_modules/@modelcontextprotocol/sdk" ]; then
+    log "installing the TypeScript MCP SDK (tests/mcp/package-lock.json) into $dir"
+    if ! command -v npm >/dev/null; then
+      apt_install nodejs npm
+    fi
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp tests/mcp/package.json tests/mcp/package-lock.json "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$marker" > "$dir/.lock-sha256"
+  fi
+  AWOOOP_TEST_NODE_MODULES="$(pwd)/$dir/node_modules"
+  export AWOOOP_TEST_NODE_MODULES
+}
+
 ensure_postgres
 ensure_redis
 ensure_python_mcp
+ensure_node_mcp
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -457,7 +457,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs"])]
+    #[arg(value_parser = ["contracts", "runs", "gateway"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]

@@ -54,6 +54,60 @@ pub fn python() -> Option<PathBuf> {
     None
 }
 
+/// `node_modules` holding the official TypeScript SDK: `AWOOOP_TEST_NODE_MODULES`, else
+/// `.tools/node/node_modules`. `None` (skip) locally when missing; a panic under `CI=true`.
+pub fn node_modules() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("AWOOOP_TEST_NODE_MODULES") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.exists(),
+            "AWOOOP_TEST_NODE_MODULES={} does not exist",
+            p.display()
+        );
+        return Some(p);
+    }
+    let local = repo().join(".tools/node/node_modules");
+    if local.join("@modelcontextprotocol/sdk").exists() {
+        return Some(local);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("no TypeScript MCP SDK: run scripts/test.sh (it sets AWOOOP_TEST_NODE_MODULES)");
+    }
+    eprintln!("skipping: no TypeScript MCP SDK (run scripts/test.sh)");
+    None
+}
+
+/// Run the official TypeScript client (tests/mcp/ts_client_driver.mjs) against `url`; same
+/// output as [`run_driver`].
+pub async fn run_ts_driver(
+    node_modules: &PathBuf,
+    url: &str,
+    token: Option<&str>,
+    tool: Option<(&str, Value)>,
+) -> Result<Value, String> {
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(repo().join("tests/mcp/ts_client_driver.mjs"))
+        .arg(url)
+        .env("AWOOOP_TEST_NODE_MODULES", node_modules);
+    if let Some(t) = token {
+        cmd.arg("--token").arg(t);
+    }
+    if let Some((name, args)) = tool {
+        cmd.arg("--tool")
+            .arg(name)
+            .arg("--args")
+            .arg(args.to_string());
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.kill_on_drop(true).output())
+        .await
+        .map_err(|_| "the TypeScript client driver did not finish within 60 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
 /// A provider entry of an MCP Gateway contract (deserialized like the real contract).
 pub fn http_provider(name: &str, url: &str) -> McpProvider {
     serde_json::from_value(json!({

@@ -399,6 +399,25 @@ async fn errors_timeouts_and_unreachable_upstreams_are_typed() {
         .unwrap_err();
     assert!(matches!(err, UpstreamError::Unavailable(_)), "{err:?}");
 
+    // Responses beyond the size limit are refused, over HTTP and over stdio.
+    let small = Upstreams::new(UpstreamConfig {
+        max_response_bytes: 4096,
+        ..Default::default()
+    });
+    call(&small, &p, &prov, "blob", json!({"size": 1000}), &[])
+        .await
+        .unwrap();
+    for provider in [&prov, &rust_stdio_provider("local")] {
+        let err = call(&small, &p, provider, "blob", json!({"size": 10000}), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, UpstreamError::Protocol(m) if m.contains("4096")),
+            "{err:?}"
+        );
+    }
+    small.shutdown().await;
+
     // A stdio command that does not exist.
     let missing = stdio_provider("missing", "/nonexistent/awooop-no-such-server", &[]);
     let err = call(&up, &p, &missing, "echo", json!({}), &[])
@@ -504,6 +523,20 @@ async fn stdio_requests_are_multiplexed_and_traceparent_rides_in_meta() {
         .await
         .unwrap();
     assert_eq!(r["structuredContent"], json!({"k": [1, 2]}));
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = call_with(
+        &up,
+        &p,
+        &prov,
+        "meta",
+        json!({}),
+        &[],
+        Some(tp),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["structuredContent"]["traceparent"], tp);
     let err = call(&up, &p, &prov, "fail", json!({"mode": "rpc"}), &[])
         .await
         .unwrap_err();
@@ -749,4 +782,46 @@ async fn python_sdk_client_talks_to_the_rust_fixture() {
         // Without the token the official client fails to connect.
         assert!(run_driver(&py, &fx.url(), None, None).await.is_err());
     }
+}
+
+#[tokio::test]
+async fn typescript_sdk_client_talks_to_the_rust_fixture() {
+    let Some(nm) = node_modules() else { return };
+    let fx = FixtureServer::start(FixtureOptions {
+        sse: true,
+        require_header: Some(("authorization".into(), "Bearer ts-token".into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let out = run_ts_driver(
+        &nm,
+        &fx.url(),
+        Some("ts-token"),
+        Some(("echo", json!({"y": [1]}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["protocol_version"], "2025-11-25");
+    assert!(out["tools"].as_array().unwrap().contains(&json!("blob")));
+    assert_eq!(out["result"]["structuredContent"], json!({"y": [1]}));
+    let out = run_ts_driver(
+        &nm,
+        &fx.url(),
+        Some("ts-token"),
+        Some(("fail", json!({"mode": "rpc"}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["error"]["code"], -32001);
+    assert!(
+        run_ts_driver(&nm, &fx.url(), Some("wrong"), None)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        fx.deleted_sessions(),
+        2,
+        "the TypeScript client ends its sessions"
+    );
 }

@@ -5,6 +5,7 @@
 //! place). The last line printed is `key=value` pairs.
 
 mod contracts;
+mod gateway;
 mod runs;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.area.as_str() {
         "contracts" => contracts::run(&args).await,
         "runs" => runs::run(&args).await,
+        "gateway" => gateway::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }
 }

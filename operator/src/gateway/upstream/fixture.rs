@@ -18,6 +18,7 @@
 //! | `headers` | the request headers (HTTP) |
 //! | `env` | `{"names": [...]}`: the names of the process's environment variables |
 //! | `exit` | stdio only: the process exits without answering |
+//! | `meta` | the request's `params._meta` (e.g. the `traceparent` a stdio client forwards) |
 //!
 //! It speaks what the client needs, strictly enough to catch client mistakes: sessions
 //! (`Mcp-Session-Id` required after initialize, 404 for unknown ones), 202 for notifications,
@@ -103,6 +104,7 @@ pub fn tools() -> Value {
         json!({"name": "pid", "description": "The serving process id", "inputSchema": {"type": "object"}}),
         json!({"name": "headers", "description": "The request headers", "inputSchema": {"type": "object"}}),
         json!({"name": "env", "description": "Names of the environment variables", "inputSchema": {"type": "object"}}),
+        json!({"name": "meta", "description": "The request's _meta", "inputSchema": {"type": "object"}}),
         json!({"name": "exit", "description": "stdio: exit without answering", "inputSchema": {"type": "object"}}),
     ];
     for n in [
@@ -228,6 +230,10 @@ async fn handle(msg: &Value, src: &Source<'_>, init_version: &mut Option<String>
             if name == "sleep" {
                 tokio::time::sleep(std::time::Duration::from_millis(sleep_ms(args))).await;
                 Ok(text("slept".into()))
+            } else if name == "meta" {
+                Ok(structured(
+                    params.get("_meta").cloned().unwrap_or(json!({})),
+                ))
             } else if name == "exit" {
                 if matches!(src, Source::Env) {
                     std::process::exit(3);

@@ -125,6 +125,8 @@ pub struct Gateway {
     rate: Mutex<HashMap<(ProjectId, String), (Instant, u32)>>,
     /// Digest of a call's credential values → their compiled exact-value redactor.
     exact: RwLock<HashMap<[u8; 32], Arc<ExactSecrets>>>,
+    /// One snapshot load at a time per project.
+    loading: Mutex<HashMap<ProjectId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// `_meta` key carrying an approval token in `tools/call`.
@@ -159,6 +161,7 @@ impl Gateway {
             snapshots: RwLock::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
             exact: RwLock::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -224,11 +227,28 @@ impl Gateway {
         })
     }
 
+    fn fresh_snapshot(&self, project: &ProjectId) -> Option<Arc<Snapshot>> {
+        let m = self.snapshots.read().expect("snapshot lock");
+        let s = m.get(project)?;
+        (s.loaded.elapsed() < self.config.cache_ttl).then(|| s.clone())
+    }
+
     async fn snapshot(&self, project: &ProjectId) -> Result<Arc<Snapshot>> {
-        if let Some(s) = self.snapshots.read().expect("snapshot lock").get(project)
-            && s.loaded.elapsed() < self.config.cache_ttl
-        {
-            return Ok(s.clone());
+        if let Some(s) = self.fresh_snapshot(project) {
+            return Ok(s);
+        }
+        // Single flight per project: when a snapshot expires under load, one caller reloads
+        // it and the others wait for that load instead of all hitting PostgreSQL at once.
+        let gate = self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(project.clone())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
+        if let Some(s) = self.fresh_snapshot(project) {
+            return Ok(s);
         }
         let previous = self
             .snapshots
@@ -449,10 +469,11 @@ impl Gateway {
             return Err(self.deny(&a, mode, e).await);
         }
         // Arguments are validated before anything goes upstream.
+        let violations = t.validate(&arguments).err();
         let args = match arguments {
-            Value::Object(m) if t.validate(&Value::Object(m.clone())).is_ok() => m,
-            other => {
-                let violations = t.validate(&other).err().unwrap_or_default();
+            Value::Object(m) if violations.is_none() => m,
+            _ => {
+                let violations = violations.unwrap_or_default();
                 let details: Vec<Value> = violations
                     .iter()
                     .map(|(path, msg)| {

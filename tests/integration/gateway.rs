@@ -1395,6 +1395,15 @@ struct E2e {
 /// Project `alpha` whose provider `fx` is the MCP server at `url`, with a file credential
 /// (under the credential folder's `alpha/`) injected as header `X-Key`.
 async fn e2e(url: &str) -> E2e {
+    e2e_with(
+        json!({"type": "streamable_http", "url": url}),
+        json!({"type": "header", "name": "X-Key", "prefix": ""}),
+    )
+    .await
+}
+
+/// Like [`e2e`] with any transport and injection.
+async fn e2e_with(transport: Value, inject: Value) -> E2e {
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
     let p = project(&cp, "alpha", 1).await;
@@ -1411,8 +1420,8 @@ async fn e2e(url: &str) -> E2e {
     let exposed: Vec<String> = FX_TOOLS.iter().map(|n| format!("fx__{n}")).collect();
     let contract = json!({
         "credential_refs": [{"name": "key", "source": {"file": {"path": dir.join("alpha/key").display().to_string()}}}],
-        "providers": [{"name": "fx", "transport": {"type": "streamable_http", "url": url},
-                       "credentials": [{"credential": "key", "inject": {"type": "header", "name": "X-Key", "prefix": ""}}]}],
+        "providers": [{"name": "fx", "transport": transport,
+                       "credentials": [{"credential": "key", "inject": inject}]}],
         "tools": tools,
         "grants": [{"agent": "triage", "tools": exposed, "environments": ["dev"]}]
     });
@@ -1637,4 +1646,73 @@ async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
     // layer-2 redaction ran on the details
     assert!(!rows[0].to_string().contains("hunter2"), "{rows:?}");
     t.cleanup().await;
+}
+
+/// A stdio upstream (a child process per project/provider/credential): the credential goes
+/// into the child's environment only, and never comes back out.
+#[tokio::test]
+async fn gateway_e2e_stdio_upstream_gets_the_credential_in_its_environment_only() {
+    let e = e2e_with(
+        json!({"type": "stdio", "command": crate::mcp_support::AWOOOP_BIN, "args": ["mcp-fixture", "--stdio"]}),
+        json!({"type": "env", "var": "X_KEY"}),
+    )
+    .await;
+    let mcp = e.client().await;
+    for tool in FX_TOOLS {
+        let r = mcp
+            .call_tool(&format!("fx__{tool}"), json!({"name": "X_KEY"}), None)
+            .await;
+        let text = r.to_string();
+        assert_no_secret(&e.secret, &text);
+        assert!(
+            text.contains("[REDACTED"),
+            "{tool}: the credential never arrived: {text}"
+        );
+    }
+    e.done().await;
+}
+
+/// The official TypeScript SDK client through `/mcp` (skipped locally without it).
+#[tokio::test]
+async fn gateway_interop_official_typescript_client() {
+    let Some(node_modules) = crate::mcp_support::node_modules() else {
+        return;
+    };
+    let server = awooop::gateway::upstream::fixture::FixtureServer::start(Default::default())
+        .await
+        .unwrap();
+    let e = e2e(&server.url()).await;
+    let url = e.serve().await;
+    let token = e.token();
+    let out = crate::mcp_support::run_ts_driver(
+        &node_modules,
+        &url,
+        Some(&token),
+        Some(("fx__leak_structured", json!({"name": "x-key"}))),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "fx__leak_structured"),
+        "{out}"
+    );
+    assert!(
+        out["result"].to_string().contains("[REDACTED:credential]"),
+        "{out}"
+    );
+    assert_no_secret(&e.secret, &out.to_string());
+    let out = crate::mcp_support::run_ts_driver(
+        &node_modules,
+        &url,
+        Some(&token),
+        Some(("fx__leak_text", json!({}))),
+    )
+    .await
+    .unwrap();
+    assert!(out["error"].to_string().contains("E-MCP-GATE-008"), "{out}");
+    e.done().await;
 }

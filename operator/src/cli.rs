@@ -293,7 +293,17 @@ pub fn attach_gateway(
     generate_key: bool,
 ) -> anyhow::Result<std::sync::Arc<crate::gateway::Gateway>> {
     use crate::gateway::{credentials, keys::GatewayKeys};
-    let master = gateway_key(args.gateway_key.as_deref(), &p.state_dir, generate_key)?;
+    let master = match gateway_key(args.gateway_key.as_deref(), &p.state_dir, generate_key) {
+        Ok(k) => k,
+        // A worker without the key still gates, redacts and audits every tool call; only
+        // approval tokens (minted with the real key) cannot verify here, so calls that need
+        // one fail closed (E-MCP-GATE-006).
+        Err(e) if !generate_key => {
+            tracing::warn!("{e}; using an ephemeral gateway key in this process");
+            GatewayKeys::generate_master()
+        }
+        Err(e) => return Err(e),
+    };
     let local = credentials::LocalPolicy::parse(
         args.gateway_env_credentials.as_deref(),
         args.gateway_credential_dir.as_deref(),

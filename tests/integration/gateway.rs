@@ -1716,3 +1716,59 @@ async fn gateway_interop_official_typescript_client() {
     assert!(out["error"].to_string().contains("E-MCP-GATE-008"), "{out}");
     e.done().await;
 }
+
+/// With a long cache TTL, an activation still takes effect at once: the gateway listens for
+/// activations and drops the project's snapshot.
+#[tokio::test]
+async fn gateway_activation_invalidates_the_cached_registry() {
+    let config = GatewayConfig {
+        cache_ttl: Duration::from_secs(3600),
+        ..GatewayConfig::default()
+    };
+    let fx = fixture(MigrationMode::Shadow, Coord::none(), config).await;
+    let listener = fx.gw.spawn_invalidation(fx.t.app.clone());
+    let c = caller(&fx.project, "dev");
+    let names = |v: Vec<Value>| -> Vec<String> {
+        v.iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(names(fx.gw.list_tools(&c).await.unwrap()).contains(&"leaky__text".to_string()));
+    // a new revision without leaky__text
+    let mut body = gateway_contract("alpha-secret");
+    body["tools"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["name"] != "text");
+    for g in body["grants"].as_array_mut().unwrap() {
+        g["tools"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|t| t != "leaky__text");
+    }
+    // give the listener time to subscribe, then activate
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tenancy::scope(
+        fx.project.clone(),
+        activate(&fx.cp, ContractKind::McpGateway, "default", body),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = names(fx.gw.list_tools(&c).await.unwrap());
+        if !now.contains(&"leaky__text".to_string()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the activation never reached the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_code(
+        fx.call(&c, "leaky__text", json!({}), None).await,
+        "E-MCP-GATE-001",
+    );
+    listener.abort();
+    fx.done().await;
+}

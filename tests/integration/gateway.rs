@@ -615,8 +615,15 @@ async fn gateway_credentials_never_reach_results_errors_or_audit() {
             fx.secret.clone()
         )]));
     assert_eq!(seen.len(), 9);
+    // a caller-chosen tool name carrying a token is redacted in the audit too (layer 2)
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXZhbHVl";
+    assert_code(
+        fx.call(&c, &format!("leaky__{jwt}"), json!({}), None).await,
+        "E-MCP-GATE-001",
+    );
     let audit = fx.audit_text().await;
     assert_no_secret(&fx.secret, &audit);
+    assert!(!audit.contains(jwt), "{audit}");
     assert!(audit.contains("tok"), "credential ref recorded");
     fx.done().await;
 }

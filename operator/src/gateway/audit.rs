@@ -70,7 +70,12 @@ impl CallAudit {
     }
 
     pub async fn record(&self, mut r: CallRecord) {
-        Redactor::global().redact_json(&mut r.details);
+        // Layer 2: the caller chose the tool name and influenced the details.
+        let redactor = Redactor::global();
+        redactor.redact_json(&mut r.details);
+        if let std::borrow::Cow::Owned(t) = redactor.redact_str(&r.tool) {
+            r.tool = t;
+        }
         if self.tx.send(Msg::Row(Box::new(r))).await.is_err() {
             tracing::error!("call audit writer has stopped; a row could not be queued");
         }

@@ -134,7 +134,9 @@ pub const APPROVAL_META_KEY: &str = "awooop.dev/approval";
 
 struct Attempt<'a> {
     caller: &'a Caller,
-    tool: &'a str,
+    /// The tool as audited: its exposed name when registered; otherwise only a digest of what
+    /// the caller sent (free text chosen by a caller never lands in the audit).
+    tool: String,
     trace: &'a TraceContext,
     started: Instant,
     bytes_in: i64,
@@ -385,7 +387,7 @@ impl Gateway {
                 trace_id: a.trace.trace_id.clone(),
                 run_id: a.caller.run_id,
                 agent: a.caller.agent.clone(),
-                tool: a.tool.chars().take(256).collect(),
+                tool: a.tool.clone(),
                 environment: a.caller.environment.clone(),
                 mode: mode
                     .or(a.caller.mode)
@@ -429,14 +431,23 @@ impl Gateway {
         trace: &TraceContext,
     ) -> Result<Value> {
         let arguments = arguments.unwrap_or_else(|| json!({}));
+        let s = self.snapshot(&caller.project).await?;
+        let audited_tool = if s.registry.tool(tool).is_some() {
+            tool.to_string()
+        } else {
+            use sha2::{Digest, Sha256};
+            format!(
+                "unregistered:sha256:{}",
+                &hex::encode(Sha256::digest(tool.as_bytes()))[..16]
+            )
+        };
         let a = Attempt {
             caller,
-            tool,
+            tool: audited_tool,
             trace,
             started: Instant::now(),
             bytes_in: serde_json::to_vec(&arguments).map_or(0, |v| v.len() as i64),
         };
-        let s = self.snapshot(&caller.project).await?;
         let allowed = match gates::decide(
             Self::view(caller),
             s.project.as_ref(),

@@ -35,6 +35,8 @@ use crate::tenancy::{self, ProjectId};
 
 const MASTER: &str = "bench-gateway-master-key-0123456789abcdef";
 const SECRET: &str = "bench-upstream-secret-7f3a9c";
+/// Open-loop cap on calls in flight (keeps file descriptors bounded when a path saturates).
+const MAX_IN_FLIGHT: usize = 256;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let base = args
@@ -147,12 +149,17 @@ async fn open_loop(t: &Target, size: usize, rate: u32, dur: Duration) -> (Vec<Du
     let n = (rate as f64 * dur.as_secs_f64()) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = tokio::time::Instant::now() + Duration::from_millis(10);
+    // At most this many calls in flight (connections, file descriptors); beyond it a call
+    // waits for a slot, and that wait counts in its latency (it is scheduled, not sent).
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let at = start + interval * i as u32;
         tokio::time::sleep_until(at).await;
         let t = t.clone();
+        let slots = slots.clone();
         tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
             let ok = t.call(size).await.is_ok();
             (at.elapsed(), ok)
         }));
@@ -197,6 +204,58 @@ async fn closed_loop(t: &Target, size: usize, conc: usize, dur: Duration) -> (f6
     (ok as f64 / started.elapsed().as_secs_f64(), err)
 }
 
+/// Closed loop through the upstream client alone (no gateway): what `Upstreams` itself costs.
+async fn client_loop(
+    up: &Upstreams,
+    provider: &crate::contracts::McpProvider,
+    size: usize,
+    conc: usize,
+    dur: Duration,
+) -> f64 {
+    use crate::gateway::upstream::{CallRequest, Injected};
+    let until = Instant::now() + dur;
+    let started = Instant::now();
+    let project = ProjectId::parse("bench").expect("project id");
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (up, provider, project) = (up.clone(), provider.clone(), project.clone());
+        tasks.push(tokio::spawn(async move {
+            let creds = [Injected {
+                inject: crate::contracts::Injection::Header {
+                    name: "Authorization".into(),
+                    prefix: "Bearer ".into(),
+                },
+                value: SECRET.into(),
+            }];
+            let mut args = serde_json::Map::new();
+            args.insert("size".into(), json!(size));
+            let mut ok = 0usize;
+            while Instant::now() < until {
+                let r = up
+                    .call_tool(CallRequest {
+                        project: &project,
+                        provider: &provider,
+                        tool: "blob",
+                        arguments: &args,
+                        credentials: &creds,
+                        traceparent: None,
+                        timeout: Duration::from_secs(10),
+                    })
+                    .await;
+                if r.is_ok() {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap_or(0);
+    }
+    ok as f64 / started.elapsed().as_secs_f64()
+}
+
 struct Figures {
     p50: [f64; 2],
     p99: [f64; 2],
@@ -204,12 +263,14 @@ struct Figures {
     direct_p99: f64,
     direct_rps: f64,
     gateway_rps: f64,
+    client_rps: f64,
     errors: usize,
 }
 
 async fn measure(
     direct: &Target,
     gw: &Target,
+    client: (&Upstreams, &crate::contracts::McpProvider),
     size: usize,
     quick: bool,
 ) -> anyhow::Result<Figures> {
@@ -229,6 +290,7 @@ async fn measure(
         direct_p99: 0.0,
         direct_rps: 0.0,
         gateway_rps: 0.0,
+        client_rps: 0.0,
         errors: 0,
     };
     for (i, rate) in [1000u32, 3000].into_iter().enumerate() {
@@ -252,10 +314,12 @@ async fn measure(
     }
     let (drps, de) = closed_loop(direct, size, 32, sat).await;
     let (grps, ge) = closed_loop(gw, size, 32, sat).await;
+    let crps = client_loop(client.0, client.1, size, 32, sat / 2).await;
     eprintln!(
-        "  {size} B saturation: direct {drps:.0}/s, gateway {grps:.0}/s, errors {}",
+        "  {size} B saturation: direct {drps:.0}/s, gateway {grps:.0}/s, upstream client alone {crps:.0}/s, errors {}",
         de + ge
     );
+    f.client_rps = crps;
     f.direct_rps = drps;
     f.gateway_rps = grps;
     f.errors += de + ge;
@@ -379,8 +443,12 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("gateway bench (load average before: {})", load.trim());
-    let k1 = measure(&direct, &through, 1024, quick).await?;
-    let k16 = measure(&direct, &through, 16 * 1024, quick).await?;
+    let client = Upstreams::new(UpstreamConfig::default());
+    let provider: crate::contracts::McpProvider = serde_json::from_value(json!({
+        "name": "fx", "transport": {"type": "streamable_http", "url": fx.url()}}))?;
+    let k1 = measure(&direct, &through, (&client, &provider), 1024, quick).await?;
+    let k16 = measure(&direct, &through, (&client, &provider), 16 * 1024, quick).await?;
+    client.shutdown().await;
     gateway.audit().flush().await;
     let _ = stop_tx.send(());
     let _ = server.await;
@@ -392,7 +460,7 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
     );
     Ok(format!(
         "overhead_p50_ms={:.3} overhead_p99_ms={:.3} overhead_p50_ms_3k={:.3} overhead_p99_ms_3k={:.3} saturation_ratio={:.2} \
-         direct_p50_ms={:.3} direct_p99_ms={:.3} direct_calls_per_sec={:.0} gateway_calls_per_sec={:.0} \
+         direct_p50_ms={:.3} direct_p99_ms={:.3} direct_calls_per_sec={:.0} gateway_calls_per_sec={:.0} client_calls_per_sec={:.0} \
          overhead_p50_ms_16k={:.3} overhead_p99_ms_16k={:.3} overhead_p50_ms_3k_16k={:.3} overhead_p99_ms_3k_16k={:.3} saturation_ratio_16k={:.2} \
          direct_calls_per_sec_16k={:.0} gateway_calls_per_sec_16k={:.0}",
         k1.p50[0],
@@ -404,6 +472,7 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
         k1.direct_p99,
         k1.direct_rps,
         k1.gateway_rps,
+        k1.client_rps,
         k16.p50[0],
         k16.p99[0],
         k16.p50[1],

@@ -6,6 +6,9 @@
 #   3. the whole test suite (cargo nextest when installed, else cargo test);
 #   4. the Helm chart checks (scripts/chart-test.sh: helm lint/template, Kubernetes schemas,
 #      admission-policy CEL, CRs against their CRDs).
+# It also installs the official MCP SDKs the interop tests talk to (Python `mcp` in a venv
+# under .tools/venv, TypeScript `@modelcontextprotocol/sdk` under .tools/node, both gitignored)
+# and exports AWOOOP_TEST_PYTHON and AWOOOP_TEST_NODE_MODULES for them.
 # CI (.ci/run) calls this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,8 +64,52 @@ ensure_redis() {
   export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 }
 
+# The official Python MCP SDK for the MCP interop tests (tests/mcp/, tests/integration/mcp_*.rs):
+# `mcp` and its dependencies pinned in tests/mcp/requirements.txt, from PyPI only. Idempotent:
+# a venv built from the same requirements file is reused without touching the network.
+ensure_python_mcp() {
+  local venv=.tools/venv req=tests/mcp/requirements.txt marker
+  marker="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$marker" ] || [ ! -x "$venv/bin/python" ]; then
+    log "installing the Python MCP SDK ($req) into $venv"
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+      apt_install python3-venv
+    fi
+    rm -rf "$venv"
+    mkdir -p .tools
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+    echo "$marker" > "$venv/.requirements-sha256"
+  fi
+  AWOOOP_TEST_PYTHON="$(pwd)/$venv/bin/python"
+  export AWOOOP_TEST_PYTHON
+}
+
+# The official TypeScript MCP SDK (tests/mcp/package.json, versions pinned in its lock file,
+# from the npm registry) into .tools/node, for the TypeScript client interop test. Idempotent
+# like the venv. Needs Node.js and npm (installed with apt-get when missing).
+ensure_node_mcp() {
+  local dir=.tools/node marker
+  marker="$(cat tests/mcp/package.json tests/mcp/package-lock.json | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$dir/.lock-sha256" 2>/dev/null)" != "$marker" ] || [ ! -d "$dir/node_modules/@modelcontextprotocol/sdk" ]; then
+    log "installing the TypeScript MCP SDK (tests/mcp/package-lock.json) into $dir"
+    if ! command -v npm >/dev/null; then
+      apt_install nodejs npm
+    fi
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp tests/mcp/package.json tests/mcp/package-lock.json "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$marker" > "$dir/.lock-sha256"
+  fi
+  AWOOOP_TEST_NODE_MODULES="$(pwd)/$dir/node_modules"
+  export AWOOOP_TEST_NODE_MODULES
+}
+
 ensure_postgres
 ensure_redis
+ensure_python_mcp
+ensure_node_mcp
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

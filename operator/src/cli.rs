@@ -24,6 +24,8 @@ pub struct Platform {
     pub control: ControlPlane,
     pub owner_url: String,
     pub state_dir: PathBuf,
+    /// Where the workers' tool calls go (the MCP gateway once [`attach_gateway`] ran).
+    pub tools: std::sync::Arc<dyn crate::runtime::executor::ToolGateway>,
     _pg: LocalPostgres,
 }
 
@@ -58,6 +60,7 @@ impl Platform {
             control: ControlPlane::new(Db::new(pool), coord, keyring),
             owner_url: pg.url.clone(),
             state_dir: db_args.state_dir.clone(),
+            tools: std::sync::Arc::new(crate::runtime::executor::NoGateway),
             _pg: pg,
         })
     }
@@ -113,11 +116,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Up(args) => up(args).await,
         Command::Worker(args) => {
             args.worker.validate()?;
+            args.gateway.validate()?;
             let project = match &args.project {
                 Some(id) => Some(ProjectId::parse(id)?.to_string()),
                 None => None,
             };
-            let p = Platform::connect(&args.db, None, None).await?;
+            let mut p = Platform::connect(&args.db, Some(&args.redis), None).await?;
+            let gw = attach_gateway(&mut p, &args.gateway, false, None)?;
             let worker =
                 worker_for_project(&p, &args.worker, crate::metrics::Metrics::new(), project);
             let (tx, rx) = crate::runtime::worker::shutdown_channel();
@@ -131,6 +136,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 args.worker.worker_slots
             );
             worker.run(rx).await?;
+            // Every queued call-audit row is written before exit.
+            gw.audit().flush().await;
             Ok(())
         }
         Command::Migrate(dbargs) => {
@@ -255,7 +262,191 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(b) => crate::bench::run(b).await,
+        Command::Token(t) => token(t),
+        Command::McpFixture(a) => mcp_fixture(a).await,
     }
+}
+
+// --- MCP gateway (operator/src/gateway/) ---
+
+/// The gateway master key: flag/env, else STATE_DIR/gateway-key (generated there once when
+/// `generate`, like the admin token).
+pub fn gateway_key(
+    explicit: Option<&str>,
+    state_dir: &Path,
+    generate: bool,
+) -> anyhow::Result<String> {
+    if let Some(k) = explicit {
+        return Ok(k.to_string());
+    }
+    let path = state_dir.join("gateway-key");
+    if path.exists() {
+        return Ok(std::fs::read_to_string(&path)?.trim().to_string());
+    }
+    if !generate {
+        anyhow::bail!(
+            "no gateway key: set AWOOOP_GATEWAY_KEY or run `awooop up` once to create {}",
+            path.display()
+        );
+    }
+    let k = crate::gateway::keys::GatewayKeys::generate_master();
+    write_private(&path, k.as_bytes())?;
+    Ok(k)
+}
+
+/// Build the gateway, make it the workers' tool gateway, and start its audit writer and
+/// activation listener. Callers flush its audit (`gw.audit().flush()`) before exiting.
+pub fn attach_gateway(
+    p: &mut Platform,
+    args: &GatewayArgs,
+    generate_key: bool,
+    secrets: Option<std::sync::Arc<dyn crate::gateway::credentials::SecretLookup>>,
+) -> anyhow::Result<std::sync::Arc<crate::gateway::Gateway>> {
+    use crate::gateway::{credentials, keys::GatewayKeys};
+    let master = match gateway_key(args.gateway_key.as_deref(), &p.state_dir, generate_key) {
+        Ok(k) => k,
+        // A worker without the key still gates, redacts and audits every tool call; only
+        // approval tokens (minted with the real key) cannot verify here, so calls that need
+        // one fail closed (E-MCP-GATE-006).
+        Err(e) if !generate_key => {
+            tracing::warn!("{e}; using an ephemeral gateway key in this process");
+            GatewayKeys::generate_master()
+        }
+        Err(e) => return Err(e),
+    };
+    let local = credentials::LocalPolicy::parse(
+        args.gateway_env_credentials.as_deref(),
+        args.gateway_credential_dir.as_deref(),
+    )?;
+    // Without a Kubernetes API (local runs, worker pods without a service-account token)
+    // kubernetes_secret refs fail closed with E-MCP-005; `awooop serve` in a cluster passes the
+    // watched Secret cache (`k8s::secrets::KubeSecrets`).
+    let creds = credentials::CredentialResolver::new(
+        secrets,
+        local,
+        std::time::Duration::from_secs(args.gateway_credential_ttl_seconds),
+    );
+    let (audit, _writer) = crate::gateway::audit::CallAudit::spawn(p.control.db().clone());
+    let gw = std::sync::Arc::new(crate::gateway::Gateway::new(
+        p.control.db().clone(),
+        p.control.coord().clone(),
+        GatewayKeys::derive(&master),
+        creds,
+        std::sync::Arc::new(crate::gateway::upstream::Upstreams::new(
+            args.upstream.config(),
+        )),
+        audit,
+        args.config(),
+    ));
+    gw.spawn_invalidation(p.control.db().pool_for_health().clone());
+    p.tools = std::sync::Arc::new(crate::gateway::runtime::InProcessGateway::new(gw.clone()));
+    Ok(gw)
+}
+
+fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+    let now = chrono::Utc::now().timestamp();
+    match cmd {
+        TokenCmd::Mint {
+            project,
+            agent,
+            environment,
+            run,
+            mode,
+            ttl_seconds,
+            state_dir,
+            gateway_key: key,
+        } => {
+            let keys = crate::gateway::keys::GatewayKeys::derive(&gateway_key(
+                key.as_deref(),
+                &state_dir,
+                false,
+            )?);
+            let mode = mode.as_deref().map(MigrationMode::parse).transpose()?;
+            let t = crate::gateway::tokens::mint_run_token(
+                &keys.run_token,
+                &crate::gateway::tokens::RunTokenClaims {
+                    project,
+                    agent,
+                    run_id: run,
+                    environment,
+                    mode,
+                    iat: now,
+                    exp: now + ttl_seconds,
+                },
+            )?;
+            println!("{t}");
+            Ok(())
+        }
+        TokenCmd::Approve {
+            project,
+            tool,
+            arguments,
+            run,
+            approver,
+            ttl_seconds,
+            state_dir,
+            gateway_key: key,
+        } => {
+            use crate::gateway::approval;
+            let keys = crate::gateway::keys::GatewayKeys::derive(&gateway_key(
+                key.as_deref(),
+                &state_dir,
+                false,
+            )?);
+            let args: Value = http::extract::parse_json(arguments.as_bytes())?;
+            if !args.is_object() {
+                return Err(Error::new(
+                    ErrorCode::ReqInvalidParam,
+                    "--arguments must be a JSON object",
+                )
+                .into());
+            }
+            if ttl_seconds <= 0 || ttl_seconds > approval::MAX_TTL_SECONDS {
+                return Err(Error::new(
+                    ErrorCode::ReqInvalidParam,
+                    "--ttl-seconds must be 1..=604800",
+                )
+                .into());
+            }
+            ProjectId::parse(&project)?;
+            let hash = approval::arguments_hash(&args);
+            let run = run.map(|r| r.to_string());
+            let claims = approval::claims(
+                approval::Expected {
+                    project: &project,
+                    run_id: run.as_deref(),
+                    tool: &tool,
+                    args_sha256: &hash,
+                },
+                &approver,
+                now,
+                ttl_seconds,
+            );
+            println!("{}", approval::mint(&keys.approval, &claims));
+            Ok(())
+        }
+    }
+}
+
+/// `awooop mcp-fixture`: the upstream client's test server (stdio, or HTTP until SIGTERM).
+async fn mcp_fixture(a: McpFixtureArgs) -> anyhow::Result<()> {
+    use crate::gateway::upstream::fixture;
+    if a.stdio {
+        fixture::serve_stdio().await?;
+        return Ok(());
+    }
+    let server = fixture::FixtureServer::bind(
+        a.listen,
+        fixture::FixtureOptions {
+            sse: a.sse,
+            ..Default::default()
+        },
+    )
+    .await?;
+    println!("PORT={}", server.addr.port());
+    shutdown_signal().await;
+    drop(server);
+    Ok(())
 }
 
 /// Generate key material, store it in the keyring file (0600) and register the fingerprint.
@@ -493,7 +684,8 @@ pub fn crdgen<P: AsRef<Path>>(outs: &[P], check: bool) -> anyhow::Result<()> {
 /// `awooop up`: the whole platform locally.
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    let mut p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    let gateway = attach_gateway(&mut p, &args.gateway, true, None)?;
     let admin_token = match &args.admin_token {
         Some(t) => t.clone(),
         None => {
@@ -569,10 +761,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             manifests.display()
         );
     }
-    http::serve(args.listen, http::app(state), shutdown_signal()).await?;
+    let mcp =
+        http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), args.max_body_bytes)
+            .with_allowed_origins(args.gateway.gateway_allowed_origins.clone());
+    eprintln!(
+        "  MCP gateway: http://{}/mcp (bearer: `awooop token mint --project P --agent A`; key file {})",
+        args.listen,
+        p.state_dir.join("gateway-key").display()
+    );
+    let router = http::app(state).merge(http::mcp::router(mcp));
+    http::serve(args.listen, router, shutdown_signal()).await?;
     // The API has stopped taking requests; let the worker finish or release its runs.
     let _ = stop_tx.send(true);
     let _ = worker_task.await;
+    // Every queued call-audit row is written before exit.
+    gateway.audit().flush().await;
     drop(p);
     Ok(())
 }
@@ -581,7 +784,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// operator runs workers as Deployments) and no file sink.
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    let mut p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    let secrets = kube_secrets(&args.secrets_namespace()).await;
+    let in_cluster = secrets.is_some();
+    let gateway = attach_gateway(&mut p, &args.gateway, false, secrets)?;
     let admin_token = args
         .admin_token
         .clone()
@@ -593,7 +799,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: crate::metrics::Metrics::new(),
     };
     eprintln!(
-        "AwoooP API serving on http://{} (database: {}, redis: {})",
+        "AwoooP API and MCP gateway serving on http://{} (database: {}, redis: {}, Kubernetes Secrets: {})",
         args.listen,
         p.source(),
         if p.control.coord().is_configured() {
@@ -601,10 +807,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             "not configured (optional)"
         },
+        if in_cluster { "watched" } else { "no Kubernetes API" },
     );
-    http::serve(args.listen, http::app(state), shutdown_signal()).await?;
+    let mcp =
+        http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), args.max_body_bytes)
+            .with_allowed_origins(args.gateway.gateway_allowed_origins.clone());
+    let router = http::app(state).merge(http::mcp::router(mcp));
+    http::serve(args.listen, router, shutdown_signal()).await?;
+    // Every queued call-audit row is written before exit.
+    gateway.audit().flush().await;
     drop(p);
     Ok(())
+}
+
+/// The watched Secret cache when a Kubernetes API is reachable (in-cluster config or a
+/// kubeconfig), else `None`: `kubernetes_secret` refs then fail closed with E-MCP-005.
+async fn kube_secrets(
+    namespace: &str,
+) -> Option<std::sync::Arc<dyn crate::gateway::credentials::SecretLookup>> {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(error = %e, "no Kubernetes API: kubernetes_secret credential refs are unavailable");
+            return None;
+        }
+    };
+    let cache = crate::k8s::secrets::KubeSecrets::start(client, namespace);
+    // Serve at once; until the first list arrives lookups find nothing and fail closed.
+    match tokio::time::timeout(std::time::Duration::from_secs(10), cache.ready()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "Secret cache not ready"),
+        Err(_) => tracing::warn!("Secret cache not filled within 10 s; continuing"),
+    }
+    Some(std::sync::Arc::new(cache))
 }
 
 fn worker_id() -> String {
@@ -612,9 +847,9 @@ fn worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// A worker executing scripted and LLM agents; tool calls go through the guarded boundary (no
-/// MCP gateway is wired in yet, so tool calls fail with E-RUN-013); model calls go through
-/// the ProviderProxy with local (env/file) credential refs.
+/// A worker executing scripted and LLM agents; tool calls go through the guarded boundary and
+/// then `p.tools` (the MCP gateway after [`attach_gateway`], else every call fails with
+/// E-RUN-013); model calls go through the ProviderProxy with local (env/file) credential refs.
 pub fn worker_for(
     p: &Platform,
     args: &WorkerArgs,
@@ -633,9 +868,8 @@ pub fn worker_for_project(
     use crate::model::breaker::AnomalyCounter;
     use crate::model::executor::{AgentExecutor, LlmExecutor};
     use crate::model::proxy::{LocalCredentials, ProviderProxy};
-    use crate::runtime::executor::{GuardedGateway, NoGateway, ScriptedExecutor};
-    let tools: std::sync::Arc<dyn crate::runtime::executor::ToolGateway> =
-        std::sync::Arc::new(NoGateway);
+    use crate::runtime::executor::{GuardedGateway, ScriptedExecutor};
+    let tools = p.tools.clone();
     let scripted = ScriptedExecutor::new(GuardedGateway::new(p.control.clone(), tools.clone()));
     let anomalies = AnomalyCounter::new(
         p.control.db().clone(),

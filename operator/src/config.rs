@@ -54,6 +54,27 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a benchmark; the last line of output is key=value pairs.
     Bench(BenchArgs),
+    /// Mint MCP gateway tokens (per-run bearer tokens, approval tokens).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    // --- upstream MCP client (gateway/upstream) ---
+    /// Test fixture: a minimal MCP server over stdio (--stdio) or Streamable HTTP.
+    #[command(name = "mcp-fixture", hide = true)]
+    McpFixture(McpFixtureArgs),
+}
+
+/// `awooop mcp-fixture`: the MCP test server of `gateway::upstream::fixture`.
+#[derive(Debug, Clone, Args)]
+pub struct McpFixtureArgs {
+    /// Serve over stdin/stdout instead of HTTP.
+    #[arg(long)]
+    pub stdio: bool,
+    /// HTTP listen address (prints `PORT=<n>` once listening).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Answer with text/event-stream instead of application/json.
+    #[arg(long)]
+    pub sse: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -168,6 +189,10 @@ pub struct WorkerCmdArgs {
     /// Claim only this project's runs (the operator's per-project worker Deployments).
     #[arg(long, env = "AWOOOP_WORKER_PROJECT")]
     pub project: Option<String>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -189,6 +214,8 @@ pub struct UpArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "AWOOOP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 impl UpArgs {
@@ -202,6 +229,7 @@ impl UpArgs {
             anyhow::bail!("--admin-token (AWOOOP_ADMIN_TOKEN) must be at least 32 characters");
         }
         self.worker.validate()?;
+        self.gateway.validate()?;
         validate_db(&self.db)?;
         validate_redis(&self.redis)
     }
@@ -524,9 +552,26 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "AWOOOP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
+    /// Namespace whose Secrets (labelled `awooop.dev/project`) back `kubernetes_secret`
+    /// credential refs. Default: the pod's namespace (`POD_NAMESPACE`), else `awooop`. Used only
+    /// when a Kubernetes API is reachable (in-cluster config or kubeconfig).
+    #[arg(long, env = "AWOOOP_SECRETS_NAMESPACE")]
+    pub secrets_namespace: Option<String>,
+    /// The MCP gateway served at /mcp (its key is required: tokens and sessions must verify on
+    /// every replica).
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 impl ServeArgs {
+    /// Namespace of the Secrets the gateway may resolve.
+    pub fn secrets_namespace(&self) -> String {
+        self.secrets_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "awooop".to_string())
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.db.database_url.is_none() {
             anyhow::bail!(
@@ -543,6 +588,12 @@ impl ServeArgs {
         if self.max_body_bytes < 1024 {
             anyhow::bail!("--max-body-bytes (AWOOOP_MAX_BODY_BYTES) must be at least 1024");
         }
+        if self.gateway.gateway_key.is_none() {
+            anyhow::bail!(
+                "awooop serve needs --gateway-key (AWOOOP_GATEWAY_KEY): every replica must verify the same tokens and sessions"
+            );
+        }
+        self.gateway.validate()?;
         validate_db(&self.db)?;
         validate_redis(&self.redis)
     }
@@ -564,7 +615,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs", "budget", "projection"])]
+    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]
@@ -582,4 +633,136 @@ pub struct BenchArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
+}
+
+// --- MCP gateway (operator/src/gateway/) ---
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Secret the gateway derives the keys of per-run tokens, session ids and approval tokens
+    /// from (at least 32 characters). Default for `awooop up`: generated once into
+    /// STATE_DIR/gateway-key.
+    #[arg(long, env = "AWOOOP_GATEWAY_KEY", hide_env_values = true)]
+    pub gateway_key: Option<String>,
+    /// Environment-variable credentials projects may use, as `project:VARIABLE,...`; a ref to
+    /// any other variable fails (E-MCP-005).
+    #[arg(long, env = "AWOOOP_GATEWAY_ENV_CREDENTIALS")]
+    pub gateway_env_credentials: Option<String>,
+    /// Folder of file credentials: project P may only read files under DIR/P/.
+    #[arg(long, env = "AWOOOP_GATEWAY_CREDENTIAL_DIR")]
+    pub gateway_credential_dir: Option<PathBuf>,
+    /// How long resolved credential values are cached (rotation is picked up after it).
+    #[arg(
+        long,
+        env = "AWOOOP_GATEWAY_CREDENTIAL_TTL_SECONDS",
+        default_value_t = 30
+    )]
+    pub gateway_credential_ttl_seconds: u64,
+    /// How long a project's gate facts (mode, registry, agents) are cached; activations also
+    /// invalidate them at once.
+    #[arg(long, env = "AWOOOP_GATEWAY_CACHE_TTL_MS", default_value_t = 1000)]
+    pub gateway_cache_ttl_ms: u64,
+    /// Timeout of one upstream tool call.
+    #[arg(
+        long,
+        env = "AWOOOP_GATEWAY_UPSTREAM_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
+    pub gateway_upstream_timeout_seconds: u64,
+    /// Tool calls per minute per (project, agent) and process; 0 disables the limit.
+    #[arg(long, env = "AWOOOP_GATEWAY_RATE_PER_MINUTE", default_value_t = 60_000)]
+    pub gateway_rate_per_minute: u32,
+    /// Environment of the runs this process's workers execute (gate 4).
+    #[arg(
+        long,
+        env = "AWOOOP_GATEWAY_RUNTIME_ENVIRONMENT",
+        default_value = "dev"
+    )]
+    pub gateway_runtime_environment: String,
+    /// Origins allowed to call /mcp from a browser (comma-separated); requests without an
+    /// Origin header are unaffected.
+    #[arg(long, env = "AWOOOP_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub gateway_allowed_origins: Vec<String>,
+    /// The MCP client toward upstream tool servers (sessions, children, limits).
+    #[command(flatten)]
+    pub upstream: crate::gateway::upstream::UpstreamArgs,
+}
+
+impl GatewayArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(k) = &self.gateway_key
+            && k.len() < crate::gateway::keys::MIN_KEY_BYTES
+        {
+            anyhow::bail!("--gateway-key (AWOOOP_GATEWAY_KEY) must be at least 32 characters");
+        }
+        crate::gateway::credentials::LocalPolicy::parse(
+            self.gateway_env_credentials.as_deref(),
+            None,
+        )
+        .map_err(|e| anyhow::anyhow!("--gateway-env-credentials: {}", e.message))?;
+        if !crate::gateway::tokens::slug_ok(&self.gateway_runtime_environment) {
+            anyhow::bail!("--gateway-runtime-environment must be a slug");
+        }
+        if self.gateway_upstream_timeout_seconds == 0 {
+            anyhow::bail!("--gateway-upstream-timeout-seconds must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> crate::gateway::GatewayConfig {
+        crate::gateway::GatewayConfig {
+            cache_ttl: std::time::Duration::from_millis(self.gateway_cache_ttl_ms),
+            upstream_timeout: std::time::Duration::from_secs(self.gateway_upstream_timeout_seconds),
+            rate_per_minute: self.gateway_rate_per_minute,
+            runtime_environment: self.gateway_runtime_environment.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Print a per-run bearer token for a local agent or test (`Authorization: Bearer ...` on /mcp).
+    Mint {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        agent: String,
+        /// Environment the token is bound to (gate 4).
+        #[arg(long = "env", default_value = "dev")]
+        environment: String,
+        /// Run id the token is bound to (approval tokens must name the same run).
+        #[arg(long)]
+        run: Option<uuid::Uuid>,
+        /// Mode of the run (never above the project's mode); default: the project's mode.
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: i64,
+        #[arg(long, env = "AWOOOP_STATE_DIR", default_value = ".awooop")]
+        state_dir: PathBuf,
+        #[arg(long, env = "AWOOOP_GATEWAY_KEY", hide_env_values = true)]
+        gateway_key: Option<String>,
+    },
+    /// Print an approval token (HS256 JWT) for one tool call with these exact arguments.
+    Approve {
+        #[arg(long)]
+        project: String,
+        /// Exposed tool name `{provider}__{tool}`.
+        #[arg(long)]
+        tool: String,
+        /// The exact arguments (JSON object) the approval covers.
+        #[arg(long)]
+        arguments: String,
+        /// Run id of the call (omit for calls outside a run).
+        #[arg(long)]
+        run: Option<uuid::Uuid>,
+        #[arg(long)]
+        approver: String,
+        #[arg(long, default_value_t = 900)]
+        ttl_seconds: i64,
+        #[arg(long, env = "AWOOOP_STATE_DIR", default_value = ".awooop")]
+        state_dir: PathBuf,
+        #[arg(long, env = "AWOOOP_GATEWAY_KEY", hide_env_values = true)]
+        gateway_key: Option<String>,
+    },
 }

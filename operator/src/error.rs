@@ -127,6 +127,35 @@ pub enum ErrorCode {
     ModelProviderRejected,
     /// An LLM run passed its agent's `safety.timeout_seconds`.
     ModelRunTimeout,
+    // --- MCP gateway (operator/src/gateway/) ---
+    /// Unknown, disabled or unregistered tool.
+    McpGateUnknownTool,
+    /// The agent has no active contract listing the tool, no grant, or the tool exceeds its ceiling.
+    McpGateGrantMissing,
+    /// The call's environment is not one the grant and the tool name.
+    McpGateEnvironment,
+    /// The tool's risk class is blocked by the mode or by the project's destructive-tools flag.
+    McpGateRiskBlocked,
+    /// The tool needs an approval token and none was presented.
+    McpGateApprovalMissing,
+    /// The approval token is malformed, forged, expired or bound to another call.
+    McpGateApprovalInvalid,
+    /// The approval token was already used.
+    McpGateApprovalReplayed,
+    /// The arguments violate the tool's input schema.
+    McpGateArgumentsInvalid,
+    /// Rate limit exceeded.
+    McpGateRateLimited,
+    /// Malformed JSON-RPC or MCP request, or unsupported protocol version.
+    McpProtocol,
+    /// Unknown, forged or expired MCP session (re-initialize).
+    McpSession,
+    /// The upstream tool server failed or is unreachable.
+    McpUpstream,
+    /// The upstream tool server did not answer in time.
+    McpUpstreamTimeout,
+    /// A credential ref could not be resolved for this project.
+    McpCredential,
     /// The database is unreachable or overloaded.
     Unavailable,
     /// Anything else: details only in the server log.
@@ -191,6 +220,20 @@ impl ErrorCode {
         Self::ModelStepLimit,
         Self::ModelProviderRejected,
         Self::ModelRunTimeout,
+        Self::McpGateUnknownTool,
+        Self::McpGateGrantMissing,
+        Self::McpGateEnvironment,
+        Self::McpGateRiskBlocked,
+        Self::McpGateApprovalMissing,
+        Self::McpGateApprovalInvalid,
+        Self::McpGateApprovalReplayed,
+        Self::McpGateArgumentsInvalid,
+        Self::McpGateRateLimited,
+        Self::McpProtocol,
+        Self::McpSession,
+        Self::McpUpstream,
+        Self::McpUpstreamTimeout,
+        Self::McpCredential,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -253,6 +296,20 @@ impl ErrorCode {
             Self::ModelStepLimit => "E-MODEL-007",
             Self::ModelProviderRejected => "E-MODEL-008",
             Self::ModelRunTimeout => "E-MODEL-009",
+            Self::McpGateUnknownTool => "E-MCP-GATE-001",
+            Self::McpGateGrantMissing => "E-MCP-GATE-002",
+            Self::McpGateEnvironment => "E-MCP-GATE-003",
+            Self::McpGateRiskBlocked => "E-MCP-GATE-004",
+            Self::McpGateApprovalMissing => "E-MCP-GATE-005",
+            Self::McpGateApprovalInvalid => "E-MCP-GATE-006",
+            Self::McpGateApprovalReplayed => "E-MCP-GATE-007",
+            Self::McpGateArgumentsInvalid => "E-MCP-GATE-008",
+            Self::McpGateRateLimited => "E-MCP-GATE-009",
+            Self::McpProtocol => "E-MCP-001",
+            Self::McpSession => "E-MCP-002",
+            Self::McpUpstream => "E-MCP-003",
+            Self::McpUpstreamTimeout => "E-MCP-004",
+            Self::McpCredential => "E-MCP-005",
             Self::Unavailable => "E-UNAVAILABLE-001",
             Self::Internal => "E-INTERNAL-001",
         }
@@ -296,6 +353,18 @@ impl ErrorCode {
             | ContractArtifactMissing
             | ContractAlreadyActive
             | MigrationIllegalStep => StatusCode::CONFLICT,
+            McpGateUnknownTool | McpSession => StatusCode::NOT_FOUND,
+            McpGateGrantMissing
+            | McpGateEnvironment
+            | McpGateRiskBlocked
+            | McpGateApprovalMissing => StatusCode::FORBIDDEN,
+            McpGateApprovalInvalid => StatusCode::UNAUTHORIZED,
+            McpGateApprovalReplayed => StatusCode::CONFLICT,
+            McpGateArgumentsInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+            McpGateRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            McpProtocol => StatusCode::BAD_REQUEST,
+            McpUpstream | McpCredential => StatusCode::BAD_GATEWAY,
+            McpUpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             BudgetExceeded | BudgetStreamAborted | BudgetBreakerOpen | BudgetRunCeiling => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -383,6 +452,26 @@ impl ErrorCode {
             ModelStepLimit => "the run reached its step limit without a final answer",
             ModelProviderRejected => "the provider rejected the request (4xx other than 408/429)",
             ModelRunTimeout => "the LLM run passed its agent's safety.timeout_seconds",
+            McpGateUnknownTool => "MCP gate 3: tool unknown, disabled or not registered",
+            McpGateGrantMissing => {
+                "MCP gate 2: agent inactive, tool not in its contract or grants, or above its ceiling"
+            }
+            McpGateEnvironment => "MCP gate 4: the call's environment is not granted for this tool",
+            McpGateRiskBlocked => {
+                "MCP gate 3: risk class blocked by the mode (shadow/canary/read_only: read-only only) or destructive tools disabled"
+            }
+            McpGateApprovalMissing => "MCP gate 5: write/execute tools need an approval token",
+            McpGateApprovalInvalid => {
+                "MCP gate 5: approval token malformed, forged, expired or bound to another call"
+            }
+            McpGateApprovalReplayed => "MCP gate 5: approval token already used (jti)",
+            McpGateArgumentsInvalid => "tool arguments violate the tool's input schema",
+            McpGateRateLimited => "tool-call rate limit of the agent exceeded; retry later",
+            McpProtocol => "malformed JSON-RPC/MCP request or unsupported protocol version",
+            McpSession => "unknown, forged or expired Mcp-Session-Id: initialize again",
+            McpUpstream => "the upstream tool server failed or is unreachable",
+            McpUpstreamTimeout => "the upstream tool server did not answer in time",
+            McpCredential => "a credential ref could not be resolved for this project",
             Unavailable => "database unavailable; retry later",
             Internal => "internal error; see server logs by trace id",
         }

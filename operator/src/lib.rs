@@ -16,6 +16,7 @@ pub mod control;
 pub mod coord;
 pub mod db;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod k8s;
 pub mod local;

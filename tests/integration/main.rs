@@ -3,14 +3,18 @@
 
 mod support;
 
+mod mcp_support;
+
 mod cli_e2e;
 mod contracts_golden;
 mod control_plane;
 mod crds;
+mod gateway;
 mod http_api;
 mod local_postgres;
 mod model;
 mod operator;
+mod mcp_upstream;
 mod redis_coordination;
 mod runtime;
 mod runtime_faults;

@@ -890,6 +890,18 @@ async fn operator_serve_and_in_cluster_commands_start_only_when_configured() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("AWOOOP_ADMIN_TOKEN"));
+    // Without a gateway key too (tokens and sessions must verify on every replica).
+    let gateway_key = "g".repeat(40);
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env("DATABASE_URL", &t.url)
+        .env("AWOOOP_ADMIN_TOKEN", &token)
+        .env_remove("AWOOOP_GATEWAY_KEY")
+        .env("AWOOOP_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWOOOP_GATEWAY_KEY"));
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -900,7 +912,11 @@ async fn operator_serve_and_in_cluster_commands_start_only_when_configured() {
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &t.url)
         .env("AWOOOP_ADMIN_TOKEN", &token)
+        .env("AWOOOP_GATEWAY_KEY", &gateway_key)
         .env("AWOOOP_STATE_DIR", &state)
+        .env("HOME", &state)
+        .env("KUBECONFIG", state.join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("REDIS_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -915,6 +931,8 @@ async fn operator_serve_and_in_cluster_commands_start_only_when_configured() {
     assert_eq!(get_status(port, "/readyz", &token).await, 200);
     assert_eq!(get_status(port, "/v1/control/projects", &token).await, 200);
     assert_eq!(get_status(port, "/v1/control/projects", "wrong").await, 401);
+    // The MCP gateway is served too (POST only: GET has no server-initiated stream here).
+    assert_eq!(get_status(port, "/mcp", &token).await, 405);
     assert!(
         !state.join("admin-token").exists(),
         "serve never generates a token"

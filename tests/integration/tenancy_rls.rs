@@ -41,6 +41,35 @@ async fn two_populated_projects(t: &TestDb) {
             .unwrap();
             let a = publish(&cp, ContractKind::Agent, "echo", echo.clone()).await;
             approve_and_activate(&cp, a, 1).await;
+            // MCP gateway tables: the registry projection (on activation), approval uses and
+            // the call audit.
+            let g = publish(&cp, ContractKind::McpGateway, "default", serde_json::json!({
+                "credential_refs": [{"name": "tok", "source": {"env": {"var": "TOK"}}}],
+                "providers": [{"name": "k8s", "transport": {"type": "streamable_http", "url": "http://127.0.0.1:9/mcp"},
+                               "credentials": [{"credential": "tok", "inject": {"type": "header", "name": "Authorization", "prefix": ""}}]}],
+                "tools": [{"provider": "k8s", "name": "get_pods", "risk": "read_only", "environments": ["dev"], "input_schema": {"type": "object"}}],
+                "grants": [{"agent": "echo", "tools": ["k8s__get_pods"], "environments": ["dev"]}]
+            })).await;
+            approve_and_activate(&cp, g, 1).await;
+            let mut tx = cp.db().tenant().await.unwrap();
+            sqlx::query(
+                "INSERT INTO mcp_approval_uses (project_id, jti, tool, approver, expires_at) \
+                 VALUES ($1, 'jti-00000001', 'k8s__get_pods', 'alice', now() + interval '1 hour')",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, agent, tool, environment, mode, \
+                 decision, result_status, latency_us, bytes_in, bytes_out) \
+                 VALUES ($1, gen_random_uuid(), now(), 't', 'echo', 'k8s__get_pods', 'dev', 'shadow', 'denied', 'denied', 0, 0, 0)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
             let runs = awooop::runtime::RunService::new(cp.clone());
             let run = runs
                 .create(

@@ -7,6 +7,7 @@
 mod budget;
 mod contracts;
 mod projection;
+mod gateway;
 mod runs;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "runs" => runs::run(&args).await,
         "budget" => budget::run(&args).await,
         "projection" => projection::run(&args).await,
+        "gateway" => gateway::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }
 }

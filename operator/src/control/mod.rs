@@ -1242,6 +1242,14 @@ impl ControlPlane {
                 .await?;
             }
         }
+        if kind == ContractKind::McpGateway
+            && let Ok(Contract::McpGateway(g)) = contracts::validate(kind, &rev.body)
+        {
+            // The gateway registry tables mirror the active revision, written atomically with
+            // the activation (MCP gateway, migrations/0005).
+            crate::gateway::registry::materialize(&mut tx, project.as_str(), revision_id, &g)
+                .await?;
+        }
         audit::record(
             &mut tx,
             Entry::ok(

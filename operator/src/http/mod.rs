@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod extract;
+pub mod mcp;
 pub mod openapi;
 pub mod runs;
 

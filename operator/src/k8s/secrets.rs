@@ -19,25 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use super::controller::PROJECT_LABEL;
 use crate::error::{Error, ErrorCode, Result};
 
-/// One resolved Secret key (same shape as the gateway's `SecretEntry`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretEntry {
-    pub value: String,
-    /// Value of the Secret's `awooop.dev/project` label.
-    pub project_label: Option<String>,
-    /// Changes whenever the Secret changes (cache keys, connection reuse).
-    pub resource_version: String,
-}
-
-impl std::fmt::Debug for SecretEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretEntry")
-            .field("value", &"[REDACTED]")
-            .field("project_label", &self.project_label)
-            .field("resource_version", &self.resource_version)
-            .finish()
-    }
-}
+pub use crate::gateway::credentials::SecretEntry;
 
 /// A watched cache of the labelled Secrets of one namespace.
 #[derive(Clone)]
@@ -124,5 +106,13 @@ impl KubeSecrets {
                 .and_then(|l| l.get(PROJECT_LABEL).cloned()),
             resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
         }))
+    }
+}
+
+/// The gateway resolves `kubernetes_secret` credential refs through this cache.
+#[async_trait::async_trait]
+impl crate::gateway::credentials::SecretLookup for KubeSecrets {
+    async fn get(&self, name: &str, key: &str) -> Result<Option<SecretEntry>> {
+        KubeSecrets::get(self, name, key).await
     }
 }

@@ -1,0 +1,484 @@
+//! `awooop bench gateway`: what the MCP gateway adds to a tool call.
+//!
+//! The same `tools/call` (a `blob` of 1 KiB, then 16 KiB) is sent to a minimal Rust MCP server
+//! (`gateway::upstream::fixture`) directly, and through the gateway's `/mcp` endpoint with
+//! everything on: caller-token authentication, the five gates, argument validation, credential
+//! resolution and injection (a Bearer header the upstream checks), redaction and truncation of
+//! the result, and the batched call audit into PostgreSQL.
+//!
+//! * Latency: open loop at a fixed rate (~1,000 and ~3,000 calls/s); each call's latency counts
+//!   from its scheduled start, so a stalled server is not hidden by a stalled client.
+//!   Overhead = gateway percentile − direct percentile.
+//! * Saturation: closed loop (fixed concurrency), calls/s through the gateway ÷ calls/s direct.
+//!
+//! Everything (load generator, gateway, upstream) runs in this one process on this machine's
+//! cores, like a sidecar deployment; the direct baseline pays the same client costs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{drop_scratch, percentile_ms, scratch_database};
+use crate::auth::Actor;
+use crate::cli::Platform;
+use crate::config::{BenchArgs, DbArgs, KeyringArgs};
+use crate::contracts::ContractKind;
+use crate::control::NewProject;
+use crate::gateway::audit::CallAudit;
+use crate::gateway::credentials::{CredentialResolver, LocalPolicy, MemorySecrets};
+use crate::gateway::keys::GatewayKeys;
+use crate::gateway::upstream::fixture::{FixtureOptions, FixtureServer};
+use crate::gateway::upstream::{UpstreamConfig, Upstreams};
+use crate::gateway::{Gateway, GatewayConfig, tokens};
+use crate::tenancy::{self, ProjectId};
+
+const MASTER: &str = "bench-gateway-master-key-0123456789abcdef";
+const SECRET: &str = "bench-upstream-secret-7f3a9c";
+/// Open-loop cap on calls in flight (keeps file descriptors bounded when a path saturates).
+const MAX_IN_FLIGHT: usize = 256;
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let base = args
+        .db
+        .database_url
+        .clone()
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let scratch = scratch_database(&base, "gateway").await?;
+    let res = bench(&scratch, args.quick).await;
+    drop_scratch(&base, &scratch).await;
+    let line = res?;
+    println!("{line}");
+    Ok(())
+}
+
+/// One HTTP MCP endpoint the load generator talks to (session set up once).
+#[derive(Clone)]
+struct Target {
+    client: reqwest::Client,
+    url: String,
+    headers: reqwest::header::HeaderMap,
+    tool: &'static str,
+}
+
+impl Target {
+    async fn connect(url: &str, bearer: &str, tool: &'static str) -> anyhow::Result<Self> {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .no_proxy()
+            .pool_max_idle_per_host(1024)
+            .build()?;
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert(
+            "accept",
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        headers.insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {bearer}"))?,
+        );
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "awooop-bench", "version": "1"}}});
+        let resp = client
+            .post(url)
+            .headers(headers.clone())
+            .body(init.to_string())
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "initialize at {url}: HTTP {}",
+            resp.status()
+        );
+        let sid = resp
+            .headers()
+            .get("mcp-session-id")
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no session id from {url}"))?;
+        let version = resp.json::<Value>().await?["result"]["protocolVersion"]
+            .as_str()
+            .unwrap_or("2025-11-25")
+            .to_string();
+        headers.insert("mcp-session-id", sid);
+        headers.insert("mcp-protocol-version", HeaderValue::from_str(&version)?);
+        let t = Self {
+            client,
+            url: url.to_string(),
+            headers,
+            tool,
+        };
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        t.client
+            .post(&t.url)
+            .headers(t.headers.clone())
+            .body(note.to_string())
+            .send()
+            .await?;
+        Ok(t)
+    }
+
+    /// One call; checks that the result is a successful `blob` of `size` characters.
+    async fn call(&self, size: usize) -> anyhow::Result<()> {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}","arguments":{{"size":{size}}}}}}}"#,
+            self.tool
+        );
+        let resp = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .body(body)
+            .send()
+            .await?;
+        let v: Value = resp.json().await?;
+        let text = v["result"]["content"][0]["text"].as_str().unwrap_or("");
+        anyhow::ensure!(
+            v["result"]["isError"] != true && text.len() == size,
+            "unexpected result: {}",
+            v.to_string().chars().take(300).collect::<String>()
+        );
+        Ok(())
+    }
+}
+
+/// Open loop: `rate` calls/s for `dur`; latencies from each call's scheduled start (sorted).
+async fn open_loop(t: &Target, size: usize, rate: u32, dur: Duration) -> (Vec<Duration>, usize) {
+    let n = (rate as f64 * dur.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(10);
+    // At most this many calls in flight (connections, file descriptors); beyond it a call
+    // waits for a slot, and that wait counts in its latency (it is scheduled, not sent).
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = start + interval * i as u32;
+        tokio::time::sleep_until(at).await;
+        let t = t.clone();
+        let slots = slots.clone();
+        tasks.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let ok = t.call(size).await.is_ok();
+            (at.elapsed(), ok)
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    let mut errors = 0;
+    for task in tasks {
+        match task.await {
+            Ok((d, true)) => lat.push(d),
+            _ => errors += 1,
+        }
+    }
+    lat.sort();
+    (lat, errors)
+}
+
+/// Closed loop: `conc` callers back to back for `dur`; calls per second.
+async fn closed_loop(t: &Target, size: usize, conc: usize, dur: Duration) -> (f64, usize) {
+    let until = Instant::now() + dur;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut err) = (0usize, 0usize);
+            while Instant::now() < until {
+                match t.call(size).await {
+                    Ok(()) => ok += 1,
+                    Err(_) => err += 1,
+                }
+            }
+            (ok, err)
+        }));
+    }
+    let (mut ok, mut err) = (0, 0);
+    for task in tasks {
+        if let Ok((o, e)) = task.await {
+            ok += o;
+            err += e;
+        }
+    }
+    (ok as f64 / started.elapsed().as_secs_f64(), err)
+}
+
+/// Closed loop through the upstream client alone (no gateway): what `Upstreams` itself costs.
+async fn client_loop(
+    up: &Upstreams,
+    provider: &crate::contracts::McpProvider,
+    size: usize,
+    conc: usize,
+    dur: Duration,
+) -> f64 {
+    use crate::gateway::upstream::{CallRequest, Injected};
+    let until = Instant::now() + dur;
+    let started = Instant::now();
+    let project = ProjectId::parse("bench").expect("project id");
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (up, provider, project) = (up.clone(), provider.clone(), project.clone());
+        tasks.push(tokio::spawn(async move {
+            let creds = [Injected {
+                inject: crate::contracts::Injection::Header {
+                    name: "Authorization".into(),
+                    prefix: "Bearer ".into(),
+                },
+                value: SECRET.into(),
+            }];
+            let mut args = serde_json::Map::new();
+            args.insert("size".into(), json!(size));
+            let mut ok = 0usize;
+            while Instant::now() < until {
+                let r = up
+                    .call_tool(CallRequest {
+                        project: &project,
+                        provider: &provider,
+                        tool: "blob",
+                        arguments: &args,
+                        credentials: &creds,
+                        traceparent: None,
+                        timeout: Duration::from_secs(10),
+                    })
+                    .await;
+                if r.is_ok() {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap_or(0);
+    }
+    ok as f64 / started.elapsed().as_secs_f64()
+}
+
+struct Figures {
+    p50: [f64; 2],
+    p99: [f64; 2],
+    direct_p50: f64,
+    direct_p99: f64,
+    direct_rps: f64,
+    gateway_rps: f64,
+    client_rps: f64,
+    errors: usize,
+}
+
+async fn measure(
+    direct: &Target,
+    gw: &Target,
+    client: (&Upstreams, &crate::contracts::McpProvider),
+    size: usize,
+    quick: bool,
+) -> anyhow::Result<Figures> {
+    let (dur, sat) = if quick {
+        (Duration::from_millis(1500), Duration::from_millis(1500))
+    } else {
+        (Duration::from_secs(10), Duration::from_secs(5))
+    };
+    // Warm up both paths (connections, caches, session state).
+    for t in [direct, gw] {
+        closed_loop(t, size, 16, Duration::from_millis(300)).await;
+    }
+    let mut f = Figures {
+        p50: [0.0; 2],
+        p99: [0.0; 2],
+        direct_p50: 0.0,
+        direct_p99: 0.0,
+        direct_rps: 0.0,
+        gateway_rps: 0.0,
+        client_rps: 0.0,
+        errors: 0,
+    };
+    for (i, rate) in [1000u32, 3000].into_iter().enumerate() {
+        let (d, de) = open_loop(direct, size, rate, dur).await;
+        let (g, ge) = open_loop(gw, size, rate, dur).await;
+        f.errors += de + ge;
+        f.p50[i] = percentile_ms(&g, 50.0) - percentile_ms(&d, 50.0);
+        f.p99[i] = percentile_ms(&g, 99.0) - percentile_ms(&d, 99.0);
+        eprintln!(
+            "  {size} B @ {rate}/s: direct p50 {:.3} p99 {:.3} ms | gateway p50 {:.3} p99 {:.3} ms | errors {}",
+            percentile_ms(&d, 50.0),
+            percentile_ms(&d, 99.0),
+            percentile_ms(&g, 50.0),
+            percentile_ms(&g, 99.0),
+            de + ge
+        );
+        if i == 0 {
+            f.direct_p50 = percentile_ms(&d, 50.0);
+            f.direct_p99 = percentile_ms(&d, 99.0);
+        }
+    }
+    let (drps, de) = closed_loop(direct, size, 32, sat).await;
+    let (grps, ge) = closed_loop(gw, size, 32, sat).await;
+    let crps = client_loop(client.0, client.1, size, 32, sat / 2).await;
+    eprintln!(
+        "  {size} B saturation: direct {drps:.0}/s, gateway {grps:.0}/s, upstream client alone {crps:.0}/s, errors {}",
+        de + ge
+    );
+    f.client_rps = crps;
+    f.direct_rps = drps;
+    f.gateway_rps = grps;
+    f.errors += de + ge;
+    Ok(f)
+}
+
+async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
+    let fx = FixtureServer::start(FixtureOptions {
+        require_header: Some(("authorization".into(), format!("Bearer {SECRET}"))),
+        ..Default::default()
+    })
+    .await?;
+    let state = std::env::temp_dir().join(format!("awooop-bench-gw-{}", std::process::id()));
+    let dbargs = DbArgs {
+        database_url: Some(url.into()),
+        app_database_url: None,
+        db_max_connections: 16,
+        state_dir: state.clone(),
+    };
+    let p = Platform::connect(
+        &dbargs,
+        None,
+        Some(&KeyringArgs {
+            keyring: Some(state.join("keyring")),
+        }),
+    )
+    .await?;
+    let admin = Actor::cli("bench");
+    p.control
+        .create_project(
+            &admin,
+            NewProject {
+                project_id: "bench".into(),
+                display_name: "bench".into(),
+                required_approvals: Some(1),
+            },
+        )
+        .await?;
+    let project = ProjectId::parse("bench")?;
+    crate::cli::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
+    let gateway_body = json!({
+        "credential_refs": [{"name": "tok", "source": {"kubernetes_secret": {"name": "bench-upstream", "key": "token"}}}],
+        "providers": [{"name": "fx", "transport": {"type": "streamable_http", "url": fx.url()},
+                       "credentials": [{"credential": "tok", "inject": {"type": "header", "name": "Authorization", "prefix": "Bearer "}}]}],
+        "tools": [{"provider": "fx", "name": "blob", "risk": "read_only", "environments": ["dev"],
+                   "input_schema": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 0, "maximum": 65536}},
+                                    "required": ["size"], "additionalProperties": false},
+                   "max_result_chars": 65536}],
+        "grants": [{"agent": "bench", "tools": ["fx__blob"], "environments": ["dev"]}]
+    });
+    let agent_body = json!({
+        "display_name": "bench", "context_domain": "bench", "tools": ["fx__blob"],
+        "safety": {"max_risk": "read_only", "max_steps": 1, "max_tokens_per_run": 1, "timeout_seconds": 600},
+        "executor": {"type": "scripted", "steps": [{"type": "output", "key": "done", "template": "ok"}]}
+    });
+    tenancy::scope(project.clone(), async {
+        for (kind, name, body) in [
+            (ContractKind::McpGateway, "default", gateway_body),
+            (ContractKind::Agent, "bench", agent_body),
+        ] {
+            let d = p.control.create_draft(&admin, kind, name, body).await?;
+            let req = p.control.sign_draft(d.draft.draft_id, "bench").await?;
+            let rev = p.control.publish(&admin, d.draft.draft_id, req).await?;
+            p.control.approve(&Actor::cli("a"), rev.revision_id).await?;
+            p.control.activate(&admin, rev.revision_id).await?;
+        }
+        Ok::<_, crate::error::Error>(())
+    })
+    .await?;
+
+    let secrets = Arc::new(MemorySecrets::default());
+    secrets.put("bench-upstream", "token", SECRET, Some("bench"));
+    let (audit, _writer) = CallAudit::spawn(p.control.db().clone());
+    let gateway = Arc::new(Gateway::new(
+        p.control.db().clone(),
+        p.control.coord().clone(),
+        GatewayKeys::derive(MASTER),
+        CredentialResolver::new(
+            Some(secrets),
+            LocalPolicy::default(),
+            Duration::from_secs(30),
+        ),
+        Arc::new(Upstreams::new(UpstreamConfig::default())),
+        audit,
+        GatewayConfig {
+            // High enough never to refuse a benchmark call, low enough to stay on (the
+            // counting is part of the cost being measured).
+            rate_per_minute: u32::MAX / 2,
+            ..GatewayConfig::default()
+        },
+    ));
+    let mcp = crate::http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), 1 << 20);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let gw_addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, crate::http::mcp::router(mcp))
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    let now = chrono::Utc::now().timestamp();
+    let token = tokens::mint_run_token(
+        &GatewayKeys::derive(MASTER).run_token,
+        &tokens::RunTokenClaims {
+            project: "bench".into(),
+            agent: "bench".into(),
+            run_id: None,
+            environment: "dev".into(),
+            mode: None,
+            iat: now,
+            exp: now + 3600,
+        },
+    )?;
+    let direct = Target::connect(&fx.url(), SECRET, "blob").await?;
+    let through = Target::connect(&format!("http://{gw_addr}/mcp"), &token, "fx__blob").await?;
+    // One checked call each way before measuring.
+    direct.call(1024).await?;
+    through.call(1024).await?;
+
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("gateway bench (load average before: {})", load.trim());
+    let client = Upstreams::new(UpstreamConfig::default());
+    let provider: crate::contracts::McpProvider = serde_json::from_value(json!({
+        "name": "fx", "transport": {"type": "streamable_http", "url": fx.url()}}))?;
+    let k1 = measure(&direct, &through, (&client, &provider), 1024, quick).await?;
+    let k16 = measure(&direct, &through, (&client, &provider), 16 * 1024, quick).await?;
+    client.shutdown().await;
+    gateway.audit().flush().await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&state);
+    anyhow::ensure!(
+        k1.errors + k16.errors == 0,
+        "{} calls failed during the benchmark",
+        k1.errors + k16.errors
+    );
+    Ok(format!(
+        "overhead_p50_ms={:.3} overhead_p99_ms={:.3} overhead_p50_ms_3k={:.3} overhead_p99_ms_3k={:.3} saturation_ratio={:.2} \
+         direct_p50_ms={:.3} direct_p99_ms={:.3} direct_calls_per_sec={:.0} gateway_calls_per_sec={:.0} client_calls_per_sec={:.0} \
+         overhead_p50_ms_16k={:.3} overhead_p99_ms_16k={:.3} overhead_p50_ms_3k_16k={:.3} overhead_p99_ms_3k_16k={:.3} saturation_ratio_16k={:.2} \
+         direct_calls_per_sec_16k={:.0} gateway_calls_per_sec_16k={:.0}",
+        k1.p50[0],
+        k1.p99[0],
+        k1.p50[1],
+        k1.p99[1],
+        k1.gateway_rps / k1.direct_rps,
+        k1.direct_p50,
+        k1.direct_p99,
+        k1.direct_rps,
+        k1.gateway_rps,
+        k1.client_rps,
+        k16.p50[0],
+        k16.p99[0],
+        k16.p50[1],
+        k16.p99[1],
+        k16.gateway_rps / k16.direct_rps,
+        k16.direct_rps,
+        k16.gateway_rps,
+    ))
+}

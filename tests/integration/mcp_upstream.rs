@@ -1,0 +1,827 @@
+//! The upstream MCP client (`awooop::gateway::upstream`) against real MCP servers: the Rust
+//! fixture over Streamable HTTP (JSON and SSE) and stdio, and the official Python SDK's server
+//! over both transports; plus the official Python client against the Rust fixture.
+
+use std::time::Duration;
+
+use awooop::contracts::McpProvider;
+use awooop::gateway::upstream::fixture::{FixtureOptions, FixtureServer};
+use awooop::gateway::upstream::{CallRequest, Injected, UpstreamConfig, UpstreamError, Upstreams};
+use awooop::tenancy::ProjectId;
+use serde_json::{Map, Value, json};
+
+use crate::mcp_support::*;
+
+fn project(s: &str) -> ProjectId {
+    ProjectId::parse(s).expect("project id")
+}
+
+async fn call(
+    up: &Upstreams,
+    project: &ProjectId,
+    provider: &McpProvider,
+    tool: &str,
+    args: Value,
+    creds: &[Injected],
+) -> Result<Value, UpstreamError> {
+    call_with(
+        up,
+        project,
+        provider,
+        tool,
+        args,
+        creds,
+        None,
+        Duration::from_secs(20),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn call_with(
+    up: &Upstreams,
+    project: &ProjectId,
+    provider: &McpProvider,
+    tool: &str,
+    args: Value,
+    creds: &[Injected],
+    traceparent: Option<&str>,
+    timeout: Duration,
+) -> Result<Value, UpstreamError> {
+    let Value::Object(arguments) = args else {
+        panic!("arguments must be an object")
+    };
+    up.call_tool(CallRequest {
+        project,
+        provider,
+        tool,
+        arguments: &arguments,
+        credentials: creds,
+        traceparent,
+        timeout,
+    })
+    .await
+}
+
+#[track_caller]
+fn text(r: &Value) -> &str {
+    r["content"][0]["text"].as_str().expect("text content")
+}
+
+/// Wait (bounded) until `cond` holds; for effects that happen in background tasks.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn process_gone(pid: u64) -> bool {
+    // Gone, or a zombie (killed, not yet reaped) in every thread: a multi-threaded process
+    // shows its leader as a zombie while other threads are still exiting and holding its
+    // pipes open, and it cannot be waited for until they are done.
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).map_or(true, |s| {
+            s.rsplit_once(')').is_some_and(|(_, rest)| {
+                matches!(rest.trim_start().as_bytes().first(), Some(b'Z' | b'X'))
+            })
+        })
+    })
+}
+
+fn pid_of(r: &Value) -> u64 {
+    r["structuredContent"]["pid"].as_u64().expect("pid")
+}
+
+#[tokio::test]
+async fn http_session_and_connection_are_reused_across_calls() {
+    let fx = FixtureServer::start(FixtureOptions::default())
+        .await
+        .unwrap();
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = http_provider("fx", &fx.url());
+    for i in 0..10 {
+        let r = call(&up, &p, &prov, "echo", json!({"i": i, "s": "é\n\"x"}), &[])
+            .await
+            .unwrap();
+        assert_eq!(r["structuredContent"], json!({"i": i, "s": "é\n\"x"}));
+        assert_eq!(r["isError"], false);
+    }
+    // Concurrent calls share the session (initialization happens once).
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (up, p, prov) = (up.clone(), p.clone(), prov.clone());
+        tasks.push(tokio::spawn(async move {
+            call(&up, &p, &prov, "echo", json!({"n": i}), &[]).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().unwrap()["structuredContent"]["n"], i);
+    }
+    assert_eq!(fx.initializes(), 1, "one MCP session for all calls");
+    assert_eq!(fx.calls(), 26);
+    assert!(
+        fx.connections() <= 17,
+        "keep-alive: at most one connection per concurrent call, got {}",
+        fx.connections()
+    );
+    assert_eq!(up.open_connections(), 1);
+    up.shutdown().await;
+    assert_eq!(
+        fx.deleted_sessions(),
+        1,
+        "shutdown ends the session with DELETE"
+    );
+    assert_eq!(up.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn http_sse_responses_are_parsed_and_server_pings_answered() {
+    let fx = FixtureServer::start(FixtureOptions {
+        sse: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = http_provider("fx", &fx.url());
+    let r = call(&up, &p, &prov, "blob", json!({"size": 20000}), &[])
+        .await
+        .unwrap();
+    assert_eq!(text(&r).len(), 20000);
+    let err = call(&up, &p, &prov, "fail", json!({"mode": "rpc"}), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        UpstreamError::Rpc {
+            code: -32001,
+            message: "fixture failure".into()
+        }
+    );
+    eventually("both server pings answered", || fx.client_answers() >= 2).await;
+}
+
+#[tokio::test]
+async fn http_falls_back_to_2025_06_18_when_the_server_negotiates_it() {
+    use awooop::gateway::upstream::http::HttpSession;
+    let fx = FixtureServer::start(FixtureOptions {
+        protocol: Some("2025-06-18".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let s = HttpSession::new(&fx.url(), &[], &UpstreamConfig::default()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let r = s
+        .call(
+            "echo",
+            &Map::from_iter([("a".into(), json!(1))]),
+            None,
+            deadline,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["structuredContent"]["a"], 1);
+    assert_eq!(s.protocol_version(), Some("2025-06-18"));
+
+    // A server that insists on a revision we do not speak is refused clearly.
+    let old = FixtureServer::start(FixtureOptions {
+        protocol: Some("2024-11-05".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let s = HttpSession::new(&old.url(), &[], &UpstreamConfig::default()).unwrap();
+    let err = s
+        .call("echo", &Map::new(), None, deadline)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, UpstreamError::Protocol(m) if m.contains("unsupported protocol version")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn http_reinitializes_once_when_the_session_expired() {
+    let fx = FixtureServer::start(FixtureOptions::default())
+        .await
+        .unwrap();
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = http_provider("fx", &fx.url());
+    call(&up, &p, &prov, "echo", json!({}), &[]).await.unwrap();
+    fx.expire_sessions();
+    let r = call(&up, &p, &prov, "echo", json!({"after": "expiry"}), &[])
+        .await
+        .unwrap();
+    assert_eq!(r["structuredContent"]["after"], "expiry");
+    assert_eq!(fx.initializes(), 2);
+    assert_eq!(
+        fx.calls(),
+        2,
+        "the expired call reached no tool; the retry did"
+    );
+}
+
+#[tokio::test]
+async fn http_credentials_and_traceparent_are_sent_as_headers() {
+    let secret = "tok-5f0c1e9a";
+    let fx = FixtureServer::start(FixtureOptions {
+        require_header: Some(("authorization".into(), format!("Bearer {secret}"))),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = http_provider("fx", &fx.url());
+    let creds = [
+        header("Authorization", "Bearer ", secret),
+        header("X-Api-Key", "", "k-2"),
+    ];
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = call_with(
+        &up,
+        &p,
+        &prov,
+        "headers",
+        json!({}),
+        &creds,
+        Some(tp),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let h = &r["structuredContent"];
+    assert_eq!(h["traceparent"], tp);
+    assert_eq!(h["x-api-key"], "k-2");
+    assert_eq!(h["authorization"], format!("Bearer {secret}"));
+    assert!(h["mcp-session-id"].is_string());
+    assert_eq!(h["mcp-protocol-version"], "2025-11-25");
+    let r = call(
+        &up,
+        &p,
+        &prov,
+        "secret",
+        json!({"name": "x-api-key"}),
+        &creds,
+    )
+    .await
+    .unwrap();
+    assert_eq!(text(&r), "k-2");
+
+    // A wrong credential: a clear error that does not carry the value.
+    let err = call(
+        &up,
+        &project("other"),
+        &prov,
+        "echo",
+        json!({}),
+        &[header("Authorization", "Bearer ", "wrong-value-77")],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, UpstreamError::Unavailable(m) if m.contains("401")),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("wrong-value-77"));
+}
+
+#[tokio::test]
+async fn rotated_credentials_open_a_new_session_and_close_the_old() {
+    let fx = FixtureServer::start(FixtureOptions::default())
+        .await
+        .unwrap();
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = http_provider("fx", &fx.url());
+    let r = call(
+        &up,
+        &p,
+        &prov,
+        "secret",
+        json!({"name": "x-key"}),
+        &[header("X-Key", "", "v1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(text(&r), "v1");
+    let r = call(
+        &up,
+        &p,
+        &prov,
+        "secret",
+        json!({"name": "x-key"}),
+        &[header("X-Key", "", "v2")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(text(&r), "v2");
+    assert_eq!(fx.initializes(), 2);
+    assert_eq!(up.open_connections(), 1);
+    eventually("the old session is ended", || fx.deleted_sessions() == 1).await;
+    assert_eq!(fx.open_sessions(), 1);
+}
+
+#[tokio::test]
+async fn projects_never_share_a_session() {
+    let fx = FixtureServer::start(FixtureOptions::default())
+        .await
+        .unwrap();
+    let up = Upstreams::new(UpstreamConfig::default());
+    let prov = http_provider("fx", &fx.url());
+    for p in ["acme", "globex", "acme", "globex"] {
+        call(&up, &project(p), &prov, "echo", json!({}), &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(fx.initializes(), 2);
+    assert_eq!(up.open_connections(), 2);
+}
+
+#[tokio::test]
+async fn errors_timeouts_and_unreachable_upstreams_are_typed() {
+    let fx = FixtureServer::start(FixtureOptions::default())
+        .await
+        .unwrap();
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = http_provider("fx", &fx.url());
+    let r = call(&up, &p, &prov, "fail", json!({"mode": "tool"}), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        r["isError"], true,
+        "an isError result is a result, not an error"
+    );
+    let err = call(&up, &p, &prov, "nope", json!({}), &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, UpstreamError::Rpc { code: -32602, .. }),
+        "{err:?}"
+    );
+    let err = call_with(
+        &up,
+        &p,
+        &prov,
+        "sleep",
+        json!({"ms": 5000}),
+        &[],
+        None,
+        Duration::from_millis(300),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err, UpstreamError::Timeout);
+    // The session survives a timed-out call.
+    call(&up, &p, &prov, "echo", json!({}), &[]).await.unwrap();
+
+    // Nothing listens on a port we just released.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dead = http_provider("dead", &format!("http://127.0.0.1:{port}/mcp"));
+    let err = call(&up, &p, &dead, "echo", json!({}), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpstreamError::Unavailable(_)), "{err:?}");
+
+    // Responses beyond the size limit are refused, over HTTP and over stdio.
+    let small = Upstreams::new(UpstreamConfig {
+        max_response_bytes: 4096,
+        ..Default::default()
+    });
+    call(&small, &p, &prov, "blob", json!({"size": 1000}), &[])
+        .await
+        .unwrap();
+    for provider in [&prov, &rust_stdio_provider("local")] {
+        let err = call(&small, &p, provider, "blob", json!({"size": 10000}), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, UpstreamError::Protocol(m) if m.contains("4096")),
+            "{err:?}"
+        );
+    }
+    small.shutdown().await;
+
+    // A stdio command that does not exist.
+    let missing = stdio_provider("missing", "/nonexistent/awooop-no-such-server", &[]);
+    let err = call(&up, &p, &missing, "echo", json!({}), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpstreamError::Unavailable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn idle_connections_are_evicted_and_least_recently_used_beyond_the_cap() {
+    let fx = FixtureServer::start(FixtureOptions::default())
+        .await
+        .unwrap();
+    let up = Upstreams::new(UpstreamConfig {
+        idle_timeout: Duration::from_millis(200),
+        max_sessions: 2,
+        ..Default::default()
+    });
+    let prov = http_provider("fx", &fx.url());
+    for p in ["p-one", "p-two", "p-three"] {
+        call(&up, &project(p), &prov, "echo", json!({}), &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        up.open_connections(),
+        2,
+        "the cap closes the least recently used"
+    );
+    eventually("the evicted session is ended", || {
+        fx.deleted_sessions() >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Either the background sweeper or this call closes the idle ones.
+    up.evict_idle().await;
+    assert_eq!(up.open_connections(), 0);
+    eventually("idle sessions are ended", || fx.deleted_sessions() == 3).await;
+}
+
+#[tokio::test]
+async fn stdio_child_gets_only_a_minimal_environment_and_its_credentials() {
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = rust_stdio_provider("local");
+    let creds = [env_var("FIXTURE_TOKEN", "stdio-secret-31")];
+    let r = call(&up, &p, &prov, "env", json!({}), &creds)
+        .await
+        .unwrap();
+    let names: Vec<&str> = r["structuredContent"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let allowed = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "TMPDIR",
+        "FIXTURE_TOKEN",
+    ];
+    for n in &names {
+        assert!(
+            allowed.contains(n),
+            "unexpected variable {n} in the child: {names:?}"
+        );
+    }
+    assert!(names.contains(&"FIXTURE_TOKEN"));
+    let r = call(
+        &up,
+        &p,
+        &prov,
+        "secret",
+        json!({"name": "FIXTURE_TOKEN"}),
+        &creds,
+    )
+    .await
+    .unwrap();
+    assert_eq!(text(&r), "stdio-secret-31");
+    up.shutdown().await;
+}
+
+#[tokio::test]
+async fn stdio_requests_are_multiplexed_and_traceparent_rides_in_meta() {
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = rust_stdio_provider("local");
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let (up, p, prov) = (up.clone(), p.clone(), prov.clone());
+        tasks.push(tokio::spawn(async move {
+            // Later requests finish first: responses come back out of order.
+            call(&up, &p, &prov, "sleep", json!({"ms": 400 - i * 50}), &[]).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(text(&t.await.unwrap().unwrap()), "slept");
+    }
+    let r = call(&up, &p, &prov, "echo", json!({"k": [1, 2]}), &[])
+        .await
+        .unwrap();
+    assert_eq!(r["structuredContent"], json!({"k": [1, 2]}));
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = call_with(
+        &up,
+        &p,
+        &prov,
+        "meta",
+        json!({}),
+        &[],
+        Some(tp),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["structuredContent"]["traceparent"], tp);
+    let err = call(&up, &p, &prov, "fail", json!({"mode": "rpc"}), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpstreamError::Rpc { code: -32001, .. }));
+    let err = call_with(
+        &up,
+        &p,
+        &prov,
+        "sleep",
+        json!({"ms": 3000}),
+        &[],
+        None,
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err, UpstreamError::Timeout);
+    assert_eq!(up.open_connections(), 1, "one child for all of it");
+    up.shutdown().await;
+}
+
+#[tokio::test]
+async fn stdio_child_is_restarted_after_it_is_killed_or_exits() {
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = rust_stdio_provider("local");
+    let first = pid_of(&call(&up, &p, &prov, "pid", json!({}), &[]).await.unwrap());
+    let status = std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    eventually("the killed child is dead", || process_gone(first)).await;
+    let second = pid_of(&call(&up, &p, &prov, "pid", json!({}), &[]).await.unwrap());
+    assert_ne!(first, second, "a new child serves the next call");
+
+    // A child that dies mid-call fails that call clearly; the next call gets a new child.
+    let err = call(&up, &p, &prov, "exit", json!({}), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpstreamError::Unavailable(_)), "{err:?}");
+    let third = pid_of(&call(&up, &p, &prov, "pid", json!({}), &[]).await.unwrap());
+    assert_ne!(third, second);
+    up.shutdown().await;
+    eventually("shutdown kills the child", || process_gone(third)).await;
+}
+
+#[tokio::test]
+async fn stdio_rotation_replaces_the_child() {
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = rust_stdio_provider("local");
+    let a = [env_var("FIXTURE_TOKEN", "one")];
+    let b = [env_var("FIXTURE_TOKEN", "two")];
+    let old = pid_of(&call(&up, &p, &prov, "pid", json!({}), &a).await.unwrap());
+    let r = call(
+        &up,
+        &p,
+        &prov,
+        "secret",
+        json!({"name": "FIXTURE_TOKEN"}),
+        &b,
+    )
+    .await
+    .unwrap();
+    assert_eq!(text(&r), "two");
+    let new = pid_of(&call(&up, &p, &prov, "pid", json!({}), &b).await.unwrap());
+    assert_ne!(old, new);
+    eventually("the old child is killed", || process_gone(old)).await;
+    assert_eq!(up.open_connections(), 1);
+    up.shutdown().await;
+}
+
+// --- the official Python SDK ---------------------------------------------------------------
+
+#[tokio::test]
+async fn python_sdk_server_over_streamable_http() {
+    let Some(py) = python() else { return };
+    let server = start_python_http(&py).await;
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let prov = http_provider("py", &server.url);
+    let creds = [header("X-Upstream-Key", "", "py-http-secret-8")];
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = call_with(
+        &up,
+        &p,
+        &prov,
+        "echo",
+        json!({"text": "hi"}),
+        &creds,
+        Some(tp),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["structuredContent"], json!({"text": "hi"}));
+    let h = call_with(
+        &up,
+        &p,
+        &prov,
+        "headers",
+        json!({}),
+        &creds,
+        Some(tp),
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h["structuredContent"]["traceparent"], tp);
+    assert_eq!(h["structuredContent"]["mcp-protocol-version"], "2025-11-25");
+    let r = call(
+        &up,
+        &p,
+        &prov,
+        "leak_nested",
+        json!({"name": "x-upstream-key"}),
+        &creds,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r["structuredContent"]["outer"]["list"][0]["deep"],
+        "py-http-secret-8"
+    );
+    let err = call(
+        &up,
+        &p,
+        &prov,
+        "leak_error",
+        json!({"name": "x-upstream-key"}),
+        &creds,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, UpstreamError::Rpc { code: -32001, message } if message.contains("py-http-secret-8")),
+        "{err:?}"
+    );
+    let r = call(
+        &up,
+        &p,
+        &prov,
+        "leak_is_error",
+        json!({"name": "x-upstream-key"}),
+        &creds,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["isError"], true);
+    assert!(text(&r).contains("py-http-secret-8"));
+    let r = call(&up, &p, &prov, "blob", json!({"size": 16384}), &creds)
+        .await
+        .unwrap();
+    assert_eq!(text(&r).len(), 16384);
+    up.shutdown().await;
+}
+
+#[tokio::test]
+async fn python_sdk_server_over_stdio() {
+    let Some(py) = python() else { return };
+    let script = fixture_script();
+    let prov = stdio_provider(
+        "py",
+        py.to_str().unwrap(),
+        &[script.to_str().unwrap(), "stdio"],
+    );
+    let up = Upstreams::new(UpstreamConfig::default());
+    let p = project("acme");
+    let creds = [env_var("UPSTREAM_TOKEN", "py-stdio-secret-4")];
+    let r = call(&up, &p, &prov, "echo", json!({"text": "hello"}), &creds)
+        .await
+        .unwrap();
+    assert_eq!(r["structuredContent"], json!({"text": "hello"}));
+    let r = call(
+        &up,
+        &p,
+        &prov,
+        "leak_base64",
+        json!({"name": "UPSTREAM_TOKEN"}),
+        &creds,
+    )
+    .await
+    .unwrap();
+    assert_eq!(text(&r), "cHktc3RkaW8tc2VjcmV0LTQ=");
+    let r = call(&up, &p, &prov, "env", json!({}), &creds)
+        .await
+        .unwrap();
+    let names = r["structuredContent"]["names"].as_array().unwrap();
+    assert!(names.contains(&json!("UPSTREAM_TOKEN")));
+    for forbidden in ["DATABASE_URL", "REDIS_URL", "AWOOOP_GATEWAY_KEY", "CARGO"] {
+        assert!(
+            !names.contains(&json!(forbidden)),
+            "{forbidden} leaked into the child"
+        );
+    }
+    let err = call(&up, &p, &prov, "fail", json!({"mode": "rpc"}), &creds)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, UpstreamError::Rpc { code: -32001, .. }),
+        "{err:?}"
+    );
+    up.shutdown().await;
+}
+
+#[tokio::test]
+async fn python_sdk_client_talks_to_the_rust_fixture() {
+    let Some(py) = python() else { return };
+    for sse in [false, true] {
+        let fx = FixtureServer::start(FixtureOptions {
+            sse,
+            require_header: Some(("authorization".into(), "Bearer drv-token".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let out = run_driver(
+            &py,
+            &fx.url(),
+            Some("drv-token"),
+            Some(("echo", json!({"x": 1}))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["protocol_version"], "2025-11-25");
+        assert!(
+            out["tools"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("leak_nested"))
+        );
+        assert_eq!(out["result"]["structuredContent"], json!({"x": 1}));
+        let out = run_driver(
+            &py,
+            &fx.url(),
+            Some("drv-token"),
+            Some(("fail", json!({"mode": "rpc"}))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["error"]["code"], -32001);
+        // Without the token the official client fails to connect.
+        assert!(run_driver(&py, &fx.url(), None, None).await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn typescript_sdk_client_talks_to_the_rust_fixture() {
+    let Some(nm) = node_modules() else { return };
+    let fx = FixtureServer::start(FixtureOptions {
+        sse: true,
+        require_header: Some(("authorization".into(), "Bearer ts-token".into())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let out = run_ts_driver(
+        &nm,
+        &fx.url(),
+        Some("ts-token"),
+        Some(("echo", json!({"y": [1]}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["protocol_version"], "2025-11-25");
+    assert!(out["tools"].as_array().unwrap().contains(&json!("blob")));
+    assert_eq!(out["result"]["structuredContent"], json!({"y": [1]}));
+    let out = run_ts_driver(
+        &nm,
+        &fx.url(),
+        Some("ts-token"),
+        Some(("fail", json!({"mode": "rpc"}))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["error"]["code"], -32001);
+    assert!(
+        run_ts_driver(&nm, &fx.url(), Some("wrong"), None)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        fx.deleted_sessions(),
+        2,
+        "the TypeScript client ends its sessions"
+    );
+}

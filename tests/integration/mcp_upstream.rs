@@ -825,3 +825,143 @@ async fn typescript_sdk_client_talks_to_the_rust_fixture() {
         "the TypeScript client ends its sessions"
     );
 }
+
+// --- the gateway core on the real client -----------------------------------------------------
+
+/// The gateway (all gates, credential resolution, redaction, audit) calling real upstreams
+/// through `Upstreams`: an HTTP fixture that requires the injected Bearer credential and a
+/// stdio fixture that gets it as an env var; both echo it back, and the gateway must redact it.
+#[tokio::test]
+async fn gateway_calls_real_upstreams_through_the_client_and_redacts_what_they_echo() {
+    use awooop::contracts::ContractKind;
+    use awooop::coord::Coord;
+    use awooop::gateway::audit::CallAudit;
+    use awooop::gateway::credentials::{CredentialResolver, LocalPolicy, MemorySecrets};
+    use awooop::gateway::keys::GatewayKeys;
+    use awooop::gateway::{Caller, Gateway, GatewayConfig};
+    use awooop::runtime::TraceContext;
+    use awooop::tenancy;
+    use std::sync::Arc;
+
+    use crate::support::{TestDb, approve_and_activate, publish};
+
+    let secret = format!(
+        "zqE2E-{}/+=Kp",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    );
+    let fx = FixtureServer::start(FixtureOptions {
+        require_header: Some(("authorization".into(), format!("Bearer {secret}"))),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let project = crate::support::project(&cp, "alpha", 1).await;
+    let tools = [
+        "secret",
+        "leak_text",
+        "leak_nested",
+        "leak_base64",
+        "leak_urlencoded",
+    ];
+    let mut tool_defs = Vec::new();
+    let mut granted = Vec::new();
+    for prov in ["web", "local"] {
+        for name in tools {
+            tool_defs.push(json!({"provider": prov, "name": name, "risk": "read_only",
+                "environments": ["dev"], "input_schema": {"type": "object"}}));
+            granted.push(format!("{prov}__{name}"));
+        }
+    }
+    let gateway_body = json!({
+        "credential_refs": [{"name": "tok", "source": {"kubernetes_secret": {"name": "alpha-up", "key": "token"}}}],
+        "providers": [
+            {"name": "web", "transport": {"type": "streamable_http", "url": fx.url()},
+             "credentials": [{"credential": "tok", "inject": {"type": "header", "name": "Authorization", "prefix": "Bearer "}}]},
+            {"name": "local", "transport": {"type": "stdio", "command": AWOOOP_BIN, "args": ["mcp-fixture", "--stdio"]},
+             "credentials": [{"credential": "tok", "inject": {"type": "env", "var": "UPSTREAM_TOKEN"}}]}
+        ],
+        "tools": tool_defs,
+        "grants": [{"agent": "triage", "tools": granted, "environments": ["dev"]}]
+    });
+    let agent_body = json!({
+        "display_name": "Triage", "context_domain": "infra", "tools": granted,
+        "safety": {"max_risk": "read_only", "max_steps": 8, "max_tokens_per_run": 1000, "timeout_seconds": 60},
+        "executor": {"type": "scripted", "steps": [{"type": "output", "key": "o", "template": "hi"}]}
+    });
+    tenancy::scope(project.clone(), async {
+        for (kind, name, body) in [
+            (ContractKind::McpGateway, "default", gateway_body),
+            (ContractKind::Agent, "triage", agent_body),
+        ] {
+            let r = publish(&cp, kind, name, body).await;
+            approve_and_activate(&cp, r, 1).await;
+        }
+    })
+    .await;
+    let secrets = Arc::new(MemorySecrets::default());
+    secrets.put("alpha-up", "token", &secret, Some("alpha"));
+    let (audit, _task) = CallAudit::spawn(t.db());
+    let upstreams = Upstreams::new(UpstreamConfig::default());
+    let gw = Gateway::new(
+        t.db(),
+        Coord::none(),
+        GatewayKeys::derive("test-gateway-master-key-0123456789abcdef"),
+        CredentialResolver::new(Some(secrets), LocalPolicy::default(), Duration::ZERO),
+        Arc::new(upstreams.clone()),
+        audit,
+        GatewayConfig {
+            cache_ttl: Duration::ZERO,
+            ..GatewayConfig::default()
+        },
+    );
+    let caller = Caller {
+        project: project.clone(),
+        agent: "triage".into(),
+        run_id: None,
+        environment: "dev".into(),
+        mode: None,
+    };
+    for (prov, name) in [("web", "authorization"), ("local", "UPSTREAM_TOKEN")] {
+        for tool in tools {
+            let r = gw
+                .call_tool(
+                    &caller,
+                    &format!("{prov}__{tool}"),
+                    Some(json!({"name": name})),
+                    None,
+                    &TraceContext::generate(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{prov}__{tool}: {e:?}"));
+            let text = r.to_string();
+            assert!(!text.contains(&secret), "{prov}__{tool} leaked: {text}");
+            assert_eq!(r["isError"], false, "{prov}__{tool}: {text}");
+        }
+        // The upstream did receive the credential: `secret` returned something, now redacted.
+        let r = gw
+            .call_tool(
+                &caller,
+                &format!("{prov}__secret"),
+                Some(json!({"name": name})),
+                None,
+                &TraceContext::generate(),
+            )
+            .await
+            .unwrap();
+        let shown = r["content"][0]["text"].as_str().unwrap_or("");
+        assert!(
+            !shown.is_empty() && !shown.contains(&secret),
+            "{prov}: {shown:?}"
+        );
+    }
+    assert_eq!(
+        upstreams.open_connections(),
+        2,
+        "one HTTP session and one child"
+    );
+    gw.audit().flush().await;
+    upstreams.shutdown().await;
+    t.cleanup().await;
+}

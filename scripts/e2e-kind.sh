@@ -101,6 +101,7 @@ KEY_B64=$(openssl rand -base64 32)
 kubectl -n "$NS" create secret generic awooop-database \
   --from-literal=database-url="postgres://awooop_owner:$OWNERPASS@postgres.$NS.svc:5432/awooop"
 kubectl -n "$NS" create secret generic awooop-admin --from-literal=admin-token="$ADMIN_TOKEN"
+kubectl -n "$NS" create secret generic awooop-gateway-key --from-literal=gateway-key="$(openssl rand -hex 32)"
 kubectl -n "$NS" create secret generic awooop-keyring --from-literal=keyring="e2e:$KEY_B64"
 
 log "helm install"

@@ -807,7 +807,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             "not configured (optional)"
         },
-        if in_cluster { "watched" } else { "no Kubernetes API" },
+        if in_cluster {
+            "watched"
+        } else {
+            "no Kubernetes API"
+        },
     );
     let mcp =
         http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), args.max_body_bytes)

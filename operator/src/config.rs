@@ -568,7 +568,11 @@ impl ServeArgs {
     pub fn secrets_namespace(&self) -> String {
         self.secrets_namespace
             .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
             .unwrap_or_else(|| "awooop".to_string())
     }
 

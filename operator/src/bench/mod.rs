@@ -6,8 +6,8 @@
 
 mod budget;
 mod contracts;
-mod projection;
 mod gateway;
+mod projection;
 mod runs;
 
 use std::time::Duration;

@@ -26,6 +26,9 @@ pub struct Platform {
     pub state_dir: PathBuf,
     /// Where the workers' tool calls go (the MCP gateway once [`attach_gateway`] ran).
     pub tools: std::sync::Arc<dyn crate::runtime::executor::ToolGateway>,
+    /// How model provider API keys resolve: project-bound, by the gateway's rules once
+    /// [`attach_gateway`] ran; before that every ref is denied.
+    pub model_credentials: std::sync::Arc<dyn crate::model::proxy::CredentialResolver>,
     _pg: LocalPostgres,
 }
 
@@ -61,6 +64,13 @@ impl Platform {
             owner_url: pg.url.clone(),
             state_dir: db_args.state_dir.clone(),
             tools: std::sync::Arc::new(crate::runtime::executor::NoGateway),
+            model_credentials: std::sync::Arc::new(
+                crate::gateway::credentials::CredentialResolver::new(
+                    None,
+                    Default::default(),
+                    std::time::Duration::ZERO,
+                ),
+            ),
             _pg: pg,
         })
     }
@@ -321,11 +331,14 @@ pub fn attach_gateway(
     // Without a Kubernetes API (local runs, worker pods without a service-account token)
     // kubernetes_secret refs fail closed with E-MCP-005; `awooop serve` in a cluster passes the
     // watched Secret cache (`k8s::secrets::KubeSecrets`).
-    let creds = credentials::CredentialResolver::new(
-        secrets,
-        local,
-        std::time::Duration::from_secs(args.gateway_credential_ttl_seconds),
-    );
+    let ttl = std::time::Duration::from_secs(args.gateway_credential_ttl_seconds);
+    // Model provider API keys follow the same project-bound rules as tool credentials.
+    p.model_credentials = std::sync::Arc::new(credentials::CredentialResolver::new(
+        secrets.clone(),
+        local.clone(),
+        ttl,
+    ));
+    let creds = credentials::CredentialResolver::new(secrets, local, ttl);
     let (audit, _writer) = crate::gateway::audit::CallAudit::spawn(p.control.db().clone());
     let gw = std::sync::Arc::new(crate::gateway::Gateway::new(
         p.control.db().clone(),
@@ -871,7 +884,7 @@ pub fn worker_for_project(
 ) -> std::sync::Arc<crate::runtime::worker::Worker> {
     use crate::model::breaker::AnomalyCounter;
     use crate::model::executor::{AgentExecutor, LlmExecutor};
-    use crate::model::proxy::{LocalCredentials, ProviderProxy};
+    use crate::model::proxy::ProviderProxy;
     use crate::runtime::executor::{GuardedGateway, ScriptedExecutor};
     let tools = p.tools.clone();
     let scripted = ScriptedExecutor::new(GuardedGateway::new(p.control.clone(), tools.clone()));
@@ -883,7 +896,7 @@ pub fn worker_for_project(
     let llm = match ProviderProxy::new(
         p.control.db().clone(),
         anomalies.clone(),
-        std::sync::Arc::new(LocalCredentials),
+        p.model_credentials.clone(),
     ) {
         Ok(proxy) => Some(LlmExecutor::new(
             p.control.clone(),

@@ -16,7 +16,7 @@ use awooop::model::budget::{Budget, ReserveRequest};
 use awooop::model::double::{ProviderDouble, Reply};
 use awooop::model::executor::{AgentExecutor, LlmExecutor};
 use awooop::model::policy::{BreakerPolicy, BudgetPolicy, EffectivePolicy, ScopeLimit, Target};
-use awooop::model::proxy::{CallMeta, LocalCredentials, ModelCall, ProviderProxy};
+use awooop::model::proxy::{CallMeta, ModelCall, ProviderProxy};
 use awooop::model::wire::{self, ChatMessage, ChatRequest, ToolSpec};
 use awooop::runtime::executor::{
     Executor, GuardedGateway, Journal, Outcome, RunContext, ScriptedExecutor, ToolCall, ToolGateway,
@@ -89,9 +89,25 @@ fn meta() -> CallMeta {
     }
 }
 
+/// Folder of file credentials: project P's provider keys live under `CREDS/P/` (the gateway's
+/// project-bound rules, which the model path shares).
+fn creds_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("awooop-model-creds")
+}
+
+fn creds() -> Arc<awooop::gateway::credentials::CredentialResolver> {
+    use awooop::gateway::credentials::{CredentialResolver, LocalPolicy};
+    std::fs::create_dir_all(creds_dir()).unwrap();
+    Arc::new(CredentialResolver::new(
+        None,
+        LocalPolicy::parse(None, Some(&creds_dir())).unwrap(),
+        Duration::ZERO,
+    ))
+}
+
 fn proxy(t: &TestDb) -> Arc<ProviderProxy> {
     let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
-    Arc::new(ProviderProxy::new(t.db(), anomalies, Arc::new(LocalCredentials)).unwrap())
+    Arc::new(ProviderProxy::new(t.db(), anomalies, creds()).unwrap())
 }
 
 async fn ledger_of(t: &TestDb, p: &ProjectId) -> (i64, i64, bool) {
@@ -323,10 +339,11 @@ async fn proxy_speaks_each_wire_format_with_tool_calls_and_keeps_keys_out_of_rec
     let cp = t.control(Coord::none());
     let p = project(&cp, "wire-formats", 1).await;
     let double = ProviderDouble::start().await.unwrap();
-    let key_file = std::env::temp_dir().join(format!("awooop-model-key-{}", Uuid::new_v4()));
+    let px = proxy(&t);
+    std::fs::create_dir_all(creds_dir().join("wire-formats")).unwrap();
+    let key_file = creds_dir().join(format!("wire-formats/key-{}", Uuid::new_v4()));
     let secret = format!("sk-test-{}", Uuid::new_v4().simple());
     std::fs::write(&key_file, &secret).unwrap();
-    let px = proxy(&t);
     for api in [
         ProviderApi::OpenaiChat,
         ProviderApi::AnthropicMessages,
@@ -382,18 +399,42 @@ async fn proxy_speaks_each_wire_format_with_tool_calls_and_keeps_keys_out_of_rec
     let actions = audit_actions(&t, "wire-formats").await;
     assert_eq!(actions.iter().filter(|(a, _)| a == "model.call").count(), 6);
     assert!(actions.iter().all(|(_, d)| !d.contains(&secret)));
-    // A key reference that cannot be resolved fails clearly, before anything is sent.
-    let mut tg = target(&double, ProviderApi::OpenaiChat, "p", 500);
-    tg.api_key = Some(CredentialSource::File {
-        path: "/nonexistent/awooop-key".into(),
-    });
-    let res = tenancy::scope(
-        p.clone(),
-        px.chat(&policy(vec![tg], 10_000_000), &meta(), &request(), None),
-    )
-    .await;
-    assert_code(res, "E-MODEL-006");
-    assert_eq!(double.requests().len(), 6);
+    // A key reference that cannot be resolved for this project fails clearly, before anything
+    // is sent: a missing file, another project's key file, a file outside the credential
+    // folder, and a process environment variable that is not allow-listed for the project
+    // (a Policy contract must never be able to ship the platform's own secrets, such as
+    // DATABASE_URL, to a base_url it chose).
+    std::fs::create_dir_all(creds_dir().join("other-project")).unwrap();
+    let foreign = creds_dir().join(format!("other-project/key-{}", Uuid::new_v4()));
+    std::fs::write(&foreign, "sk-foreign").unwrap();
+    for src in [
+        CredentialSource::File {
+            path: creds_dir()
+                .join("wire-formats/missing")
+                .to_string_lossy()
+                .into(),
+        },
+        CredentialSource::File {
+            path: foreign.to_string_lossy().into(),
+        },
+        CredentialSource::File {
+            path: "/etc/hostname".into(),
+        },
+        CredentialSource::Env {
+            var: "DATABASE_URL".into(),
+        },
+    ] {
+        let mut tg = target(&double, ProviderApi::OpenaiChat, "p", 500);
+        tg.api_key = Some(src.clone());
+        let res = tenancy::scope(
+            p.clone(),
+            px.chat(&policy(vec![tg], 10_000_000), &meta(), &request(), None),
+        )
+        .await;
+        assert_code(res, "E-MODEL-006");
+        assert_eq!(double.requests().len(), 6, "{src:?} reached the provider");
+    }
+    let _ = std::fs::remove_file(foreign);
     assert_eq!(open_reservations(&t, &p).await, 0);
     let _ = std::fs::remove_file(key_file);
     t.cleanup().await;
@@ -654,9 +695,7 @@ fn llm_executor(
     upstream: Arc<dyn ToolGateway>,
 ) -> Arc<AgentExecutor> {
     let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
-    let px = Arc::new(
-        ProviderProxy::new(t.db(), anomalies.clone(), Arc::new(LocalCredentials)).unwrap(),
-    );
+    let px = Arc::new(ProviderProxy::new(t.db(), anomalies.clone(), creds()).unwrap());
     Arc::new(AgentExecutor::new(
         ScriptedExecutor::new(GuardedGateway::new(cp.clone(), upstream.clone())),
         Some(LlmExecutor::new(
@@ -959,9 +998,7 @@ async fn anomalies_trip_the_project_breaker_with_and_without_redis() {
                 threshold: 3,
             },
         );
-        let px = Arc::new(
-            ProviderProxy::new(t.db(), counter.clone(), Arc::new(LocalCredentials)).unwrap(),
-        );
+        let px = Arc::new(ProviderProxy::new(t.db(), counter.clone(), creds()).unwrap());
         let pol = policy(
             vec![target(&double, ProviderApi::OpenaiChat, "p", 50)],
             10_000_000,
@@ -1316,4 +1353,152 @@ async fn double_answers_non_streaming_requests_in_each_format() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 429);
     }
+}
+
+/// A whole LLM run through the real MCP gateway (five gates, credential injection, redaction,
+/// call audit) to a real MCP server over Streamable HTTP: the upstream answers only with the
+/// injected credential and echoes it back; the model never sees it, nor do the journal and the
+/// audit. A tool the agent lists but the gateway does not grant is denied by gate 2.
+#[tokio::test]
+async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
+    use awooop::gateway::audit::CallAudit;
+    use awooop::gateway::credentials::{CredentialResolver, LocalPolicy};
+    use awooop::gateway::keys::GatewayKeys;
+    use awooop::gateway::runtime::InProcessGateway;
+    use awooop::gateway::upstream::Upstreams;
+    use awooop::gateway::upstream::fixture::{FixtureOptions, FixtureServer};
+    use awooop::gateway::{Gateway, GatewayConfig};
+
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let double = ProviderDouble::start().await.unwrap();
+    let secret = format!("zqM-{}/+=Kp", &Uuid::new_v4().simple().to_string()[..16]);
+    let upstream = FixtureServer::start(FixtureOptions {
+        require_header: Some(("x-key".into(), secret.clone())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("awooop-model-gw-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("llm-gw")).unwrap();
+    std::fs::write(dir.join("llm-gw/key"), &secret).unwrap();
+
+    let p = llm_project(&cp, "llm-gw", &double).await;
+    let name_arg = json!({"type": "object", "properties": {"name": {"type": "string"}}});
+    tenancy::scope(p.clone(), async {
+        let r = publish(
+            &cp,
+            ContractKind::McpGateway,
+            "default",
+            json!({
+                "credential_refs": [{"name": "key", "source": {"file": {"path": dir.join("llm-gw/key").display().to_string()}}}],
+                "providers": [{"name": "fx", "transport": {"type": "streamable_http", "url": upstream.url()},
+                               "credentials": [{"credential": "key", "inject": {"type": "header", "name": "X-Key", "prefix": ""}}]}],
+                "tools": [
+                    {"provider": "fx", "name": "leak_structured", "description": "Cluster facts", "risk": "read_only", "environments": ["dev"], "input_schema": name_arg},
+                    {"provider": "fx", "name": "headers", "risk": "read_only", "environments": ["dev"], "input_schema": {"type": "object"}}
+                ],
+                "grants": [{"agent": "llm-bot", "tools": ["fx__leak_structured"], "environments": ["dev"]}]
+            }),
+        )
+        .await;
+        approve_and_activate(&cp, r, 1).await;
+        // The output schema artifact llm_project registered.
+        let schema_hash = {
+            use sha2::Digest;
+            format!("sha256:{}", hex::encode(sha2::Sha256::digest(OUTPUT_SCHEMA.as_bytes())))
+        };
+        let r = publish(
+            &cp,
+            ContractKind::Agent,
+            "llm-bot",
+            json!({
+                "display_name": "LLM bot", "context_domain": "infra",
+                "output_schema": {"ref": "schemas/answer", "sha256": schema_hash},
+                "tools": ["fx__leak_structured", "fx__headers"],
+                "safety": {"max_risk": "read_only", "max_steps": 8, "max_tokens_per_run": 100000, "timeout_seconds": 60},
+                "executor": {"type": "llm", "route": "main"}
+            }),
+        )
+        .await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+
+    let (audit, _writer) = CallAudit::spawn(t.db());
+    let gw = Arc::new(Gateway::new(
+        t.db(),
+        Coord::none(),
+        GatewayKeys::derive("model-e2e-gateway-master-key-0123456789"),
+        CredentialResolver::new(
+            None,
+            LocalPolicy::parse(None, Some(&dir)).unwrap(),
+            Duration::ZERO,
+        ),
+        Arc::new(Upstreams::new(Default::default())),
+        audit,
+        GatewayConfig {
+            cache_ttl: Duration::ZERO,
+            ..GatewayConfig::default()
+        },
+    ));
+    let exec = llm_executor(&t, &cp, Arc::new(InProcessGateway::new(gw.clone())));
+
+    // tool call through the gateway → final answer.
+    double.script([
+        Reply::ToolCalls(vec![(
+            "fx__leak_structured".into(),
+            json!({"name": "x-key"}),
+        )]),
+        Reply::Text("{\"answer\": \"facts read\"}".into()),
+    ]);
+    let view = run_to_end(&t, &cp, &p, exec.clone(), json!({"message": "facts?"})).await;
+    assert_eq!(view["state"], "succeeded", "{view}");
+    assert_eq!(view["output"]["result"], json!({"answer": "facts read"}));
+    assert_eq!(
+        step_types(&view),
+        [
+            "policy:succeeded",
+            "model_call:succeeded",
+            "tool_call:succeeded",
+            "model_call:succeeded"
+        ]
+    );
+    // The upstream answered (it refuses calls without the injected credential) and echoed the
+    // secret; what the model saw next has it redacted.
+    let reqs = double.requests();
+    let seen = reqs[1].body["messages"].to_string();
+    assert!(seen.contains("token"), "{seen}");
+    assert!(
+        !seen.contains(&secret),
+        "credential reached the model: {seen}"
+    );
+    assert!(
+        !view.to_string().contains(&secret),
+        "credential in the journal"
+    );
+    gw.audit().flush().await;
+    let mut tx = scoped_tx(&t.app, "llm-gw").await;
+    let rows: Vec<Value> =
+        sqlx::query_scalar("SELECT to_jsonb(a) FROM mcp_call_audit a WHERE run_id = $1")
+            .bind(view["run_id"].as_str().unwrap().parse::<Uuid>().unwrap())
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].to_string().contains("fx__leak_structured"));
+    assert!(
+        !rows[0].to_string().contains(&secret),
+        "credential in the audit"
+    );
+    drop(tx);
+
+    // A tool the agent lists but the gateway does not grant: gate 2, nothing goes upstream.
+    double.script([Reply::ToolCalls(vec![("fx__headers".into(), json!({}))])]);
+    let view = run_to_end(&t, &cp, &p, exec.clone(), json!({"message": "headers?"})).await;
+    assert_eq!(view["state"], "failed", "{view}");
+    assert_eq!(view["error_code"], "E-MCP-GATE-002", "{view}");
+    assert_eq!(open_reservations(&t, &p).await, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+    t.cleanup().await;
 }

@@ -22,7 +22,7 @@ use crate::model::breaker::{AnomalyConfig, AnomalyCounter};
 use crate::model::budget::{Budget, ReserveRequest};
 use crate::model::double::{ProviderDouble, Reply};
 use crate::model::policy::{BudgetPolicy, EffectivePolicy, ScopeLimit, Target};
-use crate::model::proxy::{CallMeta, LocalCredentials, ProviderProxy};
+use crate::model::proxy::{CallMeta, ProviderProxy};
 use crate::model::wire::{self, ChatMessage, ChatRequest, Decoder};
 use crate::runtime::trace::TraceContext;
 use crate::tenancy::{self, Db, ProjectId};
@@ -198,7 +198,12 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     let proxy = Arc::new(ProviderProxy::new(
         db.clone(),
         anomalies,
-        Arc::new(LocalCredentials),
+        // The double needs no API key: no credential may resolve.
+        Arc::new(crate::gateway::credentials::CredentialResolver::new(
+            None,
+            Default::default(),
+            Duration::ZERO,
+        )),
     )?);
     let req = request();
     let max_out = 200u32;

@@ -31,7 +31,7 @@ use crate::audit::{self, Entry};
 use crate::contracts::{CredentialSource, DataClass, ProviderApi};
 use crate::error::{Error, ErrorCode, Result};
 use crate::runtime::trace::TraceContext;
-use crate::tenancy::{self, Db};
+use crate::tenancy::{self, Db, ProjectId};
 
 /// A secret value. Its `Debug` never shows it.
 #[derive(Clone)]
@@ -52,32 +52,30 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Resolves credential references to values. The gateway's Kubernetes Secret resolver can be
-/// plugged in here; [`LocalCredentials`] handles `env` and `file` refs.
+/// Resolves provider API key references to values, for the calling project only. The one
+/// implementation is the gateway's [`crate::gateway::credentials::CredentialResolver`], so a
+/// Policy/Routing contract can name only what its project may read (allow-listed environment
+/// variables, files under the project's credential folder, Secrets labelled for the project):
+/// a project can never point a provider's `api_key` at the platform's own secrets
+/// (`DATABASE_URL`, the gateway key) or another tenant's and send them to a `base_url` it chose.
 #[async_trait]
 pub trait CredentialResolver: Send + Sync {
-    async fn resolve(&self, source: &CredentialSource) -> Result<Secret>;
+    async fn resolve(&self, project: &ProjectId, source: &CredentialSource) -> Result<Secret>;
 }
 
-/// Environment variables and files of this process.
-pub struct LocalCredentials;
-
 #[async_trait]
-impl CredentialResolver for LocalCredentials {
-    async fn resolve(&self, source: &CredentialSource) -> Result<Secret> {
-        let err = |m: &str| Error::new(ErrorCode::ModelCredential, m.to_string());
-        match source {
-            CredentialSource::Env { var } => std::env::var(var)
-                .map(Secret)
-                .map_err(|_| err("provider API key environment variable is not set")),
-            CredentialSource::File { path } => tokio::fs::read_to_string(path)
-                .await
-                .map(|s| Secret(s.trim().to_string()))
-                .map_err(|_| err("provider API key file is not readable")),
-            CredentialSource::KubernetesSecret { .. } => Err(err(
-                "Kubernetes Secret refs need the cluster credential resolver",
-            )),
-        }
+impl CredentialResolver for crate::gateway::credentials::CredentialResolver {
+    async fn resolve(&self, project: &ProjectId, source: &CredentialSource) -> Result<Secret> {
+        // The gateway's denial is deliberately generic; give it the model path's code.
+        crate::gateway::credentials::CredentialResolver::resolve(self, project, source)
+            .await
+            .map(|v| Secret(v.expose().to_string()))
+            .map_err(|_| {
+                Error::new(
+                    ErrorCode::ModelCredential,
+                    "provider API key reference cannot be resolved for this project",
+                )
+            })
     }
 }
 
@@ -388,7 +386,12 @@ impl ProviderProxy {
             rb = rb.header("anthropic-version", "2023-06-01");
         }
         if let Some(src) = &target.api_key {
-            let key = self.creds.resolve(src).await.map_err(AttemptError::Fatal)?;
+            let project = tenancy::require().map_err(AttemptError::Fatal)?;
+            let key = self
+                .creds
+                .resolve(&project, src)
+                .await
+                .map_err(AttemptError::Fatal)?;
             rb = match target.api {
                 ProviderApi::AnthropicMessages => rb.header("x-api-key", key.expose()),
                 _ => rb.bearer_auth(key.expose()),

@@ -24,3 +24,4 @@ pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod tenancy;
+pub mod tls;

@@ -1303,6 +1303,7 @@ async fn budget_sweep_survives_a_refused_reservation() {
 #[tokio::test]
 async fn double_answers_non_streaming_requests_in_each_format() {
     let double = ProviderDouble::start().await.unwrap();
+    awooop::tls::install_crypto_provider();
     let http = reqwest::Client::new();
     for (path, api) in [
         ("/v1/chat/completions", ProviderApi::OpenaiChat),

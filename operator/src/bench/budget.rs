@@ -245,6 +245,7 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     // Proxy overhead versus the double called directly (same streamed request).
     let calls = if quick { 100 } else { 500 };
     let pol = policy(&double, u64::MAX / 4, 64);
+    crate::tls::install_crypto_provider();
     let http = reqwest::Client::new();
     let body = wire::request_body(ProviderApi::OpenaiChat, "double", 64, &req);
     let url_direct = wire::endpoint(ProviderApi::OpenaiChat, &double.base_url());

@@ -64,6 +64,7 @@ struct Target {
 impl Target {
     async fn connect(url: &str, bearer: &str, tool: &'static str) -> anyhow::Result<Self> {
         use reqwest::header::{HeaderMap, HeaderValue};
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
             .no_proxy()

@@ -150,6 +150,7 @@ impl ProviderProxy {
         anomalies: AnomalyCounter,
         creds: Arc<dyn CredentialResolver>,
     ) -> Result<Self> {
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()

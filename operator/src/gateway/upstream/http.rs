@@ -101,6 +101,7 @@ impl HttpSession {
             value.set_sensitive(true);
             headers.append(name, value);
         }
+        crate::tls::install_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .pool_idle_timeout(cfg.idle_timeout)

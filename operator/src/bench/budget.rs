@@ -246,7 +246,8 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     let calls = if quick { 100 } else { 500 };
     let pol = policy(&double, u64::MAX / 4, 64);
     crate::tls::install_crypto_provider();
-    let http = reqwest::Client::new();
+    // The same client settings as the proxy's, so the difference is the proxy's own work.
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let body = wire::request_body(ProviderApi::OpenaiChat, "double", 64, &req);
     let url_direct = wire::endpoint(ProviderApi::OpenaiChat, &double.base_url());
     let mut direct = Vec::with_capacity(calls);

@@ -21,10 +21,8 @@ use serde_json::{Value, json};
 
 use super::{drop_scratch, percentile_ms, scratch_database};
 use crate::auth::Actor;
-use crate::cli::Platform;
-use crate::config::{BenchArgs, DbArgs, KeyringArgs};
+use crate::config::BenchArgs;
 use crate::contracts::ContractKind;
-use crate::control::NewProject;
 use crate::gateway::audit::CallAudit;
 use crate::gateway::credentials::{CredentialResolver, LocalPolicy, MemorySecrets};
 use crate::gateway::keys::GatewayKeys;
@@ -333,34 +331,8 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
         ..Default::default()
     })
     .await?;
-    let state = std::env::temp_dir().join(format!("awooop-bench-gw-{}", std::process::id()));
-    let dbargs = DbArgs {
-        database_url: Some(url.into()),
-        app_database_url: None,
-        db_max_connections: 16,
-        state_dir: state.clone(),
-    };
-    let p = Platform::connect(
-        &dbargs,
-        None,
-        Some(&KeyringArgs {
-            keyring: Some(state.join("keyring")),
-        }),
-    )
-    .await?;
+    let (p, project, state) = super::bench_project(url, "gw", 16).await?;
     let admin = Actor::cli("bench");
-    p.control
-        .create_project(
-            &admin,
-            NewProject {
-                project_id: "bench".into(),
-                display_name: "bench".into(),
-                required_approvals: Some(1),
-            },
-        )
-        .await?;
-    let project = ProjectId::parse("bench")?;
-    crate::cli::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
     let gateway_body = json!({
         "credential_refs": [{"name": "tok", "source": {"kubernetes_secret": {"name": "bench-upstream", "key": "token"}}}],
         "providers": [{"name": "fx", "transport": {"type": "streamable_http", "url": fx.url()},

@@ -10,9 +10,14 @@ mod gateway;
 mod projection;
 mod runs;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::BenchArgs;
+use crate::auth::Actor;
+use crate::cli::Platform;
+use crate::config::{BenchArgs, DbArgs, KeyringArgs};
+use crate::control::NewProject;
+use crate::tenancy::ProjectId;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.area.as_str() {
@@ -66,4 +71,38 @@ pub async fn drop_scratch(base_url: &str, scratch_url: &str) {
         .execute(&mut conn)
         .await;
     }
+}
+
+/// The platform on a (scratch) database with one project `bench` (one approval needed) and a
+/// signing key `bench` in a keyring under a temporary state folder: the common start of the
+/// benchmarks that publish contracts.
+pub async fn bench_project(
+    url: &str,
+    tag: &str,
+    db_max_connections: u32,
+) -> anyhow::Result<(Platform, ProjectId, PathBuf)> {
+    let state = std::env::temp_dir().join(format!("awooop-bench-{tag}-{}", std::process::id()));
+    let dbargs = DbArgs {
+        database_url: Some(url.into()),
+        app_database_url: None,
+        db_max_connections,
+        state_dir: state.clone(),
+    };
+    let keyring = KeyringArgs {
+        keyring: Some(state.join("keyring")),
+    };
+    let p = Platform::connect(&dbargs, None, Some(&keyring)).await?;
+    p.control
+        .create_project(
+            &Actor::cli("bench"),
+            NewProject {
+                project_id: "bench".into(),
+                display_name: "bench".into(),
+                required_approvals: Some(1),
+            },
+        )
+        .await?;
+    let project = ProjectId::parse("bench")?;
+    crate::cli::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
+    Ok((p, project, state))
 }

@@ -11,9 +11,8 @@ use serde_json::json;
 use super::{drop_scratch, percentile_ms, scratch_database};
 use crate::auth::Actor;
 use crate::cli::Platform;
-use crate::config::{BenchArgs, DbArgs, KeyringArgs};
+use crate::config::BenchArgs;
 use crate::contracts::ContractKind;
-use crate::control::NewProject;
 use crate::runtime::executor::{
     Executor, GuardedGateway, Journal, NoGateway, Outcome, RunContext, ScriptedExecutor,
 };
@@ -45,34 +44,8 @@ struct Setup {
 }
 
 async fn setup(url: &str) -> anyhow::Result<Setup> {
-    let state = std::env::temp_dir().join(format!("awooop-bench-runs-{}", std::process::id()));
-    let dbargs = DbArgs {
-        database_url: Some(url.into()),
-        app_database_url: None,
-        db_max_connections: 24,
-        state_dir: state.clone(),
-    };
-    let p = Platform::connect(
-        &dbargs,
-        None,
-        Some(&KeyringArgs {
-            keyring: Some(state.join("keyring")),
-        }),
-    )
-    .await?;
+    let (p, project, _state) = super::bench_project(url, "runs", 24).await?;
     let admin = Actor::cli("bench");
-    p.control
-        .create_project(
-            &admin,
-            NewProject {
-                project_id: "bench".into(),
-                display_name: "bench".into(),
-                required_approvals: Some(1),
-            },
-        )
-        .await?;
-    let project = ProjectId::parse("bench")?;
-    crate::cli::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
     tenancy::scope(project.clone(), async {
         let body = json!({"display_name": "noop", "context_domain": "bench",
             "safety": {"max_risk": "read_only", "max_steps": 1, "max_tokens_per_run": 1, "timeout_seconds": 600},

@@ -80,6 +80,14 @@ impl ProviderDouble {
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        // Streamed replies are many small writes: without TCP_NODELAY, Nagle's algorithm and
+        // the client's delayed ACK add ~40 ms stalls that no real provider shows.
+        let listener = {
+            use axum::serve::ListenerExt;
+            listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            })
+        };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -153,6 +153,8 @@ impl ProviderProxy {
         crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // Requests are small writes on a kept-alive connection: do not wait for ACKs.
+            .tcp_nodelay(true)
             .build()
             .map_err(Error::internal)?;
         Ok(Self {

@@ -842,10 +842,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn kube_secrets(
     namespace: &str,
 ) -> Option<std::sync::Arc<dyn crate::gateway::credentials::SecretLookup>> {
-    let client = match {
-        crate::tls::install_crypto_provider();
-        kube::Client::try_default().await
-    } {
+    crate::tls::install_crypto_provider();
+    let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(error = %e, "no Kubernetes API: kubernetes_secret credential refs are unavailable");

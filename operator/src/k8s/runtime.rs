@@ -60,11 +60,8 @@ fn metrics_router(metrics: Arc<ControllerMetrics>, pool: sqlx::PgPool) -> Router
 
 /// Run the controller in the cluster until SIGTERM (Ok) or the lease is lost (Err).
 pub async fn run_in_cluster(control: ControlPlane, args: &OperatorArgs) -> anyhow::Result<()> {
-    let client = {
-        crate::tls::install_crypto_provider();
-        kube::Client::try_default().await
-    }
-    .map_err(|e| {
+    crate::tls::install_crypto_provider();
+    let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!(
             "no Kubernetes API configuration (in-cluster service account or kubeconfig): {e}; \
              use `awooop operator --out DIR` without a cluster"

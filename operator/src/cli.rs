@@ -254,7 +254,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             a.validate()?;
             let p = Platform::connect(&a.db, None, None).await?;
             let Some(out) = &a.out else {
-                return crate::k8s::runtime::run_in_cluster(p.control.clone(), &a).await;
+                return crate::in_cluster::run_in_cluster(p.control.clone(), &a).await;
             };
             let w = crate::k8s::sink::export(&p.control, out, &a.namespace()).await?;
             eprintln!(
@@ -443,7 +443,7 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
 
 /// `awooop mcp-fixture`: the upstream client's test server (stdio, or HTTP until SIGTERM).
 async fn mcp_fixture(a: McpFixtureArgs) -> anyhow::Result<()> {
-    use crate::gateway::upstream::fixture;
+    use awooop_testkit::fixture;
     if a.stdio {
         fixture::serve_stdio().await?;
         return Ok(());
@@ -929,22 +929,5 @@ pub fn worker_for_project(
     )
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown requested");
-}
+/// Shared with `in_cluster` (the operator process); lives in the core crate.
+pub use awooop_core::shutdown::shutdown_signal;

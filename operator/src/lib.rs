@@ -1,27 +1,24 @@
 //! AwoooP: a multi-tenant agent platform.
 //!
-//! The crate is organised by the platform's parts (see docs/architecture.md):
-//! [`contracts`] (the six contract types, schemas, hashing, signing), [`control`] (the
-//! contract lifecycle service), [`tenancy`] (tenant context and the only database entry
-//! points), [`auth`], [`audit`], [`coord`] (optional Redis), [`db`] (pools, migrations,
-//! embedded PostgreSQL), [`http`] (axum API), [`cli`] and [`bench`].
+//! This is the `awooop` binary's crate: arguments ([`config`]), wiring and one function per
+//! command ([`cli`]), the in-cluster operator process ([`in_cluster`]) and, with the `bench`
+//! feature, the benchmarks ([`bench`]). The platform's parts are crates under `operator/`
+//! (see docs/architecture.md); they are re-exported here under their old module names so
+//! that `awooop::gateway::…` and friends keep working for tests and tools.
 
-pub mod audit;
-pub mod auth;
+pub use awooop_contracts as contracts;
+pub use awooop_control as control;
+pub use awooop_core::{error, tls};
+pub use awooop_gateway as gateway;
+pub use awooop_http as http;
+pub use awooop_k8s as k8s;
+pub use awooop_model as model;
+pub use awooop_runtime as runtime;
+pub use awooop_runtime::metrics;
+pub use awooop_store::{audit, auth, coord, db, local, tenancy};
+pub use awooop_testkit as testkit;
+
 pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod contracts;
-pub mod control;
-pub mod coord;
-pub mod db;
-pub mod error;
-pub mod gateway;
-pub mod http;
-pub mod k8s;
-pub mod local;
-pub mod metrics;
-pub mod model;
-pub mod runtime;
-pub mod tenancy;
-pub mod tls;
+pub mod in_cluster;

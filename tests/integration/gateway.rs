@@ -1522,8 +1522,8 @@ impl E2e {
 async fn gateway_e2e_real_upstream_injects_the_credential_and_never_leaks_it() {
     // The fixture answers 401 unless `X-Key` carries this value.
     let secret = secret_value("E");
-    let server = awooop::gateway::upstream::fixture::FixtureServer::start(
-        awooop::gateway::upstream::fixture::FixtureOptions {
+    let server = awooop_testkit::fixture::FixtureServer::start(
+        awooop_testkit::fixture::FixtureOptions {
             require_header: Some(("x-key".into(), secret.clone())),
             ..Default::default()
         },
@@ -1685,7 +1685,7 @@ async fn gateway_interop_official_typescript_client() {
     let Some(node_modules) = crate::mcp_support::node_modules() else {
         return;
     };
-    let server = awooop::gateway::upstream::fixture::FixtureServer::start(Default::default())
+    let server = awooop_testkit::fixture::FixtureServer::start(Default::default())
         .await
         .unwrap();
     let e = e2e(&server.url()).await;

@@ -2,7 +2,7 @@
 //! by scripts/test.sh into `.tools/venv`, found through `AWOOOP_TEST_PYTHON`), its fixture
 //! server (tests/mcp/fixture_server.py, stdio or Streamable HTTP) and its client driver
 //! (tests/mcp/client_driver.py), plus providers for the Rust fixture
-//! (`awooop::gateway::upstream::fixture`, `awooop mcp-fixture --stdio`).
+//! (`awooop_testkit::fixture`, `awooop mcp-fixture --stdio`).
 //!
 //! Without Python these tests are skipped locally, but fail under `CI=true`.
 

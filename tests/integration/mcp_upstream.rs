@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use awooop::contracts::McpProvider;
-use awooop::gateway::upstream::fixture::{FixtureOptions, FixtureServer};
+use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
 use awooop::gateway::upstream::{CallRequest, Injected, UpstreamConfig, UpstreamError, Upstreams};
 use awooop::tenancy::ProjectId;
 use serde_json::{Map, Value, json};

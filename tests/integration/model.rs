@@ -13,7 +13,7 @@ use awooop::control::ControlPlane;
 use awooop::coord::Coord;
 use awooop::model::breaker::{AnomalyConfig, AnomalyCounter, Breakers};
 use awooop::model::budget::{Budget, ReserveRequest};
-use awooop::model::double::{ProviderDouble, Reply};
+use awooop_testkit::double::{ProviderDouble, Reply};
 use awooop::model::executor::{AgentExecutor, LlmExecutor};
 use awooop::model::policy::{BreakerPolicy, BudgetPolicy, EffectivePolicy, ScopeLimit, Target};
 use awooop::model::proxy::{CallMeta, ModelCall, ProviderProxy};
@@ -1367,7 +1367,7 @@ async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
     use awooop::gateway::keys::GatewayKeys;
     use awooop::gateway::runtime::InProcessGateway;
     use awooop::gateway::upstream::Upstreams;
-    use awooop::gateway::upstream::fixture::{FixtureOptions, FixtureServer};
+    use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
     use awooop::gateway::{Gateway, GatewayConfig};
 
     let t = TestDb::new().await;

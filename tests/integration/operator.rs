@@ -1,6 +1,6 @@
 //! The projection controller against a mocked Kubernetes API server, driven by real PostgreSQL
 //! state. The transport is a `tower-test` mock pair (as kube-rs recommends); the server side
-//! answers with `awooop::k8s::fake::FakeApiServer`, which speaks the API server's wire format
+//! answers with `awooop_testkit::fake::FakeApiServer`, which speaks the API server's wire format
 //! and records every request, so each scenario asserts the exact requests the controller sent:
 //! methods, paths, field manager, `force`, content types, SSA bodies, status bodies,
 //! finalizers and Deployment specs.
@@ -10,7 +10,7 @@ use std::time::Duration;
 use awooop::contracts::ContractKind;
 use awooop::coord::Coord;
 use awooop::k8s::controller::{self, Context, ControllerMetrics};
-use awooop::k8s::fake::{FakeApiServer, Recorded};
+use awooop_testkit::fake::{FakeApiServer, Recorded};
 use awooop::k8s::lease::{Elector, LeaseConfig};
 use awooop::k8s::workers::WorkerSettings;
 use awooop::runtime::{CreateRun, RunService, repo};

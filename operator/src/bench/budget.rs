@@ -20,7 +20,7 @@ use crate::control::{ControlPlane, NewProject};
 use crate::coord::Coord;
 use crate::model::breaker::{AnomalyConfig, AnomalyCounter};
 use crate::model::budget::{Budget, ReserveRequest};
-use crate::model::double::{ProviderDouble, Reply};
+use awooop_testkit::double::{ProviderDouble, Reply};
 use crate::model::policy::{BudgetPolicy, EffectivePolicy, ScopeLimit, Target};
 use crate::model::proxy::{CallMeta, ProviderProxy};
 use crate::model::wire::{self, ChatMessage, ChatRequest, Decoder};

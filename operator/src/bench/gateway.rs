@@ -26,7 +26,7 @@ use crate::contracts::ContractKind;
 use crate::gateway::audit::CallAudit;
 use crate::gateway::credentials::{CredentialResolver, LocalPolicy, MemorySecrets};
 use crate::gateway::keys::GatewayKeys;
-use crate::gateway::upstream::fixture::{FixtureOptions, FixtureServer};
+use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
 use crate::gateway::upstream::{UpstreamConfig, Upstreams};
 use crate::gateway::{Gateway, GatewayConfig, tokens};
 use crate::tenancy::{self, ProjectId};

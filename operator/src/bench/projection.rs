@@ -22,7 +22,7 @@ use crate::config::{BenchArgs, DbArgs, KeyringArgs};
 use crate::contracts::ContractKind;
 use crate::control::{ControlPlane, NewProject};
 use crate::k8s::controller::{self, Context, ControllerMetrics};
-use crate::k8s::fake::FakeApiServer;
+use awooop_testkit::fake::FakeApiServer;
 use crate::k8s::workers::WorkerSettings;
 use crate::tenancy::{self, ProjectId};
 

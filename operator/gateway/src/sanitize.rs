@@ -1,0 +1,215 @@
+//! Layer-1 redaction and truncation of tool results, before anything reaches a model.
+//!
+//! Contract: [`sanitize_result`] keeps only the MCP `CallToolResult` fields a client needs
+//! (`content`, `structuredContent`, `isError`; upstream `_meta` and unknown fields are
+//! dropped), then removes the exact values of every credential used in the call (raw, base64
+//! and percent-encoded, via [`ExactSecrets`]) and everything the audit sink's patterns match,
+//! in every string and object key at any depth, and only then truncates (so a cut can never
+//! leave half a secret behind). Text is truncated on character boundaries to the tool's limit
+//! (16,384 characters by default) across all text items, with a marker saying how much was
+//! cut; a `structuredContent` larger than the limit is replaced by a marker.
+
+use serde_json::{Map, Value, json};
+
+use awooop_core::redact::{ExactSecrets, Redactor};
+
+/// A sanitized tool result and what was done to it.
+#[derive(Debug, Clone)]
+pub struct Sanitized {
+    pub result: Value,
+    pub is_error: bool,
+    /// Characters removed by truncation.
+    pub truncated_chars: usize,
+}
+
+/// Redact a string with the exact values first, then the patterns.
+pub fn redact_text(s: &str, exact: &ExactSecrets) -> String {
+    let once = exact.redact_str(s);
+    Redactor::global().redact_str(&once).into_owned()
+}
+
+/// Redact JSON in place with the exact values first, then the patterns.
+pub fn redact_json(v: &mut Value, exact: &ExactSecrets) {
+    exact.redact_json(v);
+    Redactor::global().redact_json(v);
+}
+
+/// Cut `s` to at most `max` characters (UTF-8 safe). Returns the number of characters cut.
+pub fn truncate_chars(s: &mut String, max: usize) -> usize {
+    match s.char_indices().nth(max) {
+        None => 0,
+        Some((byte, _)) => {
+            let cut = s[byte..].chars().count();
+            s.truncate(byte);
+            cut
+        }
+    }
+}
+
+pub fn marker(cut: usize, total: usize) -> String {
+    format!("\n[truncated by the AwoooP gateway: {cut} of {total} characters removed]")
+}
+
+pub fn sanitize_result(raw: Value, exact: &ExactSecrets, max_chars: usize) -> Sanitized {
+    let mut raw = match raw {
+        Value::Object(m) => m,
+        other => {
+            // Not a CallToolResult: present it as text so nothing unchecked slips through.
+            let mut m = Map::new();
+            m.insert(
+                "content".into(),
+                json!([{"type": "text", "text": other.to_string()}]),
+            );
+            m
+        }
+    };
+    let is_error = raw.get("isError").and_then(Value::as_bool).unwrap_or(false);
+    let mut content = match raw.remove("content") {
+        Some(Value::Array(a)) => Value::Array(a),
+        _ => Value::Array(vec![]),
+    };
+    let mut structured = raw.remove("structuredContent");
+    redact_json(&mut content, exact);
+    if let Some(s) = structured.as_mut() {
+        redact_json(s, exact);
+    }
+    // Truncation: one character budget across the text items, in order.
+    let mut budget = max_chars;
+    let mut truncated_chars = 0;
+    if let Value::Array(items) = &mut content {
+        for item in items.iter_mut() {
+            if let Some(Value::String(text)) = item.get_mut("text") {
+                let total = text.chars().count();
+                let cut = truncate_chars(text, budget);
+                budget -= total - cut;
+                if cut > 0 {
+                    text.push_str(&marker(cut, total));
+                    truncated_chars += cut;
+                }
+            }
+        }
+    }
+    if let Some(s) = &structured {
+        let text = s.to_string();
+        let total = text.chars().count();
+        if total > max_chars {
+            truncated_chars += total;
+            structured = None;
+            if let Value::Array(items) = &mut content {
+                items.push(json!({"type": "text", "text": format!(
+                    "[structuredContent removed by the AwoooP gateway: {total} characters exceed the limit of {max_chars}]"
+                )}));
+            }
+        }
+    }
+    let mut out = Map::new();
+    out.insert("content".into(), content);
+    if let Some(s) = structured {
+        out.insert("structuredContent".into(), s);
+    }
+    out.insert("isError".into(), Value::Bool(is_error));
+    Sanitized {
+        result: Value::Object(out),
+        is_error,
+        truncated_chars,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    const SECRET: &str = "s3cr3t-V4lue/with+chars=";
+
+    fn exact() -> ExactSecrets {
+        ExactSecrets::new([SECRET])
+    }
+
+    fn all_text(v: &Value) -> String {
+        v.to_string()
+    }
+
+    #[test]
+    fn exact_values_and_encodings_are_removed_everywhere() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
+        let url = "s3cr3t-V4lue%2Fwith%2Bchars%3D";
+        let raw = json!({
+            "content": [
+                {"type": "text", "text": format!("token is {SECRET}")},
+                {"type": "text", "text": format!("b64 {b64} url {url}")}
+            ],
+            "structuredContent": {"nested": {"deeper": [SECRET, {"k": format!("x{SECRET}x")}]}, SECRET: 1},
+            "isError": false,
+            "_meta": {"upstream": "internal config"}
+        });
+        let s = sanitize_result(raw, &exact(), 16_384);
+        let text = all_text(&s.result);
+        assert!(!text.contains(SECRET), "{text}");
+        assert!(!text.contains(&b64), "{text}");
+        assert!(!text.contains(url), "{text}");
+        assert!(text.contains("[REDACTED:credential]"));
+        assert!(s.result.get("_meta").is_none());
+        assert_eq!(s.truncated_chars, 0);
+    }
+
+    #[test]
+    fn patterns_apply_too() {
+        let raw = json!({"content": [{"type": "text", "text": "key sk-ant-abcdefghijklmnopqrstuvwxyz012345 and password=hunter2"}]});
+        let s = sanitize_result(raw, &ExactSecrets::new(Vec::<String>::new()), 16_384);
+        let text = all_text(&s.result);
+        assert!(!text.contains("sk-ant-abcdef"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn truncation_is_utf8_safe_and_marked() {
+        let long: String = "é漢🙂a".repeat(10_000); // 40,000 characters, multi-byte
+        let raw =
+            json!({"content": [{"type": "text", "text": long}, {"type": "text", "text": "tail"}]});
+        let s = sanitize_result(raw, &exact(), 16_384);
+        let first = s.result["content"][0]["text"].as_str().unwrap();
+        assert!(first.starts_with("é漢🙂a"));
+        assert!(
+            first.contains("23616 of 40000 characters removed"),
+            "{}",
+            &first[first.len() - 100..]
+        );
+        // the budget is spent: the second item is cut entirely
+        let second = s.result["content"][1]["text"].as_str().unwrap();
+        assert!(second.contains("4 of 4 characters removed"));
+        assert_eq!(s.truncated_chars, 23_616 + 4);
+        // a secret straddling the cut is redacted before the cut, so no prefix of it survives
+        let text = format!("{}{SECRET}", "a".repeat(16_380));
+        let s = sanitize_result(
+            json!({"content": [{"type": "text", "text": text}]}),
+            &exact(),
+            16_384,
+        );
+        assert!(!all_text(&s.result).contains("s3cr"));
+    }
+
+    #[test]
+    fn oversized_structured_content_is_replaced_and_non_results_become_text() {
+        let big = json!({"rows": vec!["x".repeat(100); 400]});
+        let s = sanitize_result(
+            json!({"content": [], "structuredContent": big, "isError": true}),
+            &exact(),
+            1_000,
+        );
+        assert!(s.result.get("structuredContent").is_none());
+        assert!(s.is_error);
+        assert!(
+            s.result["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("structuredContent removed")
+        );
+        let s = sanitize_result(json!(["weird", SECRET]), &exact(), 1_000);
+        assert!(!all_text(&s.result).contains(SECRET));
+        let mut t = String::from("abc");
+        assert_eq!(truncate_chars(&mut t, 5), 0);
+        assert_eq!(truncate_chars(&mut t, 1), 2);
+        assert_eq!(t, "a");
+    }
+}

@@ -1,0 +1,254 @@
+//! The MCP server side: JSON-RPC 2.0 messages, version negotiation and method dispatch.
+//! Transport (Streamable HTTP, sessions, authentication) lives in `awooop_http::mcp`.
+//!
+//! Methods: `initialize`, `ping`, `tools/list`, `tools/call`; notifications and client
+//! responses are accepted and ignored. Every other method (e.g. the stateless revision's
+//! `server/discover`) gets JSON-RPC `-32601 Method not found`, so current clients fall back to
+//! `initialize`. Gate denials and other platform errors are JSON-RPC errors whose `data`
+//! carries the stable `E-…` code and the trace id.
+
+use serde_json::{Value, json};
+
+use super::service::{APPROVAL_META_KEY, Caller, Gateway};
+use awooop_core::error::{Error, ErrorCode};
+use awooop_runtime::TraceContext;
+
+/// Protocol revisions this server speaks, newest first.
+pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
+pub const LATEST_VERSION: &str = "2025-11-25";
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+pub const INTERNAL_ERROR: i64 = -32603;
+/// Server-defined: the call was refused by a gate or the caller's credential.
+pub const FORBIDDEN: i64 = -32001;
+
+/// The version to answer an `initialize` with: the client's if supported, else our latest.
+pub fn negotiate(requested: Option<&str>) -> &'static str {
+    requested
+        .and_then(|r| SUPPORTED_VERSIONS.iter().find(|v| **v == r).copied())
+        .unwrap_or(LATEST_VERSION)
+}
+
+pub fn is_supported(v: &str) -> bool {
+    SUPPORTED_VERSIONS.contains(&v)
+}
+
+/// One incoming JSON-RPC message.
+#[derive(Debug)]
+pub enum Incoming {
+    Request {
+        id: Value,
+        method: String,
+        params: Value,
+    },
+    Notification {
+        method: String,
+    },
+    /// A response from the client (to a server request we never send): ignored.
+    Response,
+}
+
+/// Parse one message; on failure, the JSON-RPC error response to send.
+pub fn parse(body: &[u8]) -> Result<Incoming, Value> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| rpc_error(Value::Null, PARSE_ERROR, "parse error", None))?;
+    let Value::Object(mut m) = v else {
+        // Batches were removed from MCP in 2025-06-18.
+        return Err(rpc_error(
+            Value::Null,
+            INVALID_REQUEST,
+            "expected one JSON-RPC message object (batches are not supported)",
+            None,
+        ));
+    };
+    if m.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(rpc_error(
+            m.remove("id").unwrap_or(Value::Null),
+            INVALID_REQUEST,
+            "jsonrpc must be \"2.0\"",
+            None,
+        ));
+    }
+    let id = m.remove("id");
+    if let Some(id) = &id
+        && !(id.is_string() || id.is_i64() || id.is_u64())
+    {
+        return Err(rpc_error(
+            Value::Null,
+            INVALID_REQUEST,
+            "id must be a string or an integer",
+            None,
+        ));
+    }
+    match (id, m.remove("method")) {
+        (Some(id), Some(Value::String(method))) => Ok(Incoming::Request {
+            id,
+            method,
+            params: m.remove("params").unwrap_or_else(|| json!({})),
+        }),
+        (None, Some(Value::String(method))) => Ok(Incoming::Notification { method }),
+        (Some(_), None) if m.contains_key("result") || m.contains_key("error") => {
+            Ok(Incoming::Response)
+        }
+        (id, _) => Err(rpc_error(
+            id.unwrap_or(Value::Null),
+            INVALID_REQUEST,
+            "not a JSON-RPC request, notification or response",
+            None,
+        )),
+    }
+}
+
+pub fn rpc_error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut err = json!({"code": code, "message": message});
+    if let Some(d) = data {
+        err["data"] = d;
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": err})
+}
+
+pub fn rpc_result(id: Value, result: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// The JSON-RPC error code of a platform error.
+pub fn rpc_code(code: ErrorCode) -> i64 {
+    use ErrorCode::*;
+    match code {
+        McpGateUnknownTool | McpGateArgumentsInvalid | ReqMalformed | ReqInvalidParam => {
+            INVALID_PARAMS
+        }
+        McpProtocol => INVALID_REQUEST,
+        McpUpstream | McpUpstreamTimeout | McpCredential | Internal | Unavailable
+        | TenantMissing => INTERNAL_ERROR,
+        _ => FORBIDDEN,
+    }
+}
+
+/// A platform error as a JSON-RPC error: message `E-…: text`, data `{code, trace_id, details}`.
+pub fn error_response(id: Value, e: &Error, trace_id: &str) -> Value {
+    if e.code.status().is_server_error() && e.code != ErrorCode::McpUpstream {
+        tracing::error!(code = e.code.as_str(), trace_id, error = ?e.source, "{}", e.message);
+    }
+    let mut data = json!({"code": e.code.as_str(), "trace_id": trace_id});
+    if let Some(d) = &e.details {
+        data["details"] = d.clone();
+    }
+    rpc_error(
+        id,
+        rpc_code(e.code),
+        &format!("{}: {}", e.code.as_str(), e.message),
+        Some(data),
+    )
+}
+
+pub fn initialize_result(version: &str) -> Value {
+    json!({
+        "protocolVersion": version,
+        "capabilities": {"tools": {"listChanged": false}},
+        "serverInfo": {"name": "awooop-gateway", "title": "AwoooP MCP gateway", "version": env!("CARGO_PKG_VERSION")},
+        "instructions": "Tools are exposed as {provider}__{tool}. Write and execute tools need an approval token in _meta \"awooop.dev/approval\"."
+    })
+}
+
+/// Dispatch a request other than `initialize` for an authenticated caller.
+pub async fn dispatch(
+    gw: &Gateway,
+    caller: &Caller,
+    id: Value,
+    method: &str,
+    params: Value,
+    trace: &TraceContext,
+) -> Value {
+    match method {
+        "ping" => rpc_result(id, json!({})),
+        "tools/list" => match gw.list_tools(caller).await {
+            Ok(tools) => rpc_result(id, json!({"tools": tools})),
+            Err(e) => error_response(id, &e, &trace.trace_id),
+        },
+        "tools/call" => {
+            let Value::Object(mut p) = params else {
+                return rpc_error(id, INVALID_PARAMS, "params must be an object", None);
+            };
+            let Some(Value::String(name)) = p.remove("name") else {
+                return rpc_error(id, INVALID_PARAMS, "params.name must be a string", None);
+            };
+            let arguments = p.remove("arguments");
+            let approval = p
+                .get("_meta")
+                .and_then(|m| m.get(APPROVAL_META_KEY))
+                .and_then(Value::as_str);
+            match gw
+                .call_tool(caller, &name, arguments, approval, trace)
+                .await
+            {
+                Ok(result) => rpc_result(id, result),
+                Err(e) => error_response(id, &e, &trace.trace_id),
+            }
+        }
+        _ => rpc_error(id, METHOD_NOT_FOUND, "method not found", None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate(Some("2025-06-18")), "2025-06-18");
+        assert_eq!(negotiate(Some("2025-11-25")), "2025-11-25");
+        assert_eq!(negotiate(Some("2026-07-28")), LATEST_VERSION);
+        assert_eq!(negotiate(Some("1999-01-01")), LATEST_VERSION);
+        assert_eq!(negotiate(None), LATEST_VERSION);
+    }
+
+    #[test]
+    fn parsing() {
+        assert!(matches!(
+            parse(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+            Ok(Incoming::Request { .. })
+        ));
+        assert!(matches!(
+            parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            Ok(Incoming::Notification { .. })
+        ));
+        assert!(matches!(
+            parse(br#"{"jsonrpc":"2.0","id":"a","result":{}}"#),
+            Ok(Incoming::Response)
+        ));
+        for (bad, code) in [
+            (&b"not json"[..], PARSE_ERROR),
+            (
+                br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+                INVALID_REQUEST,
+            ),
+            (
+                br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+                INVALID_REQUEST,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+                INVALID_REQUEST,
+            ),
+            (br#"{"jsonrpc":"2.0","id":1}"#, INVALID_REQUEST),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e["error"]["code"], code, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn errors_carry_the_stable_code() {
+        let e = Error::new(ErrorCode::McpGateGrantMissing, "no grant");
+        let r = error_response(json!(7), &e, "t1");
+        assert_eq!(r["id"], 7);
+        assert_eq!(r["error"]["code"], FORBIDDEN);
+        assert_eq!(r["error"]["data"]["code"], "E-MCP-GATE-002");
+        assert_eq!(r["error"]["message"], "E-MCP-GATE-002: no grant");
+        assert_eq!(rpc_code(ErrorCode::McpGateUnknownTool), INVALID_PARAMS);
+    }
+}

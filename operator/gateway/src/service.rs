@@ -1,0 +1,735 @@
+//! The gateway pipeline: identity → five gates → argument validation → approval → credentials
+//! → upstream → redaction and truncation → audit. Used by the `/mcp` endpoint and, in process,
+//! by the runtime's [`awooop_runtime::executor::ToolGateway`].
+//!
+//! Hot path: the facts the gates need (project status and mode, destructive flag, the compiled
+//! registry of the active MCP Gateway revision, the active Agent contracts) are one snapshot
+//! per project, loaded in one tenant transaction and cached for `cache_ttl` (activations also
+//! invalidate it through `LISTEN awooop_activation`); the compiled registry (with its JSON
+//! Schema validators) is reused as long as the active revision id is unchanged. Audit rows are
+//! batched off the request path ([`super::audit`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::approval;
+use super::audit::{CallAudit, CallRecord};
+use super::credentials::{CredentialResolver, SecretValue};
+use super::gates::{self, AgentState, CallerView, ProjectState};
+use super::keys::GatewayKeys;
+use super::registry::Registry;
+use super::sanitize;
+use awooop_core::redact::ExactSecrets;
+use awooop_contracts::{self as contracts, ContractKind, Injection, McpProvider};
+use awooop_control::MigrationMode;
+use awooop_store::coord::Coord;
+use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_runtime::TraceContext;
+use awooop_store::tenancy::{self, Db, ProjectId};
+
+/// The identity of a caller, fixed by its credential.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    pub project: ProjectId,
+    pub agent: String,
+    pub run_id: Option<Uuid>,
+    pub environment: String,
+    /// The run's mode (per-run tokens); `None`: the project's mode.
+    pub mode: Option<MigrationMode>,
+}
+
+/// A credential resolved for one call: the ref's name (audited), where it goes, its value.
+#[derive(Clone)]
+pub struct ResolvedCredential {
+    pub name: String,
+    pub inject: Injection,
+    pub value: SecretValue,
+}
+
+/// One upstream call, as the upstream client needs it.
+pub struct UpstreamCall<'a> {
+    pub project: &'a ProjectId,
+    pub provider: &'a McpProvider,
+    pub tool: &'a str,
+    pub arguments: &'a Map<String, Value>,
+    pub credentials: &'a [ResolvedCredential],
+    pub traceparent: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamFailure {
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+    #[error("upstream error {code}: {message}")]
+    Rpc { code: i64, message: String },
+}
+
+/// The MCP client toward upstream tool servers (implemented by `gateway::upstream`).
+#[async_trait]
+pub trait ToolUpstream: Send + Sync {
+    async fn call_tool(
+        &self,
+        call: UpstreamCall<'_>,
+    ) -> std::result::Result<Value, UpstreamFailure>;
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How long a project snapshot (mode, registry, agents) is reused.
+    pub cache_ttl: Duration,
+    pub upstream_timeout: Duration,
+    /// Tool calls per minute per (project, agent); 0 disables the limit.
+    pub rate_per_minute: u32,
+    /// The environment of runs executed by this process's workers.
+    pub runtime_environment: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(30),
+            rate_per_minute: 60_000,
+            runtime_environment: "dev".into(),
+        }
+    }
+}
+
+struct Snapshot {
+    loaded: Instant,
+    project: Option<ProjectState>,
+    registry: Arc<Registry>,
+    agents: HashMap<String, AgentState>,
+}
+
+pub struct Gateway {
+    db: Db,
+    coord: Coord,
+    keys: GatewayKeys,
+    creds: CredentialResolver,
+    upstream: Arc<dyn ToolUpstream>,
+    audit: CallAudit,
+    config: GatewayConfig,
+    snapshots: RwLock<HashMap<ProjectId, Arc<Snapshot>>>,
+    /// (project, agent) → (window start, calls in window).
+    rate: Mutex<HashMap<(ProjectId, String), (Instant, u32)>>,
+    /// Digest of a call's credential values → their compiled exact-value redactor.
+    exact: RwLock<HashMap<[u8; 32], Arc<ExactSecrets>>>,
+    /// One snapshot load at a time per project.
+    loading: Mutex<HashMap<ProjectId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// `_meta` key carrying an approval token in `tools/call`.
+pub const APPROVAL_META_KEY: &str = "awooop.dev/approval";
+
+struct Attempt<'a> {
+    caller: &'a Caller,
+    /// The tool as audited: its exposed name when registered; otherwise only a digest of what
+    /// the caller sent (free text chosen by a caller never lands in the audit).
+    tool: String,
+    trace: &'a TraceContext,
+    started: Instant,
+    bytes_in: i64,
+}
+
+impl Gateway {
+    pub fn new(
+        db: Db,
+        coord: Coord,
+        keys: GatewayKeys,
+        creds: CredentialResolver,
+        upstream: Arc<dyn ToolUpstream>,
+        audit: CallAudit,
+        config: GatewayConfig,
+    ) -> Self {
+        Self {
+            db,
+            coord,
+            keys,
+            creds,
+            upstream,
+            audit,
+            config,
+            snapshots: RwLock::new(HashMap::new()),
+            rate: Mutex::new(HashMap::new()),
+            exact: RwLock::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn keys(&self) -> &GatewayKeys {
+        &self.keys
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    pub fn audit(&self) -> &CallAudit {
+        &self.audit
+    }
+
+    pub fn credentials(&self) -> &CredentialResolver {
+        &self.creds
+    }
+
+    /// Forget cached snapshots (of one project, or all).
+    pub fn invalidate(&self, project: Option<&ProjectId>) {
+        let mut s = self.snapshots.write().expect("snapshot lock");
+        match project {
+            Some(p) => {
+                s.remove(p);
+            }
+            None => s.clear(),
+        }
+    }
+
+    /// Invalidate snapshots on every activation (`LISTEN awooop_activation`), until the
+    /// connection fails; the TTL bounds staleness either way.
+    pub fn spawn_invalidation(self: &Arc<Self>, pool: sqlx::PgPool) -> tokio::task::JoinHandle<()> {
+        let gw = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&pool).await else {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                if l.listen(awooop_control::ACTIVATION_CHANNEL).await.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                while let Ok(n) = l.recv().await {
+                    let Some(gw) = gw.upgrade() else { return };
+                    let project = serde_json::from_str::<Value>(n.payload())
+                        .ok()
+                        .and_then(|v| {
+                            v["project_id"]
+                                .as_str()
+                                .and_then(|p| ProjectId::parse(p).ok())
+                        });
+                    gw.invalidate(project.as_ref());
+                }
+                let Some(gw) = gw.upgrade() else { return };
+                gw.invalidate(None);
+            }
+        })
+    }
+
+    fn fresh_snapshot(&self, project: &ProjectId) -> Option<Arc<Snapshot>> {
+        let m = self.snapshots.read().expect("snapshot lock");
+        let s = m.get(project)?;
+        (s.loaded.elapsed() < self.config.cache_ttl).then(|| s.clone())
+    }
+
+    async fn snapshot(&self, project: &ProjectId) -> Result<Arc<Snapshot>> {
+        if let Some(s) = self.fresh_snapshot(project) {
+            return Ok(s);
+        }
+        // Single flight per project: when a snapshot expires under load, one caller reloads
+        // it and the others wait for that load instead of all hitting PostgreSQL at once.
+        let gate = self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(project.clone())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
+        if let Some(s) = self.fresh_snapshot(project) {
+            return Ok(s);
+        }
+        let previous = self
+            .snapshots
+            .read()
+            .expect("snapshot lock")
+            .get(project)
+            .map(|s| s.registry.clone());
+        let snap = Arc::new(tenancy::scope(project.clone(), self.load(previous)).await?);
+        self.snapshots
+            .write()
+            .expect("snapshot lock")
+            .insert(project.clone(), snap.clone());
+        Ok(snap)
+    }
+
+    /// One tenant transaction: project row, mode, active gateway and agent revisions.
+    async fn load(&self, previous: Option<Arc<Registry>>) -> Result<Snapshot> {
+        let mut tx = self.db.tenant().await?;
+        let row: Option<(String, bool, Option<String>)> = sqlx::query_as(
+            "SELECT p.status, p.allow_destructive, m.mode FROM projects p \
+             LEFT JOIN project_migration_state m USING (project_id)",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let revisions: Vec<(String, String, Uuid, Value)> = sqlx::query_as(
+            "SELECT a.kind, a.name, a.revision_id, r.body FROM active_revisions a \
+             JOIN contract_revisions r USING (project_id, revision_id) \
+             WHERE (a.kind = 'mcp_gateway' AND a.name = 'default') OR a.kind = 'agent'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let project = match row {
+            Some((status, allow_destructive, mode)) => Some(ProjectState {
+                active: status == "active",
+                // A project without a recorded mode is treated as shadow: the safest mode.
+                mode: mode
+                    .as_deref()
+                    .map(MigrationMode::parse)
+                    .transpose()?
+                    .unwrap_or(MigrationMode::Shadow),
+                allow_destructive,
+            }),
+            None => None,
+        };
+        let mut registry = None;
+        let mut agents = HashMap::new();
+        for (kind, name, revision_id, body) in revisions {
+            let kind = ContractKind::parse(&kind)?;
+            let parsed = contracts::validate(kind, &body).map_err(contracts::violations_error)?;
+            match parsed {
+                contracts::Contract::McpGateway(g) => {
+                    registry = Some(match &previous {
+                        Some(r) if r.revision_id == Some(revision_id) => r.clone(),
+                        _ => Arc::new(Registry::compile(Some(revision_id), &g)?),
+                    });
+                }
+                contracts::Contract::Agent(a) => {
+                    agents.insert(
+                        name,
+                        AgentState {
+                            tools: a.tools.into_iter().map(|t| t.0).collect(),
+                            max_risk: a.safety.max_risk,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(Snapshot {
+            loaded: Instant::now(),
+            project,
+            registry: registry.unwrap_or_else(|| Arc::new(Registry::empty())),
+            agents,
+        })
+    }
+
+    fn view<'a>(caller: &'a Caller) -> CallerView<'a> {
+        CallerView {
+            agent: &caller.agent,
+            environment: &caller.environment,
+            mode: caller.mode,
+        }
+    }
+
+    /// `tools/list`: the tools the five gates would let this caller call.
+    pub async fn list_tools(&self, caller: &Caller) -> Result<Vec<Value>> {
+        let s = self.snapshot(&caller.project).await?;
+        Ok(gates::visible(
+            Self::view(caller),
+            s.project.as_ref(),
+            s.agents.get(&caller.agent),
+            &s.registry,
+        )
+        .into_iter()
+        .map(|t| t.list_entry.clone())
+        .collect())
+    }
+
+    fn rate_ok(&self, caller: &Caller) -> bool {
+        let limit = self.config.rate_per_minute;
+        if limit == 0 {
+            return true;
+        }
+        let mut m = self.rate.lock().expect("rate lock");
+        let e = m
+            .entry((caller.project.clone(), caller.agent.clone()))
+            .or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= Duration::from_secs(60) {
+            *e = (Instant::now(), 0);
+        }
+        e.1 += 1;
+        e.1 <= limit
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audit_row(
+        &self,
+        a: &Attempt<'_>,
+        mode: Option<MigrationMode>,
+        refs: Vec<String>,
+        code: Option<ErrorCode>,
+        status: &'static str,
+        bytes_out: usize,
+        truncated: bool,
+        details: Value,
+    ) {
+        let denied = status == "denied";
+        self.audit
+            .record(CallRecord {
+                project: a.caller.project.clone(),
+                call_id: Uuid::now_v7(),
+                at: chrono::Utc::now(),
+                trace_id: a.trace.trace_id.clone(),
+                run_id: a.caller.run_id,
+                agent: a.caller.agent.clone(),
+                tool: a.tool.clone(),
+                environment: a.caller.environment.clone(),
+                mode: mode
+                    .or(a.caller.mode)
+                    .map_or("unknown", |m| m.as_str())
+                    .to_string(),
+                credential_refs: refs,
+                decision: if denied { "denied" } else { "allowed" },
+                code: code.map(|c| c.as_str()),
+                result_status: status,
+                latency_us: a.started.elapsed().as_micros() as i64,
+                bytes_in: a.bytes_in,
+                bytes_out: bytes_out as i64,
+                truncated,
+                details,
+            })
+            .await;
+    }
+
+    async fn deny(&self, a: &Attempt<'_>, mode: Option<MigrationMode>, e: Error) -> Error {
+        self.audit_row(
+            a,
+            mode,
+            vec![],
+            Some(e.code),
+            "denied",
+            0,
+            false,
+            json!({"reason": e.message}),
+        )
+        .await;
+        e
+    }
+
+    /// `tools/call` through every gate. Returns the sanitized `CallToolResult`.
+    pub async fn call_tool(
+        &self,
+        caller: &Caller,
+        tool: &str,
+        arguments: Option<Value>,
+        approval_token: Option<&str>,
+        trace: &TraceContext,
+    ) -> Result<Value> {
+        let arguments = arguments.unwrap_or_else(|| json!({}));
+        let s = self.snapshot(&caller.project).await?;
+        let audited_tool = if s.registry.tool(tool).is_some() {
+            tool.to_string()
+        } else {
+            use sha2::{Digest, Sha256};
+            format!(
+                "unregistered:sha256:{}",
+                &hex::encode(Sha256::digest(tool.as_bytes()))[..16]
+            )
+        };
+        let a = Attempt {
+            caller,
+            tool: audited_tool,
+            trace,
+            started: Instant::now(),
+            bytes_in: serde_json::to_vec(&arguments).map_or(0, |v| v.len() as i64),
+        };
+        let allowed = match gates::decide(
+            Self::view(caller),
+            s.project.as_ref(),
+            s.agents.get(&caller.agent),
+            &s.registry,
+            tool,
+        ) {
+            Ok(x) => x,
+            Err(d) if s.project.is_none() => {
+                // No such project: there is no tenant to write an audit row into (its audit
+                // table is keyed by existing projects); the refusal goes to the log.
+                tracing::info!(code = d.code.as_str(), trace_id = %trace.trace_id, "tool call for an unknown project refused");
+                return Err(Error::new(d.code, d.reason));
+            }
+            Err(d) => {
+                let mode = s
+                    .project
+                    .as_ref()
+                    .map(|p| gates::effective_mode(p.mode, caller.mode));
+                return Err(self.deny(&a, mode, Error::new(d.code, d.reason)).await);
+            }
+        };
+        let mode = Some(allowed.mode);
+        let t = allowed.tool;
+        if !self.rate_ok(caller) {
+            let e = Error::new(
+                ErrorCode::McpGateRateLimited,
+                "tool-call rate limit exceeded",
+            );
+            return Err(self.deny(&a, mode, e).await);
+        }
+        // Arguments are validated before anything goes upstream.
+        let violations = t.validate(&arguments).err();
+        let args = match arguments {
+            Value::Object(m) if violations.is_none() => m,
+            _ => {
+                let violations = violations.unwrap_or_default();
+                let details: Vec<Value> = violations
+                    .iter()
+                    .map(|(path, msg)| {
+                        json!({"path": path, "message": awooop_core::redact::Redactor::global().redact_str(msg)})
+                    })
+                    .collect();
+                let e = Error::new(
+                    ErrorCode::McpGateArgumentsInvalid,
+                    "arguments do not match the tool's input schema",
+                )
+                .with_details(json!({"violations": details}));
+                return Err(self.deny(&a, mode, e).await);
+            }
+        };
+        // Gate 5: approval, last, so a token is only consumed by a call that will go upstream.
+        let mut approver = None;
+        if allowed.needs_approval {
+            let Some(token) = approval_token else {
+                let e = Error::new(
+                    ErrorCode::McpGateApprovalMissing,
+                    "this tool needs an approval token (_meta \"awooop.dev/approval\")",
+                );
+                return Err(self.deny(&a, mode, e).await);
+            };
+            match self.check_approval(caller, tool, &args, token).await {
+                Ok(who) => approver = Some(who),
+                Err(e) => return Err(self.deny(&a, mode, e).await),
+            }
+        }
+        // Credentials: resolved now, injected only into the upstream request.
+        let provider = s.registry.provider(t);
+        let mut creds = Vec::with_capacity(provider.credentials.len());
+        let refs: Vec<String> = provider
+            .credentials
+            .iter()
+            .map(|c| c.credential.0.clone())
+            .collect();
+        for c in &provider.credentials {
+            let resolved = match s.registry.credential_ref(c.credential.as_str()) {
+                Some(src) => self.creds.resolve(&caller.project, src).await,
+                None => Err(Error::new(
+                    ErrorCode::McpCredential,
+                    "a credential of this tool could not be resolved for this project",
+                )),
+            };
+            match resolved {
+                Ok(v) => creds.push(ResolvedCredential {
+                    name: c.credential.0.clone(),
+                    inject: c.inject.clone(),
+                    value: v,
+                }),
+                Err(e) => {
+                    self.audit_row(
+                        &a,
+                        mode,
+                        refs,
+                        Some(e.code),
+                        "upstream_error",
+                        0,
+                        false,
+                        json!({}),
+                    )
+                    .await;
+                    return Err(e);
+                }
+            }
+        }
+        let exact = self.exact_secrets(&creds);
+        let traceparent = trace.traceparent();
+        let res = self
+            .upstream
+            .call_tool(UpstreamCall {
+                project: &caller.project,
+                provider,
+                tool: &t.upstream_name,
+                arguments: &args,
+                credentials: &creds,
+                traceparent: Some(&traceparent),
+                timeout: self.config.upstream_timeout,
+            })
+            .await;
+        let raw = match res {
+            Ok(v) => v,
+            Err(f) => {
+                let (code, message) = match &f {
+                    UpstreamFailure::Timeout => (
+                        ErrorCode::McpUpstreamTimeout,
+                        "the upstream tool server did not answer in time".to_string(),
+                    ),
+                    UpstreamFailure::Rpc { code, message } => {
+                        let mut m = sanitize::redact_text(message, &exact);
+                        sanitize::truncate_chars(&mut m, 1000);
+                        (
+                            ErrorCode::McpUpstream,
+                            format!("upstream error {code}: {m}"),
+                        )
+                    }
+                    UpstreamFailure::Unavailable(_) | UpstreamFailure::Protocol(_) => (
+                        ErrorCode::McpUpstream,
+                        "the upstream tool server failed or is unreachable".to_string(),
+                    ),
+                };
+                // The cause may name upstream configuration or echo a credential: it goes to
+                // the server log only, redacted.
+                tracing::warn!(
+                    tool = %t.exposed,
+                    trace_id = %trace.trace_id,
+                    cause = %sanitize::redact_text(&f.to_string(), &exact),
+                    "upstream call failed"
+                );
+                self.audit_row(
+                    &a,
+                    mode,
+                    refs,
+                    Some(code),
+                    "upstream_error",
+                    0,
+                    false,
+                    json!({}),
+                )
+                .await;
+                return Err(Error::new(code, message));
+            }
+        };
+        let out = sanitize::sanitize_result(raw, &exact, t.max_result_chars);
+        let bytes_out = serde_json::to_vec(&out.result).map_or(0, |v| v.len());
+        let mut details = json!({});
+        if let Some(who) = approver {
+            details["approver"] = json!(who);
+        }
+        if out.truncated_chars > 0 {
+            details["truncated_chars"] = json!(out.truncated_chars);
+        }
+        self.audit_row(
+            &a,
+            mode,
+            refs,
+            None,
+            if out.is_error { "tool_error" } else { "ok" },
+            bytes_out,
+            out.truncated_chars > 0,
+            details,
+        )
+        .await;
+        Ok(out.result)
+    }
+
+    /// The exact-value redactor of a set of credential values. Compiling it is the costliest
+    /// step of sanitizing, so it is cached by a digest of the values (a rotated value yields
+    /// a new entry; the map is cleared when it grows large).
+    fn exact_secrets(&self, creds: &[ResolvedCredential]) -> Arc<ExactSecrets> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for c in creds {
+            h.update((c.value.expose().len() as u64).to_be_bytes());
+            h.update(c.value.expose().as_bytes());
+        }
+        let key: [u8; 32] = h.finalize().into();
+        if let Some(e) = self.exact.read().expect("exact lock").get(&key) {
+            return e.clone();
+        }
+        let e = Arc::new(ExactSecrets::new(creds.iter().map(|c| c.value.expose())));
+        let mut m = self.exact.write().expect("exact lock");
+        if m.len() >= 1024 {
+            m.clear();
+        }
+        m.insert(key, e.clone());
+        e
+    }
+
+    /// Verify an approval token for this exact call and consume its `jti` once.
+    async fn check_approval(
+        &self,
+        caller: &Caller,
+        tool: &str,
+        args: &Map<String, Value>,
+        token: &str,
+    ) -> Result<String> {
+        let args_hash = approval::arguments_hash(&Value::Object(args.clone()));
+        let run = caller.run_id.map(|r| r.to_string());
+        let now = chrono::Utc::now().timestamp();
+        let claims = approval::verify(
+            &self.keys.approval,
+            token,
+            approval::Expected {
+                project: caller.project.as_str(),
+                run_id: run.as_deref(),
+                tool,
+                args_sha256: &args_hash,
+            },
+            now,
+        )?;
+        let replayed = || {
+            Error::new(
+                ErrorCode::McpGateApprovalReplayed,
+                "this approval token was already used",
+            )
+        };
+        let ttl = Duration::from_secs((claims.exp - now).max(1) as u64);
+        let key = tenancy::scope(caller.project.clone(), async {
+            tenancy::redis_key("approval-jti", &claims.jti)
+        })
+        .await?;
+        // Redis answers the common replay fast; PostgreSQL decides.
+        if self.coord.set_nx(&key, ttl).await == Some(false) {
+            return Err(replayed());
+        }
+        let inserted = tenancy::scope(caller.project.clone(), async {
+            let mut tx = self.db.tenant().await?;
+            let n = sqlx::query(
+                "INSERT INTO mcp_approval_uses (project_id, jti, run_id, tool, approver, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6)) ON CONFLICT DO NOTHING",
+            )
+            .bind(caller.project.as_str())
+            .bind(&claims.jti)
+            .bind(caller.run_id)
+            .bind(tool)
+            .bind(&claims.approver)
+            .bind(claims.exp as f64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok::<_, Error>(n)
+        })
+        .await?;
+        if inserted == 0 {
+            return Err(replayed());
+        }
+        Ok(claims.approver)
+    }
+}
+
+/// Used until an upstream MCP client is wired in: every call that passes the gates fails with
+/// `E-MCP-003` (nothing is ever sent anywhere).
+pub struct NoUpstream;
+
+#[async_trait]
+impl ToolUpstream for NoUpstream {
+    async fn call_tool(
+        &self,
+        _call: UpstreamCall<'_>,
+    ) -> std::result::Result<Value, UpstreamFailure> {
+        Err(UpstreamFailure::Unavailable(
+            "no upstream MCP client is configured".into(),
+        ))
+    }
+}

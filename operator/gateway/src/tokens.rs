@@ -1,0 +1,203 @@
+//! Caller credentials of the gateway: per-run tokens and signed MCP session ids.
+//!
+//! A per-run token (`awr1.<claims>.<mac>`) is minted by the runtime for the run it executes (or
+//! by `awooop token mint` for local agents). Its claims fix project, agent, run, environment and
+//! mode; nothing in a JSON-RPC payload can override them. Session ids (`mcs1.<claims>.<mac>`)
+//! are signed, not stored: any replica with the gateway key accepts them and a restart loses
+//! nothing. A session is bound to a digest of the credential that initialized it, so a session
+//! id presented with another credential is refused; identity itself always comes from the
+//! credential on each request.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::keys::{b64, hmac, unb64, verify_mac};
+use awooop_control::MigrationMode;
+use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_store::tenancy::ProjectId;
+
+pub const RUN_TOKEN_PREFIX: &str = "awr1.";
+pub const SESSION_PREFIX: &str = "mcs1.";
+
+/// Claims of a per-run token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunTokenClaims {
+    pub project: String,
+    pub agent: String,
+    pub run_id: Option<Uuid>,
+    pub environment: String,
+    pub mode: Option<MigrationMode>,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+fn seal(prefix: &str, key: &[u8], claims: &impl Serialize) -> String {
+    let body = b64(&serde_json::to_vec(claims).expect("claims serialize"));
+    let signing = format!("{prefix}{body}");
+    let mac = b64(&hmac(key, signing.as_bytes()));
+    format!("{signing}.{mac}")
+}
+
+fn open<T: for<'de> Deserialize<'de>>(prefix: &str, key: &[u8], token: &str) -> Option<T> {
+    if token.len() > 4096 {
+        return None;
+    }
+    let rest = token.strip_prefix(prefix)?;
+    let (body, mac) = rest.rsplit_once('.')?;
+    if !verify_mac(key, format!("{prefix}{body}").as_bytes(), mac) {
+        return None;
+    }
+    serde_json::from_slice(&unb64(body)?).ok()
+}
+
+pub fn slug_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// Mint a per-run token.
+pub fn mint_run_token(key: &[u8], claims: &RunTokenClaims) -> Result<String> {
+    ProjectId::parse(&claims.project)?;
+    if !slug_ok(&claims.agent) || !slug_ok(&claims.environment) {
+        return Err(Error::new(
+            ErrorCode::ReqInvalidParam,
+            "agent and environment must be slugs ^[a-z][a-z0-9-]{0,62}$",
+        ));
+    }
+    if claims.exp <= claims.iat {
+        return Err(Error::new(
+            ErrorCode::ReqInvalidParam,
+            "token lifetime must be positive",
+        ));
+    }
+    Ok(seal(RUN_TOKEN_PREFIX, key, claims))
+}
+
+/// Verify a per-run token; every failure is the same `E-AUTH-002`.
+pub fn verify_run_token(key: &[u8], token: &str, now: i64) -> Result<RunTokenClaims> {
+    let invalid = || Error::new(ErrorCode::AuthInvalid, "invalid credential");
+    let c: RunTokenClaims = open(RUN_TOKEN_PREFIX, key, token).ok_or_else(invalid)?;
+    if c.exp <= now || ProjectId::parse(&c.project).is_err() || !slug_ok(&c.agent) {
+        return Err(invalid());
+    }
+    Ok(c)
+}
+
+/// Claims of a session id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionClaims {
+    /// Session nonce (uniqueness only).
+    pub sid: String,
+    /// Digest of the credential that initialized the session.
+    pub cred: String,
+    /// Negotiated protocol revision.
+    pub ver: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// A short digest identifying a credential (never reversible to it).
+pub fn credential_digest(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+pub fn mint_session(key: &[u8], cred: &str, version: &str, now: i64, ttl: i64) -> String {
+    let claims = SessionClaims {
+        sid: Uuid::new_v4().simple().to_string(),
+        cred: cred.into(),
+        ver: version.into(),
+        iat: now,
+        exp: now + ttl,
+    };
+    seal(SESSION_PREFIX, key, &claims)
+}
+
+/// Verify a session id for the presenting credential.
+pub fn verify_session(key: &[u8], id: &str, cred: &str, now: i64) -> Result<SessionClaims> {
+    let invalid = || {
+        Error::new(
+            ErrorCode::McpSession,
+            "unknown or expired session: initialize again",
+        )
+    };
+    let c: SessionClaims = open(SESSION_PREFIX, key, id).ok_or_else(invalid)?;
+    if c.exp <= now || c.cred != cred {
+        return Err(invalid());
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: &[u8] = &[1u8; 32];
+
+    fn claims() -> RunTokenClaims {
+        RunTokenClaims {
+            project: "awoooi".into(),
+            agent: "triage".into(),
+            run_id: Some(Uuid::from_u128(42)),
+            environment: "dev".into(),
+            mode: Some(MigrationMode::Shadow),
+            iat: 100,
+            exp: 200,
+        }
+    }
+
+    #[test]
+    fn run_tokens_round_trip_and_fail_closed() {
+        let t = mint_run_token(K, &claims()).unwrap();
+        assert!(t.starts_with(RUN_TOKEN_PREFIX));
+        assert_eq!(verify_run_token(K, &t, 150).unwrap(), claims());
+        assert!(verify_run_token(K, &t, 200).is_err(), "expired");
+        assert!(verify_run_token(&[2u8; 32], &t, 150).is_err(), "other key");
+        // a payload swapped for another project's keeps the MAC of the first: refused
+        let mut other = claims();
+        other.project = "ewoooc".into();
+        let t2 = mint_run_token(K, &other).unwrap();
+        let forged = format!(
+            "{}.{}",
+            t2.rsplit_once('.').unwrap().0,
+            t.rsplit_once('.').unwrap().1
+        );
+        assert!(verify_run_token(K, &forged, 150).is_err());
+        // a session id is not a run token
+        let s = mint_session(K, "c", "2025-06-18", 100, 100);
+        assert!(verify_run_token(K, &s, 150).is_err());
+        let mut bad = claims();
+        bad.agent = "Bad Agent".into();
+        assert!(mint_run_token(K, &bad).is_err());
+    }
+
+    #[test]
+    fn sessions_are_bound_to_the_credential() {
+        let cred = credential_digest(&["awr1.x", "agent"]);
+        let s = mint_session(K, &cred, "2025-11-25", 100, 50);
+        assert_eq!(verify_session(K, &s, &cred, 120).unwrap().ver, "2025-11-25");
+        let other = credential_digest(&["awr1.y", "agent"]);
+        assert_eq!(
+            verify_session(K, &s, &other, 120).unwrap_err().code,
+            ErrorCode::McpSession
+        );
+        assert!(verify_session(K, &s, &cred, 150).is_err(), "expired");
+        assert!(verify_session(K, "mcs1.garbage.x", &cred, 120).is_err());
+        // digests separate their parts: ("ab","c") != ("a","bc")
+        assert_ne!(
+            credential_digest(&["ab", "c"]),
+            credential_digest(&["a", "bc"])
+        );
+    }
+}

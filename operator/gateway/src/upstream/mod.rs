@@ -1,0 +1,578 @@
+//! MCP client toward upstream tool servers (the gateway's outbound side).
+//!
+//! Contract:
+//! * [`Upstreams::call_tool`] sends one `tools/call` to the provider of a project's active MCP
+//!   Gateway contract and returns the upstream's `CallToolResult` JSON **unmodified**
+//!   (redaction and truncation are the gateway core's job), or a typed [`UpstreamError`].
+//! * One connection per (project, provider name, fingerprint of transport config + credential
+//!   values): an MCP session over Streamable HTTP ([`http`]) or a child process over stdio
+//!   ([`stdio`]). Nothing is shared between projects, not even a TCP connection (each HTTP
+//!   session has its own connection pool). A rotated credential changes the fingerprint: the
+//!   next call opens a new connection/child and the old one is closed.
+//! * Credential values live only in request headers (HTTP) or the child's environment
+//!   (stdio, which starts from an empty environment); they are never logged, never part of an
+//!   error, and [`Injected`]'s `Debug` prints `<redacted>`.
+//! * Connections idle longer than [`UpstreamConfig::idle_timeout`] are closed; at most
+//!   [`UpstreamConfig::max_sessions`] are kept (least recently used closed first).
+//!
+//! Why not the rmcp client: rmcp's Streamable HTTP client fixes its headers per transport, so
+//! the per-call `traceparent` header and per-call timeout would need a transport per call, and
+//! its worker task adds a channel hop per message on the hot path the gateway benchmark
+//! measures. The wire protocol the gateway needs (initialize, tools/call, SSE responses,
+//! session expiry) is small, so it is written here on reqwest (HTTP) and tokio (stdio), and
+//! tested against the official Python SDK's server over both transports.
+
+pub mod http;
+pub mod protocol;
+pub mod stdio;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use awooop_contracts::{Injection, McpProvider, McpTransport};
+use awooop_store::tenancy::ProjectId;
+
+/// A credential value resolved for one call, and where it goes (header or child env var).
+/// `Debug` prints `<redacted>`; the value is never logged.
+#[derive(Clone)]
+pub struct Injected {
+    pub inject: Injection,
+    pub value: String,
+}
+
+impl std::fmt::Debug for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injected")
+            .field("inject", &self.inject)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+pub struct CallRequest<'a> {
+    pub project: &'a ProjectId,
+    /// The provider entry of the project's active MCP Gateway contract (transport config).
+    pub provider: &'a McpProvider,
+    /// The upstream's own tool name (not the exposed `{provider}__{tool}`).
+    pub tool: &'a str,
+    pub arguments: &'a serde_json::Map<String, serde_json::Value>,
+    pub credentials: &'a [Injected],
+    /// W3C traceparent to forward upstream (HTTP header `traceparent`; `_meta` for stdio).
+    pub traceparent: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+/// The upstream's MCP `CallToolResult` as JSON (`content`, `structuredContent`, `isError`),
+/// unmodified: redaction and truncation are the gateway core's job.
+pub type CallResult = serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream timed out")]
+    Timeout,
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+    /// A JSON-RPC error returned by the upstream. Its message may echo secrets: the gateway
+    /// core redacts it before it goes anywhere.
+    #[error("upstream error {code}: {message}")]
+    Rpc { code: i64, message: String },
+}
+
+/// The gateway core calls upstreams through its `ToolUpstream` trait; this pool is that
+/// client. Credential values are copied out of the resolver's `SecretValue` only here, into the
+/// request that carries them.
+#[async_trait::async_trait]
+impl crate::service::ToolUpstream for Upstreams {
+    async fn call_tool(
+        &self,
+        call: crate::service::UpstreamCall<'_>,
+    ) -> Result<serde_json::Value, crate::service::UpstreamFailure> {
+        let credentials: Vec<Injected> = call
+            .credentials
+            .iter()
+            .map(|c| Injected {
+                inject: c.inject.clone(),
+                value: c.value.expose().to_string(),
+            })
+            .collect();
+        Upstreams::call_tool(
+            self,
+            CallRequest {
+                project: call.project,
+                provider: call.provider,
+                tool: call.tool,
+                arguments: call.arguments,
+                credentials: &credentials,
+                traceparent: call.traceparent,
+                timeout: call.timeout,
+            },
+        )
+        .await
+        .map_err(Into::into)
+    }
+}
+
+impl From<UpstreamError> for crate::service::UpstreamFailure {
+    fn from(e: UpstreamError) -> Self {
+        use crate::service::UpstreamFailure as F;
+        match e {
+            UpstreamError::Timeout => F::Timeout,
+            UpstreamError::Unavailable(m) => F::Unavailable(m),
+            UpstreamError::Protocol(m) => F::Protocol(m),
+            UpstreamError::Rpc { code, message } => F::Rpc { code, message },
+        }
+    }
+}
+
+/// Pool settings. `Default` gives production values; [`UpstreamArgs`] reads them from flags
+/// or environment variables.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// Close a connection (HTTP session or child) unused for this long.
+    pub idle_timeout: Duration,
+    /// Most connections kept at once; beyond it the least recently used is closed.
+    pub max_sessions: usize,
+    /// TCP connect timeout for HTTP upstreams.
+    pub connect_timeout: Duration,
+    /// Largest response body (HTTP) or line (stdio) accepted from an upstream.
+    pub max_response_bytes: usize,
+    /// First delay before restarting a stdio child that died; doubles per crash in a row.
+    pub restart_backoff: Duration,
+    /// Upper bound of the restart delay.
+    pub restart_backoff_max: Duration,
+    /// Variables copied from the gateway's environment into stdio children (everything
+    /// else, e.g. DATABASE_URL or AWOOOP_GATEWAY_KEY, is withheld).
+    pub child_env_passthrough: Vec<String>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(300),
+            max_sessions: 1024,
+            connect_timeout: Duration::from_secs(5),
+            max_response_bytes: 16 * 1024 * 1024,
+            restart_backoff: Duration::from_millis(50),
+            restart_backoff_max: Duration::from_secs(5),
+            child_env_passthrough: ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
+/// Flags for the upstream pool (flatten into the command that serves the gateway).
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpstreamArgs {
+    /// Close an upstream MCP session or stdio child after this many idle seconds.
+    #[arg(long, env = "AWOOOP_UPSTREAM_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub upstream_idle_timeout_secs: u64,
+    /// Most upstream sessions/children kept open at once.
+    #[arg(long, env = "AWOOOP_UPSTREAM_MAX_SESSIONS", default_value_t = 1024)]
+    pub upstream_max_sessions: usize,
+    /// TCP connect timeout toward HTTP upstreams, in milliseconds.
+    #[arg(
+        long,
+        env = "AWOOOP_UPSTREAM_CONNECT_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub upstream_connect_timeout_ms: u64,
+    /// Largest upstream response accepted, in bytes.
+    #[arg(long, env = "AWOOOP_UPSTREAM_MAX_RESPONSE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub upstream_max_response_bytes: usize,
+}
+
+impl UpstreamArgs {
+    pub fn config(&self) -> UpstreamConfig {
+        let Self {
+            upstream_idle_timeout_secs,
+            upstream_max_sessions,
+            upstream_connect_timeout_ms,
+            upstream_max_response_bytes,
+        } = self;
+        UpstreamConfig {
+            idle_timeout: Duration::from_secs((*upstream_idle_timeout_secs).max(1)),
+            max_sessions: (*upstream_max_sessions).max(1),
+            connect_timeout: Duration::from_millis((*upstream_connect_timeout_ms).max(1)),
+            max_response_bytes: (*upstream_max_response_bytes).max(1024),
+            ..UpstreamConfig::default()
+        }
+    }
+}
+
+/// One pooled connection.
+enum Conn {
+    Http(http::HttpSession),
+    Stdio(stdio::StdioUpstream),
+}
+
+impl Conn {
+    async fn call(
+        &self,
+        req: &CallRequest<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Result<CallResult, UpstreamError> {
+        match self {
+            Conn::Http(h) => {
+                h.call(req.tool, req.arguments, req.traceparent, deadline)
+                    .await
+            }
+            Conn::Stdio(s) => {
+                s.call(req.tool, req.arguments, req.traceparent, deadline)
+                    .await
+            }
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Conn::Http(h) => h.close().await,
+            Conn::Stdio(s) => s.close().await,
+        }
+    }
+}
+
+struct Entry {
+    fingerprint: [u8; 32],
+    conn: Arc<Conn>,
+    /// Milliseconds since the pool's epoch of the last call (atomic: no write lock per call).
+    last_used: Arc<AtomicU64>,
+}
+
+type Key = (ProjectId, String);
+
+struct Inner {
+    config: UpstreamConfig,
+    epoch: Instant,
+    conns: Mutex<HashMap<Key, Entry>>,
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// Pool of upstream connections: one MCP session (HTTP) or child process (stdio) per
+/// (project, provider name, fingerprint of transport config + credential values), so a rotated
+/// credential yields a new connection/child, the old one is closed, and nothing is ever shared
+/// between projects. Children that die are restarted on the next call (with backoff).
+#[derive(Clone)]
+pub struct Upstreams {
+    inner: Arc<Inner>,
+}
+
+impl Upstreams {
+    /// A new pool. Inside a tokio runtime it also starts the idle sweeper (which stops when the
+    /// last clone of the pool is dropped).
+    pub fn new(config: UpstreamConfig) -> Self {
+        let inner = Arc::new(Inner {
+            config,
+            epoch: Instant::now(),
+            conns: Mutex::new(HashMap::new()),
+        });
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&inner);
+            let every = (inner.config.idle_timeout / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(30));
+            handle.spawn(sweeper(weak, every));
+        }
+        Self { inner }
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.inner.config
+    }
+
+    /// Call one tool upstream. The whole call (connecting, initializing, restarting a dead
+    /// child, the request itself) is bounded by `req.timeout`.
+    pub async fn call_tool(&self, req: CallRequest<'_>) -> Result<CallResult, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + req.timeout;
+        let conn = self.connection(&req)?;
+        match tokio::time::timeout_at(deadline, conn.call(&req, deadline)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    /// Number of open pooled connections (sessions + children).
+    pub fn open_connections(&self) -> usize {
+        self.inner.conns.lock().expect("pool lock").len()
+    }
+
+    /// Close every connection (HTTP sessions are ended with DELETE, children are killed).
+    pub async fn shutdown(&self) {
+        let all: Vec<Entry> = {
+            let mut map = self.inner.conns.lock().expect("pool lock");
+            map.drain().map(|(_, e)| e).collect()
+        };
+        for e in all {
+            e.conn.close().await;
+        }
+    }
+
+    /// Close connections idle for longer than the idle timeout. The sweeper calls this; it is
+    /// public so tests and shutdown paths can force it.
+    pub async fn evict_idle(&self) -> usize {
+        evict_idle(&self.inner).await
+    }
+
+    fn connection(&self, req: &CallRequest<'_>) -> Result<Arc<Conn>, UpstreamError> {
+        let fp = fingerprint(req.provider, req.credentials);
+        let key: Key = (req.project.clone(), req.provider.name.as_str().to_string());
+        let now = self.inner.now_ms();
+        let mut closed = Vec::new();
+        let conn = {
+            let mut map = self.inner.conns.lock().expect("pool lock");
+            match map.get(&key) {
+                Some(e) if e.fingerprint == fp => {
+                    e.last_used.store(now, Ordering::Relaxed);
+                    e.conn.clone()
+                }
+                _ => {
+                    let conn = Arc::new(self.open(req)?);
+                    if let Some(old) = map.insert(
+                        key,
+                        Entry {
+                            fingerprint: fp,
+                            conn: conn.clone(),
+                            last_used: Arc::new(AtomicU64::new(now)),
+                        },
+                    ) {
+                        // Rotated credential or changed transport: the old connection goes.
+                        closed.push(old.conn);
+                    }
+                    let excess = map.len().saturating_sub(self.inner.config.max_sessions);
+                    if excess > 0 {
+                        closed.extend(evict_lru(&mut map, excess));
+                    }
+                    conn
+                }
+            }
+        };
+        for old in closed {
+            tokio::spawn(async move { old.close().await });
+        }
+        Ok(conn)
+    }
+
+    fn open(&self, req: &CallRequest<'_>) -> Result<Conn, UpstreamError> {
+        let cfg = &self.inner.config;
+        Ok(match &req.provider.transport {
+            McpTransport::StreamableHttp { url } => {
+                let headers: Vec<(&str, String)> = req
+                    .credentials
+                    .iter()
+                    .filter_map(|c| match &c.inject {
+                        Injection::Header { name, prefix } => {
+                            Some((name.as_str(), format!("{prefix}{}", c.value)))
+                        }
+                        Injection::Env { .. } => None,
+                    })
+                    .collect();
+                Conn::Http(http::HttpSession::new(url, &headers, cfg)?)
+            }
+            McpTransport::Stdio { command, args } => {
+                let env: Vec<(String, String)> = req
+                    .credentials
+                    .iter()
+                    .filter_map(|c| match &c.inject {
+                        Injection::Env { var } => Some((var.clone(), c.value.clone())),
+                        Injection::Header { .. } => None,
+                    })
+                    .collect();
+                Conn::Stdio(stdio::StdioUpstream::new(
+                    stdio::ChildSpec {
+                        command: command.clone(),
+                        args: args.clone(),
+                        env,
+                        label: format!("{}/{}", req.project, req.provider.name.as_str()),
+                    },
+                    cfg,
+                ))
+            }
+        })
+    }
+}
+
+/// Remove the `n` least recently used entries.
+fn evict_lru(map: &mut HashMap<Key, Entry>, n: usize) -> Vec<Arc<Conn>> {
+    let mut by_age: Vec<(u64, Key)> = map
+        .iter()
+        .map(|(k, e)| (e.last_used.load(Ordering::Relaxed), k.clone()))
+        .collect();
+    by_age.sort_by_key(|(t, _)| *t);
+    by_age
+        .into_iter()
+        .take(n)
+        .filter_map(|(_, k)| map.remove(&k).map(|e| e.conn))
+        .collect()
+}
+
+async fn evict_idle(inner: &Inner) -> usize {
+    let idle_ms = inner.config.idle_timeout.as_millis() as u64;
+    let now = inner.now_ms();
+    let gone: Vec<Arc<Conn>> = {
+        let mut map = inner.conns.lock().expect("pool lock");
+        let stale: Vec<Key> = map
+            .iter()
+            .filter(|(_, e)| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) >= idle_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        stale
+            .into_iter()
+            .filter_map(|k| map.remove(&k).map(|e| e.conn))
+            .collect()
+    };
+    let n = gone.len();
+    for c in gone {
+        c.close().await;
+    }
+    n
+}
+
+async fn sweeper(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        // The sweeper's own reference must not keep the pool alive.
+        if Arc::strong_count(&inner) <= 1 {
+            return;
+        }
+        evict_idle(&inner).await;
+    }
+}
+
+/// SHA-256 over the transport config and every credential (where it goes and its value), so a
+/// rotated value or a changed URL/command maps to a different connection. Length-prefixed
+/// fields: no two different inputs hash the same bytes.
+pub fn fingerprint(provider: &McpProvider, credentials: &[Injected]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    match &provider.transport {
+        McpTransport::StreamableHttp { url } => {
+            field(b"http");
+            field(url.as_bytes());
+        }
+        McpTransport::Stdio { command, args } => {
+            field(b"stdio");
+            field(command.as_bytes());
+            field(&(args.len() as u64).to_be_bytes());
+            for a in args {
+                field(a.as_bytes());
+            }
+        }
+    }
+    for c in credentials {
+        match &c.inject {
+            Injection::Header { name, prefix } => {
+                field(b"header");
+                field(name.to_ascii_lowercase().as_bytes());
+                field(prefix.as_bytes());
+            }
+            Injection::Env { var } => {
+                field(b"env");
+                field(var.as_bytes());
+            }
+        }
+        field(c.value.as_bytes());
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(transport: McpTransport) -> McpProvider {
+        serde_json::from_value(serde_json::json!({
+            "name": "fs",
+            "transport": serde_json::to_value(transport).unwrap(),
+        }))
+        .unwrap()
+    }
+
+    fn header(name: &str, prefix: &str, value: &str) -> Injected {
+        Injected {
+            inject: Injection::Header {
+                name: name.into(),
+                prefix: prefix.into(),
+            },
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn fingerprint_changes_with_every_input_that_matters() {
+        let http = provider(McpTransport::StreamableHttp {
+            url: "http://a/mcp".into(),
+        });
+        let http2 = provider(McpTransport::StreamableHttp {
+            url: "http://b/mcp".into(),
+        });
+        let stdio = provider(McpTransport::Stdio {
+            command: "x".into(),
+            args: vec!["a b".into()],
+        });
+        let stdio2 = provider(McpTransport::Stdio {
+            command: "x".into(),
+            args: vec!["a".into(), "b".into()],
+        });
+        let base = fingerprint(&http, &[header("Authorization", "Bearer ", "s1")]);
+        let distinct = [
+            fingerprint(&http, &[header("Authorization", "Bearer ", "s2")]),
+            fingerprint(&http, &[header("Authorization", "", "Bearer s1")]),
+            fingerprint(&http, &[header("X-Key", "Bearer ", "s1")]),
+            fingerprint(&http2, &[header("Authorization", "Bearer ", "s1")]),
+            fingerprint(&http, &[]),
+            fingerprint(&stdio, &[]),
+            fingerprint(&stdio2, &[]),
+        ];
+        for (i, d) in distinct.iter().enumerate() {
+            assert_ne!(&base, d, "case {i}");
+        }
+        assert_ne!(distinct[5], distinct[6], "args are length-prefixed");
+        // Same inputs, same connection; header names are case-insensitive.
+        assert_eq!(
+            base,
+            fingerprint(&http, &[header("authorization", "Bearer ", "s1")])
+        );
+    }
+
+    #[test]
+    fn injected_debug_never_prints_the_value() {
+        let s = format!("{:?}", header("X-Key", "", "supersecret-value"));
+        assert!(!s.contains("supersecret"), "{s}");
+        assert!(s.contains("<redacted>"));
+    }
+
+    #[test]
+    fn args_destructure_into_config() {
+        let a = UpstreamArgs {
+            upstream_idle_timeout_secs: 0,
+            upstream_max_sessions: 0,
+            upstream_connect_timeout_ms: 250,
+            upstream_max_response_bytes: 10,
+        };
+        let c = a.config();
+        assert_eq!(c.idle_timeout, Duration::from_secs(1));
+        assert_eq!(c.max_sessions, 1);
+        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.max_response_bytes, 1024);
+    }
+}

@@ -1,0 +1,302 @@
+//! `/mcp`: the gateway's MCP endpoint (Streamable HTTP transport, JSON responses).
+//!
+//! * POST carries one JSON-RPC message. Requests get `application/json` responses;
+//!   notifications and client responses get `202 Accepted`.
+//! * Identity comes from `Authorization: Bearer` on every request: a per-run token
+//!   (`awr1.…`, fixing project, agent, run, environment and mode) or a project API key with the
+//!   `runner` role plus `X-Awooop-Agent` and `X-Awooop-Environment` (external agents). Nothing
+//!   in the JSON-RPC payload can change it.
+//! * `initialize` negotiates the protocol revision and returns a signed `Mcp-Session-Id`
+//!   bound to the credential; any replica with the gateway key accepts it, so sessions survive
+//!   restarts. Other requests without a session get 400, with an unknown/expired one 404
+//!   (the client initializes again). An unsupported `MCP-Protocol-Version` header gets 400.
+//! * GET (server-initiated SSE stream) and DELETE (session end) answer 405, which the
+//!   transport allows: this server sends no server-initiated messages, and signed sessions
+//!   simply expire.
+//! * A request with an `Origin` header not on the allow-list is refused (DNS rebinding).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use awooop_store::auth::{self, Role};
+use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_gateway::server::{self, Incoming};
+use awooop_gateway::tokens;
+use awooop_gateway::{Caller, Gateway};
+use awooop_runtime::TraceContext;
+use awooop_store::tenancy::{Db, ProjectId};
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+pub const VERSION_HEADER: &str = "mcp-protocol-version";
+pub const AGENT_HEADER: &str = "x-awooop-agent";
+pub const ENV_HEADER: &str = "x-awooop-environment";
+
+/// SHA-256 of an API key → (verified at, its project, has the runner role).
+type ApiKeyCache = HashMap<[u8; 32], (Instant, ProjectId, bool)>;
+
+#[derive(Clone)]
+pub struct McpState {
+    pub gateway: Arc<Gateway>,
+    pub db: Db,
+    pub max_body_bytes: usize,
+    pub session_ttl_seconds: i64,
+    /// Origins allowed to call (browsers); requests without `Origin` are not affected.
+    pub allowed_origins: Arc<Vec<String>>,
+    api_keys: Arc<RwLock<ApiKeyCache>>,
+}
+
+impl McpState {
+    pub fn new(gateway: Arc<Gateway>, db: Db, max_body_bytes: usize) -> Self {
+        Self {
+            gateway,
+            db,
+            max_body_bytes,
+            session_ttl_seconds: 24 * 3600,
+            allowed_origins: Arc::new(Vec::new()),
+            api_keys: Arc::new(RwLock::new(HashMap::new())),
+        }
+    }
+
+    pub fn with_allowed_origins(mut self, origins: Vec<String>) -> Self {
+        self.allowed_origins = Arc::new(origins);
+        self
+    }
+}
+
+pub fn router(state: McpState) -> Router {
+    Router::new()
+        .route("/mcp", post(post_mcp).get(not_allowed).delete(not_allowed))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn transport_error(status: StatusCode, e: &Error) -> Response {
+    json_response(
+        status,
+        &server::rpc_error(
+            Value::Null,
+            server::rpc_code(e.code),
+            &format!("{}: {}", e.code.as_str(), e.message),
+            Some(json!({"code": e.code.as_str()})),
+        ),
+    )
+}
+
+async fn not_allowed() -> Response {
+    let mut r = transport_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &Error::new(
+            ErrorCode::McpProtocol,
+            "this endpoint takes POST only (no server-initiated stream; sessions expire)",
+        ),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    r
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The caller and the digest sessions are bound to.
+async fn authenticate(state: &McpState, h: &HeaderMap) -> Result<(Caller, String)> {
+    let token = header_str(h, header::AUTHORIZATION.as_str())
+        .ok_or_else(|| Error::new(ErrorCode::AuthMissing, "missing Authorization header"))?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::AuthInvalid,
+                "expected 'Authorization: Bearer <token>'",
+            )
+        })?;
+    let agent_h = header_str(h, AGENT_HEADER);
+    let env_h = header_str(h, ENV_HEADER);
+    let now = chrono::Utc::now().timestamp();
+    if token.starts_with(tokens::RUN_TOKEN_PREFIX) {
+        let c = tokens::verify_run_token(&state.gateway.keys().run_token, token, now)?;
+        // Headers may repeat the token's identity but never change it.
+        if agent_h.is_some_and(|a| a != c.agent) || env_h.is_some_and(|e| e != c.environment) {
+            return Err(Error::new(
+                ErrorCode::AuthForbidden,
+                "this credential is bound to another agent or environment",
+            ));
+        }
+        let caller = Caller {
+            project: ProjectId::parse(&c.project)?,
+            agent: c.agent,
+            run_id: c.run_id,
+            environment: c.environment,
+            mode: c.mode,
+        };
+        return Ok((caller, tokens::credential_digest(&[token])));
+    }
+    if token.starts_with("awk.") {
+        let (Some(agent), Some(env)) = (agent_h, env_h) else {
+            return Err(Error::new(
+                ErrorCode::AuthInvalid,
+                "an API key needs the X-Awooop-Agent and X-Awooop-Environment headers",
+            ));
+        };
+        if !tokens::slug_ok(agent) || !tokens::slug_ok(env) {
+            return Err(Error::new(
+                ErrorCode::AuthInvalid,
+                "X-Awooop-Agent and X-Awooop-Environment must be slugs",
+            ));
+        }
+        let project = verify_api_key_cached(state, token).await?;
+        let caller = Caller {
+            project,
+            agent: agent.into(),
+            run_id: None,
+            environment: env.into(),
+            mode: None,
+        };
+        return Ok((caller, tokens::credential_digest(&[token, agent, env])));
+    }
+    Err(Error::new(ErrorCode::AuthInvalid, "invalid credential"))
+}
+
+/// API keys are verified against PostgreSQL and the verdict cached for the gateway's cache
+/// TTL (a revocation takes effect within it).
+async fn verify_api_key_cached(state: &McpState, token: &str) -> Result<ProjectId> {
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let ttl = state.gateway.config().cache_ttl;
+    if let Some((at, p, runner)) = state.api_keys.read().expect("lock").get(&digest)
+        && at.elapsed() < ttl
+    {
+        return if *runner {
+            Ok(p.clone())
+        } else {
+            Err(Error::new(
+                ErrorCode::AuthForbidden,
+                "this action needs the 'runner' role",
+            ))
+        };
+    }
+    let (project, actor) = auth::verify_api_key(&state.db, token).await?;
+    let runner = actor.require(Role::Runner).is_ok();
+    if !ttl.is_zero() {
+        let mut m = state.api_keys.write().expect("lock");
+        if m.len() > 100_000 {
+            m.clear();
+        }
+        m.insert(digest, (Instant::now(), project.clone(), runner));
+    }
+    actor.require(Role::Runner)?;
+    Ok(project)
+}
+
+async fn post_mcp(State(state): State<McpState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let h = &parts.headers;
+    if let Some(origin) = header_str(h, header::ORIGIN.as_str())
+        && !state.allowed_origins.iter().any(|o| o == origin)
+    {
+        return transport_error(
+            StatusCode::FORBIDDEN,
+            &Error::new(ErrorCode::AuthForbidden, "origin not allowed"),
+        );
+    }
+    let (caller, cred) = match authenticate(&state, h).await {
+        Ok(x) => x,
+        Err(e) => {
+            let mut r = transport_error(e.code.status(), &e);
+            if e.code.status() == StatusCode::UNAUTHORIZED {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return r;
+        }
+    };
+    let bytes: Bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return transport_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &Error::new(ErrorCode::ReqTooLarge, "request body too large"),
+            );
+        }
+    };
+    let msg = match server::parse(&bytes) {
+        Ok(m) => m,
+        Err(body) => return json_response(StatusCode::BAD_REQUEST, &body),
+    };
+    let trace = header_str(h, "traceparent")
+        .and_then(|t| TraceContext::from_traceparent(t).ok())
+        .map(|t| t.child())
+        .unwrap_or_else(TraceContext::generate);
+    let keys = state.gateway.keys();
+    let now = chrono::Utc::now().timestamp();
+    if let Incoming::Request { id, method, params } = &msg
+        && method == "initialize"
+    {
+        let version = server::negotiate(params.get("protocolVersion").and_then(Value::as_str));
+        let sid = tokens::mint_session(
+            &keys.session,
+            &cred,
+            version,
+            now,
+            state.session_ttl_seconds,
+        );
+        let mut r = json_response(
+            StatusCode::OK,
+            &server::rpc_result(id.clone(), server::initialize_result(version)),
+        );
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            r.headers_mut().insert(SESSION_HEADER, v);
+        }
+        return r;
+    }
+    // Everything after initialize belongs to a session.
+    let Some(sid) = header_str(h, SESSION_HEADER) else {
+        return transport_error(
+            StatusCode::BAD_REQUEST,
+            &Error::new(
+                ErrorCode::McpSession,
+                "missing Mcp-Session-Id: initialize first",
+            ),
+        );
+    };
+    if let Err(e) = tokens::verify_session(&keys.session, sid, &cred, now) {
+        return transport_error(StatusCode::NOT_FOUND, &e);
+    }
+    if let Some(v) = header_str(h, VERSION_HEADER)
+        && !server::is_supported(v)
+    {
+        return transport_error(
+            StatusCode::BAD_REQUEST,
+            &Error::new(ErrorCode::McpProtocol, "unsupported MCP-Protocol-Version"),
+        );
+    }
+    match msg {
+        Incoming::Request { id, method, params } => {
+            let body = server::dispatch(&state.gateway, &caller, id, &method, params, &trace).await;
+            json_response(StatusCode::OK, &body)
+        }
+        Incoming::Notification { .. } | Incoming::Response => StatusCode::ACCEPTED.into_response(),
+    }
+}

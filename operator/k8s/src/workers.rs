@@ -1,0 +1,280 @@
+//! Worker Deployments (pure): one Deployment per AgentProject running
+//! `awooop worker --project P`, its replica count from the project's queue depth, and whether
+//! the Deployment in the cluster still matches what we want.
+//!
+//! Pods run hardened (non-root, read-only root filesystem, no capabilities, no service-account
+//! token: workers talk to PostgreSQL, never to the Kubernetes API) and get their database URL
+//! from a Secret, never from the Deployment spec.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::crd::{AgentProject, WorkerBounds};
+use super::project::MANAGER;
+
+/// Annotation carrying the hash of the Deployment we applied: a different hash (or replica
+/// count) in the cluster means it must be applied again.
+pub const SPEC_HASH: &str = "awooop.dev/spec-hash";
+
+/// How worker pods are built (from `AWOOOP_WORKER_IMAGE` and `AWOOOP_WORKER_DB_SECRET`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
+    pub image: String,
+    /// Secret with key `database-url`, given to the pods as `DATABASE_URL`.
+    pub db_secret: String,
+}
+
+/// Name of a project's worker Deployment.
+pub fn deployment_name(project: &str) -> String {
+    format!("awooop-worker-{project}")
+}
+
+/// Replicas for a queue depth: enough replicas for `runs_per_replica` queued runs each,
+/// within the contract's bounds. A `runs_per_replica` of 0 (impossible by schema) counts as 1.
+pub fn desired_replicas(bounds: &WorkerBounds, queue_depth: i64) -> i32 {
+    let per = i64::from(bounds.runs_per_replica.max(1));
+    let want = (queue_depth.max(0) + per - 1) / per;
+    let max = bounds.max_replicas.max(bounds.min_replicas);
+    want.clamp(i64::from(bounds.min_replicas), i64::from(max)) as i32
+}
+
+/// The desired worker Deployment of an AgentProject that exists in the cluster (its `uid` is
+/// needed for the owner reference, so the Deployment is garbage-collected with it).
+pub fn deployment(
+    namespace: &str,
+    ap: &AgentProject,
+    uid: &str,
+    settings: &WorkerSettings,
+    replicas: i32,
+) -> Deployment {
+    let project = ap.spec.project_id.as_str();
+    let name = deployment_name(project);
+    let selector =
+        json!({"app.kubernetes.io/name": "awooop-worker", "awooop.dev/project": project});
+    let mut v = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/name": "awooop-worker",
+                "app.kubernetes.io/instance": project,
+                "app.kubernetes.io/managed-by": MANAGER,
+                "app.kubernetes.io/part-of": "awooop",
+                "awooop.dev/project": project,
+            },
+            "annotations": {
+                "awooop.dev/revision-id": ap.spec.revision_id,
+            },
+            "ownerReferences": [{
+                "apiVersion": "awooop.dev/v1alpha1",
+                "kind": "AgentProject",
+                "name": ap.metadata.name.clone().unwrap_or_else(|| project.to_string()),
+                "uid": uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": selector},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [{
+                        "name": "worker",
+                        "image": settings.image,
+                        "args": ["worker", "--project", project],
+                        "env": [
+                            {"name": "AWOOOP_WORKER_PROJECT", "value": project},
+                            {"name": "AWOOOP_LOG_FORMAT", "value": "json"},
+                            // The only writable place (root filesystem is read-only).
+                            {"name": "AWOOOP_STATE_DIR", "value": "/tmp/awooop"},
+                            {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
+                                "name": settings.db_secret, "key": "database-url"}}},
+                        ],
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "runAsNonRoot": true,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    }],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    });
+    let hash = hex::encode(Sha256::digest(v.to_string().as_bytes()));
+    v["metadata"]["annotations"][SPEC_HASH] = json!(hash);
+    serde_json::from_value(v).expect("the worker Deployment matches the apps/v1 schema")
+}
+
+/// Why a Deployment must be applied, or `None` when the cluster already has it.
+///
+/// Our desired state changed (new revision, new replica count) when the hash annotation
+/// differs; the fields we own differ under an intact hash when someone edited or scaled the
+/// Deployment by hand: that is drift, and PostgreSQL wins. Only fields we set are compared,
+/// because the API server fills in defaults everywhere else.
+pub fn needs_apply(existing: Option<&Deployment>, desired: &Deployment) -> Option<super::Why> {
+    let Some(e) = existing else {
+        return Some(super::Why::Create);
+    };
+    let hash = |d: &Deployment| {
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SPEC_HASH).cloned())
+    };
+    if hash(e) != hash(desired) {
+        return Some(super::Why::Update);
+    }
+    if owned_fields(e) != owned_fields(desired) {
+        return Some(super::Why::Drift);
+    }
+    None
+}
+
+fn owned_fields(d: &Deployment) -> serde_json::Value {
+    let v = serde_json::to_value(d).unwrap_or_default();
+    let pod = &v["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    json!([
+        v["spec"]["replicas"],
+        v["spec"]["selector"],
+        pod["securityContext"],
+        pod["automountServiceAccountToken"],
+        c["image"],
+        c["args"],
+        c["env"],
+        c["securityContext"],
+    ])
+}
+
+/// Ready worker replicas of a Deployment, from its status.
+pub fn ready_replicas(d: &Deployment) -> i32 {
+    d.status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Why;
+
+    fn bounds(min: i32, max: i32, per: i32) -> WorkerBounds {
+        WorkerBounds {
+            min_replicas: min,
+            max_replicas: max,
+            runs_per_replica: per,
+        }
+    }
+
+    #[test]
+    fn replicas_follow_queue_depth_within_bounds() {
+        for (b, depth, want) in [
+            (bounds(0, 5, 10), 0, 0),
+            (bounds(1, 5, 10), 0, 1),
+            (bounds(1, 5, 10), 1, 1),
+            (bounds(1, 5, 10), 10, 1),
+            (bounds(1, 5, 10), 11, 2),
+            (bounds(1, 5, 10), 45, 5),
+            (bounds(1, 5, 10), 10_000, 5),
+            (bounds(2, 4, 1), 3, 3),
+            (bounds(0, 1, 0), 7, 1),
+            (bounds(3, 3, 10), -5, 3),
+        ] {
+            assert_eq!(desired_replicas(&b, depth), want, "{b:?} depth {depth}");
+        }
+    }
+
+    fn ap() -> AgentProject {
+        use crate::crd::AgentProjectSpec;
+        AgentProject::new(
+            "alpha",
+            AgentProjectSpec {
+                project_id: "alpha".into(),
+                revision_id: "r1".into(),
+                revision: 1,
+                body_hash: "sha256:00".into(),
+                mode: "shadow".into(),
+                workers: bounds(1, 4, 10),
+            },
+        )
+    }
+
+    fn settings() -> WorkerSettings {
+        WorkerSettings {
+            image: "ghcr.io/awooop/awooop:1".into(),
+            db_secret: "awooop-db".into(),
+        }
+    }
+
+    #[test]
+    fn deployment_is_hardened_owned_and_takes_the_database_url_from_a_secret() {
+        let d = deployment("ns", &ap(), "uid-1", &settings(), 3);
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["metadata"]["name"], "awooop-worker-alpha");
+        assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(v["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(v["spec"]["replicas"], 3);
+        let pod = &v["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["args"],
+            serde_json::json!(["worker", "--project", "alpha"])
+        );
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(
+            c["securityContext"]["capabilities"]["drop"],
+            serde_json::json!(["ALL"])
+        );
+        let db = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "DATABASE_URL")
+            .unwrap();
+        assert!(db.get("value").is_none(), "never a literal value");
+        assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "awooop-db");
+        assert_eq!(db["valueFrom"]["secretKeyRef"]["key"], "database-url");
+    }
+
+    #[test]
+    fn apply_is_needed_on_create_change_and_manual_scaling_only() {
+        let want = deployment("ns", &ap(), "uid-1", &settings(), 2);
+        assert_eq!(needs_apply(None, &want), Some(Why::Create));
+        assert_eq!(needs_apply(Some(&want), &want), None);
+        let more = deployment("ns", &ap(), "uid-1", &settings(), 3);
+        assert_eq!(needs_apply(Some(&want), &more), Some(Why::Update));
+        let mut scaled = want.clone();
+        scaled.spec.as_mut().unwrap().replicas = Some(9);
+        assert_eq!(needs_apply(Some(&scaled), &want), Some(Why::Drift));
+        let mut edited = want.clone();
+        edited
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .image = Some("evil:latest".into());
+        assert_eq!(needs_apply(Some(&edited), &want), Some(Why::Drift));
+    }
+}

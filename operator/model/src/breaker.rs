@@ -1,0 +1,436 @@
+//! Breakers and the anomaly counter, kept in PostgreSQL so every worker sees the same state.
+//!
+//! * Provider circuit breaker: consecutive failures (timeouts, 429, 5xx) of a provider
+//!   endpoint, kept as a platform resource (shared by every project using that endpoint); at
+//!   the Policy/Routing contract's `failure_threshold` it opens for `cooldown_seconds` and the
+//!   proxy skips the provider (falls back). A success resets the count. Every access is in
+//!   `platform_audit`; opening is also audited in the calling project's log.
+//! * Project breaker (`project`): opened by the anomaly counter; while open every model call
+//!   of the project is refused with `E-BUDGET-003` (checked in the reservation transaction).
+//!   The budget's own hard-limit trip lives on the ledger row (see [`super::budget`]).
+//! * Anomaly counter: denials, schema failures and provider errors per fixed window, in Redis
+//!   (`INCR` + `EXPIRE` on `awooop:{project}:anomaly:{kind}:{window}`) when configured, else in
+//!   `model_anomalies`. A count reaching the threshold opens the project breaker for one
+//!   window, audited.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::policy::BreakerPolicy;
+use awooop_store::audit::{self, Entry};
+use awooop_store::coord::Coord;
+use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_store::tenancy::{self, Db};
+
+/// Breakers. Provider circuit state is a platform resource (`platform_resources`, kind
+/// `model_provider_breaker`, keyed by the provider's endpoint URL): a shared provider's
+/// failover state (e.g. one self-hosted Ollama behind several projects) is global, as the
+/// roadmap asks, and every access is a platform transaction with its `platform_audit` row.
+/// Reads are cached for [`BREAKER_CACHE`] per process so the audit trail is not one row per
+/// model call.
+#[derive(Clone, Debug)]
+pub struct Breakers {
+    db: Db,
+    cache: Arc<Mutex<HashMap<String, (Instant, ProviderState)>>>,
+}
+
+/// How long a read of a provider's circuit state is reused.
+pub const BREAKER_CACHE: Duration = Duration::from_secs(1);
+const PROVIDER_KIND: &str = "model_provider_breaker";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProviderState {
+    pub failures: u32,
+    pub open_until: Option<DateTime<Utc>>,
+}
+
+impl ProviderState {
+    pub fn is_open(&self, now: DateTime<Utc>) -> bool {
+        self.open_until.is_some_and(|t| t > now)
+    }
+
+    /// The state after one more failure (pure): at the threshold the circuit opens for the
+    /// cooldown and the count restarts. Returns whether this failure opened it.
+    pub fn fail(&self, cfg: &BreakerPolicy, now: DateTime<Utc>) -> (ProviderState, bool) {
+        let failures = self.failures + 1;
+        if failures >= cfg.failure_threshold {
+            (
+                ProviderState {
+                    failures: 0,
+                    open_until: Some(
+                        now + chrono::Duration::seconds(i64::from(cfg.cooldown_seconds)),
+                    ),
+                },
+                true,
+            )
+        } else {
+            (
+                ProviderState {
+                    failures,
+                    open_until: self.open_until,
+                },
+                false,
+            )
+        }
+    }
+}
+
+impl Breakers {
+    pub fn new(db: Db) -> Self {
+        Self {
+            db,
+            cache: Arc::default(),
+        }
+    }
+
+    fn actor() -> String {
+        format!(
+            "model:{}",
+            tenancy::current()
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        )
+    }
+
+    /// The provider's circuit state (cached for [`BREAKER_CACHE`]).
+    pub async fn provider_state(&self, endpoint: &str) -> Result<ProviderState> {
+        if let Some((at, st)) = self.cache.lock().expect("breaker cache").get(endpoint)
+            && at.elapsed() < BREAKER_CACHE
+        {
+            return Ok(st.clone());
+        }
+        let mut tx = self
+            .db
+            .platform(
+                &Self::actor(),
+                "model.breaker.read",
+                json!({"endpoint": endpoint}),
+            )
+            .await?;
+        let v: Option<Value> = sqlx::query_scalar(
+            "SELECT value FROM platform_resources WHERE resource_kind = $1 AND resource_key = $2",
+        )
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let st: ProviderState = v
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        self.cache
+            .lock()
+            .expect("breaker cache")
+            .insert(endpoint.to_string(), (Instant::now(), st.clone()));
+        Ok(st)
+    }
+
+    /// Whether the provider's circuit is open (skip it).
+    pub async fn provider_open(&self, endpoint: &str) -> Result<bool> {
+        Ok(self.provider_state(endpoint).await?.is_open(Utc::now()))
+    }
+
+    /// Count a failure; returns true when this failure opened the circuit (also recorded in
+    /// the calling project's audit log).
+    pub async fn provider_failure(
+        &self,
+        provider: &str,
+        endpoint: &str,
+        cfg: &BreakerPolicy,
+    ) -> Result<bool> {
+        let mut tx = self
+            .db
+            .platform(
+                &Self::actor(),
+                "model.breaker.failure",
+                json!({"endpoint": endpoint, "threshold": cfg.failure_threshold}),
+            )
+            .await?;
+        // The row exists first, then its lock serialises concurrent failures of the same
+        // provider (no lost updates, even for the very first failures).
+        sqlx::query(
+            "INSERT INTO platform_resources (resource_kind, resource_key, value, updated_by) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (resource_kind, resource_key) DO NOTHING",
+        )
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .bind(serde_json::to_value(ProviderState::default()).map_err(Error::internal)?)
+        .bind(Self::actor())
+        .execute(&mut *tx)
+        .await?;
+        let v: Option<Value> = sqlx::query_scalar(
+            "SELECT value FROM platform_resources WHERE resource_kind = $1 AND resource_key = $2 FOR UPDATE",
+        )
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let now = Utc::now();
+        let cur: ProviderState = v
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let (next, opened) = cur.fail(cfg, now);
+        sqlx::query(
+            "UPDATE platform_resources SET value = $3, updated_by = $4, updated_at = now() \
+             WHERE resource_kind = $1 AND resource_key = $2",
+        )
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .bind(serde_json::to_value(&next).map_err(Error::internal)?)
+        .bind(Self::actor())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.cache
+            .lock()
+            .expect("breaker cache")
+            .insert(endpoint.to_string(), (Instant::now(), next));
+        if opened && tenancy::current().is_some() {
+            audit::record_detached(
+                &self.db,
+                Entry::denied(
+                    "model",
+                    "provider.breaker.open",
+                    provider.to_string(),
+                    ErrorCode::ModelProviderUnavailable.as_str(),
+                    json!({"endpoint": endpoint, "cooldown_seconds": cfg.cooldown_seconds}),
+                ),
+            )
+            .await;
+        }
+        Ok(opened)
+    }
+
+    /// A success resets the failure count (written only when there were failures).
+    pub async fn provider_success(&self, endpoint: &str) -> Result<()> {
+        if self.provider_state(endpoint).await?.failures == 0 {
+            return Ok(());
+        }
+        let mut tx = self
+            .db
+            .platform(
+                &Self::actor(),
+                "model.breaker.success",
+                json!({"endpoint": endpoint}),
+            )
+            .await?;
+        sqlx::query(
+            "UPDATE platform_resources SET value = jsonb_set(value, '{failures}', '0'), updated_by = $3, updated_at = now() \
+             WHERE resource_kind = $1 AND resource_key = $2",
+        )
+        .bind(PROVIDER_KIND)
+        .bind(endpoint)
+        .bind(Self::actor())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.cache.lock().expect("breaker cache").remove(endpoint);
+        Ok(())
+    }
+
+    /// Open the project breaker for `duration`, audited.
+    pub async fn open_project(&self, reason: &str, duration: Duration) -> Result<()> {
+        let project = tenancy::require()?;
+        let mut tx = self.db.tenant().await?;
+        sqlx::query(
+            "INSERT INTO model_breakers (project_id, breaker, open_until, reason) VALUES ($1, 'project', now() + make_interval(secs => $2), $3) \
+             ON CONFLICT (project_id, breaker) DO UPDATE SET open_until = EXCLUDED.open_until, reason = EXCLUDED.reason, updated_at = now()",
+        )
+        .bind(project.as_str())
+        .bind(duration.as_secs_f64())
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        audit::record(
+            &mut tx,
+            Entry::denied(
+                "model",
+                "project.breaker.open",
+                project.as_str().to_string(),
+                ErrorCode::BudgetBreakerOpen.as_str(),
+                json!({"reason": reason, "seconds": duration.as_secs()}),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Close the project breaker (an operator's decision), audited.
+    pub async fn close_project(&self) -> Result<()> {
+        let project = tenancy::require()?;
+        let mut tx = self.db.tenant().await?;
+        sqlx::query(
+            "UPDATE model_breakers SET open_until = NULL, updated_at = now() WHERE project_id = $1 AND breaker = 'project'",
+        )
+        .bind(project.as_str())
+        .execute(&mut *tx)
+        .await?;
+        audit::record(
+            &mut tx,
+            Entry::ok(
+                "model",
+                "project.breaker.close",
+                project.as_str().to_string(),
+                json!({}),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// What the anomaly counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anomaly {
+    Denial,
+    SchemaFailure,
+    ProviderError,
+}
+
+impl Anomaly {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Anomaly::Denial => "denial",
+            Anomaly::SchemaFailure => "schema_failure",
+            Anomaly::ProviderError => "provider_error",
+        }
+    }
+}
+
+/// Thresholds of the anomaly counter.
+#[derive(Debug, Clone, Copy)]
+pub struct AnomalyConfig {
+    pub window: Duration,
+    /// Events of one kind per window that open the project breaker.
+    pub threshold: u64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(300),
+            threshold: 50,
+        }
+    }
+}
+
+/// Start (unix seconds) of the fixed window containing `now_secs`.
+pub fn window_start(now_secs: i64, window: Duration) -> i64 {
+    let w = window.as_secs().max(1) as i64;
+    now_secs - now_secs.rem_euclid(w)
+}
+
+#[derive(Clone, Debug)]
+pub struct AnomalyCounter {
+    db: Db,
+    coord: Coord,
+    breakers: Breakers,
+    cfg: AnomalyConfig,
+}
+
+impl AnomalyCounter {
+    pub fn new(db: Db, coord: Coord, cfg: AnomalyConfig) -> Self {
+        Self {
+            breakers: Breakers::new(db.clone()),
+            db,
+            coord,
+            cfg,
+        }
+    }
+
+    /// Count one event; returns true when it opened the project breaker.
+    pub async fn record(&self, kind: Anomaly) -> Result<bool> {
+        let start = window_start(Utc::now().timestamp(), self.cfg.window);
+        let count = match self.redis_incr(kind, start).await? {
+            Some(n) => n,
+            None => self.pg_incr(kind, start).await?,
+        };
+        if count == self.cfg.threshold {
+            self.breakers
+                .open_project(
+                    &format!("anomaly threshold: {} {} per window", count, kind.as_str()),
+                    self.cfg.window,
+                )
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn redis_incr(&self, kind: Anomaly, start: i64) -> Result<Option<u64>> {
+        let Some(mut c) = self.coord.manager() else {
+            return Ok(None);
+        };
+        let key = tenancy::redis_key("anomaly", &format!("{}:{start}", kind.as_str()))?;
+        let res: redis::RedisResult<(u64, i64)> = redis::pipe()
+            .atomic()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(self.cfg.window.as_secs().max(1) * 2)
+            .query_async(&mut c)
+            .await;
+        match res {
+            Ok((n, _)) => Ok(Some(n)),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis unavailable; anomaly counter uses PostgreSQL");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn pg_incr(&self, kind: Anomaly, start: i64) -> Result<u64> {
+        let project = tenancy::require()?;
+        let mut tx = self.db.tenant().await?;
+        let n: i64 = sqlx::query_scalar(
+            "INSERT INTO model_anomalies (project_id, kind, window_start, count) VALUES ($1, $2, to_timestamp($3), 1) \
+             ON CONFLICT (project_id, kind, window_start) DO UPDATE SET count = model_anomalies.count + 1 RETURNING count",
+        )
+        .bind(project.as_str())
+        .bind(kind.as_str())
+        .bind(start as f64)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_state_opens_at_the_threshold() {
+        let cfg = BreakerPolicy {
+            failure_threshold: 3,
+            cooldown_seconds: 30,
+        };
+        let now = Utc::now();
+        let (s1, o1) = ProviderState::default().fail(&cfg, now);
+        let (s2, o2) = s1.fail(&cfg, now);
+        let (s3, o3) = s2.fail(&cfg, now);
+        assert_eq!((o1, o2, o3), (false, false, true));
+        assert_eq!(s2.failures, 2);
+        assert_eq!(s3.failures, 0);
+        assert!(s3.is_open(now));
+        assert!(!s3.is_open(now + chrono::Duration::seconds(31)));
+        assert!(!s2.is_open(now));
+    }
+
+    #[test]
+    fn windows() {
+        let w = Duration::from_secs(300);
+        for (now, want) in [(0, 0), (299, 0), (300, 300), (1_000_000, 999_900)] {
+            assert_eq!(window_start(now, w), want, "{now}");
+        }
+    }
+}

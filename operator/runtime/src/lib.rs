@@ -1,0 +1,436 @@
+//! The durable run runtime: runs with an 8-state machine, a step journal, idempotency keys,
+//! workers that claim with `FOR UPDATE SKIP LOCKED`, heartbeat and are reaped when they die.
+//!
+//! [`RunService`] is what the HTTP API calls (create, get, list, cancel, resume after approval);
+//! [`worker::Worker`] executes runs through the [`executor::Executor`] interface.
+
+pub mod executor;
+pub mod outbound;
+pub mod repo;
+pub mod metrics;
+pub mod validate;
+pub mod worker;
+
+pub use awooop_core::{run_state as state, trace};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use awooop_store::audit::{self, Entry};
+use awooop_store::auth::{Actor, Role};
+use awooop_contracts::{self as contracts, Contract, ContractKind, RuntimeContract};
+use awooop_control::{ControlPlane, MigrationMode};
+use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_store::tenancy;
+pub use state::RunState;
+pub use trace::TraceContext;
+
+/// Runtime settings used when a project has no active Runtime contract named `default`.
+pub fn default_runtime() -> RuntimeContract {
+    RuntimeContract {
+        max_attempts: 3,
+        lease_seconds: 20,
+        heartbeat_seconds: 5,
+        run_deadline_seconds: 900,
+        idempotency_ttl_seconds: 86_400,
+        retention_days: 30,
+        max_concurrent_runs: 64,
+        max_input_bytes: 262_144,
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    pub agent: String,
+    #[serde(default)]
+    pub input: Value,
+    /// Requested mode; defaults to (and may not exceed) the project's migration mode.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Where the reply goes when the run succeeds (never for shadow runs).
+    #[serde(default)]
+    pub reply_to: Option<outbound::ReplyTo>,
+}
+
+/// What the caller gets back from `POST /v1/platform/runs`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct RunAccepted {
+    pub run_id: Uuid,
+    pub trace_id: String,
+    pub traceparent: String,
+    pub state: String,
+    pub mode: String,
+    /// True when an earlier request with the same Idempotency-Key created this run.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+pub struct RunView {
+    pub run_id: Uuid,
+    pub agent: String,
+    pub mode: String,
+    pub state: String,
+    pub input_hash: String,
+    pub agent_revision_id: Uuid,
+    pub agent_body_hash: String,
+    pub project_revision_id: Option<Uuid>,
+    pub project_body_hash: Option<String>,
+    pub trace_id: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub output: Option<Value>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub deadline_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
+pub struct StepView {
+    pub step_index: i32,
+    pub attempt: i32,
+    pub step_key: String,
+    pub step_type: String,
+    pub input_hash: String,
+    pub status: String,
+    pub output: Option<Value>,
+    pub error_code: Option<String>,
+    pub span_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunView,
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub limit: Option<i64>,
+    /// Opaque cursor from the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct RunService {
+    control: ControlPlane,
+}
+
+impl RunService {
+    pub fn new(control: ControlPlane) -> Self {
+        Self { control }
+    }
+
+    /// The runtime settings of the current project.
+    pub async fn runtime_settings(&self) -> Result<RuntimeContract> {
+        match self
+            .control
+            .active_typed(ContractKind::Runtime, "default")
+            .await
+        {
+            Ok((_, Contract::Runtime(r))) => Ok(r),
+            Ok(_) => Ok(default_runtime()),
+            Err(e) if e.code == ErrorCode::ContractNotFound => Ok(default_runtime()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Accept a run: resolve the active Agent (and Project) revisions, apply the idempotency
+    /// key, insert in `queued`. Nothing is written when any check fails.
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        req: CreateRun,
+        idempotency_key: Option<&str>,
+        traceparent: Option<&str>,
+    ) -> Result<RunAccepted> {
+        actor.require(Role::Runner)?;
+        let project = tenancy::require()?;
+        let trace = match traceparent {
+            Some(h) => TraceContext::from_traceparent(h)?,
+            None => TraceContext::generate(),
+        };
+        if let Some(k) = idempotency_key
+            && !valid_idempotency_key(k)
+        {
+            return Err(Error::new(
+                ErrorCode::RunIdempotencyKeyInvalid,
+                "Idempotency-Key must match [A-Za-z0-9._:-]{1,128}",
+            ));
+        }
+        let settings = self.runtime_settings().await?;
+        let input_bytes = serde_json::to_vec(&req.input).map(|v| v.len()).unwrap_or(0);
+        if input_bytes > settings.max_input_bytes as usize {
+            return Err(Error::new(
+                ErrorCode::RunInputTooLarge,
+                format!(
+                    "input is {input_bytes} bytes; the limit is {}",
+                    settings.max_input_bytes
+                ),
+            ));
+        }
+        let project_mode = self.control.mode().await?;
+        let mode = match &req.mode {
+            None => project_mode,
+            Some(m) => {
+                let m = MigrationMode::parse(m)?;
+                if m > project_mode {
+                    return Err(Error::new(
+                        ErrorCode::RunModeNotAllowed,
+                        format!(
+                            "project is in {} mode; a {} run is not allowed",
+                            project_mode.as_str(),
+                            m.as_str()
+                        ),
+                    ));
+                }
+                m
+            }
+        };
+        let (agent_ptr, _) = match self
+            .control
+            .active_typed(ContractKind::Agent, &req.agent)
+            .await
+        {
+            Ok(x) => x,
+            Err(e) if e.code == ErrorCode::ContractNotFound => {
+                return Err(Error::new(
+                    ErrorCode::RunAgentInactive,
+                    "unknown agent or no active revision",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let project_ptr = match self
+            .control
+            .active(ContractKind::Project, project.as_str())
+            .await
+        {
+            Ok(a) => Some(a.pointer),
+            Err(e) if e.code == ErrorCode::ContractNotFound => None,
+            Err(e) => return Err(e),
+        };
+        let input_hash = contracts::canonical::body_hash(&req.input);
+        let request_hash = contracts::canonical::body_hash(&json!({
+            "agent": req.agent, "input": req.input, "mode": mode.as_str(), "reply_to": req.reply_to
+        }));
+        let mut tx = self.control.db().tenant().await?;
+        if let Some(key) = idempotency_key
+            && let Some(existing) = repo::idempotent_run(&mut tx, key, &request_hash).await?
+        {
+            tx.commit().await?;
+            return Ok(existing);
+        }
+        let run_id = Uuid::now_v7();
+        repo::insert_run(
+            &mut tx,
+            &repo::NewRun {
+                project: project.as_str(),
+                run_id,
+                agent: &req.agent,
+                mode: mode.as_str(),
+                input: &req.input,
+                input_hash: &input_hash,
+                agent_revision_id: agent_ptr.revision_id,
+                agent_body_hash: &agent_ptr.body_hash,
+                project_revision_id: project_ptr.as_ref().map(|p| p.revision_id),
+                project_body_hash: project_ptr.as_ref().map(|p| p.body_hash.as_str()),
+                trace: &trace,
+                idempotency_key,
+                reply_to: req.reply_to.as_ref(),
+                max_attempts: i32::from(settings.max_attempts),
+                lease_seconds: settings.lease_seconds as i32,
+                max_concurrent: settings.max_concurrent_runs as i32,
+                deadline_seconds: settings.run_deadline_seconds as i64,
+            },
+        )
+        .await?;
+        if let Some(key) = idempotency_key {
+            repo::insert_idempotency_key(
+                &mut tx,
+                project.as_str(),
+                key,
+                &request_hash,
+                run_id,
+                settings.idempotency_ttl_seconds as i64,
+            )
+            .await?;
+        }
+        audit::record(
+            &mut tx,
+            Entry {
+                trace_id: Some(trace.trace_id.clone()),
+                ..Entry::ok(
+                    &actor.principal,
+                    "run.create",
+                    run_id.to_string(),
+                    json!({"agent": req.agent, "mode": mode.as_str(), "input_hash": input_hash}),
+                )
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(RunAccepted {
+            run_id,
+            trace_id: trace.trace_id.clone(),
+            traceparent: trace.traceparent(),
+            state: RunState::Queued.as_str().into(),
+            mode: mode.as_str().into(),
+            replayed: false,
+        })
+    }
+
+    pub async fn get(&self, run_id: Uuid) -> Result<RunDetail> {
+        let mut tx = self.control.db().tenant().await?;
+        let run = repo::run(&mut tx, run_id).await?.ok_or_else(not_found)?;
+        let steps = repo::steps(&mut tx, run_id).await?;
+        tx.commit().await?;
+        Ok(RunDetail { run, steps })
+    }
+
+    pub async fn list(&self, q: ListQuery) -> Result<RunPage> {
+        let state = q.state.as_deref().map(RunState::parse).transpose()?;
+        let limit = q.limit.unwrap_or(50).clamp(1, 500);
+        let cursor = q.cursor.as_deref().map(parse_cursor).transpose()?;
+        let mut tx = self.control.db().tenant().await?;
+        let runs = repo::list(&mut tx, state, q.agent.as_deref(), cursor, limit + 1).await?;
+        tx.commit().await?;
+        let mut runs = runs;
+        let next_cursor = if runs.len() as i64 > limit {
+            runs.truncate(limit as usize);
+            runs.last()
+                .map(|r| format!("{}_{}", r.created_at.timestamp_micros(), r.run_id))
+        } else {
+            None
+        };
+        Ok(RunPage { runs, next_cursor })
+    }
+
+    /// Cancel a run that has not finished. A running run is cancelled in place; its worker's
+    /// late result is fenced out by the state check.
+    pub async fn cancel(&self, actor: &Actor, run_id: Uuid) -> Result<RunView> {
+        actor.require(Role::Runner)?;
+        let mut tx = self.control.db().tenant().await?;
+        let run = repo::run_for_update(&mut tx, run_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let from = RunState::parse(&run.state)?;
+        from.check(RunState::Cancelled)?;
+        repo::finish(
+            &mut tx,
+            run_id,
+            None,
+            RunState::Cancelled,
+            None,
+            Some((ErrorCode::RunCancelled.as_str(), "cancelled by request")),
+        )
+        .await?;
+        audit::record(
+            &mut tx,
+            Entry {
+                trace_id: Some(run.trace_id.clone()),
+                ..Entry::ok(
+                    &actor.principal,
+                    "run.cancel",
+                    run_id.to_string(),
+                    json!({"from": from.as_str()}),
+                )
+            },
+        )
+        .await?;
+        let view = repo::run(&mut tx, run_id).await?.ok_or_else(not_found)?;
+        tx.commit().await?;
+        Ok(view)
+    }
+
+    /// Resume a run waiting for approval: back to the queue, where a worker continues after
+    /// the last completed step (the journal makes completed steps skip).
+    pub async fn approve(&self, actor: &Actor, run_id: Uuid, approved: bool) -> Result<RunView> {
+        actor.require(Role::Approver)?;
+        let mut tx = self.control.db().tenant().await?;
+        let run = repo::run_for_update(&mut tx, run_id)
+            .await?
+            .ok_or_else(not_found)?;
+        let from = RunState::parse(&run.state)?;
+        let to = if approved {
+            RunState::Queued
+        } else {
+            RunState::Failed
+        };
+        from.check(to)?;
+        if approved {
+            repo::requeue_approved(&mut tx, run_id, &actor.principal).await?;
+        } else {
+            repo::finish(
+                &mut tx,
+                run_id,
+                None,
+                RunState::Failed,
+                None,
+                Some(("E-RUN-011", "approval rejected")),
+            )
+            .await?;
+        }
+        audit::record(
+            &mut tx,
+            Entry {
+                trace_id: Some(run.trace_id.clone()),
+                ..Entry::ok(
+                    &actor.principal,
+                    if approved {
+                        "run.approve"
+                    } else {
+                        "run.reject"
+                    },
+                    run_id.to_string(),
+                    json!({}),
+                )
+            },
+        )
+        .await?;
+        let view = repo::run(&mut tx, run_id).await?.ok_or_else(not_found)?;
+        tx.commit().await?;
+        Ok(view)
+    }
+}
+
+fn not_found() -> Error {
+    Error::new(ErrorCode::RunNotFound, "run not found")
+}
+
+pub fn valid_idempotency_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 128
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn parse_cursor(c: &str) -> Result<(DateTime<Utc>, Uuid)> {
+    let bad = || Error::new(ErrorCode::ReqInvalidParam, "invalid cursor");
+    let (ts, id) = c.split_once('_').ok_or_else(bad)?;
+    let ts: i64 = ts.parse().map_err(|_| bad())?;
+    let ts = DateTime::<Utc>::from_timestamp_micros(ts).ok_or_else(bad)?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok((ts, id))
+}

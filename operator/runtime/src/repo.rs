@@ -1,0 +1,614 @@
+//! SQL of the runtime. Tenant functions run inside a tenant transaction; the `worker_*`
+//! functions run inside a worker-scoped transaction ([`worker_tx`]), the only place that sees
+//! runs of every project, and only the `runs` table.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::state::RunState;
+use super::trace::TraceContext;
+use super::{RunAccepted, RunView, StepView};
+use awooop_core::error::{Error, ErrorCode, Result};
+
+const RUN_COLUMNS: &str = "run_id, agent, mode, state, input_hash, agent_revision_id, agent_body_hash, \
+    project_revision_id, project_body_hash, trace_id, attempt, max_attempts, output, error_code, \
+    error_message, created_at, started_at, finished_at, deadline_at";
+
+pub struct NewRun<'a> {
+    pub project: &'a str,
+    pub run_id: Uuid,
+    pub agent: &'a str,
+    pub mode: &'a str,
+    pub input: &'a Value,
+    pub input_hash: &'a str,
+    pub agent_revision_id: Uuid,
+    pub agent_body_hash: &'a str,
+    pub project_revision_id: Option<Uuid>,
+    pub project_body_hash: Option<&'a str>,
+    pub trace: &'a TraceContext,
+    pub idempotency_key: Option<&'a str>,
+    pub reply_to: Option<&'a super::outbound::ReplyTo>,
+    pub max_attempts: i32,
+    pub lease_seconds: i32,
+    pub max_concurrent: i32,
+    pub deadline_seconds: i64,
+}
+
+pub async fn insert_run(conn: &mut PgConnection, r: &NewRun<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+         project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds, max_concurrent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() + make_interval(secs => $15), $16, $17, $18)",
+    )
+    .bind(r.project)
+    .bind(r.run_id)
+    .bind(r.agent)
+    .bind(r.mode)
+    .bind(r.input)
+    .bind(r.input_hash)
+    .bind(r.agent_revision_id)
+    .bind(r.agent_body_hash)
+    .bind(r.project_revision_id)
+    .bind(r.project_body_hash)
+    .bind(&r.trace.trace_id)
+    .bind(&r.trace.span_id)
+    .bind(r.idempotency_key)
+    .bind(r.max_attempts)
+    .bind(r.deadline_seconds as f64)
+    .bind(r.reply_to.map(|x| serde_json::to_value(x).expect("serialisable")))
+    .bind(r.lease_seconds)
+    .bind(r.max_concurrent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The run an unexpired idempotency key already created (same request), a conflict (other
+/// request), or None (new key; expired keys are removed here).
+pub async fn idempotent_run(
+    conn: &mut PgConnection,
+    key: &str,
+    request_hash: &str,
+) -> Result<Option<RunAccepted>> {
+    // Serialise concurrent requests with the same key (transaction-scoped).
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(awooop_current_project() || '/idem/' || $1, 0))")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    let row: Option<(String, Uuid, bool)> = sqlx::query_as(
+        "SELECT request_hash, run_id, expires_at > now() FROM idempotency_keys WHERE key = $1",
+    )
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match row {
+        None => Ok(None),
+        Some((_, _, false)) => {
+            sqlx::query("DELETE FROM idempotency_keys WHERE key = $1")
+                .bind(key)
+                .execute(&mut *conn)
+                .await?;
+            Ok(None)
+        }
+        Some((hash, run_id, true)) => {
+            if hash != request_hash {
+                return Err(Error::new(
+                    ErrorCode::RunIdempotencyConflict,
+                    "this Idempotency-Key was used with a different request",
+                ));
+            }
+            let (trace_id, span_id, state, mode): (String, String, String, String) =
+                sqlx::query_as("SELECT trace_id, span_id, state, mode FROM runs WHERE run_id = $1")
+                    .bind(run_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            let trace = TraceContext {
+                trace_id,
+                span_id,
+                sampled: true,
+            };
+            Ok(Some(RunAccepted {
+                run_id,
+                traceparent: trace.traceparent(),
+                trace_id: trace.trace_id,
+                state,
+                mode,
+                replayed: true,
+            }))
+        }
+    }
+}
+
+pub async fn insert_idempotency_key(
+    conn: &mut PgConnection,
+    project: &str,
+    key: &str,
+    request_hash: &str,
+    run_id: Uuid,
+    ttl_seconds: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys (project_id, key, request_hash, run_id, expires_at) \
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+    )
+    .bind(project)
+    .bind(key)
+    .bind(request_hash)
+    .bind(run_id)
+    .bind(ttl_seconds as f64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn run(conn: &mut PgConnection, run_id: Uuid) -> Result<Option<RunView>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1"
+    )))
+    .bind(run_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn run_for_update(conn: &mut PgConnection, run_id: Uuid) -> Result<Option<RunView>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1 FOR UPDATE"
+    )))
+    .bind(run_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn steps(conn: &mut PgConnection, run_id: Uuid) -> Result<Vec<StepView>> {
+    Ok(sqlx::query_as(
+        "SELECT step_index, attempt, step_key, step_type, input_hash, status, output, error_code, span_id, started_at, finished_at \
+         FROM run_steps WHERE run_id = $1 ORDER BY step_index, attempt",
+    )
+    .bind(run_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn list(
+    conn: &mut PgConnection,
+    state: Option<RunState>,
+    agent: Option<&str>,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<RunView>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs \
+         WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR agent = $2) \
+         AND ($3::timestamptz IS NULL OR (created_at, run_id) < ($3, $4)) \
+         ORDER BY created_at DESC, run_id DESC LIMIT $5"
+    )))
+    .bind(state.map(|s| s.as_str()))
+    .bind(agent)
+    .bind(cursor.map(|c| c.0))
+    .bind(cursor.map(|c| c.1))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Finish a run. With `attempt` the write is fenced: it only lands if the run is still
+/// `running` under that attempt (a late result from a reaped attempt changes nothing).
+/// Returns whether a row changed.
+pub async fn finish(
+    conn: &mut PgConnection,
+    run_id: Uuid,
+    attempt: Option<i32>,
+    to: RunState,
+    output: Option<&Value>,
+    error: Option<(&str, &str)>,
+) -> Result<bool> {
+    let res = sqlx::query(
+        "UPDATE runs SET state = $2, output = $3, error_code = $4, error_message = $5, \
+         finished_at = CASE WHEN $2 IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE finished_at END, \
+         worker_id = NULL, lease_expires_at = NULL, updated_at = now() \
+         WHERE run_id = $1 AND ($6::int IS NULL OR (attempt = $6 AND state = 'running'))",
+    )
+    .bind(run_id)
+    .bind(to.as_str())
+    .bind(output)
+    .bind(error.map(|e| e.0))
+    .bind(error.map(|e| e.1))
+    .bind(attempt)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Approve a waiting run: the waiting step is journaled as completed (so the resumed run
+/// continues after it) and the run goes back to the queue.
+pub async fn requeue_approved(conn: &mut PgConnection, run_id: Uuid, approver: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, trace_id, span_id, started_at) \
+         SELECT project_id, run_id, step_index, attempt, step_key, step_type, input_hash, 'succeeded', \
+                jsonb_build_object('approved_by', $2::text), trace_id, span_id, now() \
+         FROM run_steps WHERE run_id = $1 AND status = 'waiting' ORDER BY step_index DESC LIMIT 1 \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(approver)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE runs SET state = 'queued', run_after = now(), updated_at = now() WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A worker-scoped transaction: sees `runs` of every project (and nothing else).
+pub async fn worker_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('awooop.scope', 'worker', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// A claimed run.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub project_id: String,
+    pub run_id: Uuid,
+    pub agent: String,
+    pub mode: String,
+    pub input: Value,
+    pub agent_revision_id: Uuid,
+    pub trace_id: String,
+    pub span_id: String,
+    pub attempt: i32,
+    pub created_at: DateTime<Utc>,
+    pub reply_to: Option<Value>,
+}
+
+/// Claim up to `n` runnable runs: `FOR UPDATE SKIP LOCKED` on the partial queue index, lease
+/// them to `worker` and bump the attempt, in one statement.
+pub async fn worker_claim(
+    pool: &PgPool,
+    worker: &str,
+    n: i64,
+    lease_seconds: f64,
+) -> Result<Vec<Claimed>> {
+    worker_claim_for(pool, worker, n, lease_seconds, None).await
+}
+
+/// [`worker_claim`] limited to one project's runs when `project` is given (the per-project
+/// worker Deployments the operator runs: `awooop worker --project P`).
+pub async fn worker_claim_for(
+    pool: &PgPool,
+    worker: &str,
+    n: i64,
+    lease_seconds: f64,
+    project: Option<&str>,
+) -> Result<Vec<Claimed>> {
+    let mut tx = worker_tx(pool).await?;
+    let rows = sqlx::query_as(
+        // Candidates are locked with SKIP LOCKED, then ranked per project so that a project never
+        // gets more running runs than its Runtime contract's max_concurrent_runs. Candidates
+        // over the limit stay queued (their row locks end with this transaction). Two workers
+        // claiming at the same instant can each see the same running count, so the limit can
+        // be exceeded by one claim batch per concurrent claimer, never more.
+        "WITH c AS ( \
+            SELECT project_id, run_id, run_after FROM runs \
+            WHERE state IN ('queued', 'retrying') AND run_after <= now() \
+              AND ($4::text IS NULL OR project_id = $4) \
+            ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         busy AS ( \
+            SELECT project_id, count(*) AS n FROM runs \
+            WHERE state = 'running' AND project_id IN (SELECT project_id FROM c) GROUP BY project_id), \
+         k AS ( \
+            SELECT c.project_id, c.run_id, \
+                   row_number() OVER (PARTITION BY c.project_id ORDER BY c.run_after, c.run_id) AS rn \
+            FROM c) \
+         UPDATE runs r SET state = 'running', attempt = r.attempt + 1, worker_id = $2, \
+            lease_expires_at = now() + make_interval(secs => least($3, r.lease_seconds)), heartbeat_at = now(), \
+            started_at = coalesce(r.started_at, now()), updated_at = now() \
+         FROM k LEFT JOIN busy b ON b.project_id = k.project_id \
+         WHERE r.project_id = k.project_id AND r.run_id = k.run_id \
+           AND k.rn + coalesce(b.n, 0) <= r.max_concurrent \
+         RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to",
+    )
+    .bind(n)
+    .bind(worker)
+    .bind(lease_seconds)
+    .bind(project)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Extend the leases of the runs this worker holds (fenced by attempt). Returns how many
+/// leases were extended.
+pub async fn worker_heartbeat(
+    pool: &PgPool,
+    worker: &str,
+    held: &[(Uuid, i32)],
+    lease_seconds: f64,
+) -> Result<u64> {
+    if held.is_empty() {
+        // Still prove the database answers: a worker that cannot reach it must stop claiming.
+        sqlx::query("SELECT 1").execute(pool).await?;
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = held.iter().map(|h| h.0).collect();
+    let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
+    let mut tx = worker_tx(pool).await?;
+    let res = sqlx::query(
+        // SKIP LOCKED: a row locked right now is being completed or cancelled, so it needs no
+        // heartbeat; waiting for it could deadlock with this worker's own completion writer.
+        "UPDATE runs r SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => least($4, r.lease_seconds)) \
+         FROM (SELECT x.run_id FROM runs x JOIN unnest($2::uuid[], $3::int[]) AS h(run_id, attempt) \
+               ON x.run_id = h.run_id AND x.attempt = h.attempt \
+               WHERE x.state = 'running' AND x.worker_id = $1 FOR UPDATE OF x SKIP LOCKED) l \
+         WHERE r.run_id = l.run_id",
+    )
+    .bind(worker)
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(lease_seconds)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(res.rows_affected())
+}
+
+/// Reaper outcome counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    pub requeued: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+}
+
+/// Return runs whose lease expired to the queue (with exponential backoff), fail those out of
+/// attempts with E-RUN-005, and time out runs past their hard deadline with E-RUN-006.
+pub async fn worker_reap(pool: &PgPool) -> Result<Reaped> {
+    let mut tx = worker_tx(pool).await?;
+    let timed_out = sqlx::query(
+        "UPDATE runs SET state = 'timed_out', error_code = 'E-RUN-006', error_message = 'run passed its hard deadline', \
+         finished_at = now(), worker_id = NULL, lease_expires_at = NULL, updated_at = now() \
+         WHERE state IN ('queued', 'retrying', 'running', 'waiting_approval') AND deadline_at < now()",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let failed = sqlx::query(
+        "UPDATE runs SET state = 'failed', error_code = 'E-RUN-005', \
+         error_message = 'lease lost on every attempt', finished_at = now(), worker_id = NULL, \
+         lease_expires_at = NULL, updated_at = now() \
+         WHERE state = 'running' AND lease_expires_at < now() AND attempt >= max_attempts",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let requeued = sqlx::query(
+        "UPDATE runs SET state = 'retrying', worker_id = NULL, lease_expires_at = NULL, \
+         run_after = now() + make_interval(secs => least(30, 0.25 * power(2, attempt - 1))), updated_at = now() \
+         WHERE state = 'running' AND lease_expires_at < now() AND attempt < max_attempts",
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(Reaped {
+        requeued,
+        failed,
+        timed_out,
+    })
+}
+
+/// Give runs back to the queue at shutdown (fenced by attempt; the attempt still counts).
+pub async fn worker_release(pool: &PgPool, worker: &str, held: &[(Uuid, i32)]) -> Result<u64> {
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = held.iter().map(|h| h.0).collect();
+    let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
+    let mut tx = worker_tx(pool).await?;
+    let res = sqlx::query(
+        "UPDATE runs r SET state = 'retrying', worker_id = NULL, lease_expires_at = NULL, run_after = now(), updated_at = now() \
+         FROM unnest($2::uuid[], $3::int[]) AS h(run_id, attempt) \
+         WHERE r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = 'running' AND r.worker_id = $1",
+    )
+    .bind(worker)
+    .bind(&ids)
+    .bind(&attempts)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(res.rows_affected())
+}
+
+/// Completed steps of a run (index → output), for resuming.
+pub async fn completed_steps(conn: &mut PgConnection, run_id: Uuid) -> Result<Vec<(i32, Value)>> {
+    Ok(sqlx::query_as(
+        "SELECT step_index, coalesce(output, 'null'::jsonb) FROM run_steps WHERE run_id = $1 AND status = 'succeeded' ORDER BY step_index",
+    )
+    .bind(run_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub struct StepRecord<'a> {
+    pub project: &'a str,
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub step_index: i32,
+    pub step_key: &'a str,
+    pub step_type: &'a str,
+    pub input_hash: &'a str,
+    pub status: &'a str,
+    pub output: Option<&'a Value>,
+    pub error_code: Option<&'a str>,
+    pub trace: &'a TraceContext,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Journal a step attempt, fenced: only while this attempt still holds the run. Returns false
+/// when the attempt lost the run (the step result is discarded).
+pub async fn journal_step(conn: &mut PgConnection, s: &StepRecord<'_>) -> Result<bool> {
+    let res = sqlx::query(
+        "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+         WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = $2 AND attempt = $4 AND state = 'running') \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(s.project)
+    .bind(s.run_id)
+    .bind(s.step_index)
+    .bind(s.attempt)
+    .bind(s.step_key)
+    .bind(s.step_type)
+    .bind(s.input_hash)
+    .bind(s.status)
+    .bind(s.output)
+    .bind(s.error_code)
+    .bind(&s.trace.trace_id)
+    .bind(&s.trace.span_id)
+    .bind(s.started_at)
+    .execute(conn)
+    .await?;
+    Ok(res.rows_affected() == 1)
+}
+
+/// Retention: delete finished runs older than `days` and expired idempotency keys of the
+/// current project.
+pub async fn retention(conn: &mut PgConnection, days: i64) -> Result<(u64, u64)> {
+    let runs = sqlx::query(
+        "DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at < now() - make_interval(days => $1::int) \
+         AND state IN ('succeeded', 'failed', 'cancelled', 'timed_out')",
+    )
+    .bind(days)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    let keys = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < now()")
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok((runs, keys))
+}
+
+/// The result of one attempt, written by [`complete_batch`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub state: RunState,
+    pub output: Option<Value>,
+    pub error: Option<(String, String)>,
+    pub steps: Vec<super::executor::PendingStep>,
+    /// Where the reply goes, with the run output that passed the agent's output schema.
+    pub reply: Option<(
+        super::outbound::ReplyTo,
+        crate::validate::ValidatedOutput,
+    )>,
+    pub trace_id: String,
+}
+
+/// Write many completions of the current project in one transaction: the fenced state update
+/// (only attempts that still hold their run land), then the journal rows, replies and audit
+/// rows of the landed ones. Returns, per completion, whether it landed.
+pub async fn complete_batch(
+    conn: &mut PgConnection,
+    project: &str,
+    items: &[Completion],
+) -> Result<Vec<bool>> {
+    let ids: Vec<Uuid> = items.iter().map(|c| c.run_id).collect();
+    let attempts: Vec<i32> = items.iter().map(|c| c.attempt).collect();
+    let states: Vec<&str> = items.iter().map(|c| c.state.as_str()).collect();
+    let outputs: Vec<Value> = items
+        .iter()
+        .map(|c| c.output.clone().unwrap_or(Value::Null))
+        .collect();
+    let codes: Vec<Option<&str>> = items
+        .iter()
+        .map(|c| c.error.as_ref().map(|e| e.0.as_str()))
+        .collect();
+    let msgs: Vec<Option<&str>> = items
+        .iter()
+        .map(|c| c.error.as_ref().map(|e| e.1.as_str()))
+        .collect();
+    let landed: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code, \
+         error_message = h.msg, \
+         finished_at = CASE WHEN h.state IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE r.finished_at END, \
+         worker_id = NULL, lease_expires_at = NULL, updated_at = now() \
+         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[]) AS h(run_id, attempt, state, output, code, msg) \
+         WHERE r.project_id = $7 AND r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = 'running' \
+         RETURNING r.run_id",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&states)
+    .bind(&outputs)
+    .bind(&codes)
+    .bind(&msgs)
+    .bind(project)
+    .fetch_all(&mut *conn)
+    .await?;
+    let landed: std::collections::HashSet<Uuid> = landed.into_iter().collect();
+    let ok: Vec<&Completion> = items
+        .iter()
+        .filter(|c| landed.contains(&c.run_id))
+        .collect();
+    if !ok.is_empty() {
+        // Journal rows.
+        let steps: Vec<(&Completion, &super::executor::PendingStep)> = ok
+            .iter()
+            .flat_map(|c| c.steps.iter().map(move |s| (*c, s)))
+            .collect();
+        if !steps.is_empty() {
+            sqlx::query(
+                "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at) \
+                 SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::timestamptz[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(project)
+            .bind(steps.iter().map(|(c, _)| c.run_id).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.index).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(c, _)| c.attempt).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.key.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.step_type.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.input_hash.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.status.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.output.clone().unwrap_or(Value::Null)).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.error_code.as_deref()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.trace.trace_id.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.trace.span_id.as_str()).collect::<Vec<_>>())
+            .bind(steps.iter().map(|(_, s)| s.started_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        for c in ok.iter().filter(|c| c.state == RunState::Succeeded) {
+            if let Some((r, out)) = &c.reply {
+                super::outbound::deliver_reply(conn, project, c.run_id, r, out, &c.trace_id)
+                    .await?;
+            }
+        }
+        // Audit rows (their details carry no user content: state, attempt, code).
+        let entries: Vec<awooop_store::audit::Entry<'_>> = ok
+            .iter()
+            .map(|c| awooop_store::audit::Entry {
+                trace_id: Some(c.trace_id.clone()),
+                ..awooop_store::audit::Entry::ok(
+                    "worker",
+                    "run.finish",
+                    c.run_id.to_string(),
+                    serde_json::json!({"state": c.state.as_str(), "attempt": c.attempt, "error_code": c.error.as_ref().map(|e| e.0.as_str())}),
+                )
+            })
+            .collect();
+        awooop_store::audit::record_many(conn, entries).await?;
+    }
+    Ok(items.iter().map(|c| landed.contains(&c.run_id)).collect())
+}

@@ -1,0 +1,594 @@
+//! Workers: claim runnable runs in batches sized to free slots (`FOR UPDATE SKIP LOCKED`),
+//! wake on LISTEN/NOTIFY with a fallback poll, heartbeat their leases, execute through the
+//! [`Executor`] inside the run's tenant scope, and write results fenced by the attempt number.
+//! Every worker also reaps: expired leases go back to the queue, runs past their deadline
+//! time out. A worker that cannot heartbeat stops claiming until it can again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::executor::{Executor, Journal, Outcome, RunContext};
+use super::repo::{self, Claimed};
+use super::state::RunState;
+use super::trace::TraceContext;
+use awooop_contracts::{self as contracts, AgentContract, Contract, ContractKind};
+use awooop_control::{ControlPlane, MigrationMode};
+use awooop_core::error::Result;
+use crate::metrics::Metrics;
+use awooop_store::tenancy::{self, ProjectId};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub id: String,
+    /// Runs executed at once.
+    pub slots: usize,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    /// Fallback poll when no notification arrives.
+    pub poll: Duration,
+    pub reap_every: Duration,
+    /// How often finished runs and expired idempotency keys are cleaned up.
+    pub retention_every: Duration,
+    /// How long shutdown waits for in-flight runs before releasing them.
+    pub grace: Duration,
+    /// Claim only this project's runs (`awooop worker --project P`); `None`: every project.
+    pub project: Option<String>,
+}
+
+impl WorkerConfig {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            slots: 16,
+            lease: Duration::from_secs(20),
+            heartbeat: Duration::from_secs(5),
+            poll: Duration::from_millis(500),
+            reap_every: Duration::from_secs(2),
+            retention_every: Duration::from_secs(600),
+            grace: Duration::from_secs(20),
+            project: None,
+        }
+    }
+}
+
+/// Counters exported as metrics and used by tests.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub claimed: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub discarded: AtomicU64,
+    pub reaped: AtomicU64,
+}
+
+pub struct Worker {
+    pool: PgPool,
+    control: ControlPlane,
+    executor: Arc<dyn Executor>,
+    cfg: WorkerConfig,
+    /// run id → attempt, for heartbeats and release at shutdown.
+    held: Arc<Mutex<HashMap<Uuid, i32>>>,
+    healthy: Arc<AtomicBool>,
+    pub stats: Arc<WorkerStats>,
+    metrics: Arc<Metrics>,
+    contracts: Mutex<HashMap<Uuid, Arc<AgentContract>>>,
+    completions: mpsc::Sender<Pending>,
+    completions_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
+    /// Agents' output schemas (enforced on every successful run's result).
+    schemas: crate::validate::SchemaCache,
+}
+
+impl Worker {
+    pub fn new(
+        pool: PgPool,
+        control: ControlPlane,
+        executor: Arc<dyn Executor>,
+        cfg: WorkerConfig,
+    ) -> Self {
+        // Bounded by the slots: at most one pending completion per run in flight.
+        let (tx, rx) = mpsc::channel(cfg.slots.max(1) * 2);
+        Self {
+            pool,
+            control,
+            executor,
+            cfg,
+            held: Arc::default(),
+            healthy: Arc::new(AtomicBool::new(true)),
+            stats: Arc::default(),
+            metrics: Metrics::new(),
+            contracts: Mutex::default(),
+            completions: tx,
+            completions_rx: Mutex::new(Some(rx)),
+            schemas: crate::validate::SchemaCache::default(),
+        }
+    }
+
+    /// Report into a shared registry (the one `/metrics` serves).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Run until `shutdown` turns true; then stop claiming, wait up to the grace period for
+    /// in-flight runs and release the rest to the queue.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let wake = Arc::new(Notify::new());
+        let rx = self
+            .completions_rx
+            .lock()
+            .expect("completion receiver")
+            .take()
+            .ok_or_else(|| {
+                awooop_core::error::Error::new(awooop_core::error::ErrorCode::Internal, "a worker runs once")
+            })?;
+        let _background = AbortOnDrop(vec![
+            self.clone().spawn_listener(wake.clone()),
+            self.clone().spawn_heartbeat(),
+            self.clone().spawn_reaper(),
+            self.clone().spawn_retention(),
+            tokio::spawn(self.clone().write_completions(rx)),
+        ]);
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.cfg.slots));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            let mut claimed_full = false;
+            // Claim in batches: wait until a quarter of the slots are free (or all of them)
+            // rather than issuing one claim per finished run.
+            let worth_claiming =
+                free > 0 && (free >= (self.cfg.slots / 4).max(1) || free == self.cfg.slots);
+            if worth_claiming && self.healthy.load(Ordering::Relaxed) {
+                match repo::worker_claim_for(
+                    &self.pool,
+                    &self.cfg.id,
+                    free as i64,
+                    self.cfg.lease.as_secs_f64(),
+                    self.cfg.project.as_deref(),
+                )
+                .await
+                {
+                    Ok(batch) => {
+                        claimed_full = batch.len() == free;
+                        self.stats
+                            .claimed
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        for c in batch {
+                            let permit =
+                                slots.clone().acquire_owned().await.expect("semaphore open");
+                            self.held
+                                .lock()
+                                .expect("held lock")
+                                .insert(c.run_id, c.attempt);
+                            let me = self.clone();
+                            tasks.spawn(async move {
+                                me.execute(c).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(code = e.code.as_str(), "claim failed"),
+                }
+            }
+            if claimed_full {
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {},
+                _ = tokio::time::sleep(self.cfg.poll) => {},
+                _ = shutdown.changed() => {},
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {},
+            }
+        }
+        // Graceful shutdown.
+        let deadline = tokio::time::Instant::now() + self.cfg.grace;
+        while !tasks.is_empty() {
+            if tokio::time::timeout_at(deadline, tasks.join_next())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        tasks.abort_all();
+        let held: Vec<(Uuid, i32)> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let released = repo::worker_release(&self.pool, &self.cfg.id, &held)
+            .await
+            .unwrap_or(0);
+        if released > 0 {
+            tracing::info!(released, "released in-flight runs to the queue");
+        }
+        Ok(())
+    }
+
+    fn spawn_listener(self: Arc<Self>, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect_with(&self.pool).await {
+                    Ok(mut l) => {
+                        if l.listen("awooop_runs").await.is_ok() {
+                            wake.notify_one();
+                            while l.recv().await.is_ok() {
+                                wake.notify_one();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; polling"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+
+    fn spawn_heartbeat(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.cfg.heartbeat);
+            loop {
+                tick.tick().await;
+                let held: Vec<(Uuid, i32)> = self
+                    .held
+                    .lock()
+                    .expect("held lock")
+                    .iter()
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                match repo::worker_heartbeat(
+                    &self.pool,
+                    &self.cfg.id,
+                    &held,
+                    self.cfg.lease.as_secs_f64(),
+                )
+                .await
+                {
+                    Ok(_) => self.healthy.store(true, Ordering::Relaxed),
+                    Err(e) => {
+                        // Without heartbeats our leases will expire: stop taking new work.
+                        self.healthy.store(false, Ordering::Relaxed);
+                        tracing::warn!(code = e.code.as_str(), "heartbeat failed; not claiming");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Keep finished runs from bloating the table: each project's finished runs older than its
+    /// Runtime contract's `retention_days` are deleted (journal rows and messages cascade),
+    /// with its expired idempotency keys.
+    fn spawn_retention(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.cfg.retention_every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.retention_pass().await {
+                    tracing::debug!(code = e.code.as_str(), "retention pass failed");
+                }
+            }
+        })
+    }
+
+    pub async fn retention_pass(&self) -> Result<(u64, u64)> {
+        let mut tx = repo::worker_tx(&self.pool).await?;
+        let projects: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT project_id FROM runs WHERE finished_at IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let runs = super::RunService::new(self.control.clone());
+        let (mut deleted_runs, mut deleted_keys) = (0, 0);
+        for p in projects {
+            let Ok(project) = ProjectId::parse(&p) else {
+                continue;
+            };
+            let (r, k) = tenancy::scope(project, async {
+                let days = runs.runtime_settings().await?.retention_days;
+                let mut tx = self.control.db().tenant().await?;
+                let out = repo::retention(&mut tx, i64::from(days)).await?;
+                tx.commit().await?;
+                Ok::<_, awooop_core::error::Error>(out)
+            })
+            .await?;
+            deleted_runs += r;
+            deleted_keys += k;
+        }
+        if deleted_runs + deleted_keys > 0 {
+            tracing::info!(deleted_runs, deleted_keys, "retention");
+        }
+        Ok((deleted_runs, deleted_keys))
+    }
+
+    fn spawn_reaper(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.cfg.reap_every);
+            loop {
+                tick.tick().await;
+                match repo::worker_reap(&self.pool).await {
+                    Ok(r) => {
+                        self.metrics.reaped("requeued", r.requeued);
+                        self.metrics.reaped("failed", r.failed);
+                        self.metrics.reaped("timed_out", r.timed_out);
+                        let n = r.requeued + r.failed + r.timed_out;
+                        if n > 0 {
+                            self.stats.reaped.fetch_add(n, Ordering::Relaxed);
+                            tracing::info!(
+                                requeued = r.requeued,
+                                failed = r.failed,
+                                timed_out = r.timed_out,
+                                "reaper"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::debug!(code = e.code.as_str(), "reap failed"),
+                }
+            }
+        })
+    }
+
+    async fn execute(self: Arc<Self>, c: Claimed) {
+        let run_id = c.run_id;
+        let attempt = c.attempt;
+        let started = std::time::Instant::now();
+        let Ok(project) = ProjectId::parse(&c.project_id) else {
+            return;
+        };
+        let trace = TraceContext {
+            trace_id: c.trace_id.clone(),
+            span_id: c.span_id.clone(),
+            sampled: true,
+        };
+        let span = tracing::info_span!("run", %run_id, trace_id = %trace.trace_id, project = %project, attempt);
+        let completion = tenancy::scope(project.clone(), async {
+            let _e = span.enter();
+            self.execute_in_scope(&project, c, trace).await
+        })
+        .await;
+        let res = match completion {
+            Ok(Some(done)) => {
+                let state = done.state;
+                let (tx, rx) = oneshot::channel();
+                if self
+                    .completions
+                    .send((project.clone(), done, tx))
+                    .await
+                    .is_err()
+                {
+                    Err(awooop_core::error::Error::new(
+                        awooop_core::error::ErrorCode::Unavailable,
+                        "completion writer stopped",
+                    ))
+                } else {
+                    match rx.await {
+                        Ok(r) => r.map(|landed| landed.then_some(state)),
+                        Err(_) => Err(awooop_core::error::Error::new(
+                            awooop_core::error::ErrorCode::Unavailable,
+                            "completion writer stopped",
+                        )),
+                    }
+                }
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        self.held.lock().expect("held lock").remove(&run_id);
+        match res {
+            Ok(Some(state)) => {
+                self.metrics.finished(state.as_str(), started.elapsed());
+                match state {
+                    RunState::Succeeded => self.stats.succeeded.fetch_add(1, Ordering::Relaxed),
+                    RunState::Failed => self.stats.failed.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+            }
+            Ok(None) => {
+                self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Transient (database) trouble: leave the run to its lease; the reaper will
+                // hand it to another attempt.
+                tracing::warn!(%run_id, attempt, code = e.code.as_str(), "run execution interrupted");
+            }
+        }
+    }
+
+    /// The agent contract of a revision. Published revisions are immutable, so they are cached
+    /// by revision id for the life of the process.
+    async fn agent_contract(&self, revision_id: Uuid) -> Result<Option<Arc<AgentContract>>> {
+        if let Some(c) = self
+            .contracts
+            .lock()
+            .expect("contract cache")
+            .get(&revision_id)
+        {
+            return Ok(Some(c.clone()));
+        }
+        let rev = self.control.revision_by_id(revision_id).await?;
+        let Ok(Contract::Agent(a)) = contracts::validate(ContractKind::Agent, &rev.body) else {
+            return Ok(None);
+        };
+        let a = Arc::new(a);
+        self.contracts
+            .lock()
+            .expect("contract cache")
+            .insert(revision_id, a.clone());
+        Ok(Some(a))
+    }
+
+    /// Execute one attempt; `Ok(None)` when the attempt lost the run mid-way (discarded).
+    async fn execute_in_scope(
+        &self,
+        project: &ProjectId,
+        c: Claimed,
+        trace: TraceContext,
+    ) -> Result<Option<repo::Completion>> {
+        let completion = |state, output, error: Option<(&str, &str)>, steps| repo::Completion {
+            run_id: c.run_id,
+            attempt: c.attempt,
+            state,
+            output,
+            error: error.map(|(a, b)| (a.to_string(), b.to_string())),
+            steps,
+            reply: None,
+            trace_id: trace.trace_id.clone(),
+        };
+        let Some(contract) = self.agent_contract(c.agent_revision_id).await? else {
+            return Ok(Some(completion(
+                RunState::Failed,
+                None,
+                Some(("E-RUN-011", "agent revision is unreadable")),
+                vec![],
+            )));
+        };
+        let ctx = RunContext {
+            project: project.clone(),
+            run_id: c.run_id,
+            attempt: c.attempt,
+            agent: c.agent.clone(),
+            contract,
+            mode: MigrationMode::parse(&c.mode)?,
+            input: c.input.clone(),
+            trace: trace.clone(),
+        };
+        let mut journal = Journal::load(self.control.db(), project, c.run_id, c.attempt).await?;
+        let outcome = match self.executor.execute(&ctx, &mut journal).await {
+            Ok(o) => o,
+            Err(e) if super::executor::is_lease_lost(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let steps = journal.take_pending();
+        Ok(Some(match outcome {
+            // The agent's output schema is enforced on every run's `result`, whatever the
+            // executor; only validated output can become a reply.
+            Outcome::Succeeded(out) => match self
+                .schemas
+                .for_agent(&self.control, &ctx.contract)
+                .await
+                .and_then(|s| {
+                    s.validate_run_output(out)
+                        .map_err(|errs| crate::validate::schema_error(&errs))
+                }) {
+                Ok(valid) => {
+                    let mut done = completion(
+                        RunState::Succeeded,
+                        Some(valid.value().clone()),
+                        None,
+                        steps,
+                    );
+                    done.reply = c.reply_to.as_ref().and_then(|r| {
+                        serde_json::from_value::<super::outbound::ReplyTo>(r.clone())
+                            .ok()
+                            .map(|r| (r, valid))
+                    });
+                    done
+                }
+                Err(e) if e.code == awooop_core::error::ErrorCode::Unavailable => return Err(e),
+                Err(e) => completion(
+                    RunState::Failed,
+                    None,
+                    Some((e.code.as_str(), &e.message)),
+                    steps,
+                ),
+            },
+            Outcome::Failed { code, message } => {
+                completion(RunState::Failed, None, Some((&code, &message)), steps)
+            }
+            Outcome::WaitingApproval { step_key, reason } => completion(
+                RunState::WaitingApproval,
+                Some(json!({"waiting_for": step_key, "reason": reason})),
+                None,
+                steps,
+            ),
+        }))
+    }
+
+    /// The completion writer: drains finished attempts and writes them in batches, one
+    /// transaction per project per batch (the fenced update, journal rows, replies, audit).
+    async fn write_completions(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(x) => batch.push(x),
+                    Err(_) => break,
+                }
+            }
+            let mut by_project: HashMap<ProjectId, Vec<Waiting>> = HashMap::new();
+            for (p, c, tx) in batch {
+                by_project.entry(p).or_default().push((c, tx));
+            }
+            for (project, group) in by_project {
+                let (items, senders): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                // Transient failures (deadlock, serialization, a dropped connection) are
+                // retried: the batch is one transaction, so a retry cannot half-apply it.
+                let mut attempt = 0;
+                let res = loop {
+                    attempt += 1;
+                    let r = tenancy::scope(project.clone(), async {
+                        let mut tx = self.control.db().tenant().await?;
+                        let landed =
+                            repo::complete_batch(&mut tx, project.as_str(), &items).await?;
+                        tx.commit().await?;
+                        Ok::<_, awooop_core::error::Error>(landed)
+                    })
+                    .await;
+                    match r {
+                        Err(e) if attempt < 4 => {
+                            tracing::warn!(code = e.code.as_str(), error = ?e.source, attempt, "completion batch failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                        }
+                        other => break other,
+                    }
+                };
+                match res {
+                    Ok(landed) => {
+                        for (s, l) in senders.into_iter().zip(landed) {
+                            let _ = s.send(Ok(l));
+                        }
+                    }
+                    Err(e) => {
+                        for s in senders {
+                            let _ =
+                                s.send(Err(awooop_core::error::Error::new(e.code, e.message.clone())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+type Pending = (ProjectId, repo::Completion, oneshot::Sender<Result<bool>>);
+type Waiting = (repo::Completion, oneshot::Sender<Result<bool>>);
+
+/// Aborts the worker's background tasks when the worker's `run` future ends or is dropped
+/// (a killed worker must also stop heartbeating, or its leases would never expire).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Convenience for tests and `awooop up`: a shutdown channel.
+pub fn shutdown_channel() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+    watch::channel(false)
+}

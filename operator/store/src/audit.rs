@@ -1,0 +1,164 @@
+//! The audit sink: every record is redacted, then appended to the project's `audit_log` (the
+//! runtime role may only INSERT and SELECT there).
+//!
+//! Control-plane changes write their audit row inside the same transaction as the change, so a
+//! change without its audit row cannot commit. Denials are recorded in their own transaction
+//! (the change itself was rolled back).
+
+pub use awooop_core::redact;
+
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use awooop_core::error::Result;
+use crate::tenancy::{self, Db};
+
+/// One audit record. `details` is redacted before it is stored.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub target: Option<String>,
+    pub outcome: Outcome,
+    pub code: Option<&'static str>,
+    pub trace_id: Option<String>,
+    pub details: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Denied,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl<'a> Entry<'a> {
+    pub fn ok(actor: &'a str, action: &'a str, target: impl Into<String>, details: Value) -> Self {
+        Self {
+            actor,
+            action,
+            target: Some(target.into()),
+            outcome: Outcome::Ok,
+            code: None,
+            trace_id: None,
+            details,
+        }
+    }
+
+    pub fn denied(
+        actor: &'a str,
+        action: &'a str,
+        target: impl Into<String>,
+        code: &'static str,
+        details: Value,
+    ) -> Self {
+        Self {
+            actor,
+            action,
+            target: Some(target.into()),
+            outcome: Outcome::Denied,
+            code: Some(code),
+            trace_id: None,
+            details,
+        }
+    }
+}
+
+/// Append a record inside the caller's tenant transaction.
+pub async fn record(conn: &mut PgConnection, entry: Entry<'_>) -> Result<()> {
+    let project = tenancy::require()?;
+    let mut details = entry.details;
+    let r = redact::Redactor::global();
+    r.redact_json(&mut details);
+    let target = entry.target.map(|t| r.redact_str(&t).into_owned());
+    sqlx::query(
+        "INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(project.as_str())
+    .bind(Uuid::now_v7())
+    .bind(entry.actor)
+    .bind(entry.action)
+    .bind(target)
+    .bind(entry.outcome.as_str())
+    .bind(entry.code)
+    .bind(entry.trace_id)
+    .bind(details)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Append many records in one statement (batched writers: workers completing runs).
+pub async fn record_many(conn: &mut PgConnection, entries: Vec<Entry<'_>>) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let project = tenancy::require()?;
+    let r = redact::Redactor::global();
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut actors = Vec::with_capacity(entries.len());
+    let mut actions = Vec::with_capacity(entries.len());
+    let mut targets = Vec::with_capacity(entries.len());
+    let mut outcomes = Vec::with_capacity(entries.len());
+    let mut codes = Vec::with_capacity(entries.len());
+    let mut traces = Vec::with_capacity(entries.len());
+    let mut details = Vec::with_capacity(entries.len());
+    for e in entries {
+        let mut d = e.details;
+        r.redact_json(&mut d);
+        ids.push(Uuid::now_v7());
+        actors.push(e.actor.to_string());
+        actions.push(e.action.to_string());
+        targets.push(e.target.map(|t| r.redact_str(&t).into_owned()));
+        outcomes.push(e.outcome.as_str());
+        codes.push(e.code);
+        traces.push(e.trace_id);
+        details.push(d);
+    }
+    sqlx::query(
+        "INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details) \
+         SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[])",
+    )
+    .bind(project.as_str())
+    .bind(&ids)
+    .bind(&actors)
+    .bind(&actions)
+    .bind(&targets)
+    .bind(&outcomes)
+    .bind(&codes)
+    .bind(&traces)
+    .bind(&details)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Append a record in its own transaction (for denials, whose change was rolled back). Failing
+/// to audit a denial must not turn the denial into success, so errors are only logged.
+pub async fn record_detached(db: &Db, entry: Entry<'_>) {
+    let res = async {
+        let mut tx = db.tenant().await?;
+        record(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok::<_, awooop_core::error::Error>(())
+    }
+    .await;
+    if let Err(e) = res {
+        tracing::warn!(
+            code = e.code.as_str(),
+            "failed to write denial audit record"
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! PostgreSQL connections and migrations.
+//!
+//! Two privilege levels: the *owner* URL runs migrations; the runtime pool always works as the
+//! `awooop_app` role. When no separate runtime URL is configured the runtime pool connects with
+//! the owner URL and executes `SET ROLE awooop_app` on every new connection, so application code
+//! never holds owner privileges either way.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor, PgPool};
+
+use awooop_core::error::{Error, ErrorCode, Result};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Apply pending migrations with the owner URL. Idempotent.
+pub async fn migrate(owner_url: &str) -> Result<()> {
+    let opts = parse_url(owner_url)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .map_err(unavailable)?;
+    // Serialise concurrent migrators of the same database (several replicas starting at once).
+    MIGRATOR.run(&pool).await.map_err(|e| {
+        Error::new(ErrorCode::Internal, format!("migration failed: {e}")).with_source(e)
+    })?;
+    pool.close().await;
+    Ok(())
+}
+
+/// The runtime pool (role `awooop_app`).
+pub async fn connect_app(url: &str, max_connections: u32) -> Result<PgPool> {
+    let opts = parse_url(url)?.application_name("awooop");
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                conn.execute("SET ROLE awooop_app").await?;
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+        .map_err(unavailable)
+}
+
+/// An owner pool, for maintenance commands and tests that must act as the owner.
+pub async fn connect_owner(url: &str, max_connections: u32) -> Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(parse_url(url)?)
+        .await
+        .map_err(unavailable)
+}
+
+pub fn parse_url(url: &str) -> Result<PgConnectOptions> {
+    url.parse::<PgConnectOptions>()
+        .map(|o| o.log_statements(tracing::log::LevelFilter::Trace))
+        .map_err(|_| {
+            // The URL may contain a password: never echo it.
+            Error::new(
+                ErrorCode::ReqInvalidParam,
+                "DATABASE_URL is not a valid postgres:// URL",
+            )
+        })
+}
+
+fn unavailable(e: sqlx::Error) -> Error {
+    Error::new(ErrorCode::Unavailable, "cannot connect to PostgreSQL").with_source(e)
+}
+
+/// Create database `name` on the server of `admin_url` if it does not exist. Returns the URL of
+/// the database.
+pub async fn ensure_database(admin_url: &str, name: &str) -> Result<String> {
+    let opts = parse_url(admin_url)?;
+    let mut conn = opts.connect().await.map_err(unavailable)?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut conn)
+        .await?;
+    if exists.is_none() {
+        // Identifiers cannot be bound; `name` is ours ([a-z0-9_]) and quoted anyway.
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', ""));
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
+            // Lost a race with another creator: fine.
+            let dup =
+                matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04"));
+            if !dup {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(with_database(admin_url, name))
+}
+
+/// Replace the database path of a postgres URL.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    // postgres://user@host:port/db → keep everything up to the slash after the authority.
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_database_path() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+        assert_eq!(
+            with_database("postgres://u:p@h/a?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+    }
+}

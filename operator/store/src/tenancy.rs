@@ -1,0 +1,222 @@
+//! Tenant context: the one way to reach tenant rows.
+//!
+//! * [`ProjectId`] is a validated project id.
+//! * The current project is a tokio task-local ([`scope`]); background tasks inherit it only
+//!   through [`spawn`], so a task started without context has none and fails closed.
+//! * [`Db::tenant`] opens a transaction that first sets `awooop.project_id` (transaction-local)
+//!   from the task-local. PostgreSQL's forced row-level security does the rest: with no setting
+//!   a session sees zero rows and every write is rejected.
+//! * [`Db::platform`] opens a platform-scoped transaction (shared platform tables, creating and
+//!   listing tenants) and writes a `platform_audit` row in the same transaction, so every access
+//!   to platform resources is audited or does not happen.
+//! * [`redis_key`] builds every Redis key: `awooop:{project}:{kind}:{id}`.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use awooop_core::error::{Error, ErrorCode, Result};
+
+/// A validated project id: `^[a-z][a-z0-9-]{1,62}$`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProjectId(String);
+
+impl ProjectId {
+    pub fn parse(s: &str) -> Result<Self> {
+        let ok = s.len() >= 2
+            && s.len() <= 63
+            && s.as_bytes()[0].is_ascii_lowercase()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(Error::new(
+                ErrorCode::ProjectInvalid,
+                "project id must match ^[a-z][a-z0-9-]{1,62}$",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ProjectId {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(&s)
+    }
+}
+
+impl From<ProjectId> for String {
+    fn from(p: ProjectId) -> String {
+        p.0
+    }
+}
+
+impl std::fmt::Display for ProjectId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+tokio::task_local! {
+    static CURRENT_PROJECT: ProjectId;
+}
+
+/// Run `fut` with `project` as the tenant context.
+pub async fn scope<F: Future>(project: ProjectId, fut: F) -> F::Output {
+    CURRENT_PROJECT.scope(project, fut).await
+}
+
+/// The current tenant, if any.
+pub fn current() -> Option<ProjectId> {
+    CURRENT_PROJECT.try_with(Clone::clone).ok()
+}
+
+/// The current tenant, or `E-TENANT-001`.
+pub fn require() -> Result<ProjectId> {
+    current().ok_or_else(|| {
+        Error::new(
+            ErrorCode::TenantMissing,
+            "no tenant context: tenant data cannot be reached",
+        )
+    })
+}
+
+/// Spawn a background task that inherits the caller's tenant context (or none).
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match current() {
+        Some(p) => tokio::spawn(CURRENT_PROJECT.scope(p, fut)),
+        None => tokio::spawn(fut),
+    }
+}
+
+/// Build a Redis key. The project comes from the tenant context, never from the caller, so
+/// one tenant cannot address another's keys.
+pub fn redis_key(kind: &str, id: &str) -> Result<String> {
+    let p = require()?;
+    Ok(format!("awooop:{}:{kind}:{id}", p.as_str()))
+}
+
+/// Key for platform-wide Redis state. `_platform` cannot collide with a project id (ids start
+/// with a letter).
+pub fn platform_redis_key(kind: &str, id: &str) -> String {
+    format!("awooop:_platform:{kind}:{id}")
+}
+
+/// Database handle for the runtime role. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: PgPool,
+}
+
+impl Db {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool_for_health(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A transaction scoped to the current tenant (from the task-local).
+    pub async fn tenant(&self) -> Result<Transaction<'static, Postgres>> {
+        let project = require()?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('awooop.project_id', $1, true)")
+            .bind(project.as_str())
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// A platform-scoped transaction; writes the `platform_audit` row first.
+    pub async fn platform(
+        &self,
+        actor: &str,
+        action: &str,
+        details: serde_json::Value,
+    ) -> Result<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
+            .execute(&mut *tx)
+            .await?;
+        let mut details = details;
+        awooop_core::redact::Redactor::global().redact_json(&mut details);
+        sqlx::query(
+            "INSERT INTO platform_audit (audit_id, actor, action, details) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(actor)
+        .bind(action)
+        .bind(details)
+        .execute(&mut *tx)
+        .await?;
+        Ok(tx)
+    }
+
+    /// Inside a platform transaction, additionally enter a tenant (to create its first rows).
+    pub async fn enter_project(
+        tx: &mut Transaction<'static, Postgres>,
+        project: &ProjectId,
+    ) -> Result<()> {
+        sqlx::query("SELECT set_config('awooop.project_id', $1, true)")
+            .bind(project.as_str())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_ids() {
+        for ok in ["awoooi", "ewoooc", "a1", "tenant-42"] {
+            assert!(ProjectId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "A1",
+            "1abc",
+            "_platform",
+            "a_b",
+            "a b",
+            &"a".repeat(64),
+        ] {
+            assert!(ProjectId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn context_is_inherited_only_through_spawn() {
+        assert!(require().is_err());
+        assert!(redis_key("session", "1").is_err());
+        let p = ProjectId::parse("awoooi").unwrap();
+        scope(p.clone(), async {
+            assert_eq!(
+                redis_key("session", "1").unwrap(),
+                "awooop:awoooi:session:1"
+            );
+            let inherited = spawn(async { current() }).await.unwrap();
+            assert_eq!(inherited, Some(ProjectId::parse("awoooi").unwrap()));
+            // a plain tokio::spawn does not inherit: fail closed
+            let plain = tokio::spawn(async { current() }).await.unwrap();
+            assert_eq!(plain, None);
+        })
+        .await;
+    }
+}

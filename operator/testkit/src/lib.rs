@@ -1,0 +1,9 @@
+//! Test doubles of AwoooP, for tests and benchmarks only (never in the default release
+//! binary): the MCP fixture server ([`fixture`], also `awooop mcp-fixture` when the `awooop`
+//! package is built with the `bench` feature), the model provider double ([`double`]) and the
+//! fake Kubernetes API server ([`fake`]). Each speaks the real wire format of the service it
+//! stands in for.
+
+pub mod double;
+pub mod fake;
+pub mod fixture;

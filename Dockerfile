@@ -2,10 +2,11 @@
 # Multi-stage build of the single `awooop` binary (operator, API/gateway and workers all run it).
 #   docker build -t awooop:dev .
 # Build stage: the exact Cargo.lock (--locked); BuildKit caches the registry and target folder
-# between builds. Only what the build reads is copied: the manifests, the crate (its
-# build.rs re-embeds migrations/ through sqlx::migrate!, contract schemas live under
-# operator/schemas), and tests/ because operator/Cargo.toml names the integration-test target
-# by path and cargo checks that it exists.
+# between builds. Only what the build reads is copied: the manifests, the workspace crates
+# under operator/ (operator/store's build.rs re-embeds migrations/ through sqlx::migrate!,
+# contract schemas live under operator/schemas), and tests/ because operator/Cargo.toml names
+# the integration-test target by path and cargo checks that it exists. The release binary is
+# built without the `bench` feature: no benchmarks, no `mcp-fixture`, no test doubles.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

@@ -2,7 +2,8 @@
 # Runs every check and test of AwoooP on a fresh Debian/Ubuntu machine with Rust:
 #   1. makes sure PostgreSQL and Redis answer on 127.0.0.1 (starts them when installed but
 #      stopped, installs them with apt-get when missing);
-#   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
+#   2. cargo fmt --check, cargo clippy --all-targets -D warnings (and the release feature set),
+#      no import cycles between the modules of a crate (scripts/check-module-cycles.py);
 #   3. the whole test suite (cargo nextest when installed, else cargo test);
 #   4. the Helm chart checks (scripts/chart-test.sh: helm lint/template, Kubernetes schemas,
 #      admission-policy CEL, CRs against their CRDs).
@@ -116,6 +117,12 @@ cargo fmt --all -- --check
 
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+# The release binary is built without the `bench` feature (tests turn it on): lint that too.
+log "cargo clippy -p awooop (release features, no bench) -- -D warnings"
+cargo clippy --locked -p awooop -- -D warnings
+
+log "no module cycles inside a crate (scripts/check-module-cycles.py)"
+python3 scripts/check-module-cycles.py
 
 log "tests against PostgreSQL and Redis on 127.0.0.1"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -271,8 +271,10 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             print!("{}", crate::error::markdown_table());
             Ok(())
         }
+        #[cfg(feature = "bench")]
         Command::Bench(b) => crate::bench::run(b).await,
         Command::Token(t) => token(t),
+        #[cfg(feature = "bench")]
         Command::McpFixture(a) => mcp_fixture(a).await,
     }
 }
@@ -442,6 +444,7 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
 }
 
 /// `awooop mcp-fixture`: the upstream client's test server (stdio, or HTTP until SIGTERM).
+#[cfg(feature = "bench")]
 async fn mcp_fixture(a: McpFixtureArgs) -> anyhow::Result<()> {
     use awooop_testkit::fixture;
     if a.stdio {

@@ -52,13 +52,16 @@ pub enum Command {
     Operator(OperatorArgs),
     /// Serve the HTTP API only (no embedded database, no worker): for clusters.
     Serve(ServeArgs),
-    /// Run a benchmark; the last line of output is key=value pairs.
+    /// Run a benchmark; the last line of output is key=value pairs (built with `--features bench`).
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
     /// Mint MCP gateway tokens (per-run bearer tokens, approval tokens).
     #[command(subcommand)]
     Token(TokenCmd),
     // --- upstream MCP client (gateway/upstream) ---
     /// Test fixture: a minimal MCP server over stdio (--stdio) or Streamable HTTP.
+    /// Only with `--features bench` (tests and benchmarks build it; release images do not).
+    #[cfg(feature = "bench")]
     #[command(name = "mcp-fixture", hide = true)]
     McpFixture(McpFixtureArgs),
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 
+use crate::config::OperatorArgs;
+use crate::control::ControlPlane;
 use crate::k8s::controller::{self, Context, ControllerMetrics};
 use crate::k8s::lease::{Elector, LeaseConfig};
 use crate::k8s::workers::WorkerSettings;
-use crate::config::OperatorArgs;
-use crate::control::ControlPlane;
 
 /// This replica's identity: POD_NAME, else the host name and process id.
 pub fn identity(args: &OperatorArgs) -> String {

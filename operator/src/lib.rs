@@ -16,8 +16,8 @@ pub use awooop_model as model;
 pub use awooop_runtime as runtime;
 pub use awooop_runtime::metrics;
 pub use awooop_store::{audit, auth, coord, db, local, tenancy};
-pub use awooop_testkit as testkit;
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -1522,14 +1522,13 @@ impl E2e {
 async fn gateway_e2e_real_upstream_injects_the_credential_and_never_leaks_it() {
     // The fixture answers 401 unless `X-Key` carries this value.
     let secret = secret_value("E");
-    let server = awooop_testkit::fixture::FixtureServer::start(
-        awooop_testkit::fixture::FixtureOptions {
+    let server =
+        awooop_testkit::fixture::FixtureServer::start(awooop_testkit::fixture::FixtureOptions {
             require_header: Some(("x-key".into(), secret.clone())),
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let e = e2e(&server.url()).await;
     // e2e() made a fresh secret: write the one the fixture expects into the credential file
     std::fs::write(e.dir.join("alpha/key"), format!("{secret}\n")).unwrap();

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use awooop::contracts::McpProvider;
-use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
 use awooop::gateway::upstream::{CallRequest, Injected, UpstreamConfig, UpstreamError, Upstreams};
 use awooop::tenancy::ProjectId;
+use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
 use serde_json::{Map, Value, json};
 
 use crate::mcp_support::*;

@@ -13,7 +13,6 @@ use awooop::control::ControlPlane;
 use awooop::coord::Coord;
 use awooop::model::breaker::{AnomalyConfig, AnomalyCounter, Breakers};
 use awooop::model::budget::{Budget, ReserveRequest};
-use awooop_testkit::double::{ProviderDouble, Reply};
 use awooop::model::executor::{AgentExecutor, LlmExecutor};
 use awooop::model::policy::{BreakerPolicy, BudgetPolicy, EffectivePolicy, ScopeLimit, Target};
 use awooop::model::proxy::{CallMeta, ModelCall, ProviderProxy};
@@ -25,6 +24,7 @@ use awooop::runtime::trace::TraceContext;
 use awooop::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
 use awooop::runtime::{CreateRun, RunService, repo};
 use awooop::tenancy::{self, ProjectId};
+use awooop_testkit::double::{ProviderDouble, Reply};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -1367,8 +1367,8 @@ async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
     use awooop::gateway::keys::GatewayKeys;
     use awooop::gateway::runtime::InProcessGateway;
     use awooop::gateway::upstream::Upstreams;
-    use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
     use awooop::gateway::{Gateway, GatewayConfig};
+    use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
 
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());

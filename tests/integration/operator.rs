@@ -10,11 +10,11 @@ use std::time::Duration;
 use awooop::contracts::ContractKind;
 use awooop::coord::Coord;
 use awooop::k8s::controller::{self, Context, ControllerMetrics};
-use awooop_testkit::fake::{FakeApiServer, Recorded};
 use awooop::k8s::lease::{Elector, LeaseConfig};
 use awooop::k8s::workers::WorkerSettings;
 use awooop::runtime::{CreateRun, RunService, repo};
 use awooop::tenancy::{self, ProjectId};
+use awooop_testkit::fake::{FakeApiServer, Recorded};
 use serde_json::{Value, json};
 
 use crate::support::*;

@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use awooop_contracts::{self as contracts, Contract, ContractKind, signing};
+use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_store::audit::{self, Entry};
 use awooop_store::auth::{self, Actor, Role};
-use awooop_contracts::{self as contracts, Contract, ContractKind, signing};
 use awooop_store::coord::Coord;
-use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_store::tenancy::{self, Db, ProjectId};
 pub use migration::MigrationMode;
 use repo::{ActivationRow, ActiveRow, DraftRow, ProjectRow, RevisionRow};
@@ -1248,8 +1248,7 @@ impl ControlPlane {
         {
             // The gateway registry tables mirror the active revision, written atomically with
             // the activation (MCP gateway, migrations/0005).
-            crate::registry::materialize(&mut tx, project.as_str(), revision_id, &g)
-                .await?;
+            crate::registry::materialize(&mut tx, project.as_str(), revision_id, &g).await?;
         }
         audit::record(
             &mut tx,

@@ -6,476 +6,192 @@
 //! and never carry secrets, SQL, upstream configuration or other tenants' names; internal causes
 //! are logged server-side and replaced by a generic message in responses.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use serde_json::{Value, json};
 
-/// Stable error codes. The string form is part of the public API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// Request body is not valid JSON, or has the wrong shape/unknown fields.
-    ReqMalformed,
-    /// Request body exceeds the size limit.
-    ReqTooLarge,
-    /// A path or query parameter is invalid.
-    ReqInvalidParam,
-    /// No credential was presented.
-    AuthMissing,
-    /// The credential is unknown, revoked or malformed.
-    AuthInvalid,
-    /// The credential is valid but lacks the role for this action.
-    AuthForbidden,
-    /// A tenant query was attempted without tenant context.
-    TenantMissing,
-    /// The project does not exist or is not active (indistinguishable on purpose).
-    ProjectNotFound,
-    /// A project with that id already exists.
-    ProjectExists,
-    /// A project id or name is malformed.
-    ProjectInvalid,
-    /// A document violates its JSON Schema.
-    SchemaViolation,
-    /// The contract kind is unknown.
-    ContractUnknownKind,
-    /// An artifact reference has a malformed hash.
-    ContractBadHash,
-    /// A contract violates a semantic rule that JSON Schema cannot express.
-    ContractSemantic,
-    /// Draft, revision or contract not found.
-    ContractNotFound,
-    /// The revision number being published is not the next one (someone published first).
-    ContractRevisionConflict,
-    /// A published revision cannot be changed or deleted.
-    ContractImmutable,
-    /// The publish signature does not verify.
-    ContractBadSignature,
-    /// The publish signature was already used.
-    ContractSignatureReplay,
-    /// The signing key is unknown, revoked, or its material does not match its fingerprint.
-    ContractSigningKey,
-    /// The approver already approved this revision.
-    ContractDuplicateApproval,
-    /// Not enough valid approvals to activate.
-    ContractInsufficientApprovals,
-    /// Only published revisions can be approved or activated.
-    ContractNotPublished,
-    /// A referenced artifact is not registered with the same hash.
-    ContractArtifactMissing,
-    /// The approver is not allowed to approve by the project's ACL.
-    ContractApproverNotAllowed,
-    /// The revision is already the active one.
-    ContractAlreadyActive,
-    /// A migration-state change skips a step without being forced.
-    MigrationIllegalStep,
-    /// A forced migration-state change has no reason.
-    MigrationReasonRequired,
-    /// Artifact content does not match its declared hash, or is malformed.
-    ArtifactInvalid,
-    /// Run not found (or belongs to another project: indistinguishable on purpose).
-    RunNotFound,
-    /// Illegal run state transition.
-    RunIllegalTransition,
-    /// Idempotency key reused with a different request.
-    RunIdempotencyConflict,
-    /// Idempotency key malformed.
-    RunIdempotencyKeyInvalid,
-    /// Lease lost more often than the run's max attempts.
-    RunAttemptsExhausted,
-    /// The run passed its hard deadline.
-    RunDeadlineExceeded,
-    /// Unknown agent, or the agent has no active revision.
-    RunAgentInactive,
-    /// Run input larger than the runtime contract allows.
-    RunInputTooLarge,
-    /// The traceparent header is malformed.
-    RunBadTraceparent,
-    /// The requested mode exceeds the project's migration mode.
-    RunModeNotAllowed,
-    /// A step of the run failed.
-    RunStepFailed,
-    /// The run was cancelled.
-    RunCancelled,
-    /// A tool call was blocked at the platform boundary (mode forbids its risk class).
-    RunToolBlocked,
-    /// Shadow runs never send outbound messages.
-    RunShadowOutbound,
-    // --- model path (model::*): budget ledger, policy, provider proxy ---
-    /// Pre-flight budget reservation refused: the call's worst case would pass a limit.
-    BudgetExceeded,
-    /// A streamed model call exhausted its reservation and was aborted.
-    BudgetStreamAborted,
-    /// The project's model breaker is open (period hard limit reached or anomaly threshold).
-    BudgetBreakerOpen,
-    /// The run reached its agent's `max_tokens_per_run` ceiling.
-    BudgetRunCeiling,
-    /// No usable Policy/Routing contract or route for this agent.
-    ModelRouteNotFound,
-    /// No provider on the route may receive the run's data class.
-    ModelPrivacyBlocked,
-    /// Every target of the route failed (timeouts, 429, 5xx, open circuit breakers).
-    ModelProviderUnavailable,
-    /// The provider answered with something that is not a valid response or stream.
-    ModelBadResponse,
-    /// The model asked for a tool with malformed arguments or a tool the agent does not have.
-    ModelBadToolCall,
-    /// A provider API key reference cannot be resolved.
-    ModelCredential,
-    /// The run reached its step limit without a final answer.
-    ModelStepLimit,
-    /// The provider rejected the request (4xx other than 408/429).
-    ModelProviderRejected,
-    /// An LLM run passed its agent's `safety.timeout_seconds`.
-    ModelRunTimeout,
-    // --- MCP gateway (operator/src/gateway/) ---
-    /// Unknown, disabled or unregistered tool.
-    McpGateUnknownTool,
-    /// The agent has no active contract listing the tool, no grant, or the tool exceeds its ceiling.
-    McpGateGrantMissing,
-    /// The call's environment is not one the grant and the tool name.
-    McpGateEnvironment,
-    /// The tool's risk class is blocked by the mode or by the project's destructive-tools flag.
-    McpGateRiskBlocked,
-    /// The tool needs an approval token and none was presented.
-    McpGateApprovalMissing,
-    /// The approval token is malformed, forged, expired or bound to another call.
-    McpGateApprovalInvalid,
-    /// The approval token was already used.
-    McpGateApprovalReplayed,
-    /// The arguments violate the tool's input schema.
-    McpGateArgumentsInvalid,
-    /// Rate limit exceeded.
-    McpGateRateLimited,
-    /// Malformed JSON-RPC or MCP request, or unsupported protocol version.
-    McpProtocol,
-    /// Unknown, forged or expired MCP session (re-initialize).
-    McpSession,
-    /// The upstream tool server failed or is unreachable.
-    McpUpstream,
-    /// The upstream tool server did not answer in time.
-    McpUpstreamTimeout,
-    /// A credential ref could not be resolved for this project.
-    McpCredential,
-    /// The database is unreachable or overloaded.
-    Unavailable,
-    /// Anything else: details only in the server log.
-    Internal,
+/// Declares every error code once: the variant, its stable string, its HTTP status and the
+/// description printed by `awooop errors` and checked against docs/errors.md. The order is the
+/// order of [`ErrorCode::ALL`] and of the documented table.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = ($code:literal, $status:literal, $describe:literal),)*) => {
+        /// Stable error codes. The string form is part of the public API.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the documented order.
+            pub const ALL: &'static [ErrorCode] = &[$(Self::$variant,)*];
+
+            /// The stable `E-…` string.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $code,)*
+                }
+            }
+
+            /// The HTTP status this code maps to (the http crate turns it into a response).
+            pub fn http_status(self) -> u16 {
+                match self {
+                    $(Self::$variant => $status,)*
+                }
+            }
+
+            /// One line for users: what went wrong.
+            pub fn describe(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $describe,)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    pub const ALL: &'static [ErrorCode] = &[
-        Self::ReqMalformed,
-        Self::ReqTooLarge,
-        Self::ReqInvalidParam,
-        Self::AuthMissing,
-        Self::AuthInvalid,
-        Self::AuthForbidden,
-        Self::TenantMissing,
-        Self::ProjectNotFound,
-        Self::ProjectExists,
-        Self::ProjectInvalid,
-        Self::SchemaViolation,
-        Self::ContractUnknownKind,
-        Self::ContractBadHash,
-        Self::ContractSemantic,
-        Self::ContractNotFound,
-        Self::ContractRevisionConflict,
-        Self::ContractImmutable,
-        Self::ContractBadSignature,
-        Self::ContractSignatureReplay,
-        Self::ContractSigningKey,
-        Self::ContractDuplicateApproval,
-        Self::ContractInsufficientApprovals,
-        Self::ContractNotPublished,
-        Self::ContractArtifactMissing,
-        Self::ContractApproverNotAllowed,
-        Self::ContractAlreadyActive,
-        Self::MigrationIllegalStep,
-        Self::MigrationReasonRequired,
-        Self::ArtifactInvalid,
-        Self::RunNotFound,
-        Self::RunIllegalTransition,
-        Self::RunIdempotencyConflict,
-        Self::RunIdempotencyKeyInvalid,
-        Self::RunAttemptsExhausted,
-        Self::RunDeadlineExceeded,
-        Self::RunAgentInactive,
-        Self::RunInputTooLarge,
-        Self::RunBadTraceparent,
-        Self::RunModeNotAllowed,
-        Self::RunStepFailed,
-        Self::RunCancelled,
-        Self::RunToolBlocked,
-        Self::RunShadowOutbound,
-        Self::BudgetExceeded,
-        Self::BudgetStreamAborted,
-        Self::BudgetBreakerOpen,
-        Self::BudgetRunCeiling,
-        Self::ModelRouteNotFound,
-        Self::ModelPrivacyBlocked,
-        Self::ModelProviderUnavailable,
-        Self::ModelBadResponse,
-        Self::ModelBadToolCall,
-        Self::ModelCredential,
-        Self::ModelStepLimit,
-        Self::ModelProviderRejected,
-        Self::ModelRunTimeout,
-        Self::McpGateUnknownTool,
-        Self::McpGateGrantMissing,
-        Self::McpGateEnvironment,
-        Self::McpGateRiskBlocked,
-        Self::McpGateApprovalMissing,
-        Self::McpGateApprovalInvalid,
-        Self::McpGateApprovalReplayed,
-        Self::McpGateArgumentsInvalid,
-        Self::McpGateRateLimited,
-        Self::McpProtocol,
-        Self::McpSession,
-        Self::McpUpstream,
-        Self::McpUpstreamTimeout,
-        Self::McpCredential,
-        Self::Unavailable,
-        Self::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ReqMalformed => "E-REQ-001",
-            Self::ReqTooLarge => "E-REQ-002",
-            Self::ReqInvalidParam => "E-REQ-003",
-            Self::AuthMissing => "E-AUTH-001",
-            Self::AuthInvalid => "E-AUTH-002",
-            Self::AuthForbidden => "E-AUTH-003",
-            Self::TenantMissing => "E-TENANT-001",
-            Self::ProjectNotFound => "E-PROJECT-001",
-            Self::ProjectExists => "E-PROJECT-002",
-            Self::ProjectInvalid => "E-PROJECT-003",
-            Self::SchemaViolation => "E-SCHEMA-001",
-            Self::ContractUnknownKind => "E-CONTRACT-001",
-            Self::ContractBadHash => "E-CONTRACT-002",
-            Self::ContractSemantic => "E-CONTRACT-003",
-            Self::ContractNotFound => "E-CONTRACT-004",
-            Self::ContractRevisionConflict => "E-CONTRACT-005",
-            Self::ContractNotPublished => "E-CONTRACT-006",
-            Self::ContractImmutable => "E-CONTRACT-007",
-            Self::ContractBadSignature => "E-CONTRACT-008",
-            Self::ContractSignatureReplay => "E-CONTRACT-009",
-            Self::ContractSigningKey => "E-CONTRACT-010",
-            Self::ContractDuplicateApproval => "E-CONTRACT-011",
-            Self::ContractInsufficientApprovals => "E-CONTRACT-012",
-            Self::ContractArtifactMissing => "E-CONTRACT-013",
-            Self::ContractApproverNotAllowed => "E-CONTRACT-014",
-            Self::ContractAlreadyActive => "E-CONTRACT-015",
-            Self::MigrationIllegalStep => "E-MIGRATION-001",
-            Self::MigrationReasonRequired => "E-MIGRATION-002",
-            Self::ArtifactInvalid => "E-ARTIFACT-001",
-            Self::RunNotFound => "E-RUN-001",
-            Self::RunIllegalTransition => "E-RUN-002",
-            Self::RunIdempotencyConflict => "E-RUN-003",
-            Self::RunIdempotencyKeyInvalid => "E-RUN-004",
-            Self::RunAttemptsExhausted => "E-RUN-005",
-            Self::RunDeadlineExceeded => "E-RUN-006",
-            Self::RunAgentInactive => "E-RUN-007",
-            Self::RunInputTooLarge => "E-RUN-008",
-            Self::RunBadTraceparent => "E-RUN-009",
-            Self::RunModeNotAllowed => "E-RUN-010",
-            Self::RunStepFailed => "E-RUN-011",
-            Self::RunCancelled => "E-RUN-012",
-            Self::RunToolBlocked => "E-RUN-013",
-            Self::RunShadowOutbound => "E-RUN-014",
-            Self::BudgetExceeded => "E-BUDGET-001",
-            Self::BudgetStreamAborted => "E-BUDGET-002",
-            Self::BudgetBreakerOpen => "E-BUDGET-003",
-            Self::BudgetRunCeiling => "E-BUDGET-004",
-            Self::ModelRouteNotFound => "E-MODEL-001",
-            Self::ModelPrivacyBlocked => "E-MODEL-002",
-            Self::ModelProviderUnavailable => "E-MODEL-003",
-            Self::ModelBadResponse => "E-MODEL-004",
-            Self::ModelBadToolCall => "E-MODEL-005",
-            Self::ModelCredential => "E-MODEL-006",
-            Self::ModelStepLimit => "E-MODEL-007",
-            Self::ModelProviderRejected => "E-MODEL-008",
-            Self::ModelRunTimeout => "E-MODEL-009",
-            Self::McpGateUnknownTool => "E-MCP-GATE-001",
-            Self::McpGateGrantMissing => "E-MCP-GATE-002",
-            Self::McpGateEnvironment => "E-MCP-GATE-003",
-            Self::McpGateRiskBlocked => "E-MCP-GATE-004",
-            Self::McpGateApprovalMissing => "E-MCP-GATE-005",
-            Self::McpGateApprovalInvalid => "E-MCP-GATE-006",
-            Self::McpGateApprovalReplayed => "E-MCP-GATE-007",
-            Self::McpGateArgumentsInvalid => "E-MCP-GATE-008",
-            Self::McpGateRateLimited => "E-MCP-GATE-009",
-            Self::McpProtocol => "E-MCP-001",
-            Self::McpSession => "E-MCP-002",
-            Self::McpUpstream => "E-MCP-003",
-            Self::McpUpstreamTimeout => "E-MCP-004",
-            Self::McpCredential => "E-MCP-005",
-            Self::Unavailable => "E-UNAVAILABLE-001",
-            Self::Internal => "E-INTERNAL-001",
-        }
-    }
-
-    /// The one place that maps errors to HTTP statuses.
-    pub fn status(self) -> StatusCode {
-        use ErrorCode::*;
-        match self {
-            ReqMalformed
-            | ReqInvalidParam
-            | SchemaViolation
-            | ContractUnknownKind
-            | ContractBadHash
-            | ContractSemantic
-            | ProjectInvalid
-            | ArtifactInvalid
-            | MigrationReasonRequired => StatusCode::UNPROCESSABLE_ENTITY,
-            ReqTooLarge | RunInputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            RunNotFound => StatusCode::NOT_FOUND,
-            RunIllegalTransition | RunIdempotencyConflict | RunModeNotAllowed => {
-                StatusCode::CONFLICT
-            }
-            RunIdempotencyKeyInvalid | RunBadTraceparent | RunAgentInactive => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            RunAttemptsExhausted | RunDeadlineExceeded | RunStepFailed | RunCancelled
-            | RunToolBlocked | RunShadowOutbound => StatusCode::CONFLICT,
-            AuthMissing | AuthInvalid => StatusCode::UNAUTHORIZED,
-            AuthForbidden | ContractApproverNotAllowed => StatusCode::FORBIDDEN,
-            ContractBadSignature | ContractSigningKey => StatusCode::UNAUTHORIZED,
-            TenantMissing | Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ProjectNotFound | ContractNotFound => StatusCode::NOT_FOUND,
-            ProjectExists
-            | ContractRevisionConflict
-            | ContractImmutable
-            | ContractSignatureReplay
-            | ContractDuplicateApproval
-            | ContractInsufficientApprovals
-            | ContractNotPublished
-            | ContractArtifactMissing
-            | ContractAlreadyActive
-            | MigrationIllegalStep => StatusCode::CONFLICT,
-            McpGateUnknownTool | McpSession => StatusCode::NOT_FOUND,
-            McpGateGrantMissing
-            | McpGateEnvironment
-            | McpGateRiskBlocked
-            | McpGateApprovalMissing => StatusCode::FORBIDDEN,
-            McpGateApprovalInvalid => StatusCode::UNAUTHORIZED,
-            McpGateApprovalReplayed => StatusCode::CONFLICT,
-            McpGateArgumentsInvalid => StatusCode::UNPROCESSABLE_ENTITY,
-            McpGateRateLimited => StatusCode::TOO_MANY_REQUESTS,
-            McpProtocol => StatusCode::BAD_REQUEST,
-            McpUpstream | McpCredential => StatusCode::BAD_GATEWAY,
-            McpUpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            BudgetExceeded | BudgetStreamAborted | BudgetBreakerOpen | BudgetRunCeiling => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ModelRouteNotFound | ModelPrivacyBlocked => StatusCode::UNPROCESSABLE_ENTITY,
-            ModelProviderUnavailable | ModelBadResponse | ModelProviderRejected => {
-                StatusCode::BAD_GATEWAY
-            }
-            ModelBadToolCall | ModelStepLimit | ModelRunTimeout => StatusCode::CONFLICT,
-            ModelCredential => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// A one-line description, used by `docs/errors.md` and `awooop errors`.
-    pub fn describe(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            ReqMalformed => "request body is not valid JSON or has unknown/mistyped fields",
-            ReqTooLarge => "request body exceeds the configured size limit",
-            ReqInvalidParam => "a path or query parameter is invalid",
-            AuthMissing => "no credential presented",
-            AuthInvalid => "credential unknown, revoked or malformed",
-            AuthForbidden => "credential lacks the role required for this action",
-            TenantMissing => "a tenant query ran without tenant context (fail closed)",
-            ProjectNotFound => "project does not exist or is not active",
-            ProjectExists => "a project with this id already exists",
-            ProjectInvalid => "project id or attribute malformed",
-            SchemaViolation => "document violates its JSON Schema (details list each path)",
-            ContractUnknownKind => "unknown contract kind",
-            ContractBadHash => "artifact reference hash is not sha256:<64 lowercase hex>",
-            ContractSemantic => "contract violates a cross-field rule",
-            ContractNotFound => "draft, revision or contract not found",
-            ContractRevisionConflict => "the revision number signed is not the next revision",
-            ContractNotPublished => "only published revisions can be approved or activated",
-            ContractImmutable => "published revisions and history are immutable",
-            ContractBadSignature => "publish signature does not verify",
-            ContractSignatureReplay => "publish signature was already used",
-            ContractSigningKey => "signing key unknown, revoked, or not in the keyring",
-            ContractDuplicateApproval => "this approver already approved this revision",
-            ContractInsufficientApprovals => "not enough distinct, unexpired approvals",
-            ContractArtifactMissing => "a referenced artifact is not registered with that hash",
-            ContractApproverNotAllowed => "approver not listed in the project's approver ACL",
-            ContractAlreadyActive => "this revision is already active",
-            MigrationIllegalStep => "migration mode can only move one step unless forced",
-            MigrationReasonRequired => "a forced migration-mode change needs a reason",
-            ArtifactInvalid => "artifact content does not match its hash or is malformed",
-            RunNotFound => "run not found",
-            RunIllegalTransition => "illegal run state transition",
-            RunIdempotencyConflict => "idempotency key already used with a different request",
-            RunIdempotencyKeyInvalid => "Idempotency-Key must match [A-Za-z0-9._:-]{1,128}",
-            RunAttemptsExhausted => {
-                "run lost its lease more often than max_attempts (recorded on the run)"
-            }
-            RunDeadlineExceeded => "run passed its hard deadline (state timed_out)",
-            RunAgentInactive => "unknown agent or agent without an active revision",
-            RunInputTooLarge => "run input exceeds the runtime contract's max_input_bytes",
-            RunBadTraceparent => "traceparent header is not a valid W3C trace context",
-            RunModeNotAllowed => "requested mode exceeds the project's migration mode",
-            RunStepFailed => "a step of the run failed (recorded on the run and its journal)",
-            RunCancelled => "the run was cancelled",
-            RunToolBlocked => {
-                "tool call blocked at the platform boundary: mode forbids its risk class"
-            }
-            RunShadowOutbound => {
-                "shadow runs never send outbound messages (enforced by PostgreSQL)"
-            }
-            BudgetExceeded => {
-                "budget reservation refused: the call's worst case would pass a limit"
-            }
-            BudgetStreamAborted => {
-                "a streamed model call exhausted its reservation and was aborted"
-            }
-            BudgetBreakerOpen => {
-                "project model breaker open (period hard limit or anomaly threshold reached)"
-            }
-            BudgetRunCeiling => "the run reached its agent's max_tokens_per_run ceiling",
-            ModelRouteNotFound => "no active Policy/Routing contract or no route for this agent",
-            ModelPrivacyBlocked => "no provider on the route may receive the run's data class",
-            ModelProviderUnavailable => {
-                "every route target failed (timeout, 429, 5xx or open circuit breaker)"
-            }
-            ModelBadResponse => "provider response or stream is malformed or truncated",
-            ModelBadToolCall => "model tool call has malformed arguments or names an unknown tool",
-            ModelCredential => "a provider API key reference cannot be resolved",
-            ModelStepLimit => "the run reached its step limit without a final answer",
-            ModelProviderRejected => "the provider rejected the request (4xx other than 408/429)",
-            ModelRunTimeout => "the LLM run passed its agent's safety.timeout_seconds",
-            McpGateUnknownTool => "MCP gate 3: tool unknown, disabled or not registered",
-            McpGateGrantMissing => {
-                "MCP gate 2: agent inactive, tool not in its contract or grants, or above its ceiling"
-            }
-            McpGateEnvironment => "MCP gate 4: the call's environment is not granted for this tool",
-            McpGateRiskBlocked => {
-                "MCP gate 3: risk class blocked by the mode (shadow/canary/read_only: read-only only) or destructive tools disabled"
-            }
-            McpGateApprovalMissing => "MCP gate 5: write/execute tools need an approval token",
-            McpGateApprovalInvalid => {
-                "MCP gate 5: approval token malformed, forged, expired or bound to another call"
-            }
-            McpGateApprovalReplayed => "MCP gate 5: approval token already used (jti)",
-            McpGateArgumentsInvalid => "tool arguments violate the tool's input schema",
-            McpGateRateLimited => "tool-call rate limit of the agent exceeded; retry later",
-            McpProtocol => "malformed JSON-RPC/MCP request or unsupported protocol version",
-            McpSession => "unknown, forged or expired Mcp-Session-Id: initialize again",
-            McpUpstream => "the upstream tool server failed or is unreachable",
-            McpUpstreamTimeout => "the upstream tool server did not answer in time",
-            McpCredential => "a credential ref could not be resolved for this project",
-            Unavailable => "database unavailable; retry later",
-            Internal => "internal error; see server logs by trace id",
-        }
-    }
+error_codes! {
+    /// Request body is not valid JSON, or has the wrong shape/unknown fields.
+    ReqMalformed = ("E-REQ-001", 422, "request body is not valid JSON or has unknown/mistyped fields"),
+    /// Request body exceeds the size limit.
+    ReqTooLarge = ("E-REQ-002", 413, "request body exceeds the configured size limit"),
+    /// A path or query parameter is invalid.
+    ReqInvalidParam = ("E-REQ-003", 422, "a path or query parameter is invalid"),
+    /// No credential was presented.
+    AuthMissing = ("E-AUTH-001", 401, "no credential presented"),
+    /// The credential is unknown, revoked or malformed.
+    AuthInvalid = ("E-AUTH-002", 401, "credential unknown, revoked or malformed"),
+    /// The credential is valid but lacks the role for this action.
+    AuthForbidden = ("E-AUTH-003", 403, "credential lacks the role required for this action"),
+    /// A tenant query was attempted without tenant context.
+    TenantMissing = ("E-TENANT-001", 500, "a tenant query ran without tenant context (fail closed)"),
+    /// The project does not exist or is not active (indistinguishable on purpose).
+    ProjectNotFound = ("E-PROJECT-001", 404, "project does not exist or is not active"),
+    /// A project with that id already exists.
+    ProjectExists = ("E-PROJECT-002", 409, "a project with this id already exists"),
+    /// A project id or name is malformed.
+    ProjectInvalid = ("E-PROJECT-003", 422, "project id or attribute malformed"),
+    /// A document violates its JSON Schema.
+    SchemaViolation = ("E-SCHEMA-001", 422, "document violates its JSON Schema (details list each path)"),
+    /// The contract kind is unknown.
+    ContractUnknownKind = ("E-CONTRACT-001", 422, "unknown contract kind"),
+    /// An artifact reference has a malformed hash.
+    ContractBadHash = ("E-CONTRACT-002", 422, "artifact reference hash is not sha256:<64 lowercase hex>"),
+    /// A contract violates a semantic rule that JSON Schema cannot express.
+    ContractSemantic = ("E-CONTRACT-003", 422, "contract violates a cross-field rule"),
+    /// Draft, revision or contract not found.
+    ContractNotFound = ("E-CONTRACT-004", 404, "draft, revision or contract not found"),
+    /// The revision number being published is not the next one (someone published first).
+    ContractRevisionConflict = ("E-CONTRACT-005", 409, "the revision number signed is not the next revision"),
+    /// A published revision cannot be changed or deleted.
+    ContractImmutable = ("E-CONTRACT-007", 409, "published revisions and history are immutable"),
+    /// The publish signature does not verify.
+    ContractBadSignature = ("E-CONTRACT-008", 401, "publish signature does not verify"),
+    /// The publish signature was already used.
+    ContractSignatureReplay = ("E-CONTRACT-009", 409, "publish signature was already used"),
+    /// The signing key is unknown, revoked, or its material does not match its fingerprint.
+    ContractSigningKey = ("E-CONTRACT-010", 401, "signing key unknown, revoked, or not in the keyring"),
+    /// The approver already approved this revision.
+    ContractDuplicateApproval = ("E-CONTRACT-011", 409, "this approver already approved this revision"),
+    /// Not enough valid approvals to activate.
+    ContractInsufficientApprovals = ("E-CONTRACT-012", 409, "not enough distinct, unexpired approvals"),
+    /// Only published revisions can be approved or activated.
+    ContractNotPublished = ("E-CONTRACT-006", 409, "only published revisions can be approved or activated"),
+    /// A referenced artifact is not registered with the same hash.
+    ContractArtifactMissing = ("E-CONTRACT-013", 409, "a referenced artifact is not registered with that hash"),
+    /// The approver is not allowed to approve by the project's ACL.
+    ContractApproverNotAllowed = ("E-CONTRACT-014", 403, "approver not listed in the project's approver ACL"),
+    /// The revision is already the active one.
+    ContractAlreadyActive = ("E-CONTRACT-015", 409, "this revision is already active"),
+    /// A migration-state change skips a step without being forced.
+    MigrationIllegalStep = ("E-MIGRATION-001", 409, "migration mode can only move one step unless forced"),
+    /// A forced migration-state change has no reason.
+    MigrationReasonRequired = ("E-MIGRATION-002", 422, "a forced migration-mode change needs a reason"),
+    /// Artifact content does not match its declared hash, or is malformed.
+    ArtifactInvalid = ("E-ARTIFACT-001", 422, "artifact content does not match its hash or is malformed"),
+    /// Run not found (or belongs to another project: indistinguishable on purpose).
+    RunNotFound = ("E-RUN-001", 404, "run not found"),
+    /// Illegal run state transition.
+    RunIllegalTransition = ("E-RUN-002", 409, "illegal run state transition"),
+    /// Idempotency key reused with a different request.
+    RunIdempotencyConflict = ("E-RUN-003", 409, "idempotency key already used with a different request"),
+    /// Idempotency key malformed.
+    RunIdempotencyKeyInvalid = ("E-RUN-004", 422, "Idempotency-Key must match [A-Za-z0-9._:-]{1,128}"),
+    /// Lease lost more often than the run's max attempts.
+    RunAttemptsExhausted = ("E-RUN-005", 409, "run lost its lease more often than max_attempts (recorded on the run)"),
+    /// The run passed its hard deadline.
+    RunDeadlineExceeded = ("E-RUN-006", 409, "run passed its hard deadline (state timed_out)"),
+    /// Unknown agent, or the agent has no active revision.
+    RunAgentInactive = ("E-RUN-007", 422, "unknown agent or agent without an active revision"),
+    /// Run input larger than the runtime contract allows.
+    RunInputTooLarge = ("E-RUN-008", 413, "run input exceeds the runtime contract's max_input_bytes"),
+    /// The traceparent header is malformed.
+    RunBadTraceparent = ("E-RUN-009", 422, "traceparent header is not a valid W3C trace context"),
+    /// The requested mode exceeds the project's migration mode.
+    RunModeNotAllowed = ("E-RUN-010", 409, "requested mode exceeds the project's migration mode"),
+    /// A step of the run failed.
+    RunStepFailed = ("E-RUN-011", 409, "a step of the run failed (recorded on the run and its journal)"),
+    /// The run was cancelled.
+    RunCancelled = ("E-RUN-012", 409, "the run was cancelled"),
+    /// A tool call was blocked at the platform boundary (mode forbids its risk class).
+    RunToolBlocked = ("E-RUN-013", 409, "tool call blocked at the platform boundary: mode forbids its risk class"),
+    /// Shadow runs never send outbound messages.
+    RunShadowOutbound = ("E-RUN-014", 409, "shadow runs never send outbound messages (enforced by PostgreSQL)"),
+    /// Pre-flight budget reservation refused: the call's worst case would pass a limit.
+    BudgetExceeded = ("E-BUDGET-001", 429, "budget reservation refused: the call's worst case would pass a limit"),
+    /// A streamed model call exhausted its reservation and was aborted.
+    BudgetStreamAborted = ("E-BUDGET-002", 429, "a streamed model call exhausted its reservation and was aborted"),
+    /// The project's model breaker is open (period hard limit reached or anomaly threshold).
+    BudgetBreakerOpen = ("E-BUDGET-003", 429, "project model breaker open (period hard limit or anomaly threshold reached)"),
+    /// The run reached its agent's `max_tokens_per_run` ceiling.
+    BudgetRunCeiling = ("E-BUDGET-004", 429, "the run reached its agent's max_tokens_per_run ceiling"),
+    /// No usable Policy/Routing contract or route for this agent.
+    ModelRouteNotFound = ("E-MODEL-001", 422, "no active Policy/Routing contract or no route for this agent"),
+    /// No provider on the route may receive the run's data class.
+    ModelPrivacyBlocked = ("E-MODEL-002", 422, "no provider on the route may receive the run's data class"),
+    /// Every target of the route failed (timeouts, 429, 5xx, open circuit breakers).
+    ModelProviderUnavailable = ("E-MODEL-003", 502, "every route target failed (timeout, 429, 5xx or open circuit breaker)"),
+    /// The provider answered with something that is not a valid response or stream.
+    ModelBadResponse = ("E-MODEL-004", 502, "provider response or stream is malformed or truncated"),
+    /// The model asked for a tool with malformed arguments or a tool the agent does not have.
+    ModelBadToolCall = ("E-MODEL-005", 409, "model tool call has malformed arguments or names an unknown tool"),
+    /// A provider API key reference cannot be resolved.
+    ModelCredential = ("E-MODEL-006", 500, "a provider API key reference cannot be resolved"),
+    /// The run reached its step limit without a final answer.
+    ModelStepLimit = ("E-MODEL-007", 409, "the run reached its step limit without a final answer"),
+    /// The provider rejected the request (4xx other than 408/429).
+    ModelProviderRejected = ("E-MODEL-008", 502, "the provider rejected the request (4xx other than 408/429)"),
+    /// An LLM run passed its agent's `safety.timeout_seconds`.
+    ModelRunTimeout = ("E-MODEL-009", 409, "the LLM run passed its agent's safety.timeout_seconds"),
+    /// Unknown, disabled or unregistered tool.
+    McpGateUnknownTool = ("E-MCP-GATE-001", 404, "MCP gate 3: tool unknown, disabled or not registered"),
+    /// The agent has no active contract listing the tool, no grant, or the tool exceeds its ceiling.
+    McpGateGrantMissing = ("E-MCP-GATE-002", 403, "MCP gate 2: agent inactive, tool not in its contract or grants, or above its ceiling"),
+    /// The call's environment is not one the grant and the tool name.
+    McpGateEnvironment = ("E-MCP-GATE-003", 403, "MCP gate 4: the call's environment is not granted for this tool"),
+    /// The tool's risk class is blocked by the mode or by the project's destructive-tools flag.
+    McpGateRiskBlocked = ("E-MCP-GATE-004", 403, "MCP gate 3: risk class blocked by the mode (shadow/canary/read_only: read-only only) or destructive tools disabled"),
+    /// The tool needs an approval token and none was presented.
+    McpGateApprovalMissing = ("E-MCP-GATE-005", 403, "MCP gate 5: write/execute tools need an approval token"),
+    /// The approval token is malformed, forged, expired or bound to another call.
+    McpGateApprovalInvalid = ("E-MCP-GATE-006", 401, "MCP gate 5: approval token malformed, forged, expired or bound to another call"),
+    /// The approval token was already used.
+    McpGateApprovalReplayed = ("E-MCP-GATE-007", 409, "MCP gate 5: approval token already used (jti)"),
+    /// The arguments violate the tool's input schema.
+    McpGateArgumentsInvalid = ("E-MCP-GATE-008", 422, "tool arguments violate the tool's input schema"),
+    /// Rate limit exceeded.
+    McpGateRateLimited = ("E-MCP-GATE-009", 429, "tool-call rate limit of the agent exceeded; retry later"),
+    /// Malformed JSON-RPC or MCP request, or unsupported protocol version.
+    McpProtocol = ("E-MCP-001", 400, "malformed JSON-RPC/MCP request or unsupported protocol version"),
+    /// Unknown, forged or expired MCP session (re-initialize).
+    McpSession = ("E-MCP-002", 404, "unknown, forged or expired Mcp-Session-Id: initialize again"),
+    /// The upstream tool server failed or is unreachable.
+    McpUpstream = ("E-MCP-003", 502, "the upstream tool server failed or is unreachable"),
+    /// The upstream tool server did not answer in time.
+    McpUpstreamTimeout = ("E-MCP-004", 504, "the upstream tool server did not answer in time"),
+    /// A credential ref could not be resolved for this project.
+    McpCredential = ("E-MCP-005", 502, "a credential ref could not be resolved for this project"),
+    /// The database is unreachable or overloaded.
+    Unavailable = ("E-UNAVAILABLE-001", 503, "database unavailable; retry later"),
+    /// Anything else: details only in the server log.
+    Internal = ("E-INTERNAL-001", 500, "internal error; see server logs by trace id"),
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -527,6 +243,12 @@ impl Error {
     }
 }
 
+/// PostgreSQL errors become platform errors: the triggers' own SQLSTATEs and RLS refusals get
+/// their stable codes, connection trouble is `Unavailable`, the rest `Internal`. Behind the
+/// `sqlx` feature (enabled by the store crate) so the core builds without a database driver;
+/// it must live here because `?` needs `From<sqlx::Error> for Error` and the orphan rule puts
+/// that impl in this crate or in sqlx.
+#[cfg(feature = "sqlx")]
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {
@@ -573,7 +295,8 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-#[derive(Serialize)]
+#[cfg(feature = "axum")]
+#[derive(serde::Serialize)]
 struct Body<'a> {
     code: &'static str,
     message: &'a str,
@@ -581,9 +304,13 @@ struct Body<'a> {
     details: Option<&'a Value>,
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = self.code.status();
+/// The one HTTP mapping of errors (behind the `axum` feature, enabled by the http crate; same
+/// orphan-rule reason as the sqlx mapping).
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        let status = axum::http::StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(code = self.code.as_str(), error = ?self.source, "{}", self.message);
         } else {
@@ -610,7 +337,7 @@ pub fn markdown_table() -> String {
         s.push_str(&format!(
             "| `{}` | {} | {} |\n",
             c.as_str(),
-            c.status().as_u16(),
+            c.http_status(),
             c.describe()
         ));
     }

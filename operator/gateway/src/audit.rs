@@ -17,8 +17,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use awooop_core::redact::Redactor;
 use awooop_core::error::ErrorCode;
+use awooop_core::redact::Redactor;
 use awooop_store::tenancy::{self, Db, ProjectId};
 
 /// One audited call.
@@ -157,7 +157,11 @@ async fn write(db: &Db, rows: &[CallRecord]) -> awooop_core::error::Result<()> {
     Ok(())
 }
 
-async fn insert(db: &Db, project: &ProjectId, rows: Vec<&CallRecord>) -> awooop_core::error::Result<()> {
+async fn insert(
+    db: &Db,
+    project: &ProjectId,
+    rows: Vec<&CallRecord>,
+) -> awooop_core::error::Result<()> {
     let mut tx = db.tenant().await?;
     sqlx::query(
         "INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode, \

@@ -130,7 +130,7 @@ pub fn rpc_code(code: ErrorCode) -> i64 {
 
 /// A platform error as a JSON-RPC error: message `E-…: text`, data `{code, trace_id, details}`.
 pub fn error_response(id: Value, e: &Error, trace_id: &str) -> Value {
-    if e.code.status().is_server_error() && e.code != ErrorCode::McpUpstream {
+    if e.code.http_status() >= 500 && e.code != ErrorCode::McpUpstream {
         tracing::error!(code = e.code.as_str(), trace_id, error = ?e.source, "{}", e.message);
     }
     let mut data = json!({"code": e.code.as_str(), "trace_id": trace_id});

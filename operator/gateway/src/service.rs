@@ -24,12 +24,12 @@ use super::gates::{self, AgentState, CallerView, ProjectState};
 use super::keys::GatewayKeys;
 use super::registry::Registry;
 use super::sanitize;
-use awooop_core::redact::ExactSecrets;
 use awooop_contracts::{self as contracts, ContractKind, Injection, McpProvider};
 use awooop_control::MigrationMode;
-use awooop_store::coord::Coord;
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_core::redact::ExactSecrets;
 use awooop_runtime::TraceContext;
+use awooop_store::coord::Coord;
 use awooop_store::tenancy::{self, Db, ProjectId};
 
 /// The identity of a caller, fixed by its credential.

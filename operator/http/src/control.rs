@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::extract::{ApiJson, Caller};
-use awooop_store::auth::Role;
 use awooop_contracts::ContractKind;
 use awooop_control::{MigrationMode, NewProject, PublishRequest};
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_store::auth::Role;
 use awooop_store::tenancy::{self, ProjectId};
 
 pub fn router() -> Router<AppState> {

@@ -6,8 +6,8 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::AppState;
-use awooop_store::auth::{self, Actor};
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_store::auth::{self, Actor};
 use awooop_store::tenancy::ProjectId;
 
 /// Header naming the project an admin credential acts on.

@@ -20,8 +20,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
 
-use awooop_store::auth::AdminToken;
 use awooop_control::ControlPlane;
+use awooop_store::auth::AdminToken;
 
 /// Everything handlers need, passed explicitly.
 #[derive(Clone)]
@@ -32,6 +32,11 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The registry `/metrics` serves (shared with the workers of this process).
     pub metrics: std::sync::Arc<awooop_runtime::metrics::Metrics>,
+}
+
+/// The HTTP status of an error code (the table lives with the codes in `awooop_core::error`).
+pub fn status_of(code: awooop_core::error::ErrorCode) -> StatusCode {
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 pub fn app(state: AppState) -> Router {
@@ -92,7 +97,10 @@ async fn openapi_json() -> impl IntoResponse {
 }
 
 async fn not_found() -> awooop_core::error::Error {
-    awooop_core::error::Error::new(awooop_core::error::ErrorCode::ReqInvalidParam, "no such endpoint")
+    awooop_core::error::Error::new(
+        awooop_core::error::ErrorCode::ReqInvalidParam,
+        "no such endpoint",
+    )
 }
 
 /// Serve until `shutdown` resolves; in-flight requests finish first.

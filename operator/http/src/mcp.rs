@@ -28,12 +28,12 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use awooop_store::auth::{self, Role};
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_gateway::server::{self, Incoming};
 use awooop_gateway::tokens;
 use awooop_gateway::{Caller, Gateway};
 use awooop_runtime::TraceContext;
+use awooop_store::auth::{self, Role};
 use awooop_store::tenancy::{Db, ProjectId};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -224,8 +224,8 @@ async fn post_mcp(State(state): State<McpState>, req: Request) -> Response {
     let (caller, cred) = match authenticate(&state, h).await {
         Ok(x) => x,
         Err(e) => {
-            let mut r = transport_error(e.code.status(), &e);
-            if e.code.status() == StatusCode::UNAUTHORIZED {
+            let mut r = transport_error(crate::status_of(e.code), &e);
+            if crate::status_of(e.code) == StatusCode::UNAUTHORIZED {
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }

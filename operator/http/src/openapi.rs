@@ -299,7 +299,7 @@ pub fn document() -> Value {
         let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
         for e in op.errors {
             by_status
-                .entry(e.status().as_u16())
+                .entry(e.http_status())
                 .or_default()
                 .push(e.as_str());
         }

@@ -11,9 +11,9 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::extract::{ApiJson, Caller};
-use awooop_store::auth::Role;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_runtime::{CreateRun, ListQuery, RunService};
+use awooop_store::auth::Role;
 use awooop_store::tenancy;
 
 pub fn router() -> Router<AppState> {

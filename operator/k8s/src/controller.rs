@@ -46,10 +46,10 @@ use super::plan::{self, Kind, Projected, Step};
 use super::project::{self, MANAGER, Revision};
 use super::status::{self, WorkersObserved};
 use super::workers::{self, WorkerSettings};
-use awooop_store::audit::{self, Entry};
 use awooop_contracts::{Contract, ContractKind, McpGatewayContract, ProjectContract};
 use awooop_control::ControlPlane;
 use awooop_core::error::ErrorCode;
+use awooop_store::audit::{self, Entry};
 use awooop_store::tenancy::{self, ProjectId};
 
 /// Label naming the project of a projected object, and the label a Secret must carry (with the

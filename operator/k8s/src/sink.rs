@@ -8,10 +8,10 @@ use std::path::Path;
 use serde_json::json;
 
 use super::project::{Revision, agent_project, mcp_grants};
-use awooop_store::auth::Actor;
 use awooop_contracts::{Contract, ContractKind};
 use awooop_control::ControlPlane;
 use awooop_core::error::{ErrorCode, Result};
+use awooop_store::auth::Actor;
 use awooop_store::tenancy::{self, ProjectId};
 
 /// What one export wrote.

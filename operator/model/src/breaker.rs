@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::policy::BreakerPolicy;
+use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_store::audit::{self, Entry};
 use awooop_store::coord::Coord;
-use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_store::tenancy::{self, Db};
 
 /// Breakers. Provider circuit state is a platform resource (`platform_resources`, kind

@@ -29,9 +29,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::policy::{BudgetPolicy, ScopeLimit};
-use awooop_store::audit::{self, Entry};
 use awooop_contracts::BudgetPeriod;
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_store::audit::{self, Entry};
 use awooop_store::tenancy::{self, Db, ProjectId};
 
 /// Start of the budget period containing `now` (UTC boundaries).

@@ -30,11 +30,11 @@ use super::wire::{ChatMessage, ChatRequest, ToolSpec};
 use awooop_contracts::{self as contracts, Contract, ContractKind};
 use awooop_control::ControlPlane;
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_core::trace::TraceContext;
 use awooop_runtime::executor::{
     Executor, GuardedGateway, Journal, Outcome, PendingStep, RunContext, ScriptedExecutor,
     ToolCall, is_lease_lost,
 };
-use awooop_core::trace::TraceContext;
 
 /// Answers checked against the output schema before the run fails with `E-SCHEMA-001`.
 pub const SCHEMA_ATTEMPTS: usize = 3;

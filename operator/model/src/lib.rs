@@ -11,6 +11,7 @@
 //! * [`validate`]: the output schema validator and `ValidatedOutput` (owned by the runtime
 //!   crate, which checks every output; re-exported here).
 //! * [`executor`]: the LLM tool-calling executor and the per-agent executor choice.
+//!
 //! The provider double speaking the three wire formats (tests, bench) is in `awooop-testkit`.
 
 pub mod breaker;

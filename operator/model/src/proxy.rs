@@ -27,10 +27,10 @@ use super::breaker::{Anomaly, AnomalyCounter, Breakers};
 use super::budget::{Budget, ReservationGuard, ReserveRequest, cost_micros};
 use super::policy::{EffectivePolicy, Target};
 use super::wire::{self, ChatRequest, ChatResponse, Decoder, Usage};
-use awooop_store::audit::{self, Entry};
 use awooop_contracts::{CredentialSource, DataClass, ProviderApi};
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::trace::TraceContext;
+use awooop_store::audit::{self, Entry};
 use awooop_store::tenancy::{self, Db, ProjectId};
 
 /// A secret value. Its `Debug` never shows it.

@@ -17,10 +17,12 @@ use uuid::Uuid;
 
 use super::repo;
 use super::trace::TraceContext;
-use awooop_store::audit::{self, Entry};
-use awooop_contracts::{self as contracts, AgentContract, Contract, ContractKind, RiskClass, ScriptStep};
+use awooop_contracts::{
+    self as contracts, AgentContract, Contract, ContractKind, RiskClass, ScriptStep,
+};
 use awooop_control::{ControlPlane, MigrationMode};
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_store::audit::{self, Entry};
 use awooop_store::tenancy::{Db, ProjectId};
 
 /// Everything an executor knows about the run it executes.

@@ -5,9 +5,9 @@
 //! [`worker::Worker`] executes runs through the [`executor::Executor`] interface.
 
 pub mod executor;
+pub mod metrics;
 pub mod outbound;
 pub mod repo;
-pub mod metrics;
 pub mod validate;
 pub mod worker;
 
@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use awooop_store::audit::{self, Entry};
-use awooop_store::auth::{Actor, Role};
 use awooop_contracts::{self as contracts, Contract, ContractKind, RuntimeContract};
 use awooop_control::{ControlPlane, MigrationMode};
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_store::audit::{self, Entry};
+use awooop_store::auth::{Actor, Role};
 use awooop_store::tenancy;
 pub use state::RunState;
 pub use trace::TraceContext;

@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;
 
-use awooop_store::audit::{self, Entry};
-use awooop_core::error::{ErrorCode, Result};
 use crate::validate::ValidatedOutput;
+use awooop_core::error::{ErrorCode, Result};
+use awooop_store::audit::{self, Entry};
 
 /// Where a run's reply goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -508,10 +508,7 @@ pub struct Completion {
     pub error: Option<(String, String)>,
     pub steps: Vec<super::executor::PendingStep>,
     /// Where the reply goes, with the run output that passed the agent's output schema.
-    pub reply: Option<(
-        super::outbound::ReplyTo,
-        crate::validate::ValidatedOutput,
-    )>,
+    pub reply: Option<(super::outbound::ReplyTo, crate::validate::ValidatedOutput)>,
     pub trace_id: String,
 }
 

@@ -19,10 +19,10 @@ use super::executor::{Executor, Journal, Outcome, RunContext};
 use super::repo::{self, Claimed};
 use super::state::RunState;
 use super::trace::TraceContext;
+use crate::metrics::Metrics;
 use awooop_contracts::{self as contracts, AgentContract, Contract, ContractKind};
 use awooop_control::{ControlPlane, MigrationMode};
 use awooop_core::error::Result;
-use crate::metrics::Metrics;
 use awooop_store::tenancy::{self, ProjectId};
 
 #[derive(Debug, Clone)]
@@ -127,7 +127,10 @@ impl Worker {
             .expect("completion receiver")
             .take()
             .ok_or_else(|| {
-                awooop_core::error::Error::new(awooop_core::error::ErrorCode::Internal, "a worker runs once")
+                awooop_core::error::Error::new(
+                    awooop_core::error::ErrorCode::Internal,
+                    "a worker runs once",
+                )
             })?;
         let _background = AbortOnDrop(vec![
             self.clone().spawn_listener(wake.clone()),
@@ -563,8 +566,10 @@ impl Worker {
                     }
                     Err(e) => {
                         for s in senders {
-                            let _ =
-                                s.send(Err(awooop_core::error::Error::new(e.code, e.message.clone())));
+                            let _ = s.send(Err(awooop_core::error::Error::new(
+                                e.code,
+                                e.message.clone(),
+                            )));
                         }
                     }
                 }

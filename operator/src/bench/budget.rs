@@ -20,12 +20,12 @@ use crate::control::{ControlPlane, NewProject};
 use crate::coord::Coord;
 use crate::model::breaker::{AnomalyConfig, AnomalyCounter};
 use crate::model::budget::{Budget, ReserveRequest};
-use awooop_testkit::double::{ProviderDouble, Reply};
 use crate::model::policy::{BudgetPolicy, EffectivePolicy, ScopeLimit, Target};
 use crate::model::proxy::{CallMeta, ProviderProxy};
 use crate::model::wire::{self, ChatMessage, ChatRequest, Decoder};
 use crate::runtime::trace::TraceContext;
 use crate::tenancy::{self, Db, ProjectId};
+use awooop_testkit::double::{ProviderDouble, Reply};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let base = args

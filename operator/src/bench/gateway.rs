@@ -26,10 +26,10 @@ use crate::contracts::ContractKind;
 use crate::gateway::audit::CallAudit;
 use crate::gateway::credentials::{CredentialResolver, LocalPolicy, MemorySecrets};
 use crate::gateway::keys::GatewayKeys;
-use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
 use crate::gateway::upstream::{UpstreamConfig, Upstreams};
 use crate::gateway::{Gateway, GatewayConfig, tokens};
 use crate::tenancy::{self, ProjectId};
+use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
 
 const MASTER: &str = "bench-gateway-master-key-0123456789abcdef";
 const SECRET: &str = "bench-upstream-secret-7f3a9c";

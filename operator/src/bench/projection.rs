@@ -22,9 +22,9 @@ use crate::config::{BenchArgs, DbArgs, KeyringArgs};
 use crate::contracts::ContractKind;
 use crate::control::{ControlPlane, NewProject};
 use crate::k8s::controller::{self, Context, ControllerMetrics};
-use awooop_testkit::fake::FakeApiServer;
 use crate::k8s::workers::WorkerSettings;
 use crate::tenancy::{self, ProjectId};
+use awooop_testkit::fake::FakeApiServer;
 
 const NS: &str = "awooop";
 const AGENTS: usize = 10;

@@ -11,8 +11,8 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use awooop_core::error::Result;
 use crate::tenancy::{self, Db};
+use awooop_core::error::Result;
 
 /// One audit record. `details` is redacted before it is stored.
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use awooop_core::error::{Error, ErrorCode, Result};
 use crate::tenancy::{self, Db, ProjectId};
+use awooop_core::error::{Error, ErrorCode, Result};
 
 /// Roles an API key can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! AwoooP: a multi-tenant agent platform.
 //!
-//! This is the `awooop` binary's crate: arguments ([`config`]), wiring and one function per
-//! command ([`cli`]), the in-cluster operator process ([`in_cluster`]) and, with the `bench`
+//! This is the `awooop` binary's crate: arguments ([`config`]), the composition root
+//! ([`platform`]), one module per command ([`cli`]), the in-cluster operator process ([`in_cluster`]) and, with the `bench`
 //! feature, the benchmarks ([`bench`]). The platform's parts are crates under `operator/`
 //! (see docs/architecture.md); they are re-exported here under their old module names so
 //! that `awooop::gateway::…` and friends keep working for tests and tools.
@@ -22,3 +22,4 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod in_cluster;
+pub mod platform;

@@ -6,7 +6,15 @@
 //! token: workers talk to PostgreSQL, never to the Kubernetes API) and get their database URL
 //! from a Secret, never from the Deployment spec.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -49,75 +57,133 @@ pub fn deployment(
     replicas: i32,
 ) -> Deployment {
     let project = ap.spec.project_id.as_str();
-    let name = deployment_name(project);
-    let selector =
-        json!({"app.kubernetes.io/name": "awooop-worker", "awooop.dev/project": project});
-    let mut v = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/name": "awooop-worker",
-                "app.kubernetes.io/instance": project,
-                "app.kubernetes.io/managed-by": MANAGER,
-                "app.kubernetes.io/part-of": "awooop",
-                "awooop.dev/project": project,
-            },
-            "annotations": {
-                "awooop.dev/revision-id": ap.spec.revision_id,
-            },
-            "ownerReferences": [{
-                "apiVersion": "awooop.dev/v1alpha1",
-                "kind": "AgentProject",
-                "name": ap.metadata.name.clone().unwrap_or_else(|| project.to_string()),
-                "uid": uid,
-                "controller": true,
-                "blockOwnerDeletion": true,
-            }],
+    let strings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let selector = strings(&[
+        ("app.kubernetes.io/name", "awooop-worker"),
+        ("awooop.dev/project", project),
+    ]);
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        ..Default::default()
+    };
+    let mut d = Deployment {
+        metadata: ObjectMeta {
+            name: Some(deployment_name(project)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(strings(&[
+                ("app.kubernetes.io/name", "awooop-worker"),
+                ("app.kubernetes.io/instance", project),
+                ("app.kubernetes.io/managed-by", MANAGER),
+                ("app.kubernetes.io/part-of", "awooop"),
+                ("awooop.dev/project", project),
+            ])),
+            annotations: Some(strings(&[(
+                "awooop.dev/revision-id",
+                &ap.spec.revision_id.to_string(),
+            )])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "awooop.dev/v1alpha1".to_string(),
+                kind: "AgentProject".to_string(),
+                name: ap
+                    .metadata
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| project.to_string()),
+                uid: uid.to_string(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
         },
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "template": {
-                "metadata": {"labels": selector},
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": 65532,
-                        "runAsGroup": 65532,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [{
-                        "name": "worker",
-                        "image": settings.image,
-                        "args": ["worker", "--project", project],
-                        "env": [
-                            {"name": "AWOOOP_WORKER_PROJECT", "value": project},
-                            {"name": "AWOOOP_LOG_FORMAT", "value": "json"},
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![Container {
+                        name: "worker".to_string(),
+                        image: Some(settings.image.clone()),
+                        args: Some(vec!["worker".into(), "--project".into(), project.into()]),
+                        env: Some(vec![
+                            env("AWOOOP_WORKER_PROJECT", project),
+                            env("AWOOOP_LOG_FORMAT", "json"),
                             // The only writable place (root filesystem is read-only).
-                            {"name": "AWOOOP_STATE_DIR", "value": "/tmp/awooop"},
-                            {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
-                                "name": settings.db_secret, "key": "database-url"}}},
-                        ],
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "runAsNonRoot": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
-                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                            env("AWOOOP_STATE_DIR", "/tmp/awooop"),
+                            EnvVar {
+                                name: "DATABASE_URL".to_string(),
+                                value_from: Some(EnvVarSource {
+                                    secret_key_ref: Some(SecretKeySelector {
+                                        name: settings.db_secret.clone(),
+                                        key: "database-url".to_string(),
+                                        ..Default::default()
+                                    }),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            },
+                        ]),
+                        security_context: Some(SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            read_only_root_filesystem: Some(true),
+                            run_as_non_root: Some(true),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".to_string()]),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: "tmp".to_string(),
+                            mount_path: "/tmp".to_string(),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
                     }],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                },
+                    volumes: Some(vec![Volume {
+                        name: "tmp".to_string(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
             },
-        },
-    });
-    let hash = hex::encode(Sha256::digest(v.to_string().as_bytes()));
-    v["metadata"]["annotations"][SPEC_HASH] = json!(hash);
-    serde_json::from_value(v).expect("the worker Deployment matches the apps/v1 schema")
+            ..Default::default()
+        }),
+        status: None,
+    };
+    // Serialising a typed Deployment cannot fail (string keys, no maps with non-string keys).
+    let hash = hex::encode(Sha256::digest(
+        serde_json::to_vec(&d).unwrap_or_default().as_slice(),
+    ));
+    d.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SPEC_HASH.to_string(), hash);
+    d
 }
 
 /// Why a Deployment must be applied, or `None` when the cluster already has it.

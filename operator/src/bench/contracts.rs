@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 
 use super::{drop_scratch, percentile_ms, scratch_database};
 use crate::auth::Actor;
-use crate::cli::Platform;
 use crate::config::{BenchArgs, DbArgs, KeyringArgs};
 use crate::contracts::{self, ContractKind};
 use crate::control::NewProject;
+use crate::platform::Platform;
 use crate::tenancy::{self, ProjectId};
 
 /// A typical Agent contract: scripted executor, tools, artifacts, safety ceiling (~1.3 KB).
@@ -105,7 +105,7 @@ async fn activation_latency(
             },
         )
         .await?;
-    crate::cli::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
+    crate::platform::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
     let out = tenancy::scope(project, async {
         let mut lat = Vec::with_capacity(count);
         let mut approve_lat = Vec::with_capacity(count * 2);

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Actor;
-use crate::cli::Platform;
 use crate::config::{BenchArgs, DbArgs, KeyringArgs};
 use crate::control::NewProject;
+use crate::platform::Platform;
 use crate::tenancy::ProjectId;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -103,6 +103,6 @@ pub async fn bench_project(
         )
         .await?;
     let project = ProjectId::parse("bench")?;
-    crate::cli::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
+    crate::platform::create_signing_key(&p, &state.join("keyring"), &project, "bench").await?;
     Ok((p, project, state))
 }

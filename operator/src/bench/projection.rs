@@ -17,12 +17,12 @@ use serde_json::{Value, json};
 
 use super::{drop_scratch, percentile_ms, scratch_database};
 use crate::auth::Actor;
-use crate::cli::Platform;
 use crate::config::{BenchArgs, DbArgs, KeyringArgs};
 use crate::contracts::ContractKind;
 use crate::control::{ControlPlane, NewProject};
 use crate::k8s::controller::{self, Context, ControllerMetrics};
 use crate::k8s::workers::WorkerSettings;
+use crate::platform::Platform;
 use crate::tenancy::{self, ProjectId};
 use awooop_testkit::fake::FakeApiServer;
 
@@ -112,7 +112,7 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
                 },
             )
             .await?;
-        crate::cli::create_signing_key(&p, &state.join("keyring"), id, "bench").await?;
+        crate::platform::create_signing_key(&p, &state.join("keyring"), id, "bench").await?;
         let secret = format!("mcp-{id}");
         tenancy::scope(id.clone(), async {
             activate(

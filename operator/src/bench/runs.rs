@@ -10,9 +10,9 @@ use serde_json::json;
 
 use super::{drop_scratch, percentile_ms, scratch_database};
 use crate::auth::Actor;
-use crate::cli::Platform;
 use crate::config::BenchArgs;
 use crate::contracts::ContractKind;
+use crate::platform::Platform;
 use crate::runtime::executor::{
     Executor, GuardedGateway, Journal, NoGateway, Outcome, RunContext, ScriptedExecutor,
 };

@@ -1,0 +1,102 @@
+//! `awooop up`: the whole platform on one machine (API, worker, gateway, file sink).
+
+use super::*;
+
+/// `awooop up`: the whole platform locally.
+pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let mut p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    let gateway = attach_gateway(&mut p, &args.gateway, true, None)?;
+    let admin_token = match &args.admin_token {
+        Some(t) => t.clone(),
+        None => {
+            let path = p.state_dir.join("admin-token");
+            if path.exists() {
+                std::fs::read_to_string(&path)?.trim().to_string()
+            } else {
+                let t = AdminToken::generate();
+                write_private(&path, t.as_bytes())?;
+                t
+            }
+        }
+    };
+    // A local signing key for the seeded project, so the whole lifecycle works out of the box.
+    let keyring_file = keyring_path(Some(&args.keyring), &p.state_dir);
+    let awoooi = ProjectId::parse("awoooi")?;
+    let has_key: bool = tenancy::scope(awoooi.clone(), async {
+        let mut tx = p.control.db().tenant().await?;
+        let n: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signing_keys WHERE key_id = 'local')")
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok::<_, Error>(n)
+    })
+    .await?;
+    if !has_key && args.keyring.keyring.is_none() {
+        create_signing_key(&p, &keyring_file, &awoooi, "local").await?;
+    }
+    let metrics = crate::metrics::Metrics::new();
+    let state = http::AppState {
+        control: p.control.clone(),
+        admin: Some(AdminToken::new(&admin_token)),
+        max_body_bytes: args.max_body_bytes,
+        metrics: metrics.clone(),
+    };
+    eprintln!(
+        "AwoooP is up\n  database: {}\n  redis:    {}\n  API:      http://{}\n  admin token: {} (file {})\n  keyring:  {}",
+        p.source(),
+        if p.control.coord().is_configured() {
+            "configured"
+        } else {
+            "not configured (optional)"
+        },
+        args.listen,
+        if args.admin_token.is_some() {
+            "from AWOOOP_ADMIN_TOKEN"
+        } else {
+            "generated"
+        },
+        p.state_dir.join("admin-token").display(),
+        keyring_file.display(),
+    );
+    let worker = worker_for(&p, &args.worker, metrics);
+    let (stop_tx, stop_rx) = crate::runtime::worker::shutdown_channel();
+    let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
+    // Without a cluster the projection goes to files (the operator's file sink).
+    let has_kubeconfig = std::env::var_os("KUBECONFIG").is_some()
+        || std::env::var_os("HOME")
+            .is_some_and(|h| std::path::Path::new(&h).join(".kube/config").exists());
+    let manifests = p.state_dir.join("manifests");
+    if !has_kubeconfig {
+        tokio::spawn(crate::k8s::sink::run_file_sink(
+            p.control.clone(),
+            p.control.db().pool_for_health().clone(),
+            manifests.clone(),
+            "awooop".into(),
+            std::time::Duration::from_secs(60),
+            stop_rx,
+        ));
+        eprintln!(
+            "  manifests: {} (no kubeconfig: file sink)",
+            manifests.display()
+        );
+    }
+    let mcp =
+        http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), args.max_body_bytes)
+            .with_allowed_origins(args.gateway.gateway_allowed_origins.clone());
+    eprintln!(
+        "  MCP gateway: http://{}/mcp (bearer: `awooop token mint --project P --agent A`; key file {})",
+        args.listen,
+        p.state_dir.join("gateway-key").display()
+    );
+    let router = http::app(state).merge(http::mcp::router(mcp));
+    http::serve(args.listen, router, shutdown_signal()).await?;
+    // The API has stopped taking requests; let the worker finish or release its runs.
+    let _ = stop_tx.send(true);
+    let _ = worker_task.await;
+    // Every queued call-audit row is written before exit.
+    gateway.audit().flush().await;
+    drop(p);
+    Ok(())
+}

@@ -29,6 +29,9 @@ pub struct Platform {
     /// How model provider API keys resolve: project-bound, by the gateway's rules once
     /// [`attach_gateway`] ran; before that every ref is denied.
     pub model_credentials: std::sync::Arc<dyn crate::model::proxy::CredentialResolver>,
+    /// The administrator's stdio catalog and egress rules (plus, for `awooop up`, the local
+    /// loopback allowance): read by the gateway's upstream client and the model proxy.
+    pub policy: crate::platform::PolicySource,
     _pg: LocalPostgres,
 }
 
@@ -45,8 +48,18 @@ impl Platform {
         std::fs::create_dir_all(&db_args.state_dir).with_context(|| {
             format!("cannot create state folder {}", db_args.state_dir.display())
         })?;
-        let pg = local::resolve(db_args.database_url.as_deref(), &db_args.state_dir).await?;
-        db::migrate(&pg.url).await.map_err(anyhow_err)?;
+        // With only the runtime role's URL (pods: `awooop serve`, workers) nothing needs the
+        // owner: no migration here (the chart runs `awooop migrate` with the owner's URL in a
+        // separate container), and the owner's URL never reaches this process.
+        let pg = match (&db_args.database_url, &db_args.app_database_url) {
+            (None, Some(app)) => LocalPostgres::external(app),
+            _ => {
+                let pg =
+                    local::resolve(db_args.database_url.as_deref(), &db_args.state_dir).await?;
+                db::migrate(&pg.url).await.map_err(anyhow_err)?;
+                pg
+            }
+        };
         let app_url = db_args
             .app_database_url
             .clone()
@@ -59,8 +72,10 @@ impl Platform {
             None => Coord::none(),
         };
         let keyring = load_keyring(keyring, &db_args.state_dir)?;
+        let db = Db::new(pool);
         Ok(Self {
-            control: ControlPlane::new(Db::new(pool), coord, keyring),
+            policy: crate::platform::PolicySource::from_db(db.clone()),
+            control: ControlPlane::new(db, coord, keyring),
             owner_url: pg.url.clone(),
             state_dir: db_args.state_dir.clone(),
             tools: std::sync::Arc::new(crate::runtime::executor::NoGateway),
@@ -267,6 +282,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
+        Command::Catalog(c) => catalog(c).await,
+        Command::Egress(c) => egress(c).await,
         Command::Errors => {
             print!("{}", crate::error::markdown_table());
             Ok(())
@@ -274,6 +291,82 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Bench(b) => crate::bench::run(b).await,
         Command::Token(t) => token(t),
         Command::McpFixture(a) => mcp_fixture(a).await,
+    }
+}
+
+// --- platform policy (operator/src/platform/): stdio catalog, egress allow-list ---
+
+async fn catalog(cmd: CatalogCmd) -> anyhow::Result<()> {
+    let actor = "cli";
+    match cmd {
+        CatalogCmd::Add {
+            db,
+            name,
+            command,
+            args,
+            env,
+            description,
+        } => {
+            let p = Platform::connect(&db, None, None).await?;
+            let e = crate::platform::catalog::CatalogEntry {
+                name,
+                command,
+                args,
+                env_allow: env,
+                description: description.unwrap_or_default(),
+            };
+            print(&crate::platform::catalog_put(p.control.db(), actor, &e).await?)
+        }
+        CatalogCmd::List { db } => {
+            let p = Platform::connect(&db, None, None).await?;
+            print(&crate::platform::catalog_list(p.control.db(), actor).await?)
+        }
+        CatalogCmd::Remove { db, name } => {
+            let p = Platform::connect(&db, None, None).await?;
+            let removed = crate::platform::catalog_remove(p.control.db(), actor, &name).await?;
+            print(&serde_json::json!({"name": name, "removed": removed}))
+        }
+    }
+}
+
+async fn egress(cmd: EgressCmd) -> anyhow::Result<()> {
+    let actor = "cli";
+    match cmd {
+        EgressCmd::Allow {
+            db,
+            project,
+            all_projects,
+            host,
+            note,
+        } => {
+            if project.is_some() == all_projects {
+                return Err(Error::new(
+                    ErrorCode::EgressRuleInvalid,
+                    "give exactly one of --project P and --all-projects",
+                )
+                .into());
+            }
+            let p = Platform::connect(&db, None, None).await?;
+            print(
+                &crate::platform::egress_allow(
+                    p.control.db(),
+                    actor,
+                    project.as_deref(),
+                    &host,
+                    note.as_deref().unwrap_or(""),
+                )
+                .await?,
+            )
+        }
+        EgressCmd::List { db } => {
+            let p = Platform::connect(&db, None, None).await?;
+            print(&crate::platform::egress_list(p.control.db(), actor).await?)
+        }
+        EgressCmd::Remove { db, rule_id } => {
+            let p = Platform::connect(&db, None, None).await?;
+            let removed = crate::platform::egress_remove(p.control.db(), actor, rule_id).await?;
+            print(&serde_json::json!({"rule_id": rule_id, "removed": removed}))
+        }
     }
 }
 
@@ -345,8 +438,9 @@ pub fn attach_gateway(
         p.control.coord().clone(),
         GatewayKeys::derive(&master),
         creds,
-        std::sync::Arc::new(crate::gateway::upstream::Upstreams::new(
+        std::sync::Arc::new(crate::gateway::upstream::Upstreams::guarded(
             args.upstream.config(),
+            p.policy.clone(),
         )),
         audit,
         args.config(),
@@ -698,6 +792,19 @@ pub fn crdgen<P: AsRef<Path>>(outs: &[P], check: bool) -> anyhow::Result<()> {
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     args.validate()?;
     let mut p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    // Local mode: tenants' MCP upstreams and model providers on this machine (127.0.0.0/8,
+    // ::1, localhost) are allowed for every project, in this process only (nothing stored).
+    // Anything else needs `awooop egress allow`, as in a cluster.
+    p.policy = p.policy.clone().allow_loopback();
+    tracing::warn!(
+        "local mode: egress to loopback (127.0.0.0/8, ::1, localhost) is allowed for every project; other destinations need `awooop egress allow`"
+    );
+    if args.gateway.upstream.stdio_isolation != "same-uid" && !crate::platform::running_as_root()
+    {
+        tracing::warn!(
+            "stdio catalog children run as one uid per tenant, which needs root or CAP_SETUID/CAP_SETGID; without them they fail to start (pass --stdio-isolation same-uid for a single trusted tenant on a developer machine)"
+        );
+    }
     let gateway = attach_gateway(&mut p, &args.gateway, true, None)?;
     let admin_token = match &args.admin_token {
         Some(t) => t.clone(),
@@ -902,7 +1009,7 @@ pub fn worker_for_project(
         Ok(proxy) => Some(LlmExecutor::new(
             p.control.clone(),
             GuardedGateway::new(p.control.clone(), tools),
-            std::sync::Arc::new(proxy),
+            std::sync::Arc::new(proxy.with_egress(p.policy.clone())),
             anomalies,
         )),
         Err(e) => {

@@ -57,6 +57,13 @@ pub enum Command {
     /// Mint MCP gateway tokens (per-run bearer tokens, approval tokens).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Platform administrator: the stdio catalog (the only programs the gateway starts).
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// Platform administrator: the egress allow-list (where tenants' MCP upstreams and model
+    /// providers may be).
+    #[command(subcommand)]
+    Egress(EgressCmd),
     // --- upstream MCP client (gateway/upstream) ---
     /// Test fixture: a minimal MCP server over stdio (--stdio) or Streamable HTTP.
     #[command(name = "mcp-fixture", hide = true)]
@@ -79,12 +86,15 @@ pub struct McpFixtureArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// Owner connection URL (runs migrations). Without it: 127.0.0.1:5432 if it answers, else a
-    /// private cluster in the state folder.
+    /// Owner connection URL (runs migrations). Without it and without --app-database-url:
+    /// 127.0.0.1:5432 if it answers, else a private cluster in the state folder. Also read from
+    /// the file named by DATABASE_URL_FILE.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Runtime connection URL (a login role that is a member of awooop_app). Default: the owner
-    /// URL with `SET ROLE awooop_app` on every connection.
+    /// URL with `SET ROLE awooop_app` on every connection. Given alone (pods), the process never
+    /// sees the owner's URL and runs no migration. Also read from the file named by
+    /// AWOOOP_APP_DATABASE_URL_FILE.
     #[arg(long, env = "AWOOOP_APP_DATABASE_URL", hide_env_values = true)]
     pub app_database_url: Option<String>,
     /// Size of the runtime connection pool.
@@ -577,9 +587,9 @@ impl ServeArgs {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.db.database_url.is_none() {
+        if self.db.database_url.is_none() && self.db.app_database_url.is_none() {
             anyhow::bail!(
-                "awooop serve needs --database-url (DATABASE_URL): it never starts an embedded database"
+                "awooop serve needs --app-database-url (AWOOOP_APP_DATABASE_URL, the runtime role; migrations then run apart with `awooop migrate`) or --database-url (DATABASE_URL): it never starts an embedded database"
             );
         }
         match &self.admin_token {
@@ -637,6 +647,72 @@ pub struct BenchArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
+}
+
+// --- platform policy (operator/src/platform/) ---
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Add or replace a stdio catalog entry.
+    Add {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Entry name contracts refer to (^[a-z][a-z0-9-]{0,62}$).
+        #[arg(long)]
+        name: String,
+        /// Program to start (absolute path, or a name in the platform's PATH).
+        #[arg(long)]
+        command: String,
+        /// One argument (repeat for more).
+        #[arg(long = "arg", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// An environment variable contracts may inject a credential into (repeat for more).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the catalog.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Remove an entry (no new child starts; running ones end at idle timeout or rotation).
+    Remove {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EgressCmd {
+    /// Allow a destination: a DNS name, `*.suffix`, or an IP network in CIDR notation (the only
+    /// way to allow loopback, link-local, private or metadata addresses).
+    Allow {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The project the rule is for.
+        #[arg(long)]
+        project: Option<String>,
+        /// The rule is for every project.
+        #[arg(long)]
+        all_projects: bool,
+        host: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List the rules.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Remove a rule by id.
+    Remove {
+        #[command(flatten)]
+        db: DbArgs,
+        rule_id: uuid::Uuid,
+    },
 }
 
 // --- MCP gateway (operator/src/gateway/) ---

@@ -156,6 +156,16 @@ pub enum ErrorCode {
     McpUpstreamTimeout,
     /// A credential ref could not be resolved for this project.
     McpCredential,
+    // --- platform policy (platform/): stdio catalog, egress allow-list ---
+    /// A contract names a stdio catalog entry that is not registered, or injects a credential
+    /// into a variable the entry does not allow.
+    CatalogUnknownEntry,
+    /// A stdio catalog entry given by the administrator is malformed.
+    CatalogInvalid,
+    /// The egress policy does not allow this destination (URL shape, host or address).
+    EgressDenied,
+    /// An egress rule given by the administrator is malformed.
+    EgressRuleInvalid,
     /// The database is unreachable or overloaded.
     Unavailable,
     /// Anything else: details only in the server log.
@@ -234,6 +244,10 @@ impl ErrorCode {
         Self::McpUpstream,
         Self::McpUpstreamTimeout,
         Self::McpCredential,
+        Self::CatalogUnknownEntry,
+        Self::CatalogInvalid,
+        Self::EgressDenied,
+        Self::EgressRuleInvalid,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -310,6 +324,10 @@ impl ErrorCode {
             Self::McpUpstream => "E-MCP-003",
             Self::McpUpstreamTimeout => "E-MCP-004",
             Self::McpCredential => "E-MCP-005",
+            Self::CatalogUnknownEntry => "E-CATALOG-001",
+            Self::CatalogInvalid => "E-CATALOG-002",
+            Self::EgressDenied => "E-EGRESS-001",
+            Self::EgressRuleInvalid => "E-EGRESS-002",
             Self::Unavailable => "E-UNAVAILABLE-001",
             Self::Internal => "E-INTERNAL-001",
         }
@@ -365,6 +383,10 @@ impl ErrorCode {
             McpProtocol => StatusCode::BAD_REQUEST,
             McpUpstream | McpCredential => StatusCode::BAD_GATEWAY,
             McpUpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            CatalogUnknownEntry | CatalogInvalid | EgressRuleInvalid => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            EgressDenied => StatusCode::FORBIDDEN,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             BudgetExceeded | BudgetStreamAborted | BudgetBreakerOpen | BudgetRunCeiling => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -472,6 +494,14 @@ impl ErrorCode {
             McpUpstream => "the upstream tool server failed or is unreachable",
             McpUpstreamTimeout => "the upstream tool server did not answer in time",
             McpCredential => "a credential ref could not be resolved for this project",
+            CatalogUnknownEntry => {
+                "a stdio provider names no registered catalog entry, or injects a credential into a variable the entry does not allow"
+            }
+            CatalogInvalid => "stdio catalog entry malformed (name, command, arguments, env names)",
+            EgressDenied => {
+                "the egress policy refuses this destination (URL shape, host not allowed, or a loopback/private/metadata address)"
+            }
+            EgressRuleInvalid => "egress rule malformed (host must be a DNS name, *.suffix or CIDR)",
             Unavailable => "database unavailable; retry later",
             Internal => "internal error; see server logs by trace id",
         }

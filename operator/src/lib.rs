@@ -22,6 +22,7 @@ pub mod k8s;
 pub mod local;
 pub mod metrics;
 pub mod model;
+pub mod platform;
 pub mod runtime;
 pub mod tenancy;
 pub mod tls;

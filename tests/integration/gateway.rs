@@ -1412,6 +1412,7 @@ async fn e2e(url: &str) -> E2e {
 /// Like [`e2e`] with any transport and injection.
 async fn e2e_with(transport: Value, inject: Value) -> E2e {
     let t = TestDb::new().await;
+    crate::mcp_support::register_test_catalog(&t.db()).await;
     let cp = t.control(Coord::none());
     let p = project(&cp, "alpha", 1).await;
     let dir = std::env::temp_dir().join(format!("awooop-gw-e2e-{}", Uuid::new_v4()));
@@ -1452,7 +1453,9 @@ async fn e2e_with(transport: Value, inject: Value) -> E2e {
             LocalPolicy::parse(None, Some(&dir)).unwrap(),
             Duration::ZERO,
         ),
-        Arc::new(awooop::gateway::upstream::Upstreams::new(Default::default())),
+        Arc::new(crate::mcp_support::test_upstreams(
+            crate::mcp_support::test_config(),
+        )),
         audit,
         test_config(),
     ));
@@ -1660,7 +1663,7 @@ async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
 #[tokio::test]
 async fn gateway_e2e_stdio_upstream_gets_the_credential_in_its_environment_only() {
     let e = e2e_with(
-        json!({"type": "stdio", "command": crate::mcp_support::AWOOOP_BIN, "args": ["mcp-fixture", "--stdio"]}),
+        json!({"type": "stdio", "entry": "rust-fixture"}),
         json!({"type": "env", "var": "X_KEY"}),
     )
     .await;

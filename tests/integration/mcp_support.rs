@@ -13,7 +13,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use awooop::contracts::{Injection, McpProvider};
-use awooop::gateway::upstream::Injected;
+use awooop::gateway::upstream::{Injected, StdioIsolation, UpstreamConfig, Upstreams};
+use awooop::platform::PolicySource;
+use awooop::platform::catalog::CatalogEntry;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -117,17 +119,89 @@ pub fn http_provider(name: &str, url: &str) -> McpProvider {
     .expect("provider")
 }
 
-pub fn stdio_provider(name: &str, command: &str, args: &[&str]) -> McpProvider {
+/// A stdio provider naming the catalog entry `entry` (see [`test_catalog`]).
+pub fn stdio_provider(name: &str, entry: &str) -> McpProvider {
     serde_json::from_value(json!({
         "name": name,
-        "transport": {"type": "stdio", "command": command, "args": args},
+        "transport": {"type": "stdio", "entry": entry},
     }))
     .expect("provider")
 }
 
-/// The Rust fixture over stdio (`awooop mcp-fixture --stdio`).
+/// The Rust fixture over stdio (`awooop mcp-fixture --stdio`, catalog entry `rust-fixture`).
 pub fn rust_stdio_provider(name: &str) -> McpProvider {
-    stdio_provider(name, AWOOOP_BIN, &["mcp-fixture", "--stdio"])
+    stdio_provider(name, "rust-fixture")
+}
+
+fn catalog_entry(name: &str, command: &str, args: &[&str], env: &[&str]) -> CatalogEntry {
+    CatalogEntry {
+        name: name.into(),
+        command: command.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env_allow: env.iter().map(|a| a.to_string()).collect(),
+        description: String::new(),
+    }
+}
+
+/// The stdio catalog of the tests: `rust-fixture` (`awooop mcp-fixture --stdio`),
+/// `python-fixture` (tests/mcp/fixture_server.py over stdio, when Python is there) and
+/// `missing` (a command that does not exist).
+pub fn test_catalog() -> Vec<CatalogEntry> {
+    let env = ["FIXTURE_TOKEN", "UPSTREAM_TOKEN", "X_KEY"];
+    let mut v = vec![
+        catalog_entry("rust-fixture", AWOOOP_BIN, &["mcp-fixture", "--stdio"], &env),
+        catalog_entry("missing", "/nonexistent/awooop-no-such-server", &[], &[]),
+    ];
+    let py = std::env::var_os("AWOOOP_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".tools/venv/bin/python"));
+    v.push(catalog_entry(
+        "python-fixture",
+        py.to_str().expect("utf-8 path"),
+        &[fixture_script().to_str().expect("utf-8 path"), "stdio"],
+        &env,
+    ));
+    v
+}
+
+/// Register [`test_catalog`] as the platform administrator (contracts naming it can publish).
+pub async fn register_test_catalog(db: &awooop::tenancy::Db) {
+    for e in test_catalog() {
+        awooop::platform::catalog_put(db, "test-admin", &e)
+            .await
+            .expect("catalog entry");
+    }
+}
+
+/// The upstream pool's settings in tests: stdio children as their tenant's uid when the tests
+/// run as root (CI), else as this process's uid (a developer's machine).
+pub fn test_config() -> UpstreamConfig {
+    UpstreamConfig {
+        stdio_isolation: if awooop::platform::running_as_root() {
+            StdioIsolation::TenantUid {
+                base: awooop::gateway::upstream::DEFAULT_UID_BASE,
+            }
+        } else {
+            StdioIsolation::SameUid
+        },
+        ..UpstreamConfig::default()
+    }
+}
+
+/// The platform policy of upstream tests: [`test_catalog`], and loopback allowed for every
+/// project (the fixtures listen on 127.0.0.1), as an administrator would allow it explicitly.
+pub fn test_policy() -> PolicySource {
+    PolicySource::fixed(test_catalog(), &[], true)
+}
+
+/// A pool under [`test_policy`].
+pub fn test_upstreams(cfg: UpstreamConfig) -> Upstreams {
+    Upstreams::guarded(cfg, test_policy())
+}
+
+/// The egress policy alone, loopback allowed (for `HttpSession::new`).
+pub fn loopback_egress() -> std::sync::Arc<awooop::platform::egress::EgressPolicy> {
+    std::sync::Arc::new(awooop::platform::egress::EgressPolicy::default().allow_loopback())
 }
 
 pub fn header(name: &str, prefix: &str, value: &str) -> Injected {

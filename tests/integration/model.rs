@@ -105,9 +105,14 @@ fn creds() -> Arc<awooop::gateway::credentials::CredentialResolver> {
     ))
 }
 
+/// The provider double listens on 127.0.0.1: allowed explicitly, as `awooop up` does.
+fn loopback(px: ProviderProxy, t: &TestDb) -> ProviderProxy {
+    px.with_egress(awooop::platform::PolicySource::from_db(t.db()).allow_loopback())
+}
+
 fn proxy(t: &TestDb) -> Arc<ProviderProxy> {
     let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
-    Arc::new(ProviderProxy::new(t.db(), anomalies, creds()).unwrap())
+    Arc::new(loopback(ProviderProxy::new(t.db(), anomalies, creds()).unwrap(), t))
 }
 
 async fn ledger_of(t: &TestDb, p: &ProjectId) -> (i64, i64, bool) {
@@ -695,7 +700,10 @@ fn llm_executor(
     upstream: Arc<dyn ToolGateway>,
 ) -> Arc<AgentExecutor> {
     let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
-    let px = Arc::new(ProviderProxy::new(t.db(), anomalies.clone(), creds()).unwrap());
+    let px = Arc::new(loopback(
+        ProviderProxy::new(t.db(), anomalies.clone(), creds()).unwrap(),
+        t,
+    ));
     Arc::new(AgentExecutor::new(
         ScriptedExecutor::new(GuardedGateway::new(cp.clone(), upstream.clone())),
         Some(LlmExecutor::new(
@@ -998,7 +1006,10 @@ async fn anomalies_trip_the_project_breaker_with_and_without_redis() {
                 threshold: 3,
             },
         );
-        let px = Arc::new(ProviderProxy::new(t.db(), counter.clone(), creds()).unwrap());
+        let px = Arc::new(loopback(
+            ProviderProxy::new(t.db(), counter.clone(), creds()).unwrap(),
+            &t,
+        ));
         let pol = policy(
             vec![target(&double, ProviderApi::OpenaiChat, "p", 50)],
             10_000_000,
@@ -1366,7 +1377,6 @@ async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
     use awooop::gateway::credentials::{CredentialResolver, LocalPolicy};
     use awooop::gateway::keys::GatewayKeys;
     use awooop::gateway::runtime::InProcessGateway;
-    use awooop::gateway::upstream::Upstreams;
     use awooop::gateway::upstream::fixture::{FixtureOptions, FixtureServer};
     use awooop::gateway::{Gateway, GatewayConfig};
 
@@ -1436,7 +1446,9 @@ async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
             LocalPolicy::parse(None, Some(&dir)).unwrap(),
             Duration::ZERO,
         ),
-        Arc::new(Upstreams::new(Default::default())),
+        Arc::new(crate::mcp_support::test_upstreams(
+            crate::mcp_support::test_config(),
+        )),
         audit,
         GatewayConfig {
             cache_ttl: Duration::ZERO,

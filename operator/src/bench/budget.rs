@@ -204,7 +204,9 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
             Default::default(),
             Duration::ZERO,
         )),
-    )?);
+    )?
+    // The double listens on 127.0.0.1: allowed explicitly, as `awooop up` does.
+    .with_egress(crate::platform::PolicySource::from_db(db.clone()).allow_loopback()));
     let req = request();
     let max_out = 200u32;
     let bound = wire::prompt_token_bound(&req);

@@ -375,7 +375,11 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
             LocalPolicy::default(),
             Duration::from_secs(30),
         ),
-        Arc::new(Upstreams::new(UpstreamConfig::default())),
+        // The fixture listens on 127.0.0.1: allowed explicitly, as `awooop up` does.
+        Arc::new(Upstreams::guarded(
+            UpstreamConfig::default(),
+            crate::platform::PolicySource::fixed(Vec::new(), &[], true),
+        )),
         audit,
         GatewayConfig {
             // High enough never to refuse a benchmark call, low enough to stay on (the
@@ -416,7 +420,10 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("gateway bench (load average before: {})", load.trim());
-    let client = Upstreams::new(UpstreamConfig::default());
+    let client = Upstreams::guarded(
+        UpstreamConfig::default(),
+        crate::platform::PolicySource::fixed(Vec::new(), &[], true),
+    );
     let provider: crate::contracts::McpProvider = serde_json::from_value(json!({
         "name": "fx", "transport": {"type": "streamable_http", "url": fx.url()}}))?;
     let k1 = measure(&direct, &through, (&client, &provider), 1024, quick).await?;

@@ -960,6 +960,11 @@ impl ControlPlane {
                 ));
             }
         }
+        // A stdio provider may only name a catalog entry of the platform administrator's
+        // (platform scope, its own audited transaction): E-CATALOG-001 otherwise.
+        if let Contract::McpGateway(gw) = &validated.contract {
+            crate::platform::catalog_check_contract(&self.db, &actor.principal, gw).await?;
+        }
         let revision_id = Uuid::now_v7();
         sqlx::query(
             "INSERT INTO contract_revisions (project_id, revision_id, kind, name, revision, body_canonical, body_hash, published_by, source_draft_id) \

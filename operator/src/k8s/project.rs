@@ -153,7 +153,7 @@ mod tests {
             "providers": [
                 {"name": "k8s", "transport": {"type": "streamable_http", "url": "http://k8s/mcp"},
                  "credentials": [{"credential": "k8s-token", "inject": {"type": "header", "name": "Authorization", "prefix": "Bearer "}}]},
-                {"name": "prom", "transport": {"type": "stdio", "command": "prom-mcp"},
+                {"name": "prom", "transport": {"type": "stdio", "entry": "prom-mcp"},
                  "credentials": [{"credential": "local", "inject": {"type": "env", "var": "PROM_KEY"}}]}
             ],
             "tools": [

@@ -8,7 +8,7 @@
 -- contract names an entry; it cannot supply a command, arguments or a path.
 CREATE TABLE platform_stdio_catalog (
     name         text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9-]{0,62}$'),
-    command      text NOT NULL CHECK (length(command) BETWEEN 1 AND 4096 AND position(chr(0) IN command) = 0),
+    command      text NOT NULL CHECK (length(command) BETWEEN 1 AND 4096),
     args         jsonb NOT NULL DEFAULT '[]'::jsonb CHECK (jsonb_typeof(args) = 'array'),
     -- Environment variable names a contract may inject credentials into.
     env_allow    text[] NOT NULL DEFAULT '{}',
@@ -58,3 +58,4 @@ $$;
 GRANT SELECT, INSERT, UPDATE, DELETE ON platform_stdio_catalog TO awooop_app;
 GRANT SELECT, INSERT ON platform_tenant_uids TO awooop_app;
 GRANT SELECT, INSERT, DELETE ON platform_egress_rules TO awooop_app;
+GRANT UPDATE (note) ON platform_egress_rules TO awooop_app;

@@ -24,6 +24,10 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_awooop");
 
+/// The system interpreter (Debian's python3): every uid may run it, unlike a per-user
+/// installation under a 0700 home folder.
+const PYTHON3: &str = "/usr/bin/python3";
+
 /// A tiny MCP server over stdio (stdlib Python): `read` returns a file's content or the
 /// exception's name, `whoami` its pid, parent pid and uid. What an administrator might
 /// register as a "filesystem" tool, and what the original finding ran as `python3 -c`.
@@ -203,7 +207,7 @@ async fn tenant_cannot_supply_a_stdio_program() {
     );
     // A registered entry, but a credential into a variable the entry does not allow
     // (LD_PRELOAD-style tricks stay with the administrator).
-    c.ok(&["catalog", "add", "--name", "fs", "--command", "python3", "--arg", "-c", "--arg", PROBE, "--env", "FS_TOKEN"]);
+    c.ok(&["catalog", "add", "--name", "fs", "--command", PYTHON3, "--arg", "-c", "--arg", PROBE, "--env", "FS_TOKEN"]);
     let (wrong_var, _) = gateway(
         json!([{"name": "fs", "transport": {"type": "stdio", "entry": "fs"},
                 "credentials": [{"credential": "k", "inject": {"type": "env", "var": "OTHER_VAR"}}]}]),
@@ -241,6 +245,11 @@ impl Drop for Serve {
     }
 }
 
+fn http_client() -> reqwest::Client {
+    awooop::tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -274,7 +283,7 @@ async fn serve(c: &Cli, admin_token_file: &Path, cred_dir: &Path) -> Serve {
         gateway_key,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    let client = reqwest::Client::new();
+    let client = http_client();
     loop {
         if let Ok(r) = client
             .get(format!("http://127.0.0.1:{port}/healthz"))
@@ -308,7 +317,7 @@ impl Mcp {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let http = reqwest::Client::new();
+        let http = http_client();
         let url = format!("http://127.0.0.1:{}/mcp", s.port);
         let r = http
             .post(&url)
@@ -369,7 +378,7 @@ async fn catalog_children_cannot_read_the_platform_or_another_tenant() {
     }
     let c = Cli::new().await;
     // The administrator registers a program with a file-reading tool.
-    c.ok(&["catalog", "add", "--name", "probe", "--command", "python3", "--arg", "-c", "--arg", PROBE, "--env", "PROBE_TOKEN"]);
+    c.ok(&["catalog", "add", "--name", "probe", "--command", PYTHON3, "--arg", "-c", "--arg", PROBE, "--env", "PROBE_TOKEN"]);
     let cred_dir = c.state.join("creds");
     let beta_secret = format!("beta-credential-{}", uuid::Uuid::new_v4().simple());
     std::fs::create_dir_all(cred_dir.join("beta")).unwrap();
@@ -413,7 +422,7 @@ async fn catalog_children_cannot_read_the_platform_or_another_tenant() {
         assert!(!environ.contains(v), "{what} is still in the environment of awooop serve");
     }
     // ... and the admin token from the file works.
-    let r = reqwest::Client::new()
+    let r = http_client()
         .get(format!("http://127.0.0.1:{}/v1/control/projects", s.port))
         .bearer_auth(&admin_token)
         .send()

@@ -702,7 +702,13 @@ async fn python_sdk_server_over_stdio() {
     assert!(script.exists());
     let _ = py;
     let prov = stdio_provider("py", "python-fixture");
-    let up = test_upstreams(test_config());
+    // The SDK's interpreter may live under a folder only this uid can enter (a per-user
+    // Python): this test is about the protocol, so the child runs as this process's uid.
+    // Per-tenant uids are proven in `adversarial`.
+    let up = test_upstreams(UpstreamConfig {
+        stdio_isolation: awooop::gateway::upstream::StdioIsolation::SameUid,
+        ..test_config()
+    });
     let p = project("acme");
     let creds = [env_var("UPSTREAM_TOKEN", "py-stdio-secret-4")];
     let r = call(&up, &p, &prov, "echo", json!({"text": "hello"}), &creds)

@@ -799,8 +799,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     tracing::warn!(
         "local mode: egress to loopback (127.0.0.0/8, ::1, localhost) is allowed for every project; other destinations need `awooop egress allow`"
     );
-    if args.gateway.upstream.stdio_isolation != "same-uid" && !crate::platform::running_as_root()
-    {
+    if args.gateway.upstream.stdio_isolation != "same-uid" && !crate::platform::running_as_root() {
         tracing::warn!(
             "stdio catalog children run as one uid per tenant, which needs root or CAP_SETUID/CAP_SETGID; without them they fail to start (pass --stdio-isolation same-uid for a single trusted tenant on a developer machine)"
         );

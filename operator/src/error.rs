@@ -501,7 +501,9 @@ impl ErrorCode {
             EgressDenied => {
                 "the egress policy refuses this destination (URL shape, host not allowed, or a loopback/private/metadata address)"
             }
-            EgressRuleInvalid => "egress rule malformed (host must be a DNS name, *.suffix or CIDR)",
+            EgressRuleInvalid => {
+                "egress rule malformed (host must be a DNS name, *.suffix or CIDR)"
+            }
             Unavailable => "database unavailable; retry later",
             Internal => "internal error; see server logs by trace id",
         }

@@ -11,7 +11,10 @@ fn main() -> std::process::ExitCode {
     }
     let cli = awooop::config::Cli::parse();
     awooop::platform::master_secrets::scrub();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -11,7 +11,7 @@ Subcommands (each prints one line per finding and exits non-zero on any failure)
   env-flags RENDERED.yaml HELP_DIR [--extra NAME ...]
       Every env entry of every Deployment has a comment naming the `awooop` flag it sets, and
       `awooop <subcommand> --help` (saved as HELP_DIR/<subcommand>.txt) lists that flag with
-      that env var. A missing help file means the subcommand does not exist in this build.
+      that env var, or with NAME where the chart sets NAME_FILE (master secrets as files). A missing help file means the subcommand does not exist in this build.
   crd-schemas CRD_DIR OUT_DIR
       Writes each CRD's openAPIV3Schema as a JSON Schema file OUT_DIR/<Kind>.json (for
       check-jsonschema).
@@ -239,7 +239,7 @@ def check_env_flags(rendered, help_dir, extra):
             flag = fm.group(1)
             if flag not in flags:
                 failures += fail(f"env-flags {name}: `awooop {sub}` has no --{flag} (set by {var})")
-            elif flags[flag] != var:
+            elif flags[flag] != var and not (var.endswith("_FILE") and flags[flag] == var[: -len("_FILE")]):
                 failures += fail(f"env-flags {name}: --{flag} reads env {flags[flag]}, the chart sets {var}")
             else:
                 print(f"ok   env-flags {name}: {var} = awooop {sub} --{flag}")

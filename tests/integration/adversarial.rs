@@ -121,17 +121,46 @@ impl Cli {
     fn activate(&self, project: &str, kind: &str, name: &str, body: &Value) {
         let file = self.write(&format!("{project}-{kind}-{name}.json"), body);
         let d = self.ok(&[
-            "contract", "draft", "--project", project, "--kind", kind, "--name", name, &file,
+            "contract",
+            "draft",
+            "--project",
+            project,
+            "--kind",
+            kind,
+            "--name",
+            name,
+            &file,
         ]);
         let draft = d["draft_id"].as_str().unwrap().to_string();
         let r = self.ok(&[
-            "contract", "publish", "--project", project, "--draft", &draft, "--key-id", "k1",
+            "contract",
+            "publish",
+            "--project",
+            project,
+            "--draft",
+            &draft,
+            "--key-id",
+            "k1",
         ]);
         let rev = r["revision_id"].as_str().unwrap().to_string();
         self.ok(&[
-            "contract", "approve", "--project", project, "--revision", &rev, "--as", "alice",
+            "contract",
+            "approve",
+            "--project",
+            project,
+            "--revision",
+            &rev,
+            "--as",
+            "alice",
         ]);
-        self.ok(&["contract", "activate", "--project", project, "--revision", &rev]);
+        self.ok(&[
+            "contract",
+            "activate",
+            "--project",
+            project,
+            "--revision",
+            &rev,
+        ]);
     }
 
     async fn done(self) {
@@ -150,11 +179,17 @@ fn agent(tools: &[String]) -> Value {
 
 /// An MCP Gateway contract: `providers` as given, every tool read-only in `dev`, all granted
 /// to agent `hostile`. Returns (contract, exposed tool names).
-fn gateway(providers: Value, tools: &[(&str, &str)], credential_refs: Value) -> (Value, Vec<String>) {
+fn gateway(
+    providers: Value,
+    tools: &[(&str, &str)],
+    credential_refs: Value,
+) -> (Value, Vec<String>) {
     let defs: Vec<Value> = tools
         .iter()
-        .map(|(p, n)| json!({"provider": p, "name": n, "risk": "read_only", "environments": ["dev"],
-                             "input_schema": {"type": "object"}}))
+        .map(|(p, n)| {
+            json!({"provider": p, "name": n, "risk": "read_only", "environments": ["dev"],
+                             "input_schema": {"type": "object"}})
+        })
         .collect();
     let exposed: Vec<String> = tools.iter().map(|(p, n)| format!("{p}__{n}")).collect();
     (
@@ -177,7 +212,17 @@ async fn tenant_cannot_supply_a_stdio_program() {
     );
     let file = c.write("evil.json", &evil);
     assert_eq!(
-        c.fails(&["contract", "draft", "--project", "mallory", "--kind", "mcp_gateway", "--name", "default", &file]),
+        c.fails(&[
+            "contract",
+            "draft",
+            "--project",
+            "mallory",
+            "--kind",
+            "mcp_gateway",
+            "--name",
+            "default",
+            &file
+        ]),
         "E-SCHEMA-001",
         "a tenant must not be able to name a command"
     );
@@ -189,7 +234,17 @@ async fn tenant_cannot_supply_a_stdio_program() {
     );
     let file = c.write("both.json", &both);
     assert_eq!(
-        c.fails(&["contract", "draft", "--project", "mallory", "--kind", "mcp_gateway", "--name", "default", &file]),
+        c.fails(&[
+            "contract",
+            "draft",
+            "--project",
+            "mallory",
+            "--kind",
+            "mcp_gateway",
+            "--name",
+            "default",
+            &file
+        ]),
         "E-SCHEMA-001"
     );
     // An entry the administrator never registered: refused at publish.
@@ -199,15 +254,47 @@ async fn tenant_cannot_supply_a_stdio_program() {
         json!([]),
     );
     let file = c.write("unknown.json", &unknown);
-    let d = c.ok(&["contract", "draft", "--project", "mallory", "--kind", "mcp_gateway", "--name", "default", &file]);
+    let d = c.ok(&[
+        "contract",
+        "draft",
+        "--project",
+        "mallory",
+        "--kind",
+        "mcp_gateway",
+        "--name",
+        "default",
+        &file,
+    ]);
     let draft = d["draft_id"].as_str().unwrap().to_string();
     assert_eq!(
-        c.fails(&["contract", "publish", "--project", "mallory", "--draft", &draft, "--key-id", "k1"]),
+        c.fails(&[
+            "contract",
+            "publish",
+            "--project",
+            "mallory",
+            "--draft",
+            &draft,
+            "--key-id",
+            "k1"
+        ]),
         "E-CATALOG-001"
     );
     // A registered entry, but a credential into a variable the entry does not allow
     // (LD_PRELOAD-style tricks stay with the administrator).
-    c.ok(&["catalog", "add", "--name", "fs", "--command", PYTHON3, "--arg", "-c", "--arg", PROBE, "--env", "FS_TOKEN"]);
+    c.ok(&[
+        "catalog",
+        "add",
+        "--name",
+        "fs",
+        "--command",
+        PYTHON3,
+        "--arg",
+        "-c",
+        "--arg",
+        PROBE,
+        "--env",
+        "FS_TOKEN",
+    ]);
     let (wrong_var, _) = gateway(
         json!([{"name": "fs", "transport": {"type": "stdio", "entry": "fs"},
                 "credentials": [{"credential": "k", "inject": {"type": "env", "var": "OTHER_VAR"}}]}]),
@@ -215,15 +302,43 @@ async fn tenant_cannot_supply_a_stdio_program() {
         json!([{"name": "k", "source": {"file": {"path": "/nonexistent/k"}}}]),
     );
     let file = c.write("wrong-var.json", &wrong_var);
-    let d = c.ok(&["contract", "draft", "--project", "mallory", "--kind", "mcp_gateway", "--name", "default", &file]);
+    let d = c.ok(&[
+        "contract",
+        "draft",
+        "--project",
+        "mallory",
+        "--kind",
+        "mcp_gateway",
+        "--name",
+        "default",
+        &file,
+    ]);
     let draft = d["draft_id"].as_str().unwrap().to_string();
     assert_eq!(
-        c.fails(&["contract", "publish", "--project", "mallory", "--draft", &draft, "--key-id", "k1"]),
+        c.fails(&[
+            "contract",
+            "publish",
+            "--project",
+            "mallory",
+            "--draft",
+            &draft,
+            "--key-id",
+            "k1"
+        ]),
         "E-CATALOG-001"
     );
     // The administrator's own input is checked too.
     assert_eq!(
-        c.fails(&["catalog", "add", "--name", "x", "--command", "python3", "--env", "LD_PRELOAD"]),
+        c.fails(&[
+            "catalog",
+            "add",
+            "--name",
+            "x",
+            "--command",
+            "python3",
+            "--env",
+            "LD_PRELOAD"
+        ]),
         "E-CATALOG-002"
     );
     let list = c.ok(&["catalog", "list"]);
@@ -310,12 +425,25 @@ struct Mcp {
 impl Mcp {
     async fn connect(c: &Cli, s: &Serve, project: &str) -> Self {
         let out = Command::new(BIN)
-            .args(["token", "mint", "--project", project, "--agent", "hostile", "--env", "dev"])
+            .args([
+                "token",
+                "mint",
+                "--project",
+                project,
+                "--agent",
+                "hostile",
+                "--env",
+                "dev",
+            ])
             .env("AWOOOP_GATEWAY_KEY", &s.gateway_key)
             .env("AWOOOP_STATE_DIR", &c.state)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let http = http_client();
         let url = format!("http://127.0.0.1:{}/mcp", s.port);
@@ -360,7 +488,10 @@ impl Mcp {
         }
         let res = &r["result"];
         assert_ne!(res["isError"], true, "{r}");
-        Ok(res.get("structuredContent").cloned().unwrap_or_else(|| res["content"].clone()))
+        Ok(res
+            .get("structuredContent")
+            .cloned()
+            .unwrap_or_else(|| res["content"].clone()))
     }
 }
 
@@ -378,7 +509,20 @@ async fn catalog_children_cannot_read_the_platform_or_another_tenant() {
     }
     let c = Cli::new().await;
     // The administrator registers a program with a file-reading tool.
-    c.ok(&["catalog", "add", "--name", "probe", "--command", PYTHON3, "--arg", "-c", "--arg", PROBE, "--env", "PROBE_TOKEN"]);
+    c.ok(&[
+        "catalog",
+        "add",
+        "--name",
+        "probe",
+        "--command",
+        PYTHON3,
+        "--arg",
+        "-c",
+        "--arg",
+        PROBE,
+        "--env",
+        "PROBE_TOKEN",
+    ]);
     let cred_dir = c.state.join("creds");
     let beta_secret = format!("beta-credential-{}", uuid::Uuid::new_v4().simple());
     std::fs::create_dir_all(cred_dir.join("beta")).unwrap();
@@ -390,7 +534,10 @@ async fn catalog_children_cannot_read_the_platform_or_another_tenant() {
     }
     for (tenant, creds) in [
         ("alpha", json!([])),
-        ("beta", json!([{"name": "tok", "source": {"file": {"path": beta_file.display().to_string()}}}])),
+        (
+            "beta",
+            json!([{"name": "tok", "source": {"file": {"path": beta_file.display().to_string()}}}]),
+        ),
     ] {
         c.tenant(tenant);
         let injections = if tenant == "beta" {
@@ -419,7 +566,10 @@ async fn catalog_children_cannot_read_the_platform_or_another_tenant() {
         ("AWOOOP_GATEWAY_KEY", s.gateway_key.as_str()),
         ("AWOOOP_ADMIN_TOKEN", admin_token.as_str()),
     ] {
-        assert!(!environ.contains(v), "{what} is still in the environment of awooop serve");
+        assert!(
+            !environ.contains(v),
+            "{what} is still in the environment of awooop serve"
+        );
     }
     // ... and the admin token from the file works.
     let r = http_client()
@@ -453,10 +603,16 @@ async fn catalog_children_cannot_read_the_platform_or_another_tenant() {
     // Control: B's own child does hold B's credential (so the read above had a target), and
     // the gateway redacts it from B's own result.
     let own = beta
-        .call("fs__read", json!({"path": format!("/proc/{}/environ", b["pid"])}))
+        .call(
+            "fs__read",
+            json!({"path": format!("/proc/{}/environ", b["pid"])}),
+        )
         .await
         .unwrap();
-    assert!(own["data"].is_string(), "B cannot read its own child: {own}");
+    assert!(
+        own["data"].is_string(),
+        "B cannot read its own child: {own}"
+    );
     assert!(!own.to_string().contains(&beta_secret), "{own}");
     drop(s);
     c.done().await;
@@ -467,7 +623,15 @@ async fn mcp_upstreams_on_loopback_metadata_or_private_names_are_refused() {
     let fx = awooop::gateway::upstream::fixture::FixtureServer::start(Default::default())
         .await
         .unwrap();
-    let port = fx.url().rsplit(':').next().unwrap().split('/').next().unwrap().to_string();
+    let port = fx
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     let c = Cli::new().await;
     // alpha: the administrator allowed the *name* localhost only (no CIDR).
     c.tenant("alpha");
@@ -479,7 +643,12 @@ async fn mcp_upstreams_on_loopback_metadata_or_private_names_are_refused() {
             {"name": "named", "transport": {"type": "streamable_http", "url": format!("http://localhost:{port}/mcp")}},
             {"name": "mapped", "transport": {"type": "streamable_http", "url": format!("http://[::ffff:127.0.0.1]:{port}/mcp")}}
         ]),
-        &[("lo", "echo"), ("meta", "echo"), ("named", "echo"), ("mapped", "echo")],
+        &[
+            ("lo", "echo"),
+            ("meta", "echo"),
+            ("named", "echo"),
+            ("mapped", "echo"),
+        ],
         json!([]),
     );
     c.activate("alpha", "mcp_gateway", "default", &gw);
@@ -496,10 +665,17 @@ async fn mcp_upstreams_on_loopback_metadata_or_private_names_are_refused() {
     c.activate("beta", "agent", "hostile", &agent(&exposed));
     let rules = c.ok(&["egress", "list"]);
     assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
-    assert_eq!(c.fails(&["egress", "allow", "--all-projects", "http://x/"]), "E-EGRESS-002");
+    assert_eq!(
+        c.fails(&["egress", "allow", "--all-projects", "http://x/"]),
+        "E-EGRESS-002"
+    );
 
     let admin_file = c.state.join("admin-token");
-    std::fs::write(&admin_file, format!("adv-admin-token-{}", uuid::Uuid::new_v4().simple())).unwrap();
+    std::fs::write(
+        &admin_file,
+        format!("adv-admin-token-{}", uuid::Uuid::new_v4().simple()),
+    )
+    .unwrap();
     let s = serve(&c, &admin_file, &c.state.join("creds")).await;
     let alpha = Mcp::connect(&c, &s, "alpha").await;
     for tool in ["lo__echo", "meta__echo", "named__echo", "mapped__echo"] {
@@ -537,8 +713,10 @@ async fn model_provider_base_urls_obey_the_egress_policy_and_redirects_are_not_f
         let p = p.clone();
         async move {
             let pol = model_policy(&base_url);
-            awooop::tenancy::scope(p, async move { px.chat(&pol, &model_meta(), &model_request(), None).await })
-                .await
+            awooop::tenancy::scope(p, async move {
+                px.chat(&pol, &model_meta(), &model_request(), None).await
+            })
+            .await
         }
     };
     double.script((0..4).map(|_| Reply::Text("fine".into())));
@@ -547,17 +725,27 @@ async fn model_provider_base_urls_obey_the_egress_policy_and_redirects_are_not_f
     assert_eq!(e.code.as_str(), "E-EGRESS-001", "{e:?}");
     assert_eq!(double.requests().len(), 0);
     // The administrator allows 127.0.0.1 for this project: the call goes through.
-    awooop::platform::egress_allow(&t.db(), "test-admin", Some("adv-model"), "127.0.0.1/32", "double")
-        .await
-        .unwrap();
+    awooop::platform::egress_allow(
+        &t.db(),
+        "test-admin",
+        Some("adv-model"),
+        "127.0.0.1/32",
+        "double",
+    )
+    .await
+    .unwrap();
     chat(proxy(), double.base_url()).await.unwrap();
     assert_eq!(double.requests().len(), 1);
     // Userinfo that makes a reader see another host is refused, even to an allowed address.
-    let tricked = double.base_url().replace("http://", "http://api.openai.com@");
+    let tricked = double
+        .base_url()
+        .replace("http://", "http://api.openai.com@");
     let e = chat(proxy(), tricked).await.unwrap_err();
     assert_eq!(e.code.as_str(), "E-EGRESS-001", "{e:?}");
     // An allowed provider answering with a redirect: not followed.
-    let e = chat(proxy(), redirector.base_url.clone()).await.unwrap_err();
+    let e = chat(proxy(), redirector.base_url.clone())
+        .await
+        .unwrap_err();
     assert_ne!(e.code.as_str(), "E-INTERNAL-001", "{e:?}");
     assert_eq!(double.requests().len(), 1, "the redirect was followed");
     assert!(redirector.hits() >= 1);

@@ -149,7 +149,12 @@ fn catalog_entry(name: &str, command: &str, args: &[&str], env: &[&str]) -> Cata
 pub fn test_catalog() -> Vec<CatalogEntry> {
     let env = ["FIXTURE_TOKEN", "UPSTREAM_TOKEN", "X_KEY"];
     let mut v = vec![
-        catalog_entry("rust-fixture", AWOOOP_BIN, &["mcp-fixture", "--stdio"], &env),
+        catalog_entry(
+            "rust-fixture",
+            AWOOOP_BIN,
+            &["mcp-fixture", "--stdio"],
+            &env,
+        ),
         catalog_entry("missing", "/nonexistent/awooop-no-such-server", &[], &[]),
     ];
     let py = std::env::var_os("AWOOOP_TEST_PYTHON")

@@ -112,7 +112,10 @@ fn loopback(px: ProviderProxy, t: &TestDb) -> ProviderProxy {
 
 fn proxy(t: &TestDb) -> Arc<ProviderProxy> {
     let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
-    Arc::new(loopback(ProviderProxy::new(t.db(), anomalies, creds()).unwrap(), t))
+    Arc::new(loopback(
+        ProviderProxy::new(t.db(), anomalies, creds()).unwrap(),
+        t,
+    ))
 }
 
 async fn ledger_of(t: &TestDb, p: &ProjectId) -> (i64, i64, bool) {

@@ -195,18 +195,20 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     // The concurrency run: 50 calls, budget for 10 worst cases, usage = reservation.
     let double = ProviderDouble::start().await?;
     let anomalies = AnomalyCounter::new(db.clone(), Coord::none(), AnomalyConfig::default());
-    let proxy = Arc::new(ProviderProxy::new(
-        db.clone(),
-        anomalies,
-        // The double needs no API key: no credential may resolve.
-        Arc::new(crate::gateway::credentials::CredentialResolver::new(
-            None,
-            Default::default(),
-            Duration::ZERO,
-        )),
-    )?
-    // The double listens on 127.0.0.1: allowed explicitly, as `awooop up` does.
-    .with_egress(crate::platform::PolicySource::from_db(db.clone()).allow_loopback()));
+    let proxy = Arc::new(
+        ProviderProxy::new(
+            db.clone(),
+            anomalies,
+            // The double needs no API key: no credential may resolve.
+            Arc::new(crate::gateway::credentials::CredentialResolver::new(
+                None,
+                Default::default(),
+                Duration::ZERO,
+            )),
+        )?
+        // The double listens on 127.0.0.1: allowed explicitly, as `awooop up` does.
+        .with_egress(crate::platform::PolicySource::from_db(db.clone()).allow_loopback()),
+    );
     let req = request();
     let max_out = 200u32;
     let bound = wire::prompt_token_bound(&req);

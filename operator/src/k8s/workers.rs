@@ -21,7 +21,9 @@ pub const SPEC_HASH: &str = "awooop.dev/spec-hash";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSettings {
     pub image: String,
-    /// Secret with key `database-url`, given to the pods as `DATABASE_URL`.
+    /// Secret with key `database-url` (the runtime role's URL), mounted into the pods as a file
+    /// read through `AWOOOP_APP_DATABASE_URL_FILE`: worker pods start stdio children, so the
+    /// URL is never an environment variable, and they run no migration.
     pub db_secret: String,
 }
 
@@ -99,8 +101,8 @@ pub fn deployment(
                             {"name": "AWOOOP_LOG_FORMAT", "value": "json"},
                             // The only writable place (root filesystem is read-only).
                             {"name": "AWOOOP_STATE_DIR", "value": "/tmp/awooop"},
-                            {"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {
-                                "name": settings.db_secret, "key": "database-url"}}},
+                            {"name": "AWOOOP_APP_DATABASE_URL_FILE",
+                             "value": "/etc/awooop/database/database-url"},
                         ],
                         "securityContext": {
                             "allowPrivilegeEscalation": false,
@@ -108,9 +110,19 @@ pub fn deployment(
                             "runAsNonRoot": true,
                             "capabilities": {"drop": ["ALL"]},
                         },
-                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                        "volumeMounts": [
+                            {"name": "tmp", "mountPath": "/tmp"},
+                            {"name": "database", "mountPath": "/etc/awooop/database", "readOnly": true},
+                        ],
                     }],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "database", "secret": {
+                            "secretName": settings.db_secret,
+                            // 0440: the pod's user and group only, not a stdio child's uid.
+                            "defaultMode": 0o440,
+                            "items": [{"key": "database-url", "path": "database-url"}]}},
+                    ],
                 },
             },
         },
@@ -243,15 +255,21 @@ mod tests {
             c["securityContext"]["capabilities"]["drop"],
             serde_json::json!(["ALL"])
         );
-        let db = c["env"]
-            .as_array()
-            .unwrap()
+        let env = c["env"].as_array().unwrap();
+        assert!(
+            env.iter()
+                .all(|e| e["name"] != "DATABASE_URL" && e["name"] != "AWOOOP_APP_DATABASE_URL"),
+            "no database URL in the environment of a pod that starts children"
+        );
+        let file = env
             .iter()
-            .find(|e| e["name"] == "DATABASE_URL")
+            .find(|e| e["name"] == "AWOOOP_APP_DATABASE_URL_FILE")
             .unwrap();
-        assert!(db.get("value").is_none(), "never a literal value");
-        assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "awooop-db");
-        assert_eq!(db["valueFrom"]["secretKeyRef"]["key"], "database-url");
+        assert_eq!(file["value"], "/etc/awooop/database/database-url");
+        let vol = &v["spec"]["template"]["spec"]["volumes"][1];
+        assert_eq!(vol["secret"]["secretName"], "awooop-db");
+        assert_eq!(vol["secret"]["items"][0]["key"], "database-url");
+        assert_eq!(vol["secret"]["defaultMode"], 0o440);
     }
 
     #[test]

@@ -83,15 +83,18 @@ impl CatalogEntry {
         if self.command.is_empty() || self.command.len() > 4096 || self.command.contains('\0') {
             return bad("the command must be 1..=4096 characters without NUL".into());
         }
-        if self.args.len() > 256 || self.args.iter().any(|a| a.len() > 4096 || a.contains('\0'))
-        {
+        if self.args.len() > 256 || self.args.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
             return bad("at most 256 arguments of at most 4096 characters, without NUL".into());
         }
         for v in &self.env_allow {
             if !env_name_ok(v) {
-                return bad(format!("{v:?} is not an environment variable name ([A-Z_][A-Z0-9_]*)"));
+                return bad(format!(
+                    "{v:?} is not an environment variable name ([A-Z_][A-Z0-9_]*)"
+                ));
             }
-            if RESERVED_ENV.contains(&v.as_str()) || v.starts_with("LD_") || v.starts_with("AWOOOP_")
+            if RESERVED_ENV.contains(&v.as_str())
+                || v.starts_with("LD_")
+                || v.starts_with("AWOOOP_")
             {
                 return bad(format!("{v} cannot be injected into a child (reserved)"));
             }
@@ -132,7 +135,9 @@ pub fn check_references(
         let Some(entry) = lookup(&name) else {
             return Err(Error::new(
                 ErrorCode::CatalogUnknownEntry,
-                format!("stdio catalog entry {name:?} is not registered by the platform administrator"),
+                format!(
+                    "stdio catalog entry {name:?} is not registered by the platform administrator"
+                ),
             )
             .with_details(serde_json::json!({"entry": name, "provider_index": i})));
         };
@@ -190,9 +195,8 @@ mod tests {
                            "credentials": [{"credential": "tok", "inject": {"type": "env", "var": "PROM_TOKEN"}}]}]
         }))
         .unwrap();
-        let known = |env: &'static [&'static str]| {
-            move |n: &str| (n == "prom").then(|| entry("prom", env))
-        };
+        let known =
+            |env: &'static [&'static str]| move |n: &str| (n == "prom").then(|| entry("prom", env));
         assert!(check_references(&c, known(&["PROM_TOKEN"])).is_ok());
         let e = check_references(&c, known(&[])).unwrap_err();
         assert_eq!(e.code, ErrorCode::CatalogUnknownEntry);

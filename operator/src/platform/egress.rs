@@ -61,7 +61,9 @@ impl IpNet {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, normalize(ip)) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
@@ -129,17 +131,17 @@ fn special_v4(ip: Ipv4Addr) -> bool {
 
 fn special_v6(ip: Ipv6Addr) -> bool {
     const NETS: &[(u128, u8)] = &[
-        (0, 96),                                       // ::/96 unspecified, loopback, IPv4-compatible
+        (0, 96), // ::/96 unspecified, loopback, IPv4-compatible
         (0x0064_ff9b_0000_0000_0000_0000_0000_0000, 96), // 64:ff9b::/96 NAT64
         (0x0064_ff9b_0001_0000_0000_0000_0000_0000, 48), // 64:ff9b:1::/48 local NAT64
         (0x0100_0000_0000_0000_0000_0000_0000_0000, 64), // 100::/64 discard
         (0x2001_0000_0000_0000_0000_0000_0000_0000, 23), // 2001::/23 IETF (Teredo, ORCHID, ...)
         (0x2001_0db8_0000_0000_0000_0000_0000_0000, 32), // 2001:db8::/32 documentation
         (0x2002_0000_0000_0000_0000_0000_0000_0000, 16), // 2002::/16 6to4
-        (0xfc00_0000_0000_0000_0000_0000_0000_0000, 7),  // fc00::/7 unique local
+        (0xfc00_0000_0000_0000_0000_0000_0000_0000, 7), // fc00::/7 unique local
         (0xfe80_0000_0000_0000_0000_0000_0000_0000, 10), // fe80::/10 link-local
         (0xfec0_0000_0000_0000_0000_0000_0000_0000, 10), // fec0::/10 site-local (deprecated)
-        (0xff00_0000_0000_0000_0000_0000_0000_0000, 8),  // ff00::/8 multicast
+        (0xff00_0000_0000_0000_0000_0000_0000_0000, 8), // ff00::/8 multicast
     ];
     let a = u128::from(ip);
     NETS.iter().any(|(n, p)| {
@@ -201,9 +203,11 @@ impl HostPattern {
     fn matches_name(&self, host: &str) -> bool {
         match self {
             Self::Name(n) => n == host,
-            Self::Suffix(s) => host.len() > s.len() + 1 && host.ends_with(s.as_str()) && {
-                host.as_bytes()[host.len() - s.len() - 1] == b'.'
-            },
+            Self::Suffix(s) => {
+                host.len() > s.len() + 1 && host.ends_with(s.as_str()) && {
+                    host.as_bytes()[host.len() - s.len() - 1] == b'.'
+                }
+            }
             Self::Net(_) => false,
         }
     }
@@ -270,7 +274,10 @@ pub enum Host {
 /// Parse and check the shape of a tenant-written URL (no policy yet).
 pub fn check_url(raw: &str) -> Result<Destination, EgressError> {
     let bad = |m: &str| EgressError::BadUrl(m.to_string());
-    if raw.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'\\') {
+    if raw
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'\\')
+    {
         return Err(bad(
             "the URL contains spaces, backslashes or control characters",
         ));
@@ -280,7 +287,9 @@ pub fn check_url(raw: &str) -> Result<Destination, EgressError> {
         return Err(bad("the URL scheme must be http or https"));
     }
     if !url.username().is_empty() || url.password().is_some() || raw.contains('@') {
-        return Err(bad("the URL must not carry user information (user:password@)"));
+        return Err(bad(
+            "the URL must not carry user information (user:password@)",
+        ));
     }
     if url.query().is_some() || raw.contains('?') {
         return Err(bad("the URL must not carry a query string"));
@@ -338,7 +347,10 @@ impl EgressPolicy {
             None,
             HostPattern::Net(IpNet::parse("127.0.0.0/8").expect("net")),
         )
-        .with(None, HostPattern::Net(IpNet::parse("::1/128").expect("net")))
+        .with(
+            None,
+            HostPattern::Net(IpNet::parse("::1/128").expect("net")),
+        )
         .with(None, HostPattern::Name("localhost".into()))
     }
 
@@ -570,10 +582,26 @@ mod tests {
 
     #[test]
     fn host_patterns_parse_or_fail() {
-        for good in ["example.com", "*.example.com", "10.0.0.0/8", "::1", "fd00::/8", "127.0.0.1"] {
+        for good in [
+            "example.com",
+            "*.example.com",
+            "10.0.0.0/8",
+            "::1",
+            "fd00::/8",
+            "127.0.0.1",
+        ] {
             assert!(HostPattern::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "*", "*.com", "exa mple.com", "10.0.0.0/33", "1.2.3.4/x", "http://x", "a..b"] {
+        for bad in [
+            "",
+            "*",
+            "*.com",
+            "exa mple.com",
+            "10.0.0.0/33",
+            "1.2.3.4/x",
+            "http://x",
+            "a..b",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
     }

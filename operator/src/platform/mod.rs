@@ -257,7 +257,11 @@ async fn egress_rows(tx: &mut sqlx::PgConnection) -> Result<Vec<EgressRule>> {
 pub async fn catalog_put(db: &Db, actor: &str, e: &CatalogEntry) -> Result<CatalogEntry> {
     e.validate()?;
     let mut tx = db
-        .platform(actor, "catalog.put", json!({"name": e.name, "command": e.command}))
+        .platform(
+            actor,
+            "catalog.put",
+            json!({"name": e.name, "command": e.command}),
+        )
         .await?;
     sqlx::query(
         "INSERT INTO platform_stdio_catalog (name, command, args, env_allow, description, updated_by) \
@@ -327,8 +331,8 @@ pub async fn egress_allow(
     host: &str,
     note: &str,
 ) -> Result<EgressRule> {
-    let pattern = HostPattern::parse(host)
-        .map_err(|m| Error::new(ErrorCode::EgressRuleInvalid, m))?;
+    let pattern =
+        HostPattern::parse(host).map_err(|m| Error::new(ErrorCode::EgressRuleInvalid, m))?;
     if let Some(p) = project {
         ProjectId::parse(p)?;
     }

@@ -399,12 +399,12 @@ impl Upstreams {
         })?;
         match &req.provider.transport {
             McpTransport::StreamableHttp { url } => {
-                snap.egress
-                    .check(req.project.as_str(), url)
-                    .map_err(|e| UpstreamError::Refused {
+                snap.egress.check(req.project.as_str(), url).map_err(|e| {
+                    UpstreamError::Refused {
                         code: ErrorCode::EgressDenied,
                         message: e.to_string(),
-                    })?;
+                    }
+                })?;
                 Ok(Target::Http {
                     url: url.clone(),
                     egress: snap.egress.clone(),
@@ -412,15 +412,16 @@ impl Upstreams {
                 })
             }
             McpTransport::Stdio { entry } => {
-                let e = snap.catalog.get(entry.as_str()).ok_or_else(|| {
-                    UpstreamError::Refused {
+                let e = snap
+                    .catalog
+                    .get(entry.as_str())
+                    .ok_or_else(|| UpstreamError::Refused {
                         code: ErrorCode::CatalogUnknownEntry,
                         message: format!(
                             "stdio catalog entry {:?} is not registered",
                             entry.as_str()
                         ),
-                    }
-                })?;
+                    })?;
                 for c in req.credentials {
                     if let Injection::Env { var } = &c.inject
                         && !e.env_allow.contains(var)
@@ -724,7 +725,10 @@ mod tests {
             assert_ne!(&base, d, "case {i}");
         }
         assert_ne!(distinct[5], distinct[6], "args are length-prefixed");
-        assert_ne!(distinct[5], distinct[8], "another tenant's uid, another child");
+        assert_ne!(
+            distinct[5], distinct[8],
+            "another tenant's uid, another child"
+        );
         // Same inputs, same connection; header names are case-insensitive.
         assert_eq!(
             base,

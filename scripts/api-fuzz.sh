@@ -7,10 +7,11 @@
 #
 # Needs: the debug binary (built here when missing), schemathesis in .tools/venv (installed by
 # scripts/test.sh from tests/fuzz/schemathesis-requirements.txt; AWOOOP_TEST_PYTHON points at
-# that venv's python), and PostgreSQL server binaries: `awooop up` without DATABASE_URL starts
-# its own private throwaway cluster in a temporary state directory, so nothing is shared with
-# the test databases. Requests carry the generated admin token and `X-Awooop-Project: awoooi`
-# (the project `up` seeds), so the fuzzer reaches every handler, not only the 401 path.
+# that venv's python) and PostgreSQL: with DATABASE_URL (as scripts/test.sh exports) a fresh
+# database `awooop_api_fuzz_<pid>` is created for the run and dropped afterwards (psql);
+# without it `awooop up` finds or starts its own. Requests carry the generated admin token and
+# `X-Awooop-Project: awoooi` (the project `up` seeds), so the fuzzer reaches every handler, not
+# only the 401 path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,15 +25,23 @@ if [ ! -x "$BIN" ]; then cargo build --locked --bin awooop; fi
 
 STATE="$(mktemp -d /tmp/awooop-api-fuzz.XXXXXX)"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-# The private cluster runs as an unprivileged user when we are root: it must reach the folder.
+# A private cluster runs as an unprivileged user when we are root: it must reach the folder.
 chmod 755 "$STATE"
+DB_ENV=()
+FUZZ_DB=""
+if [ -n "${DATABASE_URL:-}" ] && command -v psql >/dev/null; then
+  FUZZ_DB="awooop_api_fuzz_$$"
+  psql "$DATABASE_URL" -qc "CREATE DATABASE $FUZZ_DB" >/dev/null
+  DB_ENV=(DATABASE_URL="${DATABASE_URL%/*}/$FUZZ_DB")
+fi
 env -u DATABASE_URL -u AWOOOP_APP_DATABASE_URL -u REDIS_URL -u KUBECONFIG -u AWOOOP_ADMIN_TOKEN \
-  HOME="$STATE" AWOOOP_STATE_DIR="$STATE" \
+  HOME="$STATE" AWOOOP_STATE_DIR="$STATE" "${DB_ENV[@]}" \
   "$BIN" up --listen "127.0.0.1:$PORT" >"$STATE/up.log" 2>&1 &
 UP=$!
 cleanup() {
   kill -TERM "$UP" 2>/dev/null || true
   wait "$UP" 2>/dev/null || true
+  if [ -n "$FUZZ_DB" ]; then psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $FUZZ_DB WITH (FORCE)" >/dev/null || true; fi
   rm -rf "$STATE"
 }
 trap cleanup EXIT
@@ -53,7 +62,6 @@ status=0
   --phases examples,coverage,fuzzing \
   --max-examples "$MAX_EXAMPLES" \
   --seed "$SEED" \
-  --generation-deterministic \
   --generation-database none \
   --workers 1 \
   --request-timeout 30 \

@@ -4,7 +4,9 @@
 #      stopped, installs them with apt-get when missing);
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. the whole test suite (cargo nextest when installed, else cargo test);
-#   4. the Helm chart checks (scripts/chart-test.sh: helm lint/template, Kubernetes schemas,
+#   4. schemathesis against the served /openapi.json with a fixed seed, no 5xx allowed
+#      (scripts/api-fuzz.sh), and the cargo-fuzz targets for a bounded time (scripts/fuzz.sh);
+#   5. the Helm chart checks (scripts/chart-test.sh: helm lint/template, Kubernetes schemas,
 #      admission-policy CEL, CRs against their CRDs).
 # It also installs the official MCP SDKs the interop tests talk to (Python `mcp` in a venv
 # under .tools/venv, TypeScript `@modelcontextprotocol/sdk` under .tools/node, both gitignored)
@@ -65,11 +67,12 @@ ensure_redis() {
 }
 
 # The official Python MCP SDK for the MCP interop tests (tests/mcp/, tests/integration/mcp_*.rs):
-# `mcp` and its dependencies pinned in tests/mcp/requirements.txt, from PyPI only. Idempotent:
-# a venv built from the same requirements file is reused without touching the network.
+# `mcp` and its dependencies pinned in tests/mcp/requirements.txt, plus schemathesis for the API
+# fuzzing step (tests/fuzz/schemathesis-requirements.txt), from PyPI only. Idempotent: a venv
+# built from the same requirements files is reused without touching the network.
 ensure_python_mcp() {
-  local venv=.tools/venv req=tests/mcp/requirements.txt marker
-  marker="$(sha256sum "$req" | cut -d' ' -f1)"
+  local venv=.tools/venv req=tests/mcp/requirements.txt fuzz=tests/fuzz/schemathesis-requirements.txt marker
+  marker="$(cat "$req" "$fuzz" | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$marker" ] || [ ! -x "$venv/bin/python" ]; then
     log "installing the Python MCP SDK ($req) into $venv"
     if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
@@ -78,7 +81,7 @@ ensure_python_mcp() {
     rm -rf "$venv"
     mkdir -p .tools
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req" -r "$fuzz"
     echo "$marker" > "$venv/.requirements-sha256"
   fi
   AWOOOP_TEST_PYTHON="$(pwd)/$venv/bin/python"
@@ -123,6 +126,12 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked
 fi
+
+log "schemathesis against /openapi.json, fixed seed, no 5xx (scripts/api-fuzz.sh)"
+./scripts/api-fuzz.sh
+
+log "fuzz targets: redactor and JSON-RPC/HTTP request parsing, bounded time (scripts/fuzz.sh)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" ./scripts/fuzz.sh
 
 log "Helm chart checks (scripts/chart-test.sh)"
 ./scripts/chart-test.sh

@@ -202,6 +202,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             project,
             principal,
             roles,
+            agents,
+            environments,
         }) => {
             let p = Platform::connect(&db, None, None).await?;
             let roles = roles
@@ -211,7 +213,18 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             let project = ProjectId::parse(&project)?;
             print(
                 &p.control
-                    .create_api_key(&Actor::cli("cli"), &project, &principal, roles)
+                    .create_api_key_bound(
+                        &Actor::cli("cli"),
+                        &project,
+                        &principal,
+                        roles,
+                        (!agents.is_empty() || !environments.is_empty()).then_some(
+                            crate::auth::KeyBinding {
+                                agents,
+                                environments,
+                            },
+                        ),
+                    )
                     .await?,
             )
         }
@@ -486,6 +499,8 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::Approve {
             project,
+            agent,
+            environment,
             tool,
             arguments,
             run,
@@ -521,6 +536,8 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             let claims = approval::claims(
                 approval::Expected {
                     project: &project,
+                    agent: &agent,
+                    environment: &environment,
                     run_id: run.as_deref(),
                     tool: &tool,
                     args_sha256: &hash,

@@ -323,6 +323,12 @@ pub enum ApikeyCmd {
             value_delimiter = ','
         )]
         roles: Vec<String>,
+        /// Runner keys: comma-separated agents the key may act for (`*`: any, deliberately).
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+        /// Runner keys: comma-separated environments the key may act in (`*`: any).
+        #[arg(long = "envs", value_delimiter = ',')]
+        environments: Vec<String>,
     },
 }
 
@@ -513,6 +519,27 @@ pub struct OperatorArgs {
         default_value = "awooop-database"
     )]
     pub worker_db_secret: String,
+    /// Most worker replicas any project gets, whatever its Project contract says.
+    #[arg(long, env = "AWOOOP_WORKER_MAX_REPLICAS", default_value_t = 10)]
+    pub worker_max_replicas: i32,
+    /// Concurrent runs per worker pod (its AWOOOP_WORKER_SLOTS).
+    #[arg(long, env = "AWOOOP_WORKER_POD_SLOTS", default_value_t = 16)]
+    pub worker_pod_slots: u32,
+    /// Database connections per worker pod (its AWOOOP_DB_MAX_CONNECTIONS).
+    #[arg(long, env = "AWOOOP_WORKER_DB_MAX_CONNECTIONS", default_value_t = 8)]
+    pub worker_db_max_connections: u32,
+    /// CPU request of each worker pod.
+    #[arg(long, env = "AWOOOP_WORKER_CPU_REQUEST", default_value = "100m")]
+    pub worker_cpu_request: String,
+    /// CPU limit of each worker pod.
+    #[arg(long, env = "AWOOOP_WORKER_CPU_LIMIT", default_value = "1")]
+    pub worker_cpu_limit: String,
+    /// Memory request of each worker pod.
+    #[arg(long, env = "AWOOOP_WORKER_MEMORY_REQUEST", default_value = "128Mi")]
+    pub worker_memory_request: String,
+    /// Memory limit of each worker pod.
+    #[arg(long, env = "AWOOOP_WORKER_MEMORY_LIMIT", default_value = "512Mi")]
+    pub worker_memory_limit: String,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "AWOOOP_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
@@ -534,6 +561,14 @@ impl OperatorArgs {
         }
         if self.out.is_none() && self.db.database_url.is_none() {
             anyhow::bail!("the in-cluster controller needs --database-url (DATABASE_URL)");
+        }
+        if !(1..=1000).contains(&self.worker_max_replicas)
+            || !(1..=1024).contains(&self.worker_pod_slots)
+            || !(1..=1000).contains(&self.worker_db_max_connections)
+        {
+            anyhow::bail!(
+                "--worker-max-replicas (1..=1000), --worker-pod-slots (1..=1024) and --worker-db-max-connections (1..=1000) are out of range"
+            );
         }
         if self.lease_name.is_empty() || self.worker_db_secret.is_empty() {
             anyhow::bail!(
@@ -827,6 +862,12 @@ pub enum TokenCmd {
     Approve {
         #[arg(long)]
         project: String,
+        /// The agent making the call (the token is bound to it).
+        #[arg(long)]
+        agent: String,
+        /// The environment of the call (the token is bound to it).
+        #[arg(long = "env")]
+        environment: String,
         /// Exposed tool name `{provider}__{tool}`.
         #[arg(long)]
         tool: String,

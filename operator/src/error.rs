@@ -20,6 +20,8 @@ pub enum ErrorCode {
     ReqTooLarge,
     /// A path or query parameter is invalid.
     ReqInvalidParam,
+    /// The request body is not declared as JSON (Content-Type).
+    ReqUnsupportedMediaType,
     /// No credential was presented.
     AuthMissing,
     /// The credential is unknown, revoked or malformed.
@@ -66,6 +68,8 @@ pub enum ErrorCode {
     ContractApproverNotAllowed,
     /// The revision is already the active one.
     ContractAlreadyActive,
+    /// The revisions are too large to diff on the server.
+    ContractDiffTooLarge,
     /// A migration-state change skips a step without being forced.
     MigrationIllegalStep,
     /// A forced migration-state change has no reason.
@@ -177,6 +181,7 @@ impl ErrorCode {
         Self::ReqMalformed,
         Self::ReqTooLarge,
         Self::ReqInvalidParam,
+        Self::ReqUnsupportedMediaType,
         Self::AuthMissing,
         Self::AuthInvalid,
         Self::AuthForbidden,
@@ -200,6 +205,7 @@ impl ErrorCode {
         Self::ContractArtifactMissing,
         Self::ContractApproverNotAllowed,
         Self::ContractAlreadyActive,
+        Self::ContractDiffTooLarge,
         Self::MigrationIllegalStep,
         Self::MigrationReasonRequired,
         Self::ArtifactInvalid,
@@ -257,6 +263,7 @@ impl ErrorCode {
             Self::ReqMalformed => "E-REQ-001",
             Self::ReqTooLarge => "E-REQ-002",
             Self::ReqInvalidParam => "E-REQ-003",
+            Self::ReqUnsupportedMediaType => "E-REQ-004",
             Self::AuthMissing => "E-AUTH-001",
             Self::AuthInvalid => "E-AUTH-002",
             Self::AuthForbidden => "E-AUTH-003",
@@ -280,6 +287,7 @@ impl ErrorCode {
             Self::ContractArtifactMissing => "E-CONTRACT-013",
             Self::ContractApproverNotAllowed => "E-CONTRACT-014",
             Self::ContractAlreadyActive => "E-CONTRACT-015",
+            Self::ContractDiffTooLarge => "E-CONTRACT-016",
             Self::MigrationIllegalStep => "E-MIGRATION-001",
             Self::MigrationReasonRequired => "E-MIGRATION-002",
             Self::ArtifactInvalid => "E-ARTIFACT-001",
@@ -347,6 +355,8 @@ impl ErrorCode {
             | ArtifactInvalid
             | MigrationReasonRequired => StatusCode::UNPROCESSABLE_ENTITY,
             ReqTooLarge | RunInputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ReqUnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ContractDiffTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RunNotFound => StatusCode::NOT_FOUND,
             RunIllegalTransition | RunIdempotencyConflict | RunModeNotAllowed => {
                 StatusCode::CONFLICT
@@ -407,6 +417,9 @@ impl ErrorCode {
             ReqMalformed => "request body is not valid JSON or has unknown/mistyped fields",
             ReqTooLarge => "request body exceeds the configured size limit",
             ReqInvalidParam => "a path or query parameter is invalid",
+            ReqUnsupportedMediaType => {
+                "request body sent without Content-Type: application/json (text/plain or none)"
+            }
             AuthMissing => "no credential presented",
             AuthInvalid => "credential unknown, revoked or malformed",
             AuthForbidden => "credential lacks the role required for this action",
@@ -430,6 +443,7 @@ impl ErrorCode {
             ContractArtifactMissing => "a referenced artifact is not registered with that hash",
             ContractApproverNotAllowed => "approver not listed in the project's approver ACL",
             ContractAlreadyActive => "this revision is already active",
+            ContractDiffTooLarge => "revisions too large to diff on the server (2 MiB each)",
             MigrationIllegalStep => "migration mode can only move one step unless forced",
             MigrationReasonRequired => "a forced migration-mode change needs a reason",
             ArtifactInvalid => "artifact content does not match its hash or is malformed",
@@ -582,6 +596,16 @@ impl From<sqlx::Error> for Error {
                     return Error::new(
                         ErrorCode::ContractImmutable,
                         "published revisions and history are immutable",
+                    )
+                    .with_source(e);
+                }
+                // character_not_in_repertoire (U+0000 in text) / untranslatable_character
+                // (`\u0000` in jsonb): client input PostgreSQL cannot store. The HTTP guards
+                // refuse it earlier; this is the backstop for any path they miss.
+                Some("22021") | Some("22P05") => {
+                    return Error::new(
+                        ErrorCode::ReqMalformed,
+                        "input contains a character that cannot be stored (U+0000)",
                     )
                     .with_source(e);
                 }

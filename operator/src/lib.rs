@@ -16,6 +16,8 @@ pub mod control;
 pub mod coord;
 pub mod db;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod gateway;
 pub mod http;
 pub mod k8s;

@@ -336,6 +336,8 @@ impl Fx {
         let c = approval::claims(
             approval::Expected {
                 project: self.project.as_str(),
+                agent: "triage",
+                environment: "dev",
                 run_id: run,
                 tool,
                 args_sha256: &h,
@@ -850,6 +852,8 @@ async fn gateway_approval_tokens_bind_the_call_and_are_used_once() {
         let mut cl = approval::claims(
             approval::Expected {
                 project: "alpha",
+                agent: "triage",
+                environment: "dev",
                 run_id: None,
                 tool: "leaky__scale",
                 args_sha256: &h,
@@ -880,6 +884,8 @@ async fn gateway_approval_tokens_bind_the_call_and_are_used_once() {
         let cl = approval::claims(
             approval::Expected {
                 project: "alpha",
+                agent: "triage",
+                environment: "dev",
                 run_id: None,
                 tool: "leaky__scale",
                 args_sha256: &h,
@@ -1165,7 +1171,7 @@ async fn gateway_mcp_endpoint_speaks_json_rpc_with_signed_sessions() {
         .post(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let other = run_token(&fx, Some(Uuid::now_v7()), "dev");
+    let other = run_token(&fx, None, "staging");
     let stolen = McpClient {
         router: McpClient::router(&fx),
         auth: vec![("authorization".into(), format!("Bearer {other}"))],
@@ -1249,11 +1255,15 @@ async fn gateway_identity_comes_from_the_credential() {
     // API keys: runner role and agent/environment headers
     let runner = fx
         .cp
-        .create_api_key(
+        .create_api_key_bound(
             &admin(),
             &fx.project,
             "bot",
             vec![awooop::auth::Role::Runner],
+            Some(awooop::auth::KeyBinding {
+                agents: vec!["*".into()],
+                environments: vec!["*".into()],
+            }),
         )
         .await
         .unwrap()

@@ -510,15 +510,26 @@ async fn proxy_falls_back_on_429_5xx_and_timeouts_and_opens_the_circuit() {
         .unwrap();
     assert_eq!(c.envelope.decision.fallbacks, ["primary: circuit open"]);
     assert_eq!(double.requests().len(), before);
-    // The circuit is a platform resource: another project using the same endpoint (and
-    // another process's cache) sees it open too.
+    // The circuit is kept per (project, endpoint): another project using the same endpoint
+    // (through another process's cache) still reaches the primary; one tenant's thresholds
+    // never switch a provider off for another.
     let q = project(&cp, "fallback-b", 1).await;
-    second.script([Reply::Text("for b".into())]);
+    double.script([Reply::Text("for b".into())]);
     let c = tenancy::scope(q.clone(), proxy(&t).chat(&pol, &meta(), &request(), None))
         .await
         .unwrap();
-    assert_eq!(c.envelope.decision.fallbacks, ["primary: circuit open"]);
-    assert_eq!(double.requests().len(), before);
+    assert!(c.envelope.decision.fallbacks.is_empty());
+    assert_eq!(c.envelope.provider, "primary");
+    assert_eq!(double.requests().len(), before + 1);
+    // ...while this project's circuit is still open.
+    assert!(
+        tenancy::scope(
+            p.clone(),
+            Breakers::new(t.db()).provider_open(&double.base_url())
+        )
+        .await
+        .unwrap()
+    );
     let mut tx = t.app.begin().await.unwrap();
     sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
         .execute(&mut *tx)

@@ -5,6 +5,7 @@
 //! change without its audit row cannot commit. Denials are recorded in their own transaction
 //! (the change itself was rolled back).
 
+pub mod exact;
 pub mod redact;
 
 use serde_json::Value;

@@ -151,6 +151,7 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
         workers: Some(WorkerSettings {
             image: "awooop:bench".into(),
             db_secret: "awooop-database".into(),
+            limits: Default::default(),
         }),
         identity: "bench".into(),
         metrics: ControllerMetrics::new(),

@@ -8,6 +8,7 @@
 pub mod canonical;
 pub mod rules;
 pub mod signing;
+pub mod tenant_schema;
 pub mod types;
 
 use std::sync::LazyLock;

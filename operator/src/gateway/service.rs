@@ -675,6 +675,8 @@ impl Gateway {
             token,
             approval::Expected {
                 project: caller.project.as_str(),
+                agent: &caller.agent,
+                environment: &caller.environment,
                 run_id: run.as_deref(),
                 tool,
                 args_sha256: &args_hash,

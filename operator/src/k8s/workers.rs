@@ -25,6 +25,40 @@ pub struct WorkerSettings {
     /// read through `AWOOOP_APP_DATABASE_URL_FILE`: worker pods start stdio children, so the
     /// URL is never an environment variable, and they run no migration.
     pub db_secret: String,
+    /// What the platform administrator allows each project's workers, whatever its contract
+    /// says (flags of `awooop operator`).
+    pub limits: WorkerLimits,
+}
+
+/// Per-project caps and pod resources of worker Deployments, set by the administrator (not by
+/// tenants): a project's Project contract chooses replicas only within `max_replicas`, each
+/// pod runs at most `slots` runs at once and opens at most `db_max_connections` connections,
+/// so one project can take at most `max_replicas × slots` concurrent runs and
+/// `max_replicas × db_max_connections` database connections; requests and limits keep one
+/// project's pods from starving another's on a shared node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerLimits {
+    pub max_replicas: i32,
+    pub slots: u32,
+    pub db_max_connections: u32,
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        Self {
+            max_replicas: 10,
+            slots: 16,
+            db_max_connections: 8,
+            cpu_request: "100m".into(),
+            cpu_limit: "1".into(),
+            memory_request: "128Mi".into(),
+            memory_limit: "512Mi".into(),
+        }
+    }
 }
 
 /// Name of a project's worker Deployment.
@@ -52,6 +86,9 @@ pub fn deployment(
 ) -> Deployment {
     let project = ap.spec.project_id.as_str();
     let name = deployment_name(project);
+    let limits = &settings.limits;
+    // The administrator's cap wins over the contract's max_replicas.
+    let replicas = replicas.min(limits.max_replicas.max(0));
     let selector =
         json!({"app.kubernetes.io/name": "awooop-worker", "awooop.dev/project": project});
     let mut v = json!({
@@ -103,12 +140,20 @@ pub fn deployment(
                             {"name": "AWOOOP_STATE_DIR", "value": "/tmp/awooop"},
                             {"name": "AWOOOP_APP_DATABASE_URL_FILE",
                              "value": "/etc/awooop/database/database-url"},
+                            // Per-project caps of the administrator (not the tenant's).
+                            {"name": "AWOOOP_WORKER_SLOTS", "value": limits.slots.to_string()},
+                            {"name": "AWOOOP_DB_MAX_CONNECTIONS",
+                             "value": limits.db_max_connections.to_string()},
                         ],
                         "securityContext": {
                             "allowPrivilegeEscalation": false,
                             "readOnlyRootFilesystem": true,
                             "runAsNonRoot": true,
                             "capabilities": {"drop": ["ALL"]},
+                        },
+                        "resources": {
+                            "requests": {"cpu": limits.cpu_request, "memory": limits.memory_request},
+                            "limits": {"cpu": limits.cpu_limit, "memory": limits.memory_limit},
                         },
                         "volumeMounts": [
                             {"name": "tmp", "mountPath": "/tmp"},
@@ -231,7 +276,34 @@ mod tests {
         WorkerSettings {
             image: "ghcr.io/awooop/awooop:1".into(),
             db_secret: "awooop-db".into(),
+            limits: WorkerLimits::default(),
         }
+    }
+
+    #[test]
+    fn administrator_limits_cap_replicas_and_size_the_pods() {
+        let mut s = settings();
+        s.limits.max_replicas = 2;
+        s.limits.slots = 4;
+        s.limits.db_max_connections = 3;
+        let v = serde_json::to_value(deployment("ns", &ap(), "uid-1", &s, 9)).unwrap();
+        assert_eq!(v["spec"]["replicas"], 2, "the contract asked for 9");
+        let c = &v["spec"]["template"]["spec"]["containers"][0];
+        let env = |n: &str| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == n)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(env("AWOOOP_WORKER_SLOTS"), Some(serde_json::json!("4")));
+        assert_eq!(
+            env("AWOOOP_DB_MAX_CONNECTIONS"),
+            Some(serde_json::json!("3"))
+        );
+        assert_eq!(c["resources"]["requests"]["cpu"], "100m");
+        assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
     }
 
     #[test]

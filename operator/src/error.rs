@@ -20,6 +20,8 @@ pub enum ErrorCode {
     ReqTooLarge,
     /// A path or query parameter is invalid.
     ReqInvalidParam,
+    /// The endpoint exists but does not accept this HTTP method.
+    ReqMethodNotAllowed,
     /// No credential was presented.
     AuthMissing,
     /// The credential is unknown, revoked or malformed.
@@ -167,6 +169,7 @@ impl ErrorCode {
         Self::ReqMalformed,
         Self::ReqTooLarge,
         Self::ReqInvalidParam,
+        Self::ReqMethodNotAllowed,
         Self::AuthMissing,
         Self::AuthInvalid,
         Self::AuthForbidden,
@@ -243,6 +246,7 @@ impl ErrorCode {
             Self::ReqMalformed => "E-REQ-001",
             Self::ReqTooLarge => "E-REQ-002",
             Self::ReqInvalidParam => "E-REQ-003",
+            Self::ReqMethodNotAllowed => "E-REQ-004",
             Self::AuthMissing => "E-AUTH-001",
             Self::AuthInvalid => "E-AUTH-002",
             Self::AuthForbidden => "E-AUTH-003",
@@ -329,6 +333,7 @@ impl ErrorCode {
             | ArtifactInvalid
             | MigrationReasonRequired => StatusCode::UNPROCESSABLE_ENTITY,
             ReqTooLarge | RunInputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ReqMethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RunNotFound => StatusCode::NOT_FOUND,
             RunIllegalTransition | RunIdempotencyConflict | RunModeNotAllowed => {
                 StatusCode::CONFLICT
@@ -385,6 +390,7 @@ impl ErrorCode {
             ReqMalformed => "request body is not valid JSON or has unknown/mistyped fields",
             ReqTooLarge => "request body exceeds the configured size limit",
             ReqInvalidParam => "a path or query parameter is invalid",
+            ReqMethodNotAllowed => "the endpoint exists but does not accept this HTTP method",
             AuthMissing => "no credential presented",
             AuthInvalid => "credential unknown, revoked or malformed",
             AuthForbidden => "credential lacks the role required for this action",

@@ -216,7 +216,6 @@ async fn budget_fifty_concurrent_calls_never_spend_past_the_limit() {
     let mut raised = (*pol).clone();
     raised.budget.project.token_limit = limit * 2;
     raised.budget.agent = None;
-    double.script([Reply::Text("after the raise".into())]);
     let c = tenancy::scope(p.clone(), px.chat(&raised, &meta(), &req, None)).await;
     assert!(c.is_ok(), "{c:?}");
     t.cleanup().await;

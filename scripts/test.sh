@@ -109,8 +109,14 @@ ensure_node_mcp() {
   export AWOOOP_TEST_NODE_MODULES
 }
 
+# Test databases of this run (`awt_…_r$AWOOOP_TEST_RUN`, tests/integration/support.rs) that exist now.
+test_databases() {
+  psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'awt\_%\_r$AWOOOP_TEST_RUN'"
+}
+
 ensure_postgres
 ensure_redis
+command -v psql >/dev/null || apt_install postgresql-client
 ensure_python_mcp
 ensure_node_mcp
 
@@ -121,11 +127,35 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
 log "tests against PostgreSQL and Redis on 127.0.0.1"
+# Every tool a test needs was installed above: a test that still misses one fails instead of
+# skipping (tests/integration/support.rs `require_tool`). Skips outside this script land in
+# target/awooop-test-skips.log; it is emptied here and summarised after the run.
+export AWOOOP_REQUIRE_TOOLS=1
+# Tags the databases this run creates (awt_…_r<run>), for the leak check below.
+export AWOOOP_TEST_RUN="$$"
+SKIP_LOG="${CARGO_TARGET_DIR:-target}/awooop-test-skips.log"
+rm -f "$SKIP_LOG"
+suite=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --profile ci
+  cargo nextest run --locked --profile ci || suite=$?
 else
-  cargo test --locked
+  cargo test --locked || suite=$?
 fi
+skipped=0
+if [ -s "$SKIP_LOG" ]; then skipped=$(wc -l < "$SKIP_LOG"); fi
+echo "skipped: $skipped test(s) for a missing tool"
+if [ "$skipped" != 0 ]; then
+  sed 's/^/  /' "$SKIP_LOG"
+  suite=1
+fi
+# Every test drops the database it created (tests/README.md): none may be left behind.
+leaked="$(test_databases)"
+if [ -n "$leaked" ]; then
+  echo "test databases left behind by this run:" >&2
+  echo "$leaked" | sed 's/^/  /' >&2
+  suite=1
+fi
+[ "$suite" = 0 ] || exit "$suite"
 
 log "schemathesis against /openapi.json, fixed seed, no 5xx (scripts/api-fuzz.sh)"
 ./scripts/api-fuzz.sh

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     ReqInvalidParam,
     /// The request body is not declared as JSON (Content-Type).
     ReqUnsupportedMediaType,
+    /// The endpoint exists but does not accept this HTTP method.
+    ReqMethodNotAllowed,
     /// No credential was presented.
     AuthMissing,
     /// The credential is unknown, revoked or malformed.
@@ -182,6 +184,7 @@ impl ErrorCode {
         Self::ReqTooLarge,
         Self::ReqInvalidParam,
         Self::ReqUnsupportedMediaType,
+        Self::ReqMethodNotAllowed,
         Self::AuthMissing,
         Self::AuthInvalid,
         Self::AuthForbidden,
@@ -264,6 +267,7 @@ impl ErrorCode {
             Self::ReqTooLarge => "E-REQ-002",
             Self::ReqInvalidParam => "E-REQ-003",
             Self::ReqUnsupportedMediaType => "E-REQ-004",
+            Self::ReqMethodNotAllowed => "E-REQ-005",
             Self::AuthMissing => "E-AUTH-001",
             Self::AuthInvalid => "E-AUTH-002",
             Self::AuthForbidden => "E-AUTH-003",
@@ -357,6 +361,7 @@ impl ErrorCode {
             ReqTooLarge | RunInputTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ReqUnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ContractDiffTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ReqMethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RunNotFound => StatusCode::NOT_FOUND,
             RunIllegalTransition | RunIdempotencyConflict | RunModeNotAllowed => {
                 StatusCode::CONFLICT
@@ -420,6 +425,7 @@ impl ErrorCode {
             ReqUnsupportedMediaType => {
                 "request body sent without Content-Type: application/json (text/plain or none)"
             }
+            ReqMethodNotAllowed => "the endpoint exists but does not accept this HTTP method",
             AuthMissing => "no credential presented",
             AuthInvalid => "credential unknown, revoked or malformed",
             AuthForbidden => "credential lacks the role required for this action",

@@ -719,7 +719,7 @@ async fn openapi_document_covers_routes_that_exist() {
             .replace("{kind}", "agent")
             .replace("{name}", "x")
             .replace("{n}", "1");
-        let (_, body) = api
+        let (status, body) = api
             .call(
                 &op.method.to_uppercase(),
                 &path,
@@ -733,11 +733,42 @@ async fn openapi_document_covers_routes_that_exist() {
             "{} {} is documented but not routed",
             op.method, op.path
         );
+        assert!(
+            status != StatusCode::METHOD_NOT_ALLOWED && body["code"] != "E-REQ-005",
+            "{} {} is documented but its path does not take that method: {status} {body}",
+            op.method,
+            op.path
+        );
         // Every documented error code exists in the error table.
         for e in op.errors {
             assert!(awooop::error::markdown_table().contains(e.as_str()));
         }
     }
+    t.cleanup().await;
+}
+
+/// A known path with a method it does not take: 405 with the platform's JSON error and code
+/// (not axum's empty 405), for top-level and nested routes.
+#[tokio::test]
+async fn a_wrong_method_gets_a_coded_405() {
+    let t = TestDb::new().await;
+    let api = Api::new(&t, 1 << 20);
+    for (method, path) in [
+        ("DELETE", "/healthz"),
+        ("POST", "/openapi.json"),
+        ("PUT", "/v1/control/projects"),
+        ("PATCH", "/v1/platform/runs"),
+    ] {
+        let (s, body) = api.call(method, path, Some(ADMIN), None, None).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {body}");
+        assert_eq!(body["code"], "E-REQ-005", "{method} {path}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // An unknown path is still the not-found answer, not a 405.
+    let (s, body) = api
+        .call("DELETE", "/v1/nowhere", Some(ADMIN), None, None)
+        .await;
+    assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     t.cleanup().await;
 }
 

@@ -4,7 +4,8 @@
 //! (tests/mcp/client_driver.py), plus providers for the Rust fixture
 //! (`awooop::gateway::upstream::fixture`, `awooop mcp-fixture --stdio`).
 //!
-//! Without Python these tests are skipped locally, but fail under `CI=true`.
+//! Without Python or Node these tests fail under scripts/test.sh and CI; elsewhere they are
+//! skipped, and every skip is counted (see `crate::support::require_tool`).
 
 #![allow(dead_code)]
 
@@ -34,49 +35,55 @@ pub fn driver_script() -> PathBuf {
 }
 
 /// The Python interpreter with the `mcp` package: `AWOOOP_TEST_PYTHON`, else `.tools/venv`.
-/// `None` (skip) locally when neither exists; a panic under `CI=true`.
+/// Missing: the test fails under scripts/test.sh and CI, else the skip is recorded and counted
+/// ([`crate::support::require_tool`]).
+#[track_caller]
 pub fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("AWOOOP_TEST_PYTHON") {
+    let found = if let Some(p) = std::env::var_os("AWOOOP_TEST_PYTHON") {
         let p = PathBuf::from(p);
         assert!(
             p.exists(),
             "AWOOOP_TEST_PYTHON={} does not exist",
             p.display()
         );
-        return Some(p);
-    }
-    let local = repo().join(".tools/venv/bin/python");
-    if local.exists() {
-        return Some(local);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("no Python with the mcp package: run scripts/test.sh (it sets AWOOOP_TEST_PYTHON)");
-    }
-    eprintln!("skipping: no Python with the mcp package (run scripts/test.sh)");
-    None
+        Some(p)
+    } else {
+        Some(repo().join(".tools/venv/bin/python")).filter(|p| p.exists())
+    };
+    crate::support::require_tool(
+        "Python with the mcp package",
+        "run scripts/test.sh, or set AWOOOP_TEST_PYTHON",
+        found,
+    )
 }
 
 /// `node_modules` holding the official TypeScript SDK: `AWOOOP_TEST_NODE_MODULES`, else
-/// `.tools/node/node_modules`. `None` (skip) locally when missing; a panic under `CI=true`.
+/// `.tools/node/node_modules`; and `node` on PATH. Missing: as for [`python`].
+#[track_caller]
 pub fn node_modules() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("AWOOOP_TEST_NODE_MODULES") {
+    let found = if let Some(p) = std::env::var_os("AWOOOP_TEST_NODE_MODULES") {
         let p = PathBuf::from(p);
         assert!(
             p.exists(),
             "AWOOOP_TEST_NODE_MODULES={} does not exist",
             p.display()
         );
-        return Some(p);
-    }
-    let local = repo().join(".tools/node/node_modules");
-    if local.join("@modelcontextprotocol/sdk").exists() {
-        return Some(local);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("no TypeScript MCP SDK: run scripts/test.sh (it sets AWOOOP_TEST_NODE_MODULES)");
-    }
-    eprintln!("skipping: no TypeScript MCP SDK (run scripts/test.sh)");
-    None
+        Some(p)
+    } else {
+        Some(repo().join(".tools/node/node_modules"))
+            .filter(|p| p.join("@modelcontextprotocol/sdk").exists())
+    };
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    crate::support::require_tool(
+        "Node.js with the TypeScript MCP SDK",
+        "run scripts/test.sh, or set AWOOOP_TEST_NODE_MODULES and put node on PATH",
+        found.filter(|_| node),
+    )
 }
 
 /// Run the official TypeScript client (tests/mcp/ts_client_driver.mjs) against `url`; same

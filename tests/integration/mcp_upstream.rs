@@ -69,14 +69,19 @@ fn text(r: &Value) -> &str {
 }
 
 /// Wait (bounded) until `cond` holds; for effects that happen in background tasks.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(5), cond).await
+}
+
+async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for: {what}");
 }
 
 fn process_gone(pid: u64) -> bool {
@@ -432,7 +437,7 @@ async fn idle_connections_are_evicted_and_least_recently_used_beyond_the_cap() {
         .await
         .unwrap();
     let up = test_upstreams(UpstreamConfig {
-        idle_timeout: Duration::from_millis(200),
+        idle_timeout: Duration::from_secs(1),
         max_sessions: 2,
         ..test_config()
     });
@@ -451,11 +456,14 @@ async fn idle_connections_are_evicted_and_least_recently_used_beyond_the_cap() {
         fx.deleted_sessions() >= 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    // Either the background sweeper or this call closes the idle ones.
-    up.evict_idle().await;
-    assert_eq!(up.open_connections(), 0);
-    eventually("idle sessions are ended", || fx.deleted_sessions() == 3).await;
+    // The background sweeper closes the idle ones by itself (waited for, with a deadline far
+    // beyond the 1 s idle timeout, not slept for).
+    eventually_within(
+        "the sweeper closes the idle sessions and ends them",
+        Duration::from_secs(30),
+        || up.open_connections() == 0 && fx.deleted_sessions() == 3,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -508,17 +516,38 @@ async fn stdio_requests_are_multiplexed_and_traceparent_rides_in_meta() {
     let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = rust_stdio_provider("local");
+    // Eight calls that the child answers only once all eight are in flight together (a child
+    // or a client that handles one call at a time fails them), last arrival first: each
+    // response must still reach the call that sent its request.
+    let group = uuid::Uuid::new_v4().to_string();
     let mut tasks = Vec::new();
     for i in 0..8u64 {
-        let (up, p, prov) = (up.clone(), p.clone(), prov.clone());
+        let (up, p, prov, group) = (up.clone(), p.clone(), prov.clone(), group.clone());
         tasks.push(tokio::spawn(async move {
-            // Later requests finish first: responses come back out of order.
-            call(&up, &p, &prov, "sleep", json!({"ms": 400 - i * 50}), &[]).await
+            call(
+                &up,
+                &p,
+                &prov,
+                "rendezvous",
+                json!({"group": group, "n": 8, "tag": i}),
+                &[],
+            )
+            .await
         }));
     }
-    for t in tasks {
-        assert_eq!(text(&t.await.unwrap().unwrap()), "slept");
+    let mut arrivals = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r["isError"], json!(false), "{r}");
+        assert_eq!(
+            r["structuredContent"]["tag"],
+            json!(i),
+            "a response reached another call"
+        );
+        arrivals.push(r["structuredContent"]["arrived"].as_u64().unwrap());
     }
+    arrivals.sort();
+    assert_eq!(arrivals, (0..8).collect::<Vec<u64>>());
     let r = call(&up, &p, &prov, "echo", json!({"k": [1, 2]}), &[])
         .await
         .unwrap();

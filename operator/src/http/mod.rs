@@ -44,6 +44,9 @@ pub fn app(state: AppState) -> Router {
         .nest("/v1/control", control::router())
         .nest("/v1/platform", runs::router())
         .fallback(not_found)
+        // A known path with the wrong method gets the platform's JSON error, not axum's bare
+        // 405. Registered last: it applies to every route added before it.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(guard::reject_nul_in_uri))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -122,6 +125,13 @@ async fn openapi_json() -> impl IntoResponse {
 
 async fn not_found() -> crate::error::Error {
     crate::error::Error::new(crate::error::ErrorCode::ReqInvalidParam, "no such endpoint")
+}
+
+async fn method_not_allowed() -> crate::error::Error {
+    crate::error::Error::new(
+        crate::error::ErrorCode::ReqMethodNotAllowed,
+        "this endpoint does not accept this method",
+    )
 }
 
 /// Serve until `shutdown` resolves; in-flight requests finish first.

@@ -348,12 +348,38 @@ pub fn window_start(now_secs: i64, window: Duration) -> i64 {
     now_secs - now_secs.rem_euclid(w)
 }
 
+/// The anomaly counter's clock: unix seconds. The system clock in production; tests inject one
+/// so that a fixed window cannot roll over in the middle of a test.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(std::sync::Arc::new(|| Utc::now().timestamp()))
+    }
+
+    pub fn new(now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(now))
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AnomalyCounter {
     db: Db,
     coord: Coord,
     breakers: Breakers,
     cfg: AnomalyConfig,
+    clock: Clock,
 }
 
 impl AnomalyCounter {
@@ -363,12 +389,19 @@ impl AnomalyCounter {
             db,
             coord,
             cfg,
+            clock: Clock::system(),
         }
+    }
+
+    /// The same counter reading time from `clock` (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Count one event; returns true when it opened the project breaker.
     pub async fn record(&self, kind: Anomaly) -> Result<bool> {
-        let start = window_start(Utc::now().timestamp(), self.cfg.window);
+        let start = window_start(self.clock.now(), self.cfg.window);
         let count = match self.redis_incr(kind, start).await? {
             Some(n) => n,
             None => self.pg_incr(kind, start).await?,

@@ -17,7 +17,8 @@
 #   - the Argo CD health check (docs/gitops/awooop-health.lua) over sample AgentProjects;
 #   - every env var of the Deployments is mapped to the `awooop` flag that reads it;
 #   - the custom resources `awooop operator --out` writes validate against the CRDs' schemas
-#     (check-jsonschema), and a broken one does not.
+#     (check-jsonschema), and a broken one is rejected with a validation error at the field
+#     that was broken (not for a missing schema file).
 # Exits non-zero on any failure; the last line is `chart: N passed, M failed`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -154,17 +155,18 @@ else
 fi
 if [ -n "$BIN" ]; then
   mkdir -p "$WORK/help"
+  # Every subcommand a Deployment runs must print its --help: a missing capture is a failure
+  # (checks.py env-flags fails on it too), never a skip.
   for sub in operator serve; do
-    "$BIN" "$sub" --help >"$WORK/help/$sub.txt" 2>/dev/null || rm -f "$WORK/help/$sub.txt"
+    if "$BIN" "$sub" --help >"$WORK/help/$sub.txt" 2>"$WORK/help/$sub.err"; then
+      pass "awooop $sub --help"
+    else
+      fail "awooop $sub --help"; sed 's/^/    /' "$WORK/help/$sub.err" | tail -10
+      rm -f "$WORK/help/$sub.txt"
+    fi
   done
-  # Until the in-cluster controller exists, `awooop operator` is only the file sink (--out
-  # required): its flags are then not the chart's contract, so that Deployment is skipped.
-  if grep -q '^Usage: awooop operator .*--out <OUT>' "$WORK/help/operator.txt" 2>/dev/null; then
-    rm -f "$WORK/help/operator.txt"
-  fi
   check "every Deployment env var is a flag of its awooop subcommand (all-on)" \
     "$PY" tests/chart/checks.py env-flags "$WORK/all.yaml" "$WORK/help" --extra RUST_LOG
-  sed 's/^/    /' "$WORK/last.log" | grep -E 'SKIP|FAIL' || true
 
   # A throwaway database with one active Project and MCP Gateway revision, projected to files.
   ADMIN_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -192,7 +194,8 @@ if [ -n "$BIN" ]; then
   psql "$ADMIN_URL" -qc "CREATE DATABASE $DB" >"$WORK/db.log" 2>&1
   if psql "$ADMIN_URL" -Atc "SELECT 1 FROM pg_database WHERE datname = '$DB'" 2>/dev/null | grep -q 1; then
     check "awooop operator --out projects an active project into manifests" bash -c "$(declare -f sink); BIN='$BIN' PY='$PY' WORK='$WORK' NS='$NS' SINK_DB='$SINK_DB' sink"
-    "$PY" tests/chart/checks.py crd-schemas "$CHART/crds" "$WORK/schemas" >/dev/null
+    check "CRD schemas extracted for check-jsonschema (AgentProject, McpGrant)" \
+      "$PY" tests/chart/checks.py crd-schemas "$CHART/crds" "$WORK/schemas" AgentProject McpGrant
     ap=$(find "$WORK/sink" -name agentproject.yaml | head -1)
     grants=$(find "$WORK/sink" -name 'mcpgrant-*.yaml' | sort)
     if [ -n "$ap" ] && [ -n "$grants" ]; then
@@ -202,10 +205,19 @@ if [ -n "$BIN" ]; then
       check "McpGrants from the file sink validate against their CRD schema (check-jsonschema)" \
         "$TOOLS/venv/bin/check-jsonschema" --schemafile "$WORK/schemas/McpGrant.json" $grants
       sed 's/spec:/spec:\n  revision: "not-a-number"/' "$ap" | awk '!(/^  revision: [0-9]/)' >"$WORK/broken.yaml"
-      if "$TOOLS/venv/bin/check-jsonschema" --schemafile "$WORK/schemas/AgentProject.json" "$WORK/broken.yaml" >/dev/null 2>&1; then
-        fail "a broken AgentProject (revision: string) is rejected by the CRD schema"
+      # Rejected for the right reason: a validation error at $.spec.revision from a schema that
+      # loaded (a missing or unreadable schema file also fails check-jsonschema, and must not
+      # count as a rejection).
+      broken_name="a broken AgentProject (revision: string) is rejected by the CRD schema at \$.spec.revision"
+      if [ ! -s "$WORK/schemas/AgentProject.json" ]; then
+        fail "$broken_name (no schema file $WORK/schemas/AgentProject.json)"
+      elif "$TOOLS/venv/bin/check-jsonschema" --schemafile "$WORK/schemas/AgentProject.json" "$WORK/broken.yaml" >"$WORK/broken.log" 2>&1; then
+        fail "$broken_name (it was accepted)"
+      elif grep -q 'Schema validation errors were encountered' "$WORK/broken.log" \
+        && grep -qE '\$\.spec\.revision: .*is not of type' "$WORK/broken.log"; then
+        pass "$broken_name"
       else
-        pass "a broken AgentProject (revision: string) is rejected by the CRD schema"
+        fail "$broken_name (check-jsonschema failed for another reason)"; sed 's/^/    /' "$WORK/broken.log" | tail -20
       fi
       # shellcheck disable=SC2086
       unlabelled=$(grep -L "app.kubernetes.io/managed-by: awooop-operator" "$ap" $grants)

@@ -5,7 +5,9 @@
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings (and the release feature set),
 #      no import cycles between the modules of a crate (scripts/check-module-cycles.py);
 #   3. the whole test suite (cargo nextest when installed, else cargo test);
-#   4. the Helm chart checks (scripts/chart-test.sh: helm lint/template, Kubernetes schemas,
+#   4. schemathesis against the served /openapi.json with a fixed seed, no 5xx allowed
+#      (scripts/api-fuzz.sh), and the cargo-fuzz targets for a bounded time (scripts/fuzz.sh);
+#   5. the Helm chart checks (scripts/chart-test.sh: helm lint/template, Kubernetes schemas,
 #      admission-policy CEL, CRs against their CRDs).
 # It also installs the official MCP SDKs the interop tests talk to (Python `mcp` in a venv
 # under .tools/venv, TypeScript `@modelcontextprotocol/sdk` under .tools/node, both gitignored)
@@ -66,11 +68,12 @@ ensure_redis() {
 }
 
 # The official Python MCP SDK for the MCP interop tests (tests/mcp/, tests/integration/mcp_*.rs):
-# `mcp` and its dependencies pinned in tests/mcp/requirements.txt, from PyPI only. Idempotent:
-# a venv built from the same requirements file is reused without touching the network.
+# `mcp` and its dependencies pinned in tests/mcp/requirements.txt, plus schemathesis for the API
+# fuzzing step (tests/fuzz/schemathesis-requirements.txt), from PyPI only. Idempotent: a venv
+# built from the same requirements files is reused without touching the network.
 ensure_python_mcp() {
-  local venv=.tools/venv req=tests/mcp/requirements.txt marker
-  marker="$(sha256sum "$req" | cut -d' ' -f1)"
+  local venv=.tools/venv req=tests/mcp/requirements.txt fuzz=tests/fuzz/schemathesis-requirements.txt marker
+  marker="$(cat "$req" "$fuzz" | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$marker" ] || [ ! -x "$venv/bin/python" ]; then
     log "installing the Python MCP SDK ($req) into $venv"
     if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
@@ -79,7 +82,7 @@ ensure_python_mcp() {
     rm -rf "$venv"
     mkdir -p .tools
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req" -r "$fuzz"
     echo "$marker" > "$venv/.requirements-sha256"
   fi
   AWOOOP_TEST_PYTHON="$(pwd)/$venv/bin/python"
@@ -107,8 +110,14 @@ ensure_node_mcp() {
   export AWOOOP_TEST_NODE_MODULES
 }
 
+# Test databases of this run (`awt_…_r$AWOOOP_TEST_RUN`, tests/integration/support.rs) that exist now.
+test_databases() {
+  psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'awt\_%\_r$AWOOOP_TEST_RUN'"
+}
+
 ensure_postgres
 ensure_redis
+command -v psql >/dev/null || apt_install postgresql-client
 ensure_python_mcp
 ensure_node_mcp
 
@@ -125,11 +134,41 @@ log "no module cycles inside a crate (scripts/check-module-cycles.py)"
 python3 scripts/check-module-cycles.py
 
 log "tests against PostgreSQL and Redis on 127.0.0.1"
+# Every tool a test needs was installed above: a test that still misses one fails instead of
+# skipping (tests/integration/support.rs `require_tool`). Skips outside this script land in
+# target/awooop-test-skips.log; it is emptied here and summarised after the run.
+export AWOOOP_REQUIRE_TOOLS=1
+# Tags the databases this run creates (awt_…_r<run>), for the leak check below.
+export AWOOOP_TEST_RUN="$$"
+SKIP_LOG="${CARGO_TARGET_DIR:-target}/awooop-test-skips.log"
+rm -f "$SKIP_LOG"
+suite=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --profile ci
+  cargo nextest run --locked --profile ci || suite=$?
 else
-  cargo test --locked
+  cargo test --locked || suite=$?
 fi
+skipped=0
+if [ -s "$SKIP_LOG" ]; then skipped=$(wc -l < "$SKIP_LOG"); fi
+echo "skipped: $skipped test(s) for a missing tool"
+if [ "$skipped" != 0 ]; then
+  sed 's/^/  /' "$SKIP_LOG"
+  suite=1
+fi
+# Every test drops the database it created (tests/README.md): none may be left behind.
+leaked="$(test_databases)"
+if [ -n "$leaked" ]; then
+  echo "test databases left behind by this run:" >&2
+  echo "$leaked" | sed 's/^/  /' >&2
+  suite=1
+fi
+[ "$suite" = 0 ] || exit "$suite"
+
+log "schemathesis against /openapi.json, fixed seed, no 5xx (scripts/api-fuzz.sh)"
+./scripts/api-fuzz.sh
+
+log "fuzz targets: redactor and JSON-RPC/HTTP request parsing, bounded time (scripts/fuzz.sh)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" ./scripts/fuzz.sh
 
 log "Helm chart checks (scripts/chart-test.sh)"
 ./scripts/chart-test.sh

@@ -58,6 +58,13 @@ pub enum Command {
     /// Mint MCP gateway tokens (per-run bearer tokens, approval tokens).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Platform administrator: the stdio catalog (the only programs the gateway starts).
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// Platform administrator: the egress allow-list (where tenants' MCP upstreams and model
+    /// providers may be).
+    #[command(subcommand)]
+    Egress(EgressCmd),
     // --- upstream MCP client (gateway/upstream) ---
     /// Test fixture: a minimal MCP server over stdio (--stdio) or Streamable HTTP.
     /// Only with `--features bench` (tests and benchmarks build it; release images do not).
@@ -82,12 +89,15 @@ pub struct McpFixtureArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// Owner connection URL (runs migrations). Without it: 127.0.0.1:5432 if it answers, else a
-    /// private cluster in the state folder.
+    /// Owner connection URL (runs migrations). Without it and without --app-database-url:
+    /// 127.0.0.1:5432 if it answers, else a private cluster in the state folder. Also read from
+    /// the file named by DATABASE_URL_FILE.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Runtime connection URL (a login role that is a member of awooop_app). Default: the owner
-    /// URL with `SET ROLE awooop_app` on every connection.
+    /// URL with `SET ROLE awooop_app` on every connection. Given alone (pods), the process never
+    /// sees the owner's URL and runs no migration. Also read from the file named by
+    /// AWOOOP_APP_DATABASE_URL_FILE.
     #[arg(long, env = "AWOOOP_APP_DATABASE_URL", hide_env_values = true)]
     pub app_database_url: Option<String>,
     /// Size of the runtime connection pool.
@@ -316,6 +326,12 @@ pub enum ApikeyCmd {
             value_delimiter = ','
         )]
         roles: Vec<String>,
+        /// Runner keys: comma-separated agents the key may act for (`*`: any, deliberately).
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<String>,
+        /// Runner keys: comma-separated environments the key may act in (`*`: any).
+        #[arg(long = "envs", value_delimiter = ',')]
+        environments: Vec<String>,
     },
 }
 
@@ -506,6 +522,27 @@ pub struct OperatorArgs {
         default_value = "awooop-database"
     )]
     pub worker_db_secret: String,
+    /// Most worker replicas any project gets, whatever its Project contract says.
+    #[arg(long, env = "AWOOOP_WORKER_MAX_REPLICAS", default_value_t = 10)]
+    pub worker_max_replicas: i32,
+    /// Concurrent runs per worker pod (its AWOOOP_WORKER_SLOTS).
+    #[arg(long, env = "AWOOOP_WORKER_POD_SLOTS", default_value_t = 16)]
+    pub worker_pod_slots: u32,
+    /// Database connections per worker pod (its AWOOOP_DB_MAX_CONNECTIONS).
+    #[arg(long, env = "AWOOOP_WORKER_DB_MAX_CONNECTIONS", default_value_t = 8)]
+    pub worker_db_max_connections: u32,
+    /// CPU request of each worker pod.
+    #[arg(long, env = "AWOOOP_WORKER_CPU_REQUEST", default_value = "100m")]
+    pub worker_cpu_request: String,
+    /// CPU limit of each worker pod.
+    #[arg(long, env = "AWOOOP_WORKER_CPU_LIMIT", default_value = "1")]
+    pub worker_cpu_limit: String,
+    /// Memory request of each worker pod.
+    #[arg(long, env = "AWOOOP_WORKER_MEMORY_REQUEST", default_value = "128Mi")]
+    pub worker_memory_request: String,
+    /// Memory limit of each worker pod.
+    #[arg(long, env = "AWOOOP_WORKER_MEMORY_LIMIT", default_value = "512Mi")]
+    pub worker_memory_limit: String,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "AWOOOP_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
@@ -527,6 +564,14 @@ impl OperatorArgs {
         }
         if self.out.is_none() && self.db.database_url.is_none() {
             anyhow::bail!("the in-cluster controller needs --database-url (DATABASE_URL)");
+        }
+        if !(1..=1000).contains(&self.worker_max_replicas)
+            || !(1..=1024).contains(&self.worker_pod_slots)
+            || !(1..=1000).contains(&self.worker_db_max_connections)
+        {
+            anyhow::bail!(
+                "--worker-max-replicas (1..=1000), --worker-pod-slots (1..=1024) and --worker-db-max-connections (1..=1000) are out of range"
+            );
         }
         if self.lease_name.is_empty() || self.worker_db_secret.is_empty() {
             anyhow::bail!(
@@ -580,9 +625,9 @@ impl ServeArgs {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.db.database_url.is_none() {
+        if self.db.database_url.is_none() && self.db.app_database_url.is_none() {
             anyhow::bail!(
-                "awooop serve needs --database-url (DATABASE_URL): it never starts an embedded database"
+                "awooop serve needs --app-database-url (AWOOOP_APP_DATABASE_URL, the runtime role; migrations then run apart with `awooop migrate`) or --database-url (DATABASE_URL): it never starts an embedded database"
             );
         }
         match &self.admin_token {
@@ -640,6 +685,72 @@ pub struct BenchArgs {
     pub db: DbArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
+}
+
+// --- platform policy (operator/src/platform/) ---
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Add or replace a stdio catalog entry.
+    Add {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Entry name contracts refer to (^[a-z][a-z0-9-]{0,62}$).
+        #[arg(long)]
+        name: String,
+        /// Program to start (absolute path, or a name in the platform's PATH).
+        #[arg(long)]
+        command: String,
+        /// One argument (repeat for more).
+        #[arg(long = "arg", allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// An environment variable contracts may inject a credential into (repeat for more).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the catalog.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Remove an entry (no new child starts; running ones end at idle timeout or rotation).
+    Remove {
+        #[command(flatten)]
+        db: DbArgs,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EgressCmd {
+    /// Allow a destination: a DNS name, `*.suffix`, or an IP network in CIDR notation (the only
+    /// way to allow loopback, link-local, private or metadata addresses).
+    Allow {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The project the rule is for.
+        #[arg(long)]
+        project: Option<String>,
+        /// The rule is for every project.
+        #[arg(long)]
+        all_projects: bool,
+        host: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List the rules.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Remove a rule by id.
+    Remove {
+        #[command(flatten)]
+        db: DbArgs,
+        rule_id: uuid::Uuid,
+    },
 }
 
 // --- MCP gateway (operator/src/gateway/) ---
@@ -754,6 +865,12 @@ pub enum TokenCmd {
     Approve {
         #[arg(long)]
         project: String,
+        /// The agent making the call (the token is bound to it).
+        #[arg(long)]
+        agent: String,
+        /// The environment of the call (the token is bound to it).
+        #[arg(long = "env")]
+        environment: String,
         /// Exposed tool name `{provider}__{tool}`.
         #[arg(long)]
         tool: String,

@@ -85,6 +85,15 @@ pub async fn run_in_cluster(control: ControlPlane, args: &OperatorArgs) -> anyho
         workers: args.worker_image.clone().map(|image| WorkerSettings {
             image,
             db_secret: args.worker_db_secret.clone(),
+            limits: awooop_k8s::workers::WorkerLimits {
+                max_replicas: args.worker_max_replicas,
+                slots: args.worker_pod_slots,
+                db_max_connections: args.worker_db_max_connections,
+                cpu_request: args.worker_cpu_request.clone(),
+                cpu_limit: args.worker_cpu_limit.clone(),
+                memory_request: args.worker_memory_request.clone(),
+                memory_limit: args.worker_memory_limit.clone(),
+            },
         }),
         identity: identity.clone(),
         metrics,

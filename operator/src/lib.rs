@@ -13,6 +13,7 @@ pub use awooop_gateway as gateway;
 pub use awooop_http as http;
 pub use awooop_k8s as k8s;
 pub use awooop_model as model;
+pub use awooop_policy as policy;
 pub use awooop_runtime as runtime;
 pub use awooop_runtime::metrics;
 pub use awooop_store::{audit, auth, coord, db, local, tenancy};
@@ -23,3 +24,6 @@ pub mod cli;
 pub mod config;
 pub mod in_cluster;
 pub mod platform;
+#[doc(hidden)]
+pub mod fuzz_targets;
+pub mod master_secrets;

@@ -1,10 +1,31 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    awooop::tls::install_crypto_provider();
+fn main() -> std::process::ExitCode {
+    // Before any thread exists: master secrets given as files (`NAME_FILE`) become visible to
+    // the parser, and once parsed every master secret leaves the environment (and the block
+    // /proc/<pid>/environ shows), so no child process and no reader of that file finds one.
+    if let Err(e) = awooop::master_secrets::load_files() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(1);
+    }
     let cli = awooop::config::Cli::parse();
+    awooop::master_secrets::scrub();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: awooop::config::Cli) -> std::process::ExitCode {
+    awooop::tls::install_crypto_provider();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()

@@ -27,6 +27,9 @@ pub struct Platform {
     /// How model provider API keys resolve: project-bound, by the gateway's rules once
     /// [`attach_gateway`] ran; before that every ref is denied.
     pub model_credentials: std::sync::Arc<dyn crate::model::proxy::CredentialResolver>,
+    /// The administrator's stdio catalog and egress rules (plus, for `awooop up`, the local
+    /// loopback allowance): read by the gateway's upstream client and the model proxy.
+    pub policy: awooop_policy::PolicySource,
     _pg: LocalPostgres,
 }
 
@@ -43,8 +46,18 @@ impl Platform {
         std::fs::create_dir_all(&db_args.state_dir).with_context(|| {
             format!("cannot create state folder {}", db_args.state_dir.display())
         })?;
-        let pg = local::resolve(db_args.database_url.as_deref(), &db_args.state_dir).await?;
-        db::migrate(&pg.url).await.map_err(anyhow_err)?;
+        // With only the runtime role's URL (pods: `awooop serve`, workers) nothing needs the
+        // owner: no migration here (the chart runs `awooop migrate` with the owner's URL in a
+        // separate container), and the owner's URL never reaches this process.
+        let pg = match (&db_args.database_url, &db_args.app_database_url) {
+            (None, Some(app)) => LocalPostgres::external(app),
+            _ => {
+                let pg =
+                    local::resolve(db_args.database_url.as_deref(), &db_args.state_dir).await?;
+                db::migrate(&pg.url).await.map_err(anyhow_err)?;
+                pg
+            }
+        };
         let app_url = db_args
             .app_database_url
             .clone()
@@ -57,8 +70,10 @@ impl Platform {
             None => Coord::none(),
         };
         let keyring = load_keyring(keyring, &db_args.state_dir)?;
+        let db = Db::new(pool);
         Ok(Self {
-            control: ControlPlane::new(Db::new(pool), coord, keyring),
+            policy: awooop_policy::PolicySource::from_db(db.clone()),
+            control: ControlPlane::new(db, coord, keyring),
             owner_url: pg.url.clone(),
             state_dir: db_args.state_dir.clone(),
             tools: std::sync::Arc::new(crate::runtime::executor::NoGateway),
@@ -169,8 +184,9 @@ pub fn attach_gateway(
         p.control.coord().clone(),
         GatewayKeys::derive(&master),
         creds,
-        std::sync::Arc::new(crate::gateway::upstream::Upstreams::new(
+        std::sync::Arc::new(crate::gateway::upstream::Upstreams::guarded(
             args.upstream.config(),
+            p.policy.clone(),
         )),
         audit,
         args.config(),
@@ -289,7 +305,7 @@ pub fn worker_for_project(
         Ok(proxy) => Some(LlmExecutor::new(
             p.control.clone(),
             GuardedGateway::new(p.control.clone(), tools),
-            std::sync::Arc::new(proxy),
+            std::sync::Arc::new(proxy.with_egress(p.policy.clone())),
             anomalies,
         )),
         Err(e) => {

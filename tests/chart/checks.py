@@ -11,10 +11,11 @@ Subcommands (each prints one line per finding and exits non-zero on any failure)
   env-flags RENDERED.yaml HELP_DIR [--extra NAME ...]
       Every env entry of every Deployment has a comment naming the `awooop` flag it sets, and
       `awooop <subcommand> --help` (saved as HELP_DIR/<subcommand>.txt) lists that flag with
-      that env var. A missing help file means the subcommand does not exist in this build.
-  crd-schemas CRD_DIR OUT_DIR
+      that env var, or with NAME where the chart sets NAME_FILE (master secrets as files). A missing help file is a failure: the chart would run a subcommand (or
+      flags) this build cannot be checked against.
+  crd-schemas CRD_DIR OUT_DIR [KIND...]
       Writes each CRD's openAPIV3Schema as a JSON Schema file OUT_DIR/<Kind>.json (for
-      check-jsonschema).
+      check-jsonschema); fails on a CRD without an object schema or a listed KIND without a CRD.
   kinds RENDERED.yaml KIND...
       The rendered output contains exactly the listed kinds (with counts as KIND=N).
   argocd-health LUA_FILE
@@ -218,7 +219,7 @@ def check_env_flags(rendered, help_dir, extra):
             with open(help_file) as f:
                 flags = parse_help(f.read())
         else:
-            print(f"SKIP env-flags {name}: this build has no `awooop {sub}` for the chart (no such subcommand, or only its file-sink mode)")
+            failures += fail(f"env-flags {name}: no `awooop {sub} --help` capture in {help_dir}: cannot check the chart's env vars against its flags")
         lines = doc.splitlines()
         for i, line in enumerate(lines):
             m = re.match(r"^\s+- name: ([A-Z][A-Z0-9_]*)$", line)
@@ -239,7 +240,7 @@ def check_env_flags(rendered, help_dir, extra):
             flag = fm.group(1)
             if flag not in flags:
                 failures += fail(f"env-flags {name}: `awooop {sub}` has no --{flag} (set by {var})")
-            elif flags[flag] != var:
+            elif flags[flag] != var and not (var.endswith("_FILE") and flags[flag] == var[: -len("_FILE")]):
                 failures += fail(f"env-flags {name}: --{flag} reads env {flags[flag]}, the chart sets {var}")
             else:
                 print(f"ok   env-flags {name}: {var} = awooop {sub} --{flag}")
@@ -249,16 +250,27 @@ def check_env_flags(rendered, help_dir, extra):
 # --- CRD schemas, kinds, ServiceMonitor ----------------------------------------------------------
 
 
-def crd_schemas(crd_dir, out_dir):
+def crd_schemas(crd_dir, out_dir, expected=()):
+    """Extract each CRD's openAPIV3Schema to OUT_DIR/<Kind>.json; fails when a CRD has no
+    schema or an expected kind is missing."""
     os.makedirs(out_dir, exist_ok=True)
+    failures = 0
+    written = set()
     for fname in sorted(os.listdir(crd_dir)):
         for crd in docs(os.path.join(crd_dir, fname)):
             kind = crd["spec"]["names"]["kind"]
-            schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            schema = crd["spec"]["versions"][0].get("schema", {}).get("openAPIV3Schema")
+            if not isinstance(schema, dict) or schema.get("type") != "object":
+                failures += fail(f"crd-schemas: {kind} in {fname} has no object openAPIV3Schema")
+                continue
             with open(os.path.join(out_dir, f"{kind}.json"), "w") as f:
                 json.dump(schema, f, indent=1)
+            written.add(kind)
             print(f"ok   crd-schemas: {kind}")
-    return 0
+    for kind in expected:
+        if kind not in written:
+            failures += fail(f"crd-schemas: no CRD for {kind} in {crd_dir}")
+    return failures
 
 
 def check_kinds(rendered, expected):
@@ -382,7 +394,7 @@ def main(argv):
         extra = opt("--extra")
         return check_env_flags(args[0], args[1], set(extra))
     if cmd == "crd-schemas":
-        return crd_schemas(args[0], args[1])
+        return crd_schemas(args[0], args[1], args[2:])
     if cmd == "kinds":
         return check_kinds(args[0], args[1:])
     if cmd == "argocd-health":

@@ -200,10 +200,32 @@ async fn cli_lifecycle_with_exit_codes_and_json_errors() {
     let (code, out, _) = run(&["contract", "validate", "--kind", "runtime", fixture]);
     assert_eq!(code, 0);
     assert_eq!(json(&out)["valid"], true);
-    let (code, _, err) = run(&["contract", "validate", "--kind", "runtime", invalid]);
-    // The fixture wraps the body: validating the wrapper fails on its unknown fields.
-    assert_eq!(code, 2);
-    assert_eq!(json(&err)["code"], "E-SCHEMA-001");
+    // The invalid fixture wraps its body with the expected verdict: validate the body itself,
+    // which breaks exactly one rule (heartbeat not shorter than the lease).
+    let doc = json(&std::fs::read_to_string(invalid).unwrap());
+    let body_file = std::env::temp_dir().join(format!("awooop-cli-body-{}.json", t.name));
+    std::fs::write(&body_file, doc["body"].to_string()).unwrap();
+    let (code, _, err) = run(&[
+        "contract",
+        "validate",
+        "--kind",
+        "runtime",
+        body_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let err = json(&err);
+    assert_eq!(doc["expect"][0]["code"], "E-CONTRACT-003");
+    assert_eq!(err["code"], doc["expect"][0]["code"], "{err}");
+    assert_eq!(
+        err["details"]["violations"][0]["path"], doc["expect"][0]["path"],
+        "{err}"
+    );
+    assert_eq!(
+        err["details"]["violations"].as_array().unwrap().len(),
+        1,
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&body_file);
 
     let (code, out, err) = run(&["project", "create", "cli-demo", "--required-approvals", "2"]);
     assert_eq!(code, 0, "{err}");

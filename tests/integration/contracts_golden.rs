@@ -26,6 +26,11 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn golden_fixtures_valid_pass_and_invalid_fail_at_the_expected_path_with_the_expected_code() {
     let root = repo().join("tests/fixtures/contracts");
+    // Body hashes of the valid fixtures from a second, independent canonicalizer
+    // (tests/fixtures/generate.py, Python).
+    let expected: serde_json::Map<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("hashes.json")).unwrap()).unwrap();
+    let (mut hashed, mut reordered) = (0, 0);
     for kind in ContractKind::ALL {
         let valid = files(&root.join(kind.as_str()).join("valid"));
         let invalid = files(&root.join(kind.as_str()).join("invalid"));
@@ -36,12 +41,23 @@ fn golden_fixtures_valid_pass_and_invalid_fail_at_the_expected_path_with_the_exp
             if let Err(v) = contracts::validate(kind, &body) {
                 panic!("{}: expected valid, got {v:?}", f.display());
             }
-            // Hashing is stable across a round trip through text.
-            let again: Value = serde_json::from_str(&body.to_string()).unwrap();
-            assert_eq!(
-                contracts::canonical::body_hash(&body),
-                contracts::canonical::body_hash(&again)
-            );
+            let rel = f.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+            let want = expected
+                .get(&rel)
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("{rel}: no hash in hashes.json (run generate.py)"));
+            assert_eq!(contracts::canonical::body_hash(&body), want, "{rel}");
+            // The same document with every object's keys reversed and pretty-printed hashes
+            // the same: the hash is of the content, not of the text.
+            let shuffled: Value =
+                serde_json::from_str(&serde_json::to_string_pretty(&reversed(&body)).unwrap())
+                    .unwrap();
+            let (text, original) = (shuffled.to_string(), body.to_string());
+            if text != original {
+                reordered += 1;
+            }
+            assert_eq!(contracts::canonical::body_hash(&shuffled), want, "{rel}");
+            hashed += 1;
         }
         for f in invalid {
             let doc: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
@@ -58,6 +74,29 @@ fn golden_fixtures_valid_pass_and_invalid_fail_at_the_expected_path_with_the_exp
                 );
             }
         }
+    }
+    assert_eq!(
+        hashed,
+        expected.len(),
+        "hashes.json lists fixtures that do not exist"
+    );
+    assert!(
+        reordered * 2 > hashed,
+        "too few fixtures had keys to reorder"
+    );
+}
+
+/// `v` with the keys of every object in reverse order (serde_json keeps insertion order here).
+fn reversed(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .rev()
+                .map(|(k, v)| (k.clone(), reversed(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(reversed).collect()),
+        other => other.clone(),
     }
 }
 

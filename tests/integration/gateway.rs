@@ -336,6 +336,8 @@ impl Fx {
         let c = approval::claims(
             approval::Expected {
                 project: self.project.as_str(),
+                agent: "triage",
+                environment: "dev",
                 run_id: run,
                 tool,
                 args_sha256: &h,
@@ -559,12 +561,32 @@ async fn gateway_registry_tables_mirror_the_active_revision() {
         source,
         json!({"kubernetes_secret": {"name": "alpha-secret", "key": "token"}})
     );
-    // immutable, even for the owner's runtime role
-    let upd = sqlx::query("UPDATE mcp_tools SET enabled = true")
-        .execute(&mut *tx)
-        .await;
-    assert!(upd.is_err());
     drop(tx);
+    // Immutable: the runtime role lacks the privilege (42501), and the owner, who has it, is
+    // stopped by the immutability trigger (AW001, E-CONTRACT-007), on rows it can see.
+    for (who, pool, want) in [
+        ("runtime role", &fx.t.app, "42501"),
+        ("owner", &fx.t.owner, "AW001"),
+    ] {
+        let mut tx = scoped_tx(pool, "alpha").await;
+        let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM mcp_tools")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(visible, tools, "{who} sees the rows it tries to update");
+        let err = sqlx::query("UPDATE mcp_tools SET enabled = NOT enabled")
+            .execute(&mut *tx)
+            .await
+            .expect_err(&format!("{who}: UPDATE mcp_tools must fail"));
+        let db = err.as_database_error().expect("a database error");
+        assert_eq!(db.code().as_deref(), Some(want), "{who}: {db}");
+        if who == "owner" {
+            assert!(
+                db.message().contains("E-CONTRACT-007") && db.message().contains("mcp_tools"),
+                "{db}"
+            );
+        }
+    }
     fx.done().await;
 }
 
@@ -817,9 +839,11 @@ async fn gateway_rotated_secret_is_picked_up_and_redacted() {
 
 #[tokio::test]
 async fn gateway_approval_tokens_bind_the_call_and_are_used_once() {
+    // A private Redis, so the test can see exactly which keys the gateway wrote.
+    let redis = PrivateRedis::start();
     let fx = fixture(
         MigrationMode::AutoRemediate,
-        Coord::connect(&redis_url()).unwrap(),
+        Coord::connect(&redis.url()).unwrap(),
         test_config(),
     )
     .await;
@@ -850,6 +874,8 @@ async fn gateway_approval_tokens_bind_the_call_and_are_used_once() {
         let mut cl = approval::claims(
             approval::Expected {
                 project: "alpha",
+                agent: "triage",
+                environment: "dev",
                 run_id: None,
                 tool: "leaky__scale",
                 args_sha256: &h,
@@ -880,6 +906,8 @@ async fn gateway_approval_tokens_bind_the_call_and_are_used_once() {
         let cl = approval::claims(
             approval::Expected {
                 project: "alpha",
+                agent: "triage",
+                environment: "dev",
                 run_id: None,
                 tool: "leaky__scale",
                 args_sha256: &h,
@@ -899,13 +927,40 @@ async fn gateway_approval_tokens_bind_the_call_and_are_used_once() {
         "E-MCP-GATE-006",
     );
     // the real one works once (key order of the arguments does not matter), then is a replay
+    assert!(
+        redis_keys(&redis.url(), "awooop:alpha:approval-jti:*")
+            .await
+            .is_empty()
+    );
     fx.call(&c, "leaky__scale", args.clone(), Some(&good))
         .await
         .unwrap();
+    // Redis took part: the use left its jti marker, expiring with the token.
+    let marker = redis_keys(&redis.url(), "awooop:alpha:approval-jti:*").await;
+    assert_eq!(marker.len(), 1, "{marker:?}");
+    let ttl = redis_ttl(&redis.url(), &marker[0]).await;
+    assert!(
+        ttl > 0 && ttl <= 60,
+        "the marker expires with the token: {ttl}"
+    );
     assert_code(
         fx.call(&c, "leaky__scale", args.clone(), Some(&good)).await,
         "E-MCP-GATE-007",
     );
+    // The fast path: with the PostgreSQL row gone, only Redis can refuse the replay.
+    let mut su = fx.t.superuser().await;
+    sqlx::raw_sql(
+        "SET session_replication_role = replica; DELETE FROM mcp_approval_uses; \
+         SET session_replication_role = origin",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    assert_code(
+        fx.call(&c, "leaky__scale", args.clone(), Some(&good)).await,
+        "E-MCP-GATE-007",
+    );
+    drop(su);
     assert_eq!(fx.upstream.seen.lock().unwrap().len(), 1);
     let audit = fx.audit_text().await;
     assert!(audit.contains(r#""approver":"alice""#), "{audit}");
@@ -916,20 +971,39 @@ async fn gateway_approval_tokens_bind_the_call_and_are_used_once() {
 async fn gateway_approval_replay_is_refused_after_a_redis_restart() {
     let mut redis = PrivateRedis::start();
     let coord = Coord::connect(&redis.url()).unwrap();
-    let fx = fixture(MigrationMode::AutoRemediate, coord, test_config()).await;
+    let fx = fixture(MigrationMode::AutoRemediate, coord.clone(), test_config()).await;
     let c = caller(&fx.project, "dev");
     let args = json!({"replicas": 5});
     let token = fx.approval_for("leaky__scale", &args, None, 300);
     fx.call(&c, "leaky__scale", args.clone(), Some(&token))
         .await
         .unwrap();
+    assert_eq!(
+        redis_keys(&redis.url(), "awooop:alpha:approval-jti:*")
+            .await
+            .len(),
+        1,
+        "the use went through Redis"
+    );
     // Redis loses its memory: the jti row in PostgreSQL still refuses the replay
     redis.restart();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for_redis(&coord).await;
+    assert!(
+        redis_keys(&redis.url(), "awooop:alpha:approval-jti:*")
+            .await
+            .is_empty()
+    );
     assert_code(
         fx.call(&c, "leaky__scale", args.clone(), Some(&token))
             .await,
         "E-MCP-GATE-007",
+    );
+    // Redis answered again (it set the marker anew); PostgreSQL refused.
+    assert_eq!(
+        redis_keys(&redis.url(), "awooop:alpha:approval-jti:*")
+            .await
+            .len(),
+        1
     );
     // and with Redis down entirely
     redis.stop();
@@ -1165,7 +1239,7 @@ async fn gateway_mcp_endpoint_speaks_json_rpc_with_signed_sessions() {
         .post(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let other = run_token(&fx, Some(Uuid::now_v7()), "dev");
+    let other = run_token(&fx, None, "staging");
     let stolen = McpClient {
         router: McpClient::router(&fx),
         auth: vec![("authorization".into(), format!("Bearer {other}"))],
@@ -1249,11 +1323,15 @@ async fn gateway_identity_comes_from_the_credential() {
     // API keys: runner role and agent/environment headers
     let runner = fx
         .cp
-        .create_api_key(
+        .create_api_key_bound(
             &admin(),
             &fx.project,
             "bot",
             vec![awooop::auth::Role::Runner],
+            Some(awooop::auth::KeyBinding {
+                agents: vec!["*".into()],
+                environments: vec!["*".into()],
+            }),
         )
         .await
         .unwrap()
@@ -1412,6 +1490,7 @@ async fn e2e(url: &str) -> E2e {
 /// Like [`e2e`] with any transport and injection.
 async fn e2e_with(transport: Value, inject: Value) -> E2e {
     let t = TestDb::new().await;
+    crate::mcp_support::register_test_catalog(&t.db()).await;
     let cp = t.control(Coord::none());
     let p = project(&cp, "alpha", 1).await;
     let dir = std::env::temp_dir().join(format!("awooop-gw-e2e-{}", Uuid::new_v4()));
@@ -1452,7 +1531,9 @@ async fn e2e_with(transport: Value, inject: Value) -> E2e {
             LocalPolicy::parse(None, Some(&dir)).unwrap(),
             Duration::ZERO,
         ),
-        Arc::new(awooop::gateway::upstream::Upstreams::new(Default::default())),
+        Arc::new(crate::mcp_support::test_upstreams(
+            crate::mcp_support::test_config(),
+        )),
         audit,
         test_config(),
     ));
@@ -1659,7 +1740,7 @@ async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
 #[tokio::test]
 async fn gateway_e2e_stdio_upstream_gets_the_credential_in_its_environment_only() {
     let e = e2e_with(
-        json!({"type": "stdio", "command": crate::mcp_support::AWOOOP_BIN, "args": ["mcp-fixture", "--stdio"]}),
+        json!({"type": "stdio", "entry": "rust-fixture"}),
         json!({"type": "env", "var": "X_KEY"}),
     )
     .await;
@@ -1752,8 +1833,10 @@ async fn gateway_activation_invalidates_the_cached_registry() {
             .unwrap()
             .retain(|t| t != "leaky__text");
     }
-    // give the listener time to subscribe, then activate
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Activate only once the listener's LISTEN has reached PostgreSQL: the 3,600 s TTL means
+    // a missed notification would leave the cache stale and fail the wait below.
+    fx.t.wait_for_listener(awooop::control::ACTIVATION_CHANNEL)
+        .await;
     tenancy::scope(
         fx.project.clone(),
         activate(&fx.cp, ContractKind::McpGateway, "default", body),

@@ -5,6 +5,8 @@ mod support;
 
 mod mcp_support;
 
+mod adversarial;
+mod adversarial_b;
 mod cli_e2e;
 mod contracts_golden;
 mod control_plane;

@@ -4,7 +4,8 @@
 //! (tests/mcp/client_driver.py), plus providers for the Rust fixture
 //! (`awooop_testkit::fixture`, `awooop mcp-fixture --stdio`).
 //!
-//! Without Python these tests are skipped locally, but fail under `CI=true`.
+//! Without Python or Node these tests fail under scripts/test.sh and CI; elsewhere they are
+//! skipped, and every skip is counted (see `crate::support::require_tool`).
 
 #![allow(dead_code)]
 
@@ -13,7 +14,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use awooop::contracts::{Injection, McpProvider};
-use awooop::gateway::upstream::Injected;
+use awooop::gateway::upstream::{Injected, StdioIsolation, UpstreamConfig, Upstreams};
+use awooop::policy::PolicySource;
+use awooop::policy::catalog::CatalogEntry;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -32,49 +35,55 @@ pub fn driver_script() -> PathBuf {
 }
 
 /// The Python interpreter with the `mcp` package: `AWOOOP_TEST_PYTHON`, else `.tools/venv`.
-/// `None` (skip) locally when neither exists; a panic under `CI=true`.
+/// Missing: the test fails under scripts/test.sh and CI, else the skip is recorded and counted
+/// ([`crate::support::require_tool`]).
+#[track_caller]
 pub fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("AWOOOP_TEST_PYTHON") {
+    let found = if let Some(p) = std::env::var_os("AWOOOP_TEST_PYTHON") {
         let p = PathBuf::from(p);
         assert!(
             p.exists(),
             "AWOOOP_TEST_PYTHON={} does not exist",
             p.display()
         );
-        return Some(p);
-    }
-    let local = repo().join(".tools/venv/bin/python");
-    if local.exists() {
-        return Some(local);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("no Python with the mcp package: run scripts/test.sh (it sets AWOOOP_TEST_PYTHON)");
-    }
-    eprintln!("skipping: no Python with the mcp package (run scripts/test.sh)");
-    None
+        Some(p)
+    } else {
+        Some(repo().join(".tools/venv/bin/python")).filter(|p| p.exists())
+    };
+    crate::support::require_tool(
+        "Python with the mcp package",
+        "run scripts/test.sh, or set AWOOOP_TEST_PYTHON",
+        found,
+    )
 }
 
 /// `node_modules` holding the official TypeScript SDK: `AWOOOP_TEST_NODE_MODULES`, else
-/// `.tools/node/node_modules`. `None` (skip) locally when missing; a panic under `CI=true`.
+/// `.tools/node/node_modules`; and `node` on PATH. Missing: as for [`python`].
+#[track_caller]
 pub fn node_modules() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("AWOOOP_TEST_NODE_MODULES") {
+    let found = if let Some(p) = std::env::var_os("AWOOOP_TEST_NODE_MODULES") {
         let p = PathBuf::from(p);
         assert!(
             p.exists(),
             "AWOOOP_TEST_NODE_MODULES={} does not exist",
             p.display()
         );
-        return Some(p);
-    }
-    let local = repo().join(".tools/node/node_modules");
-    if local.join("@modelcontextprotocol/sdk").exists() {
-        return Some(local);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("no TypeScript MCP SDK: run scripts/test.sh (it sets AWOOOP_TEST_NODE_MODULES)");
-    }
-    eprintln!("skipping: no TypeScript MCP SDK (run scripts/test.sh)");
-    None
+        Some(p)
+    } else {
+        Some(repo().join(".tools/node/node_modules"))
+            .filter(|p| p.join("@modelcontextprotocol/sdk").exists())
+    };
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    crate::support::require_tool(
+        "Node.js with the TypeScript MCP SDK",
+        "run scripts/test.sh, or set AWOOOP_TEST_NODE_MODULES and put node on PATH",
+        found.filter(|_| node),
+    )
 }
 
 /// Run the official TypeScript client (tests/mcp/ts_client_driver.mjs) against `url`; same
@@ -117,17 +126,94 @@ pub fn http_provider(name: &str, url: &str) -> McpProvider {
     .expect("provider")
 }
 
-pub fn stdio_provider(name: &str, command: &str, args: &[&str]) -> McpProvider {
+/// A stdio provider naming the catalog entry `entry` (see [`test_catalog`]).
+pub fn stdio_provider(name: &str, entry: &str) -> McpProvider {
     serde_json::from_value(json!({
         "name": name,
-        "transport": {"type": "stdio", "command": command, "args": args},
+        "transport": {"type": "stdio", "entry": entry},
     }))
     .expect("provider")
 }
 
-/// The Rust fixture over stdio (`awooop mcp-fixture --stdio`).
+/// The Rust fixture over stdio (`awooop mcp-fixture --stdio`, catalog entry `rust-fixture`).
 pub fn rust_stdio_provider(name: &str) -> McpProvider {
-    stdio_provider(name, AWOOOP_BIN, &["mcp-fixture", "--stdio"])
+    stdio_provider(name, "rust-fixture")
+}
+
+fn catalog_entry(name: &str, command: &str, args: &[&str], env: &[&str]) -> CatalogEntry {
+    CatalogEntry {
+        name: name.into(),
+        command: command.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env_allow: env.iter().map(|a| a.to_string()).collect(),
+        description: String::new(),
+    }
+}
+
+/// The stdio catalog of the tests: `rust-fixture` (`awooop mcp-fixture --stdio`),
+/// `python-fixture` (tests/mcp/fixture_server.py over stdio, when Python is there) and
+/// `missing` (a command that does not exist).
+pub fn test_catalog() -> Vec<CatalogEntry> {
+    let env = ["FIXTURE_TOKEN", "UPSTREAM_TOKEN", "X_KEY"];
+    let mut v = vec![
+        catalog_entry(
+            "rust-fixture",
+            AWOOOP_BIN,
+            &["mcp-fixture", "--stdio"],
+            &env,
+        ),
+        catalog_entry("missing", "/nonexistent/awooop-no-such-server", &[], &[]),
+    ];
+    let py = std::env::var_os("AWOOOP_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".tools/venv/bin/python"));
+    v.push(catalog_entry(
+        "python-fixture",
+        py.to_str().expect("utf-8 path"),
+        &[fixture_script().to_str().expect("utf-8 path"), "stdio"],
+        &env,
+    ));
+    v
+}
+
+/// Register [`test_catalog`] as the platform administrator (contracts naming it can publish).
+pub async fn register_test_catalog(db: &awooop::tenancy::Db) {
+    for e in test_catalog() {
+        awooop::policy::catalog_put(db, "test-admin", &e)
+            .await
+            .expect("catalog entry");
+    }
+}
+
+/// The upstream pool's settings in tests: stdio children as their tenant's uid when the tests
+/// run as root (CI), else as this process's uid (a developer's machine).
+pub fn test_config() -> UpstreamConfig {
+    UpstreamConfig {
+        stdio_isolation: if awooop::policy::running_as_root() {
+            StdioIsolation::TenantUid {
+                base: awooop::gateway::upstream::DEFAULT_UID_BASE,
+            }
+        } else {
+            StdioIsolation::SameUid
+        },
+        ..UpstreamConfig::default()
+    }
+}
+
+/// The platform policy of upstream tests: [`test_catalog`], and loopback allowed for every
+/// project (the fixtures listen on 127.0.0.1), as an administrator would allow it explicitly.
+pub fn test_policy() -> PolicySource {
+    PolicySource::fixed(test_catalog(), &[], true)
+}
+
+/// A pool under [`test_policy`].
+pub fn test_upstreams(cfg: UpstreamConfig) -> Upstreams {
+    Upstreams::guarded(cfg, test_policy())
+}
+
+/// The egress policy alone, loopback allowed (for `HttpSession::new`).
+pub fn loopback_egress() -> std::sync::Arc<awooop::policy::egress::EgressPolicy> {
+    std::sync::Arc::new(awooop::policy::egress::EgressPolicy::default().allow_loopback())
 }
 
 pub fn header(name: &str, prefix: &str, value: &str) -> Injected {

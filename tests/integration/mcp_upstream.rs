@@ -69,14 +69,19 @@ fn text(r: &Value) -> &str {
 }
 
 /// Wait (bounded) until `cond` holds; for effects that happen in background tasks.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(5), cond).await
+}
+
+async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for: {what}");
 }
 
 fn process_gone(pid: u64) -> bool {
@@ -104,7 +109,7 @@ async fn http_session_and_connection_are_reused_across_calls() {
     let fx = FixtureServer::start(FixtureOptions::default())
         .await
         .unwrap();
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = http_provider("fx", &fx.url());
     for i in 0..10 {
@@ -150,7 +155,7 @@ async fn http_sse_responses_are_parsed_and_server_pings_answered() {
     })
     .await
     .unwrap();
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = http_provider("fx", &fx.url());
     let r = call(&up, &p, &prov, "blob", json!({"size": 20000}), &[])
@@ -179,7 +184,7 @@ async fn http_falls_back_to_2025_06_18_when_the_server_negotiates_it() {
     })
     .await
     .unwrap();
-    let s = HttpSession::new(&fx.url(), &[], &UpstreamConfig::default()).unwrap();
+    let s = HttpSession::new(&fx.url(), &[], &test_config(), "acme", loopback_egress()).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let r = s
         .call(
@@ -200,7 +205,7 @@ async fn http_falls_back_to_2025_06_18_when_the_server_negotiates_it() {
     })
     .await
     .unwrap();
-    let s = HttpSession::new(&old.url(), &[], &UpstreamConfig::default()).unwrap();
+    let s = HttpSession::new(&old.url(), &[], &test_config(), "acme", loopback_egress()).unwrap();
     let err = s
         .call("echo", &Map::new(), None, deadline)
         .await
@@ -216,7 +221,7 @@ async fn http_reinitializes_once_when_the_session_expired() {
     let fx = FixtureServer::start(FixtureOptions::default())
         .await
         .unwrap();
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = http_provider("fx", &fx.url());
     call(&up, &p, &prov, "echo", json!({}), &[]).await.unwrap();
@@ -242,7 +247,7 @@ async fn http_credentials_and_traceparent_are_sent_as_headers() {
     })
     .await
     .unwrap();
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = http_provider("fx", &fx.url());
     let creds = [
@@ -303,7 +308,7 @@ async fn rotated_credentials_open_a_new_session_and_close_the_old() {
     let fx = FixtureServer::start(FixtureOptions::default())
         .await
         .unwrap();
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = http_provider("fx", &fx.url());
     let r = call(
@@ -339,7 +344,7 @@ async fn projects_never_share_a_session() {
     let fx = FixtureServer::start(FixtureOptions::default())
         .await
         .unwrap();
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let prov = http_provider("fx", &fx.url());
     for p in ["acme", "globex", "acme", "globex"] {
         call(&up, &project(p), &prov, "echo", json!({}), &[])
@@ -355,7 +360,7 @@ async fn errors_timeouts_and_unreachable_upstreams_are_typed() {
     let fx = FixtureServer::start(FixtureOptions::default())
         .await
         .unwrap();
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = http_provider("fx", &fx.url());
     let r = call(&up, &p, &prov, "fail", json!({"mode": "tool"}), &[])
@@ -400,9 +405,9 @@ async fn errors_timeouts_and_unreachable_upstreams_are_typed() {
     assert!(matches!(err, UpstreamError::Unavailable(_)), "{err:?}");
 
     // Responses beyond the size limit are refused, over HTTP and over stdio.
-    let small = Upstreams::new(UpstreamConfig {
+    let small = test_upstreams(UpstreamConfig {
         max_response_bytes: 4096,
-        ..Default::default()
+        ..test_config()
     });
     call(&small, &p, &prov, "blob", json!({"size": 1000}), &[])
         .await
@@ -419,7 +424,7 @@ async fn errors_timeouts_and_unreachable_upstreams_are_typed() {
     small.shutdown().await;
 
     // A stdio command that does not exist.
-    let missing = stdio_provider("missing", "/nonexistent/awooop-no-such-server", &[]);
+    let missing = stdio_provider("missing", "missing");
     let err = call(&up, &p, &missing, "echo", json!({}), &[])
         .await
         .unwrap_err();
@@ -431,10 +436,10 @@ async fn idle_connections_are_evicted_and_least_recently_used_beyond_the_cap() {
     let fx = FixtureServer::start(FixtureOptions::default())
         .await
         .unwrap();
-    let up = Upstreams::new(UpstreamConfig {
-        idle_timeout: Duration::from_millis(200),
+    let up = test_upstreams(UpstreamConfig {
+        idle_timeout: Duration::from_secs(1),
         max_sessions: 2,
-        ..Default::default()
+        ..test_config()
     });
     let prov = http_provider("fx", &fx.url());
     for p in ["p-one", "p-two", "p-three"] {
@@ -451,16 +456,19 @@ async fn idle_connections_are_evicted_and_least_recently_used_beyond_the_cap() {
         fx.deleted_sessions() >= 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    // Either the background sweeper or this call closes the idle ones.
-    up.evict_idle().await;
-    assert_eq!(up.open_connections(), 0);
-    eventually("idle sessions are ended", || fx.deleted_sessions() == 3).await;
+    // The background sweeper closes the idle ones by itself (waited for, with a deadline far
+    // beyond the 1 s idle timeout, not slept for).
+    eventually_within(
+        "the sweeper closes the idle sessions and ends them",
+        Duration::from_secs(30),
+        || up.open_connections() == 0 && fx.deleted_sessions() == 3,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn stdio_child_gets_only_a_minimal_environment_and_its_credentials() {
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = rust_stdio_provider("local");
     let creds = [env_var("FIXTURE_TOKEN", "stdio-secret-31")];
@@ -505,20 +513,41 @@ async fn stdio_child_gets_only_a_minimal_environment_and_its_credentials() {
 
 #[tokio::test]
 async fn stdio_requests_are_multiplexed_and_traceparent_rides_in_meta() {
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = rust_stdio_provider("local");
+    // Eight calls that the child answers only once all eight are in flight together (a child
+    // or a client that handles one call at a time fails them), last arrival first: each
+    // response must still reach the call that sent its request.
+    let group = uuid::Uuid::new_v4().to_string();
     let mut tasks = Vec::new();
     for i in 0..8u64 {
-        let (up, p, prov) = (up.clone(), p.clone(), prov.clone());
+        let (up, p, prov, group) = (up.clone(), p.clone(), prov.clone(), group.clone());
         tasks.push(tokio::spawn(async move {
-            // Later requests finish first: responses come back out of order.
-            call(&up, &p, &prov, "sleep", json!({"ms": 400 - i * 50}), &[]).await
+            call(
+                &up,
+                &p,
+                &prov,
+                "rendezvous",
+                json!({"group": group, "n": 8, "tag": i}),
+                &[],
+            )
+            .await
         }));
     }
-    for t in tasks {
-        assert_eq!(text(&t.await.unwrap().unwrap()), "slept");
+    let mut arrivals = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r["isError"], json!(false), "{r}");
+        assert_eq!(
+            r["structuredContent"]["tag"],
+            json!(i),
+            "a response reached another call"
+        );
+        arrivals.push(r["structuredContent"]["arrived"].as_u64().unwrap());
     }
+    arrivals.sort();
+    assert_eq!(arrivals, (0..8).collect::<Vec<u64>>());
     let r = call(&up, &p, &prov, "echo", json!({"k": [1, 2]}), &[])
         .await
         .unwrap();
@@ -560,7 +589,7 @@ async fn stdio_requests_are_multiplexed_and_traceparent_rides_in_meta() {
 
 #[tokio::test]
 async fn stdio_child_is_restarted_after_it_is_killed_or_exits() {
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = rust_stdio_provider("local");
     let first = pid_of(&call(&up, &p, &prov, "pid", json!({}), &[]).await.unwrap());
@@ -586,7 +615,7 @@ async fn stdio_child_is_restarted_after_it_is_killed_or_exits() {
 
 #[tokio::test]
 async fn stdio_rotation_replaces_the_child() {
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = rust_stdio_provider("local");
     let a = [env_var("FIXTURE_TOKEN", "one")];
@@ -616,7 +645,7 @@ async fn stdio_rotation_replaces_the_child() {
 async fn python_sdk_server_over_streamable_http() {
     let Some(py) = python() else { return };
     let server = start_python_http(&py).await;
-    let up = Upstreams::new(UpstreamConfig::default());
+    let up = test_upstreams(test_config());
     let p = project("acme");
     let prov = http_provider("py", &server.url);
     let creds = [header("X-Upstream-Key", "", "py-http-secret-8")];
@@ -699,12 +728,16 @@ async fn python_sdk_server_over_streamable_http() {
 async fn python_sdk_server_over_stdio() {
     let Some(py) = python() else { return };
     let script = fixture_script();
-    let prov = stdio_provider(
-        "py",
-        py.to_str().unwrap(),
-        &[script.to_str().unwrap(), "stdio"],
-    );
-    let up = Upstreams::new(UpstreamConfig::default());
+    assert!(script.exists());
+    let _ = py;
+    let prov = stdio_provider("py", "python-fixture");
+    // The SDK's interpreter may live under a folder only this uid can enter (a per-user
+    // Python): this test is about the protocol, so the child runs as this process's uid.
+    // Per-tenant uids are proven in `adversarial`.
+    let up = test_upstreams(UpstreamConfig {
+        stdio_isolation: awooop::gateway::upstream::StdioIsolation::SameUid,
+        ..test_config()
+    });
     let p = project("acme");
     let creds = [env_var("UPSTREAM_TOKEN", "py-stdio-secret-4")];
     let r = call(&up, &p, &prov, "echo", json!({"text": "hello"}), &creds)
@@ -856,6 +889,7 @@ async fn gateway_calls_real_upstreams_through_the_client_and_redacts_what_they_e
     .await
     .unwrap();
     let t = TestDb::new().await;
+    register_test_catalog(&t.db()).await;
     let cp = t.control(Coord::none());
     let project = crate::support::project(&cp, "alpha", 1).await;
     let tools = [
@@ -879,7 +913,7 @@ async fn gateway_calls_real_upstreams_through_the_client_and_redacts_what_they_e
         "providers": [
             {"name": "web", "transport": {"type": "streamable_http", "url": fx.url()},
              "credentials": [{"credential": "tok", "inject": {"type": "header", "name": "Authorization", "prefix": "Bearer "}}]},
-            {"name": "local", "transport": {"type": "stdio", "command": AWOOOP_BIN, "args": ["mcp-fixture", "--stdio"]},
+            {"name": "local", "transport": {"type": "stdio", "entry": "rust-fixture"},
              "credentials": [{"credential": "tok", "inject": {"type": "env", "var": "UPSTREAM_TOKEN"}}]}
         ],
         "tools": tool_defs,
@@ -903,7 +937,7 @@ async fn gateway_calls_real_upstreams_through_the_client_and_redacts_what_they_e
     let secrets = Arc::new(MemorySecrets::default());
     secrets.put("alpha-up", "token", &secret, Some("alpha"));
     let (audit, _task) = CallAudit::spawn(t.db());
-    let upstreams = Upstreams::new(UpstreamConfig::default());
+    let upstreams = test_upstreams(test_config());
     let gw = Gateway::new(
         t.db(),
         Coord::none(),

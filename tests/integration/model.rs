@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use awooop::contracts::{BudgetPeriod, ContractKind, CredentialSource, DataClass, ProviderApi};
 use awooop::control::ControlPlane;
 use awooop::coord::Coord;
-use awooop::model::breaker::{AnomalyConfig, AnomalyCounter, Breakers};
+use awooop::model::breaker::{AnomalyConfig, AnomalyCounter, Breakers, Clock};
 use awooop::model::budget::{Budget, ReserveRequest};
 use awooop::model::executor::{AgentExecutor, LlmExecutor};
 use awooop::model::policy::{BreakerPolicy, BudgetPolicy, EffectivePolicy, ScopeLimit, Target};
@@ -105,9 +105,17 @@ fn creds() -> Arc<awooop::gateway::credentials::CredentialResolver> {
     ))
 }
 
+/// The provider double listens on 127.0.0.1: allowed explicitly, as `awooop up` does.
+fn loopback(px: ProviderProxy, t: &TestDb) -> ProviderProxy {
+    px.with_egress(awooop::policy::PolicySource::from_db(t.db()).allow_loopback())
+}
+
 fn proxy(t: &TestDb) -> Arc<ProviderProxy> {
     let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
-    Arc::new(ProviderProxy::new(t.db(), anomalies, creds()).unwrap())
+    Arc::new(loopback(
+        ProviderProxy::new(t.db(), anomalies, creds()).unwrap(),
+        t,
+    ))
 }
 
 async fn ledger_of(t: &TestDb, p: &ProjectId) -> (i64, i64, bool) {
@@ -350,6 +358,9 @@ async fn proxy_speaks_each_wire_format_with_tool_calls_and_keeps_keys_out_of_rec
         ProviderApi::OllamaChat,
     ] {
         let mut tg = target(&double, api, "p", 500);
+        // The double accepts only this key, in the API's own header (x-api-key for
+        // Anthropic, Bearer for the others): a wrong header or key is a 401.
+        double.require_key(&secret);
         tg.api_key = Some(CredentialSource::File {
             path: key_file.to_string_lossy().into(),
         });
@@ -502,15 +513,26 @@ async fn proxy_falls_back_on_429_5xx_and_timeouts_and_opens_the_circuit() {
         .unwrap();
     assert_eq!(c.envelope.decision.fallbacks, ["primary: circuit open"]);
     assert_eq!(double.requests().len(), before);
-    // The circuit is a platform resource: another project using the same endpoint (and
-    // another process's cache) sees it open too.
+    // The circuit is kept per (project, endpoint): another project using the same endpoint
+    // (through another process's cache) still reaches the primary; one tenant's thresholds
+    // never switch a provider off for another.
     let q = project(&cp, "fallback-b", 1).await;
-    second.script([Reply::Text("for b".into())]);
+    double.script([Reply::Text("for b".into())]);
     let c = tenancy::scope(q.clone(), proxy(&t).chat(&pol, &meta(), &request(), None))
         .await
         .unwrap();
-    assert_eq!(c.envelope.decision.fallbacks, ["primary: circuit open"]);
-    assert_eq!(double.requests().len(), before);
+    assert!(c.envelope.decision.fallbacks.is_empty());
+    assert_eq!(c.envelope.provider, "primary");
+    assert_eq!(double.requests().len(), before + 1);
+    // ...while this project's circuit is still open.
+    assert!(
+        tenancy::scope(
+            p.clone(),
+            Breakers::new(t.db()).provider_open(&double.base_url())
+        )
+        .await
+        .unwrap()
+    );
     let mut tx = t.app.begin().await.unwrap();
     sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
         .execute(&mut *tx)
@@ -695,7 +717,10 @@ fn llm_executor(
     upstream: Arc<dyn ToolGateway>,
 ) -> Arc<AgentExecutor> {
     let anomalies = AnomalyCounter::new(t.db(), Coord::none(), AnomalyConfig::default());
-    let px = Arc::new(ProviderProxy::new(t.db(), anomalies.clone(), creds()).unwrap());
+    let px = Arc::new(loopback(
+        ProviderProxy::new(t.db(), anomalies.clone(), creds()).unwrap(),
+        t,
+    ));
     Arc::new(AgentExecutor::new(
         ScriptedExecutor::new(GuardedGateway::new(cp.clone(), upstream.clone())),
         Some(LlmExecutor::new(
@@ -990,6 +1015,15 @@ async fn anomalies_trip_the_project_breaker_with_and_without_redis() {
         // Unique per run: other engineers' tests share this Redis.
         let id = format!("anomaly-{}", &Uuid::new_v4().simple().to_string()[..10]);
         let p = project(&cp, &id, 1).await;
+        // A clock in the middle of an hour window, moved by the test only: the count cannot
+        // roll over into a new window halfway through, whenever the test runs.
+        let now = Arc::new(std::sync::atomic::AtomicI64::new(
+            1_900_000_000 - 1_900_000_000 % 3600 + 1800,
+        ));
+        let clock = {
+            let now = now.clone();
+            Clock::new(move || now.load(Ordering::SeqCst))
+        };
         let counter = AnomalyCounter::new(
             t.db(),
             coord.clone(),
@@ -997,12 +1031,18 @@ async fn anomalies_trip_the_project_breaker_with_and_without_redis() {
                 window: Duration::from_secs(3600),
                 threshold: 3,
             },
-        );
-        let px = Arc::new(ProviderProxy::new(t.db(), counter.clone(), creds()).unwrap());
+        )
+        .with_clock(clock);
+        let px = Arc::new(loopback(
+            ProviderProxy::new(t.db(), counter.clone(), creds()).unwrap(),
+            &t,
+        ));
         let pol = policy(
             vec![target(&double, ProviderApi::OpenaiChat, "p", 50)],
             10_000_000,
         );
+        // The two calls that get through (before the trip and after the close).
+        double.script([Reply::Text("one".into()), Reply::Text("two".into())]);
         tenancy::scope(p.clone(), async {
             use awooop::model::breaker::Anomaly;
             assert!(!counter.record(Anomaly::SchemaFailure).await.unwrap());
@@ -1017,6 +1057,12 @@ async fn anomalies_trip_the_project_breaker_with_and_without_redis() {
             );
             Breakers::new(t.db()).close_project().await.unwrap();
             assert!(px.chat(&pol, &meta(), &request(), None).await.is_ok());
+            // Windows are fixed: in the next one the count starts again.
+            now.fetch_add(3600, Ordering::SeqCst);
+            assert!(!counter.record(Anomaly::Denial).await.unwrap());
+            assert!(!counter.record(Anomaly::Denial).await.unwrap());
+            assert!(counter.record(Anomaly::Denial).await.unwrap());
+            Breakers::new(t.db()).close_project().await.unwrap();
         })
         .await;
         let actions = audit_actions(&t, &id).await;
@@ -1035,8 +1081,9 @@ async fn anomalies_trip_the_project_breaker_with_and_without_redis() {
                 .await
                 .unwrap();
         tx.commit().await.unwrap();
-        // One schema failure, three denials, and the refused call (a denial too).
-        assert_eq!(pg, if coord.is_configured() { 0 } else { 5 });
+        // One schema failure, three denials, the refused call (a denial too), and three
+        // denials in the next window.
+        assert_eq!(pg, if coord.is_configured() { 0 } else { 8 });
     }
     t.cleanup().await;
 }
@@ -1050,6 +1097,8 @@ async fn budget_agent_scope_and_currency_limits_are_enforced() {
     let p = project(&cp, "budget-scopes", 1).await;
     let double = ProviderDouble::start().await.unwrap();
     let px = proxy(&t);
+    // The two calls that pass the budget; the refused ones never reach the provider.
+    double.script([Reply::Text("first".into()), Reply::Text("second".into())]);
     let req = request();
     let worst = wire::prompt_token_bound(&req) + 100;
     let mut pol = policy(
@@ -1318,6 +1367,7 @@ async fn double_answers_non_streaming_requests_in_each_format() {
         body["stream"] = json!(false);
         let v: Value = http
             .post(format!("{}{path}", double.base_url()))
+            .header("anthropic-version", "2023-06-01")
             .json(&body)
             .send()
             .await
@@ -1348,12 +1398,98 @@ async fn double_answers_non_streaming_requests_in_each_format() {
         assert_eq!(args, json!({"namespace": "a"}));
         let r = http
             .post(format!("{}{path}", double.base_url()))
+            .header("anthropic-version", "2023-06-01")
             .json(&body)
             .send()
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 429);
     }
+}
+
+/// The double is as strict as the real APIs: the other provider's auth header or a wrong key
+/// is a 401 in that provider's error format, Anthropic wants its version header, an OpenAI
+/// stream carries usage only when asked, and a call nothing was scripted for is recorded as a
+/// violation (which fails the test that made it when the double is dropped).
+#[tokio::test]
+async fn double_is_as_strict_as_the_real_providers() {
+    let double = ProviderDouble::start().await.unwrap();
+    awooop::tls::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", double.base_url());
+    let openai = wire::request_body(ProviderApi::OpenaiChat, "m", 10, &request());
+    let anthropic = wire::request_body(ProviderApi::AnthropicMessages, "m", 10, &request());
+    double.require_key("sk-right");
+    let send = |path: &str, body: &Value, headers: &[(&str, &str)]| {
+        let mut rb = http.post(url(path)).json(body);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        async move {
+            let r = rb.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    // Wrong header kind, no key, wrong key: 401 in each provider's own error format.
+    for headers in [
+        vec![("x-api-key", "sk-right")],
+        vec![],
+        vec![("authorization", "Bearer sk-wrong")],
+    ] {
+        let (status, text) = send("/v1/chat/completions", &openai, &headers).await;
+        assert_eq!(status, 401, "{headers:?}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
+    }
+    for headers in [
+        vec![
+            ("authorization", "Bearer sk-right"),
+            ("anthropic-version", "2023-06-01"),
+        ],
+        vec![("anthropic-version", "2023-06-01")],
+        vec![
+            ("x-api-key", "sk-wrong"),
+            ("anthropic-version", "2023-06-01"),
+        ],
+    ] {
+        let (status, text) = send("/v1/messages", &anthropic, &headers).await;
+        assert_eq!(status, 401, "{headers:?}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], "authentication_error", "{v}");
+    }
+    let (status, text) = send("/v1/messages", &anthropic, &[("x-api-key", "sk-right")]).await;
+    assert_eq!(status, 400, "no anthropic-version: {text}");
+    // Usage in an OpenAI stream only when the request asks for it.
+    let bearer = [("authorization", "Bearer sk-right")];
+    assert_eq!(openai["stream_options"]["include_usage"], true);
+    double.script([Reply::Text("counted".into())]);
+    let (status, text) = send("/v1/chat/completions", &openai, &bearer).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"usage\""), "{text}");
+    let mut silent = openai.clone();
+    silent.as_object_mut().unwrap().remove("stream_options");
+    double.script([Reply::Text("uncounted".into())]);
+    let (status, text) = send("/v1/chat/completions", &silent, &bearer).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "usage nobody asked for: {text}"
+    );
+    assert!(text.contains("[DONE]"));
+    // Nothing scripted: a provider-format 500 and a recorded violation.
+    assert!(double.take_violations().is_empty());
+    let (status, text) = send("/v1/chat/completions", &openai, &bearer).await;
+    assert_eq!(status, 500, "{text}");
+    let violations = double.take_violations();
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    // A standing reply is an explicit script for any number of calls.
+    double.always(Reply::Text("again".into()));
+    for _ in 0..2 {
+        assert_eq!(send("/v1/chat/completions", &openai, &bearer).await.0, 200);
+    }
+    assert!(double.take_violations().is_empty());
 }
 
 /// A whole LLM run through the real MCP gateway (five gates, credential injection, redaction,
@@ -1366,7 +1502,6 @@ async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
     use awooop::gateway::credentials::{CredentialResolver, LocalPolicy};
     use awooop::gateway::keys::GatewayKeys;
     use awooop::gateway::runtime::InProcessGateway;
-    use awooop::gateway::upstream::Upstreams;
     use awooop::gateway::{Gateway, GatewayConfig};
     use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
 
@@ -1436,7 +1571,9 @@ async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
             LocalPolicy::parse(None, Some(&dir)).unwrap(),
             Duration::ZERO,
         ),
-        Arc::new(Upstreams::new(Default::default())),
+        Arc::new(crate::mcp_support::test_upstreams(
+            crate::mcp_support::test_config(),
+        )),
         audit,
         GatewayConfig {
             cache_ttl: Duration::ZERO,

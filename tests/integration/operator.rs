@@ -50,6 +50,7 @@ fn context(t: &TestDb, fake: &FakeApiServer, workers: bool) -> Context {
         workers: workers.then(|| WorkerSettings {
             image: "ghcr.io/awooop/awooop:test".into(),
             db_secret: "awooop-database".into(),
+            limits: Default::default(),
         }),
         identity: "operator-0".into(),
         metrics: ControllerMetrics::new(),
@@ -197,9 +198,9 @@ async fn operator_activation_applies_objects_by_ssa_then_a_second_reconcile_send
             &lists(),
             &[
                 format!("PATCH {AP}/alpha"),
-                format!("PATCH {MG}/alpha-triage"),
+                format!("PATCH {MG}/alpha.triage"),
                 format!("PATCH {DEP}/awooop-worker-alpha"),
-                format!("PATCH {MG}/alpha-triage/status"),
+                format!("PATCH {MG}/alpha.triage/status"),
                 format!("PATCH {AP}/alpha/status"),
             ]
         ])
@@ -323,7 +324,7 @@ async fn operator_retired_grant_and_project_are_deleted_cleaned_up_and_released(
     )
     .await;
     reconcile(&ctx, &p).await;
-    assert_eq!(fake.names(MG), vec!["alpha-reporter", "alpha-triage"]);
+    assert_eq!(fake.names(MG), vec!["alpha.reporter", "alpha.triage"]);
     fake.take_log();
 
     // The reporter grant is retired by a new gateway revision.
@@ -342,9 +343,9 @@ async fn operator_retired_grant_and_project_are_deleted_cleaned_up_and_released(
     assert_eq!(
         lines(&log)[4..7],
         [
-            format!("PATCH {MG}/alpha-triage"),
-            format!("DELETE {MG}/alpha-reporter"),
-            format!("PATCH {MG}/alpha-reporter"),
+            format!("PATCH {MG}/alpha.triage"),
+            format!("DELETE {MG}/alpha.reporter"),
+            format!("PATCH {MG}/alpha.reporter"),
         ]
     );
     // The release is a merge patch of the finalizers, fenced by the resourceVersion the
@@ -356,7 +357,7 @@ async fn operator_retired_grant_and_project_are_deleted_cleaned_up_and_released(
         json!([])
     );
     assert!(rel.body.as_ref().unwrap()["metadata"]["resourceVersion"].is_string());
-    assert_eq!(fake.names(MG), vec!["alpha-triage"]);
+    assert_eq!(fake.names(MG), vec!["alpha.triage"]);
 
     // The project is retired: everything goes, workers first.
     // (No lifecycle endpoint retires projects yet: the platform scope writes it directly.)
@@ -386,8 +387,8 @@ async fn operator_retired_grant_and_project_are_deleted_cleaned_up_and_released(
                 format!("DELETE {AP}/alpha"),
                 format!("DELETE {DEP}/awooop-worker-alpha"),
                 format!("PATCH {AP}/alpha"),
-                format!("DELETE {MG}/alpha-triage"),
-                format!("PATCH {MG}/alpha-triage"),
+                format!("DELETE {MG}/alpha.triage"),
+                format!("PATCH {MG}/alpha.triage"),
             ]
         ])
     );
@@ -455,7 +456,7 @@ async fn operator_drift_is_restored_with_an_event_and_an_audit_row() {
     assert_eq!(fake.get(AP, "alpha").unwrap()["spec"]["mode"], "shadow");
 
     // Someone deletes the McpGrant: released, re-created, reported.
-    let mut deleting = fake.get(MG, "alpha-triage").unwrap();
+    let mut deleting = fake.get(MG, "alpha.triage").unwrap();
     deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
     fake.insert(MG, deleting);
     let out = reconcile(&ctx, &p).await;
@@ -464,8 +465,8 @@ async fn operator_drift_is_restored_with_an_event_and_an_audit_row() {
     assert_eq!(
         lines(&log)[4..7],
         [
-            format!("PATCH {MG}/alpha-triage"),
-            format!("PATCH {MG}/alpha-triage"),
+            format!("PATCH {MG}/alpha.triage"),
+            format!("PATCH {MG}/alpha.triage"),
             format!("POST {EV}")
         ]
     );
@@ -477,7 +478,7 @@ async fn operator_drift_is_restored_with_an_event_and_an_audit_row() {
             .contains("merge-patch")
     );
     assert_ssa(&log[5]);
-    let recreated = fake.get(MG, "alpha-triage").unwrap();
+    let recreated = fake.get(MG, "alpha.triage").unwrap();
     assert!(recreated["metadata"]["deletionTimestamp"].is_null());
 
     // Someone scales the worker Deployment by hand.
@@ -497,7 +498,7 @@ async fn operator_drift_is_restored_with_an_event_and_an_audit_row() {
         targets,
         [
             "AgentProject/alpha",
-            "McpGrant/alpha-triage",
+            "McpGrant/alpha.triage",
             "Deployment/awooop-worker-alpha"
         ]
     );
@@ -542,7 +543,7 @@ async fn operator_missing_secret_sets_secrets_resolved_false_naming_the_ref_only
     assert!(!lines(&log).iter().any(|l| l.contains("/deployments/")));
     let grant = &log
         .iter()
-        .find(|r| r.path == format!("{MG}/alpha-triage/status"))
+        .find(|r| r.path == format!("{MG}/alpha.triage/status"))
         .unwrap()
         .body
         .as_ref()
@@ -580,7 +581,7 @@ async fn operator_missing_secret_sets_secrets_resolved_false_naming_the_ref_only
     assert_eq!(
         lines(&log)[4..],
         [
-            format!("PATCH {MG}/alpha-triage/status"),
+            format!("PATCH {MG}/alpha.triage/status"),
             format!("PATCH {AP}/alpha/status")
         ]
     );

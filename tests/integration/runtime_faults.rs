@@ -167,22 +167,64 @@ async fn workers_survive_terminated_database_connections() {
         .iter()
         .map(|w| tokio::spawn(w.clone().run(rx.clone())))
         .collect();
-    // Kill every application connection to this database a few times while work is going on.
-    let admin = sqlx::PgPool::connect(&base_url()).await.unwrap();
+    // Three times: hold completions (a SHARE lock on run_steps) until a worker is blocked
+    // finishing a run, then kill every application connection to this database. The kill
+    // counts only when it hit a run in progress: a backend waiting on that lock while runs
+    // were `running`.
+    let mut su = t.superuser().await;
     let mut kills = 0;
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = $1 AND application_name = 'awooop' AND pid <> pg_backend_pid()) x",
+    let mut mid_run = 0;
+    for _ in 0..3 {
+        let mut gate = t.owner.begin().await.unwrap();
+        sqlx::query("LOCK TABLE run_steps IN SHARE MODE")
+            .execute(&mut *gate)
+            .await
+            .unwrap();
+        let gate_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *gate)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let blocked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND application_name = 'awooop' AND wait_event_type = 'Lock'",
+            )
+            .bind(&t.name)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+            if blocked > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no worker reached a completion");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE state = 'running'")
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+        let (n, waiting): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE waiting) FROM ( \
+               SELECT pg_terminate_backend(pid), wait_event_type = 'Lock' AS waiting \
+               FROM pg_stat_activity WHERE datname = $1 AND application_name = 'awooop' \
+               AND pid <> $2 AND pid <> pg_backend_pid()) x",
         )
         .bind(&t.name)
-        .fetch_one(&admin)
+        .bind(gate_pid)
+        .fetch_one(&mut su)
         .await
         .unwrap();
+        gate.commit().await.unwrap();
+        assert!(running > 0, "no run was in progress at the kill");
         kills += n;
+        mid_run += waiting;
     }
     assert!(kills > 0, "no connection was terminated");
+    assert!(
+        mid_run >= 3,
+        "every round killed a worker in the middle of finishing a run: {mid_run}"
+    );
     wait_all_succeeded(&t, 600, 60).await;
     stop.send(true).unwrap();
     for h in hs {
@@ -200,6 +242,6 @@ async fn workers_survive_terminated_database_connections() {
         count(&t, "SELECT count(*) FROM runs WHERE state <> 'succeeded'").await,
         0
     );
-    admin.close().await;
+    drop(su);
     t.cleanup().await;
 }

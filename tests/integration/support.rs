@@ -36,6 +36,7 @@ pub struct TestDb {
     pub app: PgPool,
     /// Owner pool, for tests that must act as the owner.
     pub owner: PgPool,
+    dropped: bool,
 }
 
 impl TestDb {
@@ -46,8 +47,20 @@ impl TestDb {
             .unwrap()
             .as_secs();
         reap_old_databases(&base, now).await;
+        // `AWOOOP_TEST_RUN` (set by scripts/test.sh) tags this run's databases, so the script
+        // can check that the run left none behind while other runs share the server.
+        let run = std::env::var("AWOOOP_TEST_RUN")
+            .map(|r| {
+                format!(
+                    "_r{}",
+                    r.chars()
+                        .filter(char::is_ascii_alphanumeric)
+                        .collect::<String>()
+                )
+            })
+            .unwrap_or_default();
         let name = format!(
-            "awt_{now}_{}_{}",
+            "awt_{now}_{}_{}{run}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
@@ -62,6 +75,7 @@ impl TestDb {
             url,
             app,
             owner,
+            dropped: false,
         }
     }
 
@@ -73,10 +87,68 @@ impl TestDb {
         ControlPlane::new(self.db(), coord, test_keyring())
     }
 
-    pub async fn cleanup(self) {
+    /// A superuser connection to this database, for tests that must step around the rules
+    /// the platform's roles live under (e.g. to remove a row and see who else remembers it).
+    pub async fn superuser(&self) -> sqlx::PgConnection {
+        let opts: sqlx::postgres::PgConnectOptions = base_url().parse().unwrap();
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts.database(&self.name))
+            .await
+            .expect("connect to the test database as the superuser")
+    }
+
+    /// Wait until a session of this database has completed `LISTEN channel` (it shows as an
+    /// idle backend whose last statement was that LISTEN), so a NOTIFY sent now reaches it.
+    pub async fn wait_for_listener(&self, channel: &str) {
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&base_url())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle' \
+                 AND query ILIKE 'LISTEN%' AND position($2 in query) > 0",
+            )
+            .bind(&self.name)
+            .bind(channel)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+            if n > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no session LISTENs on {channel} after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn cleanup(mut self) {
         self.app.close().await;
         self.owner.close().await;
         drop_database(&base_url(), &self.name).await;
+        self.dropped = true;
+    }
+}
+
+/// A test that forgets [`TestDb::cleanup`] or panics before it still drops its database
+/// (`WITH (FORCE)` ends the pools' connections), on a thread of its own because `Drop` cannot
+/// await inside the test's runtime.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database");
+            rt.block_on(drop_database(&base_url(), &name));
+        })
+        .join();
     }
 }
 
@@ -317,5 +389,103 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether a missing external tool must fail the test rather than skip it: under
+/// `scripts/test.sh` (which exports `AWOOOP_REQUIRE_TOOLS=1` after installing every tool) and
+/// in CI (`CI=true`).
+pub fn tools_required() -> bool {
+    std::env::var("AWOOOP_REQUIRE_TOOLS").as_deref() == Ok("1")
+        || std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The file every skipped test appends one line to (`test<TAB>tool<TAB>hint`):
+/// `target/awooop-test-skips.log`, next to the test binary's own `target/<profile>/deps/`.
+/// `scripts/test.sh` empties it before the suite and prints `skipped: N` from it afterwards.
+pub fn skip_log() -> PathBuf {
+    if let Ok(p) = std::env::var("AWOOOP_SKIP_LOG") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/integration-HASH → target/
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    target.join("awooop-test-skips.log")
+}
+
+/// The one path for "this test requires tool X". `found` is what the caller located (`None`:
+/// not installed). With the tool, returns it. Without it: under `scripts/test.sh` or CI
+/// ([`tools_required`]) the test fails; elsewhere the skip is recorded in [`skip_log`] (which
+/// the suite's summary prints) and on stderr, and `None` tells the test to return.
+#[track_caller]
+pub fn require_tool<T>(tool: &str, hint: &str, found: Option<T>) -> Option<T> {
+    if found.is_some() {
+        return found;
+    }
+    if tools_required() {
+        panic!("this test needs {tool}, which is missing: {hint}");
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_string();
+    let line = format!("{test}\t{tool}\t{hint}\n");
+    let path = skip_log();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .unwrap_or_else(|e| panic!("record the skip of {test} in {}: {e}", path.display()));
+    eprintln!("SKIPPED {test}: needs {tool} ({hint})");
+    None
+}
+
+/// Keys matching `pattern` in the Redis at `url` (tests use private servers or keys unique to
+/// the test, so a KEYS scan is small).
+pub async fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to Redis");
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+/// `TTL key` in seconds (-2: no such key, -1: no expiry).
+pub async fn redis_ttl(url: &str, key: &str) -> i64 {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("TTL")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+/// Wait until `coord` answers PING again (after a Redis restart its connection manager
+/// reconnects on its own schedule).
+pub async fn wait_for_redis(coord: &Coord) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while coord.ping().await != Some(true) {
+        assert!(
+            Instant::now() < deadline,
+            "Redis did not answer through the coordinator within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -471,6 +471,7 @@ async fn platform_tables_need_platform_scope_and_access_is_audited() {
         vec!["provider_health.write", "provider_health.read"]
     );
     tx.commit().await.unwrap();
+    t.cleanup().await;
 }
 
 #[tokio::test]

@@ -72,19 +72,16 @@ Environment shared by the operator and the API: database and logging. Each entry
 `awooop` flag it sets.
 */}}
 {{- define "awooop.commonEnv" -}}
-# --database-url (owner URL: runs migrations)
-- name: DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.database.existingSecret }}
-      key: {{ .Values.database.urlKey }}
 {{- if .Values.database.appUrlKey }}
-# --app-database-url (runtime role, member of awooop_app)
-- name: AWOOOP_APP_DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.database.existingSecret }}
-      key: {{ .Values.database.appUrlKey }}
+# --app-database-url (from a file: the runtime role, member of awooop_app; the owner's URL never
+# reaches this process, migrations run in the operator's `migrate` init container)
+- name: AWOOOP_APP_DATABASE_URL_FILE
+  value: /etc/awooop/database/{{ .Values.database.appUrlKey }}
+{{- else }}
+# --database-url (from a file: the owner URL with `SET ROLE awooop_app`; set
+# database.appUrlKey so that long-running pods get the runtime role's URL instead)
+- name: DATABASE_URL_FILE
+  value: /etc/awooop/database/{{ .Values.database.urlKey }}
 {{- end }}
 # --db-max-connections
 - name: AWOOOP_DB_MAX_CONNECTIONS
@@ -95,4 +92,18 @@ Environment shared by the operator and the API: database and logging. Each entry
 # --log-format
 - name: AWOOOP_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- end -}}
+
+{{/*
+The database Secret as files (master secrets are never environment variables of a process
+that starts children): only the key this pod's main container needs.
+*/}}
+{{- define "awooop.databaseVolume" -}}
+- name: database
+  secret:
+    secretName: {{ .Values.database.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ default .Values.database.urlKey .Values.database.appUrlKey }}
+        path: {{ default .Values.database.urlKey .Values.database.appUrlKey }}
 {{- end -}}

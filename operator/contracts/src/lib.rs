@@ -8,6 +8,7 @@
 pub use awooop_core::canonical;
 pub mod rules;
 pub mod signing;
+pub mod tenant_schema;
 pub mod types;
 
 use std::sync::LazyLock;

@@ -172,12 +172,10 @@ fn gateway(g: &McpGatewayContract, out: &mut Out) {
             );
         }
         let schema = serde_json::Value::Object(t.input_schema.clone());
-        if !jsonschema::draft202012::meta::is_valid(&schema)
-            || jsonschema::draft202012::new(&schema).is_err()
-        {
+        if let Err(why) = super::tenant_schema::compile(&schema) {
             out.push(
                 format!("/tools/{i}/input_schema"),
-                "input_schema is not a valid JSON Schema (Draft 2020-12)",
+                format!("input_schema {why}"),
             );
         }
         if t.input_schema.get("type").and_then(|v| v.as_str()) != Some("object") {

@@ -365,17 +365,17 @@ pub struct McpProvider {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum McpTransport {
-    /// MCP Streamable HTTP.
+    /// MCP Streamable HTTP. The URL carries no user information, query or fragment; the
+    /// platform connects only where the administrator's egress policy allows.
     StreamableHttp {
-        #[schemars(pattern(r"^https?://[^\s]+$"))]
+        #[schemars(pattern(r"^https?://[^\s@?#\\]+$"))]
         url: String,
     },
-    /// A child process speaking MCP over stdio.
+    /// A child process speaking MCP over stdio: an entry of the platform's stdio catalog
+    /// (command, arguments and allowed environment variables are the administrator's).
     Stdio {
-        #[schemars(length(min = 1, max = 4096))]
-        command: String,
-        #[serde(default)]
-        args: Vec<String>,
+        /// Catalog entry name (`awooop catalog list`).
+        entry: Slug,
     },
 }
 
@@ -491,7 +491,9 @@ pub enum ProviderApi {
 pub struct ModelProvider {
     pub name: Slug,
     pub api: ProviderApi,
-    #[schemars(pattern(r"^https?://[^\s]+$"))]
+    /// No user information, query or fragment; reachable only where the administrator's
+    /// egress policy allows.
+    #[schemars(pattern(r"^https?://[^\s@?#\\]+$"))]
     pub base_url: String,
     /// API key reference, if the provider needs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

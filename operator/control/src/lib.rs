@@ -314,7 +314,37 @@ impl ControlPlane {
         principal: &str,
         roles: Vec<Role>,
     ) -> Result<CreatedApiKey> {
+        self.create_api_key_bound(actor, project, principal, roles, None)
+            .await
+    }
+
+    /// Mint an API key; a key with the runner role must carry its [`auth::KeyBinding`] (the
+    /// agents and environments it may act for), any other key must not.
+    pub async fn create_api_key_bound(
+        &self,
+        actor: &Actor,
+        project: &ProjectId,
+        principal: &str,
+        roles: Vec<Role>,
+        binding: Option<auth::KeyBinding>,
+    ) -> Result<CreatedApiKey> {
         actor.require_admin()?;
+        match (&binding, roles.contains(&Role::Runner)) {
+            (Some(b), true) => b.validate()?,
+            (None, false) => {}
+            (None, true) => {
+                return Err(Error::new(
+                    ErrorCode::ReqInvalidParam,
+                    "a runner key needs agents and environments (use [\"*\"] deliberately for any)",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(Error::new(
+                    ErrorCode::ReqInvalidParam,
+                    "agents and environments bind runner keys only",
+                ));
+            }
+        }
         if !is_principal(principal) {
             return Err(Error::new(
                 ErrorCode::ReqInvalidParam,
@@ -333,13 +363,15 @@ impl ControlPlane {
             self.require_active_project(&mut tx).await?;
             let roles_s: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
             sqlx::query(
-                "INSERT INTO api_keys (project_id, key_id, secret_hash, principal, roles) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO api_keys (project_id, key_id, secret_hash, principal, roles, agents, environments) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(project.as_str())
             .bind(&minted.key_id)
             .bind(&minted.secret_hash)
             .bind(principal)
             .bind(&roles_s)
+            .bind(binding.as_ref().map(|b| &b.agents))
+            .bind(binding.as_ref().map(|b| &b.environments))
             .execute(&mut *tx)
             .await?;
             audit::record(
@@ -348,7 +380,7 @@ impl ControlPlane {
                     &actor.principal,
                     "apikey.create",
                     &minted.key_id,
-                    json!({"principal": principal, "roles": roles_s}),
+                    json!({"principal": principal, "roles": roles_s, "binding": binding}),
                 ),
             )
             .await?;
@@ -565,12 +597,16 @@ impl ControlPlane {
     pub async fn diff(&self, kind: ContractKind, name: &str, from: i32, to: i32) -> Result<String> {
         let a = self.revision(kind, name, from).await?;
         let b = self.revision(kind, name, to).await?;
-        Ok(diff_json(
-            &a.body,
-            &b.body,
-            &format!("{kind}/{name}@{from}"),
-            &format!("{kind}/{name}@{to}"),
-        ))
+        let (a_name, b_name) = (
+            format!("{kind}/{name}@{from}"),
+            format!("{kind}/{name}@{to}"),
+        );
+        // Diffing is quadratic in the worst case: it runs on the blocking pool (never on an
+        // async worker thread shared with other tenants' requests), on bounded inputs and
+        // with a deadline after which the algorithm approximates.
+        tokio::task::spawn_blocking(move || bounded_diff_json(&a.body, &b.body, &a_name, &b_name))
+            .await
+            .map_err(Error::internal)?
     }
 
     pub async fn audit(&self, limit: i64) -> Result<Vec<AuditRow>> {
@@ -617,10 +653,10 @@ impl ControlPlane {
             let parsed: Value = serde_json::from_slice(content).map_err(|_| {
                 Error::new(ErrorCode::ArtifactInvalid, "a schema artifact must be JSON")
             })?;
-            if !jsonschema::draft202012::meta::is_valid(&parsed) {
+            if let Err(why) = contracts::tenant_schema::compile(&parsed) {
                 return Err(Error::new(
                     ErrorCode::ArtifactInvalid,
-                    "a schema artifact must be a valid JSON Schema",
+                    format!("a schema artifact must be a valid JSON Schema: it {why}"),
                 ));
             }
         }
@@ -960,6 +996,11 @@ impl ControlPlane {
                     ),
                 ));
             }
+        }
+        // A stdio provider may only name a catalog entry of the platform administrator's
+        // (platform scope, its own audited transaction): E-CATALOG-001 otherwise.
+        if let Contract::McpGateway(gw) = &validated.contract {
+            awooop_policy::catalog_check_contract(&self.db, &actor.principal, gw).await?;
         }
         let revision_id = Uuid::now_v7();
         sqlx::query(
@@ -1470,9 +1511,33 @@ fn check_name(name: &str) -> Result<()> {
 /// Unified diff of two JSON documents, pretty-printed with sorted keys so the diff shows
 /// content changes, not ordering.
 pub fn diff_json(a: &Value, b: &Value, a_name: &str, b_name: &str) -> String {
-    let pa = pretty_sorted(a);
-    let pb = pretty_sorted(b);
-    similar::TextDiff::from_lines(&pa, &pb)
+    diff_texts(&pretty_sorted(a), &pretty_sorted(b), a_name, b_name)
+}
+
+/// Largest pretty-printed revision body [`bounded_diff_json`] diffs (bytes, each side).
+pub const MAX_DIFF_INPUT_BYTES: usize = 2 << 20;
+/// After this long the line diff stops searching for a minimal edit script and approximates.
+pub const DIFF_DEADLINE: Duration = Duration::from_secs(2);
+
+/// [`diff_json`] with a size bound (`E-CONTRACT-016` above [`MAX_DIFF_INPUT_BYTES`]) and a
+/// time bound ([`DIFF_DEADLINE`]). Blocking: call it from `spawn_blocking`.
+pub fn bounded_diff_json(a: &Value, b: &Value, a_name: &str, b_name: &str) -> Result<String> {
+    let (pa, pb) = (pretty_sorted(a), pretty_sorted(b));
+    if pa.len() > MAX_DIFF_INPUT_BYTES || pb.len() > MAX_DIFF_INPUT_BYTES {
+        return Err(Error::new(
+            ErrorCode::ContractDiffTooLarge,
+            format!(
+                "revisions larger than {MAX_DIFF_INPUT_BYTES} bytes (pretty-printed) are not diffed; fetch both revisions instead"
+            ),
+        ));
+    }
+    Ok(diff_texts(&pa, &pb, a_name, b_name))
+}
+
+fn diff_texts(pa: &str, pb: &str, a_name: &str, b_name: &str) -> String {
+    similar::TextDiff::configure()
+        .timeout(DIFF_DEADLINE)
+        .diff_lines(pa, pb)
         .unified_diff()
         .context_radius(3)
         .header(a_name, b_name)

@@ -123,7 +123,7 @@ impl Registry {
             };
             let exposed = exposed_name(t.provider.as_str(), &t.name);
             let schema = Value::Object(t.input_schema.clone());
-            let validator = jsonschema::draft202012::new(&schema)
+            let validator = awooop_contracts::tenant_schema::compile(&schema)
                 .map_err(|_| bad(format!("tool '{exposed}' has an invalid input schema")))?;
             let mut annotations = Map::new();
             annotations.insert("readOnlyHint".into(), json!(t.risk == RiskClass::ReadOnly));

@@ -54,6 +54,10 @@ error_codes! {
     ReqTooLarge = ("E-REQ-002", 413, "request body exceeds the configured size limit"),
     /// A path or query parameter is invalid.
     ReqInvalidParam = ("E-REQ-003", 422, "a path or query parameter is invalid"),
+    /// The request body is not declared as JSON (Content-Type).
+    ReqUnsupportedMediaType = ("E-REQ-004", 415, "request body sent without Content-Type: application/json (text/plain or none)"),
+    /// The endpoint exists but does not accept this HTTP method.
+    ReqMethodNotAllowed = ("E-REQ-005", 405, "the endpoint exists but does not accept this HTTP method"),
     /// No credential was presented.
     AuthMissing = ("E-AUTH-001", 401, "no credential presented"),
     /// The credential is unknown, revoked or malformed.
@@ -100,6 +104,8 @@ error_codes! {
     ContractApproverNotAllowed = ("E-CONTRACT-014", 403, "approver not listed in the project's approver ACL"),
     /// The revision is already the active one.
     ContractAlreadyActive = ("E-CONTRACT-015", 409, "this revision is already active"),
+    /// The revisions are too large to diff on the server.
+    ContractDiffTooLarge = ("E-CONTRACT-016", 413, "revisions too large to diff on the server (2 MiB each)"),
     /// A migration-state change skips a step without being forced.
     MigrationIllegalStep = ("E-MIGRATION-001", 409, "migration mode can only move one step unless forced"),
     /// A forced migration-state change has no reason.
@@ -188,6 +194,16 @@ error_codes! {
     McpUpstreamTimeout = ("E-MCP-004", 504, "the upstream tool server did not answer in time"),
     /// A credential ref could not be resolved for this project.
     McpCredential = ("E-MCP-005", 502, "a credential ref could not be resolved for this project"),
+    // --- platform policy (awooop-platform): stdio catalog, egress allow-list ---
+    /// A contract names a stdio catalog entry that is not registered, or injects a credential
+    /// into a variable the entry does not allow.
+    CatalogUnknownEntry = ("E-CATALOG-001", 422, "a stdio provider names no registered catalog entry, or injects a credential into a variable the entry does not allow"),
+    /// A stdio catalog entry given by the administrator is malformed.
+    CatalogInvalid = ("E-CATALOG-002", 422, "stdio catalog entry malformed (name, command, arguments, env names)"),
+    /// The egress policy does not allow this destination (URL shape, host or address).
+    EgressDenied = ("E-EGRESS-001", 403, "the egress policy refuses this destination (URL shape, host not allowed, or a loopback/private/metadata address)"),
+    /// An egress rule given by the administrator is malformed.
+    EgressRuleInvalid = ("E-EGRESS-002", 422, "egress rule malformed (host must be a DNS name, *.suffix or CIDR)"),
     /// The database is unreachable or overloaded.
     Unavailable = ("E-UNAVAILABLE-001", 503, "database unavailable; retry later"),
     /// Anything else: details only in the server log.
@@ -272,6 +288,16 @@ impl From<sqlx::Error> for Error {
                     return Error::new(
                         ErrorCode::ContractImmutable,
                         "published revisions and history are immutable",
+                    )
+                    .with_source(e);
+                }
+                // character_not_in_repertoire (U+0000 in text) / untranslatable_character
+                // (`\u0000` in jsonb): client input PostgreSQL cannot store. The HTTP guards
+                // refuse it earlier; this is the backstop for any path they miss.
+                Some("22021") | Some("22P05") => {
+                    return Error::new(
+                        ErrorCode::ReqMalformed,
+                        "input contains a character that cannot be stored (U+0000)",
                     )
                     .with_source(e);
                 }

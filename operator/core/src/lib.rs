@@ -8,6 +8,7 @@
 
 pub mod canonical;
 pub mod error;
+pub mod exact;
 pub mod migration;
 pub mod redact;
 pub mod run_state;

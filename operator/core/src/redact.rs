@@ -4,7 +4,7 @@
 //! typed marker `[REDACTED:<class>]`; [`Redactor::redact_json`] walks nested JSON and redacts
 //! object keys and string values, and replaces the whole value of secret-looking keys
 //! (`password`, `api_key`, `*_token`, …). [`ExactSecrets`] removes known credential values
-//! (and their base64 and percent-encoded forms) that no pattern could recognise. Redaction is
+//! (raw or encoded: see [`super::exact`]) that no pattern could recognise. Redaction is
 //! idempotent: markers never match a pattern again.
 //!
 //! Order matters: whole PEM blocks and JWTs go first (they contain text other patterns would
@@ -16,7 +16,6 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use base64::Engine;
 use regex::{Captures, Regex, RegexSet};
 use serde_json::Value;
 
@@ -363,69 +362,16 @@ pub fn is_secret_key(key: &str) -> bool {
     EXACT.contains(&k.as_str()) || SUFFIX.iter().any(|s| k.ends_with(s))
 }
 
-/// Exact-value redaction of credentials known at call time (their raw, base64 and
-/// percent-encoded forms), longest first.
-pub struct ExactSecrets {
-    re: Option<Regex>,
-}
+/// Exact-value redaction lives in [`super::exact`] (decoded views, base64 at any offset, values
+/// split across strings).
+pub use super::exact::ExactSecrets;
 
-impl ExactSecrets {
-    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(secrets: I) -> Self {
-        use base64::engine::general_purpose::{
-            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
-        };
-        let mut forms: Vec<String> = Vec::new();
-        for s in secrets {
-            let s = s.as_ref();
-            // Very short values would redact ordinary text everywhere.
-            if s.chars().count() < 4 {
-                continue;
-            }
-            forms.push(s.to_string());
-            for e in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
-                forms.push(e.encode(s.as_bytes()));
-            }
-            forms.push(percent_encode(s));
-        }
-        forms.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-        forms.dedup();
-        let re = (!forms.is_empty()).then(|| {
-            let alt = forms
-                .iter()
-                .map(|f| regex::escape(f))
-                .collect::<Vec<_>>()
-                .join("|");
-            Regex::new(&alt).expect("escaped literals compile")
-        });
-        Self { re }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.re.is_none()
-    }
-
-    pub fn redact_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        match &self.re {
-            None => Cow::Borrowed(s),
-            Some(re) => re.replace_all(s, "[REDACTED:credential]"),
-        }
-    }
-
-    pub fn redact_json(&self, v: &mut Value) -> usize {
-        walk_json(v, &|s| self.redact_str(s), false)
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// [`walk_json`] without the secret-key rule, for [`ExactSecrets::redact_json`].
+pub(super) fn walk_json_with(
+    v: &mut Value,
+    redact: &dyn for<'a> Fn(&'a str) -> Cow<'a, str>,
+) -> usize {
+    walk_json(v, redact, false)
 }
 
 #[cfg(test)]
@@ -708,6 +654,7 @@ mod tests {
 
     #[test]
     fn exact_secrets_in_every_encoding() {
+        use base64::Engine;
         use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
         let secret = "s3cr3t/value+with=chars?";
         let ex = ExactSecrets::new([secret, "abc"]);
@@ -715,7 +662,10 @@ mod tests {
             secret.to_string(),
             STANDARD.encode(secret),
             URL_SAFE_NO_PAD.encode(secret),
-            percent_encode(secret),
+            secret
+                .bytes()
+                .map(|b| format!("%{b:02X}"))
+                .collect::<String>(),
         ];
         for f in &forms {
             let input = format!("x {f} y");

@@ -1,7 +1,9 @@
 //! Approval tokens: HS256 JWTs that bind one tool call.
 //!
-//! Claims: `iss` (`awooop-gateway`), `project`, `run_id` (null for calls outside a run),
-//! `tool` (exposed name), `args_sha256` (SHA-256 of the RFC 8785 canonical arguments),
+//! Claims: `iss` (`awooop-gateway`), `project`, `agent` and `environment` (the caller's, so
+//! a token approved for one agent or environment cannot be spent by another agent of the
+//! project, nor in production when it was approved for dev), `run_id` (null for calls outside
+//! a run), `tool` (exposed name), `args_sha256` (SHA-256 of the RFC 8785 canonical arguments),
 //! `approver`, `iat`, `exp` and a random `jti`. Verification is a pure function: the header
 //! must be exactly `alg: HS256` (so `none`, RS256/HS256 confusion and every other algorithm
 //! fail before any key is used), the MAC must match in constant time, the token must not be
@@ -24,6 +26,8 @@ pub const MAX_TTL_SECONDS: i64 = 7 * 24 * 3600;
 pub struct ApprovalClaims {
     pub iss: String,
     pub project: String,
+    pub agent: String,
+    pub environment: String,
     pub run_id: Option<String>,
     pub tool: String,
     pub args_sha256: String,
@@ -37,6 +41,8 @@ pub struct ApprovalClaims {
 #[derive(Debug, Clone, Copy)]
 pub struct Expected<'a> {
     pub project: &'a str,
+    pub agent: &'a str,
+    pub environment: &'a str,
     pub run_id: Option<&'a str>,
     pub tool: &'a str,
     pub args_sha256: &'a str,
@@ -65,6 +71,8 @@ pub fn claims(e: Expected<'_>, approver: &str, now: i64, ttl_seconds: i64) -> Ap
     ApprovalClaims {
         iss: ISSUER.into(),
         project: e.project.into(),
+        agent: e.agent.into(),
+        environment: e.environment.into(),
         run_id: e.run_id.map(str::to_string),
         tool: e.tool.into(),
         args_sha256: e.args_sha256.into(),
@@ -125,6 +133,8 @@ pub fn verify(key: &[u8], token: &str, expect: Expected<'_>, now: i64) -> Result
         return Err(invalid("approval token names no approver"));
     }
     if claims.project != expect.project
+        || claims.agent != expect.agent
+        || claims.environment != expect.environment
         || claims.run_id.as_deref() != expect.run_id
         || claims.tool != expect.tool
     {
@@ -147,6 +157,8 @@ mod tests {
     fn expected(h: &str) -> Expected<'_> {
         Expected {
             project: "awoooi",
+            agent: "triage",
+            environment: "dev",
             run_id: Some("r1"),
             tool: "k8s__scale",
             args_sha256: h,
@@ -233,6 +245,22 @@ mod tests {
             )
             .is_err()
         );
+        // another agent of the project, another environment
+        for e in [
+            Expected {
+                agent: "reporter",
+                ..expected(&h)
+            },
+            Expected {
+                environment: "prod",
+                ..expected(&h)
+            },
+        ] {
+            assert_eq!(
+                code(verify(KEY, &t, e, NOW)),
+                ErrorCode::McpGateApprovalInvalid
+            );
+        }
         // tampered payload, same signature
         let parts: Vec<&str> = t.split('.').collect();
         let mut evil = c.clone();

@@ -211,7 +211,7 @@ impl CredentialResolver {
                 })?;
                 match entry {
                     Some(e) if e.project_label.as_deref() == Some(project.as_str()) => {
-                        Ok(SecretValue::new(e.value))
+                        Ok(SecretValue::new(stored_value(&e.value)))
                     }
                     _ => Err(denied()),
                 }
@@ -229,10 +229,19 @@ impl CredentialResolver {
                 let text = tokio::fs::read_to_string(&real)
                     .await
                     .map_err(|_| denied())?;
-                Ok(SecretValue::new(text.trim_end_matches(['\n', '\r'])))
+                Ok(SecretValue::new(stored_value(&text)))
             }
         }
     }
+}
+
+/// The one rule for a credential value read from storage, used for files and Kubernetes Secret
+/// keys alike: trailing line breaks (`\n`, `\r\n`, any number) are removed, everything else
+/// is kept byte for byte (leading and inner whitespace included). `kubectl create secret
+/// --from-file` and `echo "…" > file` both leave a newline a header value must not carry, and
+/// the same bytes must give the same credential whichever source holds them.
+pub fn stored_value(text: &str) -> &str {
+    text.trim_end_matches(['\n', '\r'])
 }
 
 /// An in-memory [`SecretLookup`], standing in for the Kubernetes API in tests and local runs.

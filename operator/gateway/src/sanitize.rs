@@ -2,8 +2,8 @@
 //!
 //! Contract: [`sanitize_result`] keeps only the MCP `CallToolResult` fields a client needs
 //! (`content`, `structuredContent`, `isError`; upstream `_meta` and unknown fields are
-//! dropped), then removes the exact values of every credential used in the call (raw, base64
-//! and percent-encoded, via [`ExactSecrets`]) and everything the audit sink's patterns match,
+//! dropped), then removes the exact values of every credential used in the call (raw or
+//! encoded, also split across text items, via [`ExactSecrets`]) and everything the audit sink's patterns match,
 //! in every string and object key at any depth, and only then truncates (so a cut can never
 //! leave half a secret behind). Text is truncated on character boundaries to the tool's limit
 //! (16,384 characters by default) across all text items, with a marker saying how much was
@@ -70,6 +70,17 @@ pub fn sanitize_result(raw: Value, exact: &ExactSecrets, max_chars: usize) -> Sa
     };
     let mut structured = raw.remove("structuredContent");
     redact_json(&mut content, exact);
+    // A value split across text items ("sk-ab" + "cdef…") is found in their concatenation.
+    if let Value::Array(items) = &mut content {
+        let mut texts: Vec<&mut String> = items
+            .iter_mut()
+            .filter_map(|item| match item.get_mut("text") {
+                Some(Value::String(t)) => Some(t),
+                _ => None,
+            })
+            .collect();
+        exact.redact_joined(&mut texts);
+    }
     if let Some(s) = structured.as_mut() {
         redact_json(s, exact);
     }

@@ -72,6 +72,9 @@ pub enum UpstreamFailure {
     Protocol(String),
     #[error("upstream error {code}: {message}")]
     Rpc { code: i64, message: String },
+    /// The platform policy refuses the upstream (egress policy, stdio catalog).
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
 }
 
 /// The MCP client toward upstream tool servers (implemented by `gateway::upstream`).
@@ -582,6 +585,7 @@ impl Gateway {
                             format!("upstream error {code}: {m}"),
                         )
                     }
+                    UpstreamFailure::Refused { code, message } => (*code, message.clone()),
                     UpstreamFailure::Unavailable(_) | UpstreamFailure::Protocol(_) => (
                         ErrorCode::McpUpstream,
                         "the upstream tool server failed or is unreachable".to_string(),
@@ -671,6 +675,8 @@ impl Gateway {
             token,
             approval::Expected {
                 project: caller.project.as_str(),
+                agent: &caller.agent,
+                environment: &caller.environment,
                 run_id: run.as_deref(),
                 tool,
                 args_sha256: &args_hash,

@@ -19,6 +19,12 @@ use awooop_store::tenancy::ProjectId;
 
 pub const RUN_TOKEN_PREFIX: &str = "awr1.";
 pub const SESSION_PREFIX: &str = "mcs1.";
+/// Longest lifetime (`exp - iat`) of a per-run token, checked when minting and verifying: a
+/// leaked token stops working within a day even when its run never ends. A token bound to a
+/// run also stops working as soon as the run is terminal (checked by `/mcp`).
+pub const MAX_RUN_TOKEN_TTL_SECONDS: i64 = 24 * 3600;
+/// Clock skew tolerated on `iat`.
+const MAX_SKEW_SECONDS: i64 = 60;
 
 /// Claims of a per-run token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,10 +76,10 @@ pub fn mint_run_token(key: &[u8], claims: &RunTokenClaims) -> Result<String> {
             "agent and environment must be slugs ^[a-z][a-z0-9-]{0,62}$",
         ));
     }
-    if claims.exp <= claims.iat {
+    if claims.exp <= claims.iat || claims.exp - claims.iat > MAX_RUN_TOKEN_TTL_SECONDS {
         return Err(Error::new(
             ErrorCode::ReqInvalidParam,
-            "token lifetime must be positive",
+            format!("token lifetime must be 1..={MAX_RUN_TOKEN_TTL_SECONDS} seconds"),
         ));
     }
     Ok(seal(RUN_TOKEN_PREFIX, key, claims))
@@ -83,7 +89,12 @@ pub fn mint_run_token(key: &[u8], claims: &RunTokenClaims) -> Result<String> {
 pub fn verify_run_token(key: &[u8], token: &str, now: i64) -> Result<RunTokenClaims> {
     let invalid = || Error::new(ErrorCode::AuthInvalid, "invalid credential");
     let c: RunTokenClaims = open(RUN_TOKEN_PREFIX, key, token).ok_or_else(invalid)?;
-    if c.exp <= now || ProjectId::parse(&c.project).is_err() || !slug_ok(&c.agent) {
+    if c.exp <= now
+        || c.exp - c.iat > MAX_RUN_TOKEN_TTL_SECONDS
+        || c.iat > now + MAX_SKEW_SECONDS
+        || ProjectId::parse(&c.project).is_err()
+        || !slug_ok(&c.agent)
+    {
         return Err(invalid());
     }
     Ok(c)
@@ -180,6 +191,17 @@ mod tests {
         let mut bad = claims();
         bad.agent = "Bad Agent".into();
         assert!(mint_run_token(K, &bad).is_err());
+        // lifetimes above the platform maximum are neither minted nor accepted
+        let mut long = claims();
+        long.exp = long.iat + MAX_RUN_TOKEN_TTL_SECONDS + 1;
+        assert!(mint_run_token(K, &long).is_err());
+        let sealed = seal(RUN_TOKEN_PREFIX, K, &long);
+        assert!(verify_run_token(K, &sealed, 150).is_err());
+        // issued in the future
+        let mut future = claims();
+        future.iat = 1_000;
+        future.exp = 2_000;
+        assert!(verify_run_token(K, &mint_run_token(K, &future).unwrap(), 150).is_err());
     }
 
     #[test]

@@ -74,6 +74,11 @@ async fn create_project(
 struct NewApiKey {
     principal: String,
     roles: Vec<String>,
+    /// Runner keys only: the agents and environments the key may act for (`*`: any).
+    #[serde(default)]
+    agents: Option<Vec<String>>,
+    #[serde(default)]
+    environments: Option<Vec<String>>,
 }
 
 async fn create_api_key(
@@ -88,9 +93,16 @@ async fn create_api_key(
         .iter()
         .map(|r| Role::parse(r))
         .collect::<Result<Vec<_>>>()?;
+    let binding = match (req.agents, req.environments) {
+        (None, None) => None,
+        (agents, environments) => Some(awooop_store::auth::KeyBinding {
+            agents: agents.unwrap_or_default(),
+            environments: environments.unwrap_or_default(),
+        }),
+    };
     let k = s
         .control
-        .create_api_key(&c.actor, &project, &req.principal, roles)
+        .create_api_key_bound(&c.actor, &project, &req.principal, roles, binding)
         .await?;
     Ok((StatusCode::CREATED, Json(k)))
 }

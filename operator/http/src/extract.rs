@@ -19,6 +19,8 @@ pub const PROJECT_HEADER: &str = "x-awooop-project";
 pub struct Caller {
     pub actor: Actor,
     pub project: Option<ProjectId>,
+    /// A runner key's agents and environments (`None` for the admin and non-runner keys).
+    pub binding: Option<auth::KeyBinding>,
 }
 
 impl Caller {
@@ -67,9 +69,11 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller {
                 actor: Actor::cli("admin"),
                 project,
+                binding: None,
             });
         }
-        let (project, actor) = auth::verify_api_key(state.control.db(), token).await?;
+        let (project, actor, binding) =
+            auth::verify_api_key_bound(state.control.db(), token).await?;
         // An API key is bound to its project: a header naming another project is refused, not
         // silently ignored.
         if let Some(v) = parts.headers.get(PROJECT_HEADER)
@@ -83,18 +87,21 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Caller {
             actor,
             project: Some(project),
+            binding,
         })
     }
 }
 
 /// A JSON body read with the configured size limit; typed request structs reject unknown
-/// fields, so every shape error maps to `E-REQ-001`.
+/// fields, so every shape error maps to `E-REQ-001`. The body must be declared JSON (415
+/// `E-REQ-004` otherwise) and may not contain U+0000 (see [`super::guard`]).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self> {
+        super::guard::require_json(req.headers())?;
         let limit = state.max_body_bytes;
         let bytes: Bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
@@ -109,6 +116,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    super::guard::refuse_nul_in_json(bytes)?;
     serde_json::from_slice(bytes).map_err(|e| {
         let what = if e.is_syntax() || e.is_eof() {
             "request body is not valid JSON"

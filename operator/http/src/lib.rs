@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod extract;
+pub mod guard;
 pub mod mcp;
 pub mod openapi;
 pub mod runs;
@@ -48,6 +49,10 @@ pub fn app(state: AppState) -> Router {
         .nest("/v1/control", control::router())
         .nest("/v1/platform", runs::router())
         .fallback(not_found)
+        // A known path with the wrong method gets the platform's JSON error, not axum's bare
+        // 405. Registered last: it applies to every route added before it.
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(guard::reject_nul_in_uri))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -78,18 +83,45 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// `/metrics` on the API port carries every project's labels (queue depths, budgets, gateway
+/// denials), so it needs the platform admin token as a bearer credential; a Prometheus
+/// ServiceMonitor sends it from the admin Secret (chart `serviceMonitor`). Project API keys
+/// are refused: one tenant must not read another's figures.
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, awooop_core::error::Error> {
+    use awooop_core::error::{Error, ErrorCode};
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| Error::new(ErrorCode::AuthMissing, "missing Authorization header"))?
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::AuthInvalid,
+                "expected 'Authorization: Bearer <admin token>'",
+            )
+        })?;
+    if !state.admin.as_ref().is_some_and(|a| a.matches(token)) {
+        return Err(Error::new(
+            ErrorCode::AuthInvalid,
+            "/metrics needs the platform admin token",
+        ));
+    }
     let body = state
         .metrics
         .render(state.control.db().pool_for_health())
         .await;
-    (
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         body,
-    )
+    ))
 }
 
 async fn openapi_json() -> impl IntoResponse {
@@ -100,6 +132,13 @@ async fn not_found() -> awooop_core::error::Error {
     awooop_core::error::Error::new(
         awooop_core::error::ErrorCode::ReqInvalidParam,
         "no such endpoint",
+    )
+}
+
+async fn method_not_allowed() -> awooop_core::error::Error {
+    awooop_core::error::Error::new(
+        awooop_core::error::ErrorCode::ReqMethodNotAllowed,
+        "this endpoint does not accept this method",
     )
 }
 

@@ -41,8 +41,10 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 pub const AGENT_HEADER: &str = "x-awooop-agent";
 pub const ENV_HEADER: &str = "x-awooop-environment";
 
-/// SHA-256 of an API key → (verified at, its project, has the runner role).
-type ApiKeyCache = HashMap<[u8; 32], (Instant, ProjectId, bool)>;
+/// SHA-256 of an API key → (verified at, its project, its runner binding if a runner key).
+type ApiKeyCache = HashMap<[u8; 32], (Instant, ProjectId, Option<auth::KeyBinding>)>;
+/// Run id → (checked at, the run exists and is not terminal).
+type RunCache = HashMap<uuid::Uuid, (Instant, bool)>;
 
 #[derive(Clone)]
 pub struct McpState {
@@ -53,6 +55,7 @@ pub struct McpState {
     /// Origins allowed to call (browsers); requests without `Origin` are not affected.
     pub allowed_origins: Arc<Vec<String>>,
     api_keys: Arc<RwLock<ApiKeyCache>>,
+    runs: Arc<RwLock<RunCache>>,
 }
 
 impl McpState {
@@ -64,6 +67,7 @@ impl McpState {
             session_ttl_seconds: 24 * 3600,
             allowed_origins: Arc::new(Vec::new()),
             api_keys: Arc::new(RwLock::new(HashMap::new())),
+            runs: Arc::new(RwLock::new(HashMap::new())),
         }
     }
 
@@ -138,6 +142,13 @@ async fn authenticate(state: &McpState, h: &HeaderMap) -> Result<(Caller, String
     let now = chrono::Utc::now().timestamp();
     if token.starts_with(tokens::RUN_TOKEN_PREFIX) {
         let c = tokens::verify_run_token(&state.gateway.keys().run_token, token, now)?;
+        let project = ProjectId::parse(&c.project)?;
+        // A token bound to a run works only while the run is alive.
+        if let Some(run_id) = c.run_id
+            && !run_is_live(state, &project, run_id).await?
+        {
+            return Err(Error::new(ErrorCode::AuthInvalid, "invalid credential"));
+        }
         // Headers may repeat the token's identity but never change it.
         if agent_h.is_some_and(|a| a != c.agent) || env_h.is_some_and(|e| e != c.environment) {
             return Err(Error::new(
@@ -146,7 +157,7 @@ async fn authenticate(state: &McpState, h: &HeaderMap) -> Result<(Caller, String
             ));
         }
         let caller = Caller {
-            project: ProjectId::parse(&c.project)?,
+            project,
             agent: c.agent,
             run_id: c.run_id,
             environment: c.environment,
@@ -167,7 +178,14 @@ async fn authenticate(state: &McpState, h: &HeaderMap) -> Result<(Caller, String
                 "X-Awooop-Agent and X-Awooop-Environment must be slugs",
             ));
         }
-        let project = verify_api_key_cached(state, token).await?;
+        let (project, binding) = verify_api_key_cached(state, token).await?;
+        // The headers only choose among the key's bindings; they never widen them.
+        if !binding.allows(agent, env) {
+            return Err(Error::new(
+                ErrorCode::AuthForbidden,
+                "this API key is not bound to that agent and environment",
+            ));
+        }
         let caller = Caller {
             project,
             agent: agent.into(),
@@ -180,34 +198,73 @@ async fn authenticate(state: &McpState, h: &HeaderMap) -> Result<(Caller, String
     Err(Error::new(ErrorCode::AuthInvalid, "invalid credential"))
 }
 
-/// API keys are verified against PostgreSQL and the verdict cached for the gateway's cache
-/// TTL (a revocation takes effect within it).
-async fn verify_api_key_cached(state: &McpState, token: &str) -> Result<ProjectId> {
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+/// Whether the run a token is bound to exists in its project and is not terminal. The verdict
+/// is cached for the gateway's cache TTL (a run that ends stops its token within it; with a
+/// zero TTL, at once).
+async fn run_is_live(state: &McpState, project: &ProjectId, run_id: uuid::Uuid) -> Result<bool> {
     let ttl = state.gateway.config().cache_ttl;
-    if let Some((at, p, runner)) = state.api_keys.read().expect("lock").get(&digest)
+    if let Some((at, live)) = state.runs.read().expect("lock").get(&run_id)
         && at.elapsed() < ttl
     {
-        return if *runner {
-            Ok(p.clone())
-        } else {
-            Err(Error::new(
-                ErrorCode::AuthForbidden,
-                "this action needs the 'runner' role",
-            ))
+        return Ok(*live);
+    }
+    let run_state: Option<String> = awooop_store::tenancy::scope(project.clone(), async {
+        let mut tx = state.db.tenant().await?;
+        let s = sqlx::query_scalar("SELECT state FROM runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok::<_, Error>(s)
+    })
+    .await?;
+    let live = run_state
+        .and_then(|s| awooop_core::run_state::RunState::parse(&s).ok())
+        .is_some_and(|s| !s.is_terminal());
+    if !ttl.is_zero() {
+        let mut m = state.runs.write().expect("lock");
+        if m.len() > 100_000 {
+            m.clear();
+        }
+        m.insert(run_id, (Instant::now(), live));
+    }
+    Ok(live)
+}
+
+/// API keys are verified against PostgreSQL and the verdict cached for the gateway's cache
+/// TTL (a revocation takes effect within it).
+async fn verify_api_key_cached(
+    state: &McpState,
+    token: &str,
+) -> Result<(ProjectId, auth::KeyBinding)> {
+    let not_runner = || {
+        Error::new(
+            ErrorCode::AuthForbidden,
+            "this action needs the 'runner' role",
+        )
+    };
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let ttl = state.gateway.config().cache_ttl;
+    if let Some((at, p, binding)) = state.api_keys.read().expect("lock").get(&digest)
+        && at.elapsed() < ttl
+    {
+        return match binding {
+            Some(b) => Ok((p.clone(), b.clone())),
+            None => Err(not_runner()),
         };
     }
-    let (project, actor) = auth::verify_api_key(&state.db, token).await?;
-    let runner = actor.require(Role::Runner).is_ok();
+    let (project, actor, binding) = auth::verify_api_key_bound(&state.db, token).await?;
+    // Only keys with the runner role carry a binding.
+    let binding = binding.filter(|_| actor.require(Role::Runner).is_ok());
     if !ttl.is_zero() {
         let mut m = state.api_keys.write().expect("lock");
         if m.len() > 100_000 {
             m.clear();
         }
-        m.insert(digest, (Instant::now(), project.clone(), runner));
+        m.insert(digest, (Instant::now(), project.clone(), binding.clone()));
     }
-    actor.require(Role::Runner)?;
-    Ok(project)
+    let binding = binding.ok_or_else(not_runner)?;
+    Ok((project, binding))
 }
 
 async fn post_mcp(State(state): State<McpState>, req: Request) -> Response {
@@ -232,6 +289,10 @@ async fn post_mcp(State(state): State<McpState>, req: Request) -> Response {
             return r;
         }
     };
+    // The transport requires `Content-Type: application/json` on every POST.
+    if let Err(e) = super::guard::require_json(h) {
+        return transport_error(crate::status_of(e.code), &e);
+    }
     let bytes: Bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => {

@@ -28,7 +28,40 @@ pub struct Op {
     pub status: u16,
     request: Option<fn(&mut SchemaGenerator) -> Value>,
     response: Option<fn(&mut SchemaGenerator) -> Value>,
+    /// Query parameters: (name, JSON Schema type).
+    pub query: &'static [(&'static str, &'static str)],
+    /// Operation-specific error codes; [`Op::all_errors`] adds the ones every route can give.
     pub errors: &'static [ErrorCode],
+    /// Needs no credential (`/healthz`, `/readyz`, `/openapi.json`).
+    pub public: bool,
+    /// Media type of the success body (`application/json` unless said otherwise).
+    pub media: &'static str,
+}
+
+impl Op {
+    /// Every code this operation can answer with: its own, plus 401/403 for any credentialed
+    /// route, 422 (`E-REQ-003`: a path or query parameter is invalid, e.g. U+0000) for every
+    /// route, and 413/415/422 (`E-REQ-002`, `E-REQ-004`, `E-REQ-001`) for every JSON body.
+    pub fn all_errors(&self) -> Vec<ErrorCode> {
+        let mut v: Vec<ErrorCode> = self.errors.to_vec();
+        let mut add = |e: ErrorCode| {
+            if !v.contains(&e) {
+                v.push(e);
+            }
+        };
+        add(E::ReqInvalidParam);
+        if !self.public {
+            add(E::AuthMissing);
+            add(E::AuthInvalid);
+            add(E::AuthForbidden);
+        }
+        if self.request.is_some() {
+            add(E::ReqMalformed);
+            add(E::ReqTooLarge);
+            add(E::ReqUnsupportedMediaType);
+        }
+        v
+    }
 }
 
 fn s<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
@@ -39,245 +72,430 @@ fn any(_: &mut SchemaGenerator) -> Value {
     json!({"type": "object"})
 }
 
+fn array(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "array", "items": {"type": "object"}})
+}
+
+fn text(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "string"})
+}
+
+fn new_api_key(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["principal", "roles"],
+        "properties": {"principal": {"type": "string"},
+            "roles": {"type": "array", "items": {"type": "string",
+                "enum": ["reader", "author", "publisher", "approver", "activator", "runner"]}},
+            "agents": {"type": "array", "items": {"type": "string"},
+                "description": "runner keys: agents the key may act for (\"*\": any)"},
+            "environments": {"type": "array", "items": {"type": "string"},
+                "description": "runner keys: environments the key may act in (\"*\": any)"}}})
+}
+
+fn register_key(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["key_id"],
+        "properties": {"key_id": {"type": "string"}}})
+}
+
+fn put_artifact(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "additionalProperties": false,
+        "required": ["ref", "kind", "content_base64"],
+        "properties": {"ref": {"type": "string"},
+            "kind": {"type": "string", "enum": ["prompt", "schema", "eval", "replay", "other"]},
+            "media_type": {"type": "string"}, "content_base64": {"type": "string"}}})
+}
+
+fn validate_req(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["kind", "body"],
+        "properties": {"kind": {"type": "string"}, "body": {}}})
+}
+
+fn new_draft(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["kind", "name", "body"],
+        "properties": {"kind": {"type": "string"}, "name": {"type": "string"}, "body": {}}})
+}
+
+fn update_draft(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["body"],
+        "properties": {"body": {}}})
+}
+
+fn set_mode(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["mode"],
+        "properties": {"mode": {"type": "string",
+            "enum": ["shadow", "canary", "read_only", "suggest", "auto_remediate"]},
+            "force": {"type": "boolean"}, "reason": {"type": ["string", "null"]}}})
+}
+
+fn run_approval(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["approved"],
+        "properties": {"approved": {"type": "boolean"}}})
+}
+
+fn json_rpc(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "description": "One JSON-RPC 2.0 message (MCP Streamable HTTP)",
+        "required": ["jsonrpc"], "properties": {"jsonrpc": {"const": "2.0"},
+            "id": {"type": ["string", "integer"]}, "method": {"type": "string"},
+            "params": {"type": "object"}}})
+}
+
 use ErrorCode as E;
 
-/// Every documented operation.
+const JSON: &str = "application/json";
+
+/// Every documented operation (docs/api.md lists the same routes; a test keeps them in step).
 pub fn operations() -> Vec<Op> {
-    let auth: &[ErrorCode] = &[E::AuthMissing, E::AuthInvalid, E::AuthForbidden];
-    let _ = auth;
+    let op = |method, path, summary, status| Op {
+        method,
+        path,
+        summary,
+        status,
+        request: None,
+        response: Some(any as fn(&mut SchemaGenerator) -> Value),
+        query: &[],
+        errors: &[],
+        public: false,
+        media: JSON,
+    };
     vec![
         Op {
-            method: "post",
-            path: "/v1/platform/runs",
-            summary: "Start a run (Idempotency-Key and traceparent headers honoured)",
-            status: 202,
+            public: true,
+            ..op("get", "/healthz", "Liveness", 200)
+        },
+        Op {
+            public: true,
+            errors: &[E::Unavailable],
+            ..op(
+                "get",
+                "/readyz",
+                "Ready when PostgreSQL answers; reports Redis",
+                200,
+            )
+        },
+        Op {
+            response: Some(text),
+            media: "application/openmetrics-text",
+            ..op(
+                "get",
+                "/metrics",
+                "OpenMetrics (platform admin token only)",
+                200,
+            )
+        },
+        Op {
+            public: true,
+            ..op("get", "/openapi.json", "This document", 200)
+        },
+        Op {
+            request: Some(json_rpc),
+            errors: &[E::McpProtocol, E::McpSession],
+            ..op(
+                "post",
+                "/mcp",
+                "MCP gateway (Streamable HTTP): one JSON-RPC message; notifications answer 202",
+                200,
+            )
+        },
+        Op {
             request: Some(s::<CreateRun>),
             response: Some(s::<RunAccepted>),
             errors: &[
-                E::ReqMalformed,
-                E::ReqTooLarge,
                 E::RunAgentInactive,
                 E::RunInputTooLarge,
                 E::RunBadTraceparent,
                 E::RunIdempotencyKeyInvalid,
                 E::RunIdempotencyConflict,
                 E::RunModeNotAllowed,
-                E::AuthMissing,
-                E::AuthInvalid,
-                E::AuthForbidden,
             ],
+            ..op(
+                "post",
+                "/v1/platform/runs",
+                "Start a run (Idempotency-Key and traceparent headers honoured)",
+                202,
+            )
         },
         Op {
-            method: "get",
-            path: "/v1/platform/runs",
-            summary: "List runs (?state=&agent=&limit=&cursor=)",
-            status: 200,
-            request: None,
             response: Some(s::<RunPage>),
-            errors: &[E::ReqInvalidParam, E::AuthMissing, E::AuthInvalid],
+            query: &[
+                ("state", "string"),
+                ("agent", "string"),
+                ("limit", "integer"),
+                ("cursor", "string"),
+            ],
+            ..op("get", "/v1/platform/runs", "List runs", 200)
         },
         Op {
-            method: "get",
-            path: "/v1/platform/runs/{id}",
-            summary: "A run with its steps and timings",
-            status: 200,
-            request: None,
             response: Some(s::<RunDetail>),
-            errors: &[E::RunNotFound, E::AuthMissing, E::AuthInvalid],
+            errors: &[E::RunNotFound],
+            ..op(
+                "get",
+                "/v1/platform/runs/{id}",
+                "A run with its steps and timings",
+                200,
+            )
         },
         Op {
-            method: "post",
-            path: "/v1/platform/runs/{id}/cancel",
-            summary: "Cancel an unfinished run",
-            status: 200,
-            request: None,
             response: Some(s::<RunView>),
             errors: &[E::RunNotFound, E::RunIllegalTransition],
+            ..op(
+                "post",
+                "/v1/platform/runs/{id}/cancel",
+                "Cancel an unfinished run",
+                200,
+            )
         },
         Op {
-            method: "post",
-            path: "/v1/platform/runs/{id}/approval",
-            summary: "Approve or reject a run waiting for approval ({\"approved\": bool})",
-            status: 200,
-            request: Some(any),
+            request: Some(run_approval),
             response: Some(s::<RunView>),
             errors: &[E::RunNotFound, E::RunIllegalTransition],
+            ..op(
+                "post",
+                "/v1/platform/runs/{id}/approval",
+                "Approve or reject a run waiting for approval",
+                200,
+            )
         },
         Op {
-            method: "get",
-            path: "/v1/control/projects",
-            summary: "List projects (admin)",
-            status: 200,
-            request: None,
-            response: Some(any),
-            errors: &[E::AuthForbidden],
+            response: Some(array),
+            ..op("get", "/v1/control/projects", "List projects (admin)", 200)
         },
         Op {
-            method: "post",
-            path: "/v1/control/projects",
-            summary: "Create a project (admin)",
-            status: 201,
             request: Some(s::<NewProject>),
-            response: Some(any),
-            errors: &[E::ProjectExists, E::ProjectInvalid, E::AuthForbidden],
+            errors: &[E::ProjectExists, E::ProjectInvalid],
+            ..op(
+                "post",
+                "/v1/control/projects",
+                "Create a project (admin)",
+                201,
+            )
         },
         Op {
-            method: "post",
-            path: "/v1/control/projects/{project}/api-keys",
-            summary: "Mint an API key (admin; shown once)",
-            status: 201,
-            request: Some(any),
-            response: Some(any),
-            errors: &[E::AuthForbidden, E::ReqInvalidParam],
+            request: Some(new_api_key),
+            errors: &[E::ProjectNotFound, E::ProjectInvalid],
+            ..op(
+                "post",
+                "/v1/control/projects/{project}/api-keys",
+                "Mint an API key (admin; shown once)",
+                201,
+            )
         },
         Op {
-            method: "get",
-            path: "/v1/control/project",
-            summary: "The caller's project",
-            status: 200,
-            request: None,
-            response: Some(any),
-            errors: &[E::ProjectNotFound],
-        },
-        Op {
-            method: "post",
-            path: "/v1/control/signing-keys",
-            summary: "Register a keyring key's fingerprint (admin)",
-            status: 201,
-            request: Some(any),
-            response: Some(any),
-            errors: &[E::ContractSigningKey],
-        },
-        Op {
-            method: "post",
-            path: "/v1/control/artifacts",
-            summary: "Register an artifact by content",
-            status: 201,
-            request: Some(any),
-            response: Some(any),
-            errors: &[E::ArtifactInvalid],
-        },
-        Op {
-            method: "post",
-            path: "/v1/control/contracts/validate",
-            summary: "Validate a contract body",
-            status: 200,
-            request: Some(any),
-            response: Some(any),
-            errors: &[E::ContractUnknownKind],
-        },
-        Op {
-            method: "get",
-            path: "/v1/control/drafts",
-            summary: "List drafts",
-            status: 200,
-            request: None,
-            response: Some(any),
-            errors: &[],
-        },
-        Op {
-            method: "post",
-            path: "/v1/control/drafts",
-            summary: "Create a draft",
-            status: 201,
-            request: Some(any),
-            response: Some(any),
-            errors: &[E::SchemaViolation, E::ContractBadHash, E::ContractSemantic],
-        },
-        Op {
-            method: "get",
-            path: "/v1/control/drafts/{id}",
-            summary: "A draft with its signing message",
-            status: 200,
-            request: None,
-            response: Some(any),
+            response: None,
             errors: &[E::ContractNotFound],
+            ..op(
+                "post",
+                "/v1/control/api-keys/{id}/revoke",
+                "Revoke an API key (admin)",
+                204,
+            )
         },
         Op {
-            method: "post",
-            path: "/v1/control/drafts/{id}/publish",
-            summary: "Publish a signed draft",
-            status: 201,
-            request: Some(s::<PublishRequest>),
-            response: Some(any),
+            errors: &[E::ProjectNotFound],
+            ..op("get", "/v1/control/project", "The caller's project", 200)
+        },
+        Op {
+            request: Some(register_key),
+            errors: &[E::ContractSigningKey],
+            ..op(
+                "post",
+                "/v1/control/signing-keys",
+                "Register a keyring key's fingerprint (admin)",
+                201,
+            )
+        },
+        Op {
+            response: None,
+            errors: &[E::ContractSigningKey, E::ContractNotFound],
+            ..op(
+                "post",
+                "/v1/control/signing-keys/{id}/revoke",
+                "Revoke a signing key (admin)",
+                204,
+            )
+        },
+        Op {
+            request: Some(put_artifact),
+            errors: &[E::ArtifactInvalid],
+            ..op(
+                "post",
+                "/v1/control/artifacts",
+                "Register an artifact by content",
+                201,
+            )
+        },
+        Op {
+            request: Some(validate_req),
+            errors: &[E::ContractUnknownKind, E::SchemaViolation],
+            ..op(
+                "post",
+                "/v1/control/contracts/validate",
+                "Validate a contract body (422 with the violations when invalid)",
+                200,
+            )
+        },
+        Op {
+            response: Some(array),
+            ..op("get", "/v1/control/drafts", "List drafts", 200)
+        },
+        Op {
+            request: Some(new_draft),
             errors: &[
+                E::ContractUnknownKind,
+                E::SchemaViolation,
+                E::ContractBadHash,
+                E::ContractSemantic,
+            ],
+            ..op("post", "/v1/control/drafts", "Create a draft", 201)
+        },
+        Op {
+            errors: &[E::ContractNotFound],
+            ..op(
+                "get",
+                "/v1/control/drafts/{id}",
+                "A draft with its signing message",
+                200,
+            )
+        },
+        Op {
+            request: Some(update_draft),
+            errors: &[
+                E::ContractNotFound,
+                E::SchemaViolation,
+                E::ContractBadHash,
+                E::ContractSemantic,
+            ],
+            ..op(
+                "put",
+                "/v1/control/drafts/{id}",
+                "Replace a draft's body",
+                200,
+            )
+        },
+        Op {
+            response: None,
+            errors: &[E::ContractNotFound],
+            ..op("delete", "/v1/control/drafts/{id}", "Delete a draft", 204)
+        },
+        Op {
+            request: Some(s::<PublishRequest>),
+            errors: &[
+                E::ContractNotFound,
                 E::ContractBadSignature,
                 E::ContractSignatureReplay,
                 E::ContractSigningKey,
                 E::ContractRevisionConflict,
                 E::ContractArtifactMissing,
             ],
+            ..op(
+                "post",
+                "/v1/control/drafts/{id}/publish",
+                "Publish a signed draft",
+                201,
+            )
         },
         Op {
-            method: "post",
-            path: "/v1/control/revisions/{id}/approvals",
-            summary: "Approve a published revision",
-            status: 201,
-            request: None,
-            response: Some(any),
+            errors: &[E::ContractNotFound],
+            ..op(
+                "get",
+                "/v1/control/revisions/{id}",
+                "A published revision",
+                200,
+            )
+        },
+        Op {
             errors: &[
+                E::ContractNotFound,
                 E::ContractDuplicateApproval,
                 E::ContractNotPublished,
                 E::ContractApproverNotAllowed,
             ],
+            ..op(
+                "post",
+                "/v1/control/revisions/{id}/approvals",
+                "Approve a published revision",
+                201,
+            )
         },
         Op {
-            method: "post",
-            path: "/v1/control/revisions/{id}/activate",
-            summary: "Activate (or roll back to) a revision",
-            status: 200,
-            request: None,
-            response: Some(any),
             errors: &[
+                E::ContractNotFound,
                 E::ContractInsufficientApprovals,
                 E::ContractAlreadyActive,
                 E::ContractNotPublished,
             ],
+            ..op(
+                "post",
+                "/v1/control/revisions/{id}/activate",
+                "Activate (or roll back to) a revision",
+                200,
+            )
         },
         Op {
-            method: "get",
-            path: "/v1/control/active/{kind}/{name}",
-            summary: "The active revision of a contract",
-            status: 200,
-            request: None,
-            response: Some(any),
-            errors: &[E::ContractNotFound],
+            response: Some(array),
+            ..op("get", "/v1/control/active", "All active pointers", 200)
         },
         Op {
-            method: "get",
-            path: "/v1/control/contracts/{kind}/{name}/history",
-            summary: "Revisions and activations",
-            status: 200,
-            request: None,
-            response: Some(any),
-            errors: &[E::ContractNotFound],
+            errors: &[E::ContractUnknownKind, E::ContractNotFound],
+            ..op(
+                "get",
+                "/v1/control/active/{kind}/{name}",
+                "The active revision of a contract",
+                200,
+            )
         },
         Op {
-            method: "get",
-            path: "/v1/control/migration",
-            summary: "Migration mode and history",
-            status: 200,
-            request: None,
-            response: Some(any),
-            errors: &[],
+            errors: &[E::ContractUnknownKind, E::ContractNotFound],
+            ..op(
+                "get",
+                "/v1/control/contracts/{kind}/{name}/history",
+                "Revisions and activations",
+                200,
+            )
         },
         Op {
-            method: "post",
-            path: "/v1/control/migration",
-            summary: "Change migration mode",
-            status: 200,
-            request: Some(any),
-            response: Some(any),
+            errors: &[E::ContractUnknownKind, E::ContractNotFound],
+            ..op(
+                "get",
+                "/v1/control/contracts/{kind}/{name}/revisions/{n}",
+                "Revision n of a contract",
+                200,
+            )
+        },
+        Op {
+            query: &[("from", "integer"), ("to", "integer")],
+            errors: &[
+                E::ContractUnknownKind,
+                E::ContractNotFound,
+                E::ContractDiffTooLarge,
+            ],
+            ..op(
+                "get",
+                "/v1/control/contracts/{kind}/{name}/diff",
+                "Unified diff of two revisions ({\"diff\": text})",
+                200,
+            )
+        },
+        Op {
+            ..op(
+                "get",
+                "/v1/control/migration",
+                "Migration mode and history",
+                200,
+            )
+        },
+        Op {
+            request: Some(set_mode),
             errors: &[E::MigrationIllegalStep, E::MigrationReasonRequired],
+            ..op(
+                "post",
+                "/v1/control/migration",
+                "Change migration mode",
+                200,
+            )
         },
         Op {
-            method: "get",
-            path: "/v1/control/audit",
-            summary: "Newest audit rows",
-            status: 200,
-            request: None,
-            response: Some(any),
-            errors: &[],
+            response: Some(array),
+            query: &[("limit", "integer")],
+            ..op("get", "/v1/control/audit", "Newest audit rows", 200)
         },
     ]
 }
@@ -291,13 +509,21 @@ pub fn document() -> Value {
     let mut paths = Map::new();
     for op in operations() {
         let mut responses = Map::new();
-        let ok = op.response.map(|f| f(&mut generator)).unwrap_or(json!({}));
-        responses.insert(
-            op.status.to_string(),
-            json!({"description": "OK", "content": {"application/json": {"schema": ok}}}),
-        );
+        let ok = match op.response {
+            Some(f) => {
+                json!({"description": "OK", "content": {op.media: {"schema": f(&mut generator)}}})
+            }
+            None => json!({"description": "No content"}),
+        };
+        responses.insert(op.status.to_string(), ok);
+        if op.path == "/mcp" {
+            responses.insert(
+                "202".into(),
+                json!({"description": "A notification or a client response was accepted"}),
+            );
+        }
         let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
-        for e in op.errors {
+        for e in op.all_errors() {
             by_status
                 .entry(e.http_status())
                 .or_default()
@@ -310,17 +536,23 @@ pub fn document() -> Value {
             );
         }
         let mut operation = json!({"summary": op.summary, "responses": responses});
-        let params: Vec<Value> = op
+        let mut params: Vec<Value> = op
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|x| x.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        params.extend(op.query.iter().map(|(name, ty)| {
+            json!({"name": name, "in": "query", "required": false, "schema": {"type": ty}})
+        }));
         if !params.is_empty() {
             operation["parameters"] = Value::Array(params);
         }
         if let Some(f) = op.request {
             operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": f(&mut generator)}}});
+        }
+        if op.public {
+            operation["security"] = json!([]);
         }
         paths
             .entry(op.path.to_string())

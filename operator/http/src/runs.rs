@@ -47,6 +47,15 @@ async fn create(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateRun>,
 ) -> Result<impl IntoResponse> {
+    // A runner key starts runs only for the agents it is bound to.
+    if let Some(b) = &c.binding
+        && !b.allows_agent(&req.agent)
+    {
+        return Err(Error::new(
+            ErrorCode::AuthForbidden,
+            "this API key is not bound to that agent",
+        ));
+    }
     let idem = header(&headers, "idempotency-key")?;
     let tp = header(&headers, "traceparent")?;
     let runs = RunService::new(s.control.clone());

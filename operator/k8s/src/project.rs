@@ -78,6 +78,15 @@ pub fn agent_project(
     }
 }
 
+/// Name of a project's McpGrant for one agent: `{project}.{agent}`. Project ids and agent
+/// names are both `[a-z0-9-]` slugs, so a `-` separator let two projects collide (project
+/// `a-b` with agent `c` and project `a` with agent `b-c` both gave `a-b-c`, and the second
+/// projection overwrote the first tenant's grant); `.` appears in neither, so the name is
+/// unique across projects, and it is still a valid object name (DNS subdomain, ≤ 127 chars).
+pub fn grant_name(project: &str, agent: &str) -> String {
+    format!("{project}.{agent}")
+}
+
 /// One McpGrant per grant of the active MCP Gateway revision, with the Kubernetes Secret
 /// references its tools need (names and keys only). Grants of the same agent are merged.
 pub fn mcp_grants(
@@ -117,7 +126,7 @@ pub fn mcp_grants(
             refs.dedup();
             McpGrant {
                 metadata: meta(
-                    format!("{project}-{agent}"),
+                    grant_name(project, agent),
                     namespace,
                     project,
                     &rev.revision_id,
@@ -153,7 +162,7 @@ mod tests {
             "providers": [
                 {"name": "k8s", "transport": {"type": "streamable_http", "url": "http://k8s/mcp"},
                  "credentials": [{"credential": "k8s-token", "inject": {"type": "header", "name": "Authorization", "prefix": "Bearer "}}]},
-                {"name": "prom", "transport": {"type": "stdio", "command": "prom-mcp"},
+                {"name": "prom", "transport": {"type": "stdio", "entry": "prom-mcp"},
                  "credentials": [{"credential": "local", "inject": {"type": "env", "var": "PROM_KEY"}}]}
             ],
             "tools": [
@@ -180,7 +189,7 @@ mod tests {
         let grants = mcp_grants("awooop", "awoooi", &rev);
         assert_eq!(grants.len(), 2);
         let reporter = &grants[0];
-        assert_eq!(reporter.metadata.name.as_deref(), Some("awoooi-reporter"));
+        assert_eq!(reporter.metadata.name.as_deref(), Some("awoooi.reporter"));
         assert!(
             reporter.spec.credential_refs.is_empty(),
             "env refs are local-only, never projected"

@@ -4,16 +4,18 @@
 //!
 //! Pods run hardened (non-root, read-only root filesystem, no capabilities, no service-account
 //! token: workers talk to PostgreSQL, never to the Kubernetes API) and get their database URL
-//! from a Secret, never from the Deployment spec.
+//! from a Secret mounted as a file (never the Deployment spec, never an environment variable:
+//! workers start stdio children).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, KeyToPath, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -29,8 +31,44 @@ pub const SPEC_HASH: &str = "awooop.dev/spec-hash";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerSettings {
     pub image: String,
-    /// Secret with key `database-url`, given to the pods as `DATABASE_URL`.
+    /// Secret with key `database-url` (the runtime role's URL), mounted into the pods as a file
+    /// read through `AWOOOP_APP_DATABASE_URL_FILE`: worker pods start stdio children, so the
+    /// URL is never an environment variable, and they run no migration.
     pub db_secret: String,
+    /// What the platform administrator allows each project's workers, whatever its contract
+    /// says (flags of `awooop operator`).
+    pub limits: WorkerLimits,
+}
+
+/// Per-project caps and pod resources of worker Deployments, set by the administrator (not by
+/// tenants): a project's Project contract chooses replicas only within `max_replicas`, each
+/// pod runs at most `slots` runs at once and opens at most `db_max_connections` connections,
+/// so one project can take at most `max_replicas × slots` concurrent runs and
+/// `max_replicas × db_max_connections` database connections; requests and limits keep one
+/// project's pods from starving another's on a shared node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerLimits {
+    pub max_replicas: i32,
+    pub slots: u32,
+    pub db_max_connections: u32,
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+}
+
+impl Default for WorkerLimits {
+    fn default() -> Self {
+        Self {
+            max_replicas: 10,
+            slots: 16,
+            db_max_connections: 8,
+            cpu_request: "100m".into(),
+            cpu_limit: "1".into(),
+            memory_request: "128Mi".into(),
+            memory_limit: "512Mi".into(),
+        }
+    }
 }
 
 /// Name of a project's worker Deployment.
@@ -57,6 +95,9 @@ pub fn deployment(
     replicas: i32,
 ) -> Deployment {
     let project = ap.spec.project_id.as_str();
+    let limits = &settings.limits;
+    // The administrator's cap wins over the contract's max_replicas.
+    let replicas = replicas.min(limits.max_replicas.max(0));
     let strings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -67,6 +108,12 @@ pub fn deployment(
         ("app.kubernetes.io/name", "awooop-worker"),
         ("awooop.dev/project", project),
     ]);
+    let quantities = |pairs: &[(&str, &String)]| -> BTreeMap<String, Quantity> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity((*v).clone())))
+            .collect()
+    };
     let env = |name: &str, value: &str| EnvVar {
         name: name.to_string(),
         value: Some(value.to_string()),
@@ -133,19 +180,28 @@ pub fn deployment(
                             env("AWOOOP_LOG_FORMAT", "json"),
                             // The only writable place (root filesystem is read-only).
                             env("AWOOOP_STATE_DIR", "/tmp/awooop"),
-                            EnvVar {
-                                name: "DATABASE_URL".to_string(),
-                                value_from: Some(EnvVarSource {
-                                    secret_key_ref: Some(SecretKeySelector {
-                                        name: settings.db_secret.clone(),
-                                        key: "database-url".to_string(),
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            },
+                            env(
+                                "AWOOOP_APP_DATABASE_URL_FILE",
+                                "/etc/awooop/database/database-url",
+                            ),
+                            // Per-project caps of the administrator (not the tenant's).
+                            env("AWOOOP_WORKER_SLOTS", &limits.slots.to_string()),
+                            env(
+                                "AWOOOP_DB_MAX_CONNECTIONS",
+                                &limits.db_max_connections.to_string(),
+                            ),
                         ]),
+                        resources: Some(ResourceRequirements {
+                            requests: Some(quantities(&[
+                                ("cpu", &limits.cpu_request),
+                                ("memory", &limits.memory_request),
+                            ])),
+                            limits: Some(quantities(&[
+                                ("cpu", &limits.cpu_limit),
+                                ("memory", &limits.memory_limit),
+                            ])),
+                            ..Default::default()
+                        }),
                         security_context: Some(SecurityContext {
                             allow_privilege_escalation: Some(false),
                             read_only_root_filesystem: Some(true),
@@ -156,18 +212,43 @@ pub fn deployment(
                             }),
                             ..Default::default()
                         }),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "tmp".to_string(),
-                            mount_path: "/tmp".to_string(),
-                            ..Default::default()
-                        }]),
+                        volume_mounts: Some(vec![
+                            VolumeMount {
+                                name: "tmp".to_string(),
+                                mount_path: "/tmp".to_string(),
+                                ..Default::default()
+                            },
+                            VolumeMount {
+                                name: "database".to_string(),
+                                mount_path: "/etc/awooop/database".to_string(),
+                                read_only: Some(true),
+                                ..Default::default()
+                            },
+                        ]),
                         ..Default::default()
                     }],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".to_string(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Default::default()
-                    }]),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "tmp".to_string(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Default::default()
+                        },
+                        Volume {
+                            name: "database".to_string(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(settings.db_secret.clone()),
+                                // 0440: the pod's user and group only, not a stdio child's uid.
+                                default_mode: Some(0o440),
+                                items: Some(vec![KeyToPath {
+                                    key: "database-url".to_string(),
+                                    path: "database-url".to_string(),
+                                    ..Default::default()
+                                }]),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    ]),
                     ..Default::default()
                 }),
             },
@@ -285,7 +366,34 @@ mod tests {
         WorkerSettings {
             image: "ghcr.io/awooop/awooop:1".into(),
             db_secret: "awooop-db".into(),
+            limits: WorkerLimits::default(),
         }
+    }
+
+    #[test]
+    fn administrator_limits_cap_replicas_and_size_the_pods() {
+        let mut s = settings();
+        s.limits.max_replicas = 2;
+        s.limits.slots = 4;
+        s.limits.db_max_connections = 3;
+        let v = serde_json::to_value(deployment("ns", &ap(), "uid-1", &s, 9)).unwrap();
+        assert_eq!(v["spec"]["replicas"], 2, "the contract asked for 9");
+        let c = &v["spec"]["template"]["spec"]["containers"][0];
+        let env = |n: &str| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == n)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(env("AWOOOP_WORKER_SLOTS"), Some(serde_json::json!("4")));
+        assert_eq!(
+            env("AWOOOP_DB_MAX_CONNECTIONS"),
+            Some(serde_json::json!("3"))
+        );
+        assert_eq!(c["resources"]["requests"]["cpu"], "100m");
+        assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
     }
 
     #[test]
@@ -309,15 +417,21 @@ mod tests {
             c["securityContext"]["capabilities"]["drop"],
             serde_json::json!(["ALL"])
         );
-        let db = c["env"]
-            .as_array()
-            .unwrap()
+        let env = c["env"].as_array().unwrap();
+        assert!(
+            env.iter()
+                .all(|e| e["name"] != "DATABASE_URL" && e["name"] != "AWOOOP_APP_DATABASE_URL"),
+            "no database URL in the environment of a pod that starts children"
+        );
+        let file = env
             .iter()
-            .find(|e| e["name"] == "DATABASE_URL")
+            .find(|e| e["name"] == "AWOOOP_APP_DATABASE_URL_FILE")
             .unwrap();
-        assert!(db.get("value").is_none(), "never a literal value");
-        assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "awooop-db");
-        assert_eq!(db["valueFrom"]["secretKeyRef"]["key"], "database-url");
+        assert_eq!(file["value"], "/etc/awooop/database/database-url");
+        let vol = &v["spec"]["template"]["spec"]["volumes"][1];
+        assert_eq!(vol["secret"]["secretName"], "awooop-db");
+        assert_eq!(vol["secret"]["items"][0]["key"], "database-url");
+        assert_eq!(vol["secret"]["defaultMode"], 0o440);
     }
 
     #[test]

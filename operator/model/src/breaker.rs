@@ -1,10 +1,14 @@
 //! Breakers and the anomaly counter, kept in PostgreSQL so every worker sees the same state.
 //!
 //! * Provider circuit breaker: consecutive failures (timeouts, 429, 5xx) of a provider
-//!   endpoint, kept as a platform resource (shared by every project using that endpoint); at
-//!   the Policy/Routing contract's `failure_threshold` it opens for `cooldown_seconds` and the
-//!   proxy skips the provider (falls back). A success resets the count. Every access is in
-//!   `platform_audit`; opening is also audited in the calling project's log.
+//!   endpoint *as seen by one project*, kept as a platform resource keyed by (project,
+//!   endpoint); at the Policy/Routing contract's `failure_threshold` it opens for
+//!   `cooldown_seconds` (capped at [`MAX_COOLDOWN_SECONDS`]) and the proxy skips the provider
+//!   (falls back). A success resets the count. Every access is in `platform_audit`; opening is
+//!   also audited in the calling project's log. The key includes the project because the
+//!   thresholds come from a tenant's contract: with one shared state per endpoint, a tenant with
+//!   `failure_threshold: 1, cooldown_seconds: 86400` and a failing request could switch a shared
+//!   provider off for every other tenant for a day.
 //! * Project breaker (`project`): opened by the anomaly counter; while open every model call
 //!   of the project is refused with `E-BUDGET-003` (checked in the reservation transaction).
 //!   The budget's own hard-limit trip lives on the ledger row (see [`super::budget`]).
@@ -28,9 +32,9 @@ use awooop_store::coord::Coord;
 use awooop_store::tenancy::{self, Db};
 
 /// Breakers. Provider circuit state is a platform resource (`platform_resources`, kind
-/// `model_provider_breaker`, keyed by the provider's endpoint URL): a shared provider's
-/// failover state (e.g. one self-hosted Ollama behind several projects) is global, as the
-/// roadmap asks, and every access is a platform transaction with its `platform_audit` row.
+/// `model_provider_breaker`, keyed by [`provider_key`]: project and endpoint URL), so one
+/// tenant's thresholds and failures never open the circuit of another tenant using the same
+/// provider; every access is a platform transaction with its `platform_audit` row.
 /// Reads are cached for [`BREAKER_CACHE`] per process so the audit trail is not one row per
 /// model call.
 #[derive(Clone, Debug)]
@@ -42,6 +46,18 @@ pub struct Breakers {
 /// How long a read of a provider's circuit state is reused.
 pub const BREAKER_CACHE: Duration = Duration::from_secs(1);
 const PROVIDER_KIND: &str = "model_provider_breaker";
+/// Platform cap on a tenant's `cooldown_seconds` (the schema allows up to a day): a
+/// misconfigured contract cannot switch a provider off for the project for longer than this.
+pub const MAX_COOLDOWN_SECONDS: u32 = 900;
+
+/// The resource key of a provider breaker: the calling project and the endpoint. Outside a
+/// tenant scope (never on the model path) the project part is `-`, which no project id is.
+pub fn provider_key(endpoint: &str) -> String {
+    let project = tenancy::current()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "-".into());
+    format!("{project}|{endpoint}")
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProviderState {
@@ -63,7 +79,9 @@ impl ProviderState {
                 ProviderState {
                     failures: 0,
                     open_until: Some(
-                        now + chrono::Duration::seconds(i64::from(cfg.cooldown_seconds)),
+                        now + chrono::Duration::seconds(i64::from(
+                            cfg.cooldown_seconds.clamp(1, MAX_COOLDOWN_SECONDS),
+                        )),
                     ),
                 },
                 true,
@@ -99,7 +117,8 @@ impl Breakers {
 
     /// The provider's circuit state (cached for [`BREAKER_CACHE`]).
     pub async fn provider_state(&self, endpoint: &str) -> Result<ProviderState> {
-        if let Some((at, st)) = self.cache.lock().expect("breaker cache").get(endpoint)
+        let key = provider_key(endpoint);
+        if let Some((at, st)) = self.cache.lock().expect("breaker cache").get(&key)
             && at.elapsed() < BREAKER_CACHE
         {
             return Ok(st.clone());
@@ -116,7 +135,7 @@ impl Breakers {
             "SELECT value FROM platform_resources WHERE resource_kind = $1 AND resource_key = $2",
         )
         .bind(PROVIDER_KIND)
-        .bind(endpoint)
+        .bind(&key)
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -126,7 +145,7 @@ impl Breakers {
         self.cache
             .lock()
             .expect("breaker cache")
-            .insert(endpoint.to_string(), (Instant::now(), st.clone()));
+            .insert(key, (Instant::now(), st.clone()));
         Ok(st)
     }
 
@@ -143,6 +162,7 @@ impl Breakers {
         endpoint: &str,
         cfg: &BreakerPolicy,
     ) -> Result<bool> {
+        let key = provider_key(endpoint);
         let mut tx = self
             .db
             .platform(
@@ -158,7 +178,7 @@ impl Breakers {
              ON CONFLICT (resource_kind, resource_key) DO NOTHING",
         )
         .bind(PROVIDER_KIND)
-        .bind(endpoint)
+        .bind(&key)
         .bind(serde_json::to_value(ProviderState::default()).map_err(Error::internal)?)
         .bind(Self::actor())
         .execute(&mut *tx)
@@ -167,7 +187,7 @@ impl Breakers {
             "SELECT value FROM platform_resources WHERE resource_kind = $1 AND resource_key = $2 FOR UPDATE",
         )
         .bind(PROVIDER_KIND)
-        .bind(endpoint)
+        .bind(&key)
         .fetch_optional(&mut *tx)
         .await?;
         let now = Utc::now();
@@ -180,7 +200,7 @@ impl Breakers {
              WHERE resource_kind = $1 AND resource_key = $2",
         )
         .bind(PROVIDER_KIND)
-        .bind(endpoint)
+        .bind(&key)
         .bind(serde_json::to_value(&next).map_err(Error::internal)?)
         .bind(Self::actor())
         .execute(&mut *tx)
@@ -189,7 +209,7 @@ impl Breakers {
         self.cache
             .lock()
             .expect("breaker cache")
-            .insert(endpoint.to_string(), (Instant::now(), next));
+            .insert(key, (Instant::now(), next));
         if opened && tenancy::current().is_some() {
             audit::record_detached(
                 &self.db,
@@ -208,6 +228,7 @@ impl Breakers {
 
     /// A success resets the failure count (written only when there were failures).
     pub async fn provider_success(&self, endpoint: &str) -> Result<()> {
+        let key = provider_key(endpoint);
         if self.provider_state(endpoint).await?.failures == 0 {
             return Ok(());
         }
@@ -224,12 +245,12 @@ impl Breakers {
              WHERE resource_kind = $1 AND resource_key = $2",
         )
         .bind(PROVIDER_KIND)
-        .bind(endpoint)
+        .bind(&key)
         .bind(Self::actor())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.cache.lock().expect("breaker cache").remove(endpoint);
+        self.cache.lock().expect("breaker cache").remove(&key);
         Ok(())
     }
 
@@ -327,12 +348,38 @@ pub fn window_start(now_secs: i64, window: Duration) -> i64 {
     now_secs - now_secs.rem_euclid(w)
 }
 
+/// The anomaly counter's clock: unix seconds. The system clock in production; tests inject one
+/// so that a fixed window cannot roll over in the middle of a test.
+#[derive(Clone)]
+pub struct Clock(std::sync::Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Self(std::sync::Arc::new(|| Utc::now().timestamp()))
+    }
+
+    pub fn new(now: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(now))
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AnomalyCounter {
     db: Db,
     coord: Coord,
     breakers: Breakers,
     cfg: AnomalyConfig,
+    clock: Clock,
 }
 
 impl AnomalyCounter {
@@ -342,12 +389,19 @@ impl AnomalyCounter {
             db,
             coord,
             cfg,
+            clock: Clock::system(),
         }
+    }
+
+    /// The same counter reading time from `clock` (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Count one event; returns true when it opened the project breaker.
     pub async fn record(&self, kind: Anomaly) -> Result<bool> {
-        let start = window_start(Utc::now().timestamp(), self.cfg.window);
+        let start = window_start(self.clock.now(), self.cfg.window);
         let count = match self.redis_incr(kind, start).await? {
             Some(n) => n,
             None => self.pg_incr(kind, start).await?,

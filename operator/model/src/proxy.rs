@@ -134,7 +134,11 @@ enum AttemptError {
 }
 
 pub struct ProviderProxy {
-    http: reqwest::Client,
+    /// One HTTP client per project, built under the egress policy snapshot in force (the
+    /// digest): its resolver refuses addresses the policy does not allow on every connection,
+    /// and it follows no redirects and uses no proxy.
+    clients: std::sync::Mutex<std::collections::HashMap<String, ([u8; 32], reqwest::Client)>>,
+    egress: awooop_policy::PolicySource,
     db: Db,
     budget: Budget,
     breakers: Breakers,
@@ -151,14 +155,9 @@ impl ProviderProxy {
         creds: Arc<dyn CredentialResolver>,
     ) -> Result<Self> {
         awooop_core::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // Requests are small writes on a kept-alive connection: do not wait for ACKs.
-            .tcp_nodelay(true)
-            .build()
-            .map_err(Error::internal)?;
         Ok(Self {
-            http,
+            clients: Default::default(),
+            egress: awooop_policy::PolicySource::from_db(db.clone()),
             budget: Budget::new(db.clone()),
             breakers: Breakers::new(db.clone()),
             db,
@@ -166,6 +165,38 @@ impl ProviderProxy {
             creds,
             reservation_grace: Duration::from_secs(60),
         })
+    }
+
+    /// Use another platform policy source (`awooop up` adds its local loopback allowance).
+    pub fn with_egress(mut self, egress: awooop_policy::PolicySource) -> Self {
+        self.egress = egress;
+        self
+    }
+
+    /// The project's client, after checking `base_url` (a tenant's) against the egress policy.
+    async fn client_for(
+        &self,
+        project: &ProjectId,
+        base_url: &str,
+    ) -> std::result::Result<reqwest::Client, AttemptError> {
+        let snap = self.egress.snapshot().await.map_err(AttemptError::Fatal)?;
+        snap.egress
+            .check(project.as_str(), base_url)
+            .map_err(|e| AttemptError::Fatal(Error::new(ErrorCode::EgressDenied, e.to_string())))?;
+        let mut clients = self.clients.lock().expect("clients");
+        if let Some((digest, c)) = clients.get(project.as_str())
+            && *digest == snap.digest
+        {
+            return Ok(c.clone());
+        }
+        let c = awooop_policy::egress::client_builder(project.as_str(), snap.egress.clone())
+            .connect_timeout(Duration::from_secs(10))
+            // Requests are small writes on a kept-alive connection: do not wait for ACKs.
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| AttemptError::Fatal(Error::internal(e)))?;
+        clients.insert(project.as_str().to_string(), (snap.digest, c.clone()));
+        Ok(c)
     }
 
     pub fn budget(&self) -> &Budget {
@@ -381,8 +412,9 @@ impl ProviderProxy {
         worst: u64,
     ) -> std::result::Result<ChatResponse, AttemptError> {
         let body = wire::request_body(target.api, &target.model, max_tokens, req);
-        let mut rb = self
-            .http
+        let project = tenancy::require().map_err(AttemptError::Fatal)?;
+        let http = self.client_for(&project, &target.base_url).await?;
+        let mut rb = http
             .post(wire::endpoint(target.api, &target.base_url))
             .json(&body);
         if target.api == ProviderApi::AnthropicMessages {
@@ -401,6 +433,9 @@ impl ProviderProxy {
             };
         }
         let mut resp = rb.send().await.map_err(|e| {
+            if let Some(why) = awooop_policy::egress::refused_by_policy(&e) {
+                return AttemptError::Fatal(Error::new(ErrorCode::EgressDenied, why.to_string()));
+            }
             // reqwest's Display may include the URL but never headers.
             AttemptError::Retryable(if e.is_timeout() {
                 "timeout".into()

@@ -52,7 +52,7 @@ impl OutputSchema {
     }
 
     pub fn compile(schema: &Value) -> Result<Self> {
-        let v = jsonschema::draft202012::new(schema).map_err(|_| {
+        let v = awooop_contracts::tenant_schema::compile(schema).map_err(|_| {
             Error::new(
                 ErrorCode::SchemaViolation,
                 "the agent's output schema is not a valid JSON Schema",

@@ -8,8 +8,11 @@
 //!
 //! * Latency: open loop at a fixed rate (~1,000 and ~3,000 calls/s); each call's latency counts
 //!   from its scheduled start, so a stalled server is not hidden by a stalled client.
-//!   Overhead = gateway percentile − direct percentile.
-//! * Saturation: closed loop (fixed concurrency), calls/s through the gateway ÷ calls/s direct.
+//!   Overhead = gateway percentile − direct percentile. The two paths run in ABBA order
+//!   (direct, gateway, gateway, direct), so neither always goes first.
+//! * Saturation: closed loop (fixed concurrency), calls/s through the gateway ÷ calls/s direct;
+//!   the upstream client alone runs as long as the other two, in rotating order, and its
+//!   failed calls count as errors like theirs (any error fails the benchmark).
 //!
 //! Everything (load generator, gateway, upstream) runs in this one process on this machine's
 //! cores, like a sidecar deployment; the direct baseline pays the same client costs.
@@ -204,13 +207,14 @@ async fn closed_loop(t: &Target, size: usize, conc: usize, dur: Duration) -> (f6
 }
 
 /// Closed loop through the upstream client alone (no gateway): what `Upstreams` itself costs.
+/// Calls per second, and errors (a failed call is counted, never silently dropped).
 async fn client_loop(
     up: &Upstreams,
     provider: &crate::contracts::McpProvider,
     size: usize,
     conc: usize,
     dur: Duration,
-) -> f64 {
+) -> (f64, usize) {
     use crate::gateway::upstream::{CallRequest, Injected};
     let until = Instant::now() + dur;
     let started = Instant::now();
@@ -228,7 +232,7 @@ async fn client_loop(
             }];
             let mut args = serde_json::Map::new();
             args.insert("size".into(), json!(size));
-            let mut ok = 0usize;
+            let (mut ok, mut err) = (0usize, 0usize);
             while Instant::now() < until {
                 let r = up
                     .call_tool(CallRequest {
@@ -241,18 +245,31 @@ async fn client_loop(
                         timeout: Duration::from_secs(10),
                     })
                     .await;
-                if r.is_ok() {
+                // The same check as `Target::call`: a successful blob of `size` characters.
+                let good = r.as_ref().is_ok_and(|v| {
+                    v["isError"] != true
+                        && v["content"][0]["text"].as_str().map(str::len) == Some(size)
+                });
+                if good {
                     ok += 1;
+                } else {
+                    err += 1;
                 }
             }
-            ok
+            (ok, err)
         }));
     }
-    let mut ok = 0;
+    let (mut ok, mut err) = (0, 0);
     for t in tasks {
-        ok += t.await.unwrap_or(0);
+        match t.await {
+            Ok((o, e)) => {
+                ok += o;
+                err += e;
+            }
+            Err(_) => err += 1,
+        }
     }
-    ok as f64 / started.elapsed().as_secs_f64()
+    (ok as f64 / started.elapsed().as_secs_f64(), err)
 }
 
 struct Figures {
@@ -292,9 +309,25 @@ async fn measure(
         client_rps: 0.0,
         errors: 0,
     };
+    // Each figure is taken in ABBA order (direct, gateway, gateway, direct; each half the
+    // time), so neither path always runs first, on a cooler or warmer machine.
     for (i, rate) in [1000u32, 3000].into_iter().enumerate() {
-        let (d, de) = open_loop(direct, size, rate, dur).await;
-        let (g, ge) = open_loop(gw, size, rate, dur).await;
+        let (mut d, mut g, mut de, mut ge) = (Vec::new(), Vec::new(), 0, 0);
+        for first_direct in [true, false] {
+            for is_direct in [first_direct, !first_direct] {
+                if is_direct {
+                    let (l, e) = open_loop(direct, size, rate, dur / 2).await;
+                    d.extend(l);
+                    de += e;
+                } else {
+                    let (l, e) = open_loop(gw, size, rate, dur / 2).await;
+                    g.extend(l);
+                    ge += e;
+                }
+            }
+        }
+        d.sort();
+        g.sort();
         f.errors += de + ge;
         f.p50[i] = percentile_ms(&g, 50.0) - percentile_ms(&d, 50.0);
         f.p99[i] = percentile_ms(&g, 99.0) - percentile_ms(&d, 99.0);
@@ -311,17 +344,39 @@ async fn measure(
             f.direct_p99 = percentile_ms(&d, 99.0);
         }
     }
-    let (drps, de) = closed_loop(direct, size, 32, sat).await;
-    let (grps, ge) = closed_loop(gw, size, 32, sat).await;
-    let crps = client_loop(client.0, client.1, size, 32, sat / 2).await;
+    // Saturation: the three closed loops, each as long as the others, in rotating order
+    // (direct, gateway, client; then gateway, client, direct; then client, direct, gateway),
+    // each rate the mean of its three thirds.
+    let (mut drps, mut grps, mut crps, mut errors) = (0.0, 0.0, 0.0, [0usize; 3]);
+    for round in 0..3 {
+        for k in 0..3 {
+            match (round + k) % 3 {
+                0 => {
+                    let (r, e) = closed_loop(direct, size, 32, sat / 3).await;
+                    drps += r / 3.0;
+                    errors[0] += e;
+                }
+                1 => {
+                    let (r, e) = closed_loop(gw, size, 32, sat / 3).await;
+                    grps += r / 3.0;
+                    errors[1] += e;
+                }
+                _ => {
+                    let (r, e) = client_loop(client.0, client.1, size, 32, sat / 3).await;
+                    crps += r / 3.0;
+                    errors[2] += e;
+                }
+            }
+        }
+    }
     eprintln!(
-        "  {size} B saturation: direct {drps:.0}/s, gateway {grps:.0}/s, upstream client alone {crps:.0}/s, errors {}",
-        de + ge
+        "  {size} B saturation: direct {drps:.0}/s, gateway {grps:.0}/s, upstream client alone {crps:.0}/s, errors direct {} gateway {} client {}",
+        errors[0], errors[1], errors[2]
     );
     f.client_rps = crps;
     f.direct_rps = drps;
     f.gateway_rps = grps;
-    f.errors += de + ge;
+    f.errors += errors.iter().sum::<usize>();
     Ok(f)
 }
 
@@ -375,7 +430,11 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
             LocalPolicy::default(),
             Duration::from_secs(30),
         ),
-        Arc::new(Upstreams::new(UpstreamConfig::default())),
+        // The fixture listens on 127.0.0.1: allowed explicitly, as `awooop up` does.
+        Arc::new(Upstreams::guarded(
+            UpstreamConfig::default(),
+            awooop_policy::PolicySource::fixed(Vec::new(), &[], true),
+        )),
         audit,
         GatewayConfig {
             // High enough never to refuse a benchmark call, low enough to stay on (the
@@ -416,7 +475,10 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("gateway bench (load average before: {})", load.trim());
-    let client = Upstreams::new(UpstreamConfig::default());
+    let client = Upstreams::guarded(
+        UpstreamConfig::default(),
+        awooop_policy::PolicySource::fixed(Vec::new(), &[], true),
+    );
     let provider: crate::contracts::McpProvider = serde_json::from_value(json!({
         "name": "fx", "transport": {"type": "streamable_http", "url": fx.url()}}))?;
     let k1 = measure(&direct, &through, (&client, &provider), 1024, quick).await?;

@@ -151,6 +151,7 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
         workers: Some(WorkerSettings {
             image: "awooop:bench".into(),
             db_secret: "awooop-database".into(),
+            limits: Default::default(),
         }),
         identity: "bench".into(),
         metrics: ControllerMetrics::new(),
@@ -253,7 +254,7 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
         lat.len()
     );
     Ok(format!(
-        "projects={n} grants={grants} cold_resync_ms={cold_ms:.0} cold_requests={cold_requests} warm_resync_ms={warm_ms:.0} warm_requests={warm_requests} activation_p50_ms={p50:.1} activation_p99_ms={p99:.1} samples={}",
+        "api_server=fake projects={n} grants={grants} cold_resync_ms={cold_ms:.0} cold_requests={cold_requests} warm_resync_ms={warm_ms:.0} warm_requests={warm_requests} activation_p50_ms={p50:.1} activation_p99_ms={p99:.1} samples={}",
         lat.len()
     ))
 }

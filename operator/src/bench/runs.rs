@@ -1,5 +1,10 @@
 //! `awooop bench runs`: throughput of the runtime (claim, journal one step, complete), pickup
 //! latency at low load, and recovery time after a worker is killed.
+//!
+//! Throughput is measured twice: `runs_per_sec` with runs created through the platform's own
+//! create path (`RunService::create`) under the default runtime limits (64 concurrent runs per
+//! project), and `runs_per_sec_bulk_uncapped` with runs bulk-inserted in one statement without
+//! the per-project cap (the workers' own ceiling). Pickup latency uses the create path too.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +22,7 @@ use crate::runtime::executor::{
     Executor, GuardedGateway, Journal, NoGateway, Outcome, RunContext, ScriptedExecutor,
 };
 use crate::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
+use crate::runtime::{CreateRun, RunService};
 use crate::tenancy::{self, ProjectId};
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -32,10 +38,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     drop_scratch(&base, &scratch).await;
     let r = res?;
     println!(
-        "runs_per_sec={:.0} pickup_p50_ms={:.2} pickup_p95_ms={:.2} pickup_p99_ms={:.2} recovery_s={:.2} runs={n} workers={workers}",
-        r.0, r.1, r.2, r.3, r.4
+        "runs_per_sec={:.0} runs_per_sec_bulk_uncapped={:.0} creates_per_sec={:.0} pickup_p50_ms={:.2} pickup_p95_ms={:.2} pickup_p99_ms={:.2} recovery_s={:.2} runs={n} workers={workers}",
+        r.rps, r.rps_raw, r.creates_per_sec, r.pickup[0], r.pickup[1], r.pickup[2], r.recovery
     );
     Ok(())
+}
+
+struct Figures {
+    /// Runs created through `RunService::create` with the default limits, drained.
+    rps: f64,
+    /// Runs bulk-inserted with no per-project concurrency cap, drained.
+    rps_raw: f64,
+    creates_per_sec: f64,
+    pickup: [f64; 3],
+    recovery: f64,
 }
 
 struct Setup {
@@ -61,7 +77,38 @@ async fn setup(url: &str) -> anyhow::Result<Setup> {
     Ok(Setup { p, project })
 }
 
-/// Insert `n` queued runs of the no-op agent in one statement.
+/// Create `n` runs of the no-op agent through the platform's own path
+/// ([`RunService::create`]: role check, active revisions, the runtime contract's limits,
+/// input size, insert and audit), 16 callers at a time. Returns creates per second.
+async fn create_runs(s: &Setup, n: usize) -> anyhow::Result<f64> {
+    let runs = RunService::new(s.p.control.clone());
+    let callers = 16.min(n.max(1));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let each = n / callers + usize::from(c < n % callers);
+        let (runs, project) = (runs.clone(), s.project.clone());
+        tasks.push(tokio::spawn(tenancy::scope(project, async move {
+            for i in 0..each {
+                let req = CreateRun {
+                    agent: "noop".into(),
+                    input: json!({"c": c, "i": i}),
+                    mode: None,
+                    reply_to: None,
+                };
+                runs.create(&Actor::cli("bench"), req, None, None).await?;
+            }
+            Ok::<_, crate::error::Error>(())
+        })));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Insert `n` queued runs of the no-op agent in one statement, bypassing the create path, with
+/// `max_concurrent = 100000` (no per-project concurrency cap): the runtime's ceiling.
 async fn enqueue(s: &Setup, n: i64) -> anyhow::Result<()> {
     tenancy::scope(s.project.clone(), async {
         let active = s.p.control.active(ContractKind::Agent, "noop").await?;
@@ -139,18 +186,18 @@ impl Executor for Stuck {
     }
 }
 
-async fn bench(
+/// Let `workers` workers drain the `n` queued runs; runs per second from the first claim to
+/// the last completion. Fresh statistics first, as a long-lived table has: right after a bulk
+/// insert the planner would otherwise believe the table is empty and scan it for every claim.
+async fn drain(
     url: &str,
+    s: &Setup,
     n: usize,
     workers: usize,
     quick: bool,
-) -> anyhow::Result<(f64, f64, f64, f64, f64)> {
-    let s = setup(url).await?;
-
-    // 1. Throughput: pre-insert n runs, then let the workers drain them. Fresh statistics, as
-    //    a long-lived table has: right after a bulk insert the planner would otherwise believe
-    //    the table is empty and scan it for every claim.
-    enqueue(&s, n as i64).await?;
+    what: &str,
+) -> anyhow::Result<f64> {
+    let before = count(s, "succeeded").await?;
     let owner = crate::db::connect_owner(url, 1)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -160,9 +207,9 @@ async fn bench(
     let ws: Vec<_> = (0..workers)
         .map(|i| {
             worker(
-                &s,
+                s,
                 &format!("bench-{i}"),
-                scripted(&s),
+                scripted(s),
                 256,
                 Duration::from_secs(30),
             )
@@ -189,20 +236,63 @@ async fn bench(
     }
     let elapsed = start.elapsed();
     anyhow::ensure!(
-        count(&s, "succeeded").await? == n as i64,
+        count(s, "succeeded").await? == before + n as i64,
         "not every run succeeded exactly once"
     );
     let rps = n as f64 / elapsed.as_secs_f64();
     eprintln!(
-        "throughput: {n} runs in {:.2} s = {rps:.0} runs/s with {workers} workers",
+        "throughput ({what}): {n} runs in {:.2} s = {rps:.0} runs/s with {workers} workers",
         elapsed.as_secs_f64()
     );
+
+    stop.send(true)?;
+    for h in handles {
+        let _ = h.await;
+    }
+    Ok(rps)
+}
+
+async fn bench(url: &str, n: usize, workers: usize, quick: bool) -> anyhow::Result<Figures> {
+    let s = setup(url).await?;
+
+    // 1. Throughput, twice: (a) n runs created through the real create path with the default
+    //    runtime limits (64 concurrent runs per project), (b) n runs bulk-inserted without the
+    //    per-project cap (the runtime's own ceiling). Each time the workers drain them.
+    let creates_per_sec = create_runs(&s, n).await?;
+    eprintln!("created {n} runs through RunService::create at {creates_per_sec:.0}/s");
+    let rps = drain(url, &s, n, workers, quick, "created, default limits").await?;
+    enqueue(&s, n as i64).await?;
+    let rps_raw = drain(
+        url,
+        &s,
+        n,
+        workers,
+        quick,
+        "bulk-inserted, no concurrency cap",
+    )
+    .await?;
+    let (stop, rx) = shutdown_channel();
+    let ws: Vec<_> = (0..workers)
+        .map(|i| {
+            worker(
+                &s,
+                &format!("bench-pickup-{i}"),
+                scripted(&s),
+                256,
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    let handles: Vec<_> = ws
+        .iter()
+        .map(|w| tokio::spawn(w.clone().run(rx.clone())))
+        .collect();
 
     // 2. Pickup latency at low load: one run at a time into idle workers; enqueue→start from
     //    the database's own clock (created_at → started_at).
     let samples = if quick { 100 } else { 300 };
     for _ in 0..samples {
-        enqueue(&s, 1).await?;
+        create_runs(&s, 1).await?;
         tokio::time::sleep(Duration::from_millis(if quick { 15 } else { 25 })).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -263,11 +353,15 @@ async fn bench(
     let _ = std::fs::remove_dir_all(
         std::env::temp_dir().join(format!("awooop-bench-runs-{}", std::process::id())),
     );
-    Ok((
+    Ok(Figures {
         rps,
-        percentile_ms(&pickup, 50.0),
-        percentile_ms(&pickup, 95.0),
-        percentile_ms(&pickup, 99.0),
+        rps_raw,
+        creates_per_sec,
+        pickup: [
+            percentile_ms(&pickup, 50.0),
+            percentile_ms(&pickup, 95.0),
+            percentile_ms(&pickup, 99.0),
+        ],
         recovery,
-    ))
+    })
 }

@@ -21,6 +21,7 @@ mod contract;
 #[cfg(feature = "bench")]
 mod fixture;
 mod generate;
+mod policy;
 mod serve;
 mod token;
 mod up;
@@ -118,6 +119,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             project,
             principal,
             roles,
+            agents,
+            environments,
         }) => {
             let p = Platform::connect(&db, None, None).await?;
             let roles = roles
@@ -127,7 +130,18 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             let project = ProjectId::parse(&project)?;
             print(
                 &p.control
-                    .create_api_key(&Actor::cli("cli"), &project, &principal, roles)
+                    .create_api_key_bound(
+                        &Actor::cli("cli"),
+                        &project,
+                        &principal,
+                        roles,
+                        (!agents.is_empty() || !environments.is_empty()).then_some(
+                            crate::auth::KeyBinding {
+                                agents,
+                                environments,
+                            },
+                        ),
+                    )
                     .await?,
             )
         }
@@ -198,6 +212,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
+        Command::Catalog(c) => policy::catalog(c).await,
+        Command::Egress(c) => policy::egress(c).await,
         Command::Errors => {
             print!("{}", crate::error::markdown_table());
             Ok(())

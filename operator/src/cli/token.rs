@@ -38,6 +38,8 @@ pub(super) fn token(cmd: TokenCmd) -> anyhow::Result<()> {
         }
         TokenCmd::Approve {
             project,
+            agent,
+            environment,
             tool,
             arguments,
             run,
@@ -73,6 +75,8 @@ pub(super) fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             let claims = approval::claims(
                 approval::Expected {
                     project: &project,
+                    agent: &agent,
+                    environment: &environment,
                     run_id: run.as_deref(),
                     tool: &tool,
                     args_sha256: &hash,

@@ -6,6 +6,18 @@ use super::*;
 pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     args.validate()?;
     let mut p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
+    // Local mode: tenants' MCP upstreams and model providers on this machine (127.0.0.0/8,
+    // ::1, localhost) are allowed for every project, in this process only (nothing stored).
+    // Anything else needs `awooop egress allow`, as in a cluster.
+    p.policy = p.policy.clone().allow_loopback();
+    tracing::warn!(
+        "local mode: egress to loopback (127.0.0.0/8, ::1, localhost) is allowed for every project; other destinations need `awooop egress allow`"
+    );
+    if args.gateway.upstream.stdio_isolation != "same-uid" && !awooop_policy::running_as_root() {
+        tracing::warn!(
+            "stdio catalog children run as one uid per tenant, which needs root or CAP_SETUID/CAP_SETGID; without them they fail to start (pass --stdio-isolation same-uid for a single trusted tenant on a developer machine)"
+        );
+    }
     let gateway = attach_gateway(&mut p, &args.gateway, true, None)?;
     let admin_token = match &args.admin_token {
         Some(t) => t.clone(),

@@ -160,14 +160,81 @@ pub fn mint_api_key(project: &ProjectId) -> MintedKey {
     }
 }
 
+/// The agents and environments a runner key may act for. `*` in a list means any; the admin
+/// writes it deliberately when minting. The `/mcp` headers and a run's `agent` may only pick
+/// from these lists, never widen them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyBinding {
+    pub agents: Vec<String>,
+    pub environments: Vec<String>,
+}
+
+impl KeyBinding {
+    fn has(list: &[String], v: &str) -> bool {
+        list.iter().any(|x| x == "*" || x == v)
+    }
+
+    pub fn allows_agent(&self, agent: &str) -> bool {
+        Self::has(&self.agents, agent)
+    }
+
+    pub fn allows(&self, agent: &str, environment: &str) -> bool {
+        self.allows_agent(agent) && Self::has(&self.environments, environment)
+    }
+
+    /// Both lists non-empty (at most 256 entries), each entry a slug or `*`.
+    pub fn validate(&self) -> Result<()> {
+        let slug = |s: &str| {
+            s == "*"
+                || (!s.is_empty()
+                    && s.len() <= 63
+                    && s.as_bytes()[0].is_ascii_lowercase()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        };
+        for (what, list) in [
+            ("agents", &self.agents),
+            ("environments", &self.environments),
+        ] {
+            if list.is_empty() || list.len() > 256 || !list.iter().all(|x| slug(x)) {
+                return Err(Error::new(
+                    ErrorCode::ReqInvalidParam,
+                    format!(
+                        "a runner key needs {what}: 1..=256 names matching ^[a-z][a-z0-9-]{{0,62}}$ or \"*\""
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Verify an API key against the database; returns the actor and its project.
 pub async fn verify_api_key(db: &Db, token: &str) -> Result<(ProjectId, Actor)> {
+    verify_api_key_bound(db, token)
+        .await
+        .map(|(project, actor, _)| (project, actor))
+}
+
+/// [`verify_api_key`] plus the key's [`KeyBinding`] when it has the runner role (an empty
+/// binding, which allows nothing, for runner keys minted before bindings existed).
+pub async fn verify_api_key_bound(
+    db: &Db,
+    token: &str,
+) -> Result<(ProjectId, Actor, Option<KeyBinding>)> {
     let parts = parse_api_key(token)?;
     let project = parts.project.clone();
-    let row: Option<(Vec<u8>, String, Vec<String>)> = tenancy::scope(project.clone(), async {
+    type Row = (
+        Vec<u8>,
+        String,
+        Vec<String>,
+        Option<Vec<String>>,
+        Option<Vec<String>>,
+    );
+    let row: Option<Row> = tenancy::scope(project.clone(), async {
         let mut tx = db.tenant().await?;
         let row = sqlx::query_as(
-            "SELECT k.secret_hash, k.principal, k.roles FROM api_keys k \
+            "SELECT k.secret_hash, k.principal, k.roles, k.agents, k.environments FROM api_keys k \
              JOIN projects p USING (project_id) \
              WHERE k.key_id = $1 AND k.revoked_at IS NULL AND p.status = 'active'",
         )
@@ -180,7 +247,8 @@ pub async fn verify_api_key(db: &Db, token: &str) -> Result<(ProjectId, Actor)> 
     .await?;
     let presented = Sha256::digest(parts.secret.as_bytes());
     // Compare even when the row is missing, against a dummy, to keep timing uniform.
-    let (stored, principal, roles) = row.unwrap_or_else(|| (vec![0u8; 32], String::new(), vec![]));
+    let (stored, principal, roles, agents, environments) =
+        row.unwrap_or_else(|| (vec![0u8; 32], String::new(), vec![], None, None));
     let equal: bool = presented.as_slice().ct_eq(stored.as_slice()).into();
     if !equal || principal.is_empty() {
         return Err(Error::new(ErrorCode::AuthInvalid, "invalid credential"));
@@ -189,6 +257,10 @@ pub async fn verify_api_key(db: &Db, token: &str) -> Result<(ProjectId, Actor)> 
         .iter()
         .filter_map(|r| Role::parse(r).ok())
         .collect::<Vec<_>>();
+    let binding = roles.contains(&Role::Runner).then(|| KeyBinding {
+        agents: agents.unwrap_or_default(),
+        environments: environments.unwrap_or_default(),
+    });
     Ok((
         project,
         Actor {
@@ -196,6 +268,7 @@ pub async fn verify_api_key(db: &Db, token: &str) -> Result<(ProjectId, Actor)> 
             roles,
             admin: false,
         },
+        binding,
     ))
 }
 
@@ -256,6 +329,40 @@ mod tests {
             "awk.awoooi.0123456789abcdef.zz",
         ] {
             assert!(parse_api_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bindings_only_narrow() {
+        let b = KeyBinding {
+            agents: vec!["triage".into()],
+            environments: vec!["dev".into(), "staging".into()],
+        };
+        assert!(b.validate().is_ok());
+        assert!(b.allows("triage", "dev"));
+        assert!(!b.allows("triage", "prod"));
+        assert!(!b.allows("reporter", "dev"));
+        assert!(
+            !KeyBinding::default().allows("triage", "dev"),
+            "empty allows nothing"
+        );
+        let any = KeyBinding {
+            agents: vec!["*".into()],
+            environments: vec!["*".into()],
+        };
+        assert!(any.validate().is_ok() && any.allows("x", "y"));
+        for bad in [
+            KeyBinding::default(),
+            KeyBinding {
+                agents: vec!["Bad Agent".into()],
+                environments: vec!["dev".into()],
+            },
+            KeyBinding {
+                agents: vec!["a".into()],
+                environments: vec![],
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
         }
     }
 

@@ -24,6 +24,17 @@ pub struct LocalPostgres {
     child: Option<Child>,
 }
 
+impl LocalPostgres {
+    /// Only the runtime role's URL (pods): no owner URL, no migration, nothing started.
+    pub fn external(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            source: "AWOOOP_APP_DATABASE_URL (runtime role)",
+            child: None,
+        }
+    }
+}
+
 impl Drop for LocalPostgres {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {

@@ -4,6 +4,16 @@
 //! JSON + NDJSON), scripted per test with a queue of [`Reply`]s: text, tool calls, HTTP
 //! errors, delays, garbage, truncated and endless streams. It records every request (body and
 //! whether an API key header came with it) so tests can check what left the platform.
+//!
+//! It is as strict as the real providers where the platform could get them wrong:
+//! * authentication: OpenAI-style APIs take `Authorization: Bearer`, Anthropic `x-api-key`
+//!   (plus `anthropic-version`); the other API's header is a 401 in that provider's error
+//!   format, and with [`ProviderDouble::require_key`] a missing or different key is too;
+//! * usage: an OpenAI stream carries its usage chunk only when the request asked for it
+//!   (`stream_options.include_usage`), as the real API does;
+//! * scripting: a call with nothing scripted is a violation, answered with a 500 and recorded;
+//!   dropping a double with violations panics, so the test fails (declare a standing reply
+//!   with [`ProviderDouble::always`] where any number of calls is expected, e.g. benchmarks).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -54,7 +64,12 @@ pub struct Recorded {
 #[derive(Default)]
 struct Inner {
     script: VecDeque<Reply>,
+    /// The reply when the script is empty ([`ProviderDouble::always`]).
+    standing: Option<Reply>,
+    /// The only API key accepted ([`ProviderDouble::require_key`]).
+    key: Option<String>,
     requests: Vec<Recorded>,
+    violations: Vec<String>,
 }
 
 /// The running double. Dropping it stops the server.
@@ -67,6 +82,10 @@ pub struct ProviderDouble {
 impl Drop for ProviderDouble {
     fn drop(&mut self) {
         self.task.abort();
+        let violations = self.take_violations();
+        if !violations.is_empty() && !std::thread::panicking() {
+            panic!("the provider double saw calls it was not scripted for: {violations:?}");
+        }
     }
 }
 
@@ -98,7 +117,8 @@ impl ProviderDouble {
         format!("http://{}", self.addr)
     }
 
-    /// Queue replies (served in order; when the queue is empty the reply is `Text("ok")`).
+    /// Queue replies, served in order. A call when the queue is empty is a violation (see the
+    /// module docs) unless a standing reply is set with [`Self::always`].
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.inner
             .lock()
@@ -110,6 +130,24 @@ impl ProviderDouble {
     /// Drop replies still queued.
     pub fn clear_script(&self) {
         self.inner.lock().expect("double lock").script.clear();
+    }
+
+    /// Answer `reply` whenever the script is empty (for callers that make any number of calls).
+    pub fn always(&self, reply: Reply) {
+        self.inner.lock().expect("double lock").standing = Some(reply);
+    }
+
+    /// Accept only this API key, in the API's own header; anything else is a 401.
+    pub fn require_key(&self, key: &str) {
+        self.inner.lock().expect("double lock").key = Some(key.to_string());
+    }
+
+    /// Calls the double was not scripted for, taken (so a test that expects one can clear it).
+    pub fn take_violations(&self) -> Vec<String> {
+        match self.inner.lock() {
+            Ok(mut g) => std::mem::take(&mut g.violations),
+            Err(_) => Vec::new(),
+        }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -144,7 +182,12 @@ async fn handle(
     raw: axum::body::Bytes,
 ) -> Response {
     let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
-        return (StatusCode::BAD_REQUEST, "invalid JSON").into_response();
+        return provider_error(
+            api,
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid JSON",
+        );
     };
     let has_api_key = headers.contains_key("authorization") || headers.contains_key("x-api-key");
     let reply = {
@@ -154,20 +197,123 @@ async fn handle(
             body: body.clone(),
             has_api_key,
         });
-        g.script
-            .pop_front()
-            .unwrap_or_else(|| Reply::Text("ok".into()))
+        if let Err(resp) = authenticate(api, &headers, g.key.as_deref()) {
+            return resp;
+        }
+        match g.script.pop_front().or_else(|| g.standing.clone()) {
+            Some(r) => r,
+            None => {
+                let n = g.requests.len();
+                g.violations
+                    .push(format!("call #{n} to {path} with nothing scripted"));
+                return provider_error(
+                    api,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    "the provider double has no scripted reply for this call",
+                );
+            }
+        }
     };
     let stream = body["stream"].as_bool().unwrap_or(api == Api::Ollama);
+    // OpenAI sends a usage chunk at the end of a stream only when asked to.
+    let stream_usage = api != Api::OpenAi || body["stream_options"]["include_usage"] == true;
     // Prompt tokens: one per four bytes of the messages, like a real tokenizer's ballpark.
     let input_tokens = (body["messages"].to_string().len() as u64)
         .div_ceil(4)
         .max(1);
-    respond(api, reply, stream, (input_tokens, None)).await
+    respond(api, reply, stream, (input_tokens, None, stream_usage)).await
 }
 
-/// `(input tokens, reported output override)`.
-type UsageSpec = (u64, Option<u64>);
+/// The provider's own error body: OpenAI `{"error": {message, type, param, code}}`, Anthropic
+/// `{"type": "error", "error": {type, message}}`, Ollama `{"error": message}`.
+fn provider_error(api: Api, status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = match api {
+        Api::OpenAi => {
+            let code = if status == StatusCode::UNAUTHORIZED {
+                json!("invalid_api_key")
+            } else {
+                Value::Null
+            };
+            json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+        }
+        Api::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
+        Api::Ollama => json!({"error": message}),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The real APIs' header rules (see the module docs); `Err` is the response to send.
+#[allow(clippy::result_large_err)]
+fn authenticate(api: Api, headers: &HeaderMap, key: Option<&str>) -> Result<(), Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bearer = header("authorization").map(|v| v.strip_prefix("Bearer ").unwrap_or(""));
+    match api {
+        Api::OpenAi => {
+            let unauthorized = |m: &str| {
+                Err(provider_error(
+                    api,
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request_error",
+                    m,
+                ))
+            };
+            if header("x-api-key").is_some() {
+                return unauthorized(
+                    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                );
+            }
+            match (bearer, key) {
+                (Some(""), _) => {
+                    unauthorized("Invalid authorization header: expected `Bearer KEY`.")
+                }
+                (None, Some(_)) => unauthorized(
+                    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                ),
+                (Some(b), Some(k)) if b != k => unauthorized("Incorrect API key provided."),
+                _ => Ok(()),
+            }
+        }
+        Api::Anthropic => {
+            let unauthorized = |m: &str| {
+                Err(provider_error(
+                    api,
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_error",
+                    m,
+                ))
+            };
+            if header("anthropic-version").is_none() {
+                return Err(provider_error(
+                    api,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "anthropic-version: header is required",
+                ));
+            }
+            match (header("x-api-key"), key) {
+                (None, _) if bearer.is_some() => unauthorized("x-api-key header is required"),
+                (None, Some(_)) => unauthorized("x-api-key header is required"),
+                (Some(got), Some(k)) if got != k => unauthorized("invalid x-api-key"),
+                _ => Ok(()),
+            }
+        }
+        Api::Ollama => match (bearer, key) {
+            // Ollama itself has no auth; behind a proxy that wants a key, it is a Bearer token.
+            (Some(b), Some(k)) if b == k => Ok(()),
+            (_, Some(_)) => Err(provider_error(
+                api,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unauthorized",
+            )),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// `(input tokens, reported output override, whether a stream carries usage)`.
+type UsageSpec = (u64, Option<u64>, bool);
 
 fn respond(
     api: Api,
@@ -185,13 +331,16 @@ fn respond(
                 input,
                 output,
                 reply,
-            } => respond(api, *reply, stream, (input, Some(output))).await,
-            Reply::Status(code) => (
+            } => respond(api, *reply, stream, (input, Some(output), usage.2)).await,
+            Reply::Status(code) => provider_error(
+                api,
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                axum::Json(json!({"error": {"type": "double_error", "message": format!("scripted {code}")}})),
-            )
-                .into_response(),
-            Reply::Garbage => (StatusCode::OK, "<html>this is not a model</html>\n").into_response(),
+                "api_error",
+                &format!("scripted {code}"),
+            ),
+            Reply::Garbage => {
+                (StatusCode::OK, "<html>this is not a model</html>\n").into_response()
+            }
             Reply::Endless(every) => {
                 let chunk = match api {
                     Api::OpenAi => "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"blah blah blah blah \"}}]}\n\n".to_string(),
@@ -268,7 +417,7 @@ fn pieces(text: &str) -> Vec<String> {
     chars.chunks(4).map(|c| c.iter().collect()).collect()
 }
 
-fn chunks(api: Api, reply: &Reply, (input_tokens, out): UsageSpec) -> Vec<String> {
+fn chunks(api: Api, reply: &Reply, (input_tokens, out, with_usage): UsageSpec) -> Vec<String> {
     let (text, calls) = parts(reply);
     let out = out.unwrap_or_else(|| output_tokens(&text, &calls));
     let sse = |v: Value| format!("data: {v}\n\n");
@@ -300,7 +449,9 @@ fn chunks(api: Api, reply: &Reply, (input_tokens, out): UsageSpec) -> Vec<String
             c.push(sse(
                 json!({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}),
             ));
-            c.push(sse(json!({"choices": [], "usage": {"prompt_tokens": input_tokens, "completion_tokens": out, "total_tokens": input_tokens + out}})));
+            if with_usage {
+                c.push(sse(json!({"choices": [], "usage": {"prompt_tokens": input_tokens, "completion_tokens": out, "total_tokens": input_tokens + out}})));
+            }
             c.push("data: [DONE]\n\n".into());
         }
         Api::Anthropic => {
@@ -351,7 +502,7 @@ fn chunks(api: Api, reply: &Reply, (input_tokens, out): UsageSpec) -> Vec<String
     c
 }
 
-fn whole(api: Api, reply: &Reply, (input_tokens, out): UsageSpec) -> Value {
+fn whole(api: Api, reply: &Reply, (input_tokens, out, _): UsageSpec) -> Value {
     let (text, calls) = parts(reply);
     let out = out.unwrap_or_else(|| output_tokens(&text, &calls));
     match api {

@@ -14,6 +14,7 @@
 //! | `blob {size}` | a text content of `size` bytes |
 //! | `fail {mode}` | `rpc`: JSON-RPC error -32001; else an `isError` result |
 //! | `sleep {ms}` | waits, then `slept` |
+//! | `rendezvous {group, n, tag}` | waits until `n` calls of `group` are in flight at once, then answers them in reverse order of arrival: `{"tag", "arrived"}`; an `isError` result if they never overlap (10 s) |
 //! | `pid` | `{"pid": n}` of the serving process |
 //! | `headers` | the request headers (HTTP) |
 //! | `env` | `{"names": [...]}`: the names of the process's environment variables |
@@ -101,6 +102,8 @@ pub fn tools() -> Value {
                "inputSchema": {"type": "object", "properties": {"mode": {"type": "string"}}}}),
         json!({"name": "sleep", "description": "Wait `ms` milliseconds",
                "inputSchema": {"type": "object", "properties": {"ms": {"type": "integer"}}}}),
+        json!({"name": "rendezvous", "description": "Wait for `n` concurrent calls of `group`, answer in reverse arrival order",
+               "inputSchema": {"type": "object", "properties": {"group": {"type": "string"}, "n": {"type": "integer"}}}}),
         json!({"name": "pid", "description": "The serving process id", "inputSchema": {"type": "object"}}),
         json!({"name": "headers", "description": "The request headers", "inputSchema": {"type": "object"}}),
         json!({"name": "env", "description": "Names of the environment variables", "inputSchema": {"type": "object"}}),
@@ -194,6 +197,73 @@ fn sleep_ms(args: &Map<String, Value>) -> u64 {
         .min(60_000)
 }
 
+/// Calls of each `rendezvous` group: `(arrived, answered)`.
+static RENDEZVOUS: Mutex<Vec<(String, u64, u64)>> = Mutex::new(Vec::new());
+
+/// `rendezvous`: proves that calls overlap in the server (a server or client that handles one
+/// call at a time never gets `n` of them in flight) and makes their answers leave in reverse
+/// order of arrival (so the client must match responses to requests by id).
+async fn rendezvous(args: &Map<String, Value>) -> Value {
+    let group = args
+        .get("group")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let n = args
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(2)
+        .clamp(1, 64);
+    let state = |f: &mut dyn FnMut(&mut (String, u64, u64)) -> u64| -> u64 {
+        let mut g = RENDEZVOUS.lock().expect("rendezvous lock");
+        let i = match g.iter().position(|e| e.0 == group) {
+            Some(i) => i,
+            None => {
+                g.push((group.clone(), 0, 0));
+                g.len() - 1
+            }
+        };
+        f(&mut g[i])
+    };
+    let arrived = state(&mut |e| {
+        e.1 += 1;
+        e.1 - 1
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // No call of the group answers before all `n` have arrived: they are in flight together.
+    loop {
+        let (all, in_flight) = {
+            let mut both = (0, 0);
+            state(&mut |e| {
+                both = (e.1, e.1 - e.2);
+                0
+            });
+            both
+        };
+        if all >= n {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return tool_error(format!(
+                "rendezvous {group}: only {in_flight} of {n} calls were in flight together"
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    // The last to arrive answers first.
+    while state(&mut |e| e.2) < n - 1 - arrived {
+        if std::time::Instant::now() > deadline {
+            return tool_error(format!("rendezvous {group}: earlier answers never left"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    state(&mut |e| {
+        e.2 += 1;
+        0
+    });
+    structured(json!({"tag": args.get("tag").cloned().unwrap_or(Value::Null), "arrived": arrived}))
+}
+
 /// The JSON-RPC response for one request (`None` for notifications and client responses).
 async fn handle(msg: &Value, src: &Source<'_>, init_version: &mut Option<String>) -> Option<Value> {
     let id = msg.get("id").cloned()?;
@@ -227,7 +297,9 @@ async fn handle(msg: &Value, src: &Source<'_>, init_version: &mut Option<String>
                 .get("arguments")
                 .and_then(Value::as_object)
                 .unwrap_or(&empty);
-            if name == "sleep" {
+            if name == "rendezvous" {
+                Ok(rendezvous(args).await)
+            } else if name == "sleep" {
                 tokio::time::sleep(std::time::Duration::from_millis(sleep_ms(args))).await;
                 Ok(text("slept".into()))
             } else if name == "meta" {

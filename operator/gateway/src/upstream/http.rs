@@ -59,7 +59,12 @@ impl From<UpstreamError> for PostError {
 fn transport_error(e: reqwest::Error) -> UpstreamError {
     // reqwest's Display names the URL and the cause; the URL is configuration (no credential
     // values: those live in headers), but keep messages short and stable.
-    if e.is_timeout() {
+    if let Some(why) = awooop_policy::egress::refused_by_policy(&e) {
+        UpstreamError::Refused {
+            code: awooop_core::error::ErrorCode::EgressDenied,
+            message: why.to_string(),
+        }
+    } else if e.is_timeout() {
         UpstreamError::Timeout
     } else if e.is_connect() {
         UpstreamError::Unavailable("cannot connect to the upstream server".into())
@@ -73,16 +78,24 @@ fn transport_error(e: reqwest::Error) -> UpstreamError {
 }
 
 impl HttpSession {
-    /// A session toward `url` (not connected until the first call). `credentials` are
-    /// (header name, full value including any prefix).
+    /// A session toward `url` (not connected until the first call) for `project` under the
+    /// egress policy `egress`: the URL is checked now, and every address its host resolves to
+    /// on every new connection. `credentials` are (header name, full value including any
+    /// prefix).
     pub fn new(
         url: &str,
         credentials: &[(&str, String)],
         cfg: &UpstreamConfig,
+        project: &str,
+        egress: std::sync::Arc<awooop_policy::egress::EgressPolicy>,
     ) -> Result<Self, UpstreamError> {
-        let url = reqwest::Url::parse(url).map_err(|_| {
-            UpstreamError::Unavailable("the provider URL is not a valid URL".into())
-        })?;
+        let url = egress
+            .check(project, url)
+            .map_err(|e| UpstreamError::Refused {
+                code: awooop_core::error::ErrorCode::EgressDenied,
+                message: e.to_string(),
+            })?
+            .url;
         let mut headers = HeaderMap::new();
         headers.insert(
             ACCEPT,
@@ -101,13 +114,12 @@ impl HttpSession {
             value.set_sensitive(true);
             headers.append(name, value);
         }
-        awooop_core::tls::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        // The guarded resolver, no redirects (one could carry the credential headers to another
+        // origin), no proxy.
+        let client = awooop_policy::egress::client_builder(project, egress)
             .connect_timeout(cfg.connect_timeout)
             .pool_idle_timeout(cfg.idle_timeout)
             .tcp_nodelay(true)
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| UpstreamError::Unavailable("cannot build the HTTP client".into()))?;
         Ok(Self {

@@ -12,6 +12,12 @@
 //! * Credential values live only in request headers (HTTP) or the child's environment
 //!   (stdio, which starts from an empty environment); they are never logged, never part of an
 //!   error, and [`Injected`]'s `Debug` prints `<redacted>`.
+//! * Nothing tenant-chosen runs or is reached without the administrator's say
+//!   ([`crate::platform`]): a stdio provider names an entry of the platform's stdio catalog
+//!   (command, arguments, allowed env vars), started as the tenant's own uid
+//!   ([`StdioIsolation::TenantUid`]) so it cannot read the platform's or another tenant's
+//!   children's `/proc/*/environ`; an HTTP provider's URL must pass the egress policy, and its
+//!   resolved addresses are checked again on every new connection.
 //! * Connections idle longer than [`UpstreamConfig::idle_timeout`] are closed; at most
 //!   [`UpstreamConfig::max_sessions`] are kept (least recently used closed first).
 //!
@@ -34,6 +40,10 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use awooop_contracts::{Injection, McpProvider, McpTransport};
+use awooop_core::error::ErrorCode;
+use awooop_policy::PolicySource;
+use awooop_policy::catalog::CatalogEntry;
+use awooop_policy::egress::EgressPolicy;
 use awooop_store::tenancy::ProjectId;
 
 /// A credential value resolved for one call, and where it goes (header or child env var).
@@ -82,6 +92,10 @@ pub enum UpstreamError {
     /// core redacts it before it goes anywhere.
     #[error("upstream error {code}: {message}")]
     Rpc { code: i64, message: String },
+    /// The platform policy refuses the upstream (egress policy, stdio catalog). The message
+    /// names only the tenant's own configuration.
+    #[error("{message}")]
+    Refused { code: ErrorCode, message: String },
 }
 
 /// The gateway core calls upstreams through its `ToolUpstream` trait; this pool is that
@@ -126,6 +140,7 @@ impl From<UpstreamError> for crate::service::UpstreamFailure {
             UpstreamError::Unavailable(m) => F::Unavailable(m),
             UpstreamError::Protocol(m) => F::Protocol(m),
             UpstreamError::Rpc { code, message } => F::Rpc { code, message },
+            UpstreamError::Refused { code, message } => F::Refused { code, message },
         }
     }
 }
@@ -149,7 +164,24 @@ pub struct UpstreamConfig {
     /// Variables copied from the gateway's environment into stdio children (everything
     /// else, e.g. DATABASE_URL or AWOOOP_GATEWAY_KEY, is withheld).
     pub child_env_passthrough: Vec<String>,
+    /// Which uid stdio children run as.
+    pub stdio_isolation: StdioIsolation,
 }
+
+/// Which uid stdio children run as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdioIsolation {
+    /// Each tenant's children run as their own uid and gid (`base + n`, n allocated once per
+    /// project in `platform_tenant_uids`), without supplementary groups: they cannot read the
+    /// platform's or another tenant's children's `/proc/<pid>/environ` (the kernel allows that
+    /// only to the same uid or CAP_SYS_PTRACE). Needs root, or CAP_SETUID and CAP_SETGID.
+    TenantUid { base: u32 },
+    /// Children run as the platform's own uid: one trusted tenant on a developer machine only.
+    SameUid,
+}
+
+/// Default first uid of tenant children: above the ranges distributions give to users.
+pub const DEFAULT_UID_BASE: u32 = 200_000;
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
@@ -164,6 +196,9 @@ impl Default for UpstreamConfig {
                 .into_iter()
                 .map(String::from)
                 .collect(),
+            stdio_isolation: StdioIsolation::TenantUid {
+                base: DEFAULT_UID_BASE,
+            },
         }
     }
 }
@@ -187,6 +222,14 @@ pub struct UpstreamArgs {
     /// Largest upstream response accepted, in bytes.
     #[arg(long, env = "AWOOOP_UPSTREAM_MAX_RESPONSE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub upstream_max_response_bytes: usize,
+    /// Which uid stdio catalog children run as: `tenant-uid` (one uid per tenant; needs root or
+    /// CAP_SETUID/CAP_SETGID) or `same-uid` (the platform's own; a single trusted tenant on a
+    /// developer machine only).
+    #[arg(long, env = "AWOOOP_STDIO_ISOLATION", default_value = "tenant-uid", value_parser = ["tenant-uid", "same-uid"])]
+    pub stdio_isolation: String,
+    /// First uid (and gid) of tenant stdio children (`tenant-uid`): tenant n runs as base + n.
+    #[arg(long, env = "AWOOOP_STDIO_UID_BASE", default_value_t = DEFAULT_UID_BASE)]
+    pub stdio_uid_base: u32,
 }
 
 impl UpstreamArgs {
@@ -196,12 +239,21 @@ impl UpstreamArgs {
             upstream_max_sessions,
             upstream_connect_timeout_ms,
             upstream_max_response_bytes,
+            stdio_isolation,
+            stdio_uid_base,
         } = self;
         UpstreamConfig {
             idle_timeout: Duration::from_secs((*upstream_idle_timeout_secs).max(1)),
             max_sessions: (*upstream_max_sessions).max(1),
             connect_timeout: Duration::from_millis((*upstream_connect_timeout_ms).max(1)),
             max_response_bytes: (*upstream_max_response_bytes).max(1024),
+            stdio_isolation: if stdio_isolation == "same-uid" {
+                StdioIsolation::SameUid
+            } else {
+                StdioIsolation::TenantUid {
+                    base: (*stdio_uid_base).max(1000),
+                }
+            },
             ..UpstreamConfig::default()
         }
     }
@@ -250,6 +302,7 @@ type Key = (ProjectId, String);
 
 struct Inner {
     config: UpstreamConfig,
+    policy: PolicySource,
     epoch: Instant,
     conns: Mutex<HashMap<Key, Entry>>,
 }
@@ -270,11 +323,19 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// A new pool. Inside a tokio runtime it also starts the idle sweeper (which stops when the
-    /// last clone of the pool is dropped).
+    /// A pool that refuses every upstream (no catalog entry, no destination allowed): what a
+    /// pool without a platform policy can safely do. See [`Upstreams::guarded`].
     pub fn new(config: UpstreamConfig) -> Self {
+        Self::guarded(config, PolicySource::deny_all())
+    }
+
+    /// A new pool under the platform policy `policy` (stdio catalog, egress allow-list, tenant
+    /// uids). Inside a tokio runtime it also starts the idle sweeper (which stops when the
+    /// last clone of the pool is dropped).
+    pub fn guarded(config: UpstreamConfig, policy: PolicySource) -> Self {
         let inner = Arc::new(Inner {
             config,
+            policy,
             epoch: Instant::now(),
             conns: Mutex::new(HashMap::new()),
         });
@@ -295,7 +356,11 @@ impl Upstreams {
     /// child, the request itself) is bounded by `req.timeout`.
     pub async fn call_tool(&self, req: CallRequest<'_>) -> Result<CallResult, UpstreamError> {
         let deadline = tokio::time::Instant::now() + req.timeout;
-        let conn = self.connection(&req)?;
+        let target = match tokio::time::timeout_at(deadline, self.resolve(&req)).await {
+            Ok(t) => t?,
+            Err(_) => return Err(UpstreamError::Timeout),
+        };
+        let conn = self.connection(&req, &target)?;
         match tokio::time::timeout_at(deadline, conn.call(&req, deadline)).await {
             Ok(r) => r,
             Err(_) => Err(UpstreamError::Timeout),
@@ -324,8 +389,84 @@ impl Upstreams {
         evict_idle(&self.inner).await
     }
 
-    fn connection(&self, req: &CallRequest<'_>) -> Result<Arc<Conn>, UpstreamError> {
-        let fp = fingerprint(req.provider, req.credentials);
+    /// What the platform policy makes of the provider: a checked URL with the egress policy
+    /// its connections resolve under, or a catalog entry with the uid its child runs as.
+    async fn resolve(&self, req: &CallRequest<'_>) -> Result<Target, UpstreamError> {
+        let snap = self.inner.policy.snapshot().await.map_err(|e| {
+            tracing::warn!("cannot read the platform policy: {}", e.message);
+            UpstreamError::Unavailable("cannot read the platform policy".into())
+        })?;
+        match &req.provider.transport {
+            McpTransport::StreamableHttp { url } => {
+                snap.egress.check(req.project.as_str(), url).map_err(|e| {
+                    UpstreamError::Refused {
+                        code: ErrorCode::EgressDenied,
+                        message: e.to_string(),
+                    }
+                })?;
+                Ok(Target::Http {
+                    url: url.clone(),
+                    egress: snap.egress.clone(),
+                    digest: snap.digest,
+                })
+            }
+            McpTransport::Stdio { entry } => {
+                let e = snap
+                    .catalog
+                    .get(entry.as_str())
+                    .ok_or_else(|| UpstreamError::Refused {
+                        code: ErrorCode::CatalogUnknownEntry,
+                        message: format!(
+                            "stdio catalog entry {:?} is not registered",
+                            entry.as_str()
+                        ),
+                    })?;
+                for c in req.credentials {
+                    if let Injection::Env { var } = &c.inject
+                        && !e.env_allow.contains(var)
+                    {
+                        return Err(UpstreamError::Refused {
+                            code: ErrorCode::CatalogUnknownEntry,
+                            message: format!(
+                                "stdio catalog entry {:?} does not allow credentials in {var}",
+                                entry.as_str()
+                            ),
+                        });
+                    }
+                }
+                let uid = match self.inner.config.stdio_isolation {
+                    StdioIsolation::SameUid => None,
+                    StdioIsolation::TenantUid { base } => {
+                        let off = self
+                            .inner
+                            .policy
+                            .tenant_uid_offset(req.project)
+                            .await
+                            .map_err(|e| {
+                                tracing::warn!("cannot allocate the tenant uid: {}", e.message);
+                                UpstreamError::Unavailable(
+                                    "cannot allocate the tenant's uid".into(),
+                                )
+                            })?;
+                        Some(base.checked_add(off).ok_or_else(|| {
+                            UpstreamError::Unavailable("tenant uid out of range".into())
+                        })?)
+                    }
+                };
+                Ok(Target::Stdio {
+                    entry: e.clone(),
+                    uid,
+                })
+            }
+        }
+    }
+
+    fn connection(
+        &self,
+        req: &CallRequest<'_>,
+        target: &Target,
+    ) -> Result<Arc<Conn>, UpstreamError> {
+        let fp = fingerprint(target, req.credentials);
         let key: Key = (req.project.clone(), req.provider.name.as_str().to_string());
         let now = self.inner.now_ms();
         let mut closed = Vec::new();
@@ -337,7 +478,7 @@ impl Upstreams {
                     e.conn.clone()
                 }
                 _ => {
-                    let conn = Arc::new(self.open(req)?);
+                    let conn = Arc::new(self.open(req, target)?);
                     if let Some(old) = map.insert(
                         key,
                         Entry {
@@ -363,10 +504,10 @@ impl Upstreams {
         Ok(conn)
     }
 
-    fn open(&self, req: &CallRequest<'_>) -> Result<Conn, UpstreamError> {
+    fn open(&self, req: &CallRequest<'_>, target: &Target) -> Result<Conn, UpstreamError> {
         let cfg = &self.inner.config;
-        Ok(match &req.provider.transport {
-            McpTransport::StreamableHttp { url } => {
+        Ok(match target {
+            Target::Http { url, egress, .. } => {
                 let headers: Vec<(&str, String)> = req
                     .credentials
                     .iter()
@@ -377,9 +518,15 @@ impl Upstreams {
                         Injection::Env { .. } => None,
                     })
                     .collect();
-                Conn::Http(http::HttpSession::new(url, &headers, cfg)?)
+                Conn::Http(http::HttpSession::new(
+                    url,
+                    &headers,
+                    cfg,
+                    req.project.as_str(),
+                    egress.clone(),
+                )?)
             }
-            McpTransport::Stdio { command, args } => {
+            Target::Stdio { entry, uid } => {
                 let env: Vec<(String, String)> = req
                     .credentials
                     .iter()
@@ -390,9 +537,10 @@ impl Upstreams {
                     .collect();
                 Conn::Stdio(stdio::StdioUpstream::new(
                     stdio::ChildSpec {
-                        command: command.clone(),
-                        args: args.clone(),
+                        command: entry.command.clone(),
+                        args: entry.args.clone(),
                         env,
+                        uid: *uid,
                         label: format!("{}/{}", req.project, req.provider.name.as_str()),
                     },
                     cfg,
@@ -400,6 +548,21 @@ impl Upstreams {
             }
         })
     }
+}
+
+/// A provider as the platform policy resolved it.
+pub enum Target {
+    Http {
+        url: String,
+        egress: Arc<EgressPolicy>,
+        /// The policy snapshot's digest: a changed policy opens a new session.
+        digest: [u8; 32],
+    },
+    Stdio {
+        entry: CatalogEntry,
+        /// The tenant's uid (None: the platform's own, [`StdioIsolation::SameUid`]).
+        uid: Option<u32>,
+    },
 }
 
 /// Remove the `n` least recently used entries.
@@ -455,27 +618,30 @@ async fn sweeper(inner: Weak<Inner>, every: Duration) {
     }
 }
 
-/// SHA-256 over the transport config and every credential (where it goes and its value), so a
-/// rotated value or a changed URL/command maps to a different connection. Length-prefixed
-/// fields: no two different inputs hash the same bytes.
-pub fn fingerprint(provider: &McpProvider, credentials: &[Injected]) -> [u8; 32] {
+/// SHA-256 over the resolved target and every credential (where it goes and its value), so a
+/// rotated value, a changed URL, egress policy, catalog entry or uid maps to a different
+/// connection. Length-prefixed fields: no two different inputs hash the same bytes.
+pub fn fingerprint(target: &Target, credentials: &[Injected]) -> [u8; 32] {
     let mut h = Sha256::new();
     let mut field = |b: &[u8]| {
         h.update((b.len() as u64).to_be_bytes());
         h.update(b);
     };
-    match &provider.transport {
-        McpTransport::StreamableHttp { url } => {
+    match target {
+        Target::Http { url, digest, .. } => {
             field(b"http");
             field(url.as_bytes());
+            field(digest);
         }
-        McpTransport::Stdio { command, args } => {
+        Target::Stdio { entry, uid } => {
             field(b"stdio");
-            field(command.as_bytes());
-            field(&(args.len() as u64).to_be_bytes());
-            for a in args {
+            field(entry.name.as_bytes());
+            field(entry.command.as_bytes());
+            field(&(entry.args.len() as u64).to_be_bytes());
+            for a in &entry.args {
                 field(a.as_bytes());
             }
+            field(&uid.map(u64::from).unwrap_or(u64::MAX).to_be_bytes());
         }
     }
     for c in credentials {
@@ -499,12 +665,25 @@ pub fn fingerprint(provider: &McpProvider, credentials: &[Injected]) -> [u8; 32]
 mod tests {
     use super::*;
 
-    fn provider(transport: McpTransport) -> McpProvider {
-        serde_json::from_value(serde_json::json!({
-            "name": "fs",
-            "transport": serde_json::to_value(transport).unwrap(),
-        }))
-        .unwrap()
+    fn http(url: &str) -> Target {
+        Target::Http {
+            url: url.into(),
+            egress: Arc::new(EgressPolicy::default()),
+            digest: [0; 32],
+        }
+    }
+
+    fn stdio(args: &[&str], uid: Option<u32>) -> Target {
+        Target::Stdio {
+            entry: CatalogEntry {
+                name: "x".into(),
+                command: "x".into(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                env_allow: vec![],
+                description: String::new(),
+            },
+            uid,
+        }
     }
 
     fn header(name: &str, prefix: &str, value: &str) -> Injected {
@@ -519,20 +698,16 @@ mod tests {
 
     #[test]
     fn fingerprint_changes_with_every_input_that_matters() {
-        let http = provider(McpTransport::StreamableHttp {
+        let http = http("http://a/mcp");
+        let http2 = self::http("http://b/mcp");
+        let http3 = Target::Http {
             url: "http://a/mcp".into(),
-        });
-        let http2 = provider(McpTransport::StreamableHttp {
-            url: "http://b/mcp".into(),
-        });
-        let stdio = provider(McpTransport::Stdio {
-            command: "x".into(),
-            args: vec!["a b".into()],
-        });
-        let stdio2 = provider(McpTransport::Stdio {
-            command: "x".into(),
-            args: vec!["a".into(), "b".into()],
-        });
+            egress: Arc::new(EgressPolicy::default()),
+            digest: [1; 32],
+        };
+        let stdio = stdio(&["a b"], Some(1));
+        let stdio2 = self::stdio(&["a", "b"], Some(1));
+        let stdio3 = self::stdio(&["a b"], Some(2));
         let base = fingerprint(&http, &[header("Authorization", "Bearer ", "s1")]);
         let distinct = [
             fingerprint(&http, &[header("Authorization", "Bearer ", "s2")]),
@@ -542,11 +717,17 @@ mod tests {
             fingerprint(&http, &[]),
             fingerprint(&stdio, &[]),
             fingerprint(&stdio2, &[]),
+            fingerprint(&http3, &[header("Authorization", "Bearer ", "s1")]),
+            fingerprint(&stdio3, &[]),
         ];
         for (i, d) in distinct.iter().enumerate() {
             assert_ne!(&base, d, "case {i}");
         }
         assert_ne!(distinct[5], distinct[6], "args are length-prefixed");
+        assert_ne!(
+            distinct[5], distinct[8],
+            "another tenant's uid, another child"
+        );
         // Same inputs, same connection; header names are case-insensitive.
         assert_eq!(
             base,
@@ -568,11 +749,14 @@ mod tests {
             upstream_max_sessions: 0,
             upstream_connect_timeout_ms: 250,
             upstream_max_response_bytes: 10,
+            stdio_isolation: "tenant-uid".into(),
+            stdio_uid_base: 5,
         };
         let c = a.config();
         assert_eq!(c.idle_timeout, Duration::from_secs(1));
         assert_eq!(c.max_sessions, 1);
         assert_eq!(c.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.max_response_bytes, 1024);
+        assert_eq!(c.stdio_isolation, StdioIsolation::TenantUid { base: 1000 });
     }
 }

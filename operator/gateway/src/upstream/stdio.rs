@@ -4,6 +4,9 @@
 //! * The child starts from an **empty environment** plus a short pass-through list (PATH,
 //!   HOME, locale) and the injected credential variables, so the gateway's own secrets
 //!   (DATABASE_URL, AWOOOP_GATEWAY_KEY, ...) never reach it.
+//! * With [`super::StdioIsolation::TenantUid`] the child runs as its tenant's uid and gid with
+//!   no supplementary groups, in `/`: it cannot read `/proc/<pid>/environ` of the platform or
+//!   of another tenant's children, nor the platform's private files (mode 0600).
 //! * stderr is drained so the child never blocks on a full pipe; only line lengths are logged
 //!   (at debug), never the text, which may echo credentials.
 //! * A child that dies fails its in-flight calls with `Unavailable`; the next call starts a new
@@ -32,6 +35,8 @@ pub struct ChildSpec {
     pub args: Vec<String>,
     /// Injected credential variables (values are secrets).
     pub env: Vec<(String, String)>,
+    /// uid and gid to run as (None: the platform's own).
+    pub uid: Option<u32>,
     /// `project/provider`, for logs.
     pub label: String,
 }
@@ -270,7 +275,13 @@ impl StdioUpstream {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .current_dir("/")
             .kill_on_drop(true);
+        if let Some(uid) = self.spec.uid {
+            // gid first, then uid (std does setgroups([]) when started as root, then setgid,
+            // then setuid): the child keeps no group or capability of the platform.
+            cmd.gid(uid).uid(uid);
+        }
         let mut process = cmd.spawn().map_err(|e| {
             UpstreamError::Unavailable(format!("cannot start the stdio upstream: {}", e.kind()))
         })?;

@@ -13,6 +13,7 @@
 //!   literals, and a name that resolves to loopback, are refused with E-EGRESS-001 unless the
 //!   administrator allowed that project an explicit CIDR.
 //! * `model_provider_base_urls_obey_the_egress_policy_and_redirects_are_not_followed`.
+//! * `tenant_uids_are_distinct_stable_and_audited`: the uid allocation the isolation rests on.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -851,4 +852,47 @@ impl Redirector {
     fn hits(&self) -> usize {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// The uid of a tenant's children is allocated once, never shared, and the same in every
+/// process (it lives in `platform_tenant_uids`); the allocation is audited in platform scope.
+#[tokio::test]
+async fn tenant_uids_are_distinct_stable_and_audited() {
+    let t = TestDb::new().await;
+    let a = awooop::platform::PolicySource::from_db(t.db());
+    let b = awooop::platform::PolicySource::from_db(t.db());
+    let (alpha, beta) = (pid("alpha"), pid("beta"));
+    let a1 = a.tenant_uid_offset(&alpha).await.unwrap();
+    let b1 = a.tenant_uid_offset(&beta).await.unwrap();
+    assert_ne!(a1, b1, "two tenants share a uid");
+    // Another process (another source, empty cache) finds the same allocation.
+    assert_eq!(b.tenant_uid_offset(&alpha).await.unwrap(), a1);
+    assert_eq!(b.tenant_uid_offset(&beta).await.unwrap(), b1);
+    let mut tx = t.owner.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM platform_audit WHERE action = 'platform.tenant_uid.allocate'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    drop(tx);
+    assert!(audited >= 2, "{audited}");
+    // The runtime role cannot rewrite an allocation (INSERT and SELECT only).
+    let mut tx = t.app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let e =
+        sqlx::query("UPDATE platform_tenant_uids SET project = 'gamma' WHERE project = 'alpha'")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("permission denied"), "{e}");
+    drop(tx);
+    t.cleanup().await;
 }

@@ -178,6 +178,8 @@ if [ -n "$BIN" ]; then
     local j='import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'
     "$BIN" project create demo --required-approvals 1 >/dev/null
     "$BIN" signing-key create --project demo --key-id k1 >/dev/null
+    # The fixture's stdio provider names this entry of the administrator's stdio catalog.
+    "$BIN" catalog add --name prom-mcp --command /usr/local/bin/prom-mcp --arg --read-only --env PROM_API_KEY >/dev/null
     for kind in project mcp_gateway; do
       local name=demo; [ "$kind" = mcp_gateway ] && name=default
       local d r

@@ -13,6 +13,9 @@
 //!   literals, and a name that resolves to loopback, are refused with E-EGRESS-001 unless the
 //!   administrator allowed that project an explicit CIDR.
 //! * `model_provider_base_urls_obey_the_egress_policy_and_redirects_are_not_followed`.
+//! * `tenant_uids_are_distinct_stable_and_audited`: the uid allocation the isolation rests on.
+//! * `serve_runs_on_the_runtime_url_alone_given_as_a_file`: the pods' configuration (no owner
+//!   URL, secrets as files) works, and keeps the URL out of the environment.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -851,4 +854,117 @@ impl Redirector {
     fn hits(&self) -> usize {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// The uid of a tenant's children is allocated once, never shared, and the same in every
+/// process (it lives in `platform_tenant_uids`); the allocation is audited in platform scope.
+#[tokio::test]
+async fn tenant_uids_are_distinct_stable_and_audited() {
+    let t = TestDb::new().await;
+    let a = awooop::platform::PolicySource::from_db(t.db());
+    let b = awooop::platform::PolicySource::from_db(t.db());
+    let (alpha, beta) = (pid("alpha"), pid("beta"));
+    let a1 = a.tenant_uid_offset(&alpha).await.unwrap();
+    let b1 = a.tenant_uid_offset(&beta).await.unwrap();
+    assert_ne!(a1, b1, "two tenants share a uid");
+    // Another process (another source, empty cache) finds the same allocation.
+    assert_eq!(b.tenant_uid_offset(&alpha).await.unwrap(), a1);
+    assert_eq!(b.tenant_uid_offset(&beta).await.unwrap(), b1);
+    let mut tx = t.owner.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM platform_audit WHERE action = 'platform.tenant_uid.allocate'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    drop(tx);
+    assert!(audited >= 2, "{audited}");
+    // The runtime role cannot rewrite an allocation (INSERT and SELECT only).
+    let mut tx = t.app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let e =
+        sqlx::query("UPDATE platform_tenant_uids SET project = 'gamma' WHERE project = 'alpha'")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+    assert!(e.to_string().contains("permission denied"), "{e}");
+    drop(tx);
+    t.cleanup().await;
+}
+
+/// `awooop serve` with only the runtime role's URL, as a file (what the chart gives the API
+/// pods): it serves, and neither URL is in its environment.
+#[tokio::test]
+async fn serve_runs_on_the_runtime_url_alone_given_as_a_file() {
+    let c = Cli::new().await;
+    let port = free_port();
+    let url_file = c.state.join("app-database-url");
+    std::fs::write(&url_file, format!("{}\n", c.t.url)).unwrap();
+    let admin_file = c.state.join("admin-token");
+    std::fs::write(
+        &admin_file,
+        format!("adv-admin-token-{}", uuid::Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    let key_file = c.state.join("gateway-key");
+    std::fs::write(
+        &key_file,
+        format!("adv-gateway-key-{}", uuid::Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("DATABASE_URL")
+        .env("AWOOOP_APP_DATABASE_URL_FILE", &url_file)
+        .env("AWOOOP_ADMIN_TOKEN_FILE", &admin_file)
+        .env("AWOOOP_GATEWAY_KEY_FILE", &key_file)
+        .env("AWOOOP_STATE_DIR", &c.state)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let s = Serve {
+        child,
+        port,
+        gateway_key: String::new(),
+    };
+    let client = http_client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "awooop serve did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let environ = std::fs::read(format!("/proc/{}/environ", s.child.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&environ).contains(&c.t.url));
+    // Both forms of one secret: refused at start, naming the variables.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:1"])
+        .env("AWOOOP_APP_DATABASE_URL", &c.t.url)
+        .env("AWOOOP_APP_DATABASE_URL_FILE", &url_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AWOOOP_APP_DATABASE_URL_FILE"));
+    drop(s);
+    c.done().await;
 }

@@ -73,13 +73,15 @@ Environment shared by the operator and the API: database and logging. Each entry
 */}}
 {{- define "awooop.commonEnv" -}}
 {{- if .Values.database.appUrlKey }}
-# --app-database-url (from a file: the runtime role, member of awooop_app; the owner's URL never
-# reaches this process, migrations run in the operator's `migrate` init container)
+# The runtime role (member of awooop_app): the owner's URL never reaches this process;
+# migrations run in the operator's `migrate` init container.
+# --app-database-url (from a file)
 - name: AWOOOP_APP_DATABASE_URL_FILE
   value: /etc/awooop/database/{{ .Values.database.appUrlKey }}
 {{- else }}
-# --database-url (from a file: the owner URL with `SET ROLE awooop_app`; set
-# database.appUrlKey so that long-running pods get the runtime role's URL instead)
+# The owner URL with `SET ROLE awooop_app`: set database.appUrlKey so that long-running
+# pods get the runtime role's URL instead.
+# --database-url (from a file)
 - name: DATABASE_URL_FILE
   value: /etc/awooop/database/{{ .Values.database.urlKey }}
 {{- end }}

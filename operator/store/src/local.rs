@@ -162,8 +162,19 @@ pub fn start_private_cluster(dir: &Path) -> anyhow::Result<LocalPostgres> {
     let mut child = cmd.spawn().context("failed to start postgres")?;
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     let deadline = Instant::now() + Duration::from_secs(30);
+    // The port opens while the server is still "starting up" (connections then fail with
+    // 57P03): wait until pg_isready (shipped next to postgres) says it accepts connections.
+    let ready = || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && Command::new(bindir.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_or(true, |s| s.success())
+    };
     loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if ready() {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {

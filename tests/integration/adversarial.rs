@@ -861,8 +861,8 @@ impl Redirector {
 #[tokio::test]
 async fn tenant_uids_are_distinct_stable_and_audited() {
     let t = TestDb::new().await;
-    let a = awooop::platform::PolicySource::from_db(t.db());
-    let b = awooop::platform::PolicySource::from_db(t.db());
+    let a = awooop::policy::PolicySource::from_db(t.db());
+    let b = awooop::policy::PolicySource::from_db(t.db());
     let (alpha, beta) = (pid("alpha"), pid("beta"));
     let a1 = a.tenant_uid_offset(&alpha).await.unwrap();
     let b1 = a.tenant_uid_offset(&beta).await.unwrap();

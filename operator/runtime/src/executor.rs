@@ -160,19 +160,8 @@ impl GuardedGateway {
     }
 }
 
-/// A step attempt not yet written.
-#[derive(Debug, Clone)]
-pub struct PendingStep {
-    pub index: i32,
-    pub key: String,
-    pub step_type: String,
-    pub input_hash: String,
-    pub status: String,
-    pub output: Option<Value>,
-    pub error_code: Option<String>,
-    pub trace: TraceContext,
-    pub started_at: chrono::DateTime<Utc>,
-}
+/// A step attempt not yet written (the type lives with the journal writer in `repo`).
+pub use super::repo::PendingStep;
 
 /// The step journal of one attempt: what completed before (skipped on resume) and the step
 /// attempts of this one. Pure steps are buffered and written with the run's completion (one

@@ -253,6 +253,20 @@ pub async fn worker_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> 
     Ok(tx)
 }
 
+/// A step attempt not yet written.
+#[derive(Debug, Clone)]
+pub struct PendingStep {
+    pub index: i32,
+    pub key: String,
+    pub step_type: String,
+    pub input_hash: String,
+    pub status: String,
+    pub output: Option<Value>,
+    pub error_code: Option<String>,
+    pub trace: awooop_core::trace::TraceContext,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// A claimed run.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Claimed {
@@ -506,7 +520,7 @@ pub struct Completion {
     pub state: RunState,
     pub output: Option<Value>,
     pub error: Option<(String, String)>,
-    pub steps: Vec<super::executor::PendingStep>,
+    pub steps: Vec<PendingStep>,
     /// Where the reply goes, with the run output that passed the agent's output schema.
     pub reply: Option<(super::outbound::ReplyTo, crate::validate::ValidatedOutput)>,
     pub trace_id: String,
@@ -560,7 +574,7 @@ pub async fn complete_batch(
         .collect();
     if !ok.is_empty() {
         // Journal rows.
-        let steps: Vec<(&Completion, &super::executor::PendingStep)> = ok
+        let steps: Vec<(&Completion, &PendingStep)> = ok
             .iter()
             .flat_map(|c| c.steps.iter().map(move |s| (*c, s)))
             .collect();

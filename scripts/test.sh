@@ -167,8 +167,10 @@ fi
 log "schemathesis against /openapi.json, fixed seed, no 5xx (scripts/api-fuzz.sh)"
 ./scripts/api-fuzz.sh
 
-log "fuzz targets: redactor and JSON-RPC/HTTP request parsing, bounded time (scripts/fuzz.sh)"
-FUZZ_SECONDS="${FUZZ_SECONDS:-20}" ./scripts/fuzz.sh
+# The stable seeded harness by default (no nightly toolchain needed, no second instrumented
+# build of the crate); FUZZ_ENGINE=auto runs libFuzzer through cargo-fuzz when nightly exists.
+log "fuzz targets: redactor and JSON-RPC/HTTP request parsing, bounded (scripts/fuzz.sh)"
+FUZZ_ENGINE="${FUZZ_ENGINE:-stable}" FUZZ_SECONDS="${FUZZ_SECONDS:-30}" ./scripts/fuzz.sh
 
 log "Helm chart checks (scripts/chart-test.sh)"
 ./scripts/chart-test.sh

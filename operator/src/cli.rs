@@ -145,7 +145,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 worker_id(),
                 args.worker.worker_slots
             );
+            let hub = channel_hub(&p, &args.channels, &crate::metrics::Metrics::new());
+            let delivery = tokio::spawn(
+                crate::channels::delivery::DeliveryWorker::new(hub, Default::default())
+                    .run(rx.clone()),
+            );
             worker.run(rx).await?;
+            let _ = delivery.await;
             // Every queued call-audit row is written before exit.
             gw.audit().flush().await;
             Ok(())
@@ -274,6 +280,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Bench(b) => crate::bench::run(b).await,
         Command::Token(t) => token(t),
         Command::McpFixture(a) => mcp_fixture(a).await,
+        Command::Channel(c) => channel_cmd(c).await,
     }
 }
 
@@ -752,9 +759,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         p.state_dir.join("admin-token").display(),
         keyring_file.display(),
     );
-    let worker = worker_for(&p, &args.worker, metrics);
+    let worker = worker_for(&p, &args.worker, metrics.clone());
     let (stop_tx, stop_rx) = crate::runtime::worker::shutdown_channel();
     let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
+    let stop_rx_channels = stop_rx.clone();
     // Without a cluster the projection goes to files (the operator's file sink).
     let has_kubeconfig = std::env::var_os("KUBECONFIG").is_some()
         || std::env::var_os("HOME")
@@ -782,11 +790,23 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         args.listen,
         p.state_dir.join("gateway-key").display()
     );
-    let router = http::app(state).merge(http::mcp::router(mcp));
+    let hub = channel_hub(&p, &args.channels, &metrics);
+    let delivery = tokio::spawn(
+        crate::channels::delivery::DeliveryWorker::new(hub.clone(), Default::default())
+            .run(stop_rx_channels),
+    );
+    eprintln!(
+        "  channel webhooks: http://{}/v1/webhooks/<project>/<channel>",
+        args.listen
+    );
+    let router = http::app(state)
+        .merge(http::mcp::router(mcp))
+        .merge(crate::channels::routes(hub));
     http::serve(args.listen, router, shutdown_signal()).await?;
     // The API has stopped taking requests; let the worker finish or release its runs.
     let _ = stop_tx.send(true);
     let _ = worker_task.await;
+    let _ = delivery.await;
     // Every queued call-audit row is written before exit.
     gateway.audit().flush().await;
     drop(p);
@@ -829,7 +849,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mcp =
         http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), args.max_body_bytes)
             .with_allowed_origins(args.gateway.gateway_allowed_origins.clone());
-    let router = http::app(state).merge(http::mcp::router(mcp));
+    let hub = channel_hub(&p, &args.channels, &state.metrics);
+    let router = http::app(state)
+        .merge(http::mcp::router(mcp))
+        .merge(crate::channels::routes(hub));
     http::serve(args.listen, router, shutdown_signal()).await?;
     // Every queued call-audit row is written before exit.
     gateway.audit().flush().await;
@@ -947,4 +970,173 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown requested");
+}
+
+/// The channel hub's secrets: the platform's project-bound credential rules (the same resolver
+/// as model provider keys: allow-listed env vars, the per-project credential folder, Secrets
+/// labelled for the project).
+struct HubSecrets(std::sync::Arc<dyn crate::model::proxy::CredentialResolver>);
+
+#[async_trait::async_trait]
+impl crate::channels::ChannelSecrets for HubSecrets {
+    async fn resolve(
+        &self,
+        project: &ProjectId,
+        source: &crate::contracts::CredentialSource,
+    ) -> Result<crate::channels::Secret, Error> {
+        self.0
+            .resolve(project, source)
+            .await
+            .map(|s| crate::channels::Secret::new(s.expose()))
+            .map_err(|_| crate::channels::credential_error())
+    }
+}
+
+/// Build the channel hub of this process and add its metrics to `/metrics`.
+pub fn channel_hub(
+    p: &Platform,
+    args: &crate::config::ChannelArgs,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+) -> crate::channels::Hub {
+    let hub = crate::channels::Hub::new(
+        p.control.clone(),
+        std::sync::Arc::new(HubSecrets(p.model_credentials.clone())),
+        args.hub_config(),
+    );
+    let m = hub.metrics().clone();
+    metrics.add_encoder(move |out| m.encode(out));
+    hub
+}
+
+async fn channel_cmd(cmd: crate::config::ChannelCmd) -> anyhow::Result<()> {
+    use crate::channels::providers::{self, SendOutcome};
+    use crate::config::ChannelCmd;
+    match cmd {
+        ChannelCmd::Register {
+            db,
+            project,
+            channel,
+            public_url,
+            channels,
+            gateway,
+        } => {
+            channels.validate()?;
+            let public_url = public_url.trim_end_matches('/').to_string();
+            if !public_url.starts_with("https://") {
+                anyhow::bail!(
+                    "--public-url must be an https:// URL (providers only call HTTPS webhooks)"
+                );
+            }
+            let mut p = Platform::connect(&db, None, None).await?;
+            let _gw = attach_gateway(&mut p, &gateway, false, None)?;
+            let pid = ProjectId::parse(&project)?;
+            let hub = channel_hub(&p, &channels, &crate::metrics::Metrics::new());
+            let webhook = format!("{public_url}/v1/webhooks/{project}/{channel}");
+            let out = tenancy::scope(pid.clone(), async {
+                let raw = hub.channel_contract(&channel).await?;
+                let mut generated = false;
+                if raw.provider == crate::contracts::ChannelProvider::Telegram
+                    && hub.channel(&pid, &channel).await.is_err_and(|e| e.code == crate::error::ErrorCode::ChannelCredential)
+                {
+                    // No secret token yet: generate one and store it where the channel's
+                    // verify_secret file ref points (it must lie in the project's credential
+                    // folder, or it will not resolve).
+                    let Some(crate::contracts::CredentialSource::File { path }) = &raw.verify_secret else {
+                        anyhow::bail!(
+                            "the channel's verify_secret does not resolve; make it a file ref under AWOOOP_GATEWAY_CREDENTIAL_DIR/{project}/ and register writes a generated secret token there, or store one yourself"
+                        );
+                    };
+                    let token = hex::encode(rand::random::<[u8; 32]>());
+                    write_private(std::path::Path::new(path.as_str()), token.as_bytes())?;
+                    hub.invalidate();
+                    generated = true;
+                }
+                let ch = hub.channel(&pid, &channel).await?;
+                let provider = ch.provider();
+                Ok::<_, anyhow::Error>(match provider {
+                    crate::contracts::ChannelProvider::Telegram => {
+                        let token = hub.send_credential(&pid, &ch).await?;
+                        let secret = ch
+                            .verify_secret
+                            .clone()
+                            .map(|s| s.expose().to_string())
+                            .unwrap_or_default();
+                        let timed = providers::telegram_set_webhook(
+                            hub.http(),
+                            &hub.config().urls,
+                            &token,
+                            &webhook,
+                            &secret,
+                        )
+                        .await;
+                        match timed.outcome {
+                            SendOutcome::Sent { .. } => serde_json::json!({
+                                "provider": "telegram", "webhook": webhook, "set_webhook": "ok",
+                                "secret_token": if generated { "generated into the channel's verify_secret file (not printed)" } else { "the channel's verify_secret (not printed)" }
+                            }),
+                            other => anyhow::bail!("Telegram setWebhook failed: {other:?}"),
+                        }
+                    }
+                    crate::contracts::ChannelProvider::Line => serde_json::json!({
+                        "provider": "line", "webhook": webhook,
+                        "configure": "LINE Developers console → Messaging API → Webhook URL = webhook, Use webhook = on; verify_secret = the channel secret, send_credential = a channel access token"
+                    }),
+                    crate::contracts::ChannelProvider::Slack => serde_json::json!({
+                        "provider": "slack", "webhook": webhook,
+                        "configure": "Slack app → Event Subscriptions Request URL = webhook (answers url_verification), Interactivity Request URL = webhook; verify_secret = the signing secret, send_credential = the bot token (xoxb-)"
+                    }),
+                    _ => serde_json::json!({
+                        "provider": "api",
+                        "events": format!("{public_url}/v1/platform/conversations/{channel}/events (Bearer project API key)")
+                    }),
+                })
+            })
+            .await?;
+            print(&out)
+        }
+        ChannelCmd::Test {
+            db,
+            project,
+            channel,
+            conversation,
+            text,
+            channels,
+            gateway,
+        } => {
+            channels.validate()?;
+            let mut p = Platform::connect(&db, None, None).await?;
+            let _gw = attach_gateway(&mut p, &gateway, false, None)?;
+            let pid = ProjectId::parse(&project)?;
+            let hub = channel_hub(&p, &channels, &crate::metrics::Metrics::new());
+            let out = tenancy::scope(pid.clone(), async {
+                let ch = hub.channel(&pid, &channel).await?;
+                let token = hub.send_credential(&pid, &ch).await?;
+                let parts = crate::channels::format::parts(ch.provider(), &text);
+                let first = parts.into_iter().next().unwrap_or_default();
+                let timed = providers::send(
+                    hub.http(),
+                    &hub.config().urls,
+                    ch.provider(),
+                    &token,
+                    &conversation,
+                    &first,
+                    uuid::Uuid::now_v7(),
+                    None,
+                )
+                .await;
+                Ok::<_, anyhow::Error>(match timed.outcome {
+                    SendOutcome::Sent {
+                        provider_id,
+                        status,
+                    } => serde_json::json!({
+                        "sent": true, "status": status, "provider_message_id": provider_id,
+                        "latency_ms": timed.latency.as_millis() as u64
+                    }),
+                    other => anyhow::bail!("test message not delivered: {other:?}"),
+                })
+            })
+            .await?;
+            print(&out)
+        }
+    }
 }

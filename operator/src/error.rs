@@ -156,6 +156,31 @@ pub enum ErrorCode {
     McpUpstreamTimeout,
     /// A credential ref could not be resolved for this project.
     McpCredential,
+    // --- channel hub (operator/src/channels/) ---
+    /// Unknown project or channel, or no active Channel contract names it (indistinguishable).
+    ChannelNotFound,
+    /// The webhook's verification header is missing.
+    ChannelSignatureMissing,
+    /// The webhook's signature or secret token does not verify.
+    ChannelSignatureInvalid,
+    /// The Slack request timestamp is outside the 300 s window.
+    ChannelTimestampStale,
+    /// The webhook body exceeds the size limit.
+    ChannelBodyTooLarge,
+    /// A verified webhook body is not valid UTF-8 JSON of the provider's shape.
+    ChannelMalformed,
+    /// A verified event of a type the hub does not handle.
+    ChannelUnsupportedEvent,
+    /// The sender or chat is not in the channel's allowed_senders.
+    ChannelSenderNotAllowed,
+    /// An outbound message could not be delivered within its retry bound.
+    ChannelDeliveryFailed,
+    /// Mirror mode: the existing handler (forward_to) failed; the event is stored.
+    ChannelForwardFailed,
+    /// A channel's verification or send credential cannot be resolved.
+    ChannelCredential,
+    /// The channel may not send (outbound off, or not selected for canary).
+    ChannelOutboundDisabled,
     /// The database is unreachable or overloaded.
     Unavailable,
     /// Anything else: details only in the server log.
@@ -234,6 +259,18 @@ impl ErrorCode {
         Self::McpUpstream,
         Self::McpUpstreamTimeout,
         Self::McpCredential,
+        Self::ChannelNotFound,
+        Self::ChannelSignatureMissing,
+        Self::ChannelSignatureInvalid,
+        Self::ChannelTimestampStale,
+        Self::ChannelBodyTooLarge,
+        Self::ChannelMalformed,
+        Self::ChannelUnsupportedEvent,
+        Self::ChannelSenderNotAllowed,
+        Self::ChannelDeliveryFailed,
+        Self::ChannelForwardFailed,
+        Self::ChannelCredential,
+        Self::ChannelOutboundDisabled,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -310,6 +347,18 @@ impl ErrorCode {
             Self::McpUpstream => "E-MCP-003",
             Self::McpUpstreamTimeout => "E-MCP-004",
             Self::McpCredential => "E-MCP-005",
+            Self::ChannelNotFound => "E-CHANNEL-001",
+            Self::ChannelSignatureMissing => "E-CHANNEL-002",
+            Self::ChannelSignatureInvalid => "E-CHANNEL-003",
+            Self::ChannelTimestampStale => "E-CHANNEL-004",
+            Self::ChannelBodyTooLarge => "E-CHANNEL-005",
+            Self::ChannelMalformed => "E-CHANNEL-006",
+            Self::ChannelUnsupportedEvent => "E-CHANNEL-007",
+            Self::ChannelSenderNotAllowed => "E-CHANNEL-008",
+            Self::ChannelDeliveryFailed => "E-CHANNEL-009",
+            Self::ChannelForwardFailed => "E-CHANNEL-010",
+            Self::ChannelCredential => "E-CHANNEL-011",
+            Self::ChannelOutboundDisabled => "E-CHANNEL-012",
             Self::Unavailable => "E-UNAVAILABLE-001",
             Self::Internal => "E-INTERNAL-001",
         }
@@ -375,6 +424,18 @@ impl ErrorCode {
             }
             ModelBadToolCall | ModelStepLimit | ModelRunTimeout => StatusCode::CONFLICT,
             ModelCredential => StatusCode::INTERNAL_SERVER_ERROR,
+            ChannelNotFound => StatusCode::NOT_FOUND,
+            ChannelSignatureMissing => StatusCode::UNAUTHORIZED,
+            ChannelSignatureInvalid => StatusCode::UNAUTHORIZED,
+            ChannelTimestampStale => StatusCode::UNAUTHORIZED,
+            ChannelBodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ChannelMalformed => StatusCode::BAD_REQUEST,
+            ChannelUnsupportedEvent => StatusCode::UNPROCESSABLE_ENTITY,
+            ChannelSenderNotAllowed => StatusCode::FORBIDDEN,
+            ChannelDeliveryFailed => StatusCode::BAD_GATEWAY,
+            ChannelForwardFailed => StatusCode::BAD_GATEWAY,
+            ChannelCredential => StatusCode::INTERNAL_SERVER_ERROR,
+            ChannelOutboundDisabled => StatusCode::CONFLICT,
         }
     }
 
@@ -472,6 +533,38 @@ impl ErrorCode {
             McpUpstream => "the upstream tool server failed or is unreachable",
             McpUpstreamTimeout => "the upstream tool server did not answer in time",
             McpCredential => "a credential ref could not be resolved for this project",
+            ChannelNotFound => "unknown project or channel, or no active Channel contract names it",
+            ChannelSignatureMissing => {
+                "webhook verification header missing (X-Telegram-Bot-Api-Secret-Token, X-Line-Signature, X-Slack-Signature/-Request-Timestamp)"
+            }
+            ChannelSignatureInvalid => {
+                "webhook signature or secret token does not verify (nothing of the body is stored)"
+            }
+            ChannelTimestampStale => {
+                "Slack request timestamp malformed or outside the 300 s window (replay protection)"
+            }
+            ChannelBodyTooLarge => "webhook body exceeds the channel size limit",
+            ChannelMalformed => {
+                "verified webhook body is not valid UTF-8/JSON of the provider's format"
+            }
+            ChannelUnsupportedEvent => {
+                "event type not handled by the hub (acknowledged to webhooks with 200 so the provider does not retry; nothing stored)"
+            }
+            ChannelSenderNotAllowed => {
+                "sender/chat not in the channel's allowed_senders (webhooks are acknowledged with 200; nothing stored)"
+            }
+            ChannelDeliveryFailed => {
+                "outbound message not delivered: provider rejected it or the retry bound was reached"
+            }
+            ChannelForwardFailed => {
+                "mirror mode: forwarding to the existing handler failed (the event is stored; the provider retries)"
+            }
+            ChannelCredential => {
+                "a channel's verification or send credential ref cannot be resolved"
+            }
+            ChannelOutboundDisabled => {
+                "channel may not send: outbound is off, or the chat is not selected for canary"
+            }
             Unavailable => "database unavailable; retry later",
             Internal => "internal error; see server logs by trace id",
         }

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod contracts;

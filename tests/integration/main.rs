@@ -5,6 +5,7 @@ mod support;
 
 mod mcp_support;
 
+mod channels;
 mod cli_e2e;
 mod contracts_golden;
 mod control_plane;

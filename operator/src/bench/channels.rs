@@ -3,6 +3,7 @@
 //! * `inbound_events_per_sec`: LINE webhooks signed with HMAC-SHA256 (a fresh
 //!   `webhookEventId` each) POSTed over HTTP by 32 concurrent senders to the hub served on
 //!   127.0.0.1: verified, parsed, stored and their runs queued before the 200.
+//!   (16 senders; the quick run sends 600.)
 //! * `answer_p50_ms` / `answer_p99_ms`: webhook answer latency at a fixed rate of 500 events/s.
 //! * `outbound_sends_per_sec`: reply messages delivered by the delivery worker to the Telegram
 //!   double (claim, redaction, formatting, send, attempt audit, status).
@@ -24,6 +25,8 @@ use crate::control::MigrationMode;
 use crate::tenancy;
 
 const SECRET: &str = "bench-line-channel-secret";
+/// Concurrent webhook senders of the throughput phase.
+const SENDERS: usize = 16;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let base = args
@@ -36,8 +39,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     drop_scratch(&base, &scratch).await;
     let r = res?;
     println!(
-        "inbound_events={} inbound_events_per_sec={:.0} rate_events={} answer_p50_ms={:.2} answer_p99_ms={:.2} outbound_messages={} outbound_sends_per_sec={:.0}",
-        r.inbound, r.inbound_per_sec, r.rate_events, r.p50, r.p99, r.outbound, r.outbound_per_sec
+        "inbound_events={} rate_events={} answer_errors={} outbound_messages={} inbound_events_per_sec={:.0} answer_p50_ms={:.2} answer_p99_ms={:.2} outbound_sends_per_sec={:.0}",
+        r.inbound,
+        r.rate_events,
+        r.answer_errors,
+        r.outbound,
+        r.inbound_per_sec,
+        r.p50,
+        r.p99,
+        r.outbound_per_sec
     );
     Ok(())
 }
@@ -46,6 +56,7 @@ struct Figures {
     inbound: usize,
     inbound_per_sec: f64,
     rate_events: usize,
+    answer_errors: usize,
     p50: f64,
     p99: f64,
     outbound: usize,
@@ -66,7 +77,7 @@ fn signed(id: usize) -> (Vec<u8>, String) {
 }
 
 async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
-    let (p, project, _state) = super::bench_project(url, "channels", 48).await?;
+    let (p, project, _state) = super::bench_project(url, "channels", 64).await?;
     let admin = Actor::cli("bench");
     let double = ProviderDouble::start().await?;
     tenancy::scope(project.clone(), async {
@@ -137,11 +148,11 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     };
 
     // 1. Throughput with 32 concurrent senders.
-    let inbound = if quick { 1500 } else { 6000 };
+    let inbound = if quick { 600 } else { 6000 };
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..32 {
+    for _ in 0..SENDERS {
         let next = next.clone();
         let post = post.clone();
         tasks.push(tokio::spawn(async move {
@@ -160,7 +171,7 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     let inbound_per_sec = inbound as f64 / started.elapsed().as_secs_f64();
 
     // 2. Answer latency at a fixed 500 events/s.
-    let rate_events = if quick { 1500 } else { 5000 };
+    let rate_events = if quick { 1000 } else { 5000 };
     let mut tick = tokio::time::interval(Duration::from_micros(2000));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(rate_events);
@@ -168,9 +179,15 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
         tick.tick().await;
         tasks.push(tokio::spawn(post(1_000_000 + i)));
     }
+    // Requests that fail at this rate (pool exhaustion on a loaded machine answers 503) are
+    // counted, not hidden: `answer_errors`.
     let mut lat = Vec::with_capacity(rate_events);
+    let mut answer_errors = 0usize;
     for t in tasks {
-        lat.push(t.await??);
+        match t.await? {
+            Ok(d) => lat.push(d),
+            Err(_) => answer_errors += 1,
+        }
     }
     lat.sort();
     let p50 = percentile_ms(&lat, 50.0);
@@ -178,7 +195,7 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     server.abort();
 
     // 3. Outbound: replies of canary runs delivered to the Telegram double.
-    let outbound = if quick { 1000 } else { 5000 };
+    let outbound = if quick { 500 } else { 5000 };
     tenancy::scope(project.clone(), async {
         p.control.set_mode(&admin, MigrationMode::Canary, true, Some("bench")).await?;
         let active = p.control.active(ContractKind::Agent, "echo").await?;
@@ -229,6 +246,7 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
         inbound,
         inbound_per_sec,
         rate_events,
+        answer_errors,
         p50,
         p99,
         outbound,

@@ -65,6 +65,9 @@ pub enum Command {
     /// providers may be).
     #[command(subcommand)]
     Egress(EgressCmd),
+    /// Channel hub: register webhooks, send a test message.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
     // --- upstream MCP client (gateway/upstream) ---
     /// Test fixture: a minimal MCP server over stdio (--stdio) or Streamable HTTP.
     /// Only with `--features bench` (tests and benchmarks build it; release images do not).
@@ -206,6 +209,8 @@ pub struct WorkerCmdArgs {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub channels: ChannelArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -229,6 +234,8 @@ pub struct UpArgs {
     pub max_body_bytes: usize,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub channels: ChannelArgs,
 }
 
 impl UpArgs {
@@ -243,6 +250,7 @@ impl UpArgs {
         }
         self.worker.validate()?;
         self.gateway.validate()?;
+        self.channels.validate()?;
         validate_db(&self.db)?;
         validate_redis(&self.redis)
     }
@@ -609,6 +617,8 @@ pub struct ServeArgs {
     /// every replica).
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub channels: ChannelArgs,
 }
 
 impl ServeArgs {
@@ -646,6 +656,7 @@ impl ServeArgs {
             );
         }
         self.gateway.validate()?;
+        self.channels.validate()?;
         validate_db(&self.db)?;
         validate_redis(&self.redis)
     }
@@ -667,7 +678,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway"])]
+    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]
@@ -888,5 +899,106 @@ pub enum TokenCmd {
         state_dir: PathBuf,
         #[arg(long, env = "AWOOOP_GATEWAY_KEY", hide_env_values = true)]
         gateway_key: Option<String>,
+    },
+}
+
+// --- channel hub (operator/src/channels/) ---
+
+/// Channel hub settings: provider API base URLs and the webhook body limit.
+#[derive(Debug, Clone, Args)]
+pub struct ChannelArgs {
+    /// Telegram Bot API base URL (requests go to BASE/bot<token>/<method>).
+    #[arg(
+        long,
+        env = "AWOOOP_TELEGRAM_API_URL",
+        default_value = "https://api.telegram.org"
+    )]
+    pub telegram_api_url: String,
+    /// LINE Messaging API base URL.
+    #[arg(
+        long,
+        env = "AWOOOP_LINE_API_URL",
+        default_value = "https://api.line.me"
+    )]
+    pub line_api_url: String,
+    /// Slack Web API base URL.
+    #[arg(
+        long,
+        env = "AWOOOP_SLACK_API_URL",
+        default_value = "https://slack.com/api"
+    )]
+    pub slack_api_url: String,
+    /// Largest accepted webhook body, in bytes.
+    #[arg(long, env = "AWOOOP_CHANNEL_MAX_BODY_BYTES", default_value_t = 262_144)]
+    pub channel_max_body_bytes: usize,
+}
+
+impl ChannelArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (flag, url) in [
+            ("--telegram-api-url", &self.telegram_api_url),
+            ("--line-api-url", &self.line_api_url),
+            ("--slack-api-url", &self.slack_api_url),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.ends_with('/') {
+                anyhow::bail!("{flag} must be an http(s) URL without a trailing slash");
+            }
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.channel_max_body_bytes) {
+            anyhow::bail!("--channel-max-body-bytes must be between 1024 and 16777216");
+        }
+        Ok(())
+    }
+
+    pub fn hub_config(&self) -> crate::channels::HubConfig {
+        crate::channels::HubConfig {
+            max_body_bytes: self.channel_max_body_bytes,
+            urls: crate::channels::ProviderUrls {
+                telegram: self.telegram_api_url.clone(),
+                line: self.line_api_url.clone(),
+                slack: self.slack_api_url.clone(),
+            },
+            ..crate::channels::HubConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelCmd {
+    /// Register a channel's webhook: Telegram `setWebhook` with a generated secret token
+    /// (written to the channel's verify_secret file ref, or to STATE_DIR/channels/), and what to
+    /// configure for LINE and Slack.
+    Register {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        channel: String,
+        /// Public base URL the provider reaches the platform at (https://...).
+        #[arg(long)]
+        public_url: String,
+        #[command(flatten)]
+        channels: ChannelArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Send a test message through a channel.
+    Test {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        channel: String,
+        /// Chat / conversation id to send to.
+        #[arg(long)]
+        conversation: String,
+        #[arg(long, default_value = "AwoooP channel test")]
+        text: String,
+        #[command(flatten)]
+        channels: ChannelArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
 }

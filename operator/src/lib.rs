@@ -6,6 +6,7 @@
 //! (see docs/architecture.md); they are re-exported here under their old module names so
 //! that `awooop::gateway::…` and friends keep working for tests and tools.
 
+pub use awooop_channels as channels;
 pub use awooop_contracts as contracts;
 pub use awooop_control as control;
 pub use awooop_core::{error, tls};

@@ -331,3 +331,41 @@ pub fn worker_for_project(
         .with_metrics(metrics),
     )
 }
+
+// --- channel hub (crate awooop-channels) ---
+
+/// The channel hub's secrets: the platform's project-bound credential rules (the same resolver
+/// as model provider keys: allow-listed env vars, the per-project credential folder, Secrets
+/// labelled for the project).
+struct HubSecrets(std::sync::Arc<dyn crate::model::proxy::CredentialResolver>);
+
+#[async_trait::async_trait]
+impl crate::channels::ChannelSecrets for HubSecrets {
+    async fn resolve(
+        &self,
+        project: &ProjectId,
+        source: &crate::contracts::CredentialSource,
+    ) -> Result<crate::channels::Secret, Error> {
+        self.0
+            .resolve(project, source)
+            .await
+            .map(|s| crate::channels::Secret::new(s.expose()))
+            .map_err(|_| crate::channels::credential_error())
+    }
+}
+
+/// Build the channel hub of this process and add its metrics to `/metrics`.
+pub fn channel_hub(
+    p: &Platform,
+    args: &crate::config::ChannelArgs,
+    metrics: &std::sync::Arc<crate::metrics::Metrics>,
+) -> crate::channels::Hub {
+    let hub = crate::channels::Hub::new(
+        p.control.clone(),
+        std::sync::Arc::new(HubSecrets(p.model_credentials.clone())),
+        args.hub_config(),
+    );
+    let m = hub.metrics().clone();
+    metrics.add_encoder(move |out| m.encode(out));
+    hub
+}

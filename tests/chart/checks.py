@@ -304,6 +304,37 @@ def check_servicemonitor(rendered):
     return failures
 
 
+def check_webhooks(rendered):
+    """The webhook Ingress and HTTPRoute route only /v1/webhooks/ to the API Service."""
+    objs = docs(rendered)
+    api = [o["metadata"]["name"] for o in objs if o["kind"] == "Service" and o["metadata"]["name"].endswith("-api")]
+    failures, seen = 0, 0
+    for o in objs:
+        if o["kind"] == "Ingress":
+            for rule in o["spec"]["rules"]:
+                for p in rule["http"]["paths"]:
+                    seen += 1
+                    if (p["path"], p["pathType"]) != ("/v1/webhooks/", "Prefix"):
+                        failures += fail(f"webhooks: Ingress exposes {p['pathType']} {p['path']}")
+                    if p["backend"]["service"]["name"] not in api:
+                        failures += fail(f"webhooks: Ingress backend {p['backend']['service']['name']} is not the API Service")
+            if not o["spec"].get("tls"):
+                failures += fail("webhooks: Ingress without TLS in the all-on values")
+        if o["kind"] == "HTTPRoute":
+            for rule in o["spec"]["rules"]:
+                for m in rule["matches"]:
+                    seen += 1
+                    if m.get("path") != {"type": "PathPrefix", "value": "/v1/webhooks/"}:
+                        failures += fail(f"webhooks: HTTPRoute matches {m}")
+                if any(b["name"] not in api for b in rule["backendRefs"]):
+                    failures += fail("webhooks: HTTPRoute backend is not the API Service")
+    if seen < 2:
+        failures += fail("webhooks: the all-on render has no webhook Ingress and HTTPRoute")
+    if failures == 0:
+        print(f"ok   webhooks: {seen} routes, all /v1/webhooks/ to {api}")
+    return failures
+
+
 def check_argocd_health(lua_file):
     from lupa import lua51
 
@@ -403,6 +434,8 @@ def main(argv):
         return check_dockerfile(args[0], args[1])
     if cmd == "servicemonitor":
         return check_servicemonitor(args[0])
+    if cmd == "webhooks":
+        return check_webhooks(args[0])
     print(__doc__)
     return 2
 

@@ -129,6 +129,23 @@ async fn two_populated_projects(t: &TestDb) {
                 .await
                 .unwrap()
             );
+            // The channel hub's tables: a conversation event, a delivery attempt, a progress
+            // row (of this canary run: shadow runs get none).
+            for sql in [
+                "INSERT INTO conversation_events (project_id, event_id, channel, provider, external_id, conversation, kind, body_sha256, trace_id, run_id) \
+                 VALUES ($1, gen_random_uuid(), 'tg', 'telegram', 'u1', 'c1', 'message', repeat('a', 64), repeat('0', 32), $2)",
+                "INSERT INTO channel_deliveries (project_id, delivery_id, message_id, channel, attempt, status) \
+                 VALUES ($1, gen_random_uuid(), gen_random_uuid(), 'tg', 1, 'sent') RETURNING $2::uuid",
+                "INSERT INTO channel_progress (project_id, run_id, channel, conversation, trace_id, interval_seconds, next_at) \
+                 VALUES ($1, $2, 'tg', 'c1', 't', 30, now())",
+            ] {
+                sqlx::query(sql)
+                    .bind(id)
+                    .bind(run.run_id)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
             tx.commit().await.unwrap();
             // The model path's tables: budget ledger and reservation, a provider breaker, an
             // anomaly window (PostgreSQL fallback: no Redis here).

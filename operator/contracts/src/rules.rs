@@ -306,5 +306,11 @@ fn channel(c: &ChannelContract, out: &mut Out) {
                 "an outbound channel needs a send credential",
             );
         }
+        if ch.forward_to.is_some() && ch.provider == ChannelProvider::Api {
+            out.push(
+                format!("/channels/{i}/forward_to"),
+                "only webhook channels (telegram, line, slack) can forward to an existing handler",
+            );
+        }
     }
 }

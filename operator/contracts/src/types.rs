@@ -642,6 +642,27 @@ pub struct Channel {
     /// Whether the platform may send messages to this channel at all.
     #[serde(default)]
     pub outbound: bool,
+    /// Mirror mode (strangler fig): the existing bot handler's webhook URL. While the project
+    /// is in shadow mode the hub forwards each verified webhook to it unchanged and returns its
+    /// answer to the provider; the event is also mirrored into a shadow run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 2048), pattern(r"^https?://[^\s]+$"))]
+    pub forward_to: Option<String>,
+    /// Which conversations get real messages while the project is in canary mode. Absent: none
+    /// (the channel stays with the existing handler); present with no conversations: all of
+    /// this channel's conversations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<ChannelCanary>,
+}
+
+/// Canary selection of a channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelCanary {
+    /// Conversation/chat ids that get replies in canary mode (empty: every conversation).
+    #[serde(default)]
+    #[schemars(length(max = 1000))]
+    pub conversations: Vec<String>,
 }
 
 fn default_progress() -> u32 {

@@ -204,6 +204,31 @@ error_codes! {
     EgressDenied = ("E-EGRESS-001", 403, "the egress policy refuses this destination (URL shape, host not allowed, or a loopback/private/metadata address)"),
     /// An egress rule given by the administrator is malformed.
     EgressRuleInvalid = ("E-EGRESS-002", 422, "egress rule malformed (host must be a DNS name, *.suffix or CIDR)"),
+    // --- channel hub (awooop-channels) ---
+    /// Unknown project or channel, or no active Channel contract names it (indistinguishable).
+    ChannelNotFound = ("E-CHANNEL-001", 404, "unknown project or channel, or no active Channel contract names it"),
+    /// The webhook's verification header is missing.
+    ChannelSignatureMissing = ("E-CHANNEL-002", 401, "webhook verification header missing (X-Telegram-Bot-Api-Secret-Token, X-Line-Signature, X-Slack-Signature/-Request-Timestamp)"),
+    /// The webhook's signature or secret token does not verify.
+    ChannelSignatureInvalid = ("E-CHANNEL-003", 401, "webhook signature or secret token does not verify (nothing of the body is stored)"),
+    /// The Slack request timestamp is outside the 300 s window.
+    ChannelTimestampStale = ("E-CHANNEL-004", 401, "Slack request timestamp malformed or outside the 300 s window (replay protection)"),
+    /// The webhook body exceeds the size limit.
+    ChannelBodyTooLarge = ("E-CHANNEL-005", 413, "webhook body exceeds the channel size limit"),
+    /// A verified webhook body is not valid UTF-8 JSON of the provider's shape.
+    ChannelMalformed = ("E-CHANNEL-006", 400, "verified webhook body is not valid UTF-8/JSON of the provider's format"),
+    /// A verified event of a type the hub does not handle.
+    ChannelUnsupportedEvent = ("E-CHANNEL-007", 422, "event type not handled by the hub (acknowledged to webhooks with 200 so the provider does not retry; nothing stored)"),
+    /// The sender or chat is not in the channel's allowed_senders.
+    ChannelSenderNotAllowed = ("E-CHANNEL-008", 403, "sender/chat not in the channel's allowed_senders (webhooks are acknowledged with 200; nothing stored)"),
+    /// An outbound message could not be delivered within its retry bound.
+    ChannelDeliveryFailed = ("E-CHANNEL-009", 502, "outbound message not delivered: provider rejected it or the retry bound was reached"),
+    /// Mirror mode: the existing handler (forward_to) failed; the event is stored.
+    ChannelForwardFailed = ("E-CHANNEL-010", 502, "mirror mode: forwarding to the existing handler failed (the event is stored; the provider retries)"),
+    /// A channel's verification or send credential cannot be resolved.
+    ChannelCredential = ("E-CHANNEL-011", 500, "a channel's verification or send credential ref cannot be resolved"),
+    /// The channel may not send (outbound off, or not selected for canary).
+    ChannelOutboundDisabled = ("E-CHANNEL-012", 409, "channel may not send: outbound is off, or the chat is not selected for canary"),
     /// The database is unreachable or overloaded.
     Unavailable = ("E-UNAVAILABLE-001", 503, "database unavailable; retry later"),
     /// Anything else: details only in the server log.

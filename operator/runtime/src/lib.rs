@@ -132,6 +132,31 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
+/// A run request that passed every check of [`RunService::prepare`], not yet written.
+#[derive(Debug, Clone)]
+pub struct PreparedRun {
+    project: tenancy::ProjectId,
+    principal: String,
+    req: CreateRun,
+    idempotency_key: Option<String>,
+    trace: TraceContext,
+    settings: RuntimeContract,
+    mode: MigrationMode,
+    agent_revision_id: Uuid,
+    agent_body_hash: String,
+    project_revision_id: Option<Uuid>,
+    project_body_hash: Option<String>,
+    input_hash: String,
+    request_hash: String,
+}
+
+impl PreparedRun {
+    /// The run's migration mode (the project's unless the request asked for less).
+    pub fn mode(&self) -> MigrationMode {
+        self.mode
+    }
+}
+
 #[derive(Clone)]
 pub struct RunService {
     control: ControlPlane,
@@ -165,12 +190,30 @@ impl RunService {
         idempotency_key: Option<&str>,
         traceparent: Option<&str>,
     ) -> Result<RunAccepted> {
-        actor.require(Role::Runner)?;
-        let project = tenancy::require()?;
         let trace = match traceparent {
             Some(h) => TraceContext::from_traceparent(h)?,
             None => TraceContext::generate(),
         };
+        let prepared = self.prepare(actor, req, idempotency_key, trace).await?;
+        let mut tx = self.control.db().tenant().await?;
+        let accepted = Self::insert_prepared(&mut tx, &prepared).await?;
+        tx.commit().await?;
+        Ok(accepted)
+    }
+
+    /// Every check of [`Self::create`] (role, key shape, input size, mode, active revisions),
+    /// with no write. The result is inserted by [`Self::insert_prepared`] inside the caller's
+    /// tenant transaction, so a caller (the channel hub) can store its own rows and the run
+    /// atomically.
+    pub async fn prepare(
+        &self,
+        actor: &Actor,
+        req: CreateRun,
+        idempotency_key: Option<&str>,
+        trace: TraceContext,
+    ) -> Result<PreparedRun> {
+        actor.require(Role::Runner)?;
+        let project = tenancy::require()?;
         if let Some(k) = idempotency_key
             && !valid_idempotency_key(k)
         {
@@ -235,68 +278,96 @@ impl RunService {
         let request_hash = contracts::canonical::body_hash(&json!({
             "agent": req.agent, "input": req.input, "mode": mode.as_str(), "reply_to": req.reply_to
         }));
-        let mut tx = self.control.db().tenant().await?;
-        if let Some(key) = idempotency_key
-            && let Some(existing) = repo::idempotent_run(&mut tx, key, &request_hash).await?
+        Ok(PreparedRun {
+            project,
+            principal: actor.principal.clone(),
+            req,
+            idempotency_key: idempotency_key.map(str::to_string),
+            trace,
+            settings,
+            mode,
+            agent_revision_id: agent_ptr.revision_id,
+            agent_body_hash: agent_ptr.body_hash,
+            project_revision_id: project_ptr.as_ref().map(|p| p.revision_id),
+            project_body_hash: project_ptr.map(|p| p.body_hash),
+            input_hash,
+            request_hash,
+        })
+    }
+
+    /// Insert a prepared run (and its idempotency key and audit row) in the caller's tenant
+    /// transaction. An earlier run with the same idempotency key and request is returned
+    /// instead (`replayed`).
+    pub async fn insert_prepared(
+        tx: &mut sqlx::PgConnection,
+        p: &PreparedRun,
+    ) -> Result<RunAccepted> {
+        if tenancy::require()? != p.project {
+            return Err(Error::new(
+                ErrorCode::TenantMissing,
+                "a prepared run can only be inserted in its own project's scope",
+            ));
+        }
+        let key = p.idempotency_key.as_deref();
+        if let Some(key) = key
+            && let Some(existing) = repo::idempotent_run(tx, key, &p.request_hash).await?
         {
-            tx.commit().await?;
             return Ok(existing);
         }
         let run_id = Uuid::now_v7();
         repo::insert_run(
-            &mut tx,
+            tx,
             &repo::NewRun {
-                project: project.as_str(),
+                project: p.project.as_str(),
                 run_id,
-                agent: &req.agent,
-                mode: mode.as_str(),
-                input: &req.input,
-                input_hash: &input_hash,
-                agent_revision_id: agent_ptr.revision_id,
-                agent_body_hash: &agent_ptr.body_hash,
-                project_revision_id: project_ptr.as_ref().map(|p| p.revision_id),
-                project_body_hash: project_ptr.as_ref().map(|p| p.body_hash.as_str()),
-                trace: &trace,
-                idempotency_key,
-                reply_to: req.reply_to.as_ref(),
-                max_attempts: i32::from(settings.max_attempts),
-                lease_seconds: settings.lease_seconds as i32,
-                max_concurrent: settings.max_concurrent_runs as i32,
-                deadline_seconds: settings.run_deadline_seconds as i64,
+                agent: &p.req.agent,
+                mode: p.mode.as_str(),
+                input: &p.req.input,
+                input_hash: &p.input_hash,
+                agent_revision_id: p.agent_revision_id,
+                agent_body_hash: &p.agent_body_hash,
+                project_revision_id: p.project_revision_id,
+                project_body_hash: p.project_body_hash.as_deref(),
+                trace: &p.trace,
+                idempotency_key: key,
+                reply_to: p.req.reply_to.as_ref(),
+                max_attempts: i32::from(p.settings.max_attempts),
+                lease_seconds: p.settings.lease_seconds as i32,
+                max_concurrent: p.settings.max_concurrent_runs as i32,
+                deadline_seconds: p.settings.run_deadline_seconds as i64,
             },
         )
         .await?;
-        if let Some(key) = idempotency_key {
+        if let Some(key) = key {
             repo::insert_idempotency_key(
-                &mut tx,
-                project.as_str(),
+                tx,
+                p.project.as_str(),
                 key,
-                &request_hash,
+                &p.request_hash,
                 run_id,
-                settings.idempotency_ttl_seconds as i64,
+                p.settings.idempotency_ttl_seconds as i64,
             )
             .await?;
         }
         audit::record(
-            &mut tx,
+            tx,
             Entry {
-                trace_id: Some(trace.trace_id.clone()),
+                trace_id: Some(p.trace.trace_id.clone()),
                 ..Entry::ok(
-                    &actor.principal,
+                    &p.principal,
                     "run.create",
                     run_id.to_string(),
-                    json!({"agent": req.agent, "mode": mode.as_str(), "input_hash": input_hash}),
+                    json!({"agent": p.req.agent, "mode": p.mode.as_str(), "input_hash": p.input_hash}),
                 )
             },
         )
         .await?;
-        tx.commit().await?;
         Ok(RunAccepted {
             run_id,
-            trace_id: trace.trace_id.clone(),
-            traceparent: trace.traceparent(),
+            trace_id: p.trace.trace_id.clone(),
+            traceparent: p.trace.traceparent(),
             state: RunState::Queued.as_str().into(),
-            mode: mode.as_str().into(),
+            mode: p.mode.as_str().into(),
             replayed: false,
         })
     }

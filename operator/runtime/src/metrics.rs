@@ -43,7 +43,11 @@ pub struct Metrics {
     pub reaper: Family<ActionLabel, Counter>,
     /// Runnable runs per project (refreshed at scrape).
     pub queue_depth: Family<ProjectLabel, Gauge>,
+    /// Other parts' metrics (the channel hub), encoded after these.
+    extra: std::sync::Mutex<Vec<Encoder>>,
 }
+
+type Encoder = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~33 s
@@ -99,7 +103,13 @@ impl Metrics {
             transitions,
             reaper,
             queue_depth,
+            extra: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Add another part's metrics to `/metrics` (it writes its families, without `# EOF`).
+    pub fn add_encoder(&self, e: impl Fn(&mut String) + Send + Sync + 'static) {
+        self.extra.lock().expect("metrics lock").push(Arc::new(e));
     }
 
     pub fn transition(&self, state: &str) {
@@ -148,7 +158,13 @@ impl Metrics {
             }
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
+            .expect("encoding to a String cannot fail");
+        let extra: Vec<Encoder> = self.extra.lock().expect("metrics lock").clone();
+        for e in extra {
+            e(&mut out);
+        }
+        prometheus_client::encoding::text::encode_eof(&mut out)
             .expect("encoding to a String cannot fail");
         out
     }

@@ -5,6 +5,7 @@
 //! place). The last line printed is `key=value` pairs.
 
 mod budget;
+mod channels;
 mod contracts;
 mod gateway;
 mod projection;
@@ -26,6 +27,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "budget" => budget::run(&args).await,
         "projection" => projection::run(&args).await,
         "gateway" => gateway::run(&args).await,
+        "channels" => channels::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }
 }

@@ -17,6 +17,7 @@ use crate::local;
 use crate::tenancy::{self, ProjectId};
 use crate::{db, http};
 
+mod channel;
 mod contract;
 #[cfg(feature = "bench")]
 mod fixture;
@@ -77,7 +78,13 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 worker_id(),
                 args.worker.worker_slots
             );
+            let hub = channel_hub(&p, &args.channels, &crate::metrics::Metrics::new());
+            let delivery = tokio::spawn(
+                crate::channels::delivery::DeliveryWorker::new(hub, Default::default())
+                    .run(rx.clone()),
+            );
             worker.run(rx).await?;
+            let _ = delivery.await;
             // Every queued call-audit row is written before exit.
             gw.audit().flush().await;
             Ok(())
@@ -212,6 +219,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
+        Command::Channel(c) => channel::channel_cmd(c).await,
         Command::Catalog(c) => policy::catalog(c).await,
         Command::Egress(c) => policy::egress(c).await,
         Command::Errors => {

@@ -38,7 +38,10 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mcp =
         http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), args.max_body_bytes)
             .with_allowed_origins(args.gateway.gateway_allowed_origins.clone());
-    let router = http::app(state).merge(http::mcp::router(mcp));
+    let hub = channel_hub(&p, &args.channels, &state.metrics);
+    let router = http::app(state)
+        .merge(http::mcp::router(mcp))
+        .merge(crate::channels::routes(hub));
     http::serve(args.listen, router, shutdown_signal()).await?;
     // Every queued call-audit row is written before exit.
     gateway.audit().flush().await;

@@ -72,9 +72,10 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
         p.state_dir.join("admin-token").display(),
         keyring_file.display(),
     );
-    let worker = worker_for(&p, &args.worker, metrics);
+    let worker = worker_for(&p, &args.worker, metrics.clone());
     let (stop_tx, stop_rx) = crate::runtime::worker::shutdown_channel();
     let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
+    let stop_rx_channels = stop_rx.clone();
     // Without a cluster the projection goes to files (the operator's file sink).
     let has_kubeconfig = std::env::var_os("KUBECONFIG").is_some()
         || std::env::var_os("HOME")
@@ -102,11 +103,23 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
         args.listen,
         p.state_dir.join("gateway-key").display()
     );
-    let router = http::app(state).merge(http::mcp::router(mcp));
+    let hub = channel_hub(&p, &args.channels, &metrics);
+    let delivery = tokio::spawn(
+        crate::channels::delivery::DeliveryWorker::new(hub.clone(), Default::default())
+            .run(stop_rx_channels),
+    );
+    eprintln!(
+        "  channel webhooks: http://{}/v1/webhooks/<project>/<channel>",
+        args.listen
+    );
+    let router = http::app(state)
+        .merge(http::mcp::router(mcp))
+        .merge(crate::channels::routes(hub));
     http::serve(args.listen, router, shutdown_signal()).await?;
     // The API has stopped taking requests; let the worker finish or release its runs.
     let _ = stop_tx.send(true);
     let _ = worker_task.await;
+    let _ = delivery.await;
     // Every queued call-audit row is written before exit.
     gateway.audit().flush().await;
     drop(p);

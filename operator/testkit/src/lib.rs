@@ -1,9 +1,11 @@
 //! Test doubles of AwoooP, for tests and benchmarks only (never in the default release
 //! binary): the MCP fixture server ([`fixture`], also `awooop mcp-fixture` when the `awooop`
-//! package is built with the `bench` feature), the model provider double ([`double`]) and the
-//! fake Kubernetes API server ([`fake`]). Each speaks the real wire format of the service it
+//! package is built with the `bench` feature), the model provider double ([`double`]), the
+//! chat-provider double (Telegram Bot API, LINE Messaging API, Slack Web API: [`channels`]) and
+//! the fake Kubernetes API server ([`fake`]). Each speaks the real wire format of the service it
 //! stands in for.
 
+pub mod channels;
 pub mod double;
 pub mod fake;
 pub mod fixture;

@@ -1,0 +1,627 @@
+//! The outbound delivery worker: drains `outbound_messages` and keeps progress messages.
+//!
+//! * Claims with `FOR UPDATE SKIP LOCKED` and a lease (a crashed sender's messages come back
+//!   after the lease), across tenants in the `delivery` scope; everything else re-enters the
+//!   message's own tenant scope.
+//! * Before anything leaves: the channel must allow outbound, the project's mode must allow it
+//!   (shadow never; canary only for selected conversations), and the text passes the audit
+//!   redactor. Only validated output reaches `outbound_messages` (the runtime writes it from a
+//!   `ValidatedOutput`).
+//! * Parts are sent in order and counted (`parts_sent`), so a retry continues after the last
+//!   delivered part: no duplicate message. LINE pushes carry `X-Line-Retry-Key`.
+//! * 429 waits `retry_after` / `Retry-After`; 5xx and network errors back off exponentially;
+//!   after `max_attempts` the message is `failed` with `E-CHANNEL-009`. Every attempt is a
+//!   `channel_deliveries` row.
+//! * Progress: runs started from a channel that are still running after the channel's
+//!   `progress_interval_seconds` get one status message, edited in place at each interval.
+//!   The progress row is locked while a status is sent and the reply first marks it done, so
+//!   no status message can follow the reply.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::providers::{self, SendOutcome};
+use super::{Hub, format, store};
+use awooop_core::redact::Redactor;
+use awooop_contracts::ChannelProvider;
+use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_store::tenancy::{self, ProjectId};
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub poll: Duration,
+    pub batch: i64,
+    pub lease_seconds: f64,
+    /// Attempts before a message is `failed`.
+    pub max_attempts: i32,
+    /// First backoff of a 5xx/network failure; doubled per attempt up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Longest honoured `retry_after` (a provider asking for more fails the attempt bound
+    /// sooner rather than parking the message for hours).
+    pub max_retry_after: Duration,
+    /// Least time between two messages to one chat (Telegram allows about one per second).
+    pub chat_min_interval: Duration,
+    /// Messages sent at once.
+    pub concurrency: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_millis(500),
+            batch: 64,
+            lease_seconds: 60.0,
+            max_attempts: 6,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            max_retry_after: Duration::from_secs(3600),
+            chat_min_interval: Duration::from_secs(1),
+            concurrency: 16,
+        }
+    }
+}
+
+type ChatKey = (String, String, String);
+
+pub struct DeliveryWorker {
+    hub: Hub,
+    pool: PgPool,
+    cfg: DeliveryConfig,
+    last_chat_send: Mutex<HashMap<ChatKey, Instant>>,
+}
+
+/// The text of a run's output: a string, or the `text`/`result` string of an object, else the
+/// JSON itself.
+pub fn body_text(body: &Value) -> String {
+    match body {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => o
+            .get("text")
+            .or_else(|| o.get("result"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| serde_json::to_string_pretty(body).unwrap_or_default()),
+        other => serde_json::to_string_pretty(other).unwrap_or_default(),
+    }
+}
+
+fn provider_label(p: ChannelProvider) -> &'static str {
+    match p {
+        ChannelProvider::Telegram => "telegram",
+        ChannelProvider::Line => "line",
+        ChannelProvider::Slack => "slack",
+        ChannelProvider::Api => "api",
+        ChannelProvider::Email => "email",
+    }
+}
+
+impl DeliveryWorker {
+    pub fn new(hub: Hub, cfg: DeliveryConfig) -> Arc<Self> {
+        let pool = hub.control().db().pool_for_health().clone();
+        Arc::new(Self {
+            hub,
+            pool,
+            cfg,
+            last_chat_send: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Poll until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let sent = match self.tick().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(code = e.code.as_str(), "delivery pass failed");
+                    0
+                }
+            };
+            if let Err(e) = self.progress_tick().await {
+                tracing::warn!(code = e.code.as_str(), "progress pass failed");
+            }
+            if let Ok(n) = store::queue_depth(&self.pool).await {
+                self.hub.metrics().queue_depth.set(n);
+            }
+            if sent == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.poll) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// One pass: claim due messages and deliver them. Returns how many were claimed.
+    pub async fn tick(self: &Arc<Self>) -> Result<usize> {
+        let claimed = store::claim(&self.pool, self.cfg.batch, self.cfg.lease_seconds).await?;
+        let n = claimed.len();
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency.max(1)));
+        let mut tasks = Vec::with_capacity(n);
+        for m in claimed {
+            let me = self.clone();
+            let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                let Ok(project) = ProjectId::parse(&m.project_id) else {
+                    return;
+                };
+                let id = m.message_id;
+                if let Err(e) = tenancy::scope(project, me.deliver(m)).await {
+                    tracing::warn!(code = e.code.as_str(), message_id = %id, "delivery failed; the lease returns it");
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(n)
+    }
+
+    fn backoff(&self, attempt: i32) -> Duration {
+        let exp = self
+            .cfg
+            .base_backoff
+            .saturating_mul(1u32 << (attempt.clamp(1, 16) - 1) as u32);
+        exp.min(self.cfg.max_backoff)
+    }
+
+    fn note_chat(&self, project: &str, channel: &str, conversation: &str) {
+        self.last_chat_send.lock().expect("chat lock").insert(
+            (project.into(), channel.into(), conversation.into()),
+            Instant::now(),
+        );
+    }
+
+    fn chat_ready(&self, project: &str, channel: &str, conversation: &str) -> bool {
+        self.last_chat_send
+            .lock()
+            .expect("chat lock")
+            .get(&(project.into(), channel.into(), conversation.into()))
+            .is_none_or(|t| t.elapsed() >= self.cfg.chat_min_interval)
+    }
+
+    async fn finish(
+        &self,
+        m: &store::Claimed,
+        status: &str,
+        code: Option<ErrorCode>,
+        attempt_row: store::Attempt<'_>,
+    ) -> Result<()> {
+        let mut tx = self.hub.control().db().tenant().await?;
+        store::record_attempt(&mut tx, &attempt_row).await?;
+        store::finish(&mut tx, m.message_id, status, code.map(ErrorCode::as_str)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn deliver(self: Arc<Self>, m: store::Claimed) -> Result<()> {
+        let project = tenancy::require()?;
+        let hub = &self.hub;
+        let attempt = |status, code: Option<ErrorCode>, part: i32| store::Attempt {
+            project: &m.project_id,
+            message_id: m.message_id,
+            channel: &m.channel,
+            attempt: m.attempts,
+            part,
+            status,
+            http_status: None,
+            provider_message_id: None,
+            latency_ms: 0,
+            code: code.map(ErrorCode::as_str),
+        };
+        // The reply ends the run's progress messages; this waits for a status message being
+        // sent right now (it holds the progress row), so none can follow the reply.
+        if m.kind == "reply" {
+            let mut tx = hub.control().db().tenant().await?;
+            sqlx::query("UPDATE channel_progress SET done = true WHERE run_id = $1 AND NOT done")
+                .bind(m.run_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        let ch = match hub.channel(&project, &m.channel).await {
+            Ok(c) => c,
+            Err(e)
+                if e.code == ErrorCode::ChannelNotFound
+                    || e.code == ErrorCode::ChannelCredential =>
+            {
+                let code = e.code;
+                return self
+                    .finish(&m, "failed", Some(code), attempt("failed", Some(code), 0))
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
+        let provider = ch.provider();
+        let mode = hub.control().mode().await?;
+        if !ch.may_send(mode, &m.conversation) {
+            let code = ErrorCode::ChannelOutboundDisabled;
+            return self
+                .finish(
+                    &m,
+                    "failed",
+                    Some(code),
+                    attempt("suppressed", Some(code), 0),
+                )
+                .await;
+        }
+        if provider == ChannelProvider::Api {
+            // API channel replies are read through the runs API; nothing leaves the platform.
+            return self
+                .finish(&m, "sent", None, attempt("sent", None, 0))
+                .await;
+        }
+        let token = match hub.send_credential(&project, &ch).await {
+            Ok(t) => t,
+            Err(e) => {
+                let code = e.code;
+                return self
+                    .finish(&m, "failed", Some(code), attempt("failed", Some(code), 0))
+                    .await;
+            }
+        };
+        let text = Redactor::global()
+            .redact_str(&body_text(&m.body))
+            .into_owned();
+        let parts = format::parts(provider, &text);
+        let label = provider_label(provider);
+        let mut reply_token = if provider == ChannelProvider::Line && m.parts_sent == 0 {
+            let mut tx = hub.control().db().tenant().await?;
+            let t = store::reply_token(&mut tx, m.run_id).await?;
+            tx.commit().await?;
+            t
+        } else {
+            None
+        };
+        for (i, texts) in parts.iter().enumerate().skip(m.parts_sent.max(0) as usize) {
+            let timed = providers::send(
+                hub.http(),
+                &hub.config().urls,
+                provider,
+                &token,
+                &m.conversation,
+                texts,
+                providers::line_retry_key(m.message_id, i),
+                reply_token.take().as_deref(),
+            )
+            .await;
+            hub.metrics()
+                .delivery_seconds
+                .get_or_create(&super::metrics::ProviderLabel {
+                    provider: label.into(),
+                })
+                .observe(timed.latency.as_secs_f64());
+            let latency_ms = timed.latency.as_millis() as u64;
+            let part = i as i32;
+            match timed.outcome {
+                SendOutcome::Sent {
+                    provider_id,
+                    status,
+                } => {
+                    self.note_chat(&m.project_id, &m.channel, &m.conversation);
+                    let mut tx = hub.control().db().tenant().await?;
+                    store::record_attempt(
+                        &mut tx,
+                        &store::Attempt {
+                            status: "sent",
+                            http_status: Some(status),
+                            provider_message_id: provider_id.as_deref(),
+                            latency_ms,
+                            ..attempt("sent", None, part)
+                        },
+                    )
+                    .await?;
+                    store::part_sent(&mut tx, m.message_id, part + 1, provider_id.as_deref())
+                        .await?;
+                    tx.commit().await?;
+                }
+                SendOutcome::Retry {
+                    after_ms,
+                    status,
+                    reason,
+                } => {
+                    hub.metrics()
+                        .delivery_retries
+                        .get_or_create(&super::metrics::ProviderLabel {
+                            provider: label.into(),
+                        })
+                        .inc();
+                    let code = ErrorCode::ChannelDeliveryFailed;
+                    let give_up = m.attempts >= self.cfg.max_attempts;
+                    let row = store::Attempt {
+                        http_status: status,
+                        latency_ms,
+                        ..attempt(if give_up { "failed" } else { "retry" }, Some(code), part)
+                    };
+                    if give_up {
+                        tracing::warn!(message_id = %m.message_id, reason, "delivery gave up");
+                        hub.metrics()
+                            .delivery_failures
+                            .get_or_create(&super::metrics::CodeLabel {
+                                provider: label.into(),
+                                code: code.as_str().into(),
+                            })
+                            .inc();
+                        return self.finish(&m, "failed", Some(code), row).await;
+                    }
+                    let wait = match after_ms {
+                        Some(ms) => Duration::from_millis(ms).min(self.cfg.max_retry_after),
+                        None if reason == "rate_limited" => {
+                            Duration::from_millis(providers::DEFAULT_RETRY_MS)
+                        }
+                        None => self.backoff(m.attempts),
+                    };
+                    let mut tx = hub.control().db().tenant().await?;
+                    store::record_attempt(&mut tx, &row).await?;
+                    store::retry_later(
+                        &mut tx,
+                        m.message_id,
+                        wait.as_millis() as u64,
+                        code.as_str(),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                SendOutcome::Rejected { status, reason } => {
+                    tracing::warn!(message_id = %m.message_id, reason = reason.as_str(), "provider rejected the message");
+                    let code = ErrorCode::ChannelDeliveryFailed;
+                    hub.metrics()
+                        .delivery_failures
+                        .get_or_create(&super::metrics::CodeLabel {
+                            provider: label.into(),
+                            code: code.as_str().into(),
+                        })
+                        .inc();
+                    let row = store::Attempt {
+                        http_status: status,
+                        latency_ms,
+                        ..attempt("failed", Some(code), part)
+                    };
+                    return self.finish(&m, "failed", Some(code), row).await;
+                }
+            }
+        }
+        let mut tx = hub.control().db().tenant().await?;
+        store::finish(&mut tx, m.message_id, "sent", None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One progress pass: status messages of long runs. Returns how many were sent or edited.
+    pub async fn progress_tick(self: &Arc<Self>) -> Result<usize> {
+        let due: Vec<(String, Uuid)> = {
+            let mut tx = store::delivery_tx(&self.pool).await?;
+            let rows = sqlx::query_as(
+                "SELECT project_id, run_id FROM channel_progress WHERE NOT done AND next_at <= now() \
+                 ORDER BY next_at LIMIT $1",
+            )
+            .bind(self.cfg.batch)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            rows
+        };
+        let mut n = 0;
+        for (project, run_id) in due {
+            let Ok(p) = ProjectId::parse(&project) else {
+                continue;
+            };
+            match tenancy::scope(p, self.progress_one(run_id)).await {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(code = e.code.as_str(), %run_id, "progress update failed"),
+            }
+        }
+        Ok(n)
+    }
+
+    async fn progress_one(&self, run_id: Uuid) -> Result<bool> {
+        let project = tenancy::require()?;
+        let hub = &self.hub;
+        let mut tx = hub.control().db().tenant().await?;
+        // Held until the status is sent: the reply path waits for it (see module docs).
+        let row: Option<(String, String, i32, Option<String>, i32)> = sqlx::query_as(
+            "SELECT channel, conversation, interval_seconds, provider_message_id, updates FROM channel_progress \
+             WHERE run_id = $1 AND NOT done AND next_at <= now() FOR UPDATE SKIP LOCKED",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((channel, conversation, interval, message_id, updates)) = row else {
+            return Ok(false);
+        };
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let live = matches!(
+            state.as_deref(),
+            Some("queued" | "running" | "retrying" | "waiting_approval")
+        );
+        let reschedule = |secs: f64| {
+            sqlx::query("UPDATE channel_progress SET next_at = now() + make_interval(secs => $2) WHERE run_id = $1")
+                .bind(run_id)
+                .bind(secs)
+        };
+        if !live {
+            sqlx::query("UPDATE channel_progress SET done = true WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        if !self.chat_ready(project.as_str(), &channel, &conversation) {
+            reschedule(self.cfg.chat_min_interval.as_secs_f64())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        let step: Option<(String, String)> = sqlx::query_as(
+            "SELECT step_key, step_type FROM run_steps WHERE run_id = $1 ORDER BY step_index DESC, finished_at DESC LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let elapsed = (updates + 1) * interval;
+        let text = status_text(
+            state.as_deref().unwrap_or("running"),
+            step.as_ref(),
+            elapsed,
+        );
+        let ch = hub.channel(&project, &channel).await?;
+        let mode = hub.control().mode().await?;
+        if !ch.may_send(mode, &conversation) {
+            sqlx::query("UPDATE channel_progress SET done = true WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        let token = hub.send_credential(&project, &ch).await?;
+        let urls = &hub.config().urls;
+        let provider = ch.provider();
+        let timed = match (provider, &message_id) {
+            (ChannelProvider::Line, _) => {
+                // LINE has no edit: the loading animation covers up to 60 s, then one push.
+                if elapsed <= 60 {
+                    providers::line_loading(
+                        hub.http(),
+                        urls,
+                        &token,
+                        &conversation,
+                        interval as u32 * 2,
+                    )
+                    .await
+                } else if message_id.is_none() {
+                    providers::send(
+                        hub.http(),
+                        urls,
+                        provider,
+                        &token,
+                        &conversation,
+                        std::slice::from_ref(&text),
+                        providers::line_retry_key(run_id, 10_000),
+                        None,
+                    )
+                    .await
+                } else {
+                    // One push only: further updates would be new messages.
+                    reschedule(f64::from(interval)).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    return Ok(false);
+                }
+            }
+            (_, None) => {
+                let texts = format::parts(provider, &text)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                providers::send(
+                    hub.http(),
+                    urls,
+                    provider,
+                    &token,
+                    &conversation,
+                    &texts,
+                    providers::line_retry_key(run_id, 10_000),
+                    None,
+                )
+                .await
+            }
+            (_, Some(id)) => {
+                let t = format::parts(provider, &text)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default()
+                    .concat();
+                providers::edit(hub.http(), urls, provider, &token, &conversation, id, &t).await
+            }
+        };
+        match timed.outcome {
+            SendOutcome::Sent { provider_id, .. } => {
+                self.note_chat(project.as_str(), &channel, &conversation);
+                sqlx::query(
+                    "UPDATE channel_progress SET provider_message_id = coalesce($2, provider_message_id), \
+                       updates = updates + 1, last_text = $3, next_at = now() + make_interval(secs => $4) \
+                     WHERE run_id = $1",
+                )
+                .bind(run_id)
+                .bind(provider_id.filter(|_| provider != ChannelProvider::Line || elapsed > 60))
+                .bind(&text)
+                .bind(f64::from(interval))
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+            SendOutcome::Retry { after_ms, .. } => {
+                let wait = after_ms
+                    .map(|ms| ms as f64 / 1000.0)
+                    .unwrap_or(f64::from(interval));
+                reschedule(wait).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(false)
+            }
+            SendOutcome::Rejected { .. } => {
+                // A status message is best effort: stop updating, the reply still goes out.
+                sqlx::query("UPDATE channel_progress SET done = true WHERE run_id = $1")
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Err(Error::new(
+                    ErrorCode::ChannelDeliveryFailed,
+                    "status message rejected by the provider",
+                ))
+            }
+        }
+    }
+}
+
+/// The status line of a running run.
+pub fn status_text(state: &str, step: Option<&(String, String)>, elapsed_seconds: i32) -> String {
+    let doing = match (state, step) {
+        ("waiting_approval", _) => "waiting for approval".to_string(),
+        ("queued" | "retrying", _) => "waiting for a worker".to_string(),
+        (_, Some((key, kind))) if kind == "tool_call" => format!("calling a tool (step {key})"),
+        (_, Some((key, _))) => format!("working (step {key})"),
+        (_, None) => "working".to_string(),
+    };
+    format!("⏳ Still on it: {doing} ({elapsed_seconds} s)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn body_text_picks_the_readable_part() {
+        assert_eq!(body_text(&json!("hi")), "hi");
+        assert_eq!(body_text(&json!({"text": "t", "x": 1})), "t");
+        assert_eq!(body_text(&json!({"result": "r", "steps": {}})), "r");
+        assert!(body_text(&json!({"a": 1})).contains("\"a\": 1"));
+    }
+
+    #[test]
+    fn status_texts() {
+        assert!(status_text("waiting_approval", None, 30).contains("approval"));
+        let s = ("pods".to_string(), "tool_call".to_string());
+        assert!(status_text("running", Some(&s), 60).contains("calling a tool (step pods)"));
+        assert!(status_text("running", None, 90).contains("90 s"));
+    }
+}

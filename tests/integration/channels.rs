@@ -528,6 +528,21 @@ async fn bad_webhooks_get_coded_errors_an_audit_row_and_nothing_stored() {
     // Nothing of any body reached the audit log.
     let audit = env.rows("chan-a", "SELECT * FROM audit_log").await;
     assert!(!serde_json::to_string(&audit).unwrap().contains(marker));
+    // The refusals are counted by provider and code, and reach the platform's /metrics.
+    let platform = awooop::metrics::Metrics::new();
+    let m = env.hub.metrics().clone();
+    platform.add_encoder(move |out| m.encode(out));
+    let text = platform.render(&env.t.app).await;
+    for line in [
+        "awooop_channel_verification_failures_total{provider=\"telegram\",code=\"E-CHANNEL-003\"} 1",
+        "awooop_channel_verification_failures_total{provider=\"slack\",code=\"E-CHANNEL-004\"} 1",
+        "awooop_channel_verification_failures_total{provider=\"telegram\",code=\"E-CHANNEL-005\"} 1",
+        "awooop_channel_inbound_events_total{provider=\"telegram\",result=\"ignored\"} 2",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert_eq!(text.matches("# EOF").count(), 1);
+    assert!(text.trim_end().ends_with("# EOF"));
     // The accepted message still works after all that.
     let (s, _) = env.post("/v1/webhooks/chan-a/tg", &signed[0]).await;
     assert_eq!(s, StatusCode::OK);

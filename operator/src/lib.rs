@@ -23,8 +23,8 @@ pub use awooop_store::{audit, auth, coord, db, local, tenancy};
 pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod in_cluster;
-pub mod platform;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod in_cluster;
 pub mod master_secrets;
+pub mod platform;

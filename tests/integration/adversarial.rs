@@ -700,8 +700,8 @@ async fn mcp_upstreams_on_loopback_metadata_or_private_names_are_refused() {
 async fn model_provider_base_urls_obey_the_egress_policy_and_redirects_are_not_followed() {
     use awooop::coord::Coord;
     use awooop::model::breaker::{AnomalyConfig, AnomalyCounter};
-    use awooop_testkit::double::{ProviderDouble, Reply};
     use awooop::model::proxy::ProviderProxy;
+    use awooop_testkit::double::{ProviderDouble, Reply};
 
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());

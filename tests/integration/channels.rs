@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use awooop::channels::delivery::{DeliveryConfig, DeliveryWorker};
-use awooop_testkit::channels::{Fault, ProviderDouble};
 use awooop::channels::{Hub, HubConfig, StaticSecrets};
 use awooop::contracts::{ContractKind, CredentialSource};
 use awooop::control::{ControlPlane, MigrationMode};
@@ -29,6 +28,7 @@ use awooop::runtime::executor::{
 };
 use awooop::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
 use awooop::tenancy::{self, ProjectId};
+use awooop_testkit::channels::{Fault, ProviderDouble};
 
 use crate::support::*;
 

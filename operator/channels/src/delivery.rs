@@ -28,9 +28,9 @@ use uuid::Uuid;
 
 use super::providers::{self, SendOutcome};
 use super::{Hub, format, store};
-use awooop_core::redact::Redactor;
 use awooop_contracts::ChannelProvider;
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_core::redact::Redactor;
 use awooop_store::tenancy::{self, ProjectId};
 
 #[derive(Debug, Clone)]

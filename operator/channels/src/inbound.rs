@@ -20,14 +20,14 @@ use uuid::Uuid;
 
 use super::normalize::{self, Normalized, Parsed};
 use super::{Hub, ResolvedChannel, Route, store, verify};
-use awooop_core::redact::Redactor;
-use awooop_store::audit::{self, Entry};
-use awooop_store::auth::{self, Actor, Role};
 use awooop_contracts::ChannelProvider;
 use awooop_control::MigrationMode;
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_core::redact::Redactor;
 use awooop_runtime::outbound::ReplyTo;
 use awooop_runtime::{CreateRun, TraceContext};
+use awooop_store::audit::{self, Entry};
+use awooop_store::auth::{self, Actor, Role};
 use awooop_store::tenancy::{self, ProjectId};
 
 /// The hub's routes, with their own state; merged into the platform router.

@@ -458,10 +458,17 @@ mod boundary {
             }
             let dir = operator.join(c.trim_start_matches("awooop-"));
             let manifest = dir.join("Cargo.toml");
-            assert!(manifest.exists(), "no manifest for {c} at {}", manifest.display());
+            assert!(
+                manifest.exists(),
+                "no manifest for {c} at {}",
+                manifest.display()
+            );
             todo.extend(workspace_deps(&manifest));
         }
-        assert!(seen.contains("awooop-runtime"), "the walk found the runtime: {seen:?}");
+        assert!(
+            seen.contains("awooop-runtime"),
+            "the walk found the runtime: {seen:?}"
+        );
         for forbidden in ["awooop-model", "awooop-gateway", "awooop-http"] {
             assert!(
                 !seen.contains(forbidden),

@@ -14,7 +14,6 @@
 pub mod catalog;
 pub mod egress;
 
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -17,12 +17,12 @@ use serde_json::json;
 use super::{drop_scratch, percentile_ms, scratch_database};
 use crate::auth::Actor;
 use crate::channels::delivery::{DeliveryConfig, DeliveryWorker};
-use awooop_testkit::channels::ProviderDouble;
 use crate::channels::{Hub, HubConfig, StaticSecrets, verify};
 use crate::config::BenchArgs;
 use crate::contracts::{ContractKind, CredentialSource};
 use crate::control::MigrationMode;
 use crate::tenancy;
+use awooop_testkit::channels::ProviderDouble;
 
 const SECRET: &str = "bench-line-channel-secret";
 /// Concurrent webhook senders of the throughput phase.

@@ -55,7 +55,7 @@ fn encode_whole(secret: &str, how: u8, prefix: &str) -> String {
 /// A credential the properties hold for: long enough, unable to hide inside our marker, and
 /// free of the escape introducers `%`, `\` and `&` (a value that contains them, encoded only
 /// in part, can decode ambiguously: `%41` is both three literal characters and `A`; this
-/// limit is documented in docs/security-hardening.md).
+/// limit is documented in docs/security.md).
 fn usable_secret(s: &str) -> bool {
     s.chars().count() >= 8
         && !MARKER.contains(s)

@@ -364,7 +364,10 @@ pub fn channel_hub(
         p.control.clone(),
         std::sync::Arc::new(HubSecrets(p.model_credentials.clone())),
         args.hub_config(),
-    );
+    )
+    // Mirror mode's forward_to obeys the administrator's egress policy (and `awooop up`'s
+    // local loopback allowance), like MCP upstreams and model providers.
+    .with_egress(p.policy.clone());
     let m = hub.metrics().clone();
     metrics.add_encoder(move |out| m.encode(out));
     hub

@@ -183,7 +183,13 @@ async fn setup_project(
 }
 
 impl Env {
+    /// The hub with an explicit loopback allowance in its egress policy (the doubles and the
+    /// existing-handler double listen on 127.0.0.1), as `awooop up` has.
     async fn new(contract: Value) -> (Self, ProjectId) {
+        Self::with_loopback(contract, true).await
+    }
+
+    async fn with_loopback(contract: Value, loopback: bool) -> (Self, ProjectId) {
         let t = TestDb::new().await;
         let cp = t.control(Coord::none());
         let double = ProviderDouble::start().await.unwrap();
@@ -200,6 +206,12 @@ impl Env {
                 ..HubConfig::default()
             },
         );
+        let policy = awooop::policy::PolicySource::from_db(t.db());
+        let hub = hub.with_egress(if loopback {
+            policy.allow_loopback()
+        } else {
+            policy
+        });
         let router = awooop::channels::routes(hub.clone());
         (
             Self {
@@ -692,6 +704,52 @@ async fn shadow_mirror_forwards_to_the_existing_handler_and_never_sends() {
     env.t.cleanup().await;
 }
 
+/// Mirror mode's `forward_to` is a URL the tenant chose: without an administrator's
+/// allowance a loopback (or private, link-local, metadata) handler is never reached. The
+/// mirrored event is still kept, and the refusal is audited with the egress reason.
+#[tokio::test]
+async fn mirror_forward_to_is_held_to_the_egress_policy() {
+    let Some(py) = python() else { return };
+    let double = ProviderDouble::start().await.unwrap();
+    let (env, _p) = Env::with_loopback(
+        channels_contract(Some(&double.legacy_url()), 1, &[], None),
+        false,
+    )
+    .await;
+    let signed = sdk(
+        &py,
+        json!([tg_update(4101, "reach the internal handler", 5)]),
+    );
+    let (s, v) = env.post("/v1/webhooks/chan-a/tg", &signed[0]).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("E-CHANNEL-010")),
+        "{v}"
+    );
+    assert!(
+        double.calls("legacy", "webhook").is_empty(),
+        "a tenant's forward_to reached a loopback address"
+    );
+    assert_eq!(
+        env.count("chan-a", "SELECT count(*) FROM conversation_events")
+            .await,
+        1
+    );
+    let reasons = env
+        .rows(
+            "chan-a",
+            "SELECT details FROM audit_log WHERE action = 'channel.forward'",
+        )
+        .await;
+    assert!(
+        reasons.iter().any(|r| r["details"]["reason"]
+            .as_str()
+            .is_some_and(|x| x.contains("egress policy"))),
+        "{reasons:?}"
+    );
+    env.t.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_webhook_for_project_a_cannot_create_anything_in_project_b() {
     let Some(py) = python() else { return };
@@ -747,9 +805,32 @@ async fn a_webhook_for_project_a_cannot_create_anything_in_project_b() {
 #[tokio::test]
 async fn api_channel_takes_events_with_a_project_api_key() {
     let (env, p) = Env::new(channels_contract(None, 30, &[], None)).await;
+    let bound = |agent: &str| awooop::auth::KeyBinding {
+        agents: vec![agent.to_string()],
+        environments: vec!["*".to_string()],
+    };
     let key = env
         .cp
-        .create_api_key(&admin(), &p, "bot", vec![awooop::auth::Role::Runner])
+        .create_api_key_bound(
+            &admin(),
+            &p,
+            "bot",
+            vec![awooop::auth::Role::Runner],
+            Some(bound("echo")),
+        )
+        .await
+        .unwrap()
+        .token;
+    // A runner key bound to another agent cannot start the channel's agent through it.
+    let other = env
+        .cp
+        .create_api_key_bound(
+            &admin(),
+            &p,
+            "other-bot",
+            vec![awooop::auth::Role::Runner],
+            Some(bound("triage")),
+        )
         .await
         .unwrap()
         .token;
@@ -780,6 +861,14 @@ async fn api_channel_takes_events_with_a_project_api_key() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = env
+        .router
+        .clone()
+        .oneshot(req(Some(&other), "/v1/platform/conversations/api/events"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(env.count("chan-a", "SELECT count(*) FROM runs").await, 0);
     for _ in 0..2 {
         let resp = env
             .router

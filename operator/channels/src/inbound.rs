@@ -161,7 +161,7 @@ async fn webhook_in_scope(
     };
     let outcome = accept(hub, project, &ch, &actor, parsed, &body).await?;
     if let Some(url) = outcome.forward.clone() {
-        return forward(hub, &ch, &url, headers, body, &outcome).await;
+        return forward(hub, project, &ch, &url, headers, body, &outcome).await;
     }
     Ok(outcome.response())
 }
@@ -425,6 +425,7 @@ fn forwarded(name: &str) -> bool {
 /// retries (the retry is a duplicate here, and reaches the handler again).
 async fn forward(
     hub: &Hub,
+    project: &ProjectId,
     ch: &ResolvedChannel,
     url: &str,
     headers: &HeaderMap,
@@ -433,8 +434,13 @@ async fn forward(
 ) -> Result<Response> {
     let started = Instant::now();
     let allowed = url.starts_with("https://") || hub.config().allow_insecure_forward;
-    let res = if allowed {
-        let mut req = hub.http().post(url).body(body.clone());
+    let client = if allowed {
+        hub.forward_client(project.as_str(), url).await
+    } else {
+        Err("forward_to must be an https:// URL".to_string())
+    };
+    let res = if let Ok(client) = &client {
+        let mut req = client.post(url).body(body.clone());
         for (k, v) in headers {
             if forwarded(k.as_str()) {
                 req = req.header(k.as_str(), v.as_bytes());
@@ -450,14 +456,18 @@ async fn forward(
                     Err(_) => Err("existing handler's answer was cut off".to_string()),
                 }
             }
-            Err(e) => Err(if e.is_timeout() {
-                "existing handler timed out".into()
-            } else {
-                "existing handler unreachable".into()
-            }),
+            Err(e) => Err(
+                if let Some(why) = awooop_policy::egress::refused_by_policy(&e) {
+                    why.to_string()
+                } else if e.is_timeout() {
+                    "existing handler timed out".into()
+                } else {
+                    "existing handler unreachable".into()
+                },
+            ),
         }
     } else {
-        Err("forward_to must be an https:// URL".to_string())
+        Err(client.err().unwrap_or_default())
     };
     match res {
         Ok((status, ctype, b)) => {
@@ -513,16 +523,27 @@ async fn api_event(
             return Error::new(ErrorCode::AuthMissing, "an API key is required").into_response();
         }
     };
-    let (project, actor) = match auth::verify_api_key(hub.control().db(), &token).await {
-        Ok(x) => x,
-        Err(e) => return e.into_response(),
-    };
+    let (project, actor, binding) =
+        match auth::verify_api_key_bound(hub.control().db(), &token).await {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
     tenancy::scope(project.clone(), async move {
         let res = async {
             actor.require(Role::Runner)?;
             let ch = hub.channel(&project, &channel).await?;
             if ch.provider() != ChannelProvider::Api {
                 return Err(not_found());
+            }
+            // A runner key starts runs only for the agents it is bound to, here as on
+            // `POST /v1/platform/runs`: the channel's agent must be one of them.
+            if let Some(b) = &binding
+                && !b.allows_agent(ch.channel.agent.as_str())
+            {
+                return Err(Error::new(
+                    ErrorCode::AuthForbidden,
+                    "this API key is not bound to the channel's agent",
+                ));
             }
             let body = read_body(&hub, &ch, &headers, body).await?;
             let parsed = normalize::parse(ChannelProvider::Api, &body, false)?;

@@ -261,6 +261,12 @@ struct HubInner {
     actions: Arc<dyn ActionHandler>,
     config: HubConfig,
     http: reqwest::Client,
+    /// The administrator's egress policy: mirror mode's `forward_to` is a tenant-chosen URL,
+    /// so it is checked (and its addresses filtered on every connection) like MCP upstreams
+    /// and model providers.
+    egress: awooop_policy::PolicySource,
+    /// One forwarding client per project, built under the egress snapshot in force (digest).
+    forward_clients: std::sync::Mutex<HashMap<String, ([u8; 32], reqwest::Client)>>,
     cache: ChannelCache,
     metrics: Arc<metrics::ChannelMetrics>,
 }
@@ -275,18 +281,59 @@ impl Hub {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("HTTP client");
+        let egress = awooop_policy::PolicySource::from_db(control.db().clone());
         Self {
             inner: Arc::new(HubInner {
+                egress,
                 runs: RunService::new(control.clone()),
                 control,
                 secrets,
                 actions: Arc::new(DefaultActions),
+                forward_clients: Default::default(),
                 config,
                 http,
                 cache: RwLock::new(HashMap::new()),
                 metrics: Arc::new(metrics::ChannelMetrics::new()),
             }),
         }
+    }
+
+    /// Use another platform policy source (`awooop up` adds its local loopback allowance;
+    /// before the hub is shared).
+    pub fn with_egress(mut self, egress: awooop_policy::PolicySource) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_egress before the hub is shared")
+            .egress = egress;
+        self
+    }
+
+    /// The client that forwards `url` for `project` in mirror mode, after the egress policy
+    /// allowed it: its resolver refuses addresses the policy does not allow on every
+    /// connection, it follows no redirects and uses no proxy.
+    pub(crate) async fn forward_client(
+        &self,
+        project: &str,
+        url: &str,
+    ) -> std::result::Result<reqwest::Client, String> {
+        let snap = self
+            .inner
+            .egress
+            .snapshot()
+            .await
+            .map_err(|e| format!("egress policy unavailable: {}", e.code.as_str()))?;
+        snap.egress.check(project, url).map_err(|e| e.to_string())?;
+        let mut clients = self.inner.forward_clients.lock().expect("forward clients");
+        if let Some((digest, c)) = clients.get(project)
+            && *digest == snap.digest
+        {
+            return Ok(c.clone());
+        }
+        let c = awooop_policy::egress::client_builder(project, snap.egress.clone())
+            .timeout(self.inner.config.http_timeout)
+            .build()
+            .map_err(|_| "cannot build the forwarding client".to_string())?;
+        clients.insert(project.to_string(), (snap.digest, c.clone()));
+        Ok(c)
     }
 
     /// Replace the command/postback router (before the hub is shared).

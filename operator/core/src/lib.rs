@@ -8,7 +8,6 @@
 
 pub mod canonical;
 pub mod error;
-pub mod exact;
 pub mod migration;
 pub mod redact;
 pub mod run_state;

@@ -4,7 +4,7 @@
 //! typed marker `[REDACTED:<class>]`; [`Redactor::redact_json`] walks nested JSON and redacts
 //! object keys and string values, and replaces the whole value of secret-looking keys
 //! (`password`, `api_key`, `*_token`, …). [`ExactSecrets`] removes known credential values
-//! (raw or encoded: see [`super::exact`]) that no pattern could recognise. Redaction is
+//! (raw or encoded: see [`exact`]) that no pattern could recognise. Redaction is
 //! idempotent: markers never match a pattern again.
 //!
 //! Order matters: whole PEM blocks and JWTs go first (they contain text other patterns would
@@ -362,9 +362,10 @@ pub fn is_secret_key(key: &str) -> bool {
     EXACT.contains(&k.as_str()) || SUFFIX.iter().any(|s| k.ends_with(s))
 }
 
-/// Exact-value redaction lives in [`super::exact`] (decoded views, base64 at any offset, values
+/// Exact-value redaction lives in [`exact`] (decoded views, base64 at any offset, values
 /// split across strings).
-pub use super::exact::ExactSecrets;
+pub mod exact;
+pub use exact::ExactSecrets;
 
 /// [`walk_json`] without the secret-key rule, for [`ExactSecrets::redact_json`].
 pub(super) fn walk_json_with(

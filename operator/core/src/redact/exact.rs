@@ -24,7 +24,7 @@
 //! several tool calls, base64 broken by line wraps inside the value, compression, or text that
 //! asks the model to reassemble pieces. A tool server that holds a credential can always
 //! exfiltrate it somehow; exact-value redaction is a second layer behind not giving tools
-//! credentials they do not need (see docs/security-hardening.md).
+//! credentials they do not need (see docs/security.md).
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -144,7 +144,7 @@ impl ExactSecrets {
     }
 
     pub fn redact_json(&self, v: &mut serde_json::Value) -> usize {
-        super::redact::walk_json_with(v, &|s| self.redact_str(s))
+        super::walk_json_with(v, &|s| self.redact_str(s))
     }
 
     /// Redact values split across consecutive strings (e.g. the text items of one tool result):

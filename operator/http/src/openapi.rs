@@ -131,6 +131,12 @@ fn run_approval(_: &mut SchemaGenerator) -> Value {
         "properties": {"approved": {"type": "boolean"}}})
 }
 
+fn api_event(_: &mut SchemaGenerator) -> Value {
+    json!({"type": "object", "required": ["event_id", "conversation"], "properties": {
+        "event_id": {"type": "string"}, "conversation": {"type": "string"},
+        "sender": {"type": "string"}, "kind": {"type": "string"}, "text": {"type": "string"}}})
+}
+
 fn json_rpc(_: &mut SchemaGenerator) -> Value {
     json!({"type": "object", "description": "One JSON-RPC 2.0 message (MCP Streamable HTTP)",
         "required": ["jsonrpc"], "properties": {"jsonrpc": {"const": "2.0"},
@@ -192,6 +198,44 @@ pub fn operations() -> Vec<Op> {
                 "post",
                 "/mcp",
                 "MCP gateway (Streamable HTTP): one JSON-RPC message; notifications answer 202",
+                200,
+            )
+        },
+        Op {
+            request: Some(api_event),
+            response: Some(any),
+            errors: &[
+                E::ChannelNotFound,
+                E::ChannelBodyTooLarge,
+                E::ChannelMalformed,
+                E::ChannelSenderNotAllowed,
+            ],
+            ..op(
+                "post",
+                "/v1/platform/conversations/{channel}/events",
+                "Post an event to an API channel of the active Channel contract (a run per new event_id)",
+                202,
+            )
+        },
+        Op {
+            request: Some(any),
+            response: Some(any),
+            errors: &[
+                E::ChannelNotFound,
+                E::ChannelSignatureMissing,
+                E::ChannelSignatureInvalid,
+                E::ChannelTimestampStale,
+                E::ChannelBodyTooLarge,
+                E::ChannelMalformed,
+                E::ChannelForwardFailed,
+            ],
+            // Authenticated by the provider's signature (verified before the body is parsed),
+            // not by a bearer credential.
+            public: true,
+            ..op(
+                "post",
+                "/v1/webhooks/{project}/{channel}",
+                "Provider webhook (Telegram, LINE, Slack), served by the channel hub (awooop-channels)",
                 200,
             )
         },

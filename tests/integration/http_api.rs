@@ -754,6 +754,57 @@ async fn openapi_document_covers_routes_that_exist() {
     t.cleanup().await;
 }
 
+/// Read permission is decided once, by the `Tenant<Read>` extractor: every documented GET
+/// route under `/v1` refuses a key without the `reader` role (a runner-only key) before any
+/// handler code runs, so a new read handler cannot forget the check.
+#[tokio::test]
+async fn every_read_route_needs_the_reader_role() {
+    let t = TestDb::new().await;
+    let api = Api::new(&t, 1 << 20);
+    let (s, _) = api
+        .json(
+            "POST",
+            "/v1/control/projects",
+            ADMIN,
+            json!({"project_id": "alpha", "display_name": "A"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let runner = api_key(&api, "alpha", "bot", &["runner"]).await;
+    let reader = api_key(&api, "alpha", "viewer", &["reader"]).await;
+    let mut checked = 0;
+    for op in awooop::http::openapi::operations() {
+        if op.method != "get"
+            || !op.path.starts_with("/v1/")
+            || op.path.starts_with("/v1/platform/conversations/")
+        {
+            continue;
+        }
+        let path = op
+            .path
+            .replace("{id}", "00000000-0000-7000-8000-000000000000")
+            .replace("{kind}", "agent")
+            .replace("{name}", "x")
+            .replace("{n}", "1");
+        let path = if path.contains("/diff") {
+            format!("{path}?from=1&to=2")
+        } else {
+            path
+        };
+        let res = api.call("GET", &path, Some(&runner), None, None).await;
+        expect(&res, 403, "E-AUTH-003");
+        // The same route with the reader role gets past the permission check.
+        let (status, body) = api.call("GET", &path, Some(&reader), None, None).await;
+        assert!(
+            !(status == StatusCode::FORBIDDEN && path != "/v1/control/projects"),
+            "GET {path} refused a reader: {body}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} read routes found");
+    t.cleanup().await;
+}
+
 /// A known path with a method it does not take: 405 with the platform's JSON error and code
 /// (not axum's empty 405), for top-level and nested routes.
 #[tokio::test]

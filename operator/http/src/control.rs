@@ -1,5 +1,6 @@
-//! `/v1/control/...`: the control plane over HTTP. Handlers are thin: authenticate, enter the
-//! caller's tenant scope, call the shared service, serialise.
+//! `/v1/control/...`: the control plane over HTTP. Handlers are thin: the extractor
+//! ([`Tenant`], [`Platform`]) authenticates and authorises, [`Tenant::run`] enters the caller's
+//! tenant scope, the handler calls the shared service and serialises.
 
 use axum::Json;
 use axum::Router;
@@ -13,12 +14,12 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::AppState;
-use super::extract::{ApiJson, Caller};
+use super::extract::{Admin, ApiJson, Caller, Platform, Read, Tenant, Write};
 use awooop_contracts::ContractKind;
 use awooop_control::{MigrationMode, NewProject, PublishRequest};
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_store::auth::Role;
-use awooop_store::tenancy::{self, ProjectId};
+use awooop_store::tenancy::ProjectId;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -56,16 +57,16 @@ fn kind(s: &str) -> Result<ContractKind> {
     ContractKind::parse(s)
 }
 
-async fn list_projects(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
-    Ok(Json(s.control.list_projects(&c.actor).await?))
+async fn list_projects(State(s): State<AppState>, p: Platform) -> Result<impl IntoResponse> {
+    Ok(Json(s.control.list_projects(&p.actor).await?))
 }
 
 async fn create_project(
     State(s): State<AppState>,
-    c: Caller,
+    p: Platform,
     ApiJson(req): ApiJson<NewProject>,
 ) -> Result<impl IntoResponse> {
-    let p = s.control.create_project(&c.actor, req).await?;
+    let p = s.control.create_project(&p.actor, req).await?;
     Ok((StatusCode::CREATED, Json(p)))
 }
 
@@ -83,7 +84,7 @@ struct NewApiKey {
 
 async fn create_api_key(
     State(s): State<AppState>,
-    c: Caller,
+    p: Platform,
     Path(project): Path<String>,
     ApiJson(req): ApiJson<NewApiKey>,
 ) -> Result<impl IntoResponse> {
@@ -102,15 +103,13 @@ async fn create_api_key(
     };
     let k = s
         .control
-        .create_api_key_bound(&c.actor, &project, &req.principal, roles, binding)
+        .create_api_key_bound(&p.actor, &project, &req.principal, roles, binding)
         .await?;
     Ok((StatusCode::CREATED, Json(k)))
 }
 
-async fn project(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
-    let p = tenancy::scope(c.project()?, s.control.project()).await?;
-    Ok(Json(p))
+async fn project(State(s): State<AppState>, t: Tenant<Read>) -> Result<impl IntoResponse> {
+    Ok(Json(t.run(s.control.project()).await?))
 }
 
 #[derive(Deserialize)]
@@ -121,36 +120,31 @@ struct RegisterKey {
 
 async fn register_signing_key(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Admin>,
     ApiJson(req): ApiJson<RegisterKey>,
 ) -> Result<impl IntoResponse> {
-    let v = tenancy::scope(
-        c.project()?,
-        s.control.register_signing_key(&c.actor, &req.key_id),
-    )
-    .await?;
+    let v = t
+        .run(s.control.register_signing_key(&t.actor, &req.key_id))
+        .await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
 async fn revoke_api_key(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Admin>,
     Path(key_id): Path<String>,
 ) -> Result<impl IntoResponse> {
-    tenancy::scope(c.project()?, s.control.revoke_api_key(&c.actor, &key_id)).await?;
+    t.run(s.control.revoke_api_key(&t.actor, &key_id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn revoke_signing_key(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Admin>,
     Path(key_id): Path<String>,
 ) -> Result<impl IntoResponse> {
-    tenancy::scope(
-        c.project()?,
-        s.control.revoke_signing_key(&c.actor, &key_id),
-    )
-    .await?;
+    t.run(s.control.revoke_signing_key(&t.actor, &key_id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -171,7 +165,7 @@ fn octet() -> String {
 
 async fn put_artifact(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     ApiJson(req): ApiJson<PutArtifact>,
 ) -> Result<impl IntoResponse> {
     let content = base64::engine::general_purpose::STANDARD
@@ -182,17 +176,15 @@ async fn put_artifact(
                 "content_base64 is not valid base64",
             )
         })?;
-    let v = tenancy::scope(
-        c.project()?,
-        s.control.put_artifact(
-            &c.actor,
+    let v = t
+        .run(s.control.put_artifact(
+            &t.actor,
             &req.reference,
             &req.kind,
             &req.media_type,
             &content,
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -228,34 +220,26 @@ struct NewDraft {
 
 async fn create_draft(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     ApiJson(req): ApiJson<NewDraft>,
 ) -> Result<impl IntoResponse> {
     let k = kind(&req.kind)?;
-    let d = tenancy::scope(
-        c.project()?,
-        s.control.create_draft(&c.actor, k, &req.name, req.body),
-    )
-    .await?;
+    let d = t
+        .run(s.control.create_draft(&t.actor, k, &req.name, req.body))
+        .await?;
     Ok((StatusCode::CREATED, Json(d)))
 }
 
-async fn list_drafts(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.list_drafts()).await?,
-    ))
+async fn list_drafts(State(s): State<AppState>, t: Tenant<Read>) -> Result<impl IntoResponse> {
+    Ok(Json(t.run(s.control.list_drafts()).await?))
 }
 
 async fn get_draft(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.get_draft(uuid(&id)?)).await?,
-    ))
+    Ok(Json(t.run(s.control.get_draft(uuid(&id)?)).await?))
 }
 
 #[derive(Deserialize)]
@@ -266,113 +250,97 @@ struct UpdateDraft {
 
 async fn update_draft(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<UpdateDraft>,
 ) -> Result<impl IntoResponse> {
     let id = uuid(&id)?;
     Ok(Json(
-        tenancy::scope(c.project()?, s.control.update_draft(&c.actor, id, req.body)).await?,
+        t.run(s.control.update_draft(&t.actor, id, req.body))
+            .await?,
     ))
 }
 
 async fn delete_draft(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
     let id = uuid(&id)?;
-    tenancy::scope(c.project()?, s.control.delete_draft(&c.actor, id)).await?;
+    t.run(s.control.delete_draft(&t.actor, id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn publish(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<impl IntoResponse> {
     let id = uuid(&id)?;
-    let r = tenancy::scope(c.project()?, s.control.publish(&c.actor, id, req)).await?;
+    let r = t.run(s.control.publish(&t.actor, id, req)).await?;
     Ok((StatusCode::CREATED, Json(r)))
 }
 
 async fn revision_by_id(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.revision_by_id(uuid(&id)?)).await?,
-    ))
+    Ok(Json(t.run(s.control.revision_by_id(uuid(&id)?)).await?))
 }
 
 async fn approve(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
     let id = uuid(&id)?;
-    let a = tenancy::scope(c.project()?, s.control.approve(&c.actor, id)).await?;
+    let a = t.run(s.control.approve(&t.actor, id)).await?;
     Ok((StatusCode::CREATED, Json(a)))
 }
 
 async fn activate(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
     let id = uuid(&id)?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.activate(&c.actor, id)).await?,
-    ))
+    Ok(Json(t.run(s.control.activate(&t.actor, id)).await?))
 }
 
-async fn active_list(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.active_list()).await?,
-    ))
+async fn active_list(State(s): State<AppState>, t: Tenant<Read>) -> Result<impl IntoResponse> {
+    Ok(Json(t.run(s.control.active_list()).await?))
 }
 
 async fn active(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     Path((k, name)): Path<(String, String)>,
 ) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
     let k = kind(&k)?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.active(k, &name)).await?,
-    ))
+    Ok(Json(t.run(s.control.active(k, &name)).await?))
 }
 
 async fn history(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     Path((k, name)): Path<(String, String)>,
 ) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
     let k = kind(&k)?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.history(k, &name)).await?,
-    ))
+    Ok(Json(t.run(s.control.history(k, &name)).await?))
 }
 
 async fn revision(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     Path((k, name, n)): Path<(String, String, String)>,
 ) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
     let k = kind(&k)?;
     let n: i32 = n
         .parse()
         .map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "revision must be an integer"))?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.revision(k, &name, n)).await?,
-    ))
+    Ok(Json(t.run(s.control.revision(k, &name, n)).await?))
 }
 
 #[derive(Deserialize)]
@@ -384,23 +352,19 @@ struct DiffQuery {
 
 async fn diff(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     Path((k, name)): Path<(String, String)>,
     q: std::result::Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
     let Query(q) =
         q.map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "expected ?from=N&to=M"))?;
     let k = kind(&k)?;
-    let d = tenancy::scope(c.project()?, s.control.diff(k, &name, q.from, q.to)).await?;
+    let d = t.run(s.control.diff(k, &name, q.from, q.to)).await?;
     Ok(Json(json!({"diff": d})))
 }
 
-async fn migration(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.migration()).await?,
-    ))
+async fn migration(State(s): State<AppState>, t: Tenant<Read>) -> Result<impl IntoResponse> {
+    Ok(Json(t.run(s.control.migration()).await?))
 }
 
 #[derive(Deserialize)]
@@ -415,15 +379,14 @@ struct SetMode {
 
 async fn set_mode(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     ApiJson(req): ApiJson<SetMode>,
 ) -> Result<impl IntoResponse> {
     let to = MigrationMode::parse(&req.mode)?;
     Ok(Json(
-        tenancy::scope(
-            c.project()?,
+        t.run(
             s.control
-                .set_mode(&c.actor, to, req.force, req.reason.as_deref()),
+                .set_mode(&t.actor, to, req.force, req.reason.as_deref()),
         )
         .await?,
     ))
@@ -442,12 +405,9 @@ fn default_limit() -> i64 {
 
 async fn audit(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     q: std::result::Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
     let Query(q) = q.map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "expected ?limit=N"))?;
-    Ok(Json(
-        tenancy::scope(c.project()?, s.control.audit(q.limit)).await?,
-    ))
+    Ok(Json(t.run(s.control.audit(q.limit)).await?))
 }

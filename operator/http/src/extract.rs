@@ -1,4 +1,31 @@
-//! Request extractors: the caller's identity and JSON bodies, both failing with stable codes.
+//! Request extractors: the caller's identity, its permission and tenant scope, and JSON
+//! bodies, all failing with stable codes.
+//!
+//! # Which extractor does my handler take?
+//!
+//! | The route … | Take | Checked before the handler runs |
+//! |---|---|---|
+//! | reads one project's data (GET) | [`Tenant<Read>`](Tenant) | credential, `reader` role, a project |
+//! | changes one project's data | [`Tenant<Write>`](Tenant) | credential, a project (the operation's role: its service method) |
+//! | is a platform-admin action on one project | [`Tenant<Admin>`](Tenant) | credential, admin, a project |
+//! | is a platform action on no project | [`Platform`] | credential, admin |
+//! | needs a credential only (pure computation) | [`Caller`] | credential |
+//!
+//! A tenant handler then does all its tenant work inside [`Tenant::run`], which enters the
+//! caller's tenant scope (`tenancy::scope`) exactly once:
+//!
+//! ```ignore
+//! async fn get_draft(State(s): State<AppState>, t: Tenant<Read>, Path(id): Path<String>)
+//!     -> Result<impl IntoResponse> {
+//!     Ok(Json(t.run(s.control.get_draft(uuid(&id)?)).await?))
+//! }
+//! ```
+//!
+//! No handler calls `actor.require(..)`, `caller.project()` or `tenancy::scope` itself: the
+//! read/write decision lives in [`Need::authorize`] alone.
+
+use std::future::Future;
+use std::marker::PhantomData;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -7,8 +34,8 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use awooop_core::error::{Error, ErrorCode, Result};
-use awooop_store::auth::{self, Actor};
-use awooop_store::tenancy::ProjectId;
+use awooop_store::auth::{self, Actor, Role};
+use awooop_store::tenancy::{self, ProjectId};
 
 /// Header naming the project an admin credential acts on.
 pub const PROJECT_HEADER: &str = "x-awooop-project";
@@ -92,6 +119,120 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// What a route needs from its caller beyond a valid credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Read a project's data: the `reader` role.
+    Read,
+    /// Change a project's data. The role depends on the operation (author, publisher,
+    /// approver, activator, runner) and is checked by the service method itself, because the
+    /// CLI and the channel hub call the same method and its refusals are audited there with
+    /// the operation's details (`revision.publish`, `revision.approve`); checking it here
+    /// first would skip that audit row.
+    Write,
+    /// A platform-administrator action (projects, API keys, signing keys).
+    Admin,
+}
+
+impl Need {
+    /// The one place that decides read vs write permission for every HTTP route.
+    pub fn authorize(self, actor: &Actor) -> Result<()> {
+        match self {
+            Need::Read => actor.require(Role::Reader),
+            Need::Write => Ok(()),
+            Need::Admin => actor.require_admin(),
+        }
+    }
+}
+
+/// A permission marker for [`Tenant`]: [`Read`], [`Write`] or [`Admin`].
+pub trait Access: Send + Sync + 'static {
+    const NEED: Need;
+}
+
+/// Marker: the route reads (see [`Need::Read`]).
+pub struct Read;
+/// Marker: the route writes (see [`Need::Write`]).
+pub struct Write;
+/// Marker: the route is a platform-admin action on one project (see [`Need::Admin`]).
+pub struct Admin;
+
+impl Access for Read {
+    const NEED: Need = Need::Read;
+}
+impl Access for Write {
+    const NEED: Need = Need::Write;
+}
+impl Access for Admin {
+    const NEED: Need = Need::Admin;
+}
+
+/// An authenticated caller, authorised for `A`, acting on one project. Extracting it resolves
+/// the credential ([`Caller`]), applies [`Need::authorize`] and fixes the project; the handler
+/// then runs its tenant work in [`Tenant::run`].
+pub struct Tenant<A: Access> {
+    pub actor: Actor,
+    pub project: ProjectId,
+    /// A runner key's agents and environments (`None` for the admin and non-runner keys).
+    pub binding: Option<auth::KeyBinding>,
+    _access: PhantomData<A>,
+}
+
+impl<A: Access> Tenant<A> {
+    /// Run `fut` inside the caller's tenant scope: the only way a handler reaches tenant rows.
+    pub async fn run<F, T>(&self, fut: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        tenancy::scope(self.project.clone(), fut).await
+    }
+
+    /// A runner key acts only for the agents it is bound to; other credentials for any.
+    pub fn require_agent(&self, agent: &str) -> Result<()> {
+        match &self.binding {
+            Some(b) if !b.allows_agent(agent) => Err(Error::new(
+                ErrorCode::AuthForbidden,
+                "this API key is not bound to that agent",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<A: Access> FromRequestParts<AppState> for Tenant<A> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        A::NEED.authorize(&caller.actor)?;
+        let project = caller.project()?;
+        Ok(Tenant {
+            actor: caller.actor,
+            project,
+            binding: caller.binding,
+            _access: PhantomData,
+        })
+    }
+}
+
+/// The platform administrator, acting on no particular project (list and create projects,
+/// mint API keys for a named project).
+pub struct Platform {
+    pub actor: Actor,
+}
+
+impl FromRequestParts<AppState> for Platform {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        Need::Admin.authorize(&caller.actor)?;
+        Ok(Platform {
+            actor: caller.actor,
+        })
+    }
+}
+
 /// A JSON body read with the configured size limit; typed request structs reject unknown
 /// fields, so every shape error maps to `E-REQ-001`. The body must be declared JSON (415
 /// `E-REQ-004` otherwise) and may not contain U+0000 (see [`super::guard`]).
@@ -125,4 +266,46 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         };
         Error::new(ErrorCode::ReqMalformed, format!("{what}: {e}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(roles: &[Role]) -> Actor {
+        Actor {
+            principal: "k".into(),
+            roles: roles.to_vec(),
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn read_write_and_admin_are_decided_here() {
+        let admin = Actor::cli("admin");
+        let reader = key(&[Role::Reader]);
+        let runner = key(&[Role::Runner]);
+        let author = key(&[Role::Author]);
+        for (actor, need, ok) in [
+            (&admin, Need::Read, true),
+            (&admin, Need::Write, true),
+            (&admin, Need::Admin, true),
+            (&reader, Need::Read, true),
+            (&reader, Need::Admin, false),
+            (&runner, Need::Read, false),
+            (&author, Need::Read, false),
+            // A write's own role is the service method's to check (audited there).
+            (&runner, Need::Write, true),
+            (&author, Need::Admin, false),
+        ] {
+            let got = need.authorize(actor);
+            assert_eq!(got.is_ok(), ok, "{need:?} {:?}", actor.roles);
+            if let Err(e) = got {
+                assert_eq!(e.code, ErrorCode::AuthForbidden);
+            }
+        }
+        assert_eq!(<Read as Access>::NEED, Need::Read);
+        assert_eq!(<Write as Access>::NEED, Need::Write);
+        assert_eq!(<Admin as Access>::NEED, Need::Admin);
+    }
 }

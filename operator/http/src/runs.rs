@@ -10,11 +10,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::AppState;
-use super::extract::{ApiJson, Caller};
+use super::extract::{ApiJson, Read, Tenant, Write};
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_runtime::{CreateRun, ListQuery, RunService};
-use awooop_store::auth::Role;
-use awooop_store::tenancy;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -43,23 +41,16 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>> {
 
 async fn create(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateRun>,
 ) -> Result<impl IntoResponse> {
     // A runner key starts runs only for the agents it is bound to.
-    if let Some(b) = &c.binding
-        && !b.allows_agent(&req.agent)
-    {
-        return Err(Error::new(
-            ErrorCode::AuthForbidden,
-            "this API key is not bound to that agent",
-        ));
-    }
+    t.require_agent(&req.agent)?;
     let idem = header(&headers, "idempotency-key")?;
     let tp = header(&headers, "traceparent")?;
     let runs = RunService::new(s.control.clone());
-    let accepted = tenancy::scope(c.project()?, runs.create(&c.actor, req, idem, tp)).await?;
+    let accepted = t.run(runs.create(&t.actor, req, idem, tp)).await?;
     let mut resp_headers = HeaderMap::new();
     if let Ok(v) = accepted.traceparent.parse() {
         resp_headers.insert("traceparent", v);
@@ -69,22 +60,18 @@ async fn create(
 
 async fn get_run(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
     let runs = RunService::new(s.control.clone());
-    Ok(Json(
-        tenancy::scope(c.project()?, runs.get(run_id(&id)?)).await?,
-    ))
+    Ok(Json(t.run(runs.get(run_id(&id)?)).await?))
 }
 
 async fn list(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     q: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse> {
-    c.actor.require(Role::Reader)?;
     let Query(q) = q.map_err(|_| {
         Error::new(
             ErrorCode::ReqInvalidParam,
@@ -92,18 +79,16 @@ async fn list(
         )
     })?;
     let runs = RunService::new(s.control.clone());
-    Ok(Json(tenancy::scope(c.project()?, runs.list(q)).await?))
+    Ok(Json(t.run(runs.list(q)).await?))
 }
 
 async fn cancel(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
     let runs = RunService::new(s.control.clone());
-    Ok(Json(
-        tenancy::scope(c.project()?, runs.cancel(&c.actor, run_id(&id)?)).await?,
-    ))
+    Ok(Json(t.run(runs.cancel(&t.actor, run_id(&id)?)).await?))
 }
 
 #[derive(Deserialize)]
@@ -114,16 +99,13 @@ struct Approval {
 
 async fn approval(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Write>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<Approval>,
 ) -> Result<impl IntoResponse> {
     let runs = RunService::new(s.control.clone());
     Ok(Json(
-        tenancy::scope(
-            c.project()?,
-            runs.approve(&c.actor, run_id(&id)?, req.approved),
-        )
-        .await?,
+        t.run(runs.approve(&t.actor, run_id(&id)?, req.approved))
+            .await?,
     ))
 }

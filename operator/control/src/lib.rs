@@ -6,6 +6,7 @@
 //! projects, minting API keys) require an admin [`Actor`] and run in audited platform scope.
 
 pub use awooop_core::migration;
+mod activate;
 pub mod registry;
 pub mod repo;
 
@@ -1196,141 +1197,18 @@ impl ControlPlane {
         actor.require(Role::Activator)?;
         let project = tenancy::require()?;
         let mut tx = self.db.tenant().await?;
-        let p = self.require_active_project(&mut tx).await?;
-        let rev = self.published_revision(&mut tx, revision_id).await?;
-        let kind = ContractKind::parse(&rev.kind)?;
-        repo::lock_contract(&mut tx, kind, &rev.name).await?;
-        let current = repo::active(&mut tx, kind, &rev.name).await?;
-        if current
-            .as_ref()
-            .is_some_and(|c| c.revision_id == revision_id)
-        {
-            return Err(Error::new(
-                ErrorCode::ContractAlreadyActive,
-                "this revision is already active",
-            ));
-        }
-        repo::void_expired_approvals(&mut tx, revision_id).await?;
-        let approvers = repo::open_approvers(&mut tx, revision_id).await?;
-        let required = p.required_approvals as usize;
-        if approvers.len() < required {
-            return Err(Error::new(
-                ErrorCode::ContractInsufficientApprovals,
-                format!("{} of {required} required approvals", approvers.len()),
-            )
-            .with_details(
-                json!({"approvals": approvers.len(), "required": required, "approvers": approvers}),
-            ));
-        }
-        let activation_id = Uuid::now_v7();
-        sqlx::query(
-            "UPDATE activation_approvals SET consumed_by = $2 \
-             WHERE revision_id = $1 AND consumed_by IS NULL AND void_reason IS NULL AND expires_at > now()",
-        )
-        .bind(revision_id)
-        .bind(activation_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO active_revisions (project_id, kind, name, revision_id, revision, body_hash, activation_id, activated_by, activated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, clock_timestamp()) \
-             ON CONFLICT (project_id, kind, name) DO UPDATE SET revision_id = EXCLUDED.revision_id, \
-             revision = EXCLUDED.revision, body_hash = EXCLUDED.body_hash, activation_id = EXCLUDED.activation_id, \
-             activated_by = EXCLUDED.activated_by, activated_at = clock_timestamp()",
-        )
-        .bind(project.as_str())
-        .bind(kind.as_str())
-        .bind(&rev.name)
-        .bind(revision_id)
-        .bind(rev.revision)
-        .bind(&rev.body_hash)
-        .bind(activation_id)
-        .bind(&actor.principal)
-        .execute(&mut *tx)
-        .await?;
-        let is_rollback = current.as_ref().is_some_and(|c| c.revision > rev.revision);
-        let previous = current.as_ref().map(|c| c.revision_id);
-        sqlx::query(
-            "INSERT INTO activation_history (project_id, activation_id, kind, name, revision_id, revision, body_hash, \
-             previous_revision_id, is_rollback, approvers, activated_by, activated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, clock_timestamp())",
-        )
-        .bind(project.as_str())
-        .bind(activation_id)
-        .bind(kind.as_str())
-        .bind(&rev.name)
-        .bind(revision_id)
-        .bind(rev.revision)
-        .bind(&rev.body_hash)
-        .bind(previous)
-        .bind(is_rollback)
-        .bind(&approvers)
-        .bind(&actor.principal)
-        .execute(&mut *tx)
-        .await?;
-        if kind == ContractKind::Project {
-            // The active Project contract governs the project's approval policy from now on.
-            if let Ok(Contract::Project(pc)) = contracts::validate(kind, &rev.body) {
-                sqlx::query(
-                    "UPDATE projects SET required_approvals = $1, approval_ttl_seconds = $2, allow_destructive = $3, \
-                     display_name = $4, updated_at = now() WHERE project_id = $5",
-                )
-                .bind(i32::from(pc.approval.required_approvals))
-                .bind(pc.approval.ttl_seconds as i32)
-                .bind(pc.allow_destructive_tools)
-                .bind(&pc.display_name)
-                .bind(project.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if kind == ContractKind::McpGateway
-            && let Ok(Contract::McpGateway(g)) = contracts::validate(kind, &rev.body)
-        {
-            // The gateway registry tables mirror the active revision, written atomically with
-            // the activation (MCP gateway, migrations/0005).
-            crate::registry::materialize(&mut tx, project.as_str(), revision_id, &g).await?;
-        }
-        audit::record(
-            &mut tx,
-            Entry::ok(
-                &actor.principal,
-                if is_rollback { "revision.rollback" } else { "revision.activate" },
-                format!("{kind}/{}@{}", rev.name, rev.revision),
-                json!({"revision_id": revision_id, "activation_id": activation_id, "previous_revision_id": previous, "approvers": approvers}),
-            ),
-        )
-        .await?;
-        let payload = json!({
-            "project_id": project.as_str(), "kind": kind.as_str(), "name": rev.name,
-            "revision_id": revision_id, "revision": rev.revision, "body_hash": rev.body_hash,
-            "activation_id": activation_id,
-        });
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(ACTIVATION_CHANNEL)
-            .bind(payload.to_string())
-            .execute(&mut *tx)
-            .await?;
+        let target = activate::lock(self, &mut tx, project, revision_id).await?;
+        let approvers = activate::check_approvals(&mut tx, &target).await?;
+        let activation = activate::write(&mut tx, actor, &target, approvers).await?;
+        activate::materialise_gateway(&mut tx, &target).await?;
+        activate::audit(&mut tx, actor, &target, &activation).await?;
+        activate::notify(&mut tx, &target, &activation).await?;
         tx.commit().await?;
-        let keys: Vec<String> = approvers
-            .iter()
-            .filter_map(|a| tenancy::redis_key("approval", &format!("{revision_id}:{a}")).ok())
-            .collect();
-        self.coord.del(&keys).await;
-        Ok(Activation {
-            activation_id,
-            kind: kind.as_str().into(),
-            name: rev.name,
-            revision_id,
-            revision: rev.revision,
-            body_hash: rev.body_hash,
-            previous_revision_id: previous,
-            is_rollback,
-            approvers,
-        })
+        activate::forget_approvals(&self.coord, &activation).await;
+        Ok(activation)
     }
 
-    async fn published_revision(
+    pub(crate) async fn published_revision(
         &self,
         conn: &mut sqlx::PgConnection,
         id: Uuid,
@@ -1435,7 +1313,10 @@ impl ControlPlane {
 
     // ---------------------------------------------------------------------------------------
 
-    async fn require_active_project(&self, conn: &mut sqlx::PgConnection) -> Result<ProjectRow> {
+    pub(crate) async fn require_active_project(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<ProjectRow> {
         match repo::project(conn).await? {
             Some(p) if p.status == "active" => Ok(p),
             _ => Err(Error::new(ErrorCode::ProjectNotFound, "project not found")),

@@ -23,7 +23,7 @@ pub fn identity(args: &OperatorArgs) -> String {
     })
 }
 
-fn metrics_router(metrics: Arc<ControllerMetrics>, pool: sqlx::PgPool) -> Router {
+fn metrics_router(metrics: Arc<ControllerMetrics>, health: crate::http::health::Health) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -40,22 +40,7 @@ fn metrics_router(metrics: Arc<ControllerMetrics>, pool: sqlx::PgPool) -> Router
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let pool = pool.clone();
-                async move {
-                    match sqlx::query("SELECT 1").execute(&pool).await {
-                        Ok(_) => (axum::http::StatusCode::OK, "ready"),
-                        Err(_) => (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "database unavailable",
-                        ),
-                    }
-                }
-            }),
-        )
+        .merge(health.routes())
 }
 
 /// Run the controller in the cluster until SIGTERM (Ok) or the lease is lost (Err).
@@ -70,9 +55,9 @@ pub async fn run_in_cluster(control: ControlPlane, args: &OperatorArgs) -> anyho
     let namespace = args.namespace();
     let identity = identity(args);
     let metrics = ControllerMetrics::new();
-    let pool = control.db().pool_for_health().clone();
+    let health = crate::http::health::Health::of(&control);
     let listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
-    let router = metrics_router(metrics.clone(), pool);
+    let router = metrics_router(metrics.clone(), health);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::warn!(error = %e, "metrics endpoint stopped");

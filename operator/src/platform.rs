@@ -192,7 +192,9 @@ pub fn attach_gateway(
         args.config(),
     ));
     gw.spawn_invalidation(p.control.db().pool_for_health().clone());
-    p.tools = std::sync::Arc::new(crate::gateway::runtime::InProcessGateway::new(gw.clone()));
+    p.tools = std::sync::Arc::new(crate::gateway::in_process::InProcessGateway::new(
+        gw.clone(),
+    ));
     Ok(gw)
 }
 

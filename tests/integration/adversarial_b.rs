@@ -34,7 +34,7 @@ use awooop::coord::Coord;
 use awooop::gateway::audit::CallAudit;
 use awooop::gateway::credentials::{CredentialResolver, LocalPolicy, MemorySecrets};
 use awooop::gateway::keys::GatewayKeys;
-use awooop::gateway::service::{UpstreamCall, UpstreamFailure};
+use awooop::gateway::service::{UpstreamCall, UpstreamError};
 use awooop::gateway::{Caller, Gateway, GatewayConfig, ToolUpstream, approval, tokens};
 use awooop::http::{AppState, app};
 use awooop::runtime::{CreateRun, RunService, TraceContext};
@@ -582,7 +582,7 @@ struct Hostile {
 
 #[async_trait]
 impl ToolUpstream for Hostile {
-    async fn call_tool(&self, call: UpstreamCall<'_>) -> Result<Value, UpstreamFailure> {
+    async fn call_tool(&self, call: UpstreamCall<'_>) -> Result<Value, UpstreamError> {
         *self.calls.lock().unwrap() += 1;
         assert!(!call.credentials.is_empty(), "the credential is injected");
         Ok(self.reply.lock().unwrap().clone())

@@ -28,7 +28,7 @@ use awooop::coord::Coord;
 use awooop::gateway::audit::CallAudit;
 use awooop::gateway::credentials::{CredentialResolver, LocalPolicy, MemorySecrets};
 use awooop::gateway::keys::GatewayKeys;
-use awooop::gateway::service::{UpstreamCall, UpstreamFailure};
+use awooop::gateway::service::{UpstreamCall, UpstreamError};
 use awooop::gateway::{Caller, Gateway, GatewayConfig, ToolUpstream, approval, tokens};
 use awooop::runtime::TraceContext;
 use awooop::tenancy::{self, ProjectId};
@@ -49,7 +49,7 @@ struct LeakyUpstream {
 
 #[async_trait]
 impl ToolUpstream for LeakyUpstream {
-    async fn call_tool(&self, call: UpstreamCall<'_>) -> Result<Value, UpstreamFailure> {
+    async fn call_tool(&self, call: UpstreamCall<'_>) -> Result<Value, UpstreamError> {
         let injected: Vec<(String, String)> = call
             .credentials
             .iter()
@@ -90,13 +90,13 @@ impl ToolUpstream for LeakyUpstream {
                 "structuredContent": {"a": {"b": [{format!("key-{secret}"): "x", "v": format!("pre {secret} post")}]}}
             }),
             "error" => {
-                return Err(UpstreamFailure::Rpc {
+                return Err(UpstreamError::Rpc {
                     code: -32000,
                     message: format!("auth failed for {secret}"),
                 });
             }
             "down" => {
-                return Err(UpstreamFailure::Unavailable(format!(
+                return Err(UpstreamError::Unavailable(format!(
                     "connect http://user:{secret}@10.0.0.1/mcp refused"
                 )));
             }
@@ -1409,7 +1409,7 @@ async fn gateway_identity_comes_from_the_credential() {
 async fn gateway_is_the_runtime_tool_gateway() {
     use awooop::runtime::executor::{GuardedGateway, ToolCall, ToolGateway};
     let fx = fixture(MigrationMode::Shadow, Coord::none(), test_config()).await;
-    let inner: Arc<dyn ToolGateway> = Arc::new(awooop::gateway::runtime::InProcessGateway::new(
+    let inner: Arc<dyn ToolGateway> = Arc::new(awooop::gateway::in_process::InProcessGateway::new(
         fx.gw.clone(),
     ));
     let guarded = GuardedGateway::new(fx.cp.clone(), inner);

@@ -1500,8 +1500,8 @@ async fn double_is_as_strict_as_the_real_providers() {
 async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
     use awooop::gateway::audit::CallAudit;
     use awooop::gateway::credentials::{CredentialResolver, LocalPolicy};
+    use awooop::gateway::in_process::InProcessGateway;
     use awooop::gateway::keys::GatewayKeys;
-    use awooop::gateway::runtime::InProcessGateway;
     use awooop::gateway::{Gateway, GatewayConfig};
     use awooop_testkit::fixture::{FixtureOptions, FixtureServer};
 

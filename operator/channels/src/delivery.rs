@@ -168,11 +168,8 @@ impl DeliveryWorker {
     }
 
     fn backoff(&self, attempt: i32) -> Duration {
-        let exp = self
-            .cfg
-            .base_backoff
-            .saturating_mul(1u32 << (attempt.clamp(1, 16) - 1) as u32);
-        exp.min(self.cfg.max_backoff)
+        awooop_core::backoff::Backoff::new(self.cfg.base_backoff, self.cfg.max_backoff)
+            .delay((attempt.clamp(1, 16) - 1) as u32)
     }
 
     fn note_chat(&self, project: &str, channel: &str, conversation: &str) {

@@ -23,6 +23,8 @@ pub use types::*;
 /// The six contract kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum ContractKind {
     Project,
     Agent,
@@ -43,27 +45,17 @@ impl ContractKind {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Project => "project",
-            Self::Agent => "agent",
-            Self::McpGateway => "mcp_gateway",
-            Self::Policy => "policy",
-            Self::Runtime => "runtime",
-            Self::Channel => "channel",
-        }
+        self.into()
     }
 
     /// Parse a kind; unknown kinds are an error with code `E-CONTRACT-001`.
     pub fn parse(s: &str) -> Result<Self, Error> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::ContractUnknownKind,
-                    "unknown contract kind (expected one of project, agent, mcp_gateway, policy, runtime, channel)",
-                )
-            })
+        s.parse().map_err(|_| {
+            Error::new(
+                ErrorCode::ContractUnknownKind,
+                "unknown contract kind (expected one of project, agent, mcp_gateway, policy, runtime, channel)",
+            )
+        })
     }
 
     /// The generated JSON Schema of this kind (Draft 2020-12), with `$id` and title.

@@ -1,16 +1,20 @@
 //! The pure core of AwoooP: what every other crate may use and what depends on no database,
 //! HTTP server or cluster.
 //!
-//! [`error`] (the stable `E-…` codes), [`run_state`] (run states and their transitions),
-//! [`migration`] (contract migration modes), [`trace`] (W3C trace context), [`canonical`]
-//! (canonical JSON and hashing), [`redact`] (the one redaction engine), [`tls`] (the process
+//! [`backoff`] (exponential backoff with jitter), [`error`] (the stable `E-…` codes), [`run_state`] (run states and their transitions),
+//! [`jsonrpc`] (JSON-RPC 2.0 envelopes), [`migration`] (contract migration modes), [`trace`] (W3C trace context), [`canonical`]
+//! (canonical JSON and hashing), [`sse`] (Server-Sent Events framing), [`ratelimit`] (keyed rate limits), [`redact`] (the one redaction engine), [`tls`] (the process
 //! TLS crypto provider) and [`shutdown`] (the process shutdown signal).
 
+pub mod backoff;
 pub mod canonical;
 pub mod error;
+pub mod jsonrpc;
 pub mod migration;
+pub mod ratelimit;
 pub mod redact;
 pub mod run_state;
 pub mod shutdown;
+pub mod sse;
 pub mod tls;
 pub mod trace;

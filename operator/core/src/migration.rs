@@ -7,6 +7,8 @@ use crate::error::{Error, ErrorCode, Result};
 /// shadow → canary → read_only → suggest → auto_remediate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum MigrationMode {
     /// Mirror events; audit and trace only; no user response, no side effects.
     Shadow,
@@ -30,25 +32,16 @@ impl MigrationMode {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Shadow => "shadow",
-            Self::Canary => "canary",
-            Self::ReadOnly => "read_only",
-            Self::Suggest => "suggest",
-            Self::AutoRemediate => "auto_remediate",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::ReqInvalidParam,
-                    "mode must be one of shadow, canary, read_only, suggest, auto_remediate",
-                )
-            })
+        s.parse().map_err(|_| {
+            Error::new(
+                ErrorCode::ReqInvalidParam,
+                "mode must be one of shadow, canary, read_only, suggest, auto_remediate",
+            )
+        })
     }
 
     fn index(self) -> usize {

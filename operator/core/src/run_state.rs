@@ -7,6 +7,8 @@ use crate::error::{Error, ErrorCode, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum RunState {
     /// Accepted, waiting for a worker.
     Queued,
@@ -36,23 +38,12 @@ impl RunState {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::WaitingApproval => "waiting_approval",
-            Self::Retrying => "retrying",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-            Self::TimedOut => "timed_out",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|x| x.as_str() == s)
-            .ok_or_else(|| Error::new(ErrorCode::ReqInvalidParam, "unknown run state"))
+        s.parse()
+            .map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "unknown run state"))
     }
 
     pub fn is_terminal(self) -> bool {

@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use awooop_core::backoff::Backoff;
 use awooop_core::error::ErrorCode;
 use awooop_core::redact::Redactor;
 use awooop_store::tenancy::{self, Db, ProjectId};
@@ -106,7 +107,9 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
                 Err(_) => break,
             }
         }
-        let mut backoff = Duration::from_millis(50);
+        // Retry `n` of a write PostgreSQL could not take (50 ms doubling, at most 5 s).
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let mut retry = 0u32;
         while !buf.is_empty() {
             match write(&db, &buf).await {
                 Ok(()) => buf.clear(),
@@ -117,8 +120,8 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
                         rows = buf.len(),
                         "call audit write failed; retrying"
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.delay(retry)).await;
+                    retry = retry.saturating_add(1);
                 }
                 Err(_) => {
                     // A row the database refuses for good (e.g. its project was removed) must

@@ -1,4 +1,5 @@
-//! The runtime's [`ToolGateway`], backed by the gateway pipeline in process.
+//! The runtime's [`ToolGateway`], backed by the gateway pipeline in process (the module was
+//! called `runtime`, a third meaning of that word beside the crate and the contract kind).
 //!
 //! Identity comes from the run being executed (project, agent, run id, the run's mode) and the
 //! environment this process's workers run in; the same five gates, argument validation,

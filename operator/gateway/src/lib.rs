@@ -19,7 +19,7 @@ pub mod credentials;
 pub mod gates;
 pub mod keys;
 pub use awooop_control::registry;
-pub mod runtime;
+pub mod in_process;
 pub mod sanitize;
 pub mod server;
 pub mod service;

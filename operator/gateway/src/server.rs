@@ -17,11 +17,10 @@ use awooop_runtime::TraceContext;
 pub const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26"];
 pub const LATEST_VERSION: &str = "2025-11-25";
 
-pub const PARSE_ERROR: i64 = -32700;
-pub const INVALID_REQUEST: i64 = -32600;
-pub const METHOD_NOT_FOUND: i64 = -32601;
-pub const INVALID_PARAMS: i64 = -32602;
-pub const INTERNAL_ERROR: i64 = -32603;
+pub use awooop_core::jsonrpc::{
+    INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
+    error as rpc_error, result as rpc_result,
+};
 /// Server-defined: the call was refused by a gate or the caller's credential.
 pub const FORBIDDEN: i64 = -32001;
 
@@ -100,18 +99,6 @@ pub fn parse(body: &[u8]) -> Result<Incoming, Value> {
             None,
         )),
     }
-}
-
-pub fn rpc_error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value {
-    let mut err = json!({"code": code, "message": message});
-    if let Some(d) = data {
-        err["data"] = d;
-    }
-    json!({"jsonrpc": "2.0", "id": id, "error": err})
-}
-
-pub fn rpc_result(id: Value, result: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
 
 /// The JSON-RPC error code of a platform error.

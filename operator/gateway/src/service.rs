@@ -27,6 +27,7 @@ use super::sanitize;
 use awooop_contracts::{self as contracts, ContractKind, Injection, McpProvider};
 use awooop_control::MigrationMode;
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_core::ratelimit::KeyedLimiter;
 use awooop_core::redact::ExactSecrets;
 use awooop_runtime::TraceContext;
 use awooop_store::coord::Coord;
@@ -51,39 +52,67 @@ pub struct ResolvedCredential {
     pub value: SecretValue,
 }
 
-/// One upstream call, as the upstream client needs it.
-pub struct UpstreamCall<'a> {
+/// A credential value resolved for one call, and where it goes (header or child env var).
+/// `Debug` prints `<redacted>`; the value is never logged.
+#[derive(Clone)]
+pub struct Injected {
+    pub inject: Injection,
+    pub value: String,
+}
+
+impl std::fmt::Debug for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injected")
+            .field("inject", &self.inject)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+pub struct CallRequest<'a, C = Injected> {
     pub project: &'a ProjectId,
+    /// The provider entry of the project's active MCP Gateway contract (transport config).
     pub provider: &'a McpProvider,
+    /// The upstream's own tool name (not the exposed `{provider}__{tool}`).
     pub tool: &'a str,
-    pub arguments: &'a Map<String, Value>,
-    pub credentials: &'a [ResolvedCredential],
+    pub arguments: &'a serde_json::Map<String, serde_json::Value>,
+    /// [`Injected`] (values exposed) for the upstream client, [`ResolvedCredential`]
+    /// (values still wrapped) on the gateway core's side of the port.
+    pub credentials: &'a [C],
+    /// W3C traceparent to forward upstream (HTTP header `traceparent`; `_meta` for stdio).
     pub traceparent: Option<&'a str>,
     pub timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamFailure {
+/// The upstream's MCP `CallToolResult` as JSON (`content`, `structuredContent`, `isError`),
+/// unmodified: redaction and truncation are the gateway core's job.
+pub type CallResult = serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UpstreamError {
     #[error("upstream timed out")]
     Timeout,
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// A JSON-RPC error returned by the upstream. Its message may echo secrets: the gateway
+    /// core redacts it before it goes anywhere.
     #[error("upstream error {code}: {message}")]
     Rpc { code: i64, message: String },
-    /// The platform policy refuses the upstream (egress policy, stdio catalog).
+    /// The platform policy refuses the upstream (egress policy, stdio catalog). The message
+    /// names only the tenant's own configuration.
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },
 }
 
+/// One upstream call as the gateway core hands it to the port: credentials not yet exposed.
+pub type UpstreamCall<'a> = CallRequest<'a, ResolvedCredential>;
+
 /// The MCP client toward upstream tool servers (implemented by `gateway::upstream`).
 #[async_trait]
 pub trait ToolUpstream: Send + Sync {
-    async fn call_tool(
-        &self,
-        call: UpstreamCall<'_>,
-    ) -> std::result::Result<Value, UpstreamFailure>;
+    async fn call_tool(&self, call: UpstreamCall<'_>) -> std::result::Result<Value, UpstreamError>;
 }
 
 #[derive(Debug, Clone)]
@@ -124,8 +153,8 @@ pub struct Gateway {
     audit: CallAudit,
     config: GatewayConfig,
     snapshots: RwLock<HashMap<ProjectId, Arc<Snapshot>>>,
-    /// (project, agent) → (window start, calls in window).
-    rate: Mutex<HashMap<(ProjectId, String), (Instant, u32)>>,
+    /// Tool calls per (project, agent) per minute (idle keys evicted).
+    rate: KeyedLimiter<(ProjectId, String)>,
     /// Digest of a call's credential values → their compiled exact-value redactor.
     exact: RwLock<HashMap<[u8; 32], Arc<ExactSecrets>>>,
     /// One snapshot load at a time per project.
@@ -155,6 +184,7 @@ impl Gateway {
         audit: CallAudit,
         config: GatewayConfig,
     ) -> Self {
+        let rate = KeyedLimiter::per_minute(config.rate_per_minute);
         Self {
             db,
             coord,
@@ -164,7 +194,7 @@ impl Gateway {
             audit,
             config,
             snapshots: RwLock::new(HashMap::new()),
-            rate: Mutex::new(HashMap::new()),
+            rate,
             exact: RwLock::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
         }
@@ -354,19 +384,8 @@ impl Gateway {
     }
 
     fn rate_ok(&self, caller: &Caller) -> bool {
-        let limit = self.config.rate_per_minute;
-        if limit == 0 {
-            return true;
-        }
-        let mut m = self.rate.lock().expect("rate lock");
-        let e = m
-            .entry((caller.project.clone(), caller.agent.clone()))
-            .or_insert((Instant::now(), 0));
-        if e.0.elapsed() >= Duration::from_secs(60) {
-            *e = (Instant::now(), 0);
-        }
-        e.1 += 1;
-        e.1 <= limit
+        self.rate
+            .check(&(caller.project.clone(), caller.agent.clone()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -573,11 +592,11 @@ impl Gateway {
             Ok(v) => v,
             Err(f) => {
                 let (code, message) = match &f {
-                    UpstreamFailure::Timeout => (
+                    UpstreamError::Timeout => (
                         ErrorCode::McpUpstreamTimeout,
                         "the upstream tool server did not answer in time".to_string(),
                     ),
-                    UpstreamFailure::Rpc { code, message } => {
+                    UpstreamError::Rpc { code, message } => {
                         let mut m = sanitize::redact_text(message, &exact);
                         sanitize::truncate_chars(&mut m, 1000);
                         (
@@ -585,8 +604,8 @@ impl Gateway {
                             format!("upstream error {code}: {m}"),
                         )
                     }
-                    UpstreamFailure::Refused { code, message } => (*code, message.clone()),
-                    UpstreamFailure::Unavailable(_) | UpstreamFailure::Protocol(_) => (
+                    UpstreamError::Refused { code, message } => (*code, message.clone()),
+                    UpstreamError::Unavailable(_) | UpstreamError::Protocol(_) => (
                         ErrorCode::McpUpstream,
                         "the upstream tool server failed or is unreachable".to_string(),
                     ),
@@ -733,8 +752,8 @@ impl ToolUpstream for NoUpstream {
     async fn call_tool(
         &self,
         _call: UpstreamCall<'_>,
-    ) -> std::result::Result<Value, UpstreamFailure> {
-        Err(UpstreamFailure::Unavailable(
+    ) -> std::result::Result<Value, UpstreamError> {
+        Err(UpstreamError::Unavailable(
             "no upstream MCP client is configured".into(),
         ))
     }

@@ -8,6 +8,7 @@
 pub mod control;
 pub mod extract;
 pub mod guard;
+pub mod health;
 pub mod mcp;
 pub mod openapi;
 pub mod runs;
@@ -19,7 +20,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use serde_json::json;
 
 use awooop_control::ControlPlane;
 use awooop_store::auth::AdminToken;
@@ -42,8 +42,7 @@ pub fn status_of(code: awooop_core::error::ErrorCode) -> StatusCode {
 
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .merge(health::Health::of(&state.control).routes())
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .nest("/v1/control", control::router())
@@ -55,32 +54,6 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(guard::reject_nul_in_uri))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
-}
-
-async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
-}
-
-/// Ready when PostgreSQL answers. Redis is optional and only reported.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let db_ok = sqlx::query("SELECT 1")
-        .execute(state.control.db().pool_for_health())
-        .await
-        .is_ok();
-    let redis = match state.control.coord().ping().await {
-        None => "not_configured",
-        Some(true) => "ok",
-        Some(false) => "unavailable",
-    };
-    let status = if db_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        axum::Json(json!({"postgres": if db_ok {"ok"} else {"unavailable"}, "redis": redis})),
-    )
 }
 
 /// `/metrics` on the API port carries every project's labels (queue depths, budgets, gateway

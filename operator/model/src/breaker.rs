@@ -308,7 +308,8 @@ impl Breakers {
 }
 
 /// What the anomaly counter counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum Anomaly {
     Denial,
     SchemaFailure,
@@ -317,11 +318,7 @@ pub enum Anomaly {
 
 impl Anomaly {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Anomaly::Denial => "denial",
-            Anomaly::SchemaFailure => "schema_failure",
-            Anomaly::ProviderError => "provider_error",
-        }
+        self.into()
     }
 }
 

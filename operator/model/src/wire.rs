@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 
 use awooop_contracts::ProviderApi;
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_core::sse::{SseError, SseParser};
 
 /// One message of the conversation, provider-neutral.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,9 +253,11 @@ struct PartialCall {
 #[derive(Debug)]
 pub struct Decoder {
     api: ProviderApi,
+    /// NDJSON (Ollama): the incomplete line.
     buf: Vec<u8>,
-    /// SSE: data lines of the event being read.
-    data: String,
+    /// SSE (OpenAI, Anthropic): the core's one parser, strict (a line that is not SSE, e.g.
+    /// an HTML error page, fails the stream).
+    sse: SseParser,
     text: String,
     calls: Vec<PartialCall>,
     /// Anthropic: content block index → call index.
@@ -270,7 +273,7 @@ impl Decoder {
         Self {
             api,
             buf: Vec::new(),
-            data: String::new(),
+            sse: SseParser::strict(),
             text: String::new(),
             calls: Vec::new(),
             block_call: Vec::new(),
@@ -295,6 +298,9 @@ impl Decoder {
 
     /// Feed bytes as they arrive.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<()> {
+        if self.api != ProviderApi::OllamaChat {
+            return self.feed_sse(chunk);
+        }
         self.buf.extend_from_slice(chunk);
         while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=pos).collect();
@@ -310,46 +316,38 @@ impl Decoder {
         Ok(())
     }
 
-    fn line(&mut self, line: &str) -> Result<()> {
+    /// SSE framing (CRLF, LF or lone CR line ends) comes from the core's parser; an event
+    /// with empty data carries nothing.
+    fn feed_sse(&mut self, chunk: &[u8]) -> Result<()> {
         if self.done {
             return Ok(());
         }
-        match self.api {
-            ProviderApi::OllamaChat => {
-                if line.trim().is_empty() {
-                    return Ok(());
-                }
-                let v: Value =
-                    serde_json::from_str(line).map_err(|_| bad("NDJSON line is not valid JSON"))?;
-                self.ollama(&v)
+        let events = self.sse.try_push(chunk).map_err(|e| match e {
+            SseError::NotUtf8 => bad("stream is not UTF-8"),
+            SseError::NotEventStream => bad("stream line is not server-sent events"),
+        })?;
+        for ev in events {
+            if self.done {
+                break;
             }
-            _ => {
-                if line.is_empty() {
-                    let data = std::mem::take(&mut self.data);
-                    if data.is_empty() {
-                        return Ok(());
-                    }
-                    return self.sse_event(&data);
-                }
-                if line.starts_with(':') {
-                    return Ok(()); // comment / keep-alive
-                }
-                if let Some(d) = line.strip_prefix("data:") {
-                    if !self.data.is_empty() {
-                        self.data.push('\n');
-                    }
-                    self.data.push_str(d.strip_prefix(' ').unwrap_or(d));
-                    return Ok(());
-                }
-                if line.starts_with("event:")
-                    || line.starts_with("id:")
-                    || line.starts_with("retry:")
-                {
-                    return Ok(());
-                }
-                Err(bad("stream line is not server-sent events"))
+            if !ev.data.is_empty() {
+                self.sse_event(&ev.data)?;
             }
         }
+        if self.sse.partial_line() > 4 * 1024 * 1024 {
+            return Err(bad("stream line longer than 4 MiB"));
+        }
+        Ok(())
+    }
+
+    /// One NDJSON line (Ollama).
+    fn line(&mut self, line: &str) -> Result<()> {
+        if self.done || line.trim().is_empty() {
+            return Ok(());
+        }
+        let v: Value =
+            serde_json::from_str(line).map_err(|_| bad("NDJSON line is not valid JSON"))?;
+        self.ollama(&v)
     }
 
     fn sse_event(&mut self, data: &str) -> Result<()> {
@@ -535,10 +533,11 @@ impl Decoder {
             let rest = std::mem::take(&mut self.buf);
             let line = String::from_utf8(rest).map_err(|_| bad("stream is not UTF-8"))?;
             self.line(line.trim_end())?;
-            if self.api != ProviderApi::OllamaChat && !self.data.is_empty() {
-                let data = std::mem::take(&mut self.data);
-                self.sse_event(&data)?;
-            }
+        }
+        // An SSE stream cut after its last line but before the blank line: the event read
+        // so far still counts (as before the parser was shared).
+        if self.sse.partial_line() > 0 {
+            self.feed_sse(b"\n\n")?;
         }
         if !self.done {
             return Err(bad("stream ended before its terminator (truncated)"));
@@ -646,6 +645,26 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
                 assert_eq!(r.tool_calls[0].arguments, json!({"ns": "prod"}));
                 assert_eq!((r.usage.input_tokens, r.usage.output_tokens), usage);
                 assert!(r.usage.reported);
+            }
+        }
+    }
+
+    /// Providers may end SSE lines with CRLF or a lone CR (the SSE spec allows both); the
+    /// decoder's old LF-only splitter read a CR-only stream as one endless line.
+    #[test]
+    fn sse_streams_with_cr_and_crlf_line_ends_decode() {
+        for (api, s) in [
+            (ProviderApi::OpenaiChat, OPENAI),
+            (ProviderApi::AnthropicMessages, ANTHROPIC),
+        ] {
+            for ending in ["\r\n", "\r"] {
+                let stream = s.replace('\n', ending);
+                for chunk in [1, 2, 5, 100_000] {
+                    let r = decode(api, &stream, chunk)
+                        .unwrap_or_else(|e| panic!("{api:?} {ending:?}/{chunk}: {e}"));
+                    assert_eq!(r.text, "Hello", "{api:?} {ending:?}/{chunk}");
+                    assert_eq!(r.tool_calls[0].arguments, json!({"ns": "prod"}));
+                }
             }
         }
     }

@@ -16,6 +16,8 @@ use awooop_core::error::{Error, ErrorCode, Result};
 /// Roles an API key can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "snake_case")]
 pub enum Role {
     /// Read contracts, runs and audit.
     Reader,
@@ -42,26 +44,16 @@ impl Role {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Author => "author",
-            Role::Publisher => "publisher",
-            Role::Approver => "approver",
-            Role::Activator => "activator",
-            Role::Runner => "runner",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Result<Role> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::ReqInvalidParam,
-                    "role must be one of reader, author, publisher, approver, activator, runner",
-                )
-            })
+        s.parse().map_err(|_| {
+            Error::new(
+                ErrorCode::ReqInvalidParam,
+                "role must be one of reader, author, publisher, approver, activator, runner",
+            )
+        })
     }
 }
 

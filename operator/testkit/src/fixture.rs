@@ -42,6 +42,7 @@ use axum::routing::post;
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
+use awooop_core::jsonrpc;
 use awooop_gateway::upstream::protocol::PROTOCOL_SUPPORTED;
 
 /// Where the `secret`/`leak_*` tools read the credential from.
@@ -318,10 +319,8 @@ async fn handle(msg: &Value, src: &Source<'_>, init_version: &mut Option<String>
         _ => Err((-32601, format!("method not found: {method}"))),
     };
     Some(match res {
-        Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
-        Err((code, message)) => {
-            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
-        }
+        Ok(r) => jsonrpc::result(id, r),
+        Err((code, message)) => jsonrpc::error(id, code, &message, None),
     })
 }
 
@@ -441,8 +440,7 @@ fn rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}})
-            .to_string(),
+        jsonrpc::error(Value::Null, code, message, None).to_string(),
     )
         .into_response()
 }

@@ -39,64 +39,16 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use awooop_contracts::{Injection, McpProvider, McpTransport};
+use awooop_contracts::{Injection, McpTransport};
 use awooop_core::error::ErrorCode;
 use awooop_policy::PolicySource;
 use awooop_policy::catalog::CatalogEntry;
 use awooop_policy::egress::EgressPolicy;
 use awooop_store::tenancy::ProjectId;
 
-/// A credential value resolved for one call, and where it goes (header or child env var).
-/// `Debug` prints `<redacted>`; the value is never logged.
-#[derive(Clone)]
-pub struct Injected {
-    pub inject: Injection,
-    pub value: String,
-}
-
-impl std::fmt::Debug for Injected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Injected")
-            .field("inject", &self.inject)
-            .field("value", &"<redacted>")
-            .finish()
-    }
-}
-
-pub struct CallRequest<'a> {
-    pub project: &'a ProjectId,
-    /// The provider entry of the project's active MCP Gateway contract (transport config).
-    pub provider: &'a McpProvider,
-    /// The upstream's own tool name (not the exposed `{provider}__{tool}`).
-    pub tool: &'a str,
-    pub arguments: &'a serde_json::Map<String, serde_json::Value>,
-    pub credentials: &'a [Injected],
-    /// W3C traceparent to forward upstream (HTTP header `traceparent`; `_meta` for stdio).
-    pub traceparent: Option<&'a str>,
-    pub timeout: Duration,
-}
-
-/// The upstream's MCP `CallToolResult` as JSON (`content`, `structuredContent`, `isError`),
-/// unmodified: redaction and truncation are the gateway core's job.
-pub type CallResult = serde_json::Value;
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream timed out")]
-    Timeout,
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
-    #[error("upstream protocol error: {0}")]
-    Protocol(String),
-    /// A JSON-RPC error returned by the upstream. Its message may echo secrets: the gateway
-    /// core redacts it before it goes anywhere.
-    #[error("upstream error {code}: {message}")]
-    Rpc { code: i64, message: String },
-    /// The platform policy refuses the upstream (egress policy, stdio catalog). The message
-    /// names only the tenant's own configuration.
-    #[error("{message}")]
-    Refused { code: ErrorCode, message: String },
-}
+/// The call, its credentials and its error are the port's types ([`crate::service`]): one
+/// set for the gateway core and this client.
+pub use crate::service::{CallRequest, CallResult, Injected, UpstreamError};
 
 /// The gateway core calls upstreams through its `ToolUpstream` trait; this pool is that
 /// client. Credential values are copied out of the resolver's `SecretValue` only here, into the
@@ -106,7 +58,7 @@ impl crate::service::ToolUpstream for Upstreams {
     async fn call_tool(
         &self,
         call: crate::service::UpstreamCall<'_>,
-    ) -> Result<serde_json::Value, crate::service::UpstreamFailure> {
+    ) -> Result<serde_json::Value, UpstreamError> {
         let credentials: Vec<Injected> = call
             .credentials
             .iter()
@@ -128,20 +80,6 @@ impl crate::service::ToolUpstream for Upstreams {
             },
         )
         .await
-        .map_err(Into::into)
-    }
-}
-
-impl From<UpstreamError> for crate::service::UpstreamFailure {
-    fn from(e: UpstreamError) -> Self {
-        use crate::service::UpstreamFailure as F;
-        match e {
-            UpstreamError::Timeout => F::Timeout,
-            UpstreamError::Unavailable(m) => F::Unavailable(m),
-            UpstreamError::Protocol(m) => F::Protocol(m),
-            UpstreamError::Rpc { code, message } => F::Rpc { code, message },
-            UpstreamError::Refused { code, message } => F::Refused { code, message },
-        }
     }
 }
 
@@ -157,7 +95,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Largest response body (HTTP) or line (stdio) accepted from an upstream.
     pub max_response_bytes: usize,
-    /// First delay before restarting a stdio child that died; doubles per crash in a row.
+    /// First delay before restarting a stdio child that died; doubles per crash in a row
+    /// (with jitter, `awooop_core::backoff`).
     pub restart_backoff: Duration,
     /// Upper bound of the restart delay.
     pub restart_backoff_max: Duration,

@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::UpstreamError;
+use awooop_core::jsonrpc;
 
 /// The revision we ask for in `initialize`.
 pub const PROTOCOL_LATEST: &str = "2025-11-25";
@@ -17,40 +18,31 @@ pub const CLIENT_NAME: &str = "awooop-gateway";
 
 /// `initialize` request body.
 pub fn initialize(id: u64) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "method": "initialize",
-        "params": {
+    serde_json::to_vec(&jsonrpc::request(
+        id,
+        "initialize",
+        json!({
             "protocolVersion": PROTOCOL_LATEST,
             "capabilities": {},
             "clientInfo": {"name": CLIENT_NAME, "version": env!("CARGO_PKG_VERSION")},
-        }
-    }))
+        }),
+    ))
     .expect("static JSON serializes")
 }
 
 /// `notifications/initialized` body.
 pub fn initialized() -> Vec<u8> {
-    br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec()
+    serde_json::to_vec(&jsonrpc::notification("notifications/initialized", None))
+        .expect("static JSON serializes")
 }
 
 /// `notifications/cancelled` for a request we gave up on (timeout).
 pub fn cancelled(id: u64) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "jsonrpc": "2.0",
-        "method": "notifications/cancelled",
-        "params": {"requestId": id, "reason": "timeout"}
-    }))
+    serde_json::to_vec(&jsonrpc::notification(
+        "notifications/cancelled",
+        Some(json!({"requestId": id, "reason": "timeout"})),
+    ))
     .expect("static JSON serializes")
-}
-
-#[derive(Serialize)]
-struct Call<'a> {
-    jsonrpc: &'static str,
-    id: u64,
-    method: &'static str,
-    params: CallParams<'a>,
 }
 
 #[derive(Serialize)]
@@ -74,16 +66,15 @@ pub fn tools_call(
     arguments: &Map<String, Value>,
     traceparent: Option<&str>,
 ) -> Vec<u8> {
-    serde_json::to_vec(&Call {
-        jsonrpc: "2.0",
+    serde_json::to_vec(&jsonrpc::Request::new(
         id,
-        method: "tools/call",
-        params: CallParams {
+        "tools/call",
+        CallParams {
             name: tool,
             arguments,
             meta: traceparent.map(|t| Meta { traceparent: t }),
         },
-    })
+    ))
     .expect("a JSON map serializes")
 }
 
@@ -169,10 +160,14 @@ pub fn classify(msg: Value) -> Incoming {
 /// found" (the gateway offers no sampling, roots or elicitation to upstreams).
 pub fn answer_server_request(id: &Value, method: &str) -> Vec<u8> {
     let v = if method == "ping" {
-        json!({"jsonrpc": "2.0", "id": id, "result": {}})
+        jsonrpc::result(id.clone(), json!({}))
     } else {
-        json!({"jsonrpc": "2.0", "id": id,
-               "error": {"code": -32601, "message": "method not supported by the gateway client"}})
+        jsonrpc::error(
+            id.clone(),
+            jsonrpc::METHOD_NOT_FOUND,
+            "method not supported by the gateway client",
+            None,
+        )
     };
     serde_json::to_vec(&v).expect("JSON serializes")
 }
@@ -209,154 +204,12 @@ fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-/// One Server-Sent Event (only the fields MCP uses).
-#[derive(Debug, Default, PartialEq)]
-pub struct SseEvent {
-    pub event: Option<String>,
-    pub data: String,
-    pub id: Option<String>,
-}
-
-/// Incremental SSE parser (WHATWG rules for the fields MCP uses): feed it chunks as they
-/// arrive; it returns complete events. Lines end in LF, CRLF or CR; `data` lines are joined
-/// with LF; comment lines (`:`) are skipped; an event without data is not dispatched.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    buf: Vec<u8>,
-    cur: SseEvent,
-    has_data: bool,
-    /// A CR ended the previous chunk: a LF starting the next one belongs to it.
-    pending_cr: bool,
-}
-
-impl SseParser {
-    /// Bytes buffered but not yet parsed (an incomplete line).
-    pub fn buffered(&self) -> usize {
-        self.buf.len() + self.cur.data.len()
-    }
-
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        let mut out = Vec::new();
-        let mut chunk = chunk;
-        if self.pending_cr {
-            self.pending_cr = false;
-            if chunk.first() == Some(&b'\n') {
-                chunk = &chunk[1..];
-            }
-        }
-        self.buf.extend_from_slice(chunk);
-        let mut start = 0;
-        let mut i = 0;
-        let buf = std::mem::take(&mut self.buf);
-        while i < buf.len() {
-            let b = buf[i];
-            if b == b'\n' || b == b'\r' {
-                let line = &buf[start..i];
-                self.line(line, &mut out);
-                if b == b'\r' {
-                    if i + 1 < buf.len() {
-                        if buf[i + 1] == b'\n' {
-                            i += 1;
-                        }
-                    } else {
-                        self.pending_cr = true;
-                    }
-                }
-                start = i + 1;
-            }
-            i += 1;
-        }
-        self.buf = buf[start..].to_vec();
-        out
-    }
-
-    fn line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
-        if line.is_empty() {
-            if self.has_data {
-                out.push(std::mem::take(&mut self.cur));
-            } else {
-                self.cur = SseEvent::default();
-            }
-            self.has_data = false;
-            return;
-        }
-        if line[0] == b':' {
-            return;
-        }
-        let line = String::from_utf8_lossy(line);
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line.as_ref(), ""),
-        };
-        match field {
-            "data" => {
-                if self.has_data {
-                    self.cur.data.push('\n');
-                }
-                self.cur.data.push_str(value);
-                self.has_data = true;
-            }
-            "event" => self.cur.event = Some(value.to_string()),
-            "id" => self.cur.id = Some(value.to_string()),
-            _ => {}
-        }
-    }
-}
+/// SSE framing is the one parser of the core (WHATWG line endings: CRLF, LF, lone CR).
+pub use awooop_core::sse::{SseEvent, SseParser};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ev(event: Option<&str>, data: &str) -> SseEvent {
-        SseEvent {
-            event: event.map(str::to_string),
-            data: data.to_string(),
-            id: None,
-        }
-    }
-
-    #[test]
-    fn sse_parser_table() {
-        // (chunks, expected events)
-        let cases: Vec<(Vec<&[u8]>, Vec<SseEvent>)> = vec![
-            (
-                vec![b"event: message\ndata: {\"a\":1}\n\n"],
-                vec![ev(Some("message"), "{\"a\":1}")],
-            ),
-            // split across chunks, CRLF line ends, CR split from LF
-            (
-                vec![b"event: mess", b"age\r", b"\ndata: x\r\n", b"\r\n"],
-                vec![ev(Some("message"), "x")],
-            ),
-            // multi-line data, comment, priming event without data, no space after colon
-            (
-                vec![b": keepalive\n\nid: 7\n\ndata:a\ndata: b\n\n"],
-                vec![ev(None, "a\nb")],
-            ),
-            // two events in one chunk, bare CR line endings
-            (
-                vec![b"data: 1\r\rdata: 2\r\r"],
-                vec![ev(None, "1"), ev(None, "2")],
-            ),
-            // incomplete event stays buffered
-            (vec![b"data: 1\n"], vec![]),
-        ];
-        for (chunks, want) in cases {
-            let mut p = SseParser::default();
-            let mut got = Vec::new();
-            for c in &chunks {
-                got.extend(p.push(c));
-            }
-            assert_eq!(got, want, "chunks {chunks:?}");
-        }
-    }
-
-    #[test]
-    fn sse_event_ids_are_kept() {
-        let mut p = SseParser::default();
-        let got = p.push(b"id: 42\ndata: {}\n\n");
-        assert_eq!(got[0].id.as_deref(), Some("42"));
-    }
 
     #[test]
     fn negotiation_table() {

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use super::protocol::{self, Incoming};
 use super::{UpstreamConfig, UpstreamError};
+use awooop_core::backoff::Backoff;
 
 /// A child that lived this long is considered healthy: its crash starts a fresh backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
@@ -246,10 +247,8 @@ impl StdioUpstream {
             if c.spawned.elapsed() >= HEALTHY_AFTER {
                 restart.crashes_in_a_row = 0;
             }
-            let delay = self
-                .backoff
-                .saturating_mul(1u32 << restart.crashes_in_a_row.min(16))
-                .min(self.backoff_max);
+            let delay =
+                Backoff::new(self.backoff, self.backoff_max).delay(restart.crashes_in_a_row);
             restart.crashes_in_a_row = restart.crashes_in_a_row.saturating_add(1);
             if let Some(last) = restart.last_spawn {
                 tokio::time::sleep_until((last + delay).into()).await;

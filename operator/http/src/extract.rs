@@ -6,6 +6,7 @@
 //! | The route … | Take | Checked before the handler runs |
 //! |---|---|---|
 //! | reads one project's data (GET) | [`Tenant<Read>`](Tenant) | credential, `reader` role, a project |
+//! | reads, and one more role may read too | `Tenant<YourMarker>` with [`Need::ReadOr`] | credential, `reader` or that role, a project |
 //! | changes one project's data | [`Tenant<Write>`](Tenant) | credential, a project (the operation's role: its service method) |
 //! | is a platform-admin action on one project | [`Tenant<Admin>`](Tenant) | credential, admin, a project |
 //! | is a platform action on no project | [`Platform`] | credential, admin |
@@ -124,6 +125,11 @@ impl FromRequestParts<AppState> for Caller {
 pub enum Need {
     /// Read a project's data: the `reader` role.
     Read,
+    /// Read with the `reader` role or one other role (e.g. an approver reads the requests
+    /// that wait for it). A route declares it with its own marker:
+    /// `struct ApprovalsRead; impl Access for ApprovalsRead { const NEED: Need =
+    /// Need::ReadOr(Role::Approver); }`.
+    ReadOr(Role),
     /// Change a project's data. The role depends on the operation (author, publisher,
     /// approver, activator, runner) and is checked by the service method itself, because the
     /// CLI and the channel hub call the same method and its refusals are audited there with
@@ -139,13 +145,17 @@ impl Need {
     pub fn authorize(self, actor: &Actor) -> Result<()> {
         match self {
             Need::Read => actor.require(Role::Reader),
+            Need::ReadOr(other) => actor
+                .require(Role::Reader)
+                .or_else(|_| actor.require(other)),
             Need::Write => Ok(()),
             Need::Admin => actor.require_admin(),
         }
     }
 }
 
-/// A permission marker for [`Tenant`]: [`Read`], [`Write`] or [`Admin`].
+/// A permission marker for [`Tenant`]: [`Read`], [`Write`] or [`Admin`] (or a route's own
+/// marker naming a [`Need`]).
 pub trait Access: Send + Sync + 'static {
     const NEED: Need;
 }
@@ -297,6 +307,9 @@ mod tests {
             // A write's own role is the service method's to check (audited there).
             (&runner, Need::Write, true),
             (&author, Need::Admin, false),
+            (&runner, Need::ReadOr(Role::Runner), true),
+            (&reader, Need::ReadOr(Role::Approver), true),
+            (&author, Need::ReadOr(Role::Approver), false),
         ] {
             let got = need.authorize(actor);
             assert_eq!(got.is_ok(), ok, "{need:?} {:?}", actor.roles);

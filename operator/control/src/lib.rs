@@ -6,6 +6,7 @@
 //! projects, minting API keys) require an admin [`Actor`] and run in audited platform scope.
 
 pub use awooop_core::migration;
+pub mod apply;
 pub mod registry;
 pub mod repo;
 
@@ -1312,6 +1313,7 @@ impl ControlPlane {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        tracing::info!(project = %project, kind = %kind, name = %rev.name, revision = rev.revision, is_rollback, "contract activated");
         let keys: Vec<String> = approvers
             .iter()
             .filter_map(|a| tenancy::redis_key("approval", &format!("{revision_id}:{a}")).ok())

@@ -5,6 +5,9 @@ use super::*;
 /// `awooop up`: the whole platform locally.
 pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     args.validate()?;
+    // Bind first: a taken port fails at once with a message naming the address, before a
+    // database, a worker or child processes are started.
+    let listener = http::bind(args.listen).await?;
     let mut p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
     // Local mode: tenants' MCP upstreams and model providers on this machine (127.0.0.0/8,
     // ::1, localhost) are allowed for every project, in this process only (nothing stored).
@@ -115,7 +118,7 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     let router = http::app(state)
         .merge(http::mcp::router(mcp))
         .merge(crate::channels::routes(hub));
-    http::serve(args.listen, router, shutdown_signal()).await?;
+    http::serve_on(listener, router, shutdown_signal()).await?;
     // The API has stopped taking requests; let the worker finish or release its runs.
     let _ = stop_tx.send(true);
     let _ = worker_task.await;

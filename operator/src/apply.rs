@@ -220,19 +220,16 @@ pub async fn onboard(
     };
     let pid = ProjectId::parse(&project_id)?;
     for d in &mut docs {
-        match &d.project {
-            Some(x) if x != pid.as_str() => {
-                return Err(Error::new(
-                    ErrorCode::ApplyConflict,
-                    format!(
-                        "{}: names project `{x}` while onboarding `{pid}`",
-                        d.source
-                    ),
-                )
-                .into());
-            }
-            _ => d.project = Some(pid.to_string()),
+        if let Some(x) = d.project.as_deref()
+            && x != pid.as_str()
+        {
+            return Err(Error::new(
+                ErrorCode::ApplyConflict,
+                format!("{}: names project `{x}` while onboarding `{pid}`", d.source),
+            )
+            .into());
         }
+        d.project = Some(pid.to_string());
     }
     let Some(project_doc) = docs
         .iter()

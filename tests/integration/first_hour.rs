@@ -461,7 +461,7 @@ async fn runs_are_created_followed_listed_and_cancelled_from_the_cli_and_logged(
     let got: Value =
         serde_json::from_str(&cli.ok(&["run", "get", "--project", "acme", &run_id])).unwrap();
     assert_eq!(got["steps"][0]["step_key"], "echo");
-    assert_eq!(got["output"]["echo"], "hello there");
+    assert_eq!(got["output"]["result"], "hello there");
 
     // The server log names the run's start and end under that run only.
     let log = wait_for_log(&up.log, &format!("run_id={run_id}"), 10).await;

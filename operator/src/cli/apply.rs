@@ -1,6 +1,6 @@
 //! `awooop apply` and `awooop project onboard`: thin shells over [`crate::apply`].
 
-use super::output::{self, Default};
+use super::output::{self, Style};
 use super::*;
 use crate::control::apply::{ApplyOptions, Header};
 
@@ -26,7 +26,7 @@ pub(super) async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         crate::apply::apply_docs(&p, &keyring_file, docs, &options(&args.approve)).await?;
     output::emit(
         &args.output,
-        Default::Text,
+        Style::Text,
         &applied,
         || applied.iter().map(|a| a.reference()).collect(),
         || applied.iter().map(|a| a.summary()).collect(),
@@ -47,7 +47,7 @@ pub(super) async fn onboard(
     let done = crate::apply::onboard(&p, &keyring_file, from, project, &options(approve)).await?;
     output::emit(
         out,
-        Default::Text,
+        Style::Text,
         &done,
         || {
             std::iter::once(format!("project/{}", done.project))

@@ -15,7 +15,7 @@ use crate::config::OutputArgs;
 
 /// How a command's result is shown when no `-o` was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Default {
+pub(crate) enum Style {
     Json,
     /// Human lines (the `text` closure), e.g. `apply`'s "what changed".
     Text,
@@ -25,7 +25,7 @@ pub(crate) enum Default {
 /// of commands whose default is text.
 pub(crate) fn emit<T: Serialize>(
     out: &OutputArgs,
-    default: Default,
+    default: Style,
     value: &T,
     names: impl FnOnce() -> Vec<String>,
     text: impl FnOnce() -> Vec<String>,
@@ -35,7 +35,7 @@ pub(crate) fn emit<T: Serialize>(
     }
     let format = match out.output.as_deref() {
         Some(f) => f,
-        None if default == Default::Text => "text",
+        None if default == Style::Text => "text",
         None => "json",
     };
     match format {
@@ -61,5 +61,5 @@ pub(crate) fn emit_one<T: Serialize>(
     value: &T,
     name: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<()> {
-    emit(out, Default::Json, value, || vec![name(value)], Vec::new)
+    emit(out, Style::Json, value, || vec![name(value)], Vec::new)
 }

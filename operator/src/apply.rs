@@ -280,3 +280,19 @@ pub async fn onboard(
         missing_kinds,
     })
 }
+
+/// Onboard a folder the way `awooop up` seeds its local tenants: signed with the local key,
+/// approved as the local platform's approvers (see [`Approvals::Local`]), recorded as `up`.
+/// Idempotent, so `up` may call it on every start.
+pub async fn onboard_local(
+    p: &Platform,
+    keyring_file: &Path,
+    dir: &Path,
+) -> anyhow::Result<Onboarded> {
+    let opts = ApplyOptions {
+        actor: "up".into(),
+        key_id: "local".into(),
+        approvals: Approvals::Local,
+    };
+    onboard(p, keyring_file, dir, None, &opts).await
+}

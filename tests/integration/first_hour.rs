@@ -92,7 +92,7 @@ impl Drop for Cli {
 }
 
 /// Rows of a tenant table, counted in the project's scope.
-async fn count(t: &TestDb, project: &str, sql: &str) -> i64 {
+async fn count(t: &TestDb, project: &str, sql: &'static str) -> i64 {
     let mut tx = scoped_tx(&t.app, project).await;
     let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await.unwrap();
     tx.rollback().await.unwrap();

@@ -471,7 +471,6 @@ async fn runs_are_created_followed_listed_and_cancelled_from_the_cli_and_logged(
         .collect();
     assert_eq!(finished.len(), 1, "{log}");
     assert_eq!(finished[0].matches("run_id=").count(), 1, "{}", finished[0]);
-    assert!(log.contains("contract activated") || log.contains("request"), "{log}");
 
     // One request line per API request: method, route, status, latency, project, trace id;
     // never the credential.

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use awooop::contracts::ContractKind;
 use awooop::coord::Coord;
-use awooop::runtime::executor::{GuardedGateway, NoGateway, ScriptedExecutor};
+use awooop::runtime::executor::{
+    Executor, GuardedGateway, Journal, NoGateway, Outcome, RunContext, ScriptedExecutor,
+};
 use awooop::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
 use awooop::runtime::{CreateRun, RunService};
 use awooop::tenancy;
@@ -130,7 +132,10 @@ async fn onboard_creates_the_project_applies_six_contracts_and_is_idempotent_and
     assert_eq!(v["contracts"][0]["kind"], "project");
     assert_eq!(v["contracts"][0]["name"], "acme");
     assert_eq!(v["missing_kinds"], json!([]));
-    assert_eq!(count(&t, "acme", "SELECT count(*) FROM active_revisions").await, 0);
+    assert_eq!(
+        count(&t, "acme", "SELECT count(*) FROM active_revisions").await,
+        0
+    );
 
     // Resumed with the approvers: the same six revisions are activated, none is added.
     let out = cli.ok(&[
@@ -147,8 +152,14 @@ async fn onboard_creates_the_project_applies_six_contracts_and_is_idempotent_and
         count(&t, "acme", "SELECT count(*) FROM contract_revisions").await,
         6
     );
-    assert_eq!(count(&t, "acme", "SELECT count(*) FROM active_revisions").await, 6);
-    assert_eq!(count(&t, "acme", "SELECT count(*) FROM contract_drafts").await, 0);
+    assert_eq!(
+        count(&t, "acme", "SELECT count(*) FROM active_revisions").await,
+        6
+    );
+    assert_eq!(
+        count(&t, "acme", "SELECT count(*) FROM contract_drafts").await,
+        0
+    );
     // The Project contract governs the project now (approval count from the file).
     let mut tx = scoped_tx(&t.app, "acme").await;
     let (name, required): (String, i32) =
@@ -170,7 +181,10 @@ async fn onboard_creates_the_project_applies_six_contracts_and_is_idempotent_and
         count(&t, "acme", "SELECT count(*) FROM contract_revisions").await,
         6
     );
-    assert!(cli.ok(&["project", "onboard", "--from", dir, "--quiet"]).is_empty());
+    assert!(
+        cli.ok(&["project", "onboard", "--from", dir, "--quiet"])
+            .is_empty()
+    );
 
     // A folder without its Project contract, and one naming another project, are refused
     // before anything is written.
@@ -225,7 +239,10 @@ async fn apply_publishes_a_changed_body_once_and_reports_what_changed() {
     )
     .unwrap();
     let f = file.to_str().unwrap();
-    assert_eq!(cli.ok(&["apply", "-f", f, "-o", "name"]).trim(), "agent/echo@2");
+    assert_eq!(
+        cli.ok(&["apply", "-f", f, "-o", "name"]).trim(),
+        "agent/echo@2"
+    );
     let out = cli.ok(&["apply", "-f", f]);
     assert_eq!(out.trim(), "acme/agent/echo: unchanged (revision 2)");
     let yaml = cli.ok(&["apply", "-f", f, "-o", "yaml"]);
@@ -239,7 +256,11 @@ async fn apply_publishes_a_changed_body_once_and_reports_what_changed() {
     .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(approvers.len(), 2);
-    assert!(approvers.iter().all(|a| ["alice", "bob", "carol"].contains(&a.as_str())));
+    assert!(
+        approvers
+            .iter()
+            .all(|a| ["alice", "bob", "carol"].contains(&a.as_str()))
+    );
     assert_eq!(
         count(
             &t,
@@ -268,18 +289,15 @@ async fn apply_publishes_a_changed_body_once_and_reports_what_changed() {
         2
     );
     // The header and the flags must agree; a Project contract carries its project's name.
-    cli.fails(
-        &["apply", "-f", f, "--project", "other"],
-        "E-APPLY-002",
-    );
+    cli.fails(&["apply", "-f", f, "--project", "other"], "E-APPLY-002");
     let bad = cli.state.join("bad-project.json");
+    std::fs::write(&bad, "# awooop: project=acme kind=project name=default\n{}").unwrap();
+    cli.fails(&["apply", "-f", bad.to_str().unwrap()], "E-APPLY-002");
     std::fs::write(
         &bad,
-        "# awooop: project=acme kind=project name=default\n{}",
+        "# awooop: project=acme kind=agent name=x colour=red\n{}",
     )
     .unwrap();
-    cli.fails(&["apply", "-f", bad.to_str().unwrap()], "E-APPLY-002");
-    std::fs::write(&bad, "# awooop: project=acme kind=agent name=x colour=red\n{}").unwrap();
     cli.fails(&["apply", "-f", bad.to_str().unwrap()], "E-APPLY-001");
     // An approver outside the ACL is refused and nothing is activated.
     body["display_name"] = json!("Echo 3");
@@ -303,8 +321,18 @@ async fn apply_publishes_a_changed_body_once_and_reports_what_changed() {
     assert_eq!(active, 1);
     // Other creating commands share the output flags: `-o name` is the value a script needs.
     let token = cli.ok(&[
-        "apikey", "create", "--project", "acme", "--principal", "me", "--agents", "echo",
-        "--envs", "dev", "-o", "name",
+        "apikey",
+        "create",
+        "--project",
+        "acme",
+        "--principal",
+        "me",
+        "--agents",
+        "echo",
+        "--envs",
+        "dev",
+        "-o",
+        "name",
     ]);
     assert!(token.trim().starts_with("awk.acme."), "{token}");
     assert_eq!(token.lines().count(), 1);
@@ -428,12 +456,21 @@ async fn runs_are_created_followed_listed_and_cancelled_from_the_cli_and_logged(
     ]);
     // No worker yet: a queued run can be cancelled.
     let id = cli.ok(&[
-        "run", "create", "--project", "acme", "--agent", "echo", "--input", r#"{"text":"hi"}"#,
-        "-o", "name",
+        "run",
+        "create",
+        "--project",
+        "acme",
+        "--agent",
+        "echo",
+        "--input",
+        r#"{"text":"hi"}"#,
+        "-o",
+        "name",
     ]);
     let id = id.trim();
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
-    let v: Value = serde_json::from_str(&cli.ok(&["run", "cancel", "--project", "acme", id])).unwrap();
+    let v: Value =
+        serde_json::from_str(&cli.ok(&["run", "cancel", "--project", "acme", id])).unwrap();
     assert_eq!(v["state"], "cancelled");
     cli.fails(&["run", "cancel", "--project", "acme", id], "E-RUN-002");
     // `run wait` on a finished run that did not succeed ends with exit code 3.
@@ -447,15 +484,28 @@ async fn runs_are_created_followed_listed_and_cancelled_from_the_cli_and_logged(
     // With `awooop up` running (its worker), `run create --wait` follows the run to its end.
     let up = Up::start(&cli).await;
     let out = cli.ok(&[
-        "run", "create", "--project", "acme", "--agent", "echo", "--input", r#"{"text":"hello there"}"#,
+        "run",
+        "create",
+        "--project",
+        "acme",
+        "--agent",
+        "echo",
+        "--input",
+        r#"{"text":"hello there"}"#,
         "--wait",
     ]);
     assert!(out.contains("step 0 output echo: succeeded"), "{out}");
     assert!(out.contains("succeeded after"), "{out}");
     assert!(out.contains("hello there"), "{out}");
-    let list: Value =
-        serde_json::from_str(&cli.ok(&["run", "list", "--project", "acme", "--state", "succeeded"]))
-            .unwrap();
+    let list: Value = serde_json::from_str(&cli.ok(&[
+        "run",
+        "list",
+        "--project",
+        "acme",
+        "--state",
+        "succeeded",
+    ]))
+    .unwrap();
     let done = &list["runs"][0];
     let run_id = done["run_id"].as_str().unwrap().to_string();
     let got: Value =
@@ -483,7 +533,13 @@ async fn runs_are_created_followed_listed_and_cancelled_from_the_cli_and_logged(
         .lines()
         .find(|l| l.contains("route=/v1/control/projects"))
         .unwrap();
-    for field in ["method=GET", "status=200", "latency_ms=", "project=", "trace_id="] {
+    for field in [
+        "method=GET",
+        "status=200",
+        "latency_ms=",
+        "project=",
+        "trace_id=",
+    ] {
         assert!(line.contains(field), "{field} missing: {line}");
     }
     assert!(!log.contains(admin), "the admin token reached the log");
@@ -496,7 +552,10 @@ async fn runs_are_created_followed_listed_and_cancelled_from_the_cli_and_logged(
     // `audit tail` shows what happened, oldest first.
     let tail = cli.ok(&["audit", "tail", "--project", "acme", "-n", "50"]);
     assert!(tail.contains("revision.activate agent/echo@1 ok"), "{tail}");
-    assert!(tail.contains("run.cancel") || tail.contains("cancel"), "{tail}");
+    assert!(
+        tail.contains("run.cancel") || tail.contains("cancel"),
+        "{tail}"
+    );
     let json_line = cli.ok(&["audit", "tail", "--project", "acme", "-n", "1", "--json"]);
     let row: Value = serde_json::from_str(json_line.trim()).unwrap();
     assert!(row["action"].is_string());
@@ -545,6 +604,23 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// An executor that awaits inside the run, as model and tool calls do, and logs around it.
+struct Awaiting(ScriptedExecutor);
+
+#[async_trait::async_trait]
+impl Executor for Awaiting {
+    async fn execute(
+        &self,
+        ctx: &RunContext,
+        journal: &mut Journal,
+    ) -> awooop::error::Result<Outcome> {
+        tracing::info!("calling out");
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        tracing::info!("called out");
+        self.0.execute(ctx, journal).await
+    }
+}
+
 /// Issue 14: the worker held `span.enter()` across `.await`, so lines of other tasks polled
 /// on the same thread (other runs, the reaper, the completion writer) carried chains of
 /// unrelated `run{run_id=…}` spans. Every line written while many runs execute at once must
@@ -587,10 +663,10 @@ async fn worker_log_lines_name_only_their_own_run() {
         .with_max_level(tracing::Level::TRACE)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+    let exec = Arc::new(Awaiting(ScriptedExecutor::new(GuardedGateway::new(
         cp.clone(),
         Arc::new(NoGateway),
-    )));
+    ))));
     let mut cfg = WorkerConfig::new("logs");
     cfg.slots = 8;
     cfg.poll = Duration::from_millis(20);
@@ -631,12 +707,19 @@ async fn worker_log_lines_name_only_their_own_run() {
             &l[..l.len().min(600)]
         );
     }
-    // Each run's own lines exist and name it alone.
+    // Each run's own lines exist and name it alone, around the awaits of its executor too.
     for id in &ids {
-        assert!(
-            in_runs.iter().any(|l| l.contains(&format!("run_id={id}"))),
-            "no line names run {id}"
-        );
+        let own = format!("run_id={id}");
+        for what in ["calling out", "called out"] {
+            assert_eq!(
+                in_runs
+                    .iter()
+                    .filter(|l| l.contains(&own) && l.contains(what))
+                    .count(),
+                1,
+                "run {id}: `{what}`"
+            );
+        }
     }
     t.cleanup().await;
 }
@@ -662,10 +745,7 @@ async fn a_terminated_database_connection_is_503_unavailable() {
             .await
             .unwrap();
         assert!(killed);
-        let e = sqlx::query("SELECT 1")
-            .execute(&mut *tx)
-            .await
-            .unwrap_err();
+        let e = sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap_err();
         awooop::error::Error::from(e)
     })
     .await;

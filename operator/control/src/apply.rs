@@ -74,7 +74,10 @@ pub fn parse_file(source: &str, text: &str) -> Result<(Header, Value)> {
             continue;
         };
         if seen_header {
-            return Err(header_error(source, "more than one `# awooop:` header line"));
+            return Err(header_error(
+                source,
+                "more than one `# awooop:` header line",
+            ));
         }
         seen_header = true;
         for pair in fields.split_whitespace() {
@@ -215,7 +218,11 @@ pub enum Plan {
     Publish,
 }
 
-pub fn plan(active: Option<(Uuid, i32, &str)>, published: &[(Uuid, i32, &str)], hash: &str) -> Plan {
+pub fn plan(
+    active: Option<(Uuid, i32, &str)>,
+    published: &[(Uuid, i32, &str)],
+    hash: &str,
+) -> Plan {
     if let Some((revision_id, revision, h)) = active
         && h == hash
     {
@@ -305,10 +312,7 @@ impl Applied {
                     "{what}: revision {} published and activated (was {p})",
                     self.revision
                 ),
-                None => format!(
-                    "{what}: revision {} published and activated",
-                    self.revision
-                ),
+                None => format!("{what}: revision {} published and activated", self.revision),
             },
             Action::Reactivated => format!(
                 "{what}: revision {} activated again (same body; was {})",
@@ -563,10 +567,13 @@ mod tests {
                 revision: 1
             }
         );
-        assert_eq!(plan(None, &published, "h2"), Plan::Existing {
-            revision_id: b,
-            revision: 2
-        });
+        assert_eq!(
+            plan(None, &published, "h2"),
+            Plan::Existing {
+                revision_id: b,
+                revision: 2
+            }
+        );
         assert_eq!(plan(Some((b, 2, "h2")), &published, "h3"), Plan::Publish);
         assert_eq!(plan(None, &[], "h3"), Plan::Publish);
     }

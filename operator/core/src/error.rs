@@ -423,7 +423,9 @@ mod tests {
 
     #[test]
     fn connection_sqlstates_are_unavailable_others_are_not() {
-        for c in ["57P01", "57P02", "57P03", "08000", "08003", "08006", "08001"] {
+        for c in [
+            "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001",
+        ] {
             assert!(is_connection_sqlstate(c), "{c}");
         }
         for c in ["57014", "23505", "42501", "40001", "AW001"] {

@@ -130,7 +130,10 @@ async fn openapi_json() -> impl IntoResponse {
 }
 
 async fn not_found() -> awooop_core::error::Error {
-    awooop_core::error::Error::new(awooop_core::error::ErrorCode::ReqNotFound, "no such endpoint")
+    awooop_core::error::Error::new(
+        awooop_core::error::ErrorCode::ReqNotFound,
+        "no such endpoint",
+    )
 }
 
 async fn method_not_allowed() -> awooop_core::error::Error {

@@ -207,7 +207,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             let p = Platform::connect(&db, None, Some(&keyring)).await?;
             let path = keyring_path(Some(&keyring), &p.state_dir);
             let v = create_signing_key(&p, &path, &ProjectId::parse(&project)?, &key_id).await?;
-            output::emit_one(&output, &v, |v| v["key_id"].as_str().unwrap_or("").to_string())
+            output::emit_one(&output, &v, |v| {
+                v["key_id"].as_str().unwrap_or("").to_string()
+            })
         }
         Command::Contract(c) => contract(c).await,
         Command::Mode(ModeCmd::Show { db, project }) => {

@@ -67,7 +67,10 @@ pub(super) async fn run_cmd(cmd: RunCmd) -> anyhow::Result<()> {
             if wait {
                 // The id first (scripts), then the run as it happens.
                 if !output.quiet {
-                    eprintln!("run {} created (trace {})", accepted.run_id, accepted.trace_id);
+                    eprintln!(
+                        "run {} created (trace {})",
+                        accepted.run_id, accepted.trace_id
+                    );
                 }
                 return follow(&runs, &project, accepted.run_id, 300, output.quiet).await;
             }
@@ -110,7 +113,14 @@ pub(super) async fn run_cmd(cmd: RunCmd) -> anyhow::Result<()> {
             let p = Platform::connect(&db, None, None).await?;
             let runs = RunService::new(p.control.clone());
             let id = run_uuid(&run_id)?;
-            follow(&runs, &ProjectId::parse(&project)?, id, timeout_seconds, false).await
+            follow(
+                &runs,
+                &ProjectId::parse(&project)?,
+                id,
+                timeout_seconds,
+                false,
+            )
+            .await
         }
         RunCmd::Cancel {
             db,
@@ -210,7 +220,10 @@ async fn follow(
         }
         if Instant::now() >= deadline {
             if !quiet {
-                eprintln!("\ngave up after {timeout_seconds} s; the run is {}", d.run.state);
+                eprintln!(
+                    "\ngave up after {timeout_seconds} s; the run is {}",
+                    d.run.state
+                );
             }
             return Err(Exit(4).into());
         }
@@ -251,7 +264,10 @@ pub(super) async fn audit_cmd(cmd: AuditCmd) -> anyhow::Result<()> {
                 r.action,
                 r.target.as_deref().unwrap_or("-"),
                 r.outcome,
-                r.code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
+                r.code
+                    .as_deref()
+                    .map(|c| format!(" {c}"))
+                    .unwrap_or_default(),
                 r.trace_id
                     .as_deref()
                     .map(|t| format!(" trace={t}"))

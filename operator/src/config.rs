@@ -394,6 +394,11 @@ pub struct UpArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "AWOOOP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
+    /// Onboard a tenant from this folder of contracts at start (as `awooop project onboard`,
+    /// approved as the local platform); repeatable, comma-separated in the env var. Idempotent:
+    /// an unchanged folder changes nothing.
+    #[arg(long = "onboard", env = "AWOOOP_UP_ONBOARD", value_delimiter = ',')]
+    pub onboard: Vec<PathBuf>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
     #[command(flatten)]

@@ -372,6 +372,8 @@ impl Up {
         let port = free_port();
         let mut child = Command::new(BIN)
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+            // `up` onboards folders at start with the same path as `project onboard`.
+            .args(["--onboard", fixture().to_str().unwrap()])
             .env("DATABASE_URL", &cli.url)
             .env("AWOOOP_STATE_DIR", &cli.state)
             .env("HOME", &cli.state)
@@ -526,6 +528,9 @@ async fn runs_are_created_followed_listed_and_cancelled_from_the_cli_and_logged(
     // never the credential.
     let admin = std::fs::read_to_string(cli.state.join("admin-token")).unwrap();
     let admin = admin.trim();
+    // The folder was onboarded already: `up`'s onboarding changed nothing.
+    let log = up.log.lock().unwrap().clone();
+    assert_eq!(log.matches(": unchanged (revision 1)").count(), 6, "{log}");
     let (status, _) = up.get("/v1/control/projects", admin).await;
     assert_eq!(status, 200);
     let log = wait_for_log(&up.log, "route=/v1/control/projects", 10).await;

@@ -51,6 +51,13 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     if !has_key && args.keyring.keyring.is_none() {
         create_signing_key(&p, &keyring_file, &awoooi, "local").await?;
     }
+    // Tenants onboarded from folders (the same path as `awooop project onboard`).
+    for dir in &args.onboard {
+        let done = crate::apply::onboard_local(&p, &keyring_file, dir).await?;
+        for line in done.lines() {
+            eprintln!("  onboard {}: {line}", dir.display());
+        }
+    }
     let metrics = crate::metrics::Metrics::new();
     let state = http::AppState {
         control: p.control.clone(),

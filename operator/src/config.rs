@@ -38,6 +38,15 @@ pub enum Command {
     /// Validate, draft, publish, approve, activate and inspect contracts.
     #[command(subcommand)]
     Contract(ContractCmd),
+    /// Put contract files in force (like `kubectl apply`): draft, publish with a keyring key,
+    /// approve as the approvers you hold, activate. Same body again: nothing changes.
+    Apply(ApplyArgs),
+    /// Create, follow, read and cancel runs.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// Read a project's audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Show or change a project's migration mode.
     #[command(subcommand)]
     Mode(ModeCmd),
@@ -88,6 +97,159 @@ pub struct McpFixtureArgs {
     /// Answer with text/event-stream instead of application/json.
     #[arg(long)]
     pub sse: bool,
+}
+
+/// `-o json|yaml|name` and `--quiet`, shared by every command that creates something
+/// (`cli/output.rs`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct OutputArgs {
+    /// Output format: json, yaml, or name (only the value a script needs next: an id, a token,
+    /// `kind/name@revision`).
+    #[arg(short = 'o', long = "output", value_parser = ["json", "yaml", "name"])]
+    pub output: Option<String>,
+    /// Print nothing on success (the exit code tells).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// Whose approvals `apply` and `project onboard` give (see docs/api.md "apply").
+#[derive(Debug, Clone, Args)]
+pub struct ApproveArgs {
+    /// Approve as these principals (comma-separated), then activate when they are enough.
+    /// Default with the local key (`--key-id local`, created by `awooop up`): the approvers the
+    /// project's Project contract lists (you hold this machine's platform); otherwise none.
+    #[arg(long, value_delimiter = ',')]
+    pub approve_as: Vec<String>,
+    /// Only draft and publish; approvers approve elsewhere.
+    #[arg(long, conflicts_with = "approve_as")]
+    pub no_approve: bool,
+    /// Keyring key publishes are signed with (registered for the project when missing).
+    #[arg(long, default_value = "local")]
+    pub key_id: String,
+    /// Principal recorded as author, publisher and activator.
+    #[arg(long = "as", default_value = "cli")]
+    pub actor: String,
+}
+
+/// `awooop apply -f FILE|DIR ...`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub keyring: KeyringArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Contract file, or a folder of them (`*.json`, not recursive); repeatable. Files name
+    /// their project/kind/name in a `# awooop: project=P kind=K name=N` header, or are named
+    /// KIND.NAME.json.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Project of files whose header names none.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Kind of files whose header names none (single files).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Name of files whose header names none (single files).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub approve: ApproveArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCmd {
+    /// Start a run of an agent (prints the run; `-o name`: its id).
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        agent: String,
+        /// Input as a JSON object (`@FILE` reads a file, `-` standard input).
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Mode of the run (never above the project's mode).
+        #[arg(long)]
+        mode: Option<String>,
+        /// Idempotency key: the same key and request return the same run.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Follow the run until it finishes (as `run wait`).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long = "as", default_value = "cli")]
+        actor: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Show a run with its steps.
+    Get {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        run_id: String,
+    },
+    /// List runs, newest first.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Follow a run: each step as it is journaled, a progress line, the result at the end.
+    /// Exit code 0 when it succeeded, 3 when it ended otherwise, 4 on timeout.
+    Wait {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        run_id: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_seconds: u64,
+    },
+    /// Cancel a run that has not finished.
+    Cancel {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        run_id: String,
+        #[arg(long = "as", default_value = "cli")]
+        actor: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// The newest audit rows of a project, oldest first; `--follow` keeps printing new ones.
+    Tail {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        /// How many of the newest rows to print first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: i64,
+        /// Keep printing rows as they are written (polls once a second).
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -232,6 +394,11 @@ pub struct UpArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "AWOOOP_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,
+    /// Onboard a tenant from this folder of contracts at start (as `awooop project onboard`,
+    /// approved as the local platform); repeatable, comma-separated in the env var. Idempotent:
+    /// an unchanged folder changes nothing.
+    #[arg(long = "onboard", env = "AWOOOP_UP_ONBOARD", value_delimiter = ',')]
+    pub onboard: Vec<PathBuf>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
     #[command(flatten)]
@@ -299,6 +466,29 @@ pub enum ProjectCmd {
         /// Distinct approvers needed to activate a revision.
         #[arg(long, default_value_t = 2)]
         required_approvals: i32,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Onboard a tenant from a folder: create the project when missing, then apply its
+    /// contracts (the Project contract first). Idempotent and resumable: run it again after
+    /// any failure.
+    Onboard {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        keyring: KeyringArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// Folder of contract files (see `awooop apply`).
+        #[arg(long)]
+        from: PathBuf,
+        /// Project id (default: the project the files' headers name).
+        #[arg(long)]
+        project: Option<String>,
+        #[command(flatten)]
+        approve: ApproveArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// List projects.
     List {
@@ -340,6 +530,9 @@ pub enum ApikeyCmd {
         /// Runner keys: comma-separated environments the key may act in (`*`: any).
         #[arg(long = "envs", value_delimiter = ',')]
         environments: Vec<String>,
+        /// `-o name` prints the token alone.
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -355,6 +548,8 @@ pub enum SigningKeyCmd {
         project: String,
         #[arg(long)]
         key_id: String,
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -386,6 +581,9 @@ pub enum ContractCmd {
         file: PathBuf,
         #[arg(long = "as", default_value = "cli")]
         actor: String,
+        /// `-o name` prints the draft id.
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Sign a draft with a keyring key and publish it.
     Publish {
@@ -401,6 +599,9 @@ pub enum ContractCmd {
         key_id: String,
         #[arg(long = "as", default_value = "cli")]
         actor: String,
+        /// `-o name` prints the revision id.
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Approve a published revision as a named approver.
     Approve {
@@ -414,6 +615,8 @@ pub enum ContractCmd {
         revision: String,
         #[arg(long = "as")]
         actor: String,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Activate an approved revision (an earlier one = rollback).
     Activate {
@@ -427,6 +630,9 @@ pub enum ContractCmd {
         revision: String,
         #[arg(long = "as", default_value = "cli")]
         actor: String,
+        /// `-o name` prints the activation id.
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Show the active revision, or a given revision number.
     Show {
@@ -720,6 +926,8 @@ pub enum CatalogCmd {
         env: Vec<String>,
         #[arg(long)]
         description: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// List the catalog.
     List {
@@ -750,6 +958,8 @@ pub enum EgressCmd {
         host: String,
         #[arg(long)]
         note: Option<String>,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// List the rules.
     List {

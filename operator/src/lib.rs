@@ -19,6 +19,7 @@ pub use awooop_runtime as runtime;
 pub use awooop_runtime::metrics;
 pub use awooop_store::{audit, auth, coord, db, local, tenancy};
 
+pub mod apply;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod cli;

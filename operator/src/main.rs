@@ -28,8 +28,13 @@ async fn async_main(cli: awooop::config::Cli) -> std::process::ExitCode {
     awooop::tls::install_crypto_provider();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // Colours only on a terminal: a log redirected to a file or collected by a supervisor
+    // stays plain text that grep and log shippers read.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if cli.log_format == "json" {
         builder.json().init();

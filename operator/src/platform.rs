@@ -107,6 +107,15 @@ pub(crate) fn load_keyring(k: Option<&KeyringArgs>, state_dir: &Path) -> anyhow:
     }
 }
 
+/// The keyring in `path`, empty when the file does not exist yet.
+pub(crate) fn load_keyring_file(path: &Path) -> anyhow::Result<Keyring> {
+    if path.exists() {
+        Keyring::load(path).map_err(anyhow_err)
+    } else {
+        Ok(Keyring::default())
+    }
+}
+
 pub(crate) fn anyhow_err(e: Error) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", e.code, e.message)
 }

@@ -481,8 +481,8 @@ async fn bad_input_gets_stable_codes_and_writes_nothing() {
     expect(
         &api.call("GET", "/v1/control/nope", Some(&key), None, None)
             .await,
-        422,
-        "E-REQ-003",
+        404,
+        "E-REQ-006",
     );
 
     // Nothing was written by any rejected request.

@@ -7,6 +7,7 @@
 
 pub use awooop_core::migration;
 mod activate;
+pub mod apply;
 pub mod registry;
 pub mod repo;
 
@@ -1204,6 +1205,8 @@ impl ControlPlane {
         activate::audit(&mut tx, actor, &target, &activation).await?;
         activate::notify(&mut tx, &target, &activation).await?;
         tx.commit().await?;
+        tracing::info!(project = %target.project, kind = %activation.kind, name = %activation.name,
+            revision = activation.revision, is_rollback = activation.is_rollback, "contract activated");
         activate::forget_approvals(&self.coord, &activation).await;
         Ok(activation)
     }

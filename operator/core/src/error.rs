@@ -58,6 +58,8 @@ error_codes! {
     ReqUnsupportedMediaType = ("E-REQ-004", 415, "request body sent without Content-Type: application/json (text/plain or none)"),
     /// The endpoint exists but does not accept this HTTP method.
     ReqMethodNotAllowed = ("E-REQ-005", 405, "the endpoint exists but does not accept this HTTP method"),
+    /// No endpoint has this path.
+    ReqNotFound = ("E-REQ-006", 404, "no endpoint has this path"),
     /// No credential was presented.
     AuthMissing = ("E-AUTH-001", 401, "no credential presented"),
     /// The credential is unknown, revoked or malformed.
@@ -229,6 +231,12 @@ error_codes! {
     ChannelCredential = ("E-CHANNEL-011", 500, "a channel's verification or send credential ref cannot be resolved"),
     /// The channel may not send (outbound off, or not selected for canary).
     ChannelOutboundDisabled = ("E-CHANNEL-012", 409, "channel may not send: outbound is off, or the chat is not selected for canary"),
+    /// A contract file's header or name is malformed, or its kind/name cannot be determined.
+    ApplyBadFile = ("E-APPLY-001", 422, "contract file malformed: bad `# awooop:` header, body not JSON, or kind/name unknown"),
+    /// A contract file names another project, kind or name than the one asked for.
+    ApplyConflict = ("E-APPLY-002", 422, "contract file names another project, kind or name than asked for (or a Project contract not named after its project)"),
+    /// Nothing to apply, or an onboarding folder without its Project contract.
+    ApplyNothing = ("E-APPLY-003", 422, "no contract file found, or the onboarding folder has no Project contract"),
     /// The database is unreachable or overloaded.
     Unavailable = ("E-UNAVAILABLE-001", 503, "database unavailable; retry later"),
     /// Anything else: details only in the server log.
@@ -326,6 +334,13 @@ impl From<sqlx::Error> for Error {
                     )
                     .with_source(e);
                 }
+                // The server ended the session (admin_shutdown 57P01 from pg_terminate_backend
+                // or a fast shutdown, crash_shutdown 57P02, cannot_connect_now 57P03) or the
+                // connection broke (class 08): nothing was committed, so the client may retry.
+                Some(c) if is_connection_sqlstate(c) => {
+                    return Error::new(ErrorCode::Unavailable, "database unavailable")
+                        .with_source(e);
+                }
                 // insufficient_privilege / RLS WITH CHECK violation: the tenant boundary held.
                 Some("42501") => {
                     return Error::new(ErrorCode::AuthForbidden, "operation not permitted")
@@ -344,6 +359,12 @@ impl From<sqlx::Error> for Error {
             _ => Error::internal(e),
         }
     }
+}
+
+/// SQLSTATEs that mean "the database went away", not "the request was wrong": class 08
+/// (connection exception) and 57P01/57P02/57P03 (the server terminated or refuses sessions).
+pub fn is_connection_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 #[cfg(feature = "axum")]
@@ -399,6 +420,18 @@ pub fn markdown_table() -> String {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn connection_sqlstates_are_unavailable_others_are_not() {
+        for c in [
+            "57P01", "57P02", "57P03", "08000", "08003", "08006", "08001",
+        ] {
+            assert!(is_connection_sqlstate(c), "{c}");
+        }
+        for c in ["57014", "23505", "42501", "40001", "AW001"] {
+            assert!(!is_connection_sqlstate(c), "{c}");
+        }
+    }
 
     #[test]
     fn codes_are_unique_and_well_formed() {

@@ -94,6 +94,12 @@ impl FromRequestParts<AppState> for Caller {
                     )
                 })?)?),
             };
+            if let (Some(p), Some(slot)) = (
+                &project,
+                parts.extensions.get::<super::access_log::LogProject>(),
+            ) {
+                slot.set(p.as_str());
+            }
             return Ok(Caller {
                 actor: Actor::cli("admin"),
                 project,
@@ -111,6 +117,9 @@ impl FromRequestParts<AppState> for Caller {
                 ErrorCode::AuthForbidden,
                 "this credential cannot act on another project",
             ));
+        }
+        if let Some(slot) = parts.extensions.get::<super::access_log::LogProject>() {
+            slot.set(project.as_str());
         }
         Ok(Caller {
             actor,

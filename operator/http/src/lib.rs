@@ -5,6 +5,7 @@
 //! repository ([`awooop_control::repo`]). Errors become JSON `{code, message, details}` in
 //! exactly one place ([`awooop_core::error::Error`]'s `IntoResponse`).
 
+pub mod access_log;
 pub mod control;
 pub mod extract;
 pub mod guard;
@@ -103,7 +104,7 @@ async fn openapi_json() -> impl IntoResponse {
 
 async fn not_found() -> awooop_core::error::Error {
     awooop_core::error::Error::new(
-        awooop_core::error::ErrorCode::ReqInvalidParam,
+        awooop_core::error::ErrorCode::ReqNotFound,
         "no such endpoint",
     )
 }
@@ -115,16 +116,58 @@ async fn method_not_allowed() -> awooop_core::error::Error {
     )
 }
 
-/// Serve until `shutdown` resolves; in-flight requests finish first.
+/// Bind the API's address. A taken port is the common first-run mistake (a second `awooop
+/// up`): the message names the address and what to do instead of the OS's bare "Address
+/// already in use".
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| bind_error(addr, &e))
+}
+
+/// The message for a failed bind of `addr` (pure, so it is tested without a socket).
+pub fn bind_error(addr: SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "cannot listen on {addr}: the address is already in use (is another `awooop up` or \
+             `awooop serve` running?); stop it or choose another address with --listen \
+             (AWOOOP_LISTEN)"
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "cannot listen on {addr}: permission denied (ports below 1024 need privileges); \
+             choose another address with --listen (AWOOOP_LISTEN)"
+        ),
+        _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+    }
+}
+
+/// Serve until `shutdown` resolves; in-flight requests finish first. Every request gets one
+/// access-log line ([`access_log`]).
 pub async fn serve(
     addr: SocketAddr,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(bind(addr).await?, router, shutdown).await
+}
+
+/// [`serve`] on a listener bound earlier with [`bind`] (`awooop up` binds before it starts
+/// anything, so a taken port fails at once).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP API listening");
-    axum::serve(listener, router)
+    axum::serve(listener, with_access_log(router))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
+}
+
+/// The router with the per-request log line (what [`serve`] runs; tests use it with
+/// `oneshot`).
+pub fn with_access_log(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(access_log::access_log))
 }

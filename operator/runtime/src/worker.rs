@@ -344,7 +344,24 @@ impl Worker {
         })
     }
 
+    /// Execute one claimed run inside its own `run` span. The span is attached with
+    /// `Instrument` (entered on every poll, left at every `.await`), never with an
+    /// `enter()` guard held across an await: such a guard stays entered on the worker thread
+    /// while the task is suspended, so every other task polled there (other runs, the reaper,
+    /// the completion writer) logged under a growing chain of unrelated `run{…}` spans.
     async fn execute(self: Arc<Self>, c: Claimed) {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "run",
+            run_id = %c.run_id,
+            trace_id = %c.trace_id,
+            project = %c.project_id,
+            attempt = c.attempt
+        );
+        self.execute_run(c).instrument(span).await
+    }
+
+    async fn execute_run(self: Arc<Self>, c: Claimed) {
         let run_id = c.run_id;
         let attempt = c.attempt;
         let started = std::time::Instant::now();
@@ -356,12 +373,9 @@ impl Worker {
             span_id: c.span_id.clone(),
             sampled: true,
         };
-        let span = tracing::info_span!("run", %run_id, trace_id = %trace.trace_id, project = %project, attempt);
-        let completion = tenancy::scope(project.clone(), async {
-            let _e = span.enter();
-            self.execute_in_scope(&project, c, trace).await
-        })
-        .await;
+        tracing::info!(agent = %c.agent, mode = %c.mode, "run started");
+        let completion =
+            tenancy::scope(project.clone(), self.execute_in_scope(&project, c, trace)).await;
         let res = match completion {
             Ok(Some(done)) => {
                 let state = done.state;
@@ -392,6 +406,11 @@ impl Worker {
         self.held.lock().expect("held lock").remove(&run_id);
         match res {
             Ok(Some(state)) => {
+                tracing::info!(
+                    state = state.as_str(),
+                    latency_ms = started.elapsed().as_millis() as u64,
+                    "run finished"
+                );
                 self.metrics.finished(state.as_str(), started.elapsed());
                 match state {
                     RunState::Succeeded => self.stats.succeeded.fetch_add(1, Ordering::Relaxed),

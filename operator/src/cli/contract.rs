@@ -32,6 +32,7 @@ pub(super) async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
             target,
             file,
             actor,
+            output,
         } => {
             let p = Platform::connect(&db, None, None).await?;
             let kind = ContractKind::parse(&target.kind)?;
@@ -42,7 +43,7 @@ pub(super) async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
                     .create_draft(&Actor::cli(&actor), kind, &target.name, body),
             )
             .await?;
-            print(&v)
+            super::output::emit_one(&output, &v, |v| v.draft.draft_id.to_string())
         }
         ContractCmd::Publish {
             db,
@@ -51,6 +52,7 @@ pub(super) async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
             draft,
             key_id,
             actor,
+            output,
         } => {
             let p = Platform::connect(&db, None, Some(&keyring)).await?;
             let draft = uuid(&draft)?;
@@ -59,7 +61,7 @@ pub(super) async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
                 p.control.publish(&Actor::cli(&actor), draft, req).await
             })
             .await?;
-            print(&v)
+            super::output::emit_one(&output, &v, |v| v.revision_id.to_string())
         }
         ContractCmd::Approve {
             db,
@@ -67,6 +69,7 @@ pub(super) async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
             project,
             revision,
             actor,
+            output,
         } => {
             let p = Platform::connect(&db, Some(&redis), None).await?;
             let v = tenancy::scope(
@@ -74,7 +77,7 @@ pub(super) async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
                 p.control.approve(&Actor::cli(&actor), uuid(&revision)?),
             )
             .await?;
-            print(&v)
+            super::output::emit_one(&output, &v, |v| v.revision_id.to_string())
         }
         ContractCmd::Activate {
             db,
@@ -82,6 +85,7 @@ pub(super) async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
             project,
             revision,
             actor,
+            output,
         } => {
             let p = Platform::connect(&db, Some(&redis), None).await?;
             let v = tenancy::scope(
@@ -89,7 +93,7 @@ pub(super) async fn contract(cmd: ContractCmd) -> anyhow::Result<()> {
                 p.control.activate(&Actor::cli(&actor), uuid(&revision)?),
             )
             .await?;
-            print(&v)
+            super::output::emit_one(&output, &v, |v| v.activation_id.to_string())
         }
         ContractCmd::Show {
             db,

@@ -17,12 +17,15 @@ use crate::local;
 use crate::tenancy::{self, ProjectId};
 use crate::{db, http};
 
+mod apply;
 mod channel;
 mod contract;
 #[cfg(feature = "bench")]
 mod fixture;
 mod generate;
+mod output;
 mod policy;
+mod run;
 mod serve;
 mod token;
 mod up;
@@ -41,6 +44,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let res = dispatch(cli.command).await;
     match res {
         Ok(()) => Ok(0),
+        Err(e) if e.downcast_ref::<run::Exit>().is_some() => {
+            Ok(e.downcast_ref::<run::Exit>().map_or(1, |x| x.0))
+        }
         Err(e) => match e.downcast::<Error>() {
             Ok(err) => {
                 eprintln!(
@@ -101,6 +107,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             id,
             name,
             required_approvals,
+            output,
         }) => {
             let p = Platform::connect(&db, None, None).await?;
             let display_name = name.unwrap_or_else(|| id.clone());
@@ -115,8 +122,31 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-            print(&v)
+            output::emit_one(&output, &v, |v| v.project.project_id.clone())
         }
+        Command::Project(ProjectCmd::Onboard {
+            db,
+            keyring,
+            redis,
+            from,
+            project,
+            approve,
+            output,
+        }) => {
+            apply::onboard(
+                db,
+                keyring,
+                redis,
+                &from,
+                project.as_deref(),
+                &approve,
+                &output,
+            )
+            .await
+        }
+        Command::Apply(args) => apply::apply(args).await,
+        Command::Run(c) => run::run_cmd(c).await,
+        Command::Audit(c) => run::audit_cmd(c).await,
         Command::Project(ProjectCmd::List { db }) => {
             let p = Platform::connect(&db, None, None).await?;
             print(&p.control.list_projects(&Actor::cli("cli")).await?)
@@ -128,6 +158,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             roles,
             agents,
             environments,
+            output,
         }) => {
             let p = Platform::connect(&db, None, None).await?;
             let roles = roles
@@ -135,22 +166,22 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 .map(|r| Role::parse(r))
                 .collect::<Result<Vec<_>, _>>()?;
             let project = ProjectId::parse(&project)?;
-            print(
-                &p.control
-                    .create_api_key_bound(
-                        &Actor::cli("cli"),
-                        &project,
-                        &principal,
-                        roles,
-                        (!agents.is_empty() || !environments.is_empty()).then_some(
-                            crate::auth::KeyBinding {
-                                agents,
-                                environments,
-                            },
-                        ),
-                    )
-                    .await?,
-            )
+            let key = p
+                .control
+                .create_api_key_bound(
+                    &Actor::cli("cli"),
+                    &project,
+                    &principal,
+                    roles,
+                    (!agents.is_empty() || !environments.is_empty()).then_some(
+                        crate::auth::KeyBinding {
+                            agents,
+                            environments,
+                        },
+                    ),
+                )
+                .await?;
+            output::emit_one(&output, &key, |k| k.token.clone())
         }
         Command::Apikey(ApikeyCmd::Revoke {
             db,
@@ -171,11 +202,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             keyring,
             project,
             key_id,
+            output,
         }) => {
             let p = Platform::connect(&db, None, Some(&keyring)).await?;
             let path = keyring_path(Some(&keyring), &p.state_dir);
             let v = create_signing_key(&p, &path, &ProjectId::parse(&project)?, &key_id).await?;
-            print(&v)
+            output::emit_one(&output, &v, |v| {
+                v["key_id"].as_str().unwrap_or("").to_string()
+            })
         }
         Command::Contract(c) => contract(c).await,
         Command::Mode(ModeCmd::Show { db, project }) => {

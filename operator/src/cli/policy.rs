@@ -13,6 +13,7 @@ pub(super) async fn catalog(cmd: CatalogCmd) -> anyhow::Result<()> {
             args,
             env,
             description,
+            output,
         } => {
             let p = Platform::connect(&db, None, None).await?;
             let e = awooop_policy::catalog::CatalogEntry {
@@ -22,7 +23,8 @@ pub(super) async fn catalog(cmd: CatalogCmd) -> anyhow::Result<()> {
                 env_allow: env,
                 description: description.unwrap_or_default(),
             };
-            print(&awooop_policy::catalog_put(p.control.db(), actor, &e).await?)
+            let v = awooop_policy::catalog_put(p.control.db(), actor, &e).await?;
+            super::output::emit_one(&output, &v, |v| v.name.clone())
         }
         CatalogCmd::List { db } => {
             let p = Platform::connect(&db, None, None).await?;
@@ -45,6 +47,7 @@ pub(super) async fn egress(cmd: EgressCmd) -> anyhow::Result<()> {
             all_projects,
             host,
             note,
+            output,
         } => {
             if project.is_some() == all_projects {
                 return Err(Error::new(
@@ -54,16 +57,15 @@ pub(super) async fn egress(cmd: EgressCmd) -> anyhow::Result<()> {
                 .into());
             }
             let p = Platform::connect(&db, None, None).await?;
-            print(
-                &awooop_policy::egress_allow(
-                    p.control.db(),
-                    actor,
-                    project.as_deref(),
-                    &host,
-                    note.as_deref().unwrap_or(""),
-                )
-                .await?,
+            let v = awooop_policy::egress_allow(
+                p.control.db(),
+                actor,
+                project.as_deref(),
+                &host,
+                note.as_deref().unwrap_or(""),
             )
+            .await?;
+            super::output::emit_one(&output, &v, |v| v.rule_id.to_string())
         }
         EgressCmd::List { db } => {
             let p = Platform::connect(&db, None, None).await?;

@@ -6,6 +6,9 @@ use super::*;
 /// operator runs workers as Deployments) and no file sink.
 pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.validate()?;
+    // Bind first: a taken port fails at once with a message naming the address, before a
+    // database, a worker or child processes are started.
+    let listener = http::bind(args.listen).await?;
     let mut p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
     let secrets = kube_secrets(&args.secrets_namespace()).await;
     let in_cluster = secrets.is_some();
@@ -42,7 +45,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let router = http::app(state)
         .merge(http::mcp::router(mcp))
         .merge(crate::channels::routes(hub));
-    http::serve(args.listen, router, shutdown_signal()).await?;
+    http::serve_on(listener, router, shutdown_signal()).await?;
     // Every queued call-audit row is written before exit.
     gateway.audit().flush().await;
     drop(p);

@@ -5,6 +5,9 @@ use super::*;
 /// `awooop up`: the whole platform locally.
 pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     args.validate()?;
+    // Bind first: a taken port fails at once with a message naming the address, before a
+    // database, a worker or child processes are started.
+    let listener = http::bind(args.listen).await?;
     let mut p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
     // Local mode: tenants' MCP upstreams and model providers on this machine (127.0.0.0/8,
     // ::1, localhost) are allowed for every project, in this process only (nothing stored).
@@ -47,6 +50,13 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     if !has_key && args.keyring.keyring.is_none() {
         create_signing_key(&p, &keyring_file, &awoooi, "local").await?;
+    }
+    // Tenants onboarded from folders (the same path as `awooop project onboard`).
+    for dir in &args.onboard {
+        let done = crate::apply::onboard_local(&p, &keyring_file, dir).await?;
+        for line in done.lines() {
+            eprintln!("  onboard {}: {line}", dir.display());
+        }
     }
     let metrics = crate::metrics::Metrics::new();
     let state = http::AppState {
@@ -115,7 +125,7 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     let router = http::app(state)
         .merge(http::mcp::router(mcp))
         .merge(crate::channels::routes(hub));
-    http::serve(args.listen, router, shutdown_signal()).await?;
+    http::serve_on(listener, router, shutdown_signal()).await?;
     // The API has stopped taking requests; let the worker finish or release its runs.
     let _ = stop_tx.send(true);
     let _ = worker_task.await;

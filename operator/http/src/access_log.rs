@@ -1,0 +1,78 @@
+//! One info-level log line per API request: method, route, status, latency, project and trace
+//! id. Never the body, the query string or a header value other than the trace id: bodies carry
+//! tenant data and headers carry credentials.
+//!
+//! The project is the one the credential was verified for: the [`super::extract::Caller`]
+//! extractor writes it into a [`LogProject`] slot this middleware puts into the request's
+//! extensions, so an unverified claim (a forged API key prefix, a header) is never logged as
+//! the request's project.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// Response header carrying the trace id of a request that brought no `traceparent` (so a
+/// client can quote it when reading the server log).
+pub const TRACE_HEADER: &str = "x-awooop-trace-id";
+
+/// Where the caller extractor records the verified project of a request.
+#[derive(Clone, Default)]
+pub struct LogProject(Arc<OnceLock<String>>);
+
+impl LogProject {
+    pub fn set(&self, project: &str) {
+        let _ = self.0.set(project.to_string());
+    }
+}
+
+/// The trace id of a W3C `traceparent` value, when it is well formed.
+fn trace_id_of(v: Option<&HeaderValue>) -> Option<String> {
+    let s = v?.to_str().ok()?;
+    awooop_core::trace::TraceContext::from_traceparent(s)
+        .ok()
+        .map(|t| t.trace_id)
+}
+
+/// The middleware (`Router::layer(axum::middleware::from_fn(access_log))`, applied by
+/// [`super::serve`] to the whole router so `/mcp` and the webhooks are logged too).
+pub async fn access_log(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    // The route template (`/v1/platform/runs/{id}`), never the concrete path: ids in paths are
+    // not secrets, but a template keeps lines comparable; unknown paths log as `-`.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "-".into());
+    let request_trace = trace_id_of(req.headers().get("traceparent"));
+    let project = LogProject::default();
+    req.extensions_mut().insert(project.clone());
+    let mut resp = next.run(req).await;
+    // A created run answers with its own traceparent: log the run's trace id.
+    let trace_id = match trace_id_of(resp.headers().get("traceparent")).or(request_trace) {
+        Some(t) => t,
+        None => {
+            let t = awooop_core::trace::TraceContext::generate().trace_id;
+            if let Ok(v) = HeaderValue::from_str(&t) {
+                resp.headers_mut().insert(TRACE_HEADER, v);
+            }
+            t
+        }
+    };
+    tracing::info!(
+        target: "awooop::http",
+        method = %method,
+        route = %route,
+        status = resp.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        project = project.0.get().map(String::as_str).unwrap_or("-"),
+        trace_id = %trace_id,
+        "request"
+    );
+    resp
+}

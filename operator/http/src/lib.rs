@@ -5,12 +5,14 @@
 //! repository ([`awooop_control::repo`]). Errors become JSON `{code, message, details}` in
 //! exactly one place ([`awooop_core::error::Error`]'s `IntoResponse`).
 
+pub mod console;
 pub mod control;
 pub mod extract;
 pub mod guard;
 pub mod mcp;
 pub mod openapi;
 pub mod runs;
+pub mod views;
 
 use std::net::SocketAddr;
 
@@ -48,6 +50,12 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json))
         .nest("/v1/control", control::router())
         .nest("/v1/platform", runs::router())
+        .route("/v1/control/contracts", get(views::contracts))
+        .route("/v1/platform/runs/{id}/timeline", get(views::run_timeline))
+        .route("/v1/platform/gateway", get(views::gateway))
+        .route("/v1/platform/budgets", get(views::budgets))
+        .route("/v1/platform/channels", get(views::channels))
+        .merge(console::router())
         .fallback(not_found)
         // A known path with the wrong method gets the platform's JSON error, not axum's bare
         // 405. Registered last: it applies to every route added before it.

@@ -299,6 +299,39 @@ pub fn operations() -> Vec<Op> {
             )
         },
         Op {
+            errors: &[E::RunNotFound],
+            ..op(
+                "get",
+                "/v1/platform/runs/{id}/timeline",
+                "A run's timeline under its trace id: state changes, steps, model calls, tool calls, approvals, messages",
+                200,
+            )
+        },
+        op(
+            "get",
+            "/v1/platform/gateway",
+            "The active gateway's tools by provider with risk and grants; recent calls; denials by code",
+            200,
+        ),
+        op(
+            "get",
+            "/v1/platform/budgets",
+            "Budget ledger (spend against limits), model breakers, recent reservations",
+            200,
+        ),
+        op(
+            "get",
+            "/v1/platform/channels",
+            "Recent channel events and deliveries",
+            200,
+        ),
+        op(
+            "get",
+            "/v1/control/contracts",
+            "Every contract with its latest and active revision and the approvals still outstanding",
+            200,
+        ),
+        Op {
             response: Some(array),
             ..op("get", "/v1/control/projects", "List projects (admin)", 200)
         },

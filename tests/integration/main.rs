@@ -9,6 +9,7 @@ mod adversarial;
 mod adversarial_b;
 mod channels;
 mod cli_e2e;
+mod console;
 mod contracts_golden;
 mod control_plane;
 mod crds;

@@ -32,13 +32,13 @@ async fn view(s: &AppState, c: &Caller, sql: &'static str, arg: Option<Uuid>) ->
     let db = s.control.db().clone();
     let mut v: Value = tenancy::scope(c.project()?, async move {
         let mut tx = db.tenant().await?;
-        let mut q = sqlx::query_scalar::<_, Value>(sql).bind(RECENT);
+        let mut q = sqlx::query_scalar::<_, Option<Value>>(sql).bind(RECENT);
         if let Some(id) = arg {
             q = q.bind(id);
         }
         let v = q.fetch_one(&mut *tx).await?;
         tx.commit().await?;
-        Ok::<_, Error>(v)
+        Ok::<_, Error>(v.unwrap_or(Value::Null))
     })
     .await?;
     Redactor::global().redact_json(&mut v);

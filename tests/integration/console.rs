@@ -205,6 +205,17 @@ async fn start_run(http: &reqwest::Client, up: &Up, key: &str, agent: &str) -> S
     r["run_id"].as_str().unwrap().to_string()
 }
 
+async fn get(http: &reqwest::Client, up: &Up, path: &str, key: &str) -> (u16, Value) {
+    call(
+        http,
+        reqwest::Method::GET,
+        format!("{}{path}", up.url()),
+        key,
+        None,
+    )
+    .await
+}
+
 fn client() -> reqwest::Client {
     awooop::tls::install_crypto_provider();
     reqwest::Client::new()
@@ -252,16 +263,7 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
     wait_state(&http, &up, &w.key_a, &waiting, "waiting_approval").await;
     let failed = wait_state(&http, &up, &w.key_a, &denied, "failed").await;
 
-    let get = |path: &str, key: &str| {
-        call(
-            &http,
-            reqwest::Method::GET,
-            format!("{}{path}", up.url()),
-            key,
-            None,
-        )
-    };
-    let (s, tl) = get(&format!("/v1/platform/runs/{waiting}/timeline"), &w.key_a).await;
+    let (s, tl) = get(&http, &up, &format!("/v1/platform/runs/{waiting}/timeline"), &w.key_a).await;
     assert_eq!(s, 200, "{tl}");
     assert_eq!(tl["state"], "waiting_approval");
     let events = tl["events"].as_array().unwrap();
@@ -273,7 +275,7 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
         "{tl}"
     );
     assert!(events.iter().any(|e| e["title"] == "run.create"), "{tl}");
-    let (s, tl) = get(&format!("/v1/platform/runs/{denied}/timeline"), &w.key_a).await;
+    let (s, tl) = get(&http, &up, &format!("/v1/platform/runs/{denied}/timeline"), &w.key_a).await;
     assert_eq!(s, 200);
     let tool = tl["events"]
         .as_array()
@@ -284,11 +286,11 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
     assert_eq!(tool["detail"]["decision"], "denied", "{tl}");
     assert_eq!(tool["detail"]["code"], failed["error_code"], "{tl} {failed}");
 
-    let (s, gw) = get("/v1/platform/gateway", &w.key_a).await;
+    let (s, gw) = get(&http, &up, "/v1/platform/gateway", &w.key_a).await;
     assert_eq!(s, 200, "{gw}");
     assert_eq!(gw["denials_by_code"][0]["code"], failed["error_code"], "{gw}");
     assert_eq!(gw["denials_by_code"][0]["count"], 1, "{gw}");
-    let (s, cs) = get("/v1/control/contracts", &w.key_a).await;
+    let (s, cs) = get(&http, &up, "/v1/control/contracts", &w.key_a).await;
     assert_eq!(s, 200, "{cs}");
     let names: Vec<&str> = cs["contracts"]
         .as_array()
@@ -299,17 +301,17 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
     assert_eq!(names, ["prober", "triage"], "{cs}");
     assert_eq!(cs["required_approvals"], 1);
     for path in ["/v1/platform/budgets", "/v1/platform/channels"] {
-        let (s, v) = get(path, &w.key_a).await;
+        let (s, v) = get(&http, &up, path, &w.key_a).await;
         assert_eq!(s, 200, "{path}: {v}");
     }
 
     // Project beta's key: alpha's run is not found, and every view is empty.
-    let (s, e) = get(&format!("/v1/platform/runs/{waiting}/timeline"), &w.key_b).await;
+    let (s, e) = get(&http, &up, &format!("/v1/platform/runs/{waiting}/timeline"), &w.key_b).await;
     assert_eq!((s, e["code"].as_str()), (404, Some("E-RUN-001")), "{e}");
-    let (_, gw) = get("/v1/platform/gateway", &w.key_b).await;
+    let (_, gw) = get(&http, &up, "/v1/platform/gateway", &w.key_b).await;
     assert_eq!(gw["denials_by_code"], json!([]), "{gw}");
     assert_eq!(gw["recent_calls"], json!([]), "{gw}");
-    let (_, cs) = get("/v1/control/contracts", &w.key_b).await;
+    let (_, cs) = get(&http, &up, "/v1/control/contracts", &w.key_b).await;
     assert_eq!(cs["contracts"], json!([]), "{cs}");
     // No credential: the views are closed like the rest of the API.
     let r = http

@@ -107,7 +107,13 @@ ev AS (
   SELECT l.at, CASE WHEN l.action IN ('run.approve', 'run.reject') THEN 'approval' ELSE 'audit' END,
          l.action, json_build_object('actor', l.actor, 'outcome', l.outcome, 'code', l.code,
                                      'details', l.details)
-    FROM audit_log l, run WHERE l.trace_id = run.trace_id
+    FROM audit_log l, run WHERE l.trace_id = run.trace_id AND l.action <> 'tool.call'
+  UNION ALL
+  SELECT l.at, 'tool', coalesce(l.target, 'tool call'),
+         json_build_object('decision', CASE l.outcome WHEN 'ok' THEN 'allowed' ELSE 'denied' END,
+                           'code', l.code, 'result', 'refused by the runtime guard',
+                           'details', l.details)
+    FROM audit_log l, run WHERE l.trace_id = run.trace_id AND l.action = 'tool.call'
   UNION ALL
   SELECT s.finished_at, 'step', s.step_key || ' (' || s.step_type || ')',
          json_build_object('index', s.step_index, 'attempt', s.attempt, 'status', s.status,
@@ -165,10 +171,24 @@ SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM run) THEN NULL ELSE json_build_object
 }
 
 /// `GET /v1/platform/gateway`: the tools of the active MCP gateway revision(s) by provider,
-/// with risk and grants; the most recent calls; denials counted by code.
+/// with risk and grants; the most recent calls (the gateway's and the runtime guard's
+/// refusals); denials counted by code.
 pub async fn gateway(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
     const SQL: &str = r#"
-WITH active AS (SELECT revision_id FROM active_revisions WHERE kind = 'mcp_gateway')
+WITH active AS (SELECT revision_id FROM active_revisions WHERE kind = 'mcp_gateway'),
+-- Calls the gateway decided (mcp_call_audit) and calls the runtime's guard refused before
+-- they reached it (audit_log `tool.call`, e.g. a tool no active gateway contract registers).
+calls AS (
+  SELECT at, call_id::text AS call_id, trace_id, run_id, agent, tool, environment, mode,
+         decision, code, result_status, latency_us, truncated
+    FROM mcp_call_audit
+  UNION ALL
+  SELECT at, audit_id::text, coalesce(trace_id, ''),
+         CASE WHEN details->>'run_id' ~ '^[0-9a-f-]{36}$' THEN (details->>'run_id')::uuid END, actor,
+         coalesce(target, ''), '', coalesce(details->>'mode', ''), 'denied', code,
+         'refused by the runtime guard', 0, false
+    FROM audit_log WHERE action = 'tool.call' AND outcome <> 'ok'
+)
 SELECT json_build_object(
   'tools', coalesce((
     SELECT json_agg(json_build_object(
@@ -185,13 +205,11 @@ SELECT json_build_object(
     FROM mcp_tools t WHERE t.revision_id IN (SELECT revision_id FROM active)), '[]'::json),
   'recent_calls', coalesce((
     SELECT json_agg(m ORDER BY m.at DESC) FROM (
-      SELECT at, call_id, trace_id, run_id, agent, tool, environment, mode, decision, code,
-             result_status, latency_us, truncated
-      FROM mcp_call_audit ORDER BY at DESC LIMIT $1) m), '[]'::json),
+      SELECT * FROM calls ORDER BY at DESC LIMIT $1) m), '[]'::json),
   'denials_by_code', coalesce((
     SELECT json_agg(d ORDER BY d.count DESC, d.code) FROM (
       SELECT coalesce(code, 'unknown') AS code, count(*) AS count, max(at) AS last_at
-      FROM mcp_call_audit WHERE decision = 'denied' GROUP BY 1) d), '[]'::json))
+      FROM calls WHERE decision = 'denied' GROUP BY 1) d), '[]'::json))
 "#;
     Ok(Json(view(&s, &c, SQL, None).await?))
 }

@@ -115,7 +115,6 @@ try {
   await a.waitForSelector('#run-state[data-state="waiting_approval"]', T);
   const trace = (await a.textContent("#trace-id")).trim();
   assert(/^[0-9a-f]{32}$/.test(trace), `trace id ${trace}`);
-  await shot(a, "run-waiting");
 
   const b = await newPage();
   await b.goto(`${base}/console#/approvals`);
@@ -151,10 +150,11 @@ try {
   for (const p of ["contracts", "projects", "budgets", "channels"]) {
     await go(a, `#/${p}`);
     await a.waitForSelector("main h2", T);
+    if (p === "projects") await a.waitForSelector("#mode:has-text('shadow')", T);
+    if (p === "contracts") await a.waitForSelector("a:has-text('triage')", T);
     await a.waitForTimeout(300);
     await shot(a, p);
   }
-  await a.waitForSelector("#mode", T);
 
   // --- Cross-tenant: a key of beta sees none of alpha ----------------------------------
   step("cross-tenant");

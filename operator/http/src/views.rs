@@ -183,11 +183,13 @@ calls AS (
          decision, code, result_status, latency_us, truncated
     FROM mcp_call_audit
   UNION ALL
-  SELECT at, audit_id::text, coalesce(trace_id, ''),
-         CASE WHEN details->>'run_id' ~ '^[0-9a-f-]{36}$' THEN (details->>'run_id')::uuid END, actor,
-         coalesce(target, ''), '', coalesce(details->>'mode', ''), 'denied', code,
+  SELECT g.at, g.audit_id::text, coalesce(g.trace_id, ''), g.run_id,
+         coalesce((SELECT r.agent FROM runs r WHERE r.run_id = g.run_id), g.actor),
+         coalesce(g.target, ''), '', coalesce(g.details->>'mode', ''), 'denied', g.code,
          'refused by the runtime guard', 0, false
-    FROM audit_log WHERE action = 'tool.call' AND outcome <> 'ok'
+    FROM (SELECT *, CASE WHEN details->>'run_id' ~ '^[0-9a-f-]{36}$'
+                         THEN (details->>'run_id')::uuid END AS run_id
+            FROM audit_log WHERE action = 'tool.call' AND outcome <> 'ok') g
 )
 SELECT json_build_object(
   'tools', coalesce((

@@ -55,7 +55,9 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
         "Chromium and playwright-core for the console browser test",
         "run scripts/test.sh (apt-get install chromium; npm ci in tests/console), or set \
          AWOOOP_TEST_CHROMIUM and AWOOOP_TEST_CONSOLE_NODE_MODULES",
-        modules.filter(|_| node && chromium.exists()).map(|m| (m, chromium)),
+        modules
+            .filter(|_| node && chromium.exists())
+            .map(|m| (m, chromium)),
     )
 }
 
@@ -236,12 +238,22 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
         ("/console/assets/app.js", "text/javascript"),
         ("/console/assets/app.css", "text/css"),
     ] {
-        let r = http.get(format!("{}{path}", up.url())).send().await.unwrap();
+        let r = http
+            .get(format!("{}{path}", up.url()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
         let h = r.headers();
-        assert!(h["content-type"].to_str().unwrap().starts_with(ty), "{path}");
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(ty),
+            "{path}"
+        );
         let csp = h["content-security-policy"].to_str().unwrap();
-        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["x-frame-options"], "DENY");
     }
@@ -255,7 +267,10 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
         .await
         .unwrap();
     assert!(html.contains(r#"src="/console/assets/app.js""#), "{html}");
-    assert!(!html.contains("http://") && !html.contains("https://"), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
     assert!(!html.contains("<script>"), "{html}");
 
     let waiting = start_run(&http, &up, &w.key_a, "triage").await;
@@ -263,19 +278,30 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
     wait_state(&http, &up, &w.key_a, &waiting, "waiting_approval").await;
     let failed = wait_state(&http, &up, &w.key_a, &denied, "failed").await;
 
-    let (s, tl) = get(&http, &up, &format!("/v1/platform/runs/{waiting}/timeline"), &w.key_a).await;
+    let (s, tl) = get(
+        &http,
+        &up,
+        &format!("/v1/platform/runs/{waiting}/timeline"),
+        &w.key_a,
+    )
+    .await;
     assert_eq!(s, 200, "{tl}");
     assert_eq!(tl["state"], "waiting_approval");
     let events = tl["events"].as_array().unwrap();
     assert!(
-        events
-            .iter()
-            .any(|e| e["kind"] == "step" && e["detail"]["status"] == "waiting"
-                && e["detail"]["output"]["reason"] == "restart web?"),
+        events.iter().any(|e| e["kind"] == "step"
+            && e["detail"]["status"] == "waiting"
+            && e["detail"]["output"]["reason"] == "restart web?"),
         "{tl}"
     );
     assert!(events.iter().any(|e| e["title"] == "run.create"), "{tl}");
-    let (s, tl) = get(&http, &up, &format!("/v1/platform/runs/{denied}/timeline"), &w.key_a).await;
+    let (s, tl) = get(
+        &http,
+        &up,
+        &format!("/v1/platform/runs/{denied}/timeline"),
+        &w.key_a,
+    )
+    .await;
     assert_eq!(s, 200);
     let tool = tl["events"]
         .as_array()
@@ -284,11 +310,17 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
         .find(|e| e["kind"] == "tool")
         .unwrap_or_else(|| panic!("no tool call in {tl}"));
     assert_eq!(tool["detail"]["decision"], "denied", "{tl}");
-    assert_eq!(tool["detail"]["code"], failed["error_code"], "{tl} {failed}");
+    assert_eq!(
+        tool["detail"]["code"], failed["error_code"],
+        "{tl} {failed}"
+    );
 
     let (s, gw) = get(&http, &up, "/v1/platform/gateway", &w.key_a).await;
     assert_eq!(s, 200, "{gw}");
-    assert_eq!(gw["denials_by_code"][0]["code"], failed["error_code"], "{gw}");
+    assert_eq!(
+        gw["denials_by_code"][0]["code"], failed["error_code"],
+        "{gw}"
+    );
     assert_eq!(gw["denials_by_code"][0]["count"], 1, "{gw}");
     let (s, cs) = get(&http, &up, "/v1/control/contracts", &w.key_a).await;
     assert_eq!(s, 200, "{cs}");
@@ -306,7 +338,13 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
     }
 
     // Project beta's key: alpha's run is not found, and every view is empty.
-    let (s, e) = get(&http, &up, &format!("/v1/platform/runs/{waiting}/timeline"), &w.key_b).await;
+    let (s, e) = get(
+        &http,
+        &up,
+        &format!("/v1/platform/runs/{waiting}/timeline"),
+        &w.key_b,
+    )
+    .await;
     assert_eq!((s, e["code"].as_str()), (404, Some("E-RUN-001")), "{e}");
     let (_, gw) = get(&http, &up, "/v1/platform/gateway", &w.key_b).await;
     assert_eq!(gw["denials_by_code"], json!([]), "{gw}");

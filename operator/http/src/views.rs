@@ -162,7 +162,8 @@ SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM run) THEN NULL ELSE json_build_object
   'limit', $1::bigint,
   'events', coalesce((SELECT json_agg(ev ORDER BY ev.at, ev.kind) FROM ev), '[]'::json)) END
 "#;
-    let run = Uuid::parse_str(&id).map_err(|_| Error::new(ErrorCode::RunNotFound, "run not found"))?;
+    let run =
+        Uuid::parse_str(&id).map_err(|_| Error::new(ErrorCode::RunNotFound, "run not found"))?;
     let v = view(&s, &c, SQL, Some(run)).await?;
     if v.is_null() {
         return Err(Error::new(ErrorCode::RunNotFound, "run not found"));

@@ -147,6 +147,18 @@ try {
   );
   await shot(a, "gateway");
 
+  // --- Contracts: approve and activate the pending revision of triage ------------------
+  step("approve and activate a contract revision");
+  await go(a, "#/contracts/agent/triage");
+  await a.waitForSelector("td:has-text('0/1')", T);
+  await shot(a, "contract");
+  await a.click("button:has-text('Approve')");
+  await a.waitForSelector(".notice:has-text('approved r2')", T);
+  await a.waitForSelector("td:has-text('1/1 (alice)')", T);
+  await a.click("button:has-text('Activate')");
+  await a.waitForSelector(".notice:has-text('activated r2')", T);
+  await a.waitForSelector("tr.current:has-text('r2')", T);
+
   for (const p of ["contracts", "projects", "budgets", "channels"]) {
     await go(a, `#/${p}`);
     await a.waitForSelector("main h2", T);

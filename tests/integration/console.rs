@@ -172,9 +172,14 @@ async fn world(t: &TestDb) -> World {
         });
         let r = publish(&cp, ContractKind::Agent, "prober", prober).await;
         approve_and_activate(&cp, r, 1).await;
+        // A second revision of triage, published but not approved: the console approves and
+        // activates it.
+        let mut next = cp.active(ContractKind::Agent, "triage").await.unwrap().body;
+        next["display_name"] = json!("Triage v2");
+        publish(&cp, ContractKind::Agent, "triage", next).await;
     })
     .await;
-    let roles = || vec![Role::Reader, Role::Runner, Role::Approver];
+    let roles = || vec![Role::Reader, Role::Runner, Role::Approver, Role::Activator];
     let binding = || {
         Some(KeyBinding {
             agents: vec!["*".into()],
@@ -331,6 +336,14 @@ async fn console_is_served_with_a_strict_policy_and_views_are_tenant_scoped() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["prober", "triage"], "{cs}");
+    let triage = &cs["contracts"][1];
+    assert_eq!(
+        (&triage["active_revision"], &triage["latest_revision"]),
+        (&json!(1), &json!(2)),
+        "{cs}"
+    );
+    assert_eq!(triage["pending"][0]["revision"], 2, "{cs}");
+    assert_eq!(triage["pending"][0]["approvers"], json!([]), "{cs}");
     assert_eq!(cs["required_approvals"], 1);
     for path in ["/v1/platform/budgets", "/v1/platform/channels"] {
         let (s, v) = get(&http, &up, path, &w.key_a).await;

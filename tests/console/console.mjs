@@ -158,6 +158,10 @@ try {
   await a.click("button:has-text('Activate')");
   await a.waitForSelector(".notice:has-text('activated r2')", T);
   await a.waitForSelector("tr.current:has-text('r2')", T);
+  await a.check("input.from-r1");
+  await a.check("input.to-r2");
+  await a.click("#show-diff");
+  await a.waitForSelector("pre.diff:has-text('Triage v2')", T);
 
   for (const p of ["contracts", "projects", "budgets", "channels"]) {
     await go(a, `#/${p}`);

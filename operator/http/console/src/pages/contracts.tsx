@@ -78,7 +78,8 @@ export function Contract({ kind, name }: { kind: string; name: string }) {
             <td>
               {p.approvers.length}/{required} {p.approvers.length ? `(${p.approvers.join(", ")})` : ""}
             </td>
-            <td class="actions">
+            <td>
+              <div class="actions">
               <button class="small" onClick={() => act(`approved r${p.revision}`, () => post(`/v1/control/revisions/${p.revision_id}/approvals`))}>
                 Approve
               </button>
@@ -89,6 +90,7 @@ export function Contract({ kind, name }: { kind: string; name: string }) {
               >
                 Activate
               </button>
+              </div>
             </td>
           </tr>
         ))}
@@ -107,8 +109,8 @@ export function Contract({ kind, name }: { kind: string; name: string }) {
                 <td class="mono">{r.body_hash.slice(0, 19)}…</td>
                 <td><When at={r.published_at} /></td>
                 <td>{r.published_by}</td>
-                <td><input type="radio" name="from" checked={from === r.revision} onChange={() => setFrom(r.revision)} /></td>
-                <td><input type="radio" name="to" checked={to === r.revision} onChange={() => setTo(r.revision)} /></td>
+                <td><input type="radio" name="from" class={`from-r${r.revision}`} checked={from === r.revision} onChange={() => setFrom(r.revision)} /></td>
+                <td><input type="radio" name="to" class={`to-r${r.revision}`} checked={to === r.revision} onChange={() => setTo(r.revision)} /></td>
                 <td>
                   <button class="small" onClick={() => act("", async () => setBody((await get(`${base}/revisions/${r.revision}`)).body))}>
                     body
@@ -118,6 +120,7 @@ export function Contract({ kind, name }: { kind: string; name: string }) {
             ))}
           </Table>
           <button
+            id="show-diff"
             disabled={from === null || to === null}
             onClick={() => act("", async () => setDiff((await get(`${base}/diff?from=${from}&to=${to}`)).diff))}
           >

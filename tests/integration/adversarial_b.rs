@@ -60,6 +60,7 @@ impl Api {
                 admin: Some(AdminToken::new(ADMIN)),
                 max_body_bytes: 1 << 20,
                 metrics: awooop::metrics::Metrics::new(),
+                approvals: None,
             }),
         }
     }

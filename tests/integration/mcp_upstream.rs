@@ -58,6 +58,7 @@ async fn call_with(
         arguments: &arguments,
         credentials: creds,
         traceparent,
+        idempotency_key: None,
         timeout,
     })
     .await

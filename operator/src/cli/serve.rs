@@ -19,6 +19,12 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin: Some(AdminToken::new(&admin_token)),
         max_body_bytes: args.max_body_bytes,
         metrics: crate::metrics::Metrics::new(),
+        approvals: Some(std::sync::Arc::new(
+            crate::gateway::runtime::KeyMinter::new(
+                gateway.keys(),
+                gateway.config().runtime_environment.clone(),
+            ),
+        )),
     };
     eprintln!(
         "AwoooP API and MCP gateway serving on http://{} (database: {}, redis: {}, Kubernetes Secrets: {})",

@@ -54,6 +54,12 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
         admin: Some(AdminToken::new(&admin_token)),
         max_body_bytes: args.max_body_bytes,
         metrics: metrics.clone(),
+        approvals: Some(std::sync::Arc::new(
+            crate::gateway::runtime::KeyMinter::new(
+                gateway.keys(),
+                gateway.config().runtime_environment.clone(),
+            ),
+        )),
     };
     eprintln!(
         "AwoooP is up\n  database: {}\n  redis:    {}\n  API:      http://{}\n  admin token: {} (file {})\n  keyring:  {}",

@@ -390,6 +390,10 @@ impl ApprovalService {
         Self { control, minter }
     }
 
+    pub fn control(&self) -> &ControlPlane {
+        &self.control
+    }
+
     /// The approval policy of the current project's active Project contract.
     pub async fn policy(control: &ControlPlane) -> Result<ApprovalPolicy> {
         let project = tenancy::require()?;

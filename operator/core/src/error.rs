@@ -244,10 +244,8 @@ error_codes! {
     ApprovalAlreadyDecided = ("E-APPROVAL-004", 409, "the approval request was already decided or has expired; the decision changes nothing"),
     /// No approval request with this id in the project.
     ApprovalNotFound = ("E-APPROVAL-005", 404, "approval request not found"),
-    /// Suggest mode: the write was turned into a proposal (the run's output) instead of executed.
-    ApprovalProposed = ("E-APPROVAL-006", 409, "suggest mode: write/execute tools are not executed; the call became a proposal awaiting approval"),
     /// The approval machinery cannot mint tokens in this process (no gateway key).
-    ApprovalUnavailable = ("E-APPROVAL-007", 503, "approvals cannot be decided here: no approval-token key is configured in this process"),
+    ApprovalUnavailable = ("E-APPROVAL-006", 503, "approvals cannot be decided here: no approval-token key is configured in this process"),
     // --- tool results ---
     /// The tool answered with `isError: true`: the step failed.
     ToolError = ("E-TOOL-001", 409, "the tool reported an error (isError: true); the step failed unless the step or agent continues on tool errors"),

@@ -35,7 +35,7 @@ pub struct AppState {
     /// The registry `/metrics` serves (shared with the workers of this process).
     pub metrics: std::sync::Arc<awooop_runtime::metrics::Metrics>,
     /// Mints approval tokens when an approval request reaches its quorum (the gateway's
-    /// approval key); `None`: decisions that would reach a quorum fail with `E-APPROVAL-007`.
+    /// approval key); `None`: decisions that would reach a quorum fail with `E-APPROVAL-006`.
     pub approvals: Option<std::sync::Arc<dyn awooop_runtime::approvals::TokenMinter>>,
 }
 

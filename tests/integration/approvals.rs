@@ -334,7 +334,13 @@ impl Env {
     /// Send every queued chat message to the Telegram double; the texts sent, in order.
     async fn deliver(&self) -> Vec<Value> {
         let before = self.chat.calls("telegram", "sendMessage").len();
-        let d = DeliveryWorker::new(self.hub.clone(), DeliveryConfig::default());
+        let d = DeliveryWorker::new(
+            self.hub.clone(),
+            DeliveryConfig {
+                chat_min_interval: Duration::ZERO,
+                ..DeliveryConfig::default()
+            },
+        );
         for _ in 0..5 {
             if d.tick().await.unwrap() == 0 {
                 break;

@@ -295,7 +295,7 @@ impl DeliveryWorker {
                 texts,
                 providers::line_retry_key(m.message_id, i),
                 reply_token.take().as_deref(),
-                if i == last { &buttons } else { &[] },
+                if i == last { buttons.as_slice() } else { &[] },
             )
             .await;
             hub.metrics()

@@ -164,7 +164,9 @@ pub async fn send(
                 .map(|t| json!({"type": "text", "text": t}))
                 .collect();
             if !buttons.is_empty() {
-                // A buttons template with postback actions (clicks come back as `postback`).
+                // A buttons template with postback actions (clicks come back as `postback`);
+                // LINE takes five messages per request, the template is one of them.
+                messages.truncate(4);
                 messages.push(json!({
                     "type": "template",
                     "altText": "Approve or reject",
@@ -173,7 +175,6 @@ pub async fn send(
                         .map(|b| json!({"type": "postback", "label": b.label, "data": b.data}))
                         .collect::<Vec<_>>()}
                 }));
-                messages.truncate(5);
             }
             let req = match line_reply_token {
                 Some(rt) => http

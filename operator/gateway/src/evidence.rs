@@ -123,3 +123,66 @@ pub async fn record(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let c = serde_json::from_value(json!({
+            "providers": [{"name": "k8s", "transport": {"type": "streamable_http", "url": "http://127.0.0.1:1/mcp"}}],
+            "tools": [
+                {"provider": "k8s", "name": "plan", "risk": "read_only", "environments": ["dev"], "input_schema": {"type": "object"}},
+                {"provider": "k8s", "name": "scale", "risk": "write", "environments": ["dev"], "input_schema": {"type": "object"},
+                 "dry_run": {"type": "tool", "tool": "k8s__plan"}, "rollback_tool": "k8s__plan"},
+                {"provider": "k8s", "name": "apply", "risk": "write", "environments": ["dev"], "input_schema": {"type": "object"},
+                 "dry_run": {"type": "argument", "name": "dry_run"}},
+                {"provider": "k8s", "name": "free", "risk": "write", "environments": ["dev"], "input_schema": {"type": "object"}}
+            ]
+        }))
+        .unwrap();
+        Registry::compile(None, &c).unwrap()
+    }
+
+    fn args(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn dry_runs_are_evidence_for_the_same_arguments_only() {
+        let r = registry();
+        let h = |v: Value| awooop_core::canonical::body_hash(&v);
+        let scale = r.tool("k8s__scale").unwrap();
+        let plan = r.tool("k8s__plan").unwrap();
+        let apply = r.tool("k8s__apply").unwrap();
+        assert_eq!(needed(r.tool("k8s__free").unwrap(), &args(json!({}))), Need::None);
+        assert_eq!(
+            needed(scale, &args(json!({"n": 3}))),
+            Need::Evidence { args_sha256: h(json!({"n": 3})) }
+        );
+        // A companion tool's call is evidence for the tool it dry-runs, with its arguments.
+        assert_eq!(
+            dry_run_targets(&r, plan, &args(json!({"n": 3}))),
+            vec![("k8s__scale".to_string(), h(json!({"n": 3})))]
+        );
+        // The dry-run argument: the call with it is the dry run; the hash leaves it out.
+        assert_eq!(
+            needed(apply, &args(json!({"n": 1, "dry_run": true}))),
+            Need::IsDryRun
+        );
+        assert_eq!(
+            dry_run_targets(&r, apply, &args(json!({"n": 1, "dry_run": true}))),
+            vec![("k8s__apply".to_string(), h(json!({"n": 1})))]
+        );
+        assert_eq!(
+            needed(apply, &args(json!({"n": 1, "dry_run": false}))),
+            Need::Evidence { args_sha256: h(json!({"n": 1})) }
+        );
+        assert_eq!(
+            needed(apply, &args(json!({"n": 1}))),
+            Need::Evidence { args_sha256: h(json!({"n": 1})) }
+        );
+        // The real call is no evidence for itself.
+        assert!(dry_run_targets(&r, scale, &args(json!({"n": 3}))).is_empty());
+    }
+}

@@ -3,8 +3,6 @@
 //! who may decide is [`approver`], the one place that turns a credential into an approver
 //! principal (the Project contract's `acl.approvers` is checked by the service).
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -75,7 +73,7 @@ fn request_id(s: &str) -> Result<Uuid> {
 }
 
 fn service(s: &AppState) -> ApprovalService {
-    ApprovalService::new(s.control.clone(), s.approvals.clone().map(|m| m as Arc<_>))
+    ApprovalService::new(s.control.clone(), s.approvals.clone())
 }
 
 async fn list(

@@ -213,8 +213,7 @@ pub struct ApprovalView {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub decided_at: Option<DateTime<Utc>>,
-    /// Decisions so far.
-    #[sqlx(json)]
+    /// Decisions so far: `[{approver, decision, comment, via, decided_at}]`.
     pub decisions: Value,
 }
 

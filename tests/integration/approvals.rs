@@ -667,6 +667,7 @@ async fn suggest_mode_proposes_and_write_tools_without_their_flag_are_refused() 
     assert_eq!(e.requests(None).await.len(), 1, "only the proposal");
 
     // Approving the proposal executes exactly the proposed call (the run resumes).
+    e.model.script([Reply::Text("done".into())]);
     let pid = e.p.clone();
     for who in ["alice", "carol"] {
         tenancy::scope(
@@ -682,7 +683,6 @@ async fn suggest_mode_proposes_and_write_tools_without_their_flag_are_refused() 
         .await
         .unwrap();
     }
-    e.model.script([Reply::Text("done".into())]);
     let first = req["run_id"].as_str().unwrap().parse().unwrap();
     let done = e.wait_state(first, &["succeeded", "failed"]).await;
     assert_eq!(done["state"], "succeeded", "{done}");

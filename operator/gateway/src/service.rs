@@ -523,7 +523,11 @@ impl Gateway {
         // Dry-run evidence: a tool with a dry-run companion needs a successful dry run with the
         // same argument hash in the same run before the real call (and before an approval is
         // even asked for, so approvers see the dry run's result).
-        let evidence = match super::evidence::needed(t, &args) {
+        let need = super::evidence::needed(t, &args);
+        // A dry run through the tool's own dry-run argument changes nothing by the tool's
+        // contract: it needs no approval (the real call will, with this evidence shown).
+        let is_dry_run = need == super::evidence::Need::IsDryRun;
+        let evidence = match need {
             super::evidence::Need::None | super::evidence::Need::IsDryRun => None,
             super::evidence::Need::Evidence { args_sha256 } => {
                 match self.dry_run_evidence(caller, t, &args_sha256).await {
@@ -542,7 +546,7 @@ impl Gateway {
         };
         // Gate 5: approval, last, so a token is only consumed by a call that will go upstream.
         let mut approver = None;
-        if allowed.needs_approval {
+        if allowed.needs_approval && !is_dry_run {
             let Some(token) = approval_token else {
                 // What an approval request shows: the argument hash, the dry-run evidence and
                 // the rollback plan.

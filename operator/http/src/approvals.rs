@@ -56,14 +56,17 @@ pub struct DecisionRequest {
 
 /// The project and the approver principal of a caller that may decide approval requests: an
 /// API key with the approver role (bound to its principal), or the admin credential naming a
-/// project. Readers may list.
+/// project. Readers and approvers may list.
 pub fn approver(c: &Caller) -> Result<(ProjectId, String)> {
     c.actor.require(Role::Approver)?;
     Ok((c.project()?, c.actor.principal.clone()))
 }
 
+/// Readers and approvers may list and read requests (an approver must see what to decide).
 fn reader(c: &Caller) -> Result<ProjectId> {
-    c.actor.require(Role::Reader)?;
+    if c.actor.require(Role::Reader).is_err() {
+        c.actor.require(Role::Approver)?;
+    }
     c.project()
 }
 

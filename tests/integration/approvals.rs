@@ -77,7 +77,9 @@ async fn env(id: &str, mode: MigrationMode, ttl_seconds: u32) -> Env {
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
     let model = ProviderDouble::start().await.unwrap();
-    let up = FixtureServer::start(FixtureOptions::default()).await.unwrap();
+    let up = FixtureServer::start(FixtureOptions::default())
+        .await
+        .unwrap();
     let chat = ChatDouble::start().await.unwrap();
     let p = project(&cp, id, 1).await;
     tenancy::scope(p.clone(), async {
@@ -107,11 +109,13 @@ async fn env(id: &str, mode: MigrationMode, ttl_seconds: u32) -> Env {
                      "enabled_in_modes": ["suggest", "auto_remediate"], "input_schema": obj},
                     {"provider": "fx", "name": "blob", "risk": "write", "environments": ["dev"], "input_schema": obj},
                     {"provider": "fx", "name": "pid", "risk": "read_only", "environments": ["dev"], "input_schema": obj},
+                    {"provider": "fx", "name": "fail", "risk": "read_only", "environments": ["dev"], "input_schema": obj},
                     {"provider": "fx", "name": "sleep", "risk": "write", "environments": ["dev"],
                      "enabled_in_modes": ["auto_remediate"], "input_schema": obj,
                      "dry_run": {"type": "tool", "tool": "fx__pid"}, "rollback_tool": "fx__echo"}
                 ],
-                "grants": [{"agent": "remediator", "tools": ["fx__echo", "fx__blob", "fx__pid", "fx__sleep"], "environments": ["dev"]}]
+                "grants": [{"agent": "remediator", "tools": ["fx__echo", "fx__blob", "fx__pid", "fx__sleep", "fx__fail"], "environments": ["dev"]},
+                           {"agent": "scripter", "tools": ["fx__fail"], "environments": ["dev"]}]
             }),
         )
         .await;
@@ -122,9 +126,25 @@ async fn env(id: &str, mode: MigrationMode, ttl_seconds: u32) -> Env {
             "remediator",
             json!({
                 "display_name": "Remediator", "context_domain": "infra",
-                "tools": ["fx__echo", "fx__blob", "fx__pid", "fx__sleep"],
+                "tools": ["fx__echo", "fx__blob", "fx__pid", "fx__sleep", "fx__fail"],
                 "safety": {"max_risk": "write", "max_steps": 10, "max_tokens_per_run": 100000, "timeout_seconds": 60},
                 "executor": {"type": "llm", "route": "main"}
+            }),
+        )
+        .await;
+        approve_and_activate(&cp, r, 1).await;
+        let r = publish(
+            &cp,
+            ContractKind::Agent,
+            "scripter",
+            json!({
+                "display_name": "Scripter", "context_domain": "infra", "tools": ["fx__fail"],
+                "safety": {"max_risk": "read_only", "max_steps": 4, "max_tokens_per_run": 1, "timeout_seconds": 60},
+                "executor": {"type": "scripted", "steps": [
+                    {"type": "tool_call", "key": "tolerated", "tool": "fx__fail", "arguments": {"mode": "soft"}, "continue_on_error": true},
+                    {"type": "tool_call", "key": "fatal", "tool": "fx__fail", "arguments": {"mode": "soft"}},
+                    {"type": "output", "key": "never", "template": "unreachable"}
+                ]}
             }),
         )
         .await;
@@ -184,7 +204,11 @@ async fn env(id: &str, mode: MigrationMode, ttl_seconds: u32) -> Env {
         t.db(),
         coord,
         GatewayKeys::derive(MASTER),
-        CredentialResolver::new(None, LocalPolicy::parse(None, None).unwrap(), Duration::ZERO),
+        CredentialResolver::new(
+            None,
+            LocalPolicy::parse(None, None).unwrap(),
+            Duration::ZERO,
+        ),
         Arc::new(crate::mcp_support::test_upstreams(
             crate::mcp_support::test_config(),
         )),
@@ -258,12 +282,16 @@ impl Env {
     }
 
     async fn start_run(&self, message: &str) -> Uuid {
+        self.start_agent("remediator", message).await
+    }
+
+    async fn start_agent(&self, agent: &str, message: &str) -> Uuid {
         tenancy::scope(
             self.p.clone(),
             RunService::new(self.cp.clone()).create(
                 &awooop::auth::Actor::cli("runner"),
                 CreateRun {
-                    agent: "remediator".into(),
+                    agent: agent.into(),
                     input: json!({"message": message}),
                     mode: None,
                     reply_to: Some(ReplyTo {
@@ -328,7 +356,10 @@ impl Env {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// Send every queued chat message to the Telegram double; the texts sent, in order.
@@ -354,13 +385,12 @@ impl Env {
 
     async fn audit(&self, action: &str) -> Vec<Value> {
         let mut tx = scoped_tx(&self.t.app, self.p.as_str()).await;
-        let rows: Vec<Value> = sqlx::query_scalar(
-            "SELECT to_jsonb(a) FROM audit_log a WHERE action = $1 ORDER BY at",
-        )
-        .bind(action)
-        .fetch_all(&mut *tx)
-        .await
-        .unwrap();
+        let rows: Vec<Value> =
+            sqlx::query_scalar("SELECT to_jsonb(a) FROM audit_log a WHERE action = $1 ORDER BY at")
+                .bind(action)
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
         tx.commit().await.unwrap();
         rows
     }
@@ -393,7 +423,10 @@ async fn remediator_waits_for_two_telegram_approvers_then_calls_the_write_tool_e
     let id = e.start_run("web is overloaded").await;
     let view = e.wait_state(id, &["waiting_approval", "failed"]).await;
     assert_eq!(view["state"], "waiting_approval", "{view}");
-    assert!(e.upstream_calls("echo").is_empty(), "nothing ran before approval");
+    assert!(
+        e.upstream_calls("echo").is_empty(),
+        "nothing ran before approval"
+    );
     assert_eq!(e.model.requests().len(), 1);
     let pending = e.requests(Some("pending")).await;
     assert_eq!(pending.len(), 1, "{pending:?}");
@@ -433,7 +466,9 @@ async fn remediator_waits_for_two_telegram_approvers_then_calls_the_write_tool_e
     let answers = e.deliver().await;
     let texts: Vec<&str> = answers.iter().filter_map(|b| b["text"].as_str()).collect();
     assert!(
-        texts.iter().any(|t| t.contains("not mapped to an approver")),
+        texts
+            .iter()
+            .any(|t| t.contains("not mapped to an approver")),
         "{texts:?}"
     );
     assert!(texts.iter().any(|t| t.contains("counts once")), "{texts:?}");
@@ -470,7 +505,10 @@ async fn remediator_waits_for_two_telegram_approvers_then_calls_the_write_tool_e
         2,
         "{types:?}"
     );
-    assert!(types.contains(&"tool_call:waiting".to_string()), "{types:?}");
+    assert!(
+        types.contains(&"tool_call:waiting".to_string()),
+        "{types:?}"
+    );
     assert!(types.contains(&"tool_call:intent".to_string()), "{types:?}");
     let r = &e.requests(None).await[0];
     assert_eq!(r["state"], "approved");
@@ -481,8 +519,10 @@ async fn remediator_waits_for_two_telegram_approvers_then_calls_the_write_tool_e
     assert_eq!(e.requests(None).await[0]["state"], "approved");
     let late = e.deliver().await;
     assert!(
-        late.iter()
-            .any(|b| b["text"].as_str().unwrap_or("").contains("already approved")),
+        late.iter().any(|b| b["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already approved")),
         "{late:?}"
     );
     assert_eq!(e.upstream_calls("echo").len(), 1);
@@ -573,14 +613,24 @@ async fn reject_and_expiry_fail_the_run_with_their_codes() {
     let b = resp.into_body().collect().await.unwrap().to_bytes();
     let list: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(list["approvals"][0]["request_id"], req["request_id"]);
-    assert!(list.to_string().find("token").is_none(), "no token is served");
-    let (s, v) = post(bob.clone(), json!({"decision": "reject", "comment": "not at peak hours"})).await;
+    assert!(
+        list.to_string().find("token").is_none(),
+        "no token is served"
+    );
+    let (s, v) = post(
+        bob.clone(),
+        json!({"decision": "reject", "comment": "not at peak hours"}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["request"]["state"], "rejected");
     let failed = e.wait_state(id, &["failed"]).await;
     assert_eq!(failed["error_code"], "E-APPROVAL-001");
     let msg = failed["error_message"].as_str().unwrap();
-    assert!(msg.contains("bob") && msg.contains("not at peak hours"), "{msg}");
+    assert!(
+        msg.contains("bob") && msg.contains("not at peak hours"),
+        "{msg}"
+    );
     // Late decision over HTTP: 409, nothing changes.
     let (s, v) = post(key("alice").await, json!({"decision": "approve"})).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
@@ -598,11 +648,13 @@ async fn reject_and_expiry_fail_the_run_with_their_codes() {
     let id2 = e.start_run("again").await;
     e.wait_state(id2, &["waiting_approval"]).await;
     let mut su = e.t.superuser().await;
-    sqlx::query("UPDATE approval_requests SET expires_at = now() - interval '1 second' WHERE run_id = $1")
-        .bind(id2)
-        .execute(&mut su)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE approval_requests SET expires_at = now() - interval '1 second' WHERE run_id = $1",
+    )
+    .bind(id2)
+    .execute(&mut su)
+    .await
+    .unwrap();
     let expired = e.wait_state(id2, &["failed"]).await;
     assert_eq!(expired["error_code"], "E-APPROVAL-002");
     let r = e
@@ -645,10 +697,16 @@ async fn suggest_mode_proposes_and_write_tools_without_their_flag_are_refused() 
     assert_eq!(req["kind"], "proposal");
     assert!(e.upstream_calls("echo").is_empty());
     let sent = e.deliver().await;
-    assert!(sent.iter().any(|b| b["text"].as_str().unwrap_or("").starts_with("Proposal")));
+    assert!(
+        sent.iter()
+            .any(|b| b["text"].as_str().unwrap_or("").starts_with("Proposal"))
+    );
 
     // A write tool without its feature flag: refused (E-MCP-GATE-010), never asked about.
-    e.model.script([Reply::ToolCalls(vec![("fx__blob".into(), json!({"size": 1}))])]);
+    e.model.script([Reply::ToolCalls(vec![(
+        "fx__blob".into(),
+        json!({"size": 1}),
+    )])]);
     let id = e.start_run("blob").await;
     let view = e.wait_state(id, &["failed", "waiting_approval"]).await;
     assert_eq!(view["error_code"], "E-MCP-GATE-010", "{view}");
@@ -659,7 +717,10 @@ async fn suggest_mode_proposes_and_write_tools_without_their_flag_are_refused() 
     )
     .await
     .unwrap();
-    e.model.script([Reply::ToolCalls(vec![("fx__blob".into(), json!({"size": 1}))])]);
+    e.model.script([Reply::ToolCalls(vec![(
+        "fx__blob".into(),
+        json!({"size": 1}),
+    )])]);
     let id = e.start_run("blob").await;
     let view = e.wait_state(id, &["failed", "waiting_approval"]).await;
     assert_eq!(view["error_code"], "E-MCP-GATE-010", "{view}");
@@ -762,8 +823,9 @@ async fn a_worker_killed_between_approval_and_execution_still_calls_exactly_once
         .unwrap();
     }
     // A claim by a worker that dies before calling (lease short, never heartbeats).
-    let claimed =
-        awooop::runtime::repo::worker_claim(&e.t.app, "doomed", 1, 0.2).await.unwrap();
+    let claimed = awooop::runtime::repo::worker_claim(&e.t.app, "doomed", 1, 0.2)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     assert!(e.upstream_calls("echo").is_empty());
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -780,5 +842,94 @@ async fn a_worker_killed_between_approval_and_execution_still_calls_exactly_once
     );
     let _ = w2.stop.send(true);
     w2.task.await.unwrap().unwrap();
+    e.t.cleanup().await;
+}
+
+/// A tool result with `isError: true` is a failed step with E-TOOL-001: the LLM executor feeds
+/// it back to the model (which then answers), a scripted step fails the run unless it says
+/// `continue_on_error`.
+#[tokio::test]
+async fn tool_errors_are_failed_steps_with_a_code_and_go_back_to_the_model() {
+    let e = env("apr-toolerr", MigrationMode::AutoRemediate, 3600).await;
+    let w = e.worker();
+    e.model.script([
+        Reply::ToolCalls(vec![("fx__fail".into(), json!({"mode": "soft"}))]),
+        Reply::Text("the tool failed, nothing changed".into()),
+    ]);
+    let id = e.start_run("try").await;
+    let view = e.wait_state(id, &["succeeded", "failed"]).await;
+    assert_eq!(view["state"], "succeeded", "{view}");
+    let tool = view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_type"] == "tool_call" && s["status"] == "succeeded")
+        .unwrap()
+        .clone();
+    assert_eq!(tool["error_code"], "E-TOOL-001", "{tool}");
+    assert_eq!(tool["output"]["isError"], true);
+    // The model saw the error as the tool's result.
+    let reqs = e.model.requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(
+        reqs[1].body["messages"].to_string().contains("E-TOOL-001"),
+        "{}",
+        reqs[1].body["messages"]
+    );
+    // Scripted: the tolerated step continues, the next one fails the run.
+    let id = e.start_agent("scripter", "x").await;
+    let view = e.wait_state(id, &["succeeded", "failed"]).await;
+    assert_eq!(view["state"], "failed", "{view}");
+    assert_eq!(view["error_code"], "E-TOOL-001");
+    let steps: Vec<(String, String, Value)> = view["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] != "intent")
+        .map(|s| {
+            (
+                s["step_key"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+                s["error_code"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("tolerated".into(), "succeeded".into(), json!("E-TOOL-001")),
+            ("fatal".into(), "failed".into(), json!("E-TOOL-001")),
+        ]
+    );
+    let _ = w.stop.send(true);
+    w.task.await.unwrap().unwrap();
+    e.t.cleanup().await;
+}
+
+/// A run whose lease expired goes back to its original place at the front of the queue, not
+/// behind the runs created after it.
+#[tokio::test]
+async fn a_recovered_run_is_claimed_before_newer_work() {
+    use awooop::runtime::repo;
+    let e = env("apr-queue", MigrationMode::AutoRemediate, 3600).await;
+    let first = e.start_run("first").await;
+    let claimed = repo::worker_claim(&e.t.app, "doomed", 1, 0.2)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].run_id, first);
+    let mut later = Vec::new();
+    for i in 0..5 {
+        later.push(e.start_run(&format!("later {i}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reaped = repo::worker_reap(&e.t.app).await.unwrap();
+    assert_eq!(reaped.requeued, 1);
+    // Past its backoff (0.25 s for a first retry), it is first again.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let next = repo::worker_claim(&e.t.app, "w2", 1, 30.0).await.unwrap();
+    assert_eq!(
+        next[0].run_id, first,
+        "the recovered run waited behind {later:?}"
+    );
     e.t.cleanup().await;
 }

@@ -115,7 +115,10 @@ impl ActionHandler for ApprovalActions {
             .then(|| event.text.as_deref().and_then(approvals::parse_chat_data))
             .flatten();
         let Some((id, decision)) = parsed else {
-            return self.fallback.handle(project, channel, event_id, event).await;
+            return self
+                .fallback
+                .handle(project, channel, event_id, event)
+                .await;
         };
         tenancy::scope(project.clone(), self.click(channel, event, id, decision)).await
     }

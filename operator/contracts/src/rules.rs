@@ -207,7 +207,10 @@ fn gateway(g: &McpGatewayContract, out: &mut Out) {
         {
             out.push(
                 format!("/tools/{i}/dry_run/tool"),
-                format!("dry-run tool '{}' is not another tool of this contract", tool.0),
+                format!(
+                    "dry-run tool '{}' is not another tool of this contract",
+                    tool.0
+                ),
             );
         }
         if let Some(r) = &t.rollback_tool

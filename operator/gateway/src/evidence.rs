@@ -155,10 +155,15 @@ mod tests {
         let scale = r.tool("k8s__scale").unwrap();
         let plan = r.tool("k8s__plan").unwrap();
         let apply = r.tool("k8s__apply").unwrap();
-        assert_eq!(needed(r.tool("k8s__free").unwrap(), &args(json!({}))), Need::None);
+        assert_eq!(
+            needed(r.tool("k8s__free").unwrap(), &args(json!({}))),
+            Need::None
+        );
         assert_eq!(
             needed(scale, &args(json!({"n": 3}))),
-            Need::Evidence { args_sha256: h(json!({"n": 3})) }
+            Need::Evidence {
+                args_sha256: h(json!({"n": 3}))
+            }
         );
         // A companion tool's call is evidence for the tool it dry-runs, with its arguments.
         assert_eq!(
@@ -176,11 +181,15 @@ mod tests {
         );
         assert_eq!(
             needed(apply, &args(json!({"n": 1, "dry_run": false}))),
-            Need::Evidence { args_sha256: h(json!({"n": 1})) }
+            Need::Evidence {
+                args_sha256: h(json!({"n": 1}))
+            }
         );
         assert_eq!(
             needed(apply, &args(json!({"n": 1}))),
-            Need::Evidence { args_sha256: h(json!({"n": 1})) }
+            Need::Evidence {
+                args_sha256: h(json!({"n": 1}))
+            }
         );
         // The real call is no evidence for itself.
         assert!(dry_run_targets(&r, scale, &args(json!({"n": 3}))).is_empty());

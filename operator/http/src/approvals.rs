@@ -85,7 +85,8 @@ async fn list(
     q: std::result::Result<Query<ListApprovals>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse> {
     let project = reader(&c)?;
-    let Query(q) = q.map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "expected ?state=&limit="))?;
+    let Query(q) =
+        q.map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "expected ?state=&limit="))?;
     let svc = service(&s);
     let approvals = tenancy::scope(
         project,

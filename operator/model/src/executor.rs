@@ -425,11 +425,7 @@ impl LlmExecutor {
                             // The intent (with its idempotency key) is durable before the call.
                             journal.intent(idx, &format!("tool-{idx}"), &call, started);
                             journal.flush().await?;
-                            match self
-                                .gateway
-                                .call(ctx.contract.safety.max_risk, &call)
-                                .await
-                            {
+                            match self.gateway.call(ctx.contract.safety.max_risk, &call).await {
                                 Err(e) if e.code == ErrorCode::McpGateApprovalMissing => {
                                     // Park the run: the model's text is the call's rationale.
                                     let need = needs_approval(

@@ -308,7 +308,10 @@ pub async fn insert_request(
         );
         if let Some(e) = &evidence {
             if let Some(d) = e.get("dry_run").filter(|d| !d.is_null()) {
-                text.push_str(&format!("\nDry run: {}", cut(&d["result"].to_string(), 500)));
+                text.push_str(&format!(
+                    "\nDry run: {}",
+                    cut(&d["result"].to_string(), 500)
+                ));
             }
             if let Some(rb) = e.get("rollback_tool").and_then(Value::as_str) {
                 text.push_str(&format!("\nRollback: {rb}"));
@@ -504,8 +507,15 @@ impl ApprovalService {
         };
         if state == "pending" && expired {
             // Past its expiry but not reaped yet: expire it now, like the reaper would.
-            expire_one(&mut tx, project.as_str(), id, run_id, &trace_id, reply_to.as_ref())
-                .await?;
+            expire_one(
+                &mut tx,
+                project.as_str(),
+                id,
+                run_id,
+                &trace_id,
+                reply_to.as_ref(),
+            )
+            .await?;
             audit::record(
                 &mut tx,
                 audit_denied(ErrorCode::ApprovalAlreadyDecided, "expired"),
@@ -649,11 +659,11 @@ impl ApprovalService {
                     "approval.decide",
                     id.to_string(),
                     json!({"decision": decision.as_str(), "via": via, "counted": counted,
-                           "run_id": run_id, "outcome": match &verdict {
-                               Verdict::Pending { .. } => "pending",
-                               Verdict::Approved { .. } => "approved",
-                               Verdict::Rejected { .. } => "rejected",
-                           }}),
+                    "run_id": run_id, "outcome": match &verdict {
+                        Verdict::Pending { .. } => "pending",
+                        Verdict::Approved { .. } => "approved",
+                        Verdict::Rejected { .. } => "rejected",
+                    }}),
                 )
             },
         )
@@ -783,8 +793,15 @@ pub async fn expire_due(pool: &PgPool, control: &ControlPlane) -> Result<u64> {
                 return Ok::<_, Error>(false);
             };
             let reply_to: Option<ReplyTo> = reply_to.and_then(|v| serde_json::from_value(v).ok());
-            expire_one(&mut tx, project.as_str(), id, run_id, &trace_id, reply_to.as_ref())
-                .await?;
+            expire_one(
+                &mut tx,
+                project.as_str(),
+                id,
+                run_id,
+                &trace_id,
+                reply_to.as_ref(),
+            )
+            .await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -827,7 +844,10 @@ mod tests {
             }
         );
         assert_eq!(
-            tally(2, &[d("alice", Approve), d("bob", Reject), d("carol", Approve)]),
+            tally(
+                2,
+                &[d("alice", Approve), d("bob", Reject), d("carol", Approve)]
+            ),
             Verdict::Rejected { by: "bob".into() }
         );
         // An approver's first decision is the one that counts.
@@ -852,7 +872,13 @@ mod tests {
             parse_chat_data(&chat_data(id, Decision::Reject)),
             Some((id, Decision::Reject))
         );
-        for bad in ["", "apr:", "apr:x:a", &format!("apr:{}:z", id.simple()), "other"] {
+        for bad in [
+            "",
+            "apr:",
+            "apr:x:a",
+            &format!("apr:{}:z", id.simple()),
+            "other",
+        ] {
             assert_eq!(parse_chat_data(bad), None, "{bad}");
         }
     }

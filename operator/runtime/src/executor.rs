@@ -49,7 +49,10 @@ pub enum Outcome {
         /// `wait_approval` steps, which are approved through the runs API.
         request: Option<crate::approvals::NeedsApproval>,
     },
-    Failed { code: String, message: String },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 const LEASE_LOST: &str = "lease lost: result discarded";
@@ -253,7 +256,13 @@ impl Journal {
     /// Journal a tool call's intent (its idempotency key) before the call; it is written by
     /// the flush that precedes every side effect, so a resumed attempt knows which call was
     /// in doubt and re-sends it with the same key.
-    pub fn intent(&mut self, index: i32, key: &str, call: &ToolCall, started: chrono::DateTime<Utc>) {
+    pub fn intent(
+        &mut self,
+        index: i32,
+        key: &str,
+        call: &ToolCall,
+        started: chrono::DateTime<Utc>,
+    ) {
         self.pending.push(PendingStep {
             index,
             key: key.to_string(),

@@ -55,8 +55,10 @@ fn agent(pre_steps: usize) -> Value {
     let mut steps: Vec<Value> = (0..pre_steps)
         .map(|i| json!({"type": "output", "key": format!("s{i}"), "template": "step {{input.n}}"}))
         .collect();
-    steps.push(json!({"type": "tool_call", "key": "write", "tool": "fx__echo",
-                      "arguments": {"name": "web", "replicas": "{{input.n}}"}}));
+    steps.push(
+        json!({"type": "tool_call", "key": "write", "tool": "fx__echo",
+                      "arguments": {"name": "web", "replicas": "{{input.n}}"}}),
+    );
     json!({"display_name": "writer", "context_domain": "bench", "tools": ["fx__echo"],
            "safety": {"max_risk": "write", "max_steps": 60, "max_tokens_per_run": 1, "timeout_seconds": 600},
            "executor": {"type": "scripted", "steps": steps}})
@@ -235,7 +237,10 @@ impl Ctx<'_> {
             if let Some(id) = found {
                 return Ok(id);
             }
-            anyhow::ensure!(Instant::now() < deadline, "run {run_id} never asked for approval");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "run {run_id} never asked for approval"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }

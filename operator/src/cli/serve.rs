@@ -49,7 +49,10 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // contract); other postbacks keep the default routing.
     let hub = hub.with_actions(std::sync::Arc::new(
         crate::channels::approvals::ApprovalActions::new(
-            crate::runtime::approvals::ApprovalService::new(p.control.clone(), state.approvals.clone()),
+            crate::runtime::approvals::ApprovalService::new(
+                p.control.clone(),
+                state.approvals.clone(),
+            ),
         ),
     ));
     let router = http::app(state)

@@ -114,7 +114,10 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     // contract); other postbacks keep the default routing.
     let hub = hub.with_actions(std::sync::Arc::new(
         crate::channels::approvals::ApprovalActions::new(
-            crate::runtime::approvals::ApprovalService::new(p.control.clone(), state.approvals.clone()),
+            crate::runtime::approvals::ApprovalService::new(
+                p.control.clone(),
+                state.approvals.clone(),
+            ),
         ),
     ));
     let delivery = tokio::spawn(

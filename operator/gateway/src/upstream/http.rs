@@ -276,7 +276,10 @@ impl HttpSession {
         if let Some(id) = &session.id {
             req = req.header(SESSION_HEADER, id.clone());
         }
-        if let Some(tp) = extra.traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+        if let Some(tp) = extra
+            .traceparent
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
             req = req.header("traceparent", tp);
         }
         if let Some(k) = extra

@@ -453,19 +453,29 @@ mod tests {
         let mut args = Map::new();
         args.insert("text".into(), json!("hi"));
         let with: Value =
-            serde_json::from_slice(&tools_call(7, "echo", &args, Some("00-ab-cd-01"), None)).unwrap();
+            serde_json::from_slice(&tools_call(7, "echo", &args, Some("00-ab-cd-01"), None))
+                .unwrap();
         assert_eq!(with["params"]["_meta"]["traceparent"], "00-ab-cd-01");
         assert_eq!(with["params"]["arguments"]["text"], "hi");
         assert_eq!(with["id"], 7);
-        let without: Value = serde_json::from_slice(&tools_call(8, "echo", &args, None, None)).unwrap();
+        let without: Value =
+            serde_json::from_slice(&tools_call(8, "echo", &args, None, None)).unwrap();
         assert!(without["params"].get("_meta").is_none());
         // The idempotency key rides in _meta on every transport, alone or with traceparent.
         let keyed: Value =
             serde_json::from_slice(&tools_call(9, "echo", &args, None, Some("r:3"))).unwrap();
-        assert_eq!(keyed["params"]["_meta"], json!({IDEMPOTENCY_META_KEY: "r:3"}));
-        let both: Value =
-            serde_json::from_slice(&tools_call(9, "echo", &args, Some("00-ab-cd-01"), Some("r:3")))
-                .unwrap();
+        assert_eq!(
+            keyed["params"]["_meta"],
+            json!({IDEMPOTENCY_META_KEY: "r:3"})
+        );
+        let both: Value = serde_json::from_slice(&tools_call(
+            9,
+            "echo",
+            &args,
+            Some("00-ab-cd-01"),
+            Some("r:3"),
+        ))
+        .unwrap();
         assert_eq!(both["params"]["_meta"]["traceparent"], "00-ab-cd-01");
         assert_eq!(both["params"]["_meta"][IDEMPOTENCY_META_KEY], "r:3");
     }

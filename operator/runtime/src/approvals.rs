@@ -476,24 +476,28 @@ impl ApprovalService {
         let project = tenancy::require()?;
         let comment = comment.map(|c| cut(c, 2000));
         let mut tx = self.control.db().tenant().await?;
-        let row: Option<(String, Vec<String>, i32, bool, Uuid, String, String, String, Option<Value>)> =
-            sqlx::query_as(
-                "SELECT state, approvers, required_approvals, expires_at <= now(), run_id, agent, tool, \
-                 args_sha256, reply_to FROM approval_requests WHERE request_id = $1 FOR UPDATE",
-            )
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((state, approvers, required, expired, run_id, agent, tool, args_sha256, reply_to)) =
-            row
+        let row: Option<Locked> = sqlx::query_as(
+            "SELECT state, approvers, required_approvals, expires_at <= now() AS expired, run_id, agent, tool, \
+             args_sha256, reply_to, trace_id FROM approval_requests WHERE request_id = $1 FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(Locked {
+            state,
+            approvers,
+            required_approvals: required,
+            expired,
+            run_id,
+            agent,
+            tool,
+            args_sha256,
+            reply_to,
+            trace_id,
+        }) = row
         else {
             return Err(not_found());
         };
-        let trace_id: String =
-            sqlx::query_scalar("SELECT trace_id FROM approval_requests WHERE request_id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
         let reply_to: Option<ReplyTo> = reply_to.and_then(|v| serde_json::from_value(v).ok());
         let audit_denied = |code: ErrorCode, why: &str| Entry {
             trace_id: Some(trace_id.clone()),
@@ -672,6 +676,21 @@ impl ApprovalService {
         tx.commit().await?;
         Ok(DecisionResult { counted, request })
     }
+}
+
+/// An approval request locked for a decision.
+#[derive(sqlx::FromRow)]
+struct Locked {
+    state: String,
+    approvers: Vec<String>,
+    required_approvals: i32,
+    expired: bool,
+    run_id: Uuid,
+    agent: String,
+    tool: String,
+    args_sha256: String,
+    reply_to: Option<Value>,
+    trace_id: String,
 }
 
 fn not_found() -> Error {

@@ -7,6 +7,7 @@ mod mcp_support;
 
 mod adversarial;
 mod adversarial_b;
+mod approvals;
 mod channels;
 mod cli_e2e;
 mod console;

@@ -5,6 +5,7 @@
 //! repository ([`awooop_control::repo`]). Errors become JSON `{code, message, details}` in
 //! exactly one place ([`awooop_core::error::Error`]'s `IntoResponse`).
 
+pub mod approvals;
 pub mod console;
 pub mod control;
 pub mod extract;
@@ -35,6 +36,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The registry `/metrics` serves (shared with the workers of this process).
     pub metrics: std::sync::Arc<awooop_runtime::metrics::Metrics>,
+    /// Mints approval tokens when an approval request reaches its quorum (the gateway's
+    /// approval key); `None`: decisions that would reach a quorum fail with `E-APPROVAL-006`.
+    pub approvals: Option<std::sync::Arc<dyn awooop_runtime::approvals::TokenMinter>>,
 }
 
 /// The HTTP status of an error code (the table lives with the codes in `awooop_core::error`).
@@ -49,7 +53,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .nest("/v1/control", control::router())
-        .nest("/v1/platform", runs::router())
+        .nest("/v1/platform", runs::router().merge(approvals::router()))
         .route("/v1/control/contracts", get(views::contracts))
         .route("/v1/platform/runs/{id}/timeline", get(views::run_timeline))
         .route("/v1/platform/gateway", get(views::gateway))

@@ -17,6 +17,7 @@ use crate::local;
 use crate::tenancy::{self, ProjectId};
 use crate::{db, http};
 
+mod approval;
 mod channel;
 mod contract;
 #[cfg(feature = "bench")]
@@ -220,6 +221,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Serve(args) => serve(args).await,
         Command::Channel(c) => channel::channel_cmd(c).await,
+        Command::Approval(c) => approval::approval(c).await,
         Command::Catalog(c) => policy::catalog(c).await,
         Command::Egress(c) => policy::egress(c).await,
         Command::Errors => {

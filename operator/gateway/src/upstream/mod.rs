@@ -73,6 +73,9 @@ pub struct CallRequest<'a> {
     pub credentials: &'a [Injected],
     /// W3C traceparent to forward upstream (HTTP header `traceparent`; `_meta` for stdio).
     pub traceparent: Option<&'a str>,
+    /// The call's idempotency key (`_meta` `awooop.dev/idempotency-key`, and the
+    /// `Idempotency-Key` header for HTTP upstreams).
+    pub idempotency_key: Option<&'a str>,
     pub timeout: Duration,
 }
 
@@ -124,6 +127,7 @@ impl crate::service::ToolUpstream for Upstreams {
                 arguments: call.arguments,
                 credentials: &credentials,
                 traceparent: call.traceparent,
+                idempotency_key: call.idempotency_key,
                 timeout: call.timeout,
             },
         )
@@ -273,12 +277,24 @@ impl Conn {
     ) -> Result<CallResult, UpstreamError> {
         match self {
             Conn::Http(h) => {
-                h.call(req.tool, req.arguments, req.traceparent, deadline)
-                    .await
+                h.call(
+                    req.tool,
+                    req.arguments,
+                    req.traceparent,
+                    req.idempotency_key,
+                    deadline,
+                )
+                .await
             }
             Conn::Stdio(s) => {
-                s.call(req.tool, req.arguments, req.traceparent, deadline)
-                    .await
+                s.call(
+                    req.tool,
+                    req.arguments,
+                    req.traceparent,
+                    req.idempotency_key,
+                    deadline,
+                )
+                .await
             }
         }
     }

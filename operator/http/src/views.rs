@@ -132,6 +132,20 @@ ev AS (
                            'truncated', m.truncated, 'details', m.details)
     FROM mcp_call_audit m, run WHERE m.trace_id = run.trace_id
   UNION ALL
+  -- Tool-call approval requests: the redacted preview and the evidence, never the raw
+  -- arguments or the minted token.
+  SELECT q.created_at, 'approval', 'approval requested for ' || q.tool,
+         json_build_object('request_id', q.request_id, 'state', q.state, 'reason', q.reason,
+                           'preview', q.preview, 'evidence', q.evidence,
+                           'required_approvals', q.required_approvals,
+                           'decided_by', q.decided_by, 'expires_at', q.expires_at)
+    FROM approval_requests q, run WHERE q.run_id = run.run_id
+  UNION ALL
+  SELECT d.decided_at, 'approval', d.approver || CASE d.decision WHEN 'approve' THEN ' approved ' ELSE ' rejected ' END || q.tool,
+         json_build_object('request_id', d.request_id, 'comment', d.comment, 'via', d.via)
+    FROM approval_decisions d JOIN approval_requests q ON q.request_id = d.request_id, run
+   WHERE q.run_id = run.run_id
+  UNION ALL
   SELECT u.used_at, 'approval', 'approval token used for ' || u.tool,
          json_build_object('approver', u.approver)
     FROM mcp_approval_uses u, run WHERE u.run_id = run.run_id

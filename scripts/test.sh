@@ -12,6 +12,9 @@
 # It also installs the official MCP SDKs the interop tests talk to (Python `mcp` in a venv
 # under .tools/venv, TypeScript `@modelcontextprotocol/sdk` under .tools/node, both gitignored)
 # and exports AWOOOP_TEST_PYTHON and AWOOOP_TEST_NODE_MODULES for them.
+# For the web console it installs Debian's chromium and playwright-core (tests/console, into
+# .tools/console) and checks the committed console bundle against its locked sources
+# (scripts/console-build.sh --check).
 # CI (.ci/run) calls this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -21,6 +21,9 @@
 # superuser, it stops and says what to set (DATABASE_URL, or AWOOOP_TEST_SET_PG_PASSWORD=1 to
 # let it set the local postgres user's password to `postgres`, announced when done).
 # Every stage's duration is printed as it ends and summed up at the end (also on failure).
+# For the web console it installs Debian's chromium and playwright-core (tests/console, into
+# .tools/console) and checks the committed console bundle against its locked sources
+# (scripts/console-build.sh --check).
 # CI (.ci/run) calls this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -238,6 +241,29 @@ ensure_node_mcp() {
   export AWOOOP_TEST_NODE_MODULES
 }
 
+# The web console's browser test (tests/integration/console.rs): Debian's Chromium (apt) driven
+# by playwright-core (tests/console/package-lock.json, npm registry) from .tools/console. The
+# console bundle itself is checked against its locked sources by scripts/console-build.sh.
+ensure_console_browser() {
+  local dir=.tools/console marker
+  if [ ! -x /usr/bin/chromium ]; then
+    log "installing Chromium for the console browser test"
+    apt_install chromium
+  fi
+  marker="$(cat tests/console/package.json tests/console/package-lock.json | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$dir/.lock-sha256" 2>/dev/null)" != "$marker" ] || [ ! -d "$dir/node_modules/playwright-core" ]; then
+    log "installing playwright-core (tests/console/package-lock.json) into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp tests/console/package.json tests/console/package-lock.json "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$marker" > "$dir/.lock-sha256"
+  fi
+  AWOOOP_TEST_CONSOLE_NODE_MODULES="$(pwd)/$dir/node_modules"
+  AWOOOP_TEST_CHROMIUM=/usr/bin/chromium
+  export AWOOOP_TEST_CONSOLE_NODE_MODULES AWOOOP_TEST_CHROMIUM
+}
+
 # Test databases of this run (`awt_…_r$AWOOOP_TEST_RUN`, tests/integration/support.rs) that exist now.
 test_databases() {
   psql "$DATABASE_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'awt\_%\_r$AWOOOP_TEST_RUN'"
@@ -252,6 +278,10 @@ ensure_redis
 command -v psql >/dev/null || apt_install postgresql-client
 ensure_python_mcp
 ensure_node_mcp
+ensure_console_browser
+
+stage "web console bundle matches its locked sources (scripts/console-build.sh --check)"
+./scripts/console-build.sh --check
 
 stage "cargo fmt --check"
 cargo fmt --all -- --check

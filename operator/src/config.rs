@@ -77,6 +77,9 @@ pub enum Command {
     /// Channel hub: register webhooks, send a test message.
     #[command(subcommand)]
     Channel(ChannelCmd),
+    /// Approval requests of tool calls: list, approve, reject (docs/approvals.md).
+    #[command(subcommand)]
+    Approval(ApprovalCmd),
     // --- upstream MCP client (gateway/upstream) ---
     /// Test fixture: a minimal MCP server over stdio (--stdio) or Streamable HTTP.
     /// Only with `--features bench` (tests and benchmarks build it; release images do not).
@@ -884,7 +887,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels"])]
+    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels", "approvals"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]
@@ -1110,6 +1113,46 @@ pub enum TokenCmd {
         #[arg(long, env = "AWOOOP_GATEWAY_KEY", hide_env_values = true)]
         gateway_key: Option<String>,
     },
+}
+
+// --- approvals (operator/runtime/src/approvals.rs) ---
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalCmd {
+    /// List a project's approval requests (newest first).
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
+        /// pending, approved, rejected or expired (default: all).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Approve a request as an approver principal (counts once; M-of-N from the Project contract).
+    Approve(ApprovalDecisionArgs),
+    /// Reject a request (one reject rejects: the run fails with E-APPROVAL-001).
+    Reject(ApprovalDecisionArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApprovalDecisionArgs {
+    /// The approval request id.
+    pub id: uuid::Uuid,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[arg(long)]
+    pub project: String,
+    /// The approver principal deciding (must be in the Project contract's acl.approvers
+    /// when that list is not empty).
+    #[arg(long = "as")]
+    pub approver: String,
+    #[arg(long)]
+    pub comment: Option<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 // --- channel hub (operator/src/channels/) ---

@@ -60,6 +60,7 @@ impl Api {
                 admin: Some(AdminToken::new(ADMIN)),
                 max_body_bytes: 1 << 20,
                 metrics: awooop::metrics::Metrics::new(),
+                approvals: None,
             }),
         }
     }
@@ -618,7 +619,7 @@ impl GwFx {
             "tools": [
                 {"provider": "leaky", "name": "read", "risk": "read_only", "environments": ["dev"], "input_schema": {"type": "object"}},
                 {"provider": "leaky", "name": "scale", "risk": "write", "environments": ["dev"],
-                 "input_schema": {"type": "object", "properties": {"replicas": {"type": "integer"}}}}
+                 "enabled_in_modes": ["suggest", "auto_remediate"], "input_schema": {"type": "object", "properties": {"replicas": {"type": "integer"}}}}
             ],
             "grants": grants
         });

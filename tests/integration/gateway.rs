@@ -137,10 +137,10 @@ fn gateway_contract(secret_name: &str) -> Value {
         "input_schema": {"type": "object", "properties": {"namespace": {"type": "string", "maxLength": 63}},
                          "required": ["namespace"], "additionalProperties": false}}));
     tools.push(json!({"provider": "leaky", "name": "scale", "risk": "write", "environments": ["dev"],
-        "input_schema": {"type": "object", "properties": {"replicas": {"type": "integer"}}, "required": ["replicas"]}}));
+        "enabled_in_modes": ["suggest", "auto_remediate"], "input_schema": {"type": "object", "properties": {"replicas": {"type": "integer"}}, "required": ["replicas"]}}));
     tools.push(
         json!({"provider": "leaky", "name": "wipe", "risk": "destructive", "environments": ["dev"],
-        "input_schema": {"type": "object"}}),
+        "enabled_in_modes": ["suggest", "auto_remediate"], "input_schema": {"type": "object"}}),
     );
     tools.push(json!({"provider": "leaky", "name": "prod_only", "risk": "read_only", "environments": ["prod"],
         "input_schema": {"type": "object"}}));
@@ -1422,6 +1422,8 @@ async fn gateway_is_the_runtime_tool_gateway() {
         trace: TraceContext::generate(),
         tool: tool.into(),
         arguments: args,
+        approval: None,
+        idempotency_key: None,
     };
     let out = tenancy::scope(
         fx.project.clone(),

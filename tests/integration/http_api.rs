@@ -27,6 +27,7 @@ impl Api {
             admin: Some(AdminToken::new(ADMIN)),
             max_body_bytes,
             metrics: awooop::metrics::Metrics::new(),
+            approvals: None,
         };
         Self { router: app(state) }
     }

@@ -7,8 +7,10 @@ mod mcp_support;
 
 mod adversarial;
 mod adversarial_b;
+mod approvals;
 mod channels;
 mod cli_e2e;
+mod console;
 mod contracts_golden;
 mod control_plane;
 mod crds;

@@ -58,6 +58,7 @@ async fn call_with(
         arguments: &arguments,
         credentials: creds,
         traceparent,
+        idempotency_key: None,
         timeout,
     })
     .await
@@ -191,6 +192,7 @@ async fn http_falls_back_to_2025_06_18_when_the_server_negotiates_it() {
             "echo",
             &Map::from_iter([("a".into(), json!(1))]),
             None,
+            None,
             deadline,
         )
         .await
@@ -207,7 +209,7 @@ async fn http_falls_back_to_2025_06_18_when_the_server_negotiates_it() {
     .unwrap();
     let s = HttpSession::new(&old.url(), &[], &test_config(), "acme", loopback_egress()).unwrap();
     let err = s
-        .call("echo", &Map::new(), None, deadline)
+        .call("echo", &Map::new(), None, None, deadline)
         .await
         .unwrap_err();
     assert!(

@@ -829,6 +829,7 @@ async fn llm_run_calls_tools_through_the_gateway_and_validates_its_output() {
         [
             "policy:succeeded",
             "model_call:succeeded",
+            "tool_call:intent",
             "tool_call:succeeded",
             "model_call:succeeded",
             "model_call:succeeded"
@@ -1598,6 +1599,7 @@ async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
         [
             "policy:succeeded",
             "model_call:succeeded",
+            "tool_call:intent",
             "tool_call:succeeded",
             "model_call:succeeded"
         ]

@@ -36,7 +36,7 @@ fn gateway_contract() -> Value {
         "providers": [{"name": "k8s", "transport": {"type": "streamable_http", "url": "http://127.0.0.1:1/mcp"}}],
         "tools": [
             {"provider": "k8s", "name": "get_pods", "risk": "read_only", "environments": ["dev"], "input_schema": obj},
-            {"provider": "k8s", "name": "restart", "risk": "write", "environments": ["dev"], "input_schema": obj}
+            {"provider": "k8s", "name": "restart", "risk": "write", "environments": ["dev"], "enabled_in_modes": ["suggest", "auto_remediate"], "input_schema": obj}
         ]
     })
 }

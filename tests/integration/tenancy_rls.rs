@@ -138,6 +138,15 @@ async fn two_populated_projects(t: &TestDb) {
                  VALUES ($1, gen_random_uuid(), gen_random_uuid(), 'tg', 1, 'sent') RETURNING $2::uuid",
                 "INSERT INTO channel_progress (project_id, run_id, channel, conversation, trace_id, interval_seconds, next_at) \
                  VALUES ($1, $2, 'tg', 'c1', 't', 30, now())",
+                // Approvals: a request with a decision, and dry-run evidence.
+                "INSERT INTO approval_requests (project_id, request_id, run_id, step_index, kind, agent, tool, arguments, \
+                 args_sha256, preview, reason, required_approvals, approvers, trace_id, expires_at) \
+                 VALUES ($1, '00000000-0000-7000-8000-000000000001', $2, 1, 'approval', 'echo', 'k8s__scale', '{}', \
+                 'sha256:' || repeat('a', 64), '{}', 'rls fixture', 1, '{}', repeat('0', 32), now() + interval '1 hour')",
+                "INSERT INTO approval_decisions (project_id, request_id, approver, decision, via, trace_id) \
+                 VALUES ($1, '00000000-0000-7000-8000-000000000001', 'alice', 'approve', 'test', repeat('0', 32)) RETURNING $2::uuid",
+                "INSERT INTO tool_evidence (project_id, run_id, tool, args_sha256, dry_run_tool, result_sha256, result) \
+                 VALUES ($1, $2, 'k8s__scale', 'sha256:' || repeat('a', 64), 'k8s__plan', 'sha256:' || repeat('b', 64), '{}')",
             ] {
                 sqlx::query(sql)
                     .bind(id)

@@ -271,6 +271,8 @@ impl DeliveryWorker {
             .redact_str(&body_text(&m.body))
             .into_owned();
         let parts = format::parts(provider, &text);
+        let buttons = providers::buttons_of(&m.body);
+        let last = parts.len().saturating_sub(1);
         let label = provider_label(provider);
         let mut reply_token = if provider == ChannelProvider::Line && m.parts_sent == 0 {
             let mut tx = hub.control().db().tenant().await?;
@@ -290,6 +292,7 @@ impl DeliveryWorker {
                 texts,
                 providers::line_retry_key(m.message_id, i),
                 reply_token.take().as_deref(),
+                if i == last { buttons.as_slice() } else { &[] },
             )
             .await;
             hub.metrics()
@@ -513,6 +516,7 @@ impl DeliveryWorker {
                         std::slice::from_ref(&text),
                         providers::line_retry_key(run_id, 10_000),
                         None,
+                        &[],
                     )
                     .await
                 } else {
@@ -536,6 +540,7 @@ impl DeliveryWorker {
                     &texts,
                     providers::line_retry_key(run_id, 10_000),
                     None,
+                    &[],
                 )
                 .await
             }

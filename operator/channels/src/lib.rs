@@ -16,6 +16,7 @@
 //! [`store`] the SQL; [`delivery`] the outbound worker (with [`providers`] speaking the Bot
 //! API, Messaging API and Web API) and progressive feedback; [`double`] the provider doubles.
 
+pub mod approvals;
 pub mod delivery;
 pub mod format;
 pub mod inbound;

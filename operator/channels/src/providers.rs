@@ -129,14 +129,23 @@ pub async fn send(
     texts: &[String],
     retry_key: Uuid,
     line_reply_token: Option<&str>,
+    buttons: &[Button],
 ) -> Timed {
     match provider {
         ChannelProvider::Telegram => {
             let url = format!("{}/bot{}/sendMessage", urls.telegram, token.expose());
-            let req = http.post(url).json(&json!({
+            let mut body = json!({
                 "chat_id": conversation, "text": texts.concat(),
                 "parse_mode": TelegramMode::Html.parse_mode(),
-            }));
+            });
+            if !buttons.is_empty() {
+                // Inline keyboard: a click comes back as a callback_query with `data`.
+                body["reply_markup"] = json!({"inline_keyboard": [buttons
+                    .iter()
+                    .map(|b| json!({"text": b.label, "callback_data": b.data}))
+                    .collect::<Vec<_>>()]});
+            }
+            let req = http.post(url).json(&body);
             call(http, req, |status, body| {
                 if body.get("ok") == Some(&Value::Bool(true)) {
                     SendOutcome::Sent {
@@ -150,10 +159,23 @@ pub async fn send(
             .await
         }
         ChannelProvider::Line => {
-            let messages: Vec<Value> = texts
+            let mut messages: Vec<Value> = texts
                 .iter()
                 .map(|t| json!({"type": "text", "text": t}))
                 .collect();
+            if !buttons.is_empty() {
+                // A buttons template with postback actions (clicks come back as `postback`);
+                // LINE takes five messages per request, the template is one of them.
+                messages.truncate(4);
+                messages.push(json!({
+                    "type": "template",
+                    "altText": "Approve or reject",
+                    "template": {"type": "buttons", "text": "Decide", "actions": buttons
+                        .iter()
+                        .map(|b| json!({"type": "postback", "label": b.label, "data": b.data}))
+                        .collect::<Vec<_>>()}
+                }));
+            }
             let req = match line_reply_token {
                 Some(rt) => http
                     .post(format!("{}/v2/bot/message/reply", urls.line))
@@ -185,7 +207,7 @@ pub async fn send(
             let req = http
                 .post(format!("{}/chat.postMessage", urls.slack))
                 .bearer_auth(token.expose())
-                .json(&json!({"channel": conversation, "text": texts.concat(), "mrkdwn": true}));
+                .json(&slack_body(conversation, &texts.concat(), buttons));
             call(http, req, slack_read).await
         }
         ChannelProvider::Api | ChannelProvider::Email => Timed {
@@ -196,6 +218,47 @@ pub async fn send(
             latency: Duration::ZERO,
         },
     }
+}
+
+/// A button of an outbound message (approval requests): its label and the data a click
+/// sends back (Telegram `callback_data`, Slack `value`, LINE postback `data`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Button {
+    pub label: String,
+    pub data: String,
+}
+
+/// The buttons of a message body (`{"text", "buttons": [{"label", "data"}]}`).
+pub fn buttons_of(body: &Value) -> Vec<Button> {
+    body.get("buttons")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| {
+                    Some(Button {
+                        label: b.get("label")?.as_str()?.chars().take(20).collect(),
+                        data: b.get("data")?.as_str()?.chars().take(64).collect(),
+                    })
+                })
+                .take(5)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn slack_body(conversation: &str, text: &str, buttons: &[Button]) -> Value {
+    let mut body = json!({"channel": conversation, "text": text, "mrkdwn": true});
+    if !buttons.is_empty() {
+        // Block Kit: the text, then an actions block; a click is a block_actions interaction.
+        body["blocks"] = json!([
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "actions", "elements": buttons.iter().enumerate().map(|(i, b)| json!({
+                "type": "button", "action_id": format!("awooop-{i}"),
+                "text": {"type": "plain_text", "text": b.label}, "value": b.data,
+            })).collect::<Vec<_>>()}
+        ]);
+    }
+    body
 }
 
 fn slack_read(status: u16, body: &Value) -> SendOutcome {

@@ -77,6 +77,14 @@ fn project(p: &ProjectContract, out: &mut Out) {
         "",
         p.acl.approvers.iter().map(|x| x.0.as_str()),
     );
+    for (i, c) in p.acl.chat_approvers.iter().enumerate() {
+        if !p.acl.approvers.is_empty() && !p.acl.approvers.contains(&c.principal) {
+            out.push(
+                format!("/acl/chat_approvers/{i}/principal"),
+                "a chat approver must map to a principal listed in acl.approvers",
+            );
+        }
+    }
     if !p.acl.approvers.is_empty()
         && p.acl.approvers.len() < usize::from(p.approval.required_approvals)
     {
@@ -182,6 +190,35 @@ fn gateway(g: &McpGatewayContract, out: &mut Out) {
             out.push(
                 format!("/tools/{i}/input_schema/type"),
                 "tool arguments are a JSON object: input_schema.type must be \"object\"",
+            );
+        }
+    }
+    // Dry-run companions and rollback tools must be tools of this contract (and not the tool
+    // itself: a dry run that is the real call would be no evidence at all).
+    let names: HashSet<String> = g
+        .tools
+        .iter()
+        .map(|t| format!("{}__{}", t.provider.as_str(), t.name))
+        .collect();
+    for (i, t) in g.tools.iter().enumerate() {
+        let me = format!("{}__{}", t.provider.as_str(), t.name);
+        if let Some(DryRun::Tool { tool }) = &t.dry_run
+            && (!names.contains(&tool.0) || tool.0 == me)
+        {
+            out.push(
+                format!("/tools/{i}/dry_run/tool"),
+                format!(
+                    "dry-run tool '{}' is not another tool of this contract",
+                    tool.0
+                ),
+            );
+        }
+        if let Some(r) = &t.rollback_tool
+            && !names.contains(&r.0)
+        {
+            out.push(
+                format!("/tools/{i}/rollback_tool"),
+                format!("rollback tool '{}' is not a tool of this contract", r.0),
             );
         }
     }

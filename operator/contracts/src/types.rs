@@ -168,9 +168,27 @@ pub struct Acl {
     /// Principals allowed to publish revisions (empty: any key with the publisher role).
     #[serde(default)]
     pub publishers: Vec<Principal>,
-    /// Principals allowed to approve activations (empty: any key with the approver role).
+    /// Principals allowed to approve activations and tool-call approval requests (empty: any
+    /// key with the approver role).
     #[serde(default)]
     pub approvers: Vec<Principal>,
+    /// Chat users who act as an approver principal when they click Approve/Reject in a
+    /// channel. A chat user not listed here never counts, whatever the chat says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chat_approvers: Vec<ChatApprover>,
+}
+
+/// A chat identity mapped to an approver principal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatApprover {
+    /// Channel name (from the Channel contract).
+    pub channel: Slug,
+    /// The provider's user id (Telegram `from.id`, LINE `userId`, Slack `user.id`).
+    #[schemars(length(min = 1, max = 256))]
+    pub user: String,
+    /// The principal the clicks count for (must also be in `approvers` when that is not empty).
+    pub principal: Principal,
 }
 
 /// A principal name (user or service account).
@@ -301,6 +319,10 @@ pub enum ScriptStep {
         /// Arguments; string values may use templates.
         #[serde(default)]
         arguments: serde_json::Map<String, Value>,
+        /// Keep going when the tool reports an error (`isError: true`); its result becomes the
+        /// step's output. Default: the step fails with `E-TOOL-001`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        continue_on_error: bool,
     },
     /// Pause in `waiting_approval` until an approval token arrives.
     WaitApproval {
@@ -434,6 +456,55 @@ pub struct McpTool {
     /// Disabled tools are invisible and uncallable.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Feature flag of write, execute and destructive tools: the migration modes in which the
+    /// tool may be called at all. Empty (the default): blocked in every mode. Ignored for
+    /// read-only tools. Turning a tool on is a contract change (publish + M-of-N activation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enabled_in_modes: Vec<ModeName>,
+    /// A dry-run companion: the real call is refused unless a successful dry run with the same
+    /// argument hash was recorded in the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRun>,
+    /// The exposed name of the tool that undoes this one (shown in approval requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_tool: Option<ToolName>,
+}
+
+/// A migration mode name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeName {
+    Shadow,
+    Canary,
+    ReadOnly,
+    Suggest,
+    AutoRemediate,
+}
+
+impl ModeName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shadow => "shadow",
+            Self::Canary => "canary",
+            Self::ReadOnly => "read_only",
+            Self::Suggest => "suggest",
+            Self::AutoRemediate => "auto_remediate",
+        }
+    }
+}
+
+/// How a write tool is dry-run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DryRun {
+    /// Another tool (exposed name) called with the same arguments.
+    Tool { tool: ToolName },
+    /// The same tool called with this boolean argument set to true (the hash is taken over
+    /// the arguments without it).
+    Argument {
+        #[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"))]
+        name: String,
+    },
 }
 
 fn default_true() -> bool {

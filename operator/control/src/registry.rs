@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use awooop_contracts::{CredentialSource, McpGatewayContract, McpProvider, RiskClass};
 use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_core::migration::MigrationMode;
 
 /// Default truncation limit of tool results, in characters.
 pub const DEFAULT_MAX_RESULT_CHARS: usize = 16_384;
@@ -43,6 +44,13 @@ pub struct ToolEntry {
     pub environments: BTreeSet<String>,
     pub requires_approval: bool,
     pub enabled: bool,
+    /// Modes in which a write/execute/destructive tool may be called (its feature flag);
+    /// empty: none.
+    pub enabled_in_modes: BTreeSet<MigrationMode>,
+    /// The dry-run companion the real call needs evidence from.
+    pub dry_run: Option<awooop_contracts::DryRun>,
+    /// The exposed name of the tool that undoes this one.
+    pub rollback_tool: Option<String>,
     pub max_result_chars: usize,
     pub input_schema: Value,
     validator: jsonschema::Validator,
@@ -146,6 +154,13 @@ impl Registry {
                 environments: t.environments.iter().map(|s| s.0.clone()).collect(),
                 requires_approval: t.requires_approval,
                 enabled: t.enabled,
+                enabled_in_modes: t
+                    .enabled_in_modes
+                    .iter()
+                    .map(|m| MigrationMode::parse(m.as_str()))
+                    .collect::<Result<_>>()?,
+                dry_run: t.dry_run.clone(),
+                rollback_tool: t.rollback_tool.as_ref().map(|r| r.0.clone()),
                 max_result_chars: t
                     .max_result_chars
                     .map(|n| n as usize)

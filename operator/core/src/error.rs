@@ -186,6 +186,10 @@ error_codes! {
     McpGateArgumentsInvalid = ("E-MCP-GATE-008", 422, "tool arguments violate the tool's input schema"),
     /// Rate limit exceeded.
     McpGateRateLimited = ("E-MCP-GATE-009", 429, "tool-call rate limit of the agent exceeded; retry later"),
+    /// A write/execute/destructive tool is not enabled for this mode by the MCP Gateway contract.
+    McpGateWriteDisabled = ("E-MCP-GATE-010", 403, "MCP gate 3: write/execute/destructive tools are blocked unless the MCP Gateway contract enables them for this mode (enabled_in_modes)"),
+    /// The tool declares a dry-run companion and no successful dry run with these arguments was recorded in this run.
+    McpGateDryRunMissing = ("E-MCP-GATE-011", 409, "MCP gate 5: the tool needs a successful dry run with the same argument hash in the same run first"),
     /// Malformed JSON-RPC or MCP request, or unsupported protocol version.
     McpProtocol = ("E-MCP-001", 400, "malformed JSON-RPC/MCP request or unsupported protocol version"),
     /// Unknown, forged or expired MCP session (re-initialize).
@@ -237,6 +241,22 @@ error_codes! {
     ApplyConflict = ("E-APPLY-002", 422, "contract file names another project, kind or name than asked for (or a Project contract not named after its project)"),
     /// Nothing to apply, or an onboarding folder without its Project contract.
     ApplyNothing = ("E-APPLY-003", 422, "no contract file found, or the onboarding folder has no Project contract"),
+    // --- approvals and controlled write paths (docs/approvals.md) ---
+    /// An approver rejected the pending tool call (the run fails with who and why).
+    ApprovalRejected = ("E-APPROVAL-001", 409, "the approval request was rejected (the run fails; the message names who and why)"),
+    /// Nobody reached the quorum before the request expired (the reaper fails the run).
+    ApprovalExpired = ("E-APPROVAL-002", 409, "the approval request expired before reaching its quorum (the run fails)"),
+    /// The caller is not an eligible approver of this project (acl.approvers, chat mapping).
+    ApprovalNotEligible = ("E-APPROVAL-003", 403, "not an eligible approver: not in the Project contract's acl.approvers or chat user not mapped to one"),
+    /// The request was already decided or expired: a late decision changes nothing.
+    ApprovalAlreadyDecided = ("E-APPROVAL-004", 409, "the approval request was already decided or has expired; the decision changes nothing"),
+    /// No approval request with this id in the project.
+    ApprovalNotFound = ("E-APPROVAL-005", 404, "approval request not found"),
+    /// The approval machinery cannot mint tokens in this process (no gateway key).
+    ApprovalUnavailable = ("E-APPROVAL-006", 503, "approvals cannot be decided here: no approval-token key is configured in this process"),
+    // --- tool results ---
+    /// The tool answered with `isError: true`: the step failed.
+    ToolError = ("E-TOOL-001", 409, "the tool reported an error (isError: true); the step failed unless the step or agent continues on tool errors"),
     /// The database is unreachable or overloaded.
     Unavailable = ("E-UNAVAILABLE-001", 503, "database unavailable; retry later"),
     /// Anything else: details only in the server log.
@@ -307,6 +327,13 @@ impl From<sqlx::Error> for Error {
                     return Error::new(
                         ErrorCode::RunIllegalTransition,
                         "illegal run state transition",
+                    )
+                    .with_source(e);
+                }
+                Some("AW004") => {
+                    return Error::new(
+                        ErrorCode::ApprovalAlreadyDecided,
+                        "the approval request was already decided",
                     )
                     .with_source(e);
                 }

@@ -147,6 +147,15 @@ pub fn decide<'r>(
             "destructive tools are disabled for this project",
         ));
     }
+    // Gate 3, feature flag: write, execute and destructive tools are blocked in every mode
+    // unless the MCP Gateway contract enables them for this one (`enabled_in_modes`).
+    if t.risk != RiskClass::ReadOnly && !t.enabled_in_modes.contains(&mode) {
+        return Err(deny(
+            3,
+            ErrorCode::McpGateWriteDisabled,
+            "this write tool is not enabled for this mode by the MCP Gateway contract",
+        ));
+    }
     // Gate 4: environment, named by the grant and allowed by the tool.
     if !grant_envs.contains(caller.environment) || !t.environments.contains(caller.environment) {
         return Err(deny(
@@ -188,16 +197,17 @@ mod tests {
             "providers": [{"name": "k8s", "transport": {"type": "streamable_http", "url": "http://127.0.0.1:1/mcp"}}],
             "tools": [
                 {"provider": "k8s", "name": "read", "risk": "read_only", "environments": ["dev", "prod"], "input_schema": {"type": "object"}},
-                {"provider": "k8s", "name": "write", "risk": "write", "environments": ["dev"], "input_schema": {"type": "object"}},
-                {"provider": "k8s", "name": "exec", "risk": "execute", "environments": ["dev"], "input_schema": {"type": "object"}},
-                {"provider": "k8s", "name": "nuke", "risk": "destructive", "environments": ["dev"], "input_schema": {"type": "object"}},
+                {"provider": "k8s", "name": "write", "risk": "write", "environments": ["dev"], "enabled_in_modes": ["suggest", "auto_remediate"], "input_schema": {"type": "object"}},
+                {"provider": "k8s", "name": "exec", "risk": "execute", "environments": ["dev"], "enabled_in_modes": ["suggest", "auto_remediate"], "input_schema": {"type": "object"}},
+                {"provider": "k8s", "name": "nuke", "risk": "destructive", "environments": ["dev"], "enabled_in_modes": ["suggest", "auto_remediate"], "input_schema": {"type": "object"}},
                 {"provider": "k8s", "name": "off", "risk": "read_only", "environments": ["dev"], "enabled": false, "input_schema": {"type": "object"}},
                 {"provider": "k8s", "name": "gated", "risk": "read_only", "environments": ["dev"], "requires_approval": true, "input_schema": {"type": "object"}},
-                {"provider": "k8s", "name": "prodonly", "risk": "read_only", "environments": ["prod"], "input_schema": {"type": "object"}}
+                {"provider": "k8s", "name": "prodonly", "risk": "read_only", "environments": ["prod"], "input_schema": {"type": "object"}},
+                {"provider": "k8s", "name": "flagless", "risk": "write", "environments": ["dev"], "input_schema": {"type": "object"}}
             ],
             "grants": [
                 {"agent": "a", "tools": ["k8s__read", "k8s__write", "k8s__exec", "k8s__nuke", "k8s__off", "k8s__gated"], "environments": ["dev"]},
-                {"agent": "a", "tools": ["k8s__prodonly"], "environments": ["dev"]}
+                {"agent": "a", "tools": ["k8s__prodonly", "k8s__flagless"], "environments": ["dev"]}
             ]
         }))
         .unwrap();
@@ -214,6 +224,7 @@ mod tests {
                 "k8s__off",
                 "k8s__gated",
                 "k8s__prodonly",
+                "k8s__flagless",
             ]
             .into_iter()
             .map(String::from)
@@ -458,6 +469,38 @@ mod tests {
                 &r
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn write_tools_without_their_feature_flag_are_refused_in_every_mode() {
+        let r = registry();
+        for mode in MigrationMode::ALL {
+            let d = decide(
+                caller("a", "dev"),
+                Some(&project(mode, true)),
+                Some(&agent(RiskClass::Destructive)),
+                &r,
+                "k8s__flagless",
+            )
+            .unwrap_err();
+            let want = if read_only_mode(mode) {
+                ErrorCode::McpGateRiskBlocked
+            } else {
+                ErrorCode::McpGateWriteDisabled
+            };
+            assert_eq!(d.code, want, "{mode:?}");
+        }
+        // The same tool class with its flag passes in the flagged modes only.
+        assert!(
+            decide(
+                caller("a", "dev"),
+                Some(&project(MigrationMode::AutoRemediate, true)),
+                Some(&agent(RiskClass::Destructive)),
+                &r,
+                "k8s__write",
+            )
+            .is_ok()
         );
     }
 }

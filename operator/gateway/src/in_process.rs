@@ -3,8 +3,10 @@
 //!
 //! Identity comes from the run being executed (project, agent, run id, the run's mode) and the
 //! environment this process's workers run in; the same five gates, argument validation,
-//! credential injection, redaction, truncation and audit apply as on `/mcp`. Scripted runs
-//! cannot present approval tokens, so write/execute tools fail with `E-MCP-GATE-005` here.
+//! credential injection, redaction, truncation and audit apply as on `/mcp`. A call that needs
+//! approval fails with `E-MCP-GATE-005` the first time (the executor parks the run and an
+//! approval request is created); once the request reaches its quorum the token minted by
+//! [`KeyMinter`] rides along on the resumed call, with the step's idempotency key.
 
 use std::sync::Arc;
 
@@ -54,13 +56,52 @@ impl ToolGateway for InProcessGateway {
             mode: Some(call.mode),
         };
         self.gw
-            .call_tool(
+            .call_tool_with(
                 &caller,
                 &call.tool,
                 Some(call.arguments.clone()),
-                None,
+                call.approval.as_deref(),
+                call.idempotency_key.as_deref(),
                 &call.trace,
             )
             .await
+    }
+}
+
+/// Mints approval tokens when a request reaches its quorum: bound to project, agent, the
+/// environment runs execute in, run, tool and argument hash; the approvers joined by commas;
+/// a fresh `jti` (spent once by the gateway).
+pub struct KeyMinter {
+    key: [u8; 32],
+    environment: String,
+}
+
+impl KeyMinter {
+    pub fn new(keys: &super::keys::GatewayKeys, environment: impl Into<String>) -> Self {
+        Self {
+            key: keys.approval,
+            environment: environment.into(),
+        }
+    }
+}
+
+impl awooop_runtime::approvals::TokenMinter for KeyMinter {
+    fn mint(&self, r: &awooop_runtime::approvals::MintRequest<'_>) -> Result<String> {
+        use super::approval;
+        let run = r.run_id.to_string();
+        let claims = approval::claims(
+            approval::Expected {
+                project: r.project,
+                agent: r.agent,
+                environment: &self.environment,
+                run_id: Some(&run),
+                tool: r.tool,
+                args_sha256: r.args_sha256,
+            },
+            &r.approvers.join(","),
+            chrono::Utc::now().timestamp(),
+            r.ttl_seconds.clamp(60, approval::MAX_TTL_SECONDS),
+        );
+        Ok(approval::mint(&self.key, &claims))
     }
 }

@@ -16,6 +16,7 @@
 pub mod approval;
 pub mod audit;
 pub mod credentials;
+pub mod evidence;
 pub mod gates;
 pub mod keys;
 pub use awooop_control::registry;

@@ -168,8 +168,15 @@ pub async fn dispatch(
                 .get("_meta")
                 .and_then(|m| m.get(APPROVAL_META_KEY))
                 .and_then(Value::as_str);
+            // An agent's own idempotency key rides along to the upstream (and binds the
+            // approval token's single use to this intent); malformed keys are not forwarded.
+            let idempotency = p
+                .get("_meta")
+                .and_then(|m| m.get(super::upstream::protocol::IDEMPOTENCY_META_KEY))
+                .and_then(Value::as_str)
+                .filter(|k| awooop_runtime::valid_idempotency_key(k));
             match gw
-                .call_tool(caller, &name, arguments, approval, trace)
+                .call_tool_with(caller, &name, arguments, approval, idempotency, trace)
                 .await
             {
                 Ok(result) => rpc_result(id, result),

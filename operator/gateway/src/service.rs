@@ -81,6 +81,8 @@ pub struct CallRequest<'a, C = Injected> {
     pub credentials: &'a [C],
     /// W3C traceparent to forward upstream (HTTP header `traceparent`; `_meta` for stdio).
     pub traceparent: Option<&'a str>,
+    /// Stable per run step: every attempt of the same step sends the same key.
+    pub idempotency_key: Option<&'a str>,
     pub timeout: Duration,
 }
 
@@ -452,6 +454,22 @@ impl Gateway {
         approval_token: Option<&str>,
         trace: &TraceContext,
     ) -> Result<Value> {
+        self.call_tool_with(caller, tool, arguments, approval_token, None, trace)
+            .await
+    }
+
+    /// [`Self::call_tool`] with the call's idempotency key: sent upstream (`_meta` and the
+    /// `Idempotency-Key` header), and the one intent an approval token may be spent on (a
+    /// re-send of the same intent after a crash is not a replay).
+    pub async fn call_tool_with(
+        &self,
+        caller: &Caller,
+        tool: &str,
+        arguments: Option<Value>,
+        approval_token: Option<&str>,
+        idempotency_key: Option<&str>,
+        trace: &TraceContext,
+    ) -> Result<Value> {
         let arguments = arguments.unwrap_or_else(|| json!({}));
         let s = self.snapshot(&caller.project).await?;
         let audited_tool = if s.registry.tool(tool).is_some() {
@@ -521,17 +539,52 @@ impl Gateway {
                 return Err(self.deny(&a, mode, e).await);
             }
         };
+        // Dry-run evidence: a tool with a dry-run companion needs a successful dry run with the
+        // same argument hash in the same run before the real call (and before an approval is
+        // even asked for, so approvers see the dry run's result).
+        let need = super::evidence::needed(t, &args);
+        // A dry run through the tool's own dry-run argument changes nothing by the tool's
+        // contract: it needs no approval (the real call will, with this evidence shown).
+        let is_dry_run = need == super::evidence::Need::IsDryRun;
+        let evidence = match need {
+            super::evidence::Need::None | super::evidence::Need::IsDryRun => None,
+            super::evidence::Need::Evidence { args_sha256 } => {
+                match self.dry_run_evidence(caller, t, &args_sha256).await {
+                    Ok(Some(ev)) => Some(ev),
+                    Ok(None) => {
+                        let e = Error::new(
+                            ErrorCode::McpGateDryRunMissing,
+                            "no successful dry run with these arguments was recorded in this run",
+                        )
+                        .with_details(json!({"args_sha256": args_sha256}));
+                        return Err(self.deny(&a, mode, e).await);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
         // Gate 5: approval, last, so a token is only consumed by a call that will go upstream.
         let mut approver = None;
-        if allowed.needs_approval {
+        if allowed.needs_approval && !is_dry_run {
             let Some(token) = approval_token else {
+                // What an approval request shows: the argument hash, the dry-run evidence and
+                // the rollback plan.
                 let e = Error::new(
                     ErrorCode::McpGateApprovalMissing,
                     "this tool needs an approval token (_meta \"awooop.dev/approval\")",
-                );
+                )
+                .with_details(json!({
+                    "args_sha256": approval::arguments_hash(&Value::Object(args.clone())),
+                    "dry_run": evidence,
+                    "rollback_tool": t.rollback_tool,
+                    "risk": format!("{:?}", t.risk).to_lowercase(),
+                }));
                 return Err(self.deny(&a, mode, e).await);
             };
-            match self.check_approval(caller, tool, &args, token).await {
+            match self
+                .check_approval(caller, tool, &args, token, idempotency_key)
+                .await
+            {
                 Ok(who) => approver = Some(who),
                 Err(e) => return Err(self.deny(&a, mode, e).await),
             }
@@ -585,6 +638,7 @@ impl Gateway {
                 arguments: &args,
                 credentials: &creds,
                 traceparent: Some(&traceparent),
+                idempotency_key,
                 timeout: self.config.upstream_timeout,
             })
             .await;
@@ -633,6 +687,17 @@ impl Gateway {
             }
         };
         let out = sanitize::sanitize_result(raw, &exact, t.max_result_chars);
+        if !out.is_error {
+            // A successful dry run is evidence for the tool it dry-runs (same run, same hash).
+            // Best effort: evidence that could not be recorded only means the real call will
+            // be refused later (fail closed), never that this call's result is lost.
+            if let Err(e) = self
+                .record_dry_runs(caller, &s.registry, t, &args, &out.result)
+                .await
+            {
+                tracing::warn!(code = e.code.as_str(), tool = %t.exposed, "dry-run evidence not recorded");
+            }
+        }
         let bytes_out = serde_json::to_vec(&out.result).map_or(0, |v| v.len());
         let mut details = json!({});
         if let Some(who) = approver {
@@ -685,6 +750,7 @@ impl Gateway {
         tool: &str,
         args: &Map<String, Value>,
         token: &str,
+        idempotency_key: Option<&str>,
     ) -> Result<String> {
         let args_hash = approval::arguments_hash(&Value::Object(args.clone()));
         let run = caller.run_id.map(|r| r.to_string());
@@ -713,15 +779,17 @@ impl Gateway {
             tenancy::redis_key("approval-jti", &claims.jti)
         })
         .await?;
-        // Redis answers the common replay fast; PostgreSQL decides.
-        if self.coord.set_nx(&key, ttl).await == Some(false) {
+        // Redis answers the common replay fast; PostgreSQL decides. A call with an idempotency
+        // key always asks PostgreSQL: the same intent re-sent after a crash may spend its
+        // token again (the upstream deduplicates by the key), any other call may not.
+        if self.coord.set_nx(&key, ttl).await == Some(false) && idempotency_key.is_none() {
             return Err(replayed());
         }
-        let inserted = tenancy::scope(caller.project.clone(), async {
+        let spent_by_same_intent = tenancy::scope(caller.project.clone(), async {
             let mut tx = self.db.tenant().await?;
             let n = sqlx::query(
-                "INSERT INTO mcp_approval_uses (project_id, jti, run_id, tool, approver, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6)) ON CONFLICT DO NOTHING",
+                "INSERT INTO mcp_approval_uses (project_id, jti, run_id, tool, approver, expires_at, idempotency_key) \
+                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6), $7) ON CONFLICT DO NOTHING",
             )
             .bind(caller.project.as_str())
             .bind(&claims.jti)
@@ -729,17 +797,87 @@ impl Gateway {
             .bind(tool)
             .bind(&claims.approver)
             .bind(claims.exp as f64)
+            .bind(idempotency_key)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            let ok = if n == 1 {
+                true
+            } else {
+                let prior: Option<Option<String>> = sqlx::query_scalar(
+                    "SELECT idempotency_key FROM mcp_approval_uses WHERE jti = $1",
+                )
+                .bind(&claims.jti)
+                .fetch_optional(&mut *tx)
+                .await?;
+                matches!((prior.flatten(), idempotency_key), (Some(p), Some(k)) if p == k)
+            };
             tx.commit().await?;
-            Ok::<_, Error>(n)
+            Ok::<_, Error>(ok)
         })
         .await?;
-        if inserted == 0 {
+        if !spent_by_same_intent {
             return Err(replayed());
         }
         Ok(claims.approver)
+    }
+}
+
+impl Gateway {
+    /// The recorded successful dry run of `t` with this argument hash in the caller's run.
+    async fn dry_run_evidence(
+        &self,
+        caller: &Caller,
+        t: &super::registry::ToolEntry,
+        args_sha256: &str,
+    ) -> Result<Option<Value>> {
+        let Some(run) = caller.run_id else {
+            // Outside a run there is no "same run" to have dry-run in: fail closed.
+            return Ok(None);
+        };
+        tenancy::scope(caller.project.clone(), async {
+            let mut tx = self.db.tenant().await?;
+            let row = super::evidence::find(&mut tx, run, &t.exposed, args_sha256).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// After a successful call: record it as dry-run evidence for every tool it dry-runs.
+    async fn record_dry_runs(
+        &self,
+        caller: &Caller,
+        registry: &Registry,
+        t: &super::registry::ToolEntry,
+        args: &Map<String, Value>,
+        result: &Value,
+    ) -> Result<()> {
+        let Some(run) = caller.run_id else {
+            return Ok(());
+        };
+        let targets = super::evidence::dry_run_targets(registry, t, args);
+        if targets.is_empty() {
+            return Ok(());
+        }
+        tenancy::scope(caller.project.clone(), async {
+            let mut tx = self.db.tenant().await?;
+            for (target, hash) in &targets {
+                super::evidence::record(
+                    &mut tx,
+                    caller.project.as_str(),
+                    run,
+                    target,
+                    hash,
+                    &t.exposed,
+                    result,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -6,6 +6,8 @@
 //! exactly one place ([`awooop_core::error::Error`]'s `IntoResponse`).
 
 pub mod access_log;
+pub mod approvals;
+pub mod console;
 pub mod control;
 pub mod extract;
 pub mod guard;
@@ -13,6 +15,7 @@ pub mod health;
 pub mod mcp;
 pub mod openapi;
 pub mod runs;
+pub mod views;
 
 use std::net::SocketAddr;
 
@@ -34,6 +37,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The registry `/metrics` serves (shared with the workers of this process).
     pub metrics: std::sync::Arc<awooop_runtime::metrics::Metrics>,
+    /// Mints approval tokens when an approval request reaches its quorum (the gateway's
+    /// approval key); `None`: decisions that would reach a quorum fail with `E-APPROVAL-006`.
+    pub approvals: Option<std::sync::Arc<dyn awooop_runtime::approvals::TokenMinter>>,
 }
 
 /// The HTTP status of an error code (the table lives with the codes in `awooop_core::error`).
@@ -47,7 +53,13 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .nest("/v1/control", control::router())
-        .nest("/v1/platform", runs::router())
+        .nest("/v1/platform", runs::router().merge(approvals::router()))
+        .route("/v1/control/contracts", get(views::contracts))
+        .route("/v1/platform/runs/{id}/timeline", get(views::run_timeline))
+        .route("/v1/platform/gateway", get(views::gateway))
+        .route("/v1/platform/budgets", get(views::budgets))
+        .route("/v1/platform/channels", get(views::channels))
+        .merge(console::router())
         .fallback(not_found)
         // A known path with the wrong method gets the platform's JSON error, not axum's bare
         // 405. Registered last: it applies to every route added before it.

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 
 use awooop_control::{NewProject, PublishRequest};
 use awooop_core::error::ErrorCode;
+use awooop_runtime::approvals::{ApprovalView, DecisionResult};
 use awooop_runtime::{CreateRun, RunAccepted, RunDetail, RunPage, RunView};
 
 /// The JSON body of every error response.
@@ -295,6 +296,75 @@ pub fn operations() -> Vec<Op> {
                 "post",
                 "/v1/platform/runs/{id}/approval",
                 "Approve or reject a run waiting for approval",
+                200,
+            )
+        },
+        Op {
+            errors: &[E::RunNotFound],
+            ..op(
+                "get",
+                "/v1/platform/runs/{id}/timeline",
+                "A run's timeline under its trace id: state changes, steps, model calls, tool calls, approvals, messages",
+                200,
+            )
+        },
+        op(
+            "get",
+            "/v1/platform/gateway",
+            "The active gateway's tools by provider with risk and grants; recent calls; denials by code",
+            200,
+        ),
+        op(
+            "get",
+            "/v1/platform/budgets",
+            "Budget ledger (spend against limits), model breakers, recent reservations",
+            200,
+        ),
+        op(
+            "get",
+            "/v1/platform/channels",
+            "Recent channel events and deliveries",
+            200,
+        ),
+        op(
+            "get",
+            "/v1/control/contracts",
+            "Every contract with its latest and active revision and the approvals still outstanding",
+            200,
+        ),
+        Op {
+            response: Some(s::<super::approvals::ApprovalList>),
+            query: &[("state", "string"), ("limit", "integer")],
+            ..op(
+                "get",
+                "/v1/platform/approvals",
+                "List approval requests (newest first; ?state=pending|approved|rejected|expired)",
+                200,
+            )
+        },
+        Op {
+            response: Some(s::<ApprovalView>),
+            errors: &[E::ApprovalNotFound],
+            ..op(
+                "get",
+                "/v1/platform/approvals/{id}",
+                "One approval request with its decisions",
+                200,
+            )
+        },
+        Op {
+            request: Some(s::<super::approvals::DecisionRequest>),
+            response: Some(s::<DecisionResult>),
+            errors: &[
+                E::ApprovalNotFound,
+                E::ApprovalNotEligible,
+                E::ApprovalAlreadyDecided,
+                E::ApprovalUnavailable,
+            ],
+            ..op(
+                "post",
+                "/v1/platform/approvals/{id}/decisions",
+                "Approve or reject an approval request (approver role; M-of-N; one reject rejects)",
                 200,
             )
         },

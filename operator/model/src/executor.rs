@@ -33,7 +33,7 @@ use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::trace::TraceContext;
 use awooop_runtime::executor::{
     Executor, GuardedGateway, Journal, Outcome, PendingStep, RunContext, ScriptedExecutor,
-    ToolCall, is_lease_lost,
+    ToolCall, idempotency_key, is_lease_lost, needs_approval, waiting_output,
 };
 
 /// Answers checked against the output schema before the run fails with `E-SCHEMA-001`.
@@ -411,33 +411,80 @@ impl LlmExecutor {
                             )
                             .with_details(json!({"tool": tc.name})))
                         } else {
+                            let call = ToolCall {
+                                project: ctx.project.clone(),
+                                agent: ctx.agent.clone(),
+                                run_id: ctx.run_id,
+                                mode: ctx.mode,
+                                trace: span.clone(),
+                                tool: tc.name.clone(),
+                                arguments: tc.arguments.clone(),
+                                approval: journal.approval(idx).map(str::to_string),
+                                idempotency_key: Some(idempotency_key(ctx.run_id, idx)),
+                            };
+                            // The intent (with its idempotency key) is durable before the call.
+                            journal.intent(idx, &format!("tool-{idx}"), &call, started);
                             journal.flush().await?;
-                            self.gateway
-                                .call(
-                                    ctx.contract.safety.max_risk,
-                                    &ToolCall {
-                                        project: ctx.project.clone(),
-                                        agent: ctx.agent.clone(),
-                                        run_id: ctx.run_id,
-                                        mode: ctx.mode,
-                                        trace: span.clone(),
-                                        tool: tc.name.clone(),
-                                        arguments: tc.arguments.clone(),
-                                    },
-                                )
-                                .await
+                            match self.gateway.call(ctx.contract.safety.max_risk, &call).await {
+                                Err(e) if e.code == ErrorCode::McpGateApprovalMissing => {
+                                    // Park the run: the model's text is the call's rationale.
+                                    let need = needs_approval(
+                                        ctx,
+                                        idx,
+                                        &call,
+                                        &e,
+                                        Some(resp.text.as_str()),
+                                    );
+                                    journal.record(PendingStep {
+                                        status: "waiting".into(),
+                                        output: Some(waiting_output(&need)),
+                                        error_code: Some(e.code.as_str().into()),
+                                        ..pending(
+                                            idx,
+                                            format!("tool-{idx}"),
+                                            "tool_call",
+                                            &input,
+                                            Err(&e),
+                                            &span,
+                                            started,
+                                        )
+                                    });
+                                    return Ok(Outcome::WaitingApproval {
+                                        step_key: format!("tool-{idx}"),
+                                        reason: need.reason.clone(),
+                                        request: Some(need),
+                                    });
+                                }
+                                Err(e) if e.code == ErrorCode::ToolError => {
+                                    // A tool error goes back to the model as the tool's
+                                    // result (journaled with its code, never re-executed);
+                                    // the step limit still bounds the run.
+                                    Ok(json!({
+                                        "isError": true,
+                                        "error_code": e.code.as_str(),
+                                        "result": e.details.as_ref().and_then(|d| d.get("result")).cloned(),
+                                    }))
+                                }
+                                other => other,
+                            }
                         };
                         match res {
                             Ok(out) => {
-                                journal.record(pending(
-                                    idx,
-                                    format!("tool-{idx}"),
-                                    "tool_call",
-                                    &input,
-                                    Ok(out.clone()),
-                                    &span,
-                                    started,
-                                ));
+                                let tool_error = out.get("isError") == Some(&Value::Bool(true))
+                                    && out.get("error_code").is_some();
+                                journal.record(PendingStep {
+                                    error_code: tool_error
+                                        .then(|| ErrorCode::ToolError.as_str().to_string()),
+                                    ..pending(
+                                        idx,
+                                        format!("tool-{idx}"),
+                                        "tool_call",
+                                        &input,
+                                        Ok(out.clone()),
+                                        &span,
+                                        started,
+                                    )
+                                });
                                 journal.flush().await?;
                                 out
                             }

@@ -42,8 +42,17 @@ pub struct RunContext {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Succeeded(Value),
-    WaitingApproval { step_key: String, reason: String },
-    Failed { code: String, message: String },
+    WaitingApproval {
+        step_key: String,
+        reason: String,
+        /// The tool call that waits (a gate asked for approval); `None` for scripted
+        /// `wait_approval` steps, which are approved through the runs API.
+        request: Option<crate::approvals::NeedsApproval>,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 const LEASE_LOST: &str = "lease lost: result discarded";
@@ -72,6 +81,16 @@ pub struct ToolCall {
     pub trace: TraceContext,
     pub tool: String,
     pub arguments: Value,
+    /// The approval token minted when this call's approval request reached its quorum.
+    pub approval: Option<String>,
+    /// Stable for every attempt of the same run step (`{run_id}:{step_index}`): sent upstream
+    /// in `_meta` and as the `Idempotency-Key` header, journaled as the step's intent.
+    pub idempotency_key: Option<String>,
+}
+
+/// The idempotency key of a run step's tool call: the same for every attempt of the step.
+pub fn idempotency_key(run_id: Uuid, step_index: i32) -> String {
+    format!("{run_id}:{step_index}")
 }
 
 #[async_trait]
@@ -156,8 +175,21 @@ impl GuardedGateway {
             .await;
             return Err(Error::new(ErrorCode::RunToolBlocked, why));
         }
-        self.inner.call_tool(call).await
+        let out = self.inner.call_tool(call).await?;
+        // A tool that answers `isError: true` failed: the step fails with a code (the
+        // executor decides whether the run continues), it is never a succeeded step.
+        if out.get("isError") == Some(&Value::Bool(true)) {
+            return Err(tool_error(out));
+        }
+        Ok(out)
     }
+}
+
+/// The `E-TOOL-001` error of a tool result with `isError: true`; the (sanitized) result rides
+/// in the details so an executor can feed it back to the model.
+pub fn tool_error(result: Value) -> Error {
+    Error::new(ErrorCode::ToolError, "the tool reported an error")
+        .with_details(json!({"result": result}))
 }
 
 /// A step attempt not yet written (the type lives with the journal writer in `repo`).
@@ -175,6 +207,8 @@ pub struct Journal {
     run_id: Uuid,
     attempt: i32,
     completed: HashMap<i32, Value>,
+    /// Approval tokens minted for waiting steps of this run (step index → token).
+    approvals: HashMap<i32, String>,
     pending: Vec<PendingStep>,
 }
 
@@ -185,6 +219,10 @@ impl Journal {
         if attempt > 1 {
             let mut tx = db.tenant().await?;
             j.completed = repo::completed_steps(&mut tx, run_id)
+                .await?
+                .into_iter()
+                .collect();
+            j.approvals = crate::approvals::approved_tokens(&mut tx, run_id)
                 .await?
                 .into_iter()
                 .collect();
@@ -201,12 +239,43 @@ impl Journal {
             run_id,
             attempt,
             completed: HashMap::new(),
+            approvals: HashMap::new(),
             pending: Vec::new(),
         }
     }
 
     pub fn completed(&self, index: i32) -> Option<&Value> {
         self.completed.get(&index)
+    }
+
+    /// The approval token minted for step `index` (its request reached its quorum).
+    pub fn approval(&self, index: i32) -> Option<&str> {
+        self.approvals.get(&index).map(String::as_str)
+    }
+
+    /// Journal a tool call's intent (its idempotency key) before the call; it is written by
+    /// the flush that precedes every side effect, so a resumed attempt knows which call was
+    /// in doubt and re-sends it with the same key.
+    pub fn intent(
+        &mut self,
+        index: i32,
+        key: &str,
+        call: &ToolCall,
+        started: chrono::DateTime<Utc>,
+    ) {
+        self.pending.push(PendingStep {
+            index,
+            key: key.to_string(),
+            step_type: "tool_call".into(),
+            input_hash: contracts::canonical::body_hash(
+                &json!({"tool": call.tool, "arguments": call.arguments}),
+            ),
+            status: "intent".into(),
+            output: Some(json!({"idempotency_key": call.idempotency_key, "tool": call.tool})),
+            error_code: None,
+            trace: call.trace.clone(),
+            started_at: started,
+        });
     }
 
     /// Record a step attempt (buffered until [`Journal::flush`] or the run's completion).
@@ -256,6 +325,69 @@ impl Journal {
     pub fn take_pending(&mut self) -> Vec<PendingStep> {
         std::mem::take(&mut self.pending)
     }
+}
+
+/// The approval request of a tool call a gate refused for want of an approval token. In
+/// `suggest` mode it is a proposal (docs/approvals.md).
+pub fn needs_approval(
+    ctx: &RunContext,
+    index: i32,
+    call: &ToolCall,
+    refusal: &Error,
+    rationale: Option<&str>,
+) -> crate::approvals::NeedsApproval {
+    let details = refusal.details.clone().unwrap_or(Value::Null);
+    let args_sha256 = details
+        .get("args_sha256")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| contracts::canonical::body_hash(&call.arguments));
+    let kind = if ctx.mode == MigrationMode::Suggest {
+        crate::approvals::RequestKind::Proposal
+    } else {
+        crate::approvals::RequestKind::Approval
+    };
+    let mut evidence = Map::new();
+    for k in ["dry_run", "rollback_tool", "risk"] {
+        if let Some(v) = details.get(k).filter(|v| !v.is_null()) {
+            evidence.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(r) = rationale.filter(|r| !r.is_empty()) {
+        evidence.insert("rationale".into(), json!(r));
+    }
+    let reason = match kind {
+        crate::approvals::RequestKind::Proposal => format!(
+            "suggest mode: {} is proposed, not executed, until approved",
+            call.tool
+        ),
+        crate::approvals::RequestKind::Approval => {
+            format!("{} needs approval before it runs", call.tool)
+        }
+    };
+    crate::approvals::NeedsApproval {
+        kind,
+        step_index: index,
+        tool: call.tool.clone(),
+        arguments: call.arguments.clone(),
+        args_sha256,
+        reason,
+        evidence: (!evidence.is_empty()).then_some(Value::Object(evidence)),
+    }
+}
+
+/// What a waiting tool step journals: the pending call (the approval request has the rest).
+pub fn waiting_output(need: &crate::approvals::NeedsApproval) -> Value {
+    let mut preview = need.arguments.clone();
+    awooop_core::redact::Redactor::global().redact_json(&mut preview);
+    json!({
+        "kind": need.kind.as_str(),
+        "tool": need.tool,
+        "args_sha256": need.args_sha256,
+        "preview": preview,
+        "reason": need.reason,
+        "evidence": need.evidence,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -340,7 +472,10 @@ impl Executor for ScriptedExecutor {
                     last = out;
                 }
                 ScriptStep::ToolCall {
-                    tool, arguments, ..
+                    tool,
+                    arguments,
+                    continue_on_error,
+                    ..
                 } => {
                     let args = render_value(&Value::Object(arguments.clone()), &scope);
                     let h = contracts::canonical::body_hash(
@@ -354,10 +489,56 @@ impl Executor for ScriptedExecutor {
                         trace: span.clone(),
                         tool: tool.0.clone(),
                         arguments: args,
+                        approval: journal.approval(index).map(str::to_string),
+                        idempotency_key: Some(idempotency_key(ctx.run_id, index)),
                     };
-                    // Everything before a side effect is durable first; so is its result.
+                    // Everything before a side effect is durable first (with the call's
+                    // intent); so is its result.
+                    journal.intent(index, key, &call, started);
                     journal.flush().await?;
                     match self.gateway.call(ctx.contract.safety.max_risk, &call).await {
+                        Err(e) if e.code == ErrorCode::McpGateApprovalMissing => {
+                            let need = needs_approval(ctx, index, &call, &e, None);
+                            journal.record(step(
+                                index,
+                                key,
+                                "tool_call",
+                                h,
+                                "waiting",
+                                Some(waiting_output(&need)),
+                                Some(e.code.as_str()),
+                                &span,
+                                started,
+                            ));
+                            return Ok(Outcome::WaitingApproval {
+                                step_key: key.into(),
+                                reason: need.reason.clone(),
+                                request: Some(need),
+                            });
+                        }
+                        Err(e) if e.code == ErrorCode::ToolError && *continue_on_error => {
+                            // The step says to continue: the error result is its output.
+                            let out = e
+                                .details
+                                .as_ref()
+                                .and_then(|d| d.get("result"))
+                                .cloned()
+                                .unwrap_or(Value::Null);
+                            journal.record(step(
+                                index,
+                                key,
+                                "tool_call",
+                                h,
+                                "succeeded",
+                                Some(out.clone()),
+                                Some(e.code.as_str()),
+                                &span,
+                                started,
+                            ));
+                            journal.flush().await?;
+                            outputs.insert(key.to_string(), out.clone());
+                            last = out;
+                        }
                         Ok(out) => {
                             journal.record(step(
                                 index,
@@ -410,6 +591,7 @@ impl Executor for ScriptedExecutor {
                     return Ok(Outcome::WaitingApproval {
                         step_key: key.into(),
                         reason,
+                        request: None,
                     });
                 }
             }

@@ -4,6 +4,7 @@
 //! [`RunService`] is what the HTTP API calls (create, get, list, cancel, resume after approval);
 //! [`worker::Worker`] executes runs through the [`executor::Executor`] interface.
 
+pub mod approvals;
 pub mod executor;
 pub mod metrics;
 pub mod outbound;
@@ -444,6 +445,20 @@ impl RunService {
             .await?
             .ok_or_else(not_found)?;
         let from = RunState::parse(&run.state)?;
+        // A run parked on a tool call waits for its approval request (M-of-N, token bound to
+        // the arguments), never for this single-approver switch.
+        let on_request: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM approval_requests WHERE run_id = $1 AND state = 'pending')",
+        )
+        .bind(run_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if on_request {
+            return Err(Error::new(
+                ErrorCode::RunIllegalTransition,
+                "this run waits on an approval request: decide it at /v1/platform/approvals/{id}/decisions",
+            ));
+        }
         let to = if approved {
             RunState::Queued
         } else {

@@ -228,7 +228,8 @@ pub async fn requeue_approved(conn: &mut PgConnection, run_id: Uuid, approver: &
         "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, trace_id, span_id, started_at) \
          SELECT project_id, run_id, step_index, attempt, step_key, step_type, input_hash, 'succeeded', \
                 jsonb_build_object('approved_by', $2::text), trace_id, span_id, now() \
-         FROM run_steps WHERE run_id = $1 AND status = 'waiting' ORDER BY step_index DESC LIMIT 1 \
+         FROM run_steps WHERE run_id = $1 AND status = 'waiting' AND step_type = 'wait_approval' \
+         ORDER BY step_index DESC LIMIT 1 \
          ON CONFLICT DO NOTHING",
     )
     .bind(run_id)
@@ -311,16 +312,16 @@ pub async fn worker_claim_for(
         // claiming at the same instant can each see the same running count, so the limit can
         // be exceeded by one claim batch per concurrent claimer, never more.
         "WITH c AS ( \
-            SELECT project_id, run_id, run_after FROM runs \
+            SELECT project_id, run_id, created_at FROM runs \
             WHERE state IN ('queued', 'retrying') AND run_after <= now() \
               AND ($4::text IS NULL OR project_id = $4) \
-            ORDER BY run_after LIMIT $1 FOR UPDATE SKIP LOCKED), \
+            ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
          busy AS ( \
             SELECT project_id, count(*) AS n FROM runs \
             WHERE state = 'running' AND project_id IN (SELECT project_id FROM c) GROUP BY project_id), \
          k AS ( \
             SELECT c.project_id, c.run_id, \
-                   row_number() OVER (PARTITION BY c.project_id ORDER BY c.run_after, c.run_id) AS rn \
+                   row_number() OVER (PARTITION BY c.project_id ORDER BY c.created_at, c.run_id) AS rn \
             FROM c) \
          UPDATE runs r SET state = 'running', attempt = r.attempt + 1, worker_id = $2, \
             lease_expires_at = now() + make_interval(secs => least($3, r.lease_seconds)), heartbeat_at = now(), \
@@ -523,7 +524,18 @@ pub struct Completion {
     pub steps: Vec<PendingStep>,
     /// Where the reply goes, with the run output that passed the agent's output schema.
     pub reply: Option<(super::outbound::ReplyTo, crate::validate::ValidatedOutput)>,
+    /// The approval request of a run that moves to `waiting_approval` on a tool call.
+    pub approval: Option<PendingApproval>,
     pub trace_id: String,
+}
+
+/// An approval request written with its run's completion.
+#[derive(Debug, Clone)]
+pub struct PendingApproval {
+    pub need: crate::approvals::NeedsApproval,
+    pub policy: crate::approvals::ApprovalPolicy,
+    pub agent: String,
+    pub reply_to: Option<super::outbound::ReplyTo>,
 }
 
 /// Write many completions of the current project in one transaction: the fenced state update
@@ -599,6 +611,21 @@ pub async fn complete_batch(
             .bind(steps.iter().map(|(_, s)| s.started_at).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
+        }
+        for c in ok.iter().filter(|c| c.state == RunState::WaitingApproval) {
+            if let Some(a) = &c.approval {
+                crate::approvals::insert_request(
+                    conn,
+                    project,
+                    c.run_id,
+                    &a.agent,
+                    &c.trace_id,
+                    a.reply_to.as_ref(),
+                    &a.need,
+                    &a.policy,
+                )
+                .await?;
+            }
         }
         for c in ok.iter().filter(|c| c.state == RunState::Succeeded) {
             if let Some((r, out)) = &c.reply {

@@ -340,6 +340,15 @@ impl Worker {
                     }
                     Err(e) => tracing::debug!(code = e.code.as_str(), "reap failed"),
                 }
+                // Approval requests past their expiry fail their runs with E-APPROVAL-002.
+                match crate::approvals::expire_due(&self.pool, &self.control).await {
+                    Ok(n) if n > 0 => {
+                        self.metrics.reaped("approval_expired", n);
+                        tracing::info!(expired = n, "approval requests expired");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(code = e.code.as_str(), "approval expiry failed"),
+                }
             }
         })
     }
@@ -467,6 +476,7 @@ impl Worker {
             error: error.map(|(a, b)| (a.to_string(), b.to_string())),
             steps,
             reply: None,
+            approval: None,
             trace_id: trace.trace_id.clone(),
         };
         let Some(contract) = self.agent_contract(c.agent_revision_id).await? else {
@@ -530,12 +540,44 @@ impl Worker {
             Outcome::Failed { code, message } => {
                 completion(RunState::Failed, None, Some((&code, &message)), steps)
             }
-            Outcome::WaitingApproval { step_key, reason } => completion(
-                RunState::WaitingApproval,
-                Some(json!({"waiting_for": step_key, "reason": reason})),
-                None,
-                steps,
-            ),
+            Outcome::WaitingApproval {
+                step_key,
+                reason,
+                request,
+            } => {
+                let mut done = completion(
+                    RunState::WaitingApproval,
+                    Some(json!({"waiting_for": step_key, "reason": reason})),
+                    None,
+                    steps,
+                );
+                if let Some(need) = request {
+                    // The request lands with the waiting state, in the completion's
+                    // transaction: quorum and approvers from the active Project contract.
+                    let policy = crate::approvals::ApprovalService::policy(&self.control).await?;
+                    if need.kind == crate::approvals::RequestKind::Proposal {
+                        // Suggest mode: the proposal is the run's output while it waits.
+                        done.output = Some(json!({
+                            "waiting_for": step_key,
+                            "proposal": {
+                                "tool": need.tool,
+                                "args_sha256": need.args_sha256,
+                                "arguments": crate::executor::waiting_output(&need)["preview"],
+                                "evidence": need.evidence,
+                            }
+                        }));
+                    }
+                    done.approval = Some(repo::PendingApproval {
+                        need,
+                        policy,
+                        agent: c.agent.clone(),
+                        reply_to: c.reply_to.as_ref().and_then(|r| {
+                            serde_json::from_value::<super::outbound::ReplyTo>(r.clone()).ok()
+                        }),
+                    });
+                }
+                done
+            }
         }))
     }
 

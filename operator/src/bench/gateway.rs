@@ -242,6 +242,7 @@ async fn client_loop(
                         arguments: &args,
                         credentials: &creds,
                         traceparent: None,
+                        idempotency_key: None,
                         timeout: Duration::from_secs(10),
                     })
                     .await;

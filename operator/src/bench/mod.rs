@@ -4,6 +4,7 @@
 //! afterwards (published revisions are immutable by design, so they cannot be cleaned up in
 //! place). The last line printed is `key=value` pairs.
 
+mod approvals;
 mod budget;
 mod channels;
 mod contracts;
@@ -28,6 +29,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "projection" => projection::run(&args).await,
         "gateway" => gateway::run(&args).await,
         "channels" => channels::run(&args).await,
+        "approvals" => approvals::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }
 }

@@ -118,6 +118,7 @@ pub(super) async fn channel_cmd(cmd: crate::config::ChannelCmd) -> anyhow::Resul
                     &first,
                     uuid::Uuid::now_v7(),
                     None,
+                    &[],
                 )
                 .await;
                 Ok::<_, anyhow::Error>(match timed.outcome {

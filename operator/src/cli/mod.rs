@@ -18,6 +18,7 @@ use crate::tenancy::{self, ProjectId};
 use crate::{db, http};
 
 mod apply;
+mod approval;
 mod channel;
 mod contract;
 #[cfg(feature = "bench")]
@@ -254,6 +255,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Serve(args) => serve(args).await,
         Command::Channel(c) => channel::channel_cmd(c).await,
+        Command::Approval(c) => approval::approval(c).await,
         Command::Catalog(c) => policy::catalog(c).await,
         Command::Egress(c) => policy::egress(c).await,
         Command::Errors => {

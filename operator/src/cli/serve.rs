@@ -22,6 +22,12 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin: Some(AdminToken::new(&admin_token)),
         max_body_bytes: args.max_body_bytes,
         metrics: crate::metrics::Metrics::new(),
+        approvals: Some(std::sync::Arc::new(
+            crate::gateway::runtime::KeyMinter::new(
+                gateway.keys(),
+                gateway.config().runtime_environment.clone(),
+            ),
+        )),
     };
     eprintln!(
         "AwoooP API and MCP gateway serving on http://{} (database: {}, redis: {}, Kubernetes Secrets: {})",
@@ -42,6 +48,16 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), args.max_body_bytes)
             .with_allowed_origins(args.gateway.gateway_allowed_origins.clone());
     let hub = channel_hub(&p, &args.channels, &state.metrics);
+    // Approve/Reject buttons decide approval requests (chat users mapped in the Project
+    // contract); other postbacks keep the default routing.
+    let hub = hub.with_actions(std::sync::Arc::new(
+        crate::channels::approvals::ApprovalActions::new(
+            crate::runtime::approvals::ApprovalService::new(
+                p.control.clone(),
+                state.approvals.clone(),
+            ),
+        ),
+    ));
     let router = http::app(state)
         .merge(http::mcp::router(mcp))
         .merge(crate::channels::routes(hub));

@@ -64,6 +64,12 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
         admin: Some(AdminToken::new(&admin_token)),
         max_body_bytes: args.max_body_bytes,
         metrics: metrics.clone(),
+        approvals: Some(std::sync::Arc::new(
+            crate::gateway::runtime::KeyMinter::new(
+                gateway.keys(),
+                gateway.config().runtime_environment.clone(),
+            ),
+        )),
     };
     eprintln!(
         "AwoooP is up\n  database: {}\n  redis:    {}\n  API:      http://{}\n  admin token: {} (file {})\n  keyring:  {}",
@@ -114,6 +120,16 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
         p.state_dir.join("gateway-key").display()
     );
     let hub = channel_hub(&p, &args.channels, &metrics);
+    // Approve/Reject buttons decide approval requests (chat users mapped in the Project
+    // contract); other postbacks keep the default routing.
+    let hub = hub.with_actions(std::sync::Arc::new(
+        crate::channels::approvals::ApprovalActions::new(
+            crate::runtime::approvals::ApprovalService::new(
+                p.control.clone(),
+                state.approvals.clone(),
+            ),
+        ),
+    ));
     let delivery = tokio::spawn(
         crate::channels::delivery::DeliveryWorker::new(hub.clone(), Default::default())
             .run(stop_rx_channels),

@@ -348,6 +348,19 @@ struct FixtureState {
     opts: FixtureOptions,
     sessions: Mutex<HashSet<String>>,
     stats: Stats,
+    log: Mutex<Vec<ToolCallSeen>>,
+}
+
+/// One `tools/call` as the fixture received it (for exactly-once and idempotency checks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallSeen {
+    pub tool: String,
+    pub arguments: Value,
+    /// The `Idempotency-Key` header.
+    pub idempotency_header: Option<String>,
+    /// `params._meta` as sent.
+    pub meta: Option<Value>,
+    pub at: std::time::Instant,
 }
 
 /// A running HTTP fixture; stops when dropped.
@@ -370,6 +383,7 @@ impl FixtureServer {
             opts,
             sessions: Mutex::new(HashSet::new()),
             stats: Stats::default(),
+            log: Mutex::new(Vec::new()),
         });
         let counter = state.clone();
         let listener = listener.tap_io(move |tcp| {
@@ -417,6 +431,11 @@ impl FixtureServer {
     /// `tools/call` requests served.
     pub fn calls(&self) -> u64 {
         self.state.stats.calls.load(Ordering::Relaxed)
+    }
+
+    /// Every `tools/call` received, in order.
+    pub fn tool_calls(&self) -> Vec<ToolCallSeen> {
+        self.state.log.lock().expect("log").clone()
     }
     /// Sessions currently open.
     pub fn open_sessions(&self) -> usize {
@@ -508,6 +527,17 @@ async fn post_mcp(
     }
     if method == Some("tools/call") {
         st.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let params = msg.get("params").cloned().unwrap_or(Value::Null);
+        st.log.lock().expect("log").push(ToolCallSeen {
+            tool: params["name"].as_str().unwrap_or("").to_string(),
+            arguments: params.get("arguments").cloned().unwrap_or(json!({})),
+            idempotency_header: headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            meta: params.get("_meta").cloned(),
+            at: std::time::Instant::now(),
+        });
     }
     let mut version = st.opts.protocol.clone();
     let Some(out) = handle(&msg, &Source::Headers(&headers), &mut version).await else {

@@ -148,11 +148,16 @@ impl HttpSession {
         tool: &str,
         arguments: &Map<String, Value>,
         traceparent: Option<&str>,
+        idempotency_key: Option<&str>,
         _deadline: tokio::time::Instant,
     ) -> Result<Value, UpstreamError> {
         let session = self.session().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = protocol::tools_call(id, tool, arguments, None);
+        let body = protocol::tools_call(id, tool, arguments, None, idempotency_key);
+        let traceparent = Headers {
+            traceparent,
+            idempotency_key,
+        };
         match self.request(&session, body.clone(), id, traceparent).await {
             Err(PostError::Expired) => {
                 tracing::debug!("upstream MCP session expired; initializing again");
@@ -244,7 +249,7 @@ impl HttpSession {
         let version = protocol::negotiated(&result)?;
         let session = Session { version, ..pending };
         let resp = self
-            .post(&session, protocol::initialized(), None)
+            .post(&session, protocol::initialized(), Headers::default())
             .send()
             .await
             .map_err(transport_error)?;
@@ -261,7 +266,7 @@ impl HttpSession {
         &self,
         session: &Session,
         body: Vec<u8>,
-        traceparent: Option<&str>,
+        extra: Headers<'_>,
     ) -> reqwest::RequestBuilder {
         let mut req = self
             .client
@@ -271,8 +276,17 @@ impl HttpSession {
         if let Some(id) = &session.id {
             req = req.header(SESSION_HEADER, id.clone());
         }
-        if let Some(tp) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+        if let Some(tp) = extra
+            .traceparent
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
             req = req.header("traceparent", tp);
+        }
+        if let Some(k) = extra
+            .idempotency_key
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        {
+            req = req.header("Idempotency-Key", k);
         }
         req.body(body)
     }
@@ -282,7 +296,7 @@ impl HttpSession {
         session: &Session,
         body: Vec<u8>,
         id: u64,
-        traceparent: Option<&str>,
+        traceparent: Headers<'_>,
     ) -> Result<Value, PostError> {
         let resp = self
             .post(session, body, traceparent)
@@ -385,7 +399,7 @@ impl HttpSession {
                     Incoming::Request { id: rid, method } => {
                         // Answer on a separate POST; the stream stays open for our response.
                         let answer = protocol::answer_server_request(&rid, &method);
-                        let _ = self.post(session, answer, None).send().await;
+                        let _ = self.post(session, answer, Headers::default()).send().await;
                     }
                     _ => {}
                 }
@@ -395,4 +409,13 @@ impl HttpSession {
             "the event stream ended without a response".into(),
         )))
     }
+}
+
+/// Per-call headers of a `tools/call` POST.
+#[derive(Clone, Copy, Default)]
+struct Headers<'a> {
+    traceparent: Option<&'a str>,
+    /// The tool call's idempotency key (`Idempotency-Key`), the same for every attempt of one
+    /// run step.
+    idempotency_key: Option<&'a str>,
 }

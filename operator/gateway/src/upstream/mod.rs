@@ -76,6 +76,7 @@ impl crate::service::ToolUpstream for Upstreams {
                 arguments: call.arguments,
                 credentials: &credentials,
                 traceparent: call.traceparent,
+                idempotency_key: call.idempotency_key,
                 timeout: call.timeout,
             },
         )
@@ -212,12 +213,24 @@ impl Conn {
     ) -> Result<CallResult, UpstreamError> {
         match self {
             Conn::Http(h) => {
-                h.call(req.tool, req.arguments, req.traceparent, deadline)
-                    .await
+                h.call(
+                    req.tool,
+                    req.arguments,
+                    req.traceparent,
+                    req.idempotency_key,
+                    deadline,
+                )
+                .await
             }
             Conn::Stdio(s) => {
-                s.call(req.tool, req.arguments, req.traceparent, deadline)
-                    .await
+                s.call(
+                    req.tool,
+                    req.arguments,
+                    req.traceparent,
+                    req.idempotency_key,
+                    deadline,
+                )
+                .await
             }
         }
     }

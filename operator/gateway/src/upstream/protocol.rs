@@ -55,24 +55,40 @@ struct CallParams<'a> {
 
 #[derive(Serialize)]
 struct Meta<'a> {
-    traceparent: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(
+        rename = "awooop.dev/idempotency-key",
+        skip_serializing_if = "Option::is_none"
+    )]
+    idempotency_key: Option<&'a str>,
 }
 
+/// `_meta` key carrying a tool call's idempotency key (the same for every attempt of one run
+/// step; HTTP upstreams also get it as the `Idempotency-Key` header).
+pub const IDEMPOTENCY_META_KEY: &str = "awooop.dev/idempotency-key";
+
 /// `tools/call` body, serialized straight from the borrowed arguments (no copy of them).
-/// `traceparent` goes into `params._meta` (stdio has no headers; HTTP sends the header).
+/// `traceparent` goes into `params._meta` (stdio has no headers; HTTP sends the header); so
+/// does the idempotency key, for every transport.
 pub fn tools_call(
     id: u64,
     tool: &str,
     arguments: &Map<String, Value>,
     traceparent: Option<&str>,
+    idempotency_key: Option<&str>,
 ) -> Vec<u8> {
+    let meta = (traceparent.is_some() || idempotency_key.is_some()).then_some(Meta {
+        traceparent,
+        idempotency_key,
+    });
     serde_json::to_vec(&jsonrpc::Request::new(
         id,
         "tools/call",
         CallParams {
             name: tool,
             arguments,
-            meta: traceparent.map(|t| Meta { traceparent: t }),
+            meta,
         },
     ))
     .expect("a JSON map serializes")
@@ -290,12 +306,31 @@ mod tests {
         let mut args = Map::new();
         args.insert("text".into(), json!("hi"));
         let with: Value =
-            serde_json::from_slice(&tools_call(7, "echo", &args, Some("00-ab-cd-01"))).unwrap();
+            serde_json::from_slice(&tools_call(7, "echo", &args, Some("00-ab-cd-01"), None))
+                .unwrap();
         assert_eq!(with["params"]["_meta"]["traceparent"], "00-ab-cd-01");
         assert_eq!(with["params"]["arguments"]["text"], "hi");
         assert_eq!(with["id"], 7);
-        let without: Value = serde_json::from_slice(&tools_call(8, "echo", &args, None)).unwrap();
+        let without: Value =
+            serde_json::from_slice(&tools_call(8, "echo", &args, None, None)).unwrap();
         assert!(without["params"].get("_meta").is_none());
+        // The idempotency key rides in _meta on every transport, alone or with traceparent.
+        let keyed: Value =
+            serde_json::from_slice(&tools_call(9, "echo", &args, None, Some("r:3"))).unwrap();
+        assert_eq!(
+            keyed["params"]["_meta"],
+            json!({IDEMPOTENCY_META_KEY: "r:3"})
+        );
+        let both: Value = serde_json::from_slice(&tools_call(
+            9,
+            "echo",
+            &args,
+            Some("00-ab-cd-01"),
+            Some("r:3"),
+        ))
+        .unwrap();
+        assert_eq!(both["params"]["_meta"]["traceparent"], "00-ab-cd-01");
+        assert_eq!(both["params"]["_meta"][IDEMPOTENCY_META_KEY], "r:3");
     }
 
     #[test]

@@ -206,6 +206,7 @@ impl StdioUpstream {
         tool: &str,
         arguments: &Map<String, Value>,
         traceparent: Option<&str>,
+        idempotency_key: Option<&str>,
         _deadline: tokio::time::Instant,
     ) -> Result<Value, UpstreamError> {
         let child = self.child().await?;
@@ -213,7 +214,7 @@ impl StdioUpstream {
         request(
             &child.shared,
             id,
-            protocol::tools_call(id, tool, arguments, traceparent),
+            protocol::tools_call(id, tool, arguments, traceparent, idempotency_key),
         )
         .await
     }

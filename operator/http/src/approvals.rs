@@ -1,0 +1,127 @@
+//! `/v1/platform/approvals`: list approval requests, decide one (approve/reject with an
+//! optional comment). The decision itself is `awooop_runtime::approvals::ApprovalService`;
+//! who may decide is [`approver`], the one place that turns a credential into an approver
+//! principal (the Project contract's `acl.approvers` is checked by the service).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::{ApiJson, Caller};
+use awooop_core::error::{Error, ErrorCode, Result};
+use awooop_runtime::approvals::{ApprovalService, ApprovalView, Decision};
+use awooop_store::auth::Role;
+use awooop_store::tenancy::{self, ProjectId};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/approvals", get(list))
+        .route("/approvals/{id}", get(get_one))
+        .route("/approvals/{id}/decisions", post(decide))
+}
+
+/// `GET /v1/platform/approvals` query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListApprovals {
+    /// pending, approved, rejected or expired; all when absent.
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub limit: Option<i64>,
+}
+
+/// `GET /v1/platform/approvals` response.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ApprovalList {
+    /// Newest first.
+    pub approvals: Vec<ApprovalView>,
+}
+
+/// `POST /v1/platform/approvals/{id}/decisions` body.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    /// `approve` or `reject`.
+    pub decision: Decision,
+    /// Why (shown on the run, in the audit log and in the chat; required in spirit for rejects).
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// The project and the approver principal of a caller that may decide approval requests: an
+/// API key with the approver role (bound to its principal), or the admin credential naming a
+/// project. Readers and approvers may list.
+pub fn approver(c: &Caller) -> Result<(ProjectId, String)> {
+    c.actor.require(Role::Approver)?;
+    Ok((c.project()?, c.actor.principal.clone()))
+}
+
+/// Readers and approvers may list and read requests (an approver must see what to decide).
+fn reader(c: &Caller) -> Result<ProjectId> {
+    if c.actor.require(Role::Reader).is_err() {
+        c.actor.require(Role::Approver)?;
+    }
+    c.project()
+}
+
+fn request_id(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s)
+        .map_err(|_| Error::new(ErrorCode::ApprovalNotFound, "approval request not found"))
+}
+
+fn service(s: &AppState) -> ApprovalService {
+    ApprovalService::new(s.control.clone(), s.approvals.clone())
+}
+
+async fn list(
+    State(s): State<AppState>,
+    c: Caller,
+    q: std::result::Result<Query<ListApprovals>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse> {
+    let project = reader(&c)?;
+    let Query(q) =
+        q.map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "expected ?state=&limit="))?;
+    let svc = service(&s);
+    let approvals = tenancy::scope(
+        project,
+        svc.list(q.state.as_deref(), q.limit.unwrap_or(100)),
+    )
+    .await?;
+    Ok(Json(ApprovalList { approvals }))
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse> {
+    let project = reader(&c)?;
+    let svc = service(&s);
+    Ok(Json(
+        tenancy::scope(project, svc.get(request_id(&id)?)).await?,
+    ))
+}
+
+async fn decide(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DecisionRequest>,
+) -> Result<impl IntoResponse> {
+    let (project, principal) = approver(&c)?;
+    let svc = service(&s);
+    let id = request_id(&id)?;
+    Ok(Json(
+        tenancy::scope(
+            project,
+            svc.decide(&principal, "http", id, req.decision, req.comment.as_deref()),
+        )
+        .await?,
+    ))
+}

@@ -398,4 +398,23 @@ mod tests {
         assert_ne!(line_retry_key(m, 0), line_retry_key(m, 1));
         assert_eq!(line_retry_key(m, 0).get_version_num(), 4);
     }
+
+    #[test]
+    fn approval_buttons_become_block_kit_actions_and_are_bounded() {
+        let body = json!({"text": "t", "buttons": [
+            {"label": "Approve", "data": "apr:x:a"}, {"label": "Reject", "data": "apr:x:r"},
+            {"label": 1}, {"data": "no label"}
+        ]});
+        let b = buttons_of(&body);
+        assert_eq!(b.len(), 2, "malformed buttons are dropped");
+        assert_eq!(b[0].data, "apr:x:a");
+        let long = json!({"buttons": [{"label": "x".repeat(100), "data": "d".repeat(100)}]});
+        let b2 = buttons_of(&long);
+        assert_eq!((b2[0].label.len(), b2[0].data.len()), (20, 64));
+        assert!(buttons_of(&json!("plain")).is_empty());
+        let slack = slack_body("C1", "t", &b);
+        assert_eq!(slack["blocks"][1]["type"], "actions");
+        assert_eq!(slack["blocks"][1]["elements"][1]["value"], "apr:x:r");
+        assert!(slack_body("C1", "t", &[]).get("blocks").is_none());
+    }
 }

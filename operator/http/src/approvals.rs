@@ -12,11 +12,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
-use super::extract::{ApiJson, Caller};
+use super::extract::{Access, ApiJson, Need, Tenant};
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_runtime::approvals::{ApprovalService, ApprovalView, Decision};
 use awooop_store::auth::Role;
-use awooop_store::tenancy::{self, ProjectId};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -54,20 +53,18 @@ pub struct DecisionRequest {
     pub comment: Option<String>,
 }
 
-/// The project and the approver principal of a caller that may decide approval requests: an
-/// API key with the approver role (bound to its principal), or the admin credential naming a
-/// project. Readers and approvers may list.
-pub fn approver(c: &Caller) -> Result<(ProjectId, String)> {
-    c.actor.require(Role::Approver)?;
-    Ok((c.project()?, c.actor.principal.clone()))
+/// Readers and approvers may list and read requests (an approver must see what to decide).
+pub struct ReadApprovals;
+impl Access for ReadApprovals {
+    const NEED: Need = Need::ReadOr(Role::Approver);
 }
 
-/// Readers and approvers may list and read requests (an approver must see what to decide).
-fn reader(c: &Caller) -> Result<ProjectId> {
-    if c.actor.require(Role::Reader).is_err() {
-        c.actor.require(Role::Approver)?;
-    }
-    c.project()
+/// Deciding needs the approver role: an API key bound to its principal, or the admin
+/// credential naming a project (the Project contract's `acl.approvers` is checked by the
+/// service).
+pub struct DecideApprovals;
+impl Access for DecideApprovals {
+    const NEED: Need = Need::Role(Role::Approver);
 }
 
 fn request_id(s: &str) -> Result<Uuid> {
@@ -81,47 +78,38 @@ fn service(s: &AppState) -> ApprovalService {
 
 async fn list(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<ReadApprovals>,
     q: std::result::Result<Query<ListApprovals>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse> {
-    let project = reader(&c)?;
     let Query(q) =
         q.map_err(|_| Error::new(ErrorCode::ReqInvalidParam, "expected ?state=&limit="))?;
     let svc = service(&s);
-    let approvals = tenancy::scope(
-        project,
-        svc.list(q.state.as_deref(), q.limit.unwrap_or(100)),
-    )
-    .await?;
+    let approvals = t
+        .run(svc.list(q.state.as_deref(), q.limit.unwrap_or(100)))
+        .await?;
     Ok(Json(ApprovalList { approvals }))
 }
 
 async fn get_one(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<ReadApprovals>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
-    let project = reader(&c)?;
     let svc = service(&s);
-    Ok(Json(
-        tenancy::scope(project, svc.get(request_id(&id)?)).await?,
-    ))
+    Ok(Json(t.run(svc.get(request_id(&id)?)).await?))
 }
 
 async fn decide(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<DecideApprovals>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<DecisionRequest>,
 ) -> Result<impl IntoResponse> {
-    let (project, principal) = approver(&c)?;
     let svc = service(&s);
     let id = request_id(&id)?;
+    let principal = t.actor.principal.clone();
     Ok(Json(
-        tenancy::scope(
-            project,
-            svc.decide(&principal, "http", id, req.decision, req.comment.as_deref()),
-        )
-        .await?,
+        t.run(svc.decide(&principal, "http", id, req.decision, req.comment.as_deref()))
+            .await?,
     ))
 }

@@ -145,6 +145,9 @@ pub enum Need {
     /// the operation's details (`revision.publish`, `revision.approve`); checking it here
     /// first would skip that audit row.
     Write,
+    /// A write only one role may make, and whose refusal no service audits (deciding an
+    /// approval request: the approver role, the principal bound to the key).
+    Role(Role),
     /// A platform-administrator action (projects, API keys, signing keys).
     Admin,
 }
@@ -158,6 +161,7 @@ impl Need {
                 .require(Role::Reader)
                 .or_else(|_| actor.require(other)),
             Need::Write => Ok(()),
+            Need::Role(role) => actor.require(role),
             Need::Admin => actor.require_admin(),
         }
     }

@@ -17,20 +17,22 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::AppState;
-use super::extract::Caller;
+use super::extract::{Read, Tenant};
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::redact::Redactor;
-use awooop_store::auth::Role;
-use awooop_store::tenancy;
 
 /// How many recent rows a list view returns (newest first).
 const RECENT: i64 = 100;
 
 /// Run one JSON-building query in the caller's tenant scope.
-async fn view(s: &AppState, c: &Caller, sql: &'static str, arg: Option<Uuid>) -> Result<Value> {
-    c.actor.require(Role::Reader)?;
+async fn view(
+    s: &AppState,
+    t: &Tenant<Read>,
+    sql: &'static str,
+    arg: Option<Uuid>,
+) -> Result<Value> {
     let db = s.control.db().clone();
-    let mut v: Value = tenancy::scope(c.project()?, async move {
+    let mut v: Value = t.run(async move {
         let mut tx = db.tenant().await?;
         let mut q = sqlx::query_scalar::<_, Option<Value>>(sql).bind(RECENT);
         if let Some(id) = arg {
@@ -48,7 +50,7 @@ async fn view(s: &AppState, c: &Caller, sql: &'static str, arg: Option<Uuid>) ->
 /// `GET /v1/control/contracts`: every contract of the project (kind, name) with its latest
 /// and active revision, and the published revisions newer than the active one with the open
 /// approvals they carry and how many the project requires.
-pub async fn contracts(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
+pub async fn contracts(State(s): State<AppState>, t: Tenant<Read>) -> Result<impl IntoResponse> {
     const SQL: &str = r#"
 SELECT json_build_object(
   'required_approvals', (SELECT required_approvals FROM projects WHERE project_id = awooop_current_project()),
@@ -79,7 +81,7 @@ SELECT json_build_object(
       GROUP BY r.kind, r.name, a.revision, a.revision_id, a.activated_by, a.activated_at
     ) c), '[]'::json))
 "#;
-    Ok(Json(view(&s, &c, SQL, None).await?))
+    Ok(Json(view(&s, &t, SQL, None).await?))
 }
 
 /// `GET /v1/platform/runs/{id}/timeline`: everything that happened to one run, oldest first,
@@ -88,7 +90,7 @@ SELECT json_build_object(
 /// deliveries, and the channel event that started it. 404 `E-RUN-001` for another project's run.
 pub async fn run_timeline(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse> {
     const SQL: &str = r#"
@@ -178,7 +180,7 @@ SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM run) THEN NULL ELSE json_build_object
 "#;
     let run =
         Uuid::parse_str(&id).map_err(|_| Error::new(ErrorCode::RunNotFound, "run not found"))?;
-    let v = view(&s, &c, SQL, Some(run)).await?;
+    let v = view(&s, &t, SQL, Some(run)).await?;
     if v.is_null() {
         return Err(Error::new(ErrorCode::RunNotFound, "run not found"));
     }
@@ -188,7 +190,7 @@ SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM run) THEN NULL ELSE json_build_object
 /// `GET /v1/platform/gateway`: the tools of the active MCP gateway revision(s) by provider,
 /// with risk and grants; the most recent calls (the gateway's and the runtime guard's
 /// refusals); denials counted by code.
-pub async fn gateway(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
+pub async fn gateway(State(s): State<AppState>, t: Tenant<Read>) -> Result<impl IntoResponse> {
     const SQL: &str = r#"
 WITH active AS (SELECT revision_id FROM active_revisions WHERE kind = 'mcp_gateway'),
 -- Calls the gateway decided (mcp_call_audit) and calls the runtime's guard refused before
@@ -228,12 +230,12 @@ SELECT json_build_object(
       SELECT coalesce(code, 'unknown') AS code, count(*) AS count, max(at) AS last_at
       FROM calls WHERE decision = 'denied' GROUP BY 1) d), '[]'::json))
 "#;
-    Ok(Json(view(&s, &c, SQL, None).await?))
+    Ok(Json(view(&s, &t, SQL, None).await?))
 }
 
 /// `GET /v1/platform/budgets`: the ledger rows (spend and reservations against limits per
 /// scope and period), the project's model breaker, the most recent reservations.
-pub async fn budgets(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
+pub async fn budgets(State(s): State<AppState>, t: Tenant<Read>) -> Result<impl IntoResponse> {
     const SQL: &str = r#"
 SELECT json_build_object(
   'ledger', coalesce((
@@ -253,12 +255,12 @@ SELECT json_build_object(
              actual_tokens, actual_micros
       FROM budget_reservations ORDER BY created_at DESC LIMIT $1) r), '[]'::json))
 "#;
-    Ok(Json(view(&s, &c, SQL, None).await?))
+    Ok(Json(view(&s, &t, SQL, None).await?))
 }
 
 /// `GET /v1/platform/channels`: the most recent inbound conversation events and outbound
 /// deliveries of the project's channels.
-pub async fn channels(State(s): State<AppState>, c: Caller) -> Result<impl IntoResponse> {
+pub async fn channels(State(s): State<AppState>, t: Tenant<Read>) -> Result<impl IntoResponse> {
     const SQL: &str = r#"
 SELECT json_build_object(
   'events', coalesce((
@@ -272,5 +274,5 @@ SELECT json_build_object(
              latency_ms
       FROM channel_deliveries ORDER BY at DESC LIMIT $1) d), '[]'::json))
 "#;
-    Ok(Json(view(&s, &c, SQL, None).await?))
+    Ok(Json(view(&s, &t, SQL, None).await?))
 }

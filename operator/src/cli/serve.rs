@@ -39,6 +39,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http::mcp::McpState::new(gateway.clone(), p.control.db().clone(), args.max_body_bytes)
             .with_allowed_origins(args.gateway.gateway_allowed_origins.clone());
     let hub = channel_hub(&p, &args.channels, &state.metrics);
+    // Activations drop the hub's cached channels and run bases at once (the TTL bounds it).
+    let _invalidation = hub.spawn_invalidation();
     let router = http::app(state)
         .merge(http::mcp::router(mcp))
         .merge(crate::channels::routes(hub));

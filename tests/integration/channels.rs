@@ -1294,16 +1294,31 @@ async fn long_runs_show_progress_with_line_loading_animation_and_slack_chat_upda
     let posts = env.double.calls("slack", "chat.postMessage");
     let updates = env.double.calls("slack", "chat.update");
     assert_eq!((posts.len(), updates.len()), (1, 1));
-    assert!(posts[0].body["text"].as_str().unwrap().contains("Still on it"));
+    assert!(
+        posts[0].body["text"]
+            .as_str()
+            .unwrap()
+            .contains("Still on it")
+    );
     assert_eq!(posts[0].body["channel"], "Cslow");
     assert_eq!(updates[0].body["channel"], "Cslow");
-    assert!(updates[0].body["ts"].as_str().unwrap().starts_with("1764288000."));
+    assert!(
+        updates[0].body["ts"]
+            .as_str()
+            .unwrap()
+            .starts_with("1764288000.")
+    );
     // 90 s: the animation has run out: LINE gets one status push; Slack another edit.
     advance().await;
     assert_eq!(d.progress_tick().await.unwrap(), 2);
     let pushes = env.double.calls("line", "message/push");
     assert_eq!(pushes.len(), 1);
-    assert!(pushes[0].body["messages"][0]["text"].as_str().unwrap().contains("Still on it"));
+    assert!(
+        pushes[0].body["messages"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Still on it")
+    );
     assert_eq!(env.double.calls("slack", "chat.update").len(), 2);
     // 120 s: LINE has no edit, so no second status message; Slack edits again.
     advance().await;
@@ -1389,7 +1404,10 @@ async fn refused_webhooks_write_one_audit_row_per_channel_and_code_per_window() 
     );
     let mut codes = audit_codes(&env, "chan-a").await;
     codes.sort();
-    assert_eq!(codes, vec!["E-CHANNEL-002", "E-CHANNEL-002", "E-CHANNEL-003"]);
+    assert_eq!(
+        codes,
+        vec!["E-CHANNEL-002", "E-CHANNEL-002", "E-CHANNEL-003"]
+    );
     let rows = env
         .rows("chan-a", "SELECT target, code FROM audit_log WHERE action = 'channel.webhook' ORDER BY target, code")
         .await;
@@ -1409,11 +1427,15 @@ async fn refused_webhooks_write_one_audit_row_per_channel_and_code_per_window() 
         "{m}"
     );
     assert!(
-        m.contains(r#"awooop_channel_refusals_unaudited_total{provider="telegram",code="E-CHANNEL-003"} 4"#),
+        m.contains(
+            r#"awooop_channel_refusals_unaudited_total{provider="telegram",code="E-CHANNEL-003"} 4"#
+        ),
         "{m}"
     );
     assert!(
-        m.contains(r#"awooop_channel_refusals_unaudited_total{provider="telegram",code="E-CHANNEL-002"} 2"#),
+        m.contains(
+            r#"awooop_channel_refusals_unaudited_total{provider="telegram",code="E-CHANNEL-002"} 2"#
+        ),
         "{m}"
     );
     env.t.cleanup().await;
@@ -1433,7 +1455,10 @@ async fn messages_to_one_chat_are_held_to_the_per_chat_rate_limit() {
     // A reply of two parts to chat 55, and a reply to chat 66.
     let signed = sdk(
         &py,
-        json!([tg_update(8001, &"z".repeat(5000), 55), tg_update(8002, "other chat", 66)]),
+        json!([
+            tg_update(8001, &"z".repeat(5000), 55),
+            tg_update(8002, "other chat", 66)
+        ]),
     );
     for s in &signed {
         let (st, v) = env.post("/v1/webhooks/chan-a/tg", s).await;
@@ -1474,7 +1499,14 @@ async fn channel_register_sets_the_telegram_webhook_with_a_generated_secret_and_
          "verify_secret": {"env": {"var": "CHAN_R_LINE_SECRET"}},
          "send_credential": {"env": {"var": "CHAN_R_LINE_TOKEN"}}, "outbound": true}
     ]});
-    setup_project(&cp, &StaticSecrets::default(), "chan-r", contract, TG_SECRET).await;
+    setup_project(
+        &cp,
+        &StaticSecrets::default(),
+        "chan-r",
+        contract,
+        TG_SECRET,
+    )
+    .await;
     let state = std::env::temp_dir().join(format!("awooop-chan-state-{}", t.name));
     let urls = double.urls();
     let run = |args: Vec<&str>| {
@@ -1532,7 +1564,10 @@ async fn channel_register_sets_the_telegram_webhook_with_a_generated_secret_and_
     assert!(!out.contains(&secret) && !err.contains(&secret));
     assert!(!out.contains(TG_TOKEN) && !err.contains(TG_TOKEN));
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&secret_file)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
     let set = double.calls("telegram", "setWebhook");
     assert_eq!(set.len(), 1, "{set:?}");

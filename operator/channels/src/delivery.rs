@@ -106,8 +106,8 @@ fn provider_label(p: ChannelProvider) -> &'static str {
 impl DeliveryWorker {
     pub fn new(hub: Hub, cfg: DeliveryConfig) -> Arc<Self> {
         let pool = hub.control().db().pool_for_health().clone();
-        let chats = governor::Quota::with_period(cfg.chat_min_interval)
-            .map(governor::RateLimiter::keyed);
+        let chats =
+            governor::Quota::with_period(cfg.chat_min_interval).map(governor::RateLimiter::keyed);
         Arc::new(Self {
             hub,
             pool,

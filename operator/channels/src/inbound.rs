@@ -82,8 +82,8 @@ async fn refuse(hub: &Hub, ch: &ResolvedChannel, bytes: usize, e: Error) -> Erro
     hub.metrics().refused(provider, e.code.as_str());
     hub.metrics().inbound(provider, "rejected", 1);
     // Anyone can post to a webhook URL: at most one audit row per channel and code per window.
-    let audited = tenancy::current()
-        .is_some_and(|p| hub.audit_refusal(&p, ch.name(), e.code.as_str()));
+    let audited =
+        tenancy::current().is_some_and(|p| hub.audit_refusal(&p, ch.name(), e.code.as_str()));
     if !audited {
         hub.metrics().unaudited(provider, e.code.as_str());
         return e;
@@ -442,10 +442,7 @@ async fn prepare_job(
         mirrored: mirror,
         basis: basis.ok(),
         items,
-        denials: denials
-            .iter()
-            .map(|(c, v)| (*c, v.clone()))
-            .collect(),
+        denials: denials.iter().map(|(c, v)| (*c, v.clone())).collect(),
     })
 }
 

@@ -300,8 +300,8 @@ impl Hub {
             .build()
             .expect("HTTP client");
         let egress = awooop_policy::PolicySource::from_db(control.db().clone());
-        let refusal_audit =
-            governor::Quota::with_period(config.refusal_audit_window).map(governor::RateLimiter::keyed);
+        let refusal_audit = governor::Quota::with_period(config.refusal_audit_window)
+            .map(governor::RateLimiter::keyed);
         Self {
             inner: Arc::new(HubInner {
                 egress,
@@ -458,7 +458,12 @@ impl Hub {
     }
 
     /// Whether this refusal gets an audit row (else it is only counted).
-    pub(crate) fn audit_refusal(&self, project: &ProjectId, channel: &str, code: &'static str) -> bool {
+    pub(crate) fn audit_refusal(
+        &self,
+        project: &ProjectId,
+        channel: &str,
+        code: &'static str,
+    ) -> bool {
         let Some(l) = &self.inner.refusal_audit else {
             return true;
         };

@@ -331,11 +331,7 @@ impl RunService {
             Err(e) => return Err(e),
         };
         let project_mode = self.control.mode().await?;
-        let (agent_ptr, _) = match self
-            .control
-            .active_typed(ContractKind::Agent, agent)
-            .await
-        {
+        let (agent_ptr, _) = match self.control.active_typed(ContractKind::Agent, agent).await {
             Ok(x) => x,
             Err(e) if e.code == ErrorCode::ContractNotFound => {
                 return Err(Error::new(

@@ -105,7 +105,10 @@ pub async fn insert_runs(conn: &mut PgConnection, project: &str, rs: &[NewRun<'_
         keys.push(r.idempotency_key);
         max_attempts.push(r.max_attempts);
         deadlines.push(r.deadline_seconds as f64);
-        reply_tos.push(r.reply_to.map(|x| serde_json::to_value(x).expect("serialisable")));
+        reply_tos.push(
+            r.reply_to
+                .map(|x| serde_json::to_value(x).expect("serialisable")),
+        );
         leases.push(r.lease_seconds);
         max_concurrent.push(r.max_concurrent);
     }

@@ -276,7 +276,12 @@ async fn line_message(s: Shared, Path(op): Path<String>, h: HeaderMap, body: Byt
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(k) = &retry_key
-        && let Some(accepted) = s.lock().expect("double lock").line_retry_keys.get(k).cloned()
+        && let Some(accepted) = s
+            .lock()
+            .expect("double lock")
+            .line_retry_keys
+            .get(k)
+            .cloned()
     {
         return (
             StatusCode::CONFLICT,

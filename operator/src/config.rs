@@ -1218,9 +1218,9 @@ impl ChannelArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ChannelCmd {
-    /// Register a channel's webhook: Telegram `setWebhook` with a generated secret token
-    /// (written to the channel's verify_secret file ref, or to STATE_DIR/channels/), and what to
-    /// configure for LINE and Slack.
+    /// Register a channel's webhook: Telegram `setWebhook` with its secret token (generated into
+    /// the channel's verify_secret file ref under AWOOOP_GATEWAY_CREDENTIAL_DIR/P/ when that
+    /// does not resolve yet), and what to configure for LINE and Slack.
     Register {
         #[command(flatten)]
         db: DbArgs,

@@ -203,6 +203,8 @@ impl Env {
                 urls: double.urls(),
                 cache_ttl: Duration::ZERO,
                 allow_insecure_forward: true,
+                // Every refusal audited here; the rate limit has its own test.
+                refusal_audit_window: Duration::ZERO,
                 ..HubConfig::default()
             },
         );
@@ -1122,4 +1124,541 @@ async fn a_long_run_gets_a_status_message_edited_in_place_then_the_reply_and_not
     let _ = stop.send(true);
     let _ = w.await;
     env.t.cleanup().await;
+}
+
+/// Run the queued runs of the project to completion with the scripted executor.
+async fn run_all(env: &Env, n: i64) {
+    let worker = env.worker(env.scripted());
+    let (stop, rx) = shutdown_channel();
+    let w = tokio::spawn(worker.clone().run(rx));
+    eventually("the runs finish", || async {
+        env.count(
+            "chan-a",
+            "SELECT count(*) FROM runs WHERE state = 'succeeded'",
+        )
+        .await
+            == n
+    })
+    .await;
+    let _ = stop.send(true);
+    let _ = w.await;
+}
+
+async fn make_due(env: &Env) {
+    let mut tx = scoped_tx(&env.t.owner, "chan-a").await;
+    sqlx::query("UPDATE outbound_messages SET next_attempt_at = now() WHERE status = 'pending'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn line_replies_with_the_reply_token_while_valid_then_pushes_with_an_idempotent_retry_key() {
+    let Some(py) = python() else { return };
+    let (env, p) = Env::new(channels_contract(None, 0, &[], None)).await;
+    set_mode(&env.cp, &p, MigrationMode::Canary).await;
+    let signed = sdk(
+        &py,
+        json!([
+            {"provider": "line", "secret": LINE_SECRET, "events": [
+                {"webhook_event_id": "01LINEFRESH1", "text": "fresh", "user_id": "Ufresh", "reply_token": "rt-fresh"}]},
+            {"provider": "line", "secret": LINE_SECRET, "events": [
+                {"webhook_event_id": "01LINELATE01", "text": "late", "user_id": "Ulate", "reply_token": "rt-late"}]}
+        ]),
+    );
+    let d = env.delivery();
+    // 1. Answered within the reply token's life: the reply API, with that token.
+    let (s, v) = env.post("/v1/webhooks/chan-a/line", &signed[0]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    run_all(&env, 1).await;
+    assert_eq!(d.tick().await.unwrap(), 1);
+    let replies = env.double.calls("line", "message/reply");
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].body["replyToken"], "rt-fresh");
+    assert_eq!(replies[0].body["messages"][0]["text"], "you said: fresh");
+    assert_eq!(replies[0].token.as_deref(), Some("line-access-token"));
+    assert!(env.double.calls("line", "message/push").is_empty());
+
+    // 2. The token has expired (LINE: about a minute) when the reply is ready: a push to the
+    // user, with X-Line-Retry-Key. LINE carries the first push out but its answer is lost;
+    // the retry carries the same key, LINE answers 409, and the user got one message.
+    let (s, v) = env.post("/v1/webhooks/chan-a/line", &signed[1]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut tx = scoped_tx(&env.t.owner, "chan-a").await;
+    sqlx::query("UPDATE conversation_events SET received_at = now() - interval '2 minutes' WHERE external_id = '01LINELATE01'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    run_all(&env, 2).await;
+    env.double.fault("line", [Fault::LostAnswer]);
+    assert_eq!(d.tick().await.unwrap(), 1);
+    make_due(&env).await;
+    assert_eq!(d.tick().await.unwrap(), 1);
+    assert_eq!(env.double.calls("line", "message/reply").len(), 1);
+    let pushes = env.double.calls("line", "message/push");
+    assert_eq!(pushes.len(), 2, "{pushes:?}");
+    assert_eq!(pushes[0].body["to"], "Ulate");
+    assert_eq!(pushes[0].body["messages"][0]["text"], "you said: late");
+    let key = pushes[0].header("x-line-retry-key").expect("retry key");
+    assert!(uuid::Uuid::parse_str(key).is_ok(), "{key}");
+    assert_eq!(pushes[1].header("x-line-retry-key"), Some(key));
+    let delivered_pushes = env
+        .double
+        .delivered("line")
+        .into_iter()
+        .filter(|r| r.method == "message/push")
+        .count();
+    assert_eq!(delivered_pushes, 1, "the user got the message once");
+    let attempts = env
+        .rows("chan-a", "SELECT d.attempt, d.status, d.http_status FROM channel_deliveries d JOIN outbound_messages m USING (project_id, message_id) WHERE m.conversation = 'Ulate' ORDER BY d.at, d.delivery_id")
+        .await;
+    assert_eq!(
+        attempts,
+        vec![
+            json!({"attempt": 1, "status": "retry", "http_status": 500}),
+            json!({"attempt": 2, "status": "sent", "http_status": 409})
+        ]
+    );
+    assert_eq!(
+        env.count(
+            "chan-a",
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'"
+        )
+        .await,
+        2
+    );
+    env.t.cleanup().await;
+}
+
+#[tokio::test]
+async fn long_runs_show_progress_with_line_loading_animation_and_slack_chat_update() {
+    let Some(py) = python() else { return };
+    // LINE and Slack channels keep the default progress interval (30 s).
+    let (env, p) = Env::new(channels_contract(None, 0, &[], None)).await;
+    set_mode(&env.cp, &p, MigrationMode::Canary).await;
+    let signed = sdk(
+        &py,
+        json!([
+            {"provider": "line", "secret": LINE_SECRET, "events": [
+                {"webhook_event_id": "01LINESLOW01", "text": "slow line", "user_id": "Uslow", "reply_token": "rt-slow"}]},
+            {"provider": "slack", "secret": SLACK_SECRET, "timestamp": now(), "body": {
+                "type": "event_callback", "event_id": "EvSlow1", "team_id": "T1",
+                "event": {"type": "message", "user": "U7", "channel": "Cslow", "text": "slow slack", "ts": "1.2"}}}
+        ]),
+    );
+    for (path, s) in [
+        ("/v1/webhooks/chan-a/line", &signed[0]),
+        ("/v1/webhooks/chan-a/slack", &signed[1]),
+    ] {
+        let (st, v) = env.post(path, s).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let release = Arc::new(tokio::sync::Notify::new());
+    let worker = env.worker(Arc::new(Gated {
+        release: release.clone(),
+    }));
+    let (stop, rx) = shutdown_channel();
+    let w = tokio::spawn(worker.clone().run(rx));
+    eventually("both runs are running", || async {
+        env.count(
+            "chan-a",
+            "SELECT count(*) FROM runs WHERE state = 'running'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    let d = env.delivery();
+    assert_eq!(d.progress_tick().await.unwrap(), 0, "not due yet");
+    let advance = || async {
+        let mut tx = scoped_tx(&env.t.owner, "chan-a").await;
+        sqlx::query("UPDATE channel_progress SET next_at = now() WHERE NOT done")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    };
+    // 30 s, 60 s: LINE shows the loading animation; Slack posts a status and edits it.
+    for _ in 0..2 {
+        advance().await;
+        assert_eq!(d.progress_tick().await.unwrap(), 2);
+    }
+    let loading = env.double.calls("line", "chat/loading/start");
+    assert_eq!(loading.len(), 2, "{loading:?}");
+    assert_eq!(loading[0].body["chatId"], "Uslow");
+    let secs = loading[0].body["loadingSeconds"].as_u64().unwrap();
+    assert!((5..=60).contains(&secs) && secs % 5 == 0, "{secs}");
+    assert!(env.double.calls("line", "message/push").is_empty());
+    let posts = env.double.calls("slack", "chat.postMessage");
+    let updates = env.double.calls("slack", "chat.update");
+    assert_eq!((posts.len(), updates.len()), (1, 1));
+    assert!(
+        posts[0].body["text"]
+            .as_str()
+            .unwrap()
+            .contains("Still on it")
+    );
+    assert_eq!(posts[0].body["channel"], "Cslow");
+    assert_eq!(updates[0].body["channel"], "Cslow");
+    assert!(
+        updates[0].body["ts"]
+            .as_str()
+            .unwrap()
+            .starts_with("1764288000.")
+    );
+    // 90 s: the animation has run out: LINE gets one status push; Slack another edit.
+    advance().await;
+    assert_eq!(d.progress_tick().await.unwrap(), 2);
+    let pushes = env.double.calls("line", "message/push");
+    assert_eq!(pushes.len(), 1);
+    assert!(
+        pushes[0].body["messages"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Still on it")
+    );
+    assert_eq!(env.double.calls("slack", "chat.update").len(), 2);
+    // 120 s: LINE has no edit, so no second status message; Slack edits again.
+    advance().await;
+    assert_eq!(d.progress_tick().await.unwrap(), 1);
+    assert_eq!(env.double.calls("line", "message/push").len(), 1);
+    assert_eq!(env.double.calls("slack", "chat.update").len(), 3);
+    // The runs end: the replies go out and nothing follows them.
+    release.notify_waiters();
+    eventually("the runs succeed", || async {
+        env.count(
+            "chan-a",
+            "SELECT count(*) FROM runs WHERE state = 'succeeded'",
+        )
+        .await
+            == 2
+    })
+    .await;
+    assert_eq!(d.tick().await.unwrap(), 2);
+    let before = env.double.requests().len();
+    advance().await;
+    assert_eq!(d.progress_tick().await.unwrap(), 0);
+    assert_eq!(env.double.requests().len(), before);
+    let slack_last = env.double.calls("slack", "chat.postMessage");
+    assert_eq!(slack_last.len(), 2);
+    assert_eq!(slack_last[1].body["text"], "done: slow slack");
+    assert_eq!(
+        env.count("chan-a", "SELECT count(*) FROM channel_progress WHERE done")
+            .await,
+        2
+    );
+    let _ = stop.send(true);
+    let _ = w.await;
+    env.t.cleanup().await;
+}
+
+#[tokio::test]
+async fn refused_webhooks_write_one_audit_row_per_channel_and_code_per_window() {
+    let (env, _p) = Env::new(channels_contract(None, 0, &[], None)).await;
+    // The platform default: one row per (channel, code) per minute.
+    let hub = Hub::new(
+        env.cp.clone(),
+        env.secrets.clone(),
+        HubConfig {
+            urls: env.double.urls(),
+            cache_ttl: Duration::ZERO,
+            ..HubConfig::default()
+        },
+    );
+    let router = awooop::channels::routes(hub.clone());
+    let send = |secret: Option<&'static str>, path: &'static str| {
+        let router = router.clone();
+        async move {
+            let mut req = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("content-type", "application/json");
+            if let Some(s) = secret {
+                req = req.header("x-telegram-bot-api-secret-token", s);
+            }
+            router
+                .oneshot(req.body(Body::from(r#"{"update_id": 1}"#)).unwrap())
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            send(Some("wrong-secret"), "/v1/webhooks/chan-a/tg").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            send(None, "/v1/webhooks/chan-a/tg").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Another channel has its own allowance.
+    assert_eq!(
+        send(Some("wrong-secret"), "/v1/webhooks/chan-a/line").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let mut codes = audit_codes(&env, "chan-a").await;
+    codes.sort();
+    assert_eq!(
+        codes,
+        vec!["E-CHANNEL-002", "E-CHANNEL-002", "E-CHANNEL-003"]
+    );
+    let rows = env
+        .rows("chan-a", "SELECT target, code FROM audit_log WHERE action = 'channel.webhook' ORDER BY target, code")
+        .await;
+    assert_eq!(
+        rows,
+        vec![
+            json!({"target": "line", "code": "E-CHANNEL-002"}),
+            json!({"target": "tg", "code": "E-CHANNEL-002"}),
+            json!({"target": "tg", "code": "E-CHANNEL-003"})
+        ]
+    );
+    // Every refusal is counted; those without a row also as unaudited.
+    let mut m = String::new();
+    hub.metrics().encode(&mut m);
+    assert!(
+        m.contains(r#"awooop_channel_verification_failures_total{provider="telegram",code="E-CHANNEL-003"} 5"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            r#"awooop_channel_refusals_unaudited_total{provider="telegram",code="E-CHANNEL-003"} 4"#
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            r#"awooop_channel_refusals_unaudited_total{provider="telegram",code="E-CHANNEL-002"} 2"#
+        ),
+        "{m}"
+    );
+    env.t.cleanup().await;
+}
+
+#[tokio::test]
+async fn messages_to_one_chat_are_held_to_the_per_chat_rate_limit() {
+    let Some(py) = python() else { return };
+    let (env, p) = Env::new(channels_contract(
+        None,
+        0,
+        &[],
+        Some(json!({"conversations": []})),
+    ))
+    .await;
+    set_mode(&env.cp, &p, MigrationMode::Canary).await;
+    // A reply of two parts to chat 55, and a reply to chat 66.
+    let signed = sdk(
+        &py,
+        json!([
+            tg_update(8001, &"z".repeat(5000), 55),
+            tg_update(8002, "other chat", 66)
+        ]),
+    );
+    for s in &signed {
+        let (st, v) = env.post("/v1/webhooks/chan-a/tg", s).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    run_all(&env, 2).await;
+    let d = DeliveryWorker::new(
+        env.hub.clone(),
+        DeliveryConfig {
+            chat_min_interval: Duration::from_secs(1),
+            ..DeliveryConfig::default()
+        },
+    );
+    assert_eq!(d.tick().await.unwrap(), 2);
+    let sends = env.double.calls("telegram", "sendMessage");
+    assert_eq!(sends.len(), 3, "{sends:?}");
+    let to_55: Vec<_> = sends.iter().filter(|r| r.body["chat_id"] == "55").collect();
+    assert_eq!(to_55.len(), 2);
+    // Telegram allows about one message per second per chat: the second part waited.
+    let gap = to_55[1].at.duration_since(to_55[0].at);
+    assert!(gap >= Duration::from_millis(950), "{gap:?}");
+    env.t.cleanup().await;
+}
+
+#[tokio::test]
+async fn channel_register_sets_the_telegram_webhook_with_a_generated_secret_and_channel_test_sends()
+{
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let double = ProviderDouble::start().await.unwrap();
+    let creds = std::env::temp_dir().join(format!("awooop-chan-creds-{}", t.name));
+    let secret_file = creds.join("chan-r").join("tg-webhook-secret");
+    let contract = json!({"channels": [
+        {"name": "tg", "provider": "telegram", "agent": "echo",
+         "verify_secret": {"file": {"path": secret_file.to_str().unwrap()}},
+         "send_credential": {"env": {"var": "CHAN_R_TG_TOKEN"}}, "outbound": true},
+        {"name": "line", "provider": "line", "agent": "echo",
+         "verify_secret": {"env": {"var": "CHAN_R_LINE_SECRET"}},
+         "send_credential": {"env": {"var": "CHAN_R_LINE_TOKEN"}}, "outbound": true}
+    ]});
+    setup_project(
+        &cp,
+        &StaticSecrets::default(),
+        "chan-r",
+        contract,
+        TG_SECRET,
+    )
+    .await;
+    let state = std::env::temp_dir().join(format!("awooop-chan-state-{}", t.name));
+    let urls = double.urls();
+    let run = |args: Vec<&str>| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_awooop"));
+        c.args(args)
+            .args([
+                "--telegram-api-url",
+                &urls.telegram,
+                "--line-api-url",
+                &urls.line,
+                "--slack-api-url",
+                &urls.slack,
+            ])
+            .env("DATABASE_URL", &t.url)
+            .env("AWOOOP_STATE_DIR", &state)
+            .env("HOME", &state)
+            .env("AWOOOP_GATEWAY_CREDENTIAL_DIR", &creds)
+            .env(
+                "AWOOOP_GATEWAY_ENV_CREDENTIALS",
+                "chan-r:CHAN_R_TG_TOKEN,chan-r:CHAN_R_LINE_SECRET,chan-r:CHAN_R_LINE_TOKEN",
+            )
+            .env("CHAN_R_TG_TOKEN", TG_TOKEN)
+            .env("CHAN_R_LINE_SECRET", LINE_SECRET)
+            .env("CHAN_R_LINE_TOKEN", "line-access-token")
+            .env_remove("REDIS_URL")
+            .env_remove("KUBECONFIG");
+        async move {
+            let out = c.output().await.unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        }
+    };
+    let base = [
+        "channel",
+        "register",
+        "--project",
+        "chan-r",
+        "--public-url",
+        "https://hooks.example.com/",
+    ];
+    let (code, out, err) = run([&base[..], &["--channel", "tg"]].concat()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["webhook"],
+        "https://hooks.example.com/v1/webhooks/chan-r/tg"
+    );
+    // A secret token was generated into the channel's verify_secret file (owner-only) and
+    // given to setWebhook; it is not printed.
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert_eq!(secret.len(), 64, "{secret}");
+    assert!(!out.contains(&secret) && !err.contains(&secret));
+    assert!(!out.contains(TG_TOKEN) && !err.contains(TG_TOKEN));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&secret_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    let set = double.calls("telegram", "setWebhook");
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_eq!(set[0].token.as_deref(), Some(TG_TOKEN));
+    assert_eq!(
+        set[0].body["url"],
+        "https://hooks.example.com/v1/webhooks/chan-r/tg"
+    );
+    assert_eq!(set[0].body["secret_token"], secret.as_str());
+    // Registering again keeps the secret the provider already has.
+    let (code, _, err) = run([&base[..], &["--channel", "tg"]].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), secret);
+    let set = double.calls("telegram", "setWebhook");
+    assert_eq!(set[1].body["secret_token"], secret.as_str());
+    // LINE: nothing to call, what to configure is printed.
+    let (code, out, err) = run([&base[..], &["--channel", "line"]].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["webhook"],
+        "https://hooks.example.com/v1/webhooks/chan-r/line"
+    );
+    assert!(v["configure"].as_str().unwrap().contains("Webhook URL"));
+    assert!(!out.contains(LINE_SECRET));
+    // A plain-HTTP public URL is refused.
+    let (code, _, _) = run(vec![
+        "channel",
+        "register",
+        "--project",
+        "chan-r",
+        "--channel",
+        "tg",
+        "--public-url",
+        "http://hooks.example.com",
+    ])
+    .await;
+    assert_ne!(code, 0);
+
+    // channel test: one message through the channel's send credential.
+    let (code, out, err) = run(vec![
+        "channel",
+        "test",
+        "--project",
+        "chan-r",
+        "--channel",
+        "tg",
+        "--conversation",
+        "4242",
+        "--text",
+        "ping <ok>",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sent"], true);
+    let sends = double.calls("telegram", "sendMessage");
+    assert_eq!(sends.len(), 1);
+    assert_eq!(sends[0].body["chat_id"], "4242");
+    assert_eq!(sends[0].body["text"], "ping &lt;ok&gt;");
+    let (code, _, err) = run(vec![
+        "channel",
+        "test",
+        "--project",
+        "chan-r",
+        "--channel",
+        "line",
+        "--conversation",
+        "Uline",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let pushes = double.calls("line", "message/push");
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].body["to"], "Uline");
+    assert!(pushes[0].header("x-line-retry-key").is_some());
+    // Another project's channel cannot be used with this project's name.
+    let (code, _, _) = run(vec![
+        "channel",
+        "test",
+        "--project",
+        "chan-x",
+        "--channel",
+        "tg",
+        "--conversation",
+        "1",
+    ])
+    .await;
+    assert_ne!(code, 0);
+    assert_eq!(double.calls("telegram", "sendMessage").len(), 1);
+    let _ = std::fs::remove_dir_all(&creds);
+    let _ = std::fs::remove_dir_all(&state);
+    t.cleanup().await;
 }

@@ -17,9 +17,8 @@
 //!   The progress row is locked while a status is sent and the reply first marks it done, so
 //!   no status message can follow the reply.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
@@ -74,7 +73,9 @@ pub struct DeliveryWorker {
     hub: Hub,
     pool: PgPool,
     cfg: DeliveryConfig,
-    last_chat_send: Mutex<HashMap<ChatKey, Instant>>,
+    /// Every message to a chat (reply parts and status messages alike) takes a token:
+    /// one per `chat_min_interval` per (project, channel, conversation). None: unlimited.
+    chats: Option<governor::DefaultKeyedRateLimiter<ChatKey>>,
 }
 
 /// The text of a run's output: a string, or the `text`/`result` string of an object, else the
@@ -105,11 +106,13 @@ fn provider_label(p: ChannelProvider) -> &'static str {
 impl DeliveryWorker {
     pub fn new(hub: Hub, cfg: DeliveryConfig) -> Arc<Self> {
         let pool = hub.control().db().pool_for_health().clone();
+        let chats =
+            governor::Quota::with_period(cfg.chat_min_interval).map(governor::RateLimiter::keyed);
         Arc::new(Self {
             hub,
             pool,
             cfg,
-            last_chat_send: Mutex::new(HashMap::new()),
+            chats,
         })
     }
 
@@ -172,19 +175,37 @@ impl DeliveryWorker {
             .delay((attempt.clamp(1, 16) - 1) as u32)
     }
 
-    fn note_chat(&self, project: &str, channel: &str, conversation: &str) {
-        self.last_chat_send.lock().expect("chat lock").insert(
-            (project.into(), channel.into(), conversation.into()),
-            Instant::now(),
-        );
+    fn chat_key(project: &str, channel: &str, conversation: &str) -> ChatKey {
+        (project.into(), channel.into(), conversation.into())
     }
 
+    /// Wait for the chat's next send slot (reply parts).
+    async fn chat_wait(&self, project: &str, channel: &str, conversation: &str) {
+        if let Some(l) = &self.chats {
+            self.evict_quiet_chats();
+            l.until_key_ready(&Self::chat_key(project, channel, conversation))
+                .await;
+        }
+    }
+
+    /// Take the chat's send slot if it is free now (status messages: else they wait a turn).
     fn chat_ready(&self, project: &str, channel: &str, conversation: &str) -> bool {
-        self.last_chat_send
-            .lock()
-            .expect("chat lock")
-            .get(&(project.into(), channel.into(), conversation.into()))
-            .is_none_or(|t| t.elapsed() >= self.cfg.chat_min_interval)
+        self.chats.as_ref().is_none_or(|l| {
+            self.evict_quiet_chats();
+            l.check_key(&Self::chat_key(project, channel, conversation))
+                .is_ok()
+        })
+    }
+
+    /// Chats idle for a full interval are indistinguishable from new ones: drop them so the
+    /// limiter's memory follows the active chats.
+    fn evict_quiet_chats(&self) {
+        if let Some(l) = &self.chats
+            && l.len() > 10_000
+        {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
     }
 
     async fn finish(
@@ -283,7 +304,10 @@ impl DeliveryWorker {
             None
         };
         for (i, texts) in parts.iter().enumerate().skip(m.parts_sent.max(0) as usize) {
-            let timed = providers::send(
+            self.chat_wait(&m.project_id, &m.channel, &m.conversation)
+                .await;
+            let used_reply_token = reply_token.take();
+            let mut timed = providers::send(
                 hub.http(),
                 &hub.config().urls,
                 provider,
@@ -291,10 +315,39 @@ impl DeliveryWorker {
                 &m.conversation,
                 texts,
                 providers::line_retry_key(m.message_id, i),
-                reply_token.take().as_deref(),
+                used_reply_token.as_deref(),
                 if i == last { buttons.as_slice() } else { &[] },
             )
             .await;
+            if used_reply_token.is_some()
+                && let SendOutcome::Rejected { status, .. } = &timed.outcome
+            {
+                // A reply token LINE no longer takes (expired, used): the same part as a push,
+                // whose retry key keeps it to one message.
+                let mut tx = hub.control().db().tenant().await?;
+                store::record_attempt(
+                    &mut tx,
+                    &store::Attempt {
+                        http_status: *status,
+                        latency_ms: timed.latency.as_millis() as u64,
+                        ..attempt("retry", Some(ErrorCode::ChannelDeliveryFailed), i as i32)
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+                timed = providers::send(
+                    hub.http(),
+                    &hub.config().urls,
+                    provider,
+                    &token,
+                    &m.conversation,
+                    texts,
+                    providers::line_retry_key(m.message_id, i),
+                    None,
+                    if i == last { buttons.as_slice() } else { &[] },
+                )
+                .await;
+            }
             hub.metrics()
                 .delivery_seconds
                 .get_or_create(&super::metrics::ProviderLabel {
@@ -308,7 +361,6 @@ impl DeliveryWorker {
                     provider_id,
                     status,
                 } => {
-                    self.note_chat(&m.project_id, &m.channel, &m.conversation);
                     let mut tx = hub.control().db().tenant().await?;
                     store::record_attempt(
                         &mut tx,
@@ -555,7 +607,6 @@ impl DeliveryWorker {
         };
         match timed.outcome {
             SendOutcome::Sent { provider_id, .. } => {
-                self.note_chat(project.as_str(), &channel, &conversation);
                 sqlx::query(
                     "UPDATE channel_progress SET provider_message_id = coalesce($2, provider_message_id), \
                        updates = updates + 1, last_text = $3, next_at = now() + make_interval(secs => $4) \

@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::normalize::{self, Normalized, Parsed};
-use super::{Hub, ResolvedChannel, Route, store, verify};
+use super::writer::{Item, Job, WriteError};
+use super::{Hub, ResolvedChannel, Route, verify};
 use awooop_contracts::ChannelProvider;
 use awooop_control::MigrationMode;
 use awooop_core::error::{Error, ErrorCode, Result};
@@ -80,6 +81,13 @@ async fn refuse(hub: &Hub, ch: &ResolvedChannel, bytes: usize, e: Error) -> Erro
     let provider = provider_name(ch.provider());
     hub.metrics().refused(provider, e.code.as_str());
     hub.metrics().inbound(provider, "rejected", 1);
+    // Anyone can post to a webhook URL: at most one audit row per channel and code per window.
+    let audited =
+        tenancy::current().is_some_and(|p| hub.audit_refusal(&p, ch.name(), e.code.as_str()));
+    if !audited {
+        hub.metrics().unaudited(provider, e.code.as_str());
+        return e;
+    }
     audit::record_detached(
         hub.control().db(),
         Entry::denied(
@@ -193,7 +201,8 @@ fn idempotency_key(channel: &str, external_id: &str) -> String {
     }
 }
 
-/// Store verified events and queue their runs, in one tenant transaction.
+/// Store verified events and queue their runs, in one tenant transaction (group-committed
+/// with concurrent webhooks of the same project, see [`super::writer`]).
 pub async fn accept(
     hub: &Hub,
     project: &ProjectId,
@@ -206,7 +215,6 @@ pub async fn accept(
     let metrics = hub.metrics();
     let body_sha256 = hex::encode(Sha256::digest(body));
     let mut ignored = Vec::new();
-    let audit_actor = actor.principal.clone();
     let mut denials: Vec<(ErrorCode, Value)> = Vec::new();
     for kind in &parsed.unsupported {
         denials.push((
@@ -228,174 +236,75 @@ pub async fn accept(
             ignored.push(json!({"code": ErrorCode::ChannelSenderNotAllowed.as_str(), "external_id": e.external_id}));
         }
     }
-    let mode = hub.control().mode().await?;
-    let selected_all = kept.iter().all(|e| ch.canary_selected(&e.conversation));
-    let mirror = ch.channel.forward_to.is_some()
-        && (mode == MigrationMode::Shadow
-            || (mode == MigrationMode::Canary && (!selected_all || kept.is_empty())));
-
-    // Prepare the runs (reads only) before the write transaction.
-    struct Item {
-        event: Normalized,
-        event_id: Uuid,
-        trace: TraceContext,
-        text: Option<String>,
-        route: Route,
-        shadow: bool,
-        prepared: Option<awooop_runtime::PreparedRun>,
-        prepare_error: Option<Error>,
-    }
+    // Redaction and ids do not depend on the basis: once per request.
     let redactor = Redactor::global();
-    let mut items = Vec::with_capacity(kept.len());
-    for event in kept {
-        let route = hub.actions().route(&ch.channel, &event);
-        let shadow = mode == MigrationMode::Shadow
-            || (mode == MigrationMode::Canary && !ch.canary_selected(&event.conversation));
-        let text = event
-            .text
-            .as_deref()
-            .map(|t| redactor.redact_str(t).into_owned());
-        let trace = TraceContext::generate();
-        let event_id = Uuid::now_v7();
-        let (prepared, prepare_error) = if route == Route::Run {
-            let req = CreateRun {
-                agent: ch.channel.agent.as_str().to_string(),
-                input: json!({
-                    "channel": ch.name(), "provider": provider, "kind": event.kind.as_str(),
-                    "conversation": event.conversation, "sender": event.sender,
-                    "text": text, "event_id": event_id,
-                }),
-                mode: shadow.then(|| MigrationMode::Shadow.as_str().to_string()),
-                reply_to: Some(ReplyTo {
-                    channel: ch.name().to_string(),
-                    conversation: event.conversation.clone(),
-                }),
-            };
-            let key = idempotency_key(ch.name(), &event.external_id);
-            match hub
-                .runs()
-                .prepare(actor, req, Some(&key), trace.clone())
-                .await
-            {
-                Ok(p) => (Some(p), None),
-                Err(e)
-                    if matches!(
-                        e.code,
-                        ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::TenantMissing
-                    ) =>
-                {
-                    return Err(e);
-                }
-                // A configuration problem (agent inactive, input too large): the event is
-                // stored without a run and the reason audited, so the provider stops retrying.
-                Err(e) => (None, Some(e)),
-            }
-        } else {
-            (None, None)
-        };
-        items.push(Item {
-            event,
-            event_id,
-            trace,
-            text,
-            route,
-            shadow,
-            prepared,
-            prepare_error,
-        });
-    }
-
-    let mut tx = hub.control().db().tenant().await?;
-    let mut events = Vec::with_capacity(items.len());
-    let mut handled = Vec::new();
-    let (mut accepted_n, mut dup_n) = (0u64, 0u64);
-    for it in &items {
-        let inserted = store::insert_event(
-            &mut tx,
-            &store::NewEvent {
-                project: project.as_str(),
-                event_id: it.event_id,
-                channel: ch.name(),
-                provider,
-                event: &it.event,
-                text: it.text.as_deref(),
-                body_sha256: &body_sha256,
-                trace_id: &it.trace.trace_id,
-                mirrored: mirror,
-            },
+    let texts: Vec<Option<String>> = kept
+        .iter()
+        .map(|e| {
+            e.text
+                .as_deref()
+                .map(|t| redactor.redact_str(t).into_owned())
+        })
+        .collect();
+    let ids: Vec<(Uuid, TraceContext)> = kept
+        .iter()
+        .map(|_| (Uuid::now_v7(), TraceContext::generate()))
+        .collect();
+    // Prepared on a cached basis (mode, active revisions) that the write transaction checks;
+    // when it changed in between, the cache is dropped and the runs prepared again.
+    let mut attempt = 0;
+    let (job, outcomes) = loop {
+        attempt += 1;
+        let job = prepare_job(
+            hub,
+            project,
+            ch,
+            actor,
+            &kept,
+            &texts,
+            &ids,
+            &body_sha256,
+            &denials,
         )
         .await?;
-        if !inserted {
+        let summary = JobSummary::of(&job);
+        match hub.writer().submit(job).await {
+            Ok(o) => break (summary, o),
+            Err(WriteError::Stale) if attempt < 3 => {
+                hub.invalidate_project(project);
+            }
+            Err(WriteError::Stale) => {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the project's configuration changed while the events were stored; retry",
+                ));
+            }
+            Err(WriteError::Failed(e)) => return Err(e),
+        }
+    };
+    let mut events = Vec::with_capacity(kept.len());
+    let (mut accepted_n, mut dup_n) = (0u64, 0u64);
+    for (i, e) in kept.iter().enumerate() {
+        let out = outcomes.get(i).copied().unwrap_or_default();
+        if !out.inserted {
             dup_n += 1;
-            events.push(json!({"external_id": it.event.external_id, "duplicate": true}));
+            events.push(json!({"external_id": e.external_id, "duplicate": true}));
             continue;
         }
         accepted_n += 1;
-        let mut run_id = None;
-        if let Some(p) = &it.prepared {
-            let run = awooop_runtime::RunService::insert_prepared(&mut tx, p).await?;
-            store::set_event_run(&mut tx, it.event_id, run.run_id).await?;
-            let interval = ch.channel.progress_interval_seconds;
-            if interval > 0 && !it.shadow && ch.may_send(mode, &it.event.conversation) {
-                store::insert_progress(
-                    &mut tx,
-                    project.as_str(),
-                    run.run_id,
-                    ch.name(),
-                    &it.event.conversation,
-                    &run.trace_id,
-                    interval,
-                )
-                .await?;
-            }
-            run_id = Some(run.run_id);
-        }
-        if let Some(e) = &it.prepare_error {
-            audit::record(
-                &mut tx,
-                Entry {
-                    trace_id: Some(it.trace.trace_id.clone()),
-                    ..Entry::denied(
-                        &audit_actor,
-                        "channel.route",
-                        it.event_id.to_string(),
-                        e.code.as_str(),
-                        json!({"provider": provider, "reason": e.message}),
-                    )
-                },
-            )
-            .await?;
-        }
-        if it.route == Route::Handler {
-            handled.push(it);
+        let (event_id, trace) = &ids[i];
+        if job.routes[i] == Route::Handler
+            && let Err(err) = hub
+                .actions()
+                .handle(project, &ch.channel, *event_id, e)
+                .await
+        {
+            tracing::warn!(code = err.code.as_str(), %event_id, "postback handler failed");
         }
         events.push(json!({
-            "external_id": it.event.external_id, "event_id": it.event_id, "run_id": run_id,
-            "kind": it.event.kind.as_str(), "duplicate": false, "trace_id": it.trace.trace_id,
+            "external_id": e.external_id, "event_id": event_id, "run_id": out.run_id,
+            "kind": e.kind.as_str(), "duplicate": false, "trace_id": trace.trace_id,
         }));
-    }
-    for (code, details) in &denials {
-        audit::record(
-            &mut tx,
-            Entry::denied(
-                &audit_actor,
-                "channel.webhook",
-                ch.name().to_string(),
-                code.as_str(),
-                details.clone(),
-            ),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    for it in handled {
-        if let Err(e) = hub
-            .actions()
-            .handle(project, &ch.channel, it.event_id, &it.event)
-            .await
-        {
-            tracing::warn!(code = e.code.as_str(), event_id = %it.event_id, "postback handler failed");
-        }
     }
     metrics.inbound(provider, "accepted", accepted_n);
     metrics.inbound(provider, "duplicate", dup_n);
@@ -403,11 +312,137 @@ pub async fn accept(
     Ok(Accepted {
         events,
         ignored,
-        forward: if mirror {
+        forward: if job.mirror {
             ch.channel.forward_to.clone()
         } else {
             None
         },
+    })
+}
+
+/// What [`accept`] needs back of a submitted job.
+struct JobSummary {
+    routes: Vec<Route>,
+    mirror: bool,
+}
+
+impl JobSummary {
+    fn of(job: &Job) -> Self {
+        Self {
+            routes: job.items.iter().map(|i| i.route).collect(),
+            mirror: job.mirrored,
+        }
+    }
+}
+
+/// Prepare the runs of the kept events on the project's (cached) run basis: no I/O unless the
+/// basis has to be read.
+#[allow(clippy::too_many_arguments)]
+async fn prepare_job(
+    hub: &Hub,
+    project: &ProjectId,
+    ch: &ResolvedChannel,
+    actor: &Actor,
+    kept: &[Normalized],
+    texts: &[Option<String>],
+    ids: &[(Uuid, TraceContext)],
+    body_sha256: &str,
+    denials: &[(ErrorCode, Value)],
+) -> Result<Job> {
+    let provider = provider_name(ch.provider());
+    let agent = ch.channel.agent.as_str();
+    let basis = match hub.basis(project, agent).await {
+        Ok(b) => Ok(b),
+        Err(e)
+            if matches!(
+                e.code,
+                ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::TenantMissing
+            ) =>
+        {
+            return Err(e);
+        }
+        // A configuration problem (agent inactive): events are stored without a run.
+        Err(e) => Err(e),
+    };
+    let mode = match &basis {
+        Ok(b) => b.mode(),
+        Err(_) => hub.control().mode().await?,
+    };
+    let selected_all = kept.iter().all(|e| ch.canary_selected(&e.conversation));
+    let mirror = ch.channel.forward_to.is_some()
+        && (mode == MigrationMode::Shadow
+            || (mode == MigrationMode::Canary && (!selected_all || kept.is_empty())));
+    let mut items = Vec::with_capacity(kept.len());
+    for (i, event) in kept.iter().enumerate() {
+        let route = hub.actions().route(&ch.channel, event);
+        let shadow = mode == MigrationMode::Shadow
+            || (mode == MigrationMode::Canary && !ch.canary_selected(&event.conversation));
+        let (event_id, trace) = ids[i].clone();
+        let text = texts[i].clone();
+        let (prepared, prepare_error) = if route == Route::Run {
+            match &basis {
+                Err(e) => (None, Some(Error::new(e.code, e.message.clone()))),
+                Ok(b) => {
+                    let req = CreateRun {
+                        agent: agent.to_string(),
+                        input: json!({
+                            "channel": ch.name(), "provider": provider, "kind": event.kind.as_str(),
+                            "conversation": event.conversation, "sender": event.sender,
+                            "text": text, "event_id": event_id,
+                        }),
+                        mode: shadow.then(|| MigrationMode::Shadow.as_str().to_string()),
+                        reply_to: Some(ReplyTo {
+                            channel: ch.name().to_string(),
+                            conversation: event.conversation.clone(),
+                        }),
+                    };
+                    let key = idempotency_key(ch.name(), &event.external_id);
+                    match hub
+                        .runs()
+                        .prepare_on(b, actor, req, Some(&key), trace.clone())
+                    {
+                        Ok(p) => (Some(p), None),
+                        Err(e)
+                            if matches!(
+                                e.code,
+                                ErrorCode::Unavailable
+                                    | ErrorCode::Internal
+                                    | ErrorCode::TenantMissing
+                            ) =>
+                        {
+                            return Err(e);
+                        }
+                        // Input too large: stored without a run, the reason audited, so the
+                        // provider stops retrying.
+                        Err(e) => (None, Some(e)),
+                    }
+                }
+            }
+        } else {
+            (None, None)
+        };
+        items.push(Item {
+            event: event.clone(),
+            event_id,
+            trace,
+            text,
+            route,
+            progress: !shadow && ch.may_send(mode, &event.conversation),
+            prepared,
+            prepare_error,
+        });
+    }
+    Ok(Job {
+        project: project.clone(),
+        channel: ch.name().to_string(),
+        provider,
+        progress_interval: ch.channel.progress_interval_seconds,
+        actor: actor.principal.clone(),
+        body_sha256: body_sha256.to_string(),
+        mirrored: mirror,
+        basis: basis.ok(),
+        items,
+        denials: denials.iter().map(|(c, v)| (*c, v.clone())).collect(),
     })
 }
 

@@ -24,6 +24,7 @@ pub mod normalize;
 pub mod providers;
 pub mod store;
 pub mod verify;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -35,7 +36,7 @@ use uuid::Uuid;
 use awooop_contracts::{Channel, ChannelProvider, Contract, ContractKind, CredentialSource};
 use awooop_control::{ControlPlane, MigrationMode};
 use awooop_core::error::{Error, ErrorCode, Result};
-use awooop_runtime::RunService;
+use awooop_runtime::{RunBasis, RunService};
 use awooop_store::tenancy::ProjectId;
 
 pub use inbound::routes;
@@ -142,6 +143,13 @@ pub struct HubConfig {
     /// Allow `http://` forward_to URLs (tests and local runs only: a tenant-chosen URL over
     /// plain HTTP would carry verified webhooks in clear).
     pub allow_insecure_forward: bool,
+    /// Tasks writing inbound events (each writes one group-committed transaction at a time).
+    pub writers: usize,
+    /// At most one audit row per (project, channel, refusal code) per this window: an outsider
+    /// posting bad webhooks must not flood the audit log (every refusal is still counted in
+    /// `awooop_channel_verification_failures_total`, the unwritten ones also in
+    /// `awooop_channel_refusals_unaudited_total`).
+    pub refusal_audit_window: Duration,
 }
 
 impl Default for HubConfig {
@@ -152,6 +160,8 @@ impl Default for HubConfig {
             cache_ttl: Duration::from_secs(5),
             http_timeout: Duration::from_secs(10),
             allow_insecure_forward: false,
+            writers: 4,
+            refusal_audit_window: Duration::from_secs(60),
         }
     }
 }
@@ -248,6 +258,7 @@ impl ResolvedChannel {
 }
 
 type ChannelCache = RwLock<HashMap<(ProjectId, String), (Instant, Arc<ResolvedChannel>)>>;
+type BasisCache = RwLock<HashMap<(ProjectId, String), (Instant, Arc<RunBasis>)>>;
 
 /// Everything the hub's handlers and workers share.
 #[derive(Clone)]
@@ -269,6 +280,13 @@ struct HubInner {
     /// One forwarding client per project, built under the egress snapshot in force (digest).
     forward_clients: std::sync::Mutex<HashMap<String, ([u8; 32], reqwest::Client)>>,
     cache: ChannelCache,
+    /// Run bases (mode, active revisions) per (project, agent): the inbound path prepares runs
+    /// on them without reading PostgreSQL; the write transaction checks them.
+    bases: BasisCache,
+    /// Group commit of inbound events, started on first use (needs a runtime).
+    writer: std::sync::OnceLock<writer::Writer>,
+    /// One refusal audit row per (project, channel, code) per `refusal_audit_window`.
+    refusal_audit: Option<governor::DefaultKeyedRateLimiter<(ProjectId, String, &'static str)>>,
     metrics: Arc<metrics::ChannelMetrics>,
 }
 
@@ -283,6 +301,8 @@ impl Hub {
             .build()
             .expect("HTTP client");
         let egress = awooop_policy::PolicySource::from_db(control.db().clone());
+        let refusal_audit = governor::Quota::with_period(config.refusal_audit_window)
+            .map(governor::RateLimiter::keyed);
         Self {
             inner: Arc::new(HubInner {
                 egress,
@@ -294,6 +314,9 @@ impl Hub {
                 config,
                 http,
                 cache: RwLock::new(HashMap::new()),
+                bases: RwLock::new(HashMap::new()),
+                writer: std::sync::OnceLock::new(),
+                refusal_audit,
                 metrics: Arc::new(metrics::ChannelMetrics::new()),
             }),
         }
@@ -364,9 +387,100 @@ impl Hub {
         &self.inner.actions
     }
 
-    /// Drop cached channels (after an activation, in tests).
+    /// Drop cached channels and run bases (after an activation, in tests).
     pub fn invalidate(&self) {
         self.inner.cache.write().expect("cache lock").clear();
+        self.inner.bases.write().expect("basis lock").clear();
+    }
+
+    /// Drop what is cached for one project.
+    pub fn invalidate_project(&self, project: &ProjectId) {
+        self.inner
+            .cache
+            .write()
+            .expect("cache lock")
+            .retain(|(p, _), _| p != project);
+        self.inner
+            .bases
+            .write()
+            .expect("basis lock")
+            .retain(|(p, _), _| p != project);
+    }
+
+    /// Drop a project's cached channels and run bases on each activation (`LISTEN
+    /// awooop_activation`), reconnecting when the connection fails; the TTL bounds staleness
+    /// meanwhile and the write transaction re-checks the run basis either way. Mode changes
+    /// send no notification: the write transaction's check catches them.
+    pub fn spawn_invalidation(&self) -> tokio::task::JoinHandle<()> {
+        let hub = Arc::downgrade(&self.inner);
+        let pool = self.inner.control.db().pool_for_health().clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&pool).await else {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                if l.listen(awooop_control::ACTIVATION_CHANNEL).await.is_err() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                while let Ok(n) = l.recv().await {
+                    let Some(inner) = hub.upgrade() else { return };
+                    let h = Hub { inner };
+                    match serde_json::from_str::<serde_json::Value>(n.payload())
+                        .ok()
+                        .and_then(|v| v["project_id"].as_str().map(ProjectId::parse))
+                    {
+                        Some(Ok(p)) => h.invalidate_project(&p),
+                        _ => h.invalidate(),
+                    }
+                }
+                let Some(inner) = hub.upgrade() else { return };
+                Hub { inner }.invalidate();
+            }
+        })
+    }
+
+    /// The run basis of `agent` in `project` (cached for `cache_ttl`).
+    pub(crate) async fn basis(&self, project: &ProjectId, agent: &str) -> Result<Arc<RunBasis>> {
+        let key = (project.clone(), agent.to_string());
+        if let Some((at, b)) = self.inner.bases.read().expect("basis lock").get(&key)
+            && at.elapsed() < self.inner.config.cache_ttl
+        {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(self.inner.runs.basis(agent).await?);
+        self.inner
+            .bases
+            .write()
+            .expect("basis lock")
+            .insert(key, (Instant::now(), b.clone()));
+        Ok(b)
+    }
+
+    /// Whether this refusal gets an audit row (else it is only counted).
+    pub(crate) fn audit_refusal(
+        &self,
+        project: &ProjectId,
+        channel: &str,
+        code: &'static str,
+    ) -> bool {
+        let Some(l) = &self.inner.refusal_audit else {
+            return true;
+        };
+        // Keys of quiet channels are dropped again once their window has passed.
+        if l.len() > 10_000 {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        l.check_key(&(project.clone(), channel.to_string(), code))
+            .is_ok()
+    }
+
+    pub(crate) fn writer(&self) -> &writer::Writer {
+        self.inner.writer.get_or_init(|| {
+            writer::Writer::start(self.inner.control.db().clone(), self.inner.config.writers)
+        })
     }
 
     /// The channel `name` of the current project's active Channel contracts, with its

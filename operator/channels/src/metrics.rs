@@ -30,6 +30,8 @@ pub struct ChannelMetrics {
     registry: Registry,
     pub inbound: Family<InboundLabel, Counter>,
     pub verification_failures: Family<CodeLabel, Counter>,
+    /// Refusals not written to the audit log (beyond one row per channel and code per window).
+    pub refusals_unaudited: Family<CodeLabel, Counter>,
     pub delivery_seconds: Family<ProviderLabel, Histogram>,
     pub delivery_retries: Family<ProviderLabel, Counter>,
     pub delivery_failures: Family<CodeLabel, Counter>,
@@ -48,6 +50,7 @@ impl ChannelMetrics {
         let mut registry = Registry::with_prefix("awooop_channel");
         let inbound = Family::<InboundLabel, Counter>::default();
         let verification_failures = Family::<CodeLabel, Counter>::default();
+        let refusals_unaudited = Family::<CodeLabel, Counter>::default();
         let delivery_seconds = Family::<ProviderLabel, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.001, 2.0, 15))) as fn() -> Histogram,
         );
@@ -63,6 +66,11 @@ impl ChannelMetrics {
             "verification_failures",
             "Webhooks refused before parsing, by code",
             verification_failures.clone(),
+        );
+        registry.register(
+            "refusals_unaudited",
+            "Refused webhooks counted but not written to the audit log (rate limit per channel and code)",
+            refusals_unaudited.clone(),
         );
         registry.register(
             "delivery_duration_seconds",
@@ -88,6 +96,7 @@ impl ChannelMetrics {
             registry,
             inbound,
             verification_failures,
+            refusals_unaudited,
             delivery_seconds,
             delivery_retries,
             delivery_failures,
@@ -108,6 +117,15 @@ impl ChannelMetrics {
 
     pub fn refused(&self, provider: &str, code: &str) {
         self.verification_failures
+            .get_or_create(&CodeLabel {
+                provider: provider.into(),
+                code: code.into(),
+            })
+            .inc();
+    }
+
+    pub fn unaudited(&self, provider: &str, code: &str) {
+        self.refusals_unaudited
             .get_or_create(&CodeLabel {
                 provider: provider.into(),
                 code: code.into(),

@@ -20,43 +20,92 @@ pub struct NewEvent<'a> {
     pub body_sha256: &'a str,
     pub trace_id: &'a str,
     pub mirrored: bool,
+    /// The run the event starts, when known at insert time (batched writes).
+    pub run_id: Option<Uuid>,
 }
 
-/// Insert an event; `false` when the provider already delivered it (the unique index on
-/// (project, channel, external id) decides, also between concurrent transactions: the second
-/// insert waits for the first to commit and then does nothing).
-pub async fn insert_event(conn: &mut PgConnection, e: &NewEvent<'_>) -> Result<bool> {
-    let inserted = sqlx::query(
+/// Insert events in one statement; returns the ids of those inserted. The others were delivered
+/// before: the unique index on (project, channel, external id) decides, also between
+/// concurrent transactions (the second insert waits for the first to commit, then does
+/// nothing).
+pub async fn insert_events(
+    conn: &mut PgConnection,
+    rows: &[NewEvent<'_>],
+) -> Result<std::collections::HashSet<Uuid>> {
+    if rows.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut project = None;
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut channels = Vec::with_capacity(rows.len());
+    let mut providers = Vec::with_capacity(rows.len());
+    let mut externals = Vec::with_capacity(rows.len());
+    let mut conversations = Vec::with_capacity(rows.len());
+    let mut senders = Vec::with_capacity(rows.len());
+    let mut kinds = Vec::with_capacity(rows.len());
+    let mut texts = Vec::with_capacity(rows.len());
+    let mut hashes = Vec::with_capacity(rows.len());
+    let mut tokens = Vec::with_capacity(rows.len());
+    let mut traces = Vec::with_capacity(rows.len());
+    let mut mirrored = Vec::with_capacity(rows.len());
+    let mut runs = Vec::with_capacity(rows.len());
+    for e in rows {
+        project = Some(e.project);
+        ids.push(e.event_id);
+        channels.push(e.channel);
+        providers.push(e.provider);
+        externals.push(e.event.external_id.as_str());
+        conversations.push(e.event.conversation.as_str());
+        senders.push(e.event.sender.as_deref());
+        kinds.push(e.event.kind.as_str());
+        texts.push(e.text);
+        hashes.push(e.body_sha256);
+        tokens.push(e.event.reply_token.as_deref());
+        traces.push(e.trace_id);
+        mirrored.push(e.mirrored);
+        runs.push(e.run_id);
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO conversation_events (project_id, event_id, channel, provider, external_id, conversation, \
-           sender, kind, text, body_sha256, reply_token, trace_id, mirrored) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (project_id, channel, external_id) DO NOTHING",
+           sender, kind, text, body_sha256, reply_token, trace_id, mirrored, run_id) \
+         SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+           $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bool[], $14::uuid[]) \
+         ON CONFLICT (project_id, channel, external_id) DO NOTHING RETURNING event_id",
     )
-    .bind(e.project)
-    .bind(e.event_id)
-    .bind(e.channel)
-    .bind(e.provider)
-    .bind(&e.event.external_id)
-    .bind(&e.event.conversation)
-    .bind(e.event.sender.as_deref())
-    .bind(e.event.kind.as_str())
-    .bind(e.text)
-    .bind(e.body_sha256)
-    .bind(e.event.reply_token.as_deref())
-    .bind(e.trace_id)
-    .bind(e.mirrored)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .bind(project)
+    .bind(&ids)
+    .bind(&channels)
+    .bind(&providers)
+    .bind(&externals)
+    .bind(&conversations)
+    .bind(&senders)
+    .bind(&kinds)
+    .bind(&texts)
+    .bind(&hashes)
+    .bind(&tokens)
+    .bind(&traces)
+    .bind(&mirrored)
+    .bind(&runs)
+    .fetch_all(conn)
+    .await?;
+    Ok(inserted.into_iter().collect())
 }
 
-pub async fn set_event_run(conn: &mut PgConnection, event_id: Uuid, run_id: Uuid) -> Result<()> {
-    sqlx::query("UPDATE conversation_events SET run_id = $2 WHERE event_id = $1")
-        .bind(event_id)
-        .bind(run_id)
-        .execute(conn)
-        .await?;
+/// Link events to the runs they started (event id, run id), in one statement.
+pub async fn set_event_runs(conn: &mut PgConnection, links: &[(Uuid, Uuid)]) -> Result<()> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    let events: Vec<Uuid> = links.iter().map(|l| l.0).collect();
+    let runs: Vec<Uuid> = links.iter().map(|l| l.1).collect();
+    sqlx::query(
+        "UPDATE conversation_events e SET run_id = l.r FROM unnest($1::uuid[], $2::uuid[]) AS l(e, r) \
+         WHERE e.event_id = l.e",
+    )
+    .bind(&events)
+    .bind(&runs)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

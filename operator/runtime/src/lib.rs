@@ -136,6 +136,8 @@ pub struct RunPage {
 /// A run request that passed every check of [`RunService::prepare`], not yet written.
 #[derive(Debug, Clone)]
 pub struct PreparedRun {
+    /// The id the run gets when it is inserted (not when an idempotency key replays another).
+    run_id: Uuid,
     project: tenancy::ProjectId,
     principal: String,
     req: CreateRun,
@@ -155,6 +157,101 @@ impl PreparedRun {
     /// The run's migration mode (the project's unless the request asked for less).
     pub fn mode(&self) -> MigrationMode {
         self.mode
+    }
+
+    /// The id the run gets if this request inserts it (callers that link rows to the run in
+    /// the same transaction use it; a replayed idempotency key returns another run's id).
+    pub fn run_id(&self) -> Uuid {
+        self.run_id
+    }
+
+    fn new_run(&self, run_id: Uuid) -> repo::NewRun<'_> {
+        repo::NewRun {
+            project: self.project.as_str(),
+            run_id,
+            agent: &self.req.agent,
+            mode: self.mode.as_str(),
+            input: &self.req.input,
+            input_hash: &self.input_hash,
+            agent_revision_id: self.agent_revision_id,
+            agent_body_hash: &self.agent_body_hash,
+            project_revision_id: self.project_revision_id,
+            project_body_hash: self.project_body_hash.as_deref(),
+            trace: &self.trace,
+            idempotency_key: self.idempotency_key.as_deref(),
+            reply_to: self.req.reply_to.as_ref(),
+            max_attempts: i32::from(self.settings.max_attempts),
+            lease_seconds: self.settings.lease_seconds as i32,
+            max_concurrent: self.settings.max_concurrent_runs as i32,
+            deadline_seconds: self.settings.run_deadline_seconds as i64,
+        }
+    }
+
+    fn audit_entry(&self, run_id: Uuid) -> Entry<'_> {
+        Entry {
+            trace_id: Some(self.trace.trace_id.clone()),
+            ..Entry::ok(
+                &self.principal,
+                "run.create",
+                run_id.to_string(),
+                json!({"agent": self.req.agent, "mode": self.mode.as_str(), "input_hash": self.input_hash}),
+            )
+        }
+    }
+
+    fn accepted(&self, run_id: Uuid) -> RunAccepted {
+        RunAccepted {
+            run_id,
+            trace_id: self.trace.trace_id.clone(),
+            traceparent: self.trace.traceparent(),
+            state: RunState::Queued.as_str().into(),
+            mode: self.mode.as_str().into(),
+            replayed: false,
+        }
+    }
+}
+
+/// What runs of one agent are prepared against (see [`RunService::basis`]): kept by callers
+/// that start many runs, and checked in their write transaction so a stale basis (a mode
+/// change, an activation) is never written.
+#[derive(Debug, Clone)]
+pub struct RunBasis {
+    project: tenancy::ProjectId,
+    agent: String,
+    settings: RuntimeContract,
+    runtime_revision_id: Option<Uuid>,
+    project_mode: MigrationMode,
+    agent_revision_id: Uuid,
+    agent_body_hash: String,
+    project_revision_id: Option<Uuid>,
+    project_body_hash: Option<String>,
+}
+
+impl RunBasis {
+    /// The project's migration mode when the basis was read.
+    pub fn mode(&self) -> MigrationMode {
+        self.project_mode
+    }
+
+    /// Whether the mode and the active revisions are still those of this basis, read in the
+    /// caller's (tenant) transaction: one round trip.
+    pub async fn still_current(&self, tx: &mut sqlx::PgConnection) -> Result<bool> {
+        let (mode, runtime, agent, project): (Option<String>, Option<Uuid>, Option<Uuid>, Option<Uuid>) =
+            sqlx::query_as(
+                "SELECT (SELECT mode FROM project_migration_state), \
+                   (SELECT revision_id FROM active_revisions WHERE kind = 'runtime' AND name = 'default'), \
+                   (SELECT revision_id FROM active_revisions WHERE kind = 'agent' AND name = $1), \
+                   (SELECT revision_id FROM active_revisions WHERE kind = 'project' AND name = $2)",
+            )
+            .bind(&self.agent)
+            .bind(self.project.as_str())
+            .fetch_one(tx)
+            .await?;
+        let mode = mode.map(|m| MigrationMode::parse(&m)).transpose()?;
+        Ok(mode.unwrap_or(MigrationMode::Shadow) == self.project_mode
+            && runtime == self.runtime_revision_id
+            && agent == Some(self.agent_revision_id)
+            && project == self.project_revision_id)
     }
 }
 
@@ -214,49 +311,28 @@ impl RunService {
         trace: TraceContext,
     ) -> Result<PreparedRun> {
         actor.require(Role::Runner)?;
+        let basis = self.basis(&req.agent).await?;
+        self.prepare_on(&basis, actor, req, idempotency_key, trace)
+    }
+
+    /// What a run of `agent` in the current project is prepared against: the runtime settings,
+    /// the project's migration mode and the active Agent (and Project) revisions. Callers that
+    /// start many runs (the channel hub) keep it and check it with [`RunBasis::still_current`]
+    /// inside their write transaction.
+    pub async fn basis(&self, agent: &str) -> Result<RunBasis> {
         let project = tenancy::require()?;
-        if let Some(k) = idempotency_key
-            && !valid_idempotency_key(k)
-        {
-            return Err(Error::new(
-                ErrorCode::RunIdempotencyKeyInvalid,
-                "Idempotency-Key must match [A-Za-z0-9._:-]{1,128}",
-            ));
-        }
-        let settings = self.runtime_settings().await?;
-        let input_bytes = serde_json::to_vec(&req.input).map(|v| v.len()).unwrap_or(0);
-        if input_bytes > settings.max_input_bytes as usize {
-            return Err(Error::new(
-                ErrorCode::RunInputTooLarge,
-                format!(
-                    "input is {input_bytes} bytes; the limit is {}",
-                    settings.max_input_bytes
-                ),
-            ));
-        }
-        let project_mode = self.control.mode().await?;
-        let mode = match &req.mode {
-            None => project_mode,
-            Some(m) => {
-                let m = MigrationMode::parse(m)?;
-                if m > project_mode {
-                    return Err(Error::new(
-                        ErrorCode::RunModeNotAllowed,
-                        format!(
-                            "project is in {} mode; a {} run is not allowed",
-                            project_mode.as_str(),
-                            m.as_str()
-                        ),
-                    ));
-                }
-                m
-            }
-        };
-        let (agent_ptr, _) = match self
+        let (runtime_revision_id, settings) = match self
             .control
-            .active_typed(ContractKind::Agent, &req.agent)
+            .active_typed(ContractKind::Runtime, "default")
             .await
         {
+            Ok((ptr, Contract::Runtime(r))) => (Some(ptr.revision_id), r),
+            Ok((ptr, _)) => (Some(ptr.revision_id), default_runtime()),
+            Err(e) if e.code == ErrorCode::ContractNotFound => (None, default_runtime()),
+            Err(e) => return Err(e),
+        };
+        let project_mode = self.control.mode().await?;
+        let (agent_ptr, _) = match self.control.active_typed(ContractKind::Agent, agent).await {
             Ok(x) => x,
             Err(e) if e.code == ErrorCode::ContractNotFound => {
                 return Err(Error::new(
@@ -275,11 +351,79 @@ impl RunService {
             Err(e) if e.code == ErrorCode::ContractNotFound => None,
             Err(e) => return Err(e),
         };
+        Ok(RunBasis {
+            project,
+            agent: agent.to_string(),
+            settings,
+            runtime_revision_id,
+            project_mode,
+            agent_revision_id: agent_ptr.revision_id,
+            agent_body_hash: agent_ptr.body_hash,
+            project_revision_id: project_ptr.as_ref().map(|p| p.revision_id),
+            project_body_hash: project_ptr.map(|p| p.body_hash),
+        })
+    }
+
+    /// [`RunService::prepare`] against a basis read earlier (no I/O).
+    pub fn prepare_on(
+        &self,
+        basis: &RunBasis,
+        actor: &Actor,
+        req: CreateRun,
+        idempotency_key: Option<&str>,
+        trace: TraceContext,
+    ) -> Result<PreparedRun> {
+        actor.require(Role::Runner)?;
+        let project = tenancy::require()?;
+        if project != basis.project || req.agent != basis.agent {
+            return Err(Error::new(
+                ErrorCode::Internal,
+                "a run basis is only valid for its own project and agent",
+            ));
+        }
+        if let Some(k) = idempotency_key
+            && !valid_idempotency_key(k)
+        {
+            return Err(Error::new(
+                ErrorCode::RunIdempotencyKeyInvalid,
+                "Idempotency-Key must match [A-Za-z0-9._:-]{1,128}",
+            ));
+        }
+        let settings = basis.settings.clone();
+        let input_bytes = serde_json::to_vec(&req.input).map(|v| v.len()).unwrap_or(0);
+        if input_bytes > settings.max_input_bytes as usize {
+            return Err(Error::new(
+                ErrorCode::RunInputTooLarge,
+                format!(
+                    "input is {input_bytes} bytes; the limit is {}",
+                    settings.max_input_bytes
+                ),
+            ));
+        }
+        let project_mode = basis.project_mode;
+        let mode = match &req.mode {
+            None => project_mode,
+            Some(m) => {
+                let m = MigrationMode::parse(m)?;
+                if m > project_mode {
+                    return Err(Error::new(
+                        ErrorCode::RunModeNotAllowed,
+                        format!(
+                            "project is in {} mode; a {} run is not allowed",
+                            project_mode.as_str(),
+                            m.as_str()
+                        ),
+                    ));
+                }
+                m
+            }
+        };
         let input_hash = contracts::canonical::body_hash(&req.input);
         let request_hash = contracts::canonical::body_hash(&json!({
             "agent": req.agent, "input": req.input, "mode": mode.as_str(), "reply_to": req.reply_to
         }));
         Ok(PreparedRun {
+            run_id: Uuid::now_v7(),
             project,
             principal: actor.principal.clone(),
             req,
@@ -287,13 +431,86 @@ impl RunService {
             trace,
             settings,
             mode,
-            agent_revision_id: agent_ptr.revision_id,
-            agent_body_hash: agent_ptr.body_hash,
-            project_revision_id: project_ptr.as_ref().map(|p| p.revision_id),
-            project_body_hash: project_ptr.map(|p| p.body_hash),
+            agent_revision_id: basis.agent_revision_id,
+            agent_body_hash: basis.agent_body_hash.clone(),
+            project_revision_id: basis.project_revision_id,
+            project_body_hash: basis.project_body_hash.clone(),
             input_hash,
             request_hash,
         })
+    }
+
+    /// Insert many prepared runs of the current project in the caller's tenant transaction
+    /// with one statement per table (the channel hub's group commit). Returns `None`, having
+    /// written nothing, when one of their idempotency keys is already taken: the caller then
+    /// inserts them one by one with [`RunService::insert_prepared`], which replays or refuses.
+    pub async fn insert_prepared_many(
+        tx: &mut sqlx::PgConnection,
+        runs: &[&PreparedRun],
+    ) -> Result<Option<Vec<RunAccepted>>> {
+        let project = tenancy::require()?;
+        if runs.iter().any(|p| p.project != project) {
+            return Err(Error::new(
+                ErrorCode::TenantMissing,
+                "a prepared run can only be inserted in its own project's scope",
+            ));
+        }
+        if runs.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut keys: Vec<&str> = runs
+            .iter()
+            .filter_map(|p| p.idempotency_key.as_deref())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let with_key = runs.iter().filter(|p| p.idempotency_key.is_some()).count();
+        if keys.len() != with_key {
+            return Ok(None);
+        }
+        if !keys.is_empty() && repo::idempotency_keys_taken(tx, &keys).await? {
+            return Ok(None);
+        }
+        let ids: Vec<Uuid> = runs.iter().map(|p| p.run_id).collect();
+        repo::insert_runs(
+            tx,
+            project.as_str(),
+            &runs
+                .iter()
+                .zip(&ids)
+                .map(|(p, id)| p.new_run(*id))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+        let keyed: Vec<(&str, &str, Uuid, i64)> = runs
+            .iter()
+            .zip(&ids)
+            .filter_map(|(p, id)| {
+                p.idempotency_key.as_deref().map(|k| {
+                    (
+                        k,
+                        p.request_hash.as_str(),
+                        *id,
+                        p.settings.idempotency_ttl_seconds as i64,
+                    )
+                })
+            })
+            .collect();
+        repo::insert_idempotency_keys(tx, project.as_str(), &keyed).await?;
+        audit::record_many(
+            tx,
+            runs.iter()
+                .zip(&ids)
+                .map(|(p, id)| p.audit_entry(*id))
+                .collect(),
+        )
+        .await?;
+        Ok(Some(
+            runs.iter()
+                .zip(&ids)
+                .map(|(p, id)| p.accepted(*id))
+                .collect(),
+        ))
     }
 
     /// Insert a prepared run (and its idempotency key and audit row) in the caller's tenant
@@ -315,30 +532,8 @@ impl RunService {
         {
             return Ok(existing);
         }
-        let run_id = Uuid::now_v7();
-        repo::insert_run(
-            tx,
-            &repo::NewRun {
-                project: p.project.as_str(),
-                run_id,
-                agent: &p.req.agent,
-                mode: p.mode.as_str(),
-                input: &p.req.input,
-                input_hash: &p.input_hash,
-                agent_revision_id: p.agent_revision_id,
-                agent_body_hash: &p.agent_body_hash,
-                project_revision_id: p.project_revision_id,
-                project_body_hash: p.project_body_hash.as_deref(),
-                trace: &p.trace,
-                idempotency_key: key,
-                reply_to: p.req.reply_to.as_ref(),
-                max_attempts: i32::from(p.settings.max_attempts),
-                lease_seconds: p.settings.lease_seconds as i32,
-                max_concurrent: p.settings.max_concurrent_runs as i32,
-                deadline_seconds: p.settings.run_deadline_seconds as i64,
-            },
-        )
-        .await?;
+        let run_id = p.run_id;
+        repo::insert_run(tx, &p.new_run(run_id)).await?;
         if let Some(key) = key {
             repo::insert_idempotency_key(
                 tx,
@@ -350,27 +545,8 @@ impl RunService {
             )
             .await?;
         }
-        audit::record(
-            tx,
-            Entry {
-                trace_id: Some(p.trace.trace_id.clone()),
-                ..Entry::ok(
-                    &p.principal,
-                    "run.create",
-                    run_id.to_string(),
-                    json!({"agent": p.req.agent, "mode": p.mode.as_str(), "input_hash": p.input_hash}),
-                )
-            },
-        )
-        .await?;
-        Ok(RunAccepted {
-            run_id,
-            trace_id: p.trace.trace_id.clone(),
-            traceparent: p.trace.traceparent(),
-            state: RunState::Queued.as_str().into(),
-            mode: p.mode.as_str().into(),
-            replayed: false,
-        })
+        audit::record(tx, p.audit_entry(run_id)).await?;
+        Ok(p.accepted(run_id))
     }
 
     pub async fn get(&self, run_id: Uuid) -> Result<RunDetail> {

@@ -65,6 +65,126 @@ pub async fn insert_run(conn: &mut PgConnection, r: &NewRun<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Insert many runs of one project in one statement (same columns as [`insert_run`]).
+pub async fn insert_runs(conn: &mut PgConnection, project: &str, rs: &[NewRun<'_>]) -> Result<()> {
+    let mut run_ids = Vec::with_capacity(rs.len());
+    let mut agents = Vec::with_capacity(rs.len());
+    let mut modes = Vec::with_capacity(rs.len());
+    let mut inputs = Vec::with_capacity(rs.len());
+    let mut input_hashes = Vec::with_capacity(rs.len());
+    let mut agent_revs = Vec::with_capacity(rs.len());
+    let mut agent_hashes = Vec::with_capacity(rs.len());
+    let mut project_revs = Vec::with_capacity(rs.len());
+    let mut project_hashes = Vec::with_capacity(rs.len());
+    let mut trace_ids = Vec::with_capacity(rs.len());
+    let mut span_ids = Vec::with_capacity(rs.len());
+    let mut keys = Vec::with_capacity(rs.len());
+    let mut max_attempts = Vec::with_capacity(rs.len());
+    let mut deadlines = Vec::with_capacity(rs.len());
+    let mut reply_tos = Vec::with_capacity(rs.len());
+    let mut leases = Vec::with_capacity(rs.len());
+    let mut max_concurrent = Vec::with_capacity(rs.len());
+    for r in rs {
+        if r.project != project {
+            return Err(Error::new(
+                ErrorCode::TenantMissing,
+                "runs of one batch belong to one project",
+            ));
+        }
+        run_ids.push(r.run_id);
+        agents.push(r.agent);
+        modes.push(r.mode);
+        inputs.push(r.input.clone());
+        input_hashes.push(r.input_hash);
+        agent_revs.push(r.agent_revision_id);
+        agent_hashes.push(r.agent_body_hash);
+        project_revs.push(r.project_revision_id);
+        project_hashes.push(r.project_body_hash);
+        trace_ids.push(r.trace.trace_id.as_str());
+        span_ids.push(r.trace.span_id.as_str());
+        keys.push(r.idempotency_key);
+        max_attempts.push(r.max_attempts);
+        deadlines.push(r.deadline_seconds as f64);
+        reply_tos.push(
+            r.reply_to
+                .map(|x| serde_json::to_value(x).expect("serialisable")),
+        );
+        leases.push(r.lease_seconds);
+        max_concurrent.push(r.max_concurrent);
+    }
+    sqlx::query(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+         project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds, max_concurrent) \
+         SELECT $1, r.run_id, r.agent, r.mode, r.input, r.input_hash, r.agent_revision_id, r.agent_body_hash, \
+           r.project_revision_id, r.project_body_hash, r.trace_id, r.span_id, r.idempotency_key, r.max_attempts, \
+           now() + make_interval(secs => r.deadline), r.reply_to, r.lease_seconds, r.max_concurrent \
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::uuid[], $8::text[], $9::uuid[], \
+           $10::text[], $11::text[], $12::text[], $13::text[], $14::int4[], $15::float8[], $16::jsonb[], $17::int4[], $18::int4[]) \
+         AS r(run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, project_revision_id, \
+           project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline, reply_to, lease_seconds, max_concurrent)",
+    )
+    .bind(project)
+    .bind(&run_ids)
+    .bind(&agents)
+    .bind(&modes)
+    .bind(&inputs)
+    .bind(&input_hashes)
+    .bind(&agent_revs)
+    .bind(&agent_hashes)
+    .bind(&project_revs)
+    .bind(&project_hashes)
+    .bind(&trace_ids)
+    .bind(&span_ids)
+    .bind(&keys)
+    .bind(&max_attempts)
+    .bind(&deadlines)
+    .bind(&reply_tos)
+    .bind(&leases)
+    .bind(&max_concurrent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether any of `keys` already has a row (unexpired or not). A taken key sends the caller
+/// to the one-by-one path, which replays, refuses or clears an expired key; a key taken
+/// concurrently after this check makes the batch's insert fail on the primary key instead.
+pub async fn idempotency_keys_taken(conn: &mut PgConnection, keys: &[&str]) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE key = ANY($1::text[]))",
+    )
+    .bind(keys)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Insert many idempotency keys of one project: (key, request hash, run, ttl seconds).
+pub async fn insert_idempotency_keys(
+    conn: &mut PgConnection,
+    project: &str,
+    rows: &[(&str, &str, Uuid, i64)],
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let hashes: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let runs: Vec<Uuid> = rows.iter().map(|r| r.2).collect();
+    let ttls: Vec<f64> = rows.iter().map(|r| r.3 as f64).collect();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (project_id, key, request_hash, run_id, expires_at) \
+         SELECT $1, k, h, r, now() + make_interval(secs => t) FROM unnest($2::text[], $3::text[], $4::uuid[], $5::float8[]) AS x(k, h, r, t)",
+    )
+    .bind(project)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&runs)
+    .bind(&ttls)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The run an unexpired idempotency key already created (same request), a conflict (other
 /// request), or None (new key; expired keys are removed here).
 pub async fn idempotent_run(

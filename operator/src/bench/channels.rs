@@ -1,9 +1,9 @@
 //! `awooop bench channels`: the channel hub end to end.
 //!
 //! * `inbound_events_per_sec`: LINE webhooks signed with HMAC-SHA256 (a fresh
-//!   `webhookEventId` each) POSTed over HTTP by 32 concurrent senders to the hub served on
-//!   127.0.0.1: verified, parsed, stored and their runs queued before the 200.
-//!   (16 senders; the quick run sends 600.)
+//!   `webhookEventId` each) POSTed over HTTP by 64 concurrent senders (providers deliver
+//!   concurrently) to the hub served on 127.0.0.1: verified, parsed, stored and their runs
+//!   queued before the 200. The quick run sends 3,000, the full one 30,000.
 //! * `answer_p50_ms` / `answer_p99_ms`: webhook answer latency at a fixed rate of 500 events/s.
 //! * `outbound_sends_per_sec`: reply messages delivered by the delivery worker to the Telegram
 //!   double (claim, redaction, formatting, send, attempt audit, status).
@@ -26,7 +26,7 @@ use awooop_testkit::channels::ProviderDouble;
 
 const SECRET: &str = "bench-line-channel-secret";
 /// Concurrent webhook senders of the throughput phase.
-const SENDERS: usize = 16;
+const SENDERS: usize = 64;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let base = args
@@ -38,8 +38,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let res = bench(&scratch, args.quick).await;
     drop_scratch(&base, &scratch).await;
     let r = res?;
+    // The machine is shared: the 1-minute load average at the end says how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
     println!(
-        "inbound_events={} rate_events={} answer_errors={} outbound_messages={} inbound_events_per_sec={:.0} answer_p50_ms={:.2} answer_p99_ms={:.2} outbound_sends_per_sec={:.0}",
+        "load_avg_1m={load} inbound_events={} rate_events={} answer_errors={} outbound_messages={} inbound_events_per_sec={:.0} answer_p50_ms={:.2} answer_p99_ms={:.2} outbound_sends_per_sec={:.0}",
         r.inbound,
         r.rate_events,
         r.answer_errors,
@@ -124,7 +129,8 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     });
     let hook = format!("http://{addr}/v1/webhooks/bench/line");
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(SENDERS)
+        .tcp_nodelay(true)
         .build()?;
     let post = move |i: usize| {
         let client = client.clone();
@@ -147,8 +153,8 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
         }
     };
 
-    // 1. Throughput with 32 concurrent senders.
-    let inbound = if quick { 600 } else { 6000 };
+    // 1. Throughput with SENDERS concurrent senders.
+    let inbound = if quick { 3000 } else { 30000 };
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -58,6 +58,8 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ),
         ),
     ));
+    // Activations drop the hub's cached channels and run bases at once (the TTL bounds it).
+    let _invalidation = hub.spawn_invalidation();
     let router = http::app(state)
         .merge(http::mcp::router(mcp))
         .merge(crate::channels::routes(hub));

@@ -130,6 +130,8 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
             ),
         ),
     ));
+    // Activations drop the hub's cached channels and run bases at once (the TTL bounds it).
+    let _invalidation = hub.spawn_invalidation();
     let delivery = tokio::spawn(
         crate::channels::delivery::DeliveryWorker::new(hub.clone(), Default::default())
             .run(stop_rx_channels),

@@ -29,6 +29,9 @@ pub enum Fault {
     ServerError,
     /// A permanent rejection (Telegram 400 `ok: false`, LINE 400, Slack `ok: false`).
     Reject,
+    /// The request is carried out but its answer is lost (500): what makes LINE's
+    /// `X-Line-Retry-Key` necessary. A retry with the same key then gets LINE's 409.
+    LostAnswer,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,10 @@ struct Inner {
     requests: Vec<Recorded>,
     next_id: i64,
     legacy_status: Option<u16>,
+    /// LINE push requests carried out, by `X-Line-Retry-Key` (request id).
+    line_retry_keys: std::collections::HashMap<String, String>,
+    /// Messages the providers delivered to users (not counting refused or repeated requests).
+    delivered: Vec<Recorded>,
 }
 
 pub struct ProviderDouble {
@@ -137,6 +144,19 @@ impl ProviderDouble {
         self.inner.lock().expect("double lock").requests.clone()
     }
 
+    /// Requests the provider carried out (a message reached the chat, a status was edited):
+    /// faults other than [`Fault::LostAnswer`] and LINE's repeated retry keys excluded.
+    pub fn delivered(&self, api: &str) -> Vec<Recorded> {
+        self.inner
+            .lock()
+            .expect("double lock")
+            .delivered
+            .iter()
+            .filter(|r| r.api == api)
+            .cloned()
+            .collect()
+    }
+
     /// Requests of one API and method.
     pub fn calls(&self, api: &str, method: &str) -> Vec<Recorded> {
         self.requests()
@@ -174,6 +194,13 @@ fn record(
     (fault, g.next_id)
 }
 
+fn delivered(s: &Arc<Mutex<Inner>>) {
+    let mut g = s.lock().expect("double lock");
+    if let Some(last) = g.requests.last().cloned() {
+        g.delivered.push(last);
+    }
+}
+
 fn bearer(h: &HeaderMap) -> Option<String> {
     h.get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -207,7 +234,16 @@ async fn telegram(
             axum::Json(json!({"ok": false, "error_code": 400, "description": "Bad Request: chat not found"})),
         )
             .into_response(),
+        Some(Fault::LostAnswer) => {
+            delivered(&s);
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"ok": false, "error_code": 500, "description": "Internal Server Error"})),
+            )
+                .into_response()
+        }
         None => {
+            delivered(&s);
             let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let result = match method.as_str() {
                 "sendMessage" | "editMessageText" => json!({
@@ -233,6 +269,36 @@ fn retry_after(secs: u64, body: Value) -> Response {
 
 async fn line_message(s: Shared, Path(op): Path<String>, h: HeaderMap, body: Bytes) -> Response {
     let (fault, id) = record(&s, "line", &format!("message/{op}"), bearer(&h), &h, &body);
+    // The Messaging API carries out a push with a given X-Line-Retry-Key once; a repeat
+    // answers 409 with the id of the accepted request.
+    let retry_key = h
+        .get("x-line-retry-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(k) = &retry_key
+        && let Some(accepted) = s
+            .lock()
+            .expect("double lock")
+            .line_retry_keys
+            .get(k)
+            .cloned()
+    {
+        return (
+            StatusCode::CONFLICT,
+            [("x-line-accepted-request-id", accepted)],
+            axum::Json(json!({"message": "The retry key is already accepted", "sentMessages": []})),
+        )
+            .into_response();
+    }
+    let accept = |s: &Arc<Mutex<Inner>>| {
+        delivered(s);
+        if let Some(k) = &retry_key {
+            s.lock()
+                .expect("double lock")
+                .line_retry_keys
+                .insert(k.clone(), format!("req-{id}"));
+        }
+    };
     match fault {
         Some(Fault::RateLimited(secs)) => retry_after(
             secs,
@@ -243,12 +309,21 @@ async fn line_message(s: Shared, Path(op): Path<String>, h: HeaderMap, body: Byt
             axum::Json(json!({"message": "Internal error"})),
         )
             .into_response(),
+        Some(Fault::LostAnswer) => {
+            accept(&s);
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"message": "Internal error"})),
+            )
+                .into_response()
+        }
         Some(Fault::Reject) => (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({"message": "Invalid reply token"})),
         )
             .into_response(),
         None => {
+            accept(&s);
             let n = serde_json::from_slice::<Value>(&body)
                 .ok()
                 .and_then(|v| v["messages"].as_array().map(Vec::len))
@@ -263,6 +338,7 @@ async fn line_message(s: Shared, Path(op): Path<String>, h: HeaderMap, body: Byt
 
 async fn line_loading(s: Shared, h: HeaderMap, body: Bytes) -> Response {
     let _ = record(&s, "line", "chat/loading/start", bearer(&h), &h, &body);
+    delivered(&s);
     (StatusCode::ACCEPTED, axum::Json(json!({}))).into_response()
 }
 
@@ -278,7 +354,12 @@ async fn slack(s: Shared, Path(method): Path<String>, h: HeaderMap, body: Bytes)
         Some(Fault::Reject) => {
             axum::Json(json!({"ok": false, "error": "channel_not_found"})).into_response()
         }
+        Some(Fault::LostAnswer) => {
+            delivered(&s);
+            (StatusCode::INTERNAL_SERVER_ERROR, "upstream error").into_response()
+        }
         None => {
+            delivered(&s);
             let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let ts = if method == "chat.update" {
                 req["ts"].clone()

@@ -1,0 +1,321 @@
+//! Group commit of verified inbound events.
+//!
+//! A webhook hands its normalized events (with their runs already prepared, no I/O) to the
+//! writer and waits for the commit. A few writer tasks each take every job queued at that
+//! moment (up to [`MAX_BATCH_EVENTS`]) and write them per project in one tenant transaction,
+//! with one statement per table: the events (`INSERT … ON CONFLICT DO NOTHING RETURNING`: the
+//! unique index still decides idempotency), the runs, their idempotency keys, the event → run
+//! links and the audit rows. Under load a transaction carries many webhooks, so PostgreSQL
+//! does a handful of statements and one WAL flush for them; idle, a job is written alone at
+//! once (no timer: a batch is what piled up while the previous one was written).
+//!
+//! Correctness does not depend on the batching:
+//! * the run basis (mode, active revisions) the runs were prepared on is re-read inside the
+//!   transaction; if it changed, nothing is written and the callers prepare again
+//!   ([`WriteError::Stale`]);
+//! * events are written in (channel, external id) order, so two batches holding redeliveries
+//!   of the same events wait for each other instead of deadlocking;
+//! * when a batch of several jobs fails, each job is written again alone, so one bad event
+//!   cannot fail its neighbours' webhooks.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::normalize::Normalized;
+use super::{Route, store};
+use awooop_core::error::{Error, ErrorCode};
+use awooop_runtime::{PreparedRun, RunBasis, RunService, TraceContext};
+use awooop_store::audit::{self, Entry};
+use awooop_store::tenancy::{self, Db, ProjectId};
+
+/// Largest number of events written in one transaction.
+pub const MAX_BATCH_EVENTS: usize = 256;
+/// Jobs waiting for a writer before webhooks wait to enqueue (back-pressure).
+const QUEUE: usize = 4096;
+
+/// One verified event, its run prepared (or why not).
+pub(crate) struct Item {
+    pub event: Normalized,
+    pub event_id: Uuid,
+    pub trace: TraceContext,
+    pub text: Option<String>,
+    pub route: Route,
+    /// Write a progress row with the run (the run may send and the channel wants progress).
+    pub progress: bool,
+    pub prepared: Option<PreparedRun>,
+    pub prepare_error: Option<Error>,
+}
+
+/// The events of one webhook request.
+pub(crate) struct Job {
+    pub project: ProjectId,
+    pub channel: String,
+    pub provider: &'static str,
+    pub progress_interval: u32,
+    pub actor: String,
+    pub body_sha256: String,
+    pub mirrored: bool,
+    /// What the runs were prepared on; re-checked in the transaction.
+    pub basis: Option<Arc<RunBasis>>,
+    pub items: Vec<Item>,
+    /// Refused events of the request (unsupported type, sender not allowed): audited.
+    pub denials: Vec<(ErrorCode, Value)>,
+}
+
+/// What happened to one item.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ItemOutcome {
+    /// False: the provider delivered this event before (the unique index said so).
+    pub inserted: bool,
+    pub run_id: Option<Uuid>,
+}
+
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// The mode or an active revision changed since the runs were prepared: prepare again.
+    Stale,
+    Failed(Error),
+}
+
+impl From<Error> for WriteError {
+    fn from(e: Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+type Reply = oneshot::Sender<std::result::Result<Vec<ItemOutcome>, WriteError>>;
+
+/// The queue in front of the writer tasks.
+pub(crate) struct Writer {
+    tx: mpsc::Sender<(Job, Reply)>,
+}
+
+impl Writer {
+    /// Start `writers` tasks on the current runtime; they end when the writer is dropped.
+    pub fn start(db: Db, writers: usize) -> Self {
+        let (tx, rx) = mpsc::channel::<(Job, Reply)>(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            let rx = rx.clone();
+            let db = db.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else { return };
+                        let mut n = first.0.items.len();
+                        let mut batch = vec![first];
+                        while n < MAX_BATCH_EVENTS {
+                            match rx.try_recv() {
+                                Ok(j) => {
+                                    n += j.0.items.len();
+                                    batch.push(j);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    };
+                    write_batch(&db, batch).await;
+                }
+            });
+        }
+        Self { tx }
+    }
+
+    /// Queue a job and wait for its commit.
+    pub async fn submit(&self, job: Job) -> std::result::Result<Vec<ItemOutcome>, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((job, reply))
+            .await
+            .map_err(|_| Error::new(ErrorCode::Unavailable, "the event writer stopped"))?;
+        rx.await
+            .map_err(|_| Error::new(ErrorCode::Unavailable, "the event writer stopped"))?
+    }
+}
+
+async fn write_batch(db: &Db, batch: Vec<(Job, Reply)>) {
+    // Per project, in arrival order.
+    let mut groups: Vec<(ProjectId, Vec<(Job, Reply)>)> = Vec::new();
+    for (job, reply) in batch {
+        match groups.iter_mut().find(|(p, _)| *p == job.project) {
+            Some((_, g)) => g.push((job, reply)),
+            None => groups.push((job.project.clone(), vec![(job, reply)])),
+        }
+    }
+    for (project, group) in groups {
+        tenancy::scope(project, async {
+            let (jobs, replies): (Vec<Job>, Vec<Reply>) = group.into_iter().unzip();
+            match write_jobs(db, &jobs).await {
+                Ok(outs) => {
+                    for (reply, out) in replies.into_iter().zip(outs) {
+                        let _ = reply.send(Ok(out));
+                    }
+                }
+                Err(WriteError::Failed(e)) if jobs.len() > 1 => {
+                    tracing::debug!(
+                        code = e.code.as_str(),
+                        jobs = jobs.len(),
+                        "inbound batch failed; writing its jobs one by one"
+                    );
+                    for (job, reply) in jobs.iter().zip(replies) {
+                        let res = write_jobs(db, std::slice::from_ref(job)).await;
+                        let _ = reply.send(res.map(|mut v| v.pop().unwrap_or_default()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(match &e {
+                            WriteError::Stale => WriteError::Stale,
+                            WriteError::Failed(e) => {
+                                WriteError::Failed(Error::new(e.code, e.message.clone()))
+                            }
+                        }));
+                    }
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Write the jobs of the current project in one transaction.
+async fn write_jobs(
+    db: &Db,
+    jobs: &[Job],
+) -> std::result::Result<Vec<Vec<ItemOutcome>>, WriteError> {
+    let project = tenancy::require()?;
+    let mut tx = db.tenant().await?;
+    let mut checked: Vec<&Arc<RunBasis>> = Vec::new();
+    for b in jobs.iter().filter_map(|j| j.basis.as_ref()) {
+        if checked.iter().any(|c| Arc::ptr_eq(*c, b)) {
+            continue;
+        }
+        if !b.still_current(&mut tx).await? {
+            return Err(WriteError::Stale);
+        }
+        checked.push(b);
+    }
+
+    // 1. Events, in (channel, external id) order.
+    let mut order: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i)))
+        .collect();
+    order.sort_by(|a, b| {
+        let (x, y) = (&jobs[a.0], &jobs[b.0]);
+        (&x.channel, &x.items[a.1].event.external_id)
+            .cmp(&(&y.channel, &y.items[b.1].event.external_id))
+    });
+    let rows: Vec<store::NewEvent<'_>> = order
+        .iter()
+        .map(|&(j, i)| {
+            let (job, it) = (&jobs[j], &jobs[j].items[i]);
+            store::NewEvent {
+                project: project.as_str(),
+                event_id: it.event_id,
+                channel: &job.channel,
+                provider: job.provider,
+                event: &it.event,
+                text: it.text.as_deref(),
+                body_sha256: &job.body_sha256,
+                trace_id: &it.trace.trace_id,
+                mirrored: job.mirrored,
+                run_id: it.prepared.as_ref().map(PreparedRun::run_id),
+            }
+        })
+        .collect();
+    let inserted: HashSet<Uuid> = store::insert_events(&mut tx, &rows).await?;
+    let mut outs: Vec<Vec<ItemOutcome>> = jobs
+        .iter()
+        .map(|job| {
+            job.items
+                .iter()
+                .map(|it| ItemOutcome {
+                    inserted: inserted.contains(&it.event_id),
+                    run_id: None,
+                })
+                .collect()
+        })
+        .collect();
+
+    // 2. Runs of the new events (one statement per table; one by one when a key is taken).
+    let with_run: Vec<(usize, usize)> = order
+        .iter()
+        .copied()
+        .filter(|&(j, i)| outs[j][i].inserted && jobs[j].items[i].prepared.is_some())
+        .collect();
+    let prepared: Vec<&PreparedRun> = with_run
+        .iter()
+        .filter_map(|&(j, i)| jobs[j].items[i].prepared.as_ref())
+        .collect();
+    let accepted = match RunService::insert_prepared_many(&mut tx, &prepared).await? {
+        Some(a) => a,
+        None => {
+            let mut v = Vec::with_capacity(prepared.len());
+            for p in &prepared {
+                v.push(RunService::insert_prepared(&mut tx, p).await?);
+            }
+            v
+        }
+    };
+    // The event rows already name the prepared run ids; only a replayed key differs.
+    let mut links: Vec<(Uuid, Uuid)> = Vec::new();
+    for (&(j, i), run) in with_run.iter().zip(&accepted) {
+        outs[j][i].run_id = Some(run.run_id);
+        let (job, it) = (&jobs[j], &jobs[j].items[i]);
+        if it.prepared.as_ref().map(PreparedRun::run_id) != Some(run.run_id) {
+            links.push((it.event_id, run.run_id));
+        }
+        if it.progress && job.progress_interval > 0 {
+            store::insert_progress(
+                &mut tx,
+                project.as_str(),
+                run.run_id,
+                &job.channel,
+                &it.event.conversation,
+                &run.trace_id,
+                job.progress_interval,
+            )
+            .await?;
+        }
+    }
+    store::set_event_runs(&mut tx, &links).await?;
+
+    // 3. Audit: events stored without a run (configuration problem) and refused events.
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        for (i, it) in job.items.iter().enumerate() {
+            if let (true, Some(e)) = (outs[j][i].inserted, &it.prepare_error) {
+                entries.push(Entry {
+                    trace_id: Some(it.trace.trace_id.clone()),
+                    ..Entry::denied(
+                        &job.actor,
+                        "channel.route",
+                        it.event_id.to_string(),
+                        e.code.as_str(),
+                        json!({"provider": job.provider, "reason": e.message}),
+                    )
+                });
+            }
+        }
+        for (code, details) in &job.denials {
+            entries.push(Entry::denied(
+                &job.actor,
+                "channel.webhook",
+                job.channel.clone(),
+                code.as_str(),
+                details.clone(),
+            ));
+        }
+    }
+    audit::record_many(&mut tx, entries).await?;
+    tx.commit().await.map_err(Error::from)?;
+    Ok(outs)
+}

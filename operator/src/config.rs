@@ -1108,8 +1108,10 @@ pub enum TokenCmd {
         approver: String,
         #[arg(long, default_value_t = 900)]
         ttl_seconds: i64,
-        #[arg(long, env = "AWOOOP_STATE_DIR", default_value = ".awooop")]
-        state_dir: PathBuf,
+        /// Break-glass: the token is printed only after an `approval.break_glass` audit row
+        /// naming the approver, tool, argument hash and token id is committed in the project.
+        #[command(flatten)]
+        db: DbArgs,
         #[arg(long, env = "AWOOOP_GATEWAY_KEY", hide_env_values = true)]
         gateway_key: Option<String>,
     },

@@ -26,7 +26,7 @@ use awooop::coord::Coord;
 use awooop::gateway::audit::CallAudit;
 use awooop::gateway::credentials::{CredentialResolver, LocalPolicy};
 use awooop::gateway::keys::GatewayKeys;
-use awooop::gateway::runtime::{InProcessGateway, KeyMinter};
+use awooop::gateway::in_process::{InProcessGateway, KeyMinter};
 use awooop::gateway::{Gateway, GatewayConfig};
 use awooop::model::breaker::{AnomalyConfig, AnomalyCounter};
 use awooop::model::executor::{AgentExecutor, LlmExecutor};

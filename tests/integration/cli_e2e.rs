@@ -366,6 +366,42 @@ async fn cli_lifecycle_with_exit_codes_and_json_errors() {
         (code, json(&err)["code"].as_str()),
         (2, Some("E-MIGRATION-001"))
     );
+    // Break-glass approval tokens bypass M-of-N, so they leave an audit row of their own
+    // (committed before the token is printed) naming who, which tool, which arguments.
+    let gw_key = "k".repeat(64);
+    let (code, out, err) = run(&[
+        "token",
+        "approve",
+        "--project",
+        "cli-demo",
+        "--agent",
+        "remediator",
+        "--env",
+        "prod",
+        "--tool",
+        "k8s__restart",
+        "--arguments",
+        r#"{"deployment":"web"}"#,
+        "--approver",
+        "carol",
+        "--gateway-key",
+        &gw_key,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim().split('.').count(), 3, "a JWT: {out}");
+    let mut su = t.superuser().await;
+    let row: (String, String, Value) = sqlx::query_as(
+        "SELECT actor, target, details FROM audit_log \
+         WHERE project_id = 'cli-demo' AND action = 'approval.break_glass'",
+    )
+    .fetch_one(&mut su)
+    .await
+    .expect("one break-glass audit row");
+    assert_eq!((row.0.as_str(), row.1.as_str()), ("cli:carol", "k8s__restart"));
+    assert_eq!(row.2["agent"], "remediator");
+    assert_eq!(row.2["args_sha256"].as_str().map(str::len), Some(64));
+    assert!(row.2["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    assert!(!row.2.to_string().contains(&gw_key), "no key material in audit");
     // Configuration is validated with a message naming the flag.
     let (code, _, err) = run(&["project", "list", "--db-max-connections", "0"]);
     assert_eq!(code, 1);

@@ -26,7 +26,7 @@ use crate::control::MigrationMode;
 use crate::gateway::audit::CallAudit;
 use crate::gateway::credentials::{CredentialResolver, LocalPolicy};
 use crate::gateway::keys::GatewayKeys;
-use crate::gateway::runtime::{InProcessGateway, KeyMinter};
+use crate::gateway::in_process::{InProcessGateway, KeyMinter};
 use crate::gateway::upstream::{UpstreamConfig, Upstreams};
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::runtime::approvals::{ApprovalService, Decision};

@@ -35,7 +35,7 @@ async fn decide(a: ApprovalDecisionArgs, decision: Decision) -> anyhow::Result<(
     // `awooop up`, or AWOOOP_GATEWAY_KEY), bound to the workers' environment.
     let master = gateway_key(a.gateway.gateway_key.as_deref(), &p.state_dir, false)?;
     let keys = crate::gateway::keys::GatewayKeys::derive(&master);
-    let minter = crate::gateway::runtime::KeyMinter::new(
+    let minter = crate::gateway::in_process::KeyMinter::new(
         &keys,
         a.gateway.gateway_runtime_environment.clone(),
     );

@@ -264,7 +264,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         }
         #[cfg(feature = "bench")]
         Command::Bench(b) => crate::bench::run(b).await,
-        Command::Token(t) => token(t),
+        Command::Token(t) => token(t).await,
         #[cfg(feature = "bench")]
         Command::McpFixture(a) => mcp_fixture(a).await,
     }

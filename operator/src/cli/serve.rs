@@ -23,7 +23,7 @@ pub(super) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         metrics: crate::metrics::Metrics::new(),
         approvals: Some(std::sync::Arc::new(
-            crate::gateway::runtime::KeyMinter::new(
+            crate::gateway::in_process::KeyMinter::new(
                 gateway.keys(),
                 gateway.config().runtime_environment.clone(),
             ),

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+pub(super) async fn token(cmd: TokenCmd) -> anyhow::Result<()> {
     let now = chrono::Utc::now().timestamp();
     match cmd {
         TokenCmd::Mint {
@@ -45,13 +45,13 @@ pub(super) fn token(cmd: TokenCmd) -> anyhow::Result<()> {
             run,
             approver,
             ttl_seconds,
-            state_dir,
+            db,
             gateway_key: key,
         } => {
             use crate::gateway::approval;
             let keys = crate::gateway::keys::GatewayKeys::derive(&gateway_key(
                 key.as_deref(),
-                &state_dir,
+                &db.state_dir,
                 false,
             )?);
             let args: Value = http::extract::parse_json(arguments.as_bytes())?;
@@ -69,7 +69,7 @@ pub(super) fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 )
                 .into());
             }
-            ProjectId::parse(&project)?;
+            let project_id = ProjectId::parse(&project)?;
             let hash = approval::arguments_hash(&args);
             let run = run.map(|r| r.to_string());
             let claims = approval::claims(
@@ -85,6 +85,36 @@ pub(super) fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 now,
                 ttl_seconds,
             );
+            // Break-glass bypasses the approval requests' M-of-N: it leaves its own trail, and
+            // no token is printed unless that row is committed (fail closed).
+            let p = Platform::connect(&db, None, None).await?;
+            let pool = p.control.db().clone();
+            tenancy::scope(project_id, async {
+                let mut tx = pool.tenant().await?;
+                crate::audit::record(
+                    &mut tx,
+                    crate::audit::Entry {
+                        actor: &format!("cli:{approver}"),
+                        action: "approval.break_glass",
+                        target: Some(tool.clone()),
+                        outcome: crate::audit::Outcome::Ok,
+                        code: None,
+                        trace_id: None,
+                        details: serde_json::json!({
+                            "agent": agent,
+                            "environment": environment,
+                            "run_id": claims.run_id,
+                            "args_sha256": claims.args_sha256,
+                            "jti": claims.jti,
+                            "expires_at": claims.exp,
+                        }),
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+                Ok::<_, Error>(())
+            })
+            .await?;
             println!("{}", approval::mint(&keys.approval, &claims));
             Ok(())
         }

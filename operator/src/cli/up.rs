@@ -65,7 +65,7 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         metrics: metrics.clone(),
         approvals: Some(std::sync::Arc::new(
-            crate::gateway::runtime::KeyMinter::new(
+            crate::gateway::in_process::KeyMinter::new(
                 gateway.keys(),
                 gateway.config().runtime_environment.clone(),
             ),

@@ -6,6 +6,7 @@
 //! exactly one place ([`awooop_core::error::Error`]'s `IntoResponse`).
 
 pub mod control;
+pub mod events;
 pub mod extract;
 pub mod guard;
 pub mod mcp;
@@ -47,7 +48,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .nest("/v1/control", control::router())
-        .nest("/v1/platform", runs::router())
+        .nest("/v1/platform", runs::router().merge(events::router()))
         .fallback(not_found)
         // A known path with the wrong method gets the platform's JSON error, not axum's bare
         // 405. Registered last: it applies to every route added before it.

@@ -4,6 +4,7 @@
 //! [`RunService`] is what the HTTP API calls (create, get, list, cancel, resume after approval);
 //! [`worker::Worker`] executes runs through the [`executor::Executor`] interface.
 
+pub mod events;
 pub mod executor;
 pub mod metrics;
 pub mod outbound;

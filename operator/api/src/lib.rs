@@ -9,6 +9,97 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+/// `POST /v1/platform/runs` body.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    pub agent: String,
+    #[serde(default)]
+    pub input: Value,
+    /// Requested mode; defaults to (and may not exceed) the project's migration mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Where the reply goes when the run succeeds (never for shadow runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// What the caller gets back from `POST /v1/platform/runs`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunAccepted {
+    pub run_id: Uuid,
+    pub trace_id: String,
+    pub traceparent: String,
+    pub state: String,
+    pub mode: String,
+    /// True when an earlier request with the same Idempotency-Key created this run.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct RunView {
+    pub run_id: Uuid,
+    pub agent: String,
+    pub mode: String,
+    pub state: String,
+    pub input_hash: String,
+    pub agent_revision_id: Uuid,
+    pub agent_body_hash: String,
+    pub project_revision_id: Option<Uuid>,
+    pub project_body_hash: Option<String>,
+    pub trace_id: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub output: Option<Value>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub deadline_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
+pub struct StepView {
+    pub step_index: i32,
+    pub attempt: i32,
+    pub step_key: String,
+    pub step_type: String,
+    pub input_hash: String,
+    pub status: String,
+    pub output: Option<Value>,
+    pub error_code: Option<String>,
+    pub span_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunView,
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunView>,
+    pub next_cursor: Option<String>,
+}
+
+/// Where a run's reply goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyTo {
+    /// Channel name (from the Communication contract).
+    pub channel: String,
+    /// Conversation/chat id within the channel.
+    pub conversation: String,
+}
+
+
 /// What an event of a run's stream says (`event:` field of the SSE message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

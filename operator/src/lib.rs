@@ -23,6 +23,7 @@ pub use awooop_store::{audit, auth, coord, db, local, tenancy};
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod example;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod in_cluster;

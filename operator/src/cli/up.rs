@@ -48,6 +48,20 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     if !has_key && args.keyring.keyring.is_none() {
         create_signing_key(&p, &keyring_file, &awoooi, "local").await?;
     }
+    // The second tenant of the example (docs/ewoooc.md), onboarded beside awoooi. Its MCP
+    // server is this binary's hidden `market-mcp` command, registered in the stdio catalog.
+    if args.keyring.keyring.is_none() {
+        let exe = std::env::current_exe()?;
+        let market = crate::example::catalog_entry(&exe.to_string_lossy(), &["market-mcp"]);
+        match crate::example::seed_ewoooc(&p.control, "local", &market).await {
+            Ok(steps) => {
+                for s in steps {
+                    eprintln!("  ewoooc: {s}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the EwoooC example was not onboarded"),
+        }
+    }
     let metrics = crate::metrics::Metrics::new();
     let state = http::AppState {
         control: p.control.clone(),

@@ -12,6 +12,7 @@ mod cli_e2e;
 mod contracts_golden;
 mod control_plane;
 mod crds;
+mod ewoooc;
 mod gateway;
 mod http_api;
 mod local_postgres;

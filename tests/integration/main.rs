@@ -8,6 +8,7 @@ mod mcp_support;
 mod adversarial;
 mod adversarial_b;
 mod channels;
+mod client;
 mod cli_e2e;
 mod contracts_golden;
 mod control_plane;

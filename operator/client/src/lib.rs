@@ -154,7 +154,7 @@ impl Client {
     }
 
     /// `POST /v1/platform/runs/{id}/cancel`.
-    pub async fn cancel_run(&self, id: Uuid) -> Result<Value> {
+    pub async fn cancel_run(&self, id: Uuid) -> Result<RunView> {
         self.send(self.req(
             reqwest::Method::POST,
             &format!("/v1/platform/runs/{id}/cancel"),
@@ -163,7 +163,7 @@ impl Client {
     }
 
     /// `POST /v1/platform/runs/{id}/approval`: approve or reject a run waiting for approval.
-    pub async fn approve_run(&self, id: Uuid, approved: bool) -> Result<Value> {
+    pub async fn approve_run(&self, id: Uuid, approved: bool) -> Result<RunView> {
         self.send(
             self.req(
                 reqwest::Method::POST,

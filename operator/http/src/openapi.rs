@@ -288,6 +288,17 @@ pub fn operations() -> Vec<Op> {
             )
         },
         Op {
+            response: Some(s::<awooop_api::RunEvent>),
+            errors: &[E::RunNotFound, E::EventsBadCursor],
+            media: "text/event-stream",
+            ..op(
+                "get",
+                "/v1/platform/runs/{id}/events",
+                "Server-Sent Events of a run's progress (each data: one RunEvent; id: its seq; resume with Last-Event-ID)",
+                200,
+            )
+        },
+        Op {
             request: Some(run_approval),
             response: Some(s::<RunView>),
             errors: &[E::RunNotFound, E::RunIllegalTransition],

@@ -682,7 +682,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels"])]
+    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels", "events"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]

@@ -7,6 +7,7 @@
 mod budget;
 mod channels;
 mod contracts;
+mod events;
 mod gateway;
 mod projection;
 mod runs;
@@ -28,6 +29,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "projection" => projection::run(&args).await,
         "gateway" => gateway::run(&args).await,
         "channels" => channels::run(&args).await,
+        "events" => events::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }
 }

@@ -188,3 +188,73 @@ async fn client_drives_runs_and_streams_their_events_against_the_real_server() {
     assert_eq!(e.code(), Some("E-AUTH-002"));
     t.cleanup().await;
 }
+
+/// Python with openapi-python-client (tests/client/requirements.txt).
+fn generator_python() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("AWOOOP_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            Some(std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.tools/venv/bin/python"
+            )))
+        })
+        .filter(|p| p.with_file_name("openapi-python-client").exists());
+    require_tool(
+        "Python with openapi-python-client",
+        "run scripts/test.sh, or set AWOOOP_TEST_PYTHON",
+        p,
+    )
+}
+
+/// A client generated from /openapi.json by a well-known generator (openapi-python-client)
+/// creates a run and reads it back: the document is complete enough to be used, not just read.
+#[tokio::test]
+async fn a_python_client_generated_from_openapi_creates_a_run_and_reads_it_back() {
+    let Some(py) = generator_python() else { return };
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "py-a", 1).await;
+    tenancy::scope(p, async {
+        let r = publish(&cp, ContractKind::Agent, "echo", echo()).await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+    let base = serve(&t).await;
+    let doc = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let spec = std::env::temp_dir().join(format!("awooop-openapi-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&spec, doc).unwrap();
+    let out = tokio::process::Command::new(&py)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/client/python_client.py"))
+        .arg(&spec)
+        .arg(&base)
+        .arg(ADMIN)
+        .arg("py-a")
+        .arg("echo")
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&spec);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["created_state"], "queued", "{v}");
+    assert_eq!(v["state"], "queued", "{v}");
+    assert_eq!(v["agent"], "echo", "{v}");
+    // The run exists in the project, created through the generated client.
+    let c = Client::admin(&base, ADMIN, "py-a");
+    let d = c
+        .get_run(v["run_id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(d.run.agent, "echo");
+    t.cleanup().await;
+}

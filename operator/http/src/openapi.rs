@@ -556,6 +556,21 @@ pub fn operations() -> Vec<Op> {
 }
 
 /// The whole document.
+/// A stable operation id from method and path (`get /v1/platform/runs/{id}` →
+/// `get_v1_platform_runs_id`): client generators name their functions after it.
+pub fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_string();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        id.push('_');
+        id.extend(
+            seg.trim_matches(|c| c == '{' || c == '}')
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
+    }
+    id
+}
+
 pub fn document() -> Value {
     let mut generator = SchemaSettings::draft2020_12()
         .with(|s| s.definitions_path = "/components/schemas/".into())
@@ -590,7 +605,8 @@ pub fn document() -> Value {
                 json!({"description": format!("Error codes: {}", codes.join(", ")), "content": {"application/json": {"schema": error}}}),
             );
         }
-        let mut operation = json!({"summary": op.summary, "responses": responses});
+        let mut operation = json!({"operationId": operation_id(op.method, op.path),
+            "summary": op.summary, "responses": responses});
         let mut params: Vec<Value> = op
             .path
             .split('/')

@@ -149,7 +149,7 @@ pub async fn seed_ewoooc(
             cp.activate(&admin, rev).await?;
             did.push(format!("{} {name} activated", kind.as_str()));
         }
-        Ok(())
+        Ok::<(), crate::error::Error>(())
     })
     .await?;
     Ok(did)

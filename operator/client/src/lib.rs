@@ -149,8 +149,17 @@ impl Client {
         if let Some(c) = &q.cursor {
             query.push(("cursor", c.clone()));
         }
-        self.send(self.req(reqwest::Method::GET, "/v1/platform/runs").query(&query))
-            .await
+        // The workspace builds reqwest without its `query` feature: encode here.
+        let qs: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect();
+        let path = if qs.is_empty() {
+            "/v1/platform/runs".to_string()
+        } else {
+            format!("/v1/platform/runs?{}", qs.join("&"))
+        };
+        self.send(self.req(reqwest::Method::GET, &path)).await
     }
 
     /// `POST /v1/platform/runs/{id}/cancel`.
@@ -240,6 +249,19 @@ impl Client {
         );
         Ok(Box::pin(s))
     }
+}
+
+/// RFC 3986 percent-encoding of everything but unreserved characters.
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn api_error(status: u16, body: &[u8]) -> Error {

@@ -220,7 +220,7 @@ pub fn competitor_prices(a: &Map<String, Value>) -> ToolResult {
         .map(|c| {
             let pct = (h(&format!("{}{c}", p.sku), 7) % 21) as i64 - 10;
             let price = (i64::from(p.price) * (100 + pct) / 100) / 10 * 10;
-            json!({"competitor": c, "price": price, "in_stock": h(c, u64::from(p.rating)) % 5 != 0})
+            json!({"competitor": c, "price": price, "in_stock": !h(c, u64::from(p.rating)).is_multiple_of(5)})
         })
         .collect();
     Ok(json!({"sku": p.sku, "currency": "TWD", "ours": p.price, "competitors": competitors}))
@@ -251,7 +251,7 @@ pub fn sales_summary(a: &Map<String, Value>) -> ToolResult {
             revenue += u * u64::from(price_on(p, d));
         }
     }
-    let avg = if units == 0 { 0 } else { revenue / units };
+    let avg = revenue.checked_div(units).unwrap_or(0);
     Ok(json!({"period": period, "sku": sku.map(|p| p.sku), "category": cat,
               "units": units, "revenue": revenue, "currency": "TWD", "average_price": avg}))
 }
@@ -332,10 +332,10 @@ pub fn serve(input: impl BufRead, mut output: impl Write) {
             Ok(msg) => handle(&msg),
             Err(_) => Some(error(Value::Null, -32700, "parse error")),
         };
-        if let Some(r) = reply {
-            if writeln!(output, "{r}").and_then(|_| output.flush()).is_err() {
-                return;
-            }
+        if let Some(r) = reply
+            && writeln!(output, "{r}").and_then(|_| output.flush()).is_err()
+        {
+            return;
         }
     }
 }

@@ -15,8 +15,8 @@ pub mod worker;
 pub use awooop_core::{run_state as state, trace};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::json;
 use uuid::Uuid;
 
 use awooop_contracts::{self as contracts, Contract, ContractKind, RuntimeContract};

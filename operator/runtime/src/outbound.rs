@@ -2,7 +2,6 @@
 //! refuses messages of shadow runs (trigger `outbound_messages_shadow_guard`), so a shadow run
 //! cannot reach a user whatever the caller does; here the refusal becomes an audit record.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;

@@ -230,7 +230,10 @@ async fn a_python_client_generated_from_openapi_creates_a_run_and_reads_it_back(
     let spec = std::env::temp_dir().join(format!("awooop-openapi-{}.json", uuid::Uuid::new_v4()));
     std::fs::write(&spec, doc).unwrap();
     let out = tokio::process::Command::new(&py)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/client/python_client.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/client/python_client.py"
+        ))
         .arg(&spec)
         .arg(&base)
         .arg(ADMIN)

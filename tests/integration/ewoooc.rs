@@ -31,10 +31,10 @@ use awooop::model::breaker::{AnomalyConfig, AnomalyCounter};
 use awooop::model::executor::{AgentExecutor, LlmExecutor};
 use awooop::model::proxy::ProviderProxy;
 use awooop::policy::PolicySource;
+use awooop::runtime::TraceContext;
 use awooop::runtime::executor::{GuardedGateway, ScriptedExecutor};
 use awooop::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
 use awooop::tenancy::{self, ProjectId};
-use awooop::runtime::TraceContext;
 use awooop_testkit::channels::ProviderDouble as ChatDouble;
 use awooop_testkit::double::{ProviderDouble as ModelDouble, Reply};
 
@@ -72,13 +72,20 @@ fn line_python() -> Option<std::path::PathBuf> {
 }
 
 /// A LINE webhook signed by line-bot-sdk (tests/channels/sdk_fixtures.py).
-fn line_webhook(py: &std::path::Path, event_id: &str, text: &str) -> (Vec<(String, String)>, Vec<u8>) {
+fn line_webhook(
+    py: &std::path::Path,
+    event_id: &str,
+    text: &str,
+) -> (Vec<(String, String)>, Vec<u8>) {
     use std::io::Write;
     let spec = json!([{"provider": "line", "secret": LINE_SECRET, "events": [
         {"webhook_event_id": event_id, "text": text, "user_id": PILOT, "reply_token": "rt-ewoooc"}
     ]}]);
     let mut child = std::process::Command::new(py)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/channels/sdk_fixtures.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/channels/sdk_fixtures.py"
+        ))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -119,7 +126,10 @@ async fn onboard(t: &TestDb, cp: &ControlPlane, double: &ModelDouble) -> Project
         "mcp_gateway default activated",
         "channel default activated",
     ] {
-        assert!(steps.iter().any(|s| s == want), "{want} missing in {steps:?}");
+        assert!(
+            steps.iter().any(|s| s == want),
+            "{want} missing in {steps:?}"
+        );
     }
     // Idempotent: a second onboarding finds everything in place.
     let again = awooop::example::seed_ewoooc(cp, KEY_ID, &market())
@@ -128,10 +138,8 @@ async fn onboard(t: &TestDb, cp: &ControlPlane, double: &ModelDouble) -> Project
     assert!(again.is_empty(), "{again:?}");
     let p = pid("ewoooc");
     tenancy::scope(p.clone(), async {
-        let mut body: Value = serde_json::from_str(include_str!(
-            "../../docs/examples/ewoooc/policy.json"
-        ))
-        .unwrap();
+        let mut body: Value =
+            serde_json::from_str(include_str!("../../docs/examples/ewoooc/policy.json")).unwrap();
         body["providers"][0]["base_url"] = json!(double.base_url());
         let d = cp
             .create_draft(&admin(), ContractKind::Policy, "default", body)
@@ -165,7 +173,11 @@ fn story(t: &TestDb, cp: &ControlPlane) -> Story {
         t.db(),
         Coord::none(),
         GatewayKeys::derive("ewoooc-story-gateway-master-key-0123456789"),
-        CredentialResolver::new(None, LocalPolicy::parse(None, None).unwrap(), Duration::ZERO),
+        CredentialResolver::new(
+            None,
+            LocalPolicy::parse(None, None).unwrap(),
+            Duration::ZERO,
+        ),
         // The administrator's catalog as stored (the onboarding registered market-mcp there);
         // the model double listens on loopback.
         Arc::new(Upstreams::guarded(
@@ -229,8 +241,16 @@ async fn ewoooc_story_from_a_line_message_to_market_tools_and_back_stays_in_ewoo
 
     let chat = ChatDouble::start().await.unwrap();
     let secrets = Arc::new(StaticSecrets::default());
-    secrets.put("ewoooc", &env_ref("EWOOOC_LINE_CHANNEL_SECRET"), LINE_SECRET);
-    secrets.put("ewoooc", &env_ref("EWOOOC_LINE_ACCESS_TOKEN"), "ewoooc-line-token");
+    secrets.put(
+        "ewoooc",
+        &env_ref("EWOOOC_LINE_CHANNEL_SECRET"),
+        LINE_SECRET,
+    );
+    secrets.put(
+        "ewoooc",
+        &env_ref("EWOOOC_LINE_ACCESS_TOKEN"),
+        "ewoooc-line-token",
+    );
     let hub = Hub::new(
         cp.clone(),
         secrets,
@@ -245,7 +265,10 @@ async fn ewoooc_story_from_a_line_message_to_market_tools_and_back_stays_in_ewoo
 
     model.script([
         Reply::ToolCalls(vec![
-            ("market__search_products".into(), json!({"query": "earbuds"})),
+            (
+                "market__search_products".into(),
+                json!({"query": "earbuds"}),
+            ),
             (
                 "market__price_history".into(),
                 json!({"sku": "EW-1001", "days": 7}),
@@ -269,7 +292,12 @@ async fn ewoooc_story_from_a_line_message_to_market_tools_and_back_stays_in_ewoo
         .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
 
     let mut cfg = WorkerConfig::new("ewoooc-story");
     cfg.slots = 2;
@@ -322,7 +350,11 @@ async fn ewoooc_story_from_a_line_message_to_market_tools_and_back_stays_in_ewoo
         .any(|r| r.api == "line" && r.body.to_string().contains("2490 TWD"))
     {
         let _ = delivery.tick().await;
-        assert!(Instant::now() < deadline, "no LINE reply: {:?}", chat.requests());
+        assert!(
+            Instant::now() < deadline,
+            "no LINE reply: {:?}",
+            chat.requests()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -362,9 +394,12 @@ async fn ewoooc_story_from_a_line_message_to_market_tools_and_back_stays_in_ewoo
 
     // The run's event stream: created → … → tool calls by name → output, all in ewoooc.
     let db = t.db();
-    let (_, events) = tenancy::scope(p.clone(), awooop::runtime::events::read(&db, run_id, 0, 500))
-        .await
-        .unwrap();
+    let (_, events) = tenancy::scope(
+        p.clone(),
+        awooop::runtime::events::read(&db, run_id, 0, 500),
+    )
+    .await
+    .unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds.first(), Some(&"created"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"output"), "{kinds:?}");
@@ -374,9 +409,16 @@ async fn ewoooc_story_from_a_line_message_to_market_tools_and_back_stays_in_ewoo
         .map(|e| e.data["tool"].as_str().unwrap())
         .collect();
     assert_eq!(called, ["market__search_products", "market__price_history"]);
-    assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1), "gapless");
+    assert!(
+        events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "gapless"
+    );
     // AWOOOI sees none of it.
-    let foreign = tenancy::scope(pid("awoooi"), awooop::runtime::events::read(&db, run_id, 0, 500)).await;
+    let foreign = tenancy::scope(
+        pid("awoooi"),
+        awooop::runtime::events::read(&db, run_id, 0, 500),
+    )
+    .await;
     assert_code(foreign.map(|_| ()), "E-RUN-001");
     let n: i64 = {
         let mut tx = scoped_tx(&t.owner, "awoooi").await;
@@ -462,9 +504,14 @@ async fn the_business_agent_cannot_be_granted_or_call_infra_tools_nor_read_infra
         environment: "dev".into(),
         mode: None,
     };
-    let r = s
-        .gw
-        .call_tool(&caller, "k8s__echo", Some(json!({})), None, &TraceContext::generate())
+    let r =
+        s.gw.call_tool(
+            &caller,
+            "k8s__echo",
+            Some(json!({})),
+            None,
+            &TraceContext::generate(),
+        )
         .await;
     assert_code(r.map(|_| ()), "E-CONTEXT-001");
     // …and it is not in its tools/list.
@@ -473,9 +520,8 @@ async fn the_business_agent_cannot_be_granted_or_call_infra_tools_nor_read_infra
     assert!(!names.contains(&"k8s__echo"), "{names:?}");
     assert!(names.contains(&"market__search_products"), "{names:?}");
     // The business tool still works for it.
-    let ok = s
-        .gw
-        .call_tool(
+    let ok =
+        s.gw.call_tool(
             &caller,
             "market__competitor_prices",
             Some(json!({"sku": "EW-3001"})),
@@ -494,7 +540,11 @@ async fn the_business_agent_cannot_be_granted_or_call_infra_tools_nor_read_infra
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(denied, ["E-CONTEXT-001"], "the denial is audited with its code");
+    assert_eq!(
+        denied,
+        ["E-CONTEXT-001"],
+        "the denial is audited with its code"
+    );
 
     // 3. Prompt assembly: infra conversation events handed to the business agent are refused
     // before any model call.

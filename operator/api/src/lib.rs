@@ -99,7 +99,6 @@ pub struct ReplyTo {
     pub conversation: String,
 }
 
-
 /// What an event of a run's stream says (`event:` field of the SSE message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

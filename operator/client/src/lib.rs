@@ -121,7 +121,9 @@ impl Client {
         req: &CreateRun,
         idempotency_key: Option<&str>,
     ) -> Result<RunAccepted> {
-        let mut r = self.req(reqwest::Method::POST, "/v1/platform/runs").json(req);
+        let mut r = self
+            .req(reqwest::Method::POST, "/v1/platform/runs")
+            .json(req);
         if let Some(k) = idempotency_key {
             r = r.header("Idempotency-Key", k);
         }

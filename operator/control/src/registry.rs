@@ -318,7 +318,12 @@ pub async fn check_grant_domains(conn: &mut PgConnection, c: &McpGatewayContract
     let provider_domain: HashMap<&str, Option<&str>> = c
         .providers
         .iter()
-        .map(|p| (p.name.as_str(), p.context_domain.as_ref().map(|d| d.as_str())))
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.context_domain.as_ref().map(|d| d.as_str()),
+            )
+        })
         .collect();
     for g in &c.grants {
         let Some(agent_domain) = domains.get(g.agent.as_str()) else {

@@ -130,26 +130,35 @@ mod tests {
             ("business".to_string(), vec![]),
             ("infra".to_string(), vec!["auditor"]),
         ]);
-        let cases: &[(&str, &str, Option<&str>, Result<(), Refusal>)] = &[
+        type Case<'a> = (&'a str, &'a str, Option<&'a str>, Result<(), Refusal>);
+        let cases: &[Case] = &[
             ("biz", "business", Some("business"), Ok(())),
-            ("biz", "business", Some("infra"), Err(Refusal::ForeignDomain)),
-            ("sre", "infra", Some("business"), Err(Refusal::ForeignDomain)),
+            (
+                "biz",
+                "business",
+                Some("infra"),
+                Err(Refusal::ForeignDomain),
+            ),
+            (
+                "sre",
+                "infra",
+                Some("business"),
+                Err(Refusal::ForeignDomain),
+            ),
             ("auditor", "business", Some("infra"), Ok(())),
             ("biz", "business", None, Err(Refusal::Undeclared)),
             ("biz", "business", Some("hr"), Err(Refusal::Undeclared)),
             ("x", "hr", Some("hr"), Err(Refusal::Undeclared)),
         ];
         for (agent, own, item, want) in cases {
-            assert_eq!(f.may_read(agent, own, *item), *want, "{agent} {own} {item:?}");
+            assert_eq!(
+                f.may_read(agent, own, *item),
+                *want,
+                "{agent} {own} {item:?}"
+            );
         }
-        assert_eq!(
-            Refusal::ForeignDomain.tool_code().as_str(),
-            "E-CONTEXT-001"
-        );
-        assert_eq!(
-            Refusal::ForeignDomain.item_code().as_str(),
-            "E-CONTEXT-002"
-        );
+        assert_eq!(Refusal::ForeignDomain.tool_code().as_str(), "E-CONTEXT-001");
+        assert_eq!(Refusal::ForeignDomain.item_code().as_str(), "E-CONTEXT-002");
         assert_eq!(Refusal::Undeclared.item_code().as_str(), "E-CONTEXT-003");
     }
 }

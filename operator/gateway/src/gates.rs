@@ -514,7 +514,10 @@ mod tests {
                 .map(|_| ())
                 .map_err(|d| d.code)
         };
-        assert_eq!(code(&p, "k8s__read"), Err(ErrorCode::ContextToolForeignDomain));
+        assert_eq!(
+            code(&p, "k8s__read"),
+            Err(ErrorCode::ContextToolForeignDomain)
+        );
         assert_eq!(code(&p, "market__search"), Ok(()));
         assert_eq!(code(&p, "plain__x"), Ok(()), "legacy: unlabelled passes");
         let listed: Vec<_> = visible(caller("biz", "dev"), Some(&p), Some(&biz), &r)
@@ -526,8 +529,14 @@ mod tests {
             ("business".to_string(), Vec::<String>::new()),
             ("infra".to_string(), vec![]),
         ]);
-        assert_eq!(code(&p, "k8s__read"), Err(ErrorCode::ContextToolForeignDomain));
+        assert_eq!(
+            code(&p, "k8s__read"),
+            Err(ErrorCode::ContextToolForeignDomain)
+        );
         assert_eq!(code(&p, "market__search"), Ok(()));
-        assert_eq!(code(&p, "plain__x"), Err(ErrorCode::ContextDomainUndeclared));
+        assert_eq!(
+            code(&p, "plain__x"),
+            Err(ErrorCode::ContextDomainUndeclared)
+        );
     }
 }

@@ -126,7 +126,10 @@ async fn stream(
     let last = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
-            Error::new(ErrorCode::EventsBadCursor, "Last-Event-ID is not valid text")
+            Error::new(
+                ErrorCode::EventsBadCursor,
+                "Last-Event-ID is not valid text",
+            )
         })?),
     };
     let after = events::parse_cursor(last)?;

@@ -33,18 +33,90 @@ pub struct Product {
 }
 
 pub const CATALOG: &[Product] = &[
-    Product { sku: "EW-1001", name: "Wireless earbuds Pro", category: "audio", price: 2490, rating: 46 },
-    Product { sku: "EW-1002", name: "Noise-cancelling headphones", category: "audio", price: 6990, rating: 47 },
-    Product { sku: "EW-1003", name: "Bluetooth speaker mini", category: "audio", price: 1290, rating: 43 },
-    Product { sku: "EW-2001", name: "Air fryer 5L", category: "kitchen", price: 3290, rating: 45 },
-    Product { sku: "EW-2002", name: "Espresso machine", category: "kitchen", price: 8990, rating: 44 },
-    Product { sku: "EW-2003", name: "Rice cooker 10-cup", category: "kitchen", price: 4590, rating: 48 },
-    Product { sku: "EW-3001", name: "Robot vacuum", category: "home", price: 11990, rating: 44 },
-    Product { sku: "EW-3002", name: "Air purifier HEPA", category: "home", price: 5990, rating: 46 },
-    Product { sku: "EW-3003", name: "Dehumidifier 12L", category: "home", price: 7490, rating: 45 },
-    Product { sku: "EW-4001", name: "Running shoes", category: "sports", price: 3680, rating: 42 },
-    Product { sku: "EW-4002", name: "Yoga mat", category: "sports", price: 890, rating: 47 },
-    Product { sku: "EW-4003", name: "Smart fitness band", category: "sports", price: 1990, rating: 41 },
+    Product {
+        sku: "EW-1001",
+        name: "Wireless earbuds Pro",
+        category: "audio",
+        price: 2490,
+        rating: 46,
+    },
+    Product {
+        sku: "EW-1002",
+        name: "Noise-cancelling headphones",
+        category: "audio",
+        price: 6990,
+        rating: 47,
+    },
+    Product {
+        sku: "EW-1003",
+        name: "Bluetooth speaker mini",
+        category: "audio",
+        price: 1290,
+        rating: 43,
+    },
+    Product {
+        sku: "EW-2001",
+        name: "Air fryer 5L",
+        category: "kitchen",
+        price: 3290,
+        rating: 45,
+    },
+    Product {
+        sku: "EW-2002",
+        name: "Espresso machine",
+        category: "kitchen",
+        price: 8990,
+        rating: 44,
+    },
+    Product {
+        sku: "EW-2003",
+        name: "Rice cooker 10-cup",
+        category: "kitchen",
+        price: 4590,
+        rating: 48,
+    },
+    Product {
+        sku: "EW-3001",
+        name: "Robot vacuum",
+        category: "home",
+        price: 11990,
+        rating: 44,
+    },
+    Product {
+        sku: "EW-3002",
+        name: "Air purifier HEPA",
+        category: "home",
+        price: 5990,
+        rating: 46,
+    },
+    Product {
+        sku: "EW-3003",
+        name: "Dehumidifier 12L",
+        category: "home",
+        price: 7490,
+        rating: 45,
+    },
+    Product {
+        sku: "EW-4001",
+        name: "Running shoes",
+        category: "sports",
+        price: 3680,
+        rating: 42,
+    },
+    Product {
+        sku: "EW-4002",
+        name: "Yoga mat",
+        category: "sports",
+        price: 890,
+        rating: 47,
+    },
+    Product {
+        sku: "EW-4003",
+        name: "Smart fitness band",
+        category: "sports",
+        price: 1990,
+        rating: 41,
+    },
 ];
 
 pub const COMPETITORS: [&str; 3] = ["shopline-mall", "pchome-like", "coupang-like"];
@@ -252,8 +324,10 @@ pub fn sales_summary(a: &Map<String, Value>) -> ToolResult {
         }
     }
     let avg = revenue.checked_div(units).unwrap_or(0);
-    Ok(json!({"period": period, "sku": sku.map(|p| p.sku), "category": cat,
-              "units": units, "revenue": revenue, "currency": "TWD", "average_price": avg}))
+    Ok(
+        json!({"period": period, "sku": sku.map(|p| p.sku), "category": cat,
+              "units": units, "revenue": revenue, "currency": "TWD", "average_price": avg}),
+    )
 }
 
 /// Run one tool; `None` for an unknown tool.
@@ -333,7 +407,9 @@ pub fn serve(input: impl BufRead, mut output: impl Write) {
             Err(_) => Some(error(Value::Null, -32700, "parse error")),
         };
         if let Some(r) = reply
-            && writeln!(output, "{r}").and_then(|_| output.flush()).is_err()
+            && writeln!(output, "{r}")
+                .and_then(|_| output.flush())
+                .is_err()
         {
             return;
         }
@@ -411,7 +487,12 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["search_products", "price_history", "competitor_prices", "sales_summary"]
+            [
+                "search_products",
+                "price_history",
+                "competitor_prices",
+                "sales_summary"
+            ]
         );
         for t in lines[1]["result"]["tools"].as_array().unwrap() {
             assert_eq!(t["annotations"]["readOnlyHint"], true);

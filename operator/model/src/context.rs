@@ -40,7 +40,12 @@ impl PromptFirewall {
             let providers: HashMap<&str, Option<String>> = g
                 .providers
                 .iter()
-                .map(|p| (p.name.as_str(), p.context_domain.as_ref().map(|d| d.0.clone())))
+                .map(|p| {
+                    (
+                        p.name.as_str(),
+                        p.context_domain.as_ref().map(|d| d.0.clone()),
+                    )
+                })
                 .collect();
             for t in &g.tools {
                 let d = providers.get(t.provider.as_str()).cloned().flatten();

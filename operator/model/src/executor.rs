@@ -301,11 +301,12 @@ impl LlmExecutor {
             Err(e) if is_transient(&e) => return Err(e),
             Err(e) => return Ok(failed(&e)),
         };
-        let (system, (tools, firewall)) = match (self.system_prompt(ctx).await, self.tools(ctx).await) {
-            (Ok(s), Ok((t, f))) => (s, (t, f)),
-            (Err(e), _) | (_, Err(e)) if is_transient(&e) => return Err(e),
-            (Err(e), _) | (_, Err(e)) => return Ok(failed(&e)),
-        };
+        let (system, (tools, firewall)) =
+            match (self.system_prompt(ctx).await, self.tools(ctx).await) {
+                (Ok(s), Ok((t, f))) => (s, (t, f)),
+                (Err(e), _) | (_, Err(e)) if is_transient(&e) => return Err(e),
+                (Err(e), _) | (_, Err(e)) => return Ok(failed(&e)),
+            };
         let mut req = ChatRequest {
             system,
             messages: vec![ChatMessage::User {

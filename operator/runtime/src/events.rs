@@ -19,16 +19,20 @@ pub async fn read(db: &Db, run: Uuid, after: i64, limit: i64) -> Result<(String,
     let Some(state) = state else {
         return Err(Error::new(ErrorCode::RunNotFound, "run not found"));
     };
-    let rows: Vec<(i64, String, serde_json::Value, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as(
-            "SELECT seq, kind, data, at FROM run_events WHERE run_id = $1 AND seq > $2 \
+    let rows: Vec<(
+        i64,
+        String,
+        serde_json::Value,
+        chrono::DateTime<chrono::Utc>,
+    )> = sqlx::query_as(
+        "SELECT seq, kind, data, at FROM run_events WHERE run_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3",
-        )
-        .bind(run)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
+    )
+    .bind(run)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
     let events = rows
         .into_iter()

@@ -6,9 +6,8 @@
 //! waiting run, stream a run's events (Server-Sent Events, resumable), and the approvals
 //! inbox (`GET /v1/platform/approvals`, `POST /v1/platform/approvals/{id}/decisions`).
 //!
-//! Plain `http://` works out of the box; for `https://` the process must install a rustls
-//! crypto provider first (the platform uses *ring*: `rustls::crypto::ring::default_provider()
-//! .install_default()`), because the workspace builds reqwest without one.
+//! TLS: the workspace builds reqwest with rustls and no default crypto provider; the client
+//! installs *ring* as the process default when the process has none yet.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -77,6 +76,10 @@ pub struct Client {
 impl Client {
     /// `base_url` like `http://127.0.0.1:8080`; `api_key` an `awk.{project}.…` key.
     pub fn new(base_url: &str, api_key: &str) -> Self {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Losing a race with another installer is fine: a provider is then installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         Self {
             base: base_url.trim_end_matches('/').to_string(),
             token: api_key.to_string(),

@@ -556,6 +556,37 @@ pub fn operations() -> Vec<Op> {
 }
 
 /// The whole document.
+/// Replace the boolean subschema `true` (schemars' "any JSON value", e.g. for a
+/// `serde_json::Value` field) by its equivalent `{}`: JSON Schema 2020-12 allows both, but
+/// common OpenAPI client generators (openapi-python-client among them) accept only objects.
+fn no_boolean_subschemas(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                let holds_schemas = matches!(
+                    k.as_str(),
+                    "properties" | "$defs" | "patternProperties" | "schemas"
+                );
+                if holds_schemas && let Value::Object(props) = child {
+                    for p in props.values_mut() {
+                        if *p == Value::Bool(true) {
+                            *p = json!({});
+                        }
+                    }
+                }
+                if matches!(k.as_str(), "items" | "additionalProperties" | "schema")
+                    && *child == Value::Bool(true)
+                {
+                    *child = json!({});
+                }
+                no_boolean_subschemas(child);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(no_boolean_subschemas),
+        _ => {}
+    }
+}
+
 /// A stable operation id from method and path (`get /v1/platform/runs/{id}` →
 /// `get_v1_platform_runs_id`): client generators name their functions after it.
 pub fn operation_id(method: &str, path: &str) -> String {
@@ -632,7 +663,10 @@ pub fn document() -> Value {
             .expect("path item is an object")
             .insert(op.method.to_string(), operation);
     }
-    let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    let mut schemas = Value::Object(generator.take_definitions(true).into_iter().collect());
+    let mut paths = Value::Object(paths);
+    no_boolean_subschemas(&mut schemas);
+    no_boolean_subschemas(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "AwoooP", "version": env!("CARGO_PKG_VERSION"),

@@ -126,9 +126,7 @@ async fn client_drives_runs_and_streams_their_events_against_the_real_server() {
         .find(|e| e.kind == RunEventKind::Output)
         .unwrap();
     assert!(
-        output.data["output"]
-            .to_string()
-            .contains("you said: hi"),
+        output.data["output"].to_string().contains("you said: hi"),
         "{events:?}"
     );
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();

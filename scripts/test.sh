@@ -203,8 +203,9 @@ ensure_redis() {
 ensure_python_mcp() {
   # The channel tests' provider SDKs (line-bot-sdk, slack_sdk, python-telegram-bot) and
   # schemathesis share the venv with the MCP SDK: each requirements file pins its own.
-  local venv=.tools/venv req=tests/mcp/requirements.txt req2=tests/channels/requirements.txt fuzz=tests/fuzz/schemathesis-requirements.txt marker
-  marker="$(cat "$req" "$req2" "$fuzz" | sha256sum | cut -d' ' -f1)"
+  # openapi-python-client (tests/client/requirements.txt) generates the Python client test's client.
+  local venv=.tools/venv req=tests/mcp/requirements.txt req2=tests/channels/requirements.txt fuzz=tests/fuzz/schemathesis-requirements.txt req3=tests/client/requirements.txt marker
+  marker="$(cat "$req" "$req2" "$fuzz" "$req3" | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$marker" ] || [ ! -x "$venv/bin/python" ]; then
     log "installing the Python MCP SDK and the chat provider SDKs ($req, $req2) into $venv"
     if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
@@ -213,7 +214,7 @@ ensure_python_mcp() {
     rm -rf "$venv"
     mkdir -p .tools
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req" -r "$req2" -r "$fuzz"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req" -r "$req2" -r "$fuzz" -r "$req3"
     echo "$marker" > "$venv/.requirements-sha256"
   fi
   AWOOOP_TEST_PYTHON="$(pwd)/$venv/bin/python"

@@ -86,6 +86,10 @@ pub enum Command {
     #[cfg(feature = "bench")]
     #[command(name = "mcp-fixture", hide = true)]
     McpFixture(McpFixtureArgs),
+    /// The market-intelligence MCP server of the EwoooC example over stdio (the same server as
+    /// the `awooop-market-mcp` binary; `awooop up` registers it in the stdio catalog).
+    #[command(name = "market-mcp", hide = true)]
+    MarketMcp,
 }
 
 /// `awooop mcp-fixture`: the MCP test server of `gateway::upstream::fixture`.
@@ -887,7 +891,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels", "approvals"])]
+    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels", "approvals", "events"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]

@@ -24,6 +24,7 @@ pub mod apply;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod example;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod in_cluster;

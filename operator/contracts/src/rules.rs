@@ -48,6 +48,13 @@ pub fn check(contract: &Contract) -> Vec<Violation> {
 }
 
 fn project(p: &ProjectContract, out: &mut Out) {
+    if let Some(c) = &p.context {
+        out.unique(
+            "/context/domains",
+            "name",
+            c.domains.iter().map(|d| d.name.as_str()),
+        );
+    }
     if !p
         .data_boundary
         .allowed_classes

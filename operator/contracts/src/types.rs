@@ -113,6 +113,46 @@ pub struct ProjectContract {
     /// Whether destructive tools may ever be called (still behind approval). Default false.
     #[serde(default)]
     pub allow_destructive_tools: bool,
+    /// The context firewall: which context domains exist and who reads them. Absent: each
+    /// agent reads its own domain and unlabelled context only (see docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextPolicy>,
+}
+
+/// Context domains of a project. Declaring them turns the firewall's fail-closed regime on:
+/// every agent's domain and every tool's domain must then be one of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextPolicy {
+    #[schemars(length(min = 1, max = 32))]
+    pub domains: Vec<ContextDomain>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextDomain {
+    /// Domain name (the `context_domain` of agents and MCP providers).
+    pub name: Slug,
+    /// Agents of other domains that may also read this domain's context (an agent always
+    /// reads its own domain). Empty: nobody else.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub readers: Vec<Slug>,
+}
+
+impl ProjectContract {
+    /// The firewall this contract declares (legacy regime when it declares none).
+    pub fn firewall(&self) -> awooop_core::context::ContextFirewall {
+        match &self.context {
+            None => awooop_core::context::ContextFirewall::legacy(),
+            Some(c) => awooop_core::context::ContextFirewall::declared(c.domains.iter().map(|d| {
+                (
+                    d.name.0.clone(),
+                    d.readers.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+                )
+            })),
+        }
+    }
 }
 
 /// A lowercase slug.
@@ -382,6 +422,12 @@ pub struct McpProvider {
     /// Credentials injected into upstream requests.
     #[serde(default)]
     pub credentials: Vec<CredentialInjection>,
+    /// Context domain of everything this provider produces: its tools, their results and the
+    /// credentials injected for it. Agents of other domains can neither be granted nor call
+    /// its tools (`E-CONTEXT-001`). Absent: unlabelled (refused when the project declares
+    /// domains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_domain: Option<Slug>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

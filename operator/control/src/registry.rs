@@ -53,6 +53,8 @@ pub struct ToolEntry {
     pub rollback_tool: Option<String>,
     pub max_result_chars: usize,
     pub input_schema: Value,
+    /// The context domain of the tool's provider (`None`: unlabelled).
+    pub context_domain: Option<String>,
     validator: jsonschema::Validator,
     /// The `tools/list` entry, built once.
     pub list_entry: Value,
@@ -166,6 +168,10 @@ impl Registry {
                     .map(|n| n as usize)
                     .unwrap_or(DEFAULT_MAX_RESULT_CHARS),
                 input_schema: schema,
+                context_domain: c.providers[provider]
+                    .context_domain
+                    .as_ref()
+                    .map(|d| d.0.clone()),
                 validator,
                 list_entry: Value::Object(entry),
             };
@@ -245,6 +251,7 @@ pub async fn materialize(
     revision_id: Uuid,
     c: &McpGatewayContract,
 ) -> Result<()> {
+    check_grant_domains(conn, c).await?;
     for t in &c.tools {
         sqlx::query(
             "INSERT INTO mcp_tools (project_id, revision_id, exposed_name, provider, upstream_name, risk, \
@@ -296,6 +303,60 @@ pub async fn materialize(
         .bind(serde_json::to_value(&r.source).map_err(Error::internal)?)
         .execute(&mut *conn)
         .await?;
+    }
+    Ok(())
+}
+
+/// The context firewall at grant time: no grant may give an agent a tool of a domain it may
+/// not read (`E-CONTEXT-001`, or `E-CONTEXT-003` when the project declares domains and the
+/// tool or agent has none of them). Checked against the agents active now; an agent activated
+/// later is still held by the same rule on every call (the gateway's gate 2).
+pub async fn check_grant_domains(conn: &mut PgConnection, c: &McpGatewayContract) -> Result<()> {
+    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT a.kind, a.name, r.body FROM active_revisions a \
+         JOIN contract_revisions r USING (project_id, revision_id) \
+         WHERE a.kind IN ('agent', 'project')",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut firewall = awooop_core::context::ContextFirewall::legacy();
+    let mut domains: HashMap<String, String> = HashMap::new();
+    for (kind, name, body) in rows {
+        if kind == "project" {
+            if let Ok(p) = serde_json::from_value::<awooop_contracts::ProjectContract>(body) {
+                firewall = p.firewall();
+            }
+        } else if let Some(d) = body.get("context_domain").and_then(Value::as_str) {
+            domains.insert(name, d.to_string());
+        }
+    }
+    let provider_domain: HashMap<&str, Option<&str>> = c
+        .providers
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.context_domain.as_ref().map(|d| d.as_str()),
+            )
+        })
+        .collect();
+    for g in &c.grants {
+        let Some(agent_domain) = domains.get(g.agent.as_str()) else {
+            continue;
+        };
+        for t in &g.tools {
+            let Some((provider, _)) = split_exposed(&t.0) else {
+                continue;
+            };
+            let item = provider_domain.get(provider).copied().flatten();
+            if let Err(r) = firewall.may_read(g.agent.as_str(), agent_domain, item) {
+                return Err(Error::new(
+                    r.tool_code(),
+                    "a grant gives an agent a tool of a context domain it may not read",
+                )
+                .with_details(json!({"agent": g.agent.as_str(), "tool": t.0, "agent_domain": agent_domain, "tool_domain": item})));
+            }
+        }
     }
     Ok(())
 }

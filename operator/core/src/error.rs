@@ -210,6 +210,18 @@ error_codes! {
     EgressDenied = ("E-EGRESS-001", 403, "the egress policy refuses this destination (URL shape, host not allowed, or a loopback/private/metadata address)"),
     /// An egress rule given by the administrator is malformed.
     EgressRuleInvalid = ("E-EGRESS-002", 422, "egress rule malformed (host must be a DNS name, *.suffix or CIDR)"),
+    // --- context firewall (contracts' context domains) and run events ---
+    /// A tool (or credential) of one context domain was granted to, listed for or called by an
+    /// agent that may not read that domain.
+    ContextToolForeignDomain = ("E-CONTEXT-001", 403, "context firewall: the tool belongs to a context domain this agent may not read"),
+    /// Prompt assembly refused a context item (tool result, conversation event, artifact) of a
+    /// domain the agent may not read.
+    ContextItemForeignDomain = ("E-CONTEXT-002", 403, "context firewall: a context item of a foreign domain was refused at prompt assembly"),
+    /// The project declares context domains, but the agent's domain or a tool's domain is not
+    /// one of them, or a tool carries no domain (fail closed).
+    ContextDomainUndeclared = ("E-CONTEXT-003", 403, "context firewall: the project declares domains and this agent or tool has none of them"),
+    /// The Last-Event-ID of a run event stream is malformed.
+    EventsBadCursor = ("E-EVENTS-001", 422, "Last-Event-ID must be a non-negative integer event id of this run"),
     // --- channel hub (awooop-channels) ---
     /// Unknown project or channel, or no active Channel contract names it (indistinguishable).
     ChannelNotFound = ("E-CHANNEL-001", 404, "unknown project or channel, or no active Channel contract names it"),

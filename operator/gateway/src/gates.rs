@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use super::registry::{Registry, ToolEntry};
 use awooop_contracts::RiskClass;
 use awooop_control::MigrationMode;
+use awooop_core::context::ContextFirewall;
 use awooop_core::error::ErrorCode;
 
 /// What the gates know about the project.
@@ -26,6 +27,8 @@ pub struct ProjectState {
     pub active: bool,
     pub mode: MigrationMode,
     pub allow_destructive: bool,
+    /// The context domains the active Project contract declares (legacy regime if none).
+    pub firewall: ContextFirewall,
 }
 
 /// What the gates know about the calling agent's active contract.
@@ -33,6 +36,8 @@ pub struct ProjectState {
 pub struct AgentState {
     pub tools: HashSet<String>,
     pub max_risk: RiskClass,
+    /// The agent's `context_domain`.
+    pub domain: String,
 }
 
 /// The caller as fixed by its credential.
@@ -111,6 +116,18 @@ pub fn decide<'r>(
             "the agent has no active contract",
         ));
     };
+    // Gate 2, context firewall first: a tool of a domain the agent may not read is refused
+    // with its own code even when a contract or grant (wrongly) names it.
+    if let Err(r) = p
+        .firewall
+        .may_read(caller.agent, &a.domain, t.context_domain.as_deref())
+    {
+        return Err(deny(
+            2,
+            r.tool_code(),
+            "the tool belongs to a context domain this agent may not read",
+        ));
+    }
     if !a.tools.contains(tool) {
         return Err(deny(
             2,
@@ -230,6 +247,7 @@ mod tests {
             .map(String::from)
             .collect(),
             max_risk: max,
+            domain: "infra".into(),
         }
     }
 
@@ -238,6 +256,7 @@ mod tests {
             active: true,
             mode,
             allow_destructive: destructive,
+            firewall: ContextFirewall::legacy(),
         }
     }
 
@@ -501,6 +520,66 @@ mod tests {
                 "k8s__write",
             )
             .is_ok()
+        );
+    }
+
+    /// Two providers in one project, one `infra`, one `business`: a business agent is refused
+    /// the infra tool with `E-CONTEXT-001` even though its contract and a grant name it, and
+    /// does not see it in `tools/list`; declaring domains makes unlabelled tools fail closed.
+    #[test]
+    fn context_firewall_is_part_of_gate_two() {
+        let c = serde_json::from_value(json!({
+            "providers": [
+                {"name": "k8s", "transport": {"type": "streamable_http", "url": "http://127.0.0.1:1/mcp"}, "context_domain": "infra"},
+                {"name": "market", "transport": {"type": "stdio", "entry": "market"}, "context_domain": "business"},
+                {"name": "plain", "transport": {"type": "stdio", "entry": "plain"}}
+            ],
+            "tools": [
+                {"provider": "k8s", "name": "read", "risk": "read_only", "environments": ["dev"], "input_schema": {"type": "object"}},
+                {"provider": "market", "name": "search", "risk": "read_only", "environments": ["dev"], "input_schema": {"type": "object"}},
+                {"provider": "plain", "name": "x", "risk": "read_only", "environments": ["dev"], "input_schema": {"type": "object"}}
+            ],
+            "grants": [{"agent": "biz", "tools": ["k8s__read", "market__search", "plain__x"], "environments": ["dev"]}]
+        }))
+        .unwrap();
+        let r = Registry::compile(None, &c).unwrap();
+        let biz = AgentState {
+            tools: ["k8s__read", "market__search", "plain__x"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            max_risk: RiskClass::ReadOnly,
+            domain: "business".into(),
+        };
+        let mut p = project(MigrationMode::Canary, false);
+        let code = |p: &ProjectState, tool: &str| {
+            decide(caller("biz", "dev"), Some(p), Some(&biz), &r, tool)
+                .map(|_| ())
+                .map_err(|d| d.code)
+        };
+        assert_eq!(
+            code(&p, "k8s__read"),
+            Err(ErrorCode::ContextToolForeignDomain)
+        );
+        assert_eq!(code(&p, "market__search"), Ok(()));
+        assert_eq!(code(&p, "plain__x"), Ok(()), "legacy: unlabelled passes");
+        let listed: Vec<_> = visible(caller("biz", "dev"), Some(&p), Some(&biz), &r)
+            .iter()
+            .map(|t| t.exposed.clone())
+            .collect();
+        assert_eq!(listed, ["market__search", "plain__x"]);
+        p.firewall = ContextFirewall::declared([
+            ("business".to_string(), Vec::<String>::new()),
+            ("infra".to_string(), vec![]),
+        ]);
+        assert_eq!(
+            code(&p, "k8s__read"),
+            Err(ErrorCode::ContextToolForeignDomain)
+        );
+        assert_eq!(code(&p, "market__search"), Ok(()));
+        assert_eq!(
+            code(&p, "plain__x"),
+            Err(ErrorCode::ContextDomainUndeclared)
         );
     }
 }

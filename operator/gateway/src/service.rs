@@ -26,6 +26,7 @@ use super::registry::Registry;
 use super::sanitize;
 use awooop_contracts::{self as contracts, ContractKind, Injection, McpProvider};
 use awooop_control::MigrationMode;
+use awooop_core::context::ContextFirewall;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::ratelimit::KeyedLimiter;
 use awooop_core::redact::ExactSecrets;
@@ -313,7 +314,7 @@ impl Gateway {
         let revisions: Vec<(String, String, Uuid, Value)> = sqlx::query_as(
             "SELECT a.kind, a.name, a.revision_id, r.body FROM active_revisions a \
              JOIN contract_revisions r USING (project_id, revision_id) \
-             WHERE (a.kind = 'mcp_gateway' AND a.name = 'default') OR a.kind = 'agent'",
+             WHERE (a.kind = 'mcp_gateway' AND a.name = 'default') OR a.kind IN ('agent', 'project')",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -328,11 +329,13 @@ impl Gateway {
                     .transpose()?
                     .unwrap_or(MigrationMode::Shadow),
                 allow_destructive,
+                firewall: ContextFirewall::legacy(),
             }),
             None => None,
         };
         let mut registry = None;
         let mut agents = HashMap::new();
+        let mut firewall = ContextFirewall::legacy();
         for (kind, name, revision_id, body) in revisions {
             let kind = ContractKind::parse(&kind)?;
             let parsed = contracts::validate(kind, &body).map_err(contracts::violations_error)?;
@@ -349,12 +352,15 @@ impl Gateway {
                         AgentState {
                             tools: a.tools.into_iter().map(|t| t.0).collect(),
                             max_risk: a.safety.max_risk,
+                            domain: a.context_domain.0,
                         },
                     );
                 }
+                contracts::Contract::Project(p) => firewall = p.firewall(),
                 _ => {}
             }
         }
+        let project = project.map(|p| ProjectState { firewall, ..p });
         Ok(Snapshot {
             loaded: Instant::now(),
             project,

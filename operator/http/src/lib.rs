@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod approvals;
 pub mod console;
 pub mod control;
+pub mod events;
 pub mod extract;
 pub mod guard;
 pub mod health;
@@ -53,7 +54,12 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .nest("/v1/control", control::router())
-        .nest("/v1/platform", runs::router().merge(approvals::router()))
+        .nest(
+            "/v1/platform",
+            runs::router()
+                .merge(approvals::router())
+                .merge(events::router()),
+        )
         .route("/v1/control/contracts", get(views::contracts))
         .route("/v1/platform/runs/{id}/timeline", get(views::run_timeline))
         .route("/v1/platform/gateway", get(views::gateway))

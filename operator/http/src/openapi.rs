@@ -289,6 +289,17 @@ pub fn operations() -> Vec<Op> {
             )
         },
         Op {
+            response: Some(s::<awooop_api::RunEvent>),
+            errors: &[E::RunNotFound, E::EventsBadCursor],
+            media: "text/event-stream",
+            ..op(
+                "get",
+                "/v1/platform/runs/{id}/events",
+                "Server-Sent Events of a run's progress (each data: one RunEvent; id: its seq; resume with Last-Event-ID)",
+                200,
+            )
+        },
+        Op {
             request: Some(run_approval),
             response: Some(s::<RunView>),
             errors: &[E::RunNotFound, E::RunIllegalTransition],
@@ -615,6 +626,52 @@ pub fn operations() -> Vec<Op> {
 }
 
 /// The whole document.
+/// Replace the boolean subschema `true` (schemars' "any JSON value", e.g. for a
+/// `serde_json::Value` field) by its equivalent `{}`: JSON Schema 2020-12 allows both, but
+/// common OpenAPI client generators (openapi-python-client among them) accept only objects.
+fn no_boolean_subschemas(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                let holds_schemas = matches!(
+                    k.as_str(),
+                    "properties" | "$defs" | "patternProperties" | "schemas"
+                );
+                if holds_schemas && let Value::Object(props) = child {
+                    for p in props.values_mut() {
+                        if *p == Value::Bool(true) {
+                            *p = json!({});
+                        }
+                    }
+                }
+                if matches!(k.as_str(), "items" | "additionalProperties" | "schema")
+                    && *child == Value::Bool(true)
+                {
+                    *child = json!({});
+                }
+                no_boolean_subschemas(child);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(no_boolean_subschemas),
+        _ => {}
+    }
+}
+
+/// A stable operation id from method and path (`get /v1/platform/runs/{id}` →
+/// `get_v1_platform_runs_id`): client generators name their functions after it.
+pub fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_string();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        id.push('_');
+        id.extend(
+            seg.trim_matches(|c| c == '{' || c == '}')
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
+    }
+    id
+}
+
 pub fn document() -> Value {
     let mut generator = SchemaSettings::draft2020_12()
         .with(|s| s.definitions_path = "/components/schemas/".into())
@@ -649,7 +706,8 @@ pub fn document() -> Value {
                 json!({"description": format!("Error codes: {}", codes.join(", ")), "content": {"application/json": {"schema": error}}}),
             );
         }
-        let mut operation = json!({"summary": op.summary, "responses": responses});
+        let mut operation = json!({"operationId": operation_id(op.method, op.path),
+            "summary": op.summary, "responses": responses});
         let mut params: Vec<Value> = op
             .path
             .split('/')
@@ -675,7 +733,10 @@ pub fn document() -> Value {
             .expect("path item is an object")
             .insert(op.method.to_string(), operation);
     }
-    let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    let mut schemas = Value::Object(generator.take_definitions(true).into_iter().collect());
+    let mut paths = Value::Object(paths);
+    no_boolean_subschemas(&mut schemas);
+    no_boolean_subschemas(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "AwoooP", "version": env!("CARGO_PKG_VERSION"),

@@ -23,6 +23,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::breaker::{Anomaly, AnomalyCounter};
+use super::context::PromptFirewall;
 use super::policy::{self, EffectivePolicy, PolicyInputs};
 use super::proxy::{CallMeta, ModelCall, ProviderProxy};
 use super::validate::{OutputSchema, SchemaCache};
@@ -115,8 +116,9 @@ impl LlmExecutor {
             .map_err(|_| Error::new(ErrorCode::ArtifactInvalid, "prompt artifact is not UTF-8"))
     }
 
-    /// The agent's tools with descriptions and argument schemas from the MCP Gateway contract.
-    async fn tools(&self, ctx: &RunContext) -> Result<Vec<ToolSpec>> {
+    /// The agent's tools with descriptions and argument schemas from the MCP Gateway contract,
+    /// and the run's [`PromptFirewall`] (which has already admitted those tools and the input).
+    async fn tools(&self, ctx: &RunContext) -> Result<(Vec<ToolSpec>, PromptFirewall)> {
         let gw = match self
             .control
             .active_typed(ContractKind::McpGateway, "default")
@@ -127,7 +129,27 @@ impl LlmExecutor {
             Err(e) if e.code == ErrorCode::ContractNotFound => None,
             Err(e) => return Err(e),
         };
-        Ok(ctx
+        let project = match self
+            .control
+            .active_typed(ContractKind::Project, ctx.project.as_str())
+            .await
+        {
+            Ok((_, Contract::Project(p))) => Some(p),
+            Ok(_) => None,
+            Err(e) if e.code == ErrorCode::ContractNotFound => None,
+            Err(e) => return Err(e),
+        };
+        let firewall = PromptFirewall::new(
+            &ctx.agent,
+            ctx.contract.context_domain.as_str(),
+            project.as_ref(),
+            gw.as_ref(),
+        );
+        for t in &ctx.contract.tools {
+            firewall.offer_tool(&t.0)?;
+        }
+        firewall.admit_input(&ctx.input)?;
+        let specs = ctx
             .contract
             .tools
             .iter()
@@ -147,7 +169,8 @@ impl LlmExecutor {
                         .unwrap_or_else(|| json!({"type": "object"})),
                 }
             })
-            .collect())
+            .collect();
+        Ok((specs, firewall))
     }
 }
 
@@ -278,11 +301,12 @@ impl LlmExecutor {
             Err(e) if is_transient(&e) => return Err(e),
             Err(e) => return Ok(failed(&e)),
         };
-        let (system, tools) = match (self.system_prompt(ctx).await, self.tools(ctx).await) {
-            (Ok(s), Ok(t)) => (s, t),
-            (Err(e), _) | (_, Err(e)) if is_transient(&e) => return Err(e),
-            (Err(e), _) | (_, Err(e)) => return Ok(failed(&e)),
-        };
+        let (system, (tools, firewall)) =
+            match (self.system_prompt(ctx).await, self.tools(ctx).await) {
+                (Ok(s), Ok((t, f))) => (s, (t, f)),
+                (Err(e), _) | (_, Err(e)) if is_transient(&e) => return Err(e),
+                (Err(e), _) | (_, Err(e)) => return Ok(failed(&e)),
+            };
         let mut req = ChatRequest {
             system,
             messages: vec![ChatMessage::User {
@@ -507,6 +531,11 @@ impl LlmExecutor {
                         }
                     }
                 };
+                // The second wall: a result of a foreign domain never reaches the model, even
+                // if a gateway let it through.
+                if let Err(e) = firewall.admit_tool_result(&tc.name) {
+                    return Ok(failed(&e));
+                }
                 req.messages.push(ChatMessage::Tool {
                     call_id: tc.id,
                     name: tc.name,

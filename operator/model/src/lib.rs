@@ -11,11 +11,13 @@
 //! * [`validate`]: the output schema validator and `ValidatedOutput` (owned by the runtime
 //!   crate, which checks every output; re-exported here).
 //! * [`executor`]: the LLM tool-calling executor and the per-agent executor choice.
+//! * [`context`]: prompt assembly under the context firewall (foreign-domain items refused).
 //!
 //! The provider double speaking the three wire formats (tests, bench) is in `awooop-testkit`.
 
 pub mod breaker;
 pub mod budget;
+pub mod context;
 pub mod executor;
 pub mod policy;
 pub mod proxy;

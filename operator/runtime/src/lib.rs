@@ -5,6 +5,7 @@
 //! [`worker::Worker`] executes runs through the [`executor::Executor`] interface.
 
 pub mod approvals;
+pub mod events;
 pub mod executor;
 pub mod metrics;
 pub mod outbound;
@@ -15,8 +16,8 @@ pub mod worker;
 pub use awooop_core::{run_state as state, trace};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::json;
 use uuid::Uuid;
 
 use awooop_contracts::{self as contracts, Contract, ContractKind, RuntimeContract};
@@ -42,76 +43,8 @@ pub fn default_runtime() -> RuntimeContract {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRun {
-    pub agent: String,
-    #[serde(default)]
-    pub input: Value,
-    /// Requested mode; defaults to (and may not exceed) the project's migration mode.
-    #[serde(default)]
-    pub mode: Option<String>,
-    /// Where the reply goes when the run succeeds (never for shadow runs).
-    #[serde(default)]
-    pub reply_to: Option<outbound::ReplyTo>,
-}
-
-/// What the caller gets back from `POST /v1/platform/runs`.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct RunAccepted {
-    pub run_id: Uuid,
-    pub trace_id: String,
-    pub traceparent: String,
-    pub state: String,
-    pub mode: String,
-    /// True when an earlier request with the same Idempotency-Key created this run.
-    pub replayed: bool,
-}
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
-pub struct RunView {
-    pub run_id: Uuid,
-    pub agent: String,
-    pub mode: String,
-    pub state: String,
-    pub input_hash: String,
-    pub agent_revision_id: Uuid,
-    pub agent_body_hash: String,
-    pub project_revision_id: Option<Uuid>,
-    pub project_body_hash: Option<String>,
-    pub trace_id: String,
-    pub attempt: i32,
-    pub max_attempts: i32,
-    pub output: Option<Value>,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub deadline_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, schemars::JsonSchema)]
-pub struct StepView {
-    pub step_index: i32,
-    pub attempt: i32,
-    pub step_key: String,
-    pub step_type: String,
-    pub input_hash: String,
-    pub status: String,
-    pub output: Option<Value>,
-    pub error_code: Option<String>,
-    pub span_id: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct RunDetail {
-    #[serde(flatten)]
-    pub run: RunView,
-    pub steps: Vec<StepView>,
-}
+// The wire types live in `awooop-api`, shared with `awooop-client`.
+pub use awooop_api::{CreateRun, RunAccepted, RunDetail, RunPage, RunView, StepView};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,12 +58,6 @@ pub struct ListQuery {
     /// Opaque cursor from the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct RunPage {
-    pub runs: Vec<RunView>,
-    pub next_cursor: Option<String>,
 }
 
 /// A run request that passed every check of [`RunService::prepare`], not yet written.

@@ -2,7 +2,6 @@
 //! refuses messages of shadow runs (trigger `outbound_messages_shadow_guard`), so a shadow run
 //! cannot reach a user whatever the caller does; here the refusal becomes an audit record.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{Acquire, PgConnection};
 use uuid::Uuid;
@@ -11,15 +10,7 @@ use crate::validate::ValidatedOutput;
 use awooop_core::error::{ErrorCode, Result};
 use awooop_store::audit::{self, Entry};
 
-/// Where a run's reply goes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReplyTo {
-    /// Channel name (from the Communication contract).
-    pub channel: String,
-    /// Conversation/chat id within the channel.
-    pub conversation: String,
-}
+pub use awooop_api::ReplyTo;
 
 /// Queue the reply of a finished run. Returns false when the message was refused because the
 /// run is in shadow mode (recorded in the audit log instead). Only output that passed the

@@ -8,6 +8,7 @@ mod approvals;
 mod budget;
 mod channels;
 mod contracts;
+mod events;
 mod gateway;
 mod projection;
 mod runs;
@@ -30,6 +31,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "gateway" => gateway::run(&args).await,
         "channels" => channels::run(&args).await,
         "approvals" => approvals::run(&args).await,
+        "events" => events::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }
 }

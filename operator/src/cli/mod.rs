@@ -267,6 +267,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Token(t) => token(t).await,
         #[cfg(feature = "bench")]
         Command::McpFixture(a) => mcp_fixture(a).await,
+        Command::MarketMcp => {
+            // Blocking stdio loop: off the async workers.
+            tokio::task::spawn_blocking(|| {
+                awooop_market_mcp::serve(std::io::stdin().lock(), std::io::stdout().lock())
+            })
+            .await?;
+            Ok(())
+        }
     }
 }
 

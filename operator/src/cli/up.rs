@@ -58,6 +58,20 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
             eprintln!("  onboard {}: {line}", dir.display());
         }
     }
+    // The second tenant of the example (docs/ewoooc.md), onboarded beside awoooi. Its MCP
+    // server is this binary's hidden `market-mcp` command, registered in the stdio catalog.
+    if args.keyring.keyring.is_none() {
+        let exe = std::env::current_exe()?;
+        let market = crate::example::catalog_entry(&exe.to_string_lossy(), &["market-mcp"]);
+        match crate::example::seed_ewoooc(&p.control, "local", &market).await {
+            Ok(steps) => {
+                for s in steps {
+                    eprintln!("  ewoooc: {s}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the EwoooC example was not onboarded"),
+        }
+    }
     let metrics = crate::metrics::Metrics::new();
     let state = http::AppState {
         control: p.control.clone(),

@@ -7,5 +7,6 @@ pub mod audit;
 pub mod auth;
 pub mod coord;
 pub mod db;
+pub mod events;
 pub mod local;
 pub mod tenancy;

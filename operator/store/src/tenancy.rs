@@ -12,6 +12,7 @@
 //! * [`redis_key`] builds every Redis key: `awooop:{project}:{kind}:{id}`.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -118,11 +119,24 @@ pub fn platform_redis_key(kind: &str, id: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: PgPool,
+    /// The run-event listener of this pool, started on first use ([`Db::run_events`]).
+    events: Arc<std::sync::OnceLock<Arc<crate::events::RunEventHub>>>,
 }
 
 impl Db {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            events: Arc::default(),
+        }
+    }
+
+    /// The process's run-event hub for this database (one LISTEN connection, shared by every
+    /// clone of this handle). Needs a tokio runtime on first call.
+    pub fn run_events(&self) -> Arc<crate::events::RunEventHub> {
+        self.events
+            .get_or_init(|| crate::events::RunEventHub::start(self.pool.clone()))
+            .clone()
     }
 
     pub fn pool_for_health(&self) -> &PgPool {

@@ -22,11 +22,10 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::AppState;
-use super::extract::Caller;
+use super::extract::{Read, Tenant};
 use awooop_api::{RunEvent, TERMINAL_STATES};
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_runtime::events;
-use awooop_store::auth::Role;
 use awooop_store::events::Wake;
 use awooop_store::tenancy::{self, Db, ProjectId};
 
@@ -115,12 +114,13 @@ impl Cursor {
 
 async fn stream(
     State(s): State<AppState>,
-    c: Caller,
+    t: Tenant<Read>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    c.actor.require(Role::Reader)?;
-    let project = c.project()?;
+    // The stream outlives this handler, so its cursor keeps the project and enters the tenant
+    // scope for each page it reads.
+    let project = t.project.clone();
     let run =
         Uuid::parse_str(&id).map_err(|_| Error::new(ErrorCode::RunNotFound, "run not found"))?;
     let last = match headers.get("last-event-id") {

@@ -5,7 +5,10 @@ mod support;
 
 mod mcp_support;
 
+mod kube_env;
+
 mod adversarial;
+mod apiserver;
 mod adversarial_b;
 mod channels;
 mod cli_e2e;

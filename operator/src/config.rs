@@ -697,6 +697,10 @@ pub struct BenchArgs {
     /// Number of projects (bench projection; each gets 10 grants).
     #[arg(long)]
     pub projects: Option<usize>,
+    /// bench projection: against a real kube-apiserver and etcd started from the folder in
+    /// KUBEBUILDER_ASSETS (see docs/kubernetes.md) instead of the in-process fake.
+    #[arg(long)]
+    pub apiserver: bool,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

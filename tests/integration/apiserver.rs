@@ -25,7 +25,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::kube_env::{KubeEnv, NS, OPERATOR_SA};
+use crate::kube_env::{self, KubeEnv, NS, OPERATOR_SA};
 use crate::support::*;
 
 const SECRET_VALUE: &str = "s3cr3t-envtest-value-never-copied";
@@ -153,7 +153,7 @@ async fn set_secret(env: &KubeEnv, label: Option<&str>, keys: &[&str]) {
 
 #[tokio::test]
 async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
-    let Some(env) = KubeEnv::start(false).await else {
+    let Some(env) = kube_env::start(false).await else {
         return;
     };
     let t = TestDb::new().await;
@@ -447,7 +447,7 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
 
 #[tokio::test]
 async fn apiserver_admission_policy_and_lease_failover() {
-    let Some(env) = KubeEnv::start(true).await else {
+    let Some(env) = kube_env::start(true).await else {
         return;
     };
     let op = env.client_as(OPERATOR_SA).await;

@@ -427,10 +427,10 @@ mod tests {
         i.apply(&watcher::Event::Delete(secret("b", Some("alpha"))));
         assert!(names(&i, "alpha").is_empty());
         // A re-list replaces everything at InitDone, not before.
-        i.apply(&watcher::Event::Init);
+        i.apply(&watcher::Event::<Secret>::Init);
         i.apply(&watcher::Event::InitApply(secret("c", Some("gamma"))));
         assert_eq!(names(&i, "beta"), ["a"], "old index serves until InitDone");
-        i.apply(&watcher::Event::InitDone);
+        i.apply(&watcher::Event::<Secret>::InitDone);
         assert!(names(&i, "beta").is_empty());
         assert_eq!(names(&i, "gamma"), ["c"]);
     }

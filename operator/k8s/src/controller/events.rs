@@ -150,12 +150,24 @@ mod tests {
     #[test]
     fn event_names_are_valid_subdomains() {
         let at = Timestamp::from_second(1_764_000_000).unwrap();
+        // Longest valid names: cut at any position, including just after a dot or a dash.
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        let dashed = format!("{}.{}-{}", "a".repeat(63), "b".repeat(63), "c".repeat(100));
         for regarding in [
             "alpha",
             "alpha.triage",
             "awooop-worker-alpha",
-            &"a".repeat(253),
-            &format!("{}-b", "a".repeat(236)),
+            long.as_str(),
+            &long[..235],
+            &long[..236],
+            &long[..237],
+            &dashed[..63 + 1 + 63 + 1],
             "",
         ] {
             let n = event_name(regarding, at);

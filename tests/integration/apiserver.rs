@@ -80,10 +80,7 @@ where
         if let Some(v) = f().await {
             return (v, start.elapsed());
         }
-        assert!(
-            start.elapsed() < within,
-            "{what}: not within {within:?}"
-        );
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -177,10 +174,12 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
     let p = project(&ctx.control, "alpha", 1).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let loop_ctx = ctx.clone();
-    let lp = tokio::spawn(async move {
-        controller::run(loop_ctx, Duration::from_secs(3600), stop_rx).await
-    });
-    t.wait_for_listener(awooop::control::ACTIVATION_CHANNEL).await;
+    let lp =
+        tokio::spawn(
+            async move { controller::run(loop_ctx, Duration::from_secs(3600), stop_rx).await },
+        );
+    t.wait_for_listener(awooop::control::ACTIVATION_CHANNEL)
+        .await;
 
     let ap_api = Api::<AgentProject>::namespaced(env.admin.clone(), NS);
     let mg_api = Api::<McpGrant>::namespaced(env.admin.clone(), NS);
@@ -188,24 +187,52 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
 
     // --- Projection through LISTEN/NOTIFY, status and conditions --------------------------------
     let started = Instant::now();
-    let rev = activate(&ctx.control, &p, ContractKind::Project, "alpha", project_body(1, 5)).await;
-    activate(&ctx.control, &p, ContractKind::McpGateway, "default", gateway(&["triage", "reporter"])).await;
-    let (ap, _) = eventually("AgentProject projected with status", Duration::from_secs(15), || {
-        let api = ap_api.clone();
-        async move {
-            let a = get_json(&api, "alpha").await?;
-            condition(&a["status"], "Ready")?;
-            Some(a)
-        }
-    })
+    let rev = activate(
+        &ctx.control,
+        &p,
+        ContractKind::Project,
+        "alpha",
+        project_body(1, 5),
+    )
     .await;
-    eprintln!("activation → AgentProject with status: {:?}", started.elapsed());
+    activate(
+        &ctx.control,
+        &p,
+        ContractKind::McpGateway,
+        "default",
+        gateway(&["triage", "reporter"]),
+    )
+    .await;
+    let (ap, _) = eventually(
+        "AgentProject projected with status",
+        Duration::from_secs(15),
+        || {
+            let api = ap_api.clone();
+            async move {
+                let a = get_json(&api, "alpha").await?;
+                // Both activations projected: the gateway's ref (no Secret yet) is missing.
+                (condition(&a["status"], "SecretsResolved")?.0 == "False").then_some(a)
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "activation → AgentProject with status: {:?}",
+        started.elapsed()
+    );
     assert_eq!(ap["spec"]["revisionId"], rev.as_str());
     assert_eq!(ap["metadata"]["finalizers"], json!(["awooop.dev/cleanup"]));
-    assert_eq!(ap["status"]["observedGeneration"], ap["metadata"]["generation"]);
+    assert_eq!(
+        ap["status"]["observedGeneration"],
+        ap["metadata"]["generation"]
+    );
     assert_eq!(condition(&ap["status"], "Projected").unwrap().0, "True");
     let (st, msg) = condition(&ap["status"], "SecretsResolved").unwrap();
-    assert_eq!((st.as_str(), msg.contains("k8s-mcp/token")), ("False", true), "{msg}");
+    assert_eq!(
+        (st.as_str(), msg.contains("k8s-mcp/token")),
+        ("False", true),
+        "{msg}"
+    );
     // No controller manager: no pods, so no worker is ready, so not Ready.
     assert_eq!(condition(&ap["status"], "WorkersReady").unwrap().0, "False");
     assert_eq!(condition(&ap["status"], "Ready").unwrap().0, "False");
@@ -217,14 +244,22 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
         }
     })
     .await;
-    assert!(grants.iter().all(|g| g.metadata.finalizers.as_deref() == Some(&["awooop.dev/cleanup".to_string()][..])));
+    assert!(
+        grants
+            .iter()
+            .all(|g| g.metadata.finalizers.as_deref()
+                == Some(&["awooop.dev/cleanup".to_string()][..]))
+    );
     // The worker Deployment: owned by the AgentProject, within the contract's bounds.
     let (dep, _) = eventually("worker Deployment", Duration::from_secs(10), || {
         let api = dep_api.clone();
         async move { get_json(&api, "awooop-worker-alpha").await }
     })
     .await;
-    assert_eq!(dep["metadata"]["ownerReferences"][0]["uid"], ap["metadata"]["uid"]);
+    assert_eq!(
+        dep["metadata"]["ownerReferences"][0]["uid"],
+        ap["metadata"]["uid"]
+    );
     assert_eq!(dep["spec"]["replicas"], 1);
     let volumes = |d: &Value| -> Vec<String> {
         d["spec"]["template"]["spec"]["volumes"]
@@ -234,7 +269,11 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
             .map(|v| v["name"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(volumes(&dep), ["tmp", "database"], "nothing resolves yet: no credential volume");
+    assert_eq!(
+        volumes(&dep),
+        ["tmp", "database"],
+        "nothing resolves yet: no credential volume"
+    );
 
     // --- Secret events reach SecretsResolved at once ---------------------------------------------
     set_secret(&env, Some("alpha"), &["token"]).await;
@@ -244,7 +283,9 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
         let api = dep_api.clone();
         async move {
             let d = get_json(&api, "awooop-worker-alpha").await?;
-            volumes(&d).contains(&"credentials".to_string()).then_some(d)
+            volumes(&d)
+                .contains(&"credentials".to_string())
+                .then_some(d)
         }
     })
     .await;
@@ -253,7 +294,8 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
         json!([{"secret": {"name": "k8s-mcp", "optional": true, "items": [{"key": "token", "path": "k8s-mcp/token"}]}}])
     );
     set_secret(&env, Some("beta"), &["token"]).await;
-    let relabelled = secrets_resolved(&env, "False", "Secret labelled for another project → False").await;
+    let relabelled =
+        secrets_resolved(&env, "False", "Secret labelled for another project → False").await;
     set_secret(&env, Some("alpha"), &["token"]).await;
     secrets_resolved(&env, "True", "Secret labelled back → True").await;
     set_secret(&env, Some("alpha"), &["renamed"]).await;
@@ -267,26 +309,40 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
     let deleted = secrets_resolved(&env, "False", "Secret deleted → False").await;
     set_secret(&env, Some("alpha"), &["token"]).await;
     secrets_resolved(&env, "True", "Secret re-created → True").await;
-    eprintln!("Secret → SecretsResolved: created {created:?}, relabelled {relabelled:?}, data {rotated:?}, deleted {deleted:?}");
+    eprintln!(
+        "Secret → SecretsResolved: created {created:?}, relabelled {relabelled:?}, data {rotated:?}, deleted {deleted:?}"
+    );
 
     // --- Server-side apply: another field manager's conflicting apply ----------------------------
     let intruder = json!({"apiVersion": "awooop.dev/v1alpha1", "kind": "AgentProject",
         "metadata": {"name": "alpha", "namespace": NS}, "spec": {"mode": "auto_remediate"}});
     let err = ap_api
-        .patch("alpha", &PatchParams::apply("intruder"), &Patch::Apply(&intruder))
+        .patch(
+            "alpha",
+            &PatchParams::apply("intruder"),
+            &Patch::Apply(&intruder),
+        )
         .await
         .expect_err("the operator owns spec.mode: a non-forced apply conflicts");
     match err {
         kube::Error::Api(s) => {
             assert_eq!(s.code, 409, "{s:?}");
-            assert!(s.message.contains("awooop-operator"), "conflict names the owner: {}", s.message);
+            assert!(
+                s.message.contains("awooop-operator"),
+                "conflict names the owner: {}",
+                s.message
+            );
         }
         other => panic!("expected a 409 conflict, got {other}"),
     }
 
     // --- Drift restored through watch events (no resync runs in this test) -----------------------
     ap_api
-        .patch("alpha", &PatchParams::apply("intruder").force(), &Patch::Apply(&intruder))
+        .patch(
+            "alpha",
+            &PatchParams::apply("intruder").force(),
+            &Patch::Apply(&intruder),
+        )
         .await
         .expect("a forced apply takes the field");
     let (_, took) = eventually("hand edit restored", Duration::from_secs(5), || {
@@ -299,7 +355,11 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
     .await;
     eprintln!("AgentProject hand edit restored in {took:?}");
     dep_api
-        .patch("awooop-worker-alpha", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": 7}})))
+        .patch(
+            "awooop-worker-alpha",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 7}})),
+        )
         .await
         .unwrap();
     eventually("hand scaling restored", Duration::from_secs(5), || {
@@ -311,13 +371,17 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
     })
     .await;
     let old_uid = get_json(&mg_api, "alpha.reporter").await.unwrap()["metadata"]["uid"].clone();
-    mg_api.delete("alpha.reporter", &DeleteParams::default()).await.unwrap();
+    mg_api
+        .delete("alpha.reporter", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually("deleted grant recreated", Duration::from_secs(5), || {
         let api = mg_api.clone();
         let old_uid = old_uid.clone();
         async move {
             let g = get_json(&api, "alpha.reporter").await?;
-            (g["metadata"]["uid"] != old_uid && g["metadata"]["deletionTimestamp"].is_null()).then_some(())
+            (g["metadata"]["uid"] != old_uid && g["metadata"]["deletionTimestamp"].is_null())
+                .then_some(())
         }
     })
     .await;
@@ -326,8 +390,15 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
     let (events, _) = eventually("DriftRestored Events", Duration::from_secs(5), || {
         let env_admin = env.admin.clone();
         async move {
-            let l = Api::<Event>::namespaced(env_admin, NS).list(&ListParams::default()).await.ok()?;
-            let drift: Vec<Event> = l.items.into_iter().filter(|e| e.reason.as_deref() == Some("DriftRestored")).collect();
+            let l = Api::<Event>::namespaced(env_admin, NS)
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+            let drift: Vec<Event> = l
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("DriftRestored"))
+                .collect();
             let kinds: std::collections::BTreeSet<String> = drift
                 .iter()
                 .filter_map(|e| e.regarding.as_ref()?.kind.clone())
@@ -337,7 +408,10 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
     })
     .await;
     for e in &events {
-        assert_eq!(e.reporting_controller.as_deref(), Some("awooop.dev/operator"));
+        assert_eq!(
+            e.reporting_controller.as_deref(),
+            Some("awooop.dev/operator")
+        );
         assert_eq!(e.reporting_instance.as_deref(), Some("operator-0"));
         assert_eq!(e.type_.as_deref(), Some("Warning"));
         let name = e.metadata.name.as_deref().unwrap();
@@ -347,7 +421,9 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
 
     // --- kubectl's view: the printer columns --------------------------------------------------------
     let table = env
-        .table(&format!("/apis/awooop.dev/v1alpha1/namespaces/{NS}/agentprojects"))
+        .table(&format!(
+            "/apis/awooop.dev/v1alpha1/namespaces/{NS}/agentprojects"
+        ))
         .await;
     let columns: Vec<&str> = table["columnDefinitions"]
         .as_array()
@@ -355,7 +431,10 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["Name", "Revision", "Hash", "Mode", "Ready", "Age"]);
+    assert_eq!(
+        columns,
+        ["Name", "Revision", "Hash", "Mode", "Ready", "Age"]
+    );
     let cells = &table["rows"][0]["cells"];
     assert_eq!(cells[0], "alpha");
     assert_eq!(cells[1], 1);
@@ -363,7 +442,9 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
     assert_eq!(cells[3], "shadow");
     assert_eq!(cells[4], "False");
     let table = env
-        .table(&format!("/apis/awooop.dev/v1alpha1/namespaces/{NS}/mcpgrants"))
+        .table(&format!(
+            "/apis/awooop.dev/v1alpha1/namespaces/{NS}/mcpgrants"
+        ))
         .await;
     let columns: Vec<&str> = table["columnDefinitions"]
         .as_array()
@@ -371,27 +452,52 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["Name", "Agent", "Revision", "Hash", "Ready", "Age"]);
+    assert_eq!(
+        columns,
+        ["Name", "Agent", "Revision", "Hash", "Ready", "Age"]
+    );
     assert_eq!(table["rows"].as_array().unwrap().len(), 2);
 
     // --- Worker bounds: the contract's minimum, capped by the administrator ---------------------------
-    activate(&ctx.control, &p, ContractKind::Project, "alpha", project_body(5, 8)).await;
-    eventually("replicas capped at the administrator's 3", Duration::from_secs(5), || {
-        let api = dep_api.clone();
-        async move {
-            let d = get_json(&api, "awooop-worker-alpha").await?;
-            (d["spec"]["replicas"] == 3).then_some(())
-        }
-    })
+    activate(
+        &ctx.control,
+        &p,
+        ContractKind::Project,
+        "alpha",
+        project_body(5, 8),
+    )
     .await;
-    activate(&ctx.control, &p, ContractKind::Project, "alpha", project_body(2, 8)).await;
-    eventually("replicas at the contract's minimum 2", Duration::from_secs(5), || {
-        let api = dep_api.clone();
-        async move {
-            let d = get_json(&api, "awooop-worker-alpha").await?;
-            (d["spec"]["replicas"] == 2).then_some(())
-        }
-    })
+    eventually(
+        "replicas capped at the administrator's 3",
+        Duration::from_secs(5),
+        || {
+            let api = dep_api.clone();
+            async move {
+                let d = get_json(&api, "awooop-worker-alpha").await?;
+                (d["spec"]["replicas"] == 3).then_some(())
+            }
+        },
+    )
+    .await;
+    activate(
+        &ctx.control,
+        &p,
+        ContractKind::Project,
+        "alpha",
+        project_body(2, 8),
+    )
+    .await;
+    eventually(
+        "replicas at the contract's minimum 2",
+        Duration::from_secs(5),
+        || {
+            let api = dep_api.clone();
+            async move {
+                let d = get_json(&api, "awooop-worker-alpha").await?;
+                (d["spec"]["replicas"] == 2).then_some(())
+            }
+        },
+    )
     .await;
 
     // --- Nothing secret anywhere the operator writes ----------------------------------------------------
@@ -427,18 +533,25 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    eventually("retired project's objects gone", Duration::from_secs(10), || {
-        let (ap, mg, dep) = (ap_api.clone(), mg_api.clone(), dep_api.clone());
-        async move {
-            let gone = ap.get_opt("alpha").await.ok()?.is_none()
-                && mg.list(&ListParams::default()).await.ok()?.items.is_empty()
-                && dep.get_opt("awooop-worker-alpha").await.ok()?.is_none();
-            gone.then_some(())
-        }
-    })
+    eventually(
+        "retired project's objects gone",
+        Duration::from_secs(10),
+        || {
+            let (ap, mg, dep) = (ap_api.clone(), mg_api.clone(), dep_api.clone());
+            async move {
+                let gone = ap.get_opt("alpha").await.ok()?.is_none()
+                    && mg.list(&ListParams::default()).await.ok()?.items.is_empty()
+                    && dep.get_opt("awooop-worker-alpha").await.ok()?.is_none();
+                gone.then_some(())
+            }
+        },
+    )
     .await;
     let errors = ctx.metrics.render();
-    assert!(!errors.contains("kube_forbidden"), "the chart's RBAC sufficed: {errors}");
+    assert!(
+        !errors.contains("kube_forbidden"),
+        "the chart's RBAC sufficed: {errors}"
+    );
 
     let _ = stop_tx.send(true);
     lp.await.unwrap().unwrap();
@@ -472,29 +585,42 @@ async fn apiserver_admission_policy_and_lease_failover() {
         let body = ap("auto_remediate");
         async move {
             admin_ap
-                .patch("alpha", &PatchParams::apply("kubectl").force(), &Patch::Apply(&body))
+                .patch(
+                    "alpha",
+                    &PatchParams::apply("kubectl").force(),
+                    &Patch::Apply(&body),
+                )
                 .await
         }
     };
-    let (denied, _) = eventually("the policy denies an administrator's edit", Duration::from_secs(15), || {
-        let edit = edit();
-        async move {
-            match edit.await {
-                Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Some(s),
-                _ => None,
+    let (denied, _) = eventually(
+        "the policy denies an administrator's edit",
+        Duration::from_secs(15),
+        || {
+            let edit = edit();
+            async move {
+                match edit.await {
+                    Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Some(s),
+                    _ => None,
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert!(
-        denied.message.contains("awooop: agentprojects alpha is projected from PostgreSQL")
+        denied
+            .message
+            .contains("awooop: agentprojects alpha is projected from PostgreSQL")
             && denied.message.contains("envtest-admin"),
         "{}",
         denied.message
     );
     // Deleting is denied too; the operator may still update.
     let del = admin_ap.delete("alpha", &DeleteParams::default()).await;
-    assert!(matches!(del, Err(kube::Error::Api(ref s)) if s.message.contains("awooop:")), "{del:?}");
+    assert!(
+        matches!(del, Err(kube::Error::Api(ref s)) if s.message.contains("awooop:")),
+        "{del:?}"
+    );
     op_ap
         .patch("alpha", &pp, &Patch::Apply(&ap("suggest")))
         .await
@@ -506,9 +632,15 @@ async fn apiserver_admission_policy_and_lease_failover() {
         "spec": {"projectId": "alpha", "agent": "evil", "tools": ["k8s__delete"], "environments": ["prod"],
             "revisionId": "r1", "revision": 1, "bodyHash": "sha256:00"}});
     let res = Api::<McpGrant>::namespaced(env.admin.clone(), NS)
-        .create(&PostParams::default(), &serde_json::from_value(forged).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(forged).unwrap(),
+        )
         .await;
-    assert!(matches!(res, Err(kube::Error::Api(ref s)) if s.message.contains("awooop:")), "{res:?}");
+    assert!(
+        matches!(res, Err(kube::Error::Api(ref s)) if s.message.contains("awooop:")),
+        "{res:?}"
+    );
 
     // deployments/scale of a worker Deployment (kubectl scale): denied to the administrator.
     let worker = json!({"apiVersion": "apps/v1", "kind": "Deployment",
@@ -523,7 +655,11 @@ async fn apiserver_admission_policy_and_lease_failover() {
     let admin_dep = Api::<Deployment>::namespaced(env.admin.clone(), NS);
     let scale = json!({"spec": {"replicas": 9}});
     let res = admin_dep
-        .patch_scale("awooop-worker-alpha", &PatchParams::default(), &Patch::Merge(&scale))
+        .patch_scale(
+            "awooop-worker-alpha",
+            &PatchParams::default(),
+            &Patch::Merge(&scale),
+        )
         .await;
     assert!(
         matches!(res, Err(kube::Error::Api(ref s)) if s.message.contains("awooop: deployments/scale awooop-worker-alpha")),
@@ -536,7 +672,11 @@ async fn apiserver_admission_policy_and_lease_failover() {
             "template": {"metadata": {"labels": {"app": "o"}}, "spec": {"containers": [{"name": "o", "image": "o"}]}}}});
     env.apply(&other).await;
     admin_dep
-        .patch_scale("someone-else", &PatchParams::default(), &Patch::Merge(&scale))
+        .patch_scale(
+            "someone-else",
+            &PatchParams::default(),
+            &Patch::Merge(&scale),
+        )
         .await
         .expect("unrelated Deployments still scale");
 
@@ -555,7 +695,10 @@ async fn apiserver_admission_policy_and_lease_failover() {
     // a renews while it works; then it dies without releasing (SIGKILL: the renewals stop).
     let leading = tokio::spawn(async move { a.lead(std::future::pending::<()>()).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(matches!(b.try_acquire().await, Ok(Err(_))), "a still renews");
+    assert!(
+        matches!(b.try_acquire().await, Ok(Err(_))),
+        "a still renews"
+    );
     leading.abort();
     let killed = Instant::now();
     tokio::time::timeout(Duration::from_secs(10), b.acquire())
@@ -563,10 +706,16 @@ async fn apiserver_admission_policy_and_lease_failover() {
         .expect("b takes over after the lease expires");
     let took = killed.elapsed();
     eprintln!("lease failover after the leader stopped renewing: {took:?}");
-    assert!(took >= Duration::from_millis(1000), "not before the lease expired: {took:?}");
+    assert!(
+        took >= Duration::from_millis(1000),
+        "not before the lease expired: {took:?}"
+    );
     // Only the named Lease may be updated by the operator (RBAC resourceNames).
     let other = Elector::new(op.clone(), LeaseConfig::new("not-ours", NS, "operator-a"));
     assert!(other.try_acquire().await.is_ok(), "create is allowed");
     let forbidden = other.try_acquire().await;
-    assert!(matches!(forbidden, Err(kube::Error::Api(ref s)) if s.code == 403), "{forbidden:?}");
+    assert!(
+        matches!(forbidden, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "{forbidden:?}"
+    );
 }

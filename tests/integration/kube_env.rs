@@ -4,8 +4,8 @@
 //! them, see docs/kubernetes.md). The skip is recorded in the skip log but never fails the run,
 //! even under `scripts/test.sh`: the binaries are built from source and optional.
 
-pub use awooop_testkit::envtest::{KubeEnv, NS, OPERATOR_SA};
 use awooop_testkit::envtest::{self, Chart};
+pub use awooop_testkit::envtest::{KubeEnv, NS, OPERATOR_SA};
 
 /// Start the API server with the chart's RBAC (and `admission_policy`), or skip.
 pub async fn start(admission_policy: bool) -> Option<KubeEnv> {

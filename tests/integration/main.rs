@@ -8,8 +8,8 @@ mod mcp_support;
 mod kube_env;
 
 mod adversarial;
-mod apiserver;
 mod adversarial_b;
+mod apiserver;
 mod channels;
 mod cli_e2e;
 mod contracts_golden;

@@ -198,9 +198,18 @@ mod tests {
         assert_eq!(e.project_label.as_deref(), Some("alpha"));
         // Rotation: the kubelet rewrites the file; the next read sees it.
         std::fs::write(dir.join("k8s-mcp/token"), "v2").unwrap();
-        assert_eq!(m.get("k8s-mcp", "token").await.unwrap().unwrap().value, "v2");
+        assert_eq!(
+            m.get("k8s-mcp", "token").await.unwrap().unwrap().value,
+            "v2"
+        );
         assert!(m.get("k8s-mcp", "nope").await.unwrap().is_none());
-        for (n, k) in [("..", "outside"), ("k8s-mcp", "../outside"), ("", "x"), ("a/b", "c"), ("k8s-mcp", "..")] {
+        for (n, k) in [
+            ("..", "outside"),
+            ("k8s-mcp", "../outside"),
+            ("", "x"),
+            ("a/b", "c"),
+            ("k8s-mcp", ".."),
+        ] {
             assert!(m.get(n, k).await.unwrap().is_none(), "{n}/{k}");
         }
         std::fs::remove_dir_all(&dir).unwrap();

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, KeyToPath, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecretProjection, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
+    PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -310,10 +310,9 @@ pub fn deployment(
         && let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut())
     {
         let c = &mut pod.containers[0];
-        c.env.get_or_insert_with(Vec::new).push(env(
-            "AWOOOP_WORKER_CREDENTIALS_DIR",
-            CREDENTIALS_DIR,
-        ));
+        c.env
+            .get_or_insert_with(Vec::new)
+            .push(env("AWOOOP_WORKER_CREDENTIALS_DIR", CREDENTIALS_DIR));
         c.volume_mounts
             .get_or_insert_with(Vec::new)
             .push(VolumeMount {
@@ -517,7 +516,11 @@ mod tests {
             2,
             "no credential volume without refs"
         );
-        let refs = [r("k8s-mcp", "token"), r("k8s-mcp", "ca.crt"), r("prom", "key")];
+        let refs = [
+            r("k8s-mcp", "token"),
+            r("k8s-mcp", "ca.crt"),
+            r("prom", "key"),
+        ];
         let d = deployment("ns", &ap(), "u", &settings(), 1, &refs);
         let v = serde_json::to_value(&d).unwrap();
         let pod = &v["spec"]["template"]["spec"];
@@ -544,9 +547,14 @@ mod tests {
                     && m["mountPath"] == CREDENTIALS_DIR
                     && m["readOnly"] == true)
         );
-        assert!(c["env"].as_array().unwrap().iter().any(
-            |e| e["name"] == "AWOOOP_WORKER_CREDENTIALS_DIR" && e["value"] == CREDENTIALS_DIR
-        ));
+        assert!(
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "AWOOOP_WORKER_CREDENTIALS_DIR"
+                    && e["value"] == CREDENTIALS_DIR)
+        );
         // A new set of refs is a new desired state (a rollout), not drift.
         let fewer = deployment("ns", &ap(), "u", &settings(), 1, &refs[..1]);
         assert_eq!(needs_apply(Some(&d), &fewer), Some(Why::Update));

@@ -71,9 +71,7 @@ pub struct Chart {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -127,11 +125,19 @@ impl KubeEnv {
         let etcd = Command::new(assets.join("etcd"))
             .arg("--name=envtest")
             .arg(format!("--data-dir={}", dir.join("etcd").display()))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{client_port}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client_port}"))
+            .arg(format!(
+                "--listen-client-urls=http://127.0.0.1:{client_port}"
+            ))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{client_port}"
+            ))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!("--initial-cluster=envtest=http://127.0.0.1:{peer_port}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+            ))
+            .arg(format!(
+                "--initial-cluster=envtest=http://127.0.0.1:{peer_port}"
+            ))
             // Test data: no fsync (etcd 3.4.9+).
             .arg("--unsafe-no-fsync")
             .stdout(Stdio::null())
@@ -172,7 +178,11 @@ impl KubeEnv {
         let ca = dir.join("certs/apiserver.crt");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ca.exists() {
-            assert!(Instant::now() < deadline, "kube-apiserver wrote no certificate: {}", dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver wrote no certificate: {}",
+                dir.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut env = KubeEnv {
@@ -230,9 +240,13 @@ impl KubeEnv {
                 &ar,
             ),
         };
-        api.patch(name, &PatchParams::apply("envtest").force(), &Patch::Apply(obj))
-            .await
-            .unwrap_or_else(|e| panic!("apply {gvk:?} {name}: {e}"))
+        api.patch(
+            name,
+            &PatchParams::apply("envtest").force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {gvk:?} {name}: {e}"))
     }
 
     async fn install(&self, chart: Option<&Chart>) {
@@ -271,7 +285,8 @@ impl KubeEnv {
         loop {
             let ap = Api::<awooop_k8s::crd::AgentProject>::namespaced(self.admin.clone(), NS);
             let mg = Api::<awooop_k8s::crd::McpGrant>::namespaced(self.admin.clone(), NS);
-            if ap.list(&Default::default()).await.is_ok() && mg.list(&Default::default()).await.is_ok()
+            if ap.list(&Default::default()).await.is_ok()
+                && mg.list(&Default::default()).await.is_ok()
             {
                 break;
             }
@@ -339,6 +354,7 @@ async fn client_for(url: &str, ca: &Path, token: &str) -> kube::Client {
                 certificate_authority: Some(ca.display().to_string()),
                 ..Default::default()
             }),
+            other: Default::default(),
         }],
         auth_infos: vec![NamedAuthInfo {
             name: "user".into(),
@@ -346,6 +362,7 @@ async fn client_for(url: &str, ca: &Path, token: &str) -> kube::Client {
                 token: Some(token.to_string().into()),
                 ..Default::default()
             }),
+            other: Default::default(),
         }],
         contexts: vec![NamedContext {
             name: "envtest".into(),
@@ -355,6 +372,7 @@ async fn client_for(url: &str, ca: &Path, token: &str) -> kube::Client {
                 namespace: Some(NS.into()),
                 ..Default::default()
             }),
+            other: Default::default(),
         }],
         current_context: Some("envtest".into()),
         ..Default::default()

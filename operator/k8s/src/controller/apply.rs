@@ -133,7 +133,7 @@ async fn apply_workers(
     let api = Api::<Deployment>::namespaced(ctx.client.clone(), &ctx.namespace);
     let mut existing = by_name(&cluster.deployments, &name).cloned();
     let mut why = workers::needs_apply(existing.as_ref(), d);
-    if why.is_some_and(Why::is_drift) && cluster.from_cache {
+    if why == Some(Why::Drift) && cluster.from_cache {
         // The cache may not have seen our own last write yet: confirm with the server.
         existing = api
             .get_opt(&name)
@@ -280,9 +280,10 @@ where
         match step {
             Step::Apply { name, why } => {
                 let obj = by_name(desired, &name).expect("planned from desired");
-                let why = if why.is_drift() && !fresh {
+                let why = if why == Why::Drift && !fresh {
                     // The cache may lag our own last write by one watch event: ask the server
-                    // before restoring (and reporting) drift that is not there.
+                    // before restoring (and reporting) an edit that is not there. (Recreate
+                    // needs no check: the deletion was seen, and our release just removed it.)
                     let live = api
                         .get_opt(&name)
                         .await

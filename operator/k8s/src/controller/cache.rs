@@ -254,7 +254,12 @@ impl Caches {
                 .secrets
                 .of(project)
                 .iter()
-                .map(|s| (s.metadata.name.clone().unwrap_or_default(), SecretInfo::of(s)))
+                .map(|s| {
+                    (
+                        s.metadata.name.clone().unwrap_or_default(),
+                        SecretInfo::of(s),
+                    )
+                })
                 .collect(),
             from_cache: true,
         }
@@ -270,7 +275,12 @@ impl Caches {
                 .secrets
                 .all()
                 .iter()
-                .map(|s| (s.metadata.name.clone().unwrap_or_default(), SecretInfo::of(s)))
+                .map(|s| {
+                    (
+                        s.metadata.name.clone().unwrap_or_default(),
+                        SecretInfo::of(s),
+                    )
+                })
                 .collect(),
             from_cache: true,
         }
@@ -283,10 +293,7 @@ fn send(tx: &UnboundedSender<(ProjectId, Trigger)>, project: &str, why: Trigger)
     }
 }
 
-fn trigger_object<K: Resource>(
-    tx: &UnboundedSender<(ProjectId, Trigger)>,
-    ev: &watcher::Event<K>,
-) {
+fn trigger_object<K: Resource>(tx: &UnboundedSender<(ProjectId, Trigger)>, ev: &watcher::Event<K>) {
     if let watcher::Event::Apply(o) | watcher::Event::Delete(o) = ev
         && let Some(p) = project_of(o.meta())
     {
@@ -372,7 +379,9 @@ where
                     idx.write().expect("index lock").apply(&ev);
                     on_event(&ev);
                 }
-                Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = %K::kind(&()), "watch failed; retrying")
+                }
             }
         }
     });

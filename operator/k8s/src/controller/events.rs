@@ -174,6 +174,9 @@ mod tests {
             assert!(valid_subdomain(&n), "{regarding:?} gave {n:?}");
             assert!(!n.ends_with('.'), "{n}");
         }
-        assert_eq!(event_name("alpha", at), format!("alpha.{:x}", at.as_nanosecond()));
+        assert_eq!(
+            event_name("alpha", at),
+            format!("alpha.{:x}", at.as_nanosecond())
+        );
     }
 }

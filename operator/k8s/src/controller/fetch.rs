@@ -20,7 +20,6 @@ use awooop_control::ControlPlane;
 use awooop_core::error::ErrorCode;
 use awooop_store::tenancy::{self, ProjectId};
 
-
 /// A project as PostgreSQL has it; `None` from [`fetch_db`] means retired or unknown.
 #[derive(Debug, Clone)]
 pub struct DbProject {
@@ -31,7 +30,9 @@ pub struct DbProject {
     pub queue_depth: i64,
 }
 
-pub(crate) fn db_err(project: &ProjectId) -> impl FnOnce(awooop_core::error::Error) -> ReconcileError {
+pub(crate) fn db_err(
+    project: &ProjectId,
+) -> impl FnOnce(awooop_core::error::Error) -> ReconcileError {
     let project = project.to_string();
     move |source| ReconcileError::Database {
         project,
@@ -139,7 +140,6 @@ pub async fn queue_depths(
     run.await.map_err(db_err(only.unwrap_or(&platform)))
 }
 
-
 /// Which keys a labelled Secret has (never its values).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretInfo {
@@ -201,7 +201,10 @@ impl Cluster {
         }
         for o in &self.grants {
             if let Some(p) = project_of(&o.metadata) {
-                out.entry(p.to_string()).or_insert_with(slice).grants.push(o.clone());
+                out.entry(p.to_string())
+                    .or_insert_with(slice)
+                    .grants
+                    .push(o.clone());
             }
         }
         for o in &self.deployments {

@@ -35,7 +35,7 @@ use awooop_testkit::fake::FakeApiServer;
 enum Server {
     Fake(FakeApiServer),
     Real {
-        env: KubeEnv,
+        env: Box<KubeEnv>,
         /// AgentProjects as a watch sees them (the "applied" check).
         seen: kube::runtime::reflector::Store<crate::k8s::crd::AgentProject>,
         _watch: tokio::task::JoinHandle<()>,
@@ -130,7 +130,7 @@ async fn server(real: bool) -> anyhow::Result<Server> {
     });
     seen.wait_until_ready().await?;
     Ok(Server::Real {
-        env,
+        env: Box::new(env),
         seen,
         _watch: watch,
     })

@@ -60,19 +60,22 @@ impl Trigger {
     }
 }
 
+type ByProject = HashMap<String, BTreeSet<String>>;
+type ProjectOf = HashMap<String, String>;
+
 /// project → names, and name → project, for one kind.
 #[derive(Default)]
 struct Index {
-    by_project: HashMap<String, BTreeSet<String>>,
-    project_of: HashMap<String, String>,
+    by_project: ByProject,
+    project_of: ProjectOf,
     /// Filled during a re-list, swapped in at `InitDone`.
-    buffer: Option<(HashMap<String, BTreeSet<String>>, HashMap<String, String>)>,
+    buffer: Option<(ByProject, ProjectOf)>,
 }
 
 impl Index {
     fn insert(
-        by_project: &mut HashMap<String, BTreeSet<String>>,
-        project_of: &mut HashMap<String, String>,
+        by_project: &mut ByProject,
+        project_of: &mut ProjectOf,
         name: &str,
         project: Option<&str>,
     ) {

@@ -84,6 +84,10 @@ if ! install_tools; then
   echo "chart: $passed passed, $failed failed"
   exit 1
 fi
+# scripts/test.sh installs helm this way before the real-API-server tests render the chart.
+if [ "${1:-}" = "--install-only" ]; then
+  exit 0
+fi
 pass "tools: $("$HELM" version --short), kubernetes-validate $("$TOOLS/venv/bin/kubernetes-validate" --version)"
 
 CHART=charts/awooop

@@ -374,6 +374,11 @@ pub struct WorkerCmdArgs {
     /// Claim only this project's runs (the operator's per-project worker Deployments).
     #[arg(long, env = "AWOOOP_WORKER_PROJECT")]
     pub project: Option<String>,
+    /// Folder of the project's credential files (`<secret>/<key>`) that the operator has
+    /// Kubernetes mount into worker pods: `kubernetes_secret` refs resolve from it. Needs
+    /// `--project`. Unset: those refs fail closed (E-MCP-005).
+    #[arg(long, env = "AWOOOP_WORKER_CREDENTIALS_DIR", requires = "project")]
+    pub credentials_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -905,6 +910,10 @@ pub struct BenchArgs {
     /// Number of projects (bench projection; each gets 10 grants).
     #[arg(long)]
     pub projects: Option<usize>,
+    /// bench projection: against a real kube-apiserver and etcd started from the folder in
+    /// KUBEBUILDER_ASSETS (see docs/kubernetes.md) instead of the in-process fake.
+    #[arg(long)]
+    pub apiserver: bool,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

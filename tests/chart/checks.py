@@ -69,12 +69,15 @@ def rule_matches(rule, req):
 
 
 class Policy:
-    def __init__(self, rendered):
+    def __init__(self, rendered, suffix="-projected"):
         objs = docs(rendered)
-        self.policy = next(o for o in objs if o["kind"] == "ValidatingAdmissionPolicy")
-        self.binding = next(o for o in objs if o["kind"] == "ValidatingAdmissionPolicyBinding")
+        self.policy = next(o for o in objs if o["kind"] == "ValidatingAdmissionPolicy" and o["metadata"]["name"].endswith(suffix))
+        self.binding = next(o for o in objs if o["kind"] == "ValidatingAdmissionPolicyBinding" and o["metadata"]["name"].endswith(suffix))
         assert self.binding["spec"]["policyName"] == self.policy["metadata"]["name"]
         self.env = celpy.Environment()
+        self.conditions = [
+            self.env.program(self.env.compile(c["expression"])) for c in self.policy["spec"].get("matchConditions", [])
+        ]
         self.validations = [
             (
                 self.env.program(self.env.compile(v["expression"])),
@@ -106,6 +109,9 @@ class Policy:
             "object": celpy.json_to_cel(obj),
             "oldObject": celpy.json_to_cel(old),
         }
+        # matchConditions: all must hold for the policy to apply.
+        if not all(bool(c.evaluate(activation)) for c in self.conditions):
+            return True, "not matched (matchConditions)"
         for program, message in self.validations:
             result = program.evaluate(activation)
             if not isinstance(result, celpy.celtypes.BoolType):
@@ -174,9 +180,18 @@ def check_vap(rendered, exempt):
     ]
     for user in exempt:
         cases.append((f"exempt user {user} deletes an AgentProject", request("DELETE", user, G, "agentprojects", "awoooi", ns), None, ap, True))
+    # deployments/scale: the Scale object has no labels; the second policy matches worker names.
+    scale = Policy(rendered, "-worker-scale")
+    scale_obj = {"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": {"name": "awooop-worker-awoooi", "namespace": ns}}
+    scale_cases = [
+        ("a user scales a worker Deployment (kubectl scale)", request("UPDATE", alice, A, "deployments", "awooop-worker-awoooi", ns, "scale"), scale_obj, scale_obj, False),
+        ("the operator's account scales a worker Deployment", request("UPDATE", operator, A, "deployments", "awooop-worker-awoooi", ns, "scale"), scale_obj, scale_obj, True),
+        ("a user scales the chart's API Deployment", request("UPDATE", alice, A, "deployments", "awooop-api", ns, "scale"), scale_obj, scale_obj, True),
+        ("a user scales a worker Deployment in another namespace", request("UPDATE", alice, A, "deployments", "awooop-worker-awoooi", "elsewhere", "scale"), scale_obj, scale_obj, True),
+    ]
     failures = 0
-    for desc, req, new, old, expected in cases:
-        allowed, message = p.admit(req, new, old)
+    for desc, req, new, old, expected, pol in [(*c, scale) for c in scale_cases] + [(*c, p) for c in cases]:
+        allowed, message = pol.admit(req, new, old)
         if allowed != expected:
             failures += fail(f"vap: {desc}: allowed={allowed}, expected {expected} ({message})")
         elif not allowed and (req["resource"]["resource"] not in message or req["userInfo"]["username"] not in message):

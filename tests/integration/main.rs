@@ -5,8 +5,11 @@ mod support;
 
 mod mcp_support;
 
+mod kube_env;
+
 mod adversarial;
 mod adversarial_b;
+mod apiserver;
 mod approvals;
 mod channels;
 mod cli_e2e;

@@ -116,3 +116,102 @@ impl awooop_gateway::credentials::SecretLookup for KubeSecrets {
         KubeSecrets::get(self, name, key).await
     }
 }
+
+/// The worker pods' Secret resolver: the credential files the operator has Kubernetes mount
+/// into the pods of one project (`<dir>/<secret>/<key>`, see
+/// [`crate::workers::CREDENTIALS_DIR`]). Workers have no Kubernetes API access; the operator
+/// mounts only refs whose Secret is labelled for the pod's project, so every entry here carries
+/// that project as its label, and a value rotated in the Secret is read anew (the kubelet
+/// updates the files; nothing is cached here, the resolver's TTL cache applies).
+pub struct MountedSecrets {
+    dir: std::path::PathBuf,
+    project: String,
+}
+
+impl MountedSecrets {
+    pub fn new(dir: impl Into<std::path::PathBuf>, project: &str) -> Self {
+        Self {
+            dir: dir.into(),
+            project: project.to_string(),
+        }
+    }
+
+    /// Secret names are DNS subdomains and keys `[-._a-zA-Z0-9]+`: anything else (a `/`, `..`,
+    /// an empty part) cannot name a mounted file and is refused before touching the disk.
+    fn path(&self, name: &str, key: &str) -> Option<std::path::PathBuf> {
+        let ok = |s: &str, extra: &[u8]| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || extra.contains(&b))
+        };
+        // A key may start with a dot (`.dockerconfigjson`), but never be `.` or start `..`.
+        let name_ok = ok(name, b".") && !name.starts_with('.');
+        let key_ok = ok(key, b"._") && key != "." && !key.starts_with("..");
+        (name_ok && key_ok).then(|| self.dir.join(name).join(key))
+    }
+}
+
+#[async_trait::async_trait]
+impl awooop_gateway::credentials::SecretLookup for MountedSecrets {
+    async fn get(&self, name: &str, key: &str) -> Result<Option<SecretEntry>> {
+        let Some(path) = self.path(name, key) else {
+            return Ok(None);
+        };
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot read mounted Secret {name} key {key}: {}", e.kind()),
+                ));
+            }
+        };
+        let value = String::from_utf8(bytes).map_err(|_| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("Secret {name} key {key} is not UTF-8 text"),
+            )
+        })?;
+        Ok(Some(SecretEntry {
+            value,
+            project_label: Some(self.project.clone()),
+            resource_version: String::new(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use awooop_gateway::credentials::SecretLookup;
+
+    #[tokio::test]
+    async fn mounted_secrets_read_files_of_the_pods_project_only_by_safe_names() {
+        let dir = std::env::temp_dir().join(format!("awooop-mounted-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("k8s-mcp")).unwrap();
+        std::fs::write(dir.join("k8s-mcp/token"), "v1\n").unwrap();
+        std::fs::write(dir.join("outside"), "no").unwrap();
+        let m = MountedSecrets::new(&dir, "alpha");
+        let e = m.get("k8s-mcp", "token").await.unwrap().unwrap();
+        assert_eq!(e.value, "v1\n");
+        assert_eq!(e.project_label.as_deref(), Some("alpha"));
+        // Rotation: the kubelet rewrites the file; the next read sees it.
+        std::fs::write(dir.join("k8s-mcp/token"), "v2").unwrap();
+        assert_eq!(
+            m.get("k8s-mcp", "token").await.unwrap().unwrap().value,
+            "v2"
+        );
+        assert!(m.get("k8s-mcp", "nope").await.unwrap().is_none());
+        for (n, k) in [
+            ("..", "outside"),
+            ("k8s-mcp", "../outside"),
+            ("", "x"),
+            ("a/b", "c"),
+            ("k8s-mcp", ".."),
+        ] {
+            assert!(m.get(n, k).await.unwrap().is_none(), "{n}/{k}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -12,20 +12,69 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, KeyToPath, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
-    Volume, VolumeMount,
+    PodTemplateSpec, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::crd::{AgentProject, WorkerBounds};
+use super::crd::{AgentProject, SecretKeyRef, WorkerBounds};
 use super::project::MANAGER;
 
 /// Annotation carrying the hash of the Deployment we applied: a different hash (or replica
 /// count) in the cluster means it must be applied again.
 pub const SPEC_HASH: &str = "awooop.dev/spec-hash";
+
+/// Where worker pods find their project's credential refs: `<dir>/<secret>/<key>`, read through
+/// `AWOOOP_WORKER_CREDENTIALS_DIR` ([`crate::secrets::MountedSecrets`]).
+pub const CREDENTIALS_DIR: &str = "/etc/awooop/credentials";
+
+/// The pod's credential volume: a `projected` volume of exactly the Secret keys the project's
+/// grants reference *and* that resolve for it (labelled `awooop.dev/project=P`, key present).
+/// Kubernetes mounts them, so the operator never copies a value and workers need no API
+/// access; the kubelet refreshes mounted values when a Secret is rotated (no restart). Each
+/// source is `optional`, so a Secret deleted meanwhile never keeps a pod from starting (its
+/// refs then fail closed, as missing ones do). Another project's Secret can never be listed:
+/// only refs that resolve for this project are.
+fn credentials_volume(refs: &[SecretKeyRef]) -> Option<Volume> {
+    if refs.is_empty() {
+        return None;
+    }
+    let mut by_secret: BTreeMap<&str, Vec<&SecretKeyRef>> = BTreeMap::new();
+    for r in refs {
+        by_secret.entry(r.name.as_str()).or_default().push(r);
+    }
+    let sources = by_secret
+        .into_iter()
+        .map(|(name, refs)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: name.to_string(),
+                optional: Some(true),
+                items: Some(
+                    refs.iter()
+                        .map(|r| KeyToPath {
+                            key: r.key.clone(),
+                            path: format!("{}/{}", r.name, r.key),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    Some(Volume {
+        name: "credentials".to_string(),
+        projected: Some(ProjectedVolumeSource {
+            // 0440: the pod's user and group only, not a stdio child's uid.
+            default_mode: Some(0o440),
+            sources: Some(sources),
+        }),
+        ..Default::default()
+    })
+}
 
 /// How worker pods are built (from `AWOOOP_WORKER_IMAGE` and `AWOOOP_WORKER_DB_SECRET`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +142,7 @@ pub fn deployment(
     uid: &str,
     settings: &WorkerSettings,
     replicas: i32,
+    credentials: &[SecretKeyRef],
 ) -> Deployment {
     let project = ap.spec.project_id.as_str();
     let limits = &settings.limits;
@@ -256,6 +306,23 @@ pub fn deployment(
         }),
         status: None,
     };
+    if let Some(vol) = credentials_volume(credentials)
+        && let Some(pod) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut())
+    {
+        let c = &mut pod.containers[0];
+        c.env
+            .get_or_insert_with(Vec::new)
+            .push(env("AWOOOP_WORKER_CREDENTIALS_DIR", CREDENTIALS_DIR));
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: "credentials".to_string(),
+                mount_path: CREDENTIALS_DIR.to_string(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        pod.volumes.get_or_insert_with(Vec::new).push(vol);
+    }
     // Serialising a typed Deployment cannot fail (string keys, no maps with non-string keys).
     let hash = hex::encode(Sha256::digest(
         serde_json::to_vec(&d).unwrap_or_default().as_slice(),
@@ -376,7 +443,7 @@ mod tests {
         s.limits.max_replicas = 2;
         s.limits.slots = 4;
         s.limits.db_max_connections = 3;
-        let v = serde_json::to_value(deployment("ns", &ap(), "uid-1", &s, 9)).unwrap();
+        let v = serde_json::to_value(deployment("ns", &ap(), "uid-1", &s, 9, &[])).unwrap();
         assert_eq!(v["spec"]["replicas"], 2, "the contract asked for 9");
         let c = &v["spec"]["template"]["spec"]["containers"][0];
         let env = |n: &str| {
@@ -398,7 +465,7 @@ mod tests {
 
     #[test]
     fn deployment_is_hardened_owned_and_takes_the_database_url_from_a_secret() {
-        let d = deployment("ns", &ap(), "uid-1", &settings(), 3);
+        let d = deployment("ns", &ap(), "uid-1", &settings(), 3, &[]);
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["metadata"]["name"], "awooop-worker-alpha");
         assert_eq!(v["metadata"]["ownerReferences"][0]["uid"], "uid-1");
@@ -435,11 +502,70 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_mounted_from_exactly_the_resolved_refs() {
+        let r = |n: &str, k: &str| SecretKeyRef {
+            name: n.into(),
+            key: k.into(),
+        };
+        let none = serde_json::to_value(deployment("ns", &ap(), "u", &settings(), 1, &[])).unwrap();
+        assert_eq!(
+            none["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2,
+            "no credential volume without refs"
+        );
+        let refs = [
+            r("k8s-mcp", "token"),
+            r("k8s-mcp", "ca.crt"),
+            r("prom", "key"),
+        ];
+        let d = deployment("ns", &ap(), "u", &settings(), 1, &refs);
+        let v = serde_json::to_value(&d).unwrap();
+        let pod = &v["spec"]["template"]["spec"];
+        let vol = &pod["volumes"][2];
+        assert_eq!(vol["name"], "credentials");
+        assert_eq!(vol["projected"]["defaultMode"], 0o440);
+        assert_eq!(
+            vol["projected"]["sources"],
+            serde_json::json!([
+                {"secret": {"name": "k8s-mcp", "optional": true, "items": [
+                    {"key": "token", "path": "k8s-mcp/token"},
+                    {"key": "ca.crt", "path": "k8s-mcp/ca.crt"}]}},
+                {"secret": {"name": "prom", "optional": true, "items": [
+                    {"key": "key", "path": "prom/key"}]}}
+            ])
+        );
+        let c = &pod["containers"][0];
+        assert!(
+            c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "credentials"
+                    && m["mountPath"] == CREDENTIALS_DIR
+                    && m["readOnly"] == true)
+        );
+        assert!(
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "AWOOOP_WORKER_CREDENTIALS_DIR"
+                    && e["value"] == CREDENTIALS_DIR)
+        );
+        // A new set of refs is a new desired state (a rollout), not drift.
+        let fewer = deployment("ns", &ap(), "u", &settings(), 1, &refs[..1]);
+        assert_eq!(needs_apply(Some(&d), &fewer), Some(Why::Update));
+    }
+
+    #[test]
     fn apply_is_needed_on_create_change_and_manual_scaling_only() {
-        let want = deployment("ns", &ap(), "uid-1", &settings(), 2);
+        let want = deployment("ns", &ap(), "uid-1", &settings(), 2, &[]);
         assert_eq!(needs_apply(None, &want), Some(Why::Create));
         assert_eq!(needs_apply(Some(&want), &want), None);
-        let more = deployment("ns", &ap(), "uid-1", &settings(), 3);
+        let more = deployment("ns", &ap(), "uid-1", &settings(), 3, &[]);
         assert_eq!(needs_apply(Some(&want), &more), Some(Why::Update));
         let mut scaled = want.clone();
         scaled.spec.as_mut().unwrap().replicas = Some(9);

@@ -1,14 +1,18 @@
 //! `awooop bench projection`: the projection controller against the in-process fake API
-//! server (`k8s::fake`, the API server's wire format through a real `kube::Client`) and the
-//! real PostgreSQL.
+//! server (`awooop_testkit::fake`, the API server's wire format through a real `kube::Client`)
+//! and the real PostgreSQL; with `--apiserver`, against a real kube-apiserver and etcd started
+//! from `KUBEBUILDER_ASSETS` (`awooop_testkit::envtest`, the administrator's token).
 //!
 //! * a full resync of N projects × 10 grants (default 1,000 × 10 = 10,000 McpGrants, plus one
 //!   AgentProject and one worker Deployment per project), cold (everything created) and warm
 //!   (nothing changed): time and API requests sent;
 //! * activation → applied object with LISTEN/NOTIFY: the controller loop (`controller::run`,
-//!   as in the cluster) runs; each sample activates a new Project revision and waits until the
-//!   fake API server holds the AgentProject with that revision. Timed from just before the
+//!   as in the cluster, reconciling from its watched caches) runs; each sample activates a new
+//!   Project revision and waits until the API server holds the AgentProject with that revision
+//!   (the fake: read directly; the real server: seen by a watch). Timed from just before the
 //!   activation call (so it includes the activation's own transaction) to the applied object.
+//!   Samples go to every project in turn, so with N projects the reconciles read from caches
+//!   holding all N projects' objects.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +28,113 @@ use crate::k8s::controller::{self, Context, ControllerMetrics};
 use crate::k8s::workers::WorkerSettings;
 use crate::platform::Platform;
 use crate::tenancy::{self, ProjectId};
+use awooop_testkit::envtest::KubeEnv;
 use awooop_testkit::fake::FakeApiServer;
+
+/// The API server the bench talks to.
+enum Server {
+    Fake(FakeApiServer),
+    Real {
+        env: Box<KubeEnv>,
+        /// AgentProjects as a watch sees them (the "applied" check).
+        seen: kube::runtime::reflector::Store<crate::k8s::crd::AgentProject>,
+        _watch: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Server {
+    fn name(&self) -> &'static str {
+        match self {
+            Server::Fake(_) => "fake",
+            Server::Real { .. } => "kube-apiserver",
+        }
+    }
+
+    fn client(&self) -> kube::Client {
+        match self {
+            Server::Fake(f) => f.client(NS),
+            Server::Real { env, .. } => env.admin.clone(),
+        }
+    }
+
+    async fn add_secret(&self, obj: Value) -> anyhow::Result<()> {
+        match self {
+            Server::Fake(f) => f.insert(&format!("/api/v1/namespaces/{NS}/secrets"), obj),
+            Server::Real { env, .. } => {
+                env.apply(&obj).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests sent since the last call (the fake records them; the real server: unknown).
+    fn take_requests(&self) -> Option<usize> {
+        match self {
+            Server::Fake(f) => Some(f.take_log().len()),
+            Server::Real { .. } => None,
+        }
+    }
+
+    async fn grants(&self) -> anyhow::Result<usize> {
+        Ok(match self {
+            Server::Fake(f) => f
+                .names(&format!(
+                    "/apis/awooop.dev/v1alpha1/namespaces/{NS}/mcpgrants"
+                ))
+                .len(),
+            Server::Real { env, .. } => {
+                kube::Api::<crate::k8s::crd::McpGrant>::namespaced(env.admin.clone(), NS)
+                    .list_metadata(&Default::default())
+                    .await?
+                    .items
+                    .len()
+            }
+        })
+    }
+
+    fn applied(&self, project: &str, revision_id: &str) -> bool {
+        match self {
+            Server::Fake(f) => f
+                .get(
+                    &format!("/apis/awooop.dev/v1alpha1/namespaces/{NS}/agentprojects"),
+                    project,
+                )
+                .is_some_and(|o| o["spec"]["revisionId"] == revision_id),
+            Server::Real { seen, .. } => seen
+                .get(&kube::runtime::reflector::ObjectRef::new(project).within(NS))
+                .is_some_and(|o| o.spec.revision_id == revision_id),
+        }
+    }
+}
+
+async fn server(real: bool) -> anyhow::Result<Server> {
+    if !real {
+        return Ok(Server::Fake(FakeApiServer::new()));
+    }
+    let Some(assets) = awooop_testkit::envtest::assets() else {
+        anyhow::bail!(
+            "--apiserver needs KUBEBUILDER_ASSETS: a folder with kube-apiserver and etcd (see docs/kubernetes.md)"
+        );
+    };
+    let env = KubeEnv::start(&assets, None).await;
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (seen, writer) = reflector::store();
+    let api = kube::Api::<crate::k8s::crd::AgentProject>::namespaced(env.admin.clone(), NS);
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    let watch = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while stream.next().await.is_some() {}
+    });
+    seen.wait_until_ready().await?;
+    Ok(Server::Real {
+        env: Box::new(env),
+        seen,
+        _watch: watch,
+    })
+}
 
 const NS: &str = "awooop";
 const AGENTS: usize = 10;
@@ -67,6 +177,10 @@ async fn activate(
     Ok(())
 }
 
+fn count(n: Option<usize>) -> String {
+    n.map_or_else(|| "na".to_string(), |n| n.to_string())
+}
+
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let projects = args.projects.unwrap_or(if args.quick { 40 } else { 1000 });
     let samples = if args.quick { 40 } else { 200 };
@@ -75,14 +189,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None => "postgres://postgres@127.0.0.1:5432/postgres".into(),
     };
     let scratch = scratch_database(&base, "projection").await?;
-    let res = bench(&scratch, projects, samples).await;
+    let res = bench(&scratch, projects, samples, args.apiserver).await;
     drop_scratch(&base, &scratch).await;
     let line = res?;
     println!("{line}");
     Ok(())
 }
 
-async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
+async fn bench(url: &str, n: usize, samples: usize, real: bool) -> anyhow::Result<String> {
     let state = std::env::temp_dir().join(format!("awooop-bench-proj-{}", std::process::id()));
     let dbargs = DbArgs {
         database_url: Some(url.to_string()),
@@ -94,7 +208,7 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
         keyring: Some(state.join("keyring")),
     };
     let p = Platform::connect(&dbargs, None, Some(&keyring)).await?;
-    let fake = FakeApiServer::new();
+    let server = server(real).await?;
     let ids: Vec<ProjectId> = (0..n)
         .map(|i| ProjectId::parse(&format!("p{i:04}")))
         .collect::<Result<_, _>>()?;
@@ -132,12 +246,11 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
             Ok::<_, crate::error::Error>(())
         })
         .await?;
-        fake.insert(
-            &format!("/api/v1/namespaces/{NS}/secrets"),
-            json!({"apiVersion": "v1", "kind": "Secret",
+        server
+            .add_secret(json!({"apiVersion": "v1", "kind": "Secret",
                    "metadata": {"name": secret, "namespace": NS, "labels": {"awooop.dev/project": id.as_str()}},
-                   "data": {"token": "dG9rZW4="}}),
-        );
+                   "data": {"token": "dG9rZW4="}}))
+            .await?;
     }
     eprintln!(
         "setup: {n} projects × {AGENTS} grants activated in {:.1} s",
@@ -145,7 +258,7 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
     );
 
     let ctx = Arc::new(Context {
-        client: fake.client(NS),
+        client: server.client(),
         control: p.control.clone(),
         namespace: NS.into(),
         workers: Some(WorkerSettings {
@@ -158,17 +271,13 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
     });
 
     // Full resync, cold then warm.
-    fake.take_log();
+    server.take_requests();
     let t = Instant::now();
     let cold = controller::resync(&ctx).await?;
     let cold_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let cold_requests = fake.take_log().len();
+    let cold_requests = server.take_requests();
     anyhow::ensure!(cold.failed.is_empty(), "resync failed: {:?}", cold.failed);
-    let grants = fake
-        .names(&format!(
-            "/apis/awooop.dev/v1alpha1/namespaces/{NS}/mcpgrants"
-        ))
-        .len();
+    let grants = server.grants().await?;
     anyhow::ensure!(
         grants == n * AGENTS,
         "expected {} grants, found {grants}",
@@ -177,11 +286,14 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
     let t = Instant::now();
     let warm = controller::resync(&ctx).await?;
     let warm_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let warm_requests = fake.take_log().len();
+    let warm_requests = server.take_requests();
     anyhow::ensure!(warm.failed.is_empty(), "resync failed: {:?}", warm.failed);
     eprintln!(
-        "resync of {n} projects / {grants} grants: cold {cold_ms:.0} ms ({cold_requests} requests, {} applied, {} status writes), warm {warm_ms:.0} ms ({warm_requests} requests)",
-        cold.outcome.applied, cold.outcome.status_writes
+        "resync of {n} projects / {grants} grants: cold {cold_ms:.0} ms ({} requests, {} applied, {} status writes), warm {warm_ms:.0} ms ({} requests)",
+        count(cold_requests),
+        cold.outcome.applied,
+        cold.outcome.status_writes,
+        count(warm_requests)
     );
 
     // Activation → applied, through LISTEN/NOTIFY and the controller loop.
@@ -205,7 +317,6 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
     while ok() < before + n as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ap_coll = format!("/apis/awooop.dev/v1alpha1/namespaces/{NS}/agentprojects");
     let mut lat = Vec::with_capacity(samples);
     for i in 0..samples {
         let id = &ids[i % n];
@@ -228,10 +339,7 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
         .await?;
         let deadline = t0 + Duration::from_secs(10);
         loop {
-            let applied = fake
-                .get(&ap_coll, id.as_str())
-                .is_some_and(|o| o["spec"]["revisionId"] == rev_id.as_str());
-            if applied {
+            if server.applied(id.as_str(), &rev_id) {
                 lat.push(t0.elapsed());
                 break;
             }
@@ -254,7 +362,10 @@ async fn bench(url: &str, n: usize, samples: usize) -> anyhow::Result<String> {
         lat.len()
     );
     Ok(format!(
-        "api_server=fake projects={n} grants={grants} cold_resync_ms={cold_ms:.0} cold_requests={cold_requests} warm_resync_ms={warm_ms:.0} warm_requests={warm_requests} activation_p50_ms={p50:.1} activation_p99_ms={p99:.1} samples={}",
+        "api_server={} projects={n} grants={grants} cold_resync_ms={cold_ms:.0} cold_requests={} warm_resync_ms={warm_ms:.0} warm_requests={} activation_p50_ms={p50:.1} activation_p99_ms={p99:.1} samples={}",
+        server.name(),
+        count(cold_requests),
+        count(warm_requests),
         lat.len()
     ))
 }

@@ -72,7 +72,15 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 None => None,
             };
             let mut p = Platform::connect(&args.db, Some(&args.redis), None).await?;
-            let gw = attach_gateway(&mut p, &args.gateway, false, None)?;
+            // In a worker pod the operator mounts exactly this project's resolved Secret keys.
+            let secrets = match (&args.credentials_dir, &project) {
+                (Some(dir), Some(project)) => Some(std::sync::Arc::new(
+                    crate::k8s::secrets::MountedSecrets::new(dir, project),
+                )
+                    as std::sync::Arc<dyn crate::gateway::credentials::SecretLookup>),
+                _ => None,
+            };
+            let gw = attach_gateway(&mut p, &args.gateway, false, secrets)?;
             let worker =
                 worker_for_project(&p, &args.worker, crate::metrics::Metrics::new(), project);
             let (tx, rx) = crate::runtime::worker::shutdown_channel();

@@ -397,11 +397,17 @@ async fn cli_lifecycle_with_exit_codes_and_json_errors() {
     .fetch_one(&mut su)
     .await
     .expect("one break-glass audit row");
-    assert_eq!((row.0.as_str(), row.1.as_str()), ("cli:carol", "k8s__restart"));
+    assert_eq!(
+        (row.0.as_str(), row.1.as_str()),
+        ("cli:carol", "k8s__restart")
+    );
     assert_eq!(row.2["agent"], "remediator");
     assert_eq!(row.2["args_sha256"].as_str().map(str::len), Some(64));
     assert!(row.2["jti"].as_str().is_some_and(|j| !j.is_empty()));
-    assert!(!row.2.to_string().contains(&gw_key), "no key material in audit");
+    assert!(
+        !row.2.to_string().contains(&gw_key),
+        "no key material in audit"
+    );
     // Configuration is validated with a message naming the flag.
     let (code, _, err) = run(&["project", "list", "--db-max-connections", "0"]);
     assert_eq!(code, 1);

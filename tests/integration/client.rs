@@ -28,6 +28,7 @@ async fn serve(t: &TestDb) -> String {
         admin: Some(AdminToken::new(ADMIN)),
         max_body_bytes: 1 << 20,
         metrics: awooop::metrics::Metrics::new(),
+        approvals: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

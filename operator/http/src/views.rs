@@ -32,17 +32,18 @@ async fn view(
     arg: Option<Uuid>,
 ) -> Result<Value> {
     let db = s.control.db().clone();
-    let mut v: Value = t.run(async move {
-        let mut tx = db.tenant().await?;
-        let mut q = sqlx::query_scalar::<_, Option<Value>>(sql).bind(RECENT);
-        if let Some(id) = arg {
-            q = q.bind(id);
-        }
-        let v = q.fetch_one(&mut *tx).await?;
-        tx.commit().await?;
-        Ok::<_, Error>(v.unwrap_or(Value::Null))
-    })
-    .await?;
+    let mut v: Value = t
+        .run(async move {
+            let mut tx = db.tenant().await?;
+            let mut q = sqlx::query_scalar::<_, Option<Value>>(sql).bind(RECENT);
+            if let Some(id) = arg {
+                q = q.bind(id);
+            }
+            let v = q.fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(v.unwrap_or(Value::Null))
+        })
+        .await?;
     Redactor::global().redact_json(&mut v);
     Ok(v)
 }

@@ -93,6 +93,7 @@ async fn bench(url: &str, events: usize) -> anyhow::Result<Figures> {
         admin: Some(AdminToken::new(ADMIN)),
         max_body_bytes: 1 << 20,
         metrics: crate::metrics::Metrics::new(),
+        approvals: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -787,7 +787,7 @@ async fn expire_one(
 /// worker scope; each expired in its own tenant transaction with its audit row and chat
 /// message). Returns how many expired.
 pub async fn expire_due(pool: &PgPool, control: &ControlPlane) -> Result<u64> {
-    let mut tx = crate::repo::worker_tx(pool).await?;
+    let mut tx = awooop_store::tenancy::worker_tx(pool).await?;
     let due: Vec<(String, Uuid)> = sqlx::query_as(
         "SELECT project_id, request_id FROM approval_requests WHERE state = 'pending' AND expires_at < now() LIMIT 500",
     )

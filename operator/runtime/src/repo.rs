@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::state::RunState;
@@ -365,14 +365,9 @@ pub async fn requeue_approved(conn: &mut PgConnection, run_id: Uuid, approver: &
     Ok(())
 }
 
-/// A worker-scoped transaction: sees `runs` of every project (and nothing else).
-pub async fn worker_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('awooop.scope', 'worker', true)")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
-}
+/// The worker-scope transaction (`awooop.scope = worker`): lives in the store with the other
+/// database scopes, so modules above the repository (approvals) need not import it from here.
+pub use awooop_store::tenancy::worker_tx;
 
 /// A step attempt not yet written.
 #[derive(Debug, Clone)]

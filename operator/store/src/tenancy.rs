@@ -115,6 +115,15 @@ pub fn platform_redis_key(kind: &str, id: &str) -> String {
     format!("awooop:_platform:{kind}:{id}")
 }
 
+/// A worker-scoped transaction: sees `runs` of every project (and nothing else).
+pub async fn worker_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('awooop.scope', 'worker', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Database handle for the runtime role. Cloning is cheap.
 #[derive(Clone, Debug)]
 pub struct Db {

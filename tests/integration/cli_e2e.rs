@@ -402,7 +402,13 @@ async fn cli_lifecycle_with_exit_codes_and_json_errors() {
         ("cli:carol", "k8s__restart")
     );
     assert_eq!(row.2["agent"], "remediator");
-    assert_eq!(row.2["args_sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        row.2["args_sha256"].as_str(),
+        Some(
+            awooop::gateway::approval::arguments_hash(&serde_json::json!({"deployment": "web"}))
+                .as_str()
+        )
+    );
     assert!(row.2["jti"].as_str().is_some_and(|j| !j.is_empty()));
     assert!(
         !row.2.to_string().contains(&gw_key),

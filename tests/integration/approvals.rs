@@ -823,9 +823,19 @@ async fn a_worker_killed_between_approval_and_execution_still_calls_exactly_once
         .unwrap();
     }
     // A claim by a worker that dies before calling (lease short, never heartbeats).
-    let claimed = awooop::runtime::repo::worker_claim(&e.t.app, "doomed", 1, 0.2)
-        .await
-        .unwrap();
+    // The killed worker's connections may still hold a row lock for a moment (their
+    // transactions are rolled back when the pool reaps them), and claims SKIP LOCKED rows:
+    // poll like a worker does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let claimed = loop {
+        let c = awooop::runtime::repo::worker_claim(&e.t.app, "doomed", 1, 0.2)
+            .await
+            .unwrap();
+        if !c.is_empty() || std::time::Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(claimed.len(), 1);
     assert!(e.upstream_calls("echo").is_empty());
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -105,11 +105,11 @@ check "helm template (all optional parts on)" \
 check "helm package (what a registry would serve)" "$HELM" package "$CHART" -d "$WORK/pkg"
 check "defaults render only the core objects" "$PY" tests/chart/checks.py kinds "$WORK/default.yaml" \
   CustomResourceDefinition=2 ServiceAccount=2 Role=2 RoleBinding=2 Service=2 Deployment=2 \
-  ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding
+  ValidatingAdmissionPolicy=2 ValidatingAdmissionPolicyBinding=2
 check "all-on renders NetworkPolicy, ServiceMonitor, PodDisruptionBudget and the webhook Ingress/HTTPRoute too" \
   "$PY" tests/chart/checks.py kinds \
   "$WORK/all.yaml" CustomResourceDefinition=2 ServiceAccount=2 Role=2 RoleBinding=2 Service=2 Deployment=2 \
-  ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding NetworkPolicy=2 PodDisruptionBudget=2 ServiceMonitor \
+  ValidatingAdmissionPolicy=2 ValidatingAdmissionPolicyBinding=2 NetworkPolicy=2 PodDisruptionBudget=2 ServiceMonitor \
   Ingress HTTPRoute
 check "webhook Ingress and HTTPRoute expose only /v1/webhooks/" "$PY" tests/chart/checks.py webhooks "$WORK/all.yaml"
 

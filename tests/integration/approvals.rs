@@ -45,6 +45,8 @@ use crate::support::*;
 
 const TG_SECRET: &str = "tg-approvals-secret-0123456789";
 const TG_TOKEN: &str = "123456:approvals-bot-token";
+const LINE_SECRET: &str = "line-approvals-channel-secret";
+const SLACK_SECRET: &str = "slack-approvals-signing-secret";
 const MASTER: &str = "approvals-test-gateway-master-key-0123456789";
 const CHAT: &str = "4242";
 
@@ -155,6 +157,12 @@ async fn env(id: &str, mode: MigrationMode, ttl_seconds: u32) -> Env {
             "default",
             json!({"channels": [{"name": "tg", "provider": "telegram", "agent": "remediator",
                 "verify_secret": {"env": {"var": "TG_SECRET"}}, "send_credential": {"env": {"var": "TG_TOKEN"}},
+                "outbound": true},
+                {"name": "line", "provider": "line", "agent": "remediator",
+                "verify_secret": {"env": {"var": "LINE_SECRET"}}, "send_credential": {"env": {"var": "LINE_TOKEN"}},
+                "outbound": true},
+                {"name": "slack", "provider": "slack", "agent": "remediator",
+                "verify_secret": {"env": {"var": "SLACK_SECRET"}}, "send_credential": {"env": {"var": "SLACK_TOKEN"}},
                 "outbound": true}]}),
         )
         .await;
@@ -173,11 +181,15 @@ async fn env(id: &str, mode: MigrationMode, ttl_seconds: u32) -> Env {
             "approvers": ["alice", "bob", "carol"],
             "chat_approvers": [
                 {"channel": "tg", "user": "111", "principal": "alice"},
-                {"channel": "tg", "user": "222", "principal": "bob"}
+                {"channel": "tg", "user": "222", "principal": "bob"},
+                {"channel": "line", "user": "Ualice", "principal": "alice"},
+                {"channel": "line", "user": "Ubob", "principal": "bob"},
+                {"channel": "slack", "user": "UALICE", "principal": "alice"},
+                {"channel": "slack", "user": "UBOB", "principal": "bob"}
             ]
         });
         body["approval"] = json!({"required_approvals": 2, "ttl_seconds": ttl_seconds});
-        body["channels"] = json!(["tg"]);
+        body["channels"] = json!(["tg", "line", "slack"]);
         let r = publish(&cp, ContractKind::Project, id, body).await;
         approve_and_activate(&cp, r, 1).await;
     })
@@ -185,6 +197,10 @@ async fn env(id: &str, mode: MigrationMode, ttl_seconds: u32) -> Env {
     let secrets = Arc::new(StaticSecrets::default());
     secrets.put(id, &env_ref("TG_SECRET"), TG_SECRET);
     secrets.put(id, &env_ref("TG_TOKEN"), TG_TOKEN);
+    secrets.put(id, &env_ref("LINE_SECRET"), LINE_SECRET);
+    secrets.put(id, &env_ref("LINE_TOKEN"), "line-approvals-access-token");
+    secrets.put(id, &env_ref("SLACK_SECRET"), SLACK_SECRET);
+    secrets.put(id, &env_ref("SLACK_TOKEN"), "xoxb-approvals-bot-token");
     let svc = ApprovalService::new(cp.clone(), Some(minter()));
     let hub = Hub::new(
         cp.clone(),
@@ -281,6 +297,23 @@ impl Env {
         }
     }
 
+    /// A worker whose fallback poll (60 s) never fires within a test: whatever it runs, a
+    /// NOTIFY woke it. Returned with its counters.
+    fn notify_only_worker(&self) -> (Arc<Worker>, Running) {
+        let mut cfg = WorkerConfig::new(format!("apr-notify-{}", Uuid::new_v4()));
+        cfg.slots = 2;
+        cfg.poll = Duration::from_secs(60);
+        let w = Arc::new(Worker::new(
+            self.t.app.clone(),
+            self.cp.clone(),
+            self.exec.clone(),
+            cfg,
+        ));
+        let (stop, rx) = shutdown_channel();
+        let task = tokio::spawn(w.clone().run(rx));
+        (w, Running { stop, task })
+    }
+
     async fn start_run(&self, message: &str) -> Uuid {
         self.start_agent("remediator", message).await
     }
@@ -360,6 +393,56 @@ impl Env {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// POST a webhook to the hub's verified route of `channel`.
+    async fn webhook(
+        &self,
+        channel: &str,
+        headers: &[(&str, String)],
+        body: String,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(format!("/v1/webhooks/{}/{channel}", self.p.as_str()));
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Send every queued chat message to the provider double; the request bodies `api`
+    /// (`telegram`, `line`, `slack`) received, in order.
+    async fn deliver_to(&self, api: &str) -> Vec<Value> {
+        let before = self.chat.requests().len();
+        let d = DeliveryWorker::new(
+            self.hub.clone(),
+            DeliveryConfig {
+                chat_min_interval: Duration::ZERO,
+                ..DeliveryConfig::default()
+            },
+        );
+        for _ in 0..5 {
+            if d.tick().await.unwrap() == 0 {
+                break;
+            }
+        }
+        self.chat.requests()[before..]
+            .iter()
+            .filter(|r| r.api == api)
+            .map(|r| r.body.clone())
+            .collect()
     }
 
     /// Send every queued chat message to the Telegram double; the texts sent, in order.
@@ -942,4 +1025,474 @@ async fn a_recovered_run_is_claimed_before_newer_work() {
         "the recovered run waited behind {later:?}"
     );
     e.t.cleanup().await;
+}
+
+/// A remediator run that asked for approval and got its quorum (alice, bob) while no worker
+/// was listening: it is queued, and the re-queue's NOTIFY reached nobody.
+async fn approved_while_no_worker_listens(e: &Env, args: &Value) -> Uuid {
+    e.model.script([
+        Reply::ToolCalls(vec![("fx__echo".into(), args.clone())]),
+        Reply::Text("done".into()),
+    ]);
+    let w = e.worker();
+    let id = e.start_run("scale it").await;
+    e.wait_state(id, &["waiting_approval"]).await;
+    let _ = w.stop.send(true);
+    w.task.await.unwrap().unwrap();
+    let req = e.requests(Some("pending")).await[0].clone();
+    for who in ["alice", "bob"] {
+        tenancy::scope(
+            e.p.clone(),
+            e.svc.decide(
+                who,
+                "test",
+                req["request_id"].as_str().unwrap().parse().unwrap(),
+                Decision::Approve,
+                None,
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(e.run(id).await["state"], "queued");
+    id
+}
+
+/// Wait (bounded) until `worker` has returned from `n` claims. A fresh worker claims once when
+/// it starts and once more when its LISTEN is up (the listener's first wake-up), so after two
+/// it is listening and idle in its wait; nothing else wakes it before its 60 s poll.
+async fn claimed_rounds(worker: &Worker, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while worker
+        .stats
+        .claim_rounds
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < n
+    {
+        assert!(Instant::now() < deadline, "the worker never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Wait for the run to finish well before the worker's 60 s fallback poll: only a NOTIFY can
+/// have woken the worker for it. Not a timing measurement: the bound is generous.
+async fn finished_without_the_poll(e: &Env, id: Uuid, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = e.run(id).await;
+        if ["succeeded", "failed"].contains(&v["state"].as_str().unwrap()) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the run was never woken (it waits for the 60 s fallback poll): {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The approved run's refused call is audited off the request path (the gateway's call audit,
+/// up to 50 ms later), and that row's run-event trigger locks the run row to number the event.
+/// When it lands just as the re-queued run is claimed, the claim (SKIP LOCKED) passes over it;
+/// the audit's commit must wake a worker again, or the run waits for the fallback poll (the
+/// 520 ms resumes of `awooop bench approvals`). Here the audit row is held open on purpose
+/// across a worker's claims, then committed.
+#[tokio::test]
+async fn an_approved_run_locked_by_its_call_audit_during_the_claim_is_still_woken() {
+    let e = env("apr-wake-audit", MigrationMode::AutoRemediate, 3600).await;
+    let args = json!({"name": "web", "replicas": 4});
+    let id = approved_while_no_worker_listens(&e, &args).await;
+    // What the call audit writer does for the refused call (0050's trigger bumps the run's
+    // event counter: a row lock until commit).
+    let mut audit = scoped_tx(&e.t.app, e.p.as_str()).await;
+    sqlx::query(
+        "INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode, \
+         decision, code, result_status, latency_us, bytes_in, bytes_out) \
+         VALUES ($1, $2, now(), 'trace', $3, 'remediator', 'fx__echo', 'dev', 'auto_remediate', \
+         'denied', 'E-MCP-GATE-005', 'denied', 0, 0, 0)",
+    )
+    .bind(e.p.as_str())
+    .bind(Uuid::now_v7())
+    .bind(id)
+    .execute(&mut *audit)
+    .await
+    .unwrap();
+    let (worker, running) = e.notify_only_worker();
+    claimed_rounds(&worker, 2).await;
+    assert_eq!(
+        e.run(id).await["state"],
+        "queued",
+        "the claims passed over the locked run"
+    );
+    assert!(e.upstream_calls("echo").is_empty());
+    audit.commit().await.unwrap();
+    let done = finished_without_the_poll(&e, id, "after the audit committed").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let calls = e.upstream_calls("echo");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].arguments, args);
+    let _ = running.stop.send(true);
+    running.task.await.unwrap().unwrap();
+    e.t.cleanup().await;
+}
+
+/// A transaction that inserts a row referencing a queued run (here a chat message for it, as a
+/// late click's answer is) holds FOR KEY SHARE on the run row until it commits. That must not
+/// keep workers from claiming the run: the claim's lock (FOR NO KEY UPDATE) does not conflict
+/// with it, so the run is claimed and finishes while that transaction is still open.
+#[tokio::test]
+async fn a_queued_run_referenced_by_an_open_transaction_is_still_claimed() {
+    let e = env("apr-wake-fk", MigrationMode::AutoRemediate, 3600).await;
+    let args = json!({"name": "api", "replicas": 5});
+    let id = approved_while_no_worker_listens(&e, &args).await;
+    let mut answer = scoped_tx(&e.t.app, e.p.as_str()).await;
+    sqlx::query(
+        "INSERT INTO outbound_messages (project_id, message_id, run_id, channel, conversation, kind, body, trace_id) \
+         VALUES ($1, $2, $3, 'tg', $4, 'approval', '{\"text\": \"This request is already approved\"}'::jsonb, 'trace')",
+    )
+    .bind(e.p.as_str())
+    .bind(Uuid::now_v7())
+    .bind(id)
+    .bind(CHAT)
+    .execute(&mut *answer)
+    .await
+    .unwrap();
+    let (_worker, running) = e.notify_only_worker();
+    let done = finished_without_the_poll(&e, id, "while a chat message for it was being written").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(e.upstream_calls("echo").len(), 1);
+    answer.commit().await.unwrap();
+    let _ = running.stop.send(true);
+    running.task.await.unwrap().unwrap();
+    e.t.cleanup().await;
+}
+
+// --- LINE and Slack, end to end ------------------------------------------------------------------
+
+fn hmac_sha256(key: &str, msg: &[u8]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(msg);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// `application/x-www-form-urlencoded`, as Slack encodes its interactivity `payload=`.
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The chat providers with buttons besides Telegram, speaking their webhook formats: LINE
+/// (events signed with `X-Line-Signature` = base64 HMAC-SHA256 of the body under the channel
+/// secret, what line-bot-sdk's `SignatureValidator` checks) and Slack (Events API JSON and
+/// form-encoded interactivity `payload=`, signed `v0=` hex HMAC-SHA256 of
+/// `v0:{timestamp}:{body}` under the signing secret, as slack_sdk's `SignatureVerifier`).
+#[derive(Clone, Copy)]
+enum Chat {
+    Line,
+    Slack,
+}
+
+/// The LINE group and the Slack channel the runs start from.
+const LINE_GROUP: &str = "Gops0123456789";
+const SLACK_CHANNEL: &str = "C0OPS42";
+
+impl Chat {
+    fn api(self) -> &'static str {
+        match self {
+            Chat::Line => "line",
+            Chat::Slack => "slack",
+        }
+    }
+
+    /// The provider's user id of a principal (as mapped in the Project contract), or of
+    /// somebody the project does not know.
+    fn user(self, who: &str) -> String {
+        match (self, who) {
+            (Chat::Line, "alice") => "Ualice".into(),
+            (Chat::Line, "bob") => "Ubob".into(),
+            (Chat::Slack, "alice") => "UALICE".into(),
+            (Chat::Slack, "bob") => "UBOB".into(),
+            (Chat::Line, other) => format!("U{other}"),
+            (Chat::Slack, other) => format!("U{}", other.to_uppercase()),
+        }
+    }
+
+    async fn line(e: &Env, events: Value) -> (StatusCode, Value) {
+        use base64::Engine;
+        let body = json!({"destination": "U0123456789abcdef0123456789abcdef", "events": events})
+            .to_string();
+        let sig =
+            base64::engine::general_purpose::STANDARD.encode(hmac_sha256(LINE_SECRET, body.as_bytes()));
+        e.webhook(
+            "line",
+            &[
+                ("content-type", "application/json; charset=utf-8".into()),
+                ("x-line-signature", sig),
+            ],
+            body,
+        )
+        .await
+    }
+
+    async fn slack(e: &Env, content_type: &str, body: String) -> (StatusCode, Value) {
+        let ts = chrono::Utc::now().timestamp().to_string();
+        let sig = format!(
+            "v0={}",
+            hex::encode(hmac_sha256(SLACK_SECRET, format!("v0:{ts}:{body}").as_bytes()))
+        );
+        e.webhook(
+            "slack",
+            &[
+                ("content-type", content_type.into()),
+                ("x-slack-request-timestamp", ts),
+                ("x-slack-signature", sig),
+            ],
+            body,
+        )
+        .await
+    }
+
+    /// Alice writes to the bot: the hub starts the channel's agent with a reply address.
+    async fn start(self, e: &Env, text: &str) -> Uuid {
+        let (status, v) = match self {
+            Chat::Line => {
+                Self::line(
+                    e,
+                    json!([{"type": "message", "mode": "active", "timestamp": 1764288000000_i64,
+                        "source": {"type": "group", "groupId": LINE_GROUP, "userId": self.user("alice")},
+                        "webhookEventId": "01APRSTART000000000000000A", "deliveryContext": {"isRedelivery": false},
+                        "replyToken": "rt-start-0123456789",
+                        "message": {"type": "text", "id": "100001", "quoteToken": "q1", "text": text}}]),
+                )
+                .await
+            }
+            Chat::Slack => {
+                let body = json!({"token": "legacy-verification-token", "team_id": "T0TEAM", "api_app_id": "A0APP",
+                    "event": {"type": "message", "channel": SLACK_CHANNEL, "user": self.user("alice"), "text": text,
+                              "ts": "1764288000.000100", "event_ts": "1764288000.000100", "channel_type": "channel"},
+                    "type": "event_callback", "event_id": "Ev0APRSTART", "event_time": 1764288000});
+                Self::slack(e, "application/json", body.to_string()).await
+            }
+        };
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v["events"][0]["run_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no run started: {v}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// `user` clicks a button carrying `data`; `click_id` identifies the click at the provider
+    /// (LINE `webhookEventId`, Slack `trigger_id`): the same id and user give the same bytes,
+    /// i.e. a replay.
+    async fn click(self, e: &Env, user: &str, data: &str, click_id: &str) -> (StatusCode, Value) {
+        match self {
+            Chat::Line => {
+                Self::line(
+                    e,
+                    json!([{"type": "postback", "mode": "active", "timestamp": 1764288060000_i64,
+                        "source": {"type": "group", "groupId": LINE_GROUP, "userId": user},
+                        "webhookEventId": click_id, "deliveryContext": {"isRedelivery": false},
+                        "replyToken": format!("rt-{click_id}"),
+                        "postback": {"data": data}}]),
+                )
+                .await
+            }
+            Chat::Slack => {
+                let action = if data.ends_with(":a") { ("awooop-0", "Approve") } else { ("awooop-1", "Reject") };
+                let payload = json!({"type": "block_actions",
+                    "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0TEAM"},
+                    "api_app_id": "A0APP", "token": "legacy-verification-token",
+                    "container": {"type": "message", "message_ts": "1764288000.000200", "channel_id": SLACK_CHANNEL, "is_ephemeral": false},
+                    "trigger_id": click_id, "team": {"id": "T0TEAM", "domain": "ops"}, "enterprise": null,
+                    "is_enterprise_install": false, "channel": {"id": SLACK_CHANNEL, "name": "ops"},
+                    "state": {"values": {}}, "response_url": "https://hooks.slack.com/actions/T0TEAM/1/abc",
+                    "actions": [{"action_id": action.0, "block_id": "awooop", "type": "button",
+                                 "text": {"type": "plain_text", "text": action.1, "emoji": true},
+                                 "value": data, "action_ts": "1764288060.000300"}]});
+                Self::slack(
+                    e,
+                    "application/x-www-form-urlencoded",
+                    format!("payload={}", form_encode(&payload.to_string())),
+                )
+                .await
+            }
+        }
+    }
+
+    /// The buttons (label, data) of the messages the provider received.
+    fn buttons(self, sent: &[Value]) -> Vec<(String, String)> {
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        match self {
+            Chat::Line => sent
+                .iter()
+                .flat_map(|b| b["messages"].as_array().cloned().unwrap_or_default())
+                .filter(|m| m["type"] == "template")
+                .flat_map(|m| m["template"]["actions"].as_array().cloned().unwrap_or_default())
+                .inspect(|a| assert_eq!(a["type"], "postback", "{a}"))
+                .map(|a| (s(&a["label"]), s(&a["data"])))
+                .collect(),
+            Chat::Slack => sent
+                .iter()
+                .flat_map(|b| b["blocks"].as_array().cloned().unwrap_or_default())
+                .filter(|b| b["type"] == "actions")
+                .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+                .inspect(|a| assert_eq!(a["type"], "button", "{a}"))
+                .map(|a| (s(&a["text"]["text"]), s(&a["value"])))
+                .collect(),
+        }
+    }
+
+    /// The texts of the messages the provider received, and where they went.
+    fn texts(self, sent: &[Value]) -> Vec<String> {
+        match self {
+            Chat::Line => sent
+                .iter()
+                .inspect(|b| {
+                    // A reply (reply token) or a push to the group the run started from.
+                    assert!(b["replyToken"].is_string() || b["to"] == LINE_GROUP, "{b}")
+                })
+                .flat_map(|b| b["messages"].as_array().cloned().unwrap_or_default())
+                .filter_map(|m| m["text"].as_str().map(str::to_string))
+                .collect(),
+            Chat::Slack => sent
+                .iter()
+                .inspect(|b| assert_eq!(b["channel"], SLACK_CHANNEL, "{b}"))
+                .filter_map(|b| b["text"].as_str().map(str::to_string))
+                .collect(),
+        }
+    }
+}
+
+/// A run started from a LINE group (resp. a Slack channel) reaches a write tool; the approval
+/// message with Approve/Reject buttons arrives at that chat; clicks come back through the hub's
+/// verified webhook: an unmapped user (and Telegram's alice, who is mapped on `tg` only) is not
+/// counted, a replayed click is a duplicate, alice and bob make the quorum, the run resumes and
+/// the upstream gets the approved call once; a late click is answered politely.
+async fn chat_story(chat: Chat, project: &str) {
+    let e = env(project, MigrationMode::AutoRemediate, 3600).await;
+    let args = json!({"name": "web", "replicas": 6});
+    e.model.script([
+        Reply::ToolCalls(vec![("fx__echo".into(), args.clone())]),
+        Reply::Text("scaled web to 6".into()),
+    ]);
+    let w = e.worker();
+    let id = chat.start(&e, "web is overloaded, scale it").await;
+    let view = e.wait_state(id, &["waiting_approval", "failed"]).await;
+    assert_eq!(view["state"], "waiting_approval", "{view}");
+    assert!(e.upstream_calls("echo").is_empty());
+    let req = e.requests(Some("pending")).await[0].clone();
+
+    // The approval message, with its buttons, at the provider of the chat that started the run.
+    let sent = e.deliver_to(chat.api()).await;
+    assert_eq!(
+        chat.buttons(&sent),
+        vec![
+            ("Approve".to_string(), data(&req, Decision::Approve)),
+            ("Reject".to_string(), data(&req, Decision::Reject)),
+        ],
+        "{sent:?}"
+    );
+    let texts = chat.texts(&sent);
+    assert!(
+        texts.iter().any(|t| t.contains("fx__echo") && t.contains("Approval needed")),
+        "{texts:?}"
+    );
+    let approve = data(&req, Decision::Approve);
+
+    // Not counted: somebody the project does not know, and a user id mapped on another channel.
+    for (n, user) in [chat.user("mallory"), "111".to_string()].iter().enumerate() {
+        let (s, v) = chat.click(&e, user, &approve, &format!("click-stranger-{n}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // Alice approves; the same click arrives again (a replay): a duplicate that reaches nothing.
+    let (s, v) = chat.click(&e, &chat.user("alice"), &approve, "click-alice-1").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, replay) = chat.click(&e, &chat.user("alice"), &approve, "click-alice-1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(replay["events"][0]["duplicate"], true, "{replay}");
+    let r = &e.requests(None).await[0];
+    assert_eq!(r["state"], "pending", "{r}");
+    let decisions = r["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 1, "{r}");
+    assert_eq!(decisions[0]["approver"], "alice");
+    assert_eq!(decisions[0]["via"], format!("chat:{}", chat.api()));
+    assert_eq!(e.run(id).await["state"], "waiting_approval");
+    let answers = chat.texts(&e.deliver_to(chat.api()).await);
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|t| t.contains("not mapped to an approver"))
+            .count(),
+        2,
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().any(|t| t.contains("alice approved (1 of 2 needed)")),
+        "{answers:?}"
+    );
+
+    // Bob: quorum. The run resumes and the upstream gets exactly the approved call, once.
+    let (s, v) = chat.click(&e, &chat.user("bob"), &approve, "click-bob-1").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let done = e.wait_state(id, &["succeeded", "failed"]).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let calls = e.upstream_calls("echo");
+    assert_eq!(calls.len(), 1, "exactly once: {calls:?}");
+    assert_eq!(calls[0].arguments, args, "exactly the approved arguments");
+    assert!(
+        calls[0]
+            .idempotency_header
+            .as_deref()
+            .is_some_and(|k| k.starts_with(&format!("{id}:"))),
+        "{calls:?}"
+    );
+    assert_eq!(e.model.requests().len(), 2, "journaled model call not repeated");
+    let r = &e.requests(None).await[0];
+    assert_eq!(r["state"], "approved");
+    assert_eq!(r["decided_by"], json!(["alice", "bob"]));
+    let answers = chat.texts(&e.deliver_to(chat.api()).await);
+    assert!(
+        answers.iter().any(|t| t.contains("Approved by alice, bob")),
+        "{answers:?}"
+    );
+    assert!(
+        answers.iter().any(|t| t.contains("scaled web to 6")),
+        "the run's answer reaches the chat: {answers:?}"
+    );
+
+    // A late click (bob changes his mind) changes nothing and is answered politely.
+    let (s, _) = chat
+        .click(&e, &chat.user("bob"), &data(&req, Decision::Reject), "click-bob-2")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(e.requests(None).await[0]["state"], "approved");
+    let late = chat.texts(&e.deliver_to(chat.api()).await);
+    assert!(
+        late.iter().any(|t| t.contains("already approved")),
+        "{late:?}"
+    );
+    assert_eq!(e.upstream_calls("echo").len(), 1);
+    assert_eq!(e.run(id).await["state"], "succeeded");
+    let _ = w.stop.send(true);
+    w.task.await.unwrap().unwrap();
+    e.t.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_run_started_from_line_is_approved_with_postback_buttons() {
+    chat_story(Chat::Line, "apr-line").await;
+}
+
+#[tokio::test]
+async fn a_run_started_from_slack_is_approved_with_block_actions() {
+    chat_story(Chat::Slack, "apr-slack").await;
 }

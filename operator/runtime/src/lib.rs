@@ -1,5 +1,5 @@
 //! The durable run runtime: runs with an 8-state machine, a step journal, idempotency keys,
-//! workers that claim with `FOR UPDATE SKIP LOCKED`, heartbeat and are reaped when they die.
+//! workers that claim with `FOR NO KEY UPDATE SKIP LOCKED`, heartbeat and are reaped when they die.
 //!
 //! [`RunService`] is what the HTTP API calls (create, get, list, cancel, resume after approval);
 //! [`worker::Worker`] executes runs through the [`executor::Executor`] interface.

@@ -399,7 +399,7 @@ pub struct Claimed {
     pub reply_to: Option<Value>,
 }
 
-/// Claim up to `n` runnable runs: `FOR UPDATE SKIP LOCKED` on the partial queue index, lease
+/// Claim up to `n` runnable runs: `FOR NO KEY UPDATE SKIP LOCKED` on the partial queue index, lease
 /// them to `worker` and bump the attempt, in one statement.
 pub async fn worker_claim(
     pool: &PgPool,
@@ -426,11 +426,16 @@ pub async fn worker_claim_for(
         // over the limit stay queued (their row locks end with this transaction). Two workers
         // claiming at the same instant can each see the same running count, so the limit can
         // be exceeded by one claim batch per concurrent claimer, never more.
+        // FOR NO KEY UPDATE, the lock the claim's own UPDATE takes: it still excludes other
+        // claimers and every writer of the row, but not the FOR KEY SHARE lock of a
+        // transaction inserting a row that references the run (an outbound chat message, an
+        // approval request); with FOR UPDATE, SKIP LOCKED passed over such a run and nothing
+        // woke a worker for it again before the fallback poll.
         "WITH c AS ( \
             SELECT project_id, run_id, created_at FROM runs \
             WHERE state IN ('queued', 'retrying') AND run_after <= now() \
               AND ($4::text IS NULL OR project_id = $4) \
-            ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+            ORDER BY created_at LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED), \
          busy AS ( \
             SELECT project_id, count(*) AS n FROM runs \
             WHERE state = 'running' AND project_id IN (SELECT project_id FROM c) GROUP BY project_id), \

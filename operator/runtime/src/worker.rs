@@ -1,4 +1,4 @@
-//! Workers: claim runnable runs in batches sized to free slots (`FOR UPDATE SKIP LOCKED`),
+//! Workers: claim runnable runs in batches sized to free slots (`FOR NO KEY UPDATE SKIP LOCKED`),
 //! wake on LISTEN/NOTIFY with a fallback poll, heartbeat their leases, execute through the
 //! [`Executor`] inside the run's tenant scope, and write results fenced by the attempt number.
 //! Every worker also reaps: expired leases go back to the queue, runs past their deadline
@@ -67,6 +67,9 @@ pub struct WorkerStats {
     pub failed: AtomicU64,
     pub discarded: AtomicU64,
     pub reaped: AtomicU64,
+    /// Claims that returned (with or without runs): tests use it to know a worker has looked
+    /// at the queue and is idle.
+    pub claim_rounds: AtomicU64,
 }
 
 pub struct Worker {
@@ -163,6 +166,7 @@ impl Worker {
                 .await
                 {
                     Ok(batch) => {
+                        self.stats.claim_rounds.fetch_add(1, Ordering::Relaxed);
                         claimed_full = batch.len() == free;
                         self.stats
                             .claimed
@@ -412,7 +416,14 @@ impl Worker {
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         };
-        self.held.lock().expect("held lock").remove(&run_id);
+        {
+            // Only this attempt's entry: an approved run can be re-queued and claimed again
+            // (a new attempt, same run id) before this task got here.
+            let mut held = self.held.lock().expect("held lock");
+            if held.get(&run_id) == Some(&attempt) {
+                held.remove(&run_id);
+            }
+        }
         match res {
             Ok(Some(state)) => {
                 tracing::info!(

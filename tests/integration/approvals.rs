@@ -1158,7 +1158,8 @@ async fn a_queued_run_referenced_by_an_open_transaction_is_still_claimed() {
     .await
     .unwrap();
     let (_worker, running) = e.notify_only_worker();
-    let done = finished_without_the_poll(&e, id, "while a chat message for it was being written").await;
+    let done =
+        finished_without_the_poll(&e, id, "while a chat message for it was being written").await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(e.upstream_calls("echo").len(), 1);
     answer.commit().await.unwrap();
@@ -1229,8 +1230,8 @@ impl Chat {
         use base64::Engine;
         let body = json!({"destination": "U0123456789abcdef0123456789abcdef", "events": events})
             .to_string();
-        let sig =
-            base64::engine::general_purpose::STANDARD.encode(hmac_sha256(LINE_SECRET, body.as_bytes()));
+        let sig = base64::engine::general_purpose::STANDARD
+            .encode(hmac_sha256(LINE_SECRET, body.as_bytes()));
         e.webhook(
             "line",
             &[
@@ -1246,7 +1247,10 @@ impl Chat {
         let ts = chrono::Utc::now().timestamp().to_string();
         let sig = format!(
             "v0={}",
-            hex::encode(hmac_sha256(SLACK_SECRET, format!("v0:{ts}:{body}").as_bytes()))
+            hex::encode(hmac_sha256(
+                SLACK_SECRET,
+                format!("v0:{ts}:{body}").as_bytes()
+            ))
         );
         e.webhook(
             "slack",
@@ -1307,7 +1311,11 @@ impl Chat {
                 .await
             }
             Chat::Slack => {
-                let action = if data.ends_with(":a") { ("awooop-0", "Approve") } else { ("awooop-1", "Reject") };
+                let action = if data.ends_with(":a") {
+                    ("awooop-0", "Approve")
+                } else {
+                    ("awooop-1", "Reject")
+                };
                 let payload = json!({"type": "block_actions",
                     "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0TEAM"},
                     "api_app_id": "A0APP", "token": "legacy-verification-token",
@@ -1336,7 +1344,12 @@ impl Chat {
                 .iter()
                 .flat_map(|b| b["messages"].as_array().cloned().unwrap_or_default())
                 .filter(|m| m["type"] == "template")
-                .flat_map(|m| m["template"]["actions"].as_array().cloned().unwrap_or_default())
+                .flat_map(|m| {
+                    m["template"]["actions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
                 .inspect(|a| assert_eq!(a["type"], "postback", "{a}"))
                 .map(|a| (s(&a["label"]), s(&a["data"])))
                 .collect(),
@@ -1403,20 +1416,28 @@ async fn chat_story(chat: Chat, project: &str) {
     );
     let texts = chat.texts(&sent);
     assert!(
-        texts.iter().any(|t| t.contains("fx__echo") && t.contains("Approval needed")),
+        texts
+            .iter()
+            .any(|t| t.contains("fx__echo") && t.contains("Approval needed")),
         "{texts:?}"
     );
     let approve = data(&req, Decision::Approve);
 
     // Not counted: somebody the project does not know, and a user id mapped on another channel.
     for (n, user) in [chat.user("mallory"), "111".to_string()].iter().enumerate() {
-        let (s, v) = chat.click(&e, user, &approve, &format!("click-stranger-{n}")).await;
+        let (s, v) = chat
+            .click(&e, user, &approve, &format!("click-stranger-{n}"))
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }
     // Alice approves; the same click arrives again (a replay): a duplicate that reaches nothing.
-    let (s, v) = chat.click(&e, &chat.user("alice"), &approve, "click-alice-1").await;
+    let (s, v) = chat
+        .click(&e, &chat.user("alice"), &approve, "click-alice-1")
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, replay) = chat.click(&e, &chat.user("alice"), &approve, "click-alice-1").await;
+    let (s, replay) = chat
+        .click(&e, &chat.user("alice"), &approve, "click-alice-1")
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(replay["events"][0]["duplicate"], true, "{replay}");
     let r = &e.requests(None).await[0];
@@ -1436,12 +1457,16 @@ async fn chat_story(chat: Chat, project: &str) {
         "{answers:?}"
     );
     assert!(
-        answers.iter().any(|t| t.contains("alice approved (1 of 2 needed)")),
+        answers
+            .iter()
+            .any(|t| t.contains("alice approved (1 of 2 needed)")),
         "{answers:?}"
     );
 
     // Bob: quorum. The run resumes and the upstream gets exactly the approved call, once.
-    let (s, v) = chat.click(&e, &chat.user("bob"), &approve, "click-bob-1").await;
+    let (s, v) = chat
+        .click(&e, &chat.user("bob"), &approve, "click-bob-1")
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let done = e.wait_state(id, &["succeeded", "failed"]).await;
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -1455,7 +1480,11 @@ async fn chat_story(chat: Chat, project: &str) {
             .is_some_and(|k| k.starts_with(&format!("{id}:"))),
         "{calls:?}"
     );
-    assert_eq!(e.model.requests().len(), 2, "journaled model call not repeated");
+    assert_eq!(
+        e.model.requests().len(),
+        2,
+        "journaled model call not repeated"
+    );
     let r = &e.requests(None).await[0];
     assert_eq!(r["state"], "approved");
     assert_eq!(r["decided_by"], json!(["alice", "bob"]));
@@ -1471,7 +1500,12 @@ async fn chat_story(chat: Chat, project: &str) {
 
     // A late click (bob changes his mind) changes nothing and is answered politely.
     let (s, _) = chat
-        .click(&e, &chat.user("bob"), &data(&req, Decision::Reject), "click-bob-2")
+        .click(
+            &e,
+            &chat.user("bob"),
+            &data(&req, Decision::Reject),
+            "click-bob-2",
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(e.requests(None).await[0]["state"], "approved");

@@ -1085,7 +1085,8 @@ async fn finished_without_the_poll(e: &Env, id: Uuid, what: &str) -> Value {
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: the run was never woken (it waits for the 60 s fallback poll): {v}"
+            "{what}: the run was never woken (it waits for the 60 s fallback poll): state {}",
+            v["state"]
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

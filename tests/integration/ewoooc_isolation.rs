@@ -213,8 +213,11 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
             ..GatewayConfig::default()
         },
     ));
-    let router =
-        awooop::http::mcp::router(awooop::http::mcp::McpState::new(gw.clone(), t.db(), 1 << 20));
+    let router = awooop::http::mcp::router(awooop::http::mcp::McpState::new(
+        gw.clone(),
+        t.db(),
+        1 << 20,
+    ));
     let runner = |p: ProjectId, agent: &'static str| {
         let cp = cp.clone();
         async move {
@@ -240,7 +243,10 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
 
     let ew_tools = ew_mcp.tools().await;
     assert_eq!(ew_tools.len(), 4, "{ew_tools:?}");
-    assert!(ew_tools.iter().all(|t| t.starts_with("market__")), "{ew_tools:?}");
+    assert!(
+        ew_tools.iter().all(|t| t.starts_with("market__")),
+        "{ew_tools:?}"
+    );
     let ai_tools = ai_mcp.tools().await;
     assert_eq!(ai_tools, ["fx__pid"]);
     // Each session reaches its own tools …
@@ -317,7 +323,12 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
     };
     for (p, own_agent, n, foreign) in [
         ("ewoooc", "openclaw-biz", 2, ["triage", "fx__", "awoooi"]),
-        ("awoooi", "triage", 1, ["openclaw-biz", "market__", "ewoooc"]),
+        (
+            "awoooi",
+            "triage",
+            1,
+            ["openclaw-biz", "market__", "ewoooc"],
+        ),
     ] {
         let page: Value =
             serde_json::from_str(&cli(&["run", "list", "--project", p, "--limit", "50"])).unwrap();
@@ -388,7 +399,7 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
     };
     for (p, key) in [(&ew, ew_key.clone()), (&ai, ai_key.clone())] {
         let reader = cp
-            .create_api_key(&admin(), p, "ro", vec![Role::Reader, Role::Runner])
+            .create_api_key(&admin(), p, "ro", vec![Role::Reader])
             .await
             .unwrap()
             .token;
@@ -409,15 +420,23 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
     let ew_series = series("ewoooc");
     let ai_series = series("awoooi");
     assert!(
-        ew_series.iter().any(|l| l.contains("queue_depth") && l.ends_with(" 2")),
+        ew_series
+            .iter()
+            .any(|l| l.contains("queue_depth") && l.ends_with(" 2")),
         "EwoooC's own queue depth: {body}"
     );
     assert!(
-        ai_series.iter().any(|l| l.contains("queue_depth") && l.ends_with(" 1")),
+        ai_series
+            .iter()
+            .any(|l| l.contains("queue_depth") && l.ends_with(" 1")),
         "AWOOOI's own queue depth: {body}"
     );
     for l in body.lines().filter(|l| l.contains("project=")) {
-        assert_eq!(l.matches("project=").count(), 1, "one project per series: {l}");
+        assert_eq!(
+            l.matches("project=").count(),
+            1,
+            "one project per series: {l}"
+        );
     }
     for leak in ["market__", "fx__", "openclaw-biz", "triage"]
         .into_iter()

@@ -136,8 +136,7 @@ pub struct Db {
     shared: Arc<std::sync::Mutex<SharedMap>>,
 }
 
-type SharedMap =
-    std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>;
+type SharedMap = std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>;
 
 impl Db {
     pub fn new(pool: PgPool) -> Self {

@@ -235,12 +235,7 @@ pub struct Subscription {
 
 /// Follow `run` after `after` in `project`'s scope. Fails (before any stream exists) when the
 /// run is not this project's (`E-RUN-001`) or the database fails.
-pub async fn subscribe(
-    db: &Db,
-    project: ProjectId,
-    run: Uuid,
-    after: i64,
-) -> Result<Subscription> {
+pub async fn subscribe(db: &Db, project: ProjectId, run: Uuid, after: i64) -> Result<Subscription> {
     // 1. The tenant check and the first page of history, in the subscriber's own scope.
     let (state, evs) = tenancy::scope(project.clone(), super::read(db, run, after, PAGE)).await?;
     let seen = evs.last().map_or(after, |e| e.seq);
@@ -374,6 +369,12 @@ mod tests {
         let t = take(2, &holed);
         assert_eq!(seqs(&t), [3, 4]);
         assert!(t.gap);
-        assert_eq!(take(0, &[]), Take { events: vec![], gap: false });
+        assert_eq!(
+            take(0, &[]),
+            Take {
+                events: vec![],
+                gap: false
+            }
+        );
     }
 }

@@ -130,5 +130,8 @@ mod tests {
             serde_json::from_value(serde_json::to_value(&body).unwrap()).unwrap();
         assert_eq!(r.comment.as_deref(), Some("not at peak hours"));
         assert!(matches!(r.decision, Decision::Reject));
+        // What the client sent before (`reason`) is refused: the field name is the contract.
+        let old = serde_json::json!({"decision": "reject", "reason": "not at peak hours"});
+        assert!(serde_json::from_value::<DecisionRequest>(old).is_err());
     }
 }

@@ -1522,6 +1522,96 @@ async fn chat_story(chat: Chat, project: &str) {
     e.t.cleanup().await;
 }
 
+/// `awooop-client`'s approvals inbox against the real server (axum on a loopback port, real
+/// PostgreSQL, the gateway's token minter): an approver's key lists the pending request, a
+/// non-approver is refused with its code, two approvers' decisions reach the quorum and the
+/// run resumes, a late decision is a coded conflict, and another project sees nothing.
+#[tokio::test]
+async fn the_client_lists_and_decides_approvals_against_the_real_server() {
+    let e = env("apr-client", MigrationMode::AutoRemediate, 60).await;
+    e.model.script(vec![
+        Reply::ToolCalls(vec![(
+            "fx__echo".into(),
+            json!({"name": "web", "replicas": 2}),
+        )]),
+        Reply::Text("scaled".into()),
+    ]);
+    let w = e.worker();
+    let id = e.start_run("scale web to two").await;
+    e.wait_state(id, &["waiting_approval"]).await;
+    let other = project(&e.cp, "apr-client-b", 1).await;
+
+    awooop::tls::install_crypto_provider();
+    let state = awooop::http::AppState {
+        control: e.cp.clone(),
+        admin: None,
+        max_body_bytes: 1 << 20,
+        metrics: awooop::metrics::Metrics::new(),
+        approvals: Some(minter()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, awooop::http::app(state)).await });
+    let base = format!("http://{addr}");
+    let client = |p: ProjectId, who: &'static str| {
+        let cp = e.cp.clone();
+        let base = base.clone();
+        async move {
+            let token = cp
+                .create_api_key(&admin(), &p, who, vec![awooop::auth::Role::Approver])
+                .await
+                .unwrap()
+                .token;
+            awooop_client::Client::new(&base, &token)
+        }
+    };
+    let alice = client(e.p.clone(), "alice").await;
+    let bob = client(e.p.clone(), "bob").await;
+    let mallory = client(e.p.clone(), "mallory").await;
+    let outsider = client(other, "alice").await;
+
+    let list = alice.list_approvals().await.unwrap();
+    let pending = list["approvals"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{list}");
+    assert_eq!(pending[0]["run_id"], id.to_string());
+    assert_eq!(pending[0]["state"], "pending");
+    assert!(!list.to_string().contains("token"), "no token is served");
+    let req = pending[0]["request_id"].as_str().unwrap().to_string();
+    // Another project's approver sees no request and cannot decide this one.
+    let theirs = outsider.list_approvals().await.unwrap();
+    assert_eq!(theirs["approvals"], json!([]), "{theirs}");
+    let approve = awooop_client::ApprovalDecision {
+        decision: "approve".into(),
+        comment: None,
+    };
+    let err = outsider.decide_approval(&req, &approve).await.unwrap_err();
+    assert_eq!(err.code(), Some("E-APPROVAL-005"), "{err}");
+    // Not an eligible approver.
+    let err = mallory.decide_approval(&req, &approve).await.unwrap_err();
+    assert_eq!(err.code(), Some("E-APPROVAL-003"), "{err}");
+    // One of two: still pending.
+    let v = alice.decide_approval(&req, &approve).await.unwrap();
+    assert_eq!(v["request"]["state"], "pending", "{v}");
+    let v = bob.decide_approval(&req, &approve).await.unwrap();
+    assert_eq!(v["request"]["state"], "approved", "{v}");
+    assert_eq!(v["request"]["decided_by"], json!(["alice", "bob"]), "{v}");
+    let done = e.wait_state(id, &["succeeded", "failed"]).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(e.upstream_calls("echo").len(), 1);
+    // The inbox shows the decision; a late decision (with a comment) is a coded conflict.
+    let list = alice.list_approvals().await.unwrap();
+    assert_eq!(list["approvals"][0]["state"], "approved", "{list}");
+    let reject = awooop_client::ApprovalDecision {
+        decision: "reject".into(),
+        comment: Some("too late".into()),
+    };
+    let err = alice.decide_approval(&req, &reject).await.unwrap_err();
+    assert_eq!(err.code(), Some("E-APPROVAL-004"), "{err}");
+    let _ = w.stop.send(true);
+    w.task.await.unwrap().unwrap();
+    e.t.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_run_started_from_line_is_approved_with_postback_buttons() {
     chat_story(Chat::Line, "apr-line").await;

@@ -158,8 +158,10 @@ pub struct RunApproval {
 pub struct ApprovalDecision {
     /// `approve` or `reject`.
     pub decision: String,
+    /// Why (shown on the run, in the audit log and in the chat). The server's body refuses
+    /// unknown fields, so this name must be the server's (`DecisionRequest.comment`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub comment: Option<String>,
 }
 
 /// Run id of a path or body.

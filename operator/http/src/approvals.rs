@@ -113,3 +113,25 @@ async fn decide(
             .await?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The client's body (`awooop_api::ApprovalDecision`) is what this route accepts: the
+    /// route refuses unknown fields, so a drifted field name would be a 422 for every client.
+    #[test]
+    fn the_shared_decision_body_is_accepted() {
+        let body = awooop_api::ApprovalDecision {
+            decision: "reject".into(),
+            comment: Some("not at peak hours".into()),
+        };
+        let r: DecisionRequest =
+            serde_json::from_value(serde_json::to_value(&body).unwrap()).unwrap();
+        assert_eq!(r.comment.as_deref(), Some("not at peak hours"));
+        assert!(matches!(r.decision, Decision::Reject));
+        // What the client sent before (`reason`) is refused: the field name is the contract.
+        let old = serde_json::json!({"decision": "reject", "reason": "not at peak hours"});
+        assert!(serde_json::from_value::<DecisionRequest>(old).is_err());
+    }
+}

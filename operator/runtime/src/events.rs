@@ -1,6 +1,8 @@
 //! Reading a run's events (written by the triggers of migration 0050; see
 //! [`awooop_store::events`] for how new ones are announced).
 
+pub mod feed;
+
 use uuid::Uuid;
 
 use awooop_api::{RunEvent, RunEventKind};

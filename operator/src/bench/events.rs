@@ -10,6 +10,10 @@
 //! * `delivery_p50_ms` / `delivery_p99_ms`: from just before the writer's COMMIT to the
 //!   event's arrival at a subscriber, over every (event, subscriber) pair. The aim is
 //!   p99 < 50 ms.
+//! * `notify_p50_ms` / `notify_p99_ms`, the peer figure of the same run: from the same instant
+//!   to the arrival of the event's NOTIFY at this process's listener, the floor under any
+//!   stream (PostgreSQL commit + notification + the listener task), under the same load.
+//! * `load_avg_1m`: the machine's 1-minute load average at the end (the machine is shared).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,9 +42,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let res = bench(&scratch, if args.quick { 300 } else { 2000 }).await;
     drop_scratch(&base, &scratch).await;
     let r = res?;
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
     println!(
-        "subscribers={} events={} delivered={} events_per_sec={:.0} delivery_p50_ms={:.2} delivery_p99_ms={:.2}",
-        SUBSCRIBERS, r.events, r.delivered, r.per_sec, r.p50, r.p99
+        "load_avg_1m={load} subscribers={} events={} delivered={} notify_p50_ms={:.2} notify_p99_ms={:.2} events_per_sec={:.0} delivery_p50_ms={:.2} delivery_p99_ms={:.2}",
+        SUBSCRIBERS, r.events, r.delivered, r.n50, r.n99, r.per_sec, r.p50, r.p99
     );
     Ok(())
 }
@@ -51,6 +59,8 @@ struct Figures {
     per_sec: f64,
     p50: f64,
     p99: f64,
+    n50: f64,
+    n99: f64,
 }
 
 async fn bench(url: &str, events: usize) -> anyhow::Result<Figures> {
@@ -121,6 +131,23 @@ async fn bench(url: &str, events: usize) -> anyhow::Result<Figures> {
             arrivals.lock().expect("arrivals").extend(mine);
         }));
     }
+    // The peer: this process's NOTIFY listener, the floor under every stream.
+    let mut wake = cp.db().run_events().subscribe();
+    let notices = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            match wake.recv().await {
+                Ok(awooop_store::events::Wake::Event(n)) if n.run == run_id => {
+                    seen.push((n.seq, Instant::now()));
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return seen,
+            }
+            if seen.last().is_some_and(|(seq, _)| *seq > events as i64 + 1) {
+                return seen;
+            }
+        }
+    });
     ready.wait().await;
     // The writer: one step per transaction; seq of step i is i + 2 (after `created`).
     let mut sent: HashMap<i64, Instant> = HashMap::new();
@@ -154,6 +181,16 @@ async fn bench(url: &str, events: usize) -> anyhow::Result<Figures> {
     }
     let elapsed = started.elapsed();
     server.abort();
+    let notified = tokio::time::timeout(Duration::from_secs(10), notices)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    let mut floor: Vec<Duration> = notified
+        .iter()
+        .filter_map(|(seq, at)| sent.get(seq).map(|s| at.saturating_duration_since(*s)))
+        .collect();
+    floor.sort();
     let arrivals = arrivals.lock().expect("arrivals").clone();
     let mut lat: Vec<Duration> = arrivals
         .iter()
@@ -169,5 +206,7 @@ async fn bench(url: &str, events: usize) -> anyhow::Result<Figures> {
         per_sec: delivered as f64 / elapsed.as_secs_f64(),
         p50: percentile_ms(&lat, 50.0),
         p99: percentile_ms(&lat, 99.0),
+        n50: percentile_ms(&floor, 50.0),
+        n99: percentile_ms(&floor, 99.0),
     })
 }

@@ -130,13 +130,40 @@ pub struct Db {
     pool: PgPool,
     /// The run-event listener of this pool, started on first use ([`Db::run_events`]).
     events: Arc<std::sync::OnceLock<Arc<crate::events::RunEventHub>>>,
+    /// Process-wide state that higher crates keep per database (one value per type), e.g. the
+    /// runtime's shared run-event readers: it must live exactly as long as the pool it reads,
+    /// and this crate cannot name those types.
+    shared: Arc<std::sync::Mutex<SharedMap>>,
 }
+
+type SharedMap = std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>;
 
 impl Db {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
             events: Arc::default(),
+            shared: Arc::default(),
+        }
+    }
+
+    /// This database's one `T` in this process (created with `T::default()` on first use and
+    /// shared by every clone of this handle).
+    pub fn shared<T: std::any::Any + Send + Sync + Default>(&self) -> Arc<T> {
+        // A panic while holding this lock cannot leave the map half-updated (one insert).
+        let mut m = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        let any = m
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()))
+            .clone();
+        match any.downcast::<T>() {
+            Ok(t) => t,
+            // Unreachable: the entry is keyed by its own type. Replace rather than panic.
+            Err(_) => {
+                let t = Arc::new(T::default());
+                m.insert(std::any::TypeId::of::<T>(), t.clone());
+                t
+            }
         }
     }
 

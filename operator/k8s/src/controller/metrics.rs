@@ -102,13 +102,18 @@ mod tests {
                 error: "kube_conflict".into(),
             })
             .inc();
+        m.drift
+            .get_or_create(&KindLabel {
+                kind: "AgentProject".into(),
+            })
+            .inc();
         m.duration.observe(0.002);
         // Read through the platform registry, not through the controller.
         let out = platform.encode();
         for line in [
             "awooop_operator_reconciliations_total{result=\"applied\"} 1",
             "awooop_operator_reconcile_errors_total{error=\"kube_conflict\"} 1",
-            "# TYPE awooop_operator_drift_restored counter",
+            "awooop_operator_drift_restored_total{kind=\"AgentProject\"} 1",
             "awooop_operator_reconcile_duration_seconds_count 1",
             // The runtime's own families, in the same exposition.
             "# TYPE awooop_claim_duration_seconds histogram",

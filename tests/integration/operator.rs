@@ -538,14 +538,7 @@ async fn operator_metrics_port_serves_the_one_platform_registry() {
         project_body(4),
     )
     .await;
-    activate(
-        &ctx.control,
-        &p,
-        ContractKind::Agent,
-        "echo",
-        echo_agent(),
-    )
-    .await;
+    activate(&ctx.control, &p, ContractKind::Agent, "echo", echo_agent()).await;
     queue(&ctx.control, &p, 2).await;
     reconcile(&ctx, &p).await;
 

@@ -246,7 +246,12 @@ impl DeliveryWorker {
             {
                 let code = e.code;
                 return self
-                    .finish(&m, MessageStatus::Failed, Some(code), attempt(AttemptStatus::Failed, Some(code), 0))
+                    .finish(
+                        &m,
+                        MessageStatus::Failed,
+                        Some(code),
+                        attempt(AttemptStatus::Failed, Some(code), 0),
+                    )
                     .await;
             }
             Err(e) => return Err(e),
@@ -267,7 +272,12 @@ impl DeliveryWorker {
         if provider == ChannelProvider::Api {
             // API channel replies are read through the runs API; nothing leaves the platform.
             return self
-                .finish(&m, MessageStatus::Sent, None, attempt(AttemptStatus::Sent, None, 0))
+                .finish(
+                    &m,
+                    MessageStatus::Sent,
+                    None,
+                    attempt(AttemptStatus::Sent, None, 0),
+                )
                 .await;
         }
         let token = match hub.send_credential(&project, &ch).await {
@@ -275,7 +285,12 @@ impl DeliveryWorker {
             Err(e) => {
                 let code = e.code;
                 return self
-                    .finish(&m, MessageStatus::Failed, Some(code), attempt(AttemptStatus::Failed, Some(code), 0))
+                    .finish(
+                        &m,
+                        MessageStatus::Failed,
+                        Some(code),
+                        attempt(AttemptStatus::Failed, Some(code), 0),
+                    )
                     .await;
             }
         };
@@ -321,7 +336,11 @@ impl DeliveryWorker {
                     &store::Attempt {
                         http_status: *status,
                         latency_ms: timed.latency.as_millis() as u64,
-                        ..attempt(AttemptStatus::Retry, Some(ErrorCode::ChannelDeliveryFailed), i as i32)
+                        ..attempt(
+                            AttemptStatus::Retry,
+                            Some(ErrorCode::ChannelDeliveryFailed),
+                            i as i32,
+                        )
                     },
                 )
                 .await?;
@@ -384,7 +403,15 @@ impl DeliveryWorker {
                     let row = store::Attempt {
                         http_status: status,
                         latency_ms,
-                        ..attempt(if give_up { AttemptStatus::Failed } else { AttemptStatus::Retry }, Some(code), part)
+                        ..attempt(
+                            if give_up {
+                                AttemptStatus::Failed
+                            } else {
+                                AttemptStatus::Retry
+                            },
+                            Some(code),
+                            part,
+                        )
                     };
                     if give_up {
                         tracing::warn!(message_id = %m.message_id, reason, "delivery gave up");
@@ -395,7 +422,9 @@ impl DeliveryWorker {
                                 code: code.as_str().into(),
                             })
                             .inc();
-                        return self.finish(&m, MessageStatus::Failed, Some(code), row).await;
+                        return self
+                            .finish(&m, MessageStatus::Failed, Some(code), row)
+                            .await;
                     }
                     let wait = match after_ms {
                         Some(ms) => Duration::from_millis(ms).min(self.cfg.max_retry_after),
@@ -431,7 +460,9 @@ impl DeliveryWorker {
                         latency_ms,
                         ..attempt(AttemptStatus::Failed, Some(code), part)
                     };
-                    return self.finish(&m, MessageStatus::Failed, Some(code), row).await;
+                    return self
+                        .finish(&m, MessageStatus::Failed, Some(code), row)
+                        .await;
                 }
             }
         }

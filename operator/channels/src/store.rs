@@ -208,8 +208,9 @@ pub async fn queue_depth(pool: &PgPool) -> Result<i64> {
 
 /// Status of an outbound message (`outbound_messages.status`, migration 0004's CHECK); the
 /// SQL of this file also names `pending` and `sent` in its statements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[derive(strum::IntoStaticStr, strum::EnumString, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantArray,
+)]
 #[strum(serialize_all = "snake_case")]
 pub enum MessageStatus {
     /// Waiting for (another) delivery attempt.
@@ -226,8 +227,9 @@ impl MessageStatus {
 }
 
 /// Result of one delivery attempt (`channel_deliveries.status`, migration 0016's CHECK).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[derive(strum::IntoStaticStr, strum::EnumString, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantArray,
+)]
 #[strum(serialize_all = "snake_case")]
 pub enum AttemptStatus {
     Sent,

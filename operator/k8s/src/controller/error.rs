@@ -107,8 +107,7 @@ mod tests {
         assert_eq!(RETRY.ceiling(u32::MAX), Duration::from_secs(256));
         for n in [0, 3, 8, 30] {
             let c = RETRY.ceiling(n);
-            let draws: std::collections::HashSet<Duration> =
-                (0..64).map(|_| backoff(n)).collect();
+            let draws: std::collections::HashSet<Duration> = (0..64).map(|_| backoff(n)).collect();
             assert!(
                 draws.iter().all(|d| *d >= c / 2 && *d <= c),
                 "failure {n}: {draws:?} outside [{:?}, {c:?}]",

@@ -14,6 +14,7 @@ use crate::control::ControlPlane;
 use crate::k8s::controller::{self, Context, ControllerMetrics};
 use crate::k8s::lease::{Elector, LeaseConfig};
 use crate::k8s::workers::WorkerSettings;
+use crate::metrics::Metrics;
 
 /// This replica's identity: POD_NAME, else the host name and process id.
 pub fn identity(args: &OperatorArgs) -> String {
@@ -23,7 +24,10 @@ pub fn identity(args: &OperatorArgs) -> String {
     })
 }
 
-fn metrics_router(metrics: Arc<ControllerMetrics>, health: crate::http::health::Health) -> Router {
+/// The operator's metrics port: `/metrics` is the process's one registry (the controller's
+/// `awooop_operator_*` families registered into the platform's [`Metrics`]), encoded without
+/// reading PostgreSQL; plus `/healthz` and `/readyz`.
+pub fn metrics_router(metrics: Arc<Metrics>, health: crate::http::health::Health) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -35,7 +39,9 @@ fn metrics_router(metrics: Arc<ControllerMetrics>, health: crate::http::health::
                             axum::http::header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        m.render(),
+                        // Not `render`: this port has no admin token in front of it, and the
+                        // queue-depth refresh would put every project's id on it.
+                        m.encode(),
                     )
                 }
             }),
@@ -54,10 +60,11 @@ pub async fn run_in_cluster(control: ControlPlane, args: &OperatorArgs) -> anyho
     })?;
     let namespace = args.namespace();
     let identity = identity(args);
-    let metrics = ControllerMetrics::new();
+    let platform = Metrics::new();
+    let metrics = ControllerMetrics::new(&platform);
     let health = crate::http::health::Health::of(&control);
     let listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
-    let router = metrics_router(metrics.clone(), health);
+    let router = metrics_router(platform, health);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::warn!(error = %e, "metrics endpoint stopped");

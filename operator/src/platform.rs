@@ -365,7 +365,8 @@ impl crate::channels::ChannelSecrets for HubSecrets {
     }
 }
 
-/// Build the channel hub of this process and add its metrics to `/metrics`.
+/// Build the channel hub of this process and register its metrics in the process's registry
+/// (`/metrics`).
 pub fn channel_hub(
     p: &Platform,
     args: &crate::config::ChannelArgs,
@@ -379,7 +380,6 @@ pub fn channel_hub(
     // Mirror mode's forward_to obeys the administrator's egress policy (and `awooop up`'s
     // local loopback allowance), like MCP upstreams and model providers.
     .with_egress(p.policy.clone());
-    let m = hub.metrics().clone();
-    metrics.add_encoder(move |out| m.encode(out));
+    metrics.register_part("channel", |r| hub.metrics().register(r));
     hub
 }

@@ -169,7 +169,7 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
             limits,
         }),
         identity: "operator-0".into(),
-        metrics: ControllerMetrics::new(),
+        metrics: ControllerMetrics::new(&awooop::metrics::Metrics::new()),
     });
     let p = project(&ctx.control, "alpha", 1).await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

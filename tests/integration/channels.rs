@@ -544,8 +544,7 @@ async fn bad_webhooks_get_coded_errors_an_audit_row_and_nothing_stored() {
     assert!(!serde_json::to_string(&audit).unwrap().contains(marker));
     // The refusals are counted by provider and code, and reach the platform's /metrics.
     let platform = awooop::metrics::Metrics::new();
-    let m = env.hub.metrics().clone();
-    platform.add_encoder(move |out| m.encode(out));
+    platform.register_part("channel", |r| env.hub.metrics().register(r));
     let text = platform.render(&env.t.app).await;
     for line in [
         "awooop_channel_verification_failures_total{provider=\"telegram\",code=\"E-CHANNEL-003\"} 1",
@@ -1420,8 +1419,9 @@ async fn refused_webhooks_write_one_audit_row_per_channel_and_code_per_window() 
         ]
     );
     // Every refusal is counted; those without a row also as unaudited.
-    let mut m = String::new();
-    hub.metrics().encode(&mut m);
+    let platform = awooop::metrics::Metrics::new();
+    platform.register_part("channel", |r| hub.metrics().register(r));
+    let m = platform.encode();
     assert!(
         m.contains(r#"awooop_channel_verification_failures_total{provider="telegram",code="E-CHANNEL-003"} 5"#),
         "{m}"

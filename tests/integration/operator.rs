@@ -53,7 +53,7 @@ fn context(t: &TestDb, fake: &FakeApiServer, workers: bool) -> Context {
             limits: Default::default(),
         }),
         identity: "operator-0".into(),
-        metrics: ControllerMetrics::new(),
+        metrics: ControllerMetrics::new(&awooop::metrics::Metrics::new()),
     }
 }
 
@@ -510,6 +510,65 @@ async fn operator_drift_is_restored_with_an_event_and_an_audit_row() {
         m.contains("awooop_operator_drift_restored_total{kind=\"AgentProject\"} 1"),
         "{m}"
     );
+    t.cleanup().await;
+}
+
+/// The operator's metrics port serves the platform's one registry: the controller's
+/// `awooop_operator_*` series beside the platform's own families, in one exposition, and
+/// without the per-project queue depth (that port has no admin token in front of it).
+#[tokio::test]
+async fn operator_metrics_port_serves_the_one_platform_registry() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let t = TestDb::new().await;
+    let fake = FakeApiServer::new();
+    fake.insert(SEC, secret("alpha"));
+    let platform = awooop::metrics::Metrics::new();
+    let ctx = Context {
+        metrics: ControllerMetrics::new(&platform),
+        ..context(&t, &fake, false)
+    };
+    let p = project(&ctx.control, "alpha", 1).await;
+    activate(
+        &ctx.control,
+        &p,
+        ContractKind::Project,
+        "alpha",
+        project_body(4),
+    )
+    .await;
+    activate(&ctx.control, &p, ContractKind::Agent, "echo", echo_agent()).await;
+    queue(&ctx.control, &p, 2).await;
+    reconcile(&ctx, &p).await;
+
+    let router = awooop::in_cluster::metrics_router(
+        platform.clone(),
+        awooop::http::health::Health::of(&ctx.control),
+    );
+    let req = axum::http::Request::get("/metrics")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = router.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), axum::http::StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for line in [
+        "awooop_operator_reconciliations_total{result=\"ok\"} 1",
+        "awooop_operator_reconcile_duration_seconds_count 1",
+        // The platform's own metrics: the same registry, not a second one. (Families without
+        // a series, such as the queue depth here, are not encoded at all.)
+        "# TYPE awooop_claim_duration_seconds histogram",
+        "# TYPE awooop_pickup_latency_seconds histogram",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    // Two runs are queued for alpha, but this port never reads the queue: no project ids.
+    assert!(!text.contains("alpha"), "{text}");
+    assert!(!text.contains("awooop_queue_depth{"), "{text}");
+    // The same text the platform registry encodes (one exposition).
+    assert_eq!(text, platform.encode());
     t.cleanup().await;
 }
 

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::providers::{self, SendOutcome};
+use super::store::{AttemptStatus, MessageStatus};
 use super::{Hub, format, store};
 use awooop_contracts::ChannelProvider;
 use awooop_core::error::{Error, ErrorCode, Result};
@@ -90,16 +91,6 @@ pub fn body_text(body: &Value) -> String {
             .map(str::to_string)
             .unwrap_or_else(|| serde_json::to_string_pretty(body).unwrap_or_default()),
         other => serde_json::to_string_pretty(other).unwrap_or_default(),
-    }
-}
-
-fn provider_label(p: ChannelProvider) -> &'static str {
-    match p {
-        ChannelProvider::Telegram => "telegram",
-        ChannelProvider::Line => "line",
-        ChannelProvider::Slack => "slack",
-        ChannelProvider::Api => "api",
-        ChannelProvider::Email => "email",
     }
 }
 
@@ -211,7 +202,7 @@ impl DeliveryWorker {
     async fn finish(
         &self,
         m: &store::Claimed,
-        status: &str,
+        status: MessageStatus,
         code: Option<ErrorCode>,
         attempt_row: store::Attempt<'_>,
     ) -> Result<()> {
@@ -255,7 +246,12 @@ impl DeliveryWorker {
             {
                 let code = e.code;
                 return self
-                    .finish(&m, "failed", Some(code), attempt("failed", Some(code), 0))
+                    .finish(
+                        &m,
+                        MessageStatus::Failed,
+                        Some(code),
+                        attempt(AttemptStatus::Failed, Some(code), 0),
+                    )
                     .await;
             }
             Err(e) => return Err(e),
@@ -267,16 +263,21 @@ impl DeliveryWorker {
             return self
                 .finish(
                     &m,
-                    "failed",
+                    MessageStatus::Failed,
                     Some(code),
-                    attempt("suppressed", Some(code), 0),
+                    attempt(AttemptStatus::Suppressed, Some(code), 0),
                 )
                 .await;
         }
         if provider == ChannelProvider::Api {
             // API channel replies are read through the runs API; nothing leaves the platform.
             return self
-                .finish(&m, "sent", None, attempt("sent", None, 0))
+                .finish(
+                    &m,
+                    MessageStatus::Sent,
+                    None,
+                    attempt(AttemptStatus::Sent, None, 0),
+                )
                 .await;
         }
         let token = match hub.send_credential(&project, &ch).await {
@@ -284,7 +285,12 @@ impl DeliveryWorker {
             Err(e) => {
                 let code = e.code;
                 return self
-                    .finish(&m, "failed", Some(code), attempt("failed", Some(code), 0))
+                    .finish(
+                        &m,
+                        MessageStatus::Failed,
+                        Some(code),
+                        attempt(AttemptStatus::Failed, Some(code), 0),
+                    )
                     .await;
             }
         };
@@ -294,7 +300,7 @@ impl DeliveryWorker {
         let parts = format::parts(provider, &text);
         let buttons = providers::buttons_of(&m.body);
         let last = parts.len().saturating_sub(1);
-        let label = provider_label(provider);
+        let label = provider.as_str();
         let mut reply_token = if provider == ChannelProvider::Line && m.parts_sent == 0 {
             let mut tx = hub.control().db().tenant().await?;
             let t = store::reply_token(&mut tx, m.run_id).await?;
@@ -330,7 +336,11 @@ impl DeliveryWorker {
                     &store::Attempt {
                         http_status: *status,
                         latency_ms: timed.latency.as_millis() as u64,
-                        ..attempt("retry", Some(ErrorCode::ChannelDeliveryFailed), i as i32)
+                        ..attempt(
+                            AttemptStatus::Retry,
+                            Some(ErrorCode::ChannelDeliveryFailed),
+                            i as i32,
+                        )
                     },
                 )
                 .await?;
@@ -365,11 +375,11 @@ impl DeliveryWorker {
                     store::record_attempt(
                         &mut tx,
                         &store::Attempt {
-                            status: "sent",
+                            status: AttemptStatus::Sent,
                             http_status: Some(status),
                             provider_message_id: provider_id.as_deref(),
                             latency_ms,
-                            ..attempt("sent", None, part)
+                            ..attempt(AttemptStatus::Sent, None, part)
                         },
                     )
                     .await?;
@@ -393,7 +403,15 @@ impl DeliveryWorker {
                     let row = store::Attempt {
                         http_status: status,
                         latency_ms,
-                        ..attempt(if give_up { "failed" } else { "retry" }, Some(code), part)
+                        ..attempt(
+                            if give_up {
+                                AttemptStatus::Failed
+                            } else {
+                                AttemptStatus::Retry
+                            },
+                            Some(code),
+                            part,
+                        )
                     };
                     if give_up {
                         tracing::warn!(message_id = %m.message_id, reason, "delivery gave up");
@@ -404,7 +422,9 @@ impl DeliveryWorker {
                                 code: code.as_str().into(),
                             })
                             .inc();
-                        return self.finish(&m, "failed", Some(code), row).await;
+                        return self
+                            .finish(&m, MessageStatus::Failed, Some(code), row)
+                            .await;
                     }
                     let wait = match after_ms {
                         Some(ms) => Duration::from_millis(ms).min(self.cfg.max_retry_after),
@@ -438,14 +458,16 @@ impl DeliveryWorker {
                     let row = store::Attempt {
                         http_status: status,
                         latency_ms,
-                        ..attempt("failed", Some(code), part)
+                        ..attempt(AttemptStatus::Failed, Some(code), part)
                     };
-                    return self.finish(&m, "failed", Some(code), row).await;
+                    return self
+                        .finish(&m, MessageStatus::Failed, Some(code), row)
+                        .await;
                 }
             }
         }
         let mut tx = hub.control().db().tenant().await?;
-        store::finish(&mut tx, m.message_id, "sent", None).await?;
+        store::finish(&mut tx, m.message_id, MessageStatus::Sent, None).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -17,19 +17,18 @@ pub const LINE_MESSAGES_PER_REQUEST: usize = 5;
 /// Slack `chat.postMessage` text: longer messages are truncated by Slack at 40,000 characters.
 pub const SLACK_LIMIT: usize = 40_000;
 
-/// Telegram parse modes the hub produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Telegram parse modes the hub produces, spelled as Telegram's `parse_mode` field wants them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
 pub enum TelegramMode {
+    #[strum(serialize = "HTML")]
     Html,
+    #[strum(serialize = "MarkdownV2")]
     MarkdownV2,
 }
 
 impl TelegramMode {
     pub fn parse_mode(self) -> &'static str {
-        match self {
-            Self::Html => "HTML",
-            Self::MarkdownV2 => "MarkdownV2",
-        }
+        self.into()
     }
 }
 

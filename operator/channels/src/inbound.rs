@@ -42,16 +42,6 @@ pub fn routes(hub: Hub) -> Router {
         .with_state(hub)
 }
 
-fn provider_name(p: ChannelProvider) -> &'static str {
-    match p {
-        ChannelProvider::Telegram => "telegram",
-        ChannelProvider::Line => "line",
-        ChannelProvider::Slack => "slack",
-        ChannelProvider::Api => "api",
-        ChannelProvider::Email => "email",
-    }
-}
-
 fn not_found() -> Error {
     Error::new(ErrorCode::ChannelNotFound, "no such channel")
 }
@@ -78,7 +68,7 @@ async fn webhook(
 /// the provider and size), metric, coded error.
 async fn refuse(hub: &Hub, ch: &ResolvedChannel, bytes: usize, e: Error) -> Error {
     let actor = format!("channel:{}", ch.name());
-    let provider = provider_name(ch.provider());
+    let provider = ch.provider().as_str();
     hub.metrics().refused(provider, e.code.as_str());
     hub.metrics().inbound(provider, "rejected", 1);
     // Anyone can post to a webhook URL: at most one audit row per channel and code per window.
@@ -211,7 +201,7 @@ pub async fn accept(
     parsed: Parsed,
     body: &[u8],
 ) -> Result<Accepted> {
-    let provider = provider_name(ch.provider());
+    let provider = ch.provider().as_str();
     let metrics = hub.metrics();
     let body_sha256 = hex::encode(Sha256::digest(body));
     let mut ignored = Vec::new();
@@ -349,7 +339,7 @@ async fn prepare_job(
     body_sha256: &str,
     denials: &[(ErrorCode, Value)],
 ) -> Result<Job> {
-    let provider = provider_name(ch.provider());
+    let provider = ch.provider().as_str();
     let agent = ch.channel.agent.as_str();
     let basis = match hub.basis(project, agent).await {
         Ok(b) => Ok(b),

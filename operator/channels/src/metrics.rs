@@ -1,5 +1,5 @@
-//! Metrics of the channel hub, encoded into the platform's `/metrics` (see
-//! [`ChannelMetrics::encode`]).
+//! Metrics of the channel hub (`awooop_channel_*`), registered into the platform's one
+//! registry (see [`ChannelMetrics::register`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,7 +27,6 @@ pub struct ProviderLabel {
 }
 
 pub struct ChannelMetrics {
-    registry: Registry,
     pub inbound: Family<InboundLabel, Counter>,
     pub verification_failures: Family<CodeLabel, Counter>,
     /// Refusals not written to the audit log (beyond one row per channel and code per window).
@@ -47,60 +46,16 @@ impl Default for ChannelMetrics {
 
 impl ChannelMetrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("awooop_channel");
-        let inbound = Family::<InboundLabel, Counter>::default();
-        let verification_failures = Family::<CodeLabel, Counter>::default();
-        let refusals_unaudited = Family::<CodeLabel, Counter>::default();
-        let delivery_seconds = Family::<ProviderLabel, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.001, 2.0, 15))) as fn() -> Histogram,
-        );
-        let delivery_retries = Family::<ProviderLabel, Counter>::default();
-        let delivery_failures = Family::<CodeLabel, Counter>::default();
-        let queue_depth = Gauge::default();
-        registry.register(
-            "inbound_events",
-            "Inbound channel events by result",
-            inbound.clone(),
-        );
-        registry.register(
-            "verification_failures",
-            "Webhooks refused before parsing, by code",
-            verification_failures.clone(),
-        );
-        registry.register(
-            "refusals_unaudited",
-            "Refused webhooks counted but not written to the audit log (rate limit per channel and code)",
-            refusals_unaudited.clone(),
-        );
-        registry.register(
-            "delivery_duration_seconds",
-            "Latency of one provider send",
-            delivery_seconds.clone(),
-        );
-        registry.register(
-            "delivery_retries",
-            "Sends retried (429, 5xx, network)",
-            delivery_retries.clone(),
-        );
-        registry.register(
-            "delivery_failures",
-            "Messages given up, by code",
-            delivery_failures.clone(),
-        );
-        registry.register(
-            "outbound_queue_depth",
-            "Pending outbound messages",
-            queue_depth.clone(),
-        );
         Self {
-            registry,
-            inbound,
-            verification_failures,
-            refusals_unaudited,
-            delivery_seconds,
-            delivery_retries,
-            delivery_failures,
-            queue_depth,
+            inbound: Family::default(),
+            verification_failures: Family::default(),
+            refusals_unaudited: Family::default(),
+            delivery_seconds: Family::new_with_constructor(
+                (|| Histogram::new(exponential_buckets(0.001, 2.0, 15))) as fn() -> Histogram,
+            ),
+            delivery_retries: Family::default(),
+            delivery_failures: Family::default(),
+            queue_depth: Gauge::default(),
         }
     }
 
@@ -133,8 +88,43 @@ impl ChannelMetrics {
             .inc();
     }
 
-    /// Encode (without the trailing `# EOF`) for the platform's `/metrics`.
-    pub fn encode(&self, out: &mut String) {
-        let _ = prometheus_client::encoding::text::encode_registry(out, &self.registry);
+    /// Register the hub's families into a registry: the platform's, through
+    /// `Metrics::register_part("channel", …)` (names `awooop_channel_*`).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "inbound_events",
+            "Inbound channel events by result",
+            self.inbound.clone(),
+        );
+        r.register(
+            "verification_failures",
+            "Webhooks refused before parsing, by code",
+            self.verification_failures.clone(),
+        );
+        r.register(
+            "refusals_unaudited",
+            "Refused webhooks counted but not written to the audit log (rate limit per channel and code)",
+            self.refusals_unaudited.clone(),
+        );
+        r.register(
+            "delivery_duration_seconds",
+            "Latency of one provider send",
+            self.delivery_seconds.clone(),
+        );
+        r.register(
+            "delivery_retries",
+            "Sends retried (429, 5xx, network)",
+            self.delivery_retries.clone(),
+        );
+        r.register(
+            "delivery_failures",
+            "Messages given up, by code",
+            self.delivery_failures.clone(),
+        );
+        r.register(
+            "outbound_queue_depth",
+            "Pending outbound messages",
+            self.queue_depth.clone(),
+        );
     }
 }

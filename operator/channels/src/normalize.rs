@@ -12,8 +12,11 @@ use awooop_core::error::{Error, ErrorCode, Result};
 /// Longest normalized text kept (characters); longer texts are cut at a character boundary.
 pub const MAX_TEXT_CHARS: usize = 16_384;
 
+/// Kind of a normalized event; the strings are `channel_events.kind` (migration 0016's CHECK).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::EnumString, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum EventKind {
     Message,
     EditedMessage,
@@ -25,14 +28,7 @@ pub enum EventKind {
 
 impl EventKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Message => "message",
-            Self::EditedMessage => "edited_message",
-            Self::Command => "command",
-            Self::Postback => "postback",
-            Self::Join => "join",
-            Self::Leave => "leave",
-        }
+        self.into()
     }
 }
 

@@ -206,6 +206,46 @@ pub async fn queue_depth(pool: &PgPool) -> Result<i64> {
     Ok(n)
 }
 
+/// Status of an outbound message (`outbound_messages.status`, migration 0004's CHECK); the
+/// SQL of this file also names `pending` and `sent` in its statements.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum MessageStatus {
+    /// Waiting for (another) delivery attempt.
+    Pending,
+    Sent,
+    /// Given up (or refused before sending); `error_code` says why.
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Result of one delivery attempt (`channel_deliveries.status`, migration 0016's CHECK).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum AttemptStatus {
+    Sent,
+    /// Failed for now; the message is tried again.
+    Retry,
+    Failed,
+    /// Not sent because outbound messages are disabled for the channel or the mode.
+    Suppressed,
+}
+
+impl AttemptStatus {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// One delivery attempt (append-only audit).
 pub struct Attempt<'a> {
     pub project: &'a str,
@@ -213,7 +253,7 @@ pub struct Attempt<'a> {
     pub channel: &'a str,
     pub attempt: i32,
     pub part: i32,
-    pub status: &'a str,
+    pub status: AttemptStatus,
     pub http_status: Option<u16>,
     pub provider_message_id: Option<&'a str>,
     pub latency_ms: u64,
@@ -232,7 +272,7 @@ pub async fn record_attempt(conn: &mut PgConnection, a: &Attempt<'_>) -> Result<
     .bind(a.channel)
     .bind(a.attempt)
     .bind(a.part)
-    .bind(a.status)
+    .bind(a.status.as_str())
     .bind(a.http_status.map(i32::from))
     .bind(a.provider_message_id)
     .bind(a.latency_ms.min(i32::MAX as u64) as i32)
@@ -264,7 +304,7 @@ pub async fn part_sent(
 pub async fn finish(
     conn: &mut PgConnection,
     message_id: Uuid,
-    status: &str,
+    status: MessageStatus,
     code: Option<&str>,
 ) -> Result<()> {
     sqlx::query(
@@ -273,7 +313,7 @@ pub async fn finish(
          WHERE message_id = $1",
     )
     .bind(message_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(code)
     .execute(conn)
     .await?;
@@ -297,4 +337,95 @@ pub async fn retry_later(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hub's string enums are written to and compared with database columns: their
+    //! spellings must be exactly the values the migrations' CHECK constraints allow, and the
+    //! provider's must be the contract's (serde) spelling.
+    use super::{AttemptStatus, MessageStatus};
+    use crate::format::TelegramMode;
+    use crate::normalize::EventKind;
+    use awooop_contracts::ChannelProvider;
+    use strum::VariantArray;
+
+    /// The values of `CHECK (<column> IN ('a', 'b', …))` on the line that defines `column`.
+    fn check_list(sql: &str, column: &str) -> Vec<String> {
+        let needle = format!("CHECK ({column} IN (");
+        let line = sql
+            .lines()
+            .find(|l| l.trim_start().starts_with(column) && l.contains(&needle))
+            .unwrap_or_else(|| panic!("no CHECK list for {column}"));
+        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
+        rest[..rest.find(')').unwrap()]
+            .split(',')
+            .map(|v| v.trim().trim_matches('\'').to_string())
+            .collect()
+    }
+
+    fn names<T: Copy>(all: &[T], f: impl Fn(T) -> &'static str) -> Vec<String> {
+        all.iter().map(|v| f(*v).to_string()).collect()
+    }
+
+    #[test]
+    fn string_enums_spell_what_the_migrations_allow() {
+        let m0004 = include_str!("../../../migrations/0004_outbound.sql");
+        let m0016 = include_str!("../../../migrations/0016_channels.sql");
+        assert_eq!(
+            names(MessageStatus::VARIANTS, MessageStatus::as_str),
+            check_list(m0004, "status")
+        );
+        assert_eq!(
+            names(AttemptStatus::VARIANTS, AttemptStatus::as_str),
+            check_list(m0016, "status")
+        );
+        assert_eq!(
+            names(EventKind::VARIANTS, EventKind::as_str),
+            check_list(m0016, "kind")
+        );
+        // The literal spellings, as before the derives.
+        assert_eq!(
+            names(EventKind::VARIANTS, EventKind::as_str),
+            [
+                "message",
+                "edited_message",
+                "command",
+                "postback",
+                "join",
+                "leave"
+            ]
+        );
+        assert_eq!(
+            names(AttemptStatus::VARIANTS, AttemptStatus::as_str),
+            ["sent", "retry", "failed", "suppressed"]
+        );
+        // Parsing takes back what is written.
+        for k in EventKind::VARIANTS {
+            assert_eq!(k.as_str().parse::<EventKind>().unwrap(), *k);
+        }
+        for s in AttemptStatus::VARIANTS {
+            assert_eq!(s.as_str().parse::<AttemptStatus>().unwrap(), *s);
+        }
+        assert!("Sent".parse::<MessageStatus>().is_err());
+    }
+
+    #[test]
+    fn provider_and_parse_mode_names_are_unchanged() {
+        for p in ChannelProvider::VARIANTS {
+            // The metric/log label is the contract's own spelling of the provider.
+            assert_eq!(
+                serde_json::to_value(p).unwrap(),
+                serde_json::Value::from(p.as_str())
+            );
+            assert_eq!(p.as_str().parse::<ChannelProvider>().unwrap(), *p);
+        }
+        assert_eq!(
+            names(ChannelProvider::VARIANTS, ChannelProvider::as_str),
+            ["telegram", "line", "slack", "email", "api"]
+        );
+        // Telegram's `parse_mode` values are case-sensitive.
+        assert_eq!(TelegramMode::Html.parse_mode(), "HTML");
+        assert_eq!(TelegramMode::MarkdownV2.parse_mode(), "MarkdownV2");
+    }
 }

@@ -728,12 +728,21 @@ pub struct ChannelContract {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::EnumString, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum ChannelProvider {
     Telegram,
     Line,
     Slack,
     Email,
     Api,
+}
+
+impl ChannelProvider {
+    /// The provider's name as the contract spells it (metrics `provider` label, logs).
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

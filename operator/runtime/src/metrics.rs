@@ -1,4 +1,9 @@
-//! Prometheus metrics of the runtime (OpenMetrics text at `/metrics`).
+//! The platform's one Prometheus registry (OpenMetrics text at `/metrics`) and the runtime's
+//! metrics in it.
+//!
+//! Other parts register their families into the same registry under their own prefix
+//! ([`Metrics::register_part`]: the channel hub as `awooop_channel_*`, the Kubernetes
+//! controller as `awooop_operator_*`), so a process has one registry and one exposition.
 //!
 //! Queue depth is read from PostgreSQL at scrape time (the queue lives there, not in a
 //! process); the rest are counters and histograms updated by workers.
@@ -30,7 +35,9 @@ pub struct ActionLabel {
 }
 
 pub struct Metrics {
-    registry: Registry,
+    /// Behind a lock because parts register after construction (a hub or a controller is
+    /// built after the metrics it reports into); held only to register and to encode.
+    registry: std::sync::Mutex<Registry>,
     /// Time one claim statement takes.
     pub claim_seconds: Histogram,
     /// Enqueue (created_at) to execution start of first attempts.
@@ -43,11 +50,7 @@ pub struct Metrics {
     pub reaper: Family<ActionLabel, Counter>,
     /// Runnable runs per project (refreshed at scrape).
     pub queue_depth: Family<ProjectLabel, Gauge>,
-    /// Other parts' metrics (the channel hub), encoded after these.
-    extra: std::sync::Mutex<Vec<Encoder>>,
 }
-
-type Encoder = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~33 s
@@ -96,20 +99,22 @@ impl Metrics {
             queue_depth.clone(),
         );
         Arc::new(Self {
-            registry,
+            registry: std::sync::Mutex::new(registry),
             claim_seconds,
             pickup_seconds,
             run_seconds,
             transitions,
             reaper,
             queue_depth,
-            extra: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    /// Add another part's metrics to `/metrics` (it writes its families, without `# EOF`).
-    pub fn add_encoder(&self, e: impl Fn(&mut String) + Send + Sync + 'static) {
-        self.extra.lock().expect("metrics lock").push(Arc::new(e));
+    /// Register another part's metrics in this registry under `awooop_<prefix>_…` (`f` gets
+    /// the sub-registry). Register each part once per process: a second registration of the
+    /// same names would encode every family twice.
+    pub fn register_part(&self, prefix: &str, f: impl FnOnce(&mut Registry)) {
+        let mut registry = self.registry.lock().expect("metrics lock");
+        f(registry.sub_registry_with_prefix(prefix));
     }
 
     pub fn transition(&self, state: &str) {
@@ -157,14 +162,17 @@ impl Metrics {
                     .set(n);
             }
         }
+        self.encode()
+    }
+
+    /// Encode everything as it stands, without reading PostgreSQL: the queue depth keeps its
+    /// last refresh (none in a process that never calls [`Metrics::render`], such as the
+    /// operator, whose metrics port is not behind the admin token and must not carry project
+    /// labels).
+    pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode_registry(&mut out, &self.registry)
-            .expect("encoding to a String cannot fail");
-        let extra: Vec<Encoder> = self.extra.lock().expect("metrics lock").clone();
-        for e in extra {
-            e(&mut out);
-        }
-        prometheus_client::encoding::text::encode_eof(&mut out)
+        let registry = self.registry.lock().expect("metrics lock");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("encoding to a String cannot fail");
         out
     }

@@ -267,7 +267,7 @@ async fn bench(url: &str, n: usize, samples: usize, real: bool) -> anyhow::Resul
             limits: Default::default(),
         }),
         identity: "bench".into(),
-        metrics: ControllerMetrics::new(),
+        metrics: ControllerMetrics::new(&crate::metrics::Metrics::new()),
     });
 
     // Full resync, cold then warm.

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use awooop_core::backoff::Backoff;
+
 /// Failures of one reconcile. Messages name what failed, never a Secret value.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -67,9 +69,16 @@ impl ReconcileError {
     }
 }
 
-/// Backoff of the n-th consecutive failure: 1 s, 2 s, 4 s … capped at 5 minutes.
+/// Retry backoff of a failed reconcile: ceilings 1 s, 2 s, 4 s … 256 s (the bounds the
+/// controller always had: `2ⁿ` seconds, doubling stops after the 8th failure), on the one
+/// backoff implementation. Its jitter matters here: an API-server outage fails every
+/// project's reconcile at once, and without it they would all come back in the same second.
+pub const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(256));
+
+/// Delay before retrying after the n-th consecutive failure (0 = the first): drawn from
+/// `[RETRY.ceiling(n) / 2, RETRY.ceiling(n)]`.
 pub fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
+    RETRY.delay(failures)
 }
 
 pub(crate) fn kube_err(
@@ -91,10 +100,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(8));
-        assert_eq!(backoff(30), Duration::from_secs(256));
-        assert!(backoff(30) <= Duration::from_secs(300));
+    fn backoff_keeps_the_old_bounds_with_jitter() {
+        // The ceilings are the delays the controller used before it took the shared backoff.
+        let ceilings: Vec<u64> = (0..12).map(|n| RETRY.ceiling(n).as_secs()).collect();
+        assert_eq!(ceilings, [1, 2, 4, 8, 16, 32, 64, 128, 256, 256, 256, 256]);
+        assert_eq!(RETRY.ceiling(u32::MAX), Duration::from_secs(256));
+        for n in [0, 3, 8, 30] {
+            let c = RETRY.ceiling(n);
+            let draws: std::collections::HashSet<Duration> = (0..64).map(|_| backoff(n)).collect();
+            assert!(
+                draws.iter().all(|d| *d >= c / 2 && *d <= c),
+                "failure {n}: {draws:?} outside [{:?}, {c:?}]",
+                c / 2
+            );
+            // Projects that failed together (an API-server outage) do not retry in lockstep.
+            assert!(draws.len() > 1, "failure {n}: no jitter: {draws:?}");
+        }
     }
 }

@@ -1791,10 +1791,7 @@ async fn budget_lease_of_a_crashed_process_is_reaped_and_charged_in_full() {
         // What is left after the dead lease is charged in full.
         let left = 10_000 - held as u64;
         let r = b.reserve(&limits, &lease_request(left)).await.unwrap();
-        assert_code(
-            b.reserve(&limits, &lease_request(1)).await,
-            "E-BUDGET-001",
-        );
+        assert_code(b.reserve(&limits, &lease_request(1)).await, "E-BUDGET-001");
         assert!(b.settle(&r, left, 0).await.unwrap());
         b.shutdown().await.unwrap();
     })
@@ -1840,10 +1837,7 @@ async fn budget_leased_reservations_keep_the_ledgers_semantics() {
         let agent = rows.iter().find(|r| r.scope == "agent:bot").unwrap();
         assert_eq!(agent.spent_tokens, 5_600);
         assert!(agent.tripped);
-        assert_code(
-            b.reserve(&limits, &lease_request(1)).await,
-            "E-BUDGET-003",
-        );
+        assert_code(b.reserve(&limits, &lease_request(1)).await, "E-BUDGET-003");
         assert!(b.settle(&r4, 400, 0).await.unwrap());
         b.shutdown().await.unwrap();
     })
@@ -1872,9 +1866,16 @@ async fn budget_leased_reservations_keep_the_ledgers_semantics() {
     tx.commit().await.unwrap();
     assert_eq!(
         journal,
-        [("settled".into(), 600), ("settled".into(), 5_000), ("settled".into(), 400)]
+        [
+            ("settled".into(), 600),
+            ("settled".into(), 5_000),
+            ("settled".into(), 400)
+        ]
     );
     let audit = audit_actions(&t, "lease-local").await;
-    assert!(audit.iter().any(|(a, _)| a == "budget.breaker.trip"), "{audit:?}");
+    assert!(
+        audit.iter().any(|(a, _)| a == "budget.breaker.trip"),
+        "{audit:?}"
+    );
     t.cleanup().await;
 }

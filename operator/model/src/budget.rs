@@ -190,7 +190,15 @@ impl Budget {
             }
             // New period, changed limits, tripped or full: bring the row up to date (raising a
             // limit above the spend clears the trip), then try once more.
-            upsert_limits(&mut tx, project.as_str(), scope, period, limits.period, limit).await?;
+            upsert_limits(
+                &mut tx,
+                project.as_str(),
+                scope,
+                period,
+                limits.period,
+                limit,
+            )
+            .await?;
             if reserve_row(&mut tx, project.as_str(), scope, period, req, None).await? {
                 continue;
             }

@@ -418,7 +418,9 @@ async fn leased_run(
     })
     .await?;
     anyhow::ensure!(
-        row.spent_tokens == 400 * pairs as i64 && row.reserved_tokens == 0 && journalled == pairs as i64,
+        row.spent_tokens == 400 * pairs as i64
+            && row.reserved_tokens == 0
+            && journalled == pairs as i64,
         "the leased run's ledger is off: spent {} (want {}), reserved {} (want 0), journalled {journalled} (want {pairs})",
         row.spent_tokens,
         400 * pairs,
@@ -456,12 +458,19 @@ async fn race(
     let limit = worst_cases * RACE_TOKENS;
     let outcomes = spawn_workers(url, id, callers, RACE_PROCESSES, RACE_TOKENS, limit).await?;
     let admitted: u64 = outcomes.iter().map(|o| o.admitted).sum();
-    let db = Db::new(crate::db::connect_app(url, 2).await.map_err(|e| anyhow::anyhow!("{e}"))?);
-    let spent = tenancy::scope(ProjectId::parse(id)?, Budget::new(db).ledger(BudgetPeriod::Day))
-        .await?
-        .into_iter()
-        .find(|r| r.scope == "project")
-        .map_or(0, |r| r.spent_tokens);
+    let db = Db::new(
+        crate::db::connect_app(url, 2)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let spent = tenancy::scope(
+        ProjectId::parse(id)?,
+        Budget::new(db).ledger(BudgetPeriod::Day),
+    )
+    .await?
+    .into_iter()
+    .find(|r| r.scope == "project")
+    .map_or(0, |r| r.spent_tokens);
     Ok(Race {
         overshoot: (spent - limit as i64).max(0),
         admitted,
@@ -507,7 +516,11 @@ async fn spawn_workers(
     let mut outcomes = Vec::new();
     for c in children {
         let out = c.wait_with_output().await?;
-        anyhow::ensure!(out.status.success(), "a budget worker process failed: {}", out.status);
+        anyhow::ensure!(
+            out.status.success(),
+            "a budget worker process failed: {}",
+            out.status
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         let last = text.lines().last().unwrap_or_default();
         outcomes.push(serde_json::from_str(last)?);
@@ -554,7 +567,17 @@ async fn worker(args: &BenchArgs) -> anyhow::Result<()> {
                     }
                     Ok(true)
                 }
-                Err(e) if e.code == crate::error::ErrorCode::BudgetExceeded => Ok(false),
+                // Once the spend reaches the limit the period trips: later callers get
+                // E-BUDGET-003 instead of E-BUDGET-001, both budget refusals.
+                Err(e)
+                    if matches!(
+                        e.code,
+                        crate::error::ErrorCode::BudgetExceeded
+                            | crate::error::ErrorCode::BudgetBreakerOpen
+                    ) =>
+                {
+                    Ok(false)
+                }
                 Err(e) => Err(e),
             }
         })));

@@ -114,7 +114,8 @@ pub fn remaining(limit: Option<u64>, spent: i64, reserved: i64, settled: u64, us
         // No limit on this dimension (currency): plenty, but finite for the arithmetic.
         None => i128::from(i64::MAX),
         Some(l) => {
-            i128::from(l) - (i128::from(spent) + i128::from(settled))
+            i128::from(l)
+                - (i128::from(spent) + i128::from(settled))
                 - (i128::from(reserved) - i128::from(used))
         }
     }
@@ -320,7 +321,11 @@ impl LeasedBudget {
 
     /// Reserve the worst case of one call in the current tenant, inside this process's lease
     /// when it has room, else after leasing a fresh slice.
-    pub async fn reserve(&self, limits: &BudgetPolicy, req: &ReserveRequest) -> Result<Reservation> {
+    pub async fn reserve(
+        &self,
+        limits: &BudgetPolicy,
+        req: &ReserveRequest,
+    ) -> Result<Reservation> {
         let project = tenancy::require()?;
         let period = period_start(limits.period, Utc::now());
         let scopes = scopes_of(limits, req);
@@ -343,7 +348,10 @@ impl LeasedBudget {
                 req,
                 recall,
             };
-            let out = self.inner.sync(&project, Mode::Acquire, Some(&need)).await?;
+            let out = self
+                .inner
+                .sync(&project, Mode::Acquire, Some(&need))
+                .await?;
             if let Some(r) = out.reservation {
                 return Ok(r);
             }
@@ -464,7 +472,10 @@ fn spawn_flusher(weak: Weak<Inner>) {
                 return;
             }
             if let Err(e) = inner.sync_all(Mode::Flush, false).await {
-                tracing::warn!(code = e.code.as_str(), "budget lease flush failed; retried at the next interval");
+                tracing::warn!(
+                    code = e.code.as_str(),
+                    "budget lease flush failed; retried at the next interval"
+                );
             }
         }
     });
@@ -585,7 +596,9 @@ impl Inner {
         let projects: Vec<String> = self
             .lock()
             .iter()
-            .filter(|(_, st)| !st.leases.is_empty() || !st.journal.is_empty() || !st.held.is_empty())
+            .filter(|(_, st)| {
+                !st.leases.is_empty() || !st.journal.is_empty() || !st.held.is_empty()
+            })
             .map(|(p, _)| p.clone())
             .collect();
         let mut first_err = None;
@@ -646,7 +659,9 @@ impl Inner {
             std::mem::take(&mut st.journal)
         };
         let mut plans: Vec<Plan> = Vec::new();
-        let res = self.sync_tx(project, mode, need, &journal, &mut plans).await;
+        let res = self
+            .sync_tx(project, mode, need, &journal, &mut plans)
+            .await;
         let mut all = self.lock();
         let st = all.entry(project.as_str().to_string()).or_default();
         match res {
@@ -699,7 +714,10 @@ impl Inner {
             Err(e) => {
                 // Nothing was committed: put the local side back.
                 for p in &plans {
-                    if let Some(l) = st.leases.get_mut(&p.key).filter(|l| l.lease_id == p.lease_id)
+                    if let Some(l) = st
+                        .leases
+                        .get_mut(&p.key)
+                        .filter(|l| l.lease_id == p.lease_id)
                     {
                         for d in 0..2 {
                             l.settled[d] = l.settled[d].saturating_add(p.settled[d]);
@@ -785,12 +803,24 @@ impl Inner {
                 .bind(self.cfg.scarce_window.as_secs_f64())
                 .fetch_optional(&mut *tx)
                 .await?;
-            let Some((t_limit, m_limit, spent_t, res_t, spent_m, res_m, is_tripped, recall_at, scarce)) =
-                row
+            let Some((
+                t_limit,
+                m_limit,
+                spent_t,
+                res_t,
+                spent_m,
+                res_m,
+                is_tripped,
+                recall_at,
+                scarce,
+            )) = row
             else {
                 continue;
             };
-            let limits = [Some(t_limit.max(0) as u64), m_limit.map(|m| m.max(0) as u64)];
+            let limits = [
+                Some(t_limit.max(0) as u64),
+                m_limit.map(|m| m.max(0) as u64),
+            ];
             let spent = [spent_t, spent_m];
             let reserved = [res_t, res_m];
 
@@ -803,7 +833,8 @@ impl Inner {
                 if !st.leases.contains_key(&key) {
                     match &fresh_limit {
                         Some(l) => {
-                            st.leases.insert(key.clone(), ScopeLease::new(l.clone(), now_local));
+                            st.leases
+                                .insert(key.clone(), ScopeLease::new(l.clone(), now_local));
                         }
                         None => continue,
                     }
@@ -849,8 +880,10 @@ impl Inner {
                     } else if free < l.last_demand[d].saturating_mul(2) {
                         // Top up ahead of demand, so callers rarely wait for an acquisition.
                         let want = l.last_demand[d].saturating_mul(4);
-                        free.max(slice(available, 0, want, self.cfg.share_divisor, false).unwrap_or(0))
-                            .min(available)
+                        free.max(
+                            slice(available, 0, want, self.cfg.share_divisor, false).unwrap_or(0),
+                        )
+                        .min(available)
                     } else {
                         free.min(available)
                     };
@@ -996,8 +1029,14 @@ impl Inner {
 
         // A refusal while others hold leases: recall their unused parts (or count who has
         // not answered the recall yet).
-        if let (Some(Refusal::Exceeded { scope, others_unacked, recall_at }), Some(n)) =
-            (&mut refused, need)
+        if let (
+            Some(Refusal::Exceeded {
+                scope,
+                others_unacked,
+                recall_at,
+            }),
+            Some(n),
+        ) = (&mut refused, need)
         {
             let mine = plans
                 .iter()
@@ -1044,7 +1083,10 @@ impl Inner {
             audit_trips_in(&mut tx, &t, "settlement").await?;
             // This process stops admitting in the tripped leases at once; other processes
             // see the trip at their next flush.
-            for pl in plans.iter_mut().filter(|pl| pl.key.1 == period && t.contains(&pl.key.0)) {
+            for pl in plans
+                .iter_mut()
+                .filter(|pl| pl.key.1 == period && t.contains(&pl.key.0))
+            {
                 pl.tripped = true;
             }
         }
@@ -1149,13 +1191,13 @@ mod tests {
     fn slices_are_bounded_by_the_share_and_exact_when_scarce() {
         // (available, need, want, divisor, scarce, expected)
         for (a, n, w, div, sc, want) in [
-            (1_000, 10, 80, 4, false, Some(80)),  // the demand's slice fits a quarter
-            (100, 10, 80, 4, false, Some(25)),    // at most a quarter of what is left…
-            (30, 10, 80, 4, false, Some(10)),     // …but never less than the need
-            (10, 10, 80, 4, false, Some(10)),     // the last units go to who needs them
-            (9, 10, 80, 4, false, None),          // truly insufficient: refuse
-            (1_000, 10, 80, 4, true, Some(10)),   // scarce: exact size, nothing parked
-            (0, 0, 0, 4, false, Some(0)),         // a zero-cost call needs nothing
+            (1_000, 10, 80, 4, false, Some(80)), // the demand's slice fits a quarter
+            (100, 10, 80, 4, false, Some(25)),   // at most a quarter of what is left…
+            (30, 10, 80, 4, false, Some(10)),    // …but never less than the need
+            (10, 10, 80, 4, false, Some(10)),    // the last units go to who needs them
+            (9, 10, 80, 4, false, None),         // truly insufficient: refuse
+            (1_000, 10, 80, 4, true, Some(10)),  // scarce: exact size, nothing parked
+            (0, 0, 0, 4, false, Some(0)),        // a zero-cost call needs nothing
             (u64::MAX, 1, u64::MAX, 0, false, Some(u64::MAX)), // divisor 0 treated as 1
         ] {
             assert_eq!(slice(a, n, w, div, sc), want, "{a} {n} {w} {div} {sc}");

@@ -414,7 +414,7 @@ async fn leased_run(
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        crate::error::Result::Ok(n)
+        Ok::<i64, crate::error::Error>(n)
     })
     .await?;
     anyhow::ensure!(

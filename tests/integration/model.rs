@@ -1879,3 +1879,56 @@ async fn budget_leased_reservations_keep_the_ledgers_semantics() {
     );
     t.cleanup().await;
 }
+
+/// Budget stranded in another process's lease is recalled, not refused: process A leases a
+/// slice (a quarter of 10 worst cases) for its one caller, which holds its reservation 3 s;
+/// process B then asks for 8 worst cases. Without the recall B's eighth caller would be
+/// refused although A's unused part covers it (A gives it back on its own only after 1 s
+/// idle); with it, B gets all 8 and the spend is exactly 9 worst cases, within the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_lease_recall_hands_budget_held_by_another_process_to_the_one_that_needs_it() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "lease-recall", 1).await;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        + Duration::from_millis(1_500);
+    let spawn = |callers: usize, offset_ms: u64, hold_ms: u64| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_awooop"))
+            .args([
+                "bench",
+                "budget",
+                "--worker",
+                "--worker-project",
+                "lease-recall",
+            ])
+            .args(["--worker-callers", &callers.to_string()])
+            .args(["--worker-tokens", "1000", "--worker-limit", "10000"])
+            .args([
+                "--worker-start-ms",
+                &(start.as_millis() + u128::from(offset_ms)).to_string(),
+            ])
+            .args(["--worker-hold-ms", &hold_ms.to_string()])
+            .args(["--database-url", &t.url])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn(1, 0, 3_000);
+    let b = spawn(8, 400, 20);
+    let mut admitted = Vec::new();
+    for c in [a, b] {
+        let out = c.wait_with_output().await.unwrap();
+        assert!(out.status.success());
+        let v: Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
+                .unwrap();
+        admitted.push(v["admitted"].as_u64().unwrap());
+    }
+    assert_eq!(admitted, [1, 8], "A's unused slice was stranded");
+    let (reserved, spent, _) = ledger_of(&t, &p).await;
+    assert_eq!((reserved, spent), (0, 9_000));
+    t.cleanup().await;
+}

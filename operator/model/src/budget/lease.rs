@@ -30,6 +30,10 @@
 //! row's `expires_at`) has not passed, and a flush that finds its lease reaped drops it: its
 //! open reservations were charged with it and settle as "nothing to do" (false).
 
+// Tokens and micros are `[u64; 2]` arrays updated in lockstep (`d` = 0 tokens, 1 micros):
+// indexing several arrays by one dimension reads clearer than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -125,6 +129,20 @@ pub fn remaining(limit: Option<u64>, spent: i64, reserved: i64, settled: u64, us
 // Local state.
 
 type Key = (String, DateTime<Utc>);
+
+/// A ledger row as read under its lock: token limit, currency limit, spent and reserved
+/// tokens, spent and reserved micros, tripped, the last recall, and whether it is recent.
+type LedgerLock = (
+    i64,
+    Option<i64>,
+    i64,
+    i64,
+    i64,
+    i64,
+    bool,
+    Option<DateTime<Utc>>,
+    bool,
+);
 
 /// One lease of this process on one ledger row. `[tokens, micros]` in every array.
 #[derive(Debug)]
@@ -509,10 +527,10 @@ impl Inner {
         let Some(st) = all.get_mut(project.as_str()) else {
             return Ok(None);
         };
-        if let Some((reason, seen)) = &st.breaker {
-            if now.duration_since(*seen) < self.cfg.flush_interval * 4 {
-                return Err(breaker_error(reason));
-            }
+        if let Some((reason, seen)) = &st.breaker
+            && now.duration_since(*seen) < self.cfg.flush_interval * 4
+        {
+            return Err(breaker_error(reason));
         }
         let amount = [req.tokens, req.micros];
         for (scope, limit) in scopes {
@@ -791,7 +809,7 @@ impl Inner {
             if let Some((n, limit)) = needed {
                 upsert_limits(&mut tx, p, &key.0, key.1, n.kind, limit).await?;
             }
-            let row: Option<(i64, Option<i64>, i64, i64, i64, i64, bool, Option<DateTime<Utc>>, bool)> =
+            let row: Option<LedgerLock> =
                 sqlx::query_as(
                     "SELECT token_limit, currency_limit_micros, spent_tokens, reserved_tokens, spent_micros, reserved_micros, \
                        tripped_at IS NOT NULL, lease_recall_at, coalesce(lease_recall_at > clock_timestamp() - make_interval(secs => $4), false) \

@@ -914,10 +914,46 @@ pub struct BenchArgs {
     /// KUBEBUILDER_ASSETS (see docs/kubernetes.md) instead of the in-process fake.
     #[arg(long)]
     pub apiserver: bool,
+    /// bench budget: run as one of the racing worker processes (spawned by the bench and the
+    /// multi-process cap test; prints one JSON line).
+    #[command(flatten)]
+    pub budget_worker: BudgetWorkerArgs,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
+}
+
+/// Hidden flags of `awooop bench budget --worker`: one process of the multi-process race.
+#[derive(Debug, Args, Clone, Default)]
+pub struct BudgetWorkerArgs {
+    /// Act as a worker process instead of running the benchmark.
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    /// The (existing) project to reserve in.
+    #[arg(long, hide = true, default_value = "bench")]
+    pub worker_project: String,
+    /// Concurrent callers in this process, one reservation each.
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub worker_callers: usize,
+    /// Tokens each caller reserves (and then reports as its usage).
+    #[arg(long, hide = true, default_value_t = 1_000)]
+    pub worker_tokens: u64,
+    /// The project's daily token limit.
+    #[arg(long, hide = true, default_value_t = 10_000)]
+    pub worker_limit: u64,
+    /// Start the callers at this Unix time in milliseconds (so processes race).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub worker_start_ms: u64,
+    /// How long each admitted caller holds its reservation before settling.
+    #[arg(long, hide = true, default_value_t = 20)]
+    pub worker_hold_ms: u64,
+    /// Lease time to live in milliseconds.
+    #[arg(long, hide = true, default_value_t = 30_000)]
+    pub worker_lease_ttl_ms: u64,
+    /// Exit without settling or giving leases back (a crashed process).
+    #[arg(long, hide = true)]
+    pub worker_crash: bool,
 }
 
 // --- platform policy (operator/src/platform/) ---

@@ -1642,3 +1642,293 @@ async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
     let _ = std::fs::remove_dir_all(&dir);
     t.cleanup().await;
 }
+
+// --- budget leases (model::budget::lease, migration 0062) ---
+
+fn lease_limits(project: u64, agent: Option<u64>) -> BudgetPolicy {
+    BudgetPolicy {
+        period: BudgetPeriod::Day,
+        project: ScopeLimit {
+            token_limit: project,
+            currency_limit_micros: None,
+        },
+        agent: agent.map(|a| ScopeLimit {
+            token_limit: a,
+            currency_limit_micros: None,
+        }),
+    }
+}
+
+fn lease_request(tokens: u64) -> ReserveRequest {
+    ReserveRequest {
+        run_id: None,
+        agent: "bot".into(),
+        provider: "p".into(),
+        model: "m".into(),
+        tokens,
+        micros: 0,
+        ttl: Duration::from_secs(60),
+    }
+}
+
+/// Starts `processes` `awooop bench budget --worker` processes racing from the same instant;
+/// returns the summed (admitted, refused).
+async fn race_workers(
+    t: &TestDb,
+    project: &str,
+    processes: usize,
+    callers_each: usize,
+    tokens: u64,
+    limit: u64,
+    extra: &[&str],
+) -> (u64, u64) {
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        + Duration::from_millis(1_500);
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        children.push(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_awooop"))
+                .args(["bench", "budget", "--worker", "--worker-project", project])
+                .args(["--worker-callers", &callers_each.to_string()])
+                .args(["--worker-tokens", &tokens.to_string()])
+                .args(["--worker-limit", &limit.to_string()])
+                .args(["--worker-start-ms", &start.as_millis().to_string()])
+                .args(["--database-url", &t.url])
+                .args(extra)
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    for c in children {
+        let out = c.wait_with_output().await.unwrap();
+        assert!(out.status.success(), "worker failed: {}", out.status);
+        let v: Value = serde_json::from_str(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .expect("a worker prints its outcome"),
+        )
+        .unwrap();
+        admitted += v["admitted"].as_u64().unwrap();
+        refused += v["refused"].as_u64().unwrap();
+    }
+    (admitted, refused)
+}
+
+async fn lease_rows(t: &TestDb, p: &str) -> Vec<(String, i64)> {
+    let mut tx = scoped_tx(&t.app, p).await;
+    let rows = sqlx::query_as("SELECT state, tokens FROM budget_leases ORDER BY created_at")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    rows
+}
+
+/// Four processes, 120 callers, a budget of exactly 25 worst cases; every admitted caller
+/// spends its whole reservation. Leases are taken and reserved within in separate processes,
+/// so only PostgreSQL's conditional slice keeps the cap, and only the recall keeps budget from
+/// being stranded in another process's lease: exactly 25 are admitted (none refused while
+/// budget was left), the spend is exactly the limit, nothing stays leased, and every admitted
+/// reservation is journalled with its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_leases_racing_processes_never_pass_the_cap_nor_strand_budget() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "lease-race", 1).await;
+    let (admitted, refused) = race_workers(&t, "lease-race", 4, 30, 1_000, 25_000, &[]).await;
+    assert_eq!((admitted, refused), (25, 95));
+    let (reserved, spent, tripped) = ledger_of(&t, &p).await;
+    assert_eq!((reserved, spent, tripped), (0, 25_000, true));
+    let leases = lease_rows(&t, "lease-race").await;
+    assert!(!leases.is_empty());
+    assert!(
+        leases.iter().all(|(s, tok)| s == "returned" && *tok == 0),
+        "{leases:?}"
+    );
+    let mut tx = scoped_tx(&t.app, "lease-race").await;
+    let journalled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM budget_reservations WHERE state = 'settled' AND actual_tokens = 1000 AND lease_id IS NOT NULL",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(journalled, 25);
+    t.cleanup().await;
+}
+
+/// A process that dies holding a lease: its slice stays reserved on the ledger (nobody else
+/// can spend it) until the lease expires; the next acquisition reaps it, charged in full (fail
+/// closed: its calls may have been billed), and the cap still holds for the survivors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_lease_of_a_crashed_process_is_reaped_and_charged_in_full() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "lease-crash", 1).await;
+    let (admitted, _) = race_workers(
+        &t,
+        "lease-crash",
+        1,
+        3,
+        1_000,
+        10_000,
+        &["--worker-crash", "--worker-lease-ttl-ms", "1000"],
+    )
+    .await;
+    assert_eq!(admitted, 3);
+    let (held, spent, _) = ledger_of(&t, &p).await;
+    assert!(held >= 3_000 && spent == 0, "held {held}, spent {spent}");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let b = Budget::with_leases(t.db(), Default::default());
+    let limits = lease_limits(10_000, None);
+    tenancy::scope(p.clone(), async {
+        // What is left after the dead lease is charged in full.
+        let left = 10_000 - held as u64;
+        let r = b.reserve(&limits, &lease_request(left)).await.unwrap();
+        assert_code(b.reserve(&limits, &lease_request(1)).await, "E-BUDGET-001");
+        assert!(b.settle(&r, left, 0).await.unwrap());
+        b.shutdown().await.unwrap();
+    })
+    .await;
+    let (reserved, spent, tripped) = ledger_of(&t, &p).await;
+    assert_eq!((reserved, spent, tripped), (0, 10_000, true));
+    let leases = lease_rows(&t, "lease-crash").await;
+    assert_eq!(leases[0], ("expired".to_string(), held));
+    t.cleanup().await;
+}
+
+/// In one process: settle-once, refusals with the plain path's codes per scope, usage above a
+/// reservation recorded at once (and tripping the breaker), and everything on the ledger and
+/// in the journal after the flush.
+#[tokio::test]
+async fn budget_leased_reservations_keep_the_ledgers_semantics() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "lease-local", 1).await;
+    let b = Budget::with_leases(t.db(), Default::default());
+    let limits = lease_limits(100_000, Some(3_000));
+    tenancy::scope(p.clone(), async {
+        let r1 = b.reserve(&limits, &lease_request(1_000)).await.unwrap();
+        let r2 = b.reserve(&limits, &lease_request(1_000)).await.unwrap();
+        let _r3 = b.reserve(&limits, &lease_request(1_000)).await.unwrap();
+        assert!(r1.leased);
+        // The agent scope (3 worst cases) is full while the project has room.
+        assert_code(
+            b.reserve(&limits, &lease_request(1_000)).await,
+            "E-BUDGET-001",
+        );
+        assert!(b.settle(&r1, 600, 0).await.unwrap());
+        assert!(!b.settle(&r1, 600, 0).await.unwrap(), "settled twice");
+        // 400 were freed, not 1000: a 1000 call still does not fit, a 400 call does.
+        assert_code(
+            b.reserve(&limits, &lease_request(1_000)).await,
+            "E-BUDGET-001",
+        );
+        let r4 = b.reserve(&limits, &lease_request(400)).await.unwrap();
+        // Usage above the reservation: recorded as it is, at once.
+        assert!(b.settle(&r2, 5_000, 0).await.unwrap());
+        let rows = b.ledger(BudgetPeriod::Day).await.unwrap();
+        let agent = rows.iter().find(|r| r.scope == "agent:bot").unwrap();
+        assert_eq!(agent.spent_tokens, 5_600);
+        assert!(agent.tripped);
+        assert_code(b.reserve(&limits, &lease_request(1)).await, "E-BUDGET-003");
+        assert!(b.settle(&r4, 400, 0).await.unwrap());
+        b.shutdown().await.unwrap();
+    })
+    .await;
+    let rows = tenancy::scope(p.clone(), Budget::new(t.db()).ledger(BudgetPeriod::Day))
+        .await
+        .unwrap();
+    let project_row = rows.iter().find(|r| r.scope == "project").unwrap();
+    let agent_row = rows.iter().find(|r| r.scope == "agent:bot").unwrap();
+    // r3 is still open: its 1000 stay reserved on both rows until it settles or expires.
+    assert_eq!(
+        (project_row.spent_tokens, project_row.reserved_tokens),
+        (6_000, 1_000)
+    );
+    assert_eq!(
+        (agent_row.spent_tokens, agent_row.reserved_tokens),
+        (6_000, 1_000)
+    );
+    let mut tx = scoped_tx(&t.app, "lease-local").await;
+    let journal: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, actual_tokens FROM budget_reservations WHERE lease_id IS NOT NULL ORDER BY created_at",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        journal,
+        [
+            ("settled".into(), 600),
+            ("settled".into(), 5_000),
+            ("settled".into(), 400)
+        ]
+    );
+    let audit = audit_actions(&t, "lease-local").await;
+    assert!(
+        audit.iter().any(|(a, _)| a == "budget.breaker.trip"),
+        "{audit:?}"
+    );
+    t.cleanup().await;
+}
+
+/// Budget stranded in another process's lease is recalled, not refused: process A leases a
+/// slice (a quarter of 10 worst cases) for its one caller, which holds its reservation 3 s;
+/// process B then asks for 8 worst cases. Without the recall B's eighth caller would be
+/// refused although A's unused part covers it (A gives it back on its own only after 1 s
+/// idle); with it, B gets all 8 and the spend is exactly 9 worst cases, within the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_lease_recall_hands_budget_held_by_another_process_to_the_one_that_needs_it() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "lease-recall", 1).await;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        + Duration::from_millis(1_500);
+    let spawn = |callers: usize, offset_ms: u64, hold_ms: u64| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_awooop"))
+            .args([
+                "bench",
+                "budget",
+                "--worker",
+                "--worker-project",
+                "lease-recall",
+            ])
+            .args(["--worker-callers", &callers.to_string()])
+            .args(["--worker-tokens", "1000", "--worker-limit", "10000"])
+            .args([
+                "--worker-start-ms",
+                &(start.as_millis() + u128::from(offset_ms)).to_string(),
+            ])
+            .args(["--worker-hold-ms", &hold_ms.to_string()])
+            .args(["--database-url", &t.url])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn(1, 0, 3_000);
+    let b = spawn(8, 400, 20);
+    let mut admitted = Vec::new();
+    for c in [a, b] {
+        let out = c.wait_with_output().await.unwrap();
+        assert!(out.status.success());
+        let v: Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
+                .unwrap();
+        admitted.push(v["admitted"].as_u64().unwrap());
+    }
+    assert_eq!(admitted, [1, 8], "A's unused slice was stranded");
+    let (reserved, spent, _) = ledger_of(&t, &p).await;
+    assert_eq!((reserved, spent), (0, 9_000));
+    t.cleanup().await;
+}

@@ -17,6 +17,11 @@
 //!   the project, and by [`Budget::sweep_expired`]) charges an expired reservation in full
 //!   (fail closed: the provider may have billed it) and frees it. A dropped call future
 //!   settles through [`ReservationGuard`]'s `Drop` at the usage counted so far.
+//! * **Leases** ([`lease`], opt-in with [`Budget::with_leases`]): a process leases a slice of
+//!   a row's remaining budget and reserves within it in memory, so most reservations never
+//!   touch the hot ledger row; the cap stays in PostgreSQL (a lease is part of `reserved`).
+
+pub mod lease;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,6 +88,10 @@ pub struct Reservation {
     pub id: Uuid,
     pub tokens: u64,
     pub micros: u64,
+    /// Admitted inside a budget lease of this process (settled in memory, journalled at the
+    /// lease's next flush) rather than by its own ledger transaction.
+    #[serde(default)]
+    pub leased: bool,
 }
 
 /// One ledger row, for tests, the bench and operators.
@@ -101,11 +110,34 @@ pub struct LedgerRow {
 #[derive(Clone, Debug)]
 pub struct Budget {
     db: Db,
+    leases: Option<lease::LeasedBudget>,
 }
 
 impl Budget {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, leases: None }
+    }
+
+    /// Reservations through budget leases of this process (docs/model.md, "Budget leases").
+    /// Needs a Tokio runtime (the lease flusher is a task).
+    pub fn with_leases(db: Db, config: lease::LeaseConfig) -> Self {
+        let leases = lease::LeasedBudget::new(db.clone(), config);
+        Self {
+            db,
+            leases: Some(leases),
+        }
+    }
+
+    pub fn leases(&self) -> Option<&lease::LeasedBudget> {
+        self.leases.as_ref()
+    }
+
+    /// Flush settled spend and give every lease's unused part back (graceful shutdown).
+    pub async fn shutdown(&self) -> Result<()> {
+        match &self.leases {
+            Some(l) => l.shutdown().await,
+            None => Ok(()),
+        }
     }
 
     pub fn db(&self) -> &Db {
@@ -118,6 +150,9 @@ impl Budget {
         limits: &BudgetPolicy,
         req: &ReserveRequest,
     ) -> Result<Reservation> {
+        if let Some(l) = &self.leases {
+            return l.reserve(limits, req).await;
+        }
         let project = tenancy::require()?;
         let period = period_start(limits.period, Utc::now());
         let mut scopes = vec![("project".to_string(), &limits.project)];
@@ -155,28 +190,14 @@ impl Budget {
             }
             // New period, changed limits, tripped or full: bring the row up to date (raising a
             // limit above the spend clears the trip), then try once more.
-            sqlx::query(
-                "INSERT INTO budget_ledger (project_id, scope, period_start, period, token_limit, currency_limit_micros) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (project_id, scope, period_start) DO UPDATE SET \
-                   token_limit = EXCLUDED.token_limit, currency_limit_micros = EXCLUDED.currency_limit_micros, \
-                   tripped_at = CASE WHEN EXCLUDED.token_limit > budget_ledger.spent_tokens \
-                        AND (EXCLUDED.currency_limit_micros IS NULL OR EXCLUDED.currency_limit_micros > budget_ledger.spent_micros) \
-                        THEN NULL ELSE budget_ledger.tripped_at END, \
-                   updated_at = now() \
-                 WHERE budget_ledger.token_limit IS DISTINCT FROM EXCLUDED.token_limit \
-                    OR budget_ledger.currency_limit_micros IS DISTINCT FROM EXCLUDED.currency_limit_micros",
+            upsert_limits(
+                &mut tx,
+                project.as_str(),
+                scope,
+                period,
+                limits.period,
+                limit,
             )
-            .bind(project.as_str())
-            .bind(scope)
-            .bind(period)
-            .bind(match limits.period {
-                BudgetPeriod::Day => "day",
-                BudgetPeriod::Month => "month",
-            })
-            .bind(i64_of(limit.token_limit))
-            .bind(limit.currency_limit_micros.map(i64_of))
-            .execute(&mut *tx)
             .await?;
             if reserve_row(&mut tx, project.as_str(), scope, period, req, None).await? {
                 continue;
@@ -229,6 +250,7 @@ impl Budget {
             id,
             tokens: req.tokens,
             micros: req.micros,
+            leased: false,
         })
     }
 
@@ -236,6 +258,16 @@ impl Budget {
     /// already settled or expired (nothing changed). Usage above the reservation is recorded
     /// as it is (the ledger never lies), which is the "overshoot" the bench reports.
     pub async fn settle(&self, r: &Reservation, tokens: u64, micros: u64) -> Result<bool> {
+        if r.leased {
+            return match &self.leases {
+                Some(l) => l.settle(r, tokens, micros).await,
+                // Only a leased handle mints leased reservations.
+                None => Err(Error::new(
+                    ErrorCode::Internal,
+                    "a leased reservation was settled through a handle without leases",
+                )),
+            };
+        }
         let project = tenancy::require()?;
         let mut tx = self.db.tenant().await?;
         let row: Option<(Vec<String>, DateTime<Utc>, i64, i64)> = sqlx::query_as(
@@ -337,6 +369,42 @@ async fn audit_trips_in(conn: &mut PgConnection, tripped: &[String], cause: &str
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Bring a ledger row up to date with the contract's limits (creating it for a new period);
+/// raising a limit above the spend clears the trip.
+async fn upsert_limits(
+    conn: &mut PgConnection,
+    project: &str,
+    scope: &str,
+    period: DateTime<Utc>,
+    kind: BudgetPeriod,
+    limit: &ScopeLimit,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO budget_ledger (project_id, scope, period_start, period, token_limit, currency_limit_micros) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (project_id, scope, period_start) DO UPDATE SET \
+           token_limit = EXCLUDED.token_limit, currency_limit_micros = EXCLUDED.currency_limit_micros, \
+           tripped_at = CASE WHEN EXCLUDED.token_limit > budget_ledger.spent_tokens \
+                AND (EXCLUDED.currency_limit_micros IS NULL OR EXCLUDED.currency_limit_micros > budget_ledger.spent_micros) \
+                THEN NULL ELSE budget_ledger.tripped_at END, \
+           updated_at = now() \
+         WHERE budget_ledger.token_limit IS DISTINCT FROM EXCLUDED.token_limit \
+            OR budget_ledger.currency_limit_micros IS DISTINCT FROM EXCLUDED.currency_limit_micros",
+    )
+    .bind(project)
+    .bind(scope)
+    .bind(period)
+    .bind(match kind {
+        BudgetPeriod::Day => "day",
+        BudgetPeriod::Month => "month",
+    })
+    .bind(i64_of(limit.token_limit))
+    .bind(limit.currency_limit_micros.map(i64_of))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Lock order of ledger rows: `project` first, then agent scopes by name. Every transaction

@@ -167,6 +167,14 @@ impl ProviderProxy {
         })
     }
 
+    /// Reserve through budget leases of this process instead of a ledger transaction per
+    /// call (docs/model.md, "Budget leases"). Call [`Budget::shutdown`] on
+    /// [`ProviderProxy::budget`] at graceful shutdown to give unused slices back.
+    pub fn with_budget_leases(mut self, config: super::budget::lease::LeaseConfig) -> Self {
+        self.budget = Budget::with_leases(self.db.clone(), config);
+        self
+    }
+
     /// Use another platform policy source (`awooop up` adds its local loopback allowance).
     pub fn with_egress(mut self, egress: awooop_policy::PolicySource) -> Self {
         self.egress = egress;

@@ -1797,7 +1797,11 @@ async fn a_refused_line_reply_token_falls_back_to_one_push_with_a_retry_key() {
         .into_iter()
         .map(|r| r.method)
         .collect();
-    assert_eq!(delivered, vec!["message/push"], "the user got the message once");
+    assert_eq!(
+        delivered,
+        vec!["message/push"],
+        "the user got the message once"
+    );
     let attempts = env
         .rows("chan-a", "SELECT d.attempt, d.part, d.status, d.http_status FROM channel_deliveries d ORDER BY d.at, d.delivery_id")
         .await;

@@ -181,16 +181,7 @@ impl RunBasis {
 
     /// The parameters of [`RunBasis::check_sql`], in order.
     #[allow(clippy::type_complexity)]
-    pub fn check_params(
-        &self,
-    ) -> (
-        &'static str,
-        Option<Uuid>,
-        &str,
-        Uuid,
-        &str,
-        Option<Uuid>,
-    ) {
+    pub fn check_params(&self) -> (&'static str, Option<Uuid>, &str, Uuid, &str, Option<Uuid>) {
         (
             self.project_mode.as_str(),
             self.runtime_revision_id,

@@ -170,10 +170,7 @@ impl Db {
             ));
         }
         let begin = format!("BEGIN; SELECT set_config('awooop.project_id', '{id}', true)");
-        Ok(self
-            .pool
-            .begin_with(sqlx::AssertSqlSafe(begin))
-            .await?)
+        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?)
     }
 
     /// A platform-scoped transaction; writes the `platform_audit` row first.

@@ -229,21 +229,7 @@ impl Env {
     }
 
     async fn post(&self, path: &str, s: &Signed) -> (StatusCode, Value) {
-        let mut req = Request::builder().method("POST").uri(path);
-        for (k, v) in &s.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let resp = self
-            .router
-            .clone()
-            .oneshot(req.body(Body::from(s.body.clone())).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let v = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, v)
+        post_to(&self.router, path, s).await
     }
 
     /// A count in the project's tenant scope (owner pool, RLS applies).
@@ -292,6 +278,24 @@ impl Env {
             Arc::new(NoGateway),
         )))
     }
+}
+
+/// POST a signed request to a hub's router.
+async fn post_to(router: &axum::Router, path: &str, s: &Signed) -> (StatusCode, Value) {
+    let mut req = Request::builder().method("POST").uri(path);
+    for (k, v) in &s.headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::from(s.body.clone())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, v)
 }
 
 async fn set_mode(cp: &ControlPlane, p: &ProjectId, to: MigrationMode) {
@@ -1661,4 +1665,165 @@ async fn channel_register_sets_the_telegram_webhook_with_a_generated_secret_and_
     let _ = std::fs::remove_dir_all(&creds);
     let _ = std::fs::remove_dir_all(&state);
     t.cleanup().await;
+}
+
+/// A Telegram update as Telegram posts it (the `setWebhook` secret in its header), built here
+/// rather than by the SDK: what these tests check starts after verification.
+fn tg_plain(update_id: i64, text: &str) -> Signed {
+    Signed {
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-telegram-bot-api-secret-token".into(), TG_SECRET.into()),
+        ],
+        body: json!({"update_id": update_id, "message": {
+            "message_id": update_id, "date": 1764288000, "text": text,
+            "chat": {"id": -100, "type": "group", "title": "ops"},
+            "from": {"id": 42, "is_bot": false, "first_name": "Ops"}}})
+        .to_string()
+        .into_bytes(),
+    }
+}
+
+/// The inbound fast path prepares runs on a cached basis (mode, active revisions). When the
+/// activation's NOTIFY is missed (here: a hub that never listens, with an hour of cache), the
+/// write transaction's re-check must refuse the stale basis, and the run is prepared again on
+/// the fresh one: the new agent revision and the new mode, never the cached ones.
+#[tokio::test]
+async fn a_stale_cached_run_basis_is_refused_by_the_write_and_the_run_prepared_again() {
+    let (env, p) = Env::new(channels_contract(
+        None,
+        0,
+        &[],
+        Some(json!({"conversations": []})),
+    ))
+    .await;
+    let hub = Hub::new(
+        env.cp.clone(),
+        env.secrets.clone(),
+        HubConfig {
+            urls: env.double.urls(),
+            cache_ttl: Duration::from_secs(3600),
+            ..HubConfig::default()
+        },
+    );
+    let router = awooop::channels::routes(hub);
+    let run_of = |v: &Value| v["events"][0]["run_id"].as_str().unwrap().to_string();
+    let basis_of = |run: String| {
+        let env = &env;
+        async move {
+            env.rows(
+                "chan-a",
+                &format!(
+                    "SELECT agent_revision_id::text AS rev, mode FROM runs WHERE run_id = '{run}'"
+                ),
+            )
+            .await
+            .pop()
+            .unwrap()
+        }
+    };
+
+    // 1. The first webhook caches the basis: shadow mode, agent revision 1.
+    let (s, v) = post_to(&router, "/v1/webhooks/chan-a/tg", &tg_plain(5001, "first")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let first = basis_of(run_of(&v)).await;
+    assert_eq!(first["mode"], "shadow");
+
+    // 2. A new agent revision is activated and the project goes to canary; the hub hears
+    // nothing of it (no listener, cache TTL an hour).
+    let mut v2 = echo_agent();
+    v2["executor"]["steps"][0]["template"] = json!("second revision: {{input.text}}");
+    let rev2 = tenancy::scope(p.clone(), async {
+        let r = publish(&env.cp, ContractKind::Agent, "echo", v2).await;
+        approve_and_activate(&env.cp, r, 1).await;
+        r
+    })
+    .await;
+    set_mode(&env.cp, &p, MigrationMode::Canary).await;
+    assert_ne!(first["rev"], json!(rev2.to_string()));
+
+    // 3. The next webhook's run is written on the fresh basis.
+    let (s, v) = post_to(&router, "/v1/webhooks/chan-a/tg", &tg_plain(5002, "second")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let second = basis_of(run_of(&v)).await;
+    assert_eq!(
+        second,
+        json!({"rev": rev2.to_string(), "mode": "canary"}),
+        "the run was written on the stale cached basis {first}"
+    );
+    // One event and one run per webhook: the refused attempt wrote nothing.
+    assert_eq!(
+        env.count("chan-a", "SELECT count(*) FROM conversation_events")
+            .await,
+        2
+    );
+    assert_eq!(env.count("chan-a", "SELECT count(*) FROM runs").await, 2);
+    env.t.cleanup().await;
+}
+
+/// LINE refuses a reply whose token expired or was used (400 "Invalid reply token"): the same
+/// message goes out once as a push, with `X-Line-Retry-Key`, and nothing is sent twice.
+#[tokio::test]
+async fn a_refused_line_reply_token_falls_back_to_one_push_with_a_retry_key() {
+    let Some(py) = python() else { return };
+    let (env, p) = Env::new(channels_contract(None, 0, &[], None)).await;
+    set_mode(&env.cp, &p, MigrationMode::Canary).await;
+    let signed = sdk(
+        &py,
+        json!([{"provider": "line", "secret": LINE_SECRET, "events": [
+            {"webhook_event_id": "01LINEREFUSE", "text": "refused", "user_id": "Urefused", "reply_token": "rt-used"}]}]),
+    );
+    let (s, v) = env.post("/v1/webhooks/chan-a/line", &signed[0]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    run_all(&env, 1).await;
+    // The token is fresh by the hub's clock, but LINE refuses it.
+    env.double.fault("line", [Fault::Reject]);
+    let d = env.delivery();
+    assert_eq!(d.tick().await.unwrap(), 1);
+
+    let replies = env.double.calls("line", "message/reply");
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].body["replyToken"], "rt-used");
+    let pushes = env.double.calls("line", "message/push");
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0].body["to"], "Urefused");
+    assert_eq!(pushes[0].body["messages"][0]["text"], "you said: refused");
+    assert_eq!(pushes[0].token.as_deref(), Some("line-access-token"));
+    let key = pushes[0].header("x-line-retry-key").expect("retry key");
+    assert!(uuid::Uuid::parse_str(key).is_ok(), "{key}");
+    let delivered: Vec<String> = env
+        .double
+        .delivered("line")
+        .into_iter()
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(
+        delivered,
+        vec!["message/push"],
+        "the user got the message once"
+    );
+    let attempts = env
+        .rows("chan-a", "SELECT d.attempt, d.part, d.status, d.http_status FROM channel_deliveries d ORDER BY d.at, d.delivery_id")
+        .await;
+    assert_eq!(
+        attempts,
+        vec![
+            json!({"attempt": 1, "part": 0, "status": "retry", "http_status": 400}),
+            json!({"attempt": 1, "part": 0, "status": "sent", "http_status": 200})
+        ]
+    );
+    assert_eq!(
+        env.count(
+            "chan-a",
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent' AND parts_sent = 1"
+        )
+        .await,
+        1
+    );
+    // Nothing is left to send: a further tick sends nothing.
+    make_due(&env).await;
+    assert_eq!(d.tick().await.unwrap(), 0);
+    assert_eq!(env.double.calls("line", "message/reply").len(), 1);
+    assert_eq!(env.double.calls("line", "message/push").len(), 1);
+    env.t.cleanup().await;
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::normalize::Normalized;
 use awooop_core::error::Result;
+use awooop_runtime::RunBasis;
 
 /// One event row to insert.
 pub struct NewEvent<'a> {
@@ -28,12 +29,20 @@ pub struct NewEvent<'a> {
 /// before: the unique index on (project, channel, external id) decides, also between
 /// concurrent transactions (the second insert waits for the first to commit, then does
 /// nothing).
+///
+/// With `guard`, the statement first checks that the run basis the events' runs were prepared
+/// on is still current ([`RunBasis::check_sql`]) and inserts nothing when it is not: `None`
+/// is returned then (the caller prepares again). The check costs no round trip of its own.
 pub async fn insert_events(
     conn: &mut PgConnection,
     rows: &[NewEvent<'_>],
-) -> Result<std::collections::HashSet<Uuid>> {
+    guard: Option<&RunBasis>,
+) -> Result<Option<std::collections::HashSet<Uuid>>> {
     if rows.is_empty() {
-        return Ok(Default::default());
+        return Ok(match guard {
+            Some(b) => b.still_current(conn).await?.then(Default::default),
+            None => Some(Default::default()),
+        });
     }
     let mut project = None;
     let mut ids = Vec::with_capacity(rows.len());
@@ -65,30 +74,50 @@ pub async fn insert_events(
         mirrored.push(e.mirrored);
         runs.push(e.run_id);
     }
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO conversation_events (project_id, event_id, channel, provider, external_id, conversation, \
+    // Without a guard the check is a constant true (one statement text either way).
+    let check = match guard {
+        Some(_) => RunBasis::check_sql(15),
+        None => "($15::text IS NULL)".to_string(),
+    };
+    let sql = format!(
+        "WITH current AS (SELECT {check} AS ok), \
+         ins AS (INSERT INTO conversation_events (project_id, event_id, channel, provider, external_id, conversation, \
            sender, kind, text, body_sha256, reply_token, trace_id, mirrored, run_id) \
-         SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-           $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bool[], $14::uuid[]) \
-         ON CONFLICT (project_id, channel, external_id) DO NOTHING RETURNING event_id",
-    )
-    .bind(project)
-    .bind(&ids)
-    .bind(&channels)
-    .bind(&providers)
-    .bind(&externals)
-    .bind(&conversations)
-    .bind(&senders)
-    .bind(&kinds)
-    .bind(&texts)
-    .bind(&hashes)
-    .bind(&tokens)
-    .bind(&traces)
-    .bind(&mirrored)
-    .bind(&runs)
-    .fetch_all(conn)
-    .await?;
-    Ok(inserted.into_iter().collect())
+         SELECT $1, u.* FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+           $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::bool[], $14::uuid[]) AS u \
+         WHERE (SELECT ok FROM current) \
+         ON CONFLICT (project_id, channel, external_id) DO NOTHING RETURNING event_id) \
+         SELECT (SELECT ok FROM current), coalesce((SELECT array_agg(event_id) FROM ins), '{{}}'::uuid[])"
+    );
+    let q = sqlx::query_as::<_, (bool, Vec<Uuid>)>(sqlx::AssertSqlSafe(sql))
+        .bind(project)
+        .bind(&ids)
+        .bind(&channels)
+        .bind(&providers)
+        .bind(&externals)
+        .bind(&conversations)
+        .bind(&senders)
+        .bind(&kinds)
+        .bind(&texts)
+        .bind(&hashes)
+        .bind(&tokens)
+        .bind(&traces)
+        .bind(&mirrored)
+        .bind(&runs);
+    let q = match guard {
+        Some(b) => {
+            let (mode, runtime, agent, agent_rev, project_name, project_rev) = b.check_params();
+            q.bind(mode)
+                .bind(runtime)
+                .bind(agent)
+                .bind(agent_rev)
+                .bind(project_name)
+                .bind(project_rev)
+        }
+        None => q.bind(None::<&str>),
+    };
+    let (ok, inserted) = q.fetch_one(conn).await?;
+    Ok(ok.then(|| inserted.into_iter().collect()))
 }
 
 /// Link events to the runs they started (event id, run id), in one statement.
@@ -129,6 +158,37 @@ pub async fn insert_progress(
     .bind(conversation)
     .bind(trace_id)
     .bind(interval_seconds as i32)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Progress rows of many runs in one statement (the group commit): (run, conversation,
+/// trace id); the shadow guard refuses shadow runs as for [`insert_progress`].
+pub async fn insert_progress_many(
+    conn: &mut PgConnection,
+    project: &str,
+    channel_of: &[&str],
+    rows: &[(Uuid, &str, &str)],
+    interval_seconds: &[i32],
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let runs: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let conversations: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let traces: Vec<&str> = rows.iter().map(|r| r.2).collect();
+    sqlx::query(
+        "INSERT INTO channel_progress (project_id, run_id, channel, conversation, trace_id, interval_seconds, next_at) \
+         SELECT $1, r, c, v, t, i, now() + make_interval(secs => i) \
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[]) AS x(r, c, v, t, i)",
+    )
+    .bind(project)
+    .bind(&runs)
+    .bind(channel_of)
+    .bind(&conversations)
+    .bind(&traces)
+    .bind(interval_seconds)
     .execute(conn)
     .await?;
     Ok(())

@@ -191,15 +191,19 @@ async fn write_jobs(
 ) -> std::result::Result<Vec<Vec<ItemOutcome>>, WriteError> {
     let project = tenancy::require()?;
     let mut tx = db.tenant().await?;
-    let mut checked: Vec<&Arc<RunBasis>> = Vec::new();
+    // The bases the runs were prepared on, each once. The first is checked by the event
+    // insert itself (no round trip of its own); a batch holding several agents' events checks
+    // the others first. Stale: nothing is written (the transaction is dropped).
+    let mut bases: Vec<&Arc<RunBasis>> = Vec::new();
     for b in jobs.iter().filter_map(|j| j.basis.as_ref()) {
-        if checked.iter().any(|c| Arc::ptr_eq(*c, b)) {
-            continue;
+        if !bases.iter().any(|c| Arc::ptr_eq(c, b)) {
+            bases.push(b);
         }
+    }
+    for b in bases.iter().skip(1) {
         if !b.still_current(&mut tx).await? {
             return Err(WriteError::Stale);
         }
-        checked.push(b);
     }
 
     // 1. Events, in (channel, external id) order.
@@ -231,7 +235,11 @@ async fn write_jobs(
             }
         })
         .collect();
-    let inserted: HashSet<Uuid> = store::insert_events(&mut tx, &rows).await?;
+    let inserted: HashSet<Uuid> =
+        match store::insert_events(&mut tx, &rows, bases.first().map(|b| &***b)).await? {
+            Some(i) => i,
+            None => return Err(WriteError::Stale),
+        };
     let mut outs: Vec<Vec<ItemOutcome>> = jobs
         .iter()
         .map(|job| {
@@ -267,6 +275,10 @@ async fn write_jobs(
     };
     // The event rows already name the prepared run ids; only a replayed key differs.
     let mut links: Vec<(Uuid, Uuid)> = Vec::new();
+    // Progress rows of the whole batch in one statement (not one per run).
+    let mut progress_channels: Vec<&str> = Vec::new();
+    let mut progress_rows: Vec<(Uuid, &str, &str)> = Vec::new();
+    let mut progress_intervals: Vec<i32> = Vec::new();
     for (&(j, i), run) in with_run.iter().zip(&accepted) {
         outs[j][i].run_id = Some(run.run_id);
         let (job, it) = (&jobs[j], &jobs[j].items[i]);
@@ -274,18 +286,19 @@ async fn write_jobs(
             links.push((it.event_id, run.run_id));
         }
         if it.progress && job.progress_interval > 0 {
-            store::insert_progress(
-                &mut tx,
-                project.as_str(),
-                run.run_id,
-                &job.channel,
-                &it.event.conversation,
-                &run.trace_id,
-                job.progress_interval,
-            )
-            .await?;
+            progress_channels.push(&job.channel);
+            progress_rows.push((run.run_id, &it.event.conversation, &run.trace_id));
+            progress_intervals.push(job.progress_interval as i32);
         }
     }
+    store::insert_progress_many(
+        &mut tx,
+        project.as_str(),
+        &progress_channels,
+        &progress_rows,
+        &progress_intervals,
+    )
+    .await?;
     store::set_event_runs(&mut tx, &links).await?;
 
     // 3. Audit: events stored without a run (configuration problem) and refused events.

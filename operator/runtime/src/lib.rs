@@ -160,6 +160,38 @@ impl RunBasis {
         self.project_mode
     }
 
+    /// The check of [`RunBasis::still_current`] as a boolean SQL expression, for a caller that
+    /// guards its own statement with it (the channel hub's event insert: no round trip of its
+    /// own). Its parameters are `$first` … `$first+5`: [`RunBasis::check_params`].
+    pub fn check_sql(first: usize) -> String {
+        let p = |i: usize| format!("${}", first + i);
+        format!(
+            "(coalesce((SELECT mode FROM project_migration_state), 'shadow') = {}::text \
+             AND (SELECT revision_id FROM active_revisions WHERE kind = 'runtime' AND name = 'default') IS NOT DISTINCT FROM {}::uuid \
+             AND (SELECT revision_id FROM active_revisions WHERE kind = 'agent' AND name = {}::text) IS NOT DISTINCT FROM {}::uuid \
+             AND (SELECT revision_id FROM active_revisions WHERE kind = 'project' AND name = {}::text) IS NOT DISTINCT FROM {}::uuid)",
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5)
+        )
+    }
+
+    /// The parameters of [`RunBasis::check_sql`], in order.
+    #[allow(clippy::type_complexity)]
+    pub fn check_params(&self) -> (&'static str, Option<Uuid>, &str, Uuid, &str, Option<Uuid>) {
+        (
+            self.project_mode.as_str(),
+            self.runtime_revision_id,
+            self.agent.as_str(),
+            self.agent_revision_id,
+            self.project.as_str(),
+            self.project_revision_id,
+        )
+    }
+
     /// Whether the mode and the active revisions are still those of this basis, read in the
     /// caller's (tenant) transaction: one round trip.
     pub async fn still_current(&self, tx: &mut sqlx::PgConnection) -> Result<bool> {
@@ -395,20 +427,7 @@ impl RunService {
         if keys.len() != with_key {
             return Ok(None);
         }
-        if !keys.is_empty() && repo::idempotency_keys_taken(tx, &keys).await? {
-            return Ok(None);
-        }
         let ids: Vec<Uuid> = runs.iter().map(|p| p.run_id).collect();
-        repo::insert_runs(
-            tx,
-            project.as_str(),
-            &runs
-                .iter()
-                .zip(&ids)
-                .map(|(p, id)| p.new_run(*id))
-                .collect::<Vec<_>>(),
-        )
-        .await?;
         let keyed: Vec<(&str, &str, Uuid, i64)> = runs
             .iter()
             .zip(&ids)
@@ -423,15 +442,28 @@ impl RunService {
                 })
             })
             .collect();
-        repo::insert_idempotency_keys(tx, project.as_str(), &keyed).await?;
-        audit::record_many(
-            tx,
+        let audit_rows = audit::Columns::of(
             runs.iter()
                 .zip(&ids)
                 .map(|(p, id)| p.audit_entry(*id))
                 .collect(),
+        );
+        // Runs, keys and audit rows in one statement; nothing written when a key is taken.
+        let written = repo::insert_runs_keys_audit(
+            tx,
+            project.as_str(),
+            &runs
+                .iter()
+                .zip(&ids)
+                .map(|(p, id)| p.new_run(*id))
+                .collect::<Vec<_>>(),
+            &keyed,
+            &audit_rows,
         )
         .await?;
+        if !written {
+            return Ok(None);
+        }
         Ok(Some(
             runs.iter()
                 .zip(&ids)

@@ -146,6 +146,126 @@ pub async fn insert_runs(conn: &mut PgConnection, project: &str, rs: &[NewRun<'_
     Ok(())
 }
 
+/// Insert many runs of one project, their idempotency keys and their audit rows in **one
+/// statement** (one round trip instead of four: the channel hub's group commit is bound by
+/// them). Nothing is written and `false` is returned when one of the keys already has a row,
+/// as [`idempotency_keys_taken`] would say: the caller then takes the one-by-one path. A key
+/// taken concurrently after the check fails the statement on the primary key, as before.
+/// The run triggers (run events, the statement-level `awooop_runs` NOTIFY) fire as for
+/// [`insert_runs`]; the audit columns come redacted from [`awooop_store::audit::Columns`].
+pub async fn insert_runs_keys_audit(
+    conn: &mut PgConnection,
+    project: &str,
+    rs: &[NewRun<'_>],
+    keys: &[(&str, &str, Uuid, i64)],
+    audit: &awooop_store::audit::Columns,
+) -> Result<bool> {
+    let mut run_ids = Vec::with_capacity(rs.len());
+    let mut agents = Vec::with_capacity(rs.len());
+    let mut modes = Vec::with_capacity(rs.len());
+    let mut inputs = Vec::with_capacity(rs.len());
+    let mut input_hashes = Vec::with_capacity(rs.len());
+    let mut agent_revs = Vec::with_capacity(rs.len());
+    let mut agent_hashes = Vec::with_capacity(rs.len());
+    let mut project_revs = Vec::with_capacity(rs.len());
+    let mut project_hashes = Vec::with_capacity(rs.len());
+    let mut trace_ids = Vec::with_capacity(rs.len());
+    let mut span_ids = Vec::with_capacity(rs.len());
+    let mut run_keys = Vec::with_capacity(rs.len());
+    let mut max_attempts = Vec::with_capacity(rs.len());
+    let mut deadlines = Vec::with_capacity(rs.len());
+    let mut reply_tos = Vec::with_capacity(rs.len());
+    let mut leases = Vec::with_capacity(rs.len());
+    let mut max_concurrent = Vec::with_capacity(rs.len());
+    for r in rs {
+        if r.project != project {
+            return Err(Error::new(
+                ErrorCode::TenantMissing,
+                "runs of one batch belong to one project",
+            ));
+        }
+        run_ids.push(r.run_id);
+        agents.push(r.agent);
+        modes.push(r.mode);
+        inputs.push(r.input.clone());
+        input_hashes.push(r.input_hash);
+        agent_revs.push(r.agent_revision_id);
+        agent_hashes.push(r.agent_body_hash);
+        project_revs.push(r.project_revision_id);
+        project_hashes.push(r.project_body_hash);
+        trace_ids.push(r.trace.trace_id.as_str());
+        span_ids.push(r.trace.span_id.as_str());
+        run_keys.push(r.idempotency_key);
+        max_attempts.push(r.max_attempts);
+        deadlines.push(r.deadline_seconds as f64);
+        reply_tos.push(
+            r.reply_to
+                .map(|x| serde_json::to_value(x).expect("serialisable")),
+        );
+        leases.push(r.lease_seconds);
+        max_concurrent.push(r.max_concurrent);
+    }
+    let key_names: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let key_hashes: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let key_runs: Vec<Uuid> = keys.iter().map(|k| k.2).collect();
+    let key_ttls: Vec<f64> = keys.iter().map(|k| k.3 as f64).collect();
+    // Every data-modifying CTE runs exactly once, on the snapshot the `taken` check read.
+    let taken: bool = sqlx::query_scalar(
+        "WITH taken AS (SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE key = ANY($19::text[])) AS yes), \
+         r AS (INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+           project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds, max_concurrent) \
+           SELECT $1, r.run_id, r.agent, r.mode, r.input, r.input_hash, r.agent_revision_id, r.agent_body_hash, \
+             r.project_revision_id, r.project_body_hash, r.trace_id, r.span_id, r.idempotency_key, r.max_attempts, \
+             now() + make_interval(secs => r.deadline), r.reply_to, r.lease_seconds, r.max_concurrent \
+           FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::uuid[], $8::text[], $9::uuid[], \
+             $10::text[], $11::text[], $12::text[], $13::text[], $14::int4[], $15::float8[], $16::jsonb[], $17::int4[], $18::int4[]) \
+           AS r(run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, project_revision_id, \
+             project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline, reply_to, lease_seconds, max_concurrent) \
+           WHERE NOT (SELECT yes FROM taken)), \
+         k AS (INSERT INTO idempotency_keys (project_id, key, request_hash, run_id, expires_at) \
+           SELECT $1, x.k, x.h, x.r, now() + make_interval(secs => x.ttl) \
+           FROM unnest($19::text[], $20::text[], $21::uuid[], $22::float8[]) AS x(k, h, r, ttl) \
+           WHERE NOT (SELECT yes FROM taken)), \
+         a AS (INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details) \
+           SELECT $1, * FROM unnest($23::uuid[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], \
+             $29::text[], $30::jsonb[]) WHERE NOT (SELECT yes FROM taken)) \
+         SELECT yes FROM taken",
+    )
+    .bind(project)
+    .bind(&run_ids)
+    .bind(&agents)
+    .bind(&modes)
+    .bind(&inputs)
+    .bind(&input_hashes)
+    .bind(&agent_revs)
+    .bind(&agent_hashes)
+    .bind(&project_revs)
+    .bind(&project_hashes)
+    .bind(&trace_ids)
+    .bind(&span_ids)
+    .bind(&run_keys)
+    .bind(&max_attempts)
+    .bind(&deadlines)
+    .bind(&reply_tos)
+    .bind(&leases)
+    .bind(&max_concurrent)
+    .bind(&key_names)
+    .bind(&key_hashes)
+    .bind(&key_runs)
+    .bind(&key_ttls)
+    .bind(&audit.ids)
+    .bind(&audit.actors)
+    .bind(&audit.actions)
+    .bind(&audit.targets)
+    .bind(&audit.outcomes)
+    .bind(&audit.codes)
+    .bind(&audit.traces)
+    .bind(&audit.details)
+    .fetch_one(conn)
+    .await?;
+    Ok(!taken)
+}
+
 /// Whether any of `keys` already has a row (unexpired or not). A taken key sends the caller
 /// to the one-by-one path, which replays, refuses or clears an expired key; a key taken
 /// concurrently after this check makes the batch's insert fail on the primary key instead.

@@ -97,46 +97,73 @@ pub async fn record(conn: &mut PgConnection, entry: Entry<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Audit records as the columns of one `INSERT … SELECT FROM unnest(…)`, redacted: for
+/// callers that append them inside a larger statement (the channel hub's one-statement run
+/// insert). Bind in this order after the project: `ids::uuid[], actors::text[],
+/// actions::text[], targets::text[], outcomes::text[], codes::text[], traces::text[],
+/// details::jsonb[]`.
+#[derive(Debug, Default)]
+pub struct Columns {
+    pub ids: Vec<Uuid>,
+    pub actors: Vec<String>,
+    pub actions: Vec<String>,
+    pub targets: Vec<Option<String>>,
+    pub outcomes: Vec<&'static str>,
+    pub codes: Vec<Option<&'static str>>,
+    pub traces: Vec<Option<String>>,
+    pub details: Vec<Value>,
+}
+
+impl Columns {
+    pub fn of(entries: Vec<Entry<'_>>) -> Self {
+        let r = redact::Redactor::global();
+        let mut c = Columns {
+            ids: Vec::with_capacity(entries.len()),
+            actors: Vec::with_capacity(entries.len()),
+            actions: Vec::with_capacity(entries.len()),
+            targets: Vec::with_capacity(entries.len()),
+            outcomes: Vec::with_capacity(entries.len()),
+            codes: Vec::with_capacity(entries.len()),
+            traces: Vec::with_capacity(entries.len()),
+            details: Vec::with_capacity(entries.len()),
+        };
+        for e in entries {
+            let mut d = e.details;
+            r.redact_json(&mut d);
+            c.ids.push(Uuid::now_v7());
+            c.actors.push(e.actor.to_string());
+            c.actions.push(e.action.to_string());
+            c.targets
+                .push(e.target.map(|t| r.redact_str(&t).into_owned()));
+            c.outcomes.push(e.outcome.as_str());
+            c.codes.push(e.code);
+            c.traces.push(e.trace_id);
+            c.details.push(d);
+        }
+        c
+    }
+}
+
 /// Append many records in one statement (batched writers: workers completing runs).
 pub async fn record_many(conn: &mut PgConnection, entries: Vec<Entry<'_>>) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
     let project = tenancy::require()?;
-    let r = redact::Redactor::global();
-    let mut ids = Vec::with_capacity(entries.len());
-    let mut actors = Vec::with_capacity(entries.len());
-    let mut actions = Vec::with_capacity(entries.len());
-    let mut targets = Vec::with_capacity(entries.len());
-    let mut outcomes = Vec::with_capacity(entries.len());
-    let mut codes = Vec::with_capacity(entries.len());
-    let mut traces = Vec::with_capacity(entries.len());
-    let mut details = Vec::with_capacity(entries.len());
-    for e in entries {
-        let mut d = e.details;
-        r.redact_json(&mut d);
-        ids.push(Uuid::now_v7());
-        actors.push(e.actor.to_string());
-        actions.push(e.action.to_string());
-        targets.push(e.target.map(|t| r.redact_str(&t).into_owned()));
-        outcomes.push(e.outcome.as_str());
-        codes.push(e.code);
-        traces.push(e.trace_id);
-        details.push(d);
-    }
+    let c = Columns::of(entries);
     sqlx::query(
         "INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details) \
          SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[])",
     )
     .bind(project.as_str())
-    .bind(&ids)
-    .bind(&actors)
-    .bind(&actions)
-    .bind(&targets)
-    .bind(&outcomes)
-    .bind(&codes)
-    .bind(&traces)
-    .bind(&details)
+    .bind(&c.ids)
+    .bind(&c.actors)
+    .bind(&c.actions)
+    .bind(&c.targets)
+    .bind(&c.outcomes)
+    .bind(&c.codes)
+    .bind(&c.traces)
+    .bind(&c.details)
     .execute(conn)
     .await?;
     Ok(())

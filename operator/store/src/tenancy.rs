@@ -182,12 +182,22 @@ impl Db {
     /// A transaction scoped to the current tenant (from the task-local).
     pub async fn tenant(&self) -> Result<Transaction<'static, Postgres>> {
         let project = require()?;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('awooop.project_id', $1, true)")
-            .bind(project.as_str())
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+        // BEGIN and the scope in one round trip (a simple query with two statements): every
+        // tenant transaction pays it, and the channel hub's group commit is round-trip bound.
+        // The id is spliced into the SQL only because `ProjectId` admits `[a-z0-9-]` alone
+        // (checked again here, so a future change of that rule cannot open an injection).
+        let id = project.as_str();
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(Error::new(
+                ErrorCode::ProjectInvalid,
+                "project id must match ^[a-z][a-z0-9-]{1,62}$",
+            ));
+        }
+        let begin = format!("BEGIN; SELECT set_config('awooop.project_id', '{id}', true)");
+        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?)
     }
 
     /// A platform-scoped transaction; writes the `platform_audit` row first.

@@ -914,6 +914,11 @@ pub struct BenchArgs {
     /// KUBEBUILDER_ASSETS (see docs/kubernetes.md) instead of the in-process fake.
     #[arg(long)]
     pub apiserver: bool,
+    /// bench runs: also drain the same number of no-op jobs with graphile-worker 0.17.3 (its
+    /// documented throughput settings, 10 concurrent) on a scratch database of the same
+    /// PostgreSQL, via scripts/bench-runs-peer.sh (needs node and npm), and print the ratio.
+    #[arg(long)]
+    pub peer: bool,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

@@ -28,5 +28,6 @@ mod model;
 mod operator;
 mod redis_coordination;
 mod runtime;
+mod runtime_batches;
 mod runtime_faults;
 mod tenancy_rls;

@@ -50,12 +50,9 @@ async fn create(cp: &ControlPlane, p: &ProjectId, n: usize) -> Vec<Uuid> {
             mode: None,
             reply_to: None,
         };
-        let v = tenancy::scope(
-            p.clone(),
-            runs.create(&admin(), req, None, None),
-        )
-        .await
-        .unwrap();
+        let v = tenancy::scope(p.clone(), runs.create(&admin(), req, None, None))
+            .await
+            .unwrap();
         ids.push(v.run_id);
     }
     ids
@@ -152,10 +149,16 @@ async fn a_completion_batch_lands_only_current_attempts_with_journal_audit_and_e
     assert_eq!(released, 2);
     let second = repo::worker_claim(&t.app, "w2", 10, 30.0).await.unwrap();
     assert_eq!(second.len(), 2);
-    assert!(second.iter().all(|c| c.attempt == 2 && lost.contains(&c.run_id)));
+    assert!(
+        second
+            .iter()
+            .all(|c| c.attempt == 2 && lost.contains(&c.run_id))
+    );
 
     // Listen for run-event notices before the batch commits.
-    let mut listener = sqlx::postgres::PgListener::connect_with(&t.app).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect_with(&t.app)
+        .await
+        .unwrap();
     listener.listen("awooop_run_events").await.unwrap();
 
     // One batch with all six first attempts: the two stale ones must not land.
@@ -165,9 +168,17 @@ async fn a_completion_batch_lands_only_current_attempts_with_journal_audit_and_e
 
     for id in &ids[2..] {
         let f = facts(&t, "alpha", *id).await;
-        assert_eq!((f.0.as_str(), f.1, f.3, f.4), ("succeeded", 1, 1, 1), "{f:?}");
+        assert_eq!(
+            (f.0.as_str(), f.1, f.3, f.4),
+            ("succeeded", 1, 1, 1),
+            "{f:?}"
+        );
         assert_gapless(&f);
-        assert_eq!(f.6, ["created", "state", "state", "output", "step"], "{f:?}");
+        assert_eq!(
+            f.6,
+            ["created", "state", "state", "output", "step"],
+            "{f:?}"
+        );
     }
     for id in &lost {
         // Still held by attempt 2: no journal row, no audit row, no event from the stale write.
@@ -203,7 +214,11 @@ async fn a_completion_batch_lands_only_current_attempts_with_journal_audit_and_e
     assert_eq!(complete(&cp, &p, &batch).await, vec![true, true]);
     for id in &lost {
         let f = facts(&t, "alpha", *id).await;
-        assert_eq!((f.0.as_str(), f.1, f.3, f.4), ("succeeded", 2, 1, 1), "{f:?}");
+        assert_eq!(
+            (f.0.as_str(), f.1, f.3, f.4),
+            ("succeeded", 2, 1, 1),
+            "{f:?}"
+        );
         assert_gapless(&f);
     }
     // The same batch again (a retried write) changes nothing.
@@ -240,7 +255,11 @@ async fn a_killed_workers_whole_batch_finishes_exactly_once_elsewhere() {
 
     // The victim has its own pool: killing it drops its connections too.
     let vpool = awooop::db::connect_app(&t.url, 4).await.unwrap();
-    let vcp = ControlPlane::new(tenancy::Db::new(vpool.clone()), Coord::none(), test_keyring());
+    let vcp = ControlPlane::new(
+        tenancy::Db::new(vpool.clone()),
+        Coord::none(),
+        test_keyring(),
+    );
     let exec = Arc::new(HangFirst(ScriptedExecutor::new(GuardedGateway::new(
         vcp.clone(),
         Arc::new(NoGateway),
@@ -276,7 +295,10 @@ async fn a_killed_workers_whole_batch_finishes_exactly_once_elsewhere() {
     let rh = tokio::spawn(rescuer.clone().run(rx));
     let deadline = Instant::now() + Duration::from_secs(60);
     while (rescuer.stats.succeeded.load(Ordering::Relaxed) as usize) < n {
-        assert!(Instant::now() < deadline, "the killed worker's runs were not finished");
+        assert!(
+            Instant::now() < deadline,
+            "the killed worker's runs were not finished"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.send(true).unwrap();
@@ -306,7 +328,11 @@ async fn a_killed_workers_whole_batch_finishes_exactly_once_elsewhere() {
     for id in &ids {
         let f = facts(&t, "alpha", *id).await;
         // Succeeded once, on the second attempt, with one journal row and one audit row.
-        assert_eq!((f.0.as_str(), f.1, f.3, f.4), ("succeeded", 2, 1, 1), "{f:?}");
+        assert_eq!(
+            (f.0.as_str(), f.1, f.3, f.4),
+            ("succeeded", 2, 1, 1),
+            "{f:?}"
+        );
         assert_gapless(&f);
     }
     assert_eq!(rescuer.stats.succeeded.load(Ordering::Relaxed) as usize, n);

@@ -65,7 +65,9 @@ async fn peer_jobs_per_sec(base: &str, n: usize) -> anyhow::Result<f64> {
     ]
     .into_iter()
     .find(|p| p.exists())
-    .ok_or_else(|| anyhow::anyhow!("scripts/bench-runs-peer.sh not found: run from the repository root"))?;
+    .ok_or_else(|| {
+        anyhow::anyhow!("scripts/bench-runs-peer.sh not found: run from the repository root")
+    })?;
     let out = tokio::process::Command::new("bash")
         .arg(&script)
         .arg(n.to_string())

@@ -132,7 +132,10 @@ pub async fn worker_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> 
 /// is what makes it safe to place inside the literal; `debug_assert` keeps that visible.
 fn begin_tenant_sql(project: &ProjectId) -> String {
     debug_assert!(ProjectId::parse(project.as_str()).is_ok());
-    format!("BEGIN; SET LOCAL awooop.project_id = '{}'", project.as_str())
+    format!(
+        "BEGIN; SET LOCAL awooop.project_id = '{}'",
+        project.as_str()
+    )
 }
 
 /// Database handle for the runtime role. Cloning is cheap.

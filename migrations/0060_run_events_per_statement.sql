@@ -67,13 +67,14 @@ BEGIN
         SELECT project_id, run_id, s + 1, 'output', jsonb_build_object('output', output)
         FROM changed WHERE state = 'succeeded'
     ), ins AS (
+        -- No RETURNING: it would need the SELECT policy of run_events, which worker scope
+        -- (claims, the reaper) does not have. The statement inserts every row of `ev` or fails.
         INSERT INTO run_events (project_id, run_id, seq, kind, data)
         SELECT project_id, run_id, seq, kind, data FROM ev
-        RETURNING project_id, run_id, seq
     )
     SELECT count(pg_notify('awooop_run_events', project_id || ' ' || run_id::text || ' ' || last::text))
     INTO notified
-    FROM (SELECT project_id, run_id, max(seq) AS last FROM ins GROUP BY project_id, run_id) l;
+    FROM (SELECT project_id, run_id, max(seq) AS last FROM ev GROUP BY project_id, run_id) l;
     RETURN NULL;
 END
 $$;

@@ -208,6 +208,8 @@ async fn a_completion_batch_lands_only_current_attempts_with_journal_audit_and_e
         *e = (*e).max(seq);
     }
     assert!(lost.iter().all(|id| !last.contains_key(id)), "{last:?}");
+    // The listener holds a connection of the pool: give it back, or closing the pool waits.
+    drop(listener);
 
     // The current attempts of the two lost runs land in the next batch.
     let batch: Vec<Completion> = second.iter().map(succeeded).collect();

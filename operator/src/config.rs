@@ -918,6 +918,11 @@ pub struct BenchArgs {
     /// multi-process cap test; prints one JSON line).
     #[command(flatten)]
     pub budget_worker: BudgetWorkerArgs,
+    /// bench runs: also drain the same number of no-op jobs with graphile-worker 0.17.3 (its
+    /// documented throughput settings, 10 concurrent) on a scratch database of the same
+    /// PostgreSQL, via scripts/bench-runs-peer.sh (needs node and npm), and print the ratio.
+    #[arg(long)]
+    pub peer: bool,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

@@ -30,5 +30,6 @@ mod operator;
 mod redis_coordination;
 mod run_events_feed;
 mod runtime;
+mod runtime_batches;
 mod runtime_faults;
 mod tenancy_rls;

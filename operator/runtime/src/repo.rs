@@ -540,7 +540,23 @@ pub async fn worker_claim_for(
     project: Option<&str>,
 ) -> Result<Vec<Claimed>> {
     let mut tx = worker_tx(pool).await?;
-    let rows = sqlx::query_as(
+    let rows = claim_in(&mut tx, worker, n, lease_seconds, project).await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The claim statement of [`worker_claim_for`], in a transaction the caller holds in worker
+/// scope: the completion writer claims the next runs in the transaction that completes the
+/// last ones (one commit and three round trips fewer per cycle; the slots the completions
+/// free are refilled the moment they are freed).
+pub async fn claim_in(
+    conn: &mut PgConnection,
+    worker: &str,
+    n: i64,
+    lease_seconds: f64,
+    project: Option<&str>,
+) -> Result<Vec<Claimed>> {
+    Ok(sqlx::query_as(
         // Candidates are locked with SKIP LOCKED, then ranked per project so that a project never
         // gets more running runs than its Runtime contract's max_concurrent_runs. Candidates
         // over the limit stay queued (their row locks end with this transaction). Two workers
@@ -575,10 +591,18 @@ pub async fn worker_claim_for(
     .bind(worker)
     .bind(lease_seconds)
     .bind(project)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Turn a tenant transaction that has done its tenant work into a worker-scoped one (for
+/// [`claim_in`] after [`complete_batch`]). Row-level security then also admits the worker
+/// policy on `runs`; nothing tenant-scoped is written after this in the transaction.
+pub async fn enter_worker_scope(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SET LOCAL awooop.scope = 'worker'")
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Extend the leases of the runs this worker holds (fenced by attempt). Returns how many

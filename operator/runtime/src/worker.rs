@@ -5,7 +5,7 @@
 //! time out. A worker that cannot heartbeat stops claiming until it can again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +85,15 @@ pub struct Worker {
     contracts: Mutex<HashMap<Uuid, Arc<AgentContract>>>,
     completions: mpsc::Sender<Pending>,
     completions_rx: Mutex<Option<mpsc::Receiver<Pending>>>,
+    /// Runs the completion writer claimed in a completion's transaction, for the claim loop to
+    /// start (they are in `held` from their commit on, so they are heartbeated while queued).
+    refills: mpsc::UnboundedSender<Vec<Claimed>>,
+    refills_rx: Mutex<Option<mpsc::UnboundedReceiver<Vec<Claimed>>>>,
+    /// Slots promised to refills not yet started: the claim loop counts them as taken, so the
+    /// two claimers together never hold more runs than there are slots.
+    reserved: AtomicUsize,
+    /// Set when the claim loop stops: the writer then claims nothing more.
+    stopping: AtomicBool,
     /// Agents' output schemas (enforced on every successful run's result).
     schemas: crate::validate::SchemaCache,
 }
@@ -98,6 +107,7 @@ impl Worker {
     ) -> Self {
         // Bounded by the slots: at most one pending completion per run in flight.
         let (tx, rx) = mpsc::channel(cfg.slots.max(1) * 2);
+        let (refills, refills_rx) = mpsc::unbounded_channel();
         Self {
             pool,
             control,
@@ -110,6 +120,10 @@ impl Worker {
             contracts: Mutex::default(),
             completions: tx,
             completions_rx: Mutex::new(Some(rx)),
+            refills,
+            refills_rx: Mutex::new(Some(refills_rx)),
+            reserved: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
             schemas: crate::validate::SchemaCache::default(),
         }
     }
@@ -135,6 +149,17 @@ impl Worker {
                     "a worker runs once",
                 )
             })?;
+        let mut refills = self
+            .refills_rx
+            .lock()
+            .expect("refill receiver")
+            .take()
+            .ok_or_else(|| {
+                awooop_core::error::Error::new(
+                    awooop_core::error::ErrorCode::Internal,
+                    "a worker runs once",
+                )
+            })?;
         let _background = AbortOnDrop(vec![
             self.clone().spawn_listener(wake.clone()),
             self.clone().spawn_heartbeat(),
@@ -149,7 +174,14 @@ impl Worker {
                 break;
             }
             while tasks.try_join_next().is_some() {}
-            let free = slots.available_permits();
+            while let Ok(batch) = refills.try_recv() {
+                self.start_refills(batch, &slots, &mut tasks).await;
+            }
+            // Permits freed by completions whose transaction also claimed their successors
+            // belong to those successors.
+            let free = slots
+                .available_permits()
+                .saturating_sub(self.reserved.load(Ordering::Acquire));
             let mut claimed_full = false;
             // Claim in batches: wait until a quarter of the slots are free (or all of them)
             // rather than issuing one claim per finished run.
@@ -172,17 +204,11 @@ impl Worker {
                             .claimed
                             .fetch_add(batch.len() as u64, Ordering::Relaxed);
                         for c in batch {
-                            let permit =
-                                slots.clone().acquire_owned().await.expect("semaphore open");
                             self.held
                                 .lock()
                                 .expect("held lock")
                                 .insert(c.run_id, c.attempt);
-                            let me = self.clone();
-                            tasks.spawn(async move {
-                                me.execute(c).await;
-                                drop(permit);
-                            });
+                            self.spawn_run(c, &slots, &mut tasks).await;
                         }
                     }
                     Err(e) => tracing::warn!(code = e.code.as_str(), "claim failed"),
@@ -192,13 +218,15 @@ impl Worker {
                 continue;
             }
             tokio::select! {
+                Some(batch) = refills.recv() => self.start_refills(batch, &slots, &mut tasks).await,
                 _ = wake.notified() => {},
                 _ = tokio::time::sleep(self.cfg.poll) => {},
                 _ = shutdown.changed() => {},
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {},
             }
         }
-        // Graceful shutdown.
+        // Graceful shutdown. Refills already claimed stay in `held` and are released below.
+        self.stopping.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + self.cfg.grace;
         while !tasks.is_empty() {
             if tokio::time::timeout_at(deadline, tasks.join_next())
@@ -223,6 +251,34 @@ impl Worker {
             tracing::info!(released, "released in-flight runs to the queue");
         }
         Ok(())
+    }
+
+    async fn spawn_run(
+        self: &Arc<Self>,
+        c: Claimed,
+        slots: &Arc<tokio::sync::Semaphore>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
+        let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+        let me = self.clone();
+        tasks.spawn(async move {
+            me.execute(c).await;
+            drop(permit);
+        });
+    }
+
+    /// Start runs the completion writer claimed. Their permits come from the runs whose
+    /// completion freed them (released as those tasks end, right after the commit).
+    async fn start_refills(
+        self: &Arc<Self>,
+        batch: Vec<Claimed>,
+        slots: &Arc<tokio::sync::Semaphore>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
+        for c in batch {
+            self.spawn_run(c, slots, tasks).await;
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn spawn_listener(self: Arc<Self>, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
@@ -607,19 +663,43 @@ impl Worker {
             for (p, c, tx) in batch {
                 by_project.entry(p).or_default().push((c, tx));
             }
-            for (project, group) in by_project {
+            let groups = by_project.len();
+            // The last project's transaction claims as many successors as its completions free
+            // slots (the slots of earlier groups are acknowledged first; the claim loop refills
+            // those).
+            for (g, (project, group)) in by_project.into_iter().enumerate() {
                 let (items, senders): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let last = g + 1 == groups;
                 // Transient failures (deadlock, serialization, a dropped connection) are
                 // retried: the batch is one transaction, so a retry cannot half-apply it.
                 let mut attempt = 0;
                 let res = loop {
                     attempt += 1;
+                    // A retry claims nothing: a failing claim must never hold completions back.
+                    let claim = last && attempt == 1;
                     let r = tenancy::scope(project.clone(), async {
                         let mut tx = self.control.db().tenant().await?;
                         let landed =
                             repo::complete_batch(&mut tx, project.as_str(), &items).await?;
+                        let n = landed.iter().filter(|l| **l).count();
+                        let mut next = Vec::new();
+                        if claim
+                            && n > 0
+                            && !self.stopping.load(Ordering::Acquire)
+                            && self.healthy.load(Ordering::Relaxed)
+                        {
+                            repo::enter_worker_scope(&mut tx).await?;
+                            next = repo::claim_in(
+                                &mut tx,
+                                &self.cfg.id,
+                                n.min(self.cfg.slots) as i64,
+                                self.cfg.lease.as_secs_f64(),
+                                self.cfg.project.as_deref(),
+                            )
+                            .await?;
+                        }
                         tx.commit().await?;
-                        Ok::<_, awooop_core::error::Error>(landed)
+                        Ok::<_, awooop_core::error::Error>((landed, next))
                     })
                     .await;
                     match r {
@@ -631,7 +711,25 @@ impl Worker {
                     }
                 };
                 match res {
-                    Ok(landed) => {
+                    Ok((landed, next)) => {
+                        if !next.is_empty() {
+                            // Before the completions are acknowledged (their tasks then free
+                            // the permits): reserve the permits, hold the runs, hand them over.
+                            self.stats
+                                .claimed
+                                .fetch_add(next.len() as u64, Ordering::Relaxed);
+                            self.reserved.fetch_add(next.len(), Ordering::AcqRel);
+                            {
+                                let mut held = self.held.lock().expect("held lock");
+                                for c in &next {
+                                    held.insert(c.run_id, c.attempt);
+                                }
+                            }
+                            if let Err(mpsc::error::SendError(lost)) = self.refills.send(next) {
+                                // The claim loop is gone: the runs go back with its release.
+                                self.reserved.fetch_sub(lost.len(), Ordering::AcqRel);
+                            }
+                        }
                         for (s, l) in senders.into_iter().zip(landed) {
                             let _ = s.send(Ok(l));
                         }

@@ -37,11 +37,54 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let res = bench(&scratch, n, workers, args.quick).await;
     drop_scratch(&base, &scratch).await;
     let r = res?;
-    println!(
+    let mut line = format!(
         "runs_per_sec={:.0} runs_per_sec_bulk_uncapped={:.0} creates_per_sec={:.0} pickup_p50_ms={:.2} pickup_p95_ms={:.2} pickup_p99_ms={:.2} recovery_s={:.2} runs={n} workers={workers}",
         r.rps, r.rps_raw, r.creates_per_sec, r.pickup[0], r.pickup[1], r.pickup[2], r.recovery
     );
+    if args.peer {
+        // The peer drains the same number of jobs right after ours, on the same server, so
+        // both figures see the same machine load.
+        let peer = peer_jobs_per_sec(&base, n).await?;
+        line.push_str(&format!(
+            " peer=graphile-worker@0.17.3 peer_jobs_per_sec={peer:.0} ratio={:.2} ratio_bulk_uncapped={:.2}",
+            r.rps / peer,
+            r.rps_raw / peer
+        ));
+    }
+    println!("{line}");
     Ok(())
+}
+
+/// Run scripts/bench-runs-peer.sh (graphile-worker 0.17.3, local queue 500, batched
+/// completion, 10 concurrent, `n` no-op jobs) against `base`'s server; its jobs per second.
+async fn peer_jobs_per_sec(base: &str, n: usize) -> anyhow::Result<f64> {
+    // From the repository root (the usual place to run benchmarks), else next to the sources.
+    let script = [
+        std::path::PathBuf::from("scripts/bench-runs-peer.sh"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench-runs-peer.sh"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .ok_or_else(|| {
+        anyhow::anyhow!("scripts/bench-runs-peer.sh not found: run from the repository root")
+    })?;
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(n.to_string())
+        .arg("10")
+        .env("DATABASE_URL", base)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "peer benchmark failed: {stdout}");
+    eprintln!("{}", stdout.trim());
+    stdout
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("peer_jobs_per_sec="))
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .ok_or_else(|| anyhow::anyhow!("peer benchmark printed no peer_jobs_per_sec: {stdout}"))
 }
 
 struct Figures {

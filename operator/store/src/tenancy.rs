@@ -116,12 +116,35 @@ pub fn platform_redis_key(kind: &str, id: &str) -> String {
 }
 
 /// A worker-scoped transaction: sees `runs` of every project (and nothing else).
+///
+/// The scope is set in the same simple-query message as `BEGIN` (one round trip instead of
+/// two: the run path opens one such transaction per claim batch). sqlx checks that the
+/// connection is inside a transaction afterwards; a failing `SET LOCAL` aborts it, so the
+/// begin fails rather than handing out a transaction without its scope.
 pub async fn worker_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('awooop.scope', 'worker', true)")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    Ok(pool
+        .begin_with("BEGIN; SET LOCAL awooop.scope = 'worker'")
+        .await?)
+}
+
+/// `BEGIN` plus the transaction-local tenant setting, as one statement string. The project id
+/// is validated (`^[a-z][a-z0-9-]{1,62}$`: no quote, backslash or semicolon can occur), which
+/// is what makes it safe to place inside the literal; `debug_assert` keeps that visible.
+fn begin_tenant_sql(project: &ProjectId) -> Result<String> {
+    // The id is spliced into the SQL only because `ProjectId` admits `[a-z0-9-]` alone; checked
+    // again here (not just debug-asserted), so a future change of that rule fails closed instead
+    // of opening an injection.
+    let id = project.as_str();
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(Error::new(
+            ErrorCode::ProjectInvalid,
+            "project id must match ^[a-z][a-z0-9-]{1,62}$",
+        ));
+    }
+    Ok(format!("BEGIN; SET LOCAL awooop.project_id = '{id}'"))
 }
 
 /// Database handle for the runtime role. Cloning is cheap.
@@ -182,22 +205,12 @@ impl Db {
     /// A transaction scoped to the current tenant (from the task-local).
     pub async fn tenant(&self) -> Result<Transaction<'static, Postgres>> {
         let project = require()?;
-        // BEGIN and the scope in one round trip (a simple query with two statements): every
-        // tenant transaction pays it, and the channel hub's group commit is round-trip bound.
-        // The id is spliced into the SQL only because `ProjectId` admits `[a-z0-9-]` alone
-        // (checked again here, so a future change of that rule cannot open an injection).
-        let id = project.as_str();
-        if !id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(Error::new(
-                ErrorCode::ProjectInvalid,
-                "project id must match ^[a-z][a-z0-9-]{1,62}$",
-            ));
-        }
-        let begin = format!("BEGIN; SELECT set_config('awooop.project_id', '{id}', true)");
-        Ok(self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?)
+        // One round trip: every tenant transaction of the run path (completions, journal
+        // flushes) pays this once.
+        Ok(self
+            .pool
+            .begin_with(sqlx::AssertSqlSafe(begin_tenant_sql(&project)?))
+            .await?)
     }
 
     /// A platform-scoped transaction; writes the `platform_audit` row first.

@@ -1,0 +1,342 @@
+//! The run path's guarantees under batching (issue 18, "Runs"): one completion batch mixing
+//! current and stale attempts lands only the current ones, each with its journal row, its one
+//! `run.finish` audit row and its events numbered 1, 2, 3, ... without a gap; the run events
+//! written per statement (migration 0060) announce every run's last event; a killed worker's
+//! whole batch of runs is finished exactly once by another worker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use awooop::contracts::ContractKind;
+use awooop::control::ControlPlane;
+use awooop::coord::Coord;
+use awooop::runtime::executor::{
+    Executor, GuardedGateway, Journal, NoGateway, Outcome, RunContext, ScriptedExecutor,
+};
+use awooop::runtime::repo::{self, Completion, PendingStep};
+use awooop::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
+use awooop::runtime::{CreateRun, RunService, RunState};
+use awooop::tenancy::{self, ProjectId};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::support::*;
+
+async fn echo_project(cp: &ControlPlane, id: &str) -> ProjectId {
+    let p = project(cp, id, 1).await;
+    tenancy::scope(p.clone(), async {
+        let body = json!({
+            "display_name": "Echo", "context_domain": "demo",
+            "safety": {"max_risk": "read_only", "max_steps": 4, "max_tokens_per_run": 1, "timeout_seconds": 60},
+            "executor": {"type": "scripted", "steps": [{"type": "output", "key": "echo", "template": "hello {{input.name}}"}]}
+        });
+        let r = publish(cp, ContractKind::Agent, "echo", body).await;
+        approve_and_activate(cp, r, 1).await;
+    })
+    .await;
+    p
+}
+
+async fn create(cp: &ControlPlane, p: &ProjectId, n: usize) -> Vec<Uuid> {
+    let runs = RunService::new(cp.clone());
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let req = CreateRun {
+            agent: "echo".into(),
+            input: json!({"name": i}),
+            mode: None,
+            reply_to: None,
+        };
+        let v = tenancy::scope(p.clone(), runs.create(&admin(), req, None, None))
+            .await
+            .unwrap();
+        ids.push(v.run_id);
+    }
+    ids
+}
+
+fn succeeded(c: &repo::Claimed) -> Completion {
+    let trace = awooop::runtime::trace::TraceContext {
+        trace_id: c.trace_id.clone(),
+        span_id: c.span_id.clone(),
+        sampled: true,
+    };
+    Completion {
+        run_id: c.run_id,
+        attempt: c.attempt,
+        state: RunState::Succeeded,
+        output: Some(json!({"result": format!("attempt {}", c.attempt)})),
+        error: None,
+        steps: vec![PendingStep {
+            index: 0,
+            key: "echo".into(),
+            step_type: "output".into(),
+            input_hash: "sha256:test".into(),
+            status: "succeeded".into(),
+            output: Some(json!("x")),
+            error_code: None,
+            trace: trace.clone(),
+            started_at: chrono::Utc::now(),
+        }],
+        reply: None,
+        approval: None,
+        trace_id: c.trace_id.clone(),
+    }
+}
+
+async fn complete(cp: &ControlPlane, p: &ProjectId, items: &[Completion]) -> Vec<bool> {
+    tenancy::scope(p.clone(), async {
+        let mut tx = cp.db().tenant().await.unwrap();
+        let landed = repo::complete_batch(&mut tx, p.as_str(), items)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        landed
+    })
+    .await
+}
+
+/// Per run: (state, attempt, event_seq, journal rows, run.finish audit rows, event seqs, kinds).
+type RunFacts = (String, i32, i64, i64, i64, Vec<i64>, Vec<String>);
+
+async fn facts(t: &TestDb, project: &str, id: Uuid) -> RunFacts {
+    let mut tx = scoped_tx(&t.app, project).await;
+    let (state, attempt, seq, steps, audits): (String, i32, i64, i64, i64) = sqlx::query_as(
+        "SELECT state, attempt, event_seq, \
+                (SELECT count(*) FROM run_steps s WHERE s.run_id = r.run_id), \
+                (SELECT count(*) FROM audit_log a WHERE a.action = 'run.finish' AND a.target = r.run_id::text) \
+         FROM runs r WHERE run_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let evs: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, kind FROM run_events WHERE run_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    let (seqs, kinds) = evs.into_iter().unzip();
+    (state, attempt, seq, steps, audits, seqs, kinds)
+}
+
+#[track_caller]
+fn assert_gapless(f: &RunFacts) {
+    let want: Vec<i64> = (1..=f.2).collect();
+    assert_eq!(f.5, want, "events must be numbered 1..=event_seq: {f:?}");
+}
+
+#[tokio::test]
+async fn a_completion_batch_lands_only_current_attempts_with_journal_audit_and_events() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let ids = create(&cp, &p, 6).await;
+
+    let first = repo::worker_claim(&t.app, "w1", 10, 30.0).await.unwrap();
+    assert_eq!(first.len(), 6);
+    let by_id: HashMap<Uuid, repo::Claimed> = first.iter().map(|c| (c.run_id, c.clone())).collect();
+    // Runs 0 and 1 lose their lease: released, then claimed again by w2 (attempt 2).
+    let lost = [ids[0], ids[1]];
+    let released = repo::worker_release(&t.app, "w1", &[(lost[0], 1), (lost[1], 1)])
+        .await
+        .unwrap();
+    assert_eq!(released, 2);
+    let second = repo::worker_claim(&t.app, "w2", 10, 30.0).await.unwrap();
+    assert_eq!(second.len(), 2);
+    assert!(
+        second
+            .iter()
+            .all(|c| c.attempt == 2 && lost.contains(&c.run_id))
+    );
+
+    // Listen for run-event notices before the batch commits.
+    let mut listener = sqlx::postgres::PgListener::connect_with(&t.app)
+        .await
+        .unwrap();
+    listener.listen("awooop_run_events").await.unwrap();
+
+    // One batch with all six first attempts: the two stale ones must not land.
+    let batch: Vec<Completion> = ids.iter().map(|id| succeeded(&by_id[id])).collect();
+    let landed = complete(&cp, &p, &batch).await;
+    assert_eq!(landed, vec![false, false, true, true, true, true]);
+
+    for id in &ids[2..] {
+        let f = facts(&t, "alpha", *id).await;
+        assert_eq!(
+            (f.0.as_str(), f.1, f.3, f.4),
+            ("succeeded", 1, 1, 1),
+            "{f:?}"
+        );
+        assert_gapless(&f);
+        assert_eq!(
+            f.6,
+            ["created", "state", "state", "output", "step"],
+            "{f:?}"
+        );
+    }
+    for id in &lost {
+        // Still held by attempt 2: no journal row, no audit row, no event from the stale write.
+        let f = facts(&t, "alpha", *id).await;
+        assert_eq!((f.0.as_str(), f.1, f.3, f.4), ("running", 2, 0, 0), "{f:?}");
+        assert_gapless(&f);
+        assert_eq!(f.6, ["created", "state", "state", "state"], "{f:?}");
+    }
+
+    // Every landed run's last event is announced (listeners wake for it and read back from
+    // their cursor); nothing is announced for the runs that did not land.
+    let mut last: HashMap<Uuid, i64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ids[2..].iter().any(|id| last.get(id) != Some(&5)) {
+        assert!(Instant::now() < deadline, "notices so far: {last:?}");
+        let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("a notice")
+            .unwrap();
+        // '{project} {run} {seq}' (store::events::Notice).
+        let parts: Vec<&str> = n.payload().split(' ').collect();
+        assert_eq!(parts.len(), 3, "{}", n.payload());
+        assert_eq!(parts[0], "alpha");
+        let run: Uuid = parts[1].parse().unwrap();
+        let seq: i64 = parts[2].parse().unwrap();
+        let e = last.entry(run).or_default();
+        *e = (*e).max(seq);
+    }
+    assert!(lost.iter().all(|id| !last.contains_key(id)), "{last:?}");
+    // The listener holds a connection of the pool: give it back, or closing the pool waits.
+    drop(listener);
+
+    // The current attempts of the two lost runs land in the next batch.
+    let batch: Vec<Completion> = second.iter().map(succeeded).collect();
+    assert_eq!(complete(&cp, &p, &batch).await, vec![true, true]);
+    for id in &lost {
+        let f = facts(&t, "alpha", *id).await;
+        assert_eq!(
+            (f.0.as_str(), f.1, f.3, f.4),
+            ("succeeded", 2, 1, 1),
+            "{f:?}"
+        );
+        assert_gapless(&f);
+    }
+    // The same batch again (a retried write) changes nothing.
+    assert_eq!(complete(&cp, &p, &batch).await, vec![false, false]);
+    let f = facts(&t, "alpha", lost[0]).await;
+    assert_eq!((f.3, f.4, f.2), (1, 1, 7), "{f:?}");
+    t.cleanup().await;
+}
+
+/// Hangs on every first attempt (the worker that holds them is the one killed).
+struct HangFirst(ScriptedExecutor);
+
+#[async_trait]
+impl Executor for HangFirst {
+    async fn execute(
+        &self,
+        ctx: &RunContext,
+        journal: &mut Journal,
+    ) -> awooop::error::Result<Outcome> {
+        if ctx.attempt == 1 {
+            std::future::pending::<()>().await;
+        }
+        self.0.execute(ctx, journal).await
+    }
+}
+
+#[tokio::test]
+async fn a_killed_workers_whole_batch_finishes_exactly_once_elsewhere() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let n = 40;
+    let ids = create(&cp, &p, n).await;
+
+    // The victim has its own pool: killing it drops its connections too.
+    let vpool = awooop::db::connect_app(&t.url, 4).await.unwrap();
+    let vcp = ControlPlane::new(
+        tenancy::Db::new(vpool.clone()),
+        Coord::none(),
+        test_keyring(),
+    );
+    let exec = Arc::new(HangFirst(ScriptedExecutor::new(GuardedGateway::new(
+        vcp.clone(),
+        Arc::new(NoGateway),
+    ))));
+    let mut cfg = WorkerConfig::new("victim");
+    cfg.slots = 64;
+    cfg.lease = Duration::from_millis(800);
+    cfg.heartbeat = Duration::from_millis(200);
+    cfg.poll = Duration::from_millis(50);
+    let victim = Arc::new(Worker::new(vpool.clone(), vcp, exec, cfg));
+    let (_vs, vrx) = shutdown_channel();
+    let vh = tokio::spawn(victim.clone().run(vrx));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (victim.stats.claimed.load(Ordering::Relaxed) as usize) < n {
+        assert!(Instant::now() < deadline, "victim never claimed every run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    vh.abort();
+    vpool.close().await;
+
+    let mut cfg = WorkerConfig::new("rescuer");
+    cfg.slots = 16;
+    cfg.lease = Duration::from_secs(5);
+    cfg.heartbeat = Duration::from_secs(1);
+    cfg.poll = Duration::from_millis(50);
+    cfg.reap_every = Duration::from_millis(100);
+    let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+        cp.clone(),
+        Arc::new(NoGateway),
+    )));
+    let rescuer = Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg));
+    let (stop, rx) = shutdown_channel();
+    let rh = tokio::spawn(rescuer.clone().run(rx));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (rescuer.stats.succeeded.load(Ordering::Relaxed) as usize) < n {
+        assert!(
+            Instant::now() < deadline,
+            "the killed worker's runs were not finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    rh.await.unwrap().unwrap();
+
+    // The victim's late batch (every first attempt) lands nothing.
+    let late: Vec<Completion> = ids
+        .iter()
+        .map(|id| {
+            succeeded(&repo::Claimed {
+                project_id: "alpha".into(),
+                run_id: *id,
+                agent: "echo".into(),
+                mode: "shadow".into(),
+                input: json!({}),
+                agent_revision_id: Uuid::nil(),
+                trace_id: "0".repeat(32),
+                span_id: "0".repeat(16),
+                attempt: 1,
+                created_at: chrono::Utc::now(),
+                reply_to: None,
+            })
+        })
+        .collect();
+    assert!(complete(&cp, &p, &late).await.iter().all(|l| !l));
+
+    for id in &ids {
+        let f = facts(&t, "alpha", *id).await;
+        // Succeeded once, on the second attempt, with one journal row and one audit row.
+        assert_eq!(
+            (f.0.as_str(), f.1, f.3, f.4),
+            ("succeeded", 2, 1, 1),
+            "{f:?}"
+        );
+        assert_gapless(&f);
+    }
+    assert_eq!(rescuer.stats.succeeded.load(Ordering::Relaxed) as usize, n);
+    t.cleanup().await;
+}

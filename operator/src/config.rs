@@ -914,6 +914,11 @@ pub struct BenchArgs {
     /// KUBEBUILDER_ASSETS (see docs/kubernetes.md) instead of the in-process fake.
     #[arg(long)]
     pub apiserver: bool,
+    /// bench gateway: measure against this external MCP server (Streamable HTTP URL, e.g. an
+    /// `awooop mcp-fixture` process) instead of the in-process fixture. It must serve the
+    /// `blob {size}` tool; the gateway injects a Bearer credential it may ignore.
+    #[arg(long)]
+    pub upstream: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

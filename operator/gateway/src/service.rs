@@ -492,7 +492,7 @@ impl Gateway {
             tool: audited_tool,
             trace,
             started: Instant::now(),
-            bytes_in: serde_json::to_vec(&arguments).map_or(0, |v| v.len() as i64),
+            bytes_in: json_len(&arguments) as i64,
         };
         let allowed = match gates::decide(
             Self::view(caller),
@@ -704,7 +704,7 @@ impl Gateway {
                 tracing::warn!(code = e.code.as_str(), tool = %t.exposed, "dry-run evidence not recorded");
             }
         }
-        let bytes_out = serde_json::to_vec(&out.result).map_or(0, |v| v.len());
+        let bytes_out = json_len(&out.result);
         let mut details = json!({});
         if let Some(who) = approver {
             details["approver"] = json!(who);
@@ -887,6 +887,25 @@ impl Gateway {
     }
 }
 
+/// The length of `v` serialized as compact JSON, counted without building the text (the
+/// audit records sizes; a 16 KiB result was serialized once only to be measured).
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a `Value` into a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 /// Used until an upstream MCP client is wired in: every call that passes the gates fails with
 /// `E-MCP-003` (nothing is ever sent anywhere).
 pub struct NoUpstream;
@@ -900,5 +919,21 @@ impl ToolUpstream for NoUpstream {
         Err(UpstreamError::Unavailable(
             "no upstream MCP client is configured".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_len_is_the_length_of_the_compact_serialization() {
+        for v in [
+            json!({}),
+            json!({"content": [{"type": "text", "text": "é漢🙂\"\\\n"}], "isError": false}),
+            json!([1, 2.5, null, true, "x".repeat(16 * 1024)]),
+        ] {
+            assert_eq!(json_len(&v), serde_json::to_vec(&v).unwrap().len(), "{v}");
+        }
     }
 }

@@ -548,3 +548,41 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
         k16.gateway_rps,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn upstream_flag_is_parsed_and_checked() {
+        let cli = crate::config::Cli::try_parse_from([
+            "awooop",
+            "bench",
+            "gateway",
+            "--quick",
+            "--upstream",
+            "http://127.0.0.1:18090/mcp",
+        ])
+        .expect("bench gateway --upstream parses");
+        let crate::config::Command::Bench(b) = cli.command else {
+            panic!("not the bench command");
+        };
+        assert_eq!(b.upstream.as_deref(), Some("http://127.0.0.1:18090/mcp"));
+        assert!(egress("http://127.0.0.1:18090/mcp").is_ok());
+        assert!(egress("http://fixture.bench.internal:8080/mcp").is_ok());
+        for bad in ["ftp://127.0.0.1/mcp", "127.0.0.1:18090", "not a url"] {
+            let e = egress(bad).expect_err(bad).to_string();
+            assert!(e.contains("--upstream"), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_external_upstream_host_is_allowed_for_the_bench_project_only() {
+        let policy = egress("http://fixture.bench.internal:8080/mcp").unwrap();
+        let snap = policy.snapshot().await.unwrap();
+        let url = "http://fixture.bench.internal:8080/mcp";
+        assert!(snap.egress.check("bench", url).is_ok());
+        assert!(snap.egress.check("other", url).is_err());
+    }
+}

@@ -9,7 +9,8 @@
 #
 # Settings (environment): AWOOOP_BIN (default ./target/release/awooop, built with
 # `--features bench` for `mcp-fixture`), DURATION (10s), THREADS (2), CONNECTIONS (32),
-# SIZE (1024: the `blob` result in bytes), FX_PORT (18090), API_PORT (18080). Needs wrk
+# SIZE (1024: the `blob` result in bytes), FX_PORT (18090), API_PORT (18080), PERF_OUT (a
+# file: `perf record -e cpu-clock -g` of `awooop up` during the first gateway run). Needs wrk
 # (`apt-get install -y wrk`), curl and psql. It creates and drops its own database
 # (`awooop_wrk_<pid>`) on the server of DATABASE_URL and its own state folder.
 #
@@ -58,7 +59,8 @@ export RUST_LOG=${RUST_LOG:-warn}
 "$BIN" mcp-fixture --listen "127.0.0.1:$FX_PORT" >"$WORK/fixture.log" 2>&1 &
 PIDS+=($!)
 "$BIN" up --listen "127.0.0.1:$API_PORT" >"$WORK/up.log" 2>&1 &
-PIDS+=($!)
+UP_PID=$!
+PIDS+=($UP_PID)
 for _ in $(seq 1 600); do
     curl -fs "http://127.0.0.1:$API_PORT/healthz" >/dev/null 2>&1 && break
     sleep 0.1
@@ -170,7 +172,14 @@ sleep 1
 before=$(psql -qtA "$DATABASE_URL" -c "SELECT count(*) FROM mcp_call_audit")
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 read -r d1 dp50a dp99a dbad1 _ < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
+if [ -n "${PERF_OUT:-}" ]; then
+    # Profile `awooop up` during the first gateway run (software clock: no hardware counters
+    # needed). Read it with `perf report -i $PERF_OUT --no-children --sort dso,symbol`.
+    perf record -q -e cpu-clock -F 999 -g -o "$PERF_OUT" -p "$UP_PID" 2>/dev/null &
+    PERF_PID=$!
+fi
 read -r g1 gp50a gp99a gbad1 gn1 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
+if [ -n "${PERF_PID:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
 read -r g2 gp50b gp99b gbad2 gn2 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
 read -r d2 dp50b dp99b dbad2 _ < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -186,10 +195,10 @@ bad=$((dbad1 + dbad2 + gbad1 + gbad2))
 awk -v d1="$d1" -v d2="$d2" -v g1="$g1" -v g2="$g2" \
     -v dp50="$dp50a" -v dp50b="$dp50b" -v dp99="$dp99a" -v dp99b="$dp99b" \
     -v gp50="$gp50a" -v gp50b="$gp50b" -v gp99="$gp99a" -v gp99b="$gp99b" \
-    -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load="${LOAD_BEFORE%% *}" 'BEGIN {
+    -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load1="${LOAD_BEFORE%% *}" 'BEGIN {
   d = (d1 + d2) / 2; g = (g1 + g2) / 2
   printf "size=%d direct_rps=%.0f gateway_rps=%.0f ratio=%.2f direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f gateway_p99_ms=%.3f audit_rows=%d bad=%d load1=%s\n",
-    size, d, g, g / d, (dp50 + dp50b) / 2, (dp99 + dp99b) / 2, (gp50 + gp50b) / 2, (gp99 + gp99b) / 2, rows, bad, load
+    size, d, g, g / d, (dp50 + dp50b) / 2, (dp99 + dp99b) / 2, (gp50 + gp50b) / 2, (gp99 + gp99b) / 2, rows, bad, load1
 }'
 [ "$bad" -eq 0 ] || { echo "error: $bad responses were not successful results" >&2; exit 1; }
 [ "$((after - before))" -ge "$((gn1 + gn2))" ] || { echo "error: fewer audit rows than gateway calls" >&2; exit 1; }

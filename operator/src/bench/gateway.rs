@@ -464,7 +464,10 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
             Duration::from_secs(30),
         ),
         // The fixture listens on 127.0.0.1: allowed explicitly, as `awooop up` does.
-        Arc::new(Upstreams::guarded(UpstreamConfig::default(), policy.clone())),
+        Arc::new(Upstreams::guarded(
+            UpstreamConfig::default(),
+            policy.clone(),
+        )),
         audit,
         GatewayConfig {
             // High enough never to refuse a benchmark call, low enough to stay on (the
@@ -506,7 +509,11 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!(
         "gateway bench (upstream {}; load average before: {})",
-        if upstream.is_some() { fx_url.as_str() } else { "in process" },
+        if upstream.is_some() {
+            fx_url.as_str()
+        } else {
+            "in process"
+        },
         load.trim()
     );
     let client = Upstreams::guarded(UpstreamConfig::default(), policy);

@@ -348,7 +348,10 @@ impl HttpSession {
         }
         // Sized once from Content-Length (capped: the header is the upstream's claim), instead
         // of growing by doubling through a 16 KiB result.
-        let hint = resp.content_length().unwrap_or(0).min(self.max_bytes as u64) as usize;
+        let hint = resp
+            .content_length()
+            .unwrap_or(0)
+            .min(self.max_bytes as u64) as usize;
         let mut body = Vec::with_capacity(hint);
         while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
             if body.len() + chunk.len() > self.max_bytes {

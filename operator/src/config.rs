@@ -923,6 +923,11 @@ pub struct BenchArgs {
     /// PostgreSQL, via scripts/bench-runs-peer.sh (needs node and npm), and print the ratio.
     #[arg(long)]
     pub peer: bool,
+    /// bench gateway: measure against this external MCP server (Streamable HTTP URL, e.g. an
+    /// `awooop mcp-fixture` process) instead of the in-process fixture. It must serve the
+    /// `blob {size}` tool; the gateway injects a Bearer credential it may ignore.
+    #[arg(long)]
+    pub upstream: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
     #[command(flatten)]

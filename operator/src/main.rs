@@ -1,6 +1,12 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc malloc: per-thread free lists and no arena lock. Under the
+/// gateway benchmark glibc's `malloc`/`free`, arena lock waits included, were about 16% of the
+/// samples of `awooop up` (issue 18; docs/benchmarks.md "perf-gateway" has the before/after).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // Before any thread exists: master secrets given as files (`NAME_FILE`) become visible to
     // the parser, and once parsed every master secret leaves the environment (and the block

@@ -166,6 +166,7 @@ async fn insert(
     rows: Vec<&CallRecord>,
 ) -> awooop_core::error::Result<()> {
     let mut tx = db.tenant().await?;
+    // Columns are bound as borrowed slices of the batch (no copy of every string per row).
     sqlx::query(
         "INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode, \
          credential_refs, decision, code, result_status, latency_us, bytes_in, bytes_out, truncated, details) \
@@ -179,12 +180,12 @@ async fn insert(
     .bind(project.as_str())
     .bind(rows.iter().map(|r| r.call_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.trace_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.trace_id.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.run_id).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.agent.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.tool.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.environment.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.mode.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.environment.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>())
     .bind(
         rows.iter()
             .map(|r| serde_json::json!(r.credential_refs))
@@ -197,7 +198,7 @@ async fn insert(
     .bind(rows.iter().map(|r| r.bytes_in).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.bytes_out).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.truncated).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.details.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| &r.details).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -15,7 +15,11 @@
 //!   failed calls count as errors like theirs (any error fails the benchmark).
 //!
 //! Everything (load generator, gateway, upstream) runs in this one process on this machine's
-//! cores, like a sidecar deployment; the direct baseline pays the same client costs.
+//! cores, like a sidecar deployment; the direct baseline pays the same client costs. With
+//! `--upstream URL` the upstream is an external MCP server process instead (e.g.
+//! `awooop mcp-fixture --listen 127.0.0.1:18090`, URL `http://127.0.0.1:18090/mcp`), so the
+//! upstream's own work leaves this process; `scripts/bench-gateway-wrk.sh` takes the load
+//! generator out too (wrk against `awooop up`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +50,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let scratch = scratch_database(&base, "gateway").await?;
-    let res = bench(&scratch, args.quick).await;
+    let res = bench(&scratch, args.quick, args.upstream.as_deref()).await;
     drop_scratch(&base, &scratch).await;
     let line = res?;
     println!("{line}");
@@ -381,17 +385,45 @@ async fn measure(
     Ok(f)
 }
 
-async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
-    let fx = FixtureServer::start(FixtureOptions {
-        require_header: Some(("authorization".into(), format!("Bearer {SECRET}"))),
-        ..Default::default()
-    })
-    .await?;
+/// The egress policy of the benchmark: loopback, plus the external upstream's host if it is
+/// elsewhere (the benchmark's own scratch project only).
+fn egress(upstream_url: &str) -> anyhow::Result<awooop_policy::PolicySource> {
+    let u = reqwest::Url::parse(upstream_url)
+        .map_err(|e| anyhow::anyhow!("--upstream {upstream_url:?} is not a URL: {e}"))?;
+    anyhow::ensure!(
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some(),
+        "--upstream must be an http(s) URL with a host, got {upstream_url:?}"
+    );
+    let rules = [awooop_policy::egress::EgressRule {
+        rule_id: uuid::Uuid::nil(),
+        project: Some("bench".into()),
+        host: u.host_str().unwrap_or_default().to_string(),
+        note: "awooop bench gateway --upstream".into(),
+    }];
+    Ok(awooop_policy::PolicySource::fixed(Vec::new(), &rules, true))
+}
+
+async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result<String> {
+    // In process (requires the credential header, so injection is proven on every call), or
+    // an external server given by `--upstream` (checked by one call before measuring).
+    let (_fx, fx_url) = match upstream {
+        Some(u) => (None, u.to_string()),
+        None => {
+            let fx = FixtureServer::start(FixtureOptions {
+                require_header: Some(("authorization".into(), format!("Bearer {SECRET}"))),
+                ..Default::default()
+            })
+            .await?;
+            let u = fx.url();
+            (Some(fx), u)
+        }
+    };
+    let policy = egress(&fx_url)?;
     let (p, project, state) = super::bench_project(url, "gw", 16).await?;
     let admin = Actor::cli("bench");
     let gateway_body = json!({
         "credential_refs": [{"name": "tok", "source": {"kubernetes_secret": {"name": "bench-upstream", "key": "token"}}}],
-        "providers": [{"name": "fx", "transport": {"type": "streamable_http", "url": fx.url()},
+        "providers": [{"name": "fx", "transport": {"type": "streamable_http", "url": fx_url},
                        "credentials": [{"credential": "tok", "inject": {"type": "header", "name": "Authorization", "prefix": "Bearer "}}]}],
         "tools": [{"provider": "fx", "name": "blob", "risk": "read_only", "environments": ["dev"],
                    "input_schema": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 0, "maximum": 65536}},
@@ -434,7 +466,7 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
         // The fixture listens on 127.0.0.1: allowed explicitly, as `awooop up` does.
         Arc::new(Upstreams::guarded(
             UpstreamConfig::default(),
-            awooop_policy::PolicySource::fixed(Vec::new(), &[], true),
+            policy.clone(),
         )),
         audit,
         GatewayConfig {
@@ -468,20 +500,25 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
             exp: now + 3600,
         },
     )?;
-    let direct = Target::connect(&fx.url(), SECRET, "blob").await?;
+    let direct = Target::connect(&fx_url, SECRET, "blob").await?;
     let through = Target::connect(&format!("http://{gw_addr}/mcp"), &token, "fx__blob").await?;
     // One checked call each way before measuring.
     direct.call(1024).await?;
     through.call(1024).await?;
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    eprintln!("gateway bench (load average before: {})", load.trim());
-    let client = Upstreams::guarded(
-        UpstreamConfig::default(),
-        awooop_policy::PolicySource::fixed(Vec::new(), &[], true),
+    eprintln!(
+        "gateway bench (upstream {}; load average before: {})",
+        if upstream.is_some() {
+            fx_url.as_str()
+        } else {
+            "in process"
+        },
+        load.trim()
     );
+    let client = Upstreams::guarded(UpstreamConfig::default(), policy);
     let provider: crate::contracts::McpProvider = serde_json::from_value(json!({
-        "name": "fx", "transport": {"type": "streamable_http", "url": fx.url()}}))?;
+        "name": "fx", "transport": {"type": "streamable_http", "url": fx_url}}))?;
     let k1 = measure(&direct, &through, (&client, &provider), 1024, quick).await?;
     let k16 = measure(&direct, &through, (&client, &provider), 16 * 1024, quick).await?;
     client.shutdown().await;
@@ -517,4 +554,42 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<String> {
         k16.direct_rps,
         k16.gateway_rps,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn upstream_flag_is_parsed_and_checked() {
+        let cli = crate::config::Cli::try_parse_from([
+            "awooop",
+            "bench",
+            "gateway",
+            "--quick",
+            "--upstream",
+            "http://127.0.0.1:18090/mcp",
+        ])
+        .expect("bench gateway --upstream parses");
+        let crate::config::Command::Bench(b) = cli.command else {
+            panic!("not the bench command");
+        };
+        assert_eq!(b.upstream.as_deref(), Some("http://127.0.0.1:18090/mcp"));
+        assert!(egress("http://127.0.0.1:18090/mcp").is_ok());
+        assert!(egress("http://fixture.bench.internal:8080/mcp").is_ok());
+        for bad in ["ftp://127.0.0.1/mcp", "127.0.0.1:18090", "not a url"] {
+            let e = egress(bad).expect_err(bad).to_string();
+            assert!(e.contains("--upstream"), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_external_upstream_host_is_allowed_for_the_bench_project_only() {
+        let policy = egress("http://fixture.bench.internal:8080/mcp").unwrap();
+        let snap = policy.snapshot().await.unwrap();
+        let url = "http://fixture.bench.internal:8080/mcp";
+        assert!(snap.egress.check("bench", url).is_ok());
+        assert!(snap.egress.check("other", url).is_err());
+    }
 }

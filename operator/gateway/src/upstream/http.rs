@@ -153,17 +153,18 @@ impl HttpSession {
     ) -> Result<Value, UpstreamError> {
         let session = self.session().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = protocol::tools_call(id, tool, arguments, None, idempotency_key);
+        // The body is serialized again for the rare retry rather than cloned on every call.
+        let body = || protocol::tools_call(id, tool, arguments, None, idempotency_key);
         let traceparent = Headers {
             traceparent,
             idempotency_key,
         };
-        match self.request(&session, body.clone(), id, traceparent).await {
+        match self.request(&session, body(), id, traceparent).await {
             Err(PostError::Expired) => {
                 tracing::debug!("upstream MCP session expired; initializing again");
                 self.reset(&session);
                 let session = self.session().await?;
-                match self.request(&session, body, id, traceparent).await {
+                match self.request(&session, body(), id, traceparent).await {
                     Ok(v) => Ok(v),
                     Err(PostError::Expired) => Err(UpstreamError::Unavailable(
                         "the upstream rejected a freshly initialized session (HTTP 404)".into(),
@@ -345,7 +346,13 @@ impl HttpSession {
                 status.as_u16()
             ))));
         }
-        let mut body = Vec::new();
+        // Sized once from Content-Length (capped: the header is the upstream's claim), instead
+        // of growing by doubling through a 16 KiB result.
+        let hint = resp
+            .content_length()
+            .unwrap_or(0)
+            .min(self.max_bytes as u64) as usize;
+        let mut body = Vec::with_capacity(hint);
         while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
             if body.len() + chunk.len() > self.max_bytes {
                 return Err(self.too_large());

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Out-of-process gateway benchmark (issue 18): `wrk` against `awooop mcp-fixture` directly,
+# then through `awooop up`'s `/mcp` to the same fixture process, with everything on (run-token
+# authentication, signed session, the five gates, schema validation, credential injection,
+# redaction, truncation, the call audit in PostgreSQL). Prints direct and gateway requests/s,
+# their ratio and p50/p99, the load average, and the audit row count (every call audited).
+#
+#   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench-gateway-wrk.sh
+#
+# Settings (environment): AWOOOP_BIN (default ./target/release/awooop, built with
+# `--features bench` for `mcp-fixture`), DURATION (10s), THREADS (2), CONNECTIONS (32),
+# SIZE (1024: the `blob` result in bytes), FX_PORT (18090), API_PORT (18080), PERF_OUT (a
+# file: `perf record -e cpu-clock -g` of `awooop up` during the first gateway run). Needs wrk
+# (`apt-get install -y wrk`), curl and psql. It creates and drops its own database
+# (`awooop_wrk_<pid>`) on the server of DATABASE_URL and its own state folder.
+#
+# Each request carries its own JSON-RPC id (a Lua counter per wrk thread); one MCP session
+# per target is initialized with curl first and shared by every connection (what an agent
+# with many parallel calls does). A response that is not a successful result of SIZE bytes
+# counts as bad; any bad response fails the script. Lines tagged `agentgateway` in
+# docs/benchmarks.md were measured with this same harness pointed at agentgateway's MCP route.
+set -euo pipefail
+
+BIN=${AWOOOP_BIN:-./target/release/awooop}
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+SIZE=${SIZE:-1024}
+FX_PORT=${FX_PORT:-18090}
+API_PORT=${API_PORT:-18080}
+: "${DATABASE_URL:?set DATABASE_URL to a PostgreSQL server URL (the script creates its own database there)}"
+
+for tool in wrk curl psql; do
+    command -v "$tool" >/dev/null || { echo "error: $tool not found (wrk: apt-get install -y wrk)" >&2; exit 2; }
+done
+[ -x "$BIN" ] || { echo "error: $BIN not found (cargo build --release --features bench, or set AWOOOP_BIN)" >&2; exit 2; }
+
+WORK=$(mktemp -d)
+DB="awooop_wrk_$$"
+BASE_URL=${DATABASE_URL%/*}
+export DATABASE_URL="$BASE_URL/$DB"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    psql -q "$BASE_URL/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+psql -q "$BASE_URL/postgres" -c "CREATE DATABASE $DB" >/dev/null
+
+export AWOOOP_STATE_DIR="$WORK/state"
+export FX_KEY=wrk-bench-secret-5c1d0e9a
+export AWOOOP_GATEWAY_ENV_CREDENTIALS=awoooi:FX_KEY
+# High enough never to refuse a benchmark call, on so that its counting is measured.
+export AWOOOP_GATEWAY_RATE_PER_MINUTE=2000000000
+export RUST_LOG=${RUST_LOG:-warn}
+
+"$BIN" mcp-fixture --listen "127.0.0.1:$FX_PORT" >"$WORK/fixture.log" 2>&1 &
+PIDS+=($!)
+"$BIN" up --listen "127.0.0.1:$API_PORT" >"$WORK/up.log" 2>&1 &
+UP_PID=$!
+PIDS+=($UP_PID)
+for _ in $(seq 1 600); do
+    curl -fs "http://127.0.0.1:$API_PORT/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -fs "http://127.0.0.1:$API_PORT/healthz" >/dev/null || { echo "error: awooop up did not start:" >&2; tail -20 "$WORK/up.log" >&2; exit 1; }
+
+mkdir -p "$WORK/contracts"
+cat >"$WORK/contracts/gw.json" <<EOF
+# awooop: project=awoooi kind=mcp_gateway name=default
+{"credential_refs": [{"name": "fx-key", "source": {"env": {"var": "FX_KEY"}}}],
+ "providers": [{"name": "fx", "transport": {"type": "streamable_http", "url": "http://127.0.0.1:$FX_PORT/mcp"},
+   "credentials": [{"credential": "fx-key", "inject": {"type": "header", "name": "X-Key", "prefix": ""}}]}],
+ "tools": [{"provider": "fx", "name": "blob", "risk": "read_only", "environments": ["dev"],
+   "input_schema": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 0, "maximum": 65536}},
+                    "required": ["size"], "additionalProperties": false},
+   "max_result_chars": 65536}],
+ "grants": [{"agent": "wrk", "tools": ["fx__blob"], "environments": ["dev"]}]}
+EOF
+cat >"$WORK/contracts/agent.json" <<'EOF'
+# awooop: project=awoooi kind=agent name=wrk
+{"display_name": "wrk", "context_domain": "bench", "tools": ["fx__blob"],
+ "safety": {"max_risk": "read_only", "max_steps": 1, "max_tokens_per_run": 1, "timeout_seconds": 60},
+ "executor": {"type": "scripted", "steps": [{"type": "output", "key": "done", "template": "ok"}]}}
+EOF
+"$BIN" apply -q -f "$WORK/contracts/gw.json" -f "$WORK/contracts/agent.json"
+TOKEN=$("$BIN" token mint --project awoooi --agent wrk --env dev)
+
+# initialize + notifications/initialized; prints the session id.
+session() {
+    local url=$1 auth=$2 sid
+    sid=$(curl -fsS -D - -o /dev/null "$url" -H "authorization: $auth" \
+        -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
+        -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"wrk","version":"1"}}}' |
+        tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}')
+    [ -n "$sid" ] || { echo "error: no session id from $url" >&2; exit 1; }
+    curl -fsS -o /dev/null "$url" -H "authorization: $auth" -H "mcp-session-id: $sid" \
+        -H 'mcp-protocol-version: 2025-11-25' -H 'content-type: application/json' \
+        -H 'accept: application/json, text/event-stream' \
+        -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+    echo "$sid"
+}
+
+cat >"$WORK/call.lua" <<'EOF'
+-- One tools/call per request, each with its own JSON-RPC id; counts responses that are not
+-- a successful result (HTTP 200 with "isError":false).
+local threads = {}
+local next_thread = 0
+function setup(thread)
+  thread:set("tid", next_thread)
+  next_thread = next_thread + 1
+  table.insert(threads, thread)
+end
+function init(args)
+  n = 0
+  bad = 0
+  tool = os.getenv("WRK_TOOL")
+  size = os.getenv("SIZE")
+  wrk.method = "POST"
+  wrk.headers["content-type"] = "application/json"
+  wrk.headers["accept"] = "application/json, text/event-stream"
+  wrk.headers["authorization"] = os.getenv("WRK_AUTH")
+  wrk.headers["mcp-session-id"] = os.getenv("WRK_SID")
+  wrk.headers["mcp-protocol-version"] = "2025-11-25"
+end
+function request()
+  n = n + 1
+  local body = string.format(
+    '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"size":%s}}}',
+    tid * 1000000000 + n, tool, size)
+  return wrk.format(nil, nil, nil, body)
+end
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, '"isError":false', 1, true) then
+    bad = bad + 1
+  end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, t in ipairs(threads) do total = total + t:get("bad") end
+  io.write(string.format("BAD=%d\n", total))
+end
+EOF
+
+# wrk --latency output → "rps p50_ms p99_ms bad requests"
+run_wrk() {
+    local url=$1 auth=$2 sid=$3 tool=$4
+    WRK_AUTH="$auth" WRK_SID="$sid" WRK_TOOL="$tool" SIZE="$SIZE" \
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/call.lua" "$url" >"$WORK/wrk.out"
+    awk '
+      function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+      $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)} $1=="Requests/sec:" {rps=$2}
+      /^BAD=/ {split($0, a, "="); bad=a[2]}
+      /Non-2xx/ {non2xx=$NF}
+      $2=="requests" && $3=="in" {n=$1}
+      END {printf "%.0f %.3f %.3f %d %d\n", rps, p50, p99, bad+non2xx, n}' "$WORK/wrk.out"
+}
+
+DIRECT_URL="http://127.0.0.1:$FX_PORT/mcp"
+GW_URL="http://127.0.0.1:$API_PORT/mcp"
+DSID=$(session "$DIRECT_URL" "$FX_KEY")
+GSID=$(session "$GW_URL" "Bearer $TOKEN")
+# Warm-up (connections, caches), then direct, gateway, gateway, direct (ABBA) and the mean.
+DURATION_SAVE=$DURATION
+DURATION=2s
+run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob >/dev/null
+run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob >/dev/null
+DURATION=$DURATION_SAVE
+sleep 1
+before=$(psql -qtA "$DATABASE_URL" -c "SELECT count(*) FROM mcp_call_audit")
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+read -r d1 dp50a dp99a dbad1 _ < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
+if [ -n "${PERF_OUT:-}" ]; then
+    # Profile `awooop up` during the first gateway run (software clock: no hardware counters
+    # needed). Read it with `perf report -i $PERF_OUT --no-children --sort dso,symbol`.
+    perf record -q -e cpu-clock -F 999 -g -o "$PERF_OUT" -p "$UP_PID" 2>/dev/null &
+    PERF_PID=$!
+fi
+read -r g1 gp50a gp99a gbad1 gn1 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
+if [ -n "${PERF_PID:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
+read -r g2 gp50b gp99b gbad2 gn2 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
+read -r d2 dp50b dp99b dbad2 _ < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Every gateway call must be audited: wait for the batched writer, then count.
+sleep 1
+after=$(psql -qtA "$DATABASE_URL" -c "SELECT count(*) FROM mcp_call_audit")
+
+echo "direct:  $d1 / $d2 req/s, p50 $dp50a / $dp50b ms, p99 $dp99a / $dp99b ms, bad $dbad1 / $dbad2" >&2
+echo "gateway: $g1 / $g2 req/s, p50 $gp50a / $gp50b ms, p99 $gp99a / $gp99b ms, bad $gbad1 / $gbad2" >&2
+echo "gateway requests completed: $((gn1 + gn2)); audit rows written meanwhile: $((after - before)) (wrk may leave calls in flight at its end: rows >= requests); load $LOAD_BEFORE -> $LOAD_AFTER" >&2
+bad=$((dbad1 + dbad2 + gbad1 + gbad2))
+awk -v d1="$d1" -v d2="$d2" -v g1="$g1" -v g2="$g2" \
+    -v dp50="$dp50a" -v dp50b="$dp50b" -v dp99="$dp99a" -v dp99b="$dp99b" \
+    -v gp50="$gp50a" -v gp50b="$gp50b" -v gp99="$gp99a" -v gp99b="$gp99b" \
+    -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load1="${LOAD_BEFORE%% *}" 'BEGIN {
+  d = (d1 + d2) / 2; g = (g1 + g2) / 2
+  printf "size=%d direct_rps=%.0f gateway_rps=%.0f ratio=%.2f direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f gateway_p99_ms=%.3f audit_rows=%d bad=%d load1=%s\n",
+    size, d, g, g / d, (dp50 + dp50b) / 2, (dp99 + dp99b) / 2, (gp50 + gp50b) / 2, (gp99 + gp99b) / 2, rows, bad, load1
+}'
+[ "$bad" -eq 0 ] || { echo "error: $bad responses were not successful results" >&2; exit 1; }
+[ "$((after - before))" -ge "$((gn1 + gn2))" ] || { echo "error: fewer audit rows than gateway calls" >&2; exit 1; }

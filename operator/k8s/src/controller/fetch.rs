@@ -177,53 +177,48 @@ pub async fn fetch_all_db(
             continue;
         };
         let project_rev = typed(
-            &id,
             ContractKind::Project,
             r.p_revision_id,
             r.p_revision,
             r.p_body_hash,
             r.p_body,
-        )
-        .map(|c| {
-            c.and_then(|(revision_id, revision, body_hash, c)| match c {
-                Contract::Project(body) => Some(Revision {
-                    revision_id,
-                    revision,
-                    body_hash,
-                    body,
-                }),
-                _ => None,
-            })
-        });
+        );
         let gateway_rev = typed(
-            &id,
             ContractKind::McpGateway,
             r.g_revision_id,
             r.g_revision,
             r.g_body_hash,
             r.g_body,
-        )
-        .map(|c| {
-            c.and_then(|(revision_id, revision, body_hash, c)| match c {
-                Contract::McpGateway(body) => Some(Revision {
-                    revision_id,
-                    revision,
-                    body_hash,
-                    body,
-                }),
-                _ => None,
-            })
-        });
-        let project = project_rev.and_then(|project_rev| {
-            Ok(DbProject {
+        );
+        // The per-project path checks the Project revision first, then the gateway's.
+        let project = match (project_rev, gateway_rev) {
+            (Err(v), _) => Err(invalid(&id, ContractKind::Project, v)),
+            (_, Err(v)) => Err(invalid(&id, ContractKind::McpGateway, v)),
+            (Ok(p), Ok(g)) => Ok(DbProject {
                 id: id.clone(),
                 // A project without a recorded mode is shadow, the safest (ControlPlane::project).
-                mode: r.mode.clone().unwrap_or_else(|| "shadow".into()),
-                project_rev,
-                gateway_rev: gateway_rev?,
+                mode: r.mode.unwrap_or_else(|| "shadow".into()),
+                project_rev: p.and_then(|(revision_id, revision, body_hash, c)| match c {
+                    Contract::Project(body) => Some(Revision {
+                        revision_id,
+                        revision,
+                        body_hash,
+                        body,
+                    }),
+                    _ => None,
+                }),
+                gateway_rev: g.and_then(|(revision_id, revision, body_hash, c)| match c {
+                    Contract::McpGateway(body) => Some(Revision {
+                        revision_id,
+                        revision,
+                        body_hash,
+                        body,
+                    }),
+                    _ => None,
+                }),
                 queue_depth: depths.get(id.as_str()).copied().unwrap_or(0),
-            })
-        });
+            }),
+        };
         out.insert(id.to_string(), project);
     }
     Ok(out)
@@ -231,37 +226,41 @@ pub async fn fetch_all_db(
 
 type Typed = (String, i32, String, Contract);
 
-/// Parse one active revision read by [`fetch_all_db`], with the error mapping of [`active`].
+/// Parse one active revision read by [`fetch_all_db`] (`None`: no active revision).
 fn typed(
-    id: &ProjectId,
     kind: ContractKind,
     revision_id: Option<sqlx::types::Uuid>,
     revision: Option<i32>,
     body_hash: Option<String>,
     body: Option<serde_json::Value>,
-) -> Result<Option<Typed>, ReconcileError> {
+) -> Result<Option<Typed>, Vec<awooop_contracts::Violation>> {
     let (Some(revision_id), Some(revision), Some(body_hash), Some(body)) =
         (revision_id, revision, body_hash, body)
     else {
         return Ok(None);
     };
-    match awooop_contracts::validate(kind, &body) {
-        Ok(c) => Ok(Some((revision_id.to_string(), revision, body_hash, c))),
-        Err(v) => {
-            let e = awooop_contracts::violations_error(v);
-            if matches!(
-                e.code,
-                ErrorCode::SchemaViolation | ErrorCode::ContractSemantic
-            ) {
-                Err(ReconcileError::InvalidRevision {
-                    project: id.to_string(),
-                    kind: kind.as_str(),
-                    code: e.code.as_str(),
-                })
-            } else {
-                Err(db_err(id)(e))
-            }
+    let c = awooop_contracts::validate(kind, &body)?;
+    Ok(Some((revision_id.to_string(), revision, body_hash, c)))
+}
+
+/// A published revision that no longer validates, mapped as [`active`] maps it.
+fn invalid(
+    id: &ProjectId,
+    kind: ContractKind,
+    violations: Vec<awooop_contracts::Violation>,
+) -> ReconcileError {
+    let e = awooop_contracts::violations_error(violations);
+    if matches!(
+        e.code,
+        ErrorCode::SchemaViolation | ErrorCode::ContractSemantic
+    ) {
+        ReconcileError::InvalidRevision {
+            project: id.to_string(),
+            kind: kind.as_str(),
+            code: e.code.as_str(),
         }
+    } else {
+        db_err(id)(e)
     }
 }
 

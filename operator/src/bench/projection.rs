@@ -284,7 +284,8 @@ async fn bench(url: &str, n: usize, samples: usize, real: bool) -> anyhow::Resul
         let got = all.get(id.as_str()).map(|r| r.as_ref().ok());
         anyhow::ensure!(
             got == Some(one.as_ref()),
-            "the one-query read of {id} differs from the per-project read"
+            "the one-query read of {id} differs from the per-project read: {:?} vs {one:?}",
+            all.get(id.as_str())
         );
     }
     let db_per_project_ms = t.elapsed().as_secs_f64() * 1000.0;

@@ -810,6 +810,341 @@ async fn operator_resync_projects_every_project_with_four_lists_when_nothing_cha
     t.cleanup().await;
 }
 
+/// Every SQL statement sqlx sends while the guard lives (its `sqlx::query` trace events, the
+/// driver's own record of what went to PostgreSQL), on this thread: `#[tokio::test]` runs the
+/// test's futures, and with them every query, on one thread.
+#[derive(Clone, Default)]
+struct Statements(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Statements {
+    fn on_event(&self, ev: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        #[derive(Default)]
+        struct Sql {
+            summary: String,
+            statement: String,
+        }
+        impl tracing::field::Visit for Sql {
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                match f.name() {
+                    "summary" => self.summary = v.trim().to_string(),
+                    // The whole text, when `summary` (four words) cut it short.
+                    "db.statement" => self.statement = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        if ev.metadata().target() == "sqlx::query" {
+            let mut sql = Sql::default();
+            ev.record(&mut sql);
+            let text = if sql.statement.is_empty() {
+                sql.summary
+            } else {
+                sql.statement
+            };
+            self.0.lock().unwrap().push(text);
+        }
+    }
+}
+
+impl Statements {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn operator_resync_reads_every_project_with_one_query_equal_to_the_per_project_reads() {
+    let t = TestDb::new().await;
+    let fake = FakeApiServer::new();
+    let ctx = context(&t, &fake, false);
+    // Six projects in every state the read distinguishes: Project and gateway revisions, a
+    // Project revision only, a later revision (the active one is the second), another mode,
+    // no revision at all, and a retired project.
+    let ids = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"];
+    for (i, id) in ids.iter().enumerate() {
+        let p = project(&ctx.control, id, 1).await;
+        if *id != "epsilon" {
+            activate(
+                &ctx.control,
+                &p,
+                ContractKind::Project,
+                id,
+                project_body(2 + i as u16),
+            )
+            .await;
+        }
+        if matches!(*id, "alpha" | "gamma" | "zeta") {
+            activate(
+                &ctx.control,
+                &p,
+                ContractKind::McpGateway,
+                "default",
+                gateway(&["triage"]),
+            )
+            .await;
+        }
+    }
+    let gamma = pid("gamma");
+    activate(
+        &ctx.control,
+        &gamma,
+        ContractKind::Project,
+        "gamma",
+        project_body(9),
+    )
+    .await;
+    tenancy::scope(pid("delta"), async {
+        ctx.control
+            .set_mode(
+                &admin(),
+                awooop::control::MigrationMode::Canary,
+                false,
+                None,
+            )
+            .await
+            .unwrap()
+    })
+    .await;
+    let beta = pid("beta");
+    activate(
+        &ctx.control,
+        &beta,
+        ContractKind::Agent,
+        "echo",
+        echo_agent(),
+    )
+    .await;
+    queue(&ctx.control, &beta, 3).await;
+    let mut tx = t.owner.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE projects SET status = 'retired' WHERE project_id = 'zeta'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // The same answer as the per-project path, project by project.
+    let depths = controller::queue_depths(&ctx.control, None).await.unwrap();
+    assert_eq!(depths.get("beta"), Some(&3));
+    let all = controller::fetch_all_db(&ctx.control, &depths)
+        .await
+        .unwrap();
+    for id in ids.iter().chain(&["awoooi"]) {
+        let one = controller::fetch_db(&ctx.control, &pid(id), None)
+            .await
+            .unwrap();
+        let got = all
+            .get(*id)
+            .map(|r| r.as_ref().expect("valid revisions").clone());
+        assert_eq!(
+            got, one,
+            "{id}: the one-query read differs from the per-project read"
+        );
+    }
+    assert!(!all.contains_key("zeta"), "a retired project is not read");
+    let delta = all["delta"].as_ref().unwrap();
+    assert_eq!(delta.mode, "canary");
+    let g = all["gamma"].as_ref().unwrap();
+    assert_eq!(g.project_rev.as_ref().map(|r| r.revision), Some(2));
+    assert!(g.gateway_rev.is_some() && all["beta"].as_ref().unwrap().gateway_rev.is_none());
+    assert_eq!(all["beta"].as_ref().unwrap().queue_depth, 3);
+
+    // A full resync reads PostgreSQL with one query for all projects' active revisions and a
+    // fixed number of statements, not three transactions per project.
+    let statements = Statements::default();
+    let guard = statements.capture();
+    let r = tokio::time::timeout(Duration::from_secs(10), controller::resync(&ctx))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(guard);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    // alpha … epsilon and the seeded awoooi; zeta (retired) has no objects to remove.
+    assert_eq!(r.projects, 6);
+    let sql = statements.take();
+    let reads: Vec<&String> = sql
+        .iter()
+        .filter(|s| s.contains("active_revisions"))
+        .collect();
+    assert_eq!(
+        reads.len(),
+        1,
+        "one query for every project's active revisions: {sql:#?}"
+    );
+    assert!(
+        sql.len() <= 8,
+        "a resync of 6 projects sent {} statements (expected a fixed handful): {sql:#?}",
+        sql.len()
+    );
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn operator_scope_reads_only_active_projection_inputs_and_widens_no_tenant() {
+    let t = TestDb::new().await;
+    let fake = FakeApiServer::new();
+    let ctx = context(&t, &fake, false);
+    for id in ["alpha", "beta"] {
+        let p = project(&ctx.control, id, 1).await;
+        activate(&ctx.control, &p, ContractKind::Project, id, project_body(2)).await;
+        activate(&ctx.control, &p, ContractKind::Project, id, project_body(3)).await;
+        activate(
+            &ctx.control,
+            &p,
+            ContractKind::McpGateway,
+            "default",
+            gateway(&["echo"]),
+        )
+        .await;
+        activate(&ctx.control, &p, ContractKind::Agent, "echo", echo_agent()).await;
+        queue(&ctx.control, &p, 1).await;
+        tenancy::scope(p.clone(), async {
+            ctx.control
+                .create_draft(&admin(), ContractKind::Agent, "drafted", echo_agent())
+                .await
+                .unwrap()
+        })
+        .await;
+    }
+    let count = |sql: &'static str, scope: Option<&'static str>, project: Option<&'static str>| {
+        let pool = t.app.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            if let Some(s) = scope {
+                sqlx::query("SELECT set_config('awooop.scope', $1, true)")
+                    .bind(s)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            if let Some(p) = project {
+                sqlx::query("SELECT set_config('awooop.project_id', $1, true)")
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+            }
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await.unwrap();
+            tx.rollback().await.unwrap();
+            n
+        }
+    };
+    let op = Some("operator");
+    // Operator scope: both projects' projection inputs (and the seeded awoooi), only those.
+    assert_eq!(count("SELECT count(*) FROM projects", op, None).await, 3);
+    assert_eq!(
+        count("SELECT count(*) FROM project_migration_state", op, None).await,
+        3
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM active_revisions", op, None).await,
+        4,
+        "the project and gateway pointers of alpha and beta, no agent pointer"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM contract_revisions", op, None).await,
+        4,
+        "the four active revisions, not the earlier project revisions nor the agents"
+    );
+    for table in [
+        "contract_drafts",
+        "activation_history",
+        "activation_approvals",
+        "publish_signatures",
+        "signing_keys",
+        "audit_log",
+        "runs",
+        "platform_audit",
+    ] {
+        let sql: &'static str = format!("SELECT count(*) FROM {table}").leak();
+        // The fixture has rows there (platform_audit: seen in platform scope), so a zero in
+        // operator scope is the policy's doing.
+        let populated = if table == "platform_audit" {
+            count(sql, Some("platform"), None).await
+        } else {
+            count(sql, None, Some("alpha")).await
+        };
+        assert!(populated > 0, "{table}: the fixture must put rows here");
+        assert_eq!(
+            count(sql, op, None).await,
+            0,
+            "{table} answers in operator scope"
+        );
+    }
+    // Read-only: no write is accepted in operator scope.
+    let mut tx = t.app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('awooop.scope', 'operator', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let n = sqlx::query("UPDATE active_revisions SET activated_by = 'x'")
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(n, 0, "operator scope updated an active pointer");
+    let n = sqlx::query("UPDATE projects SET display_name = 'x'")
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(n, 0, "operator scope updated a project");
+    tx.rollback().await.unwrap();
+    // A tenant transaction is not widened: alpha sees its own pointers (all three), never beta's.
+    let alpha = Some("alpha");
+    assert_eq!(count("SELECT count(*) FROM projects", None, alpha).await, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM active_revisions", None, alpha).await,
+        3
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM active_revisions WHERE project_id = 'beta'",
+            None,
+            alpha
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM contract_revisions WHERE project_id <> 'alpha'",
+            None,
+            alpha
+        )
+        .await,
+        0
+    );
+    // The store's tenant transaction (the only one tenant code gets) cannot reach beta either.
+    let seen: Vec<String> = tenancy::scope(pid("alpha"), async {
+        let mut tx = ctx.control.db().tenant().await.unwrap();
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT project_id FROM active_revisions")
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+        tx.rollback().await.unwrap();
+        rows
+    })
+    .await;
+    assert_eq!(seen, vec!["alpha".to_string()]);
+    // No scope at all: nothing.
+    assert_eq!(
+        count("SELECT count(*) FROM active_revisions", None, None).await,
+        0
+    );
+    t.cleanup().await;
+}
+
 #[tokio::test]
 async fn operator_lease_admits_one_leader_and_a_lost_lease_stops_the_work() {
     let fake = FakeApiServer::new();

@@ -270,6 +270,29 @@ async fn bench(url: &str, n: usize, samples: usize, real: bool) -> anyhow::Resul
         metrics: ControllerMetrics::new(&crate::metrics::Metrics::new()),
     });
 
+    // The resync's PostgreSQL read, both ways in the same run (the peer figure): one
+    // operator-scope query for every project, and the per-project path a reconcile of one
+    // project takes (three tenant transactions each). Same results, checked.
+    let depths = controller::queue_depths(&p.control, None).await?;
+    let t = Instant::now();
+    let all = controller::fetch_all_db(&p.control, &depths).await?;
+    let db_one_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    for id in &ids {
+        let depth = depths.get(id.as_str()).copied().unwrap_or(0);
+        let one = controller::fetch_db(&p.control, id, Some(depth)).await?;
+        let got = all.get(id.as_str()).map(|r| r.as_ref().ok());
+        anyhow::ensure!(
+            got == Some(one.as_ref()),
+            "the one-query read of {id} differs from the per-project read: {:?} vs {one:?}",
+            all.get(id.as_str())
+        );
+    }
+    let db_per_project_ms = t.elapsed().as_secs_f64() * 1000.0;
+    eprintln!(
+        "PostgreSQL read of {n} projects: one query {db_one_ms:.0} ms, per project {db_per_project_ms:.0} ms"
+    );
+
     // Full resync, cold then warm.
     server.take_requests();
     let t = Instant::now();
@@ -362,7 +385,7 @@ async fn bench(url: &str, n: usize, samples: usize, real: bool) -> anyhow::Resul
         lat.len()
     );
     Ok(format!(
-        "api_server={} projects={n} grants={grants} cold_resync_ms={cold_ms:.0} cold_requests={} warm_resync_ms={warm_ms:.0} warm_requests={} activation_p50_ms={p50:.1} activation_p99_ms={p99:.1} samples={}",
+        "api_server={} projects={n} grants={grants} db_read_one_query_ms={db_one_ms:.0} db_read_per_project_ms={db_per_project_ms:.0} cold_resync_ms={cold_ms:.0} cold_requests={} warm_resync_ms={warm_ms:.0} warm_requests={} activation_p50_ms={p50:.1} activation_p99_ms={p99:.1} samples={}",
         server.name(),
         count(cold_requests),
         count(warm_requests),

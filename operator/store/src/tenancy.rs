@@ -9,6 +9,9 @@
 //! * [`Db::platform`] opens a platform-scoped transaction (shared platform tables, creating and
 //!   listing tenants) and writes a `platform_audit` row in the same transaction, so every access
 //!   to platform resources is audited or does not happen.
+//! * [`worker_tx`] and [`operator_tx`] open the two cross-tenant read scopes: `runs` for the
+//!   workers, active projection inputs for the Kubernetes operator (each table answers only
+//!   what its scope's policy lets through).
 //! * [`redis_key`] builds every Redis key: `awooop:{project}:{kind}:{id}`.
 
 use std::future::Future;
@@ -145,6 +148,18 @@ fn begin_tenant_sql(project: &ProjectId) -> Result<String> {
         ));
     }
     Ok(format!("BEGIN; SET LOCAL awooop.project_id = '{id}'"))
+}
+
+/// An operator-scoped, read-only transaction: sees the active projects, their migration mode
+/// and the two active contracts the Kubernetes projection is built from (project and MCP
+/// gateway), of every project, and nothing else (migration 0067). The operator's full resync
+/// reads all projects with one query in it instead of one tenant transaction per project.
+pub async fn operator_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('awooop.scope', 'operator', true)")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// Database handle for the runtime role. Cloning is cheap.

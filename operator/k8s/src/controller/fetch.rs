@@ -21,7 +21,7 @@ use awooop_core::error::ErrorCode;
 use awooop_store::tenancy::{self, ProjectId};
 
 /// A project as PostgreSQL has it; `None` from [`fetch_db`] means retired or unknown.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DbProject {
     pub id: ProjectId,
     pub mode: String,
@@ -115,6 +115,153 @@ pub async fn fetch_db(
         }))
     })
     .await
+}
+
+/// Every active project's state, read in one query in operator scope (migration 0067), for a
+/// full resync: the same [`DbProject`] that [`fetch_db`] reads per project in three tenant
+/// transactions, which made a resync of N projects cost 3N round trips. A project missing
+/// from the map is retired or unknown, as `None` from [`fetch_db`]. A revision that no longer
+/// validates fails its own project only (the `Err` entry), as it does in [`fetch_db`].
+pub async fn fetch_all_db(
+    control: &ControlPlane,
+    depths: &HashMap<String, i64>,
+) -> Result<BTreeMap<String, Result<DbProject, ReconcileError>>, ReconcileError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        project_id: String,
+        mode: Option<String>,
+        p_revision_id: Option<sqlx::types::Uuid>,
+        p_revision: Option<i32>,
+        p_body_hash: Option<String>,
+        p_body: Option<serde_json::Value>,
+        g_revision_id: Option<sqlx::types::Uuid>,
+        g_revision: Option<i32>,
+        g_body_hash: Option<String>,
+        g_body: Option<serde_json::Value>,
+    }
+    let platform = ProjectId::parse("platform").expect("valid id");
+    let pool = control.db().pool_for_health();
+    let rows: Vec<Row> = async {
+        let mut tx = tenancy::operator_tx(pool).await?;
+        // The pointer's revision and hash equal the revision row's (composite foreign key);
+        // the body comes from the revision row, as in the per-project read (repo::active_body).
+        let rows = sqlx::query_as(
+            "SELECT p.project_id, m.mode, \
+               pa.revision_id AS p_revision_id, pa.revision AS p_revision, \
+               pa.body_hash AS p_body_hash, pr.body AS p_body, \
+               ga.revision_id AS g_revision_id, ga.revision AS g_revision, \
+               ga.body_hash AS g_body_hash, gr.body AS g_body \
+             FROM projects p \
+             LEFT JOIN project_migration_state m ON m.project_id = p.project_id \
+             LEFT JOIN active_revisions pa ON pa.project_id = p.project_id \
+               AND pa.kind = 'project' AND pa.name = p.project_id \
+             LEFT JOIN contract_revisions pr ON pr.project_id = pa.project_id \
+               AND pr.revision_id = pa.revision_id \
+             LEFT JOIN active_revisions ga ON ga.project_id = p.project_id \
+               AND ga.kind = 'mcp_gateway' AND ga.name = 'default' \
+             LEFT JOIN contract_revisions gr ON gr.project_id = ga.project_id \
+               AND gr.revision_id = ga.revision_id \
+             WHERE p.status = 'active' ORDER BY p.project_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, awooop_core::error::Error>(rows)
+    }
+    .await
+    .map_err(db_err(&platform))?;
+
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let Ok(id) = ProjectId::parse(&r.project_id) else {
+            continue;
+        };
+        let project_rev = typed(
+            ContractKind::Project,
+            r.p_revision_id,
+            r.p_revision,
+            r.p_body_hash,
+            r.p_body,
+        );
+        let gateway_rev = typed(
+            ContractKind::McpGateway,
+            r.g_revision_id,
+            r.g_revision,
+            r.g_body_hash,
+            r.g_body,
+        );
+        // The per-project path checks the Project revision first, then the gateway's.
+        let project = match (project_rev, gateway_rev) {
+            (Err(v), _) => Err(invalid(&id, ContractKind::Project, v)),
+            (_, Err(v)) => Err(invalid(&id, ContractKind::McpGateway, v)),
+            (Ok(p), Ok(g)) => Ok(DbProject {
+                id: id.clone(),
+                // A project without a recorded mode is shadow, the safest (ControlPlane::project).
+                mode: r.mode.unwrap_or_else(|| "shadow".into()),
+                project_rev: p.and_then(|(revision_id, revision, body_hash, c)| match c {
+                    Contract::Project(body) => Some(Revision {
+                        revision_id,
+                        revision,
+                        body_hash,
+                        body,
+                    }),
+                    _ => None,
+                }),
+                gateway_rev: g.and_then(|(revision_id, revision, body_hash, c)| match c {
+                    Contract::McpGateway(body) => Some(Revision {
+                        revision_id,
+                        revision,
+                        body_hash,
+                        body,
+                    }),
+                    _ => None,
+                }),
+                queue_depth: depths.get(id.as_str()).copied().unwrap_or(0),
+            }),
+        };
+        out.insert(id.to_string(), project);
+    }
+    Ok(out)
+}
+
+type Typed = (String, i32, String, Contract);
+
+/// Parse one active revision read by [`fetch_all_db`] (`None`: no active revision).
+fn typed(
+    kind: ContractKind,
+    revision_id: Option<sqlx::types::Uuid>,
+    revision: Option<i32>,
+    body_hash: Option<String>,
+    body: Option<serde_json::Value>,
+) -> Result<Option<Typed>, Vec<awooop_contracts::Violation>> {
+    let (Some(revision_id), Some(revision), Some(body_hash), Some(body)) =
+        (revision_id, revision, body_hash, body)
+    else {
+        return Ok(None);
+    };
+    let c = awooop_contracts::validate(kind, &body)?;
+    Ok(Some((revision_id.to_string(), revision, body_hash, c)))
+}
+
+/// A published revision that no longer validates, mapped as [`active`] maps it.
+fn invalid(
+    id: &ProjectId,
+    kind: ContractKind,
+    violations: Vec<awooop_contracts::Violation>,
+) -> ReconcileError {
+    let e = awooop_contracts::violations_error(violations);
+    if matches!(
+        e.code,
+        ErrorCode::SchemaViolation | ErrorCode::ContractSemantic
+    ) {
+        ReconcileError::InvalidRevision {
+            project: id.to_string(),
+            kind: kind.as_str(),
+            code: e.code.as_str(),
+        }
+    } else {
+        db_err(id)(e)
+    }
 }
 
 /// Runnable runs per project (one project, or all), read in the worker scope that sees every

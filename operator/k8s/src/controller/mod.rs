@@ -41,7 +41,9 @@ pub use build::{Desired, desired, missing_refs, resolved_refs};
 pub use cache::{Caches, Trigger};
 pub use error::{Policy, ReconcileError, backoff};
 pub use events::publish as publish_event;
-pub use fetch::{Cluster, DbProject, SecretInfo, fetch_cluster, fetch_db, queue_depths};
+pub use fetch::{
+    Cluster, DbProject, SecretInfo, fetch_all_db, fetch_cluster, fetch_db, queue_depths,
+};
 pub use lifecycle::run;
 pub use metrics::{ControllerMetrics, ErrorLabel, KindLabel, ResultLabel};
 
@@ -159,29 +161,22 @@ pub struct Resync {
 }
 
 /// Reconcile every project: active ones in PostgreSQL and any that still have objects in the
-/// cluster. The cluster is read once (four LIST requests), not per project.
+/// cluster. PostgreSQL is read once (one operator-scope query for every project's state and a
+/// queue-depth count, [`fetch::fetch_all_db`]) and the cluster once (four LIST requests, or
+/// the watched caches), not per project.
 pub async fn resync(ctx: &Context) -> Result<Resync, ReconcileError> {
     resync_from(ctx, None).await
 }
 
 /// [`resync`], reading the cluster from the watched caches when given.
 pub async fn resync_from(ctx: &Context, caches: Option<&Caches>) -> Result<Resync, ReconcileError> {
-    let platform = ProjectId::parse("platform").expect("valid id");
-    let projects = ctx
-        .control
-        .list_projects(&awooop_store::auth::Actor::cli(crate::project::MANAGER))
-        .await
-        .map_err(fetch::db_err(&platform))?;
     let depths = fetch::queue_depths(&ctx.control, None).await?;
+    let mut dbs = fetch::fetch_all_db(&ctx.control, &depths).await?;
     let cluster = match caches {
         Some(c) => c.all(),
         None => fetch::fetch_cluster(ctx, None).await?,
     };
-    let mut ids: BTreeSet<String> = projects
-        .iter()
-        .filter(|p| p.project.status == "active")
-        .map(|p| p.project.project_id.clone())
-        .collect();
+    let mut ids: BTreeSet<String> = dbs.keys().cloned().collect();
     ids.extend(cluster.project_ids());
     let parts = cluster.partition();
     let empty = Cluster {
@@ -194,9 +189,10 @@ pub async fn resync_from(ctx: &Context, caches: Option<&Caches>) -> Result<Resyn
             continue;
         };
         let started = Instant::now();
+        // Not in the map: retired or unknown, so its objects are removed (as `fetch_db`'s None).
+        let db = dbs.remove(id.as_str()).transpose();
         let res = async {
-            let depth = depths.get(id.as_str()).copied().unwrap_or(0);
-            let db = fetch::fetch_db(&ctx.control, &id, Some(depth)).await?;
+            let db = db?;
             let slice = parts.get(id.as_str()).unwrap_or(&empty);
             reconcile_with(ctx, &id, db.as_ref(), slice).await
         }

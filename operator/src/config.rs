@@ -330,6 +330,18 @@ pub struct ModelArgs {
         default_value_t = 300
     )]
     pub model_anomaly_window_seconds: u64,
+    /// Reserve model budget through budget leases of this process (docs/model.md, "Budget
+    /// leases") instead of one ledger transaction per call. Off by default: a process that dies
+    /// holding a lease has its whole slice charged (docs/configuration.md).
+    #[arg(long, env = "AWOOOP_BUDGET_LEASES")]
+    pub budget_leases: bool,
+    /// With --budget-leases: a lease without reservations for this long is given back whole.
+    #[arg(
+        long,
+        env = "AWOOOP_BUDGET_LEASE_IDLE_RETURN_MS",
+        default_value_t = 1_000
+    )]
+    pub budget_lease_idle_return_ms: u64,
 }
 
 impl ModelArgs {
@@ -338,6 +350,15 @@ impl ModelArgs {
             window: std::time::Duration::from_secs(self.model_anomaly_window_seconds.max(1)),
             threshold: self.model_anomaly_threshold.max(1),
         }
+    }
+
+    /// The lease tuning when budget leases are on (`None`: the plain ledger path).
+    pub fn budget_leases(&self) -> Option<crate::model::budget::lease::LeaseConfig> {
+        self.budget_leases
+            .then(|| crate::model::budget::lease::LeaseConfig {
+                idle_return: std::time::Duration::from_millis(self.budget_lease_idle_return_ms),
+                ..Default::default()
+            })
     }
 }
 

@@ -1337,3 +1337,34 @@ pub enum ChannelCmd {
         gateway: GatewayArgs,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn worker(extra: &[&str]) -> WorkerCmdArgs {
+        let args = ["awooop", "worker"].iter().chain(extra).copied();
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Worker(w) => w,
+            _ => unreachable!("parsed as the worker command"),
+        }
+    }
+
+    /// Budget leases are opt-in (docs/configuration.md says why); the flag turns them on with
+    /// the default tuning except the idle return it sets.
+    #[test]
+    fn budget_leases_are_off_unless_asked_for() {
+        if std::env::var_os("AWOOOP_BUDGET_LEASES").is_some() {
+            return; // the environment decides; nothing to check about the default
+        }
+        assert!(worker(&[]).worker.model.budget_leases().is_none());
+        let on = worker(&["--budget-leases", "--budget-lease-idle-return-ms", "250"])
+            .worker
+            .model
+            .budget_leases()
+            .expect("leases on");
+        assert_eq!(on.idle_return, std::time::Duration::from_millis(250));
+        assert_eq!(on.ttl, std::time::Duration::from_secs(30));
+    }
+}

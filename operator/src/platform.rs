@@ -296,10 +296,7 @@ impl WorkerProcess {
     /// Run the worker until `stop`, then return the unused part of every budget lease. Without
     /// that, a lease outlives the process: it stays reserved (nobody can spend it) until its
     /// ttl passes, and is then charged in full, as if the process had crashed.
-    pub async fn run(
-        self,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) -> crate::error::Result<()> {
+    pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) -> crate::error::Result<()> {
         let ran = self.worker.clone().run(stop).await;
         self.shutdown_budget().await;
         ran

@@ -1927,7 +1927,10 @@ async fn budget_leases_of_a_worker_are_returned_when_it_stops_gracefully() {
     let running = tokio::spawn(process.run(rx));
     let limits = lease_limits(100_000, None);
     tenancy::scope(p.clone(), async {
-        let r = budget.reserve(&limits, &lease_request(1_000)).await.unwrap();
+        let r = budget
+            .reserve(&limits, &lease_request(1_000))
+            .await
+            .unwrap();
         assert!(r.leased);
         assert!(budget.settle(&r, 600, 0).await.unwrap());
     })
@@ -1943,10 +1946,7 @@ async fn budget_leases_of_a_worker_are_returned_when_it_stops_gracefully() {
     drop(platform);
     let leases = lease_rows(&t, "lease-stop").await;
     assert!(
-        !leases.is_empty()
-            && leases
-                .iter()
-                .all(|(s, tok)| s == "returned" && *tok == 0),
+        !leases.is_empty() && leases.iter().all(|(s, tok)| s == "returned" && *tok == 0),
         "{leases:?}"
     );
     let (reserved, spent, tripped) = ledger_of(&t, &p).await;

@@ -330,6 +330,18 @@ pub struct ModelArgs {
         default_value_t = 300
     )]
     pub model_anomaly_window_seconds: u64,
+    /// Reserve model budget through budget leases of this process (docs/model.md, "Budget
+    /// leases") instead of one ledger transaction per call. Off by default: a process that dies
+    /// holding a lease has its whole slice charged (docs/configuration.md).
+    #[arg(long, env = "AWOOOP_BUDGET_LEASES")]
+    pub budget_leases: bool,
+    /// With --budget-leases: a lease without reservations for this long is given back whole.
+    #[arg(
+        long,
+        env = "AWOOOP_BUDGET_LEASE_IDLE_RETURN_MS",
+        default_value_t = 1_000
+    )]
+    pub budget_lease_idle_return_ms: u64,
 }
 
 impl ModelArgs {
@@ -338,6 +350,15 @@ impl ModelArgs {
             window: std::time::Duration::from_secs(self.model_anomaly_window_seconds.max(1)),
             threshold: self.model_anomaly_threshold.max(1),
         }
+    }
+
+    /// The lease tuning when budget leases are on (`None`: the plain ledger path).
+    pub fn budget_leases(&self) -> Option<crate::model::budget::lease::LeaseConfig> {
+        self.budget_leases
+            .then(|| crate::model::budget::lease::LeaseConfig {
+                idle_return: std::time::Duration::from_millis(self.budget_lease_idle_return_ms),
+                ..Default::default()
+            })
     }
 }
 
@@ -1315,4 +1336,35 @@ pub enum ChannelCmd {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn worker(extra: &[&str]) -> WorkerCmdArgs {
+        let args = ["awooop", "worker"].iter().chain(extra).copied();
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Worker(w) => w,
+            _ => unreachable!("parsed as the worker command"),
+        }
+    }
+
+    /// Budget leases are opt-in (docs/configuration.md says why); the flag turns them on with
+    /// the default tuning except the idle return it sets.
+    #[test]
+    fn budget_leases_are_off_unless_asked_for() {
+        if std::env::var_os("AWOOOP_BUDGET_LEASES").is_some() {
+            return; // the environment decides; nothing to check about the default
+        }
+        assert!(worker(&[]).worker.model.budget_leases().is_none());
+        let on = worker(&["--budget-leases", "--budget-lease-idle-return-ms", "250"])
+            .worker
+            .model
+            .budget_leases()
+            .expect("leases on");
+        assert_eq!(on.idle_return, std::time::Duration::from_millis(250));
+        assert_eq!(on.ttl, std::time::Duration::from_secs(30));
+    }
 }

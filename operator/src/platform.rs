@@ -279,14 +279,53 @@ pub(crate) fn worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// A worker of this process and the model budget its LLM calls reserve through. Run it with
+/// [`WorkerProcess::run`], which gives the budget leases back when the worker stops.
+pub struct WorkerProcess {
+    pub worker: std::sync::Arc<crate::runtime::worker::Worker>,
+    /// The model proxy's budget (`None` when the proxy is unavailable: no LLM call reserves).
+    budget: Option<crate::model::budget::Budget>,
+}
+
+impl WorkerProcess {
+    /// The budget the worker's model calls reserve through.
+    pub fn budget(&self) -> Option<&crate::model::budget::Budget> {
+        self.budget.as_ref()
+    }
+
+    /// Run the worker until `stop`, then return the unused part of every budget lease. Without
+    /// that, a lease outlives the process: it stays reserved (nobody can spend it) until its
+    /// ttl passes, and is then charged in full, as if the process had crashed.
+    pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) -> crate::error::Result<()> {
+        let ran = self.worker.clone().run(stop).await;
+        self.shutdown_budget().await;
+        ran
+    }
+
+    /// Flush settled spend to the ledger and give unused lease slices back (a no-op on the
+    /// plain ledger path). Failures are logged: the leases then expire and are charged in full
+    /// (fail closed), which is no reason to fail the shutdown itself.
+    pub async fn shutdown_budget(&self) {
+        if let Some(b) = &self.budget
+            && let Err(e) = b.shutdown().await
+        {
+            tracing::error!(
+                code = e.code.as_str(),
+                "budget leases not returned at shutdown; they are charged in full when they expire"
+            );
+        }
+    }
+}
+
 /// A worker executing scripted and LLM agents; tool calls go through the guarded boundary and
 /// then `p.tools` (the MCP gateway after [`attach_gateway`], else every call fails with
-/// E-RUN-013); model calls go through the ProviderProxy with local (env/file) credential refs.
+/// E-RUN-013); model calls go through the ProviderProxy with local (env/file) credential refs,
+/// reserving budget through leases with `--budget-leases`.
 pub fn worker_for(
     p: &Platform,
     args: &WorkerArgs,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
-) -> std::sync::Arc<crate::runtime::worker::Worker> {
+) -> WorkerProcess {
     worker_for_project(p, args, metrics, None)
 }
 
@@ -296,7 +335,7 @@ pub fn worker_for_project(
     args: &WorkerArgs,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     project: Option<String>,
-) -> std::sync::Arc<crate::runtime::worker::Worker> {
+) -> WorkerProcess {
     use crate::model::breaker::AnomalyCounter;
     use crate::model::executor::{AgentExecutor, LlmExecutor};
     use crate::model::proxy::ProviderProxy;
@@ -313,12 +352,20 @@ pub fn worker_for_project(
         anomalies.clone(),
         p.model_credentials.clone(),
     ) {
-        Ok(proxy) => Some(LlmExecutor::new(
-            p.control.clone(),
-            GuardedGateway::new(p.control.clone(), tools),
-            std::sync::Arc::new(proxy.with_egress(p.policy.clone())),
-            anomalies,
-        )),
+        Ok(proxy) => {
+            let proxy = match args.model.budget_leases() {
+                Some(config) => proxy.with_budget_leases(config),
+                None => proxy,
+            };
+            let budget = proxy.budget().clone();
+            let llm = LlmExecutor::new(
+                p.control.clone(),
+                GuardedGateway::new(p.control.clone(), tools),
+                std::sync::Arc::new(proxy.with_egress(p.policy.clone())),
+                anomalies,
+            );
+            Some((llm, budget))
+        }
         Err(e) => {
             tracing::error!(
                 code = e.code.as_str(),
@@ -327,8 +374,9 @@ pub fn worker_for_project(
             None
         }
     };
+    let (llm, budget) = llm.unzip();
     let executor = std::sync::Arc::new(AgentExecutor::new(scripted, llm));
-    std::sync::Arc::new(
+    let worker = std::sync::Arc::new(
         crate::runtime::worker::Worker::new(
             p.control.db().pool_for_health().clone(),
             p.control.clone(),
@@ -340,7 +388,8 @@ pub fn worker_for_project(
             },
         )
         .with_metrics(metrics),
-    )
+    );
+    WorkerProcess { worker, budget }
 }
 
 // --- channel hub (crate awooop-channels) ---

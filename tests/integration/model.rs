@@ -1880,6 +1880,90 @@ async fn budget_leased_reservations_keep_the_ledgers_semantics() {
     t.cleanup().await;
 }
 
+/// `awooop worker --budget-leases`, composed as the command does (`awooop up` uses the same
+/// `worker_for`): the worker's model budget leases a slice (8 calls' worth) on its first
+/// reservation; stopping the worker gracefully (its shutdown channel, as on SIGTERM) flushes
+/// the spend to the ledger and gives the unused slice back, so nothing stays leased. Without
+/// that the slice stays reserved after the process exits and is charged in full once the
+/// lease expires. The idle return is set far off so only the shutdown can return the slice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_leases_of_a_worker_are_returned_when_it_stops_gracefully() {
+    use clap::Parser;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "lease-stop", 1).await;
+    let state = std::env::temp_dir().join(format!("awooop-lease-stop-{}", t.name));
+    let cli = awooop::config::Cli::try_parse_from([
+        "awooop",
+        "worker",
+        "--database-url",
+        &t.url,
+        "--state-dir",
+        &state.to_string_lossy(),
+        "--db-max-connections",
+        "4",
+        "--project",
+        "lease-stop",
+        "--budget-leases",
+        "--budget-lease-idle-return-ms",
+        "600000",
+    ])
+    .unwrap();
+    let awooop::config::Command::Worker(args) = cli.command else {
+        panic!("parsed as the worker command");
+    };
+    let platform = awooop::platform::Platform::connect(&args.db, None, None)
+        .await
+        .unwrap();
+    let process = awooop::platform::worker_for_project(
+        &platform,
+        &args.worker,
+        awooop::metrics::Metrics::new(),
+        args.project.clone(),
+    );
+    let budget = process.budget().expect("the model proxy's budget").clone();
+    assert!(budget.leases().is_some(), "--budget-leases wires leases in");
+    let (stop, rx) = shutdown_channel();
+    let running = tokio::spawn(process.run(rx));
+    let limits = lease_limits(100_000, None);
+    tenancy::scope(p.clone(), async {
+        let r = budget
+            .reserve(&limits, &lease_request(1_000))
+            .await
+            .unwrap();
+        assert!(r.leased);
+        assert!(budget.settle(&r, 600, 0).await.unwrap());
+    })
+    .await;
+    let held = lease_rows(&t, "lease-stop").await;
+    assert!(
+        held.iter().any(|(s, tok)| s == "active" && *tok > 1_000),
+        "{held:?}"
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    drop(budget);
+    drop(platform);
+    let leases = lease_rows(&t, "lease-stop").await;
+    assert!(
+        !leases.is_empty() && leases.iter().all(|(s, tok)| s == "returned" && *tok == 0),
+        "{leases:?}"
+    );
+    let (reserved, spent, tripped) = ledger_of(&t, &p).await;
+    assert_eq!((reserved, spent, tripped), (0, 600, false));
+    let mut tx = scoped_tx(&t.app, "lease-stop").await;
+    let journal: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, actual_tokens FROM budget_reservations WHERE lease_id IS NOT NULL",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(journal, [("settled".to_string(), 600)]);
+    let _ = std::fs::remove_dir_all(&state);
+    t.cleanup().await;
+}
+
 /// Budget stranded in another process's lease is recalled, not refused: process A leases a
 /// slice (a quarter of 10 worst cases) for its one caller, which holds its reservation 3 s;
 /// process B then asks for 8 worst cases. Without the recall B's eighth caller would be

@@ -104,6 +104,7 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     let worker = worker_for(&p, &args.worker, metrics.clone());
     let (stop_tx, stop_rx) = crate::runtime::worker::shutdown_channel();
+    // Stopping the worker also gives its budget leases back (`WorkerProcess::run`).
     let worker_task = tokio::spawn(worker.run(stop_rx.clone()));
     let stop_rx_channels = stop_rx.clone();
     // Without a cluster the projection goes to files (the operator's file sink).

@@ -179,6 +179,11 @@ async fn two_populated_projects(t: &TestDb) {
             };
             let r = b.reserve(&limits, &req).await.unwrap();
             assert!(b.settle(&r, 5, 0).await.unwrap());
+            // A budget lease (before the breaker below opens) (migration 0062): taken, used and given back by a leased budget.
+            let leased = Budget::with_leases(cp.db().clone(), lease::LeaseConfig::default());
+            let r = leased.reserve(&limits, &req).await.unwrap();
+            assert!(leased.settle(&r, 5, 0).await.unwrap());
+            leased.shutdown().await.unwrap();
             let cfg = BreakerPolicy {
                 failure_threshold: 5,
                 cooldown_seconds: 60,

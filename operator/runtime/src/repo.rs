@@ -65,53 +65,86 @@ pub async fn insert_run(conn: &mut PgConnection, r: &NewRun<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The columns of a batch of runs of one project, as the arrays an `unnest` insert binds.
+struct RunColumns<'a> {
+    run_ids: Vec<Uuid>,
+    agents: Vec<&'a str>,
+    modes: Vec<&'a str>,
+    inputs: Vec<Value>,
+    input_hashes: Vec<&'a str>,
+    agent_revs: Vec<Uuid>,
+    agent_hashes: Vec<&'a str>,
+    project_revs: Vec<Option<Uuid>>,
+    project_hashes: Vec<Option<&'a str>>,
+    trace_ids: Vec<&'a str>,
+    span_ids: Vec<&'a str>,
+    keys: Vec<Option<&'a str>>,
+    max_attempts: Vec<i32>,
+    deadlines: Vec<f64>,
+    reply_tos: Vec<Option<Value>>,
+    leases: Vec<i32>,
+    max_concurrent: Vec<i32>,
+}
+
+impl<'a> RunColumns<'a> {
+    /// Fails closed when a run of another project slipped into the batch: the statement
+    /// writes every row under `project`.
+    fn of(project: &str, rs: &'a [NewRun<'a>]) -> Result<Self> {
+        let n = rs.len();
+        let mut c = RunColumns {
+            run_ids: Vec::with_capacity(n),
+            agents: Vec::with_capacity(n),
+            modes: Vec::with_capacity(n),
+            inputs: Vec::with_capacity(n),
+            input_hashes: Vec::with_capacity(n),
+            agent_revs: Vec::with_capacity(n),
+            agent_hashes: Vec::with_capacity(n),
+            project_revs: Vec::with_capacity(n),
+            project_hashes: Vec::with_capacity(n),
+            trace_ids: Vec::with_capacity(n),
+            span_ids: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            max_attempts: Vec::with_capacity(n),
+            deadlines: Vec::with_capacity(n),
+            reply_tos: Vec::with_capacity(n),
+            leases: Vec::with_capacity(n),
+            max_concurrent: Vec::with_capacity(n),
+        };
+        for r in rs {
+            if r.project != project {
+                return Err(Error::new(
+                    ErrorCode::TenantMissing,
+                    "runs of one batch belong to one project",
+                ));
+            }
+            c.run_ids.push(r.run_id);
+            c.agents.push(r.agent);
+            c.modes.push(r.mode);
+            c.inputs.push(r.input.clone());
+            c.input_hashes.push(r.input_hash);
+            c.agent_revs.push(r.agent_revision_id);
+            c.agent_hashes.push(r.agent_body_hash);
+            c.project_revs.push(r.project_revision_id);
+            c.project_hashes.push(r.project_body_hash);
+            c.trace_ids.push(r.trace.trace_id.as_str());
+            c.span_ids.push(r.trace.span_id.as_str());
+            c.keys.push(r.idempotency_key);
+            c.max_attempts.push(r.max_attempts);
+            c.deadlines.push(r.deadline_seconds as f64);
+            c.reply_tos.push(
+                r.reply_to
+                    .map(|x| serde_json::to_value(x).expect("serialisable")),
+            );
+            c.leases.push(r.lease_seconds);
+            c.max_concurrent.push(r.max_concurrent);
+        }
+        Ok(c)
+    }
+}
+
 /// Insert many runs of one project in one statement (same columns as [`insert_run`]).
 pub async fn insert_runs(conn: &mut PgConnection, project: &str, rs: &[NewRun<'_>]) -> Result<()> {
-    let mut run_ids = Vec::with_capacity(rs.len());
-    let mut agents = Vec::with_capacity(rs.len());
-    let mut modes = Vec::with_capacity(rs.len());
-    let mut inputs = Vec::with_capacity(rs.len());
-    let mut input_hashes = Vec::with_capacity(rs.len());
-    let mut agent_revs = Vec::with_capacity(rs.len());
-    let mut agent_hashes = Vec::with_capacity(rs.len());
-    let mut project_revs = Vec::with_capacity(rs.len());
-    let mut project_hashes = Vec::with_capacity(rs.len());
-    let mut trace_ids = Vec::with_capacity(rs.len());
-    let mut span_ids = Vec::with_capacity(rs.len());
-    let mut keys = Vec::with_capacity(rs.len());
-    let mut max_attempts = Vec::with_capacity(rs.len());
-    let mut deadlines = Vec::with_capacity(rs.len());
-    let mut reply_tos = Vec::with_capacity(rs.len());
-    let mut leases = Vec::with_capacity(rs.len());
-    let mut max_concurrent = Vec::with_capacity(rs.len());
-    for r in rs {
-        if r.project != project {
-            return Err(Error::new(
-                ErrorCode::TenantMissing,
-                "runs of one batch belong to one project",
-            ));
-        }
-        run_ids.push(r.run_id);
-        agents.push(r.agent);
-        modes.push(r.mode);
-        inputs.push(r.input.clone());
-        input_hashes.push(r.input_hash);
-        agent_revs.push(r.agent_revision_id);
-        agent_hashes.push(r.agent_body_hash);
-        project_revs.push(r.project_revision_id);
-        project_hashes.push(r.project_body_hash);
-        trace_ids.push(r.trace.trace_id.as_str());
-        span_ids.push(r.trace.span_id.as_str());
-        keys.push(r.idempotency_key);
-        max_attempts.push(r.max_attempts);
-        deadlines.push(r.deadline_seconds as f64);
-        reply_tos.push(
-            r.reply_to
-                .map(|x| serde_json::to_value(x).expect("serialisable")),
-        );
-        leases.push(r.lease_seconds);
-        max_concurrent.push(r.max_concurrent);
-    }
+    let c = RunColumns::of(project, rs)?;
     sqlx::query(
         "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
          project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds, max_concurrent) \
@@ -124,23 +157,23 @@ pub async fn insert_runs(conn: &mut PgConnection, project: &str, rs: &[NewRun<'_
            project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline, reply_to, lease_seconds, max_concurrent)",
     )
     .bind(project)
-    .bind(&run_ids)
-    .bind(&agents)
-    .bind(&modes)
-    .bind(&inputs)
-    .bind(&input_hashes)
-    .bind(&agent_revs)
-    .bind(&agent_hashes)
-    .bind(&project_revs)
-    .bind(&project_hashes)
-    .bind(&trace_ids)
-    .bind(&span_ids)
-    .bind(&keys)
-    .bind(&max_attempts)
-    .bind(&deadlines)
-    .bind(&reply_tos)
-    .bind(&leases)
-    .bind(&max_concurrent)
+    .bind(&c.run_ids)
+    .bind(&c.agents)
+    .bind(&c.modes)
+    .bind(&c.inputs)
+    .bind(&c.input_hashes)
+    .bind(&c.agent_revs)
+    .bind(&c.agent_hashes)
+    .bind(&c.project_revs)
+    .bind(&c.project_hashes)
+    .bind(&c.trace_ids)
+    .bind(&c.span_ids)
+    .bind(&c.keys)
+    .bind(&c.max_attempts)
+    .bind(&c.deadlines)
+    .bind(&c.reply_tos)
+    .bind(&c.leases)
+    .bind(&c.max_concurrent)
     .execute(conn)
     .await?;
     Ok(())
@@ -160,51 +193,7 @@ pub async fn insert_runs_keys_audit(
     keys: &[(&str, &str, Uuid, i64)],
     audit: &awooop_store::audit::Columns,
 ) -> Result<bool> {
-    let mut run_ids = Vec::with_capacity(rs.len());
-    let mut agents = Vec::with_capacity(rs.len());
-    let mut modes = Vec::with_capacity(rs.len());
-    let mut inputs = Vec::with_capacity(rs.len());
-    let mut input_hashes = Vec::with_capacity(rs.len());
-    let mut agent_revs = Vec::with_capacity(rs.len());
-    let mut agent_hashes = Vec::with_capacity(rs.len());
-    let mut project_revs = Vec::with_capacity(rs.len());
-    let mut project_hashes = Vec::with_capacity(rs.len());
-    let mut trace_ids = Vec::with_capacity(rs.len());
-    let mut span_ids = Vec::with_capacity(rs.len());
-    let mut run_keys = Vec::with_capacity(rs.len());
-    let mut max_attempts = Vec::with_capacity(rs.len());
-    let mut deadlines = Vec::with_capacity(rs.len());
-    let mut reply_tos = Vec::with_capacity(rs.len());
-    let mut leases = Vec::with_capacity(rs.len());
-    let mut max_concurrent = Vec::with_capacity(rs.len());
-    for r in rs {
-        if r.project != project {
-            return Err(Error::new(
-                ErrorCode::TenantMissing,
-                "runs of one batch belong to one project",
-            ));
-        }
-        run_ids.push(r.run_id);
-        agents.push(r.agent);
-        modes.push(r.mode);
-        inputs.push(r.input.clone());
-        input_hashes.push(r.input_hash);
-        agent_revs.push(r.agent_revision_id);
-        agent_hashes.push(r.agent_body_hash);
-        project_revs.push(r.project_revision_id);
-        project_hashes.push(r.project_body_hash);
-        trace_ids.push(r.trace.trace_id.as_str());
-        span_ids.push(r.trace.span_id.as_str());
-        run_keys.push(r.idempotency_key);
-        max_attempts.push(r.max_attempts);
-        deadlines.push(r.deadline_seconds as f64);
-        reply_tos.push(
-            r.reply_to
-                .map(|x| serde_json::to_value(x).expect("serialisable")),
-        );
-        leases.push(r.lease_seconds);
-        max_concurrent.push(r.max_concurrent);
-    }
+    let c = RunColumns::of(project, rs)?;
     let key_names: Vec<&str> = keys.iter().map(|k| k.0).collect();
     let key_hashes: Vec<&str> = keys.iter().map(|k| k.1).collect();
     let key_runs: Vec<Uuid> = keys.iter().map(|k| k.2).collect();
@@ -232,23 +221,23 @@ pub async fn insert_runs_keys_audit(
          SELECT yes FROM taken",
     )
     .bind(project)
-    .bind(&run_ids)
-    .bind(&agents)
-    .bind(&modes)
-    .bind(&inputs)
-    .bind(&input_hashes)
-    .bind(&agent_revs)
-    .bind(&agent_hashes)
-    .bind(&project_revs)
-    .bind(&project_hashes)
-    .bind(&trace_ids)
-    .bind(&span_ids)
-    .bind(&run_keys)
-    .bind(&max_attempts)
-    .bind(&deadlines)
-    .bind(&reply_tos)
-    .bind(&leases)
-    .bind(&max_concurrent)
+    .bind(&c.run_ids)
+    .bind(&c.agents)
+    .bind(&c.modes)
+    .bind(&c.inputs)
+    .bind(&c.input_hashes)
+    .bind(&c.agent_revs)
+    .bind(&c.agent_hashes)
+    .bind(&c.project_revs)
+    .bind(&c.project_hashes)
+    .bind(&c.trace_ids)
+    .bind(&c.span_ids)
+    .bind(&c.keys)
+    .bind(&c.max_attempts)
+    .bind(&c.deadlines)
+    .bind(&c.reply_tos)
+    .bind(&c.leases)
+    .bind(&c.max_concurrent)
     .bind(&key_names)
     .bind(&key_hashes)
     .bind(&key_runs)

@@ -1021,8 +1021,12 @@ async fn replies_are_escaped_split_retried_after_429_and_audited_per_attempt() {
 }
 
 /// An executor that holds the run until released, so a run stays "running".
+/// Holds every run until the test opens the gate. A watch channel, not `Notify`: a run whose
+/// executor reaches the gate after it opened must pass too (`notify_waiters` wakes only the
+/// tasks already waiting, so a run still loading its journal when the test released the others
+/// waited forever).
 struct Gated {
-    release: Arc<tokio::sync::Notify>,
+    release: tokio::sync::watch::Receiver<bool>,
 }
 
 #[async_trait]
@@ -1032,7 +1036,8 @@ impl Executor for Gated {
         ctx: &RunContext,
         _journal: &mut Journal,
     ) -> awooop::error::Result<Outcome> {
-        self.release.notified().await;
+        let mut gate = self.release.clone();
+        let _ = gate.wait_for(|open| *open).await;
         Ok(Outcome::Succeeded(
             json!({"text": format!("done: {}", ctx.input["text"].as_str().unwrap_or(""))}),
         ))
@@ -1053,10 +1058,8 @@ async fn a_long_run_gets_a_status_message_edited_in_place_then_the_reply_and_not
     let signed = sdk(&py, json!([tg_update(7001, "slow one", 99)]));
     let (s, v) = env.post("/v1/webhooks/chan-a/tg", &signed[0]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let release = Arc::new(tokio::sync::Notify::new());
-    let worker = env.worker(Arc::new(Gated {
-        release: release.clone(),
-    }));
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let worker = env.worker(Arc::new(Gated { release: gate }));
     let (stop, rx) = shutdown_channel();
     let w = tokio::spawn(worker.clone().run(rx));
     eventually("the run is running", || async {
@@ -1097,7 +1100,7 @@ async fn a_long_run_gets_a_status_message_edited_in_place_then_the_reply_and_not
     assert_eq!(edits[0].body["chat_id"], status_id);
     assert!(edits.iter().all(|e| e.body["message_id"].is_number()));
     // The run ends: the reply goes out, and no status message follows it.
-    release.notify_one();
+    release.send_replace(true);
     eventually("the run succeeds", || async {
         env.count(
             "chan-a",
@@ -1258,10 +1261,8 @@ async fn long_runs_show_progress_with_line_loading_animation_and_slack_chat_upda
         let (st, v) = env.post(path, s).await;
         assert_eq!(st, StatusCode::OK, "{v}");
     }
-    let release = Arc::new(tokio::sync::Notify::new());
-    let worker = env.worker(Arc::new(Gated {
-        release: release.clone(),
-    }));
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let worker = env.worker(Arc::new(Gated { release: gate }));
     let (stop, rx) = shutdown_channel();
     let w = tokio::spawn(worker.clone().run(rx));
     eventually("both runs are running", || async {
@@ -1329,7 +1330,7 @@ async fn long_runs_show_progress_with_line_loading_animation_and_slack_chat_upda
     assert_eq!(env.double.calls("line", "message/push").len(), 1);
     assert_eq!(env.double.calls("slack", "chat.update").len(), 3);
     // The runs end: the replies go out and nothing follows them.
-    release.notify_waiters();
+    release.send_replace(true);
     eventually("the runs succeed", || async {
         env.count(
             "chan-a",

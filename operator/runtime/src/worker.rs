@@ -41,6 +41,10 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// Claim only this project's runs (`awooop worker --project P`); `None`: every project.
     pub project: Option<String>,
+    /// The completion writer claims successors in the transaction that completes a batch (one
+    /// commit per cycle instead of two). Off: only the claim loop claims (for measuring the
+    /// two against each other: `AWOOOP_BENCH_REFILL=0 awooop bench runs`).
+    pub refill_on_complete: bool,
 }
 
 impl WorkerConfig {
@@ -55,6 +59,7 @@ impl WorkerConfig {
             retention_every: Duration::from_secs(600),
             grace: Duration::from_secs(20),
             project: None,
+            refill_on_complete: true,
         }
     }
 }
@@ -676,7 +681,7 @@ impl Worker {
                 let res = loop {
                     attempt += 1;
                     // A retry claims nothing: a failing claim must never hold completions back.
-                    let claim = last && attempt == 1;
+                    let claim = last && attempt == 1 && self.cfg.refill_on_complete;
                     let r = tenancy::scope(project.clone(), async {
                         let mut tx = self.control.db().tenant().await?;
                         let landed =

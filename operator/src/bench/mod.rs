@@ -54,6 +54,23 @@ pub async fn scratch_database(base_url: &str, tag: &str) -> anyhow::Result<Strin
     crate::db::migrate(&url)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // An experiment on the schema (docs/benchmarks.md, "Bisecting"): SQL run as the owner on the
+    // scratch database after the migrations, e.g. a trigger dropped or an older one put back,
+    // to measure what one database object costs without rebuilding the binary. Never on
+    // anything but the scratch database.
+    if let Ok(path) = std::env::var("AWOOOP_BENCH_SCRATCH_SQL") {
+        let sql = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("AWOOOP_BENCH_SCRATCH_SQL {path}: {e}"))?;
+        let owner = crate::db::connect_owner(&url, 1)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&owner)
+            .await
+            .map_err(|e| anyhow::anyhow!("AWOOOP_BENCH_SCRATCH_SQL {path}: {e}"))?;
+        owner.close().await;
+        eprintln!("scratch database {name}: applied {path}");
+    }
     Ok(url)
 }
 

@@ -124,11 +124,8 @@ fn assert_refused(r: &Value) {
 async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics() {
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
-    let market = awooop::example::catalog_entry(AWOOOP_BIN, &["market-mcp"]);
-    awooop::example::seed_ewoooc(&cp, KEY_ID, &market)
-        .await
-        .expect("onboard ewoooc");
-    let ew = pid("ewoooc");
+    // Onboarded from docs/examples/ewoooc through `awooop project onboard`.
+    let ew = crate::ewoooc::onboard_example(&t, &cp).await;
     // AWOOOI (seeded by migration 0002): an infra agent with a tool of the fixture upstream.
     let ai = pid("awoooi");
     let up = FixtureServer::start(FixtureOptions::default())

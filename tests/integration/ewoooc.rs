@@ -688,15 +688,6 @@ async fn onboarding_refuses_an_edited_prompt_and_a_grant_across_domains() {
     awooop::example::ensure_catalog(&t.db(), "test-admin", &market())
         .await
         .unwrap();
-    let projects = || async {
-        let mut su = t.superuser().await;
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM projects WHERE project_id = 'ewoooc'")
-                .fetch_one(&mut su)
-                .await
-                .unwrap();
-        n
-    };
     // The prompt edited without the agent's hash: refused before anything is written.
     let edited = example_copy(&t, "prompt");
     let prompt = edited.join("prompts/openclaw-biz.md");
@@ -707,7 +698,13 @@ async fn onboarding_refuses_an_edited_prompt_and_a_grant_across_domains() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("E-APPLY-004"), "{err}");
-    assert_eq!(projects().await, 0, "nothing was written");
+    let mut su = t.superuser().await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projects WHERE project_id = 'ewoooc'")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    drop(su);
+    assert_eq!(n, 0, "nothing was written");
 
     // A gateway that hands the business agent a tool of the infra domain: the agent is
     // activated before the gateway, so the grant-time firewall sees its domain and refuses
@@ -891,15 +888,17 @@ async fn conversation_history_of_a_business_channel_never_reaches_an_infra_agent
         .map(|r| r.body["messages"].to_string())
         .collect();
     assert_eq!(bodies.len(), 4);
-    let asked = |q: &str| -> &String {
+    let find = |q: &str| -> String {
         bodies
             .iter()
             .find(|b| b.contains(q))
             .unwrap_or_else(|| panic!("no model call for {q}: {bodies:?}"))
+            .clone()
     };
+    let (biz, ops) = (find("QBIZ"), find("QOPS"));
     // Each agent gets its own channel's earlier message …
-    assert!(asked("QBIZ").contains("BIZSECRET"), "{}", asked("QBIZ"));
-    assert!(asked("QOPS").contains("OPSSECRET"), "{}", asked("QOPS"));
+    assert!(biz.contains("BIZSECRET"), "{biz}");
+    assert!(ops.contains("OPSSECRET"), "{ops}");
     // … and never the other domain's, in any of its calls.
     for b in &bodies {
         assert!(
@@ -907,7 +906,7 @@ async fn conversation_history_of_a_business_channel_never_reaches_an_infra_agent
             "one model call carries both domains' history: {b}"
         );
     }
-    assert!(!asked("QBIZ").contains("OPSSECRET"), "{}", asked("QBIZ"));
-    assert!(!asked("QOPS").contains("BIZSECRET"), "{}", asked("QOPS"));
+    assert!(!biz.contains("OPSSECRET"), "{biz}");
+    assert!(!ops.contains("BIZSECRET"), "{ops}");
     t.cleanup().await;
 }

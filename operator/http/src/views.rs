@@ -50,7 +50,7 @@ async fn scoped_view(
     tx.commit().await?;
     let mut v = v.unwrap_or(Value::Null);
     Redactor::global().redact_json(&mut v);
-    Ok::<_, Error>(v)
+    Ok(v)
 }
 
 /// `GET /v1/control/contracts`: every contract of the project (kind, name) with its latest

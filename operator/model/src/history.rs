@@ -89,7 +89,7 @@ pub async fn assemble(
                 name.clone(),
                 ErrorCode::ContextDomainUndeclared.as_str(),
             )),
-            Some(d) => match firewall.admit_history(Some(&d)) {
+            Some(d) => match firewall.admit_history(Some(d.as_str())) {
                 Ok(()) => readable.push(name.clone()),
                 Err(e) => skipped.push((name.clone(), e.code.as_str())),
             },

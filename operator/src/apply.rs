@@ -509,3 +509,41 @@ pub async fn onboard_local(
     };
     onboard(p, keyring_file, dir, None, &opts).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_files_are_found_beside_the_contract_and_never_outside_it() {
+        let root = std::env::temp_dir().join(format!("awooop-artifacts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("prompts")).unwrap();
+        std::fs::write(root.join("prompts/a.md"), "A").unwrap();
+        std::fs::write(root.join("prompts/b"), "B").unwrap();
+        std::fs::write(root.join("prompts/c.md"), "C").unwrap();
+        std::fs::write(root.join("prompts/c.txt"), "C").unwrap();
+        std::fs::write(root.join("secret.md"), "S").unwrap();
+        let found = |r: &str| find_artifact(&root.join("prompts").join(".."), r);
+        assert_eq!(
+            found("prompts/a").unwrap(),
+            Some(root.join("prompts/../prompts/a.md"))
+        );
+        assert_eq!(
+            found("prompts/b").unwrap(),
+            Some(root.join("prompts/../prompts/b"))
+        );
+        assert_eq!(found("prompts/none").unwrap(), None);
+        // Two candidates: refused, never a silent pick.
+        assert_eq!(
+            found("prompts/c").unwrap_err().code,
+            ErrorCode::ApplyConflict
+        );
+        // Nothing outside the folder, whatever the contract says.
+        let inner = root.join("prompts");
+        for r in ["../secret", "/etc/passwd", "", "./../secret"] {
+            assert_eq!(find_artifact(&inner, r).unwrap(), None, "{r}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -281,9 +281,7 @@ fn artifact_files(docs: &[ContractDoc]) -> Result<Vec<ArtifactFile>, Error> {
 fn find_artifact(root: &Path, reference: &str) -> Result<Option<PathBuf>, Error> {
     use std::path::Component;
     let rel = Path::new(reference);
-    if reference.is_empty()
-        || !rel.components().all(|c| matches!(c, Component::Normal(_)))
-    {
+    if reference.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
         return Ok(None);
     }
     let exact = root.join(rel);

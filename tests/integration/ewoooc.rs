@@ -174,7 +174,11 @@ pub(crate) async fn onboard_example(t: &TestDb, cp: &ControlPlane) -> ProjectId 
         .iter()
         .map(|c| {
             (
-                format!("{}/{}", c["kind"].as_str().unwrap(), c["name"].as_str().unwrap()),
+                format!(
+                    "{}/{}",
+                    c["kind"].as_str().unwrap(),
+                    c["name"].as_str().unwrap()
+                ),
                 c["action"].as_str().unwrap().to_string(),
             )
         })
@@ -677,7 +681,11 @@ fn example_copy(t: &TestDb, tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("prompts")).unwrap();
     for f in awooop::example::FILES {
-        std::fs::write(dir.join(f.0), std::fs::read(example_dir().join(f.0)).unwrap()).unwrap();
+        std::fs::write(
+            dir.join(f.0),
+            std::fs::read(example_dir().join(f.0)).unwrap(),
+        )
+        .unwrap();
     }
     dir
 }
@@ -718,7 +726,10 @@ async fn onboarding_refuses_an_edited_prompt_and_a_grant_across_domains() {
             "# awooop: project={} kind={}{}\n",
             header.project.unwrap(),
             header.kind.unwrap(),
-            header.name.map(|n| format!(" name={n}")).unwrap_or_default()
+            header
+                .name
+                .map(|n| format!(" name={n}"))
+                .unwrap_or_default()
         );
         std::fs::write(crossed.join(file), format!("{header}{body}")).unwrap();
     };
@@ -836,8 +847,18 @@ async fn conversation_history_of_a_business_channel_never_reaches_an_infra_agent
     let router = awooop::channels::routes(hub);
     // One conversation, both channels, in this order (each stored before the next is sent).
     for (channel, token, id, text) in [
-        ("biz-chat", &biz_key, "b1", "BIZSECRET: margin on EW-1001 is 42 percent"),
-        ("ops-chat", &ops_key, "o1", "OPSSECRET: node-7 kubeconfig at /etc/k8s"),
+        (
+            "biz-chat",
+            &biz_key,
+            "b1",
+            "BIZSECRET: margin on EW-1001 is 42 percent",
+        ),
+        (
+            "ops-chat",
+            &ops_key,
+            "o1",
+            "OPSSECRET: node-7 kubeconfig at /etc/k8s",
+        ),
         ("biz-chat", &biz_key, "b2", "QBIZ: how are sales?"),
         ("ops-chat", &ops_key, "o2", "QOPS: how are the nodes?"),
     ] {
@@ -859,7 +880,11 @@ async fn conversation_history_of_a_business_channel_never_reaches_an_infra_agent
             .unwrap();
         assert_eq!(resp.status(), StatusCode::ACCEPTED, "{channel} {id}");
     }
-    model.script((0..4).map(|i| Reply::Text(format!("answer {i}"))).collect::<Vec<_>>());
+    model.script(
+        (0..4)
+            .map(|i| Reply::Text(format!("answer {i}")))
+            .collect::<Vec<_>>(),
+    );
     let mut cfg = WorkerConfig::new("ewoooc-history");
     cfg.poll = Duration::from_millis(20);
     let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), s.exec.clone(), cfg));

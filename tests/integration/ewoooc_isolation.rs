@@ -410,7 +410,8 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
         }
         // Budget and breakers: its own ledger rows, reservation and open breaker, nothing of
         // the other's.
-        let budget: Value = serde_json::from_str(&cli(&["budget", "show", "--project", p])).unwrap();
+        let budget: Value =
+            serde_json::from_str(&cli(&["budget", "show", "--project", p])).unwrap();
         let text = budget.to_string();
         let scopes: Vec<&str> = budget["ledger"]
             .as_array()
@@ -423,7 +424,10 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
             2,
             "{p}: the project and its agent's scope: {budget}"
         );
-        assert!(scopes.contains(&format!("agent:{own_agent}").as_str()), "{budget}");
+        assert!(
+            scopes.contains(&format!("agent:{own_agent}").as_str()),
+            "{budget}"
+        );
         assert_eq!(budget["recent"][0]["agent"], own_agent, "{budget}");
         assert_eq!(budget["recent"].as_array().unwrap().len(), 1, "{budget}");
         let breakers = budget["breakers"].as_array().unwrap();
@@ -434,10 +438,11 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
             format!("{p}-anomaly-burst"),
             "{budget}"
         );
-        for f in foreign
-            .into_iter()
-            .chain(if p == "ewoooc" { ["ai-cloud-llm"] } else { ["ew-local-llm"] })
-        {
+        for f in foreign.into_iter().chain(if p == "ewoooc" {
+            ["ai-cloud-llm"]
+        } else {
+            ["ew-local-llm"]
+        }) {
             assert!(!text.contains(f), "{p}'s budget mentions {f}: {text}");
         }
     }

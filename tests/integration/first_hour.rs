@@ -845,11 +845,16 @@ async fn up_onboards_ewoooc_through_project_onboard_and_a_second_start_changes_n
         "{log}"
     );
     assert_eq!(
-        ours.iter().filter(|l| l.contains(": unchanged (revision 1)")).count(),
+        ours.iter()
+            .filter(|l| l.contains(": unchanged (revision 1)"))
+            .count(),
         6,
         "{log}"
     );
-    assert!(!log.contains("catalog entry market-mcp registered"), "{log}");
+    assert!(
+        !log.contains("catalog entry market-mcp registered"),
+        "{log}"
+    );
     assert_eq!(
         count(&t, "ewoooc", "SELECT count(*) FROM contract_revisions").await,
         6

@@ -309,13 +309,12 @@ impl LlmExecutor {
             };
         // A channel's conversation history, read only from channels of domains this agent
         // may read (the channel hub's side of the context firewall).
-        let mut messages = match super::history::assemble(&self.control, ctx.run_id, &firewall)
-            .await
-        {
-            Ok(h) => h,
-            Err(e) if is_transient(&e) => return Err(e),
-            Err(e) => return Ok(failed(&e)),
-        };
+        let mut messages =
+            match super::history::assemble(&self.control, ctx.run_id, &firewall).await {
+                Ok(h) => h,
+                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) => return Ok(failed(&e)),
+            };
         messages.push(ChatMessage::User {
             content: user_text(&ctx.input),
         });

@@ -85,10 +85,7 @@ pub async fn assemble(
             domains.insert(agent.clone(), d);
         }
         match domains.get(agent).cloned().flatten() {
-            None => skipped.push((
-                name.clone(),
-                ErrorCode::ContextDomainUndeclared.as_str(),
-            )),
+            None => skipped.push((name.clone(), ErrorCode::ContextDomainUndeclared.as_str())),
             Some(d) => match firewall.admit_history(Some(d.as_str())) {
                 Ok(()) => readable.push(name.clone()),
                 Err(e) => skipped.push((name.clone(), e.code.as_str())),

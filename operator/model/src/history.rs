@@ -100,7 +100,7 @@ pub async fn assemble(
             "conversation history of channels of other context domains left out"
         );
     }
-    if !readable.iter().any(|c| *c == channel) {
+    if !readable.contains(&channel) {
         // The run's own channel is of a domain its agent may not read (the channel routes to
         // another agent now): no history at all.
         return Ok(vec![]);

@@ -1,6 +1,15 @@
 //! Applying contract files and onboarding tenants from a folder: the file-system and keyring
 //! edges around [`awooop_control::apply`] (which decides and writes). One path for
-//! `awooop apply`, `awooop project onboard` and the seeding of `awooop up`.
+//! `awooop apply`, `awooop project onboard` and the seeding of `awooop up` (its `--onboard`
+//! folders and the EwoooC example, [`crate::example`]).
+//!
+//! Artifacts an Agent contract references (prompt, input/output schema, evals: `{"ref":
+//! "prompts/x", "sha256": ...}`) are registered from files beside the contract file: `ref`
+//! itself or `ref` plus one extension (`prompts/x.md`), relative to the contract file's
+//! folder. The file's hash must be the one the contract names (`E-APPLY-004` otherwise:
+//! a folder whose prompt was edited without its contract is refused before anything is
+//! written, the project included). An artifact already registered with that hash is left alone, so onboarding
+//! stays idempotent.
 
 use std::path::{Path, PathBuf};
 
@@ -117,7 +126,8 @@ pub fn approvals(args: &crate::config::ApproveArgs) -> Approvals {
     }
 }
 
-/// Apply documents, grouped by project (in order of first appearance), each group in
+/// Apply documents, grouped by project (in order of first appearance): first the artifacts
+/// their Agent contracts reference (see the module docs), then the documents in
 /// [`apply::apply_order`]. Stops at the first error: what was applied before stays applied
 /// and the next run continues from there.
 pub async fn apply_docs(
@@ -125,7 +135,7 @@ pub async fn apply_docs(
     keyring_file: &Path,
     mut docs: Vec<ContractDoc>,
     opts: &ApplyOptions,
-) -> anyhow::Result<Vec<Applied>> {
+) -> anyhow::Result<(Vec<ArtifactApplied>, Vec<Applied>)> {
     let mut projects: Vec<String> = Vec::new();
     for d in &docs {
         let Some(pr) = &d.project else {
@@ -143,15 +153,209 @@ pub async fn apply_docs(
         }
     }
     docs.sort_by_key(|d| apply::apply_order(d.kind));
+    // Every artifact file is found and hashed before anything is written.
+    let files = artifact_files(&docs)?;
+    let mut artifacts = Vec::new();
     let mut out = Vec::new();
     for pr in projects {
         let project = ProjectId::parse(&pr)?;
         ensure_signing_key(p, keyring_file, &project, &opts.key_id).await?;
+        for f in files.iter().filter(|f| f.project == pr) {
+            artifacts
+                .push(tenancy::scope(project.clone(), register_artifact(p, f, &opts.actor)).await?);
+        }
         for d in docs.iter().filter(|d| d.project.as_deref() == Some(&pr)) {
             out.push(tenancy::scope(project.clone(), p.control.apply(d, opts)).await?);
         }
     }
+    Ok((artifacts, out))
+}
+
+/// An artifact file found beside a contract file, checked against the contract's hash.
+#[derive(Debug, Clone)]
+struct ArtifactFile {
+    project: String,
+    reference: String,
+    sha256: String,
+    /// `prompt`, `schema` or `eval` (`artifact_refs.artifact_kind`).
+    kind: &'static str,
+    media_type: &'static str,
+    path: PathBuf,
+    content: Vec<u8>,
+}
+
+/// What happened to one artifact.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactApplied {
+    pub project: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub sha256: String,
+    pub file: String,
+    /// False: it was registered with this hash already (nothing written).
+    pub registered: bool,
+}
+
+impl ArtifactApplied {
+    pub fn summary(&self) -> String {
+        let what = format!("{}/artifact/{}", self.project, self.reference);
+        if self.registered {
+            format!("{what}: registered from {} ({})", self.file, self.sha256)
+        } else {
+            format!("{what}: unchanged ({})", self.sha256)
+        }
+    }
+}
+
+/// The artifact files the Agent documents reference, deduplicated, each hash-checked.
+fn artifact_files(docs: &[ContractDoc]) -> Result<Vec<ArtifactFile>, Error> {
+    let mut out: Vec<ArtifactFile> = Vec::new();
+    for d in docs.iter().filter(|d| d.kind == ContractKind::Agent) {
+        // An invalid body is reported by `apply` with its violations; nothing to look up here.
+        let Ok(Contract::Agent(a)) = contracts::validate(d.kind, &d.body) else {
+            continue;
+        };
+        let project = d.project.clone().unwrap_or_default();
+        let refs = a
+            .prompt
+            .iter()
+            .map(|r| (r, "prompt"))
+            .chain(a.input_schema.iter().map(|r| (r, "schema")))
+            .chain(a.output_schema.iter().map(|r| (r, "schema")))
+            .chain(a.evals.iter().map(|r| (r, "eval")));
+        // Relative to the folder of the contract file (`source` is its path).
+        let root = Path::new(&d.source)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        for (r, kind) in refs {
+            if out
+                .iter()
+                .any(|f| f.project == project && f.reference == r.reference && f.sha256 == r.sha256)
+            {
+                continue;
+            }
+            let Some(path) = find_artifact(&root, &r.reference)? else {
+                // Not beside the contract: it may be registered already (`awooop artifact`
+                // or the API); publish refuses it with E-CONTRACT-013 when it is not.
+                continue;
+            };
+            let content = read_bounded(&path)?;
+            let sha = crate::contracts::canonical::sha256_ref(&content);
+            if sha != r.sha256 {
+                return Err(Error::new(
+                    ErrorCode::ApplyArtifactMismatch,
+                    format!(
+                        "{}: its sha256 is {sha}, but {} names {} for `{}`: put the file's hash in the contract (or restore the file)",
+                        path.display(),
+                        d.source,
+                        r.sha256,
+                        r.reference
+                    ),
+                ));
+            }
+            let media_type = match path.extension().and_then(|e| e.to_str()) {
+                Some("md") => "text/markdown",
+                Some("json") => "application/json",
+                Some("txt") => "text/plain",
+                Some("yaml" | "yml") => "application/yaml",
+                _ => "application/octet-stream",
+            };
+            out.push(ArtifactFile {
+                project: project.clone(),
+                reference: r.reference.clone(),
+                sha256: sha,
+                kind,
+                media_type,
+                path,
+                content,
+            });
+        }
+    }
     Ok(out)
+}
+
+/// The file of artifact `reference` under `root`: `root/reference`, else the one file
+/// `root/reference.EXT`. A reference that would leave `root` (absolute, `..`) names no file:
+/// a contract never makes onboarding read outside its folder.
+fn find_artifact(root: &Path, reference: &str) -> Result<Option<PathBuf>, Error> {
+    use std::path::Component;
+    let rel = Path::new(reference);
+    if reference.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Ok(None);
+    }
+    let exact = root.join(rel);
+    if exact.is_file() {
+        return Ok(Some(exact));
+    }
+    let (Some(dir), Some(stem)) = (exact.parent(), rel.file_name()) else {
+        return Ok(None);
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|f| f.is_file() && f.file_stem() == Some(stem) && f.extension().is_some())
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(Error::new(
+            ErrorCode::ApplyConflict,
+            format!(
+                "artifact `{reference}`: more than one file could be it ({}); keep one",
+                found
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+fn read_bounded(f: &Path) -> Result<Vec<u8>, Error> {
+    let len = std::fs::metadata(f).map_err(|e| read_error(f, e))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(Error::new(
+            ErrorCode::ApplyBadFile,
+            format!("{}: larger than {MAX_FILE_BYTES} bytes", f.display()),
+        ));
+    }
+    std::fs::read(f).map_err(|e| read_error(f, e))
+}
+
+/// Register one artifact in the current tenant scope unless it is registered with its hash.
+async fn register_artifact(
+    p: &Platform,
+    f: &ArtifactFile,
+    actor: &str,
+) -> Result<ArtifactApplied, Error> {
+    let registered = match p.control.artifact(&f.reference, &f.sha256).await {
+        Ok(_) => false,
+        Err(e) if e.code == ErrorCode::ContractArtifactMissing => {
+            p.control
+                .put_artifact(
+                    &Actor::cli(actor),
+                    &f.reference,
+                    f.kind,
+                    f.media_type,
+                    &f.content,
+                )
+                .await?;
+            true
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(ArtifactApplied {
+        project: f.project.clone(),
+        reference: f.reference.clone(),
+        sha256: f.sha256.clone(),
+        file: f.path.display().to_string(),
+        registered,
+    })
 }
 
 /// What `project onboard` did.
@@ -160,6 +364,8 @@ pub struct Onboarded {
     pub project: String,
     /// True when this run created the project.
     pub created: bool,
+    /// Artifacts registered from files of the folder (see the module docs).
+    pub artifacts: Vec<ArtifactApplied>,
     pub contracts: Vec<Applied>,
     /// Contract kinds the folder does not provide (a complete tenant has all six).
     pub missing_kinds: Vec<String>,
@@ -172,6 +378,7 @@ impl Onboarded {
         } else {
             format!("project {}: exists", self.project)
         }];
+        l.extend(self.artifacts.iter().map(ArtifactApplied::summary));
         l.extend(self.contracts.iter().map(Applied::summary));
         if !self.missing_kinds.is_empty() {
             l.push(format!(
@@ -249,6 +456,9 @@ pub async fn onboard(
     else {
         unreachable!("a Project document validates into a Project contract");
     };
+    // Artifact files are checked before the project is created: a folder whose prompt was
+    // edited without its contract leaves nothing behind.
+    artifact_files(&docs)?;
     let exists = p
         .control
         .list_projects(&Actor::cli("cli"))
@@ -272,10 +482,11 @@ pub async fn onboard(
         .filter(|k| !docs.iter().any(|d| d.kind == **k))
         .map(|k| k.as_str().to_string())
         .collect();
-    let contracts = apply_docs(p, keyring_file, docs, opts).await?;
+    let (artifacts, contracts) = apply_docs(p, keyring_file, docs, opts).await?;
     Ok(Onboarded {
         project: pid.to_string(),
         created: !exists,
+        artifacts,
         contracts,
         missing_kinds,
     })
@@ -295,4 +506,42 @@ pub async fn onboard_local(
         approvals: Approvals::Local,
     };
     onboard(p, keyring_file, dir, None, &opts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_files_are_found_beside_the_contract_and_never_outside_it() {
+        let root = std::env::temp_dir().join(format!("awooop-artifacts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("prompts")).unwrap();
+        std::fs::write(root.join("prompts/a.md"), "A").unwrap();
+        std::fs::write(root.join("prompts/b"), "B").unwrap();
+        std::fs::write(root.join("prompts/c.md"), "C").unwrap();
+        std::fs::write(root.join("prompts/c.txt"), "C").unwrap();
+        std::fs::write(root.join("secret.md"), "S").unwrap();
+        let found = |r: &str| find_artifact(&root.join("prompts").join(".."), r);
+        assert_eq!(
+            found("prompts/a").unwrap(),
+            Some(root.join("prompts/../prompts/a.md"))
+        );
+        assert_eq!(
+            found("prompts/b").unwrap(),
+            Some(root.join("prompts/../prompts/b"))
+        );
+        assert_eq!(found("prompts/none").unwrap(), None);
+        // Two candidates: refused, never a silent pick.
+        assert_eq!(
+            found("prompts/c").unwrap_err().code,
+            ErrorCode::ApplyConflict
+        );
+        // Nothing outside the folder, whatever the contract says.
+        let inner = root.join("prompts");
+        for r in ["../secret", "/etc/passwd", "", "./../secret"] {
+            assert_eq!(find_artifact(&inner, r).unwrap(), None, "{r}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

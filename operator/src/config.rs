@@ -50,6 +50,10 @@ pub enum Command {
     /// Show or change a project's migration mode.
     #[command(subcommand)]
     Mode(ModeCmd),
+    /// A project's model budget: ledger rows against limits, model breakers, recent
+    /// reservations (what `GET /v1/platform/budgets` answers).
+    #[command(subcommand)]
+    Budget(BudgetCmd),
     /// Write (or with --check, verify) the generated contract JSON Schemas.
     Schemas(SchemasArgs),
     /// Print the error-code table as Markdown.
@@ -718,6 +722,19 @@ pub enum ModeCmd {
         reason: Option<String>,
         #[arg(long = "as", default_value = "cli")]
         actor: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCmd {
+    /// The project's budget ledger (spend and reservations against limits per scope and
+    /// period), its model breakers (project and per provider: failures, open until, reason)
+    /// and its most recent reservations, as JSON. Only that project's rows, ever.
+    Show {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        project: String,
     },
 }
 

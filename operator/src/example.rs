@@ -1,67 +1,56 @@
 //! The EwoooC example tenant (`docs/examples/ewoooc/`), onboarded by `awooop up` beside the
-//! seeded `awoooi` so a first-time user sees two tenants, and by the integration tests.
+//! seeded `awoooi` so a first-time user sees two tenants.
 //!
-//! [`seed_ewoooc`] is idempotent and resumable: it creates the project if missing, registers
-//! the prompt artifact and the stdio catalog entry of the market MCP server, then drafts,
-//! signs, publishes, approves (as the two approvers the Project contract lists) and activates
-//! each contract whose active revision differs from the file, and reports each step. The
-//! project stays in `shadow` (the seed's migration path: shadow, then canary, read-only only);
-//! `awooop migration set canary` moves it on.
+//! `up` onboards it through exactly the path a user takes, `awooop project onboard --from
+//! DIR` ([`crate::apply::onboard_local`]): the folder shipped in this binary is written to
+//! `STATE/examples/ewoooc/` (refreshed at every start, so it is always the example of this
+//! version) and onboarded from there. What `up` adds is the platform administrator's part,
+//! which no tenant folder can do: the stdio catalog entry `market-mcp` that starts the market
+//! server (the tenant's MCP Gateway contract can only name it). The project stays in `shadow`
+//! (the seed's migration path: shadow, then canary, read-only only); `awooop mode set canary`
+//! moves it on.
 
-use serde_json::Value;
+use std::path::Path;
 
-use crate::auth::Actor;
-use crate::contracts::{self, ContractKind};
-use crate::control::{ControlPlane, NewProject};
-use crate::error::{ErrorCode, Result};
-use crate::tenancy::{self, ProjectId};
+use crate::apply::Onboarded;
+use crate::platform::Platform;
+use crate::tenancy::Db;
 
 pub const PROJECT: &str = "ewoooc";
 /// The catalog entry the example's MCP Gateway contract names.
 pub const CATALOG_ENTRY: &str = "market-mcp";
-/// The approvers of `docs/examples/ewoooc/project.json`.
-pub const APPROVERS: [&str; 2] = ["pm-lee", "cto-chen"];
 
-const PROMPT_REF: &str = "prompts/openclaw-biz";
-const PROMPT: &str = include_str!("../../docs/examples/ewoooc/prompts/openclaw-biz.md");
-
-/// The six contracts, in the order they are activated: the Project first (its ACL and context
-/// domains govern the rest), the agent before the gateway (so the grant-time context check
-/// sees the agent's domain).
-pub fn contracts() -> Vec<(ContractKind, &'static str, &'static str)> {
-    vec![
-        (
-            ContractKind::Project,
-            PROJECT,
-            include_str!("../../docs/examples/ewoooc/project.json"),
-        ),
-        (
-            ContractKind::Runtime,
-            "default",
-            include_str!("../../docs/examples/ewoooc/runtime.json"),
-        ),
-        (
-            ContractKind::Policy,
-            "default",
-            include_str!("../../docs/examples/ewoooc/policy.json"),
-        ),
-        (
-            ContractKind::Agent,
-            "openclaw-biz",
-            include_str!("../../docs/examples/ewoooc/agent-openclaw-biz.json"),
-        ),
-        (
-            ContractKind::McpGateway,
-            "default",
-            include_str!("../../docs/examples/ewoooc/mcp-gateway.json"),
-        ),
-        (
-            ContractKind::Channel,
-            "default",
-            include_str!("../../docs/examples/ewoooc/channel.json"),
-        ),
-    ]
-}
+/// `docs/examples/ewoooc/` as shipped: path inside the folder, content.
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "project.json",
+        include_str!("../../docs/examples/ewoooc/project.json"),
+    ),
+    (
+        "runtime.json",
+        include_str!("../../docs/examples/ewoooc/runtime.json"),
+    ),
+    (
+        "policy.json",
+        include_str!("../../docs/examples/ewoooc/policy.json"),
+    ),
+    (
+        "agent-openclaw-biz.json",
+        include_str!("../../docs/examples/ewoooc/agent-openclaw-biz.json"),
+    ),
+    (
+        "mcp-gateway.json",
+        include_str!("../../docs/examples/ewoooc/mcp-gateway.json"),
+    ),
+    (
+        "channel.json",
+        include_str!("../../docs/examples/ewoooc/channel.json"),
+    ),
+    (
+        "prompts/openclaw-biz.md",
+        include_str!("../../docs/examples/ewoooc/prompts/openclaw-biz.md"),
+    ),
+];
 
 /// The stdio catalog entry that starts the market server: `command args…`.
 pub fn catalog_entry(command: &str, args: &[&str]) -> awooop_policy::catalog::CatalogEntry {
@@ -75,101 +64,109 @@ pub fn catalog_entry(command: &str, args: &[&str]) -> awooop_policy::catalog::Ca
     }
 }
 
-/// Onboard EwoooC; `key_id` must be in the control plane's keyring (it is registered for the
-/// project here). Returns one line per step taken (empty when everything was already there).
-pub async fn seed_ewoooc(
-    cp: &ControlPlane,
-    key_id: &str,
-    market: &awooop_policy::catalog::CatalogEntry,
-) -> Result<Vec<String>> {
-    let admin = Actor::cli("awooop-up");
-    let mut did = Vec::new();
-    match cp
-        .create_project(
-            &admin,
-            NewProject {
-                project_id: PROJECT.into(),
-                display_name: "EwoooC (e-commerce market intelligence)".into(),
-                required_approvals: Some(2),
-            },
-        )
-        .await
-    {
-        Ok(_) => did.push(format!("created project {PROJECT}")),
-        Err(e) if e.code == ErrorCode::ProjectExists => {}
-        Err(e) => return Err(e),
-    }
-    let existing = awooop_policy::catalog_list(cp.db(), "awooop-up").await?;
-    if !existing
+/// Put `entry` in the administrator's stdio catalog unless it is there as it is. True when
+/// it was written.
+pub async fn ensure_catalog(
+    db: &Db,
+    actor: &str,
+    entry: &awooop_policy::catalog::CatalogEntry,
+) -> crate::error::Result<bool> {
+    let existing = awooop_policy::catalog_list(db, actor).await?;
+    if existing
         .iter()
-        .any(|e| e.name == market.name && e.command == market.command && e.args == market.args)
+        .any(|e| e.name == entry.name && e.command == entry.command && e.args == entry.args)
     {
-        awooop_policy::catalog_put(cp.db(), "awooop-up", market).await?;
-        did.push(format!("stdio catalog entry {} registered", market.name));
+        return Ok(false);
     }
-    let project = ProjectId::parse(PROJECT)?;
-    tenancy::scope(project, async {
-        let mut tx = cp.db().tenant().await?;
-        let has_key: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signing_keys WHERE key_id = $1)")
-                .bind(key_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        if !has_key {
-            cp.register_signing_key(&admin, key_id).await?;
-            did.push(format!("signing key {key_id} registered"));
+    awooop_policy::catalog_put(db, actor, entry).await?;
+    Ok(true)
+}
+
+/// Write the shipped folder into `dir`, each file only when its content differs.
+pub fn write_folder(dir: &Path) -> std::io::Result<()> {
+    for (name, text) in FILES {
+        let path = dir.join(name);
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == *text) {
+            continue;
         }
-        let hash = contracts::canonical::sha256_ref(PROMPT.as_bytes());
-        if cp.artifact(PROMPT_REF, &hash).await.is_err() {
-            cp.put_artifact(
-                &admin,
-                PROMPT_REF,
-                "prompt",
-                "text/markdown",
-                PROMPT.as_bytes(),
-            )
-            .await?;
-            did.push(format!("artifact {PROMPT_REF} registered"));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
         }
-        for (kind, name, text) in contracts() {
-            let body: Value = serde_json::from_str(text).map_err(crate::error::Error::internal)?;
-            let hash = contracts::canonical::body_hash(&body);
-            if let Ok((row, _)) = cp.active_typed(kind, name).await
-                && row.body_hash == hash
-            {
-                continue;
-            }
-            let d = cp.create_draft(&admin, kind, name, body).await?;
-            let req = cp.sign_draft(d.draft.draft_id, key_id).await?;
-            let rev = cp.publish(&admin, d.draft.draft_id, req).await?.revision_id;
-            for a in APPROVERS {
-                cp.approve(&Actor::cli(a), rev).await?;
-            }
-            cp.activate(&admin, rev).await?;
-            did.push(format!("{} {name} activated", kind.as_str()));
-        }
-        Ok::<(), crate::error::Error>(())
-    })
-    .await?;
-    Ok(did)
+        std::fs::write(&path, text)?;
+    }
+    Ok(())
+}
+
+/// What `awooop up` does for the example: the catalog entry (as this binary's hidden
+/// `market-mcp` command), the folder written to `STATE/examples/ewoooc/`, and the onboarding
+/// of that folder with the local key and approvers. Returns whether the catalog entry was
+/// written, the folder, and what the onboarding did.
+pub async fn onboard_for_up(
+    p: &Platform,
+    keyring_file: &Path,
+) -> anyhow::Result<(bool, std::path::PathBuf, Onboarded)> {
+    let exe = std::env::current_exe()?;
+    let market = catalog_entry(&exe.to_string_lossy(), &["market-mcp"]);
+    let catalog = ensure_catalog(p.control.db(), "awooop-up", &market).await?;
+    let dir = p.state_dir.join("examples").join(PROJECT);
+    write_folder(&dir)?;
+    let done = crate::apply::onboard_local(p, keyring_file, &dir).await?;
+    Ok((catalog, dir, done))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contracts::{self, Contract};
+
+    fn folder() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/ewoooc")
+    }
 
     #[test]
-    fn every_example_contract_validates_and_names_the_prompt_it_ships() {
-        for (kind, name, text) in contracts() {
-            let body: Value = serde_json::from_str(text).unwrap();
-            contracts::validate(kind, &body)
-                .unwrap_or_else(|v| panic!("{} {name}: {v:?}", kind.as_str()));
+    fn the_shipped_copy_is_the_whole_folder() {
+        let mut on_disk = Vec::new();
+        for sub in ["", "prompts"] {
+            for e in std::fs::read_dir(folder().join(sub)).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_file() {
+                    let rel = p.strip_prefix(folder()).unwrap();
+                    on_disk.push(rel.to_string_lossy().into_owned());
+                }
+            }
         }
-        let agent: Value = serde_json::from_str(contracts()[3].2).unwrap();
-        assert_eq!(
-            agent["prompt"]["sha256"],
-            contracts::canonical::sha256_ref(PROMPT.as_bytes())
-        );
+        on_disk.sort();
+        let mut shipped: Vec<String> = FILES.iter().map(|(n, _)| n.to_string()).collect();
+        shipped.sort();
+        assert_eq!(shipped, on_disk, "add the new file to example::FILES");
+    }
+
+    #[test]
+    fn every_example_contract_has_its_header_validates_and_names_the_prompt_it_ships() {
+        let prompt = FILES
+            .iter()
+            .find(|(n, _)| *n == "prompts/openclaw-biz.md")
+            .unwrap()
+            .1;
+        let none = crate::control::apply::Header::default();
+        let mut kinds = Vec::new();
+        for (name, text) in FILES.iter().filter(|(n, _)| n.ends_with(".json")) {
+            let (header, body) = crate::control::apply::parse_file(name, text).unwrap();
+            assert_eq!(header.project.as_deref(), Some(PROJECT), "{name}");
+            let doc = crate::control::apply::resolve(name, name, header, &none, body).unwrap();
+            let c = contracts::validate(doc.kind, &doc.body)
+                .unwrap_or_else(|v| panic!("{name}: {v:?}"));
+            if let Contract::Agent(a) = c {
+                assert_eq!(
+                    a.prompt.unwrap().sha256,
+                    contracts::canonical::sha256_ref(prompt.as_bytes())
+                );
+            }
+            kinds.push(doc.kind);
+        }
+        kinds.sort_by_key(|k| *k as u8);
+        let mut all = contracts::ContractKind::ALL.to_vec();
+        all.sort_by_key(|k| *k as u8);
+        assert_eq!(kinds, all, "the six contracts");
     }
 }

@@ -1,6 +1,6 @@
 //! EwoooC and AWOOOI side by side (issue 17): neither tenant ever sees the other's runs, audit
-//! rows, tools or tool calls, through the CLI (`awooop run list`, `audit tail`, each run with
-//! one project's scope), `/mcp` (each project's runner key: `tools/list` shows only its own
+//! rows, budget, breakers, tools or tool calls, through the CLI (`awooop run list`, `audit
+//! tail`, `budget show`, each run with one project's scope), `/mcp` (each project's runner key: `tools/list` shows only its own
 //! tools, `tools/call` of the other's tool is refused before any upstream sees it) and
 //! `/metrics`.
 //!
@@ -20,13 +20,16 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use awooop::auth::{AdminToken, KeyBinding, Role};
-use awooop::contracts::ContractKind;
+use awooop::contracts::{BudgetPeriod, ContractKind};
 use awooop::coord::Coord;
 use awooop::gateway::audit::CallAudit;
 use awooop::gateway::credentials::{CredentialResolver, LocalPolicy};
 use awooop::gateway::keys::GatewayKeys;
 use awooop::gateway::upstream::Upstreams;
 use awooop::gateway::{Gateway, GatewayConfig};
+use awooop::model::breaker::Breakers;
+use awooop::model::budget::{Budget, ReserveRequest};
+use awooop::model::policy::{BudgetPolicy, ScopeLimit};
 use awooop::policy::PolicySource;
 use awooop::runtime::{CreateRun, RunService};
 use awooop::tenancy::{self, ProjectId};
@@ -124,11 +127,8 @@ fn assert_refused(r: &Value) {
 async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics() {
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
-    let market = awooop::example::catalog_entry(AWOOOP_BIN, &["market-mcp"]);
-    awooop::example::seed_ewoooc(&cp, KEY_ID, &market)
-        .await
-        .expect("onboard ewoooc");
-    let ew = pid("ewoooc");
+    // Onboarded from docs/examples/ewoooc through `awooop project onboard`.
+    let ew = crate::ewoooc::onboard_example(&t, &cp).await;
     // AWOOOI (seeded by migration 0002): an infra agent with a tool of the fixture upstream.
     let ai = pid("awoooi");
     let up = FixtureServer::start(FixtureOptions::default())
@@ -304,6 +304,45 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
         assert!(tools.iter().any(|t| t.starts_with(own)), "{tools:?}");
     }
 
+    // Budget use and a tripped breaker in each project: a reservation of its agent on its own
+    // provider (ledger rows for the project and the agent scope) and its project breaker open
+    // with a reason naming it.
+    for (p, agent, provider, reason) in [
+        (&ew, "openclaw-biz", "ew-local-llm", "ewoooc-anomaly-burst"),
+        (&ai, "triage", "ai-cloud-llm", "awoooi-anomaly-burst"),
+    ] {
+        tenancy::scope(p.clone(), async {
+            let limit = ScopeLimit {
+                token_limit: 1_000_000,
+                currency_limit_micros: None,
+            };
+            Budget::new(t.db())
+                .reserve(
+                    &BudgetPolicy {
+                        period: BudgetPeriod::Day,
+                        project: limit.clone(),
+                        agent: Some(limit),
+                    },
+                    &ReserveRequest {
+                        run_id: None,
+                        agent: agent.into(),
+                        provider: provider.into(),
+                        model: "m".into(),
+                        tokens: 1234,
+                        micros: 0,
+                        ttl: Duration::from_secs(600),
+                    },
+                )
+                .await
+                .unwrap();
+            Breakers::new(t.db())
+                .open_project(reason, Duration::from_secs(600))
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+
     // The CLI, with one project's scope at a time.
     let state = std::env::temp_dir().join(format!("awooop-iso-{}", t.name));
     let cli = |args: &[&str]| -> String {
@@ -368,6 +407,43 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
         let approvals = cli(&["approval", "list", "--project", p]);
         for f in foreign {
             assert!(!approvals.contains(f), "{p}'s approvals mention {f}");
+        }
+        // Budget and breakers: its own ledger rows, reservation and open breaker, nothing of
+        // the other's.
+        let budget: Value =
+            serde_json::from_str(&cli(&["budget", "show", "--project", p])).unwrap();
+        let text = budget.to_string();
+        let scopes: Vec<&str> = budget["ledger"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{budget}"))
+            .iter()
+            .map(|r| r["scope"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            scopes.len(),
+            2,
+            "{p}: the project and its agent's scope: {budget}"
+        );
+        assert!(
+            scopes.contains(&format!("agent:{own_agent}").as_str()),
+            "{budget}"
+        );
+        assert_eq!(budget["recent"][0]["agent"], own_agent, "{budget}");
+        assert_eq!(budget["recent"].as_array().unwrap().len(), 1, "{budget}");
+        let breakers = budget["breakers"].as_array().unwrap();
+        assert_eq!(breakers.len(), 1, "{budget}");
+        assert_eq!(breakers[0]["open"], true, "{budget}");
+        assert_eq!(
+            breakers[0]["reason"],
+            format!("{p}-anomaly-burst"),
+            "{budget}"
+        );
+        for f in foreign.into_iter().chain(if p == "ewoooc" {
+            ["ai-cloud-llm"]
+        } else {
+            ["ew-local-llm"]
+        }) {
+            assert!(!text.contains(f), "{p}'s budget mentions {f}: {text}");
         }
     }
 

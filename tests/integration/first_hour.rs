@@ -761,3 +761,107 @@ async fn a_terminated_database_connection_is_503_unavailable() {
     assert_eq!(resp.status().as_u16(), 503);
     t.cleanup().await;
 }
+
+/// `awooop up` onboards the EwoooC example through the same path as `awooop project onboard
+/// --from DIR` (the folder it ships, written to the state folder): the prompt artifact from
+/// the folder, the six contracts in an order that makes each activation valid. A second start
+/// changes nothing and says so.
+#[tokio::test]
+async fn up_onboards_ewoooc_through_project_onboard_and_a_second_start_changes_nothing() {
+    let t = TestDb::new().await;
+    let cli = Cli::new(&t);
+    let dir = cli.state.join("examples/ewoooc");
+    let prefix = format!("  onboard {}: ", dir.display());
+    let up = Up::start(&cli).await;
+    let log = wait_for_log(
+        &up.log,
+        &format!("{prefix}ewoooc/channel/default: revision 1 published and activated"),
+        60,
+    )
+    .await;
+    drop(up);
+    let ours: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect();
+    assert_eq!(ours[0], "project ewoooc: created", "{log}");
+    assert!(
+        ours[1].starts_with("ewoooc/artifact/prompts/openclaw-biz: registered from"),
+        "{log}"
+    );
+    let kinds: Vec<&str> = ours[2..]
+        .iter()
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ewoooc/project/ewoooc",
+            "ewoooc/runtime/default",
+            "ewoooc/policy/default",
+            "ewoooc/agent/openclaw-biz",
+            "ewoooc/mcp_gateway/default",
+            "ewoooc/channel/default"
+        ],
+        "{log}"
+    );
+    assert!(
+        ours[2..]
+            .iter()
+            .all(|l| l.ends_with("revision 1 published and activated")),
+        "{log}"
+    );
+    assert!(
+        log.contains("onboard ewoooc: stdio catalog entry market-mcp registered"),
+        "{log}"
+    );
+    // The folder onboarded is the example as shipped, on disk for the user to read.
+    let shipped = std::fs::read_to_string(dir.join("agent-openclaw-biz.json")).unwrap();
+    assert_eq!(
+        shipped,
+        std::fs::read_to_string(repo().join("docs/examples/ewoooc/agent-openclaw-biz.json"))
+            .unwrap()
+    );
+    assert_eq!(
+        count(&t, "ewoooc", "SELECT count(*) FROM active_revisions").await,
+        6
+    );
+
+    let up = Up::start(&cli).await;
+    let log = wait_for_log(
+        &up.log,
+        &format!("{prefix}ewoooc/channel/default: unchanged (revision 1)"),
+        60,
+    )
+    .await;
+    drop(up);
+    let ours: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .collect();
+    assert_eq!(ours[0], "project ewoooc: exists", "{log}");
+    assert!(
+        ours[1].starts_with("ewoooc/artifact/prompts/openclaw-biz: unchanged"),
+        "{log}"
+    );
+    assert_eq!(
+        ours.iter()
+            .filter(|l| l.contains(": unchanged (revision 1)"))
+            .count(),
+        6,
+        "{log}"
+    );
+    assert!(
+        !log.contains("catalog entry market-mcp registered"),
+        "{log}"
+    );
+    assert_eq!(
+        count(&t, "ewoooc", "SELECT count(*) FROM contract_revisions").await,
+        6
+    );
+    assert_eq!(
+        count(&t, "ewoooc", "SELECT count(*) FROM artifact_refs").await,
+        1
+    );
+    t.cleanup().await;
+}

@@ -779,6 +779,17 @@ pub struct Channel {
     /// this channel's conversations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<ChannelCanary>,
+    /// How many earlier events of the conversation (its messages and the replies sent, on
+    /// this project's channels) an LLM agent started from this channel gets before the new
+    /// message (0, the default: none). The context firewall applies: events of a channel whose
+    /// agent is of a domain this agent may not read are never read for it.
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    #[schemars(range(max = 50))]
+    pub history_events: u16,
+}
+
+fn is_zero_u16(n: &u16) -> bool {
+    *n == 0
 }
 
 /// Canary selection of a channel.

@@ -194,15 +194,17 @@ pub fn resolve(
 }
 
 /// The order a folder is applied in: the Project contract first (it sets the approval policy
-/// and ACL the others are approved under), the agent's dependencies before the agent, the
-/// channel (which starts runs of agents) last.
+/// and ACL the others are approved under and declares the context domains), the agent before
+/// the MCP Gateway contract (whose activation checks each grant against the domain of the
+/// agents active then: a gateway activated first would be checked against no agent at all),
+/// the channel (which starts runs of agents) last.
 pub fn apply_order(kind: ContractKind) -> u8 {
     match kind {
         ContractKind::Project => 0,
         ContractKind::Runtime => 1,
         ContractKind::Policy => 2,
-        ContractKind::McpGateway => 3,
-        ContractKind::Agent => 4,
+        ContractKind::Agent => 3,
+        ContractKind::McpGateway => 4,
         ContractKind::Channel => 5,
     }
 }
@@ -579,10 +581,11 @@ mod tests {
     }
 
     #[test]
-    fn project_contracts_go_first_and_channels_last() {
+    fn project_contracts_go_first_agents_before_their_gateway_and_channels_last() {
         let mut kinds = ContractKind::ALL.to_vec();
         kinds.sort_by_key(|k| apply_order(*k));
         assert_eq!(kinds.first(), Some(&ContractKind::Project));
         assert_eq!(kinds.last(), Some(&ContractKind::Channel));
+        assert!(apply_order(ContractKind::Agent) < apply_order(ContractKind::McpGateway));
     }
 }

@@ -253,6 +253,9 @@ error_codes! {
     ApplyConflict = ("E-APPLY-002", 422, "contract file names another project, kind or name than asked for (or a Project contract not named after its project)"),
     /// Nothing to apply, or an onboarding folder without its Project contract.
     ApplyNothing = ("E-APPLY-003", 422, "no contract file found, or the onboarding folder has no Project contract"),
+    /// An artifact file beside the contract files (e.g. `prompts/x.md`) has another hash than
+    /// the contract that references it names.
+    ApplyArtifactMismatch = ("E-APPLY-004", 422, "an artifact file beside the contract files has another sha256 than the contract names"),
     // --- approvals and controlled write paths (docs/approvals.md) ---
     /// An approver rejected the pending tool call (the run fails with who and why).
     ApprovalRejected = ("E-APPROVAL-001", 409, "the approval request was rejected (the run fails; the message names who and why)"),

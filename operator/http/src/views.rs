@@ -32,18 +32,23 @@ async fn view(
     arg: Option<Uuid>,
 ) -> Result<Value> {
     let db = s.control.db().clone();
-    let mut v: Value = t
-        .run(async move {
-            let mut tx = db.tenant().await?;
-            let mut q = sqlx::query_scalar::<_, Option<Value>>(sql).bind(RECENT);
-            if let Some(id) = arg {
-                q = q.bind(id);
-            }
-            let v = q.fetch_one(&mut *tx).await?;
-            tx.commit().await?;
-            Ok::<_, Error>(v.unwrap_or(Value::Null))
-        })
-        .await?;
+    t.run(scoped_view(db, sql, arg)).await
+}
+
+/// One view query in the current tenant scope, redacted.
+async fn scoped_view(
+    db: awooop_store::tenancy::Db,
+    sql: &'static str,
+    arg: Option<Uuid>,
+) -> Result<Value> {
+    let mut tx = db.tenant().await?;
+    let mut q = sqlx::query_scalar::<_, Option<Value>>(sql).bind(RECENT);
+    if let Some(id) = arg {
+        q = q.bind(id);
+    }
+    let v = q.fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    let mut v = v.unwrap_or(Value::Null);
     Redactor::global().redact_json(&mut v);
     Ok(v)
 }
@@ -235,9 +240,18 @@ SELECT json_build_object(
 }
 
 /// `GET /v1/platform/budgets`: the ledger rows (spend and reservations against limits per
-/// scope and period), the project's model breaker, the most recent reservations.
+/// scope and period), the project's model breakers, the most recent reservations.
 pub async fn budgets(State(s): State<AppState>, t: Tenant<Read>) -> Result<impl IntoResponse> {
-    const SQL: &str = r#"
+    Ok(Json(view(&s, &t, BUDGETS_SQL, None).await?))
+}
+
+/// The budgets view of the current tenant scope, as `GET /v1/platform/budgets` answers it:
+/// `awooop budget show` prints this (one query, so the CLI and the API cannot drift).
+pub async fn budgets_in_scope(db: awooop_store::tenancy::Db) -> Result<Value> {
+    scoped_view(db, BUDGETS_SQL, None).await
+}
+
+const BUDGETS_SQL: &str = r#"
 SELECT json_build_object(
   'ledger', coalesce((
     SELECT json_agg(l ORDER BY l.period_start DESC, l.scope) FROM (
@@ -256,8 +270,6 @@ SELECT json_build_object(
              actual_tokens, actual_micros
       FROM budget_reservations ORDER BY created_at DESC LIMIT $1) r), '[]'::json))
 "#;
-    Ok(Json(view(&s, &t, SQL, None).await?))
-}
 
 /// `GET /v1/platform/channels`: the most recent inbound conversation events and outbound
 /// deliveries of the project's channels.

@@ -103,6 +103,11 @@ impl PromptFirewall {
         Ok(())
     }
 
+    /// An earlier conversation event of the domain `item_domain` (its channel's agent's).
+    pub fn admit_history(&self, item_domain: Option<&str>) -> Result<()> {
+        self.admit(item_domain, "conversation_event")
+    }
+
     fn admit(&self, item_domain: Option<&str>, what: &str) -> Result<()> {
         self.firewall
             .may_read(&self.agent, &self.domain, item_domain)

@@ -307,11 +307,20 @@ impl LlmExecutor {
                 (Err(e), _) | (_, Err(e)) if is_transient(&e) => return Err(e),
                 (Err(e), _) | (_, Err(e)) => return Ok(failed(&e)),
             };
+        // A channel's conversation history, read only from channels of domains this agent
+        // may read (the channel hub's side of the context firewall).
+        let mut messages =
+            match super::history::assemble(&self.control, ctx.run_id, &firewall).await {
+                Ok(h) => h,
+                Err(e) if is_transient(&e) => return Err(e),
+                Err(e) => return Ok(failed(&e)),
+            };
+        messages.push(ChatMessage::User {
+            content: user_text(&ctx.input),
+        });
         let mut req = ChatRequest {
             system,
-            messages: vec![ChatMessage::User {
-                content: user_text(&ctx.input),
-            }],
+            messages,
             tools,
         };
         let max_steps = i32::from(policy.max_steps);

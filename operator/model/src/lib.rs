@@ -12,6 +12,8 @@
 //!   crate, which checks every output; re-exported here).
 //! * [`executor`]: the LLM tool-calling executor and the per-agent executor choice.
 //! * [`context`]: prompt assembly under the context firewall (foreign-domain items refused).
+//! * [`history`]: the conversation history of a run started from a channel, read only from
+//!   channels of domains the agent may read.
 //!
 //! The provider double speaking the three wire formats (tests, bench) is in `awooop-testkit`.
 
@@ -19,6 +21,7 @@ pub mod breaker;
 pub mod budget;
 pub mod context;
 pub mod executor;
+pub mod history;
 pub mod policy;
 pub mod proxy;
 pub use awooop_runtime::validate;

@@ -22,14 +22,22 @@ pub(super) async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let docs = crate::apply::load(&args.files, &flags)?;
     let p = Platform::connect(&args.db, Some(&args.redis), Some(&args.keyring)).await?;
     let keyring_file = keyring_path(Some(&args.keyring), &p.state_dir);
-    let applied =
+    let (artifacts, applied) =
         crate::apply::apply_docs(&p, &keyring_file, docs, &options(&args.approve)).await?;
+    // The JSON and name forms list contracts (as before artifacts were registered here); the
+    // text form says what happened to the artifacts too.
     output::emit(
         &args.output,
         Style::Text,
         &applied,
         || applied.iter().map(|a| a.reference()).collect(),
-        || applied.iter().map(|a| a.summary()).collect(),
+        || {
+            artifacts
+                .iter()
+                .map(|a| a.summary())
+                .chain(applied.iter().map(|a| a.summary()))
+                .collect()
+        },
     )
 }
 

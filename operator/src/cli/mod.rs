@@ -243,6 +243,17 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             .await?;
             print(&v)
         }
+        Command::Budget(BudgetCmd::Show { db, project }) => {
+            let p = Platform::connect(&db, None, None).await?;
+            let db = p.control.db().clone();
+            print(
+                &tenancy::scope(
+                    ProjectId::parse(&project)?,
+                    crate::http::views::budgets_in_scope(db),
+                )
+                .await?,
+            )
+        }
         Command::Schemas(a) => schemas(&a.out, a.check),
         Command::Crdgen(a) => crdgen(&[a.out, a.chart_out], a.check),
         Command::Operator(a) => {

@@ -58,15 +58,22 @@ pub(super) async fn up(args: UpArgs) -> anyhow::Result<()> {
             eprintln!("  onboard {}: {line}", dir.display());
         }
     }
-    // The second tenant of the example (docs/ewoooc.md), onboarded beside awoooi. Its MCP
-    // server is this binary's hidden `market-mcp` command, registered in the stdio catalog.
+    // The second tenant of the example (docs/ewoooc.md), onboarded beside awoooi through the
+    // same path as `awooop project onboard --from DIR` (from the copy of docs/examples/ewoooc
+    // this binary ships, written to the state folder). Its MCP server is this binary's hidden
+    // `market-mcp` command, registered in the stdio catalog. A failure is reported and `up`
+    // goes on: the example is a convenience, the platform works without it.
     if args.keyring.keyring.is_none() {
-        let exe = std::env::current_exe()?;
-        let market = crate::example::catalog_entry(&exe.to_string_lossy(), &["market-mcp"]);
-        match crate::example::seed_ewoooc(&p.control, "local", &market).await {
-            Ok(steps) => {
-                for s in steps {
-                    eprintln!("  ewoooc: {s}");
+        match crate::example::onboard_for_up(&p, &keyring_file).await {
+            Ok((catalog, dir, done)) => {
+                if catalog {
+                    eprintln!(
+                        "  onboard ewoooc: stdio catalog entry {} registered",
+                        crate::example::CATALOG_ENTRY
+                    );
+                }
+                for line in done.lines() {
+                    eprintln!("  onboard {}: {line}", dir.display());
                 }
             }
             Err(e) => tracing::warn!(error = %e, "the EwoooC example was not onboarded"),

@@ -246,7 +246,12 @@ async fn drain(
     let owner = crate::db::connect_owner(url, 1)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    sqlx::query("ANALYZE runs").execute(&owner).await?;
+    // VACUUM too: the bulk drain follows the create-path drain on the same tables, and without
+    // it the claims of the second drain walk the first one's dead queue entries (autovacuum
+    // does this on a long-lived table; here it would start in the middle of a drain).
+    sqlx::query("VACUUM ANALYZE runs, run_steps, run_events")
+        .execute(&owner)
+        .await?;
     owner.close().await;
     let (stop, rx) = shutdown_channel();
     let ws: Vec<_> = (0..workers)

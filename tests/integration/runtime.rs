@@ -1057,7 +1057,12 @@ async fn hot_path_checks_refuse_what_they_refused() {
     project(&cp, "alpha", 1).await;
     let mut su = t.superuser().await;
     let hex = |n: usize| "0123456789abcdef".repeat(8)[..n].to_string();
-    let name = |n: usize| format!("a{}", "b-9".repeat(30)).chars().take(n).collect::<String>();
+    let name = |n: usize| {
+        format!("a{}", "b-9".repeat(30))
+            .chars()
+            .take(n)
+            .collect::<String>()
+    };
     // A canary run to hang outbound messages on (shadow runs may not have any).
     let run: Uuid = Uuid::now_v7();
     sqlx::query(
@@ -1075,7 +1080,13 @@ async fn hot_path_checks_refuse_what_they_refused() {
 
     // (constraint, statement with $1 = the value under test, admitted, refused)
     let runs_sql = |col: &str| {
-        let v = |c: &str, dflt: &str| if c == col { "$1".to_string() } else { dflt.to_string() };
+        let v = |c: &str, dflt: &str| {
+            if c == col {
+                "$1".to_string()
+            } else {
+                dflt.to_string()
+            }
+        };
         format!(
             "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, \
              agent_body_hash, trace_id, span_id, max_attempts, deadline_at) VALUES ('alpha', gen_random_uuid(), \
@@ -1087,7 +1098,13 @@ async fn hot_path_checks_refuse_what_they_refused() {
         )
     };
     let events_sql = |col: &str| {
-        let v = |c: &str, dflt: &str| if c == col { "$1".to_string() } else { dflt.to_string() };
+        let v = |c: &str, dflt: &str| {
+            if c == col {
+                "$1".to_string()
+            } else {
+                dflt.to_string()
+            }
+        };
         format!(
             "INSERT INTO conversation_events (project_id, event_id, channel, provider, external_id, conversation, \
              kind, body_sha256, trace_id) VALUES ('alpha', gen_random_uuid(), {}, 'line', gen_random_uuid()::text, 'c', \
@@ -1103,7 +1120,15 @@ async fn hot_path_checks_refuse_what_they_refused() {
             "runs_agent_check",
             runs_sql("agent"),
             vec!["a".into(), name(63), "a-1".into()],
-            vec![String::new(), name(64), "1a".into(), "-a".into(), "aB".into(), "a_b".into(), "a\n".into()],
+            vec![
+                String::new(),
+                name(64),
+                "1a".into(),
+                "-a".into(),
+                "aB".into(),
+                "a_b".into(),
+                "a\n".into(),
+            ],
         ),
         (
             "runs_input_hash_check",
@@ -1124,7 +1149,13 @@ async fn hot_path_checks_refuse_what_they_refused() {
             "runs_trace_id_check",
             runs_sql("trace_id"),
             vec![hex(32)],
-            vec![hex(31), hex(33), up(&hex(32)), format!("{}\n", hex(32)), String::new()],
+            vec![
+                hex(31),
+                hex(33),
+                up(&hex(32)),
+                format!("{}\n", hex(32)),
+                String::new(),
+            ],
         ),
         (
             "runs_span_id_check",
@@ -1138,19 +1169,37 @@ async fn hot_path_checks_refuse_what_they_refused() {
              VALUES ('alpha', $1, 'h', gen_random_uuid(), now() + interval '1 hour')"
                 .into(),
             vec!["k".into(), "A.z_0:9-".into(), "k".repeat(128)],
-            vec![String::new(), "k".repeat(129), "a b".into(), "a/b".into(), "k\n".into(), "é".into()],
+            vec![
+                String::new(),
+                "k".repeat(129),
+                "a b".into(),
+                "a/b".into(),
+                "k\n".into(),
+                "é".into(),
+            ],
         ),
         (
             "conversation_events_channel_check",
             events_sql("channel"),
             vec!["l".into(), name(63)],
-            vec![String::new(), name(64), "Line".into(), "9line".into(), "line\n".into()],
+            vec![
+                String::new(),
+                name(64),
+                "Line".into(),
+                "9line".into(),
+                "line\n".into(),
+            ],
         ),
         (
             "conversation_events_body_sha256_check",
             events_sql("body_sha256"),
             vec![hex(64)],
-            vec![hex(63), hex(65), up(&hex(64)), format!("sha256:{}", hex(64))],
+            vec![
+                hex(63),
+                hex(65),
+                up(&hex(64)),
+                format!("sha256:{}", hex(64)),
+            ],
         ),
         (
             "conversation_events_trace_id_check",
@@ -1192,7 +1241,11 @@ async fn hot_path_checks_refuse_what_they_refused() {
                 Err(e) => e,
             };
             let db = err.as_database_error().expect("a database error");
-            assert_eq!(db.code().as_deref(), Some("23514"), "{constraint}: {v:?}: {db}");
+            assert_eq!(
+                db.code().as_deref(),
+                Some("23514"),
+                "{constraint}: {v:?}: {db}"
+            );
             assert_eq!(db.constraint(), Some(constraint), "{constraint}: {v:?}");
             tx.rollback().await.unwrap();
         }

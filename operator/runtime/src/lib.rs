@@ -260,7 +260,9 @@ impl RunService {
             None => Self::insert_prepared_many(&mut tx, &[&prepared])
                 .await?
                 .and_then(|mut v| v.pop())
-                .ok_or_else(|| Error::new(ErrorCode::Internal, "a run without a key was not written"))?,
+                .ok_or_else(|| {
+                    Error::new(ErrorCode::Internal, "a run without a key was not written")
+                })?,
             Some(_) => Self::insert_prepared(&mut tx, &prepared).await?,
         };
         tx.commit().await?;
@@ -311,7 +313,10 @@ impl RunService {
         // `ControlPlane::active_typed`).
         let validate = |kind: ContractKind, body: Option<Value>| {
             let body = body.ok_or_else(|| {
-                Error::new(ErrorCode::Internal, "an active contract was read without its body")
+                Error::new(
+                    ErrorCode::Internal,
+                    "an active contract was read without its body",
+                )
             })?;
             contracts::validate(kind, &body).map_err(contracts::violations_error)
         };

@@ -155,7 +155,7 @@ async fn run_creation_rejects_bad_input_and_honours_idempotency() {
         assert_code(
             runs.create(&runner(), req("echo", json!({})), Some("bad key!"), None)
                 .await,
-            "E-RUN-004",
+            "E-RUN-007",
         );
         assert_code(
             runs.create(&runner(), req("echo", json!({})), None, Some("00-zz-yy-01"))
@@ -1251,5 +1251,75 @@ async fn hot_path_checks_refuse_what_they_refused() {
         }
     }
     drop(su);
+    t.cleanup().await;
+}
+
+/// A create without an idempotency key now writes its run and audit row in one statement, on a
+/// basis read with one statement: the run still records the active revision and the mode, and
+/// it commits with exactly one `run.create` audit row (actor, trace id, input hash) and its
+/// `created` event, all or nothing; a create of an inactive agent writes none of them.
+#[tokio::test]
+async fn a_create_without_a_key_writes_run_audit_row_and_created_event_together() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let id = start(&runs, &p, "echo", json!({"name": "x"})).await;
+    let active = tenancy::scope(p.clone(), cp.active(ContractKind::Agent, "echo"))
+        .await
+        .unwrap();
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let (rev, mode, trace, input_hash): (Uuid, String, String, String) = sqlx::query_as(
+        "SELECT agent_revision_id, mode, trace_id, input_hash FROM runs WHERE run_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(rev, active.pointer.revision_id);
+    let project_mode = tenancy::scope(p.clone(), cp.mode()).await.unwrap();
+    assert_eq!(mode, project_mode.as_str());
+    let audit: Vec<(String, String, Option<String>, Value)> = sqlx::query_as(
+        "SELECT actor, outcome, trace_id, details FROM audit_log WHERE action = 'run.create' AND target = $1",
+    )
+    .bind(id.to_string())
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].0, "runner");
+    assert_eq!(audit[0].1, "ok");
+    assert_eq!(audit[0].2.as_deref(), Some(trace.as_str()));
+    assert_eq!(audit[0].3["input_hash"], json!(input_hash));
+    let created: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, kind FROM run_events WHERE run_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(created, vec![(1, "created".to_string())]);
+    let before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'run.create'")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    tenancy::scope(p.clone(), async {
+        assert_code(
+            runs.create(&runner(), req("nobody", json!({})), None, None)
+                .await,
+            "E-RUN-007",
+        );
+    })
+    .await;
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let (n_runs, n_audit): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM audit_log WHERE action = 'run.create')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!((n_runs, n_audit), (1, before));
+    tx.rollback().await.unwrap();
     t.cleanup().await;
 }

@@ -155,7 +155,7 @@ async fn run_creation_rejects_bad_input_and_honours_idempotency() {
         assert_code(
             runs.create(&runner(), req("echo", json!({})), Some("bad key!"), None)
                 .await,
-            "E-RUN-007",
+            "E-RUN-004",
         );
         assert_code(
             runs.create(&runner(), req("echo", json!({})), None, Some("00-zz-yy-01"))

@@ -1044,3 +1044,282 @@ async fn claims_respect_the_projects_max_concurrent_runs() {
     assert_eq!(count(&third, "alpha"), 1);
     t.cleanup().await;
 }
+
+/// Migration 0070 rewrote the CHECK constraints of the hot tables (runs, idempotency keys,
+/// conversation events, outbound messages) without bounded regex repetition, for speed. They
+/// must admit and refuse exactly what the old patterns did: each boundary (length off by one,
+/// an upper-case or non-hex character, a trailing newline, the empty string) is tried against
+/// the real tables, and a refusal must name the constraint.
+#[tokio::test]
+async fn hot_path_checks_refuse_what_they_refused() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    project(&cp, "alpha", 1).await;
+    let mut su = t.superuser().await;
+    let hex = |n: usize| "0123456789abcdef".repeat(8)[..n].to_string();
+    let name = |n: usize| {
+        format!("a{}", "b-9".repeat(30))
+            .chars()
+            .take(n)
+            .collect::<String>()
+    };
+    // A canary run to hang outbound messages on (shadow runs may not have any).
+    let run: Uuid = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, \
+         agent_body_hash, trace_id, span_id, max_attempts, deadline_at) \
+         VALUES ('alpha', $1, 'echo', 'canary', '{}', $2, $1, 'x', $3, $4, 3, now() + interval '1 hour')",
+    )
+    .bind(run)
+    .bind(format!("sha256:{}", hex(64)))
+    .bind(hex(32))
+    .bind(hex(16))
+    .execute(&mut su)
+    .await
+    .unwrap();
+
+    // (constraint, statement with $1 = the value under test, admitted, refused)
+    let runs_sql = |col: &str| {
+        let v = |c: &str, dflt: &str| {
+            if c == col {
+                "$1".to_string()
+            } else {
+                dflt.to_string()
+            }
+        };
+        format!(
+            "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, \
+             agent_body_hash, trace_id, span_id, max_attempts, deadline_at) VALUES ('alpha', gen_random_uuid(), \
+             {}, 'shadow', '{{}}', {}, gen_random_uuid(), 'x', {}, {}, 3, now() + interval '1 hour')",
+            v("agent", "'echo'"),
+            v("input_hash", &format!("'sha256:{}'", hex(64))),
+            v("trace_id", &format!("'{}'", hex(32))),
+            v("span_id", &format!("'{}'", hex(16))),
+        )
+    };
+    let events_sql = |col: &str| {
+        let v = |c: &str, dflt: &str| {
+            if c == col {
+                "$1".to_string()
+            } else {
+                dflt.to_string()
+            }
+        };
+        format!(
+            "INSERT INTO conversation_events (project_id, event_id, channel, provider, external_id, conversation, \
+             kind, body_sha256, trace_id) VALUES ('alpha', gen_random_uuid(), {}, 'line', gen_random_uuid()::text, 'c', \
+             'message', {}, {})",
+            v("channel", "'line'"),
+            v("body_sha256", &format!("'{}'", hex(64))),
+            v("trace_id", &format!("'{}'", hex(32))),
+        )
+    };
+    let up = |s: &str| s.to_uppercase();
+    let cases: Vec<(&str, String, Vec<String>, Vec<String>)> = vec![
+        (
+            "runs_agent_check",
+            runs_sql("agent"),
+            vec!["a".into(), name(63), "a-1".into()],
+            vec![
+                String::new(),
+                name(64),
+                "1a".into(),
+                "-a".into(),
+                "aB".into(),
+                "a_b".into(),
+                "a\n".into(),
+            ],
+        ),
+        (
+            "runs_input_hash_check",
+            runs_sql("input_hash"),
+            vec![format!("sha256:{}", hex(64))],
+            vec![
+                format!("sha256:{}", hex(63)),
+                format!("sha256:{}", hex(65)),
+                format!("sha256:{}", up(&hex(64))),
+                format!("SHA256:{}", hex(64)),
+                format!("sha256:{}g", hex(63)),
+                format!("sha256:{}\n", hex(64)),
+                hex(64),
+                "sha256:".into(),
+            ],
+        ),
+        (
+            "runs_trace_id_check",
+            runs_sql("trace_id"),
+            vec![hex(32)],
+            vec![
+                hex(31),
+                hex(33),
+                up(&hex(32)),
+                format!("{}\n", hex(32)),
+                String::new(),
+            ],
+        ),
+        (
+            "runs_span_id_check",
+            runs_sql("span_id"),
+            vec![hex(16)],
+            vec![hex(15), hex(17), format!("{}z", hex(15)), String::new()],
+        ),
+        (
+            "idempotency_keys_key_check",
+            "INSERT INTO idempotency_keys (project_id, key, request_hash, run_id, expires_at) \
+             VALUES ('alpha', $1, 'h', gen_random_uuid(), now() + interval '1 hour')"
+                .into(),
+            vec!["k".into(), "A.z_0:9-".into(), "k".repeat(128)],
+            vec![
+                String::new(),
+                "k".repeat(129),
+                "a b".into(),
+                "a/b".into(),
+                "k\n".into(),
+                "é".into(),
+            ],
+        ),
+        (
+            "conversation_events_channel_check",
+            events_sql("channel"),
+            vec!["l".into(), name(63)],
+            vec![
+                String::new(),
+                name(64),
+                "Line".into(),
+                "9line".into(),
+                "line\n".into(),
+            ],
+        ),
+        (
+            "conversation_events_body_sha256_check",
+            events_sql("body_sha256"),
+            vec![hex(64)],
+            vec![
+                hex(63),
+                hex(65),
+                up(&hex(64)),
+                format!("sha256:{}", hex(64)),
+            ],
+        ),
+        (
+            "conversation_events_trace_id_check",
+            events_sql("trace_id"),
+            vec![hex(32)],
+            vec![hex(31), hex(33), up(&hex(32))],
+        ),
+        (
+            "outbound_messages_channel_check",
+            format!(
+                "INSERT INTO outbound_messages (project_id, message_id, run_id, channel, conversation, kind, body, trace_id) \
+                 VALUES ('alpha', gen_random_uuid(), '{run}', $1, 'c', 'reply', '\"hi\"', '{}')",
+                hex(32)
+            ),
+            vec!["tg".into(), name(63)],
+            vec![String::new(), name(64), "Tg".into(), "tg\n".into()],
+        ),
+    ];
+    for (constraint, sql, admitted, refused) in cases {
+        for v in admitted {
+            let mut tx = sqlx::Connection::begin(&mut su).await.unwrap();
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(&v)
+                .execute(&mut *tx)
+                .await
+            {
+                panic!("{constraint}: {v:?} must be admitted: {e}");
+            }
+            tx.rollback().await.unwrap();
+        }
+        for v in refused {
+            let mut tx = sqlx::Connection::begin(&mut su).await.unwrap();
+            let err = match sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(&v)
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => panic!("{constraint}: {v:?} must be refused"),
+                Err(e) => e,
+            };
+            let db = err.as_database_error().expect("a database error");
+            assert_eq!(
+                db.code().as_deref(),
+                Some("23514"),
+                "{constraint}: {v:?}: {db}"
+            );
+            assert_eq!(db.constraint(), Some(constraint), "{constraint}: {v:?}");
+            tx.rollback().await.unwrap();
+        }
+    }
+    drop(su);
+    t.cleanup().await;
+}
+
+/// A create without an idempotency key now writes its run and audit row in one statement, on a
+/// basis read with one statement: the run still records the active revision and the mode, and
+/// it commits with exactly one `run.create` audit row (actor, trace id, input hash) and its
+/// `created` event, all or nothing; a create of an inactive agent writes none of them.
+#[tokio::test]
+async fn a_create_without_a_key_writes_run_audit_row_and_created_event_together() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let id = start(&runs, &p, "echo", json!({"name": "x"})).await;
+    let active = tenancy::scope(p.clone(), cp.active(ContractKind::Agent, "echo"))
+        .await
+        .unwrap();
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let (rev, mode, trace, input_hash): (Uuid, String, String, String) = sqlx::query_as(
+        "SELECT agent_revision_id, mode, trace_id, input_hash FROM runs WHERE run_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(rev, active.pointer.revision_id);
+    let project_mode = tenancy::scope(p.clone(), cp.mode()).await.unwrap();
+    assert_eq!(mode, project_mode.as_str());
+    let audit: Vec<(String, String, Option<String>, Value)> = sqlx::query_as(
+        "SELECT actor, outcome, trace_id, details FROM audit_log WHERE action = 'run.create' AND target = $1",
+    )
+    .bind(id.to_string())
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].0, "runner");
+    assert_eq!(audit[0].1, "ok");
+    assert_eq!(audit[0].2.as_deref(), Some(trace.as_str()));
+    assert_eq!(audit[0].3["input_hash"], json!(input_hash));
+    let created: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, kind FROM run_events WHERE run_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(created, vec![(1, "created".to_string())]);
+    let before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'run.create'")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    tenancy::scope(p.clone(), async {
+        assert_code(
+            runs.create(&runner(), req("nobody", json!({})), None, None)
+                .await,
+            "E-RUN-007",
+        );
+    })
+    .await;
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let (n_runs, n_audit): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM audit_log WHERE action = 'run.create')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!((n_runs, n_audit), (1, before));
+    tx.rollback().await.unwrap();
+    t.cleanup().await;
+}

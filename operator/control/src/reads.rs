@@ -38,6 +38,26 @@ impl ControlPlane {
         Ok(ActiveContract { pointer, body })
     }
 
+    /// The migration mode and the active revisions of several contracts (kind, name, with
+    /// body), read in one tenant transaction with one statement: one snapshot and three round
+    /// trips, where [`Self::mode`] and one [`Self::active`] per contract take three each. A
+    /// project without a recorded mode is in shadow, as for [`Self::mode`]; a contract without
+    /// an active revision is `None` at its place. What a run is prepared against.
+    #[allow(clippy::type_complexity)]
+    pub async fn mode_and_active(
+        &self,
+        wanted: &[(ContractKind, &str, bool)],
+    ) -> Result<(MigrationMode, Vec<Option<(ActiveRow, Option<Value>)>>)> {
+        let mut tx = self.db.tenant().await?;
+        let (mode, found) = repo::mode_and_active(&mut tx, wanted).await?;
+        tx.commit().await?;
+        let mode = mode
+            .map(|m| MigrationMode::parse(&m))
+            .transpose()?
+            .unwrap_or(MigrationMode::Shadow);
+        Ok((mode, found))
+    }
+
     /// The active revision parsed into its typed contract.
     pub async fn active_typed(
         &self,

@@ -231,6 +231,92 @@ pub async fn active_body(
     }))
 }
 
+/// The project's migration mode and the active revisions of several contracts, read with one
+/// statement in the caller's tenant transaction (one snapshot, one round trip): what a run is
+/// prepared against. `wanted` is (kind, name, with body); a contract without an active
+/// revision is `None` at its place. Bodies are only sent for the contracts that ask for them.
+pub async fn mode_and_active(
+    conn: &mut PgConnection,
+    wanted: &[(ContractKind, &str, bool)],
+) -> Result<(Option<String>, Vec<Option<(ActiveRow, Option<Value>)>>)> {
+    #[derive(FromRow)]
+    struct Row {
+        mode: Option<String>,
+        i: Option<i32>,
+        kind: Option<String>,
+        name: Option<String>,
+        revision_id: Option<Uuid>,
+        revision: Option<i32>,
+        body_hash: Option<String>,
+        activation_id: Option<Uuid>,
+        activated_by: Option<String>,
+        activated_at: Option<DateTime<Utc>>,
+        body: Option<Value>,
+    }
+    let kinds: Vec<&str> = wanted.iter().map(|w| w.0.as_str()).collect();
+    let names: Vec<&str> = wanted.iter().map(|w| w.1).collect();
+    let bodies: Vec<bool> = wanted.iter().map(|w| w.2).collect();
+    // The one-row `one` keeps the mode when no contract is active.
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH w AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bool[]) WITH ORDINALITY AS w(kind, name, with_body, i)), \
+         found AS (SELECT w.i::int4 AS i, a.kind, a.name, a.revision_id, a.revision, a.body_hash, a.activation_id, \
+             a.activated_by, a.activated_at, CASE WHEN w.with_body THEN r.body END AS body \
+           FROM w JOIN active_revisions a ON a.kind = w.kind AND a.name = w.name \
+           JOIN contract_revisions r ON r.project_id = a.project_id AND r.revision_id = a.revision_id) \
+         SELECT (SELECT mode FROM project_migration_state) AS mode, f.* \
+         FROM (SELECT 1) one LEFT JOIN found f ON true",
+    )
+    .bind(&kinds)
+    .bind(&names)
+    .bind(&bodies)
+    .fetch_all(conn)
+    .await?;
+    let mode = rows.first().and_then(|r| r.mode.clone());
+    let mut out: Vec<Option<(ActiveRow, Option<Value>)>> = vec![None; wanted.len()];
+    for r in rows {
+        let (
+            Some(i),
+            Some(kind),
+            Some(name),
+            Some(revision_id),
+            Some(revision),
+            Some(body_hash),
+            Some(activation_id),
+            Some(activated_by),
+            Some(activated_at),
+        ) = (
+            r.i,
+            r.kind,
+            r.name,
+            r.revision_id,
+            r.revision,
+            r.body_hash,
+            r.activation_id,
+            r.activated_by,
+            r.activated_at,
+        )
+        else {
+            continue;
+        };
+        if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+            *slot = Some((
+                ActiveRow {
+                    kind,
+                    name,
+                    revision_id,
+                    revision,
+                    body_hash,
+                    activation_id,
+                    activated_by,
+                    activated_at,
+                },
+                r.body,
+            ));
+        }
+    }
+    Ok((mode, out))
+}
+
 pub async fn activations(
     conn: &mut PgConnection,
     kind: ContractKind,

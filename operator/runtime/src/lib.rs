@@ -17,7 +17,7 @@ pub use awooop_core::{run_state as state, trace};
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use awooop_contracts::{self as contracts, Contract, ContractKind, RuntimeContract};
@@ -253,7 +253,18 @@ impl RunService {
         };
         let prepared = self.prepare(actor, req, idempotency_key, trace).await?;
         let mut tx = self.control.db().tenant().await?;
-        let accepted = Self::insert_prepared(&mut tx, &prepared).await?;
+        // Without an idempotency key there is nothing to replay: the run and its audit row go
+        // in one statement (BEGIN, the statement, COMMIT). With a key, the one-by-one path
+        // serialises on the key, then replays, refuses or inserts.
+        let accepted = match prepared.idempotency_key {
+            None => Self::insert_prepared_many(&mut tx, &[&prepared])
+                .await?
+                .and_then(|mut v| v.pop())
+                .ok_or_else(|| {
+                    Error::new(ErrorCode::Internal, "a run without a key was not written")
+                })?,
+            Some(_) => Self::insert_prepared(&mut tx, &prepared).await?,
+        };
         tx.commit().await?;
         Ok(accepted)
     }
@@ -280,36 +291,50 @@ impl RunService {
     /// inside their write transaction.
     pub async fn basis(&self, agent: &str) -> Result<RunBasis> {
         let project = tenancy::require()?;
-        let (runtime_revision_id, settings) = match self
+        // One tenant transaction and one statement for the mode and the three active
+        // revisions (three round trips; they were four transactions of three each), and one
+        // snapshot for all of them. The project contract is only pointed to, not read.
+        let (project_mode, found) = self
             .control
-            .active_typed(ContractKind::Runtime, "default")
-            .await
-        {
-            Ok((ptr, Contract::Runtime(r))) => (Some(ptr.revision_id), r),
-            Ok((ptr, _)) => (Some(ptr.revision_id), default_runtime()),
-            Err(e) if e.code == ErrorCode::ContractNotFound => (None, default_runtime()),
-            Err(e) => return Err(e),
+            .mode_and_active(&[
+                (ContractKind::Runtime, "default", true),
+                (ContractKind::Agent, agent, true),
+                (ContractKind::Project, project.as_str(), false),
+            ])
+            .await?;
+        let mut found = found.into_iter();
+        let (runtime, agent_active, project_active) = (
+            found.next().flatten(),
+            found.next().flatten(),
+            found.next().flatten(),
+        );
+        // Published bodies were validated at publish; a failure here means a schema change
+        // made an old revision unreadable, which must not be silently accepted (as
+        // `ControlPlane::active_typed`).
+        let validate = |kind: ContractKind, body: Option<Value>| {
+            let body = body.ok_or_else(|| {
+                Error::new(
+                    ErrorCode::Internal,
+                    "an active contract was read without its body",
+                )
+            })?;
+            contracts::validate(kind, &body).map_err(contracts::violations_error)
         };
-        let project_mode = self.control.mode().await?;
-        let (agent_ptr, _) = match self.control.active_typed(ContractKind::Agent, agent).await {
-            Ok(x) => x,
-            Err(e) if e.code == ErrorCode::ContractNotFound => {
-                return Err(Error::new(
-                    ErrorCode::RunAgentInactive,
-                    "unknown agent or no active revision",
-                ));
-            }
-            Err(e) => return Err(e),
+        let (runtime_revision_id, settings) = match runtime {
+            Some((ptr, body)) => match validate(ContractKind::Runtime, body)? {
+                Contract::Runtime(r) => (Some(ptr.revision_id), r),
+                _ => (Some(ptr.revision_id), default_runtime()),
+            },
+            None => (None, default_runtime()),
         };
-        let project_ptr = match self
-            .control
-            .active(ContractKind::Project, project.as_str())
-            .await
-        {
-            Ok(a) => Some(a.pointer),
-            Err(e) if e.code == ErrorCode::ContractNotFound => None,
-            Err(e) => return Err(e),
+        let Some((agent_ptr, agent_body)) = agent_active else {
+            return Err(Error::new(
+                ErrorCode::RunAgentInactive,
+                "unknown agent or no active revision",
+            ));
         };
+        validate(ContractKind::Agent, agent_body)?;
+        let project_ptr = project_active.map(|(ptr, _)| ptr);
         Ok(RunBasis {
             project,
             agent: agent.to_string(),

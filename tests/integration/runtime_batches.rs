@@ -340,3 +340,80 @@ async fn a_killed_workers_whole_batch_finishes_exactly_once_elsewhere() {
     assert_eq!(rescuer.stats.succeeded.load(Ordering::Relaxed) as usize, n);
     t.cleanup().await;
 }
+
+/// Index entries of `runs_leased` (every running run) the current transaction has read.
+async fn leased_entries_read(tx: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_returned('runs_leased'::regclass)")
+        .fetch_one(tx)
+        .await
+        .unwrap()
+}
+
+/// The completion and heartbeat fences probe runs by id whatever the planner's statistics say
+/// (issue 18, docs/benchmarks.md "drain (session 7)"). With statistics taken while nothing ran
+/// (a queue analysed while idle, as `awooop bench runs` does before each drain), a literal
+/// `state = 'running'` in the fence made the planner read every running run of every project
+/// from `runs_leased` for each completion batch and each heartbeat: O(running) per batch, and
+/// O(running x batch) comparisons with the generic plan.
+#[tokio::test]
+async fn completion_and_heartbeat_read_only_their_own_runs_whatever_the_statistics() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let mut su = t.superuser().await;
+    sqlx::query(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+         trace_id, span_id, max_attempts, deadline_at, max_concurrent) \
+         SELECT 'alpha', gen_random_uuid(), 'echo', 'shadow', '{}'::jsonb, 'sha256:' || repeat('0', 64), gen_random_uuid(), \
+         'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour', 100000 \
+         FROM generate_series(1, 600) g",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    // Statistics from an idle moment: no run is running.
+    sqlx::query("ANALYZE runs").execute(&mut su).await.unwrap();
+    let claimed = repo::worker_claim(&t.app, "w1", 600, 30.0).await.unwrap();
+    assert_eq!(claimed.len(), 600);
+
+    // Seven batches of 8 (custom plans first, then the generic one sqlx's prepared statement
+    // settles on): each lands, and reads none of the other 592 running runs.
+    for chunk in claimed.chunks(8).take(7) {
+        let items: Vec<Completion> = chunk.iter().map(succeeded).collect();
+        let read = tenancy::scope(p.clone(), async {
+            let mut tx = cp.db().tenant().await.unwrap();
+            let landed = repo::complete_batch(&mut tx, p.as_str(), &items)
+                .await
+                .unwrap();
+            assert!(landed.iter().all(|l| *l), "{landed:?}");
+            let read = leased_entries_read(&mut tx).await;
+            tx.commit().await.unwrap();
+            read
+        })
+        .await;
+        assert!(
+            read < 100,
+            "a completion batch of 8 read {read} entries of runs_leased (544+ running)"
+        );
+    }
+    // A heartbeat of 256 held runs reads neither the other running runs.
+    let held: Vec<(Uuid, i32)> = claimed[56..312]
+        .iter()
+        .map(|c| (c.run_id, c.attempt))
+        .collect();
+    for _ in 0..7 {
+        let mut tx = repo::worker_tx(&t.app).await.unwrap();
+        let beaten = repo::heartbeat_in(&mut tx, "w1", &held, 30.0)
+            .await
+            .unwrap();
+        assert_eq!(beaten, 256);
+        let read = leased_entries_read(&mut tx).await;
+        tx.commit().await.unwrap();
+        assert!(
+            read < 100,
+            "a heartbeat of 256 read {read} entries of runs_leased (544 running)"
+        );
+    }
+    drop(su);
+    t.cleanup().await;
+}

@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# PostgreSQL's own cost of draining runs (docs/benchmarks.md, "drain (session 7)"): a scratch
+# database with every migration and realistic history, Q queued runs (bulk, no per-project cap,
+# as `awooop bench runs`' uncapped drain) and 1,024 runs already running (4 workers x 256 slots,
+# so the claim's per-project count sees what it sees in the benchmark), then the worker's own
+# statements replayed from psql as the runtime role, prepared, with bound arrays:
+#
+#   refill mode (default), one transaction per cycle = the completion writer with refill:
+#     BEGIN; SET LOCAL awooop.project_id     (tenant scope)
+#     fenced UPDATE runs ... FROM unnest     (complete_batch: the batch claimed last cycle)
+#     INSERT run_steps ... unnest            (journal, one step per run)
+#     INSERT audit_log ... unnest            (audit, one row per run)
+#     SET LOCAL awooop.scope = 'worker'; claim_in(batch)   (the refill)
+#     COMMIT
+#   separate mode (SEPARATE=1): the same completion, then the claim in its own worker-scope
+#     transaction (the claim loop's worker_claim_for; AWOOOP_BENCH_REFILL=0).
+#   heartbeat: worker_heartbeat over 256 held runs, after the cycles (per held run).
+#
+# Prints the backend's own CPU (from /proc/<pid>/schedstat, nanoseconds, so the machine's load
+# disturbs it far less than wall time) per run, split by phase, for each batch size.
+#
+#   scripts/profile-drain-db.sh [batch sizes...]     (default: 64 256)
+#
+# Environment:
+#   PGURL        server (default postgres://postgres@127.0.0.1:5432); same machine (reads /proc)
+#   MIGRATIONS   directory of migrations to apply (default: migrations/ of this checkout);
+#                run with a base checkout's directory for the old figure
+#   EXTRA_SQL    a file run as the owner after the migrations (an experiment)
+#   CLAIM_SQL    a file with the claim statement (PREPARE claim(...)) to use instead of the
+#                built-in one (the statement of operator/runtime/src/repo.rs claim_in)
+#   CYCLES       measured cycles per batch size (default: 12800 runs' worth, at least 40)
+#   QUEUED       queued runs (default 40000); HISTORY finished runs before them (default 50000)
+#   PERF=1       perf record -g the backend over the measured cycles; report (--no-inline)
+#   EXPLAIN=1    EXPLAIN (ANALYZE, BUFFERS) of one cycle's statements after the measurement
+#   KEEP=1       keep the scratch database (its name is printed)
+#   OLD=1        the completion and heartbeat statements before session 7 (for the old figure)
+#
+# Drops its database at the end unless KEEP=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
+MIGRATIONS=${MIGRATIONS:-migrations}
+QUEUED=${QUEUED:-40000}
+HISTORY=${HISTORY:-50000}
+DB=awooop_profile_drain_$$
+WORK=$(mktemp -d)
+cleanup() {
+  if [ "${KEEP:-0}" != 1 ]; then
+    psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  else
+    echo "kept database $DB" >&2
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+setup_db() {
+psql "$PGURL/postgres" -qc "CREATE DATABASE $DB"
+for f in "$MIGRATIONS"/*.sql; do psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
+if [ -n "${EXTRA_SQL:-}" ]; then psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -f "$EXTRA_SQL" >/dev/null; fi
+
+# History and queue, written through the real triggers (run events, state machine) as the owner.
+psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -v history="$HISTORY" -v queued="$QUEUED" <<'EOF'
+SET client_min_messages = warning;
+CREATE FUNCTION prof_uuid7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
+  SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
+    substring(int8send(floor(extract(epoch from clock_timestamp()) * 1000)::bigint) from 3)
+    from 1 for 6), 52, 1), 53, 1), 'hex')::uuid $$;
+GRANT EXECUTE ON FUNCTION prof_uuid7() TO awooop_app;
+INSERT INTO projects (project_id, display_name) VALUES ('bench', 'bench'), ('other', 'other');
+-- History: finished runs of two projects with their events, journal rows and audit rows.
+INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash,
+  trace_id, span_id, max_attempts, deadline_at, max_concurrent)
+SELECT CASE WHEN g % 4 = 0 THEN 'other' ELSE 'bench' END, prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
+  'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
+  md5(g::text), substr(md5(g::text || 's'), 1, 16), 3, now() + interval '1 hour', 100000
+FROM generate_series(1, :history) g;
+UPDATE runs SET state = 'running', attempt = 1, worker_id = 'old', lease_expires_at = now() + interval '1 min',
+  started_at = now();
+INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output,
+  trace_id, span_id, started_at)
+SELECT project_id, run_id, 0, 1, 'done', 'output', input_hash, 'succeeded', '"ok"', trace_id, span_id, now() FROM runs;
+UPDATE runs SET state = 'succeeded', output = '"ok"', finished_at = now(), worker_id = NULL, lease_expires_at = NULL;
+INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, trace_id, details)
+  SELECT project_id, prof_uuid7(), a, CASE a WHEN 'cli:bench' THEN 'run.create' ELSE 'run.finish' END,
+    run_id::text, 'ok', trace_id, '{"state":"succeeded","attempt":1,"error_code":null}'
+  FROM runs, unnest(ARRAY['cli:bench', 'worker']) a;
+-- The queue: bulk-inserted like `awooop bench runs`' uncapped drain.
+INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash,
+  trace_id, span_id, max_attempts, deadline_at, max_concurrent)
+SELECT 'bench', prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
+  'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
+  md5(g::text || 'q'), substr(md5(g::text || 'qs'), 1, 16), 3, now() + interval '1 hour', 100000
+FROM generate_series(1, :queued) g;
+VACUUM ANALYZE;
+EOF
+
+}
+
+# The worker's statements (operator/runtime/src/repo.rs), prepared as sqlx prepares them. The
+# claim is wrapped only to hand the claimed ids, attempts and traces to the next cycle's
+# completion (psql variables); the statement inside is claim_in's, RETURNING the same columns.
+if [ -n "${CLAIM_SQL:-}" ]; then cp "$CLAIM_SQL" "$WORK/claim.sql"; else
+cat > "$WORK/claim.sql" <<'EOF'
+PREPARE claim(bigint, text, float8, text) AS
+WITH c AS (
+    SELECT project_id, run_id, created_at FROM runs
+    WHERE state IN ('queued', 'retrying') AND run_after <= now()
+      AND ($4::text IS NULL OR project_id = $4)
+    ORDER BY created_at LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED),
+ busy AS (
+    SELECT project_id, count(*) AS n FROM runs
+    WHERE state = 'running' AND project_id IN (SELECT project_id FROM c) GROUP BY project_id),
+ k AS (
+    SELECT c.project_id, c.run_id,
+           row_number() OVER (PARTITION BY c.project_id ORDER BY c.created_at, c.run_id) AS rn
+    FROM c),
+ u AS (
+ UPDATE runs r SET state = 'running', attempt = r.attempt + 1, worker_id = $2,
+    lease_expires_at = now() + make_interval(secs => least($3, r.lease_seconds)), heartbeat_at = now(),
+    started_at = coalesce(r.started_at, now()), updated_at = now()
+ FROM k LEFT JOIN busy b ON b.project_id = k.project_id
+ WHERE r.project_id = k.project_id AND r.run_id = k.run_id
+   AND k.rn + coalesce(b.n, 0) <= r.max_concurrent
+ RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to)
+SELECT count(*) AS got, coalesce(array_agg(run_id), '{}') AS ids, coalesce(array_agg(attempt), '{}') AS att,
+  coalesce(array_agg(trace_id), '{}') AS tr, coalesce(array_agg(span_id), '{}') AS sp FROM u;
+EOF
+fi
+cat > "$WORK/prep.sql" <<'EOF'
+PREPARE done(uuid[], int[], text[], jsonb[], text[], text[], text) AS
+UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code,
+ error_message = h.msg,
+ finished_at = CASE WHEN h.state IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE r.finished_at END,
+ worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+ FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
+   array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) AS h(run_id, attempt, state, output, code, msg, expect)
+ WHERE r.project_id = $7 AND r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect
+ RETURNING r.run_id;
+PREPARE journal(text, uuid[], int[], int[], text[], text[], text[], text[], jsonb[], text[], text[], text[], timestamptz[]) AS
+INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at)
+ SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])
+ ON CONFLICT DO NOTHING;
+PREPARE audit(text, uuid[], text[], text[], text[], text[], text[], text[], jsonb[]) AS
+INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details)
+ SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[]);
+PREPARE beat(text, uuid[], int[], float8) AS
+UPDATE runs r SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => least($4, r.lease_seconds))
+ FROM (SELECT x.run_id FROM runs x JOIN unnest($2::uuid[], $3::int[],
+         array_fill('running'::text, ARRAY[cardinality($2::uuid[])])) AS h(run_id, attempt, expect)
+       ON x.run_id = h.run_id AND x.attempt = h.attempt
+       WHERE x.state = h.expect AND x.worker_id = $1 FOR UPDATE OF x SKIP LOCKED) l
+ WHERE r.run_id = l.run_id;
+EOF
+
+# OLD=1: the statements before session 7 (a literal `state = 'running'` in the fences).
+if [ "${OLD:-0}" = 1 ]; then
+  python3 - "$WORK/prep.sql" <<'PY'
+import sys
+p = sys.argv[1]; s = open(p).read()
+s = s.replace(""",
+   array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) AS h(run_id, attempt, state, output, code, msg, expect)""",
+    """) AS h(run_id, attempt, state, output, code, msg)""")
+s = s.replace("r.state = h.expect", "r.state = 'running'")
+s = s.replace(""",
+         array_fill('running'::text, ARRAY[cardinality($2::uuid[])])) AS h(run_id, attempt, expect)""",
+    """) AS h(run_id, attempt)""")
+s = s.replace("x.state = h.expect", "x.state = 'running'")
+open(p, 'w').write(s)
+PY
+fi
+
+# Client-side arrays of one completion batch (what the worker binds), built by psql from the
+# claimed ids: states, outputs, codes, the journal's columns and the audit rows. They are made
+# in a separate statement *outside* the measured phases (the backend builds them, but its CPU
+# for that is not counted).
+mkarrays() { # $1 = variable prefix of the claimed batch
+  cat <<EOF
+SELECT array_fill('succeeded'::text, ARRAY[$n]) AS st, array_fill('"ok"'::jsonb, ARRAY[$n]) AS out,
+  array_fill(NULL::text, ARRAY[$n]) AS nul, array_fill(0, ARRAY[$n]) AS idx, array_fill('done'::text, ARRAY[$n]) AS key,
+  array_fill('output'::text, ARRAY[$n]) AS typ,
+  array_fill('sha256:' || repeat('ab', 32), ARRAY[$n]) AS ih, array_fill(now(), ARRAY[$n]) AS at,
+  array_fill('worker'::text, ARRAY[$n]) AS actor, array_fill('run.finish'::text, ARRAY[$n]) AS action,
+  array_fill('ok'::text, ARRAY[$n]) AS outcome,
+  (SELECT array_agg(prof_uuid7()) FROM generate_series(1, $n)) AS aid,
+  (SELECT array_agg(x::text) FROM unnest(:'${1}ids'::uuid[]) x) AS tgt,
+  (SELECT array_agg(jsonb_build_object('state', 'succeeded', 'attempt', a, 'error_code', NULL)) FROM unnest(:'${1}att'::int[]) a) AS det
+\gset a_
+EOF
+}
+phase() { echo "\\! echo $1 \$(cut -d' ' -f1 /proc/\$PID/schedstat) >> $WORK/phases"; }
+
+sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(64 256)
+for n in "${sizes[@]}"; do
+  # A fresh database per batch size: each starts from the same history and queue.
+  psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
+  setup_db
+  cycles=${CYCLES:-$(( 12800 / n ))}; [ "$cycles" -ge 40 ] || cycles=40
+  : > "$WORK/phases"
+  {
+    echo 'SET client_min_messages = warning;'
+    echo 'SELECT pg_backend_pid() AS pid \gset'
+    echo '\setenv PID :pid'
+    echo 'SET ROLE awooop_app;'
+    cat "$WORK/claim.sql" "$WORK/prep.sql"
+    # 1,024 runs running for other workers (4 x 256 slots), claimed by the real statement.
+    for w in 1 2 3 4; do
+      echo "BEGIN; SET LOCAL awooop.scope = 'worker'; EXECUTE claim(256, 'bg-$w', 30, NULL); COMMIT;"
+    done
+    # Our batch in flight.
+    echo "BEGIN; SET LOCAL awooop.scope = 'worker'; EXECUTE claim($n, 'w', 30, NULL) \\gset b_"
+    echo "COMMIT;"
+    for i in $(seq -7 "$cycles"); do    # 8 warm-up cycles (custom plans, then the generic one)
+      mkarrays b_
+      [ "$i" -ge 1 ] && phase begin
+      echo "BEGIN; SET LOCAL awooop.project_id = 'bench';"
+      echo "EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench');"
+      [ "$i" -ge 1 ] && phase update
+      echo "EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
+      [ "$i" -ge 1 ] && phase journal
+      echo "EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
+      [ "$i" -ge 1 ] && phase audit
+      if [ "${SEPARATE:-0}" = 1 ]; then
+        echo "COMMIT;"
+        [ "$i" -ge 1 ] && phase commit
+        echo "BEGIN; SET LOCAL awooop.scope = 'worker';"
+      else
+        echo "SET LOCAL awooop.scope = 'worker';"
+      fi
+      echo "EXECUTE claim($n, 'w', 30, NULL) \\gset b_"
+      [ "$i" -ge 1 ] && phase claim
+      echo "COMMIT;"
+      [ "$i" -ge 1 ] && phase commit
+    done
+    # Heartbeats of one background worker's 256 held runs.
+    echo "SELECT array_agg(run_id) AS ids, array_agg(attempt) AS att FROM runs WHERE false \\gset h_"
+    echo "RESET ROLE; SELECT array_agg(run_id) AS ids, array_agg(attempt) AS att FROM runs WHERE worker_id = 'bg-1' AND state = 'running' \\gset h_"
+    echo "SET ROLE awooop_app;"
+    phase beatstart
+    for _ in $(seq 40); do
+      echo "BEGIN; SET LOCAL awooop.scope = 'worker'; EXECUTE beat('bg-1', :'h_ids', :'h_att', 30); COMMIT;"
+    done
+    phase beatend
+    if [ "${EXPLAIN:-0}" = 1 ]; then
+      mkarrays b_
+      echo "BEGIN; SET LOCAL awooop.project_id = 'bench';"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench');"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
+      echo "SET LOCAL awooop.scope = 'worker';"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE claim($n, 'w', 30, NULL);"
+      echo "COMMIT;"
+      echo "BEGIN; SET LOCAL awooop.scope = 'worker'; EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE beat('bg-1', :'h_ids', :'h_att', 30); COMMIT;"
+    fi
+  } > "$WORK/run.sql"
+  if [ "${PERF:-0}" = 1 ]; then
+    # Start perf on the backend once it has a pid: psql prints nothing until then, so poll.
+    ( while ! grep -q . "$WORK/phases" 2>/dev/null; do sleep 0.05; done
+      pid=$(psql "$PGURL/$DB" -Atc "SELECT pid FROM pg_stat_activity WHERE datname = '$DB' AND pid <> pg_backend_pid() AND backend_type = 'client backend' LIMIT 1")
+      exec perf record -q -g -o "$WORK/perf.data" -p "$pid" 2>/dev/null ) &
+    perfjob=$!
+  fi
+  upd0=$(psql "$PGURL/$DB" -Atc "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'runs'")
+  t0=$(date +%s.%N)
+  if [ "${EXPLAIN:-0}" = 1 ]; then
+    psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -f "$WORK/run.sql" | grep -v '^\s*$' | sed -n '/QUERY PLAN/,$p' > "$WORK/explain.txt"
+  else
+    psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -f "$WORK/run.sql" >/dev/null
+  fi
+  t1=$(date +%s.%N)
+  if [ "${PERF:-0}" = 1 ]; then
+    pkill -INT -P "$$" -x perf 2>/dev/null || kill -INT "$perfjob" 2>/dev/null || true
+    wait "$perfjob" 2>/dev/null || true
+  fi
+  sleep 0.5   # the backend's statistics are flushed when it exits
+  upd1=$(psql "$PGURL/$DB" -Atc "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'runs'")
+  awk -v n="$n" -v cycles="$cycles" -v upd="$upd0 $upd1" -v w="$(echo "$t1 - $t0" | bc)" -v la="$(cut -d' ' -f1 /proc/loadavg)" \
+      -v sep="${SEPARATE:-0}" '
+    { t[NR] = $2; p[NR] = $1 }
+    END {
+      for (i = 2; i <= NR; i++) {
+        if (p[i] == "beatend") { beat = t[i] - t[i-1]; continue }
+        if (p[i] == "beatstart" || p[i] == "begin") continue
+        cost[p[i]] += t[i] - t[i-1]; if (p[i] != "beatend") total += t[i] - t[i-1]
+      }
+      runs = n * cycles
+      split(upd, u, " ")
+      printf "batch=%d cycles=%d mode=%s backend_cpu_us_per_run=%.1f (update %.1f journal %.1f audit %.1f claim %.1f commit %.1f) heartbeat_us_per_held_run=%.2f runs_updates=%d hot=%.0f%% wall_s=%.1f load_avg_1m=%s\n",
+        n, cycles, (sep == 1 ? "separate" : "refill"), total / 1000 / runs, cost["update"] / 1000 / runs,
+        cost["journal"] / 1000 / runs, cost["audit"] / 1000 / runs, cost["claim"] / 1000 / runs,
+        cost["commit"] / 1000 / runs, beat / 1000 / (40 * 256), u[3] - u[1],
+        (u[3] - u[1] > 0 ? 100 * (u[4] - u[2]) / (u[3] - u[1]) : 0), w, la
+    }' "$WORK/phases"
+  if [ "${EXPLAIN:-0}" = 1 ]; then cat "$WORK/explain.txt"; fi
+  if [ "${PERF:-0}" = 1 ] && [ -s "$WORK/perf.data" ]; then
+    perf report -i "$WORK/perf.data" --no-inline --no-children --stdio --percent-limit 1.5 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40
+    perf report -i "$WORK/perf.data" --no-inline --children --stdio --percent-limit 4 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -50
+  fi
+done

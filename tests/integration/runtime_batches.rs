@@ -341,7 +341,10 @@ async fn a_killed_workers_whole_batch_finishes_exactly_once_elsewhere() {
     t.cleanup().await;
 }
 
-/// Index entries of `runs_leased` (every running run) the current transaction has read.
+/// Index entries of `runs_leased` (every running run) this backend has read and not yet
+/// reported: PostgreSQL 15 keeps counting across transactions until it flushes its statistics,
+/// which it does only between transactions, so callers read it before and after a statement in
+/// one transaction and take the difference.
 async fn leased_entries_read(tx: &mut sqlx::PgConnection) -> i64 {
     sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_returned('runs_leased'::regclass)")
         .fetch_one(tx)
@@ -366,7 +369,7 @@ async fn completion_and_heartbeat_read_only_their_own_runs_whatever_the_statisti
          trace_id, span_id, max_attempts, deadline_at, max_concurrent) \
          SELECT 'alpha', gen_random_uuid(), 'echo', 'shadow', '{}'::jsonb, 'sha256:' || repeat('0', 64), gen_random_uuid(), \
          'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour', 100000 \
-         FROM generate_series(1, 600) g",
+         FROM generate_series(1, 601) g",
     )
     .execute(&mut su)
     .await
@@ -382,11 +385,12 @@ async fn completion_and_heartbeat_read_only_their_own_runs_whatever_the_statisti
         let items: Vec<Completion> = chunk.iter().map(succeeded).collect();
         let read = tenancy::scope(p.clone(), async {
             let mut tx = cp.db().tenant().await.unwrap();
+            let before = leased_entries_read(&mut tx).await;
             let landed = repo::complete_batch(&mut tx, p.as_str(), &items)
                 .await
                 .unwrap();
             assert!(landed.iter().all(|l| *l), "{landed:?}");
-            let read = leased_entries_read(&mut tx).await;
+            let read = leased_entries_read(&mut tx).await - before;
             tx.commit().await.unwrap();
             read
         })
@@ -403,15 +407,56 @@ async fn completion_and_heartbeat_read_only_their_own_runs_whatever_the_statisti
         .collect();
     for _ in 0..7 {
         let mut tx = repo::worker_tx(&t.app).await.unwrap();
+        let before = leased_entries_read(&mut tx).await;
         let beaten = repo::heartbeat_in(&mut tx, "w1", &held, 30.0)
             .await
             .unwrap();
         assert_eq!(beaten, 256);
-        let read = leased_entries_read(&mut tx).await;
+        let read = leased_entries_read(&mut tx).await - before;
         tx.commit().await.unwrap();
         assert!(
             read < 100,
             "a heartbeat of 256 read {read} entries of runs_leased (544 running)"
+        );
+    }
+    // A journalled step of the run claimed last (its lease the latest, so the last entry of
+    // runs_leased) checks its own run by id, not every running run.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let last = repo::worker_claim(&t.app, "w2", 10, 30.0).await.unwrap();
+    assert_eq!(last.len(), 1);
+    let c = &last[0];
+    let trace = awooop::runtime::trace::TraceContext {
+        trace_id: c.trace_id.clone(),
+        span_id: c.span_id.clone(),
+        sampled: true,
+    };
+    for index in 0..7 {
+        let read = tenancy::scope(p.clone(), async {
+            let mut tx = cp.db().tenant().await.unwrap();
+            let before = leased_entries_read(&mut tx).await;
+            let rec = repo::StepRecord {
+                project: p.as_str(),
+                run_id: c.run_id,
+                attempt: c.attempt,
+                step_index: index,
+                step_key: "echo",
+                step_type: "output",
+                input_hash: "sha256:test",
+                status: "succeeded",
+                output: None,
+                error_code: None,
+                trace: &trace,
+                started_at: chrono::Utc::now(),
+            };
+            assert!(repo::journal_step(&mut tx, &rec).await.unwrap());
+            let read = leased_entries_read(&mut tx).await - before;
+            tx.commit().await.unwrap();
+            read
+        })
+        .await;
+        assert!(
+            read < 100,
+            "journalling one step read {read} entries of runs_leased (545 running)"
         );
     }
     drop(su);

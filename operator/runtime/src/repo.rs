@@ -741,9 +741,12 @@ pub struct StepRecord<'a> {
 /// when the attempt lost the run (the step result is discarded).
 pub async fn journal_step(conn: &mut PgConnection, s: &StepRecord<'_>) -> Result<bool> {
     let res = sqlx::query(
+        // `(SELECT 'running'::text)`, not a literal, for the reason given in complete_batch:
+        // with the literal the planner could answer the EXISTS from `runs_leased` (every
+        // running run) instead of the run's own id.
         "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at) \
          SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
-         WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = $2 AND attempt = $4 AND state = 'running') \
+         WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = $2 AND attempt = $4 AND state = (SELECT 'running'::text)) \
          ON CONFLICT DO NOTHING",
     )
     .bind(s.project)

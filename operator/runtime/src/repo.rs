@@ -699,9 +699,11 @@ pub async fn worker_release(pool: &PgPool, worker: &str, held: &[(Uuid, i32)]) -
     let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
     let mut tx = worker_tx(pool).await?;
     let res = sqlx::query(
+        // `h.expect` instead of a literal state, as in complete_batch: each held run is probed
+        // by id, never every running run of the table (`runs_leased`) against every held one.
         "UPDATE runs r SET state = 'retrying', worker_id = NULL, lease_expires_at = NULL, run_after = now(), updated_at = now() \
-         FROM unnest($2::uuid[], $3::int[]) AS h(run_id, attempt) \
-         WHERE r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = 'running' AND r.worker_id = $1",
+         FROM unnest($2::uuid[], $3::int[], array_fill('running'::text, ARRAY[cardinality($2::uuid[])])) AS h(run_id, attempt, expect) \
+         WHERE r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect AND r.worker_id = $1",
     )
     .bind(worker)
     .bind(&ids)

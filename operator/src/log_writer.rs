@@ -1,5 +1,9 @@
 //! A non-blocking writer for the process log (the `tracing` output of the `awooop` binary).
 //!
+//! One `write` call is one queued message, so lines stay whole as long as each is written
+//! with one call: `tracing_subscriber::fmt` formats an event into a buffer and writes it with
+//! one `write_all`, which this writer always takes in full.
+//!
 //! Contract: a log line is handed to one writer thread through a bounded queue and the
 //! calling thread goes on; the writer thread writes lines in the order they were queued and
 //! flushes whenever the queue is empty, so every line that arrived meanwhile goes out in one
@@ -151,7 +155,9 @@ mod tests {
                 let mut w = w.clone();
                 std::thread::spawn(move || {
                     for i in 0..1000 {
-                        writeln!(w, "thread {t} line {i}").unwrap();
+                        // One `write_all` per line, as the fmt subscriber writes each event.
+                        w.write_all(format!("thread {t} line {i}\n").as_bytes())
+                            .unwrap();
                     }
                 })
             })
@@ -185,7 +191,7 @@ mod tests {
         let writer = std::thread::spawn(move || {
             let mut w = w;
             for i in 0..n {
-                writeln!(w, "{i}").unwrap();
+                w.write_all(format!("{i}\n").as_bytes()).unwrap();
             }
         });
         std::thread::sleep(Duration::from_millis(200));

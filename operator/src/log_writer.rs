@@ -187,11 +187,13 @@ mod tests {
     fn a_full_queue_waits_instead_of_dropping() {
         let out = Gated::default();
         let (w, guard) = non_blocking(out.clone()).unwrap();
-        let n = QUEUE + 100;
+        // 100-byte lines: the writer thread's 64 KiB buffer holds 655 of them, the queue
+        // QUEUE, so QUEUE + 1000 lines cannot all be taken while the output is blocked.
+        let n = QUEUE + 1000;
         let writer = std::thread::spawn(move || {
             let mut w = w;
             for i in 0..n {
-                w.write_all(format!("{i}\n").as_bytes()).unwrap();
+                w.write_all(format!("{i:099}\n").as_bytes()).unwrap();
             }
         });
         std::thread::sleep(Duration::from_millis(200));

@@ -103,7 +103,8 @@ impl ExactSecrets {
         if let Some(re) = &self.raw {
             out.extend(re.find_iter(s.as_bytes()).map(|m| m.range()));
             // Decoding only matters when the text has an escape character at all.
-            if !s.bytes().any(|b| matches!(b, b'%' | b'\\' | b'&')) {
+            // (memchr: a vectorised scan; every string of every result passes here.)
+            if memchr::memchr3(b'%', b'\\', b'&', s.as_bytes()).is_none() {
                 return merge(s, out);
             }
             // Each round decodes the previous view (round 0, the text itself, is done above).

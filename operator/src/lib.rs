@@ -28,5 +28,6 @@ pub mod example;
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod in_cluster;
+pub mod log_writer;
 pub mod master_secrets;
 pub mod platform;

@@ -38,16 +38,28 @@ async fn async_main(cli: awooop::config::Cli) -> std::process::ExitCode {
     // stays plain text that grep and log shippers read.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
+    // Log lines go to stderr through one writer thread (`log_writer`): a request thread
+    // queues its access-log line and goes on instead of making a system call per line.
+    let (log_out, log_guard) = match awooop::log_writer::non_blocking(std::io::stderr()) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: cannot start the log writer thread: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(log_out);
     if cli.log_format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
-    match awooop::cli::run(cli).await {
+    let result = awooop::cli::run(cli).await;
+    // Every queued log line is out before the last message and the exit.
+    log_guard.flush();
+    match result {
         Ok(code) => std::process::ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -306,6 +306,16 @@ fn walk_json(
             .map(|x| walk_json(x, redact, secret_keys))
             .sum(),
         Value::Object(m) => {
+            // Keys are almost never rewritten: then the values are redacted in place, without
+            // taking the map apart and inserting every key again (an allocation and a rehash
+            // per object, twice per tool result). The predicate is the one the rebuild below
+            // uses, so both paths give the same object.
+            if m.keys().all(|k| matches!(redact(k), Cow::Borrowed(_))) {
+                return m
+                    .iter_mut()
+                    .map(|(key, val)| walk_entry(key, val, redact, secret_keys))
+                    .sum();
+            }
             let mut n = 0;
             for (k, mut val) in std::mem::take(m) {
                 let key = match redact(&k) {
@@ -315,20 +325,32 @@ fn walk_json(
                         o
                     }
                 };
-                let scalar = matches!(val, Value::String(_) | Value::Number(_));
-                if secret_keys && scalar && is_secret_key(&key) {
-                    if val.as_str().is_none_or(|s| !s.starts_with("[REDACTED")) {
-                        val = Value::String(marker(PatternClass::SecretKeyValue));
-                        n += 1;
-                    }
-                } else {
-                    n += walk_json(&mut val, redact, secret_keys);
-                }
+                n += walk_entry(&key, &mut val, redact, secret_keys);
                 m.insert(key, val);
             }
             n
         }
         _ => 0,
+    }
+}
+
+/// The value of object entry `key` (already redacted): with `secret_keys`, a scalar under a
+/// secret-looking key is replaced whole; anything else is walked.
+fn walk_entry(
+    key: &str,
+    val: &mut Value,
+    redact: &dyn for<'a> Fn(&'a str) -> Cow<'a, str>,
+    secret_keys: bool,
+) -> usize {
+    let scalar = matches!(val, Value::String(_) | Value::Number(_));
+    if secret_keys && scalar && is_secret_key(key) {
+        if val.as_str().is_none_or(|s| !s.starts_with("[REDACTED")) {
+            *val = Value::String(marker(PatternClass::SecretKeyValue));
+            return 1;
+        }
+        0
+    } else {
+        walk_json(val, redact, secret_keys)
     }
 }
 
@@ -651,6 +673,28 @@ mod tests {
         let again = v.clone();
         Redactor::global().redact_json(&mut v);
         assert_eq!(v, again);
+    }
+
+    /// Objects whose keys are all clean are redacted in place, the others rebuilt: both keep
+    /// the key order, count the same replacements, and a key redacted into another one's
+    /// marker keeps the position and last value, as the rebuild always did.
+    #[test]
+    fn json_objects_keep_their_order_whichever_path_redacts_them() {
+        let mut clean =
+            json!({"z": "mail bob@example.com", "a": {"password": "x", "b": [1, "ok"]}, "m": 3});
+        assert_eq!(Redactor::global().redact_json(&mut clean), 2);
+        let keys: Vec<&String> = clean.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["z", "a", "m"]);
+        assert_eq!(clean["z"], "mail [REDACTED:email]");
+        assert_eq!(clean["a"]["password"], "[REDACTED:secret]");
+        assert_eq!(clean["a"]["b"], json!([1, "ok"]));
+        let mut dirty =
+            json!({"z": 1, "a@example.com": "first", "y": 2, "b@example.com": "second"});
+        assert_eq!(Redactor::global().redact_json(&mut dirty), 2);
+        assert_eq!(
+            dirty.to_string(),
+            r#"{"z":1,"[REDACTED:email]":"second","y":2}"#
+        );
     }
 
     #[test]

@@ -91,6 +91,12 @@ pub fn sanitize_result(raw: Value, exact: &ExactSecrets, max_chars: usize) -> Sa
         for item in items.iter_mut() {
             if let Some(Value::String(text)) = item.get_mut("text") {
                 let total = text.chars().count();
+                // A text of at most `budget` bytes has at most `budget` characters: nothing to
+                // cut, and no walk through its characters to find where a cut would go.
+                if text.len() <= budget {
+                    budget -= total;
+                    continue;
+                }
                 let cut = truncate_chars(text, budget);
                 budget -= total - cut;
                 if cut > 0 {
@@ -198,6 +204,27 @@ mod tests {
             16_384,
         );
         assert!(!all_text(&s.result).contains("s3cr"));
+    }
+
+    /// Around the byte-length shortcut: texts that fit in bytes, fit only in characters, or
+    /// do not fit, spend the one budget in order.
+    #[test]
+    fn truncation_budget_at_its_edges() {
+        let items = |texts: &[String]| json!({"content": texts.iter().map(|t| json!({"type": "text", "text": t})).collect::<Vec<_>>()});
+        // 10 ASCII bytes, then 10 two-byte characters (20 bytes), then 5 more: limit 20.
+        let texts = ["a".repeat(10), "é".repeat(10), "b".repeat(5)];
+        let s = sanitize_result(items(&texts), &exact(), 20);
+        assert_eq!(s.result["content"][0]["text"], "a".repeat(10));
+        assert_eq!(s.result["content"][1]["text"], "é".repeat(10));
+        let third = s.result["content"][2]["text"].as_str().unwrap();
+        assert!(third.contains("5 of 5 characters removed"), "{third}");
+        assert_eq!(s.truncated_chars, 5);
+        // exactly at the limit: nothing cut
+        let s = sanitize_result(items(&["c".repeat(20)]), &exact(), 20);
+        assert_eq!(s.truncated_chars, 0);
+        assert_eq!(s.result["content"][0]["text"], "c".repeat(20));
+        let s = sanitize_result(items(&["c".repeat(21)]), &exact(), 20);
+        assert_eq!(s.truncated_chars, 1);
     }
 
     #[test]

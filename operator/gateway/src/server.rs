@@ -150,18 +150,79 @@ pub async fn dispatch(
     params: Value,
     trace: &TraceContext,
 ) -> Value {
+    match reply(gw, caller, id, method, params, trace, false).await {
+        Reply::Value(v) => v,
+        // Only asked for with `as_text`.
+        Reply::Text(t) => serde_json::from_str(&t).unwrap_or(Value::Null),
+    }
+}
+
+/// [`dispatch`] as the JSON text of the response (what `/mcp` sends). A `tools/call` result
+/// is serialised once, by the gateway core, and framed here; the bytes are those of
+/// `dispatch(..).to_string()`.
+pub async fn dispatch_text(
+    gw: &Gateway,
+    caller: &Caller,
+    id: Value,
+    method: &str,
+    params: Value,
+    trace: &TraceContext,
+) -> String {
+    match reply(gw, caller, id, method, params, trace, true).await {
+        Reply::Value(v) => v.to_string(),
+        Reply::Text(t) => t,
+    }
+}
+
+enum Reply {
+    Value(Value),
+    Text(String),
+}
+
+/// The JSON-RPC success response `{"jsonrpc":"2.0","id":…,"result":…}` around a result that is
+/// already JSON text (the key order of [`rpc_result`]).
+fn result_text(id: &Value, result: &str) -> String {
+    let id = id.to_string();
+    let mut out = String::with_capacity(result.len() + id.len() + 36);
+    out.push_str(r#"{"jsonrpc":"2.0","id":"#);
+    out.push_str(&id);
+    out.push_str(r#","result":"#);
+    out.push_str(result);
+    out.push('}');
+    out
+}
+
+async fn reply(
+    gw: &Gateway,
+    caller: &Caller,
+    id: Value,
+    method: &str,
+    params: Value,
+    trace: &TraceContext,
+    as_text: bool,
+) -> Reply {
     match method {
-        "ping" => rpc_result(id, json!({})),
-        "tools/list" => match gw.list_tools(caller).await {
+        "ping" => Reply::Value(rpc_result(id, json!({}))),
+        "tools/list" => Reply::Value(match gw.list_tools(caller).await {
             Ok(tools) => rpc_result(id, json!({"tools": tools})),
             Err(e) => error_response(id, &e, &trace.trace_id),
-        },
+        }),
         "tools/call" => {
             let Value::Object(mut p) = params else {
-                return rpc_error(id, INVALID_PARAMS, "params must be an object", None);
+                return Reply::Value(rpc_error(
+                    id,
+                    INVALID_PARAMS,
+                    "params must be an object",
+                    None,
+                ));
             };
             let Some(Value::String(name)) = p.remove("name") else {
-                return rpc_error(id, INVALID_PARAMS, "params.name must be a string", None);
+                return Reply::Value(rpc_error(
+                    id,
+                    INVALID_PARAMS,
+                    "params.name must be a string",
+                    None,
+                ));
             };
             let arguments = p.remove("arguments");
             let approval = p
@@ -175,15 +236,27 @@ pub async fn dispatch(
                 .and_then(|m| m.get(super::upstream::protocol::IDEMPOTENCY_META_KEY))
                 .and_then(Value::as_str)
                 .filter(|k| awooop_runtime::valid_idempotency_key(k));
-            match gw
-                .call_tool_with(caller, &name, arguments, approval, idempotency, trace)
-                .await
-            {
-                Ok(result) => rpc_result(id, result),
-                Err(e) => error_response(id, &e, &trace.trace_id),
+            if as_text {
+                match gw
+                    .call_tool_json(caller, &name, arguments, approval, idempotency, trace)
+                    .await
+                {
+                    Ok(result) => Reply::Text(result_text(&id, &result)),
+                    Err(e) => Reply::Value(error_response(id, &e, &trace.trace_id)),
+                }
+            } else {
+                Reply::Value(
+                    match gw
+                        .call_tool_with(caller, &name, arguments, approval, idempotency, trace)
+                        .await
+                    {
+                        Ok(result) => rpc_result(id, result),
+                        Err(e) => error_response(id, &e, &trace.trace_id),
+                    },
+                )
             }
         }
-        _ => rpc_error(id, METHOD_NOT_FOUND, "method not found", None),
+        _ => Reply::Value(rpc_error(id, METHOD_NOT_FOUND, "method not found", None)),
     }
 }
 
@@ -232,6 +305,18 @@ mod tests {
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e["error"]["code"], code, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn framed_results_are_the_bytes_of_the_value_response() {
+        let result = json!({"content": [{"type": "text", "text": "é \"q\" \n"}], "isError": false});
+        for id in [json!(7), json!("a\"b"), json!(u64::MAX)] {
+            assert_eq!(
+                result_text(&id, &result.to_string()),
+                rpc_result(id.clone(), result.clone()).to_string(),
+                "{id}"
+            );
         }
     }
 

@@ -164,6 +164,14 @@ pub struct Gateway {
     exact: RwLock<HashMap<[u8; 32], Arc<ExactSecrets>>>,
     /// One snapshot load at a time per project.
     loading: Mutex<HashMap<ProjectId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Run tokens and session ids already verified with `keys` (see its contract).
+    verified: super::tokens::VerifiedTokens,
+}
+
+/// A sanitized result as the caller asked for it.
+enum Out {
+    Value(Value),
+    Json(String),
 }
 
 /// `_meta` key carrying an approval token in `tools/call`.
@@ -190,7 +198,9 @@ impl Gateway {
         config: GatewayConfig,
     ) -> Self {
         let rate = KeyedLimiter::per_minute(config.rate_per_minute);
+        let verified = super::tokens::VerifiedTokens::new(&keys);
         Self {
+            verified,
             db,
             coord,
             keys,
@@ -207,6 +217,11 @@ impl Gateway {
 
     pub fn keys(&self) -> &GatewayKeys {
         &self.keys
+    }
+
+    /// Caller credentials (run tokens, session ids) verified with this gateway's keys.
+    pub fn verified(&self) -> &super::tokens::VerifiedTokens {
+        &self.verified
     }
 
     pub fn db(&self) -> &Db {
@@ -509,6 +524,63 @@ impl Gateway {
         idempotency_key: Option<&str>,
         trace: &TraceContext,
     ) -> Result<Value> {
+        let out = self
+            .call_tool_out(
+                caller,
+                tool,
+                arguments,
+                approval_token,
+                idempotency_key,
+                trace,
+                false,
+            )
+            .await?;
+        Ok(match out {
+            Out::Value(v) => v,
+            Out::Json(s) => serde_json::from_str(&s).map_err(Error::internal)?,
+        })
+    }
+
+    /// [`Self::call_tool_with`] returning the sanitized `CallToolResult` as compact JSON text,
+    /// for `/mcp`, which sends it as is: the result is serialised once, and the audited
+    /// `bytes_out` is that text's length (the same number [`json_len`] counts).
+    pub async fn call_tool_json(
+        &self,
+        caller: &Caller,
+        tool: &str,
+        arguments: Option<Value>,
+        approval_token: Option<&str>,
+        idempotency_key: Option<&str>,
+        trace: &TraceContext,
+    ) -> Result<String> {
+        let out = self
+            .call_tool_out(
+                caller,
+                tool,
+                arguments,
+                approval_token,
+                idempotency_key,
+                trace,
+                true,
+            )
+            .await?;
+        Ok(match out {
+            Out::Json(s) => s,
+            Out::Value(v) => v.to_string(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_tool_out(
+        &self,
+        caller: &Caller,
+        tool: &str,
+        arguments: Option<Value>,
+        approval_token: Option<&str>,
+        idempotency_key: Option<&str>,
+        trace: &TraceContext,
+        as_json: bool,
+    ) -> Result<Out> {
         let arguments = arguments.unwrap_or_else(|| json!({}));
         let s = self.snapshot(&caller.project).await?;
         let audited_tool = if s.registry.tool(tool).is_some() {
@@ -737,7 +809,13 @@ impl Gateway {
                 tracing::warn!(code = e.code.as_str(), tool = %t.exposed, "dry-run evidence not recorded");
             }
         }
-        let bytes_out = json_len(&out.result);
+        let (bytes_out, text) = if as_json {
+            // Serialising a `Value` into a `String` cannot fail.
+            let text = serde_json::to_string(&out.result).unwrap_or_default();
+            (text.len(), Some(text))
+        } else {
+            (json_len(&out.result), None)
+        };
         let mut details = json!({});
         if let Some(who) = approver {
             details["approver"] = json!(who);
@@ -756,7 +834,10 @@ impl Gateway {
             details,
         )
         .await;
-        Ok(out.result)
+        Ok(match text {
+            Some(t) => Out::Json(t),
+            None => Out::Value(out.result),
+        })
     }
 
     /// The exact-value redactor of a set of credential values. Compiling it is the costliest

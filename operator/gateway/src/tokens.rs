@@ -8,11 +8,14 @@
 //! id presented with another credential is refused; identity itself always comes from the
 //! credential on each request.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::keys::{b64, hmac, unb64, verify_mac};
+use super::keys::{GatewayKeys, b64, hmac, unb64, verify_mac};
 use awooop_control::MigrationMode;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_store::tenancy::ProjectId;
@@ -85,19 +88,32 @@ pub fn mint_run_token(key: &[u8], claims: &RunTokenClaims) -> Result<String> {
     Ok(seal(RUN_TOKEN_PREFIX, key, claims))
 }
 
+fn invalid_run_token() -> Error {
+    Error::new(ErrorCode::AuthInvalid, "invalid credential")
+}
+
+/// Everything about a per-run token that does not depend on the time: its MAC under `key`,
+/// its claims, their lifetime limit, project id and agent slug. A pure function of `key` and
+/// the token's bytes ([`VerifiedTokens`] relies on that).
+fn open_run_token(key: &[u8], token: &str) -> Option<RunTokenClaims> {
+    let c: RunTokenClaims = open(RUN_TOKEN_PREFIX, key, token)?;
+    (c.exp - c.iat <= MAX_RUN_TOKEN_TTL_SECONDS
+        && ProjectId::parse(&c.project).is_ok()
+        && slug_ok(&c.agent))
+    .then_some(c)
+}
+
+/// The time-dependent part: not expired, not issued in the future (beyond the skew).
+fn run_token_current(c: &RunTokenClaims, now: i64) -> bool {
+    c.exp > now && c.iat <= now + MAX_SKEW_SECONDS
+}
+
 /// Verify a per-run token; every failure is the same `E-AUTH-002`.
 pub fn verify_run_token(key: &[u8], token: &str, now: i64) -> Result<RunTokenClaims> {
-    let invalid = || Error::new(ErrorCode::AuthInvalid, "invalid credential");
-    let c: RunTokenClaims = open(RUN_TOKEN_PREFIX, key, token).ok_or_else(invalid)?;
-    if c.exp <= now
-        || c.exp - c.iat > MAX_RUN_TOKEN_TTL_SECONDS
-        || c.iat > now + MAX_SKEW_SECONDS
-        || ProjectId::parse(&c.project).is_err()
-        || !slug_ok(&c.agent)
-    {
-        return Err(invalid());
+    match open_run_token(key, token) {
+        Some(c) if run_token_current(&c, now) => Ok(c),
+        _ => Err(invalid_run_token()),
     }
-    Ok(c)
 }
 
 /// Claims of a session id.
@@ -135,19 +151,116 @@ pub fn mint_session(key: &[u8], cred: &str, version: &str, now: i64, ttl: i64) -
     seal(SESSION_PREFIX, key, &claims)
 }
 
+fn invalid_session() -> Error {
+    Error::new(
+        ErrorCode::McpSession,
+        "unknown or expired session: initialize again",
+    )
+}
+
+/// The time- and credential-dependent part of a session check.
+fn session_current(c: &SessionClaims, cred: &str, now: i64) -> bool {
+    c.exp > now && c.cred == cred
+}
+
 /// Verify a session id for the presenting credential.
 pub fn verify_session(key: &[u8], id: &str, cred: &str, now: i64) -> Result<SessionClaims> {
-    let invalid = || {
-        Error::new(
-            ErrorCode::McpSession,
-            "unknown or expired session: initialize again",
-        )
-    };
-    let c: SessionClaims = open(SESSION_PREFIX, key, id).ok_or_else(invalid)?;
-    if c.exp <= now || c.cred != cred {
-        return Err(invalid());
+    match open::<SessionClaims>(SESSION_PREFIX, key, id) {
+        Some(c) if session_current(&c, cred, now) => Ok(c),
+        _ => Err(invalid_session()),
     }
-    Ok(c)
+}
+
+/// A per-run token whose signature and claims were verified, with what `/mcp` derives from it.
+#[derive(Debug)]
+pub struct VerifiedRunToken {
+    pub claims: RunTokenClaims,
+    pub project: ProjectId,
+    /// [`credential_digest`] of the token (what its sessions are bound to).
+    pub cred: String,
+}
+
+/// Entries kept per map before it is cleared (only tokens signed with the gateway's keys get
+/// in, so the bound is on memory, not on what an attacker can make us verify).
+const MAX_VERIFIED: usize = 16_384;
+
+/// Per-run tokens and session ids verified once, then recognised by their exact bytes.
+///
+/// Why this keeps every check: the MAC, the claims' shape and lifetime limit, the project id
+/// and the agent slug are a pure function of the token's bytes and the key, and the keys are
+/// fixed for the life of this value (they are copied in; rotating `AWOOOP_GATEWAY_KEY` means a
+/// restart). So a token found here byte for byte would verify again exactly as it did. What
+/// depends on the time or on the request is checked on every call, hit or miss: expiry and
+/// the issued-in-the-future skew of run tokens, expiry and the credential binding of session
+/// ids. Revocation of a run token (its run reaching a terminal state) is `/mcp`'s per-call
+/// run check, unchanged. Failures are never cached, so a forged token costs the full
+/// verification every time and takes no memory.
+pub struct VerifiedTokens {
+    run_key: [u8; 32],
+    session_key: [u8; 32],
+    runs: RwLock<HashMap<Box<str>, Arc<VerifiedRunToken>>>,
+    sessions: RwLock<HashMap<Box<str>, Arc<SessionClaims>>>,
+}
+
+impl VerifiedTokens {
+    pub fn new(keys: &GatewayKeys) -> Self {
+        Self {
+            run_key: keys.run_token,
+            session_key: keys.session,
+            runs: RwLock::new(HashMap::new()),
+            sessions: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// [`verify_run_token`] with the gateway's run-token key.
+    pub fn run_token(&self, token: &str, now: i64) -> Result<Arc<VerifiedRunToken>> {
+        let hit = self.runs.read().expect("token cache").get(token).cloned();
+        let v = match hit {
+            Some(v) => v,
+            None => {
+                let claims = open_run_token(&self.run_key, token).ok_or_else(invalid_run_token)?;
+                let v = Arc::new(VerifiedRunToken {
+                    project: ProjectId::parse(&claims.project)?,
+                    cred: credential_digest(&[token]),
+                    claims,
+                });
+                remember(&self.runs, token, v.clone());
+                v
+            }
+        };
+        if !run_token_current(&v.claims, now) {
+            return Err(invalid_run_token());
+        }
+        Ok(v)
+    }
+
+    /// [`verify_session`] with the gateway's session key.
+    pub fn session(&self, id: &str, cred: &str, now: i64) -> Result<Arc<SessionClaims>> {
+        let hit = self.sessions.read().expect("token cache").get(id).cloned();
+        let c = match hit {
+            Some(c) => c,
+            None => {
+                let c = Arc::new(
+                    open::<SessionClaims>(SESSION_PREFIX, &self.session_key, id)
+                        .ok_or_else(invalid_session)?,
+                );
+                remember(&self.sessions, id, c.clone());
+                c
+            }
+        };
+        if !session_current(&c, cred, now) {
+            return Err(invalid_session());
+        }
+        Ok(c)
+    }
+}
+
+fn remember<T>(map: &RwLock<HashMap<Box<str>, Arc<T>>>, k: &str, v: Arc<T>) {
+    let mut m = map.write().expect("token cache");
+    if m.len() >= MAX_VERIFIED {
+        m.clear();
+    }
+    m.insert(k.into(), v);
 }
 
 #[cfg(test)]
@@ -202,6 +315,86 @@ mod tests {
         future.iat = 1_000;
         future.exp = 2_000;
         assert!(verify_run_token(K, &mint_run_token(K, &future).unwrap(), 150).is_err());
+    }
+
+    /// The cache answers exactly as the full verification, at every time, whatever was
+    /// verified before: expiry, the future-issue skew and the session's credential binding are
+    /// checked on every call, hits included.
+    #[test]
+    fn verified_tokens_answer_like_a_full_verification_every_time() {
+        let keys = GatewayKeys::derive("verified-tokens-test-master-key-0123456789");
+        let k = keys.run_token;
+        let future = RunTokenClaims {
+            iat: 1_000,
+            exp: 2_000,
+            ..claims()
+        };
+        let good = mint_run_token(&k, &claims()).unwrap();
+        let early = mint_run_token(&k, &future).unwrap();
+        let foreign = mint_run_token(K, &claims()).unwrap();
+        let forged = format!(
+            "{}.{}",
+            early.rsplit_once('.').unwrap().0,
+            good.rsplit_once('.').unwrap().1
+        );
+        let cache = VerifiedTokens::new(&keys);
+        // Each token asked at times before, inside and after its validity, twice in a row (the
+        // second answer comes from the cache when the first verified).
+        for t in [&good, &early, &foreign, &forged] {
+            for now in [0, 99, 150, 199, 200, 939, 940, 1_500, 1_999, 2_000, 150] {
+                for _ in 0..2 {
+                    let full = verify_run_token(&k, t, now);
+                    let cached = cache.run_token(t, now);
+                    assert_eq!(full.is_ok(), cached.is_ok(), "{t} at {now}");
+                    if let (Ok(f), Ok(c)) = (full, cached) {
+                        assert_eq!(f, c.claims);
+                        assert_eq!(c.project.as_str(), f.project);
+                        assert_eq!(c.cred, credential_digest(&[t.as_str()]));
+                    }
+                }
+            }
+        }
+        assert!(cache.run_token(&good, 150).is_ok());
+        assert!(
+            cache.run_token(&good, 200).is_err(),
+            "expired, though cached"
+        );
+        assert!(cache.run_token(&early, 1_500).is_ok());
+        assert!(
+            cache.run_token(&early, 150).is_err(),
+            "issued in the future, though cached"
+        );
+
+        let cred = credential_digest(&[&good]);
+        let other = credential_digest(&["awr1.someone-else"]);
+        let s = mint_session(&keys.session, &cred, "2025-11-25", 100, 50);
+        let alien = mint_session(K, &cred, "2025-11-25", 100, 50);
+        for sid in [&s, &alien] {
+            for (c, now) in [
+                (&cred, 120),
+                (&other, 120),
+                (&cred, 149),
+                (&cred, 150),
+                (&cred, 120),
+            ] {
+                for _ in 0..2 {
+                    assert_eq!(
+                        verify_session(&keys.session, sid, c, now).is_ok(),
+                        cache.session(sid, c, now).is_ok(),
+                        "{sid} for {c} at {now}"
+                    );
+                }
+            }
+        }
+        assert!(cache.session(&s, &cred, 120).is_ok());
+        assert!(
+            cache.session(&s, &other, 120).is_err(),
+            "bound to its credential, though cached"
+        );
+        assert!(
+            cache.session(&s, &cred, 150).is_err(),
+            "expired, though cached"
+        );
     }
 
     #[test]

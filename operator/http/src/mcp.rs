@@ -85,13 +85,18 @@ pub fn router(state: McpState) -> Router {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
+    text_response(status, body.to_string())
+}
+
+/// A response whose body is JSON text already.
+fn text_response(status: StatusCode, body: String) -> Response {
     (
         status,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body.to_string(),
+        body,
     )
         .into_response()
 }
@@ -141,8 +146,10 @@ async fn authenticate(state: &McpState, h: &HeaderMap) -> Result<(Caller, String
     let env_h = header_str(h, ENV_HEADER);
     let now = chrono::Utc::now().timestamp();
     if token.starts_with(tokens::RUN_TOKEN_PREFIX) {
-        let c = tokens::verify_run_token(&state.gateway.keys().run_token, token, now)?;
-        let project = ProjectId::parse(&c.project)?;
+        // Signature and claims verified once per token (cached by its exact bytes); expiry is
+        // checked on every call, and the run's liveness just below.
+        let v = state.gateway.verified().run_token(token, now)?;
+        let (c, project) = (&v.claims, v.project.clone());
         // A token bound to a run works only while the run is alive.
         if let Some(run_id) = c.run_id
             && !run_is_live(state, &project, run_id).await?
@@ -158,12 +165,12 @@ async fn authenticate(state: &McpState, h: &HeaderMap) -> Result<(Caller, String
         }
         let caller = Caller {
             project,
-            agent: c.agent,
+            agent: c.agent.clone(),
             run_id: c.run_id,
-            environment: c.environment,
+            environment: c.environment.clone(),
             mode: c.mode,
         };
-        return Ok((caller, tokens::credential_digest(&[token])));
+        return Ok((caller, v.cred.clone()));
     }
     if token.starts_with("awk.") {
         let (Some(agent), Some(env)) = (agent_h, env_h) else {
@@ -342,7 +349,7 @@ async fn post_mcp(State(state): State<McpState>, req: Request) -> Response {
             ),
         );
     };
-    if let Err(e) = tokens::verify_session(&keys.session, sid, &cred, now) {
+    if let Err(e) = state.gateway.verified().session(sid, &cred, now) {
         return transport_error(StatusCode::NOT_FOUND, &e);
     }
     if let Some(v) = header_str(h, VERSION_HEADER)
@@ -355,8 +362,9 @@ async fn post_mcp(State(state): State<McpState>, req: Request) -> Response {
     }
     match msg {
         Incoming::Request { id, method, params } => {
-            let body = server::dispatch(&state.gateway, &caller, id, &method, params, &trace).await;
-            json_response(StatusCode::OK, &body)
+            let body =
+                server::dispatch_text(&state.gateway, &caller, id, &method, params, &trace).await;
+            text_response(StatusCode::OK, body)
         }
         Incoming::Notification { .. } | Incoming::Response => StatusCode::ACCEPTED.into_response(),
     }

@@ -1754,7 +1754,11 @@ async fn concurrent_webhooks_on_an_expired_cache_load_the_channel_and_basis_once
     // 2. Expired: again one load of each for 32 concurrent webhooks.
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     burst(8100).await;
-    assert_eq!(resolves(), 2, "the expired channel was reloaded once per webhook");
+    assert_eq!(
+        resolves(),
+        2,
+        "the expired channel was reloaded once per webhook"
+    );
     assert_eq!(hub.metrics().cache_loads("channel"), 2);
     assert_eq!(hub.metrics().cache_loads("basis"), 2);
     assert_eq!(

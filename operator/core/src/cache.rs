@@ -121,7 +121,11 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         {
-            let s = self.inner.state.read().unwrap_or_else(PoisonError::into_inner);
+            let s = self
+                .inner
+                .state
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some((at, v)) = s.entries.get(key) {
                 match freshness(at.elapsed(), self.inner.ttl) {
                     Freshness::Fresh => return Ok(v.clone()),
@@ -152,7 +156,11 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        let mut s = self.inner.state.write().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some((at, v)) = s.entries.get(key) {
             match (freshness(at.elapsed(), self.inner.ttl), ahead) {
                 (Freshness::Fresh, true) => return Found::Nothing,
@@ -201,7 +209,11 @@ where
     /// began before this call installs its result: the generation is global, so a load of
     /// another key in flight is not kept either, which only costs a reload).
     pub fn invalidate(&self, mut drop: impl FnMut(&K) -> bool) {
-        let mut s = self.inner.state.write().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self
+            .inner
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         s.generation += 1;
         s.entries.retain(|k, _| !drop(k));
         s.flights.retain(|k, _| !drop(k));
@@ -327,15 +339,9 @@ mod tests {
         // 100 ms later it is 220 ms old: past the TTL, so it is loaded again (aged from the
         // end of the load, it would still have been served).
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            *c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(),
-            2
-        );
+        assert_eq!(*c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(), 2);
         // Fresh: served without a load.
-        assert_eq!(
-            *c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(),
-            2
-        );
+        assert_eq!(*c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(), 2);
         assert_eq!(n.load(Ordering::SeqCst), 2);
         // A zero TTL loads every time.
         let z = TtlCache::<&'static str, usize, String>::new(Duration::ZERO);
@@ -367,10 +373,7 @@ mod tests {
         }
         // The one reload lands before the old value expires and is served from then on.
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(
-            *c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(),
-            2
-        );
+        assert_eq!(*c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(), 2);
         assert_eq!(n.load(Ordering::SeqCst), 2, "one refresh for ten callers");
     }
 
@@ -400,10 +403,7 @@ mod tests {
         }
         assert_eq!(n.load(Ordering::SeqCst), 1);
         // The next caller loads again (the error was not kept).
-        assert_eq!(
-            *c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(),
-            2
-        );
+        assert_eq!(*c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(), 2);
     }
 
     #[tokio::test]
@@ -418,10 +418,7 @@ mod tests {
             *c.get(&"other", counting(&n, Duration::ZERO)).await.unwrap(),
             2
         );
-        assert_eq!(
-            *c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(),
-            3
-        );
+        assert_eq!(*c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(), 3);
         // A load in flight when the invalidation comes: its caller gets its result, a caller
         // after the invalidation does not join it, and it does not install its value.
         c.clear();
@@ -446,14 +443,14 @@ mod tests {
         }
         c.invalidate(|k| *k == "k");
         let late = c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap();
-        assert_eq!(*late, 5, "a caller after the invalidation started its own load");
+        assert_eq!(
+            *late, 5,
+            "a caller after the invalidation started its own load"
+        );
         release.send(()).unwrap();
         assert_eq!(*early.await.unwrap().unwrap(), 4);
         // The detached load did not replace the newer value.
-        assert_eq!(
-            *c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(),
-            5
-        );
+        assert_eq!(*c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(), 5);
     }
 
     #[tokio::test]
@@ -468,10 +465,7 @@ mod tests {
         assert!(gone.is_err(), "the caller gave up before the load ended");
         tokio::time::sleep(Duration::from_millis(200)).await;
         // The load finished and installed its value: no second load.
-        assert_eq!(
-            *c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(),
-            1
-        );
+        assert_eq!(*c.get(&"k", counting(&n, Duration::ZERO)).await.unwrap(), 1);
         assert_eq!(n.load(Ordering::SeqCst), 1);
     }
 }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use awooop::channels::delivery::{DeliveryConfig, DeliveryWorker};
-use awooop::channels::{Hub, HubConfig, StaticSecrets};
+use awooop::channels::{ChannelSecrets, Hub, HubConfig, Secret, StaticSecrets};
 use awooop::contracts::{ContractKind, CredentialSource};
 use awooop::control::{ControlPlane, MigrationMode};
 use awooop::coord::Coord;
@@ -1683,6 +1683,105 @@ fn tg_plain(update_id: i64, text: &str) -> Signed {
         .to_string()
         .into_bytes(),
     }
+}
+
+/// Secrets that count their resolutions (one per load of a resolved channel) and take a
+/// while, so that concurrent webhooks overlap a load.
+struct CountingSecrets {
+    inner: Arc<StaticSecrets>,
+    n: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl ChannelSecrets for CountingSecrets {
+    async fn resolve(
+        &self,
+        project: &ProjectId,
+        source: &CredentialSource,
+    ) -> awooop::error::Result<Secret> {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.inner.resolve(project, source).await
+    }
+}
+
+/// The hub's caches (resolved channel, run basis) are loaded once per key when many webhooks
+/// arrive while an entry is missing or expired (single flight), not once per webhook, and an
+/// entry is never used past its TTL (a rotated verification secret is in force after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_webhooks_on_an_expired_cache_load_the_channel_and_basis_once() {
+    let (env, _p) = Env::new(channels_contract(None, 0, &[], None)).await;
+    let secrets = Arc::new(CountingSecrets {
+        inner: env.secrets.clone(),
+        n: Default::default(),
+    });
+    let ttl = Duration::from_millis(1500);
+    let hub = Hub::new(
+        env.cp.clone(),
+        secrets.clone(),
+        HubConfig {
+            urls: env.double.urls(),
+            cache_ttl: ttl,
+            ..HubConfig::default()
+        },
+    );
+    let router = awooop::channels::routes(hub.clone());
+    let burst = |from: i64| {
+        let router = router.clone();
+        async move {
+            let tasks: Vec<_> = (0..32)
+                .map(|i| {
+                    let router = router.clone();
+                    tokio::spawn(async move {
+                        post_to(&router, "/v1/webhooks/chan-a/tg", &tg_plain(from + i, "hi")).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let (s, v) = t.await.unwrap();
+                assert_eq!(s, StatusCode::OK, "{v}");
+            }
+        }
+    };
+    let resolves = || secrets.n.load(std::sync::atomic::Ordering::SeqCst);
+
+    // 1. 32 concurrent webhooks on an empty cache: one load of each.
+    burst(8000).await;
+    assert_eq!(resolves(), 1, "the channel was loaded once per webhook");
+    assert_eq!(hub.metrics().cache_loads("channel"), 1);
+    assert_eq!(hub.metrics().cache_loads("basis"), 1);
+
+    // 2. Expired: again one load of each for 32 concurrent webhooks.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    burst(8100).await;
+    assert_eq!(
+        resolves(),
+        2,
+        "the expired channel was reloaded once per webhook"
+    );
+    assert_eq!(hub.metrics().cache_loads("channel"), 2);
+    assert_eq!(hub.metrics().cache_loads("basis"), 2);
+    assert_eq!(
+        env.count("chan-a", "SELECT count(*) FROM conversation_events")
+            .await,
+        64
+    );
+
+    // 3. Never past the TTL: the verification secret is rotated; once the TTL has passed, a
+    // webhook signed with the old one is refused and one signed with the new one accepted.
+    env.secrets
+        .put("chan-a", &env_ref("TG_SECRET"), "rotated-secret-0123456789");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let (s, v) = post_to(&router, "/v1/webhooks/chan-a/tg", &tg_plain(8200, "old")).await;
+    assert!(
+        s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN,
+        "the old secret was used past the TTL: {s} {v}"
+    );
+    let mut new = tg_plain(8201, "new");
+    new.headers[1].1 = "rotated-secret-0123456789".into();
+    let (s, v) = post_to(&router, "/v1/webhooks/chan-a/tg", &new).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    env.t.cleanup().await;
 }
 
 /// The inbound fast path prepares runs on a cached basis (mode, active revisions). When the

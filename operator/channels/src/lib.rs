@@ -28,16 +28,17 @@ mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
 use awooop_contracts::{Channel, ChannelProvider, Contract, ContractKind, CredentialSource};
 use awooop_control::{ControlPlane, MigrationMode};
+use awooop_core::cache::TtlCache;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_runtime::{RunBasis, RunService};
-use awooop_store::tenancy::ProjectId;
+use awooop_store::tenancy::{self, ProjectId};
 
 pub use inbound::routes;
 pub use normalize::{EventKind, Normalized};
@@ -257,8 +258,19 @@ impl ResolvedChannel {
     }
 }
 
-type ChannelCache = RwLock<HashMap<(ProjectId, String), (Instant, Arc<ResolvedChannel>)>>;
-type BasisCache = RwLock<HashMap<(ProjectId, String), (Instant, Arc<RunBasis>)>>;
+/// Resolved channels per (project, channel name); see [`awooop_core::cache`] for the rules
+/// (single-flight loads, refresh-ahead in the last quarter of the TTL, never served past it).
+type ChannelCache = TtlCache<(ProjectId, String), ResolvedChannel, Error>;
+/// Run bases per (project, agent), with the same rules.
+type BasisCache = TtlCache<(ProjectId, String), RunBasis, Error>;
+
+/// The error of a load shared by its waiters, for one of them.
+fn shared_error(e: Arc<Error>) -> Error {
+    Arc::try_unwrap(e).unwrap_or_else(|e| Error {
+        details: e.details.clone(),
+        ..Error::new(e.code, e.message.clone())
+    })
+}
 
 /// Everything the hub's handlers and workers share.
 #[derive(Clone)]
@@ -303,6 +315,10 @@ impl Hub {
         let egress = awooop_policy::PolicySource::from_db(control.db().clone());
         let refusal_audit = governor::Quota::with_period(config.refusal_audit_window)
             .map(governor::RateLimiter::keyed);
+        let (cache, bases) = (
+            TtlCache::new(config.cache_ttl),
+            TtlCache::new(config.cache_ttl),
+        );
         Self {
             inner: Arc::new(HubInner {
                 egress,
@@ -313,8 +329,8 @@ impl Hub {
                 forward_clients: Default::default(),
                 config,
                 http,
-                cache: RwLock::new(HashMap::new()),
-                bases: RwLock::new(HashMap::new()),
+                cache,
+                bases,
                 writer: std::sync::OnceLock::new(),
                 refusal_audit,
                 metrics: Arc::new(metrics::ChannelMetrics::new()),
@@ -389,22 +405,15 @@ impl Hub {
 
     /// Drop cached channels and run bases (after an activation, in tests).
     pub fn invalidate(&self) {
-        self.inner.cache.write().expect("cache lock").clear();
-        self.inner.bases.write().expect("basis lock").clear();
+        self.inner.cache.clear();
+        self.inner.bases.clear();
     }
 
-    /// Drop what is cached for one project.
+    /// Drop what is cached for one project (loads of it in flight are not joined any more and
+    /// do not install their result).
     pub fn invalidate_project(&self, project: &ProjectId) {
-        self.inner
-            .cache
-            .write()
-            .expect("cache lock")
-            .retain(|(p, _), _| p != project);
-        self.inner
-            .bases
-            .write()
-            .expect("basis lock")
-            .retain(|(p, _), _| p != project);
+        self.inner.cache.invalidate(|(p, _)| p == project);
+        self.inner.bases.invalidate(|(p, _)| p == project);
     }
 
     /// Drop a project's cached channels and run bases on each activation (`LISTEN
@@ -444,18 +453,18 @@ impl Hub {
     /// The run basis of `agent` in `project` (cached for `cache_ttl`).
     pub(crate) async fn basis(&self, project: &ProjectId, agent: &str) -> Result<Arc<RunBasis>> {
         let key = (project.clone(), agent.to_string());
-        if let Some((at, b)) = self.inner.bases.read().expect("basis lock").get(&key)
-            && at.elapsed() < self.inner.config.cache_ttl
-        {
-            return Ok(b.clone());
-        }
-        let b = Arc::new(self.inner.runs.basis(agent).await?);
         self.inner
             .bases
-            .write()
-            .expect("basis lock")
-            .insert(key, (Instant::now(), b.clone()));
-        Ok(b)
+            .get(&key, || {
+                let (hub, project, agent) = (self.clone(), project.clone(), agent.to_string());
+                // The load runs in a task of its own: it carries the tenant scope itself.
+                tenancy::scope(project, async move {
+                    hub.metrics().cache_load("basis");
+                    hub.inner.runs.basis(&agent).await
+                })
+            })
+            .await
+            .map_err(shared_error)
     }
 
     /// Whether this refusal gets an audit row (else it is only counted).
@@ -488,18 +497,17 @@ impl Hub {
     /// (`E-CHANNEL-001`).
     pub async fn channel(&self, project: &ProjectId, name: &str) -> Result<Arc<ResolvedChannel>> {
         let key = (project.clone(), name.to_string());
-        if let Some((at, c)) = self.inner.cache.read().expect("cache lock").get(&key)
-            && at.elapsed() < self.inner.config.cache_ttl
-        {
-            return Ok(c.clone());
-        }
-        let resolved = Arc::new(self.load_channel(project, name).await?);
         self.inner
             .cache
-            .write()
-            .expect("cache lock")
-            .insert(key, (Instant::now(), resolved.clone()));
-        Ok(resolved)
+            .get(&key, || {
+                let (hub, project, name) = (self.clone(), project.clone(), name.to_string());
+                tenancy::scope(project.clone(), async move {
+                    hub.metrics().cache_load("channel");
+                    hub.load_channel(&project, &name).await
+                })
+            })
+            .await
+            .map_err(shared_error)
     }
 
     async fn load_channel(&self, project: &ProjectId, name: &str) -> Result<ResolvedChannel> {

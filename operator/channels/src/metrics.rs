@@ -26,6 +26,12 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabel {
+    /// channel (resolved channel: contract and verification secret) or basis (run basis)
+    pub cache: String,
+}
+
 pub struct ChannelMetrics {
     pub inbound: Family<InboundLabel, Counter>,
     pub verification_failures: Family<CodeLabel, Counter>,
@@ -36,6 +42,8 @@ pub struct ChannelMetrics {
     pub delivery_failures: Family<CodeLabel, Counter>,
     /// Pending outbound messages (refreshed by the delivery worker at each poll).
     pub queue_depth: Gauge,
+    /// Loads of the hub's caches (single flight: at most one per key at a time).
+    pub cache_loads: Family<CacheLabel, Counter>,
 }
 
 impl Default for ChannelMetrics {
@@ -56,6 +64,7 @@ impl ChannelMetrics {
             delivery_retries: Family::default(),
             delivery_failures: Family::default(),
             queue_depth: Gauge::default(),
+            cache_loads: Family::default(),
         }
     }
 
@@ -68,6 +77,23 @@ impl ChannelMetrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    pub fn cache_load(&self, cache: &str) {
+        self.cache_loads
+            .get_or_create(&CacheLabel {
+                cache: cache.into(),
+            })
+            .inc();
+    }
+
+    /// Loads of one cache so far (tests).
+    pub fn cache_loads(&self, cache: &str) -> u64 {
+        self.cache_loads
+            .get_or_create(&CacheLabel {
+                cache: cache.into(),
+            })
+            .get()
     }
 
     pub fn refused(&self, provider: &str, code: &str) {
@@ -120,6 +146,11 @@ impl ChannelMetrics {
             "delivery_failures",
             "Messages given up, by code",
             self.delivery_failures.clone(),
+        );
+        r.register(
+            "cache_loads",
+            "Loads of the hub's resolved-channel and run-basis caches (one per key at a time)",
+            self.cache_loads.clone(),
         );
         r.register(
             "outbound_queue_depth",

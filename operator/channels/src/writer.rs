@@ -17,11 +17,20 @@
 //!   of the same events wait for each other instead of deadlocking;
 //! * when a batch of several jobs fails, each job is written again alone, so one bad event
 //!   cannot fail its neighbours' webhooks.
+//!
+//! A writer keeps its pool connection from one batch to the next while jobs are waiting
+//! (session 7): acquiring from the pool costs a health-check round trip each time
+//! (`test_before_acquire`), i.e. one of five round trips per group commit. The transaction is
+//! the same tenant transaction ([`tenancy::tenant_on`] is `Db::tenant` on a held connection);
+//! the connection goes back to the pool when the queue runs empty and after any failed
+//! transaction, so a broken connection is never reused without the pool's check.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -103,10 +112,32 @@ impl Writer {
             let rx = rx.clone();
             let db = db.clone();
             tokio::spawn(async move {
+                // The connection this writer keeps while it has work: consecutive batches
+                // skip the pool's health-check round trip of each acquire. It goes back to the
+                // pool when the queue is empty or another writer has it (so the writers never
+                // hold more connections than before: one each while writing) and after any
+                // failed transaction (the pool's check then catches a broken one).
+                let mut conn: Option<PoolConnection<Postgres>> = None;
                 loop {
                     let batch = {
-                        let mut rx = rx.lock().await;
-                        let Some(first) = rx.recv().await else { return };
+                        // Another writer has the queue (waiting for work or taking it): wait
+                        // for it without holding a connection.
+                        let mut rx = match rx.try_lock() {
+                            Ok(rx) => rx,
+                            Err(_) => {
+                                conn = None;
+                                rx.lock().await
+                            }
+                        };
+                        let first = match rx.try_recv() {
+                            Ok(j) => j,
+                            Err(mpsc::error::TryRecvError::Disconnected) => return,
+                            Err(mpsc::error::TryRecvError::Empty) => {
+                                conn = None;
+                                let Some(j) = rx.recv().await else { return };
+                                j
+                            }
+                        };
                         let mut n = first.0.items.len();
                         let mut batch = vec![first];
                         while n < MAX_BATCH_EVENTS {
@@ -120,7 +151,7 @@ impl Writer {
                         }
                         batch
                     };
-                    write_batch(&db, batch).await;
+                    write_batch(&db, &mut conn, batch).await;
                 }
             });
         }
@@ -139,7 +170,13 @@ impl Writer {
     }
 }
 
-async fn write_batch(db: &Db, batch: Vec<(Job, Reply)>) {
+/// Write a batch on the held connection `held`; after a failed transaction the connection is
+/// dropped (back to the pool, whose check catches a broken one) rather than kept.
+async fn write_batch(
+    db: &Db,
+    held: &mut Option<PoolConnection<Postgres>>,
+    batch: Vec<(Job, Reply)>,
+) {
     // Per project, in arrival order.
     let mut groups: Vec<(ProjectId, Vec<(Job, Reply)>)> = Vec::new();
     for (job, reply) in batch {
@@ -151,7 +188,17 @@ async fn write_batch(db: &Db, batch: Vec<(Job, Reply)>) {
     for (project, group) in groups {
         tenancy::scope(project, async {
             let (jobs, replies): (Vec<Job>, Vec<Reply>) = group.into_iter().unzip();
-            match write_jobs(db, &jobs).await {
+            let res = match held.as_mut() {
+                Some(c) => write_jobs(c, &jobs).await,
+                None => match db.connection().await {
+                    Ok(c) => write_jobs(held.insert(c), &jobs).await,
+                    Err(e) => Err(WriteError::Failed(e)),
+                },
+            };
+            if matches!(res, Err(WriteError::Failed(_))) {
+                *held = None;
+            }
+            match res {
                 Ok(outs) => {
                     for (reply, out) in replies.into_iter().zip(outs) {
                         let _ = reply.send(Ok(out));
@@ -163,8 +210,13 @@ async fn write_batch(db: &Db, batch: Vec<(Job, Reply)>) {
                         jobs = jobs.len(),
                         "inbound batch failed; writing its jobs one by one"
                     );
+                    // Each on a connection of its own from the pool (checked there; the held
+                    // one, which may be what failed, was dropped above), as before.
                     for (job, reply) in jobs.iter().zip(replies) {
-                        let res = write_jobs(db, std::slice::from_ref(job)).await;
+                        let res = match db.connection().await {
+                            Ok(mut c) => write_jobs(&mut c, std::slice::from_ref(job)).await,
+                            Err(e) => Err(WriteError::Failed(e)),
+                        };
                         let _ = reply.send(res.map(|mut v| v.pop().unwrap_or_default()));
                     }
                 }
@@ -184,13 +236,13 @@ async fn write_batch(db: &Db, batch: Vec<(Job, Reply)>) {
     }
 }
 
-/// Write the jobs of the current project in one transaction.
+/// Write the jobs of the current project in one transaction on `conn`.
 async fn write_jobs(
-    db: &Db,
+    conn: &mut PgConnection,
     jobs: &[Job],
 ) -> std::result::Result<Vec<Vec<ItemOutcome>>, WriteError> {
     let project = tenancy::require()?;
-    let mut tx = db.tenant().await?;
+    let mut tx = tenancy::tenant_on(conn).await?;
     // The bases the runs were prepared on, each once. The first is checked by the event
     // insert itself (no round trip of its own); a batch holding several agents' events checks
     // the others first. Stale: nothing is written (the transaction is dropped).

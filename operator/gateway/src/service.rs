@@ -28,6 +28,9 @@ use super::registry::Registry;
 use super::sanitize;
 use awooop_contracts::{self as contracts, ContractKind, Injection, McpProvider};
 use awooop_control::MigrationMode;
+// The freshness rule of cached values, shared with the channel hub's caches (whose table test
+// pins it): refresh ahead in the last quarter of the TTL, never served past it.
+use awooop_core::cache::{Freshness, freshness};
 use awooop_core::context::ContextFirewall;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::ratelimit::KeyedLimiter;
@@ -1001,26 +1004,6 @@ impl Gateway {
     }
 }
 
-/// How usable a cached snapshot of age `age` is under `ttl`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Freshness {
-    Fresh,
-    /// Still valid, in the last quarter of its TTL: one caller reloads it.
-    RefreshAhead,
-    /// Never served: callers wait for the reload.
-    Expired,
-}
-
-fn freshness(age: Duration, ttl: Duration) -> Freshness {
-    if age >= ttl {
-        Freshness::Expired
-    } else if age >= ttl - ttl / 4 {
-        Freshness::RefreshAhead
-    } else {
-        Freshness::Fresh
-    }
-}
-
 /// The length of `v` serialized as compact JSON, counted without building the text (the
 /// audit records sizes; a 16 KiB result was serialized once only to be measured).
 fn json_len(v: &Value) -> usize {
@@ -1059,23 +1042,6 @@ impl ToolUpstream for NoUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn snapshots_are_refreshed_ahead_and_never_served_past_their_ttl() {
-        let ms = Duration::from_millis;
-        for (age, ttl, want) in [
-            (0, 1000, Freshness::Fresh),
-            (749, 1000, Freshness::Fresh),
-            (750, 1000, Freshness::RefreshAhead),
-            (999, 1000, Freshness::RefreshAhead),
-            (1000, 1000, Freshness::Expired),
-            (5000, 1000, Freshness::Expired),
-            // A zero TTL (tests that need every change at once) never serves a snapshot.
-            (0, 0, Freshness::Expired),
-        ] {
-            assert_eq!(freshness(ms(age), ms(ttl)), want, "age {age} ttl {ttl}");
-        }
-    }
 
     #[test]
     fn json_len_is_the_length_of_the_compact_serialization() {

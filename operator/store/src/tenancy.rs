@@ -150,6 +150,17 @@ fn begin_tenant_sql(project: &ProjectId) -> Result<String> {
     Ok(format!("BEGIN; SET LOCAL awooop.project_id = '{id}'"))
 }
 
+/// [`Db::tenant`] on a connection the caller holds ([`Db::connection`]): `BEGIN` and the
+/// transaction-local tenant setting in one round trip, scoped to the current tenant (from the
+/// task-local) exactly as [`Db::tenant`].
+pub async fn tenant_on(conn: &mut sqlx::PgConnection) -> Result<Transaction<'_, Postgres>> {
+    let project = require()?;
+    Ok(
+        sqlx::Connection::begin_with(conn, sqlx::AssertSqlSafe(begin_tenant_sql(&project)?))
+            .await?,
+    )
+}
+
 /// An operator-scoped, read-only transaction: sees the active projects, their migration mode
 /// and the two active contracts the Kubernetes projection is built from (project and MCP
 /// gateway), of every project, and nothing else (migration 0067). The operator's full resync
@@ -226,6 +237,15 @@ impl Db {
             .pool
             .begin_with(sqlx::AssertSqlSafe(begin_tenant_sql(&project)?))
             .await?)
+    }
+
+    /// A connection of the runtime pool for a caller that runs several transactions in a row
+    /// on it ([`tenant_on`]): each `Db::tenant` acquires from the pool, and the pool checks an
+    /// idle connection with a round trip (`test_before_acquire`) before handing it out. A
+    /// batch writer that keeps its connection while it has work skips that round trip per
+    /// transaction. Dropping it returns it to the pool, whose check then catches a broken one.
+    pub async fn connection(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
+        Ok(self.pool.acquire().await?)
     }
 
     /// A platform-scoped transaction; writes the `platform_audit` row first.

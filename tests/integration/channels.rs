@@ -1927,3 +1927,57 @@ async fn a_refused_line_reply_token_falls_back_to_one_push_with_a_retry_key() {
     assert_eq!(env.double.calls("line", "message/push").len(), 1);
     env.t.cleanup().await;
 }
+
+/// A webhook's group commit defers its runs' wake-ups (migration 0071): its transaction sends
+/// no NOTIFY, so concurrent group commits are not serialised on PostgreSQL's NOTIFY lock, and
+/// the hub announces each new run after the COMMIT, so workers and event streams still wake
+/// at once: every run of a concurrent burst is announced with its `created` event (seq 1) and
+/// the workers' channel is notified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_runs_are_announced_after_their_group_commit() {
+    let (env, _p) = Env::new(channels_contract(None, 0, &[], None)).await;
+    let mut l = sqlx::postgres::PgListener::connect_with(&env.t.app)
+        .await
+        .unwrap();
+    l.listen_all(["awooop_runs", "awooop_run_events"])
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let router = env.router.clone();
+            tokio::spawn(async move {
+                post_to(&router, "/v1/webhooks/chan-a/tg", &tg_plain(9000 + i, "hi")).await
+            })
+        })
+        .collect();
+    let mut runs = std::collections::HashSet::new();
+    for t in tasks {
+        let (s, v) = t.await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+        runs.insert(v["events"][0]["run_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(runs.len(), 16);
+    let (mut announced, mut woken) = (std::collections::HashSet::new(), false);
+    while announced.len() < runs.len() || !woken {
+        let n = tokio::time::timeout(Duration::from_secs(10), l.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "missing notices: {} of 16 runs, workers woken {woken}",
+                    announced.len()
+                )
+            })
+            .unwrap();
+        match n.channel() {
+            "awooop_runs" => woken = true,
+            _ => {
+                let parts: Vec<&str> = n.payload().split(' ').collect();
+                assert_eq!((parts[0], parts[2]), ("chan-a", "1"), "{}", n.payload());
+                assert!(runs.contains(parts[1]), "{}", n.payload());
+                announced.insert(parts[1].to_string());
+            }
+        }
+    }
+    drop(l);
+    env.t.cleanup().await;
+}

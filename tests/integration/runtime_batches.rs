@@ -204,6 +204,11 @@ async fn a_completion_batch_lands_only_current_attempts_with_journal_audit_and_e
         assert_eq!(parts[0], "alpha");
         let run: Uuid = parts[1].parse().unwrap();
         let seq: i64 = parts[2].parse().unwrap();
+        if seq == 1 {
+            // A creation's notice: sent after its COMMIT by the creator's notifier (migration
+            // 0071), so it may reach this listener after the LISTEN above; not the batch's.
+            continue;
+        }
         let e = last.entry(run).or_default();
         *e = (*e).max(seq);
     }
@@ -460,5 +465,143 @@ async fn completion_and_heartbeat_read_only_their_own_runs_whatever_the_statisti
         );
     }
     drop(su);
+    t.cleanup().await;
+}
+
+/// The next notice on `l` within `wait`, as (channel, payload), or None.
+async fn next_notice(
+    l: &mut sqlx::postgres::PgListener,
+    wait: Duration,
+) -> Option<(String, String)> {
+    match tokio::time::timeout(wait, l.recv()).await {
+        Ok(n) => {
+            let n = n.unwrap();
+            Some((n.channel().to_string(), n.payload().to_string()))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Run creation's wake-ups leave the writing transaction (migration 0071, store::notify): a
+/// transaction that has called NOTIFY commits under PostgreSQL's cluster-wide NOTIFY lock,
+/// held through its WAL flush, so the hot writers (the hub's group commits, API creations)
+/// committed one at a time. A deferred transaction's triggers still write the `created`
+/// event but send nothing; the writer's notifier announces the same wake-ups after COMMIT; an
+/// ordinary transaction still notifies from its triggers.
+#[tokio::test]
+async fn run_creation_commits_without_notify_and_is_announced_after_its_commit() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let db = cp.db().clone();
+    let mut l = sqlx::postgres::PgListener::connect_with(&t.app)
+        .await
+        .unwrap();
+    l.listen_all(["awooop_runs", "awooop_run_events"])
+        .await
+        .unwrap();
+    let prepare = |i: i64| {
+        let (runs, p) = (runs.clone(), p.clone());
+        async move {
+            let req = CreateRun {
+                agent: "echo".into(),
+                input: json!({"name": i}),
+                mode: None,
+                reply_to: None,
+            };
+            tenancy::scope(
+                p,
+                runs.prepare(
+                    &admin(),
+                    req,
+                    None,
+                    awooop::runtime::TraceContext::generate(),
+                ),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let insert = |deferred: bool, prepared: awooop::runtime::PreparedRun| {
+        let (db, p) = (db.clone(), p.clone());
+        tenancy::scope(p, async move {
+            let mut tx = if deferred {
+                db.tenant_deferred().await.unwrap()
+            } else {
+                db.tenant().await.unwrap()
+            };
+            let v = RunService::insert_prepared_many(&mut tx, &[&prepared])
+                .await
+                .unwrap()
+                .unwrap();
+            tx.commit().await.unwrap();
+            v[0].run_id
+        })
+    };
+    let expect_both = |run: Uuid| {
+        let mut want = vec![
+            ("awooop_run_events".to_string(), format!("alpha {run} 1")),
+            ("awooop_runs".to_string(), String::new()),
+        ];
+        want.sort();
+        want
+    };
+
+    // 1. A deferred transaction: its run and `created` event are written, nothing is sent.
+    let run = insert(true, prepare(1).await).await;
+    assert_eq!(
+        next_notice(&mut l, Duration::from_millis(500)).await,
+        None,
+        "a deferred transaction must not NOTIFY (its commit would take the NOTIFY lock)"
+    );
+    let f = facts(&t, "alpha", run).await;
+    assert_eq!(
+        (f.0.as_str(), f.5.clone(), f.6.clone()),
+        ("queued", vec![1], vec!["created".to_string()])
+    );
+    // Its writer announces the same wake-ups after the commit.
+    db.notifier().runs_created("alpha", [run]);
+    let mut got = vec![
+        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
+        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
+    ];
+    got.sort();
+    assert_eq!(got, expect_both(run));
+
+    // 2. An ordinary transaction still notifies from its triggers (every other writer).
+    let run = insert(false, prepare(2).await).await;
+    let mut got = vec![
+        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
+        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
+    ];
+    got.sort();
+    assert_eq!(got, expect_both(run));
+
+    // 3. The API's creation path defers and announces.
+    let v = tenancy::scope(
+        p.clone(),
+        runs.create(
+            &admin(),
+            CreateRun {
+                agent: "echo".into(),
+                input: json!({"name": 3}),
+                mode: None,
+                reply_to: None,
+            },
+            None,
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    let mut got = vec![
+        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
+        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
+    ];
+    got.sort();
+    assert_eq!(got, expect_both(v.run_id));
+    assert_eq!(next_notice(&mut l, Duration::from_millis(200)).await, None);
+    drop(l);
     t.cleanup().await;
 }

@@ -39,6 +39,7 @@ use super::{Route, store};
 use awooop_core::error::{Error, ErrorCode};
 use awooop_runtime::{PreparedRun, RunBasis, RunService, TraceContext};
 use awooop_store::audit::{self, Entry};
+use awooop_store::notify::Notifier;
 use awooop_store::tenancy::{self, Db, ProjectId};
 
 /// Largest number of events written in one transaction.
@@ -177,6 +178,7 @@ async fn write_batch(
     held: &mut Option<PoolConnection<Postgres>>,
     batch: Vec<(Job, Reply)>,
 ) {
+    let notifier = db.notifier();
     // Per project, in arrival order.
     let mut groups: Vec<(ProjectId, Vec<(Job, Reply)>)> = Vec::new();
     for (job, reply) in batch {
@@ -189,9 +191,9 @@ async fn write_batch(
         tenancy::scope(project, async {
             let (jobs, replies): (Vec<Job>, Vec<Reply>) = group.into_iter().unzip();
             let res = match held.as_mut() {
-                Some(c) => write_jobs(c, &jobs).await,
+                Some(c) => write_jobs(c, &notifier, &jobs).await,
                 None => match db.connection().await {
-                    Ok(c) => write_jobs(held.insert(c), &jobs).await,
+                    Ok(c) => write_jobs(held.insert(c), &notifier, &jobs).await,
                     Err(e) => Err(WriteError::Failed(e)),
                 },
             };
@@ -214,7 +216,9 @@ async fn write_batch(
                     // one, which may be what failed, was dropped above), as before.
                     for (job, reply) in jobs.iter().zip(replies) {
                         let res = match db.connection().await {
-                            Ok(mut c) => write_jobs(&mut c, std::slice::from_ref(job)).await,
+                            Ok(mut c) => {
+                                write_jobs(&mut c, &notifier, std::slice::from_ref(job)).await
+                            }
                             Err(e) => Err(WriteError::Failed(e)),
                         };
                         let _ = reply.send(res.map(|mut v| v.pop().unwrap_or_default()));
@@ -236,13 +240,17 @@ async fn write_batch(
     }
 }
 
-/// Write the jobs of the current project in one transaction on `conn`.
+/// Write the jobs of the current project in one transaction on `conn`. The transaction defers
+/// its runs' wake-ups (`awooop_store::notify`): they go to `notifier` once COMMIT returned, so
+/// concurrent group commits are not serialised on PostgreSQL's NOTIFY lock and share WAL
+/// flushes.
 async fn write_jobs(
     conn: &mut PgConnection,
+    notifier: &Notifier,
     jobs: &[Job],
 ) -> std::result::Result<Vec<Vec<ItemOutcome>>, WriteError> {
     let project = tenancy::require()?;
-    let mut tx = tenancy::tenant_on(conn).await?;
+    let mut tx = tenancy::tenant_deferred_on(conn).await?;
     // The bases the runs were prepared on, each once. The first is checked by the event
     // insert itself (no round trip of its own); a batch holding several agents' events checks
     // the others first. Stale: nothing is written (the transaction is dropped).
@@ -382,5 +390,7 @@ async fn write_jobs(
     }
     audit::record_many(&mut tx, entries).await?;
     tx.commit().await.map_err(Error::from)?;
+    // Every run the statement wrote (a replayed key's run gets a harmless extra wake-up).
+    notifier.runs_created(project.as_str(), accepted.iter().map(|r| r.run_id));
     Ok(outs)
 }

@@ -252,7 +252,10 @@ impl RunService {
             None => TraceContext::generate(),
         };
         let prepared = self.prepare(actor, req, idempotency_key, trace).await?;
-        let mut tx = self.control.db().tenant().await?;
+        // The run's wake-ups are sent after the COMMIT (awooop_store::notify), so concurrent
+        // creations are not serialised on PostgreSQL's NOTIFY lock.
+        let db = self.control.db();
+        let mut tx = db.tenant_deferred().await?;
         // Without an idempotency key there is nothing to replay: the run and its audit row go
         // in one statement (BEGIN, the statement, COMMIT). With a key, the one-by-one path
         // serialises on the key, then replays, refuses or inserts.
@@ -266,6 +269,10 @@ impl RunService {
             Some(_) => Self::insert_prepared(&mut tx, &prepared).await?,
         };
         tx.commit().await?;
+        if !accepted.replayed {
+            db.notifier()
+                .runs_created(prepared.project.as_str(), [accepted.run_id]);
+        }
         Ok(accepted)
     }
 

@@ -9,4 +9,5 @@ pub mod coord;
 pub mod db;
 pub mod events;
 pub mod local;
+pub mod notify;
 pub mod tenancy;

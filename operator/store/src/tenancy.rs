@@ -161,6 +161,20 @@ pub async fn tenant_on(conn: &mut sqlx::PgConnection) -> Result<Transaction<'_, 
     )
 }
 
+/// [`tenant_on`] with the run-creation notices deferred to the writer, as
+/// [`Db::tenant_deferred`].
+pub async fn tenant_deferred_on(
+    conn: &mut sqlx::PgConnection,
+) -> Result<Transaction<'_, Postgres>> {
+    let project = require()?;
+    let sql = format!(
+        "{}; {}",
+        begin_tenant_sql(&project)?,
+        crate::notify::DEFER_SQL
+    );
+    Ok(sqlx::Connection::begin_with(conn, sqlx::AssertSqlSafe(sql)).await?)
+}
+
 /// An operator-scoped, read-only transaction: sees the active projects, their migration mode
 /// and the two active contracts the Kubernetes projection is built from (project and MCP
 /// gateway), of every project, and nothing else (migration 0067). The operator's full resync
@@ -179,6 +193,8 @@ pub struct Db {
     pool: PgPool,
     /// The run-event listener of this pool, started on first use ([`Db::run_events`]).
     events: Arc<std::sync::OnceLock<Arc<crate::events::RunEventHub>>>,
+    /// The post-commit notice sender of this pool, started on first use ([`Db::notifier`]).
+    notifier: Arc<std::sync::OnceLock<Arc<crate::notify::Notifier>>>,
     /// Process-wide state that higher crates keep per database (one value per type), e.g. the
     /// runtime's shared run-event readers: it must live exactly as long as the pool it reads,
     /// and this crate cannot name those types.
@@ -192,6 +208,7 @@ impl Db {
         Self {
             pool,
             events: Arc::default(),
+            notifier: Arc::default(),
             shared: Arc::default(),
         }
     }
@@ -224,6 +241,14 @@ impl Db {
             .clone()
     }
 
+    /// The process's post-commit notice sender for this database (one connection, shared by
+    /// every clone of this handle; [`crate::notify`]). Needs a tokio runtime on first call.
+    pub fn notifier(&self) -> Arc<crate::notify::Notifier> {
+        self.notifier
+            .get_or_init(|| crate::notify::Notifier::start(self.pool.clone()))
+            .clone()
+    }
+
     pub fn pool_for_health(&self) -> &PgPool {
         &self.pool
     }
@@ -236,6 +261,23 @@ impl Db {
         Ok(self
             .pool
             .begin_with(sqlx::AssertSqlSafe(begin_tenant_sql(&project)?))
+            .await?)
+    }
+
+    /// [`Db::tenant`] for a writer that creates runs and announces them itself after its
+    /// COMMIT ([`crate::notify`]): the run-creation triggers of this transaction send no
+    /// NOTIFY, so its commit is not serialised with every other notifying commit of the
+    /// cluster. Same single round trip. The caller must pass the runs it created to
+    /// [`Db::notifier`] once the commit returned (else they wait for the workers' poll).
+    pub async fn tenant_deferred(&self) -> Result<Transaction<'static, Postgres>> {
+        let project = require()?;
+        Ok(self
+            .pool
+            .begin_with(sqlx::AssertSqlSafe(format!(
+                "{}; {}",
+                begin_tenant_sql(&project)?,
+                crate::notify::DEFER_SQL
+            )))
             .await?)
     }
 

@@ -143,6 +143,9 @@ impl Worker {
     /// in-flight runs and release the rest to the queue.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let wake = Arc::new(Notify::new());
+        // Runs created by this process (API, channel hub) wake this worker directly, one round
+        // trip before PostgreSQL's notice arrives (awooop_store::notify).
+        self.control.db().notifier().wake_on_runs(&wake);
         let rx = self
             .completions_rx
             .lock()

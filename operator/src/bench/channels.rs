@@ -195,10 +195,26 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     // counted, not hidden: `answer_errors`.
     let mut lat = Vec::with_capacity(rate_events);
     let mut answer_errors = 0usize;
-    for t in tasks {
+    let mut slowest: Vec<(Duration, usize)> = Vec::with_capacity(rate_events);
+    for (i, t) in tasks.into_iter().enumerate() {
         match t.await? {
-            Ok(d) => lat.push(d),
+            Ok(d) => {
+                lat.push(d);
+                slowest.push((d, i));
+            }
             Err(_) => answer_errors += 1,
+        }
+    }
+    // AWOOOP_BENCH_TRACE=1: the slowest answers with their send time (ms after the phase
+    // started), to tell a stall (consecutive sends) from scattered slow answers.
+    if std::env::var_os("AWOOOP_BENCH_TRACE").is_some() {
+        slowest.sort_by(|a, b| b.cmp(a));
+        for (d, i) in slowest.iter().take(20) {
+            eprintln!(
+                "slow answer: sent at {:.1} ms, answered in {:.2} ms",
+                *i as f64 * 1000.0 / RATE_PER_SEC as f64,
+                d.as_secs_f64() * 1000.0
+            );
         }
     }
     lat.sort();

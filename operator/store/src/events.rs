@@ -99,6 +99,12 @@ impl RunEventHub {
         hub
     }
 
+    /// Fan a wake-up out to this process's subscribers directly (the post-commit notifier's
+    /// local path, [`crate::notify`]).
+    pub(crate) fn publish(&self, w: Wake) {
+        let _ = self.tx.send(w);
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Wake> {
         self.tx.subscribe()
     }

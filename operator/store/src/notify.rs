@@ -16,18 +16,25 @@
 //! microseconds. Listeners see no difference: PostgreSQL delivered the in-transaction notices
 //! at commit too.
 //!
+//! The notifier also wakes this process's own listeners on the same database directly: the
+//! workers registered with [`Notifier::wake_on_runs`] and the run-event hub, if started (so an
+//! in-process worker picks a new run up without waiting for PostgreSQL to deliver the notice
+//! back; duplicates are harmless, a wake-up only makes a listener look).
+//!
 //! Notices stay wake-ups, never data: a notice that is lost (the notifier's connection is
 //! down, the process dies between its COMMIT and the send) leaves the run to the workers' and
 //! event streams' fallback polls, late but never lost, exactly as a listener's reconnect did.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
+
+use crate::events::{self, RunEventHub, Wake};
 
 /// Appended to a transaction's `BEGIN`: the run-creation triggers of this transaction leave
 /// their notices to the writer (migration 0071, `awooop_notify_deferred()`).
@@ -47,30 +54,60 @@ type Notice = (&'static str, String);
 #[derive(Debug)]
 pub struct Notifier {
     tx: mpsc::UnboundedSender<Notice>,
+    /// This process's own listeners on the same database, woken directly (no round trip):
+    /// workers' wake-ups ([`Notifier::wake_on_runs`]) and the run-event hub, if started.
+    local_runs: Mutex<Vec<Weak<Notify>>>,
+    events: Arc<OnceLock<Arc<RunEventHub>>>,
 }
 
 impl Notifier {
     /// Start the notifier and its sender task, which connects with the pool's options (not
     /// from the pool: its session setting must not reach other users of the pool) and ends
     /// when the last handle is dropped.
-    pub fn start(pool: PgPool) -> Arc<Self> {
+    pub fn start(pool: PgPool, events: Arc<OnceLock<Arc<RunEventHub>>>) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(send_loop(pool.connect_options().as_ref().clone(), rx));
-        Arc::new(Self { tx })
+        Arc::new(Self {
+            tx,
+            local_runs: Mutex::new(Vec::new()),
+            events,
+        })
+    }
+
+    /// Wake `n` (`notify_one`) whenever this process announces new runs, without waiting for
+    /// PostgreSQL to deliver the `awooop_runs` notice back (a worker in the same process as the
+    /// creator picks a run up one round trip sooner). Other processes still get the notice.
+    /// Held weakly: a dropped waiter is forgotten.
+    pub fn wake_on_runs(&self, n: &Arc<Notify>) {
+        let mut l = self.local_runs.lock().unwrap_or_else(|e| e.into_inner());
+        l.retain(|w| w.strong_count() > 0);
+        l.push(Arc::downgrade(n));
     }
 
     /// Announce runs whose creation committed with [`DEFER_SQL`]: what the creation triggers
     /// would have sent (the workers' wake-up once, and each run's `created` event, seq 1).
     pub fn runs_created(&self, project: &str, runs: impl IntoIterator<Item = Uuid>) {
+        let hub = self.events.get();
         let mut any = false;
         for run in runs {
             any = true;
+            if let Some(h) = hub {
+                h.publish(Wake::Event(events::Notice {
+                    project: project.to_string(),
+                    run,
+                    seq: 1,
+                }));
+            }
             let _ = self
                 .tx
-                .send((crate::events::CHANNEL, format!("{project} {run} 1")));
+                .send((events::CHANNEL, format!("{project} {run} 1")));
         }
         if any {
             let _ = self.tx.send((RUNS_CHANNEL, String::new()));
+            let l = self.local_runs.lock().unwrap_or_else(|e| e.into_inner());
+            for n in l.iter().filter_map(Weak::upgrade) {
+                n.notify_one();
+            }
         }
     }
 }
@@ -133,4 +170,67 @@ async fn connect(opts: &PgConnectOptions) -> sqlx::Result<PgConnection> {
         .execute(&mut c)
         .await?;
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In-process listeners are woken without PostgreSQL (here: none reachable at all).
+    #[tokio::test]
+    async fn wakes_local_workers_and_the_event_hub_without_a_round_trip() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let events: Arc<OnceLock<Arc<RunEventHub>>> = Arc::default();
+        let hub = events
+            .get_or_init(|| RunEventHub::start(pool.clone()))
+            .clone();
+        let mut sub = hub.subscribe();
+        let n = Notifier::start(pool, events);
+        let (a, gone) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        n.wake_on_runs(&a);
+        n.wake_on_runs(&gone);
+        drop(gone);
+        // No run, no wake-up.
+        n.runs_created("alpha", []);
+        let quiet = tokio::time::timeout(Duration::from_millis(50), a.notified()).await;
+        assert!(quiet.is_err(), "woken for nothing");
+        let run = Uuid::now_v7();
+        n.runs_created("alpha", [run]);
+        tokio::time::timeout(Duration::from_secs(5), a.notified())
+            .await
+            .expect("the local worker is woken");
+        let seen = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match sub.recv().await.unwrap() {
+                    Wake::Event(e) => return e,
+                    Wake::Resync => continue,
+                }
+            }
+        })
+        .await
+        .expect("the local event hub hears the created event");
+        assert_eq!(
+            seen,
+            events::Notice {
+                project: "alpha".into(),
+                run,
+                seq: 1
+            }
+        );
+        // Held weakly: the dropped waiter is pruned on the next registration.
+        assert_eq!(n.local_runs.lock().unwrap().len(), 2);
+        n.wake_on_runs(&a);
+        assert_eq!(n.local_runs.lock().unwrap().len(), 2);
+        assert_eq!(
+            n.local_runs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|w| w.strong_count() > 0)
+                .count(),
+            2
+        );
+    }
 }

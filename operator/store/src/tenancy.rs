@@ -245,7 +245,7 @@ impl Db {
     /// every clone of this handle; [`crate::notify`]). Needs a tokio runtime on first call.
     pub fn notifier(&self) -> Arc<crate::notify::Notifier> {
         self.notifier
-            .get_or_init(|| crate::notify::Notifier::start(self.pool.clone()))
+            .get_or_init(|| crate::notify::Notifier::start(self.pool.clone(), self.events.clone()))
             .clone()
     }
 

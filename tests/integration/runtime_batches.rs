@@ -605,3 +605,118 @@ async fn run_creation_commits_without_notify_and_is_announced_after_its_commit()
     drop(l);
     t.cleanup().await;
 }
+
+/// Index entries of the idempotency keys' primary key this backend has read in the current
+/// transaction (see [`leased_entries_read`] for why within one transaction).
+async fn key_entries_read(tx: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_returned('idempotency_keys_pkey'::regclass)")
+        .fetch_one(tx)
+        .await
+        .unwrap()
+}
+
+/// The group insert's "is one of these keys taken" check probes each key by (project, key)
+/// whatever the planner's statistics say (issue 16, docs/benchmarks.md "channels (session 8)").
+/// With statistics from when the project had almost no keys (a new project, a burst faster
+/// than autovacuum's ANALYZE), `key = ANY($keys)` made the generic plan read every key of the
+/// project and filter them: 23,376 keys, ~5 ms of PostgreSQL CPU per inbound group commit in
+/// `awooop bench channels`, growing with every event the project had ever received.
+#[tokio::test]
+async fn the_idempotency_check_probes_its_own_keys_whatever_the_statistics() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let mut su = t.superuser().await;
+    // Statistics from when the project had no key, then 3,000 keys.
+    sqlx::query("ANALYZE idempotency_keys")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (project_id, key, request_hash, run_id, expires_at) \
+         SELECT 'alpha', 'old.' || g, 'sha256:x', gen_random_uuid(), now() + interval '1 day' \
+         FROM generate_series(1, 3000) g",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let runs = RunService::new(cp.clone());
+    // Seven batches of two keyed runs (custom plans first, then the generic one sqlx's
+    // prepared statement settles on): each is written, reading a handful of key entries.
+    for b in 0..7 {
+        let mut prepared = Vec::new();
+        for i in 0..2 {
+            let req = CreateRun {
+                agent: "echo".into(),
+                input: json!({"name": b * 2 + i}),
+                mode: None,
+                reply_to: None,
+            };
+            let key = format!("new.{b}.{i}");
+            prepared.push(
+                tenancy::scope(
+                    p.clone(),
+                    runs.prepare(
+                        &admin(),
+                        req,
+                        Some(&key),
+                        awooop::runtime::TraceContext::generate(),
+                    ),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        let read = tenancy::scope(p.clone(), async {
+            let mut tx = cp.db().tenant().await.unwrap();
+            let before = key_entries_read(&mut tx).await;
+            let refs: Vec<&awooop::runtime::PreparedRun> = prepared.iter().collect();
+            let written = RunService::insert_prepared_many(&mut tx, &refs)
+                .await
+                .unwrap();
+            assert_eq!(written.map(|v| v.len()), Some(2), "batch {b}");
+            let taken = repo::idempotency_keys_taken(&mut tx, &["old.7", "nope"])
+                .await
+                .unwrap();
+            assert!(taken, "an existing key is found");
+            let read = key_entries_read(&mut tx).await - before;
+            tx.commit().await.unwrap();
+            read
+        })
+        .await;
+        assert!(
+            read < 50,
+            "batch {b}: checking 2 + 2 keys read {read} entries of idempotency_keys_pkey (3,000+ keys)"
+        );
+    }
+    // A taken key still sends the batch to the one-by-one path (nothing written by it).
+    let req = CreateRun {
+        agent: "echo".into(),
+        input: json!({"name": "again"}),
+        mode: None,
+        reply_to: None,
+    };
+    let again = tenancy::scope(
+        p.clone(),
+        runs.prepare(
+            &admin(),
+            req,
+            Some("old.42"),
+            awooop::runtime::TraceContext::generate(),
+        ),
+    )
+    .await
+    .unwrap();
+    let written = tenancy::scope(p.clone(), async {
+        let mut tx = cp.db().tenant().await.unwrap();
+        let w = RunService::insert_prepared_many(&mut tx, &[&again])
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        w
+    })
+    .await;
+    assert!(written.is_none(), "a taken key writes nothing in the batch");
+    drop(su);
+    t.cleanup().await;
+}

@@ -199,8 +199,10 @@ pub async fn insert_runs_keys_audit(
     let key_runs: Vec<Uuid> = keys.iter().map(|k| k.2).collect();
     let key_ttls: Vec<f64> = keys.iter().map(|k| k.3 as f64).collect();
     // Every data-modifying CTE runs exactly once, on the snapshot the `taken` check read.
+    // The check probes each key by (project, key) (why not `key = ANY(...)`: [`idempotency_keys_taken`]).
     let taken: bool = sqlx::query_scalar(
-        "WITH taken AS (SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE key = ANY($19::text[])) AS yes), \
+        "WITH taken AS (SELECT EXISTS (SELECT 1 FROM unnest($19::text[]) AS q(k) \
+           CROSS JOIN LATERAL (SELECT 1 FROM idempotency_keys i WHERE i.key = q.k LIMIT 1) hit) AS yes), \
          r AS (INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
            project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds, max_concurrent) \
            SELECT $1, r.run_id, r.agent, r.mode, r.input, r.input_hash, r.agent_revision_id, r.agent_body_hash, \
@@ -258,9 +260,17 @@ pub async fn insert_runs_keys_audit(
 /// Whether any of `keys` already has a row (unexpired or not). A taken key sends the caller
 /// to the one-by-one path, which replays, refuses or clears an expired key; a key taken
 /// concurrently after this check makes the batch's insert fail on the primary key instead.
+///
+/// Each key is probed on its own (a LATERAL subquery with LIMIT 1 is a parameterised nested
+/// loop: one unique-index lookup by (project, key) per key). `key = ANY($1)` let the planner,
+/// whenever its statistics said the project had few keys (a new project, a burst faster than
+/// autovacuum's ANALYZE), read every key of the project from the primary key and filter
+/// them: O(keys ever received) per check, ~5 ms per inbound group commit at 23,000 keys
+/// (docs/benchmarks.md "channels (session 8)").
 pub async fn idempotency_keys_taken(conn: &mut PgConnection, keys: &[&str]) -> Result<bool> {
     Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE key = ANY($1::text[]))",
+        "SELECT EXISTS (SELECT 1 FROM unnest($1::text[]) AS q(k) \
+         CROSS JOIN LATERAL (SELECT 1 FROM idempotency_keys i WHERE i.key = q.k LIMIT 1) hit)",
     )
     .bind(keys)
     .fetch_one(conn)

@@ -40,16 +40,21 @@ async fn echo_project(cp: &ControlPlane, id: &str) -> ProjectId {
     p
 }
 
+/// A run request for the echo agent.
+fn echo_req(input: serde_json::Value) -> CreateRun {
+    CreateRun {
+        agent: "echo".into(),
+        input,
+        mode: None,
+        reply_to: None,
+    }
+}
+
 async fn create(cp: &ControlPlane, p: &ProjectId, n: usize) -> Vec<Uuid> {
     let runs = RunService::new(cp.clone());
     let mut ids = Vec::new();
     for i in 0..n {
-        let req = CreateRun {
-            agent: "echo".into(),
-            input: json!({"name": i}),
-            mode: None,
-            reply_to: None,
-        };
+        let req = echo_req(json!({"name": i}));
         let v = tenancy::scope(p.clone(), runs.create(&admin(), req, None, None))
             .await
             .unwrap();
@@ -482,6 +487,20 @@ async fn next_notice(
     }
 }
 
+/// The next two notices on `l`, sorted.
+async fn two_notices(l: &mut sqlx::postgres::PgListener) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            next_notice(l, Duration::from_secs(10))
+                .await
+                .expect("a notice"),
+        );
+    }
+    got.sort();
+    got
+}
+
 /// Run creation's wake-ups leave the writing transaction (migration 0071, store::notify): a
 /// transaction that has called NOTIFY commits under PostgreSQL's cluster-wide NOTIFY lock,
 /// held through its WAL flush, so the hot writers (the hub's group commits, API creations)
@@ -504,12 +523,7 @@ async fn run_creation_commits_without_notify_and_is_announced_after_its_commit()
     let prepare = |i: i64| {
         let (runs, p) = (runs.clone(), p.clone());
         async move {
-            let req = CreateRun {
-                agent: "echo".into(),
-                input: json!({"name": i}),
-                mode: None,
-                reply_to: None,
-            };
+            let req = echo_req(json!({"name": i}));
             tenancy::scope(
                 p,
                 runs.prepare(
@@ -562,44 +576,22 @@ async fn run_creation_commits_without_notify_and_is_announced_after_its_commit()
     );
     // Its writer announces the same wake-ups after the commit.
     db.notifier().runs_created("alpha", [run]);
-    let mut got = vec![
-        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
-        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
-    ];
-    got.sort();
+    let got = two_notices(&mut l).await;
     assert_eq!(got, expect_both(run));
 
     // 2. An ordinary transaction still notifies from its triggers (every other writer).
     let run = insert(false, prepare(2).await).await;
-    let mut got = vec![
-        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
-        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
-    ];
-    got.sort();
+    let got = two_notices(&mut l).await;
     assert_eq!(got, expect_both(run));
 
     // 3. The API's creation path defers and announces.
     let v = tenancy::scope(
         p.clone(),
-        runs.create(
-            &admin(),
-            CreateRun {
-                agent: "echo".into(),
-                input: json!({"name": 3}),
-                mode: None,
-                reply_to: None,
-            },
-            None,
-            None,
-        ),
+        runs.create(&admin(), echo_req(json!({"name": 3})), None, None),
     )
     .await
     .unwrap();
-    let mut got = vec![
-        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
-        next_notice(&mut l, Duration::from_secs(10)).await.unwrap(),
-    ];
-    got.sort();
+    let got = two_notices(&mut l).await;
     assert_eq!(got, expect_both(v.run_id));
     assert_eq!(next_notice(&mut l, Duration::from_millis(200)).await, None);
     drop(l);
@@ -646,12 +638,7 @@ async fn the_idempotency_check_probes_its_own_keys_whatever_the_statistics() {
     for b in 0..7 {
         let mut prepared = Vec::new();
         for i in 0..2 {
-            let req = CreateRun {
-                agent: "echo".into(),
-                input: json!({"name": b * 2 + i}),
-                mode: None,
-                reply_to: None,
-            };
+            let req = echo_req(json!({"name": b * 2 + i}));
             let key = format!("new.{b}.{i}");
             prepared.push(
                 tenancy::scope(
@@ -690,12 +677,7 @@ async fn the_idempotency_check_probes_its_own_keys_whatever_the_statistics() {
         );
     }
     // A taken key still sends the batch to the one-by-one path (nothing written by it).
-    let req = CreateRun {
-        agent: "echo".into(),
-        input: json!({"name": "again"}),
-        mode: None,
-        reply_to: None,
-    };
+    let req = echo_req(json!({"name": "again"}));
     let again = tenancy::scope(
         p.clone(),
         runs.prepare(

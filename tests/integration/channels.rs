@@ -1981,3 +1981,80 @@ async fn webhook_runs_are_announced_after_their_group_commit() {
     drop(l);
     env.t.cleanup().await;
 }
+
+/// Rows of `table` this backend has read in the current transaction (sequential and index
+/// scans; PostgreSQL 15 reports them per transaction until it flushes its statistics).
+async fn rows_read(tx: &mut sqlx::PgConnection, table: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT pg_stat_get_xact_tuples_returned($1::regclass) + pg_stat_get_xact_tuples_fetched($1::regclass)",
+    )
+    .bind(table)
+    .fetch_one(tx)
+    .await
+    .unwrap()
+}
+
+/// The conversation history of a chat run reads its own conversation's latest messages, not
+/// every event and reply its project ever stored (migration 0072): 3,000 events and 3,000
+/// replies of another conversation, and the history of a conversation with 12 of each reads a
+/// few dozen rows, newest first.
+#[tokio::test]
+async fn conversation_history_reads_only_its_conversation() {
+    let (env, p) = Env::new(channels_contract(None, 0, &[], None)).await;
+    let mut su = env.t.superuser().await;
+    for (conversation, n) in [("other", 3000), ("mine", 12)] {
+        sqlx::query(
+            "WITH r AS (INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, \
+               agent_body_hash, trace_id, span_id, max_attempts, deadline_at, max_concurrent) \
+             SELECT 'chan-a', gen_random_uuid(), 'echo', 'canary', '{}'::jsonb, 'sha256:' || repeat('0', 64), \
+               gen_random_uuid(), 'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour', 100000 \
+             FROM generate_series(1, $2) g RETURNING run_id, trace_id), \
+             e AS (INSERT INTO conversation_events (project_id, event_id, channel, provider, external_id, conversation, \
+               kind, text, body_sha256, received_at, trace_id) \
+             SELECT 'chan-a', gen_random_uuid(), 'tg', 'telegram', $1 || '-' || g, $1, 'message', 'question ' || g, \
+               repeat('0', 64), now() - interval '1 hour' + g * interval '1 ms', md5(g::text) \
+             FROM generate_series(1, $2) g) \
+             INSERT INTO outbound_messages (project_id, message_id, run_id, channel, conversation, kind, body, trace_id, created_at) \
+             SELECT 'chan-a', gen_random_uuid(), run_id, 'tg', $1, 'reply', '\"answer\"'::jsonb, trace_id, now() - interval '30 minutes' FROM r",
+        )
+        .bind(conversation)
+        .bind(n)
+        .execute(&mut su)
+        .await
+        .unwrap();
+    }
+    sqlx::query("ANALYZE conversation_events, outbound_messages")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let (rows, events_read, replies_read) = tenancy::scope(p.clone(), async {
+        let mut tx = env.cp.db().tenant().await.unwrap();
+        let (e0, o0) = (
+            rows_read(&mut tx, "conversation_events").await,
+            rows_read(&mut tx, "outbound_messages").await,
+        );
+        let rows = awooop::model::history::recent(
+            &mut tx,
+            "mine",
+            &["tg".to_string()],
+            chrono::Utc::now(),
+            10,
+        )
+        .await
+        .unwrap();
+        let e = rows_read(&mut tx, "conversation_events").await - e0;
+        let o = rows_read(&mut tx, "outbound_messages").await - o0;
+        tx.commit().await.unwrap();
+        (rows, e, o)
+    })
+    .await;
+    // The ten latest of "mine": its 12 replies are newer than its 12 events.
+    assert_eq!(rows.len(), 10);
+    assert!(rows.iter().all(|r| r.0 == "assistant"), "{rows:?}");
+    assert!(
+        events_read < 100 && replies_read < 100,
+        "the history of a 24-message conversation read {events_read} events and {replies_read} replies (3,000 of each in another conversation)"
+    );
+    drop(su);
+    env.t.cleanup().await;
+}

@@ -105,25 +105,9 @@ pub async fn assemble(
         // another agent now): no history at all.
         return Ok(vec![]);
     }
-    let rows: Vec<(String, Option<String>, Option<Value>)> = {
+    let rows = {
         let mut tx = control.db().tenant().await?;
-        let rows = sqlx::query_as(
-            "SELECT role, text, body FROM ( \
-               SELECT received_at AS at, 'user' AS role, text, NULL::jsonb AS body \
-               FROM conversation_events \
-               WHERE conversation = $1 AND channel = ANY($2) AND received_at < $3 \
-                 AND text IS NOT NULL AND kind IN ('message', 'edited_message', 'command') \
-               UNION ALL \
-               SELECT created_at, 'assistant', NULL, body FROM outbound_messages \
-               WHERE conversation = $1 AND channel = ANY($2) AND created_at < $3 AND kind = 'reply' \
-             ) h ORDER BY at DESC LIMIT $4",
-        )
-        .bind(&conversation)
-        .bind(&readable)
-        .bind(at)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = recent(&mut tx, &conversation, &readable, at, limit).await?;
         tx.commit().await?;
         rows
     };
@@ -175,4 +159,34 @@ mod tests {
         assert_eq!(reply_text(&json!({"text": "t", "result": "r"})), "t");
         assert_eq!(reply_text(&json!({"n": 1})), r#"{"n":1}"#);
     }
+}
+
+/// (role, text, reply body) of the `limit` latest messages of `conversation` on `channels`
+/// before `at`, newest first, in the caller's tenant transaction. Both reads go by the
+/// conversation's own index entries (migration 0072), newest first, so a chat run reads its
+/// conversation's latest messages, not every event its project ever received.
+pub async fn recent(
+    tx: &mut sqlx::PgConnection,
+    conversation: &str,
+    channels: &[String],
+    at: DateTime<Utc>,
+    limit: u16,
+) -> Result<Vec<(String, Option<String>, Option<Value>)>> {
+    Ok(sqlx::query_as(
+        "SELECT role, text, body FROM ( \
+           SELECT received_at AS at, 'user' AS role, text, NULL::jsonb AS body \
+           FROM conversation_events \
+           WHERE conversation = $1 AND channel = ANY($2) AND received_at < $3 \
+             AND text IS NOT NULL AND kind IN ('message', 'edited_message', 'command') \
+           UNION ALL \
+           SELECT created_at, 'assistant', NULL, body FROM outbound_messages \
+           WHERE conversation = $1 AND channel = ANY($2) AND created_at < $3 AND kind = 'reply' \
+         ) h ORDER BY at DESC LIMIT $4",
+    )
+    .bind(conversation)
+    .bind(channels)
+    .bind(at)
+    .bind(i64::from(limit))
+    .fetch_all(tx)
+    .await?)
 }

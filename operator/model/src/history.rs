@@ -147,20 +147,6 @@ fn reply_text(body: &Value) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn replies_read_as_they_were_sent() {
-        assert_eq!(reply_text(&json!("hi")), "hi");
-        assert_eq!(reply_text(&json!({"result": "r", "x": 1})), "r");
-        assert_eq!(reply_text(&json!({"text": "t", "result": "r"})), "t");
-        assert_eq!(reply_text(&json!({"n": 1})), r#"{"n":1}"#);
-    }
-}
-
 /// (role, text, reply body) of the `limit` latest messages of `conversation` on `channels`
 /// before `at`, newest first, in the caller's tenant transaction. Both reads go by the
 /// conversation's own index entries (migration 0072), newest first, so a chat run reads its
@@ -189,4 +175,18 @@ pub async fn recent(
     .bind(i64::from(limit))
     .fetch_all(tx)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn replies_read_as_they_were_sent() {
+        assert_eq!(reply_text(&json!("hi")), "hi");
+        assert_eq!(reply_text(&json!({"result": "r", "x": 1})), "r");
+        assert_eq!(reply_text(&json!({"text": "t", "result": "r"})), "t");
+        assert_eq!(reply_text(&json!({"n": 1})), r#"{"n":1}"#);
+    }
 }

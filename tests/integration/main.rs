@@ -27,6 +27,7 @@ mod local_postgres;
 mod mcp_upstream;
 mod model;
 mod operator;
+mod pg_connections;
 mod redis_coordination;
 mod run_events_feed;
 mod runtime;

@@ -1,0 +1,81 @@
+//! The platform's PostgreSQL connections turn Nagle's algorithm off (TCP_NODELAY).
+//!
+//! sqlx-core 0.9.0 stopped doing so; the workspace patches it (operator/vendor/README.md). With
+//! Nagle on, a statement that leaves in more than one piece (the hub's group commit, a worker's
+//! completion batch) waits for the server's delayed ACK: 24 ms instead of 3 for a 32-webhook
+//! batch (docs/benchmarks.md, "Nagle (session 9)"). Timing is a benchmark's business; this test
+//! checks the socket option itself, read back from the sockets the pools really use.
+
+use std::mem::ManuallyDrop;
+use std::net::TcpStream;
+use std::os::fd::FromRawFd;
+
+use crate::support::{TestDb, base_url};
+
+/// TCP_NODELAY of this process's TCP socket whose local port is `port` (None: no such socket).
+fn nodelay_of_local_port(port: u16) -> Option<bool> {
+    for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+        let entry = entry.unwrap();
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: the descriptor is open (listed just now) and only borrowed: ManuallyDrop
+        // keeps the TcpStream from closing it. Non-TCP sockets fail `local_addr` and are skipped.
+        let s = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+        if s.local_addr().is_ok_and(|a| a.port() == port) {
+            return Some(s.nodelay().expect("getsockopt TCP_NODELAY"));
+        }
+    }
+    None
+}
+
+/// The client port PostgreSQL sees for this connection (our socket's local port on loopback).
+async fn client_port(conn: &mut sqlx::PgConnection) -> u16 {
+    let port: Option<i32> = sqlx::query_scalar("SELECT inet_client_port()")
+        .fetch_one(conn)
+        .await
+        .unwrap();
+    let port = port.expect("the tests reach PostgreSQL over TCP (DATABASE_URL with a host)");
+    u16::try_from(port).unwrap()
+}
+
+#[tokio::test]
+async fn pool_connections_disable_nagle() {
+    let db = TestDb::new().await;
+
+    // The probe can fail: a plain socket to the same server has Nagle on.
+    let addr = {
+        let opts: sqlx::postgres::PgConnectOptions = base_url().parse().unwrap();
+        format!("{}:{}", opts.get_host(), opts.get_port())
+    };
+    let plain = TcpStream::connect(&addr).unwrap();
+    assert_eq!(
+        nodelay_of_local_port(plain.local_addr().unwrap().port()),
+        Some(false),
+        "a socket opened without TCP_NODELAY must read back false"
+    );
+    drop(plain);
+
+    // The runtime role's pool and the owner's pool (migrations, benchmarks), held open.
+    let mut app = db.app.acquire().await.unwrap();
+    let mut owner = db.owner.acquire().await.unwrap();
+    for (who, conn) in [("app", &mut *app), ("owner", &mut *owner)] {
+        let port = client_port(conn).await;
+        assert_eq!(
+            nodelay_of_local_port(port),
+            Some(true),
+            "the {who} pool's connection (local port {port}) has Nagle's algorithm on"
+        );
+    }
+    // A connection opened outside the pools (the notifier's and the listeners' kind).
+    let mut single = db.superuser().await;
+    let port = client_port(&mut single).await;
+    assert_eq!(nodelay_of_local_port(port), Some(true));
+    drop((app, owner, single));
+    db.cleanup().await;
+}

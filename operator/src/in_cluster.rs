@@ -66,7 +66,7 @@ pub async fn run_in_cluster(control: ControlPlane, args: &OperatorArgs) -> anyho
     let listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
     let router = metrics_router(platform, health);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        if let Err(e) = axum::serve(crate::http::nodelay(listener), router).await {
             tracing::warn!(error = %e, "metrics endpoint stopped");
         }
     });

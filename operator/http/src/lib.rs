@@ -178,14 +178,52 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP API listening");
-    axum::serve(listener, with_access_log(router))
+    axum::serve(nodelay(listener), with_access_log(router))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off (TCP_NODELAY). axum does not set it: a
+/// response or stream chunk written while an earlier segment is unacknowledged would otherwise
+/// wait for the client's delayed ACK (up to 40 ms on Linux), e.g. the second event of an SSE
+/// stream. Our peers (the MCP fixture, the provider doubles) set it too.
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+        }
+    })
 }
 
 /// The router with the per-request log line (what [`serve`] runs; tests use it with
 /// `oneshot`).
 pub fn with_access_log(router: Router) -> Router {
     router.layer(axum::middleware::from_fn(access_log::access_log))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::serve::Listener;
+
+    /// What [`serve_on`] accepts has Nagle's algorithm off; a plain listener's socket has it on
+    /// (so the check can fail).
+    #[tokio::test]
+    async fn accepted_connections_disable_nagle() {
+        for (tapped, expect) in [(false, false), (true, true)] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
+            let io = if tapped {
+                Listener::accept(&mut super::nodelay(listener)).await.0
+            } else {
+                Listener::accept(&mut { listener }).await.0
+            };
+            assert_eq!(io.nodelay().unwrap(), expect, "tapped: {tapped}");
+            drop(client.await.unwrap().unwrap());
+        }
+    }
 }

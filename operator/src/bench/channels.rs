@@ -129,7 +129,7 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     let addr = listener.local_addr()?;
     let router = crate::channels::routes(hub.clone());
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        let _ = axum::serve(crate::http::nodelay(listener), router).await;
     });
     let hook = format!("http://{addr}/v1/webhooks/bench/line");
     let client = reqwest::Client::builder()

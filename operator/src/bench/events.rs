@@ -107,8 +107,9 @@ async fn bench(url: &str, events: usize) -> anyhow::Result<Figures> {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server =
-        tokio::spawn(async move { axum::serve(listener, crate::http::app(state_app)).await });
+    let server = tokio::spawn(async move {
+        axum::serve(crate::http::nodelay(listener), crate::http::app(state_app)).await
+    });
     let base = format!("http://{addr}");
 
     let arrivals: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();

@@ -481,11 +481,14 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
     let gw_addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, crate::http::mcp::router(mcp))
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
+        axum::serve(
+            crate::http::nodelay(listener),
+            crate::http::mcp::router(mcp),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .await
     });
     let now = chrono::Utc::now().timestamp();
     let token = tokens::mint_run_token(

@@ -1045,6 +1045,75 @@ async fn claims_respect_the_projects_max_concurrent_runs() {
     t.cleanup().await;
 }
 
+/// A project at its concurrency cap with a deep backlog must not hold other projects' runs
+/// back (the claim's window is the oldest queued runs of every project), and a claim must not
+/// lock runs it cannot start: before, each claim locked the `n` oldest queued runs, all of the
+/// capped project's, started none of them and never reached a newer project's run.
+#[tokio::test]
+async fn a_capped_projects_backlog_neither_starves_others_nor_is_locked_for_nothing() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let q = runnable_project(&cp, "beta").await;
+    tenancy::scope(p.clone(), async {
+        let body = json!({"max_attempts": 3, "lease_seconds": 30, "heartbeat_seconds": 5, "run_deadline_seconds": 600,
+            "idempotency_ttl_seconds": 60, "retention_days": 1, "max_concurrent_runs": 2, "max_input_bytes": 1024});
+        let r = publish(&cp, ContractKind::Runtime, "default", body).await;
+        approve_and_activate(&cp, r, 1).await;
+    })
+    .await;
+    let runs = RunService::new(cp.clone());
+    // alpha's backlog first (older), then one beta run.
+    tenancy::scope(p.clone(), async {
+        for i in 0..12 {
+            runs.create(&runner(), req("echo", json!({"i": i})), None, None)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    let beta_run = tenancy::scope(q.clone(), async {
+        runs.create(&runner(), req("echo", json!({})), None, None)
+            .await
+            .unwrap()
+            .run_id
+    })
+    .await;
+    let count = |c: &[repo::Claimed], id: &str| c.iter().filter(|x| x.project_id == id).count();
+    // A claim for 4: alpha may start 2; beta's run is newer than alpha's whole backlog.
+    let first = repo::worker_claim(&t.app, "w", 4, 30.0).await.unwrap();
+    let second = repo::worker_claim(&t.app, "w", 4, 30.0).await.unwrap();
+    let claimed: Vec<_> = first.iter().chain(&second).collect();
+    assert_eq!(
+        claimed.iter().filter(|c| c.project_id == "alpha").count(),
+        2,
+        "alpha's cap"
+    );
+    assert!(
+        claimed.iter().any(|c| c.run_id == beta_run),
+        "beta's run waited behind alpha's capped backlog: {first:?} / {second:?}"
+    );
+    assert_eq!(count(&first, "alpha") + count(&second, "alpha"), 2);
+
+    // alpha is at its cap: a claim (held open) locks none of alpha's 10 queued runs.
+    let mut tx = t.app.begin().await.unwrap();
+    repo::enter_worker_scope(&mut tx).await.unwrap();
+    let none = repo::claim_in(&mut tx, "w2", 4, 30.0, None).await.unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let mut su = t.superuser().await;
+    let lockable: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM runs WHERE project_id = 'alpha' AND state = 'queued' \
+         FOR UPDATE SKIP LOCKED) x",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(lockable, 10, "the claim locked runs it could not start");
+    tx.rollback().await.unwrap();
+    drop(su);
+    t.cleanup().await;
+}
+
 /// Migration 0070 rewrote the CHECK constraints of the hot tables (runs, idempotency keys,
 /// conversation events, outbound messages) without bounded regex repetition, for speed. They
 /// must admit and refuse exactly what the old patterns did: each boundary (length off by one,

@@ -556,24 +556,49 @@ pub async fn claim_in(
     project: Option<&str>,
 ) -> Result<Vec<Claimed>> {
     Ok(sqlx::query_as(
-        // Candidates are locked with SKIP LOCKED, then ranked per project so that a project never
-        // gets more running runs than its Runtime contract's max_concurrent_runs. Candidates
-        // over the limit stay queued (their row locks end with this transaction). Two workers
-        // claiming at the same instant can each see the same running count, so the limit can
-        // be exceeded by one claim batch per concurrent claimer, never more.
+        // Per project with queued runs (found by a skip scan of runs_claimable_project, one
+        // index probe per project), its oldest runnable runs are locked with SKIP LOCKED, at
+        // most as many as it may still start: its room is the max_concurrent of its oldest
+        // queued run minus its running runs. So a claim never locks runs it cannot start, and a
+        // project at its cap with a deep backlog does not stand in front of other projects'
+        // runs (before: the `n` oldest runs of the whole queue were locked, then those beyond
+        // their project's cap dropped; migration 0073). The candidates are then taken oldest
+        // first across projects, and ranked per project so that the cap holds exactly even if
+        // runs of one project carry different max_concurrent values.
         // FOR NO KEY UPDATE, the lock the claim's own UPDATE takes: it still excludes other
         // claimers and every writer of the row, but not the FOR KEY SHARE lock of a
         // transaction inserting a row that references the run (an outbound chat message, an
         // approval request); with FOR UPDATE, SKIP LOCKED passed over such a run and nothing
         // woke a worker for it again before the fallback poll.
-        "WITH c AS ( \
-            SELECT project_id, run_id, created_at FROM runs \
-            WHERE state IN ('queued', 'retrying') AND run_after <= now() \
-              AND ($4::text IS NULL OR project_id = $4) \
-            ORDER BY created_at LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED), \
+        "WITH RECURSIVE qp AS ( \
+            (SELECT project_id FROM runs \
+             WHERE state IN ('queued', 'retrying') AND ($4::text IS NULL OR project_id = $4) \
+             ORDER BY project_id LIMIT 1) \
+          UNION ALL \
+            SELECT (SELECT r.project_id FROM runs r \
+                    WHERE r.state IN ('queued', 'retrying') AND r.project_id > qp.project_id \
+                      AND ($4::text IS NULL OR r.project_id = $4) \
+                    ORDER BY r.project_id LIMIT 1) \
+            FROM qp WHERE qp.project_id IS NOT NULL), \
          busy AS ( \
             SELECT project_id, count(*) AS n FROM runs \
-            WHERE state = 'running' AND project_id IN (SELECT project_id FROM c) GROUP BY project_id), \
+            WHERE state = 'running' AND project_id IN (SELECT project_id FROM qp) GROUP BY project_id), \
+         room AS ( \
+            SELECT qp.project_id, \
+                   least($1, (SELECT r.max_concurrent FROM runs r \
+                              WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
+                              ORDER BY r.created_at LIMIT 1) - coalesce(b.n, 0)) AS n \
+            FROM qp LEFT JOIN busy b ON b.project_id = qp.project_id \
+            WHERE qp.project_id IS NOT NULL), \
+         c AS ( \
+            SELECT q.project_id, q.run_id, q.created_at \
+            FROM room CROSS JOIN LATERAL ( \
+                SELECT r.project_id, r.run_id, r.created_at FROM runs r \
+                WHERE r.project_id = room.project_id AND r.state IN ('queued', 'retrying') \
+                  AND r.run_after <= now() \
+                ORDER BY r.created_at LIMIT greatest(room.n, 0) \
+                FOR NO KEY UPDATE SKIP LOCKED) q \
+            ORDER BY q.created_at LIMIT $1), \
          k AS ( \
             SELECT c.project_id, c.run_id, \
                    row_number() OVER (PARTITION BY c.project_id ORDER BY c.created_at, c.run_id) AS rn \

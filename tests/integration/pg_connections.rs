@@ -79,3 +79,24 @@ async fn pool_connections_disable_nagle() {
     drop((app, owner, single));
     db.cleanup().await;
 }
+
+/// The runtime pool's sessions do not JIT-compile (awooop_store::db::connect_app): a generic
+/// plan's estimate can pass `jit_above_cost` for a statement that does almost nothing, and the
+/// compilation then costs every execution tens of milliseconds. The server's default is on.
+#[tokio::test]
+async fn app_pool_sessions_run_without_jit() {
+    let db = TestDb::new().await;
+    let mut su = db.superuser().await;
+    let server_default: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    let mut app = db.app.acquire().await.unwrap();
+    let jit: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(&mut *app)
+        .await
+        .unwrap();
+    assert_eq!(jit, "off", "server default: {server_default}");
+    drop((app, su));
+    db.cleanup().await;
+}

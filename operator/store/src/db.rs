@@ -32,8 +32,16 @@ pub async fn migrate(owner_url: &str) -> Result<()> {
 }
 
 /// The runtime pool (role `awooop_app`).
+///
+/// Its sessions run with JIT compilation off (a startup option, no round trip). The platform's
+/// statements are short; but the estimated cost of a generic plan (sqlx prepares every
+/// statement) can pass `jit_above_cost` whatever the real work, and then every execution pays
+/// the compilation: the per-project claim (migration 0073) estimated 134,799 for a 0.2 ms plan
+/// and spent 50–70 ms in LLVM per claim (docs/benchmarks.md, "Nagle (session 9)").
 pub async fn connect_app(url: &str, max_connections: u32) -> Result<PgPool> {
-    let opts = parse_url(url)?.application_name("awooop");
+    let opts = parse_url(url)?
+        .application_name("awooop")
+        .options([("jit", "off")]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)

@@ -33,15 +33,14 @@ pub async fn migrate(owner_url: &str) -> Result<()> {
 
 /// The runtime pool (role `awooop_app`).
 ///
-/// Its sessions run with JIT compilation off (a startup option, no round trip). The platform's
+/// Its sessions run with JIT compilation off (set once per connection, after the role; not as
+/// a startup option, which connection poolers such as PgBouncer refuse). The platform's
 /// statements are short; but the estimated cost of a generic plan (sqlx prepares every
 /// statement) can pass `jit_above_cost` whatever the real work, and then every execution pays
 /// the compilation: the per-project claim (migration 0073) estimated 134,799 for a 0.2 ms plan
 /// and spent 50–70 ms in LLVM per claim (docs/benchmarks.md, "Nagle (session 9)").
 pub async fn connect_app(url: &str, max_connections: u32) -> Result<PgPool> {
-    let opts = parse_url(url)?
-        .application_name("awooop")
-        .options([("jit", "off")]);
+    let opts = parse_url(url)?.application_name("awooop");
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
@@ -49,6 +48,7 @@ pub async fn connect_app(url: &str, max_connections: u32) -> Result<PgPool> {
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute("SET ROLE awooop_app").await?;
+                conn.execute("SET jit = off").await?;
                 Ok(())
             })
         })

@@ -987,8 +987,9 @@ async fn the_runtime_contract_sets_attempts_lease_and_deadline_of_new_runs() {
     t.cleanup().await;
 }
 
-#[tokio::test]
-async fn claims_respect_the_projects_max_concurrent_runs() {
+/// Runnable projects "alpha", whose Runtime contract allows 2 concurrent runs, and "beta"
+/// (the default 64).
+async fn alpha_capped_at_two_and_beta() -> (TestDb, ControlPlane, ProjectId, ProjectId) {
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
     let p = runnable_project(&cp, "alpha").await;
@@ -1000,6 +1001,12 @@ async fn claims_respect_the_projects_max_concurrent_runs() {
         approve_and_activate(&cp, r, 1).await;
     })
     .await;
+    (t, cp, p, q)
+}
+
+#[tokio::test]
+async fn claims_respect_the_projects_max_concurrent_runs() {
+    let (t, cp, p, q) = alpha_capped_at_two_and_beta().await;
     let runs = RunService::new(cp.clone());
     for project in [&p, &q] {
         tenancy::scope(project.clone(), async {
@@ -1051,17 +1058,7 @@ async fn claims_respect_the_projects_max_concurrent_runs() {
 /// capped project's, started none of them and never reached a newer project's run.
 #[tokio::test]
 async fn a_capped_projects_backlog_neither_starves_others_nor_is_locked_for_nothing() {
-    let t = TestDb::new().await;
-    let cp = t.control(Coord::none());
-    let p = runnable_project(&cp, "alpha").await;
-    let q = runnable_project(&cp, "beta").await;
-    tenancy::scope(p.clone(), async {
-        let body = json!({"max_attempts": 3, "lease_seconds": 30, "heartbeat_seconds": 5, "run_deadline_seconds": 600,
-            "idempotency_ttl_seconds": 60, "retention_days": 1, "max_concurrent_runs": 2, "max_input_bytes": 1024});
-        let r = publish(&cp, ContractKind::Runtime, "default", body).await;
-        approve_and_activate(&cp, r, 1).await;
-    })
-    .await;
+    let (t, cp, p, q) = alpha_capped_at_two_and_beta().await;
     let runs = RunService::new(cp.clone());
     // alpha's backlog first (older), then one beta run.
     tenancy::scope(p.clone(), async {

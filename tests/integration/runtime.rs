@@ -113,6 +113,10 @@ fn worker_with(
     exec: Arc<dyn Executor>,
     lease_ms: u64,
 ) -> Arc<Worker> {
+    worker_cfg(t, cp, exec, test_config(id, lease_ms))
+}
+
+fn test_config(id: &str, lease_ms: u64) -> WorkerConfig {
     let mut cfg = WorkerConfig::new(id);
     cfg.slots = 8;
     cfg.lease = Duration::from_millis(lease_ms);
@@ -120,6 +124,15 @@ fn worker_with(
     cfg.poll = Duration::from_millis(50);
     cfg.reap_every = Duration::from_millis(100);
     cfg.grace = Duration::from_secs(2);
+    cfg
+}
+
+fn worker_cfg(
+    t: &TestDb,
+    cp: &ControlPlane,
+    exec: Arc<dyn Executor>,
+    cfg: WorkerConfig,
+) -> Arc<Worker> {
     Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg))
 }
 
@@ -295,8 +308,18 @@ async fn four_workers_complete_2000_runs_exactly_once() {
     .await;
     let (stop, rx) = shutdown_channel();
     let upstream: Arc<dyn ToolGateway> = Arc::new(RecordingUpstream::default());
+    // Two workers claim successors in their completion transactions (`refill_on_complete`,
+    // off by default since session 9), two only from their claim loops: both paths race here.
     let workers: Vec<_> = (0..4)
-        .map(|i| worker(&t, &cp, &format!("w{i}"), upstream.clone(), 10_000))
+        .map(|i| {
+            let mut cfg = test_config(&format!("w{i}"), 10_000);
+            cfg.refill_on_complete = i < 2;
+            let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+                cp.clone(),
+                upstream.clone(),
+            )));
+            worker_cfg(&t, &cp, exec, cfg)
+        })
         .collect();
     let handles: Vec<_> = workers
         .iter()

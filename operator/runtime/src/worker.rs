@@ -42,8 +42,11 @@ pub struct WorkerConfig {
     /// Claim only this project's runs (`awooop worker --project P`); `None`: every project.
     pub project: Option<String>,
     /// The completion writer claims successors in the transaction that completes a batch (one
-    /// commit per cycle instead of two). Off: only the claim loop claims (for measuring the
-    /// two against each other: `AWOOOP_BENCH_REFILL=0 awooop bench runs`).
+    /// commit per cycle instead of two). Off by default since session 9: in release builds it
+    /// made the drain under a project's concurrency cap 35–60 % slower (completion writers and
+    /// claim loops competing for the same room, longer completion transactions) and the
+    /// uncapped drain no faster (docs/benchmarks.md, "Claims per project, and JIT"). Measure
+    /// the two with `AWOOOP_BENCH_REFILL=1 awooop bench runs`.
     pub refill_on_complete: bool,
 }
 
@@ -59,7 +62,7 @@ impl WorkerConfig {
             retention_every: Duration::from_secs(600),
             grace: Duration::from_secs(20),
             project: None,
-            refill_on_complete: true,
+            refill_on_complete: false,
         }
     }
 }

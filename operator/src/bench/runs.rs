@@ -204,8 +204,8 @@ fn worker(
     cfg.poll = Duration::from_millis(200);
     cfg.reap_every = Duration::from_millis(250);
     cfg.grace = Duration::from_secs(2);
-    // Experiment knob (docs/benchmarks.md, "Bisecting"): 0 turns the completion writer's claim off.
-    cfg.refill_on_complete = std::env::var("AWOOOP_BENCH_REFILL").map_or(true, |v| v != "0");
+    // Experiment knob (docs/benchmarks.md): 1 turns the completion writer's claim on.
+    cfg.refill_on_complete = std::env::var("AWOOOP_BENCH_REFILL").is_ok_and(|v| v == "1");
     Arc::new(Worker::new(
         s.p.control.db().pool_for_health().clone(),
         s.p.control.clone(),

@@ -545,9 +545,8 @@ pub async fn worker_claim_for(
 }
 
 /// The claim statement of [`worker_claim_for`], in a transaction the caller holds in worker
-/// scope: the completion writer claims the next runs in the transaction that completes the
-/// last ones (one commit and three round trips fewer per cycle; the slots the completions
-/// free are refilled the moment they are freed).
+/// scope: with `WorkerConfig::refill_on_complete` (off by default) the completion writer
+/// claims the next runs in the transaction that completes the last ones.
 pub async fn claim_in(
     conn: &mut PgConnection,
     worker: &str,

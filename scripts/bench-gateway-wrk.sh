@@ -10,7 +10,8 @@
 # Settings (environment): AWOOOP_BIN (default ./target/release/awooop, built with
 # `--features bench` for `mcp-fixture`), DURATION (10s), THREADS (2), CONNECTIONS (32),
 # SIZE (1024: the `blob` result in bytes), FX_PORT (18090), API_PORT (18080), PERF_OUT (a
-# file: `perf record -e cpu-clock -g` of `awooop up` during the first gateway run). Needs wrk
+# file: `perf record -e cpu-clock -g` of `awooop up` during the first gateway run; with
+# PERF_SYSTEM=1 of the whole machine). Needs wrk
 # (`apt-get install -y wrk`), curl and psql. It creates and drops its own database
 # (`awooop_wrk_<pid>`) on the server of DATABASE_URL and its own state folder.
 #
@@ -175,7 +176,10 @@ read -r d1 dp50a dp99a dbad1 _ < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
 if [ -n "${PERF_OUT:-}" ]; then
     # Profile `awooop up` during the first gateway run (software clock: no hardware counters
     # needed). Read it with `perf report -i $PERF_OUT --no-children --sort dso,symbol`.
-    perf record -q -e cpu-clock -F 999 -g -o "$PERF_OUT" -p "$UP_PID" 2>/dev/null &
+    # PERF_SYSTEM=1: the whole machine instead (wrk, the fixture, PostgreSQL too; read it
+    # with `--sort comm` for where the CPU goes between the processes).
+    if [ -n "${PERF_SYSTEM:-}" ]; then target=(-a); else target=(-p "$UP_PID"); fi
+    perf record -q -e cpu-clock -F 999 -g -o "$PERF_OUT" "${target[@]}" 2>/dev/null &
     PERF_PID=$!
 fi
 read -r g1 gp50a gp99a gbad1 gn1 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)

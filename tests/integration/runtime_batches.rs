@@ -179,9 +179,11 @@ async fn a_completion_batch_lands_only_current_attempts_with_journal_audit_and_e
             "{f:?}"
         );
         assert_gapless(&f);
+        // The journal's event comes before the final state's, in the order things happened
+        // (migration 0074: the completion writes its journal rows first).
         assert_eq!(
             f.6,
-            ["created", "state", "state", "output", "step"],
+            ["created", "state", "step", "state", "output"],
             "{f:?}"
         );
     }
@@ -701,4 +703,97 @@ async fn the_idempotency_check_probes_its_own_keys_whatever_the_statistics() {
     assert!(written.is_none(), "a taken key writes nothing in the batch");
     drop(su);
     t.cleanup().await;
+}
+
+/// A completion writes one new version of each run it lands (migration 0074): its journal
+/// events are numbered under the row lock its fence took, not by a second `UPDATE runs` for the
+/// counter (two versions per run before, each with its index entries). The events stay whole:
+/// numbered after every earlier event of the run (here a journalled tool intent and a tool call
+/// of the gateway, both written before the completion), gapless, with the counter caught up.
+#[tokio::test]
+async fn a_completion_updates_each_run_once_and_numbers_its_journal_after_earlier_events() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let ids = create(&cp, &p, 4).await;
+    let claimed = repo::worker_claim(&t.app, "w1", 10, 30.0).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    // Run 0 already has a journalled step (an intent flushed before a tool call) and a tool
+    // call's audit row: both moved its counter the ordinary way.
+    let first = claimed.iter().find(|c| c.run_id == ids[0]).unwrap();
+    tenancy::scope(p.clone(), async {
+        let mut tx = cp.db().tenant().await.unwrap();
+        sqlx::query(
+            "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, trace_id, span_id, started_at) \
+             VALUES ('alpha', $1, 5, $2, 'call', 'tool', 'sha256:i', 'intent', $3, $4, now())",
+        )
+        .bind(first.run_id)
+        .bind(first.attempt)
+        .bind(&first.trace_id)
+        .bind(&first.span_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode, decision, result_status, latency_us, bytes_in, bytes_out) \
+             VALUES ('alpha', gen_random_uuid(), now(), $1, $2, 'echo', 'fx__blob', 'dev', 'shadow', 'allowed', 'ok', 1, 1, 1)",
+        )
+        .bind(&first.trace_id)
+        .bind(first.run_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    })
+    .await;
+
+    let batch: Vec<Completion> = claimed.iter().map(succeeded).collect();
+    let updated: i64 = tenancy::scope(p.clone(), async {
+        let mut tx = cp.db().tenant().await.unwrap();
+        let landed = repo::complete_batch(&mut tx, "alpha", &batch)
+            .await
+            .unwrap();
+        assert!(landed.iter().all(|l| *l), "{landed:?}");
+        // Row versions of `runs` this transaction wrote (this backend's counters, not yet
+        // flushed to the shared statistics).
+        let n: i64 = sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_updated('runs'::regclass)")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        n
+    })
+    .await;
+    assert_eq!(updated, 4, "one new version per completed run");
+
+    for (i, id) in ids.iter().enumerate() {
+        let f = facts(&t, "alpha", *id).await;
+        assert_gapless(&f);
+        assert_eq!(f.0, "succeeded", "{f:?}");
+        if i == 0 {
+            assert_eq!(
+                f.3, 2,
+                "the earlier intent and the completion's step: {f:?}"
+            );
+            assert_eq!(
+                f.6,
+                [
+                    "created",
+                    "state",
+                    "step",
+                    "tool_call",
+                    "step",
+                    "state",
+                    "output"
+                ],
+                "{f:?}"
+            );
+        } else {
+            assert_eq!(
+                f.6,
+                ["created", "state", "step", "state", "output"],
+                "{f:?}"
+            );
+        }
+    }
 }

@@ -13,6 +13,10 @@
 //! * Saturation: closed loop (fixed concurrency), calls/s through the gateway ÷ calls/s direct;
 //!   the upstream client alone runs as long as the other two, in rotating order, and its
 //!   failed calls count as errors like theirs (any error fails the benchmark).
+//! * The hop alone: the same closed loop through a bare relay ([`relay`]: the same HTTP server
+//!   and client stacks as the gateway, axum in and reqwest out, forwarding bytes and headers
+//!   and doing nothing else). `relay_ratio` is the ceiling of any gateway that is one extra
+//!   HTTP hop in this harness: what the gateway's own work is measured against.
 //!
 //! Everything (load generator, gateway, upstream) runs in this one process on this machine's
 //! cores, like a sidecar deployment; the direct baseline pays the same client costs. With
@@ -277,6 +281,91 @@ async fn client_loop(
     (ok as f64 / started.elapsed().as_secs_f64(), err)
 }
 
+/// A bare HTTP relay: every POST to `/mcp` is forwarded to `upstream` with its headers and
+/// body, and the upstream's status, headers and body are returned unchanged. No
+/// authentication, no parsing, no audit: one extra hop through the same server (axum) and
+/// client (reqwest, keep-alive, `TCP_NODELAY`) stacks the gateway uses, nothing more.
+pub(crate) mod relay {
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+
+    #[derive(Clone)]
+    struct Relay {
+        client: reqwest::Client,
+        upstream: String,
+    }
+
+    /// Headers that belong to one connection, not to the message (RFC 9110 §7.6.1), and
+    /// the ones the client library sets itself.
+    fn hop_by_hop(name: &header::HeaderName) -> bool {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "proxy-connection"
+                | "host"
+                | "content-length"
+        )
+    }
+
+    async fn forward(State(r): State<Relay>, headers: HeaderMap, body: Bytes) -> Response {
+        let mut out = HeaderMap::with_capacity(headers.len());
+        for (k, v) in &headers {
+            if !hop_by_hop(k) {
+                out.append(k.clone(), v.clone());
+            }
+        }
+        let resp = match r
+            .client
+            .post(&r.upstream)
+            .headers(out)
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        };
+        let status = resp.status();
+        let mut back = HeaderMap::with_capacity(resp.headers().len());
+        for (k, v) in resp.headers() {
+            if !hop_by_hop(k) {
+                back.append(k.clone(), v.clone());
+            }
+        }
+        match resp.bytes().await {
+            Ok(b) => (status, back, b).into_response(),
+            Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        }
+    }
+
+    /// Serve the relay to `upstream` on `listener` until `stop` resolves.
+    pub async fn serve(
+        listener: tokio::net::TcpListener,
+        upstream: String,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .no_proxy()
+            .pool_max_idle_per_host(1024)
+            .build()
+            .map_err(std::io::Error::other)?;
+        let app = axum::Router::new()
+            .route("/mcp", axum::routing::post(forward))
+            .with_state(Relay { client, upstream });
+        axum::serve(crate::http::nodelay(listener), app)
+            .with_graceful_shutdown(stop)
+            .await
+    }
+}
+
 struct Figures {
     p50: [f64; 2],
     p99: [f64; 2],
@@ -285,12 +374,14 @@ struct Figures {
     direct_rps: f64,
     gateway_rps: f64,
     client_rps: f64,
+    relay_rps: f64,
     errors: usize,
 }
 
 async fn measure(
     direct: &Target,
     gw: &Target,
+    relay: &Target,
     client: (&Upstreams, &crate::contracts::McpProvider),
     size: usize,
     quick: bool,
@@ -300,8 +391,8 @@ async fn measure(
     } else {
         (Duration::from_secs(10), Duration::from_secs(5))
     };
-    // Warm up both paths (connections, caches, session state).
-    for t in [direct, gw] {
+    // Warm up the paths (connections, caches, session state).
+    for t in [direct, gw, relay] {
         closed_loop(t, size, 16, Duration::from_millis(300)).await;
     }
     let mut f = Figures {
@@ -312,6 +403,7 @@ async fn measure(
         direct_rps: 0.0,
         gateway_rps: 0.0,
         client_rps: 0.0,
+        relay_rps: 0.0,
         errors: 0,
     };
     // Each figure is taken in ABBA order (direct, gateway, gateway, direct; each half the
@@ -349,35 +441,41 @@ async fn measure(
             f.direct_p99 = percentile_ms(&d, 99.0);
         }
     }
-    // Saturation: the three closed loops, each as long as the others, in rotating order
-    // (direct, gateway, client; then gateway, client, direct; then client, direct, gateway),
-    // each rate the mean of its three thirds.
-    let (mut drps, mut grps, mut crps, mut errors) = (0.0, 0.0, 0.0, [0usize; 3]);
-    for round in 0..3 {
-        for k in 0..3 {
-            match (round + k) % 3 {
+    // Saturation: the four closed loops, each as long as the others, in rotating order
+    // (direct, gateway, client, relay; then gateway, client, relay, direct; ...), each rate
+    // the mean of its four quarters.
+    let (mut drps, mut grps, mut crps, mut rrps, mut errors) = (0.0, 0.0, 0.0, 0.0, [0usize; 4]);
+    for round in 0..4 {
+        for k in 0..4 {
+            match (round + k) % 4 {
                 0 => {
-                    let (r, e) = closed_loop(direct, size, 32, sat / 3).await;
-                    drps += r / 3.0;
+                    let (r, e) = closed_loop(direct, size, 32, sat / 4).await;
+                    drps += r / 4.0;
                     errors[0] += e;
                 }
                 1 => {
-                    let (r, e) = closed_loop(gw, size, 32, sat / 3).await;
-                    grps += r / 3.0;
+                    let (r, e) = closed_loop(gw, size, 32, sat / 4).await;
+                    grps += r / 4.0;
                     errors[1] += e;
                 }
-                _ => {
-                    let (r, e) = client_loop(client.0, client.1, size, 32, sat / 3).await;
-                    crps += r / 3.0;
+                2 => {
+                    let (r, e) = client_loop(client.0, client.1, size, 32, sat / 4).await;
+                    crps += r / 4.0;
                     errors[2] += e;
+                }
+                _ => {
+                    let (r, e) = closed_loop(relay, size, 32, sat / 4).await;
+                    rrps += r / 4.0;
+                    errors[3] += e;
                 }
             }
         }
     }
     eprintln!(
-        "  {size} B saturation: direct {drps:.0}/s, gateway {grps:.0}/s, upstream client alone {crps:.0}/s, errors direct {} gateway {} client {}",
-        errors[0], errors[1], errors[2]
+        "  {size} B saturation: direct {drps:.0}/s, gateway {grps:.0}/s, upstream client alone {crps:.0}/s, bare relay {rrps:.0}/s, errors direct {} gateway {} client {} relay {}",
+        errors[0], errors[1], errors[2], errors[3]
     );
+    f.relay_rps = rrps;
     f.client_rps = crps;
     f.direct_rps = drps;
     f.gateway_rps = grps;
@@ -503,11 +601,19 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
             exp: now + 3600,
         },
     )?;
+    let relay_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let relay_addr = relay_listener.local_addr()?;
+    let (relay_stop, relay_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let relay_server = tokio::spawn(relay::serve(relay_listener, fx_url.clone(), async {
+        let _ = relay_stop_rx.await;
+    }));
     let direct = Target::connect(&fx_url, SECRET, "blob").await?;
     let through = Target::connect(&format!("http://{gw_addr}/mcp"), &token, "fx__blob").await?;
+    let relayed = Target::connect(&format!("http://{relay_addr}/mcp"), SECRET, "blob").await?;
     // One checked call each way before measuring.
     direct.call(1024).await?;
     through.call(1024).await?;
+    relayed.call(1024).await?;
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!(
@@ -522,12 +628,30 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
     let client = Upstreams::guarded(UpstreamConfig::default(), policy);
     let provider: crate::contracts::McpProvider = serde_json::from_value(json!({
         "name": "fx", "transport": {"type": "streamable_http", "url": fx_url}}))?;
-    let k1 = measure(&direct, &through, (&client, &provider), 1024, quick).await?;
-    let k16 = measure(&direct, &through, (&client, &provider), 16 * 1024, quick).await?;
+    let k1 = measure(
+        &direct,
+        &through,
+        &relayed,
+        (&client, &provider),
+        1024,
+        quick,
+    )
+    .await?;
+    let k16 = measure(
+        &direct,
+        &through,
+        &relayed,
+        (&client, &provider),
+        16 * 1024,
+        quick,
+    )
+    .await?;
     client.shutdown().await;
     gateway.audit().flush().await;
     let _ = stop_tx.send(());
     let _ = server.await;
+    let _ = relay_stop.send(());
+    let _ = relay_server.await;
     let _ = std::fs::remove_dir_all(&state);
     anyhow::ensure!(
         k1.errors + k16.errors == 0,
@@ -538,7 +662,8 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
         "overhead_p50_ms={:.3} overhead_p99_ms={:.3} overhead_p50_ms_3k={:.3} overhead_p99_ms_3k={:.3} saturation_ratio={:.2} \
          direct_p50_ms={:.3} direct_p99_ms={:.3} direct_calls_per_sec={:.0} gateway_calls_per_sec={:.0} client_calls_per_sec={:.0} \
          overhead_p50_ms_16k={:.3} overhead_p99_ms_16k={:.3} overhead_p50_ms_3k_16k={:.3} overhead_p99_ms_3k_16k={:.3} saturation_ratio_16k={:.2} \
-         direct_calls_per_sec_16k={:.0} gateway_calls_per_sec_16k={:.0}",
+         direct_calls_per_sec_16k={:.0} gateway_calls_per_sec_16k={:.0} \
+         relay_ratio={:.2} relay_calls_per_sec={:.0} gateway_to_relay={:.2} relay_ratio_16k={:.2} relay_calls_per_sec_16k={:.0} gateway_to_relay_16k={:.2}",
         k1.p50[0],
         k1.p99[0],
         k1.p50[1],
@@ -556,6 +681,12 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
         k16.gateway_rps / k16.direct_rps,
         k16.direct_rps,
         k16.gateway_rps,
+        k1.relay_rps / k1.direct_rps,
+        k1.relay_rps,
+        k1.gateway_rps / k1.relay_rps,
+        k16.relay_rps / k16.direct_rps,
+        k16.relay_rps,
+        k16.gateway_rps / k16.relay_rps,
     ))
 }
 
@@ -594,5 +725,35 @@ mod tests {
         let url = "http://fixture.bench.internal:8080/mcp";
         assert!(snap.egress.check("bench", url).is_ok());
         assert!(snap.egress.check("other", url).is_err());
+    }
+
+    /// The relay forwards what the upstream checks (the credential header, the session id it
+    /// handed out) and returns what the upstream answered, refusals included: it measures the
+    /// hop, and never answers on its own.
+    #[tokio::test]
+    async fn the_bare_relay_forwards_headers_and_answers_unchanged() {
+        let fx = FixtureServer::start(FixtureOptions {
+            require_header: Some(("authorization".into(), format!("Bearer {SECRET}"))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(relay::serve(listener, fx.url(), async {
+            let _ = stop_rx.await;
+        }));
+        let url = format!("http://{addr}/mcp");
+        let t = Target::connect(&url, SECRET, "blob").await.unwrap();
+        t.call(1024).await.unwrap();
+        t.call(16 * 1024).await.unwrap();
+        let refused = Target::connect(&url, "not-the-secret", "blob").await;
+        assert!(
+            refused.is_err_and(|e| e.to_string().contains("HTTP 401")),
+            "the upstream's refusal must come back through the relay"
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 }

@@ -3,7 +3,7 @@
 # PostgreSQL alone does for the writes the run path's guarantees need, batched, with several
 # concurrent clients (pgbench), on a bare schema in a scratch database of the same server.
 #
-#   scripts/floor-drain-db.sh [full|min] [BATCH] [CLIENTS] [JOBS_PER_CLIENT]   (default: full 256 4 20480)
+#   scripts/floor-drain-db.sh [full|journal|min] [BATCH] [CLIENTS] [JOBS_PER_CLIENT]   (default: full 256 4 20480)
 #
 # One transaction per cycle and client, like the completion writer with refill: the fenced
 # completion of the batch this client claimed in its previous cycle, then the next claim
@@ -11,7 +11,9 @@
 # the audit row and the run events (`state` at the claim; `state`, `output`, `step` at the
 # completion), with a row-level state-machine trigger on the runs table; "min" writes only the
 # claim and the fenced completion (what graphile-worker writes, except that it deletes a finished
-# job where we keep the run). Neither has RLS, foreign keys or CHECKs: a floor, not our schema.
+# job where we keep the run). "journal" is "full" without the run events: the claim, the fenced
+# completion, the journal row, the audit row and the state machine (the guarantees issue 18
+# lists, without the event feed). None has RLS, foreign keys or CHECKs: a floor, not our schema.
 # Prints jobs completed per second (wall time of pgbench). Compare with
 # `scripts/bench-runs-peer.sh 20000 10` in the same minutes.
 set -euo pipefail
@@ -58,6 +60,21 @@ WITH c AS (SELECT project, id FROM fr WHERE state = 'queued' ORDER BY created_at
  u AS (UPDATE fr r SET state = 'running', attempt = r.attempt + 1, worker = 'w' || :client_id, lease = now() + interval '30 s', event_seq = r.event_seq + 1
    FROM c WHERE r.project = c.project AND r.id = c.id RETURNING r.id, r.attempt, r.event_seq),
  e AS (INSERT INTO fe SELECT 'bench', id, event_seq, 'state', '{}' FROM u)
+SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(attempt), '{}') AS att FROM u \gset
+COMMIT;
+SQL
+cat > "$WORK/journal.sql" <<'SQL'
+BEGIN;
+WITH h AS (SELECT * FROM unnest(:ids::uuid[], :att::int[]) AS h(id, attempt)),
+ done AS (UPDATE fr r SET state = 'succeeded', output = '"ok"', finished_at = now(), worker = NULL, lease = NULL
+   FROM h WHERE r.project = 'bench' AND r.id = h.id AND r.attempt = h.attempt AND r.state = (SELECT 'running'::text FROM h LIMIT 1)
+   RETURNING r.id, r.attempt),
+ j AS (INSERT INTO fs SELECT 'bench', id, 0, attempt, 'succeeded', '"ok"' FROM done),
+ a AS (INSERT INTO fa SELECT 'bench', gen_random_uuid(), id::text, jsonb_build_object('state','succeeded','attempt',attempt) FROM done)
+SELECT count(*) FROM done;
+WITH c AS (SELECT project, id FROM fr WHERE state = 'queued' ORDER BY created_at LIMIT :batch FOR NO KEY UPDATE SKIP LOCKED),
+ u AS (UPDATE fr r SET state = 'running', attempt = r.attempt + 1, worker = 'w' || :client_id, lease = now() + interval '30 s'
+   FROM c WHERE r.project = c.project AND r.id = c.id RETURNING r.id, r.attempt)
 SELECT coalesce(array_agg(id), '{}') AS ids, coalesce(array_agg(attempt), '{}') AS att FROM u \gset
 COMMIT;
 SQL

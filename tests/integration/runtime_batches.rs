@@ -797,3 +797,70 @@ async fn a_completion_updates_each_run_once_and_numbers_its_journal_after_earlie
         }
     }
 }
+
+/// The gateway's audit batch moves a run's event counter once per statement, not once per call
+/// (migration 0075): five calls of one run and three calls without a run in one INSERT update
+/// the run once, and its five `tool_call` events are numbered gaplessly in the order the calls
+/// started, whatever order the batch listed them in.
+#[tokio::test]
+async fn a_batch_of_tool_calls_moves_its_runs_counter_once() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let ids = create(&cp, &p, 1).await;
+    let claimed = repo::worker_claim(&t.app, "w1", 10, 30.0).await.unwrap();
+    let run = &claimed[0];
+    let updated: i64 = tenancy::scope(p.clone(), async {
+        let mut tx = cp.db().tenant().await.unwrap();
+        // Listed newest first: the events must still follow `at`.
+        sqlx::query(
+            "INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode, decision, result_status, latency_us, bytes_in, bytes_out) \
+             SELECT 'alpha', gen_random_uuid(), now() - make_interval(secs => g), $1, \
+                    CASE WHEN g <= 5 THEN $2::uuid END, 'echo', 'fx__t' || g, 'dev', 'shadow', 'allowed', 'ok', g, 1, 1 \
+             FROM generate_series(1, 8) g",
+        )
+        .bind(&run.trace_id)
+        .bind(run.run_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_updated('runs'::regclass)")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        tx.commit().await.unwrap();
+        n
+    })
+    .await;
+    assert_eq!(updated, 1, "one counter move for the batch's one run");
+    let f = facts(&t, "alpha", ids[0]).await;
+    assert_gapless(&f);
+    assert_eq!(
+        f.6,
+        [
+            "created",
+            "state",
+            "tool_call",
+            "tool_call",
+            "tool_call",
+            "tool_call",
+            "tool_call"
+        ],
+        "{f:?}"
+    );
+    let tools: Vec<String> = tenancy::scope(p.clone(), async {
+        let mut tx = cp.db().tenant().await.unwrap();
+        let v = sqlx::query_scalar(
+            "SELECT data->>'tool' FROM run_events WHERE run_id = $1 AND kind = 'tool_call' ORDER BY seq",
+        )
+        .bind(ids[0])
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        v
+    })
+    .await;
+    assert_eq!(tools, ["fx__t5", "fx__t4", "fx__t3", "fx__t2", "fx__t1"]);
+}

@@ -21,6 +21,11 @@ CREATE FUNCTION awooop_run_events_tool_stmt() RETURNS trigger
 DECLARE
     notified bigint;
 BEGIN
+    -- Most batches carry no call of a run (API keys, unbound run tokens): leave at once, before
+    -- planning or running the statement below.
+    IF NOT EXISTS (SELECT 1 FROM new_calls WHERE run_id IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
     WITH calls AS (
         SELECT * FROM new_calls WHERE run_id IS NOT NULL
     ), per_run AS (

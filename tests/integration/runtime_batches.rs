@@ -705,6 +705,17 @@ async fn the_idempotency_check_probes_its_own_keys_whatever_the_statistics() {
     t.cleanup().await;
 }
 
+/// Row versions of `runs` this backend has written and not yet reported to the shared
+/// statistics. PostgreSQL 15 reports a backend's counts at most once a second, so the "xact"
+/// counter can include earlier transactions of a pooled connection: callers take a difference
+/// within one transaction, where nothing is reported.
+async fn runs_updated(tx: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_updated('runs'::regclass)")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+}
+
 /// A completion writes one new version of each run it lands (migration 0074): its journal
 /// events are numbered under the row lock its fence took, not by a second `UPDATE runs` for the
 /// counter (two versions per run before, each with its index entries). The events stay whole:
@@ -750,16 +761,12 @@ async fn a_completion_updates_each_run_once_and_numbers_its_journal_after_earlie
     let batch: Vec<Completion> = claimed.iter().map(succeeded).collect();
     let updated: i64 = tenancy::scope(p.clone(), async {
         let mut tx = cp.db().tenant().await.unwrap();
+        let before = runs_updated(&mut tx).await;
         let landed = repo::complete_batch(&mut tx, "alpha", &batch)
             .await
             .unwrap();
         assert!(landed.iter().all(|l| *l), "{landed:?}");
-        // Row versions of `runs` this transaction wrote (this backend's counters, not yet
-        // flushed to the shared statistics).
-        let n: i64 = sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_updated('runs'::regclass)")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+        let n = runs_updated(&mut tx).await - before;
         tx.commit().await.unwrap();
         n
     })
@@ -812,6 +819,7 @@ async fn a_batch_of_tool_calls_moves_its_runs_counter_once() {
     let run = &claimed[0];
     let updated: i64 = tenancy::scope(p.clone(), async {
         let mut tx = cp.db().tenant().await.unwrap();
+        let before = runs_updated(&mut tx).await;
         // Listed newest first: the events must still follow `at`.
         sqlx::query(
             "INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode, decision, result_status, latency_us, bytes_in, bytes_out) \
@@ -824,11 +832,7 @@ async fn a_batch_of_tool_calls_moves_its_runs_counter_once() {
         .execute(&mut *tx)
         .await
         .unwrap();
-        let n: i64 =
-            sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_updated('runs'::regclass)")
-                .fetch_one(&mut *tx)
-                .await
-                .unwrap();
+        let n = runs_updated(&mut tx).await - before;
         tx.commit().await.unwrap();
         n
     })

@@ -15,6 +15,11 @@
 # (`apt-get install -y wrk`), curl and psql. It creates and drops its own database
 # (`awooop_wrk_<pid>`) on the server of DATABASE_URL and its own state folder.
 #
+# NGINX=1 also measures the same calls through nginx (`apt-get install -y nginx-light`), a C reverse
+# proxy with keep-alive connections to the fixture and nothing else: the cost of the extra hop
+# alone out of process, the ceiling any gateway in front of the fixture works under. Adds
+# `nginx_rps= nginx_ratio= nginx_p50_ms= nginx_p99_ms=` to the last line.
+#
 # Each request carries its own JSON-RPC id (a Lua counter per wrk thread); one MCP session
 # per target is initialized with curl first and shared by every connection (what an agent
 # with many parallel calls does). A response that is not a successful result of SIZE bytes
@@ -31,7 +36,10 @@ FX_PORT=${FX_PORT:-18090}
 API_PORT=${API_PORT:-18080}
 : "${DATABASE_URL:?set DATABASE_URL to a PostgreSQL server URL (the script creates its own database there)}"
 
-for tool in wrk curl psql; do
+NGINX_PORT=${NGINX_PORT:-18095}
+tools=(wrk curl psql)
+[ -n "${NGINX:-}" ] && tools+=(nginx)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found (wrk: apt-get install -y wrk)" >&2; exit 2; }
 done
 [ -x "$BIN" ] || { echo "error: $BIN not found (cargo build --release --features bench, or set AWOOOP_BIN)" >&2; exit 2; }
@@ -163,6 +171,33 @@ DIRECT_URL="http://127.0.0.1:$FX_PORT/mcp"
 GW_URL="http://127.0.0.1:$API_PORT/mcp"
 DSID=$(session "$DIRECT_URL" "$FX_KEY")
 GSID=$(session "$GW_URL" "Bearer $TOKEN")
+if [ -n "${NGINX:-}" ]; then
+    mkdir -p "$WORK/nginx/logs"
+    cat >"$WORK/nginx/nginx.conf" <<NGINXCONF
+worker_processes 2;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    upstream fixture { server 127.0.0.1:$FX_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://fixture;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+NGINXCONF
+    nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx/out.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && break; sleep 0.1; done
+    NGINX_URL="http://127.0.0.1:$NGINX_PORT/mcp"
+    NSID=$(session "$NGINX_URL" "$FX_KEY")
+fi
 # Warm-up (connections, caches), then direct, gateway, gateway, direct (ABBA) and the mean.
 DURATION_SAVE=$DURATION
 DURATION=2s
@@ -187,6 +222,15 @@ if [ -n "${PERF_PID:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true;
 read -r g2 gp50b gp99b gbad2 gn2 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
 read -r d2 dp50b dp99b dbad2 _ < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+NGINX_FIELDS=""
+if [ -n "${NGINX:-}" ]; then
+    read -r n1 np50a np99a nbad1 _ < <(run_wrk "$NGINX_URL" "$FX_KEY" "$NSID" blob)
+    read -r n2 np50b np99b nbad2 _ < <(run_wrk "$NGINX_URL" "$FX_KEY" "$NSID" blob)
+    echo "nginx:   $n1 / $n2 req/s, p50 $np50a / $np50b ms, p99 $np99a / $np99b ms, bad $nbad1 / $nbad2" >&2
+    [ "$((nbad1 + nbad2))" -eq 0 ] || { echo "error: bad responses through nginx" >&2; exit 1; }
+    NGINX_FIELDS=$(awk -v n1="$n1" -v n2="$n2" -v d1="$d1" -v d2="$d2" -v a="$np50a" -v b="$np50b" -v c="$np99a" -v e="$np99b" \
+        'BEGIN { printf " nginx_rps=%.0f nginx_ratio=%.2f nginx_p50_ms=%.3f nginx_p99_ms=%.3f", (n1 + n2) / 2, (n1 + n2) / (d1 + d2), (a + b) / 2, (c + e) / 2 }')
+fi
 
 # Every gateway call must be audited: wait for the batched writer, then count.
 sleep 1
@@ -199,10 +243,10 @@ bad=$((dbad1 + dbad2 + gbad1 + gbad2))
 awk -v d1="$d1" -v d2="$d2" -v g1="$g1" -v g2="$g2" \
     -v dp50="$dp50a" -v dp50b="$dp50b" -v dp99="$dp99a" -v dp99b="$dp99b" \
     -v gp50="$gp50a" -v gp50b="$gp50b" -v gp99="$gp99a" -v gp99b="$gp99b" \
-    -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load1="${LOAD_BEFORE%% *}" 'BEGIN {
+    -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load1="${LOAD_BEFORE%% *}" -v extra="$NGINX_FIELDS" 'BEGIN {
   d = (d1 + d2) / 2; g = (g1 + g2) / 2
-  printf "size=%d direct_rps=%.0f gateway_rps=%.0f ratio=%.2f direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f gateway_p99_ms=%.3f audit_rows=%d bad=%d load1=%s\n",
-    size, d, g, g / d, (dp50 + dp50b) / 2, (dp99 + dp99b) / 2, (gp50 + gp50b) / 2, (gp99 + gp99b) / 2, rows, bad, load1
+  printf "size=%d direct_rps=%.0f gateway_rps=%.0f ratio=%.2f direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f gateway_p99_ms=%.3f audit_rows=%d bad=%d load1=%s%s\n",
+    size, d, g, g / d, (dp50 + dp50b) / 2, (dp99 + dp99b) / 2, (gp50 + gp50b) / 2, (gp99 + gp99b) / 2, rows, bad, load1, extra
 }'
 [ "$bad" -eq 0 ] || { echo "error: $bad responses were not successful results" >&2; exit 1; }
 [ "$((after - before))" -ge "$((gn1 + gn2))" ] || { echo "error: fewer audit rows than gateway calls" >&2; exit 1; }

@@ -3,7 +3,8 @@
 # then through `awooop up`'s `/mcp` to the same fixture process, with everything on (run-token
 # authentication, signed session, the five gates, schema validation, credential injection,
 # redaction, truncation, the call audit in PostgreSQL). Prints direct and gateway requests/s,
-# their ratio and p50/p99, the load average, and the audit row count (every call audited).
+# their ratio and p50/p99, the CPU time `awooop up` spent per gateway call, the load average,
+# and the audit row count (every call audited).
 #
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench-gateway-wrk.sh
 #
@@ -217,9 +218,14 @@ if [ -n "${PERF_OUT:-}" ]; then
     perf record -q -e cpu-clock -F 999 -g -o "$PERF_OUT" "${target[@]}" 2>/dev/null &
     PERF_PID=$!
 fi
+# CPU time of `awooop up` (user + system, clock ticks) across both gateway runs: its cost per
+# call, which a busy or slower machine changes less than the rates.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$UP_PID/stat"; }
+CPU_BEFORE=$(cpu_ticks)
 read -r g1 gp50a gp99a gbad1 gn1 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
 if [ -n "${PERF_PID:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
 read -r g2 gp50b gp99b gbad2 gn2 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
+CPU_AFTER=$(cpu_ticks)
 read -r d2 dp50b dp99b dbad2 _ < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 NGINX_FIELDS=""
@@ -243,10 +249,11 @@ bad=$((dbad1 + dbad2 + gbad1 + gbad2))
 awk -v d1="$d1" -v d2="$d2" -v g1="$g1" -v g2="$g2" \
     -v dp50="$dp50a" -v dp50b="$dp50b" -v dp99="$dp99a" -v dp99b="$dp99b" \
     -v gp50="$gp50a" -v gp50b="$gp50b" -v gp99="$gp99a" -v gp99b="$gp99b" \
-    -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load1="${LOAD_BEFORE%% *}" -v extra="$NGINX_FIELDS" 'BEGIN {
+    -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load1="${LOAD_BEFORE%% *}" -v extra="$NGINX_FIELDS" \
+    -v ticks="$((CPU_AFTER - CPU_BEFORE))" -v hz="$(getconf CLK_TCK)" -v calls="$((gn1 + gn2))" 'BEGIN {
   d = (d1 + d2) / 2; g = (g1 + g2) / 2
-  printf "size=%d direct_rps=%.0f gateway_rps=%.0f ratio=%.2f direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f gateway_p99_ms=%.3f audit_rows=%d bad=%d load1=%s%s\n",
-    size, d, g, g / d, (dp50 + dp50b) / 2, (dp99 + dp99b) / 2, (gp50 + gp50b) / 2, (gp99 + gp99b) / 2, rows, bad, load1, extra
+  printf "size=%d direct_rps=%.0f gateway_rps=%.0f ratio=%.2f direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f gateway_p99_ms=%.3f up_cpu_us_per_call=%.0f audit_rows=%d bad=%d load1=%s%s\n",
+    size, d, g, g / d, (dp50 + dp50b) / 2, (dp99 + dp99b) / 2, (gp50 + gp50b) / 2, (gp99 + gp99b) / 2, ticks * 1e6 / hz / calls, rows, bad, load1, extra
 }'
 [ "$bad" -eq 0 ] || { echo "error: $bad responses were not successful results" >&2; exit 1; }
 [ "$((after - before))" -ge "$((gn1 + gn2))" ] || { echo "error: fewer audit rows than gateway calls" >&2; exit 1; }

@@ -186,7 +186,8 @@ impl CredentialResolver {
         {
             return Ok(v.clone());
         }
-        let value = self.fetch(project, source).await?;
+        // Boxed: a miss is rare, and inline the fetch would enlarge every tool call's future.
+        let value = Box::pin(self.fetch(project, source)).await?;
         if !self.ttl.is_zero() {
             self.cache
                 .write()

@@ -156,6 +156,13 @@ impl PolicySource {
         {
             return Ok(s.clone());
         }
+        // Boxed: every gateway call reads the snapshot, a reload happens once per
+        // POLICY_CACHE; inline, the reload's transaction would make every caller's future
+        // tens of kilobytes, allocated and copied per call.
+        Box::pin(self.reload(db)).await
+    }
+
+    async fn reload(&self, db: &Db) -> Result<Arc<PolicySnapshot>> {
         let mut tx = db
             .platform("platform", "platform.policy.read", json!({}))
             .await?;

@@ -211,7 +211,8 @@ impl HttpSession {
         if let Some(s) = self.current() {
             return Ok(s);
         }
-        let s = Arc::new(self.initialize().await?);
+        // Boxed: once per session, and two requests' worth of state inline.
+        let s = Arc::new(Box::pin(self.initialize()).await?);
         *self.state.write().expect("session lock") = Some(s.clone());
         Ok(s)
     }

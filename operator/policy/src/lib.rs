@@ -14,7 +14,7 @@
 pub mod catalog;
 pub mod egress;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ pub struct PolicySnapshot {
     pub egress: Arc<EgressPolicy>,
     /// SHA-256 over the whole snapshot: part of upstream connection fingerprints.
     pub digest: [u8; 32],
+    /// Project → URLs that passed [`PolicySnapshot::check_egress`] under this snapshot.
+    passed: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl PolicySnapshot {
@@ -69,7 +71,36 @@ impl PolicySnapshot {
             catalog: entries.into_iter().map(|e| (e.name.clone(), e)).collect(),
             egress: Arc::new(policy),
             digest,
+            passed: Mutex::default(),
         }
+    }
+
+    /// [`EgressPolicy::check`] of `url` for `project`, without the parsed destination. A pass
+    /// is remembered for the life of this snapshot: the snapshot is immutable, so the answer
+    /// cannot change, and the gateway asks it for every tool call (the URL parse and host
+    /// normalisation were a few per cent of a call's CPU). Refusals are not remembered: they
+    /// are rare, and a caller cannot grow the memory with URLs that fail. Passes are bounded
+    /// by the URLs of configured providers; the map is cleared if it ever grows large.
+    pub fn check_egress(&self, project: &str, url: &str) -> Result<(), egress::EgressError> {
+        if self
+            .passed
+            .lock()
+            .expect("egress memo")
+            .get(project)
+            .is_some_and(|urls| urls.contains(url))
+        {
+            return Ok(());
+        }
+        self.egress.check(project, url)?;
+        let mut passed = self.passed.lock().expect("egress memo");
+        if passed.values().map(HashSet::len).sum::<usize>() >= 4096 {
+            passed.clear();
+        }
+        passed
+            .entry(project.to_string())
+            .or_default()
+            .insert(url.to_string());
+        Ok(())
     }
 }
 
@@ -397,4 +428,64 @@ pub async fn egress_remove(db: &Db, actor: &str, rule_id: uuid::Uuid) -> Result<
         .rows_affected();
     tx.commit().await?;
     Ok(n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egress::EgressRule;
+
+    fn rule(project: Option<&str>, host: &str) -> EgressRule {
+        EgressRule {
+            rule_id: uuid::Uuid::nil(),
+            project: project.map(String::from),
+            host: host.into(),
+            note: String::new(),
+        }
+    }
+
+    /// The remembered check answers as the policy does, pass or refusal, per project, however
+    /// often it is asked and in whatever order; and it lives only as long as its snapshot.
+    #[test]
+    fn remembered_egress_checks_answer_like_the_policy() {
+        let rules = [
+            rule(Some("alpha"), "api.example.com"),
+            rule(None, "shared.example.org"),
+        ];
+        let snap = PolicySnapshot::new(vec![], &rules, false);
+        let cases = [
+            ("alpha", "https://api.example.com/mcp", true),
+            // The same URL another project may not reach: a memo keyed by URL alone would let
+            // it through after alpha's pass.
+            ("beta", "https://api.example.com/mcp", false),
+            ("beta", "https://shared.example.org/x", true),
+            ("alpha", "https://evil.example.net/", false),
+            ("alpha", "http://127.0.0.1:9/mcp", false),
+            ("alpha", "https://user@api.example.com/mcp", false),
+        ];
+        for round in 0..3 {
+            for (project, url, allowed) in cases {
+                assert_eq!(
+                    snap.check_egress(project, url).is_ok(),
+                    allowed,
+                    "round {round}: {project} {url}"
+                );
+                assert_eq!(
+                    snap.egress.check(project, url).is_ok(),
+                    allowed,
+                    "{project} {url}"
+                );
+            }
+        }
+        // The next snapshot, without alpha's rule, refuses what this one let through.
+        let next = PolicySnapshot::new(vec![], &rules[1..], false);
+        assert!(
+            next.check_egress("alpha", "https://api.example.com/mcp")
+                .is_err()
+        );
+        assert!(
+            snap.check_egress("alpha", "https://api.example.com/mcp")
+                .is_ok()
+        );
+    }
 }

@@ -24,6 +24,10 @@ use super::{UpstreamConfig, UpstreamError};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
+const SESSION_NAME: HeaderName = HeaderName::from_static(SESSION_HEADER);
+const VERSION_NAME: HeaderName = HeaderName::from_static(VERSION_HEADER);
+const TRACEPARENT_NAME: HeaderName = HeaderName::from_static("traceparent");
+const IDEMPOTENCY_NAME: HeaderName = HeaderName::from_static("idempotency-key");
 
 struct Session {
     id: Option<HeaderValue>,
@@ -270,27 +274,31 @@ impl HttpSession {
         body: Vec<u8>,
         extra: Headers<'_>,
     ) -> reqwest::RequestBuilder {
-        let mut req = self
-            .client
-            .post(self.url.clone())
-            .headers(self.headers.clone())
-            .header(VERSION_HEADER, session.version);
+        // Assembled directly: the prepared header map cloned once and constant header names,
+        // instead of the builder merging the map entry by entry and parsing each name on every
+        // call. `append`, as the builder's `header` does, so a credential header of the same
+        // name is not silently replaced.
+        let mut req = reqwest::Request::new(Method::POST, self.url.clone());
+        let h = req.headers_mut();
+        *h = self.headers.clone();
+        h.append(VERSION_NAME, HeaderValue::from_static(session.version));
         if let Some(id) = &session.id {
-            req = req.header(SESSION_HEADER, id.clone());
+            h.append(SESSION_NAME, id.clone());
         }
         if let Some(tp) = extra
             .traceparent
             .and_then(|t| HeaderValue::from_str(t).ok())
         {
-            req = req.header("traceparent", tp);
+            h.append(TRACEPARENT_NAME, tp);
         }
         if let Some(k) = extra
             .idempotency_key
             .and_then(|t| HeaderValue::from_str(t).ok())
         {
-            req = req.header("Idempotency-Key", k);
+            h.append(IDEMPOTENCY_NAME, k);
         }
-        req.body(body)
+        *req.body_mut() = Some(body.into());
+        reqwest::RequestBuilder::from_parts(self.client.clone(), req)
     }
 
     async fn request(

@@ -350,7 +350,7 @@ impl Upstreams {
         })?;
         match &req.provider.transport {
             McpTransport::StreamableHttp { url } => {
-                snap.egress.check(req.project.as_str(), url).map_err(|e| {
+                snap.check_egress(req.project.as_str(), url).map_err(|e| {
                     UpstreamError::Refused {
                         code: ErrorCode::EgressDenied,
                         message: e.to_string(),

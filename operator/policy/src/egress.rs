@@ -471,10 +471,11 @@ pub fn refused_by_policy(e: &reqwest::Error) -> Option<EgressError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rule(project: Option<&str>, host: &str) -> EgressRule {
+    /// A rule for `project` (`None`: every project); also used by the snapshot's tests.
+    pub(crate) fn rule(project: Option<&str>, host: &str) -> EgressRule {
         EgressRule {
             rule_id: uuid::Uuid::nil(),
             project: project.map(String::from),

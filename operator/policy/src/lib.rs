@@ -433,16 +433,7 @@ pub async fn egress_remove(db: &Db, actor: &str, rule_id: uuid::Uuid) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egress::EgressRule;
-
-    fn rule(project: Option<&str>, host: &str) -> EgressRule {
-        EgressRule {
-            rule_id: uuid::Uuid::nil(),
-            project: project.map(String::from),
-            host: host.into(),
-            note: String::new(),
-        }
-    }
+    use egress::tests::rule;
 
     /// The remembered check answers as the policy does, pass or refusal, per project, however
     /// often it is asked and in whatever order; and it lives only as long as its snapshot.

@@ -16,6 +16,13 @@
 # (`apt-get install -y wrk`), curl and psql. It creates and drops its own database
 # (`awooop_wrk_<pid>`) on the server of DATABASE_URL and its own state folder.
 #
+# CALLGRIND_OUT=<file> runs `awooop up` under `valgrind --tool=callgrind` instead and measures
+# the instructions it executes per gateway call (counted, not timed: repeatable on a busy
+# machine, unlike the rates): after the warm-up the counters are zeroed, one gateway run of
+# DURATION (use CONNECTIONS=4 THREADS=1; the process runs ~50x slower) is counted, and the last
+# line is `calls= up_instructions= up_instr_per_call=` (the rest of the script is skipped).
+# Read the profile with `callgrind_annotate <file>.1`. Needs valgrind.
+#
 # NGINX=1 also measures the same calls through nginx (`apt-get install -y nginx-light`), a C reverse
 # proxy with keep-alive connections to the fixture and nothing else: the cost of the extra hop
 # alone out of process, the ceiling any gateway in front of the fixture works under. Adds
@@ -40,6 +47,7 @@ API_PORT=${API_PORT:-18080}
 NGINX_PORT=${NGINX_PORT:-18095}
 tools=(wrk curl psql)
 [ -n "${NGINX:-}" ] && tools+=(nginx)
+[ -n "${CALLGRIND_OUT:-}" ] && tools+=(valgrind callgrind_control)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found (wrk: apt-get install -y wrk)" >&2; exit 2; }
 done
@@ -54,7 +62,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     psql -q "$BASE_URL/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 psql -q "$BASE_URL/postgres" -c "CREATE DATABASE $DB" >/dev/null
@@ -68,10 +76,15 @@ export RUST_LOG=${RUST_LOG:-warn}
 
 "$BIN" mcp-fixture --listen "127.0.0.1:$FX_PORT" >"$WORK/fixture.log" 2>&1 &
 PIDS+=($!)
-"$BIN" up --listen "127.0.0.1:$API_PORT" >"$WORK/up.log" 2>&1 &
+UP_WRAP=()
+if [ -n "${CALLGRIND_OUT:-}" ]; then
+    rm -f "$CALLGRIND_OUT" "$CALLGRIND_OUT".*
+    UP_WRAP=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$CALLGRIND_OUT")
+fi
+"${UP_WRAP[@]}" "$BIN" up --listen "127.0.0.1:$API_PORT" >"$WORK/up.log" 2>&1 &
 UP_PID=$!
 PIDS+=($UP_PID)
-for _ in $(seq 1 600); do
+for _ in $(seq 1 3000); do
     curl -fs "http://127.0.0.1:$API_PORT/healthz" >/dev/null 2>&1 && break
     sleep 0.1
 done
@@ -206,6 +219,20 @@ run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob >/dev/null
 run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob >/dev/null
 DURATION=$DURATION_SAVE
 sleep 1
+if [ -n "${CALLGRIND_OUT:-}" ]; then
+    # Instrument, zero, count one gateway run, dump (to $CALLGRIND_OUT.1).
+    callgrind_control -i on "$UP_PID" >/dev/null 2>&1
+    sleep 1
+    callgrind_control -z "$UP_PID" >/dev/null 2>&1
+    read -r g1 gp50a gp99a gbad1 gn1 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
+    callgrind_control -d "$UP_PID" >/dev/null 2>&1
+    dump=$(ls -t "$CALLGRIND_OUT".* | head -1)
+    instr=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+    echo "gateway under callgrind: $g1 req/s, $gn1 calls, bad $gbad1; profile $dump" >&2
+    [ "$gbad1" -eq 0 ] || { echo "error: $gbad1 responses were not successful results" >&2; exit 1; }
+    awk -v n="$gn1" -v i="$instr" -v size="$SIZE" 'BEGIN { printf "size=%d calls=%d up_instructions=%d up_instr_per_call=%.0f\n", size, n, i, i / n }'
+    exit 0
+fi
 before=$(psql -qtA "$DATABASE_URL" -c "SELECT count(*) FROM mcp_call_audit")
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 read -r d1 dp50a dp99a dbad1 _ < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
@@ -221,11 +248,14 @@ fi
 # CPU time of `awooop up` (user + system, clock ticks) across both gateway runs: its cost per
 # call, which a busy or slower machine changes less than the rates.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$UP_PID/stat"; }
+sys_ticks() { awk '{print $15}' "/proc/$UP_PID/stat"; }
 CPU_BEFORE=$(cpu_ticks)
+SYS_BEFORE=$(sys_ticks)
 read -r g1 gp50a gp99a gbad1 gn1 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
 if [ -n "${PERF_PID:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
 read -r g2 gp50b gp99b gbad2 gn2 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
 CPU_AFTER=$(cpu_ticks)
+SYS_AFTER=$(sys_ticks)
 read -r d2 dp50b dp99b dbad2 _ < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 NGINX_FIELDS=""
@@ -250,10 +280,10 @@ awk -v d1="$d1" -v d2="$d2" -v g1="$g1" -v g2="$g2" \
     -v dp50="$dp50a" -v dp50b="$dp50b" -v dp99="$dp99a" -v dp99b="$dp99b" \
     -v gp50="$gp50a" -v gp50b="$gp50b" -v gp99="$gp99a" -v gp99b="$gp99b" \
     -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load1="${LOAD_BEFORE%% *}" -v extra="$NGINX_FIELDS" \
-    -v ticks="$((CPU_AFTER - CPU_BEFORE))" -v hz="$(getconf CLK_TCK)" -v calls="$((gn1 + gn2))" 'BEGIN {
+    -v ticks="$((CPU_AFTER - CPU_BEFORE))" -v systicks="$((SYS_AFTER - SYS_BEFORE))" -v hz="$(getconf CLK_TCK)" -v calls="$((gn1 + gn2))" 'BEGIN {
   d = (d1 + d2) / 2; g = (g1 + g2) / 2
-  printf "size=%d direct_rps=%.0f gateway_rps=%.0f ratio=%.2f direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f gateway_p99_ms=%.3f up_cpu_us_per_call=%.0f audit_rows=%d bad=%d load1=%s%s\n",
-    size, d, g, g / d, (dp50 + dp50b) / 2, (dp99 + dp99b) / 2, (gp50 + gp50b) / 2, (gp99 + gp99b) / 2, ticks * 1e6 / hz / calls, rows, bad, load1, extra
+  printf "size=%d direct_rps=%.0f gateway_rps=%.0f ratio=%.2f direct_p50_ms=%.3f direct_p99_ms=%.3f gateway_p50_ms=%.3f gateway_p99_ms=%.3f up_cpu_us_per_call=%.0f up_sys_share=%.2f audit_rows=%d bad=%d load1=%s%s\n",
+    size, d, g, g / d, (dp50 + dp50b) / 2, (dp99 + dp99b) / 2, (gp50 + gp50b) / 2, (gp99 + gp99b) / 2, ticks * 1e6 / hz / calls, systicks / ticks, rows, bad, load1, extra
 }'
 [ "$bad" -eq 0 ] || { echo "error: $bad responses were not successful results" >&2; exit 1; }
 [ "$((after - before))" -ge "$((gn1 + gn2))" ] || { echo "error: fewer audit rows than gateway calls" >&2; exit 1; }

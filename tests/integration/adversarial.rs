@@ -816,46 +816,6 @@ fn model_request() -> awooop::model::wire::ChatRequest {
     }
 }
 
-/// An HTTP server on 127.0.0.1 that answers everything with `307` to `target` + the path.
-struct Redirector {
-    base_url: String,
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Redirector {
-    async fn start(target: &str) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (h, target) = (hits.clone(), target.trim_end_matches('/').to_string());
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    let req = String::from_utf8_lossy(&buf[..n]);
-                    let path = req.split(' ').nth(1).unwrap_or("/").to_string();
-                    let resp = format!(
-                        "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                    let _ = s.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        Self {
-            base_url: format!("http://{addr}"),
-            hits,
-        }
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 /// The uid of a tenant's children is allocated once, never shared, and the same in every
 /// process (it lives in `platform_tenant_uids`); the allocation is audited in platform scope.
 #[tokio::test]

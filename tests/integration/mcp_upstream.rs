@@ -305,6 +305,60 @@ async fn http_credentials_and_traceparent_are_sent_as_headers() {
     assert!(!format!("{err} {err:?}").contains("wrong-value-77"));
 }
 
+/// A redirect is an answer, never followed: following it would carry the credential headers
+/// to wherever the upstream points (the upstream HTTP client follows none, by construction).
+#[tokio::test]
+async fn http_redirects_are_not_followed_and_credentials_stay_put() {
+    let secret = "tok-7d2e91b4";
+    let fx = FixtureServer::start(FixtureOptions::default())
+        .await
+        .unwrap();
+    // `307` to the fixture's own endpoint: followed, the call would succeed there.
+    let fx_base = fx.url().trim_end_matches("/mcp").to_string();
+    let redirector = crate::support::Redirector::start(&fx_base).await;
+    let up = test_upstreams(test_config());
+    let p = project("acme");
+    let prov = http_provider("redir", &format!("{}/mcp", redirector.base_url));
+    let err = call(
+        &up,
+        &p,
+        &prov,
+        "echo",
+        json!({}),
+        &[header("Authorization", "Bearer ", secret)],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, UpstreamError::Protocol(m) if m.contains("307")),
+        "{err:?}"
+    );
+    assert!(!format!("{err:?}").contains(secret), "{err:?}");
+    assert!(redirector.hits() >= 1, "the redirector was never asked");
+    assert_eq!(fx.initializes(), 0, "the redirect was followed");
+    assert_eq!(fx.calls(), 0, "the redirect was followed");
+}
+
+/// An `https` upstream is spoken to over TLS or not at all: a server that does not complete
+/// a TLS handshake (here the plain-HTTP fixture) gets no request in clear text, and the call
+/// fails as unavailable.
+#[tokio::test]
+async fn https_upstreams_never_fall_back_to_clear_text() {
+    let fx = FixtureServer::start(FixtureOptions::default())
+        .await
+        .unwrap();
+    let up = test_upstreams(test_config());
+    let p = project("acme");
+    let url = fx.url().replacen("http://", "https://", 1);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let err = call(&up, &p, &http_provider("tls", &url), "echo", json!({}), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, UpstreamError::Unavailable(_)), "{err:?}");
+    assert_eq!(fx.initializes(), 0, "a request went out in clear text");
+    assert_eq!(fx.calls(), 0);
+}
+
 #[tokio::test]
 async fn rotated_credentials_open_a_new_session_and_close_the_old() {
     let fx = FixtureServer::start(FixtureOptions::default())

@@ -22,14 +22,28 @@ fn hex_ok(s: &str, len: usize) -> bool {
         && s.bytes().any(|b| b != b'0')
 }
 
+/// `bytes` (at most 16) random bytes as lowercase hex, never all zeros (W3C: an all-zero id is
+/// invalid). Encoded through a table into one allocation: generated on every request (trace
+/// and span ids), where `hex::encode`'s char-by-char collect cost more than the randomness.
 fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
+    let mut b = [0u8; 16];
+    let b = &mut b[..bytes];
     loop {
-        rand::rng().fill_bytes(&mut b);
+        rand::rng().fill_bytes(b);
         if b.iter().any(|x| *x != 0) {
-            return hex::encode(&b);
+            return lower_hex(b);
         }
     }
+}
+
+fn lower_hex(b: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(b.len() * 2);
+    for x in b {
+        out.push(char::from(HEX[usize::from(x >> 4)]));
+        out.push(char::from(HEX[usize::from(x & 0xf)]));
+    }
+    out
 }
 
 impl TraceContext {
@@ -140,6 +154,19 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn ids_are_lowercase_hex_of_every_byte() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::lower_hex(&all), hex::encode(&all));
+        let id = super::random_hex(16);
+        assert_eq!(id.len(), 32);
+        assert!(
+            id.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_ne!(id, super::random_hex(16));
     }
 
     #[test]

@@ -417,26 +417,35 @@ impl GuardedResolver {
     }
 }
 
+impl GuardedResolver {
+    /// Resolve `host` with the system resolver and keep the addresses the policy allows for
+    /// this project: an [`EgressError`] when the name or every address is refused. Shared by
+    /// every HTTP client of the platform (reqwest's resolver below, the gateway's upstream
+    /// connector), so the check cannot differ between them.
+    pub async fn resolve_allowed(
+        &self,
+        host: &str,
+    ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+        if !self.policy.name_allowed(&self.project, host) {
+            return Err(Box::new(EgressError::HostNotAllowed(host.to_string())));
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+            .await?
+            .filter(|a| self.policy.address_allowed(&self.project, a.ip()))
+            .collect();
+        if addrs.is_empty() {
+            tracing::warn!(project = %self.project, host = %host, "egress refused: no allowed address");
+            return Err(Box::new(EgressError::AddressNotAllowed(host.to_string())));
+        }
+        Ok(addrs)
+    }
+}
+
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let this = self.clone();
-        let host = name.as_str().to_string();
         Box::pin(async move {
-            if !this.policy.name_allowed(&this.project, &host) {
-                let e: Box<dyn std::error::Error + Send + Sync> =
-                    Box::new(EgressError::HostNotAllowed(host));
-                return Err(e);
-            }
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| this.policy.address_allowed(&this.project, a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                tracing::warn!(project = %this.project, host = %host, "egress refused: no allowed address");
-                let e: Box<dyn std::error::Error + Send + Sync> =
-                    Box::new(EgressError::AddressNotAllowed(host));
-                return Err(e);
-            }
+            let addrs = this.resolve_allowed(name.as_str()).await?;
             let it: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(it)
         })
@@ -452,11 +461,12 @@ pub fn client_builder(project: &str, policy: Arc<EgressPolicy>) -> reqwest::Clie
         .no_proxy()
 }
 
-/// Whether a reqwest error was our resolver refusing the destination. The resolver's error
-/// travels boxed through hyper's connector; it is found by type, or by its message (which
-/// always names the egress policy) when a layer re-wraps it.
-pub fn refused_by_policy(e: &reqwest::Error) -> Option<EgressError> {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+/// Whether a client error (reqwest's, or hyper's for the gateway's upstream sessions) was our
+/// resolver refusing the destination. The resolver's error travels boxed through hyper's
+/// connector; it is found by type, or by its message (which always names the egress policy)
+/// when a layer re-wraps it.
+pub fn refused_by_policy(e: &(dyn std::error::Error + 'static)) -> Option<EgressError> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(eg) = s.downcast_ref::<EgressError>() {
             return Some(eg.clone());

@@ -11,14 +11,19 @@
 //!   initializes again once and retries.
 //! * Redirects are not followed: a redirect could carry the credential headers to another
 //!   origin.
+//! * Requests go through [`UpstreamClient`] (hyper's pooled client with the egress policy's
+//!   resolver), assembled once per call from a prepared header map and the parsed URI.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode};
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use http_body_util::BodyExt;
 use serde_json::{Map, Value};
 
+use super::client::{self, UpstreamClient};
 use super::protocol::{self, Incoming, SseParser};
 use super::{UpstreamConfig, UpstreamError};
 
@@ -36,8 +41,8 @@ struct Session {
 }
 
 pub struct HttpSession {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    client: UpstreamClient,
+    uri: Uri,
     /// Accept, Content-Type and the credential headers (marked sensitive).
     headers: HeaderMap,
     state: RwLock<Option<Arc<Session>>>,
@@ -60,25 +65,26 @@ impl From<UpstreamError> for PostError {
     }
 }
 
-fn transport_error(e: reqwest::Error) -> UpstreamError {
-    // reqwest's Display names the URL and the cause; the URL is configuration (no credential
-    // values: those live in headers), but keep messages short and stable.
+/// A request that got no response. The client's Display names the cause; keep messages
+/// short and stable (the cause goes to the server log only, by the caller).
+fn transport_error(e: hyper_util::client::legacy::Error) -> UpstreamError {
     if let Some(why) = awooop_policy::egress::refused_by_policy(&e) {
         UpstreamError::Refused {
             code: awooop_core::error::ErrorCode::EgressDenied,
             message: why.to_string(),
         }
-    } else if e.is_timeout() {
+    } else if client::is_timeout(&e) {
         UpstreamError::Timeout
     } else if e.is_connect() {
         UpstreamError::Unavailable("cannot connect to the upstream server".into())
-    } else if e.is_body() || e.is_decode() {
-        UpstreamError::Unavailable(
-            "the upstream connection broke while reading the response".into(),
-        )
     } else {
         UpstreamError::Unavailable("the upstream request failed".into())
     }
+}
+
+/// A response whose body broke off.
+fn body_error(_: hyper::Error) -> UpstreamError {
+    UpstreamError::Unavailable("the upstream connection broke while reading the response".into())
 }
 
 impl HttpSession {
@@ -100,6 +106,10 @@ impl HttpSession {
                 message: e.to_string(),
             })?
             .url;
+        // Parsed once: every request clones it (a reference count).
+        let uri: Uri = url.as_str().parse().map_err(|_| {
+            UpstreamError::Unavailable("the upstream URL is not a valid URI".into())
+        })?;
         let mut headers = HeaderMap::new();
         headers.insert(
             ACCEPT,
@@ -120,15 +130,10 @@ impl HttpSession {
         }
         // The guarded resolver, no redirects (one could carry the credential headers to another
         // origin), no proxy.
-        let client = awooop_policy::egress::client_builder(project, egress)
-            .connect_timeout(cfg.connect_timeout)
-            .pool_idle_timeout(cfg.idle_timeout)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|_| UpstreamError::Unavailable("cannot build the HTTP client".into()))?;
+        let client = UpstreamClient::new(project, egress, cfg.connect_timeout, cfg.idle_timeout)?;
         Ok(Self {
             client,
-            url,
+            uri,
             headers,
             state: RwLock::new(None),
             init: tokio::sync::Mutex::new(()),
@@ -187,14 +192,16 @@ impl HttpSession {
             return;
         };
         let Some(id) = &s.id else { return };
-        let req = self
-            .client
-            .request(Method::DELETE, self.url.clone())
-            .headers(self.headers.clone())
-            .header(SESSION_HEADER, id.clone())
-            .header(VERSION_HEADER, s.version)
-            .timeout(std::time::Duration::from_secs(2));
-        let _ = req.send().await;
+        let mut req = http::Request::new(client::Body::default());
+        *req.method_mut() = Method::DELETE;
+        *req.uri_mut() = self.uri.clone();
+        let h = req.headers_mut();
+        *h = self.headers.clone();
+        h.remove(CONTENT_TYPE);
+        h.append(SESSION_NAME, id.clone());
+        h.append(VERSION_NAME, HeaderValue::from_static(s.version));
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.client.send(req)).await;
     }
 
     fn reset(&self, stale: &Session) {
@@ -225,10 +232,7 @@ impl HttpSession {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let resp = self
             .client
-            .post(self.url.clone())
-            .headers(self.headers.clone())
-            .body(protocol::initialize(id))
-            .send()
+            .send(self.request_to(protocol::initialize(id), |_| {}))
             .await
             .map_err(transport_error)?;
         let session_id = resp.headers().get(SESSION_HEADER).cloned();
@@ -255,8 +259,8 @@ impl HttpSession {
         let version = protocol::negotiated(&result)?;
         let session = Session { version, ..pending };
         let resp = self
-            .post(&session, protocol::initialized(), Headers::default())
-            .send()
+            .client
+            .send(self.post(&session, protocol::initialized(), Headers::default()))
             .await
             .map_err(transport_error)?;
         if !resp.status().is_success() {
@@ -268,37 +272,47 @@ impl HttpSession {
         Ok(session)
     }
 
+    /// A POST of `body` with the prepared headers (cloned once), then whatever `more` adds.
+    /// Added headers are appended, so a credential header of the same name is never replaced.
+    fn request_to(
+        &self,
+        body: Vec<u8>,
+        more: impl FnOnce(&mut HeaderMap),
+    ) -> http::Request<client::Body> {
+        let mut req = http::Request::new(client::Body::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        let h = req.headers_mut();
+        *h = self.headers.clone();
+        more(h);
+        req
+    }
+
+    /// A POST within `session`, with the per-call headers.
     fn post(
         &self,
         session: &Session,
         body: Vec<u8>,
         extra: Headers<'_>,
-    ) -> reqwest::RequestBuilder {
-        // Assembled directly: the prepared header map cloned once and constant header names,
-        // instead of the builder merging the map entry by entry and parsing each name on every
-        // call. `append`, as the builder's `header` does, so a credential header of the same
-        // name is not silently replaced.
-        let mut req = reqwest::Request::new(Method::POST, self.url.clone());
-        let h = req.headers_mut();
-        *h = self.headers.clone();
-        h.append(VERSION_NAME, HeaderValue::from_static(session.version));
-        if let Some(id) = &session.id {
-            h.append(SESSION_NAME, id.clone());
-        }
-        if let Some(tp) = extra
-            .traceparent
-            .and_then(|t| HeaderValue::from_str(t).ok())
-        {
-            h.append(TRACEPARENT_NAME, tp);
-        }
-        if let Some(k) = extra
-            .idempotency_key
-            .and_then(|t| HeaderValue::from_str(t).ok())
-        {
-            h.append(IDEMPOTENCY_NAME, k);
-        }
-        *req.body_mut() = Some(body.into());
-        reqwest::RequestBuilder::from_parts(self.client.clone(), req)
+    ) -> http::Request<client::Body> {
+        self.request_to(body, |h| {
+            h.append(VERSION_NAME, HeaderValue::from_static(session.version));
+            if let Some(id) = &session.id {
+                h.append(SESSION_NAME, id.clone());
+            }
+            if let Some(tp) = extra
+                .traceparent
+                .and_then(|t| HeaderValue::from_str(t).ok())
+            {
+                h.append(TRACEPARENT_NAME, tp);
+            }
+            if let Some(k) = extra
+                .idempotency_key
+                .and_then(|t| HeaderValue::from_str(t).ok())
+            {
+                h.append(IDEMPOTENCY_NAME, k);
+            }
+        })
     }
 
     async fn request(
@@ -309,8 +323,8 @@ impl HttpSession {
         traceparent: Headers<'_>,
     ) -> Result<Value, PostError> {
         let resp = self
-            .post(session, body, traceparent)
-            .send()
+            .client
+            .send(self.post(session, body, traceparent))
             .await
             .map_err(transport_error)?;
         self.read(resp, session, id).await
@@ -319,7 +333,7 @@ impl HttpSession {
     /// Turn an HTTP response into the JSON-RPC outcome of request `id`.
     async fn read(
         &self,
-        mut resp: reqwest::Response,
+        resp: client::Response,
         session: &Session,
         id: u64,
     ) -> Result<Value, PostError> {
@@ -346,7 +360,7 @@ impl HttpSession {
             .unwrap_or("")
             .to_ascii_lowercase();
         if ctype.starts_with("text/event-stream") {
-            return self.read_sse(&mut resp, session, id).await;
+            return self.read_sse(resp.into_body(), session, id).await;
         }
         if !ctype.starts_with("application/json") {
             return Err(PostError::Up(UpstreamError::Protocol(format!(
@@ -358,11 +372,15 @@ impl HttpSession {
         // Sized once from Content-Length (capped: the header is the upstream's claim), instead
         // of growing by doubling through a 16 KiB result.
         let hint = resp
-            .content_length()
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
             .min(self.max_bytes as u64) as usize;
+        let mut incoming = resp.into_body();
         let mut body = Vec::with_capacity(hint);
-        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        while let Some(chunk) = next_chunk(&mut incoming).await? {
             if body.len() + chunk.len() > self.max_bytes {
                 return Err(self.too_large());
             }
@@ -385,13 +403,13 @@ impl HttpSession {
 
     async fn read_sse(
         &self,
-        resp: &mut reqwest::Response,
+        mut incoming: hyper::body::Incoming,
         session: &Session,
         id: u64,
     ) -> Result<Value, PostError> {
         let mut parser = SseParser::default();
         let mut total = 0usize;
-        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        while let Some(chunk) = next_chunk(&mut incoming).await? {
             total += chunk.len();
             if total > self.max_bytes.saturating_mul(2) || parser.buffered() > self.max_bytes {
                 return Err(self.too_large());
@@ -415,7 +433,10 @@ impl HttpSession {
                     Incoming::Request { id: rid, method } => {
                         // Answer on a separate POST; the stream stays open for our response.
                         let answer = protocol::answer_server_request(&rid, &method);
-                        let _ = self.post(session, answer, Headers::default()).send().await;
+                        let _ = self
+                            .client
+                            .send(self.post(session, answer, Headers::default()))
+                            .await;
                     }
                     _ => {}
                 }
@@ -425,6 +446,16 @@ impl HttpSession {
             "the event stream ended without a response".into(),
         )))
     }
+}
+
+/// The next data chunk of a response body (trailers skipped); `None` at its end.
+async fn next_chunk(body: &mut hyper::body::Incoming) -> Result<Option<Bytes>, UpstreamError> {
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(body_error)?.into_data() {
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
 }
 
 /// Per-call headers of a `tools/call` POST.

@@ -25,9 +25,11 @@
 //! the per-call `traceparent` header and per-call timeout would need a transport per call, and
 //! its worker task adds a channel hop per message on the hot path the gateway benchmark
 //! measures. The wire protocol the gateway needs (initialize, tools/call, SSE responses,
-//! session expiry) is small, so it is written here on reqwest (HTTP) and tokio (stdio), and
+//! session expiry) is small, so it is written here on hyper's client (HTTP, [`client`]) and tokio
+//! (stdio), and
 //! tested against the official Python SDK's server over both transports.
 
+pub mod client;
 pub mod http;
 pub mod protocol;
 pub mod stdio;

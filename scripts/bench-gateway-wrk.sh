@@ -3,8 +3,8 @@
 # then through `awooop up`'s `/mcp` to the same fixture process, with everything on (run-token
 # authentication, signed session, the five gates, schema validation, credential injection,
 # redaction, truncation, the call audit in PostgreSQL). Prints direct and gateway requests/s,
-# their ratio and p50/p99, the CPU time `awooop up` spent per gateway call, the load average,
-# and the audit row count (every call audited).
+# their ratio and p50/p99, the CPU time `awooop up` spent per gateway call and the system
+# (kernel) share of it, the load average, and the audit row count (every call audited).
 #
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench-gateway-wrk.sh
 #
@@ -12,7 +12,8 @@
 # `--features bench` for `mcp-fixture`), DURATION (10s), THREADS (2), CONNECTIONS (32),
 # SIZE (1024: the `blob` result in bytes), FX_PORT (18090), API_PORT (18080), PERF_OUT (a
 # file: `perf record -e cpu-clock -g` of `awooop up` during the first gateway run; with
-# PERF_SYSTEM=1 of the whole machine). Needs wrk
+# PERF_SYSTEM=1 of the whole machine), KEEP_WORK (set: keep the work folder with the processes'
+# logs, printed on exit). Needs wrk
 # (`apt-get install -y wrk`), curl and psql. It creates and drops its own database
 # (`awooop_wrk_<pid>`) on the server of DATABASE_URL and its own state folder.
 #
@@ -62,7 +63,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     psql -q "$BASE_URL/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-    [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
+    if [ -n "${KEEP_WORK:-}" ]; then echo "work folder kept: $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 psql -q "$BASE_URL/postgres" -c "CREATE DATABASE $DB" >/dev/null

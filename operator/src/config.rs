@@ -934,7 +934,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels", "approvals", "events"])]
+    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels", "approvals", "events", "redact"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]

@@ -11,6 +11,7 @@ mod contracts;
 mod events;
 mod gateway;
 mod projection;
+mod redact;
 mod runs;
 
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "channels" => channels::run(&args).await,
         "approvals" => approvals::run(&args).await,
         "events" => events::run(&args).await,
+        "redact" => redact::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }
 }

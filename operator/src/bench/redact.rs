@@ -1,0 +1,52 @@
+//! `awooop bench redact`: the redaction engine (`Redactor::redact_str`, the pattern rules every
+//! tool result, audit detail and log line goes through) on 1 KiB texts, in process, no
+//! database. Texts: the gateway benchmark's `blob` (one repeated byte), log lines with numbers,
+//! paths and an IP and no secret, and the same log lines with an e-mail address at the end or
+//! at the start (what a search that stops at the first match, or scans on after it, pays).
+//! Last line: `<text>_us=` per redaction.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use awooop_core::redact::Redactor;
+
+use crate::config::BenchArgs;
+
+const LOG: &str = "2026-11-29T11:21:37Z INFO pod api-7f9c4d-x2 restarted 3 times, node ip-10-0-3-17, latency p99=231ms, status=200 path=/v1/orders?limit=50 user_id=48213 ";
+
+/// `len` bytes of log lines.
+fn log(len: usize) -> String {
+    LOG.repeat(len / LOG.len() + 1)[..len].to_string()
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let iters = if args.quick { 20_000 } else { 200_000 };
+    let texts = [
+        ("blob", "x".repeat(1024)),
+        ("log", log(1024)),
+        ("log_match_end", format!("{} ops@example.com", log(1008))),
+        ("log_match_start", format!("ops@example.com {}", log(1008))),
+    ];
+    let r = Redactor::global();
+    let mut fields = Vec::new();
+    for (name, text) in &texts {
+        let changed = matches!(r.redact_str(text), std::borrow::Cow::Owned(_));
+        anyhow::ensure!(
+            changed == name.contains("match"),
+            "{name}: expected {} redaction",
+            if changed { "no" } else { "a" }
+        );
+        for _ in 0..iters / 20 {
+            black_box(r.redact_str(black_box(text)));
+        }
+        let t = Instant::now();
+        for _ in 0..iters {
+            black_box(r.redact_str(black_box(text)));
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+        eprintln!("{name}: {us:.2} µs per redaction of {} bytes", text.len());
+        fields.push(format!("{name}_us={us:.2}"));
+    }
+    println!("{}", fields.join(" "));
+    Ok(())
+}

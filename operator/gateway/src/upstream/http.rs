@@ -197,7 +197,6 @@ impl HttpSession {
         *req.uri_mut() = self.uri.clone();
         let h = req.headers_mut();
         *h = self.headers.clone();
-        h.remove(CONTENT_TYPE);
         h.append(SESSION_NAME, id.clone());
         h.append(VERSION_NAME, HeaderValue::from_static(s.version));
         let _ =

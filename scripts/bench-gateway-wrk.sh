@@ -13,7 +13,8 @@
 # SIZE (1024: the `blob` result in bytes), FX_PORT (18090), API_PORT (18080), PERF_OUT (a
 # file: `perf record -e cpu-clock -g` of `awooop up` during the first gateway run; with
 # PERF_SYSTEM=1 of the whole machine), KEEP_WORK (set: keep the work folder with the processes'
-# logs, printed on exit). Needs wrk
+# logs, printed on exit), PERF_STAT (perf event names, comma-separated: their counts in
+# `awooop up` per call of the first gateway run, e.g. context-switches,syscalls:sys_enter_futex). Needs wrk
 # (`apt-get install -y wrk`), curl and psql. It creates and drops its own database
 # (`awooop_wrk_<pid>`) on the server of DATABASE_URL and its own state folder.
 #
@@ -246,6 +247,12 @@ if [ -n "${PERF_OUT:-}" ]; then
     perf record -q -e cpu-clock -F 999 -g -o "$PERF_OUT" "${target[@]}" 2>/dev/null &
     PERF_PID=$!
 fi
+if [ -n "${PERF_STAT:-}" ]; then
+    # Event counts of `awooop up` during the first gateway run, e.g.
+    # PERF_STAT=context-switches,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_wait
+    perf stat -x, -e "$PERF_STAT" -o "$WORK/perf-stat.csv" -p "$UP_PID" 2>/dev/null &
+    STAT_PID=$!
+fi
 # CPU time of `awooop up` (user + system, clock ticks) across both gateway runs: its cost per
 # call, which a busy or slower machine changes less than the rates.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$UP_PID/stat"; }
@@ -254,6 +261,10 @@ CPU_BEFORE=$(cpu_ticks)
 SYS_BEFORE=$(sys_ticks)
 read -r g1 gp50a gp99a gbad1 gn1 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
 if [ -n "${PERF_PID:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
+if [ -n "${STAT_PID:-}" ]; then
+    kill -INT "$STAT_PID"; wait "$STAT_PID" || true
+    awk -F, -v n="$gn1" '$1 ~ /^[0-9]+$/ { printf "perf stat: %s %.2f per call (%d in %d calls)\n", $3, $1 / n, $1, n }' "$WORK/perf-stat.csv" >&2
+fi
 read -r g2 gp50b gp99b gbad2 gn2 < <(run_wrk "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
 CPU_AFTER=$(cpu_ticks)
 SYS_AFTER=$(sys_ticks)

@@ -1295,6 +1295,46 @@ async fn gateway_mcp_endpoint_speaks_json_rpc_with_signed_sessions() {
     fx.done().await;
 }
 
+/// A tool call's response names the trace it ran under (`x-awooop-trace-id`), the one in its
+/// audit row, whether the caller sent a `traceparent` or not. Before, a call without one ran
+/// under a trace the gateway generated while the access log generated and returned a second,
+/// so the id a client quoted matched no audit row.
+#[tokio::test]
+async fn gateway_mcp_response_names_the_trace_of_its_audit_row() {
+    let fx = fixture(MigrationMode::Shadow, Coord::none(), test_config()).await;
+    let token = run_token(&fx, None, "dev");
+    let mut mcp = McpClient::new(&fx, &token).await;
+    // What `awooop up` serves: the MCP router under the access log.
+    mcp.router = awooop::http::with_access_log(McpClient::router(&fx));
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "leaky__get_pods", "arguments": {"namespace": "x"}}});
+    let (s, h, body) = mcp.post(call.clone()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["result"]["isError"], false, "{body}");
+    let generated = h["x-awooop-trace-id"].to_str().unwrap().to_string();
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (_, h, _) = mcp
+        .post_raw(call.to_string().into_bytes(), &[("traceparent", sent)])
+        .await;
+    assert_eq!(
+        h["x-awooop-trace-id"].to_str().unwrap(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    fx.gw.audit().flush().await;
+    let mut tx = scoped_tx(&fx.t.app, fx.project.as_str()).await;
+    let traces: Vec<String> =
+        sqlx::query_scalar("SELECT trace_id FROM mcp_call_audit ORDER BY at, call_id")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        traces,
+        vec![generated, "4bf92f3577b34da6a3ce929d0e0e4736".to_string()]
+    );
+    fx.done().await;
+}
+
 /// The identity comes from the credential only: a run token's headers cannot change agent or
 /// environment, payload fields are ignored, and an API key needs the runner role plus headers.
 #[tokio::test]

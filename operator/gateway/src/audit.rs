@@ -33,7 +33,8 @@ pub struct CallRecord {
     pub agent: String,
     pub tool: String,
     pub environment: String,
-    pub mode: String,
+    /// The effective migration mode, or `unknown`.
+    pub mode: &'static str,
     pub credential_refs: Vec<String>,
     /// `allowed` or `denied`.
     pub decision: &'static str,
@@ -185,7 +186,7 @@ async fn insert(
     .bind(rows.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.tool.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.environment.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.mode).collect::<Vec<_>>())
     .bind(
         rows.iter()
             .map(|r| serde_json::json!(r.credential_refs))

@@ -474,10 +474,7 @@ impl Gateway {
                 agent: a.caller.agent.clone(),
                 tool: a.tool.clone(),
                 environment: a.caller.environment.clone(),
-                mode: mode
-                    .or(a.caller.mode)
-                    .map_or("unknown", |m| m.as_str())
-                    .to_string(),
+                mode: mode.or(a.caller.mode).map_or("unknown", |m| m.as_str()),
                 credential_refs: refs,
                 decision: if denied { "denied" } else { "allowed" },
                 code: code.map(|c| c.as_str()),

@@ -16,7 +16,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 /// Response header carrying the trace id of a request that brought no `traceparent` (so a
-/// client can quote it when reading the server log).
+/// client can quote it when reading the server log and the audit). A handler may set it to
+/// the trace it generated; otherwise this middleware generates one.
 pub const TRACE_HEADER: &str = "x-awooop-trace-id";
 
 /// Where the caller extractor records the verified project of a request.
@@ -44,17 +45,24 @@ pub async fn access_log(mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     // The route template (`/v1/platform/runs/{id}`), never the concrete path: ids in paths are
     // not secrets, but a template keeps lines comparable; unknown paths log as `-`.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "-".into());
+    // (A clone of the matched path is a reference count, not a copy of the string.)
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let request_trace = trace_id_of(req.headers().get("traceparent"));
     let project = LogProject::default();
     req.extensions_mut().insert(project.clone());
     let mut resp = next.run(req).await;
-    // A created run answers with its own traceparent: log the run's trace id.
-    let trace_id = match trace_id_of(resp.headers().get("traceparent")).or(request_trace) {
+    // A created run answers with its own traceparent: log the run's trace id. A handler that
+    // generated the trace it ran under (an MCP call without `traceparent`) names it in the
+    // trace header: that one, not a new id.
+    let named = resp
+        .headers()
+        .get(TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let trace_id = match trace_id_of(resp.headers().get("traceparent"))
+        .or(named)
+        .or(request_trace)
+    {
         Some(t) => t,
         None => {
             let t = awooop_core::trace::TraceContext::generate().trace_id;
@@ -67,7 +75,7 @@ pub async fn access_log(mut req: Request, next: Next) -> Response {
     tracing::info!(
         target: "awooop::http",
         method = %method,
-        route = %route,
+        route = %route.as_ref().map_or("-", MatchedPath::as_str),
         status = resp.status().as_u16(),
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         project = project.0.get().map(String::as_str).unwrap_or("-"),

@@ -368,7 +368,13 @@ async fn post_mcp(State(state): State<McpState>, req: Request) -> Response {
         Incoming::Request { id, method, params } => {
             let body =
                 server::dispatch_text(&state.gateway, &caller, id, &method, params, &trace).await;
-            text_response(StatusCode::OK, body)
+            let mut r = text_response(StatusCode::OK, body);
+            // The trace the call ran under (its audit row's and the upstream's), so the access
+            // log and the client name the same one instead of a second, unrelated id.
+            if let Ok(v) = HeaderValue::from_str(&trace.trace_id) {
+                r.headers_mut().insert(crate::access_log::TRACE_HEADER, v);
+            }
+            r
         }
         Incoming::Notification { .. } | Incoming::Response => StatusCode::ACCEPTED.into_response(),
     }

@@ -1748,7 +1748,7 @@ async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
         agent: "triage".into(),
         tool: "leaky__text".into(),
         environment: "dev".into(),
-        mode: "shadow".into(),
+        mode: "shadow",
         credential_refs: vec!["tok".into()],
         decision: "allowed",
         code: None,

@@ -68,6 +68,15 @@ variant_sql() {
     no_trace_ix) echo "DROP INDEX mcp_call_audit_trace;" ;;
     no_at_ix) echo "DROP INDEX mcp_call_audit_at;" ;;
     no_trigger) echo "DROP TRIGGER run_events_tool ON mcp_call_audit;" ;;
+    at_asc) echo "DROP INDEX mcp_call_audit_at; CREATE INDEX mcp_call_audit_at ON mcp_call_audit (project_id, at);" ;;
+    c_trace) echo "ALTER TABLE mcp_call_audit ALTER COLUMN trace_id TYPE text COLLATE \"C\";" ;;
+    c_keys) cat <<'SQL'
+DROP POLICY tenant_isolation ON mcp_call_audit;
+ALTER TABLE mcp_call_audit ALTER COLUMN project_id TYPE text COLLATE "C", ALTER COLUMN trace_id TYPE text COLLATE "C";
+CREATE POLICY tenant_isolation ON mcp_call_audit USING (project_id = awooop_current_project())
+    WITH CHECK (project_id = awooop_current_project());
+SQL
+      ;;
     no_rls) echo "ALTER TABLE mcp_call_audit NO FORCE ROW LEVEL SECURITY; ALTER TABLE mcp_call_audit DISABLE ROW LEVEL SECURITY;" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac

@@ -14,16 +14,20 @@
 #   no_at_ix     without the (project_id, at DESC) index
 #   no_trigger   without the statement-level tool-call event trigger (0075)
 #   no_rls       row-level security off for the table (attribution only: never in production)
+#   at_asc       the time index ascending instead of descending
+#   c_trace      trace_id with collation "C" (c_keys: project_id too)
 #
 # The variants that remove something are attribution, not proposals: each of those objects
 # carries a guarantee (docs/security.md) or a query the console needs.
 #
 #   scripts/profile-audit-insert.sh [batch size] [batches]     (default: 512 200)
+#   VARIANTS="base no_fk" scripts/profile-audit-insert.sh      (a subset, in that order)
 #
 # Needs psql on PATH and a local PostgreSQL (PGURL, default postgres://postgres@127.0.0.1:5432)
 # whose backends this user may read in /proc (same machine). Drops its databases at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/backend-cpu.sh
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
 N=${1:-512}
 REPS=${2:-200}
@@ -59,6 +63,7 @@ COMMIT;
 EOF
 # The same parameters parsed, nothing inserted.
 sed -n '1,2p' "$WORK/prep.sql" > "$WORK/prep-gen.sql"
+# shellcheck disable=SC2016 # $2 is the statement's parameter, not a shell variable
 echo 'SELECT cardinality($2);' >> "$WORK/prep-gen.sql"
 
 variant_sql() {
@@ -82,7 +87,7 @@ SQL
   esac
 }
 
-variants=(${VARIANTS:-base gen_only no_fk no_trace_ix no_at_ix no_trigger no_rls})
+read -r -a variants <<< "${VARIANTS:-base gen_only no_fk no_trace_ix no_at_ix no_trigger no_rls at_asc c_trace c_keys}"
 for v in "${variants[@]}"; do
   psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1
   psql "$PGURL/postgres" -qc "CREATE DATABASE $DB"
@@ -99,22 +104,12 @@ $(variant_sql "$v")
 VACUUM ANALYZE;
 EOF
   if [ "$v" = gen_only ]; then prep="$WORK/prep-gen.sql"; else prep="$WORK/prep.sql"; fi
-  {
-    echo 'SET client_min_messages = warning;'
-    echo 'SELECT pg_backend_pid() AS pid \gset'
-    echo '\setenv PID :pid'
-    echo "\\set n $N"
-    cat "$prep"
-    for _ in 1 2 3 4 5 6 7; do cat "$WORK/batch.sql"; done   # custom plans, then the generic one
-    echo "\\! awk '{print \$14+\$15}' /proc/\$PID/stat > $WORK/before"
-    for _ in $(seq "$REPS"); do cat "$WORK/batch.sql"; done
-    echo "\\! awk '{print \$14+\$15}' /proc/\$PID/stat > $WORK/after"
-  } > "$WORK/run.sql"
+  backend_cpu_script "$N" "$prep" "$WORK/batch.sql" "$REPS" "$WORK" > "$WORK/run.sql"
   t0=$(date +%s.%N)
   psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -f "$WORK/run.sql" >/dev/null
   t1=$(date +%s.%N)
   rows=$(psql "$PGURL/$DB" -qtA -c "SELECT count(*) FROM mcp_call_audit")
-  ticks=$(( $(cat "$WORK/after") - $(cat "$WORK/before") ))
+  ticks=$(backend_cpu_ticks "$WORK")
   awk -v v="$v" -v n="$N" -v reps="$REPS" -v rows="$rows" -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" \
     -v w="$(echo "$t1 - $t0" | bc)" -v la="$(cut -d' ' -f1 /proc/loadavg)" \
     'BEGIN { printf "variant=%s batch=%d rows=%d backend_cpu_us_per_row=%.1f wall_ms_per_batch=%.2f load_avg_1m=%s\n", v, n, rows, ticks * 1e6 / hz / (n * reps), w * 1000 / (reps + 7), la }'

@@ -12,6 +12,7 @@
 # whose backends this user may read in /proc (same machine). Drops its database at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/backend-cpu.sh
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
 DB=awooop_profile_inbound_$$
 WORK=$(mktemp -d)
@@ -92,21 +93,11 @@ EOF
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(1 4 16 64 256)
 for n in "${sizes[@]}"; do
   reps=$(( n >= 64 ? 100 : 400 ))
-  {
-    echo 'SET client_min_messages = warning;'
-    echo 'SELECT pg_backend_pid() AS pid \gset'
-    echo '\setenv PID :pid'
-    echo "\\set n $n"
-    cat "$WORK/prep.sql"
-    for _ in 1 2 3 4 5 6 7; do cat "$WORK/batch.sql"; done   # custom plans, then the generic one
-    echo "\\! awk '{print \$14+\$15}' /proc/\$PID/stat > $WORK/before"
-    for _ in $(seq "$reps"); do cat "$WORK/batch.sql"; done
-    echo "\\! awk '{print \$14+\$15}' /proc/\$PID/stat > $WORK/after"
-  } > "$WORK/run.sql"
+  backend_cpu_script "$n" "$WORK/prep.sql" "$WORK/batch.sql" "$reps" "$WORK" > "$WORK/run.sql"
   t0=$(date +%s.%N)
   psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -f "$WORK/run.sql" >/dev/null
   t1=$(date +%s.%N)
-  ticks=$(( $(cat "$WORK/after") - $(cat "$WORK/before") ))
+  ticks=$(backend_cpu_ticks "$WORK")
   awk -v n="$n" -v reps="$reps" -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" -v w="$(echo "$t1 - $t0" | bc)" \
     -v la="$(cut -d' ' -f1 /proc/loadavg)" \
     'BEGIN { printf "batch=%d transactions=%d backend_cpu_us_per_event=%.0f wall_ms_per_transaction=%.2f load_avg_1m=%s\n", n, reps, ticks * 1e6 / hz / (n * reps), w * 1000 / (reps + 7), la }'

@@ -183,7 +183,7 @@ fn schedule(n: usize, interval: Duration) -> tokio::sync::mpsc::UnboundedReceive
     std::thread::spawn(move || {
         let start = Instant::now() + Duration::from_millis(10);
         for i in 0..n {
-            let at = start + interval.mul_f64(i as f64);
+            let at = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
             if let Some(wait) = at.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
@@ -799,6 +799,26 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// The open loop's schedule: every instant once, in order, `interval` apart, and none sent
+    /// before it is due (a schedule that released early would hide a slow path's queueing).
+    #[tokio::test]
+    async fn the_schedule_sends_each_instant_when_it_is_due() {
+        let interval = Duration::from_micros(700);
+        let mut due = schedule(40, interval);
+        let mut got = Vec::new();
+        while let Some(at) = due.recv().await {
+            assert!(
+                Instant::now() >= at,
+                "an instant was sent before it was due"
+            );
+            got.push(at);
+        }
+        assert_eq!(got.len(), 40);
+        for w in got.windows(2) {
+            assert_eq!(w[1] - w[0], interval);
+        }
+    }
 
     #[test]
     fn upstream_flag_is_parsed_and_checked() {

@@ -17,7 +17,8 @@ use axum::response::Response;
 
 /// Response header carrying the trace id of a request that brought no `traceparent` (so a
 /// client can quote it when reading the server log and the audit). A handler may set it to
-/// the trace it generated; otherwise this middleware generates one.
+/// the trace it ran under (`/mcp` does for the JSON-RPC requests of a session); otherwise this
+/// middleware generates one.
 pub const TRACE_HEADER: &str = "x-awooop-trace-id";
 
 /// Where the caller extractor records the verified project of a request.

@@ -1332,6 +1332,14 @@ async fn gateway_mcp_response_names_the_trace_of_its_audit_row() {
         traces,
         vec![generated, "4bf92f3577b34da6a3ce929d0e0e4736".to_string()]
     );
+    // ... and /openapi.json says so.
+    let doc = awooop::http::openapi::document();
+    assert!(
+        doc["paths"]["/mcp"]["post"]["responses"]["200"]["headers"]["X-Awooop-Trace-Id"]
+            .is_object(),
+        "{}",
+        doc["paths"]["/mcp"]
+    );
     fx.done().await;
 }
 

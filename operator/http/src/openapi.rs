@@ -680,12 +680,19 @@ pub fn document() -> Value {
     let mut paths = Map::new();
     for op in operations() {
         let mut responses = Map::new();
-        let ok = match op.response {
+        let mut ok = match op.response {
             Some(f) => {
                 json!({"description": "OK", "content": {op.media: {"schema": f(&mut generator)}}})
             }
             None => json!({"description": "No content"}),
         };
+        if op.path == "/mcp" {
+            // The trace the call ran under: its audit row's `trace_id` (docs/api.md).
+            ok["headers"] = json!({"X-Awooop-Trace-Id": {
+                "description": "Trace id of the call (its mcp_call_audit row's trace_id)",
+                "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+            }});
+        }
         responses.insert(op.status.to_string(), ok);
         if op.path == "/mcp" {
             responses.insert(

@@ -10,7 +10,10 @@
 #
 # Settings (environment): AWOOOP_BIN (default ./target/release/awooop, built with
 # `--features bench` for `mcp-fixture`), DURATION (10s), THREADS (2), CONNECTIONS (32),
-# SIZE (1024: the `blob` result in bytes), FX_PORT (18090), API_PORT (18080), PERF_OUT (a
+# SIZE (1024: the `blob` result in bytes), TEXT (ascii: one repeated byte; cjk: Traditional
+# Chinese, which the redaction rules must scan as fast as ASCII), FIXTURE_BIN (the binary whose
+# `mcp-fixture` serves the calls; default AWOOOP_BIN: set it to compare an older gateway on a
+# fixture that knows TEXT=cjk), FX_PORT (18090), API_PORT (18080), PERF_OUT (a
 # file: `perf record -e cpu-clock -g` of `awooop up` during the first gateway run; with
 # PERF_SYSTEM=1 of the whole machine), KEEP_WORK (set: keep the work folder with the processes'
 # logs, printed on exit), PERF_STAT (perf event names, comma-separated: their counts in
@@ -42,6 +45,9 @@ DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 SIZE=${SIZE:-1024}
+TEXT=${TEXT:-ascii}
+case "$TEXT" in ascii|cjk) ;; *) echo "error: TEXT must be ascii or cjk" >&2; exit 2 ;; esac
+FIXTURE_BIN=${FIXTURE_BIN:-$BIN}
 FX_PORT=${FX_PORT:-18090}
 API_PORT=${API_PORT:-18080}
 : "${DATABASE_URL:?set DATABASE_URL to a PostgreSQL server URL (the script creates its own database there)}"
@@ -76,7 +82,7 @@ export AWOOOP_GATEWAY_ENV_CREDENTIALS=awoooi:FX_KEY
 export AWOOOP_GATEWAY_RATE_PER_MINUTE=2000000000
 export RUST_LOG=${RUST_LOG:-warn}
 
-"$BIN" mcp-fixture --listen "127.0.0.1:$FX_PORT" >"$WORK/fixture.log" 2>&1 &
+"$FIXTURE_BIN" mcp-fixture --listen "127.0.0.1:$FX_PORT" >"$WORK/fixture.log" 2>&1 &
 PIDS+=($!)
 UP_WRAP=()
 if [ -n "${CALLGRIND_OUT:-}" ]; then
@@ -99,7 +105,8 @@ cat >"$WORK/contracts/gw.json" <<EOF
  "providers": [{"name": "fx", "transport": {"type": "streamable_http", "url": "http://127.0.0.1:$FX_PORT/mcp"},
    "credentials": [{"credential": "fx-key", "inject": {"type": "header", "name": "X-Key", "prefix": ""}}]}],
  "tools": [{"provider": "fx", "name": "blob", "risk": "read_only", "environments": ["dev"],
-   "input_schema": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 0, "maximum": 65536}},
+   "input_schema": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 0, "maximum": 65536},
+                                                    "text": {"enum": ["ascii", "cjk"]}},
                     "required": ["size"], "additionalProperties": false},
    "max_result_chars": 65536}],
  "grants": [{"agent": "wrk", "tools": ["fx__blob"], "environments": ["dev"]}]}
@@ -143,6 +150,7 @@ function init(args)
   bad = 0
   tool = os.getenv("WRK_TOOL")
   size = os.getenv("SIZE")
+  text = os.getenv("TEXT")
   wrk.method = "POST"
   wrk.headers["content-type"] = "application/json"
   wrk.headers["accept"] = "application/json, text/event-stream"
@@ -153,8 +161,8 @@ end
 function request()
   n = n + 1
   local body = string.format(
-    '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"size":%s}}}',
-    tid * 1000000000 + n, tool, size)
+    '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"size":%s,"text":"%s"}}}',
+    tid * 1000000000 + n, tool, size, text)
   return wrk.format(nil, nil, nil, body)
 end
 function response(status, headers, body)
@@ -172,7 +180,7 @@ EOF
 # wrk --latency output → "rps p50_ms p99_ms bad requests"
 run_wrk() {
     local url=$1 auth=$2 sid=$3 tool=$4
-    WRK_AUTH="$auth" WRK_SID="$sid" WRK_TOOL="$tool" SIZE="$SIZE" \
+    WRK_AUTH="$auth" WRK_SID="$sid" WRK_TOOL="$tool" SIZE="$SIZE" TEXT="$TEXT" \
         wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/call.lua" "$url" >"$WORK/wrk.out"
     awk '
       function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }

@@ -83,6 +83,13 @@ fn marker(c: PatternClass) -> String {
     format!("[REDACTED:{}]", c.marker())
 }
 
+/// Word boundaries are ASCII (`(?-u:\b)`): a word is a run of ASCII letters, digits and `_`,
+/// and every other character, CJK included, separates words. Two reasons. Chinese and Japanese
+/// put no space between words, so with Unicode boundaries `手機0912-345-678` or
+/// `信箱ops@example.com` had no boundary before the value and were not redacted. And a Unicode
+/// boundary makes the regex engine's lazy DFA give up on any non-ASCII byte and fall back to
+/// its slowest engine: 1 KiB of Chinese took ≈ 300 times as long as 1 KiB of English
+/// (docs/benchmarks.md, "Session 14").
 const RULES: &[(PatternClass, &str, Replace)] = &[
     (
         PatternClass::PrivateKey,
@@ -91,12 +98,12 @@ const RULES: &[(PatternClass, &str, Replace)] = &[
     ),
     (
         PatternClass::Jwt,
-        r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+        r"(?-u:\b)eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
         |_| Some(marker(PatternClass::Jwt)),
     ),
     (
         PatternClass::UrlCredentials,
-        r"(?i)\b([a-z][a-z0-9+.-]{1,20}://)([^\s:/@\[\]]+):([^\s@/\[\]]+)@",
+        r"(?i)(?-u:\b)([a-z][a-z0-9+.-]{1,20}://)([^\s:/@\[\]]+):([^\s@/\[\]]+)@",
         |c| {
             Some(format!(
                 "{}{}@",
@@ -112,7 +119,7 @@ const RULES: &[(PatternClass, &str, Replace)] = &[
     ),
     (
         PatternClass::BearerToken,
-        r"(?i)\b(bearer)\s+([A-Za-z0-9._~+/=-]{8,})",
+        r"(?i)(?-u:\b)(bearer)\s+([A-Za-z0-9._~+/=-]{8,})",
         |c| Some(format!("{} {}", &c[1], marker(PatternClass::BearerToken))),
     ),
     (
@@ -123,22 +130,41 @@ const RULES: &[(PatternClass, &str, Replace)] = &[
     (
         PatternClass::ApiKey,
         concat!(
-            r"\bsk-ant-[A-Za-z0-9_-]{20,}",
-            r"|\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}",
-            r"|\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}",
-            r"|\bgithub_pat_[A-Za-z0-9_]{22,}",
-            r"|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
-            r"|\bxox[abposr]-[A-Za-z0-9-]{10,}",
-            r"|\bxapp-[A-Za-z0-9-]{10,}",
+            r"(?-u:\b)sk-ant-[A-Za-z0-9_-]{20,}",
+            r"|(?-u:\b)sk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}",
+            r"|(?-u:\b)(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}",
+            r"|(?-u:\b)github_pat_[A-Za-z0-9_]{22,}",
+            r"|(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
+            r"|(?-u:\b)xox[abposr]-[A-Za-z0-9-]{10,}",
+            r"|(?-u:\b)xapp-[A-Za-z0-9-]{10,}",
             r"|https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+",
-            r"|\b\d{8,10}:[A-Za-z0-9_-]{35}\b",
-            r"|\bAIza[0-9A-Za-z_-]{35}\b",
+            r"|(?-u:\b)\d{8,10}:[A-Za-z0-9_-]{35}(?-u:\b)",
+            r"|(?-u:\b)AIza[0-9A-Za-z_-]{35}(?-u:\b)",
         ),
         |_| Some(marker(PatternClass::ApiKey)),
     ),
     (
         PatternClass::SecretKeyValue,
-        r#"(?i)\b((?:[a-z0-9]+[_-])*(?:password|passwd|pwd|secret|api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|auth[_-]?token|token|client[_-]?secret|private[_-]?key|secret[_-]?key|credentials?))(\s*"?\s*[:=]\s*["']?)([^\s"'&,;}\]]+)"#,
+        r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:password|passwd|pwd|secret|api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|auth[_-]?token|token|client[_-]?secret|private[_-]?key|secret[_-]?key|credentials?))(\s*"?\s*[:=]\s*["']?)([^\s"'&,;}\]]+)"#,
+        |c| {
+            if c[3].starts_with("[REDACTED") {
+                return None;
+            }
+            Some(format!(
+                "{}{}{}",
+                &c[1],
+                &c[2],
+                marker(PatternClass::SecretKeyValue)
+            ))
+        },
+    ),
+    (
+        // The same in Chinese and Japanese (`密碼：hunter2`, `API金鑰=…`, `パスワード: …`),
+        // with full-width separators and quotes: tool results and chat messages in those
+        // languages name secrets in their own words. Only an explicit `:`/`=` separator counts
+        // (`密碼是必填的`, "the password is required", is prose, not a value).
+        PatternClass::SecretKeyValue,
+        r#"(密碼|密码|口令|金鑰|密鑰|密钥|私鑰|私钥|令牌|權杖|权杖|パスワード|暗証番号|トークン|秘密鍵)(\s*[:=：＝]\s*["'「『]?)([^\s"'&,;}\]」』，。、；]+)"#,
         |c| {
             if c[3].starts_with("[REDACTED") {
                 return None;
@@ -153,17 +179,17 @@ const RULES: &[(PatternClass, &str, Replace)] = &[
     ),
     (
         PatternClass::Email,
-        r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+        r"(?-u:\b)[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?-u:\b)",
         |_| Some(marker(PatternClass::Email)),
     ),
     (
         PatternClass::PaymentCard,
-        r"\b\d(?:[ -]?\d){12,18}\b",
+        r"(?-u:\b)\d(?:[ -]?\d){12,18}(?-u:\b)",
         |c| luhn_ok(&c[0]).then(|| marker(PatternClass::PaymentCard)),
     ),
     (
         PatternClass::NationalId,
-        r"\b(\d{3})-(\d{2})-(\d{4})\b",
+        r"(?-u:\b)(\d{3})-(\d{2})-(\d{4})(?-u:\b)",
         |c| {
             let (area, group, serial) = (&c[1], &c[2], &c[3]);
             let valid = area != "000"
@@ -174,16 +200,18 @@ const RULES: &[(PatternClass, &str, Replace)] = &[
             valid.then(|| marker(PatternClass::NationalId))
         },
     ),
-    (PatternClass::NationalId, r"\b[A-Z][12]\d{8}\b", |c| {
-        taiwan_id_ok(&c[0]).then(|| marker(PatternClass::NationalId))
-    }),
+    (
+        PatternClass::NationalId,
+        r"(?-u:\b)[A-Z][12]\d{8}(?-u:\b)",
+        |c| taiwan_id_ok(&c[0]).then(|| marker(PatternClass::NationalId)),
+    ),
     (
         PatternClass::Phone,
         concat!(
-            r"\+\d{1,3}[ -]?\(?\d{1,4}\)?(?:[ -]?\d{2,4}){1,4}\b",
-            r"|\(\d{3}\)\s?\d{3}-\d{4}\b",
-            r"|\b\d{3}-\d{3}-\d{4}\b",
-            r"|\b09\d{2}-?\d{3}-?\d{3}\b",
+            r"\+\d{1,3}[ -]?\(?\d{1,4}\)?(?:[ -]?\d{2,4}){1,4}(?-u:\b)",
+            r"|\(\d{3}\)\s?\d{3}-\d{4}(?-u:\b)",
+            r"|(?-u:\b)\d{3}-\d{3}-\d{4}(?-u:\b)",
+            r"|(?-u:\b)09\d{2}-?\d{3}-?\d{3}(?-u:\b)",
         ),
         |c| {
             let digits = c[0].bytes().filter(u8::is_ascii_digit).count();
@@ -376,7 +404,7 @@ fn walk_entry(
 }
 
 /// Keys whose value is a secret whatever it looks like. Exact names after dropping `-`/`_`
-/// and case, or names ending in one of them (`db_password`, `slack_bot_token`). `token_count`
+/// and case, or names ending in one of them (`db_password`, `slack_bot_token`, `新密碼`). `token_count`
 /// or `max_output_tokens` are not secrets: the secret word must end the key.
 pub fn is_secret_key(key: &str) -> bool {
     let k: String = key
@@ -401,6 +429,22 @@ pub fn is_secret_key(key: &str) -> bool {
         "privatekey",
         "secretkey",
         "accesskey",
+        // Chinese (traditional and simplified) and Japanese: password, key, private key, token.
+        "密碼",
+        "密码",
+        "口令",
+        "金鑰",
+        "密鑰",
+        "密钥",
+        "私鑰",
+        "私钥",
+        "令牌",
+        "權杖",
+        "权杖",
+        "パスワード",
+        "暗証番号",
+        "トークン",
+        "秘密鍵",
     ];
     EXACT.contains(&k.as_str()) || SUFFIX.iter().any(|s| k.ends_with(s))
 }
@@ -717,6 +761,35 @@ mod tests {
     }
 
     #[test]
+    fn secret_key_values_in_chinese_and_japanese() {
+        corpus(
+            PatternClass::SecretKeyValue,
+            &[
+                ("管理員密碼：Abc12345", "Abc12345"),
+                ("资料库密码=p4ssw0rd，请妥善保管", "p4ssw0rd"),
+                ("API金鑰: sk_live_abcdef", "sk_live_abcdef"),
+                ("存取權杖＝「tok-998877」", "tok-998877"),
+                ("パスワード：hunter22。", "hunter22"),
+                ("暗証番号: 4321", "4321"),
+            ],
+            &[
+                "請輸入密碼",
+                "密碼是必填的",
+                "密碼長度：8",
+                "忘記密碼？",
+                "令牌桶演算法",
+                "トークン数：4096",
+            ],
+        );
+        let mut v = json!({"新密碼": "hunter22", "密碼長度": 8, "API金鑰": "abc", "說明": "無"});
+        assert_eq!(Redactor::global().redact_json(&mut v), 2);
+        assert_eq!(v["新密碼"], "[REDACTED:secret]");
+        assert_eq!(v["API金鑰"], "[REDACTED:secret]");
+        assert_eq!(v["密碼長度"], 8);
+        assert_eq!(v["說明"], "無");
+    }
+
+    #[test]
     fn nested_json_keys_and_values() {
         let mut v = json!({
             "user": {"email": "alice@example.com", "tags": ["call +1-415-555-0100"]},
@@ -797,6 +870,99 @@ mod tests {
         let ex = ExactSecrets::new(["password", "password123"]);
         assert_eq!(ex.redact_str("password123"), "[REDACTED:credential]");
         assert!(ExactSecrets::new(Vec::<String>::new()).is_empty());
+    }
+
+    /// Chinese and Japanese put no space between words: a value written right after (or
+    /// before) CJK text is still a value. With Unicode word boundaries none of these was
+    /// redacted (a CJK character is a word character, so there was no boundary).
+    #[test]
+    fn values_next_to_cjk_text_are_redacted() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlMTIz";
+        let cases = [
+            (
+                PatternClass::Email,
+                "聯絡信箱ops@example.com謝謝",
+                "ops@example.com",
+            ),
+            (
+                PatternClass::Phone,
+                "手機0912-345-678請回電",
+                "0912-345-678",
+            ),
+            (PatternClass::Phone, "電話0912345678", "0912345678"),
+            (
+                PatternClass::Phone,
+                "お電話は555-123-4567まで",
+                "555-123-4567",
+            ),
+            (PatternClass::NationalId, "身分證A123456789號", "A123456789"),
+            (
+                PatternClass::NationalId,
+                "社會安全碼123-45-6789",
+                "123-45-6789",
+            ),
+            (
+                PatternClass::PaymentCard,
+                "信用卡4111111111111111到期",
+                "4111111111111111",
+            ),
+            (
+                PatternClass::ApiKey,
+                "金鑰AKIAABCDEFGHIJKLMNOP已更新",
+                "AKIAABCDEFGHIJKLMNOP",
+            ),
+            (PatternClass::Jwt, &format!("令牌{jwt}"), jwt),
+            (
+                PatternClass::BearerToken,
+                "標頭Bearer abcdef0123456789xyz",
+                "abcdef0123456789xyz",
+            ),
+        ];
+        for (class, input, secret) in cases {
+            let out = r(input);
+            assert!(
+                out.contains(&marker(class)) && !out.contains(secret),
+                "{class:?}: {input:?} -> {out:?}"
+            );
+            assert_eq!(r(&out), out, "not idempotent: {input:?}");
+            same_hits(input);
+        }
+        // CJK text with numbers that are not values stays as it is.
+        for clean in [
+            "訂單 48213 已出貨，金額 NT$1,990，預計 11/30 送達。",
+            "第2026年11月29日，共3件",
+            "版本1.2.3已發布",
+        ] {
+            assert_eq!(r(clean), clean);
+        }
+    }
+
+    /// Every rule, alone and in the union that is searched first, runs on the regex engine's
+    /// lazy DFA for any text: a Unicode word boundary made the DFA give up at the first
+    /// non-ASCII byte, and the search fell back to an engine ≈ 300 times slower (CJK text, or
+    /// a hostile tool result made of it, cost 0.6 ms per KiB). The DFA is built here the way
+    /// the meta engine builds it (Unicode boundaries allowed, as a give-up on non-ASCII), so a
+    /// Unicode `\b` in any rule fails the search below instead of the build.
+    #[test]
+    fn every_rule_searches_non_ascii_text_without_falling_back() {
+        use regex_automata::{Input, hybrid};
+        let text =
+            "訂單 48213 已出貨，商品：無線藍牙耳機（黑色），配送至台北市。é ü 🙂 ".repeat(20);
+        let union = RULES
+            .iter()
+            .map(|(_, p, _)| format!("(?:{p})"))
+            .collect::<Vec<_>>()
+            .join("|");
+        let patterns = RULES.iter().map(|(_, p, _)| p.to_string()).chain([union]);
+        for p in patterns {
+            let re = hybrid::regex::Regex::builder()
+                .dfa(hybrid::dfa::Config::new().unicode_word_boundary(true))
+                .build(&p)
+                .expect("the rule builds as a lazy DFA");
+            let mut cache = re.create_cache();
+            let found = re.try_search(&mut cache, &Input::new(&text));
+            assert!(found.is_ok(), "{p}: the lazy DFA gave up: {found:?}");
+        }
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! tool result, audit detail and log line goes through) on 1 KiB texts, in process, no
 //! database. Texts: the gateway benchmark's `blob` (one repeated byte), log lines with numbers,
 //! paths and an IP and no secret, and the same log lines with an e-mail address at the end or
-//! at the start (what a search that stops at the first match, or scans on after it, pays).
-//! Last line: `<text>_us=` per redaction.
+//! at the start (what a search that stops at the first match, or scans on after it, pays),
+//! and an order log in Traditional Chinese, clean and with an e-mail address written right
+//! after the Chinese (the rules must scan non-ASCII text on the regex engine's fast path and
+//! find a value with no space before it). Last line: `<text>_us=` per redaction.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -14,9 +16,22 @@ use crate::config::BenchArgs;
 
 const LOG: &str = "2026-11-29T11:21:37Z INFO pod api-7f9c4d-x2 restarted 3 times, node ip-10-0-3-17, latency p99=231ms, status=200 path=/v1/orders?limit=50 user_id=48213 ";
 
+/// An order log in Traditional Chinese (what EwoooC's tools return): no secret.
+const CJK: &str = "訂單 48213 已出貨，商品：無線藍牙耳機（黑色）數量 2，金額 NT$1,990，配送至台北市信義區，預計 11/30 送達。";
+
+/// `len` bytes of `line` repeated, cut on a character boundary.
+fn repeat(line: &str, len: usize) -> String {
+    let s = line.repeat(len / line.len() + 1);
+    let mut end = len;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// `len` bytes of log lines.
 fn log(len: usize) -> String {
-    LOG.repeat(len / LOG.len() + 1)[..len].to_string()
+    repeat(LOG, len)
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -26,6 +41,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ("log", log(1024)),
         ("log_match_end", format!("{} ops@example.com", log(1008))),
         ("log_match_start", format!("ops@example.com {}", log(1008))),
+        ("cjk", repeat(CJK, 1024)),
+        (
+            "cjk_match_end",
+            format!("{}聯絡信箱ops@example.com", repeat(CJK, 992)),
+        ),
     ];
     let r = Redactor::global();
     let mut fields = Vec::new();

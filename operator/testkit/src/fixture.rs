@@ -97,8 +97,8 @@ pub fn tools() -> Value {
     let mut list = vec![
         json!({"name": "echo", "description": "Echo the arguments",
                "inputSchema": {"type": "object"}}),
-        json!({"name": "blob", "description": "Return `size` bytes of text",
-               "inputSchema": {"type": "object", "properties": {"size": {"type": "integer"}}}}),
+        json!({"name": "blob", "description": "Return `size` bytes of text (`text`: \"cjk\" for Chinese)",
+               "inputSchema": {"type": "object", "properties": {"size": {"type": "integer"}, "text": {"type": "string"}}}}),
         json!({"name": "fail", "description": "Fail as a JSON-RPC error (mode=rpc) or an isError result",
                "inputSchema": {"type": "object", "properties": {"mode": {"type": "string"}}}}),
         json!({"name": "sleep", "description": "Wait `ms` milliseconds",
@@ -142,7 +142,20 @@ pub fn call(name: &str, args: &Map<String, Value>, src: &Source) -> Result<Value
                 .and_then(Value::as_u64)
                 .unwrap_or(1024)
                 .min(16 * 1024 * 1024) as usize;
-            text("x".repeat(size))
+            // `text: "cjk"`: Traditional Chinese (3 bytes a character), cut to at most `size`
+            // bytes on a character boundary; otherwise one repeated ASCII byte.
+            if arg_str("text") == "cjk" {
+                let line = "訂單已出貨，商品：無線藍牙耳機（黑色），配送至台北市信義區。";
+                let mut t = line.repeat(size / line.len() + 1);
+                let mut end = size.min(t.len());
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
+                t.truncate(end);
+                text(t)
+            } else {
+                text("x".repeat(size))
+            }
         }
         "fail" => {
             if arg_str("mode") == "rpc" {
@@ -643,6 +656,12 @@ mod tests {
         args.insert("size".into(), json!(1000));
         let r = call("blob", &args, &Source::Env).unwrap();
         assert_eq!(r["content"][0]["text"].as_str().unwrap().len(), 1000);
+        args.insert("text".into(), json!("cjk"));
+        let r = call("blob", &args, &Source::Env).unwrap();
+        let t = r["content"][0]["text"].as_str().unwrap();
+        // 1000 bytes of 3-byte characters: the cut lands on the boundary below.
+        assert_eq!((t.len(), t.chars().count()), (999, 333));
+        assert!(t.starts_with("訂單"));
         let mut args = Map::new();
         args.insert("mode".into(), json!("rpc"));
         assert_eq!(call("fail", &args, &Source::Env).unwrap_err().0, -32001);

@@ -811,8 +811,9 @@ impl Gateway {
             }
         }
         let (bytes_out, text) = if as_json {
-            // Serialising a `Value` into a `String` cannot fail.
-            let text = serde_json::to_string(&out.result).unwrap_or_default();
+            // `serde_json::to_string`'s text, escaped a block at a time (a 16 KiB result's
+            // bytes were each looked up in an escape table).
+            let text = awooop_core::json_text::to_string(&out.result);
             (text.len(), Some(text))
         } else {
             (json_len(&out.result), None)
@@ -1005,20 +1006,7 @@ impl Gateway {
 /// The length of `v` serialized as compact JSON, counted without building the text (the
 /// audit records sizes; a 16 KiB result was serialized once only to be measured).
 fn json_len(v: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut c = Count(0);
-    // Writing a `Value` into a sink that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut c, v);
-    c.0
+    awooop_core::json_text::len(v)
 }
 
 /// Used until an upstream MCP client is wired in: every call that passes the gates fails with

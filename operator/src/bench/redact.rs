@@ -5,7 +5,9 @@
 //! at the start (what a search that stops at the first match, or scans on after it, pays),
 //! and an order log in Traditional Chinese, clean and with an e-mail address written right
 //! after the Chinese (the rules must scan non-ASCII text on the regex engine's fast path and
-//! find a value with no space before it). Last line: `<text>_us=` per redaction.
+//! find a value with no space before it). Last line: `<text>_us=` per redaction, then
+//! `result_json_16k_serde_us` and `result_json_16k_us`: a 16 KiB tool result written as JSON
+//! text by `serde_json` and by `awooop_core::json_text` (what the gateway uses).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -65,6 +67,32 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         let us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
         eprintln!("{name}: {us:.2} µs per redaction of {} bytes", text.len());
+        fields.push(format!("{name}_us={us:.2}"));
+    }
+    // The sanitized result's JSON text (the `/mcp` answer), 16 KiB of text: serde_json's
+    // per-byte escaping against `json_text`'s block-at-a-time one (the same bytes: checked).
+    let result = serde_json::json!({"content": [{"type": "text", "text": log(16 * 1024)}], "isError": false});
+    anyhow::ensure!(
+        awooop_core::json_text::to_string(&result) == serde_json::to_string(&result)?,
+        "json_text and serde_json disagree"
+    );
+    let writers: [(&str, fn(&serde_json::Value) -> String); 2] = [
+        ("result_json_16k_serde", |v| {
+            serde_json::to_string(v).unwrap_or_default()
+        }),
+        ("result_json_16k", awooop_core::json_text::to_string),
+    ];
+    for (name, write) in writers {
+        let n = iters / 4;
+        for _ in 0..n / 20 {
+            black_box(write(black_box(&result)));
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(write(black_box(&result)));
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        eprintln!("{name}: {us:.2} µs per 16 KiB result");
         fields.push(format!("{name}_us={us:.2}"));
     }
     println!("{}", fields.join(" "));

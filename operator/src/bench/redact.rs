@@ -76,7 +76,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         awooop_core::json_text::to_string(&result) == serde_json::to_string(&result)?,
         "json_text and serde_json disagree"
     );
-    let writers: [(&str, fn(&serde_json::Value) -> String); 2] = [
+    type Writer = fn(&serde_json::Value) -> String;
+    let writers: [(&str, Writer); 2] = [
         ("result_json_16k_serde", |v| {
             serde_json::to_string(v).unwrap_or_default()
         }),

@@ -83,6 +83,19 @@ fn marker(c: PatternClass) -> String {
     format!("[REDACTED:{}]", c.marker())
 }
 
+/// `key` `separator` `value` → the value replaced (a value already redacted is left alone).
+fn secret_value(c: &Captures<'_>) -> Option<String> {
+    if c[3].starts_with("[REDACTED") {
+        return None;
+    }
+    Some(format!(
+        "{}{}{}",
+        &c[1],
+        &c[2],
+        marker(PatternClass::SecretKeyValue)
+    ))
+}
+
 /// Word boundaries are ASCII (`(?-u:\b)`): a word is a run of ASCII letters, digits and `_`,
 /// and every other character, CJK included, separates words. Two reasons. Chinese and Japanese
 /// put no space between words, so with Unicode boundaries `手機0912-345-678` or
@@ -146,17 +159,7 @@ const RULES: &[(PatternClass, &str, Replace)] = &[
     (
         PatternClass::SecretKeyValue,
         r#"(?i)(?-u:\b)((?:[a-z0-9]+[_-])*(?:password|passwd|pwd|secret|api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|auth[_-]?token|token|client[_-]?secret|private[_-]?key|secret[_-]?key|credentials?))(\s*"?\s*[:=]\s*["']?)([^\s"'&,;}\]]+)"#,
-        |c| {
-            if c[3].starts_with("[REDACTED") {
-                return None;
-            }
-            Some(format!(
-                "{}{}{}",
-                &c[1],
-                &c[2],
-                marker(PatternClass::SecretKeyValue)
-            ))
-        },
+        secret_value,
     ),
     (
         // The same in Chinese and Japanese (`密碼：hunter2`, `API金鑰=…`, `パスワード: …`),
@@ -165,17 +168,7 @@ const RULES: &[(PatternClass, &str, Replace)] = &[
         // (`密碼是必填的`, "the password is required", is prose, not a value).
         PatternClass::SecretKeyValue,
         r#"(密碼|密码|口令|金鑰|密鑰|密钥|私鑰|私钥|令牌|權杖|权杖|パスワード|暗証番号|トークン|秘密鍵)(\s*[:=：＝]\s*["'「『]?)([^\s"'&,;}\]」』，。、；]+)"#,
-        |c| {
-            if c[3].starts_with("[REDACTED") {
-                return None;
-            }
-            Some(format!(
-                "{}{}{}",
-                &c[1],
-                &c[2],
-                marker(PatternClass::SecretKeyValue)
-            ))
-        },
+        secret_value,
     ),
     (
         PatternClass::Email,

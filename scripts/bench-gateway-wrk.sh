@@ -48,6 +48,7 @@ SIZE=${SIZE:-1024}
 TEXT=${TEXT:-ascii}
 case "$TEXT" in ascii|cjk) ;; *) echo "error: TEXT must be ascii or cjk" >&2; exit 2 ;; esac
 FIXTURE_BIN=${FIXTURE_BIN:-$BIN}
+[ -x "$FIXTURE_BIN" ] || { echo "error: FIXTURE_BIN $FIXTURE_BIN not found" >&2; exit 2; }
 FX_PORT=${FX_PORT:-18090}
 API_PORT=${API_PORT:-18080}
 : "${DATABASE_URL:?set DATABASE_URL to a PostgreSQL server URL (the script creates its own database there)}"

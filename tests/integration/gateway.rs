@@ -108,6 +108,11 @@ impl ToolUpstream for LeakyUpstream {
                 json!({"content": [{"type": "text", "text": format!("failed: {secret}")}], "isError": true})
             }
             "big" => json!({"content": [{"type": "text", "text": "x".repeat(40_000)}]}),
+            // Chinese as EwoooC's tools write it: no space before the values.
+            "cjk" => json!({
+                "content": [{"type": "text", "text": "訂單48213已出貨。聯絡信箱ops@example.com，手機0912-345-678，身分證A123456789，管理員密碼：Abc12345。"}],
+                "structuredContent": {"新密碼": "hunter22", "備註": "信用卡4111111111111111"}
+            }),
             _ => {
                 json!({"content": [{"type": "text", "text": format!("args {}", Value::Object(call.arguments.clone()))}]})
             }
@@ -125,6 +130,7 @@ const LEAKY_TOOLS: &[&str] = &[
     "url",
     "tool_error",
     "big",
+    "cjk",
 ];
 
 fn gateway_contract(secret_name: &str) -> Value {
@@ -587,6 +593,36 @@ async fn gateway_registry_tables_mirror_the_active_revision() {
             );
         }
     }
+    fx.done().await;
+}
+
+/// A tool answering in Chinese, with personal data and a password written right after the
+/// Chinese (no space, as the language writes): none of it reaches the caller or the audit, and
+/// the order number stays. On the rules before ASCII word boundaries and Chinese secret keys,
+/// the first value checked (the e-mail address) already reached the caller (checked).
+#[tokio::test]
+async fn gateway_redacts_values_written_right_after_chinese_text() {
+    let fx = fixture(MigrationMode::Shadow, Coord::none(), test_config()).await;
+    let c = caller(&fx.project, "dev");
+    let out = fx.call(&c, "leaky__cjk", json!({}), None).await.unwrap();
+    let text = out.to_string();
+    for value in [
+        "ops@example.com",
+        "0912-345-678",
+        "A123456789",
+        "Abc12345",
+        "hunter22",
+        "4111111111111111",
+    ] {
+        assert!(!text.contains(value), "{value} reached the caller: {text}");
+    }
+    for marker in ["email", "phone", "national_id", "secret", "card"] {
+        assert!(
+            text.contains(&format!("[REDACTED:{marker}]")),
+            "{marker}: {text}"
+        );
+    }
+    assert!(text.contains("訂單48213已出貨"), "{text}");
     fx.done().await;
 }
 

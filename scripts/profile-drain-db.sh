@@ -7,11 +7,15 @@
 #
 #   refill mode (default), one transaction per cycle = the completion writer with refill:
 #     BEGIN; SET LOCAL awooop.project_id     (tenant scope)
-#     fenced UPDATE runs ... FROM unnest     (complete_batch: the batch claimed last cycle)
-#     INSERT run_steps ... unnest            (journal, one step per run)
+#     SELECT ... FOR NO KEY UPDATE           (complete_batch's fence, as a lock: migration 0074)
+#     INSERT run_steps ... unnest            (journal, one step per run, awooop.step_seq deferred)
+#     fenced UPDATE runs ... FROM unnest     (the batch claimed last cycle; event_seq catches up)
 #     INSERT audit_log ... unnest            (audit, one row per run)
-#     SET LOCAL awooop.scope = 'worker'; claim_in(batch)   (the refill)
+#     SET LOCAL awooop.scope = 'worker'; claim_in(batch)   (the refill, on its generic plan)
 #     COMMIT
+#   The session runs with jit = off, as the app pool's connections do (awooop_store::db).
+#   Before session 15 the script replayed the claim of before migration 0073, the completion of
+#   before 0074 and left JIT on: its claim figures were an LLVM compile per execution.
 #   separate mode (SEPARATE=1): the same completion, then the claim in its own worker-scope
 #     transaction (the claim loop's worker_claim_for; AWOOOP_BENCH_REFILL=0).
 #   heartbeat: worker_heartbeat over 256 held runs, after the cycles (per held run).
@@ -30,6 +34,12 @@
 #                built-in one (the statement of operator/runtime/src/repo.rs claim_in)
 #   CYCLES       measured cycles per batch size (default: 12800 runs' worth, at least 40)
 #   QUEUED       queued runs (default 40000); HISTORY finished runs before them (default 50000)
+#   OTHER_RUNNING  runs of another project already running (default 0): what a claim pays for
+#                other tenants' work in flight
+#   OTHER_BACKLOGS  other projects with 100 queued runs each, newer than the drained queue
+#                (default 0): what a claim pays for other tenants' backlogs
+#   CLAIM_PLAN   plan_cache_mode of the claim's transaction (default force_generic_plan, as
+#                repo::CLAIM_BEGIN sets it; auto, the server's default, for the old figure)
 #   PERF=1       perf record -g the backend over the measured cycles; report (--no-inline)
 #   EXPLAIN=1    EXPLAIN (ANALYZE, BUFFERS) of one cycle's statements after the measurement
 #   KEEP=1       keep the scratch database (its name is printed)
@@ -59,7 +69,7 @@ for f in "$MIGRATIONS"/*.sql; do psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -f "$f"
 if [ -n "${EXTRA_SQL:-}" ]; then psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -f "$EXTRA_SQL" >/dev/null; fi
 
 # History and queue, written through the real triggers (run events, state machine) as the owner.
-psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -v history="$HISTORY" -v queued="$QUEUED" <<'EOF'
+psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -v history="$HISTORY" -v queued="$QUEUED" -v other="${OTHER_RUNNING:-0}" -v backlogs="${OTHER_BACKLOGS:-0}" <<'EOF'
 SET client_min_messages = warning;
 CREATE FUNCTION prof_uuid7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
   SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing
@@ -91,6 +101,26 @@ SELECT 'bench', prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
   'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
   md5(g::text || 'q'), substr(md5(g::text || 'qs'), 1, 16), 3, now() + interval '1 hour', 100000
 FROM generate_series(1, :queued) g;
+-- OTHER_RUNNING: another tenant's runs in flight (its own workers hold them).
+INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash,
+  trace_id, span_id, max_attempts, deadline_at, max_concurrent)
+SELECT 'other', prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
+  'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
+  md5(g::text || 'o'), substr(md5(g::text || 'os'), 1, 16), 3, now() + interval '1 hour', 100000
+FROM generate_series(1, :other) g;
+UPDATE runs SET state = 'running', attempt = 1, worker_id = 'bg-other', lease_expires_at = now() + interval '1 hour',
+  heartbeat_at = now(), started_at = now() WHERE project_id = 'other' AND state = 'queued';
+-- OTHER_BACKLOGS: as many other tenants with 100 queued runs each, newer than bench's queue
+-- (so a claim that stops when it has its runs never needs them).
+INSERT INTO projects (project_id, display_name)
+SELECT 'tenant-' || i, 'tenant' FROM generate_series(1, :backlogs) i;
+INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash,
+  trace_id, span_id, max_attempts, deadline_at, max_concurrent, created_at)
+SELECT 'tenant-' || (1 + g % :backlogs), prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
+  'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
+  md5(g::text || 't'), substr(md5(g::text || 'ts'), 1, 16), 3, now() + interval '1 hour', 64,
+  now() + interval '1 hour'
+FROM generate_series(1, 100 * :backlogs) g;
 VACUUM ANALYZE;
 EOF
 
@@ -102,14 +132,38 @@ EOF
 if [ -n "${CLAIM_SQL:-}" ]; then cp "$CLAIM_SQL" "$WORK/claim.sql"; else
 cat > "$WORK/claim.sql" <<'EOF'
 PREPARE claim(bigint, text, float8, text) AS
-WITH c AS (
-    SELECT project_id, run_id, created_at FROM runs
-    WHERE state IN ('queued', 'retrying') AND run_after <= now()
-      AND ($4::text IS NULL OR project_id = $4)
-    ORDER BY created_at LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED),
- busy AS (
-    SELECT project_id, count(*) AS n FROM runs
-    WHERE state = 'running' AND project_id IN (SELECT project_id FROM c) GROUP BY project_id),
+WITH RECURSIVE qp AS (
+    (SELECT project_id FROM runs
+     WHERE state IN ('queued', 'retrying') AND ($4::text IS NULL OR project_id = $4)
+     ORDER BY project_id LIMIT 1)
+  UNION ALL
+    SELECT (SELECT r.project_id FROM runs r
+            WHERE r.state IN ('queued', 'retrying') AND r.project_id > qp.project_id
+              AND ($4::text IS NULL OR r.project_id = $4)
+            ORDER BY r.project_id LIMIT 1)
+    FROM qp WHERE qp.project_id IS NOT NULL),
+ room AS (
+    SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n
+    FROM (SELECT qp.project_id,
+                 (SELECT r.created_at FROM runs r
+                  WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying')
+                  ORDER BY r.created_at LIMIT 1) AS head,
+                 (SELECT r.max_concurrent FROM runs r
+                  WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying')
+                  ORDER BY r.created_at LIMIT 1) AS mc,
+                 (SELECT count(*) FROM runs r
+                  WHERE r.project_id = qp.project_id AND r.state = 'running') AS busy
+          FROM qp WHERE qp.project_id IS NOT NULL OFFSET 0) x),
+ c AS (
+    SELECT q.project_id, q.run_id, q.created_at
+    FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o
+    CROSS JOIN LATERAL (
+        SELECT r.project_id, r.run_id, r.created_at FROM runs r
+        WHERE r.project_id = o.project_id AND r.state IN ('queued', 'retrying')
+          AND r.run_after <= now()
+        ORDER BY r.created_at LIMIT o.n
+        FOR NO KEY UPDATE SKIP LOCKED) q
+    LIMIT $1),
  k AS (
     SELECT c.project_id, c.run_id,
            row_number() OVER (PARTITION BY c.project_id ORDER BY c.created_at, c.run_id) AS rn
@@ -118,9 +172,9 @@ WITH c AS (
  UPDATE runs r SET state = 'running', attempt = r.attempt + 1, worker_id = $2,
     lease_expires_at = now() + make_interval(secs => least($3, r.lease_seconds)), heartbeat_at = now(),
     started_at = coalesce(r.started_at, now()), updated_at = now()
- FROM k LEFT JOIN busy b ON b.project_id = k.project_id
+ FROM k JOIN room b ON b.project_id = k.project_id
  WHERE r.project_id = k.project_id AND r.run_id = k.run_id
-   AND k.rn + coalesce(b.n, 0) <= r.max_concurrent
+   AND k.rn + b.busy <= r.max_concurrent
  RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to)
 SELECT count(*) AS got, coalesce(array_agg(run_id), '{}') AS ids, coalesce(array_agg(attempt), '{}') AS att,
   coalesce(array_agg(trace_id), '{}') AS tr, coalesce(array_agg(span_id), '{}') AS sp FROM u;
@@ -131,11 +185,20 @@ PREPARE done(uuid[], int[], text[], jsonb[], text[], text[], text) AS
 UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code,
  error_message = h.msg,
  finished_at = CASE WHEN h.state IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE r.finished_at END,
- worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+ worker_id = NULL, lease_expires_at = NULL, updated_at = now(),
+ event_seq = greatest(r.event_seq, (SELECT coalesce(max(e.seq), 0) FROM run_events e
+   WHERE e.project_id = r.project_id AND e.run_id = r.run_id))
  FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
    array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) AS h(run_id, attempt, state, output, code, msg, expect)
  WHERE r.project_id = $7 AND r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect
  RETURNING r.run_id;
+PREPARE lock(uuid[], int[], text) AS
+SELECT r.run_id FROM runs r
+ JOIN unnest($1::uuid[], $2::int[], array_fill('running'::text, ARRAY[cardinality($1::uuid[])]))
+   AS h(run_id, attempt, expect)
+   ON r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect
+ WHERE r.project_id = $3
+ FOR NO KEY UPDATE OF r;
 PREPARE journal(text, uuid[], int[], int[], text[], text[], text[], text[], jsonb[], text[], text[], text[], timestamptz[]) AS
 INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at)
  SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])
@@ -160,6 +223,7 @@ p = sys.argv[1]; s = open(p).read()
 s = s.replace(""",
    array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) AS h(run_id, attempt, state, output, code, msg, expect)""",
     """) AS h(run_id, attempt, state, output, code, msg)""")
+s = s.replace(",\n event_seq = greatest(r.event_seq, (SELECT coalesce(max(e.seq), 0) FROM run_events e\n   WHERE e.project_id = r.project_id AND e.run_id = r.run_id))", "")
 s = s.replace("r.state = h.expect", "r.state = 'running'")
 s = s.replace(""",
          array_fill('running'::text, ARRAY[cardinality($2::uuid[])])) AS h(run_id, attempt, expect)""",
@@ -201,22 +265,38 @@ for n in "${sizes[@]}"; do
     echo 'SELECT pg_backend_pid() AS pid \gset'
     echo '\setenv PID :pid'
     echo 'SET ROLE awooop_app;'
+    # As the app pool's connections (awooop_store::db): no JIT. With it, every execution of a
+    # generic plan whose estimate passes jit_above_cost pays an LLVM compile (the claim: ~25 ms).
+    echo 'SET jit = off;'
     cat "$WORK/claim.sql" "$WORK/prep.sql"
     # 1,024 runs running for other workers (4 x 256 slots), claimed by the real statement.
     for w in 1 2 3 4; do
-      echo "BEGIN; SET LOCAL awooop.scope = 'worker'; EXECUTE claim(256, 'bg-$w', 30, NULL); COMMIT;"
+      echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan}; EXECUTE claim(256, 'bg-$w', 30, NULL); COMMIT;"
     done
     # Our batch in flight.
-    echo "BEGIN; SET LOCAL awooop.scope = 'worker'; EXECUTE claim($n, 'w', 30, NULL) \\gset b_"
+    echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan}; EXECUTE claim($n, 'w', 30, NULL) \\gset b_"
     echo "COMMIT;"
     for i in $(seq -7 "$cycles"); do    # 8 warm-up cycles (custom plans, then the generic one)
       mkarrays b_
       [ "$i" -ge 1 ] && phase begin
       echo "BEGIN; SET LOCAL awooop.project_id = 'bench';"
-      echo "EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench');"
-      [ "$i" -ge 1 ] && phase update
-      echo "EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
-      [ "$i" -ge 1 ] && phase journal
+      if [ "${OLD:-0}" = 1 ]; then
+        echo "EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench');"
+        [ "$i" -ge 1 ] && phase update
+        echo "EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
+        [ "$i" -ge 1 ] && phase journal
+      else
+        # complete_batch since migration 0074: lock the fence, journal with deferred step
+        # numbering, then the state change that catches event_seq up.
+        echo "EXECUTE lock(:'b_ids', :'b_att', 'bench') \\g /dev/null"
+        [ "$i" -ge 1 ] && phase lock
+        echo "SET LOCAL awooop.step_seq = 'deferred';"
+        echo "EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
+        echo "SET LOCAL awooop.step_seq = '';"
+        [ "$i" -ge 1 ] && phase journal
+        echo "EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench') \\g /dev/null"
+        [ "$i" -ge 1 ] && phase update
+      fi
       echo "EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
       [ "$i" -ge 1 ] && phase audit
       if [ "${SEPARATE:-0}" = 1 ]; then
@@ -226,6 +306,7 @@ for n in "${sizes[@]}"; do
       else
         echo "SET LOCAL awooop.scope = 'worker';"
       fi
+      echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
       echo "EXECUTE claim($n, 'w', 30, NULL) \\gset b_"
       [ "$i" -ge 1 ] && phase claim
       echo "COMMIT;"
@@ -243,10 +324,14 @@ for n in "${sizes[@]}"; do
     if [ "${EXPLAIN:-0}" = 1 ]; then
       mkarrays b_
       echo "BEGIN; SET LOCAL awooop.project_id = 'bench';"
-      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench');"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE lock(:'b_ids', :'b_att', 'bench');"
+      echo "SET LOCAL awooop.step_seq = 'deferred';"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
+      echo "SET LOCAL awooop.step_seq = '';"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench');"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
       echo "SET LOCAL awooop.scope = 'worker';"
+      echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE claim($n, 'w', 30, NULL);"
       echo "COMMIT;"
       echo "BEGIN; SET LOCAL awooop.scope = 'worker'; EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE beat('bg-1', :'h_ids', :'h_att', 30); COMMIT;"
@@ -284,8 +369,8 @@ for n in "${sizes[@]}"; do
       }
       runs = n * cycles
       split(upd, u, " ")
-      printf "batch=%d cycles=%d mode=%s backend_cpu_us_per_run=%.1f (update %.1f journal %.1f audit %.1f claim %.1f commit %.1f) heartbeat_us_per_held_run=%.2f runs_updates=%d hot=%.0f%% wall_s=%.1f load_avg_1m=%s\n",
-        n, cycles, (sep == 1 ? "separate" : "refill"), total / 1000 / runs, cost["update"] / 1000 / runs,
+      printf "batch=%d cycles=%d mode=%s backend_cpu_us_per_run=%.1f (lock %.1f update %.1f journal %.1f audit %.1f claim %.1f commit %.1f) heartbeat_us_per_held_run=%.2f runs_updates=%d hot=%.0f%% wall_s=%.1f load_avg_1m=%s\n",
+        n, cycles, (sep == 1 ? "separate" : "refill"), total / 1000 / runs, cost["lock"] / 1000 / runs, cost["update"] / 1000 / runs,
         cost["journal"] / 1000 / runs, cost["audit"] / 1000 / runs, cost["claim"] / 1000 / runs,
         cost["commit"] / 1000 / runs, beat / 1000 / (40 * 256), u[3] - u[1],
         (u[3] - u[1] > 0 ? 100 * (u[4] - u[2]) / (u[3] - u[1]) : 0), w, la

@@ -353,15 +353,19 @@ async fn a_killed_workers_whole_batch_finishes_exactly_once_elsewhere() {
     t.cleanup().await;
 }
 
-/// Index entries of `runs_leased` (every running run) this backend has read and not yet
+/// Index entries of the indexes of running runs (`runs_leased`: every running run;
+/// `runs_running_project`, migration 0076: a project's) this backend has read and not yet
 /// reported: PostgreSQL 15 keeps counting across transactions until it flushes its statistics,
 /// which it does only between transactions, so callers read it before and after a statement in
 /// one transaction and take the difference.
 async fn leased_entries_read(tx: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar("SELECT pg_stat_get_xact_tuples_returned('runs_leased'::regclass)")
-        .fetch_one(tx)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT (pg_stat_get_xact_tuples_returned('runs_leased'::regclass) \
+          + coalesce(pg_stat_get_xact_tuples_returned(to_regclass('runs_running_project')), 0))::bigint",
+    )
+    .fetch_one(tx)
+    .await
+    .unwrap()
 }
 
 /// The completion and heartbeat fences probe runs by id whatever the planner's statistics say
@@ -867,4 +871,185 @@ async fn a_batch_of_tool_calls_moves_its_runs_counter_once() {
     })
     .await;
     assert_eq!(tools, ["fx__t5", "fx__t4", "fx__t3", "fx__t2", "fx__t1"]);
+}
+
+/// The claim's prepared-statement counters on this session: (generic plans, custom plans).
+async fn claim_plans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT coalesce(sum(generic_plans), 0)::bigint, coalesce(sum(custom_plans), 0)::bigint \
+         FROM pg_prepared_statements WHERE statement LIKE 'WITH RECURSIVE qp AS%'",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// Every claim batch runs the claim on its generic plan: under the server's default
+/// `plan_cache_mode = auto` the statement was planned afresh at every execution (its generic
+/// estimate never looked cheaper than a custom plan), 0.6 ms of backend CPU per claim
+/// (docs/benchmarks.md, "Session 15"). Counted by the session's own prepared-statement
+/// statistics, for the claim loop's transaction and for the completion writer's refill.
+#[tokio::test]
+async fn every_claim_runs_on_the_generic_plan_without_replanning() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    create(&cp, &p, 24).await;
+    // One connection, so the counters read below are the claims' session's.
+    let one = awooop::db::connect_app(&t.url, 1).await.unwrap();
+    let mut got = 0;
+    for _ in 0..8 {
+        got += repo::worker_claim(&one, "w1", 2, 30.0).await.unwrap().len();
+    }
+    assert_eq!(got, 16);
+    // The completion writer's refill: a tenant transaction turned into worker scope.
+    for _ in 0..3 {
+        let next = tenancy::scope(p.clone(), async {
+            let mut tx = awooop::tenancy::Db::new(one.clone()).tenant().await.unwrap();
+            repo::enter_worker_scope(&mut tx).await.unwrap();
+            let next = repo::claim_in(&mut tx, "w1", 2, 30.0, None).await.unwrap();
+            tx.commit().await.unwrap();
+            next
+        })
+        .await;
+        got += next.len();
+    }
+    assert_eq!(got, 22);
+    let mut conn = one.acquire().await.unwrap();
+    let (generic, custom) = claim_plans(&mut conn).await;
+    assert_eq!(
+        (generic, custom),
+        (11, 0),
+        "claims on generic plans, custom plans (each custom plan is a fresh planning)"
+    );
+    drop(conn);
+    one.close().await;
+    t.cleanup().await;
+}
+
+/// A claim counts the running runs of the projects it claims for, not every tenant's: the
+/// count behind `max_concurrent` read every running run of the table (`runs_leased`) and
+/// fetched each to see its project, so one tenant's work in flight made every other tenant's
+/// claims slower (2.4x with 10,000 running, docs/benchmarks.md "Session 15"). Migration 0076.
+#[tokio::test]
+async fn a_claim_reads_only_the_running_runs_of_the_projects_it_claims_for() {
+    let t = TestDb::new().await;
+    let mut su = t.superuser().await;
+    sqlx::query(
+        "INSERT INTO projects (project_id, display_name) VALUES ('alpha', 'alpha'), ('beta', 'beta')",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let insert = |project: &str, n: i64| {
+        format!(
+            "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, \
+             agent_body_hash, trace_id, span_id, max_attempts, deadline_at, max_concurrent) \
+             SELECT '{project}', gen_random_uuid(), 'echo', 'shadow', '{{}}'::jsonb, 'sha256:' || repeat('0', 64), \
+             gen_random_uuid(), 'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, \
+             now() + interval '1 hour', 100000 FROM generate_series(1, {n}) g"
+        )
+    };
+    // History (a table the planner reads through its indexes), then alpha's 400 runs in
+    // flight, claimed by its own worker; statistics from before they ran.
+    for sql in [
+        insert("alpha", 20_000),
+        "UPDATE runs SET state = 'running', attempt = 1, worker_id = 'old', \
+         lease_expires_at = now() + interval '1 minute'"
+            .into(),
+        "UPDATE runs SET state = 'succeeded', finished_at = now(), worker_id = NULL, \
+         lease_expires_at = NULL"
+            .into(),
+        insert("alpha", 400),
+        "VACUUM ANALYZE runs".into(),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut su)
+            .await
+            .unwrap();
+    }
+    let alphas = repo::worker_claim_for(&t.app, "wa", 400, 30.0, Some("alpha"))
+        .await
+        .unwrap();
+    assert_eq!(alphas.len(), 400);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(insert("beta", 12)))
+        .execute(&mut su)
+        .await
+        .unwrap();
+    // Beta's claims, as the claim loop issues them.
+    let mut got = 0;
+    for _ in 0..4 {
+        let mut tx = repo::claim_tx(&t.app).await.unwrap();
+        let before = leased_entries_read(&mut tx).await;
+        let claimed = repo::claim_in(&mut tx, "wb", 3, 30.0, None).await.unwrap();
+        let read = leased_entries_read(&mut tx).await - before;
+        tx.commit().await.unwrap();
+        assert!(claimed.iter().all(|c| c.project_id == "beta"), "{claimed:?}");
+        got += claimed.len();
+        assert!(
+            read < 50,
+            "a claim of 3 of beta's runs read {read} index entries of running runs (alpha: 400)"
+        );
+    }
+    assert_eq!(got, 12);
+    drop(su);
+    t.cleanup().await;
+}
+
+/// A claim locks only the runs it starts, however many tenants have a backlog. Each project
+/// with room locked up to `n` of its oldest runs and a sort then kept the `n` oldest of all: with
+/// twelve backlogged tenants a claim of 4 locked 48 rows (each lock a row write and WAL) and
+/// released 44 at its commit; with 50 tenants, 800 for a claim of 16 (docs/benchmarks.md,
+/// "Session 15"). Projects are now visited in the order of their oldest queued run.
+#[tokio::test]
+async fn a_claim_locks_only_the_runs_it_starts_whatever_the_number_of_backlogs() {
+    let t = TestDb::new().await;
+    let mut su = t.superuser().await;
+    sqlx::query(
+        "INSERT INTO projects (project_id, display_name) \
+         SELECT 'tenant-' || lpad(i::text, 2, '0'), 'tenant' FROM generate_series(0, 11) i",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    // Six queued runs per tenant, interleaved in time: tenant-00's first run is the oldest.
+    sqlx::query(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+         trace_id, span_id, max_attempts, deadline_at, max_concurrent, created_at) \
+         SELECT 'tenant-' || lpad((g % 12)::text, 2, '0'), gen_random_uuid(), 'echo', 'shadow', '{}'::jsonb, \
+         'sha256:' || repeat('0', 64), gen_random_uuid(), 'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, \
+         now() + interval '1 hour', 64, now() - interval '1 hour' + g * interval '1 second' \
+         FROM generate_series(0, 71) g",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE runs").execute(&mut su).await.unwrap();
+    let oldest: Uuid = sqlx::query_scalar("SELECT run_id FROM runs ORDER BY created_at LIMIT 1")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let mut tx = repo::claim_tx(&t.app).await.unwrap();
+        let claimed = repo::claim_in(&mut tx, "w", 4, 30.0, None).await.unwrap();
+        // Rows this transaction locked and left queued: locked for nothing.
+        let idle_locks: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE state IN ('queued', 'retrying') \
+             AND xmax::text = txid_current()::text",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(claimed.len(), 4, "round {round}");
+        assert_eq!(
+            idle_locks, 0,
+            "round {round}: a claim of 4 locked {idle_locks} runs it did not start (12 tenants)"
+        );
+        if round == 0 {
+            assert!(claimed.iter().any(|c| c.run_id == oldest), "{claimed:?}");
+        }
+    }
+    drop(su);
+    t.cleanup().await;
 }

@@ -538,10 +538,28 @@ pub async fn worker_claim_for(
     lease_seconds: f64,
     project: Option<&str>,
 ) -> Result<Vec<Claimed>> {
-    let mut tx = worker_tx(pool).await?;
+    let mut tx = claim_tx(pool).await?;
     let rows = claim_in(&mut tx, worker, n, lease_seconds, project).await?;
     tx.commit().await?;
     Ok(rows)
+}
+
+/// The claim's transaction: worker scope, and the claim on its generic plan.
+///
+/// sqlx prepares the claim once per connection, and under PostgreSQL's default
+/// `plan_cache_mode = auto` the server compares the generic plan's estimate (a LIMIT and a
+/// project it cannot see) with the custom plans' and kept planning the statement afresh at
+/// every execution: 0.6 ms of backend CPU per claim for a statement that executes in
+/// 0.6-2 ms, paid by every claim batch (docs/benchmarks.md, "Session 15"). The plan does not
+/// depend on the parameters' values: its probes are the partial indexes' literal predicates
+/// and run ids, so the generic plan is the same plan. Set per transaction, so nothing else the
+/// connection runs changes. In the `BEGIN` message: no extra round trip.
+const CLAIM_BEGIN: &str =
+    "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = force_generic_plan";
+
+/// A worker-scoped transaction for [`claim_in`] (see [`CLAIM_BEGIN`]).
+pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    Ok(pool.begin_with(CLAIM_BEGIN).await?)
 }
 
 /// The claim statement of [`worker_claim_for`], in a transaction the caller holds in worker
@@ -561,14 +579,24 @@ pub async fn claim_in(
         // queued run minus its running runs. So a claim never locks runs it cannot start, and a
         // project at its cap with a deep backlog does not stand in front of other projects'
         // runs (before: the `n` oldest runs of the whole queue were locked, then those beyond
-        // their project's cap dropped; migration 0073). The candidates are then taken oldest
-        // first across projects, and ranked per project so that the cap holds exactly even if
-        // runs of one project carry different max_concurrent values.
+        // their project's cap dropped; migration 0073). The projects are visited in the order
+        // of their oldest queued run (its `head`, read from the index with max_concurrent, no
+        // row fetched: migration 0076), and the nested loop stops as soon as `n` runs are
+        // locked: a claim locks only runs it starts. Before, every project with room locked up
+        // to `n` of its runs and a sort then kept the `n` oldest of all: with 50 tenants'
+        // backlogs a claim of 16 locked (and WAL-logged) 800 rows and released 784 at its
+        // commit (docs/benchmarks.md, "Session 15"). The candidates are ranked per project so
+        // that the cap holds exactly even if runs of one project carry different
+        // max_concurrent values. `OFFSET 0` keeps the three probes per project evaluated once
+        // each.
         // FOR NO KEY UPDATE, the lock the claim's own UPDATE takes: it still excludes other
         // claimers and every writer of the row, but not the FOR KEY SHARE lock of a
         // transaction inserting a row that references the run (an outbound chat message, an
         // approval request); with FOR UPDATE, SKIP LOCKED passed over such a run and nothing
         // woke a worker for it again before the fallback poll.
+        // Each project's running count (`busy`) is a probe of runs_running_project (migration
+        // 0076) for that project alone: as a semi-join over all projects the count read every
+        // tenant's running runs (from runs_leased, or the whole new index).
         "WITH RECURSIVE qp AS ( \
             (SELECT project_id FROM runs \
              WHERE state IN ('queued', 'retrying') AND ($4::text IS NULL OR project_id = $4) \
@@ -579,25 +607,28 @@ pub async fn claim_in(
                       AND ($4::text IS NULL OR r.project_id = $4) \
                     ORDER BY r.project_id LIMIT 1) \
             FROM qp WHERE qp.project_id IS NOT NULL), \
-         busy AS ( \
-            SELECT project_id, count(*) AS n FROM runs \
-            WHERE state = 'running' AND project_id IN (SELECT project_id FROM qp) GROUP BY project_id), \
          room AS ( \
-            SELECT qp.project_id, \
-                   least($1, (SELECT r.max_concurrent FROM runs r \
-                              WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
-                              ORDER BY r.created_at LIMIT 1) - coalesce(b.n, 0)) AS n \
-            FROM qp LEFT JOIN busy b ON b.project_id = qp.project_id \
-            WHERE qp.project_id IS NOT NULL), \
+            SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n \
+            FROM (SELECT qp.project_id, \
+                         (SELECT r.created_at FROM runs r \
+                          WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
+                          ORDER BY r.created_at LIMIT 1) AS head, \
+                         (SELECT r.max_concurrent FROM runs r \
+                          WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
+                          ORDER BY r.created_at LIMIT 1) AS mc, \
+                         (SELECT count(*) FROM runs r \
+                          WHERE r.project_id = qp.project_id AND r.state = 'running') AS busy \
+                  FROM qp WHERE qp.project_id IS NOT NULL OFFSET 0) x), \
          c AS ( \
             SELECT q.project_id, q.run_id, q.created_at \
-            FROM room CROSS JOIN LATERAL ( \
+            FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o \
+            CROSS JOIN LATERAL ( \
                 SELECT r.project_id, r.run_id, r.created_at FROM runs r \
-                WHERE r.project_id = room.project_id AND r.state IN ('queued', 'retrying') \
+                WHERE r.project_id = o.project_id AND r.state IN ('queued', 'retrying') \
                   AND r.run_after <= now() \
-                ORDER BY r.created_at LIMIT greatest(room.n, 0) \
+                ORDER BY r.created_at LIMIT o.n \
                 FOR NO KEY UPDATE SKIP LOCKED) q \
-            ORDER BY q.created_at LIMIT $1), \
+            LIMIT $1), \
          k AS ( \
             SELECT c.project_id, c.run_id, \
                    row_number() OVER (PARTITION BY c.project_id ORDER BY c.created_at, c.run_id) AS rn \
@@ -605,9 +636,9 @@ pub async fn claim_in(
          UPDATE runs r SET state = 'running', attempt = r.attempt + 1, worker_id = $2, \
             lease_expires_at = now() + make_interval(secs => least($3, r.lease_seconds)), heartbeat_at = now(), \
             started_at = coalesce(r.started_at, now()), updated_at = now() \
-         FROM k LEFT JOIN busy b ON b.project_id = k.project_id \
+         FROM k JOIN room b ON b.project_id = k.project_id \
          WHERE r.project_id = k.project_id AND r.run_id = k.run_id \
-           AND k.rn + coalesce(b.n, 0) <= r.max_concurrent \
+           AND k.rn + b.busy <= r.max_concurrent \
          RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to",
     )
     .bind(n)
@@ -622,9 +653,12 @@ pub async fn claim_in(
 /// [`claim_in`] after [`complete_batch`]). Row-level security then also admits the worker
 /// policy on `runs`; nothing tenant-scoped is written after this in the transaction.
 pub async fn enter_worker_scope(conn: &mut PgConnection) -> Result<()> {
-    sqlx::query("SET LOCAL awooop.scope = 'worker'")
-        .execute(conn)
-        .await?;
+    // One simple-query message, as CLAIM_BEGIN: the scope, and the claim on its generic plan.
+    sqlx::raw_sql(
+        "SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = force_generic_plan",
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

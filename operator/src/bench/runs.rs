@@ -290,9 +290,21 @@ async fn drain(
         "not every run succeeded exactly once"
     );
     let rps = n as f64 / elapsed.as_secs_f64();
+    // Claim statements issued and what they returned: each claim has a fixed cost in
+    // PostgreSQL (the per-project running count, its trigger), so their size matters.
+    let rounds: u64 = ws
+        .iter()
+        .map(|w| w.stats.claim_rounds.load(Ordering::Relaxed))
+        .sum();
+    let claimed: u64 = ws
+        .iter()
+        .map(|w| w.stats.claimed.load(Ordering::Relaxed))
+        .sum();
     eprintln!(
-        "throughput ({what}): {n} runs in {:.2} s = {rps:.0} runs/s with {workers} workers",
-        elapsed.as_secs_f64()
+        "throughput ({what}): {n} runs in {:.2} s = {rps:.0} runs/s with {workers} workers; \
+         {rounds} claims, {:.1} runs each",
+        elapsed.as_secs_f64(),
+        claimed as f64 / rounds.max(1) as f64
     );
 
     stop.send(true)?;

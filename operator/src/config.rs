@@ -945,7 +945,8 @@ pub struct BenchArgs {
     /// Number of workers (bench runs).
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Number of projects (bench projection; each gets 10 grants).
+    /// Number of projects (bench projection: each gets 10 grants; bench runs: also drain the
+    /// runs spread over that many projects, each capped at 64 concurrent runs).
     #[arg(long)]
     pub projects: Option<usize>,
     /// bench projection: against a real kube-apiserver and etcd started from the folder in

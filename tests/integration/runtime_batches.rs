@@ -905,7 +905,10 @@ async fn every_claim_runs_on_the_generic_plan_without_replanning() {
     // The completion writer's refill: a tenant transaction turned into worker scope.
     for _ in 0..3 {
         let next = tenancy::scope(p.clone(), async {
-            let mut tx = awooop::tenancy::Db::new(one.clone()).tenant().await.unwrap();
+            let mut tx = awooop::tenancy::Db::new(one.clone())
+                .tenant()
+                .await
+                .unwrap();
             repo::enter_worker_scope(&mut tx).await.unwrap();
             let next = repo::claim_in(&mut tx, "w1", 2, 30.0, None).await.unwrap();
             tx.commit().await.unwrap();
@@ -984,7 +987,10 @@ async fn a_claim_reads_only_the_running_runs_of_the_projects_it_claims_for() {
         let claimed = repo::claim_in(&mut tx, "wb", 3, 30.0, None).await.unwrap();
         let read = leased_entries_read(&mut tx).await - before;
         tx.commit().await.unwrap();
-        assert!(claimed.iter().all(|c| c.project_id == "beta"), "{claimed:?}");
+        assert!(
+            claimed.iter().all(|c| c.project_id == "beta"),
+            "{claimed:?}"
+        );
         got += claimed.len();
         assert!(
             read < 50,

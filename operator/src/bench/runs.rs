@@ -4,7 +4,10 @@
 //! Throughput is measured twice: `runs_per_sec` with runs created through the platform's own
 //! create path (`RunService::create`) under the default runtime limits (64 concurrent runs per
 //! project), and `runs_per_sec_bulk_uncapped` with runs bulk-inserted in one statement without
-//! the per-project cap (the workers' own ceiling). Pickup latency uses the create path too.
+//! the per-project cap (the workers' own ceiling). With `--projects T` a third drain spreads the
+//! same number of bulk-inserted runs over T projects capped at 64 each
+//! (`runs_per_sec_tenants`): the multi-tenant shape, where every claim meets several backlogs.
+//! Pickup latency uses the create path too.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,13 +37,19 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let scratch = scratch_database(&base, "runs").await?;
-    let res = bench(&scratch, n, workers, args.quick).await;
+    let res = bench(&scratch, n, workers, args.quick, args.projects).await;
     drop_scratch(&base, &scratch).await;
     let r = res?;
     let mut line = format!(
         "runs_per_sec={:.0} runs_per_sec_bulk_uncapped={:.0} creates_per_sec={:.0} pickup_p50_ms={:.2} pickup_p95_ms={:.2} pickup_p99_ms={:.2} recovery_s={:.2} runs={n} workers={workers}",
         r.rps, r.rps_raw, r.creates_per_sec, r.pickup[0], r.pickup[1], r.pickup[2], r.recovery
     );
+    if let Some(t) = r.rps_tenants {
+        line.push_str(&format!(
+            " runs_per_sec_tenants={t:.0} tenants={}",
+            args.projects.unwrap_or(1)
+        ));
+    }
     if args.peer {
         // The peer drains the same number of jobs right after ours, on the same server, so
         // both figures see the same machine load.
@@ -92,6 +101,8 @@ struct Figures {
     rps: f64,
     /// Runs bulk-inserted with no per-project concurrency cap, drained.
     rps_raw: f64,
+    /// (`--projects T`) The same number of runs over T projects capped at 64 each, drained.
+    rps_tenants: Option<f64>,
     creates_per_sec: f64,
     pickup: [f64; 3],
     recovery: f64,
@@ -100,10 +111,17 @@ struct Figures {
 struct Setup {
     p: Platform,
     project: ProjectId,
+    state: std::path::PathBuf,
 }
 
 async fn setup(url: &str) -> anyhow::Result<Setup> {
-    let (p, project, _state) = super::bench_project(url, "runs", 24).await?;
+    let (p, project, state) = super::bench_project(url, "runs", 24).await?;
+    publish_noop(&p, &project).await?;
+    Ok(Setup { p, project, state })
+}
+
+/// The no-op agent (one output step), published and active in `project`.
+async fn publish_noop(p: &Platform, project: &ProjectId) -> anyhow::Result<()> {
     let admin = Actor::cli("bench");
     tenancy::scope(project.clone(), async {
         let body = json!({"display_name": "noop", "context_domain": "bench",
@@ -117,7 +135,7 @@ async fn setup(url: &str) -> anyhow::Result<Setup> {
         Ok::<_, crate::error::Error>(())
     })
     .await?;
-    Ok(Setup { p, project })
+    Ok(())
 }
 
 /// Create `n` runs of the no-op agent through the platform's own path
@@ -153,20 +171,33 @@ async fn create_runs(s: &Setup, n: usize) -> anyhow::Result<f64> {
 /// Insert `n` queued runs of the no-op agent in one statement, bypassing the create path, with
 /// `max_concurrent = 100000` (no per-project concurrency cap): the runtime's ceiling.
 async fn enqueue(s: &Setup, n: i64) -> anyhow::Result<()> {
-    tenancy::scope(s.project.clone(), async {
+    enqueue_in(s, &s.project, n, 100_000).await
+}
+
+/// [`enqueue`] into `project` with its runs capped at `max_concurrent` (one statement: the
+/// runs share their `created_at`, so projects filled one after the other queue in that order).
+async fn enqueue_in(
+    s: &Setup,
+    project: &ProjectId,
+    n: i64,
+    max_concurrent: i32,
+) -> anyhow::Result<()> {
+    tenancy::scope(project.clone(), async {
         let active = s.p.control.active(ContractKind::Agent, "noop").await?;
         let mut tx = s.p.control.db().tenant().await?;
         sqlx::query(
             "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
              trace_id, span_id, max_attempts, deadline_at, max_concurrent) \
-             SELECT 'bench', gen_random_uuid(), 'noop', 'shadow', '{}'::jsonb, $1, $2, $3, \
-             md5(random()::text || g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour', 100000 \
+             SELECT $5, gen_random_uuid(), 'noop', 'shadow', '{}'::jsonb, $1, $2, $3, \
+             md5(random()::text || g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour', $6 \
              FROM generate_series(1, $4) g",
         )
         .bind(crate::contracts::canonical::body_hash(&json!({})))
         .bind(active.pointer.revision_id)
         .bind(&active.pointer.body_hash)
         .bind(n)
+        .bind(project.as_str())
+        .bind(max_concurrent)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -177,7 +208,11 @@ async fn enqueue(s: &Setup, n: i64) -> anyhow::Result<()> {
 }
 
 async fn count(s: &Setup, state: &str) -> anyhow::Result<i64> {
-    tenancy::scope(s.project.clone(), async {
+    count_in(s, &s.project, state).await
+}
+
+async fn count_in(s: &Setup, project: &ProjectId, state: &str) -> anyhow::Result<i64> {
+    tenancy::scope(project.clone(), async {
         let mut tx = s.p.control.db().tenant().await?;
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE state = $1")
             .bind(state)
@@ -234,15 +269,25 @@ impl Executor for Stuck {
 /// Let `workers` workers drain the `n` queued runs; runs per second from the first claim to
 /// the last completion. Fresh statistics first, as a long-lived table has: right after a bulk
 /// insert the planner would otherwise believe the table is empty and scan it for every claim.
+/// Succeeded runs of `projects`, together.
+async fn succeeded_in(s: &Setup, projects: &[ProjectId]) -> anyhow::Result<i64> {
+    let mut n = 0;
+    for p in projects {
+        n += count_in(s, p, "succeeded").await?;
+    }
+    Ok(n)
+}
+
 async fn drain(
     url: &str,
     s: &Setup,
+    projects: &[ProjectId],
     n: usize,
     workers: usize,
     quick: bool,
     what: &str,
 ) -> anyhow::Result<f64> {
-    let before = count(s, "succeeded").await?;
+    let before = succeeded_in(s, projects).await?;
     let owner = crate::db::connect_owner(url, 1)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -286,7 +331,7 @@ async fn drain(
     }
     let elapsed = start.elapsed();
     anyhow::ensure!(
-        count(s, "succeeded").await? == before + n as i64,
+        succeeded_in(s, projects).await? == before + n as i64,
         "not every run succeeded exactly once"
     );
     let rps = n as f64 / elapsed.as_secs_f64();
@@ -314,7 +359,37 @@ async fn drain(
     Ok(rps)
 }
 
-async fn bench(url: &str, n: usize, workers: usize, quick: bool) -> anyhow::Result<Figures> {
+/// Projects `tenant-1` … `tenant-{t}`, each with the no-op agent active.
+async fn tenant_projects(s: &Setup, t: usize) -> anyhow::Result<Vec<ProjectId>> {
+    let mut ps = Vec::with_capacity(t);
+    for i in 1..=t {
+        let id = format!("tenant-{i}");
+        s.p.control
+            .create_project(
+                &Actor::cli("bench"),
+                crate::control::NewProject {
+                    project_id: id.clone(),
+                    display_name: id.clone(),
+                    required_approvals: Some(1),
+                },
+            )
+            .await?;
+        let project = ProjectId::parse(&id)?;
+        crate::platform::create_signing_key(&s.p, &s.state.join("keyring"), &project, "bench")
+            .await?;
+        publish_noop(&s.p, &project).await?;
+        ps.push(project);
+    }
+    Ok(ps)
+}
+
+async fn bench(
+    url: &str,
+    n: usize,
+    workers: usize,
+    quick: bool,
+    tenants: Option<usize>,
+) -> anyhow::Result<Figures> {
     let s = setup(url).await?;
 
     // 1. Throughput, twice: (a) n runs created through the real create path with the default
@@ -322,17 +397,32 @@ async fn bench(url: &str, n: usize, workers: usize, quick: bool) -> anyhow::Resu
     //    per-project cap (the runtime's own ceiling). Each time the workers drain them.
     let creates_per_sec = create_runs(&s, n).await?;
     eprintln!("created {n} runs through RunService::create at {creates_per_sec:.0}/s");
-    let rps = drain(url, &s, n, workers, quick, "created, default limits").await?;
+    let one = std::slice::from_ref(&s.project);
+    let rps = drain(url, &s, one, n, workers, quick, "created, default limits").await?;
     enqueue(&s, n as i64).await?;
     let rps_raw = drain(
         url,
         &s,
+        one,
         n,
         workers,
         quick,
         "bulk-inserted, no concurrency cap",
     )
     .await?;
+    // 1c. (--projects T) The multi-tenant shape: the same number of runs spread over T projects
+    //     with backlogs, each under the default cap of 64 concurrent runs.
+    let rps_tenants = match tenants {
+        Some(t) if t > 1 => {
+            let ps = tenant_projects(&s, t).await?;
+            for p in &ps {
+                enqueue_in(&s, p, (n / t) as i64, 64).await?;
+            }
+            let what = format!("bulk-inserted, {t} projects capped at 64 each");
+            Some(drain(url, &s, &ps, n / t * t, workers, quick, &what).await?)
+        }
+        _ => None,
+    };
     let (stop, rx) = shutdown_channel();
     let ws: Vec<_> = (0..workers)
         .map(|i| {
@@ -418,6 +508,7 @@ async fn bench(url: &str, n: usize, workers: usize, quick: bool) -> anyhow::Resu
     Ok(Figures {
         rps,
         rps_raw,
+        rps_tenants,
         creates_per_sec,
         pickup: [
             percentile_ms(&pickup, 50.0),

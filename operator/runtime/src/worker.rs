@@ -78,6 +78,8 @@ pub struct WorkerStats {
     /// Claims that returned (with or without runs): tests use it to know a worker has looked
     /// at the queue and is idle.
     pub claim_rounds: AtomicU64,
+    /// Completion transactions written (one per project per batch).
+    pub completion_batches: AtomicU64,
 }
 
 pub struct Worker {
@@ -680,6 +682,9 @@ impl Worker {
             // those).
             for (g, (project, group)) in by_project.into_iter().enumerate() {
                 let (items, senders): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                self.stats
+                    .completion_batches
+                    .fetch_add(1, Ordering::Relaxed);
                 let last = g + 1 == groups;
                 // Transient failures (deadlock, serialization, a dropped connection) are
                 // retried: the batch is one transaction, so a retry cannot half-apply it.

@@ -345,11 +345,16 @@ async fn drain(
         .iter()
         .map(|w| w.stats.claimed.load(Ordering::Relaxed))
         .sum();
+    let batches: u64 = ws
+        .iter()
+        .map(|w| w.stats.completion_batches.load(Ordering::Relaxed))
+        .sum();
     eprintln!(
         "throughput ({what}): {n} runs in {:.2} s = {rps:.0} runs/s with {workers} workers; \
-         {rounds} claims, {:.1} runs each",
+         {rounds} claims, {:.1} runs each; {batches} completion transactions, {:.1} runs each",
         elapsed.as_secs_f64(),
-        claimed as f64 / rounds.max(1) as f64
+        claimed as f64 / rounds.max(1) as f64,
+        n as f64 / batches.max(1) as f64
     );
 
     stop.send(true)?;

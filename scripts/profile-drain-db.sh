@@ -280,10 +280,12 @@ for n in "${sizes[@]}"; do
       mkarrays b_
       [ "$i" -ge 1 ] && phase begin
       echo "BEGIN; SET LOCAL awooop.project_id = 'bench';"
+      done_sql="EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench') \\g /dev/null"
+      journal_sql="EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
       if [ "${OLD:-0}" = 1 ]; then
-        echo "EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench');"
+        echo "$done_sql"
         [ "$i" -ge 1 ] && phase update
-        echo "EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
+        echo "$journal_sql"
         [ "$i" -ge 1 ] && phase journal
       else
         # complete_batch since migration 0074: lock the fence, journal with deferred step
@@ -291,10 +293,10 @@ for n in "${sizes[@]}"; do
         echo "EXECUTE lock(:'b_ids', :'b_att', 'bench') \\g /dev/null"
         [ "$i" -ge 1 ] && phase lock
         echo "SET LOCAL awooop.step_seq = 'deferred';"
-        echo "EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
+        echo "$journal_sql"
         echo "SET LOCAL awooop.step_seq = '';"
         [ "$i" -ge 1 ] && phase journal
-        echo "EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench') \\g /dev/null"
+        echo "$done_sql"
         [ "$i" -ge 1 ] && phase update
       fi
       echo "EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"

@@ -337,18 +337,14 @@ async fn drain(
     let rps = n as f64 / elapsed.as_secs_f64();
     // Claim statements issued and what they returned: each claim has a fixed cost in
     // PostgreSQL (the per-project running count, its trigger), so their size matters.
-    let rounds: u64 = ws
-        .iter()
-        .map(|w| w.stats.claim_rounds.load(Ordering::Relaxed))
-        .sum();
-    let claimed: u64 = ws
-        .iter()
-        .map(|w| w.stats.claimed.load(Ordering::Relaxed))
-        .sum();
-    let batches: u64 = ws
-        .iter()
-        .map(|w| w.stats.completion_batches.load(Ordering::Relaxed))
-        .sum();
+    let total = |f: fn(&crate::runtime::worker::WorkerStats) -> &std::sync::atomic::AtomicU64| {
+        ws.iter()
+            .map(|w| f(&w.stats).load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let rounds = total(|s| &s.claim_rounds);
+    let claimed = total(|s| &s.claimed);
+    let batches = total(|s| &s.completion_batches);
     eprintln!(
         "throughput ({what}): {n} runs in {:.2} s = {rps:.0} runs/s with {workers} workers; \
          {rounds} claims, {:.1} runs each; {batches} completion transactions, {:.1} runs each",

@@ -14,6 +14,9 @@
 #     SET LOCAL awooop.scope = 'worker'; claim_in(batch)   (the refill, on its generic plan)
 #     COMMIT
 #   The session runs with jit = off, as the app pool's connections do (awooop_store::db).
+#   The built-in claim, fence lock and completion statements are the worker's own
+#   (awooop_runtime::repo::{CLAIM_SQL, FENCE_LOCK_SQL, COMPLETE_SQL}): a unit test of that
+#   module fails when they differ, so change both together.
 #   Before session 15 the script replayed the claim of before migration 0073, the completion of
 #   before 0074 and left JIT on: its claim figures were an LLVM compile per execution.
 #   separate mode (SEPARATE=1): the same completion, then the claim in its own worker-scope

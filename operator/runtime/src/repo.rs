@@ -562,6 +562,81 @@ pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::
     Ok(pool.begin_with(CLAIM_BEGIN).await?)
 }
 
+/// The claim statement of [`claim_in`]. Public, with the completion's statements, so that
+/// `scripts/profile-drain-db.sh` can be checked against it (a unit test below): the script
+/// replays the worker's statements to profile them, and a replay of statements the platform
+/// no longer runs measures nothing (docs/benchmarks.md, "Session 15").
+///
+/// Per project with queued runs (found by a skip scan of runs_claimable_project, one
+/// index probe per project), its oldest runnable runs are locked with SKIP LOCKED, at
+/// most as many as it may still start: its room is the max_concurrent of its oldest
+/// queued run minus its running runs. So a claim never locks runs it cannot start, and a
+/// project at its cap with a deep backlog does not stand in front of other projects'
+/// runs (before: the `n` oldest runs of the whole queue were locked, then those beyond
+/// their project's cap dropped; migration 0073). The projects are visited in the order
+/// of their oldest queued run (its `head`, read from the index with max_concurrent, no
+/// row fetched: migration 0076), and the nested loop stops as soon as `n` runs are
+/// locked: a claim locks only runs it starts. Before, every project with room locked up
+/// to `n` of its runs and a sort then kept the `n` oldest of all: with 50 tenants'
+/// backlogs a claim of 16 locked (and WAL-logged) 800 rows and released 784 at its
+/// commit (docs/benchmarks.md, "Session 15"). The candidates are ranked per project so
+/// that the cap holds exactly even if runs of one project carry different
+/// max_concurrent values. `OFFSET 0` keeps the three probes per project evaluated once
+/// each.
+///
+/// FOR NO KEY UPDATE, the lock the claim's own UPDATE takes: it still excludes other
+/// claimers and every writer of the row, but not the FOR KEY SHARE lock of a
+/// transaction inserting a row that references the run (an outbound chat message, an
+/// approval request); with FOR UPDATE, SKIP LOCKED passed over such a run and nothing
+/// woke a worker for it again before the fallback poll.
+///
+/// Each project's running count (`busy`) is a probe of runs_running_project (migration
+/// 0076) for that project alone: as a semi-join over all projects the count read every
+/// tenant's running runs (from runs_leased, or the whole new index).
+pub const CLAIM_SQL: &str = "WITH RECURSIVE qp AS ( \
+        (SELECT project_id FROM runs \
+         WHERE state IN ('queued', 'retrying') AND ($4::text IS NULL OR project_id = $4) \
+         ORDER BY project_id LIMIT 1) \
+      UNION ALL \
+        SELECT (SELECT r.project_id FROM runs r \
+                WHERE r.state IN ('queued', 'retrying') AND r.project_id > qp.project_id \
+                  AND ($4::text IS NULL OR r.project_id = $4) \
+                ORDER BY r.project_id LIMIT 1) \
+        FROM qp WHERE qp.project_id IS NOT NULL), \
+     room AS ( \
+        SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n \
+        FROM (SELECT qp.project_id, \
+                     (SELECT r.created_at FROM runs r \
+                      WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
+                      ORDER BY r.created_at LIMIT 1) AS head, \
+                     (SELECT r.max_concurrent FROM runs r \
+                      WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
+                      ORDER BY r.created_at LIMIT 1) AS mc, \
+                     (SELECT count(*) FROM runs r \
+                      WHERE r.project_id = qp.project_id AND r.state = 'running') AS busy \
+              FROM qp WHERE qp.project_id IS NOT NULL OFFSET 0) x), \
+     c AS ( \
+        SELECT q.project_id, q.run_id, q.created_at \
+        FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o \
+        CROSS JOIN LATERAL ( \
+            SELECT r.project_id, r.run_id, r.created_at FROM runs r \
+            WHERE r.project_id = o.project_id AND r.state IN ('queued', 'retrying') \
+              AND r.run_after <= now() \
+            ORDER BY r.created_at LIMIT o.n \
+            FOR NO KEY UPDATE SKIP LOCKED) q \
+        LIMIT $1), \
+     k AS ( \
+        SELECT c.project_id, c.run_id, \
+               row_number() OVER (PARTITION BY c.project_id ORDER BY c.created_at, c.run_id) AS rn \
+        FROM c) \
+     UPDATE runs r SET state = 'running', attempt = r.attempt + 1, worker_id = $2, \
+        lease_expires_at = now() + make_interval(secs => least($3, r.lease_seconds)), heartbeat_at = now(), \
+        started_at = coalesce(r.started_at, now()), updated_at = now() \
+     FROM k JOIN room b ON b.project_id = k.project_id \
+     WHERE r.project_id = k.project_id AND r.run_id = k.run_id \
+       AND k.rn + b.busy <= r.max_concurrent \
+     RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to";
+
 /// The claim statement of [`worker_claim_for`], in a transaction the caller holds in worker
 /// scope: with `WorkerConfig::refill_on_complete` (off by default) the completion writer
 /// claims the next runs in the transaction that completes the last ones.
@@ -572,81 +647,13 @@ pub async fn claim_in(
     lease_seconds: f64,
     project: Option<&str>,
 ) -> Result<Vec<Claimed>> {
-    Ok(sqlx::query_as(
-        // Per project with queued runs (found by a skip scan of runs_claimable_project, one
-        // index probe per project), its oldest runnable runs are locked with SKIP LOCKED, at
-        // most as many as it may still start: its room is the max_concurrent of its oldest
-        // queued run minus its running runs. So a claim never locks runs it cannot start, and a
-        // project at its cap with a deep backlog does not stand in front of other projects'
-        // runs (before: the `n` oldest runs of the whole queue were locked, then those beyond
-        // their project's cap dropped; migration 0073). The projects are visited in the order
-        // of their oldest queued run (its `head`, read from the index with max_concurrent, no
-        // row fetched: migration 0076), and the nested loop stops as soon as `n` runs are
-        // locked: a claim locks only runs it starts. Before, every project with room locked up
-        // to `n` of its runs and a sort then kept the `n` oldest of all: with 50 tenants'
-        // backlogs a claim of 16 locked (and WAL-logged) 800 rows and released 784 at its
-        // commit (docs/benchmarks.md, "Session 15"). The candidates are ranked per project so
-        // that the cap holds exactly even if runs of one project carry different
-        // max_concurrent values. `OFFSET 0` keeps the three probes per project evaluated once
-        // each.
-        // FOR NO KEY UPDATE, the lock the claim's own UPDATE takes: it still excludes other
-        // claimers and every writer of the row, but not the FOR KEY SHARE lock of a
-        // transaction inserting a row that references the run (an outbound chat message, an
-        // approval request); with FOR UPDATE, SKIP LOCKED passed over such a run and nothing
-        // woke a worker for it again before the fallback poll.
-        // Each project's running count (`busy`) is a probe of runs_running_project (migration
-        // 0076) for that project alone: as a semi-join over all projects the count read every
-        // tenant's running runs (from runs_leased, or the whole new index).
-        "WITH RECURSIVE qp AS ( \
-            (SELECT project_id FROM runs \
-             WHERE state IN ('queued', 'retrying') AND ($4::text IS NULL OR project_id = $4) \
-             ORDER BY project_id LIMIT 1) \
-          UNION ALL \
-            SELECT (SELECT r.project_id FROM runs r \
-                    WHERE r.state IN ('queued', 'retrying') AND r.project_id > qp.project_id \
-                      AND ($4::text IS NULL OR r.project_id = $4) \
-                    ORDER BY r.project_id LIMIT 1) \
-            FROM qp WHERE qp.project_id IS NOT NULL), \
-         room AS ( \
-            SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n \
-            FROM (SELECT qp.project_id, \
-                         (SELECT r.created_at FROM runs r \
-                          WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
-                          ORDER BY r.created_at LIMIT 1) AS head, \
-                         (SELECT r.max_concurrent FROM runs r \
-                          WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
-                          ORDER BY r.created_at LIMIT 1) AS mc, \
-                         (SELECT count(*) FROM runs r \
-                          WHERE r.project_id = qp.project_id AND r.state = 'running') AS busy \
-                  FROM qp WHERE qp.project_id IS NOT NULL OFFSET 0) x), \
-         c AS ( \
-            SELECT q.project_id, q.run_id, q.created_at \
-            FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o \
-            CROSS JOIN LATERAL ( \
-                SELECT r.project_id, r.run_id, r.created_at FROM runs r \
-                WHERE r.project_id = o.project_id AND r.state IN ('queued', 'retrying') \
-                  AND r.run_after <= now() \
-                ORDER BY r.created_at LIMIT o.n \
-                FOR NO KEY UPDATE SKIP LOCKED) q \
-            LIMIT $1), \
-         k AS ( \
-            SELECT c.project_id, c.run_id, \
-                   row_number() OVER (PARTITION BY c.project_id ORDER BY c.created_at, c.run_id) AS rn \
-            FROM c) \
-         UPDATE runs r SET state = 'running', attempt = r.attempt + 1, worker_id = $2, \
-            lease_expires_at = now() + make_interval(secs => least($3, r.lease_seconds)), heartbeat_at = now(), \
-            started_at = coalesce(r.started_at, now()), updated_at = now() \
-         FROM k JOIN room b ON b.project_id = k.project_id \
-         WHERE r.project_id = k.project_id AND r.run_id = k.run_id \
-           AND k.rn + b.busy <= r.max_concurrent \
-         RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to",
-    )
-    .bind(n)
-    .bind(worker)
-    .bind(lease_seconds)
-    .bind(project)
-    .fetch_all(conn)
-    .await?)
+    Ok(sqlx::query_as(CLAIM_SQL)
+        .bind(n)
+        .bind(worker)
+        .bind(lease_seconds)
+        .bind(project)
+        .fetch_all(conn)
+        .await?)
 }
 
 /// Turn a tenant transaction that has done its tenant work into a worker-scoped one (for
@@ -880,6 +887,39 @@ pub struct PendingApproval {
     pub reply_to: Option<super::outbound::ReplyTo>,
 }
 
+/// The fence of [`complete_batch`] taken as row locks (run, attempt, state running) before
+/// its journal rows are written (migration 0074); `h.expect` for the reason given at
+/// [`COMPLETE_SQL`].
+pub const FENCE_LOCK_SQL: &str = "SELECT r.run_id FROM runs r \
+             JOIN unnest($1::uuid[], $2::int[], array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) \
+               AS h(run_id, attempt, expect) \
+               ON r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect \
+             WHERE r.project_id = $3 \
+             FOR NO KEY UPDATE OF r";
+
+/// The fenced state change of [`complete_batch`]: only attempts that still hold their run land.
+///
+/// The fence's expected state comes out of the unnest (`h.expect`, 'running' for every
+/// row) instead of a literal: a literal `r.state = 'running'` lets the planner drive the
+/// update from the partial index `runs_leased` (every running run of every project) and
+/// probe the batch once per running run, which it does whenever its statistics say few
+/// runs are running (a queue analysed while idle): O(running x batch) comparisons,
+/// ~0.7 ms of PostgreSQL CPU per completed run with 1,024 running (docs/benchmarks.md,
+/// "drain (session 7)"). With `h.expect` no partial index can match, and the plan probes
+/// each completion by run id. Same rows, same fence (run, attempt, state = running).
+/// `event_seq` catches up with the journal events written before it (the state-change
+/// trigger numbers its events after it; migration 0074).
+pub const COMPLETE_SQL: &str = "UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code, \
+         error_message = h.msg, \
+         finished_at = CASE WHEN h.state IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE r.finished_at END, \
+         worker_id = NULL, lease_expires_at = NULL, updated_at = now(), \
+         event_seq = greatest(r.event_seq, (SELECT coalesce(max(e.seq), 0) FROM run_events e \
+           WHERE e.project_id = r.project_id AND e.run_id = r.run_id)) \
+         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[], \
+           array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) AS h(run_id, attempt, state, output, code, msg, expect) \
+         WHERE r.project_id = $7 AND r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect \
+         RETURNING r.run_id";
+
 /// Write many completions of the current project in one transaction: the fenced state update
 /// (only attempts that still hold their run land), then the journal rows, replies and audit
 /// rows of the landed ones. Returns, per completion, whether it landed.
@@ -911,20 +951,12 @@ pub async fn complete_batch(
     // journal rows needs no lock first: its UPDATE is the fence.
     let any_steps = items.iter().any(|c| !c.steps.is_empty());
     let fenced: Option<std::collections::HashSet<Uuid>> = if any_steps {
-        let locked: Vec<Uuid> = sqlx::query_scalar(
-            // `h.expect` for the reason given at the UPDATE below.
-            "SELECT r.run_id FROM runs r \
-             JOIN unnest($1::uuid[], $2::int[], array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) \
-               AS h(run_id, attempt, expect) \
-               ON r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect \
-             WHERE r.project_id = $3 \
-             FOR NO KEY UPDATE OF r",
-        )
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(project)
-        .fetch_all(&mut *conn)
-        .await?;
+        let locked: Vec<Uuid> = sqlx::query_scalar(FENCE_LOCK_SQL)
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(project)
+            .fetch_all(&mut *conn)
+            .await?;
         let locked: std::collections::HashSet<Uuid> = locked.into_iter().collect();
         let steps: Vec<(&Completion, &PendingStep)> = items
             .iter()
@@ -946,37 +978,16 @@ pub async fn complete_batch(
     } else {
         None
     };
-    let landed: Vec<Uuid> = sqlx::query_scalar(
-        // The fence's expected state comes out of the unnest (`h.expect`, 'running' for every
-        // row) instead of a literal: a literal `r.state = 'running'` lets the planner drive the
-        // update from the partial index `runs_leased` (every running run of every project) and
-        // probe the batch once per running run, which it does whenever its statistics say few
-        // runs are running (a queue analysed while idle): O(running x batch) comparisons,
-        // ~0.7 ms of PostgreSQL CPU per completed run with 1,024 running (docs/benchmarks.md,
-        // "drain (session 7)"). With `h.expect` no partial index can match, and the plan probes
-        // each completion by run id. Same rows, same fence (run, attempt, state = running).
-        // `event_seq` catches up with the journal events written above (the state-change
-        // trigger numbers its events after it; migration 0074).
-        "UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code, \
-         error_message = h.msg, \
-         finished_at = CASE WHEN h.state IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE r.finished_at END, \
-         worker_id = NULL, lease_expires_at = NULL, updated_at = now(), \
-         event_seq = greatest(r.event_seq, (SELECT coalesce(max(e.seq), 0) FROM run_events e \
-           WHERE e.project_id = r.project_id AND e.run_id = r.run_id)) \
-         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[], \
-           array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) AS h(run_id, attempt, state, output, code, msg, expect) \
-         WHERE r.project_id = $7 AND r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect \
-         RETURNING r.run_id",
-    )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&states)
-    .bind(&outputs)
-    .bind(&codes)
-    .bind(&msgs)
-    .bind(project)
-    .fetch_all(&mut *conn)
-    .await?;
+    let landed: Vec<Uuid> = sqlx::query_scalar(COMPLETE_SQL)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&states)
+        .bind(&outputs)
+        .bind(&codes)
+        .bind(&msgs)
+        .bind(project)
+        .fetch_all(&mut *conn)
+        .await?;
     let landed: std::collections::HashSet<Uuid> = landed.into_iter().collect();
     if let Some(locked) = &fenced {
         // The runs were locked by this transaction: nothing can have moved them in between.
@@ -1059,4 +1070,55 @@ async fn insert_steps(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CLAIM_SQL, COMPLETE_SQL, FENCE_LOCK_SQL};
+
+    /// The text without any whitespace: the script spreads the statements over lines
+    /// differently, and only the tokens matter.
+    fn squeeze(s: &str) -> String {
+        s.chars().filter(|c| !c.is_whitespace()).collect()
+    }
+
+    fn between<'a>(s: &'a str, from: &str, to: &str) -> &'a str {
+        let start = s
+            .find(from)
+            .unwrap_or_else(|| panic!("profile-drain-db.sh has no `{from}`"))
+            + from.len();
+        let len = s[start..]
+            .find(to)
+            .unwrap_or_else(|| panic!("no `{to}` after `{from}`"));
+        &s[start..start + len]
+    }
+
+    /// `scripts/profile-drain-db.sh` profiles the worker's claim and completion by replaying
+    /// them from psql. It replayed statements the worker had stopped running two migrations
+    /// earlier, and its figures misled (docs/benchmarks.md, "Session 15"): now a change of
+    /// either statement fails here until the script replays it too.
+    #[test]
+    fn the_drain_profile_replays_the_statements_the_worker_runs() {
+        let script = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/profile-drain-db.sh"
+        ))
+        .expect("scripts/profile-drain-db.sh");
+        // The script wraps the claim in a CTE (`u`) only to hand its rows to psql variables.
+        let claim = squeeze(between(
+            &script,
+            "PREPARE claim(bigint, text, float8, text) AS\n",
+            "\nSELECT count(*) AS got",
+        ))
+        .replacen("),uAS(UPDATE", ")UPDATE", 1);
+        assert_eq!(claim.strip_suffix(')'), Some(squeeze(CLAIM_SQL).as_str()));
+        let lock = between(&script, "PREPARE lock(uuid[], int[], text) AS\n", ";\n");
+        assert_eq!(squeeze(lock), squeeze(FENCE_LOCK_SQL));
+        let done = between(
+            &script,
+            "PREPARE done(uuid[], int[], text[], jsonb[], text[], text[], text) AS\n",
+            ";\n",
+        );
+        assert_eq!(squeeze(done), squeeze(COMPLETE_SQL));
+    }
 }

@@ -255,6 +255,12 @@ SELECT array_fill('succeeded'::text, ARRAY[$n]) AS st, array_fill('"ok"'::jsonb,
 EOF
 }
 phase() { echo "\\! echo $1 \$(cut -d' ' -f1 /proc/\$PID/schedstat) >> $WORK/phases"; }
+# The statements of one measured phase (arguments 2...), then its mark (warm-up cycles: none).
+step() {
+  local name=$1; shift
+  printf '%s\n' "$@"
+  if [ "$i" -ge 1 ]; then phase "$name"; fi
+}
 
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(64 256)
 for n in "${sizes[@]}"; do
@@ -286,24 +292,16 @@ for n in "${sizes[@]}"; do
       done_sql="EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench') \\g /dev/null"
       journal_sql="EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
       if [ "${OLD:-0}" = 1 ]; then
-        echo "$done_sql"
-        [ "$i" -ge 1 ] && phase update
-        echo "$journal_sql"
-        [ "$i" -ge 1 ] && phase journal
+        step update "$done_sql"
+        step journal "$journal_sql"
       else
         # complete_batch since migration 0074: lock the fence, journal with deferred step
         # numbering, then the state change that catches event_seq up.
-        echo "EXECUTE lock(:'b_ids', :'b_att', 'bench') \\g /dev/null"
-        [ "$i" -ge 1 ] && phase lock
-        echo "SET LOCAL awooop.step_seq = 'deferred';"
-        echo "$journal_sql"
-        echo "SET LOCAL awooop.step_seq = '';"
-        [ "$i" -ge 1 ] && phase journal
-        echo "$done_sql"
-        [ "$i" -ge 1 ] && phase update
+        step lock "EXECUTE lock(:'b_ids', :'b_att', 'bench') \\g /dev/null"
+        step journal "SET LOCAL awooop.step_seq = 'deferred';" "$journal_sql" "SET LOCAL awooop.step_seq = '';"
+        step update "$done_sql"
       fi
-      echo "EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
-      [ "$i" -ge 1 ] && phase audit
+      step audit "EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
       if [ "${SEPARATE:-0}" = 1 ]; then
         echo "COMMIT;"
         [ "$i" -ge 1 ] && phase commit

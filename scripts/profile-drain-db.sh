@@ -80,13 +80,20 @@ CREATE FUNCTION prof_uuid7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
     from 1 for 6), 52, 1), 53, 1), 'hex')::uuid $$;
 GRANT EXECUTE ON FUNCTION prof_uuid7() TO awooop_app;
 INSERT INTO projects (project_id, display_name) VALUES ('bench', 'bench'), ('other', 'other');
+INSERT INTO projects (project_id, display_name)
+SELECT 'tenant-' || i, 'tenant' FROM generate_series(1, :backlogs) i;
+-- n queued runs spread round-robin over `projects`, capped at `cap`, created at `at`; `salt`
+-- keeps the trace ids of different calls apart.
+CREATE FUNCTION prof_enqueue(projects text[], n int, cap int, at timestamptz, salt text) RETURNS void
+LANGUAGE sql AS $$
+  INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash,
+    trace_id, span_id, max_attempts, deadline_at, max_concurrent, created_at)
+  SELECT projects[1 + g % cardinality(projects)], prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
+    'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
+    md5(g::text || salt), substr(md5(g::text || salt || 's'), 1, 16), 3, now() + interval '1 hour', cap, at
+  FROM generate_series(1, n) g $$;
 -- History: finished runs of two projects with their events, journal rows and audit rows.
-INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash,
-  trace_id, span_id, max_attempts, deadline_at, max_concurrent)
-SELECT CASE WHEN g % 4 = 0 THEN 'other' ELSE 'bench' END, prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
-  'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
-  md5(g::text), substr(md5(g::text || 's'), 1, 16), 3, now() + interval '1 hour', 100000
-FROM generate_series(1, :history) g;
+SELECT prof_enqueue(ARRAY['other', 'bench', 'bench', 'bench'], :history, 100000, now(), '');
 UPDATE runs SET state = 'running', attempt = 1, worker_id = 'old', lease_expires_at = now() + interval '1 min',
   started_at = now();
 INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output,
@@ -98,32 +105,15 @@ INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, tra
     run_id::text, 'ok', trace_id, '{"state":"succeeded","attempt":1,"error_code":null}'
   FROM runs, unnest(ARRAY['cli:bench', 'worker']) a;
 -- The queue: bulk-inserted like `awooop bench runs`' uncapped drain.
-INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash,
-  trace_id, span_id, max_attempts, deadline_at, max_concurrent)
-SELECT 'bench', prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
-  'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
-  md5(g::text || 'q'), substr(md5(g::text || 'qs'), 1, 16), 3, now() + interval '1 hour', 100000
-FROM generate_series(1, :queued) g;
+SELECT prof_enqueue(ARRAY['bench'], :queued, 100000, now(), 'q');
 -- OTHER_RUNNING: another tenant's runs in flight (its own workers hold them).
-INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash,
-  trace_id, span_id, max_attempts, deadline_at, max_concurrent)
-SELECT 'other', prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
-  'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
-  md5(g::text || 'o'), substr(md5(g::text || 'os'), 1, 16), 3, now() + interval '1 hour', 100000
-FROM generate_series(1, :other) g;
+SELECT prof_enqueue(ARRAY['other'], :other, 100000, now(), 'o');
 UPDATE runs SET state = 'running', attempt = 1, worker_id = 'bg-other', lease_expires_at = now() + interval '1 hour',
   heartbeat_at = now(), started_at = now() WHERE project_id = 'other' AND state = 'queued';
 -- OTHER_BACKLOGS: as many other tenants with 100 queued runs each, newer than bench's queue
 -- (so a claim that stops when it has its runs never needs them).
-INSERT INTO projects (project_id, display_name)
-SELECT 'tenant-' || i, 'tenant' FROM generate_series(1, :backlogs) i;
-INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash,
-  trace_id, span_id, max_attempts, deadline_at, max_concurrent, created_at)
-SELECT 'tenant-' || (1 + g % :backlogs), prof_uuid7(), 'noop', 'shadow', '{}'::jsonb,
-  'sha256:' || encode(sha256(g::text::bytea), 'hex'), '00000000-0000-0000-0000-000000000001', 'sha256:x',
-  md5(g::text || 't'), substr(md5(g::text || 'ts'), 1, 16), 3, now() + interval '1 hour', 64,
-  now() + interval '1 hour'
-FROM generate_series(1, 100 * :backlogs) g;
+SELECT prof_enqueue(ARRAY(SELECT 'tenant-' || i FROM generate_series(1, :backlogs) i), 100 * :backlogs, 64,
+  now() + interval '1 hour', 't') WHERE :backlogs > 0;
 VACUUM ANALYZE;
 EOF
 

@@ -134,7 +134,9 @@ impl SchemaCache {
         if let Some(s) = self.compiled.lock().expect("schema cache").get(&r.sha256) {
             return Ok(s.clone());
         }
-        let bytes = control.artifact(&r.reference, &r.sha256).await?;
+        // Boxed: only a cache miss reads, and the read's future would otherwise sit inline in
+        // every run task's future (the worker's `execute_in_scope`).
+        let bytes = Box::pin(control.artifact(&r.reference, &r.sha256)).await?;
         let schema: Value = serde_json::from_slice(&bytes).map_err(|_| {
             Error::new(
                 ErrorCode::SchemaViolation,

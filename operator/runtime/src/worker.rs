@@ -529,7 +529,10 @@ impl Worker {
         {
             return Ok(Some(c.clone()));
         }
-        let rev = self.control.revision_by_id(revision_id).await?;
+        // Boxed, as every await below that only a cache miss or a rare outcome reaches: an
+        // unboxed control-plane read sits inline in every run task's future (docs/benchmarks.md,
+        // "Session 15": 37.6 KB per task, allocated from fresh pages at each spawn).
+        let rev = Box::pin(self.control.revision_by_id(revision_id)).await?;
         let Ok(Contract::Agent(a)) = contracts::validate(ContractKind::Agent, &rev.body) else {
             return Ok(None);
         };
@@ -577,7 +580,18 @@ impl Worker {
             input: c.input.clone(),
             trace: trace.clone(),
         };
-        let mut journal = Journal::load(self.control.db(), project, c.run_id, c.attempt).await?;
+        // A first attempt has nothing to resume: no read, and no read's future in this one.
+        let mut journal = if c.attempt > 1 {
+            Box::pin(Journal::load(
+                self.control.db(),
+                project,
+                c.run_id,
+                c.attempt,
+            ))
+            .await?
+        } else {
+            Journal::fresh(self.control.db(), project, c.run_id, c.attempt)
+        };
         let outcome = match self.executor.execute(&ctx, &mut journal).await {
             Ok(o) => o,
             Err(e) if super::executor::is_lease_lost(&e) => return Ok(None),
@@ -634,7 +648,8 @@ impl Worker {
                 if let Some(need) = request {
                     // The request lands with the waiting state, in the completion's
                     // transaction: quorum and approvers from the active Project contract.
-                    let policy = crate::approvals::ApprovalService::policy(&self.control).await?;
+                    let policy =
+                        Box::pin(crate::approvals::ApprovalService::policy(&self.control)).await?;
                     if need.kind == crate::approvals::RequestKind::Proposal {
                         // Suggest mode: the proposal is the run's output while it waits.
                         done.output = Some(json!({
@@ -782,4 +797,26 @@ impl Drop for AbortOnDrop {
 /// Convenience for tests and `awooop up`: a shutdown channel.
 pub fn shutdown_channel() -> (watch::Sender<bool>, watch::Receiver<bool>) {
     watch::channel(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, Fut>(_: impl FnOnce(A, B) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every claimed run is a task whose future is allocated at its spawn: with the cold
+    /// paths' control-plane reads inline (revision and schema cache misses, a resumed
+    /// attempt's journal, the approval policy) it was 37,624 bytes in a release build (16,448
+    /// in a test build), and a drain of 1,024 runs in flight allocated them from fresh pages
+    /// (`perf`: a third of the benchmark process's samples zeroing them). Those awaits are
+    /// boxed (docs/benchmarks.md, "Session 15"); release build now 7,736 bytes.
+    #[test]
+    fn the_run_task_future_stays_small() {
+        let n = future_size(Worker::execute);
+        assert!(n <= 8 * 1024, "the run task future is {n} bytes");
+    }
 }

@@ -6,8 +6,8 @@
 -- (repo::claim_in, `busy`). The only index of running runs was runs_leased (lease_expires_at,
 -- for the reaper), so the count read every running run of every tenant and fetched each row to
 -- see its project: a tenant with 10,000 runs in flight made every other tenant's claims cost
--- 2.4 times as much in PostgreSQL (scripts/profile-drain-db.sh with OTHER_RUNNING=10000,
--- docs/benchmarks.md "Session 15"). With this index the count reads the claiming project's
+-- twice as much in PostgreSQL (118 -> 234 us per claimed run at batch 16,
+-- scripts/profile-drain-db.sh with OTHER_RUNNING=10000, docs/benchmarks.md "Session 15"). With this index the count reads the claiming project's
 -- running runs only.
 --
 -- What it costs: one more index entry for each row version of a running run (the claim's and

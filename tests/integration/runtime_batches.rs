@@ -933,7 +933,8 @@ async fn every_claim_runs_on_the_generic_plan_without_replanning() {
 /// A claim counts the running runs of the projects it claims for, not every tenant's: the
 /// count behind `max_concurrent` read every running run of the table (`runs_leased`) and
 /// fetched each to see its project, so one tenant's work in flight made every other tenant's
-/// claims slower (2.4x with 10,000 running, docs/benchmarks.md "Session 15"). Migration 0076.
+/// claims slower (twice the claim cost with 10,000 running, docs/benchmarks.md "Session 15").
+/// Migration 0076.
 #[tokio::test]
 async fn a_claim_reads_only_the_running_runs_of_the_projects_it_claims_for() {
     let t = TestDb::new().await;

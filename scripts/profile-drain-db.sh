@@ -33,8 +33,9 @@
 #   MIGRATIONS   directory of migrations to apply (default: migrations/ of this checkout);
 #                run with a base checkout's directory for the old figure
 #   EXTRA_SQL    a file run as the owner after the migrations (an experiment)
-#   CLAIM_SQL    a file with the claim statement (PREPARE claim(...)) to use instead of the
-#                built-in one (the statement of operator/runtime/src/repo.rs claim_in)
+#   CLAIM_SQL    a file with the claim statements (PREPARE projects(bigint, text) and
+#                PREPARE claim(bigint, text, float8, text[])) to use instead of the built-in
+#                ones (operator/runtime/src/repo.rs CLAIM_PROJECTS_SQL, CLAIM_SQL)
 #   CYCLES       measured cycles per batch size (default: 12800 runs' worth, at least 40)
 #   QUEUED       queued runs (default 40000); HISTORY finished runs before them (default 50000)
 #   OTHER_RUNNING  runs of another project already running (default 0): what a claim pays for
@@ -124,18 +125,10 @@ EOF
 # completion (psql variables); the statement inside is claim_in's, RETURNING the same columns.
 if [ -n "${CLAIM_SQL:-}" ]; then cp "$CLAIM_SQL" "$WORK/claim.sql"; else
 cat > "$WORK/claim.sql" <<'EOF'
-PREPARE claim(bigint, text, float8, text) AS
-WITH RECURSIVE qp AS (
-    (SELECT project_id FROM runs
-     WHERE state IN ('queued', 'retrying') AND ($4::text IS NULL OR project_id = $4)
-     ORDER BY project_id LIMIT 1)
-  UNION ALL
-    SELECT (SELECT r.project_id FROM runs r
-            WHERE r.state IN ('queued', 'retrying') AND r.project_id > qp.project_id
-              AND ($4::text IS NULL OR r.project_id = $4)
-            ORDER BY r.project_id LIMIT 1)
-    FROM qp WHERE qp.project_id IS NOT NULL),
- room AS (
+PREPARE projects(bigint, text) AS
+SELECT locked, passed_over FROM awooop_claim_projects($1, $2);
+PREPARE claim(bigint, text, float8, text[]) AS
+WITH room AS (
     SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n
     FROM (SELECT qp.project_id,
                  (SELECT r.created_at FROM runs r
@@ -146,7 +139,7 @@ WITH RECURSIVE qp AS (
                   ORDER BY r.created_at LIMIT 1) AS mc,
                  (SELECT count(*) FROM runs r
                   WHERE r.project_id = qp.project_id AND r.state = 'running') AS busy
-          FROM qp WHERE qp.project_id IS NOT NULL OFFSET 0) x),
+          FROM unnest($4::text[]) AS qp(project_id) OFFSET 0) x),
  c AS (
     SELECT q.project_id, q.run_id, q.created_at
     FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o
@@ -252,6 +245,13 @@ step() {
   if [ "$i" -ge 1 ]; then phase "$name"; fi
 }
 
+# A claim as claim_in runs it: lock the projects (migration 0077), then claim from those.
+# $1 = size, $2 = worker, $3 = what psql does with the claimed rows.
+claim() {
+  echo "EXECUTE projects($1, NULL) \\gset p_"
+  echo "EXECUTE claim($1, '$2', 30, :'p_locked') $3"
+}
+
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(64 256)
 for n in "${sizes[@]}"; do
   # A fresh database per batch size: each starts from the same history and queue.
@@ -270,10 +270,13 @@ for n in "${sizes[@]}"; do
     cat "$WORK/claim.sql" "$WORK/prep.sql"
     # 1,024 runs running for other workers (4 x 256 slots), claimed by the real statement.
     for w in 1 2 3 4; do
-      echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan}; EXECUTE claim(256, 'bg-$w', 30, NULL); COMMIT;"
+      echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
+      claim 256 "bg-$w" '\g /dev/null'
+      echo "COMMIT;"
     done
     # Our batch in flight.
-    echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan}; EXECUTE claim($n, 'w', 30, NULL) \\gset b_"
+    echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
+    claim "$n" w '\gset b_'
     echo "COMMIT;"
     for i in $(seq -7 "$cycles"); do    # 8 warm-up cycles (custom plans, then the generic one)
       mkarrays b_
@@ -300,7 +303,7 @@ for n in "${sizes[@]}"; do
         echo "SET LOCAL awooop.scope = 'worker';"
       fi
       echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
-      echo "EXECUTE claim($n, 'w', 30, NULL) \\gset b_"
+      claim "$n" w '\gset b_'
       [ "$i" -ge 1 ] && phase claim
       echo "COMMIT;"
       [ "$i" -ge 1 ] && phase commit
@@ -325,7 +328,9 @@ for n in "${sizes[@]}"; do
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
       echo "SET LOCAL awooop.scope = 'worker';"
       echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
-      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE claim($n, 'w', 30, NULL);"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE projects($n, NULL);"
+      echo "EXECUTE projects($n, NULL) \\gset p_"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE claim($n, 'w', 30, :'p_locked');"
       echo "COMMIT;"
       echo "BEGIN; SET LOCAL awooop.scope = 'worker'; EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE beat('bg-1', :'h_ids', :'h_att', 30); COMMIT;"
     fi

@@ -877,7 +877,8 @@ async fn a_batch_of_tool_calls_moves_its_runs_counter_once() {
 async fn claim_plans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
     sqlx::query_as(
         "SELECT coalesce(sum(generic_plans), 0)::bigint, coalesce(sum(custom_plans), 0)::bigint \
-         FROM pg_prepared_statements WHERE statement LIKE 'WITH RECURSIVE qp AS%'",
+         FROM pg_prepared_statements \
+         WHERE statement LIKE 'WITH room AS%' OR statement LIKE 'SELECT locked, passed_over FROM%'",
     )
     .fetch_one(conn)
     .await
@@ -920,9 +921,10 @@ async fn every_claim_runs_on_the_generic_plan_without_replanning() {
     assert_eq!(got, 22);
     let mut conn = one.acquire().await.unwrap();
     let (generic, custom) = claim_plans(&mut conn).await;
+    // Two statements per claim since migration 0077: the project lock and the claim.
     assert_eq!(
         (generic, custom),
-        (11, 0),
+        (22, 0),
         "claims on generic plans, custom plans (each custom plan is a fresh planning)"
     );
     drop(conn);
@@ -1058,5 +1060,237 @@ async fn a_claim_locks_only_the_runs_it_starts_whatever_the_number_of_backlogs()
         }
     }
     drop(su);
+    t.cleanup().await;
+}
+
+/// Two claims of one project at the same instant start no more than its `max_concurrent`
+/// between them. Each counted the project's running runs from its own snapshot, neither saw
+/// the other's uncommitted runs, and SKIP LOCKED passed over the other's rows without waiting:
+/// each started the whole room (here 4 + 4 of a cap of 4; 113-128 of a cap of 64 in `awooop
+/// bench runs`, docs/benchmarks.md "Session 15"). The second claim now passes over the project
+/// the first is claiming from (migration 0077), without waiting, and takes another project's
+/// runs instead.
+#[tokio::test]
+async fn two_claims_at_once_start_no_more_than_the_projects_cap() {
+    let t = TestDb::new().await;
+    let mut su = t.superuser().await;
+    sqlx::query(
+        "INSERT INTO projects (project_id, display_name) VALUES ('capped', 'c'), ('other', 'o')",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    // 'capped': 20 queued runs, at most 4 at once, older than 'other''s 20 (cap 64).
+    sqlx::query(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+         trace_id, span_id, max_attempts, deadline_at, max_concurrent, created_at) \
+         SELECT CASE WHEN g < 20 THEN 'capped' ELSE 'other' END, gen_random_uuid(), 'echo', 'shadow', '{}'::jsonb, \
+         'sha256:' || repeat('0', 64), gen_random_uuid(), 'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, \
+         now() + interval '1 hour', CASE WHEN g < 20 THEN 4 ELSE 64 END, \
+         now() - interval '1 hour' + g * interval '1 second' \
+         FROM generate_series(0, 39) g",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let running = |project: &'static str| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM runs WHERE project_id = $1 AND state = 'running'",
+        )
+        .bind(project)
+    };
+    let per_project = |claimed: &[repo::Claimed], project: &str| {
+        claimed.iter().filter(|c| c.project_id == project).count()
+    };
+
+    let mut a = repo::claim_tx(&t.app).await.unwrap();
+    let first = repo::claim_in(&mut a, "a", 4, 30.0, None).await.unwrap();
+    assert_eq!(per_project(&first, "capped"), 4, "{first:?}");
+    // The second claim runs while the first is uncommitted; it must not wait for it either.
+    let mut b = repo::claim_tx(&t.app).await.unwrap();
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        repo::claim_in(&mut b, "b", 16, 30.0, None),
+    )
+    .await
+    .expect("a claim waited for another claim's transaction")
+    .unwrap();
+    a.commit().await.unwrap();
+    b.commit().await.unwrap();
+    assert_eq!(
+        running("capped").fetch_one(&mut su).await.unwrap(),
+        4,
+        "two claims at once started {} + {} runs of a project capped at 4",
+        per_project(&first, "capped"),
+        per_project(&second, "capped")
+    );
+    assert_eq!(per_project(&second, "other"), 16, "{second:?}");
+
+    // Committed, the cap is simply full; a run finishing frees exactly one place.
+    let mut c = repo::claim_tx(&t.app).await.unwrap();
+    assert!(
+        repo::claim_in(&mut c, "c", 16, 30.0, Some("capped"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    c.commit().await.unwrap();
+    sqlx::query(
+        "UPDATE runs SET state = 'succeeded', finished_at = now(), worker_id = NULL, lease_expires_at = NULL \
+         WHERE run_id = $1",
+    )
+    .bind(first[0].run_id)
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let mut d = repo::claim_tx(&t.app).await.unwrap();
+    let next = repo::claim_in(&mut d, "d", 16, 30.0, Some("capped"))
+        .await
+        .unwrap();
+    d.commit().await.unwrap();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(running("capped").fetch_one(&mut su).await.unwrap(), 4);
+    drop(su);
+    t.cleanup().await;
+}
+
+/// Counts the executions in flight and the most seen at once.
+struct Overlap {
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    inner: ScriptedExecutor,
+}
+
+#[async_trait]
+impl Executor for Overlap {
+    async fn execute(
+        &self,
+        ctx: &RunContext,
+        journal: &mut Journal,
+    ) -> awooop::error::Result<Outcome> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        self.inner.execute(ctx, journal).await
+    }
+}
+
+/// Four workers draining one project capped at 3 never execute more than 3 of its runs at
+/// once. Before migration 0077 the workers' claims, woken together, each saw the same running
+/// count and each started up to the whole room.
+#[tokio::test]
+async fn four_workers_never_run_more_of_a_project_than_its_cap() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let n = 48;
+    create(&cp, &p, n).await;
+    let mut su = t.superuser().await;
+    sqlx::query("UPDATE runs SET max_concurrent = 3")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let exec = Arc::new(Overlap {
+        now: Default::default(),
+        peak: Default::default(),
+        inner: ScriptedExecutor::new(GuardedGateway::new(cp.clone(), Arc::new(NoGateway))),
+    });
+    let (stop, rx) = shutdown_channel();
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            let mut cfg = WorkerConfig::new(&format!("w{i}"));
+            cfg.slots = 8;
+            cfg.poll = Duration::from_millis(20);
+            Arc::new(Worker::new(t.app.clone(), cp.clone(), exec.clone(), cfg))
+        })
+        .collect();
+    let handles: Vec<_> = workers
+        .iter()
+        .map(|w| tokio::spawn(w.clone().run(rx.clone())))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: u64 = workers
+            .iter()
+            .map(|w| w.stats.succeeded.load(Ordering::Relaxed))
+            .sum();
+        if done as usize >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {n} runs finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    let peak = exec.peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 3,
+        "{peak} runs of a project capped at 3 ran at once"
+    );
+    // And the cap was used, not just respected.
+    assert!(peak >= 2, "{peak}");
+    let succeeded: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE state = 'succeeded'")
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(succeeded as usize, n);
+    drop(su);
+    t.cleanup().await;
+}
+
+/// A worker whose claim passed over a project because another claim held its lock looks again
+/// within milliseconds (backing off), not at its next wake-up: here nothing else would wake it
+/// for ten seconds (no notice: the runs were queued before it started; a fallback poll of 10 s).
+#[tokio::test]
+async fn a_claim_that_passed_over_a_held_project_looks_again_soon() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    create(&cp, &p, 3).await;
+    // Another claimer holds alpha's project lock (migration 0077) for half a second.
+    let mut holder = t.superuser().await;
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(1635217263, hashtext('alpha'))")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+        cp.clone(),
+        Arc::new(NoGateway),
+    )));
+    let mut cfg = WorkerConfig::new("w");
+    cfg.slots = 8;
+    cfg.poll = Duration::from_secs(10);
+    let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg));
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.clone().run(rx));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.stats.claims_passed_over.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the claim never met the held lock"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(w.stats.claimed.load(Ordering::Relaxed), 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let released = Instant::now();
+    while w.stats.succeeded.load(Ordering::Relaxed) < 3 {
+        assert!(
+            released.elapsed() < Duration::from_secs(3),
+            "the runs waited for the fallback poll after the lock was released"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    drop(holder);
     t.cleanup().await;
 }

@@ -538,10 +538,23 @@ pub async fn worker_claim_for(
     lease_seconds: f64,
     project: Option<&str>,
 ) -> Result<Vec<Claimed>> {
+    Ok(worker_claim_round(pool, worker, n, lease_seconds, project)
+        .await?
+        .runs)
+}
+
+/// [`worker_claim_for`], also saying how many projects it passed over (the claim loop).
+pub async fn worker_claim_round(
+    pool: &PgPool,
+    worker: &str,
+    n: i64,
+    lease_seconds: f64,
+    project: Option<&str>,
+) -> Result<ClaimRound> {
     let mut tx = claim_tx(pool).await?;
-    let rows = claim_in(&mut tx, worker, n, lease_seconds, project).await?;
+    let round = claim_round_in(&mut tx, worker, n, lease_seconds, project).await?;
     tx.commit().await?;
-    Ok(rows)
+    Ok(round)
 }
 
 /// The claim's transaction: worker scope, and the claim on its generic plan.
@@ -567,8 +580,11 @@ pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::
 /// replays the worker's statements to profile them, and a replay of statements the platform
 /// no longer runs measures nothing (docs/benchmarks.md, "Session 15").
 ///
-/// Per project with queued runs (found by a skip scan of runs_claimable_project, one
-/// index probe per project), its oldest runnable runs are locked with SKIP LOCKED, at
+/// The projects come from [`CLAIM_PROJECTS_SQL`], the statement before it: those this claim
+/// holds the project lock of (`$4`), so the running counts read here, under a snapshot taken
+/// after the lock, are final until this transaction commits (migration 0077).
+///
+/// Per project, its oldest runnable runs are locked with SKIP LOCKED, at
 /// most as many as it may still start: its room is the max_concurrent of its oldest
 /// queued run minus its running runs. So a claim never locks runs it cannot start, and a
 /// project at its cap with a deep backlog does not stand in front of other projects'
@@ -593,17 +609,7 @@ pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::
 /// Each project's running count (`busy`) is a probe of runs_running_project (migration
 /// 0076) for that project alone: as a semi-join over all projects the count read every
 /// tenant's running runs (from runs_leased, or the whole new index).
-pub const CLAIM_SQL: &str = "WITH RECURSIVE qp AS ( \
-        (SELECT project_id FROM runs \
-         WHERE state IN ('queued', 'retrying') AND ($4::text IS NULL OR project_id = $4) \
-         ORDER BY project_id LIMIT 1) \
-      UNION ALL \
-        SELECT (SELECT r.project_id FROM runs r \
-                WHERE r.state IN ('queued', 'retrying') AND r.project_id > qp.project_id \
-                  AND ($4::text IS NULL OR r.project_id = $4) \
-                ORDER BY r.project_id LIMIT 1) \
-        FROM qp WHERE qp.project_id IS NOT NULL), \
-     room AS ( \
+pub const CLAIM_SQL: &str = "WITH room AS ( \
         SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n \
         FROM (SELECT qp.project_id, \
                      (SELECT r.created_at FROM runs r \
@@ -614,7 +620,7 @@ pub const CLAIM_SQL: &str = "WITH RECURSIVE qp AS ( \
                       ORDER BY r.created_at LIMIT 1) AS mc, \
                      (SELECT count(*) FROM runs r \
                       WHERE r.project_id = qp.project_id AND r.state = 'running') AS busy \
-              FROM qp WHERE qp.project_id IS NOT NULL OFFSET 0) x), \
+              FROM unnest($4::text[]) AS qp(project_id) OFFSET 0) x), \
      c AS ( \
         SELECT q.project_id, q.run_id, q.created_at \
         FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o \
@@ -637,9 +643,37 @@ pub const CLAIM_SQL: &str = "WITH RECURSIVE qp AS ( \
        AND k.rn + b.busy <= r.max_concurrent \
      RETURNING r.project_id, r.run_id, r.agent, r.mode, r.input, r.agent_revision_id, r.trace_id, r.span_id, r.attempt, r.created_at, r.reply_to";
 
-/// The claim statement of [`worker_claim_for`], in a transaction the caller holds in worker
+/// The claim's first statement: lock the projects to claim from and name them (migration
+/// 0077, `awooop_claim_projects`).
+///
+/// A project's `max_concurrent` is counted from the claim's snapshot, and two claims of one
+/// project running at the same time both saw the same committed count and each started up to
+/// the whole room: with four workers and a cap of 64, 113-128 runs of one project were seen
+/// running at once (docs/benchmarks.md, "Session 15"). This statement takes a transaction
+/// advisory lock per project it returns, with `pg_try_advisory_xact_lock`: it never waits, a
+/// project another claim holds is passed over (that claim is starting its runs; the next
+/// claim here takes what is left). [`CLAIM_SQL`] is a separate statement so that, under READ
+/// COMMITTED, its snapshot is taken after the locks and sees every earlier claim of those
+/// projects committed. Projects are locked in the order of their oldest queued run until their
+/// room (counted before the lock) covers `$1`.
+pub const CLAIM_PROJECTS_SQL: &str =
+    "SELECT locked, passed_over FROM awooop_claim_projects($1, $2)";
+
+/// What one claim started, and whether it passed over projects another claim was claiming
+/// from at that instant (their runs are that claim's to start; what it leaves, the next claim
+/// here takes).
+#[derive(Debug, Default)]
+pub struct ClaimRound {
+    pub runs: Vec<Claimed>,
+    /// Projects with room this claim did not take because another claim held their lock.
+    pub passed_over: u32,
+}
+
+/// The claim of [`worker_claim_for`], in a transaction the caller holds in worker
 /// scope: with `WorkerConfig::refill_on_complete` (off by default) the completion writer
-/// claims the next runs in the transaction that completes the last ones.
+/// claims the next runs in the transaction that completes the last ones. Two statements:
+/// [`CLAIM_PROJECTS_SQL`] locks the projects, [`CLAIM_SQL`] starts their runs. The locks are
+/// released when the caller's transaction ends: it must commit (or roll back) promptly.
 pub async fn claim_in(
     conn: &mut PgConnection,
     worker: &str,
@@ -647,13 +681,39 @@ pub async fn claim_in(
     lease_seconds: f64,
     project: Option<&str>,
 ) -> Result<Vec<Claimed>> {
-    Ok(sqlx::query_as(CLAIM_SQL)
+    Ok(claim_round_in(conn, worker, n, lease_seconds, project)
+        .await?
+        .runs)
+}
+
+/// [`claim_in`], also saying how many projects it passed over.
+pub async fn claim_round_in(
+    conn: &mut PgConnection,
+    worker: &str,
+    n: i64,
+    lease_seconds: f64,
+    project: Option<&str>,
+) -> Result<ClaimRound> {
+    let (projects, passed_over): (Vec<String>, i32) = sqlx::query_as(CLAIM_PROJECTS_SQL)
+        .bind(n)
+        .bind(project)
+        .fetch_one(&mut *conn)
+        .await?;
+    let passed_over = passed_over.max(0) as u32;
+    if projects.is_empty() {
+        return Ok(ClaimRound {
+            runs: Vec::new(),
+            passed_over,
+        });
+    }
+    let runs = sqlx::query_as(CLAIM_SQL)
         .bind(n)
         .bind(worker)
         .bind(lease_seconds)
-        .bind(project)
+        .bind(&projects)
         .fetch_all(conn)
-        .await?)
+        .await?;
+    Ok(ClaimRound { runs, passed_over })
 }
 
 /// Turn a tenant transaction that has done its tenant work into a worker-scoped one (for
@@ -1074,7 +1134,7 @@ async fn insert_steps(
 
 #[cfg(test)]
 mod tests {
-    use super::{CLAIM_SQL, COMPLETE_SQL, FENCE_LOCK_SQL};
+    use super::{CLAIM_PROJECTS_SQL, CLAIM_SQL, COMPLETE_SQL, FENCE_LOCK_SQL};
 
     /// The text without any whitespace: the script spreads the statements over lines
     /// differently, and only the tokens matter.
@@ -1107,11 +1167,13 @@ mod tests {
         // The script wraps the claim in a CTE (`u`) only to hand its rows to psql variables.
         let claim = squeeze(between(
             &script,
-            "PREPARE claim(bigint, text, float8, text) AS\n",
+            "PREPARE claim(bigint, text, float8, text[]) AS\n",
             "\nSELECT count(*) AS got",
         ))
         .replacen("),uAS(UPDATE", ")UPDATE", 1);
         assert_eq!(claim.strip_suffix(')'), Some(squeeze(CLAIM_SQL).as_str()));
+        let projects = between(&script, "PREPARE projects(bigint, text) AS\n", ";\n");
+        assert_eq!(squeeze(projects), squeeze(CLAIM_PROJECTS_SQL));
         let lock = between(&script, "PREPARE lock(uuid[], int[], text) AS\n", ";\n");
         assert_eq!(squeeze(lock), squeeze(FENCE_LOCK_SQL));
         let done = between(

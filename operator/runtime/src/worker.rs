@@ -80,6 +80,8 @@ pub struct WorkerStats {
     pub claim_rounds: AtomicU64,
     /// Completion transactions written (one per project per batch).
     pub completion_batches: AtomicU64,
+    /// Claims that passed over a project another claim held at that instant (migration 0077).
+    pub claims_passed_over: AtomicU64,
 }
 
 pub struct Worker {
@@ -182,6 +184,9 @@ impl Worker {
         ]);
         let slots = Arc::new(tokio::sync::Semaphore::new(self.cfg.slots));
         let mut tasks = tokio::task::JoinSet::new();
+        // After a claim that came back short because another claim held a project's lock:
+        // how soon to look again (see below).
+        let mut retry: Option<Duration> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -196,12 +201,13 @@ impl Worker {
                 .available_permits()
                 .saturating_sub(self.reserved.load(Ordering::Acquire));
             let mut claimed_full = false;
+            let mut passed_over = false;
             // Claim in batches: wait until a quarter of the slots are free (or all of them)
             // rather than issuing one claim per finished run.
             let worth_claiming =
                 free > 0 && (free >= (self.cfg.slots / 4).max(1) || free == self.cfg.slots);
             if worth_claiming && self.healthy.load(Ordering::Relaxed) {
-                match repo::worker_claim_for(
+                match repo::worker_claim_round(
                     &self.pool,
                     &self.cfg.id,
                     free as i64,
@@ -210,9 +216,16 @@ impl Worker {
                 )
                 .await
                 {
-                    Ok(batch) => {
+                    Ok(round) => {
+                        let batch = round.runs;
                         self.stats.claim_rounds.fetch_add(1, Ordering::Relaxed);
                         claimed_full = batch.len() == free;
+                        if round.passed_over > 0 {
+                            self.stats
+                                .claims_passed_over
+                                .fetch_add(1, Ordering::Relaxed);
+                            passed_over = !claimed_full;
+                        }
                         self.stats
                             .claimed
                             .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -228,12 +241,23 @@ impl Worker {
                 }
             }
             if claimed_full {
+                retry = None;
                 continue;
             }
+            // A claim that passed over a project because another claim was starting its runs
+            // looks again shortly: that claim holds the project's lock only until its commit,
+            // and what it leaves of the room would otherwise wait for this worker's next
+            // wake-up (a finished run of its own, a notice, or the fallback poll). Backing off
+            // (1, 2, 4 ms ... up to the poll) bounds the retries while a claim is slow.
+            retry = passed_over.then(|| {
+                retry
+                    .map_or(Duration::from_millis(1), |d| d * 2)
+                    .min(self.cfg.poll)
+            });
             tokio::select! {
                 Some(batch) = refills.recv() => self.start_refills(batch, &slots, &mut tasks).await,
                 _ = wake.notified() => {},
-                _ = tokio::time::sleep(self.cfg.poll) => {},
+                _ = tokio::time::sleep(retry.unwrap_or(self.cfg.poll)) => {},
                 _ = shutdown.changed() => {},
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {},
             }

@@ -41,8 +41,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     drop_scratch(&base, &scratch).await;
     let r = res?;
     let mut line = format!(
-        "runs_per_sec={:.0} runs_per_sec_bulk_uncapped={:.0} creates_per_sec={:.0} pickup_p50_ms={:.2} pickup_p95_ms={:.2} pickup_p99_ms={:.2} recovery_s={:.2} runs={n} workers={workers}",
-        r.rps, r.rps_raw, r.creates_per_sec, r.pickup[0], r.pickup[1], r.pickup[2], r.recovery
+        "runs_per_sec={:.0} runs_per_sec_bulk_uncapped={:.0} creates_per_sec={:.0} pickup_p50_ms={:.2} pickup_p95_ms={:.2} pickup_p99_ms={:.2} recovery_s={:.2} capped_peak_running={} cap=64 runs={n} workers={workers}",
+        r.rps,
+        r.rps_raw,
+        r.creates_per_sec,
+        r.pickup[0],
+        r.pickup[1],
+        r.pickup[2],
+        r.recovery,
+        r.capped_peak
     );
     if let Some(t) = r.rps_tenants {
         line.push_str(&format!(
@@ -103,6 +110,8 @@ struct Figures {
     rps_raw: f64,
     /// (`--projects T`) The same number of runs over T projects capped at 64 each, drained.
     rps_tenants: Option<f64>,
+    /// The most runs of one project seen running at once in the capped drains (cap 64).
+    capped_peak: i64,
     creates_per_sec: f64,
     pickup: [f64; 3],
     recovery: f64,
@@ -286,7 +295,7 @@ async fn drain(
     workers: usize,
     quick: bool,
     what: &str,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Drained> {
     let before = succeeded_in(s, projects).await?;
     let owner = crate::db::connect_owner(url, 1)
         .await
@@ -310,6 +319,11 @@ async fn drain(
             )
         })
         .collect();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = tokio::spawn(peak_running(
+        s.p.control.db().pool_for_health().clone(),
+        sampling.clone(),
+    ));
     let start = Instant::now();
     let handles: Vec<_> = ws
         .iter()
@@ -330,6 +344,8 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = start.elapsed();
+    sampling.store(false, Ordering::Relaxed);
+    let peak = sampler.await??;
     anyhow::ensure!(
         succeeded_in(s, projects).await? == before + n as i64,
         "not every run succeeded exactly once"
@@ -345,9 +361,12 @@ async fn drain(
     let rounds = total(|s| &s.claim_rounds);
     let claimed = total(|s| &s.claimed);
     let batches = total(|s| &s.completion_batches);
+    let passed = total(|s| &s.claims_passed_over);
     eprintln!(
         "throughput ({what}): {n} runs in {:.2} s = {rps:.0} runs/s with {workers} workers; \
-         {rounds} claims, {:.1} runs each; {batches} completion transactions, {:.1} runs each",
+         {rounds} claims, {:.1} runs each, {passed} passed over a project another claim held; \
+         {batches} completion transactions, {:.1} runs each; \
+         at most {peak} runs of one project seen running",
         elapsed.as_secs_f64(),
         claimed as f64 / rounds.max(1) as f64,
         n as f64 / batches.max(1) as f64
@@ -357,7 +376,40 @@ async fn drain(
     for h in handles {
         let _ = h.await;
     }
-    Ok(rps)
+    Ok(Drained { rps, peak })
+}
+
+/// What a drain measured.
+struct Drained {
+    rps: f64,
+    /// The most runs of one project seen running at once (sampled every 20 ms from committed
+    /// state): what `max_concurrent` allowed, against its cap.
+    peak: i64,
+}
+
+/// Sample the most runs of one project running at once until `sampling` turns false.
+async fn peak_running(
+    pool: sqlx::PgPool,
+    sampling: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<i64> {
+    let mut peak = 0;
+    while sampling.load(Ordering::Relaxed) {
+        let mut tx = pool.begin().await?;
+        // Across projects: the worker scope, as the claim reads them.
+        sqlx::query("SET LOCAL awooop.scope = 'worker'")
+            .execute(&mut *tx)
+            .await?;
+        let most: i64 = sqlx::query_scalar(
+            "SELECT coalesce(max(c), 0) FROM \
+             (SELECT count(*) AS c FROM runs WHERE state = 'running' GROUP BY project_id) x",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        peak = peak.max(most);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(peak)
 }
 
 /// Projects `tenant-1` … `tenant-{t}`, each with the no-op agent active.
@@ -399,9 +451,9 @@ async fn bench(
     let creates_per_sec = create_runs(&s, n).await?;
     eprintln!("created {n} runs through RunService::create at {creates_per_sec:.0}/s");
     let one = std::slice::from_ref(&s.project);
-    let rps = drain(url, &s, one, n, workers, quick, "created, default limits").await?;
+    let capped = drain(url, &s, one, n, workers, quick, "created, default limits").await?;
     enqueue(&s, n as i64).await?;
-    let rps_raw = drain(
+    let raw = drain(
         url,
         &s,
         one,
@@ -413,7 +465,7 @@ async fn bench(
     .await?;
     // 1c. (--projects T) The multi-tenant shape: the same number of runs spread over T projects
     //     with backlogs, each under the default cap of 64 concurrent runs.
-    let rps_tenants = match tenants {
+    let tenanted = match tenants {
         Some(t) if t > 1 => {
             let ps = tenant_projects(&s, t).await?;
             for p in &ps {
@@ -507,9 +559,10 @@ async fn bench(
         std::env::temp_dir().join(format!("awooop-bench-runs-{}", std::process::id())),
     );
     Ok(Figures {
-        rps,
-        rps_raw,
-        rps_tenants,
+        rps: capped.rps,
+        rps_raw: raw.rps,
+        rps_tenants: tenanted.as_ref().map(|d| d.rps),
+        capped_peak: tenanted.map_or(capped.peak, |d| d.peak.max(capped.peak)),
         creates_per_sec,
         pickup: [
             percentile_ms(&pickup, 50.0),

@@ -1,0 +1,80 @@
+-- A project's max_concurrent is a limit, not a throttle (issue 18).
+--
+-- Why: the claim (runtime::repo::CLAIM_SQL) starts at most `max_concurrent - running` runs of a
+-- project, counting `running` from its snapshot. Two claims of the same project that run at the
+-- same time both see the same committed count (neither sees the other's uncommitted runs, and
+-- SKIP LOCKED passes over the other's locked rows without waiting), so each starts up to the
+-- whole room: with four workers and a cap of 64, 113-128 runs of one project were seen running
+-- at moments of `awooop bench runs` (docs/benchmarks.md, "Session 15"). A tenant's limit is
+-- there to protect the other tenants' share of the workers; exceeded twice over, it does not.
+--
+-- How: before its claim statement, a claim takes a transaction-scoped advisory lock per project
+-- it means to claim from, with pg_try_advisory_xact_lock (it never waits: a project another
+-- claim is claiming from is passed over, as SKIP LOCKED passes over a locked run, and the next
+-- claim takes it). The claim statement that follows is a new statement, so under READ
+-- COMMITTED it takes a new snapshot after the lock: it sees every earlier claim of those
+-- projects committed (a transaction's locks are released after its commit is visible), and no
+-- other claim can start runs of them until this one commits. It claims only from the projects
+-- it locked. A completion only lowers the count, so one it has not seen yet errs on the safe
+-- side. The lock lives in memory only (no row is written or WAL-logged); key: class 1635217263
+-- ('awoo'), hashtext(project_id). Two projects whose ids hash alike share a lock: their claims
+-- take turns, nothing is counted wrong.
+--
+-- Which projects: those with queued runs and room (by the count before the lock), in the order
+-- of their oldest queued run, as the claim visits them; locked one by one until their room adds
+-- up to the claim's size, so a claim of 16 locks one project when the first has room for 16.
+-- The room counted here only chooses what to lock; the claim statement recounts it under the
+-- lock. Runs in the same worker scope as the claim (awooop.scope = 'worker').
+--
+-- Returns the projects locked, in that order, and how many were passed over because another
+-- claim held them: a worker whose claim came back short for that reason tries again shortly
+-- rather than at its next wake-up (runtime::worker).
+CREATE FUNCTION awooop_claim_projects(want bigint, only_project text,
+                                      OUT locked text[], OUT passed_over int)
+    LANGUAGE plpgsql VOLATILE
+    AS $$
+DECLARE
+    v_project text;
+    v_room bigint;
+    v_got bigint := 0;
+BEGIN
+    locked := '{}';
+    passed_over := 0;
+    IF want <= 0 THEN
+        RETURN;
+    END IF;
+    FOR v_project, v_room IN
+        WITH RECURSIVE qp AS (
+            (SELECT r.project_id FROM runs r
+             WHERE r.state IN ('queued', 'retrying') AND (only_project IS NULL OR r.project_id = only_project)
+             ORDER BY r.project_id LIMIT 1)
+          UNION ALL
+            SELECT (SELECT r.project_id FROM runs r
+                    WHERE r.state IN ('queued', 'retrying') AND r.project_id > qp.project_id
+                      AND (only_project IS NULL OR r.project_id = only_project)
+                    ORDER BY r.project_id LIMIT 1)
+            FROM qp WHERE qp.project_id IS NOT NULL)
+        SELECT x.project_id, x.mc - x.busy
+        FROM (SELECT qp.project_id,
+                     (SELECT r.created_at FROM runs r
+                      WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying')
+                      ORDER BY r.created_at LIMIT 1) AS head,
+                     (SELECT r.max_concurrent FROM runs r
+                      WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying')
+                      ORDER BY r.created_at LIMIT 1) AS mc,
+                     (SELECT count(*) FROM runs r
+                      WHERE r.project_id = qp.project_id AND r.state = 'running') AS busy
+              FROM qp WHERE qp.project_id IS NOT NULL OFFSET 0) x
+        WHERE x.mc - x.busy > 0
+        ORDER BY x.head, x.project_id
+    LOOP
+        IF pg_try_advisory_xact_lock(1635217263, hashtext(v_project)) THEN
+            locked := locked || v_project;
+            v_got := v_got + v_room;
+            EXIT WHEN v_got >= want;
+        ELSE
+            passed_over := passed_over + 1;
+        END IF;
+    END LOOP;
+END
+$$;

@@ -1199,7 +1199,7 @@ async fn four_workers_never_run_more_of_a_project_than_its_cap() {
     let (stop, rx) = shutdown_channel();
     let workers: Vec<_> = (0..4)
         .map(|i| {
-            let mut cfg = WorkerConfig::new(&format!("w{i}"));
+            let mut cfg = WorkerConfig::new(format!("w{i}"));
             cfg.slots = 8;
             cfg.poll = Duration::from_millis(20);
             Arc::new(Worker::new(t.app.clone(), cp.clone(), exec.clone(), cfg))

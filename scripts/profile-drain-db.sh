@@ -34,7 +34,7 @@
 #                run with a base checkout's directory for the old figure
 #   EXTRA_SQL    a file run as the owner after the migrations (an experiment)
 #   CLAIM_SQL    a file with the claim statements (PREPARE projects(bigint, text) and
-#                PREPARE claim(bigint, text, float8, text[])) to use instead of the built-in
+#                PREPARE claim(bigint, text, float8, text[], bigint[])) to use instead of the built-in
 #                ones (operator/runtime/src/repo.rs CLAIM_PROJECTS_SQL, CLAIM_SQL)
 #   CYCLES       measured cycles per batch size (default: 12800 runs' worth, at least 40)
 #   QUEUED       queued runs (default 40000); HISTORY finished runs before them (default 50000)
@@ -126,8 +126,8 @@ EOF
 if [ -n "${CLAIM_SQL:-}" ]; then cp "$CLAIM_SQL" "$WORK/claim.sql"; else
 cat > "$WORK/claim.sql" <<'EOF'
 PREPARE projects(bigint, text) AS
-SELECT locked, passed_over FROM awooop_claim_projects($1, $2);
-PREPARE claim(bigint, text, float8, text[]) AS
+SELECT locked, busy, passed_over FROM awooop_claim_projects($1, $2);
+PREPARE claim(bigint, text, float8, text[], bigint[]) AS
 WITH room AS (
     SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n
     FROM (SELECT qp.project_id,
@@ -137,9 +137,8 @@ WITH room AS (
                  (SELECT r.max_concurrent FROM runs r
                   WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying')
                   ORDER BY r.created_at LIMIT 1) AS mc,
-                 (SELECT count(*) FROM runs r
-                  WHERE r.project_id = qp.project_id AND r.state = 'running') AS busy
-          FROM unnest($4::text[]) AS qp(project_id) OFFSET 0) x),
+                 qp.busy
+          FROM unnest($4::text[], $5::bigint[]) AS qp(project_id, busy) OFFSET 0) x),
  c AS (
     SELECT q.project_id, q.run_id, q.created_at
     FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o
@@ -249,7 +248,7 @@ step() {
 # $1 = size, $2 = worker, $3 = what psql does with the claimed rows.
 claim() {
   echo "EXECUTE projects($1, NULL) \\gset p_"
-  echo "EXECUTE claim($1, '$2', 30, :'p_locked') $3"
+  echo "EXECUTE claim($1, '$2', 30, :'p_locked', :'p_busy') $3"
 }
 
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(64 256)
@@ -330,7 +329,7 @@ for n in "${sizes[@]}"; do
       echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE projects($n, NULL);"
       echo "EXECUTE projects($n, NULL) \\gset p_"
-      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE claim($n, 'w', 30, :'p_locked');"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE claim($n, 'w', 30, :'p_locked', :'p_busy');"
       echo "COMMIT;"
       echo "BEGIN; SET LOCAL awooop.scope = 'worker'; EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE beat('bg-1', :'h_ids', :'h_att', 30); COMMIT;"
     fi

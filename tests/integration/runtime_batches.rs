@@ -878,7 +878,7 @@ async fn claim_plans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
     sqlx::query_as(
         "SELECT coalesce(sum(generic_plans), 0)::bigint, coalesce(sum(custom_plans), 0)::bigint \
          FROM pg_prepared_statements \
-         WHERE statement LIKE 'WITH room AS%' OR statement LIKE 'SELECT locked, passed_over FROM%'",
+         WHERE statement LIKE 'WITH room AS%' OR statement LIKE 'SELECT locked, busy, passed_over FROM%'",
     )
     .fetch_one(conn)
     .await

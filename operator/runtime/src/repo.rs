@@ -581,8 +581,11 @@ pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::
 /// no longer runs measures nothing (docs/benchmarks.md, "Session 15").
 ///
 /// The projects come from [`CLAIM_PROJECTS_SQL`], the statement before it: those this claim
-/// holds the project lock of (`$4`), so the running counts read here, under a snapshot taken
-/// after the lock, are final until this transaction commits (migration 0077).
+/// holds the project lock of (`$4`), each with its running runs counted after the lock
+/// (`$5`, `busy`): no other claim can start runs of them until this transaction commits, and
+/// a completion only lowers the count, so the count stands (migration 0077). This statement is
+/// a new statement and so sees, under READ COMMITTED, every earlier claim of those projects
+/// committed.
 ///
 /// Per project, its oldest runnable runs are locked with SKIP LOCKED, at
 /// most as many as it may still start: its room is the max_concurrent of its oldest
@@ -606,9 +609,10 @@ pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::
 /// approval request); with FOR UPDATE, SKIP LOCKED passed over such a run and nothing
 /// woke a worker for it again before the fallback poll.
 ///
-/// Each project's running count (`busy`) is a probe of runs_running_project (migration
-/// 0076) for that project alone: as a semi-join over all projects the count read every
-/// tenant's running runs (from runs_leased, or the whole new index).
+/// Each project's running count (`busy`, counted by [`CLAIM_PROJECTS_SQL`]) is a probe of
+/// runs_running_project (migration 0076) for that project alone: as a semi-join over all
+/// projects the count read every tenant's running runs (from runs_leased, or the whole new
+/// index).
 pub const CLAIM_SQL: &str = "WITH room AS ( \
         SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n \
         FROM (SELECT qp.project_id, \
@@ -618,9 +622,8 @@ pub const CLAIM_SQL: &str = "WITH room AS ( \
                      (SELECT r.max_concurrent FROM runs r \
                       WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
                       ORDER BY r.created_at LIMIT 1) AS mc, \
-                     (SELECT count(*) FROM runs r \
-                      WHERE r.project_id = qp.project_id AND r.state = 'running') AS busy \
-              FROM unnest($4::text[]) AS qp(project_id) OFFSET 0) x), \
+                     qp.busy \
+              FROM unnest($4::text[], $5::bigint[]) AS qp(project_id, busy) OFFSET 0) x), \
      c AS ( \
         SELECT q.project_id, q.run_id, q.created_at \
         FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o \
@@ -646,18 +649,18 @@ pub const CLAIM_SQL: &str = "WITH room AS ( \
 /// The claim's first statement: lock the projects to claim from and name them (migration
 /// 0077, `awooop_claim_projects`).
 ///
-/// A project's `max_concurrent` is counted from the claim's snapshot, and two claims of one
+/// A project's `max_concurrent` was counted from the claim's snapshot, and two claims of one
 /// project running at the same time both saw the same committed count and each started up to
-/// the whole room: with four workers and a cap of 64, 113-128 runs of one project were seen
-/// running at once (docs/benchmarks.md, "Session 15"). This statement takes a transaction
-/// advisory lock per project it returns, with `pg_try_advisory_xact_lock`: it never waits, a
-/// project another claim holds is passed over (that claim is starting its runs; the next
-/// claim here takes what is left). [`CLAIM_SQL`] is a separate statement so that, under READ
-/// COMMITTED, its snapshot is taken after the locks and sees every earlier claim of those
-/// projects committed. Projects are locked in the order of their oldest queued run until their
-/// room (counted before the lock) covers `$1`.
+/// the whole room: with four workers and a cap of 64, 188-254 runs of one project were seen
+/// running at once (docs/benchmarks.md, "Session 16"). This statement takes a transaction
+/// advisory lock per project, in the order of the projects' oldest queued runs, with
+/// `pg_try_advisory_xact_lock`: it never waits, and a project another claim holds is passed
+/// over (that claim is starting its runs; the next claim here takes what is left). Once a
+/// project is locked its running runs are counted by a new statement (a new snapshot, after
+/// the lock); the projects with room are returned with their counts (`busy`) until their room
+/// covers `$1`, and how many were passed over (`passed_over`).
 pub const CLAIM_PROJECTS_SQL: &str =
-    "SELECT locked, passed_over FROM awooop_claim_projects($1, $2)";
+    "SELECT locked, busy, passed_over FROM awooop_claim_projects($1, $2)";
 
 /// What one claim started, and whether it passed over projects another claim was claiming
 /// from at that instant (their runs are that claim's to start; what it leaves, the next claim
@@ -694,11 +697,12 @@ pub async fn claim_round_in(
     lease_seconds: f64,
     project: Option<&str>,
 ) -> Result<ClaimRound> {
-    let (projects, passed_over): (Vec<String>, i32) = sqlx::query_as(CLAIM_PROJECTS_SQL)
-        .bind(n)
-        .bind(project)
-        .fetch_one(&mut *conn)
-        .await?;
+    let (projects, busy, passed_over): (Vec<String>, Vec<i64>, i32) =
+        sqlx::query_as(CLAIM_PROJECTS_SQL)
+            .bind(n)
+            .bind(project)
+            .fetch_one(&mut *conn)
+            .await?;
     let passed_over = passed_over.max(0) as u32;
     if projects.is_empty() {
         return Ok(ClaimRound {
@@ -711,6 +715,7 @@ pub async fn claim_round_in(
         .bind(worker)
         .bind(lease_seconds)
         .bind(&projects)
+        .bind(&busy)
         .fetch_all(conn)
         .await?;
     Ok(ClaimRound { runs, passed_over })
@@ -1167,7 +1172,7 @@ mod tests {
         // The script wraps the claim in a CTE (`u`) only to hand its rows to psql variables.
         let claim = squeeze(between(
             &script,
-            "PREPARE claim(bigint, text, float8, text[]) AS\n",
+            "PREPARE claim(bigint, text, float8, text[], bigint[]) AS\n",
             "\nSELECT count(*) AS got",
         ))
         .replacen("),uAS(UPDATE", ")UPDATE", 1);

@@ -4,9 +4,10 @@
 -- project, counting `running` from its snapshot. Two claims of the same project that run at the
 -- same time both see the same committed count (neither sees the other's uncommitted runs, and
 -- SKIP LOCKED passes over the other's locked rows without waiting), so each starts up to the
--- whole room: with four workers and a cap of 64, 113-128 runs of one project were seen running
--- at moments of `awooop bench runs` (docs/benchmarks.md, "Session 15"). A tenant's limit is
--- there to protect the other tenants' share of the workers; exceeded twice over, it does not.
+-- whole room: with four workers and a cap of 64, up to 244-256 runs of one project were seen
+-- running at moments of `awooop bench runs` (docs/benchmarks.md, "Session 16"). A tenant's limit
+-- is there to protect the other tenants' share of the workers; exceeded four times over, it does
+-- not.
 --
 -- How: before its claim statement, a claim takes a transaction-scoped advisory lock per project
 -- it means to claim from, with pg_try_advisory_xact_lock (it never waits: a project another
@@ -17,8 +18,10 @@
 -- can start runs of the project until this one commits. The claim statement claims only from
 -- the projects locked, against those counts. A completion only lowers the count, so one not yet
 -- seen errs on the safe side. The lock lives in memory only (no row is written or WAL-logged);
--- key: class 1635217263 ('awoo'), hashtext(project_id). Two projects whose ids hash alike share a
--- lock: their claims take turns, nothing is counted wrong.
+-- key: hashtextextended('awooop.claim/' || project_id, 0), 64 bits (the other advisory locks
+-- hash strings that begin with a project id and a '/', which no project id contains). Two
+-- projects whose keys collided would share a lock: their claims would take turns, nothing would
+-- be counted wrong.
 --
 -- Which projects: those with queued runs, in the order of their oldest queued run, as the claim
 -- visits them. Each is locked, then its running runs are counted (a new statement in a VOLATILE
@@ -71,7 +74,7 @@ BEGIN
               FROM qp WHERE qp.project_id IS NOT NULL OFFSET 0) x
         ORDER BY x.head, x.project_id
     LOOP
-        IF pg_try_advisory_xact_lock(1635217263, hashtext(v_project)) THEN
+        IF pg_try_advisory_xact_lock(hashtextextended('awooop.claim/' || v_project, 0)) THEN
             SELECT count(*) INTO v_busy FROM runs r
             WHERE r.project_id = v_project AND r.state = 'running';
             IF v_mc > v_busy THEN

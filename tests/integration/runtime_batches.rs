@@ -1066,8 +1066,8 @@ async fn a_claim_locks_only_the_runs_it_starts_whatever_the_number_of_backlogs()
 /// Two claims of one project at the same instant start no more than its `max_concurrent`
 /// between them. Each counted the project's running runs from its own snapshot, neither saw
 /// the other's uncommitted runs, and SKIP LOCKED passed over the other's rows without waiting:
-/// each started the whole room (here 4 + 4 of a cap of 4; 113-128 of a cap of 64 in `awooop
-/// bench runs`, docs/benchmarks.md "Session 15"). The second claim now passes over the project
+/// each started the whole room (here 4 + 4 of a cap of 4; up to 256 of a cap of 64 in `awooop
+/// bench runs`, docs/benchmarks.md "Session 16"). The second claim now passes over the project
 /// the first is claiming from (migration 0077), without waiting, and takes another project's
 /// runs instead.
 #[tokio::test]
@@ -1256,7 +1256,7 @@ async fn a_claim_that_passed_over_a_held_project_looks_again_soon() {
     // Another claimer holds alpha's project lock (migration 0077) for half a second.
     let mut holder = t.superuser().await;
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(1635217263, hashtext('alpha'))")
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('awooop.claim/alpha', 0))")
         .execute(&mut holder)
         .await
         .unwrap();

@@ -651,7 +651,7 @@ pub const CLAIM_SQL: &str = "WITH room AS ( \
 ///
 /// A project's `max_concurrent` was counted from the claim's snapshot, and two claims of one
 /// project running at the same time both saw the same committed count and each started up to
-/// the whole room: with four workers and a cap of 64, 188-254 runs of one project were seen
+/// the whole room: with four workers and a cap of 64, up to 256 runs of one project were seen
 /// running at once (docs/benchmarks.md, "Session 16"). This statement takes a transaction
 /// advisory lock per project, in the order of the projects' oldest queued runs, with
 /// `pg_try_advisory_xact_lock`: it never waits, and a project another claim holds is passed

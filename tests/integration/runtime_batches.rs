@@ -1005,6 +1005,24 @@ async fn a_claim_reads_only_the_running_runs_of_the_projects_it_claims_for() {
     t.cleanup().await;
 }
 
+/// Queue `n` runs straight into `runs` as the superuser, numbered `g` = 0 .. n-1 and created a
+/// second apart (an hour ago, in the order of `g`): `project` and `cap` are SQL expressions of
+/// `g` (the run's project and its `max_concurrent`).
+async fn queue(su: &mut sqlx::PgConnection, project: &str, cap: &str, n: i64) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+         trace_id, span_id, max_attempts, deadline_at, max_concurrent, created_at) \
+         SELECT {project}, gen_random_uuid(), 'echo', 'shadow', '{{}}'::jsonb, \
+         'sha256:' || repeat('0', 64), gen_random_uuid(), 'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, \
+         now() + interval '1 hour', {cap}, now() - interval '1 hour' + g * interval '1 second' \
+         FROM generate_series(0, $1 - 1) g"
+    )))
+    .bind(n)
+    .execute(su)
+    .await
+    .unwrap();
+}
+
 /// A claim locks only the runs it starts, however many tenants have a backlog. Each project
 /// with room locked up to `n` of its oldest runs and a sort then kept the `n` oldest of all: with
 /// twelve backlogged tenants a claim of 4 locked 48 rows (each lock a row write and WAL) and
@@ -1022,17 +1040,13 @@ async fn a_claim_locks_only_the_runs_it_starts_whatever_the_number_of_backlogs()
     .await
     .unwrap();
     // Six queued runs per tenant, interleaved in time: tenant-00's first run is the oldest.
-    sqlx::query(
-        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
-         trace_id, span_id, max_attempts, deadline_at, max_concurrent, created_at) \
-         SELECT 'tenant-' || lpad((g % 12)::text, 2, '0'), gen_random_uuid(), 'echo', 'shadow', '{}'::jsonb, \
-         'sha256:' || repeat('0', 64), gen_random_uuid(), 'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, \
-         now() + interval '1 hour', 64, now() - interval '1 hour' + g * interval '1 second' \
-         FROM generate_series(0, 71) g",
+    queue(
+        &mut su,
+        "'tenant-' || lpad((g % 12)::text, 2, '0')",
+        "64",
+        72,
     )
-    .execute(&mut su)
-    .await
-    .unwrap();
+    .await;
     sqlx::query("ANALYZE runs").execute(&mut su).await.unwrap();
     let oldest: Uuid = sqlx::query_scalar("SELECT run_id FROM runs ORDER BY created_at LIMIT 1")
         .fetch_one(&mut su)
@@ -1081,18 +1095,13 @@ async fn two_claims_at_once_start_no_more_than_the_projects_cap() {
     .await
     .unwrap();
     // 'capped': 20 queued runs, at most 4 at once, older than 'other''s 20 (cap 64).
-    sqlx::query(
-        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
-         trace_id, span_id, max_attempts, deadline_at, max_concurrent, created_at) \
-         SELECT CASE WHEN g < 20 THEN 'capped' ELSE 'other' END, gen_random_uuid(), 'echo', 'shadow', '{}'::jsonb, \
-         'sha256:' || repeat('0', 64), gen_random_uuid(), 'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, \
-         now() + interval '1 hour', CASE WHEN g < 20 THEN 4 ELSE 64 END, \
-         now() - interval '1 hour' + g * interval '1 second' \
-         FROM generate_series(0, 39) g",
+    queue(
+        &mut su,
+        "CASE WHEN g < 20 THEN 'capped' ELSE 'other' END",
+        "CASE WHEN g < 20 THEN 4 ELSE 64 END",
+        40,
     )
-    .execute(&mut su)
-    .await
-    .unwrap();
+    .await;
     let running = |project: &'static str| {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM runs WHERE project_id = $1 AND state = 'running'",

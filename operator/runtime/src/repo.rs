@@ -668,7 +668,8 @@ pub const CLAIM_PROJECTS_SQL: &str =
 #[derive(Debug, Default)]
 pub struct ClaimRound {
     pub runs: Vec<Claimed>,
-    /// Projects with room this claim did not take because another claim held their lock.
+    /// Projects with queued runs this claim passed over because another claim held their lock
+    /// (their room was not counted: it may have been none).
     pub passed_over: u32,
 }
 

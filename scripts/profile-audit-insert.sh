@@ -16,6 +16,9 @@
 #   no_rls       row-level security off for the table (attribution only: never in production)
 #   at_asc       the time index ascending instead of descending
 #   c_trace      trace_id with collation "C" (c_keys: project_id too)
+#   literal_refs the credential refs bound per row as an array literal (`{"a","b"}`, cast by
+#                array_in) instead of a JSON array unpacked by a subquery per row
+#   no_conflict  without ON CONFLICT DO NOTHING (attribution: the writer's retry needs it)
 #
 # The variants that remove something are attribution, not proposals: each of those objects
 # carries a guarantee (docs/security.md) or a query the console needs.
@@ -61,6 +64,22 @@ EXECUTE ins('bench', :'c', :'at', :'t', array_fill(NULL::uuid, ARRAY[:n]), array
   array_fill(1105::int8, ARRAY[:n]), array_fill(false, ARRAY[:n]), array_fill('{}'::jsonb, ARRAY[:n]));
 COMMIT;
 EOF
+# The statement with each row's credential refs bound as a PostgreSQL array literal (text, read
+# by array_in) instead of a JSON array unpacked by a subquery per row.
+cat > "$WORK/prep-literal.sql" <<'EOF'
+PREPARE ins(text, uuid[], timestamptz[], text[], uuid[], text[], text[], text[], text[], text[], text[], text[],
+    text[], int8[], int8[], int8[], bool[], jsonb[]) AS
+INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode,
+    credential_refs, decision, code, result_status, latency_us, bytes_in, bytes_out, truncated, details)
+SELECT $1, u.call_id, u.at, u.trace_id, u.run_id, u.agent, u.tool, u.environment, u.mode,
+    u.refs::text[], u.decision, u.code, u.status, u.latency, u.bin, u.bout, u.trunc, u.details
+FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[],
+    $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[], $15::int8[], $16::int8[], $17::bool[], $18::jsonb[])
+    AS u(call_id, at, trace_id, run_id, agent, tool, environment, mode, refs, decision, code, status, latency, bin, bout, trunc, details)
+ON CONFLICT DO NOTHING;
+EOF
+sed 's/^ON CONFLICT DO NOTHING;$/;/' "$WORK/prep.sql" > "$WORK/prep-noconflict.sql"
+sed "s/array_fill('\[\"fx-key\"\]'::jsonb/array_fill('{\"fx-key\"}'::text/" "$WORK/batch.sql" > "$WORK/batch-literal.sql"
 # The same parameters parsed, nothing inserted.
 sed -n '1,2p' "$WORK/prep.sql" > "$WORK/prep-gen.sql"
 # shellcheck disable=SC2016 # $2 is the statement's parameter, not a shell variable
@@ -68,7 +87,7 @@ echo 'SELECT cardinality($2);' >> "$WORK/prep-gen.sql"
 
 variant_sql() {
   case "$1" in
-    base | gen_only) ;;
+    base | gen_only | literal_refs | no_conflict) ;;
     no_fk) echo "ALTER TABLE mcp_call_audit DROP CONSTRAINT mcp_call_audit_project_id_fkey;" ;;
     no_trace_ix) echo "DROP INDEX mcp_call_audit_trace;" ;;
     no_at_ix) echo "DROP INDEX mcp_call_audit_at;" ;;
@@ -103,8 +122,14 @@ INSERT INTO projects (project_id, display_name) VALUES ('bench', 'bench'), ('oth
 $(variant_sql "$v")
 VACUUM ANALYZE;
 EOF
-  if [ "$v" = gen_only ]; then prep="$WORK/prep-gen.sql"; else prep="$WORK/prep.sql"; fi
-  backend_cpu_script "$N" "$prep" "$WORK/batch.sql" "$REPS" "$WORK" > "$WORK/run.sql"
+  batch="$WORK/batch.sql"
+  case "$v" in
+    gen_only) prep="$WORK/prep-gen.sql" ;;
+    literal_refs) prep="$WORK/prep-literal.sql" batch="$WORK/batch-literal.sql" ;;
+    no_conflict) prep="$WORK/prep-noconflict.sql" ;;
+    *) prep="$WORK/prep.sql" ;;
+  esac
+  backend_cpu_script "$N" "$prep" "$batch" "$REPS" "$WORK" > "$WORK/run.sql"
   t0=$(date +%s.%N)
   psql "$PGURL/$DB" -q -v ON_ERROR_STOP=1 -f "$WORK/run.sql" >/dev/null
   t1=$(date +%s.%N)

@@ -27,7 +27,7 @@
 //! `server/discover` first). With `sse: true` every response is a `text/event-stream` that
 //! first carries a progress notification and a server `ping` (the client must answer it).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -361,8 +361,19 @@ struct FixtureState {
     opts: FixtureOptions,
     sessions: Mutex<HashSet<String>>,
     stats: Stats,
-    log: Mutex<Vec<ToolCallSeen>>,
+    log: Mutex<VecDeque<ToolCallSeen>>,
 }
+
+/// How many of the latest `tools/call`s the fixture keeps for [`FixtureServer::tool_calls`].
+///
+/// Why a bound: the log was a `Vec` of every call, pushed under a mutex. A benchmark sends
+/// millions of calls, so the vector doubled now and then, and each doubling copied (and
+/// faulted in) hundreds of megabytes while holding the mutex: every call of the process waited
+/// behind it, for 130–340 ms, in about half of the `wrk` runs of
+/// `scripts/bench-gateway-wrk.sh` (direct and through the gateway alike) and in the
+/// in-process `bench gateway` too. Those stalls were the p99 those harnesses reported. A
+/// test looks at its own few calls; the fixture is not a recorder of everything.
+pub const CALL_LOG_CAP: usize = 4096;
 
 /// One `tools/call` as the fixture received it (for exactly-once and idempotency checks).
 #[derive(Debug, Clone, PartialEq)]
@@ -396,7 +407,7 @@ impl FixtureServer {
             opts,
             sessions: Mutex::new(HashSet::new()),
             stats: Stats::default(),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(VecDeque::new()),
         });
         let counter = state.clone();
         let listener = listener.tap_io(move |tcp| {
@@ -446,9 +457,16 @@ impl FixtureServer {
         self.state.stats.calls.load(Ordering::Relaxed)
     }
 
-    /// Every `tools/call` received, in order.
+    /// The `tools/call`s received, in order: every one, or the latest [`CALL_LOG_CAP`] once
+    /// more have come ([`FixtureServer::calls`] counts them all).
     pub fn tool_calls(&self) -> Vec<ToolCallSeen> {
-        self.state.log.lock().expect("log").clone()
+        self.state
+            .log
+            .lock()
+            .expect("log")
+            .iter()
+            .cloned()
+            .collect()
     }
     /// Sessions currently open.
     pub fn open_sessions(&self) -> usize {
@@ -541,7 +559,7 @@ async fn post_mcp(
     if method == Some("tools/call") {
         st.stats.calls.fetch_add(1, Ordering::Relaxed);
         let params = msg.get("params").cloned().unwrap_or(Value::Null);
-        st.log.lock().expect("log").push(ToolCallSeen {
+        let seen = ToolCallSeen {
             tool: params["name"].as_str().unwrap_or("").to_string(),
             arguments: params.get("arguments").cloned().unwrap_or(json!({})),
             idempotency_header: headers
@@ -550,7 +568,8 @@ async fn post_mcp(
                 .map(str::to_string),
             meta: params.get("_meta").cloned(),
             at: std::time::Instant::now(),
-        });
+        };
+        log_call(&st.log, seen);
     }
     let mut version = st.opts.protocol.clone();
     let Some(out) = handle(&msg, &Source::Headers(&headers), &mut version).await else {
@@ -584,6 +603,22 @@ async fn post_mcp(
         );
     }
     resp
+}
+
+/// Append a call to the log, dropping the oldest beyond [`CALL_LOG_CAP`] (after the lock is
+/// released: its strings and maps are freed outside it).
+fn log_call(log: &Mutex<VecDeque<ToolCallSeen>>, seen: ToolCallSeen) {
+    let evicted = {
+        let mut log = log.lock().expect("log");
+        let evicted = if log.len() >= CALL_LOG_CAP {
+            log.pop_front()
+        } else {
+            None
+        };
+        log.push_back(seen);
+        evicted
+    };
+    drop(evicted);
 }
 
 /// Serve MCP over stdin/stdout until stdin closes (`awooop mcp-fixture --stdio`). Requests
@@ -648,6 +683,49 @@ mod tests {
                 .ends_with("token=s3cr3t%2F%2B%20%3D%3F")
         );
         assert_eq!(get("nope").unwrap_err().0, -32602);
+    }
+
+    #[test]
+    fn the_call_log_keeps_the_latest_calls_and_stays_bounded() {
+        let log = Mutex::new(VecDeque::new());
+        let seen = |i: usize| ToolCallSeen {
+            tool: format!("t{i}"),
+            arguments: json!({ "i": i }),
+            idempotency_header: None,
+            meta: None,
+            at: std::time::Instant::now(),
+        };
+        for i in 0..CALL_LOG_CAP {
+            log_call(&log, seen(i));
+        }
+        assert_eq!(
+            log.lock().unwrap().len(),
+            CALL_LOG_CAP,
+            "every call up to the cap"
+        );
+        for i in CALL_LOG_CAP..CALL_LOG_CAP * 3 + 7 {
+            log_call(&log, seen(i));
+        }
+        let log = log.into_inner().unwrap();
+        assert_eq!(log.len(), CALL_LOG_CAP);
+        // The latest calls, in order.
+        assert_eq!(
+            log.front().unwrap().tool,
+            format!("t{}", CALL_LOG_CAP * 2 + 7)
+        );
+        assert_eq!(
+            log.back().unwrap().tool,
+            format!("t{}", CALL_LOG_CAP * 3 + 6)
+        );
+        assert!(log.iter().zip(log.iter().skip(1)).all(|(a, b)| {
+            a.arguments["i"].as_u64().unwrap() + 1 == b.arguments["i"].as_u64().unwrap()
+        }));
+        // No regrowth past the cap: the buffer never doubled beyond what the cap needs.
+        assert!(
+            log.capacity() < CALL_LOG_CAP * 2,
+            "capacity {}",
+            log.capacity()
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ if [ -n "${CALLGRIND_OUT:-}" ]; then
 fi
 "${UP_WRAP[@]}" "$BIN" up --listen "127.0.0.1:$API_PORT" >"$WORK/up.log" 2>&1 &
 UP_PID=$!
-PIDS+=($UP_PID)
+PIDS+=("$UP_PID")
 for _ in $(seq 1 3000); do
     curl -fs "http://127.0.0.1:$API_PORT/healthz" >/dev/null 2>&1 && break
     sleep 0.1

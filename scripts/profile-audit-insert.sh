@@ -66,18 +66,9 @@ COMMIT;
 EOF
 # The statement with each row's credential refs bound as a PostgreSQL array literal (text, read
 # by array_in) instead of a JSON array unpacked by a subquery per row.
-cat > "$WORK/prep-literal.sql" <<'EOF'
-PREPARE ins(text, uuid[], timestamptz[], text[], uuid[], text[], text[], text[], text[], text[], text[], text[],
-    text[], int8[], int8[], int8[], bool[], jsonb[]) AS
-INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode,
-    credential_refs, decision, code, result_status, latency_us, bytes_in, bytes_out, truncated, details)
-SELECT $1, u.call_id, u.at, u.trace_id, u.run_id, u.agent, u.tool, u.environment, u.mode,
-    u.refs::text[], u.decision, u.code, u.status, u.latency, u.bin, u.bout, u.trunc, u.details
-FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[],
-    $10::text[], $11::text[], $12::text[], $13::text[], $14::int8[], $15::int8[], $16::int8[], $17::bool[], $18::jsonb[])
-    AS u(call_id, at, trace_id, run_id, agent, tool, environment, mode, refs, decision, code, status, latency, bin, bout, trunc, details)
-ON CONFLICT DO NOTHING;
-EOF
+sed -e '1s/text\[\], jsonb\[\], text\[\], text\[\],$/text[], text[], text[], text[],/' \
+    -e 's/ARRAY(SELECT jsonb_array_elements_text(u.refs))/u.refs::text[]/' \
+    -e 's/\$10::jsonb\[\]/$10::text[]/' "$WORK/prep.sql" > "$WORK/prep-literal.sql"
 sed 's/^ON CONFLICT DO NOTHING;$/;/' "$WORK/prep.sql" > "$WORK/prep-noconflict.sql"
 sed "s/array_fill('\[\"fx-key\"\]'::jsonb/array_fill('{\"fx-key\"}'::text/" "$WORK/batch.sql" > "$WORK/batch-literal.sql"
 # The same parameters parsed, nothing inserted.

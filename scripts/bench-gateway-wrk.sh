@@ -3,7 +3,8 @@
 # then through `awooop up`'s `/mcp` to the same fixture process, with everything on (run-token
 # authentication, signed session, the five gates, schema validation, credential injection,
 # redaction, truncation, the call audit in PostgreSQL). Prints direct and gateway requests/s,
-# their ratio and p50/p99, the CPU time `awooop up` spent per gateway call and the system
+# their ratio and p50/p99 (wrk's coordinated-omission-corrected percentiles: see run_wrk) with
+# the longest request, the CPU time `awooop up` spent per gateway call and the system
 # (kernel) share of it, the load average, and the audit row count (every call audited).
 #
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench-gateway-wrk.sh

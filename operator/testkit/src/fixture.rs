@@ -367,12 +367,13 @@ struct FixtureState {
 /// How many of the latest `tools/call`s the fixture keeps for [`FixtureServer::tool_calls`].
 ///
 /// Why a bound: the log was a `Vec` of every call, pushed under a mutex. A benchmark sends
-/// millions of calls, so the vector doubled now and then, and each doubling copied (and
-/// faulted in) hundreds of megabytes while holding the mutex: every call of the process waited
-/// behind it, for 130–340 ms, in about half of the `wrk` runs of
-/// `scripts/bench-gateway-wrk.sh` (direct and through the gateway alike) and in the
-/// in-process `bench gateway` too. Those stalls were the p99 those harnesses reported. A
-/// test looks at its own few calls; the fixture is not a recorder of everything.
+/// millions of calls; in about half of the `wrk` runs of `scripts/bench-gateway-wrk.sh`
+/// (direct and through the gateway alike) one fixture thread ran alone for 130–340 ms while
+/// every other call waited, and those stalls were the p99 the harnesses reported. The likely
+/// mechanism is the vector's doubling, which copies (and faults in) tens to hundreds of
+/// megabytes while holding the mutex; with the bound, the stalls are gone
+/// (docs/benchmarks.md, "Session 17"). A test looks at its own few calls; the fixture is not a
+/// recorder of everything.
 pub const CALL_LOG_CAP: usize = 4096;
 
 /// One `tools/call` as the fixture received it (for exactly-once and idempotency checks).

@@ -1890,6 +1890,67 @@ async fn gateway_interop_official_typescript_client() {
     e.done().await;
 }
 
+/// In the last quarter of the snapshot's TTL the reload runs in the background: a call made
+/// then answers from the still-valid snapshot while the reload waits (here for a lock on
+/// `projects`, the load's first read). Before, the first caller to see the snapshot there
+/// reloaded it inside its own request and waited for it (the longest requests of warm runs).
+#[tokio::test]
+async fn a_call_in_the_refresh_window_does_not_wait_for_the_reload() {
+    let ttl = Duration::from_secs(6);
+    let config = GatewayConfig {
+        cache_ttl: ttl,
+        ..GatewayConfig::default()
+    };
+    let fx = fixture(MigrationMode::Shadow, Coord::none(), config).await;
+    let c = caller(&fx.project, "dev");
+    let before = std::time::Instant::now();
+    let first = fx.gw.list_tools(&c).await.unwrap();
+    // The snapshot's load started between `before` and now.
+    let loaded = std::time::Instant::now();
+    assert!(!first.is_empty());
+
+    let mut su = fx.t.superuser().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE projects IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    // Into the last quarter of the TTL (at least 3/4 of it after the load started).
+    tokio::time::sleep_until((loaded + ttl * 3 / 4 + Duration::from_millis(100)).into()).await;
+    assert!(
+        before.elapsed() < ttl,
+        "the test itself was too slow to reach the refresh window in time"
+    );
+    let during = tokio::time::timeout(Duration::from_secs(5), fx.gw.list_tools(&c))
+        .await
+        .expect("a call in the refresh window waited for the snapshot's reload")
+        .unwrap();
+    assert_eq!(during, first);
+
+    // The reload did start, and waits for the lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'projects' AND NOT l.granted",
+        )
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot reload started in the refresh window"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    assert_eq!(fx.gw.list_tools(&c).await.unwrap(), first);
+    fx.done().await;
+}
+
 /// With a long cache TTL, an activation still takes effect at once: the gateway listens for
 /// activations and drops the project's snapshot.
 #[tokio::test]

@@ -9,6 +9,7 @@
 use std::mem::ManuallyDrop;
 use std::net::TcpStream;
 use std::os::fd::FromRawFd;
+use std::time::Duration;
 
 use crate::support::{TestDb, base_url};
 
@@ -98,5 +99,71 @@ async fn app_pool_sessions_run_without_jit() {
         .unwrap();
     assert_eq!(jit, "off", "server default: {server_default}");
     drop((app, su));
+    db.cleanup().await;
+}
+
+/// When the server last answered on the session `pid` (`pg_stat_activity.state_change`: the
+/// backend stamps it each time it reports ready for a query, a bare `Sync` included).
+async fn last_ready(su: &mut sqlx::PgConnection, pid: i32) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar("SELECT state_change FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(su)
+        .await
+        .unwrap()
+}
+
+/// The runtime pool checks an idle connection with a round trip only when it sat idle for
+/// `PING_IF_IDLE_FOR` (sqlx's default pings on every acquire: one more round trip per
+/// transaction), and a connection that died while idle is still replaced, not handed out.
+#[tokio::test]
+async fn app_pool_checks_only_connections_idle_for_a_while() {
+    use awooop::db::PING_IF_IDLE_FOR;
+    let db = TestDb::new().await;
+    let mut su = db.superuser().await;
+    // One connection, so every acquire gets the same session.
+    let pool = awooop::db::connect_app(&db.url, 1).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // Let the release check (a round trip off the caller's path) finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = last_ready(&mut su, pid).await;
+
+    // Acquired a moment after its last use: handed out as it is, nothing sent.
+    let conn = pool.acquire().await.unwrap();
+    assert_eq!(
+        last_ready(&mut su, pid).await,
+        before,
+        "acquiring a connection idle for 200 ms cost a round trip"
+    );
+    drop(conn);
+    tokio::time::sleep(PING_IF_IDLE_FOR + Duration::from_millis(200)).await;
+    let idle = last_ready(&mut su, pid).await;
+
+    // Idle for longer than the threshold: checked before it is handed out.
+    let conn = pool.acquire().await.unwrap();
+    assert!(
+        last_ready(&mut su, pid).await > idle,
+        "a connection idle for {PING_IF_IDLE_FOR:?} was handed out unchecked"
+    );
+    drop(conn);
+
+    // It dies while idle (a server restart, a proxy's idle timeout): the check replaces it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+    assert!(killed);
+    tokio::time::sleep(PING_IF_IDLE_FOR + Duration::from_millis(200)).await;
+    let after: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("a connection that died while idle must be replaced, not handed out");
+    assert_ne!(after, pid);
+    pool.close().await;
+    drop(su);
     db.cleanup().await;
 }

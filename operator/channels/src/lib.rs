@@ -264,14 +264,6 @@ type ChannelCache = TtlCache<(ProjectId, String), ResolvedChannel, Error>;
 /// Run bases per (project, agent), with the same rules.
 type BasisCache = TtlCache<(ProjectId, String), RunBasis, Error>;
 
-/// The error of a load shared by its waiters, for one of them.
-fn shared_error(e: Arc<Error>) -> Error {
-    Arc::try_unwrap(e).unwrap_or_else(|e| Error {
-        details: e.details.clone(),
-        ..Error::new(e.code, e.message.clone())
-    })
-}
-
 /// Everything the hub's handlers and workers share.
 #[derive(Clone)]
 pub struct Hub {
@@ -464,7 +456,7 @@ impl Hub {
                 })
             })
             .await
-            .map_err(shared_error)
+            .map_err(Error::unshare)
     }
 
     /// Whether this refusal gets an audit row (else it is only counted).
@@ -507,7 +499,7 @@ impl Hub {
                 })
             })
             .await
-            .map_err(shared_error)
+            .map_err(Error::unshare)
     }
 
     async fn load_channel(&self, project: &ProjectId, name: &str) -> Result<ResolvedChannel> {

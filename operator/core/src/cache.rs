@@ -204,6 +204,18 @@ where
         }
     }
 
+    /// The last value loaded for `key`, whatever its age: for reusing work derived from it in
+    /// the next load (the gateway keeps a compiled registry whose revision is unchanged),
+    /// never to serve it.
+    pub fn peek(&self, key: &K) -> Option<Arc<V>> {
+        let s = self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.entries.get(key).map(|(_, v)| v.clone())
+    }
+
     /// Drop the values of the keys `drop` selects, now, and detach their loads in flight
     /// (their callers still get their result; nobody joins them any more and no load that
     /// began before this call installs its result: the generation is global, so a load of

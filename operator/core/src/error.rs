@@ -299,6 +299,15 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The error of a load shared by several waiters ([`crate::cache::TtlCache`]), for one of
+    /// them: the error itself for the last holder, else a copy without the internal cause.
+    pub fn unshare(e: std::sync::Arc<Error>) -> Error {
+        std::sync::Arc::try_unwrap(e).unwrap_or_else(|e| Error {
+            details: e.details.clone(),
+            ..Error::new(e.code, e.message.clone())
+        })
+    }
+
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,

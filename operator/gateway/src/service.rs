@@ -4,15 +4,16 @@
 //!
 //! Hot path: the facts the gates need (project status and mode, destructive flag, the compiled
 //! registry of the active MCP Gateway revision, the active Agent contracts) are one snapshot
-//! per project, loaded in one tenant transaction and cached for `cache_ttl` (activations also
-//! invalidate it through `LISTEN awooop_activation`; in the last quarter of the TTL one caller
-//! reloads it while the others keep using it, so no caller waits for a reload while a valid
-//! snapshot exists); the compiled registry (with its JSON
+//! per project, loaded in one tenant transaction and cached for `cache_ttl` in a
+//! [`TtlCache`] (activations also invalidate it through `LISTEN awooop_activation`; in the last
+//! quarter of the TTL one reload starts in the background while every caller keeps the valid
+//! snapshot, so no caller waits for a reload while a valid snapshot exists); the compiled
+//! registry (with its JSON
 //! Schema validators) is reused as long as the active revision id is unchanged. Audit rows are
 //! batched off the request path ([`super::audit`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,9 +29,9 @@ use super::registry::Registry;
 use super::sanitize;
 use awooop_contracts::{self as contracts, ContractKind, Injection, McpProvider};
 use awooop_control::MigrationMode;
-// The freshness rule of cached values, shared with the channel hub's caches (whose table test
-// pins it): refresh ahead in the last quarter of the TTL, never served past it.
-use awooop_core::cache::{Freshness, freshness};
+// The snapshot cache is the channel hub's (single flight, refresh ahead in the background in
+// the last quarter of the TTL, never served past it, invalidation detaches loads in flight).
+use awooop_core::cache::TtlCache;
 use awooop_core::context::ContextFirewall;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::ratelimit::KeyedLimiter;
@@ -146,7 +147,6 @@ impl Default for GatewayConfig {
 }
 
 struct Snapshot {
-    loaded: Instant,
     project: Option<ProjectState>,
     registry: Arc<Registry>,
     agents: HashMap<String, AgentState>,
@@ -160,13 +160,11 @@ pub struct Gateway {
     upstream: Arc<dyn ToolUpstream>,
     audit: CallAudit,
     config: GatewayConfig,
-    snapshots: RwLock<HashMap<ProjectId, Arc<Snapshot>>>,
+    snapshots: TtlCache<ProjectId, Snapshot, Error>,
     /// Tool calls per (project, agent) per minute (idle keys evicted).
     rate: KeyedLimiter<(ProjectId, String)>,
     /// Digest of a call's credential values → their compiled exact-value redactor.
     exact: RwLock<HashMap<[u8; 32], Arc<ExactSecrets>>>,
-    /// One snapshot load at a time per project.
-    loading: Mutex<HashMap<ProjectId, Arc<tokio::sync::Mutex<()>>>>,
     /// Run tokens and session ids already verified with `keys` (see its contract).
     verified: super::tokens::VerifiedTokens,
 }
@@ -202,6 +200,7 @@ impl Gateway {
     ) -> Self {
         let rate = KeyedLimiter::per_minute(config.rate_per_minute);
         let verified = super::tokens::VerifiedTokens::new(&keys);
+        let snapshots = TtlCache::new(config.cache_ttl);
         Self {
             verified,
             db,
@@ -211,10 +210,9 @@ impl Gateway {
             upstream,
             audit,
             config,
-            snapshots: RwLock::new(HashMap::new()),
+            snapshots,
             rate,
             exact: RwLock::new(HashMap::new()),
-            loading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -245,12 +243,9 @@ impl Gateway {
 
     /// Forget cached snapshots (of one project, or all).
     pub fn invalidate(&self, project: Option<&ProjectId>) {
-        let mut s = self.snapshots.write().expect("snapshot lock");
         match project {
-            Some(p) => {
-                s.remove(p);
-            }
-            None => s.clear(),
+            Some(p) => self.snapshots.invalidate(|k| k == p),
+            None => self.snapshots.clear(),
         }
     }
 
@@ -285,145 +280,95 @@ impl Gateway {
         })
     }
 
-    fn fresh_snapshot(&self, project: &ProjectId) -> Option<Arc<Snapshot>> {
-        let m = self.snapshots.read().expect("snapshot lock");
-        let s = m.get(project)?;
-        (freshness(s.loaded.elapsed(), self.config.cache_ttl) != Freshness::Expired)
-            .then(|| s.clone())
-    }
-
-    fn load_gate(&self, project: &ProjectId) -> Arc<tokio::sync::Mutex<()>> {
-        self.loading
-            .lock()
-            .expect("loading lock")
-            .entry(project.clone())
-            .or_default()
-            .clone()
-    }
-
-    /// The project's snapshot. Reloads are awaited boxed, as is every cold path of a tool call
-    /// that opens a transaction: a future is as large as its largest await point, and a
-    /// transaction's is ~30 KB that every call would otherwise allocate and copy
-    /// (`the_tool_call_future_stays_small`).
+    /// The project's snapshot: cached while valid; else the one load in flight for the project,
+    /// else a new one. In the last quarter of the TTL the reload runs in the background and
+    /// this caller keeps the valid snapshot (before, the first caller to see it there reloaded
+    /// it in its own request: one call per TTL per project paid a tenant transaction, 5–17 ms,
+    /// seen as the longest requests of warm runs). The load runs in a task of its own, so the
+    /// tool call's future holds only the cache's handle on it (`the_tool_call_future_stays_small`).
     async fn snapshot(&self, project: &ProjectId) -> Result<Arc<Snapshot>> {
-        if let Some(s) = self.fresh_snapshot(project) {
-            if freshness(s.loaded.elapsed(), self.config.cache_ttl) == Freshness::RefreshAhead {
-                // Refresh ahead: the first caller to see the snapshot in the last quarter of
-                // its TTL reloads it (if no load is running) while every other caller keeps
-                // using it. It is still within its TTL, so the staleness bound is unchanged;
-                // before, every caller arriving during the reload of an expired snapshot
-                // waited for it (a stall once per TTL, seen in the p99 under load).
-                let gate = self.load_gate(project);
-                if let Ok(_turn) = gate.try_lock() {
-                    // Another caller may have refreshed it since `s` was read.
-                    if let Some(now) = self.fresh_snapshot(project)
-                        && freshness(now.loaded.elapsed(), self.config.cache_ttl)
-                            == Freshness::Fresh
-                    {
-                        return Ok(now);
-                    }
-                    match Box::pin(self.reload(project)).await {
-                        Ok(fresh) => return Ok(fresh),
-                        // The snapshot in hand is still valid; the next caller retries.
-                        Err(e) => tracing::warn!(code = e.code.as_str(), "snapshot refresh failed"),
-                    }
-                }
-            }
-            return Ok(s);
-        }
-        // Single flight per project: when a snapshot expires under load, one caller reloads
-        // it and the others wait for that load instead of all hitting PostgreSQL at once.
-        let gate = self.load_gate(project);
-        let _turn = gate.lock().await;
-        if let Some(s) = self.fresh_snapshot(project) {
-            return Ok(s);
-        }
-        Box::pin(self.reload(project)).await
-    }
-
-    /// Load the project's snapshot and put it in the cache (the caller holds its load gate).
-    async fn reload(&self, project: &ProjectId) -> Result<Arc<Snapshot>> {
-        let previous = self
-            .snapshots
-            .read()
-            .expect("snapshot lock")
-            .get(project)
-            .map(|s| s.registry.clone());
-        let snap = Arc::new(tenancy::scope(project.clone(), self.load(previous)).await?);
         self.snapshots
-            .write()
-            .expect("snapshot lock")
-            .insert(project.clone(), snap.clone());
-        Ok(snap)
+            .get(project, || {
+                // Called under the cache's lock: only build the future (which peeks).
+                let (db, cache, p) = (self.db.clone(), self.snapshots.clone(), project.clone());
+                tenancy::scope(project.clone(), async move {
+                    // A compiled registry whose revision is still active is reused.
+                    let previous = cache.peek(&p).map(|s| s.registry.clone());
+                    load_snapshot(db, previous).await
+                })
+            })
+            .await
+            .map_err(Error::unshare)
     }
+}
 
-    /// One tenant transaction: project row, mode, active gateway and agent revisions.
-    async fn load(&self, previous: Option<Arc<Registry>>) -> Result<Snapshot> {
-        let mut tx = self.db.tenant().await?;
-        let row: Option<(String, bool, Option<String>)> = sqlx::query_as(
-            "SELECT p.status, p.allow_destructive, m.mode FROM projects p \
+/// One tenant transaction: project row, mode, active gateway and agent revisions.
+async fn load_snapshot(db: Db, previous: Option<Arc<Registry>>) -> Result<Snapshot> {
+    let mut tx = db.tenant().await?;
+    let row: Option<(String, bool, Option<String>)> = sqlx::query_as(
+        "SELECT p.status, p.allow_destructive, m.mode FROM projects p \
              LEFT JOIN project_migration_state m USING (project_id)",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let revisions: Vec<(String, String, Uuid, Value)> = sqlx::query_as(
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let revisions: Vec<(String, String, Uuid, Value)> = sqlx::query_as(
             "SELECT a.kind, a.name, a.revision_id, r.body FROM active_revisions a \
              JOIN contract_revisions r USING (project_id, revision_id) \
              WHERE (a.kind = 'mcp_gateway' AND a.name = 'default') OR a.kind IN ('agent', 'project')",
         )
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
-        let project = match row {
-            Some((status, allow_destructive, mode)) => Some(ProjectState {
-                active: status == "active",
-                // A project without a recorded mode is treated as shadow: the safest mode.
-                mode: mode
-                    .as_deref()
-                    .map(MigrationMode::parse)
-                    .transpose()?
-                    .unwrap_or(MigrationMode::Shadow),
-                allow_destructive,
-                firewall: ContextFirewall::legacy(),
-            }),
-            None => None,
-        };
-        let mut registry = None;
-        let mut agents = HashMap::new();
-        let mut firewall = ContextFirewall::legacy();
-        for (kind, name, revision_id, body) in revisions {
-            let kind = ContractKind::parse(&kind)?;
-            let parsed = contracts::validate(kind, &body).map_err(contracts::violations_error)?;
-            match parsed {
-                contracts::Contract::McpGateway(g) => {
-                    registry = Some(match &previous {
-                        Some(r) if r.revision_id == Some(revision_id) => r.clone(),
-                        _ => Arc::new(Registry::compile(Some(revision_id), &g)?),
-                    });
-                }
-                contracts::Contract::Agent(a) => {
-                    agents.insert(
-                        name,
-                        AgentState {
-                            tools: a.tools.into_iter().map(|t| t.0).collect(),
-                            max_risk: a.safety.max_risk,
-                            domain: a.context_domain.0,
-                        },
-                    );
-                }
-                contracts::Contract::Project(p) => firewall = p.firewall(),
-                _ => {}
+    tx.commit().await?;
+    let project = match row {
+        Some((status, allow_destructive, mode)) => Some(ProjectState {
+            active: status == "active",
+            // A project without a recorded mode is treated as shadow: the safest mode.
+            mode: mode
+                .as_deref()
+                .map(MigrationMode::parse)
+                .transpose()?
+                .unwrap_or(MigrationMode::Shadow),
+            allow_destructive,
+            firewall: ContextFirewall::legacy(),
+        }),
+        None => None,
+    };
+    let mut registry = None;
+    let mut agents = HashMap::new();
+    let mut firewall = ContextFirewall::legacy();
+    for (kind, name, revision_id, body) in revisions {
+        let kind = ContractKind::parse(&kind)?;
+        let parsed = contracts::validate(kind, &body).map_err(contracts::violations_error)?;
+        match parsed {
+            contracts::Contract::McpGateway(g) => {
+                registry = Some(match &previous {
+                    Some(r) if r.revision_id == Some(revision_id) => r.clone(),
+                    _ => Arc::new(Registry::compile(Some(revision_id), &g)?),
+                });
             }
+            contracts::Contract::Agent(a) => {
+                agents.insert(
+                    name,
+                    AgentState {
+                        tools: a.tools.into_iter().map(|t| t.0).collect(),
+                        max_risk: a.safety.max_risk,
+                        domain: a.context_domain.0,
+                    },
+                );
+            }
+            contracts::Contract::Project(p) => firewall = p.firewall(),
+            _ => {}
         }
-        let project = project.map(|p| ProjectState { firewall, ..p });
-        Ok(Snapshot {
-            loaded: Instant::now(),
-            project,
-            registry: registry.unwrap_or_else(|| Arc::new(Registry::empty())),
-            agents,
-        })
     }
+    let project = project.map(|p| ProjectState { firewall, ..p });
+    Ok(Snapshot {
+        project,
+        registry: registry.unwrap_or_else(|| Arc::new(Registry::empty())),
+        agents,
+    })
+}
 
+impl Gateway {
     fn view<'a>(caller: &'a Caller) -> CallerView<'a> {
         CallerView {
             agent: &caller.agent,

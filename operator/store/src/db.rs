@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor, PgPool};
+use sqlx::{ConnectOptions, Connection, Executor, PgPool};
 
 use awooop_core::error::{Error, ErrorCode, Result};
 
@@ -31,6 +31,19 @@ pub async fn migrate(owner_url: &str) -> Result<()> {
     Ok(())
 }
 
+/// How long a pooled connection may sit idle before an acquire checks it with a round trip.
+///
+/// sqlx checks every idle connection it hands out (`test_before_acquire`): one more round trip
+/// per transaction, before the `BEGIN`, on every path (a run's claim and completion, a
+/// gateway snapshot load, a channel group commit), paid in latency by the caller and in a
+/// wake-up by the PostgreSQL backend. A connection used within the last second came back to
+/// the pool through sqlx's release check (another round trip, off the caller's path), so it
+/// was live a moment ago; the check only pays for connections that sat long enough for the
+/// server, a proxy or the network to have dropped them. The check never closed the race
+/// either way (a connection can die between the check and the statement): a caller whose
+/// connection died gets the statement's error, and the release check then discards it.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// The runtime pool (role `awooop_app`).
 ///
 /// Its sessions run with JIT compilation off (set once per connection, after the role; not as
@@ -39,12 +52,26 @@ pub async fn migrate(owner_url: &str) -> Result<()> {
 /// statement) can pass `jit_above_cost` whatever the real work, and then every execution pays
 /// the compilation: the per-project claim (migration 0073) estimated 134,799 for a 0.2 ms plan
 /// and spent 50–70 ms in LLVM per claim (docs/benchmarks.md, "Nagle (session 9)").
+///
+/// An idle connection is checked with a round trip before it is handed out only when it sat
+/// idle for [`PING_IF_IDLE_FOR`] or longer (sqlx's default checks every acquire): see there.
 pub async fn connect_app(url: &str, max_connections: u32) -> Result<PgPool> {
     let opts = parse_url(url)?.application_name("awooop");
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    // An error discards this connection and the acquire takes (or opens)
+                    // another one, as with sqlx's own check.
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 conn.execute("SET ROLE awooop_app").await?;

@@ -305,6 +305,27 @@ if [ -n "${NGINX:-}" ]; then
         'BEGIN { printf " nginx_rps=%.0f nginx_ratio=%.2f nginx_p50_ms=%.3f nginx_p99_ms=%.3f", (n1 + n2) / 2, (n1 + n2) / (d1 + d2), (a + b) / 2, (c + e) / 2 }')
 fi
 
+# IDLE_PROBE="0.5 2 7": after the runs, for each pause (seconds), sleep, then time one gateway
+# call (curl, a new connection) and one more right after it: what the first call after a quiet
+# spell costs (expired snapshot, idle pool connections, parked threads) against a warm one.
+IDLE_FIELDS=""
+if [ -n "${IDLE_PROBE:-}" ]; then
+    call_ms() {
+        curl -fsS -o /dev/null -w '%{time_total}\n' "$GW_URL" -H "authorization: Bearer $TOKEN" \
+            -H "mcp-session-id: $GSID" -H 'mcp-protocol-version: 2025-11-25' \
+            -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
+            -d "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"fx__blob\",\"arguments\":{\"size\":$SIZE}}}" |
+            awk '{printf "%.1f", $1 * 1000}'
+    }
+    firsts=""; warms=""
+    for pause in $IDLE_PROBE; do
+        sleep "$pause"
+        firsts="$firsts,$(call_ms)"
+        warms="$warms,$(call_ms)"
+    done
+    IDLE_FIELDS=" idle_s=$(echo "$IDLE_PROBE" | tr ' ' ,) idle_first_ms=${firsts#,} idle_warm_ms=${warms#,}"
+fi
+
 # Every gateway call must be audited: wait for the batched writer, then count.
 sleep 1
 after=$(psql -qtA "$DATABASE_URL" -c "SELECT count(*) FROM mcp_call_audit")
@@ -317,7 +338,7 @@ awk -v d1="$d1" -v d2="$d2" -v g1="$g1" -v g2="$g2" \
     -v dp50="$dp50a" -v dp50b="$dp50b" -v dp99="$dp99a" -v dp99b="$dp99b" \
     -v gp50="$gp50a" -v gp50b="$gp50b" -v gp99="$gp99a" -v gp99b="$gp99b" \
     -v dmax1="$dmax1" -v dmax2="$dmax2" -v gmax1="$gmax1" -v gmax2="$gmax2" \
-    -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load1="${LOAD_BEFORE%% *}" -v extra="$NGINX_FIELDS" \
+    -v rows="$((after - before))" -v bad="$bad" -v size="$SIZE" -v load1="${LOAD_BEFORE%% *}" -v extra="$NGINX_FIELDS$IDLE_FIELDS" \
     -v ticks="$((CPU_AFTER - CPU_BEFORE))" -v systicks="$((SYS_AFTER - SYS_BEFORE))" -v hz="$(getconf CLK_TCK)" -v calls="$((gn1 + gn2))" 'BEGIN {
   d = (d1 + d2) / 2; g = (g1 + g2) / 2
   printf "size=%d direct_rps=%.0f gateway_rps=%.0f ratio=%.2f direct_p50_ms=%.3f direct_p99_ms=%.3f direct_max_ms=%.3f gateway_p50_ms=%.3f gateway_p99_ms=%.3f gateway_max_ms=%.3f up_cpu_us_per_call=%.0f up_sys_share=%.2f audit_rows=%d bad=%d load1=%s%s\n",

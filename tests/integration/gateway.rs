@@ -1951,6 +1951,96 @@ async fn a_call_in_the_refresh_window_does_not_wait_for_the_reload() {
     fx.done().await;
 }
 
+/// Requests that present one API key while its verdict is not cached verify it once (single
+/// flight), not once each: the verification waits here for a lock on `api_keys`, and exactly
+/// one session waits for it while 16 requests are pending. Before, every request ran its own
+/// verification transaction (up to the pool's size at once).
+#[tokio::test]
+async fn concurrent_requests_with_one_api_key_verify_it_once() {
+    let fx = fixture(
+        MigrationMode::Shadow,
+        Coord::none(),
+        GatewayConfig {
+            cache_ttl: Duration::from_secs(3600),
+            ..GatewayConfig::default()
+        },
+    )
+    .await;
+    let runner = fx
+        .cp
+        .create_api_key_bound(
+            &admin(),
+            &fx.project,
+            "bot",
+            vec![awooop::auth::Role::Runner],
+            Some(awooop::auth::KeyBinding {
+                agents: vec!["*".into()],
+                environments: vec!["*".into()],
+            }),
+        )
+        .await
+        .unwrap()
+        .token;
+    let router = McpClient::router(&fx);
+    let mut su = fx.t.superuser().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let requests = tokio::spawn(async move {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25"}});
+        let clients: Vec<McpClient> = (0..16)
+            .map(|_| McpClient {
+                router: router.clone(),
+                auth: vec![
+                    ("authorization".into(), format!("Bearer {runner}")),
+                    ("x-awooop-agent".into(), "triage".into()),
+                    ("x-awooop-environment".into(), "dev".into()),
+                ],
+                session: None,
+            })
+            .collect();
+        futures::future::join_all(clients.iter().map(|c| c.post(init.clone())))
+            .await
+            .into_iter()
+            .map(|(s, _, _)| s)
+            .collect::<Vec<_>>()
+    });
+    async fn waiting(su: &mut sqlx::PgConnection) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'api_keys' AND NOT l.granted",
+        )
+        .fetch_one(su)
+        .await
+        .unwrap()
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while waiting(&mut su).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no verification started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give the other requests time to start verifications of their own, if they would.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        waiting(&mut su).await,
+        1,
+        "16 concurrent requests with one key must verify it once"
+    );
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    let statuses = requests.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    fx.done().await;
+}
+
 /// With a long cache TTL, an activation still takes effect at once: the gateway listens for
 /// activations and drops the project's snapshot.
 #[tokio::test]

@@ -64,6 +64,9 @@ struct State<K, V, E> {
 
 struct Inner<K, V, E> {
     ttl: Duration,
+    /// When an insert finds this many values, the expired ones are dropped first, and all of
+    /// them if that is not enough (keys that keep coming, such as run ids, never pile up).
+    max_entries: usize,
     state: RwLock<State<K, V, E>>,
 }
 
@@ -97,6 +100,7 @@ where
         Self {
             inner: Arc::new(Inner {
                 ttl,
+                max_entries: usize::MAX,
                 state: RwLock::new(State {
                     entries: HashMap::new(),
                     flights: HashMap::new(),
@@ -105,6 +109,32 @@ where
                 }),
             }),
         }
+    }
+
+    /// [`TtlCache::new`] holding at most `max_entries` values (see [`Inner::max_entries`]).
+    pub fn bounded(ttl: Duration, max_entries: usize) -> Self {
+        let c = Self::new(ttl);
+        let inner = Arc::into_inner(c.inner).expect("just created");
+        Self {
+            inner: Arc::new(Inner {
+                max_entries: max_entries.max(1),
+                ..inner
+            }),
+        }
+    }
+
+    /// How many values are held (expired ones included, until an insert sweeps them).
+    pub fn len(&self) -> usize {
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn ttl(&self) -> Duration {
@@ -253,6 +283,13 @@ impl<K: Hash + Eq + Clone, V, E> Inner<K, V, E> {
         if let Ok(v) = r
             && s.generation == generation
         {
+            if s.entries.len() >= self.max_entries && !s.entries.contains_key(key) {
+                let ttl = self.ttl;
+                s.entries.retain(|_, (at, _)| at.elapsed() < ttl);
+                if s.entries.len() >= self.max_entries {
+                    s.entries.clear();
+                }
+            }
             // Aged from the start of the load: what it read is at most that old.
             s.entries.insert(key.clone(), (started, v.clone()));
         }
@@ -334,6 +371,36 @@ mod tests {
         let got = concurrent(&c, &n, 64, Duration::from_millis(50)).await;
         assert_eq!(n.load(Ordering::SeqCst), 2, "one reload for 64 callers");
         assert!(got.iter().all(|r| **r.as_ref().unwrap() == 2));
+    }
+
+    #[tokio::test]
+    async fn a_bounded_cache_drops_expired_values_first_and_never_grows_past_its_bound() {
+        let ttl = Duration::from_millis(200);
+        let c = TtlCache::<u32, u32, String>::bounded(ttl, 4);
+        let load = |v: u32| move || async move { Ok::<_, String>(v) }.boxed();
+        for k in 0..2 {
+            c.get(&k, load(k)).await.unwrap();
+        }
+        tokio::time::sleep(ttl + Duration::from_millis(20)).await;
+        for k in 2..4 {
+            c.get(&k, load(k)).await.unwrap();
+        }
+        assert_eq!(c.len(), 4);
+        // Full: the two expired values go, the two fresh ones stay.
+        c.get(&4, load(4)).await.unwrap();
+        assert_eq!(c.len(), 3);
+        assert!(c.peek(&0).is_none() && c.peek(&1).is_none());
+        assert!(c.peek(&2).is_some() && c.peek(&3).is_some());
+        // Full of fresh values: all of them go, the new one stays.
+        c.get(&5, load(5)).await.unwrap();
+        c.get(&6, load(6)).await.unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.peek(&6).as_deref(), Some(&6));
+        // Thousands of keys never hold more than the bound.
+        for k in 100..5000 {
+            c.get(&k, load(k)).await.unwrap();
+            assert!(c.len() <= 4);
+        }
     }
 
     #[tokio::test]

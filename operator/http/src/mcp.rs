@@ -15,9 +15,7 @@
 //!   simply expire.
 //! * A request with an `Origin` header not on the allow-list is refused (DNS rebinding).
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -28,6 +26,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use awooop_core::cache::TtlCache;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_gateway::server::{self, Incoming};
 use awooop_gateway::tokens;
@@ -41,10 +40,19 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 pub const AGENT_HEADER: &str = "x-awooop-agent";
 pub const ENV_HEADER: &str = "x-awooop-environment";
 
-/// SHA-256 of an API key → (verified at, its project, its runner binding if a runner key).
-type ApiKeyCache = HashMap<[u8; 32], (Instant, ProjectId, Option<auth::KeyBinding>)>;
-/// Run id → (checked at, the run exists and is not terminal).
-type RunCache = HashMap<uuid::Uuid, (Instant, bool)>;
+/// SHA-256 of an API key → its project and its runner binding if a runner key. A
+/// [`TtlCache`] like the gateway's snapshots: one verification at a time per key, shared by the
+/// requests that arrive meanwhile; in the last quarter of the TTL a background re-verification
+/// while requests keep the valid verdict; never used past the TTL (a revocation takes effect
+/// within it). Invalid keys are not kept.
+type ApiKeyCache = TtlCache<[u8; 32], (ProjectId, Option<auth::KeyBinding>), Error>;
+/// Run id → the run exists and is not terminal (the same rules). Keyed by the run id alone: a
+/// run token's MAC binds its run to its project.
+type RunCache = TtlCache<uuid::Uuid, bool, Error>;
+/// Run ids come and go: at most this many verdicts are held (expired ones dropped first).
+const MAX_CACHED_RUNS: usize = 100_000;
+/// API keys verified and held at most (more keys than this in one TTL: all dropped).
+const MAX_CACHED_KEYS: usize = 100_000;
 
 #[derive(Clone)]
 pub struct McpState {
@@ -54,20 +62,21 @@ pub struct McpState {
     pub session_ttl_seconds: i64,
     /// Origins allowed to call (browsers); requests without `Origin` are not affected.
     pub allowed_origins: Arc<Vec<String>>,
-    api_keys: Arc<RwLock<ApiKeyCache>>,
-    runs: Arc<RwLock<RunCache>>,
+    api_keys: ApiKeyCache,
+    runs: RunCache,
 }
 
 impl McpState {
     pub fn new(gateway: Arc<Gateway>, db: Db, max_body_bytes: usize) -> Self {
+        let ttl = gateway.config().cache_ttl;
         Self {
             gateway,
             db,
             max_body_bytes,
             session_ttl_seconds: 24 * 3600,
             allowed_origins: Arc::new(Vec::new()),
-            api_keys: Arc::new(RwLock::new(HashMap::new())),
-            runs: Arc::new(RwLock::new(HashMap::new())),
+            api_keys: ApiKeyCache::bounded(ttl, MAX_CACHED_KEYS),
+            runs: RunCache::bounded(ttl, MAX_CACHED_RUNS),
         }
     }
 
@@ -207,38 +216,30 @@ async fn authenticate(state: &McpState, h: &HeaderMap) -> Result<(Caller, String
 
 /// Whether the run a token is bound to exists in its project and is not terminal. The verdict
 /// is cached for the gateway's cache TTL (a run that ends stops its token within it; with a
-/// zero TTL, at once).
+/// zero TTL, at once). The lookup runs in a task of its own (the cache's), so a request's
+/// future holds no transaction (see `post_mcp`).
 async fn run_is_live(state: &McpState, project: &ProjectId, run_id: uuid::Uuid) -> Result<bool> {
-    let ttl = state.gateway.config().cache_ttl;
-    if let Some((at, live)) = state.runs.read().expect("lock").get(&run_id)
-        && at.elapsed() < ttl
-    {
-        return Ok(*live);
-    }
-    // Boxed: a cache miss is rare, and inline its transaction would make every request's
-    // future ~30 KB (see `post_mcp`).
-    let run_state: Option<String> =
-        Box::pin(awooop_store::tenancy::scope(project.clone(), async {
-            let mut tx = state.db.tenant().await?;
-            let s = sqlx::query_scalar("SELECT state FROM runs WHERE run_id = $1")
-                .bind(run_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok::<_, Error>(s)
-        }))
-        .await?;
-    let live = run_state
-        .and_then(|s| awooop_core::run_state::RunState::parse(&s).ok())
-        .is_some_and(|s| !s.is_terminal());
-    if !ttl.is_zero() {
-        let mut m = state.runs.write().expect("lock");
-        if m.len() > 100_000 {
-            m.clear();
-        }
-        m.insert(run_id, (Instant::now(), live));
-    }
-    Ok(live)
+    let live = state
+        .runs
+        .get(&run_id, || {
+            let (db, project) = (state.db.clone(), project.clone());
+            awooop_store::tenancy::scope(project, async move {
+                let mut tx = db.tenant().await?;
+                let s: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM runs WHERE run_id = $1")
+                        .bind(run_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok(
+                    s.and_then(|s| awooop_core::run_state::RunState::parse(&s).ok())
+                        .is_some_and(|s| !s.is_terminal()),
+                )
+            })
+        })
+        .await
+        .map_err(Error::unshare)?;
+    Ok(*live)
 }
 
 /// API keys are verified against PostgreSQL and the verdict cached for the gateway's cache
@@ -247,35 +248,30 @@ async fn verify_api_key_cached(
     state: &McpState,
     token: &str,
 ) -> Result<(ProjectId, auth::KeyBinding)> {
-    let not_runner = || {
-        Error::new(
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let verdict = state
+        .api_keys
+        .get(&digest, || {
+            let (db, token) = (state.db.clone(), token.to_string());
+            async move {
+                let (project, actor, binding) = auth::verify_api_key_bound(&db, &token).await?;
+                // Only keys with the runner role carry a binding.
+                Ok((
+                    project,
+                    binding.filter(|_| actor.require(Role::Runner).is_ok()),
+                ))
+            }
+        })
+        .await
+        .map_err(Error::unshare)?;
+    let (project, binding) = &*verdict;
+    match binding {
+        Some(b) => Ok((project.clone(), b.clone())),
+        None => Err(Error::new(
             ErrorCode::AuthForbidden,
             "this action needs the 'runner' role",
-        )
-    };
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let ttl = state.gateway.config().cache_ttl;
-    if let Some((at, p, binding)) = state.api_keys.read().expect("lock").get(&digest)
-        && at.elapsed() < ttl
-    {
-        return match binding {
-            Some(b) => Ok((p.clone(), b.clone())),
-            None => Err(not_runner()),
-        };
+        )),
     }
-    // Boxed for the same reason as the run lookup above.
-    let (project, actor, binding) = Box::pin(auth::verify_api_key_bound(&state.db, token)).await?;
-    // Only keys with the runner role carry a binding.
-    let binding = binding.filter(|_| actor.require(Role::Runner).is_ok());
-    if !ttl.is_zero() {
-        let mut m = state.api_keys.write().expect("lock");
-        if m.len() > 100_000 {
-            m.clear();
-        }
-        m.insert(digest, (Instant::now(), project.clone(), binding.clone()));
-    }
-    let binding = binding.ok_or_else(not_runner)?;
-    Ok((project, binding))
 }
 
 async fn post_mcp(State(state): State<McpState>, req: Request) -> Response {
@@ -392,7 +388,8 @@ mod tests {
     /// paths awaited inline (a PostgreSQL transaction for a run or API key lookup, a snapshot
     /// reload, an approval check) made it 33,408 bytes in a release build (12,576 in the test
     /// build), and copying and allocating it cost several per cent of the gateway's CPU per
-    /// call. They are boxed now: 4,504 bytes.
+    /// call. They are boxed now, or run in a task of their own (the run and API key lookups,
+    /// the snapshot load: `TtlCache` loads): 4,504 bytes.
     #[test]
     fn the_request_future_stays_small() {
         let n = future_size(super::post_mcp);

@@ -19,7 +19,7 @@
 # PERF_SYSTEM=1 of the whole machine), KEEP_WORK (set: keep the work folder with the processes'
 # logs, printed on exit), PERF_STAT (perf event names, comma-separated: their counts in
 # `awooop up` per call of the first gateway run, e.g. context-switches,syscalls:sys_enter_futex). Needs wrk
-# (`apt-get install -y wrk`), curl and psql. It creates and drops its own database
+# (`apt-get install -y wrk`), curl and psql. AUTH=apikey authenticates the gateway calls with a runner API key. It creates and drops its own database
 # (`awooop_wrk_<pid>`) on the server of DATABASE_URL and its own state folder.
 #
 # CALLGRIND_OUT=<file> runs `awooop up` under `valgrind --tool=callgrind` instead and measures
@@ -120,17 +120,27 @@ cat >"$WORK/contracts/agent.json" <<'EOF'
  "executor": {"type": "scripted", "steps": [{"type": "output", "key": "done", "template": "ok"}]}}
 EOF
 "$BIN" apply -q -f "$WORK/contracts/gw.json" -f "$WORK/contracts/agent.json"
-TOKEN=$("$BIN" token mint --project awoooi --agent wrk --env dev)
+# AUTH=token (default): a per-run bearer token; AUTH=apikey: a runner API key with the agent and
+# environment headers (verified against PostgreSQL, the verdict cached for the gateway's TTL).
+EXTRA_H=()
+case "${AUTH:-token}" in
+    token) TOKEN=$("$BIN" token mint --project awoooi --agent wrk --env dev) ;;
+    apikey)
+        TOKEN=$("$BIN" apikey create -o name --project awoooi --principal wrk --roles runner --agents wrk --envs dev)
+        EXTRA_H=(-H "x-awooop-agent: wrk" -H "x-awooop-environment: dev")
+        export WRK_AGENT=wrk WRK_ENV=dev ;;
+    *) echo "error: AUTH must be token or apikey" >&2; exit 2 ;;
+esac
 
 # initialize + notifications/initialized; prints the session id.
 session() {
     local url=$1 auth=$2 sid
-    sid=$(curl -fsS -D - -o /dev/null "$url" -H "authorization: $auth" \
+    sid=$(curl -fsS -D - -o /dev/null "$url" -H "authorization: $auth" "${EXTRA_H[@]}" \
         -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
         -d '{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"wrk","version":"1"}}}' |
         tr -d '\r' | awk -F': ' 'tolower($1)=="mcp-session-id"{print $2}')
     [ -n "$sid" ] || { echo "error: no session id from $url" >&2; exit 1; }
-    curl -fsS -o /dev/null "$url" -H "authorization: $auth" -H "mcp-session-id: $sid" \
+    curl -fsS -o /dev/null "$url" -H "authorization: $auth" "${EXTRA_H[@]}" -H "mcp-session-id: $sid" \
         -H 'mcp-protocol-version: 2025-11-25' -H 'content-type: application/json' \
         -H 'accept: application/json, text/event-stream' \
         -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'
@@ -158,6 +168,10 @@ function init(args)
   wrk.headers["accept"] = "application/json, text/event-stream"
   wrk.headers["authorization"] = os.getenv("WRK_AUTH")
   wrk.headers["mcp-session-id"] = os.getenv("WRK_SID")
+  if os.getenv("WRK_AGENT") then
+    wrk.headers["x-awooop-agent"] = os.getenv("WRK_AGENT")
+    wrk.headers["x-awooop-environment"] = os.getenv("WRK_ENV")
+  end
   wrk.headers["mcp-protocol-version"] = "2025-11-25"
 end
 function request()
@@ -311,7 +325,7 @@ fi
 IDLE_FIELDS=""
 if [ -n "${IDLE_PROBE:-}" ]; then
     call_ms() {
-        curl -fsS -o /dev/null -w '%{time_total}\n' "$GW_URL" -H "authorization: Bearer $TOKEN" \
+        curl -fsS -o /dev/null -w '%{time_total}\n' "$GW_URL" -H "authorization: Bearer $TOKEN" "${EXTRA_H[@]}" \
             -H "mcp-session-id: $GSID" -H 'mcp-protocol-version: 2025-11-25' \
             -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
             -d "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"fx__blob\",\"arguments\":{\"size\":$SIZE}}}" |

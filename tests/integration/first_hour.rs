@@ -743,13 +743,7 @@ async fn a_terminated_database_connection_is_503_unavailable() {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        let mut su = t.superuser().await;
-        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-            .bind(pid)
-            .fetch_one(&mut su)
-            .await
-            .unwrap();
-        assert!(killed);
+        t.terminate_backend(pid).await;
         let e = sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap_err();
         awooop::error::Error::from(e)
     })

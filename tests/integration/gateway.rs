@@ -1078,6 +1078,24 @@ struct McpClient {
     session: Option<String>,
 }
 
+/// A runner API key of the fixture's project, for any agent and environment.
+async fn runner_key(fx: &Fx) -> String {
+    fx.cp
+        .create_api_key_bound(
+            &admin(),
+            &fx.project,
+            "bot",
+            vec![awooop::auth::Role::Runner],
+            Some(awooop::auth::KeyBinding {
+                agents: vec!["*".into()],
+                environments: vec!["*".into()],
+            }),
+        )
+        .await
+        .unwrap()
+        .token
+}
+
 impl McpClient {
     fn router(fx: &Fx) -> axum::Router {
         awooop::http::mcp::router(awooop::http::mcp::McpState::new(
@@ -1405,21 +1423,7 @@ async fn gateway_identity_comes_from_the_credential() {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // API keys: runner role and agent/environment headers
-    let runner = fx
-        .cp
-        .create_api_key_bound(
-            &admin(),
-            &fx.project,
-            "bot",
-            vec![awooop::auth::Role::Runner],
-            Some(awooop::auth::KeyBinding {
-                agents: vec!["*".into()],
-                environments: vec!["*".into()],
-            }),
-        )
-        .await
-        .unwrap()
-        .token;
+    let runner = runner_key(&fx).await;
     let reader = fx
         .cp
         .create_api_key(
@@ -1966,21 +1970,7 @@ async fn concurrent_requests_with_one_api_key_verify_it_once() {
         },
     )
     .await;
-    let runner = fx
-        .cp
-        .create_api_key_bound(
-            &admin(),
-            &fx.project,
-            "bot",
-            vec![awooop::auth::Role::Runner],
-            Some(awooop::auth::KeyBinding {
-                agents: vec!["*".into()],
-                environments: vec!["*".into()],
-            }),
-        )
-        .await
-        .unwrap()
-        .token;
+    let runner = runner_key(&fx).await;
     let router = McpClient::router(&fx);
     let mut su = fx.t.superuser().await;
     sqlx::raw_sql("BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")

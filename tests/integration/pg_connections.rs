@@ -151,12 +151,7 @@ async fn app_pool_checks_only_connections_idle_for_a_while() {
 
     // It dies while idle (a server restart, a proxy's idle timeout): the check replaces it.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(&mut su)
-        .await
-        .unwrap();
-    assert!(killed);
+    db.terminate_backend(pid).await;
     tokio::time::sleep(PING_IF_IDLE_FOR + Duration::from_millis(200)).await;
     let after: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&pool)

@@ -96,6 +96,17 @@ impl TestDb {
             .expect("connect to the test database as the superuser")
     }
 
+    /// End the server session `pid` (`pg_terminate_backend`, as a restart or a failover would).
+    pub async fn terminate_backend(&self, pid: i32) {
+        let mut su = self.superuser().await;
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+        assert!(killed, "no session {pid} to terminate");
+    }
+
     /// Wait until a session of this database has completed `LISTEN channel` (it shows as an
     /// idle backend whose last statement was that LISTEN), so a NOTIFY sent now reaches it.
     pub async fn wait_for_listener(&self, channel: &str) {

@@ -2031,6 +2031,53 @@ async fn concurrent_requests_with_one_api_key_verify_it_once() {
     fx.done().await;
 }
 
+/// With a long cache TTL, a migration-mode change also takes effect at once: `set_mode`
+/// notifies the activation channel and the gateway drops the project's snapshot. Before, only
+/// activations notified and a demotion (here back to shadow, which hides write tools) waited for
+/// the TTL.
+#[tokio::test]
+async fn a_mode_change_reaches_the_cached_snapshot_at_once() {
+    let config = GatewayConfig {
+        cache_ttl: Duration::from_secs(3600),
+        ..GatewayConfig::default()
+    };
+    let fx = fixture(MigrationMode::Shadow, Coord::none(), config).await;
+    let listener = fx.gw.spawn_invalidation(fx.t.app.clone());
+    let c = caller(&fx.project, "dev");
+    let lists_scale = || async {
+        fx.gw
+            .list_tools(&c)
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "leaky__scale")
+    };
+    assert!(!lists_scale().await, "write tool listed in shadow");
+    fx.t.wait_for_listener(awooop::control::ACTIVATION_CHANNEL)
+        .await;
+    for (mode, want) in [
+        (MigrationMode::AutoRemediate, true),
+        (MigrationMode::Shadow, false),
+    ] {
+        tenancy::scope(
+            fx.project.clone(),
+            fx.cp.set_mode(&admin(), mode, true, Some("cache test")),
+        )
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while lists_scale().await != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the change to {mode:?} never reached the cached snapshot"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    listener.abort();
+    fx.done().await;
+}
+
 /// With a long cache TTL, an activation still takes effect at once: the gateway listens for
 /// activations and drops the project's snapshot.
 #[tokio::test]

@@ -41,7 +41,8 @@ use awooop_store::tenancy::{self, Db, ProjectId};
 pub use migration::MigrationMode;
 use repo::{ActivationRow, ActiveRow, DraftRow, ProjectRow, RevisionRow};
 
-/// PostgreSQL channel notified (in the activating transaction) on every activation.
+/// PostgreSQL channel notified (in the changing transaction) on every activation and every
+/// migration-mode change; the payload is a JSON object whose `project_id` names the project.
 pub const ACTIVATION_CHANNEL: &str = "awooop_activation";
 
 #[derive(Clone)]

@@ -76,6 +76,17 @@ impl ControlPlane {
             ),
         )
         .await?;
+        // Listeners of activations (the gateway's and the hub's caches, the operator) take the
+        // new mode at once instead of at their next TTL or resync; delivered on commit. They
+        // read only `project_id`.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::ACTIVATION_CHANNEL)
+            .bind(
+                json!({"project_id": project.as_str(), "kind": "migration_mode", "mode": to.as_str()})
+                    .to_string(),
+            )
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         self.migration().await
     }

@@ -2031,18 +2031,25 @@ async fn concurrent_requests_with_one_api_key_verify_it_once() {
     fx.done().await;
 }
 
-/// With a long cache TTL, a migration-mode change also takes effect at once: `set_mode`
-/// notifies the activation channel and the gateway drops the project's snapshot. Before, only
-/// activations notified and a demotion (here back to shadow, which hides write tools) waited for
-/// the TTL.
-#[tokio::test]
-async fn a_mode_change_reaches_the_cached_snapshot_at_once() {
+/// A shadow-mode fixture whose snapshots live an hour unless a notification drops them, with
+/// the gateway's invalidation listener running (abort the handle at the end).
+async fn listening_fixture() -> (Fx, tokio::task::JoinHandle<()>) {
     let config = GatewayConfig {
         cache_ttl: Duration::from_secs(3600),
         ..GatewayConfig::default()
     };
     let fx = fixture(MigrationMode::Shadow, Coord::none(), config).await;
     let listener = fx.gw.spawn_invalidation(fx.t.app.clone());
+    (fx, listener)
+}
+
+/// With a long cache TTL, a migration-mode change also takes effect at once: `set_mode`
+/// notifies the activation channel and the gateway drops the project's snapshot. Before, only
+/// activations notified and a demotion (here back to shadow, which hides write tools) waited for
+/// the TTL.
+#[tokio::test]
+async fn a_mode_change_reaches_the_cached_snapshot_at_once() {
+    let (fx, listener) = listening_fixture().await;
     let c = caller(&fx.project, "dev");
     let lists_scale = || async {
         fx.gw
@@ -2082,12 +2089,7 @@ async fn a_mode_change_reaches_the_cached_snapshot_at_once() {
 /// activations and drops the project's snapshot.
 #[tokio::test]
 async fn gateway_activation_invalidates_the_cached_registry() {
-    let config = GatewayConfig {
-        cache_ttl: Duration::from_secs(3600),
-        ..GatewayConfig::default()
-    };
-    let fx = fixture(MigrationMode::Shadow, Coord::none(), config).await;
-    let listener = fx.gw.spawn_invalidation(fx.t.app.clone());
+    let (fx, listener) = listening_fixture().await;
     let c = caller(&fx.project, "dev");
     let names = |v: Vec<Value>| -> Vec<String> {
         v.iter()

@@ -294,7 +294,11 @@ impl Gateway {
                 tenancy::scope(project.clone(), async move {
                     // A compiled registry whose revision is still active is reused.
                     let previous = cache.peek(&p).map(|s| s.registry.clone());
-                    load_snapshot(db, previous).await
+                    // A reload ahead of expiry has no caller to see its error: log it (the
+                    // valid snapshot stays in use and the next caller in the window retries).
+                    load_snapshot(db, previous).await.inspect_err(|e| {
+                        tracing::warn!(code = e.code.as_str(), "snapshot load failed")
+                    })
                 })
             })
             .await

@@ -257,6 +257,7 @@ async fn fixture(mode: MigrationMode, coord: Coord, config: GatewayConfig) -> Fx
 fn test_config() -> GatewayConfig {
     GatewayConfig {
         cache_ttl: Duration::ZERO,
+        verdict_ttl: Duration::ZERO,
         ..GatewayConfig::default()
     }
 }
@@ -1965,7 +1966,7 @@ async fn concurrent_requests_with_one_api_key_verify_it_once() {
         MigrationMode::Shadow,
         Coord::none(),
         GatewayConfig {
-            cache_ttl: Duration::from_secs(3600),
+            verdict_ttl: Duration::from_secs(3600),
             ..GatewayConfig::default()
         },
     )
@@ -2080,6 +2081,103 @@ async fn a_mode_change_reaches_the_cached_snapshot_at_once() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    listener.abort();
+    fx.done().await;
+}
+
+/// Wait until the gateway's listener has handled a notice (a mode change to auto_remediate,
+/// seen as the write tool listed): its first clear, right after it began listening, is then
+/// behind us, and the snapshot cached from here on stays until a notice or a lost connection.
+async fn listener_settled(fx: &Fx, c: &Caller) {
+    fx.t.wait_for_listener(awooop::control::ACTIVATION_CHANNEL)
+        .await;
+    tenancy::scope(
+        fx.project.clone(),
+        fx.cp
+            .set_mode(&admin(), MigrationMode::AutoRemediate, true, Some("t")),
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fx
+        .gw
+        .list_tools(c)
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "leaky__scale")
+    {
+        assert!(std::time::Instant::now() < deadline, "mode change not seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A project suspended in SQL (no API changes a status) is refused at once: a trigger
+/// (migration 0078) notifies the activation channel and the gateway drops the snapshot. Before,
+/// the change waited for the TTL (here an hour; the default was 1 s for that reason alone).
+#[tokio::test]
+async fn a_project_suspended_in_sql_reaches_the_cached_snapshot_at_once() {
+    let (fx, listener) = listening_fixture().await;
+    let c = caller(&fx.project, "dev");
+    listener_settled(&fx, &c).await;
+    let mut su = fx.t.superuser().await;
+    sqlx::query("UPDATE projects SET status = 'suspended' WHERE project_id = $1")
+        .bind(fx.project.as_str())
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fx.gw.list_tools(&c).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the suspension never reached the cached snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    listener.abort();
+    fx.done().await;
+}
+
+/// A notification sent while the listener's connection is down is lost; so when the connection
+/// comes back every snapshot is dropped. Here the change is made with triggers off (as if its
+/// notice had been sent in the gap), then the listener's session is terminated: sqlx reconnects
+/// it by itself, and before, nothing was dropped (the suspended project kept its tools for the
+/// TTL, here an hour).
+#[tokio::test]
+async fn a_lost_listener_connection_drops_every_cached_snapshot() {
+    let (fx, listener) = listening_fixture().await;
+    let c = caller(&fx.project, "dev");
+    listener_settled(&fx, &c).await;
+    let mut su = fx.t.superuser().await;
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE projects SET status = 'suspended' WHERE project_id = $1")
+        .bind(fx.project.as_str())
+        .execute(&mut su)
+        .await
+        .unwrap();
+    // No notice was sent: the cached snapshot still lists the tools.
+    assert!(!fx.gw.list_tools(&c).await.unwrap().is_empty());
+    let pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%' \
+         AND position($2 in query) > 0",
+    )
+    .bind(&fx.t.name)
+    .bind(awooop::control::ACTIVATION_CHANNEL)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    fx.t.terminate_backend(pid).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fx.gw.list_tools(&c).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot loaded before the connection was lost is still in use"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     listener.abort();
     fx.done().await;

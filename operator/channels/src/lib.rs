@@ -34,6 +34,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use awooop_contracts::{Channel, ChannelProvider, Contract, ContractKind, CredentialSource};
+use awooop_control::invalidation::Invalidation;
 use awooop_control::{ControlPlane, MigrationMode};
 use awooop_core::cache::TtlCache;
 use awooop_core::error::{Error, ErrorCode, Result};
@@ -408,37 +409,23 @@ impl Hub {
         self.inner.bases.invalidate(|(p, _)| p == project);
     }
 
-    /// Drop a project's cached channels and run bases on each activation (`LISTEN
-    /// awooop_activation`), reconnecting when the connection fails; the TTL bounds staleness
-    /// meanwhile and the write transaction re-checks the run basis either way. Mode changes
-    /// send no notification: the write transaction's check catches them.
+    /// Drop a project's cached channels and run bases on each activation, mode change or
+    /// project status change (`LISTEN awooop_activation`), and everything whenever the listener
+    /// was not listening ([`awooop_control::invalidation::follow`]); the write transaction
+    /// re-checks the run basis either way.
     pub fn spawn_invalidation(&self) -> tokio::task::JoinHandle<()> {
         let hub = Arc::downgrade(&self.inner);
         let pool = self.inner.control.db().pool_for_health().clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&pool).await else {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                };
-                if l.listen(awooop_control::ACTIVATION_CHANNEL).await.is_err() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                while let Ok(n) = l.recv().await {
-                    let Some(inner) = hub.upgrade() else { return };
-                    let h = Hub { inner };
-                    match serde_json::from_str::<serde_json::Value>(n.payload())
-                        .ok()
-                        .and_then(|v| v["project_id"].as_str().map(ProjectId::parse))
-                    {
-                        Some(Ok(p)) => h.invalidate_project(&p),
-                        _ => h.invalidate(),
-                    }
-                }
-                let Some(inner) = hub.upgrade() else { return };
-                Hub { inner }.invalidate();
+        awooop_control::invalidation::follow(pool, move |inv| {
+            let Some(inner) = hub.upgrade() else {
+                return false;
+            };
+            let h = Hub { inner };
+            match inv {
+                Invalidation::Project(p) => h.invalidate_project(&p),
+                Invalidation::All => h.invalidate(),
             }
+            true
         })
     }
 

@@ -16,6 +16,7 @@ pub mod apply;
 mod approve;
 mod artifacts;
 mod drafts;
+pub mod invalidation;
 mod migration_state;
 mod projects;
 mod publish;
@@ -41,8 +42,10 @@ use awooop_store::tenancy::{self, Db, ProjectId};
 pub use migration::MigrationMode;
 use repo::{ActivationRow, ActiveRow, DraftRow, ProjectRow, RevisionRow};
 
-/// PostgreSQL channel notified (in the changing transaction) on every activation and every
-/// migration-mode change; the payload is a JSON object whose `project_id` names the project.
+/// PostgreSQL channel notified (in the changing transaction) on every activation, every
+/// migration-mode change and every change of a project's status or `allow_destructive`
+/// (a trigger, migration 0078, so an edit in SQL notifies too); the payload is a JSON object
+/// whose `project_id` names the project. Caches follow it with [`invalidation::follow`].
 pub const ACTIVATION_CHANNEL: &str = "awooop_activation";
 
 #[derive(Clone)]

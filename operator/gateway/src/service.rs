@@ -29,6 +29,7 @@ use super::registry::Registry;
 use super::sanitize;
 use awooop_contracts::{self as contracts, ContractKind, Injection, McpProvider};
 use awooop_control::MigrationMode;
+use awooop_control::invalidation::Invalidation;
 // The snapshot cache is the channel hub's (single flight, refresh ahead in the background in
 // the last quarter of the TTL, never served past it, invalidation detaches loads in flight).
 use awooop_core::cache::TtlCache;
@@ -126,8 +127,13 @@ pub trait ToolUpstream: Send + Sync {
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// How long a project snapshot (mode, registry, agents) is reused.
+    /// How long a project snapshot (status, mode, registry, agents) is reused. Every change of
+    /// its inputs notifies and drops it at once (see [`Gateway::spawn_invalidation`]), so this
+    /// only bounds staleness when the listener's connection hangs without failing.
     pub cache_ttl: Duration,
+    /// How long `/mcp` reuses an API key's verification and a run's liveness: a revoked key or
+    /// a finished run is refused within it (neither change is notified).
+    pub verdict_ttl: Duration,
     pub upstream_timeout: Duration,
     /// Tool calls per minute per (project, agent); 0 disables the limit.
     pub rate_per_minute: u32,
@@ -138,7 +144,8 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
-            cache_ttl: Duration::from_secs(1),
+            cache_ttl: Duration::from_secs(30),
+            verdict_ttl: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(30),
             rate_per_minute: 60_000,
             runtime_environment: "dev".into(),
@@ -249,34 +256,21 @@ impl Gateway {
         }
     }
 
-    /// Invalidate snapshots on every activation (`LISTEN awooop_activation`), until the
-    /// connection fails; the TTL bounds staleness either way.
+    /// Invalidate snapshots on every activation, mode change or project status change
+    /// (`LISTEN awooop_activation`), and all of them whenever the listener was not listening
+    /// ([`awooop_control::invalidation::follow`]); the TTL bounds staleness only if its
+    /// connection hangs without failing.
     pub fn spawn_invalidation(self: &Arc<Self>, pool: sqlx::PgPool) -> tokio::task::JoinHandle<()> {
         let gw = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Ok(mut l) = sqlx::postgres::PgListener::connect_with(&pool).await else {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                };
-                if l.listen(awooop_control::ACTIVATION_CHANNEL).await.is_err() {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                while let Ok(n) = l.recv().await {
-                    let Some(gw) = gw.upgrade() else { return };
-                    let project = serde_json::from_str::<Value>(n.payload())
-                        .ok()
-                        .and_then(|v| {
-                            v["project_id"]
-                                .as_str()
-                                .and_then(|p| ProjectId::parse(p).ok())
-                        });
-                    gw.invalidate(project.as_ref());
-                }
-                let Some(gw) = gw.upgrade() else { return };
-                gw.invalidate(None);
+        awooop_control::invalidation::follow(pool, move |inv| {
+            let Some(gw) = gw.upgrade() else {
+                return false;
+            };
+            match inv {
+                Invalidation::Project(p) => gw.invalidate(Some(&p)),
+                Invalidation::All => gw.invalidate(None),
             }
+            true
         })
     }
 

@@ -68,7 +68,7 @@ pub struct McpState {
 
 impl McpState {
     pub fn new(gateway: Arc<Gateway>, db: Db, max_body_bytes: usize) -> Self {
-        let ttl = gateway.config().cache_ttl;
+        let ttl = gateway.config().verdict_ttl;
         Self {
             gateway,
             db,

@@ -527,11 +527,8 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    sqlx::query("SELECT pg_notify($1, '{\"project_id\":\"alpha\"}')")
-        .bind(awooop::control::ACTIVATION_CHANNEL)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    // No NOTIFY of our own: the status trigger (migration 0078) sends it, and the resync is an
+    // hour away.
     tx.commit().await.unwrap();
     eventually(
         "retired project's objects gone",

@@ -40,8 +40,14 @@ pub async fn run(
     loop {
         let target = tokio::select! {
             _ = tick.tick() => None,
-            n = listener.recv() => match n {
-                Ok(n) => {
+            n = listener.try_recv() => match n {
+                // The connection was lost and is listening again (sqlx reconnects): notices
+                // sent in the gap are gone, so resync now rather than at the next tick.
+                Ok(None) => {
+                    tracing::warn!("activation listener reconnected; resyncing");
+                    None
+                }
+                Ok(Some(n)) => {
                     let v: serde_json::Value = serde_json::from_str(n.payload()).unwrap_or_default();
                     match v["project_id"].as_str().map(ProjectId::parse) {
                         Some(Ok(p)) => Some((p, Trigger::Activation)),
@@ -49,9 +55,11 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    // sqlx reconnects on the next recv; the resync covers what we missed.
+                    // sqlx reconnects on the next receive, silently; resync at once to
+                    // cover what was missed rather than at the next tick.
                     tracing::warn!(error = %e, "activation listener failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    tick.reset_immediately();
                     continue;
                 }
             },

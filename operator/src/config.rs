@@ -1098,16 +1098,21 @@ pub struct GatewayArgs {
         default_value_t = 30
     )]
     pub gateway_credential_ttl_seconds: u64,
-    /// How long a project's gate facts (status, mode, registry, agents) are cached. Every change
+    /// How long a project's gate facts (status, mode, registry, agents) and its verified API
+    /// keys are cached. Every change
     /// of them notifies `awooop_activation` and drops them at once, and all of them are dropped
     /// whenever the listener was not listening: this bounds staleness only if the listener's
     /// connection hangs without failing.
     #[arg(long, env = "AWOOOP_GATEWAY_CACHE_TTL_MS", default_value_t = 30_000)]
     pub gateway_cache_ttl_ms: u64,
-    /// How long `/mcp` reuses an API key's verification and a run's liveness: a revoked key or a
-    /// finished run is refused within it.
-    #[arg(long, env = "AWOOOP_GATEWAY_VERDICT_TTL_MS", default_value_t = 1000)]
-    pub gateway_verdict_ttl_ms: u64,
+    /// How long `/mcp` reuses a run's liveness for a token bound to the run: a token of a run
+    /// that has ended is refused within it (a run's end is not notified to the gateway).
+    #[arg(
+        long,
+        env = "AWOOOP_GATEWAY_RUN_LIVENESS_TTL_MS",
+        default_value_t = 1000
+    )]
+    pub gateway_run_liveness_ttl_ms: u64,
     /// Timeout of one upstream tool call.
     #[arg(
         long,
@@ -1158,7 +1163,7 @@ impl GatewayArgs {
     pub fn config(&self) -> crate::gateway::GatewayConfig {
         crate::gateway::GatewayConfig {
             cache_ttl: std::time::Duration::from_millis(self.gateway_cache_ttl_ms),
-            verdict_ttl: std::time::Duration::from_millis(self.gateway_verdict_ttl_ms),
+            run_liveness_ttl: std::time::Duration::from_millis(self.gateway_run_liveness_ttl_ms),
             upstream_timeout: std::time::Duration::from_secs(self.gateway_upstream_timeout_seconds),
             rate_per_minute: self.gateway_rate_per_minute,
             runtime_environment: self.gateway_runtime_environment.clone(),

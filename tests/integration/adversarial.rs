@@ -389,7 +389,7 @@ async fn serve(c: &Cli, admin_token_file: &Path, cred_dir: &Path) -> Serve {
         .env("AWOOOP_STATE_DIR", &c.state)
         .env("AWOOOP_GATEWAY_CREDENTIAL_DIR", cred_dir)
         .env("AWOOOP_GATEWAY_CACHE_TTL_MS", "0")
-        .env("AWOOOP_GATEWAY_VERDICT_TTL_MS", "0")
+        .env("AWOOOP_GATEWAY_RUN_LIVENESS_TTL_MS", "0")
         .env_remove("REDIS_URL")
         .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .stdout(Stdio::null())

@@ -660,7 +660,7 @@ impl GwFx {
             audit,
             GatewayConfig {
                 cache_ttl: Duration::ZERO,
-                verdict_ttl: Duration::ZERO,
+                run_liveness_ttl: Duration::ZERO,
                 ..GatewayConfig::default()
             },
         ));

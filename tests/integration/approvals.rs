@@ -231,7 +231,7 @@ async fn env(id: &str, mode: MigrationMode, ttl_seconds: u32) -> Env {
         audit,
         GatewayConfig {
             cache_ttl: Duration::ZERO,
-            verdict_ttl: Duration::ZERO,
+            run_liveness_ttl: Duration::ZERO,
             ..GatewayConfig::default()
         },
     ));

@@ -277,7 +277,7 @@ fn story(t: &TestDb, cp: &ControlPlane) -> Story {
         audit,
         GatewayConfig {
             cache_ttl: Duration::ZERO,
-            verdict_ttl: Duration::ZERO,
+            run_liveness_ttl: Duration::ZERO,
             ..GatewayConfig::default()
         },
     ));

@@ -210,7 +210,7 @@ async fn ewoooc_and_awoooi_never_see_each_other_through_the_cli_mcp_and_metrics(
         audit,
         GatewayConfig {
             cache_ttl: Duration::ZERO,
-            verdict_ttl: Duration::ZERO,
+            run_liveness_ttl: Duration::ZERO,
             ..GatewayConfig::default()
         },
     ));

@@ -257,7 +257,7 @@ async fn fixture(mode: MigrationMode, coord: Coord, config: GatewayConfig) -> Fx
 fn test_config() -> GatewayConfig {
     GatewayConfig {
         cache_ttl: Duration::ZERO,
-        verdict_ttl: Duration::ZERO,
+        run_liveness_ttl: Duration::ZERO,
         ..GatewayConfig::default()
     }
 }
@@ -1966,7 +1966,7 @@ async fn concurrent_requests_with_one_api_key_verify_it_once() {
         MigrationMode::Shadow,
         Coord::none(),
         GatewayConfig {
-            verdict_ttl: Duration::from_secs(3600),
+            cache_ttl: Duration::from_secs(3600),
             ..GatewayConfig::default()
         },
     )
@@ -2029,6 +2029,48 @@ async fn concurrent_requests_with_one_api_key_verify_it_once() {
         statuses.iter().all(|s| *s == StatusCode::OK),
         "{statuses:?}"
     );
+    fx.done().await;
+}
+
+/// A revoked API key is refused at once on `/mcp`, although key verdicts are cached for the
+/// snapshots' TTL (here an hour): the revocation notifies (migration 0079) and the gateway drops
+/// the project's verdicts. Before, a verdict was used for its TTL after a revocation (1 s by
+/// default; an hour here).
+#[tokio::test]
+async fn a_revoked_api_key_is_refused_at_once() {
+    let (fx, listener) = listening_fixture().await;
+    listener_settled(&fx, &caller(&fx.project, "dev")).await;
+    let runner = runner_key(&fx).await;
+    let key_id = runner.split('.').nth(2).unwrap().to_string();
+    let client = McpClient {
+        router: McpClient::router(&fx),
+        auth: vec![
+            ("authorization".into(), format!("Bearer {runner}")),
+            ("x-awooop-agent".into(), "triage".into()),
+            ("x-awooop-environment".into(), "dev".into()),
+        ],
+        session: None,
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25"}});
+    assert_eq!(client.post(init.clone()).await.0, StatusCode::OK);
+    tenancy::scope(fx.project.clone(), fx.cp.revoke_api_key(&admin(), &key_id))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = client.post(init.clone()).await.0;
+        if status != StatusCode::OK {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked key still authenticates"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    listener.abort();
     fx.done().await;
 }
 

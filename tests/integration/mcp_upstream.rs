@@ -1003,7 +1003,7 @@ async fn gateway_calls_real_upstreams_through_the_client_and_redacts_what_they_e
         audit,
         GatewayConfig {
             cache_ttl: Duration::ZERO,
-            verdict_ttl: Duration::ZERO,
+            run_liveness_ttl: Duration::ZERO,
             ..GatewayConfig::default()
         },
     );

@@ -1578,7 +1578,7 @@ async fn llm_run_calls_a_real_mcp_upstream_through_the_gateway() {
         audit,
         GatewayConfig {
             cache_ttl: Duration::ZERO,
-            verdict_ttl: Duration::ZERO,
+            run_liveness_ttl: Duration::ZERO,
             ..GatewayConfig::default()
         },
     ));

@@ -5,7 +5,8 @@
 //! Hot path: the facts the gates need (project status and mode, destructive flag, the compiled
 //! registry of the active MCP Gateway revision, the active Agent contracts) are one snapshot
 //! per project, loaded in one tenant transaction and cached for `cache_ttl` in a
-//! [`TtlCache`] (activations also invalidate it through `LISTEN awooop_activation`; in the last
+//! [`TtlCache`] (every change of its inputs invalidates it through `LISTEN awooop_activation`,
+//! and a gap in listening drops every snapshot: see [`Gateway::spawn_invalidation`]; in the last
 //! quarter of the TTL one reload starts in the background while every caller keeps the valid
 //! snapshot, so no caller waits for a reload while a valid snapshot exists); the compiled
 //! registry (with its JSON
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::approval;
@@ -38,6 +40,7 @@ use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::ratelimit::KeyedLimiter;
 use awooop_core::redact::ExactSecrets;
 use awooop_runtime::TraceContext;
+use awooop_store::auth::{self, Role};
 use awooop_store::coord::Coord;
 use awooop_store::tenancy::{self, Db, ProjectId};
 
@@ -131,9 +134,9 @@ pub struct GatewayConfig {
     /// its inputs notifies and drops it at once (see [`Gateway::spawn_invalidation`]), so this
     /// only bounds staleness when the listener's connection hangs without failing.
     pub cache_ttl: Duration,
-    /// How long `/mcp` reuses an API key's verification and a run's liveness: a revoked key or
-    /// a finished run is refused within it (neither change is notified).
-    pub verdict_ttl: Duration,
+    /// How long `/mcp` reuses a run's liveness for a token bound to it: a run that ends stops
+    /// its token within it (a run's end is not notified to the gateway).
+    pub run_liveness_ttl: Duration,
     pub upstream_timeout: Duration,
     /// Tool calls per minute per (project, agent); 0 disables the limit.
     pub rate_per_minute: u32,
@@ -145,7 +148,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             cache_ttl: Duration::from_secs(30),
-            verdict_ttl: Duration::from_secs(1),
+            run_liveness_ttl: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(30),
             rate_per_minute: 60_000,
             runtime_environment: "dev".into(),
@@ -159,6 +162,9 @@ struct Snapshot {
     agents: HashMap<String, AgentState>,
 }
 
+/// API keys verified and held at most (more keys than this in one TTL: all dropped).
+const MAX_CACHED_KEYS: usize = 100_000;
+
 pub struct Gateway {
     db: Db,
     coord: Coord,
@@ -168,6 +174,10 @@ pub struct Gateway {
     audit: CallAudit,
     config: GatewayConfig,
     snapshots: TtlCache<ProjectId, Snapshot, Error>,
+    /// API keys verified: (project named in the key, SHA-256 of the key) → its runner binding,
+    /// if it is a runner key. Same rules as the snapshots: a revocation (or the project's
+    /// status change) notifies and drops the project's verdicts at once.
+    api_keys: TtlCache<(ProjectId, [u8; 32]), Option<auth::KeyBinding>, Error>,
     /// Tool calls per (project, agent) per minute (idle keys evicted).
     rate: KeyedLimiter<(ProjectId, String)>,
     /// Digest of a call's credential values → their compiled exact-value redactor.
@@ -208,7 +218,9 @@ impl Gateway {
         let rate = KeyedLimiter::per_minute(config.rate_per_minute);
         let verified = super::tokens::VerifiedTokens::new(&keys);
         let snapshots = TtlCache::new(config.cache_ttl);
+        let api_keys = TtlCache::bounded(config.cache_ttl, MAX_CACHED_KEYS);
         Self {
+            api_keys,
             verified,
             db,
             coord,
@@ -248,12 +260,40 @@ impl Gateway {
         &self.creds
     }
 
-    /// Forget cached snapshots (of one project, or all).
+    /// Forget cached snapshots and API key verdicts (of one project, or all).
     pub fn invalidate(&self, project: Option<&ProjectId>) {
         match project {
-            Some(p) => self.snapshots.invalidate(|k| k == p),
-            None => self.snapshots.clear(),
+            Some(p) => {
+                self.snapshots.invalidate(|k| k == p);
+                self.api_keys.invalidate(|(k, _)| k == p);
+            }
+            None => {
+                self.snapshots.clear();
+                self.api_keys.clear();
+            }
         }
+    }
+
+    /// An API key's project and, for a runner key, its binding (`None`: not a runner key).
+    /// Verified against PostgreSQL once per key at a time and cached like the snapshots; a
+    /// revocation takes effect when its notice arrives (migration 0079), or within the TTL if
+    /// the listener's connection hangs. Invalid keys are not kept.
+    pub async fn api_key(&self, token: &str) -> Result<(ProjectId, Option<auth::KeyBinding>)> {
+        let project = auth::parse_api_key(token)?.project;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let verdict = self
+            .api_keys
+            .get(&(project.clone(), digest), || {
+                let (db, token) = (self.db.clone(), token.to_string());
+                async move {
+                    let (_, actor, binding) = auth::verify_api_key_bound(&db, &token).await?;
+                    // Only keys with the runner role carry a binding.
+                    Ok(binding.filter(|_| actor.require(Role::Runner).is_ok()))
+                }
+            })
+            .await
+            .map_err(Error::unshare)?;
+        Ok((project, (*verdict).clone()))
     }
 
     /// Invalidate snapshots on every activation, mode change or project status change

@@ -24,7 +24,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use awooop_core::cache::TtlCache;
 use awooop_core::error::{Error, ErrorCode, Result};
@@ -32,7 +31,7 @@ use awooop_gateway::server::{self, Incoming};
 use awooop_gateway::tokens;
 use awooop_gateway::{Caller, Gateway};
 use awooop_runtime::TraceContext;
-use awooop_store::auth::{self, Role};
+use awooop_store::auth;
 use awooop_store::tenancy::{Db, ProjectId};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -40,19 +39,11 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 pub const AGENT_HEADER: &str = "x-awooop-agent";
 pub const ENV_HEADER: &str = "x-awooop-environment";
 
-/// SHA-256 of an API key → its project and its runner binding if a runner key. A
-/// [`TtlCache`] like the gateway's snapshots: one verification at a time per key, shared by the
-/// requests that arrive meanwhile; in the last quarter of the TTL a background re-verification
-/// while requests keep the valid verdict; never used past the TTL (a revocation takes effect
-/// within it). Invalid keys are not kept.
-type ApiKeyCache = TtlCache<[u8; 32], (ProjectId, Option<auth::KeyBinding>), Error>;
 /// Run id → the run exists and is not terminal (the same rules). Keyed by the run id alone: a
 /// run token's MAC binds its run to its project.
 type RunCache = TtlCache<uuid::Uuid, bool, Error>;
 /// Run ids come and go: at most this many verdicts are held (expired ones dropped first).
 const MAX_CACHED_RUNS: usize = 100_000;
-/// API keys verified and held at most (more keys than this in one TTL: all dropped).
-const MAX_CACHED_KEYS: usize = 100_000;
 
 #[derive(Clone)]
 pub struct McpState {
@@ -62,20 +53,18 @@ pub struct McpState {
     pub session_ttl_seconds: i64,
     /// Origins allowed to call (browsers); requests without `Origin` are not affected.
     pub allowed_origins: Arc<Vec<String>>,
-    api_keys: ApiKeyCache,
     runs: RunCache,
 }
 
 impl McpState {
     pub fn new(gateway: Arc<Gateway>, db: Db, max_body_bytes: usize) -> Self {
-        let ttl = gateway.config().verdict_ttl;
+        let ttl = gateway.config().run_liveness_ttl;
         Self {
             gateway,
             db,
             max_body_bytes,
             session_ttl_seconds: 24 * 3600,
             allowed_origins: Arc::new(Vec::new()),
-            api_keys: ApiKeyCache::bounded(ttl, MAX_CACHED_KEYS),
             runs: RunCache::bounded(ttl, MAX_CACHED_RUNS),
         }
     }
@@ -215,8 +204,8 @@ async fn authenticate(state: &McpState, h: &HeaderMap) -> Result<(Caller, String
 }
 
 /// Whether the run a token is bound to exists in its project and is not terminal. The verdict
-/// is cached for the gateway's cache TTL (a run that ends stops its token within it; with a
-/// zero TTL, at once). The lookup runs in a task of its own (the cache's), so a request's
+/// is cached for the gateway's `run_liveness_ttl` (a run that ends stops its token within it;
+/// with a zero TTL, at once). The lookup runs in a task of its own (the cache's), so a request's
 /// future holds no transaction (see `post_mcp`).
 async fn run_is_live(state: &McpState, project: &ProjectId, run_id: uuid::Uuid) -> Result<bool> {
     let live = state
@@ -242,32 +231,15 @@ async fn run_is_live(state: &McpState, project: &ProjectId, run_id: uuid::Uuid) 
     Ok(*live)
 }
 
-/// API keys are verified against PostgreSQL and the verdict cached for the gateway's cache
-/// TTL (a revocation takes effect within it).
+/// API keys are verified by the gateway (cached; a revocation notifies and takes effect at
+/// once, see `Gateway::api_key`); only runner keys call tools.
 async fn verify_api_key_cached(
     state: &McpState,
     token: &str,
 ) -> Result<(ProjectId, auth::KeyBinding)> {
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let verdict = state
-        .api_keys
-        .get(&digest, || {
-            let (db, token) = (state.db.clone(), token.to_string());
-            async move {
-                let (project, actor, binding) = auth::verify_api_key_bound(&db, &token).await?;
-                // Only keys with the runner role carry a binding.
-                Ok((
-                    project,
-                    binding.filter(|_| actor.require(Role::Runner).is_ok()),
-                ))
-            }
-        })
-        .await
-        .map_err(Error::unshare)?;
-    let (project, binding) = &*verdict;
-    match binding {
-        Some(b) => Ok((project.clone(), b.clone())),
-        None => Err(Error::new(
+    match state.gateway.api_key(token).await? {
+        (project, Some(b)) => Ok((project, b)),
+        (_, None) => Err(Error::new(
             ErrorCode::AuthForbidden,
             "this action needs the 'runner' role",
         )),

@@ -2155,6 +2155,32 @@ async fn listener_settled(fx: &Fx, c: &Caller) {
     }
 }
 
+/// Suspend the fixture's project in SQL as an operator would (`replica`: with triggers off, so
+/// no notice is sent).
+async fn suspend_in_sql(fx: &Fx, replica: bool) {
+    let mut su = fx.t.superuser().await;
+    if replica {
+        sqlx::query("SET session_replication_role = replica")
+            .execute(&mut su)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE projects SET status = 'suspended' WHERE project_id = $1")
+        .bind(fx.project.as_str())
+        .execute(&mut su)
+        .await
+        .unwrap();
+}
+
+/// Wait (20 s at most, else fail with `why`) until the caller sees no tool.
+async fn until_no_tools(fx: &Fx, c: &Caller, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fx.gw.list_tools(c).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A project suspended in SQL (no API changes a status) is refused at once: a trigger
 /// (migration 0078) notifies the activation channel and the gateway drops the snapshot. Before,
 /// the change waited for the TTL (here an hour; the default was 1 s for that reason alone).
@@ -2163,20 +2189,8 @@ async fn a_project_suspended_in_sql_reaches_the_cached_snapshot_at_once() {
     let (fx, listener) = listening_fixture().await;
     let c = caller(&fx.project, "dev");
     listener_settled(&fx, &c).await;
-    let mut su = fx.t.superuser().await;
-    sqlx::query("UPDATE projects SET status = 'suspended' WHERE project_id = $1")
-        .bind(fx.project.as_str())
-        .execute(&mut su)
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !fx.gw.list_tools(&c).await.unwrap().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the suspension never reached the cached snapshot"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    suspend_in_sql(&fx, false).await;
+    until_no_tools(&fx, &c, "the suspension never reached the cached snapshot").await;
     listener.abort();
     fx.done().await;
 }
@@ -2191,16 +2205,7 @@ async fn a_lost_listener_connection_drops_every_cached_snapshot() {
     let (fx, listener) = listening_fixture().await;
     let c = caller(&fx.project, "dev");
     listener_settled(&fx, &c).await;
-    let mut su = fx.t.superuser().await;
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut su)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE projects SET status = 'suspended' WHERE project_id = $1")
-        .bind(fx.project.as_str())
-        .execute(&mut su)
-        .await
-        .unwrap();
+    suspend_in_sql(&fx, true).await;
     // No notice was sent: the cached snapshot still lists the tools.
     assert!(!fx.gw.list_tools(&c).await.unwrap().is_empty());
     let pid: i32 = sqlx::query_scalar(
@@ -2209,18 +2214,16 @@ async fn a_lost_listener_connection_drops_every_cached_snapshot() {
     )
     .bind(&fx.t.name)
     .bind(awooop::control::ACTIVATION_CHANNEL)
-    .fetch_one(&mut su)
+    .fetch_one(&mut fx.t.superuser().await)
     .await
     .unwrap();
     fx.t.terminate_backend(pid).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !fx.gw.list_tools(&c).await.unwrap().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the snapshot loaded before the connection was lost is still in use"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_no_tools(
+        &fx,
+        &c,
+        "the snapshot loaded before the connection was lost is still in use",
+    )
+    .await;
     listener.abort();
     fx.done().await;
 }

@@ -321,23 +321,30 @@ fi
 
 # IDLE_PROBE="0.5 2 7": after the runs, for each pause (seconds), sleep, then time one gateway
 # call (curl, a new connection) and one more right after it: what the first call after a quiet
-# spell costs (expired snapshot, idle pool connections, parked threads) against a warm one.
+# spell costs (expired snapshot, idle pool connections, parked threads) against a warm one. The
+# same pauses then probe the fixture directly (idle_direct_*): the part of a first call's cost
+# that is this machine's and the fixture's, not the gateway's.
 IDLE_FIELDS=""
 if [ -n "${IDLE_PROBE:-}" ]; then
-    call_ms() {
-        curl -fsS -o /dev/null -w '%{time_total}\n' "$GW_URL" -H "authorization: Bearer $TOKEN" "${EXTRA_H[@]}" \
-            -H "mcp-session-id: $GSID" -H 'mcp-protocol-version: 2025-11-25' \
+    call_ms() { # url, authorization, session, tool
+        curl -fsS -o /dev/null -w '%{time_total}\n' "$1" -H "authorization: $2" "${EXTRA_H[@]}" \
+            -H "mcp-session-id: $3" -H 'mcp-protocol-version: 2025-11-25' \
             -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
-            -d "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"fx__blob\",\"arguments\":{\"size\":$SIZE}}}" |
+            -d "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"$4\",\"arguments\":{\"size\":$SIZE}}}" |
             awk '{printf "%.1f", $1 * 1000}'
     }
-    firsts=""; warms=""
-    for pause in $IDLE_PROBE; do
-        sleep "$pause"
-        firsts="$firsts,$(call_ms)"
-        warms="$warms,$(call_ms)"
-    done
-    IDLE_FIELDS=" idle_s=$(echo "$IDLE_PROBE" | tr ' ' ,) idle_first_ms=${firsts#,} idle_warm_ms=${warms#,}"
+    probe() { # url, authorization, session, tool: "firsts warms"
+        local firsts="" warms=""
+        for pause in $IDLE_PROBE; do
+            sleep "$pause"
+            firsts="$firsts,$(call_ms "$@")"
+            warms="$warms,$(call_ms "$@")"
+        done
+        echo "${firsts#,} ${warms#,}"
+    }
+    read -r gfirsts gwarms < <(probe "$GW_URL" "Bearer $TOKEN" "$GSID" fx__blob)
+    read -r dfirsts dwarms < <(probe "$DIRECT_URL" "$FX_KEY" "$DSID" blob)
+    IDLE_FIELDS=" idle_s=$(echo "$IDLE_PROBE" | tr ' ' ,) idle_first_ms=$gfirsts idle_warm_ms=$gwarms idle_direct_first_ms=$dfirsts idle_direct_warm_ms=$dwarms"
 fi
 
 # Every gateway call must be audited: wait for the batched writer, then count.

@@ -2038,8 +2038,7 @@ async fn concurrent_requests_with_one_api_key_verify_it_once() {
 /// default; an hour here).
 #[tokio::test]
 async fn a_revoked_api_key_is_refused_at_once() {
-    let (fx, listener) = listening_fixture().await;
-    listener_settled(&fx, &caller(&fx.project, "dev")).await;
+    let (fx, listener, _) = settled_fixture().await;
     let runner = runner_key(&fx).await;
     let key_id = runner.split('.').nth(2).unwrap().to_string();
     let client = McpClient {
@@ -2128,6 +2127,15 @@ async fn a_mode_change_reaches_the_cached_snapshot_at_once() {
     fx.done().await;
 }
 
+/// [`listening_fixture`] once its listener has settled ([`listener_settled`]), in
+/// auto_remediate mode, with a caller in `dev`.
+async fn settled_fixture() -> (Fx, tokio::task::JoinHandle<()>, Caller) {
+    let (fx, listener) = listening_fixture().await;
+    let c = caller(&fx.project, "dev");
+    listener_settled(&fx, &c).await;
+    (fx, listener, c)
+}
+
 /// Wait until the gateway's listener has handled a notice (a mode change to auto_remediate,
 /// seen as the write tool listed): its first clear, right after it began listening, is then
 /// behind us, and the snapshot cached from here on stays until a notice or a lost connection.
@@ -2186,9 +2194,7 @@ async fn until_no_tools(fx: &Fx, c: &Caller, why: &str) {
 /// the change waited for the TTL (here an hour; the default was 1 s for that reason alone).
 #[tokio::test]
 async fn a_project_suspended_in_sql_reaches_the_cached_snapshot_at_once() {
-    let (fx, listener) = listening_fixture().await;
-    let c = caller(&fx.project, "dev");
-    listener_settled(&fx, &c).await;
+    let (fx, listener, c) = settled_fixture().await;
     suspend_in_sql(&fx, false).await;
     until_no_tools(&fx, &c, "the suspension never reached the cached snapshot").await;
     listener.abort();
@@ -2202,9 +2208,7 @@ async fn a_project_suspended_in_sql_reaches_the_cached_snapshot_at_once() {
 /// TTL, here an hour).
 #[tokio::test]
 async fn a_lost_listener_connection_drops_every_cached_snapshot() {
-    let (fx, listener) = listening_fixture().await;
-    let c = caller(&fx.project, "dev");
-    listener_settled(&fx, &c).await;
+    let (fx, listener, c) = settled_fixture().await;
     suspend_in_sql(&fx, true).await;
     // No notice was sent: the cached snapshot still lists the tools.
     assert!(!fx.gw.list_tools(&c).await.unwrap().is_empty());

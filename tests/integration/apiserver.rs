@@ -148,6 +148,95 @@ async fn set_secret(env: &KubeEnv, label: Option<&str>, keys: &[&str]) {
     env.apply(&obj).await;
 }
 
+/// A notice sent while the controller's listener is down is lost, and sqlx reconnects the
+/// listener by itself; the controller now resyncs at once when it does. Here the project is
+/// retired with triggers off (as if its notice had been sent in the gap), then the listener's
+/// session is terminated: the project's AgentProject must go although the resync is an hour
+/// away. Before, nothing happened until the next resync tick.
+#[tokio::test]
+async fn apiserver_controller_resyncs_when_its_listener_reconnects() {
+    let Some(env) = kube_env::start(false).await else {
+        return;
+    };
+    let t = TestDb::new().await;
+    let ctx = Arc::new(Context {
+        client: env.client_as(OPERATOR_SA).await,
+        control: t.control(Coord::none()),
+        namespace: NS.into(),
+        workers: None,
+        identity: "operator-0".into(),
+        metrics: ControllerMetrics::new(&awooop::metrics::Metrics::new()),
+    });
+    let p = project(&ctx.control, "alpha", 1).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let loop_ctx = ctx.clone();
+    let lp =
+        tokio::spawn(
+            async move { controller::run(loop_ctx, Duration::from_secs(3600), stop_rx).await },
+        );
+    t.wait_for_listener(awooop::control::ACTIVATION_CHANNEL)
+        .await;
+    let ap_api = Api::<AgentProject>::namespaced(env.admin.clone(), NS);
+    let present = |want: bool| {
+        let api = ap_api.clone();
+        async move { (api.get_opt("alpha").await.ok()?.is_some() == want).then_some(()) }
+    };
+    activate(
+        &ctx.control,
+        &p,
+        ContractKind::Project,
+        "alpha",
+        project_body(1, 5),
+    )
+    .await;
+    // Projected, with its status written (the status write is the projection's last step).
+    eventually(
+        "AgentProject projected with status",
+        Duration::from_secs(15),
+        || {
+            let api = ap_api.clone();
+            async move {
+                let a = get_json(&api, "alpha").await?;
+                (condition(&a["status"], "Projected")?.0 == "True").then_some(())
+            }
+        },
+    )
+    .await;
+    let mut su = t.superuser().await;
+    sqlx::raw_sql(
+        "SET session_replication_role = replica; \
+         UPDATE projects SET status = 'retired' WHERE project_id = 'alpha'",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    // Nothing else reconciles it meanwhile (no notice, no watch event, resync an hour away).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        present(true).await.is_some(),
+        "the AgentProject went without a notice"
+    );
+    let pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%' \
+         AND position($2 in query) > 0",
+    )
+    .bind(&t.name)
+    .bind(awooop::control::ACTIVATION_CHANNEL)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    t.terminate_backend(pid).await;
+    eventually(
+        "the retired project's AgentProject gone after the listener reconnected",
+        Duration::from_secs(15),
+        || present(false),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    lp.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
 #[tokio::test]
 async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
     let Some(env) = kube_env::start(false).await else {

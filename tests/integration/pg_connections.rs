@@ -162,3 +162,81 @@ async fn app_pool_checks_only_connections_idle_for_a_while() {
     drop(su);
     db.cleanup().await;
 }
+
+/// After the server ended every session (a restart, a failover, `pg_terminate_backend`), the
+/// next transactions still begin. The pool hands out a connection used within
+/// `PING_IF_IDLE_FOR` without a check, so each of them may first be handed a dead connection;
+/// its `BEGIN` fails before anything ran, and the platform begins again on another one instead
+/// of failing the caller's request or run.
+#[tokio::test]
+async fn transactions_begin_after_the_server_ended_every_session() {
+    use awooop::tenancy::{self, Db, ProjectId};
+    let db = TestDb::new().await;
+    let mut su = db.superuser().await;
+    let pool = awooop::db::connect_app(&db.url, 4).await.unwrap();
+    // Four live connections, all back in the pool, each used a moment ago.
+    let held: Vec<_> = futures::future::join_all((0..4).map(|_| pool.acquire()))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    drop(held);
+    let mut waited = 0;
+    while pool.num_idle() < 4 {
+        assert!(waited < 200, "the pool never got its connections back");
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND application_name = 'awooop') x",
+    )
+    .bind(&db.name)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    // Ours, and the test database's own pool's.
+    assert!(ended >= 4, "{ended} sessions ended");
+    // Wait until the sessions are gone (their FATAL sent), still well inside PING_IF_IDLE_FOR.
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'awooop'",
+        )
+        .bind(&db.name)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(
+        pool.num_idle(),
+        4,
+        "the dead connections are still idle in the pool"
+    );
+
+    // Every kind of transaction the platform opens, each on a pool whose idle connections died.
+    let d = Db::new(pool.clone());
+    let alpha = ProjectId::parse("alpha").unwrap();
+    let one = |mut tx: sqlx::Transaction<'static, sqlx::Postgres>| async move {
+        let n: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        n
+    };
+    let tx = tenancy::scope(alpha.clone(), d.tenant())
+        .await
+        .expect("a tenant transaction begins after the server ended the pool's sessions");
+    assert_eq!(one(tx).await, 1);
+    drop(tenancy::scope(alpha, d.tenant()).await.unwrap());
+    assert_eq!(one(tenancy::worker_tx(&pool).await.unwrap()).await, 1);
+    assert_eq!(one(tenancy::operator_tx(&pool).await.unwrap()).await, 1);
+    pool.close().await;
+    drop(su);
+    db.cleanup().await;
+}

@@ -230,8 +230,11 @@ async fn reap_old_databases(base: &str, now: u64) {
 
 /// A raw transaction on `pool` inside `project`'s RLS scope, for tests that check what the
 /// database itself allows.
+///
+/// Begun as the platform begins its transactions (`tenancy::begin`): tests that end the pool's
+/// sessions read their results through the same pool right after.
 pub async fn scoped_tx(pool: &PgPool, project: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = awooop::tenancy::begin(pool, "BEGIN").await.unwrap();
     sqlx::query("SELECT set_config('awooop.project_id', $1, true)")
         .bind(project)
         .execute(&mut *tx)

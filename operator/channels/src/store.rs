@@ -209,11 +209,7 @@ pub async fn reply_token(conn: &mut PgConnection, run_id: Uuid) -> Result<Option
 /// A transaction that sees pending outbound messages and due progress rows of every project
 /// (policy `delivery_scope`), and nothing else.
 pub async fn delivery_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('awooop.scope', 'delivery', true)")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    awooop_store::tenancy::begin(pool, "BEGIN; SET LOCAL awooop.scope = 'delivery'").await
 }
 
 /// A claimed outbound message.

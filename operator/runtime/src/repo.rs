@@ -572,7 +572,7 @@ const CLAIM_BEGIN: &str =
 
 /// A worker-scoped transaction for [`claim_in`] (see [`CLAIM_BEGIN`]).
 pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-    Ok(pool.begin_with(CLAIM_BEGIN).await?)
+    awooop_store::tenancy::begin(pool, CLAIM_BEGIN).await
 }
 
 /// The claim statement of [`claim_in`]. Public, with the completion's statements, so that

@@ -14,6 +14,7 @@
 //!   what its scope's policy lets through).
 //! * [`redis_key`] builds every Redis key: `awooop:{project}:{kind}:{id}`.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -125,9 +126,47 @@ pub fn platform_redis_key(kind: &str, id: &str) -> String {
 /// connection is inside a transaction afterwards; a failing `SET LOCAL` aborts it, so the
 /// begin fails rather than handing out a transaction without its scope.
 pub async fn worker_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    Ok(pool
-        .begin_with("BEGIN; SET LOCAL awooop.scope = 'worker'")
-        .await?)
+    begin(pool, "BEGIN; SET LOCAL awooop.scope = 'worker'").await
+}
+
+/// A transaction begun on `pool` with `sql` (`BEGIN` and the transaction's settings, one
+/// message); every transaction of the runtime pool starts here.
+///
+/// The pool hands out a connection used within [`crate::db::PING_IF_IDLE_FOR`] without a
+/// check, so after the server ended sessions (a restart, a failover, `pg_terminate_backend`)
+/// the next transactions may each be handed one of the dead connections, and their `BEGIN`
+/// fails with 57P01 or an I/O error. Nothing ran on such a connection, so beginning again is
+/// safe: the failed connection is discarded (sqlx's release check) and the next attempt takes
+/// another one or opens a new one. Bounded by the pool's size (at most that many idle
+/// connections can be dead); any other error, and a connection failure after the `BEGIN`,
+/// reaches the caller unchanged.
+pub async fn begin(
+    pool: &PgPool,
+    sql: impl Into<Cow<'static, str>>,
+) -> Result<Transaction<'static, Postgres>> {
+    let sql = sql.into();
+    let mut retries = pool.options().get_max_connections();
+    loop {
+        match pool.begin_with(sqlx::AssertSqlSafe(sql.clone())).await {
+            Err(e) if retries > 0 && connection_lost(&e) => {
+                retries -= 1;
+                tracing::debug!(error = %e, "a pooled connection was dead at BEGIN; beginning on another");
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// The connection was gone before the statement ran: the server ended the session or the
+/// socket broke (not a refusal of the statement itself).
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| awooop_core::error::is_connection_sqlstate(&c)),
+        _ => false,
+    }
 }
 
 /// `BEGIN` plus the transaction-local tenant setting, as one statement string. The project id
@@ -180,11 +219,7 @@ pub async fn tenant_deferred_on(
 /// gateway), of every project, and nothing else (migration 0067). The operator's full resync
 /// reads all projects with one query in it instead of one tenant transaction per project.
 pub async fn operator_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('awooop.scope', 'operator', true)")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    begin(pool, "BEGIN; SET LOCAL awooop.scope = 'operator'").await
 }
 
 /// Database handle for the runtime role. Cloning is cheap.
@@ -258,10 +293,7 @@ impl Db {
         let project = require()?;
         // One round trip: every tenant transaction of the run path (completions, journal
         // flushes) pays this once.
-        Ok(self
-            .pool
-            .begin_with(sqlx::AssertSqlSafe(begin_tenant_sql(&project)?))
-            .await?)
+        begin(&self.pool, begin_tenant_sql(&project)?).await
     }
 
     /// [`Db::tenant`] for a writer that creates runs and announces them itself after its
@@ -271,14 +303,12 @@ impl Db {
     /// [`Db::notifier`] once the commit returned (else they wait for the workers' poll).
     pub async fn tenant_deferred(&self) -> Result<Transaction<'static, Postgres>> {
         let project = require()?;
-        Ok(self
-            .pool
-            .begin_with(sqlx::AssertSqlSafe(format!(
-                "{}; {}",
-                begin_tenant_sql(&project)?,
-                crate::notify::DEFER_SQL
-            )))
-            .await?)
+        let sql = format!(
+            "{}; {}",
+            begin_tenant_sql(&project)?,
+            crate::notify::DEFER_SQL
+        );
+        begin(&self.pool, sql).await
     }
 
     /// A connection of the runtime pool for a caller that runs several transactions in a row
@@ -297,10 +327,7 @@ impl Db {
         action: &str,
         details: serde_json::Value,
     ) -> Result<Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('awooop.scope', 'platform', true)")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = begin(&self.pool, "BEGIN; SET LOCAL awooop.scope = 'platform'").await?;
         let mut details = details;
         awooop_core::redact::Redactor::global().redact_json(&mut details);
         sqlx::query(

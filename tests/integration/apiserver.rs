@@ -148,22 +148,23 @@ async fn set_secret(env: &KubeEnv, label: Option<&str>, keys: &[&str]) {
     env.apply(&obj).await;
 }
 
-/// A notice sent while the controller's listener is down is lost, and sqlx reconnects the
-/// listener by itself; the controller now resyncs at once when it does. Here the project is
-/// retired with triggers off (as if its notice had been sent in the gap), then the listener's
-/// session is terminated: the project's AgentProject must go although the resync is an hour
-/// away. Before, nothing happened until the next resync tick.
-#[tokio::test]
-async fn apiserver_controller_resyncs_when_its_listener_reconnects() {
-    let Some(env) = kube_env::start(false).await else {
-        return;
-    };
-    let t = TestDb::new().await;
+/// A controller loop of the test's database, under the chart's ServiceAccount, resyncing only
+/// once an hour (so what happens within a test came from a notice or a watch event).
+struct Running {
+    ctx: Arc<Context>,
+    /// Project `alpha`, created (not yet activated).
+    p: ProjectId,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    lp: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Start [`Running`] and wait until its activation listener is in place.
+async fn start_controller(env: &KubeEnv, t: &TestDb, workers: Option<WorkerSettings>) -> Running {
     let ctx = Arc::new(Context {
         client: env.client_as(OPERATOR_SA).await,
         control: t.control(Coord::none()),
         namespace: NS.into(),
-        workers: None,
+        workers,
         identity: "operator-0".into(),
         metrics: ControllerMetrics::new(&awooop::metrics::Metrics::new()),
     });
@@ -176,6 +177,31 @@ async fn apiserver_controller_resyncs_when_its_listener_reconnects() {
         );
     t.wait_for_listener(awooop::control::ACTIVATION_CHANNEL)
         .await;
+    Running {
+        ctx,
+        p,
+        stop_tx,
+        lp,
+    }
+}
+
+/// A notice sent while the controller's listener is down is lost, and sqlx reconnects the
+/// listener by itself; the controller now resyncs at once when it does. Here the project is
+/// retired with triggers off (as if its notice had been sent in the gap), then the listener's
+/// session is terminated: the project's AgentProject must go although the resync is an hour
+/// away. Before, nothing happened until the next resync tick.
+#[tokio::test]
+async fn apiserver_controller_resyncs_when_its_listener_reconnects() {
+    let Some(env) = kube_env::start(false).await else {
+        return;
+    };
+    let t = TestDb::new().await;
+    let Running {
+        ctx,
+        p,
+        stop_tx,
+        lp,
+    } = start_controller(&env, &t, None).await;
     let ap_api = Api::<AgentProject>::namespaced(env.admin.clone(), NS);
     let present = |want: bool| {
         let api = ap_api.clone();
@@ -243,32 +269,21 @@ async fn apiserver_controller_projects_reports_restores_and_cleans_up() {
         return;
     };
     let t = TestDb::new().await;
-    let op = env.client_as(OPERATOR_SA).await;
     let limits = WorkerLimits {
         max_replicas: 3,
         ..Default::default()
     };
-    let ctx = Arc::new(Context {
-        client: op.clone(),
-        control: t.control(Coord::none()),
-        namespace: NS.into(),
-        workers: Some(WorkerSettings {
-            image: "ghcr.io/awooop/awooop:envtest".into(),
-            db_secret: "awooop-database".into(),
-            limits,
-        }),
-        identity: "operator-0".into(),
-        metrics: ControllerMetrics::new(&awooop::metrics::Metrics::new()),
-    });
-    let p = project(&ctx.control, "alpha", 1).await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let loop_ctx = ctx.clone();
-    let lp =
-        tokio::spawn(
-            async move { controller::run(loop_ctx, Duration::from_secs(3600), stop_rx).await },
-        );
-    t.wait_for_listener(awooop::control::ACTIVATION_CHANNEL)
-        .await;
+    let workers = WorkerSettings {
+        image: "ghcr.io/awooop/awooop:envtest".into(),
+        db_secret: "awooop-database".into(),
+        limits,
+    };
+    let Running {
+        ctx,
+        p,
+        stop_tx,
+        lp,
+    } = start_controller(&env, &t, Some(workers)).await;
 
     let ap_api = Api::<AgentProject>::namespaced(env.admin.clone(), NS);
     let mg_api = Api::<McpGrant>::namespaced(env.admin.clone(), NS);

@@ -190,6 +190,12 @@ impl Env {
     }
 
     async fn with_loopback(contract: Value, loopback: bool) -> (Self, ProjectId) {
+        Self::build(contract, loopback, Duration::ZERO).await
+    }
+
+    /// `cache_ttl`: how long the hub keeps a resolved channel and a run basis (zero: every
+    /// webhook loads them, so tests see every change at once).
+    async fn build(contract: Value, loopback: bool, cache_ttl: Duration) -> (Self, ProjectId) {
         let t = TestDb::new().await;
         let cp = t.control(Coord::none());
         let double = ProviderDouble::start().await.unwrap();
@@ -201,7 +207,7 @@ impl Env {
             HubConfig {
                 max_body_bytes: 16 * 1024,
                 urls: double.urls(),
-                cache_ttl: Duration::ZERO,
+                cache_ttl,
                 allow_insecure_forward: true,
                 // Every refusal audited here; the rate limit has its own test.
                 refusal_audit_window: Duration::ZERO,
@@ -1979,6 +1985,79 @@ async fn webhook_runs_are_announced_after_their_group_commit() {
         }
     }
     drop(l);
+    env.t.cleanup().await;
+}
+
+/// After the server ended every session (a restart, a failover), webhooks are still stored:
+/// the event writer's next connection, taken from the pool unchecked because it was used a
+/// moment before it died, fails its `BEGIN`; the writer begins again on another one instead of
+/// answering the batch's webhooks with 503. The hub's caches are warm (long TTL), so the
+/// writer's transaction is the webhook's only database work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_stored_after_the_server_ended_every_session() {
+    let (env, _p) = Env::build(
+        channels_contract(None, 0, &[], None),
+        true,
+        Duration::from_secs(3600),
+    )
+    .await;
+    let burst = |from: i64| {
+        let tasks: Vec<_> = (from..from + 16)
+            .map(|i| {
+                let router = env.router.clone();
+                tokio::spawn(async move {
+                    post_to(&router, "/v1/webhooks/chan-a/tg", &tg_plain(i, "hi")).await
+                })
+            })
+            .collect();
+        async move {
+            let mut codes = Vec::new();
+            for t in tasks {
+                let (s, v) = t.await.unwrap();
+                codes.push((s, v));
+            }
+            codes
+        }
+    };
+    for (s, v) in burst(7000).await {
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let mut su = env.t.superuser().await;
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND application_name = 'awooop') x",
+    )
+    .bind(&env.t.name)
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert!(ended > 0);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'awooop'",
+        )
+        .bind(&env.t.name)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let after = burst(8000).await;
+    let refused: Vec<_> = after.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
+    assert!(
+        refused.is_empty(),
+        "{} of 16 webhooks refused after the sessions ended: {refused:?}",
+        refused.len()
+    );
+    assert_eq!(
+        env.count("chan-a", "SELECT count(*) FROM conversation_events")
+            .await,
+        32
+    );
+    drop(su);
     env.t.cleanup().await;
 }
 

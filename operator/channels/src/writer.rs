@@ -23,14 +23,15 @@
 //! (`test_before_acquire`), i.e. one of five round trips per group commit. The transaction is
 //! the same tenant transaction ([`tenancy::tenant_on`] is `Db::tenant` on a held connection);
 //! the connection goes back to the pool when the queue runs empty and after any failed
-//! transaction, so a broken connection is never reused without the pool's check.
+//! transaction, so a broken connection is never reused; one found dead at `BEGIN` is replaced
+//! at once ([`write_held`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -190,13 +191,7 @@ async fn write_batch(
     for (project, group) in groups {
         tenancy::scope(project, async {
             let (jobs, replies): (Vec<Job>, Vec<Reply>) = group.into_iter().unzip();
-            let res = match held.as_mut() {
-                Some(c) => write_jobs(c, &notifier, &jobs).await,
-                None => match db.connection().await {
-                    Ok(c) => write_jobs(held.insert(c), &notifier, &jobs).await,
-                    Err(e) => Err(WriteError::Failed(e)),
-                },
-            };
+            let res = write_held(db, held, &notifier, &jobs).await;
             if matches!(res, Err(WriteError::Failed(_))) {
                 *held = None;
             }
@@ -212,15 +207,11 @@ async fn write_batch(
                         jobs = jobs.len(),
                         "inbound batch failed; writing its jobs one by one"
                     );
-                    // Each on a connection of its own from the pool (checked there; the held
-                    // one, which may be what failed, was dropped above), as before.
+                    // Each on a connection of its own from the pool (the held one, which may
+                    // be what failed, was dropped above), as before.
                     for (job, reply) in jobs.iter().zip(replies) {
-                        let res = match db.connection().await {
-                            Ok(mut c) => {
-                                write_jobs(&mut c, &notifier, std::slice::from_ref(job)).await
-                            }
-                            Err(e) => Err(WriteError::Failed(e)),
-                        };
+                        let res =
+                            write_held(db, &mut None, &notifier, std::slice::from_ref(job)).await;
                         let _ = reply.send(res.map(|mut v| v.pop().unwrap_or_default()));
                     }
                 }
@@ -240,17 +231,51 @@ async fn write_batch(
     }
 }
 
-/// Write the jobs of the current project in one transaction on `conn`. The transaction defers
+/// [`write_jobs`] on the held connection, or on a new one from the pool kept in `held`.
+///
+/// The pool hands out a connection used within the last second unchecked
+/// (`awooop_store::db::PING_IF_IDLE_FOR`), and the writer keeps its connection between
+/// batches: after the server ended its sessions (a restart, a failover), the `BEGIN` is where
+/// a dead connection shows. Nothing ran on it, so the write begins again on another connection
+/// (at most the pool's size of times) instead of failing the webhooks of the batch. A
+/// connection that breaks after its `BEGIN` fails the write as any other error does.
+async fn write_held(
+    db: &Db,
+    held: &mut Option<PoolConnection<Postgres>>,
+    notifier: &Notifier,
+    jobs: &[Job],
+) -> std::result::Result<Vec<Vec<ItemOutcome>>, WriteError> {
+    let mut retries = db.pool_for_health().options().get_max_connections();
+    loop {
+        let conn = match held {
+            Some(c) => c,
+            None => held.insert(db.connection().await?),
+        };
+        let e = match tenancy::tenant_deferred_on(conn).await {
+            Ok(tx) => return write_jobs(tx, notifier, jobs).await,
+            Err(e) => e,
+        };
+        // At `BEGIN` on a held connection, `Unavailable` means the connection is gone.
+        if e.code != ErrorCode::Unavailable || retries == 0 {
+            return Err(e.into());
+        }
+        tracing::debug!(error = %e, "the writer's connection was dead at BEGIN; beginning on another");
+        *held = None;
+        retries -= 1;
+    }
+}
+
+/// Write the jobs of the current project in the transaction `tx` (begun by [`write_held`]:
+/// the current tenant's, with run wake-ups deferred) and commit it. The transaction defers
 /// its runs' wake-ups (`awooop_store::notify`): they go to `notifier` once COMMIT returned, so
 /// concurrent group commits are not serialised on PostgreSQL's NOTIFY lock and share WAL
 /// flushes.
 async fn write_jobs(
-    conn: &mut PgConnection,
+    mut tx: sqlx::Transaction<'_, Postgres>,
     notifier: &Notifier,
     jobs: &[Job],
 ) -> std::result::Result<Vec<Vec<ItemOutcome>>, WriteError> {
     let project = tenancy::require()?;
-    let mut tx = tenancy::tenant_deferred_on(conn).await?;
     // The bases the runs were prepared on, each once. The first is checked by the event
     // insert itself (no round trip of its own); a batch holding several agents' events checks
     // the others first. Stale: nothing is written (the transaction is dropped).

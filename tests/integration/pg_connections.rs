@@ -172,7 +172,6 @@ async fn app_pool_checks_only_connections_idle_for_a_while() {
 async fn transactions_begin_after_the_server_ended_every_session() {
     use awooop::tenancy::{self, Db, ProjectId};
     let db = TestDb::new().await;
-    let mut su = db.superuser().await;
     let pool = awooop::db::connect_app(&db.url, 4).await.unwrap();
     // Four live connections, all back in the pool, each used a moment ago.
     let held: Vec<_> = futures::future::join_all((0..4).map(|_| pool.acquire()))
@@ -188,30 +187,10 @@ async fn transactions_begin_after_the_server_ended_every_session() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = $1 AND application_name = 'awooop') x",
-    )
-    .bind(&db.name)
-    .fetch_one(&mut su)
-    .await
-    .unwrap();
-    // Ours, and the test database's own pool's.
+    // Ours, and the test database's own pool's; gone (their FATAL sent) well inside
+    // PING_IF_IDLE_FOR.
+    let ended = db.end_app_sessions().await;
     assert!(ended >= 4, "{ended} sessions ended");
-    // Wait until the sessions are gone (their FATAL sent), still well inside PING_IF_IDLE_FOR.
-    loop {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'awooop'",
-        )
-        .bind(&db.name)
-        .fetch_one(&mut su)
-        .await
-        .unwrap();
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
     assert_eq!(
         pool.num_idle(),
         4,
@@ -237,6 +216,5 @@ async fn transactions_begin_after_the_server_ended_every_session() {
     assert_eq!(one(tenancy::worker_tx(&pool).await.unwrap()).await, 1);
     assert_eq!(one(tenancy::operator_tx(&pool).await.unwrap()).await, 1);
     pool.close().await;
-    drop(su);
     db.cleanup().await;
 }

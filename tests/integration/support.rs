@@ -107,6 +107,39 @@ impl TestDb {
         assert!(killed, "no session {pid} to terminate");
     }
 
+    /// End every session of the platform's pools on this database (`application_name` awooop;
+    /// not the superuser's, not the notifier's), as a restart or a failover would, and wait
+    /// until they are gone (their FATAL sent). Returns how many were ended.
+    pub async fn end_app_sessions(&self) -> i64 {
+        let mut su = self.superuser().await;
+        let ended: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = 'awooop') x",
+        )
+        .bind(&self.name)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'awooop'",
+            )
+            .bind(&self.name)
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+            if left == 0 {
+                return ended;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} ended sessions still there"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Wait until a session of this database has completed `LISTEN channel` (it shows as an
     /// idle backend whose last statement was that LISTEN), so a NOTIFY sent now reaches it.
     pub async fn wait_for_listener(&self, channel: &str) {

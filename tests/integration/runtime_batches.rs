@@ -1023,6 +1023,81 @@ async fn queue(su: &mut sqlx::PgConnection, project: &str, cap: &str, n: i64) {
     .unwrap();
 }
 
+/// The completion writer's refill (`repo::refill_in`) starts successors of its project without
+/// the project's lock. What keeps the cap: it starts no more runs than its own transaction
+/// ended, and no more than the cap minus the running runs its snapshot shows. Here a refill and a
+/// locked claim run at the same time on a project at 2 of 3: the claim still sees the ended run
+/// as running and takes the one free place, the refill takes the ended run's place; together
+/// exactly 3. A refill bounded by the room its snapshot shows (2 here) instead would make 4.
+/// Then the cap is lowered below the running count: a refill after one completion starts none.
+#[tokio::test]
+async fn a_refill_never_raises_its_projects_running_count() {
+    let t = TestDb::new().await;
+    let mut su = t.superuser().await;
+    sqlx::query("INSERT INTO projects (project_id, display_name) VALUES ('capped', 'c')")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    queue(&mut su, "'capped'", "3", 20).await;
+    let running = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM runs WHERE project_id = 'capped' AND state = 'running'",
+        )
+    };
+    let db = t.db();
+    let p = ProjectId::parse("capped").unwrap();
+    let done = |c: &repo::Claimed| Completion {
+        steps: vec![],
+        ..succeeded(c)
+    };
+    // Complete `c` and refill in one transaction, left open.
+    let complete_and_refill = |c: repo::Claimed, worker: &'static str| {
+        let (db, p) = (db.clone(), p.clone());
+        tenancy::scope(p.clone(), async move {
+            let mut tx = db.tenant().await.unwrap();
+            let landed = repo::complete_batch(&mut tx, p.as_str(), &[done(&c)])
+                .await
+                .unwrap();
+            assert_eq!(landed, vec![true]);
+            repo::enter_worker_scope(&mut tx).await.unwrap();
+            let refilled = repo::refill_in(&mut tx, worker, p.as_str(), 1, 30.0)
+                .await
+                .unwrap();
+            (tx, refilled)
+        })
+    };
+
+    let mut a = repo::claim_tx(&t.app).await.unwrap();
+    let first = repo::claim_in(&mut a, "a", 2, 30.0, None).await.unwrap();
+    a.commit().await.unwrap();
+    assert_eq!(first.len(), 2);
+    let (refill_tx, refilled) = complete_and_refill(first[0].clone(), "a").await;
+    assert_eq!(
+        refilled.len(),
+        1,
+        "the refill started more runs than it ended"
+    );
+    let mut b = repo::claim_tx(&t.app).await.unwrap();
+    let second = repo::claim_in(&mut b, "b", 8, 30.0, None).await.unwrap();
+    b.commit().await.unwrap();
+    refill_tx.commit().await.unwrap();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(running().fetch_one(&mut su).await.unwrap(), 3);
+
+    // The cap lowered to 2 with 3 running: a completion gets no successor until the project
+    // is under its new cap.
+    sqlx::query("UPDATE runs SET max_concurrent = 2 WHERE state IN ('queued', 'retrying')")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let (tx, refilled) = complete_and_refill(second[0].clone(), "b").await;
+    tx.commit().await.unwrap();
+    assert!(refilled.is_empty(), "{refilled:?}");
+    assert_eq!(running().fetch_one(&mut su).await.unwrap(), 2);
+    drop(su);
+    t.cleanup().await;
+}
+
 /// A claim locks only the runs it starts, however many tenants have a backlog. Each project
 /// with room locked up to `n` of its oldest runs and a sort then kept the `n` oldest of all: with
 /// twelve backlogged tenants a claim of 4 locked 48 rows (each lock a row write and WAL) and
@@ -1190,6 +1265,20 @@ impl Executor for Overlap {
 /// count and each started up to the whole room.
 #[tokio::test]
 async fn four_workers_never_run_more_of_a_project_than_its_cap() {
+    cap_holds(false).await;
+}
+
+/// The same with the completion writers refilling in their completion transactions, where a
+/// refill starts successors of its own project without the project's lock
+/// (`repo::refill_in`): it starts no more runs than its transaction ended, so four writers
+/// refilling at once still never exceed the cap. (A refill that took the room its own snapshot
+/// showed instead, as a claim without the lock would, exceeds it.)
+#[tokio::test]
+async fn four_workers_refilling_on_completion_never_run_more_of_a_project_than_its_cap() {
+    cap_holds(true).await;
+}
+
+async fn cap_holds(refill: bool) {
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
     let p = echo_project(&cp, "alpha").await;
@@ -1211,6 +1300,7 @@ async fn four_workers_never_run_more_of_a_project_than_its_cap() {
             let mut cfg = WorkerConfig::new(format!("w{i}"));
             cfg.slots = 8;
             cfg.poll = Duration::from_millis(20);
+            cfg.refill_on_complete = refill;
             Arc::new(Worker::new(t.app.clone(), cp.clone(), exec.clone(), cfg))
         })
         .collect();
@@ -1244,6 +1334,15 @@ async fn four_workers_never_run_more_of_a_project_than_its_cap() {
     );
     // And the cap was used, not just respected.
     assert!(peak >= 2, "{peak}");
+    let refilled: u64 = workers
+        .iter()
+        .map(|w| w.stats.refilled.load(Ordering::Relaxed))
+        .sum();
+    if refill {
+        assert!(refilled > 0, "no run was started by a refill");
+    } else {
+        assert_eq!(refilled, 0);
+    }
     let succeeded: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE state = 'succeeded'")
         .fetch_one(&mut su)
         .await

@@ -722,6 +722,54 @@ pub async fn claim_round_in(
     Ok(ClaimRound { runs, passed_over })
 }
 
+/// The completion writer's refill of the project it has just completed runs of (with
+/// `WorkerConfig::refill_on_complete`), in the completion's transaction, in worker scope: start
+/// at most `freed` runs of `project`, where `freed` is how many runs of `project` this same
+/// transaction has moved out of `running` (fenced completions: each was running at this
+/// attempt). No project lock (migration 0077) is taken, so refills of one project do not queue
+/// behind each other's commits or behind the claim loops', and the cap still holds:
+///
+/// * this transaction never raises the project's running count: it starts no more runs than
+///   it ended, so at its commit the count is at most what it was;
+/// * a locked claim counts the running runs after its lock, in its own snapshot: a refill not
+///   yet committed shows there with its ended runs still running and its started runs absent,
+///   so that count is at least the truth after the refill commits, and the claim starts no
+///   more than the cap minus it;
+/// * a lowered cap still drains: the refill also keeps to `max_concurrent` minus the running
+///   runs its own snapshot sees (its ended runs no longer among them), so a project above its
+///   cap gets fewer runs back than it ended.
+///
+/// Two statements, as a locked claim: the count ([`REFILL_COUNT_SQL`]) and [`CLAIM_SQL`] for
+/// this one project with `freed` as its limit.
+pub async fn refill_in(
+    conn: &mut PgConnection,
+    worker: &str,
+    project: &str,
+    freed: i64,
+    lease_seconds: f64,
+) -> Result<Vec<Claimed>> {
+    if freed <= 0 {
+        return Ok(Vec::new());
+    }
+    let busy: i64 = sqlx::query_scalar(REFILL_COUNT_SQL)
+        .bind(project)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(sqlx::query_as(CLAIM_SQL)
+        .bind(freed)
+        .bind(worker)
+        .bind(lease_seconds)
+        .bind(vec![project])
+        .bind(vec![busy])
+        .fetch_all(conn)
+        .await?)
+}
+
+/// [`refill_in`]'s count: the project's running runs as the refill's transaction sees them (a
+/// probe of `runs_running_project`, migration 0076, as `awooop_claim_projects` counts).
+pub const REFILL_COUNT_SQL: &str =
+    "SELECT count(*) FROM runs r WHERE r.project_id = $1 AND r.state = 'running'";
+
 /// Turn a tenant transaction that has done its tenant work into a worker-scoped one (for
 /// [`claim_in`] after [`complete_batch`]). Row-level security then also admits the worker
 /// policy on `runs`; nothing tenant-scoped is written after this in the transaction.

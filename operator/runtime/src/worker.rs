@@ -82,6 +82,9 @@ pub struct WorkerStats {
     pub completion_batches: AtomicU64,
     /// Claims that passed over a project another claim held at that instant (migration 0077).
     pub claims_passed_over: AtomicU64,
+    /// Runs the completion writer started as successors of the runs it completed, without the
+    /// project's lock (`repo::refill_in`; with `refill_on_complete`). Counted in `claimed` too.
+    pub refilled: AtomicU64,
 }
 
 pub struct Worker {
@@ -737,6 +740,12 @@ impl Worker {
                         let landed =
                             repo::complete_batch(&mut tx, project.as_str(), &items).await?;
                         let n = landed.iter().filter(|l| **l).count();
+                        // The runs of this project this transaction moved out of `running`.
+                        let freed = items
+                            .iter()
+                            .zip(&landed)
+                            .filter(|(c, l)| **l && c.state != RunState::Running)
+                            .count();
                         let mut next = Vec::new();
                         if claim
                             && n > 0
@@ -744,14 +753,32 @@ impl Worker {
                             && self.healthy.load(Ordering::Relaxed)
                         {
                             repo::enter_worker_scope(&mut tx).await?;
-                            next = repo::claim_in(
+                            let want = n.min(self.cfg.slots);
+                            // Successors of the same project first, without its lock (see
+                            // `repo::refill_in` for why the cap holds); the rest, if it has no
+                            // more queued runs, from any project through the locked claim.
+                            next = repo::refill_in(
                                 &mut tx,
                                 &self.cfg.id,
-                                n.min(self.cfg.slots) as i64,
+                                project.as_str(),
+                                freed.min(want) as i64,
                                 self.cfg.lease.as_secs_f64(),
-                                self.cfg.project.as_deref(),
                             )
                             .await?;
+                            self.stats
+                                .refilled
+                                .fetch_add(next.len() as u64, Ordering::Relaxed);
+                            if next.len() < want {
+                                let more = repo::claim_in(
+                                    &mut tx,
+                                    &self.cfg.id,
+                                    (want - next.len()) as i64,
+                                    self.cfg.lease.as_secs_f64(),
+                                    self.cfg.project.as_deref(),
+                                )
+                                .await?;
+                                next.extend(more);
+                            }
                         }
                         tx.commit().await?;
                         Ok::<_, awooop_core::error::Error>((landed, next))

@@ -1098,6 +1098,70 @@ async fn a_refill_never_raises_its_projects_running_count() {
     t.cleanup().await;
 }
 
+/// A refill takes its own project's runs only when that project's oldest queued run is the
+/// oldest of all: here another tenant's runs have waited longer, so the refill starts nothing
+/// and leaves the choice to the locked claim, which visits projects oldest first. Without that
+/// check a tenant with a deep backlog would keep every slot its runs free.
+#[tokio::test]
+async fn a_refill_yields_to_another_tenants_older_runs() {
+    let t = TestDb::new().await;
+    let mut su = t.superuser().await;
+    sqlx::query(
+        "INSERT INTO projects (project_id, display_name) VALUES ('busy', 'b'), ('waiting', 'w')",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    queue(&mut su, "'busy'", "64", 10).await;
+    let mut a = repo::claim_tx(&t.app).await.unwrap();
+    let first = repo::claim_in(&mut a, "a", 1, 30.0, None).await.unwrap();
+    a.commit().await.unwrap();
+    assert_eq!(first.len(), 1);
+    // Another tenant's runs, queued before every queued run of 'busy'.
+    queue(&mut su, "'waiting'", "64", 3).await;
+    sqlx::query(
+        "UPDATE runs SET created_at = created_at - interval '1 day' WHERE project_id = 'waiting'",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let refill = |c: repo::Claimed| {
+        let db = t.db();
+        let p = ProjectId::parse("busy").unwrap();
+        tenancy::scope(p.clone(), async move {
+            let mut tx = db.tenant().await.unwrap();
+            let done = Completion {
+                steps: vec![],
+                ..succeeded(&c)
+            };
+            repo::complete_batch(&mut tx, p.as_str(), &[done])
+                .await
+                .unwrap();
+            repo::enter_worker_scope(&mut tx).await.unwrap();
+            let r = repo::refill_in(&mut tx, "a", p.as_str(), 1, 30.0)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            r
+        })
+    };
+    let refilled = refill(first[0].clone()).await;
+    assert!(refilled.is_empty(), "{refilled:?}");
+    // With no older run elsewhere, the same refill takes its own project's next run.
+    sqlx::query("DELETE FROM runs WHERE project_id = 'waiting'")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let mut b = repo::claim_tx(&t.app).await.unwrap();
+    let second = repo::claim_in(&mut b, "a", 1, 30.0, None).await.unwrap();
+    b.commit().await.unwrap();
+    let refilled = refill(second[0].clone()).await;
+    assert_eq!(refilled.len(), 1);
+    assert_eq!(refilled[0].project_id, "busy");
+    drop(su);
+    t.cleanup().await;
+}
+
 /// A claim locks only the runs it starts, however many tenants have a backlog. Each project
 /// with room locked up to `n` of its oldest runs and a sort then kept the `n` oldest of all: with
 /// twelve backlogged tenants a claim of 4 locked 48 rows (each lock a row write and WAL) and

@@ -739,8 +739,10 @@ pub async fn claim_round_in(
 ///   runs its own snapshot sees (its ended runs no longer among them), so a project above its
 ///   cap gets fewer runs back than it ended.
 ///
-/// Two statements, as a locked claim: the count ([`REFILL_COUNT_SQL`]) and [`CLAIM_SQL`] for
-/// this one project with `freed` as its limit.
+/// It takes the project's runs only when the project's oldest queued run is the oldest of all
+/// ([`REFILL_COUNT_SQL`]); otherwise it starts nothing and the caller's locked claim picks, in
+/// its usual order. Two statements, as a locked claim: [`REFILL_COUNT_SQL`] and [`CLAIM_SQL`]
+/// for this one project with `freed` as its limit.
 pub async fn refill_in(
     conn: &mut PgConnection,
     worker: &str,
@@ -751,10 +753,15 @@ pub async fn refill_in(
     if freed <= 0 {
         return Ok(Vec::new());
     }
-    let busy: i64 = sqlx::query_scalar(REFILL_COUNT_SQL)
+    let (busy, oldest): (i64, Option<String>) = sqlx::query_as(REFILL_COUNT_SQL)
         .bind(project)
         .fetch_one(&mut *conn)
         .await?;
+    if oldest.as_deref() != Some(project) {
+        // Another project's run has waited longer (or nothing is queued): the locked claim's
+        // order decides, as it would have without the refill.
+        return Ok(Vec::new());
+    }
     Ok(sqlx::query_as(CLAIM_SQL)
         .bind(freed)
         .bind(worker)
@@ -765,10 +772,16 @@ pub async fn refill_in(
         .await?)
 }
 
-/// [`refill_in`]'s count: the project's running runs as the refill's transaction sees them (a
-/// probe of `runs_running_project`, migration 0076, as `awooop_claim_projects` counts).
-pub const REFILL_COUNT_SQL: &str =
-    "SELECT count(*) FROM runs r WHERE r.project_id = $1 AND r.state = 'running'";
+/// [`refill_in`]'s first statement: the project's running runs as the refill's transaction
+/// sees them (a probe of `runs_running_project`, migration 0076, as `awooop_claim_projects`
+/// counts), and the project of the oldest queued run of all (the first entry of
+/// `runs_claimable_fifo`): a refill takes its own project's runs only when the claim, which
+/// visits projects in the order of their oldest queued run, would have started with it, so a
+/// tenant with a deep backlog does not keep every slot its runs free while other tenants' runs
+/// wait longer.
+pub const REFILL_COUNT_SQL: &str = "SELECT (SELECT count(*) FROM runs r WHERE r.project_id = $1 AND r.state = 'running'), \
+            (SELECT o.project_id FROM runs o WHERE o.state IN ('queued', 'retrying') \
+             ORDER BY o.created_at LIMIT 1)";
 
 /// Turn a tenant transaction that has done its tenant work into a worker-scoped one (for
 /// [`claim_in`] after [`complete_batch`]). Row-level security then also admits the worker

@@ -753,13 +753,13 @@ pub async fn refill_in(
     if freed <= 0 {
         return Ok(Vec::new());
     }
-    let (busy, oldest): (i64, Option<String>) = sqlx::query_as(REFILL_COUNT_SQL)
+    let (busy, first): (i64, bool) = sqlx::query_as(REFILL_COUNT_SQL)
         .bind(project)
         .fetch_one(&mut *conn)
         .await?;
-    if oldest.as_deref() != Some(project) {
-        // Another project's run has waited longer (or nothing is queued): the locked claim's
-        // order decides, as it would have without the refill.
+    if !first {
+        // Another project's run has waited longer (or nothing of this project is queued): the
+        // locked claim's order decides, as it would have without the refill.
         return Ok(Vec::new());
     }
     Ok(sqlx::query_as(CLAIM_SQL)
@@ -774,14 +774,39 @@ pub async fn refill_in(
 
 /// [`refill_in`]'s first statement: the project's running runs as the refill's transaction
 /// sees them (a probe of `runs_running_project`, migration 0076, as `awooop_claim_projects`
-/// counts), and the project of the oldest queued run of all (the first entry of
-/// `runs_claimable_fifo`): a refill takes its own project's runs only when the claim, which
-/// visits projects in the order of their oldest queued run, would have started with it, so a
-/// tenant with a deep backlog does not keep every slot its runs free while other tenants' runs
-/// wait longer.
-pub const REFILL_COUNT_SQL: &str = "SELECT (SELECT count(*) FROM runs r WHERE r.project_id = $1 AND r.state = 'running'), \
-            (SELECT o.project_id FROM runs o WHERE o.state IN ('queued', 'retrying') \
-             ORDER BY o.created_at LIMIT 1)";
+/// counts), and whether the project's oldest queued run is the oldest of all (ties broken by
+/// project id, as the claim orders): a refill takes its own project's runs only when the claim,
+/// which visits projects in the order of their oldest queued run, would have started with it,
+/// so a tenant with a deep backlog does not keep every slot its runs free while other tenants'
+/// runs wait longer.
+///
+/// No index orders all queued runs by age (migration 0076 keeps one per project), and a sort of
+/// the whole queue cost 4.7 ms with 18,555 queued runs (docs/benchmarks.md, "Session 20"). So
+/// the probe walks the projects with queued runs as `awooop_claim_projects` does (a loose scan
+/// of `runs_claimable_project`, one descent per project) and asks each other project for one
+/// queued run older than this project's head (one more descent): 2P + 2 index probes for P
+/// projects with queued runs, never more than the locked claim it stands in for.
+pub const REFILL_COUNT_SQL: &str = "WITH RECURSIVE qp AS ( \
+        (SELECT r.project_id FROM runs r WHERE r.state IN ('queued', 'retrying') \
+         ORDER BY r.project_id LIMIT 1) \
+      UNION ALL \
+        SELECT (SELECT r.project_id FROM runs r \
+                WHERE r.state IN ('queued', 'retrying') AND r.project_id > qp.project_id \
+                ORDER BY r.project_id LIMIT 1) \
+        FROM qp WHERE qp.project_id IS NOT NULL), \
+     mine AS ( \
+        SELECT r.created_at FROM runs r \
+        WHERE r.project_id = $1 AND r.state IN ('queued', 'retrying') \
+        ORDER BY r.created_at LIMIT 1) \
+     SELECT (SELECT count(*) FROM runs r WHERE r.project_id = $1 AND r.state = 'running'), \
+            EXISTS (SELECT 1 FROM mine) AND NOT EXISTS ( \
+                SELECT 1 FROM qp, mine \
+                WHERE qp.project_id IS NOT NULL AND qp.project_id <> $1 \
+                  AND EXISTS (SELECT 1 FROM runs o \
+                              WHERE o.project_id = qp.project_id \
+                                AND o.state IN ('queued', 'retrying') \
+                                AND (o.created_at < mine.created_at \
+                                     OR (o.created_at = mine.created_at AND qp.project_id < $1))))";
 
 /// Turn a tenant transaction that has done its tenant work into a worker-scoped one (for
 /// [`claim_in`] after [`complete_batch`]). Row-level security then also admits the worker

@@ -1187,11 +1187,14 @@ async fn a_refills_fairness_probe_reads_only_the_heads_of_the_queues() {
     let mut a = repo::claim_tx(&t.app).await.unwrap();
     let first = repo::claim_in(&mut a, "a", 1, 30.0, None).await.unwrap();
     a.commit().await.unwrap();
-    // Both queues start at the same instant: 'busy' first, by its id.
+    // 'busy' was queued first (by a few microseconds), so its run went first.
     assert_eq!(first[0].project_id, "busy", "{first:?}");
-    // 'busy' is now a second behind 'other': 'other' queued a second later gives a tie again.
+    // Now 'other''s head as old as 'busy''s, to the microsecond: a tie, which goes to 'busy'.
     sqlx::query(
-        "UPDATE runs SET created_at = created_at + interval '1 second' WHERE project_id = 'other'",
+        "UPDATE runs SET created_at = created_at \
+           + ((SELECT min(created_at) FROM runs WHERE project_id = 'busy' AND state = 'queued') \
+              - (SELECT min(created_at) FROM runs WHERE project_id = 'other')) \
+         WHERE project_id = 'other'",
     )
     .execute(&mut su)
     .await
@@ -1231,8 +1234,9 @@ async fn a_refills_fairness_probe_reads_only_the_heads_of_the_queues() {
 /// this transaction so far.
 async fn runs_entries_read(tx: &mut sqlx::PgConnection) -> i64 {
     sqlx::query_scalar(
-        "SELECT (coalesce((SELECT sum(idx_tup_read) FROM pg_stat_xact_user_indexes WHERE relname = 'runs'), 0) \
-          + coalesce((SELECT seq_tup_read FROM pg_stat_xact_user_tables WHERE relname = 'runs'), 0))::bigint",
+        "SELECT (sum(pg_stat_get_xact_tuples_returned(i.indexrelid)) \
+          + pg_stat_get_xact_tuples_returned('runs'::regclass))::bigint \
+         FROM pg_index i WHERE i.indrelid = 'runs'::regclass",
     )
     .fetch_one(tx)
     .await

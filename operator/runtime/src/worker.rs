@@ -42,11 +42,13 @@ pub struct WorkerConfig {
     /// Claim only this project's runs (`awooop worker --project P`); `None`: every project.
     pub project: Option<String>,
     /// The completion writer claims successors in the transaction that completes a batch (one
-    /// commit per cycle instead of two). Off by default since session 9: in release builds it
-    /// made the drain under a project's concurrency cap 35–60 % slower (completion writers and
-    /// claim loops competing for the same room, longer completion transactions) and the
-    /// uncapped drain no faster (docs/benchmarks.md, "Claims per project, and JIT"). Measure
-    /// the two with `AWOOOP_BENCH_REFILL=1 awooop bench runs`.
+    /// commit per cycle instead of two): first runs of its own project without the project's
+    /// lock (`repo::refill_in`, when that project's queue head is the oldest), then through the
+    /// locked claim. Off by default since session 9, when it made the capped drain 35–60 %
+    /// slower; the lock-free, fair refill of session 21 is a wash on a CPU-bound machine (a few
+    /// per cent faster with one project, about 10 % slower with eight, where most refills find
+    /// another tenant's head older and fall back to the locked claim: docs/benchmarks.md,
+    /// "Session 21"). Measure with `AWOOOP_BENCH_REFILL=1 awooop bench runs`.
     pub refill_on_complete: bool,
 }
 

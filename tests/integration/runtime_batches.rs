@@ -941,12 +941,7 @@ async fn every_claim_runs_on_the_generic_plan_without_replanning() {
 async fn a_claim_reads_only_the_running_runs_of_the_projects_it_claims_for() {
     let t = TestDb::new().await;
     let mut su = t.superuser().await;
-    sqlx::query(
-        "INSERT INTO projects (project_id, display_name) VALUES ('alpha', 'alpha'), ('beta', 'beta')",
-    )
-    .execute(&mut su)
-    .await
-    .unwrap();
+    add_projects(&mut su, &["alpha", "beta"]).await;
     let insert = |project: &str, n: i64| {
         format!(
             "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, \
@@ -1005,6 +1000,17 @@ async fn a_claim_reads_only_the_running_runs_of_the_projects_it_claims_for() {
     t.cleanup().await;
 }
 
+/// Insert the projects (tenants) `ids` as the superuser.
+async fn add_projects(su: &mut sqlx::PgConnection, ids: &[&str]) {
+    sqlx::query(
+        "INSERT INTO projects (project_id, display_name) SELECT id, id FROM unnest($1::text[]) id",
+    )
+    .bind(ids)
+    .execute(su)
+    .await
+    .unwrap();
+}
+
 /// Queue `n` runs straight into `runs` as the superuser, numbered `g` = 0 .. n-1 and created a
 /// second apart (an hour ago, in the order of `g`): `project` and `cap` are SQL expressions of
 /// `g` (the run's project and its `max_concurrent`).
@@ -1034,10 +1040,7 @@ async fn queue(su: &mut sqlx::PgConnection, project: &str, cap: &str, n: i64) {
 async fn a_refill_never_raises_its_projects_running_count() {
     let t = TestDb::new().await;
     let mut su = t.superuser().await;
-    sqlx::query("INSERT INTO projects (project_id, display_name) VALUES ('capped', 'c')")
-        .execute(&mut su)
-        .await
-        .unwrap();
+    add_projects(&mut su, &["capped"]).await;
     queue(&mut su, "'capped'", "3", 20).await;
     let running = || {
         sqlx::query_scalar::<_, i64>(
@@ -1106,12 +1109,7 @@ async fn a_refill_never_raises_its_projects_running_count() {
 async fn a_refill_yields_to_another_tenants_older_runs() {
     let t = TestDb::new().await;
     let mut su = t.superuser().await;
-    sqlx::query(
-        "INSERT INTO projects (project_id, display_name) VALUES ('busy', 'b'), ('waiting', 'w')",
-    )
-    .execute(&mut su)
-    .await
-    .unwrap();
+    add_projects(&mut su, &["busy", "waiting"]).await;
     queue(&mut su, "'busy'", "64", 10).await;
     let mut a = repo::claim_tx(&t.app).await.unwrap();
     let first = repo::claim_in(&mut a, "a", 1, 30.0, None).await.unwrap();
@@ -1172,12 +1170,7 @@ async fn a_refill_yields_to_another_tenants_older_runs() {
 async fn a_refills_fairness_probe_reads_only_the_heads_of_the_queues() {
     let t = TestDb::new().await;
     let mut su = t.superuser().await;
-    sqlx::query(
-        "INSERT INTO projects (project_id, display_name) VALUES ('busy', 'b'), ('other', 'o')",
-    )
-    .execute(&mut su)
-    .await
-    .unwrap();
+    add_projects(&mut su, &["busy", "other"]).await;
     queue(&mut su, "'busy'", "64", 2_000).await;
     queue(&mut su, "'other'", "64", 2_000).await;
     sqlx::raw_sql("ANALYZE runs")
@@ -1308,12 +1301,7 @@ async fn a_claim_locks_only_the_runs_it_starts_whatever_the_number_of_backlogs()
 async fn two_claims_at_once_start_no_more_than_the_projects_cap() {
     let t = TestDb::new().await;
     let mut su = t.superuser().await;
-    sqlx::query(
-        "INSERT INTO projects (project_id, display_name) VALUES ('capped', 'c'), ('other', 'o')",
-    )
-    .execute(&mut su)
-    .await
-    .unwrap();
+    add_projects(&mut su, &["capped", "other"]).await;
     // 'capped': 20 queued runs, at most 4 at once, older than 'other''s 20 (cap 64).
     queue(
         &mut su,

@@ -757,8 +757,9 @@ impl Worker {
                             repo::enter_worker_scope(&mut tx).await?;
                             let want = n.min(self.cfg.slots);
                             // Successors of the same project first, without its lock (see
-                            // `repo::refill_in` for why the cap holds); the rest, if it has no
-                            // more queued runs, from any project through the locked claim.
+                            // `repo::refill_in` for why the cap holds), when its queue head is
+                            // the oldest; the rest (or all, when another project's head is
+                            // older) through the locked claim, in its usual order.
                             next = repo::refill_in(
                                 &mut tx,
                                 &self.cfg.id,

@@ -382,9 +382,11 @@ async fn drain(
     let claimed = total(|s| &s.claimed);
     let batches = total(|s| &s.completion_batches);
     let passed = total(|s| &s.claims_passed_over);
+    let refilled = total(|s| &s.refilled);
     eprintln!(
         "throughput ({what}): {n} runs in {:.2} s = {rps:.0} runs/s with {workers} workers; \
          {rounds} claims, {:.1} runs each, {passed} passed over a project another claim held; \
+         {refilled} runs started by completion refills without the project's lock; \
          {batches} completion transactions, {:.1} runs each{}",
         elapsed.as_secs_f64(),
         claimed as f64 / rounds.max(1) as f64,

@@ -743,6 +743,19 @@ async fn retention_removes_old_finished_runs_and_expired_keys_only() {
         .await
         .unwrap();
     assert_eq!(steps, 0, "journal rows cascade");
+    // Its events go too (migration 0080's trigger; before, the foreign key's cascade), the
+    // kept run's stay.
+    let events: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM run_events WHERE run_id = $1), \
+                (SELECT count(*) FROM run_events WHERE run_id = $2)",
+    )
+    .bind(old)
+    .bind(fresh)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(events.0, 0, "events go with their run");
+    assert!(events.1 >= 4, "the kept run's events stay: {events:?}");
     tx.rollback().await.unwrap();
     t.cleanup().await;
 }

@@ -1535,3 +1535,79 @@ async fn a_claim_that_passed_over_a_held_project_looks_again_soon() {
     drop(holder);
     t.cleanup().await;
 }
+
+/// Run events carry no foreign key to their run (migration 0080). The key's check ran once per
+/// event row, and on a run its transaction had just created it locked the new version
+/// (`FOR KEY SHARE`): a lock record in the WAL and a dirtied page for every run created, left
+/// behind as the creator's id in `xmax`. (A claim or a completion locks its runs before it
+/// updates them, so their new versions carry that lock anyway and the check found it held.)
+/// Now a created run's version carries no lock, and a run's events still go with it when it
+/// is deleted, in its own tenant's scope only.
+#[tokio::test]
+async fn a_created_runs_version_carries_no_lock_and_its_events_go_with_it() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let ids = create(&cp, &p, 3).await;
+    let mut su = t.superuser().await;
+    // `xmax` of each run's version: 0 unless a transaction deleted, updated or locked it.
+    let xmax: Vec<String> =
+        sqlx::query_scalar("SELECT xmax::text FROM runs WHERE run_id = ANY($1) ORDER BY run_id")
+            .bind(&ids)
+            .fetch_all(&mut su)
+            .await
+            .unwrap();
+    assert_eq!(xmax, vec!["0"; 3]);
+    let claimed = repo::worker_claim(&t.app, "w1", 10, 30.0).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let batch: Vec<Completion> = claimed.iter().map(succeeded).collect();
+    assert_eq!(complete(&cp, &p, &batch).await, vec![true; 3]);
+    for id in &ids {
+        let f = facts(&t, "alpha", *id).await;
+        assert_gapless(&f);
+        assert_eq!(
+            f.6,
+            ["created", "state", "step", "state", "output"],
+            "{f:?}"
+        );
+    }
+
+    // Outside the run's tenant scope (here the workers'), the delete is refused whole: that
+    // scope cannot see the events it would have to delete.
+    let mut tx = repo::worker_tx(&t.app).await.unwrap();
+    let err = sqlx::query("DELETE FROM runs WHERE run_id = $1")
+        .bind(ids[0])
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("42501"),
+        "{err}"
+    );
+    drop(tx);
+    assert_eq!(event_count(&t, &ids).await, 15);
+    // In its own scope: the run's events go in the same statement, the others' stay.
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let deleted = sqlx::query("DELETE FROM runs WHERE run_id = $1")
+        .bind(ids[0])
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+    tx.commit().await.unwrap();
+    assert_eq!(deleted, 1);
+    assert_eq!(event_count(&t, &ids[..1]).await, 0);
+    assert_eq!(event_count(&t, &ids[1..]).await, 10);
+    t.cleanup().await;
+}
+
+/// Events of `ids`, counted past row-level security.
+async fn event_count(t: &TestDb, ids: &[Uuid]) -> i64 {
+    let mut su = t.superuser().await;
+    sqlx::query_scalar("SELECT count(*) FROM run_events WHERE run_id = ANY($1)")
+        .bind(ids)
+        .fetch_one(&mut su)
+        .await
+        .unwrap()
+}

@@ -1265,6 +1265,46 @@ async fn hot_path_checks_refuse_what_they_refused() {
             vec![hex(16)],
             vec![hex(15), hex(17), format!("{}z", hex(15)), String::new()],
         ),
+        // Migration 0081 checks these columns when an INSERT or an UPDATE writes them (not on
+        // every update of the run): an update that sets one is refused as the insert is.
+        (
+            "runs_agent_check",
+            format!("UPDATE runs SET agent = $1 WHERE run_id = '{run}'"),
+            vec!["a".into(), name(63)],
+            vec![String::new(), name(64), "aB".into(), "a\n".into()],
+        ),
+        (
+            "runs_trace_id_check",
+            format!("UPDATE runs SET trace_id = $1 WHERE run_id = '{run}'"),
+            vec![hex(32)],
+            vec![hex(31), up(&hex(32))],
+        ),
+        (
+            "runs_mode_check",
+            format!("UPDATE runs SET mode = $1 WHERE run_id = '{run}'"),
+            vec!["shadow".into(), "auto_remediate".into()],
+            vec!["Shadow".into(), String::new()],
+        ),
+        (
+            "runs_max_concurrent_check",
+            format!("UPDATE runs SET max_concurrent = $1::int WHERE run_id = '{run}'"),
+            vec!["1".into()],
+            vec!["0".into(), "-3".into()],
+        ),
+        (
+            "runs_lease_seconds_check",
+            format!(
+                "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, \
+                 agent_body_hash, trace_id, span_id, max_attempts, deadline_at, lease_seconds) VALUES ('alpha', \
+                 gen_random_uuid(), 'echo', 'shadow', '{{}}', 'sha256:{}', gen_random_uuid(), 'x', '{}', '{}', 3, \
+                 now() + interval '1 hour', $1::int)",
+                hex(64),
+                hex(32),
+                hex(16)
+            ),
+            vec!["1".into(), "3600".into()],
+            vec!["0".into(), "3601".into()],
+        ),
         (
             "idempotency_keys_key_check",
             "INSERT INTO idempotency_keys (project_id, key, request_hash, run_id, expires_at) \
@@ -1352,6 +1392,56 @@ async fn hot_path_checks_refuse_what_they_refused() {
             tx.rollback().await.unwrap();
         }
     }
+    drop(su);
+    t.cleanup().await;
+}
+
+/// Migration 0081: the eight checks of a run's fixed columns run when a statement writes those
+/// columns, not on every update of the run (PostgreSQL evaluates every CHECK constraint on
+/// every UPDATE). Shown with the one way to put a row past them, a session with triggers
+/// disabled (which disables foreign keys too): the claim's update, which does not name those
+/// columns, does not evaluate them, and a statement that writes one does. Before, the CHECK
+/// refused this row at its insert, and every claim and completion evaluated all eight.
+#[tokio::test]
+async fn a_claim_does_not_re_evaluate_the_runs_fixed_columns() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    project(&cp, "alpha", 1).await;
+    let mut su = t.superuser().await;
+    let run = Uuid::now_v7();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, \
+         agent_body_hash, trace_id, span_id, max_attempts, deadline_at) \
+         VALUES ('alpha', $1, 'echo', 'shadow', '{}', $2, $1, 'x', $3, $4, 3, now() + interval '1 hour')",
+    )
+    .bind(run)
+    .bind(format!("sha256:{}", "0".repeat(64)))
+    .bind("ABCDEF01".repeat(4))
+    .bind("0".repeat(16))
+    .execute(&mut su)
+    .await
+    .expect("written past the checks (the CHECK constraint refused it)");
+    sqlx::query("SET session_replication_role = origin")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let claimed = repo::worker_claim(&t.app, "w1", 10, 30.0).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.run_id).collect::<Vec<_>>(),
+        vec![run]
+    );
+    let err = sqlx::query("UPDATE runs SET trace_id = trace_id WHERE run_id = $1")
+        .bind(run)
+        .execute(&mut su)
+        .await
+        .unwrap_err();
+    let db = err.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("23514"), "{db}");
+    assert_eq!(db.constraint(), Some("runs_trace_id_check"));
     drop(su);
     t.cleanup().await;
 }

@@ -38,6 +38,10 @@ await client.query(
   [n],
 );
 await client.query("analyze graphile_worker._private_jobs");
+// Its transport (node-postgres uses TLS only when told to), for `bench runs`' `db_tls`.
+const { rows: tls } = await client.query(
+  "select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false) as on",
+);
 
 let ran = 0;
 const start = process.hrtime.bigint();
@@ -52,4 +56,4 @@ const secs = Number(process.hrtime.bigint() - start) / 1e9;
 await runner.stop();
 await client.end();
 if (ran !== n) throw new Error(`ran ${ran} of ${n} jobs`);
-console.log(`peer=graphile-worker@0.17.3 peer_jobs=${n} peer_concurrency=${concurrency} peer_local_queue=500 peer_seconds=${secs.toFixed(3)} peer_jobs_per_sec=${(n / secs).toFixed(0)}`);
+console.log(`peer=graphile-worker@0.17.3 peer_jobs=${n} peer_concurrency=${concurrency} peer_local_queue=500 peer_tls=${tls[0].on ? "on" : "off"} peer_seconds=${secs.toFixed(3)} peer_jobs_per_sec=${(n / secs).toFixed(0)}`);

@@ -51,6 +51,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         r.recovery,
         r.capped_peak
     );
+    // Transport, for like-for-like comparisons: sqlx negotiates TLS when the server offers it
+    // (`sslmode=prefer`), node-postgres (the peer) does not unless told to; TLS on a loopback
+    // connection cost this benchmark 2-17 % (docs/benchmarks.md, "Session 22").
+    let tls = on_off(connection_tls(&base).await?);
+    line.push_str(&format!(" db_tls={tls}"));
     if let Some(t) = r.rps_tenants {
         line.push_str(&format!(
             " runs_per_sec_tenants={t:.0} tenants={}",
@@ -60,9 +65,15 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.peer {
         // The peer drains the same number of jobs right after ours, on the same server, so
         // both figures see the same machine load.
-        let peer = peer_jobs_per_sec(&base, n).await?;
+        let (peer, peer_tls) = peer_jobs_per_sec(&base, n).await?;
+        if peer_tls != tls {
+            eprintln!(
+                "note: this benchmark's connections use TLS {tls}, the peer's {peer_tls}: \
+                 for like-for-like, set sslmode in DATABASE_URL (e.g. ?sslmode=disable)"
+            );
+        }
         line.push_str(&format!(
-            " peer=graphile-worker@0.17.3 peer_jobs_per_sec={peer:.0} ratio={:.2} ratio_bulk_uncapped={:.2}",
+            " peer=graphile-worker@0.17.3 peer_jobs_per_sec={peer:.0} peer_tls={peer_tls} ratio={:.2} ratio_bulk_uncapped={:.2}",
             r.rps / peer,
             r.rps_raw / peer
         ));
@@ -71,9 +82,27 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a connection to `url`, made as the platform makes its own, uses TLS.
+async fn connection_tls(url: &str) -> anyhow::Result<bool> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url).await?;
+    let tls: bool = sqlx::query_scalar(
+        "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+    )
+    .fetch_one(&mut c)
+    .await?;
+    c.close().await?;
+    Ok(tls)
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
 /// Run scripts/bench-runs-peer.sh (graphile-worker 0.17.3, local queue 500, batched
-/// completion, 10 concurrent, `n` no-op jobs) against `base`'s server; its jobs per second.
-async fn peer_jobs_per_sec(base: &str, n: usize) -> anyhow::Result<f64> {
+/// completion, 10 concurrent, `n` no-op jobs) against `base`'s server; its jobs per second
+/// and whether its connections used TLS ("on"/"off").
+async fn peer_jobs_per_sec(base: &str, n: usize) -> anyhow::Result<(f64, String)> {
     // From the repository root (the usual place to run benchmarks), else next to the sources.
     let script = [
         std::path::PathBuf::from("scripts/bench-runs-peer.sh"),
@@ -95,12 +124,19 @@ async fn peer_jobs_per_sec(base: &str, n: usize) -> anyhow::Result<f64> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(out.status.success(), "peer benchmark failed: {stdout}");
     eprintln!("{}", stdout.trim());
-    stdout
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("peer_jobs_per_sec="))
+    let field = |k: &str| {
+        stdout
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+    };
+    let rate = field("peer_jobs_per_sec")
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| *v > 0.0)
-        .ok_or_else(|| anyhow::anyhow!("peer benchmark printed no peer_jobs_per_sec: {stdout}"))
+        .ok_or_else(|| anyhow::anyhow!("peer benchmark printed no peer_jobs_per_sec: {stdout}"))?;
+    let tls = field("peer_tls")
+        .filter(|v| matches!(*v, "on" | "off"))
+        .ok_or_else(|| anyhow::anyhow!("peer benchmark printed no peer_tls: {stdout}"))?;
+    Ok((rate, tls.to_string()))
 }
 
 struct Figures {

@@ -21,7 +21,9 @@ if [ ! -f "$dir/node_modules/graphile-worker/package.json" ] ||
 fi
 db="awooop_peer_graphile_$$"
 # The scratch database lives on the same server as DATABASE_URL's database.
-scratch="${base%/*}/$db"
+# PEER_SSLMODE (set by `awooop bench runs --peer` to match its own connections: `no-verify` for
+# TLS without certificate checks, `disable`): node-postgres uses TLS only when told to.
+scratch="${base%/*}/$db${PEER_SSLMODE:+?sslmode=$PEER_SSLMODE}"
 psql -q "$base" -c "CREATE DATABASE $db" >/dev/null
 trap 'psql -q "$base" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 GRAPHILE_DIR="$dir" PEER_DATABASE_URL="$scratch" PEER_JOBS="$jobs" PEER_CONCURRENCY="$conc" \

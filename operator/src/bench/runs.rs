@@ -52,8 +52,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         r.capped_peak
     );
     // Transport, for like-for-like comparisons: sqlx negotiates TLS when the server offers it
-    // (`sslmode=prefer`), node-postgres (the peer) does not unless told to; TLS on a loopback
-    // connection cost this benchmark 2-17 % (docs/benchmarks.md, "Session 22").
+    // (`sslmode=prefer`), node-postgres (the peer) does not unless told to, so the peer is told
+    // to match; TLS on a loopback connection cost this benchmark 2-17 % (docs/benchmarks.md,
+    // "Session 22").
     let tls = on_off(connection_tls(&base).await?);
     line.push_str(&format!(" db_tls={tls}"));
     if let Some(t) = r.rps_tenants {
@@ -65,7 +66,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.peer {
         // The peer drains the same number of jobs right after ours, on the same server, so
         // both figures see the same machine load.
-        let (peer, peer_tls) = peer_jobs_per_sec(&base, n).await?;
+        let (peer, peer_tls) = peer_jobs_per_sec(&base, n, tls == "on").await?;
         if peer_tls != tls {
             eprintln!(
                 "note: this benchmark's connections use TLS {tls}, the peer's {peer_tls}: \
@@ -101,8 +102,9 @@ fn on_off(b: bool) -> &'static str {
 
 /// Run scripts/bench-runs-peer.sh (graphile-worker 0.17.3, local queue 500, batched
 /// completion, 10 concurrent, `n` no-op jobs) against `base`'s server; its jobs per second
-/// and whether its connections used TLS ("on"/"off").
-async fn peer_jobs_per_sec(base: &str, n: usize) -> anyhow::Result<(f64, String)> {
+/// and whether its connections used TLS ("on"/"off"). `tls`: ours do, so the peer's should too
+/// (node-postgres uses TLS only when told to; without certificate checks, as `sslmode=prefer`).
+async fn peer_jobs_per_sec(base: &str, n: usize, tls: bool) -> anyhow::Result<(f64, String)> {
     // From the repository root (the usual place to run benchmarks), else next to the sources.
     let script = [
         std::path::PathBuf::from("scripts/bench-runs-peer.sh"),
@@ -118,6 +120,7 @@ async fn peer_jobs_per_sec(base: &str, n: usize) -> anyhow::Result<(f64, String)
         .arg(n.to_string())
         .arg("10")
         .env("DATABASE_URL", base)
+        .env("PEER_SSLMODE", if tls { "no-verify" } else { "disable" })
         .stderr(std::process::Stdio::inherit())
         .output()
         .await?;

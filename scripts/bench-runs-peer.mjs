@@ -38,7 +38,7 @@ await client.query(
   [n],
 );
 await client.query("analyze graphile_worker._private_jobs");
-// Its transport (node-postgres uses TLS only when told to), for `bench runs`' `db_tls`.
+// Its transport (node-postgres uses TLS only when told to), printed as `peer_tls` for `bench runs --peer`.
 const { rows: tls } = await client.query(
   "select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false) as on",
 );

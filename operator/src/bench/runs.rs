@@ -69,8 +69,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let (peer, peer_tls) = peer_jobs_per_sec(&base, n, tls == "on").await?;
         if peer_tls != tls {
             eprintln!(
-                "note: this benchmark's connections use TLS {tls}, the peer's {peer_tls}: \
-                 for like-for-like, set sslmode in DATABASE_URL (e.g. ?sslmode=disable)"
+                "note: this benchmark's connections use TLS {tls}, the peer's {peer_tls} \
+                 although it was told to match: the ratio is not like for like \
+                 (?sslmode=disable in DATABASE_URL puts both in plain text)"
             );
         }
         line.push_str(&format!(
@@ -127,6 +128,11 @@ async fn peer_jobs_per_sec(base: &str, n: usize, tls: bool) -> anyhow::Result<(f
     let stdout = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(out.status.success(), "peer benchmark failed: {stdout}");
     eprintln!("{}", stdout.trim());
+    parse_peer_line(&stdout)
+}
+
+/// The peer's `key=value` line: its jobs per second (positive) and its transport ("on"/"off").
+fn parse_peer_line(stdout: &str) -> anyhow::Result<(f64, String)> {
     let field = |k: &str| {
         stdout
             .split_whitespace()
@@ -655,4 +661,23 @@ async fn bench(
         ],
         recovery,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_peer_line;
+
+    #[test]
+    fn the_peers_line_gives_its_rate_and_transport_or_an_error() {
+        let line = "peer=graphile-worker@0.17.3 peer_jobs=20000 peer_concurrency=10 \
+                    peer_local_queue=500 peer_tls=off peer_seconds=0.413 peer_jobs_per_sec=48373";
+        let (rate, tls) = parse_peer_line(line).unwrap();
+        assert_eq!((rate, tls.as_str()), (48373.0, "off"));
+        // A key that merely starts like another (`peer_jobs=`) is not taken for it.
+        assert!(parse_peer_line("peer_jobs=20000 peer_tls=on").is_err());
+        // The transport is required and must be one of the two words: no silent default.
+        assert!(parse_peer_line("peer_jobs_per_sec=10").is_err());
+        assert!(parse_peer_line("peer_jobs_per_sec=10 peer_tls=maybe").is_err());
+        assert!(parse_peer_line("peer_jobs_per_sec=0 peer_tls=on").is_err());
+    }
 }

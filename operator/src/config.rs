@@ -1130,6 +1130,13 @@ pub struct GatewayArgs {
         default_value = "dev"
     )]
     pub gateway_runtime_environment: String,
+    /// Longest a tool call's audit row waits before its batch is written (1–60000 ms). Rows
+    /// are written in batches of up to 512 per transaction; shorter intervals spread
+    /// PostgreSQL's work into smaller bursts (a lower latency tail where PostgreSQL shares the
+    /// gateway's cores) at the cost of more, smaller transactions. A row is in memory until
+    /// its batch is written: on a crash, the rows of the last interval are lost.
+    #[arg(long, env = "AWOOOP_GATEWAY_AUDIT_FLUSH_MS", default_value_t = 10)]
+    pub gateway_audit_flush_ms: u64,
     /// Origins allowed to call /mcp from a browser (comma-separated); requests without an
     /// Origin header are unaffected.
     #[arg(long, env = "AWOOOP_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -1157,6 +1164,9 @@ impl GatewayArgs {
         if self.gateway_upstream_timeout_seconds == 0 {
             anyhow::bail!("--gateway-upstream-timeout-seconds must be at least 1");
         }
+        if !(1..=60_000).contains(&self.gateway_audit_flush_ms) {
+            anyhow::bail!("--gateway-audit-flush-ms must be between 1 and 60000");
+        }
         Ok(())
     }
 
@@ -1168,6 +1178,11 @@ impl GatewayArgs {
             rate_per_minute: self.gateway_rate_per_minute,
             runtime_environment: self.gateway_runtime_environment.clone(),
         }
+    }
+
+    /// The call audit writer's interval (see `gateway_audit_flush_ms`).
+    pub fn audit_flush_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.gateway_audit_flush_ms)
     }
 }
 
@@ -1378,6 +1393,25 @@ mod tests {
         match Cli::try_parse_from(args).unwrap().command {
             Command::Worker(w) => w,
             _ => unreachable!("parsed as the worker command"),
+        }
+    }
+
+    /// The audit interval flag defaults to the writer's own default and refuses 0 (a writer
+    /// that would spin) and more than a minute (rows held that long are lost in a crash).
+    #[test]
+    fn the_audit_flush_interval_has_the_writers_default_and_bounds() {
+        if std::env::var_os("AWOOOP_GATEWAY_AUDIT_FLUSH_MS").is_some() {
+            return; // the environment decides; nothing to check about the default
+        }
+        let g = worker(&[]).gateway;
+        assert_eq!(
+            g.audit_flush_interval(),
+            crate::gateway::audit::DEFAULT_FLUSH_INTERVAL
+        );
+        g.validate().expect("the default is valid");
+        for (v, ok) in [("0", false), ("1", true), ("60000", true), ("60001", false)] {
+            let g = worker(&["--gateway-audit-flush-ms", v]).gateway;
+            assert_eq!(g.validate().is_ok(), ok, "{v}");
         }
     }
 

@@ -187,7 +187,10 @@ pub fn attach_gateway(
         ttl,
     ));
     let creds = credentials::CredentialResolver::new(secrets, local, ttl);
-    let (audit, _writer) = crate::gateway::audit::CallAudit::spawn(p.control.db().clone());
+    let (audit, _writer) = crate::gateway::audit::CallAudit::spawn_with(
+        p.control.db().clone(),
+        args.audit_flush_interval(),
+    );
     let gw = std::sync::Arc::new(crate::gateway::Gateway::new(
         p.control.db().clone(),
         p.control.coord().clone(),

@@ -1826,6 +1826,69 @@ async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
     t.cleanup().await;
 }
 
+/// The audit writer keeps a row for at most its interval, counted from the row: with an hour
+/// nothing is written until a flush (a writer that ignored its setting, or ticked on a timer of
+/// its own, would have written it); with 20 ms the row lands without any flush, also when it
+/// is the first after a long idle spell (the writer sleeps while nothing is audited).
+#[tokio::test]
+async fn gateway_audit_rows_wait_at_most_the_configured_interval() {
+    use awooop::gateway::audit::CallRecord;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    project(&cp, "alpha", 1).await;
+    let rec = || CallRecord {
+        project: pid("alpha"),
+        call_id: Uuid::now_v7(),
+        at: chrono::Utc::now(),
+        trace_id: "t".into(),
+        run_id: None,
+        agent: "triage".into(),
+        tool: "leaky__text".into(),
+        environment: "dev".into(),
+        mode: "shadow",
+        credential_refs: vec![],
+        decision: "allowed",
+        code: None,
+        result_status: "ok",
+        latency_us: 1,
+        bytes_in: 2,
+        bytes_out: 3,
+        truncated: false,
+        details: json!({}),
+    };
+    let count = || async {
+        let mut tx = scoped_tx(&t.app, "alpha").await;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mcp_call_audit")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        n
+    };
+
+    let (slow, _task) = CallAudit::spawn_with(t.db(), Duration::from_secs(3600));
+    slow.record(rec()).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(count().await, 0, "written before its interval or a flush");
+    slow.flush().await;
+    assert_eq!(count().await, 1);
+
+    let (fast, _task) = CallAudit::spawn_with(t.db(), Duration::from_millis(20));
+    for expected in [2, 3] {
+        // the second row comes after an idle spell many intervals long
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fast.record(rec()).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count().await < expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a row was not written within 10 s of a 20 ms interval"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    t.cleanup().await;
+}
+
 /// A stdio upstream (a child process per project/provider/credential): the credential goes
 /// into the child's environment only, and never comes back out.
 #[tokio::test]

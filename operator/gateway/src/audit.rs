@@ -60,14 +60,32 @@ pub struct CallAudit {
 
 /// Rows buffered before a write is forced.
 const BATCH: usize = 512;
-/// Longest a row waits for its batch.
-const INTERVAL: Duration = Duration::from_millis(50);
+
+/// Default of the longest a row waits for its batch (`--gateway-audit-flush-ms`).
+///
+/// Why 10 ms and not more: on a machine where PostgreSQL shares the gateway's cores, each
+/// write is a burst of backend CPU proportional to its rows (about 20 µs per row,
+/// docs/benchmarks.md, "Session 13"), and calls that arrive during it wait for a core. At
+/// 3,000 calls/s a 50 ms interval made 150-row bursts of about 3 ms, the p99 overhead of the
+/// open loop was 1.8–2.9 ms; with 10 ms, 30-row bursts, 0.15–1.7 ms (same machine, alternated;
+/// docs/benchmarks.md, "Session 23"). Why not less: every write is a transaction with its own
+/// commit, and below the interval a write per row would cost more than the row.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
 impl CallAudit {
-    /// Start the writer. It stops (after writing everything) when every handle is dropped.
+    /// Start the writer with [`DEFAULT_FLUSH_INTERVAL`]. It stops (after writing everything)
+    /// when every handle is dropped.
     pub fn spawn(db: Db) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::spawn_with(db, DEFAULT_FLUSH_INTERVAL)
+    }
+
+    /// Start the writer: a row waits at most `interval` after it reaches an empty buffer
+    /// before its batch is written (less when the batch fills or a flush is asked for).
+    /// A zero interval is raised to 1 ms.
+    pub fn spawn_with(db: Db, interval: Duration) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(16_384);
-        let task = tokio::spawn(writer(db, rx));
+        let interval = interval.max(Duration::from_millis(1));
+        let task = tokio::spawn(writer(db, rx, interval));
         (Self { tx }, task)
     }
 
@@ -92,14 +110,23 @@ impl CallAudit {
     }
 }
 
-async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>) {
+async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>, interval: Duration) {
     let mut buf: Vec<CallRecord> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut open = true;
     while open || !buf.is_empty() {
+        // Idle: sleep until something arrives (no timer ticking while nothing is audited), so
+        // the interval below counts from the batch's first row.
+        if buf.is_empty() && waiters.is_empty() && open {
+            match rx.recv().await {
+                Some(Msg::Row(r)) => buf.push(*r),
+                Some(Msg::Flush(w)) => waiters.push(w),
+                None => open = false,
+            }
+        }
         // Collect until the batch is full, the interval passes, a flush is asked for, or the
         // channel closes.
-        let deadline = tokio::time::Instant::now() + INTERVAL;
+        let deadline = tokio::time::Instant::now() + interval;
         while open && buf.len() < BATCH && waiters.is_empty() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Msg::Row(r))) => buf.push(*r),

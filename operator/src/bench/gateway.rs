@@ -54,12 +54,29 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let flush = audit_flush_interval(
+        std::env::var("AWOOOP_GATEWAY_AUDIT_FLUSH_MS")
+            .ok()
+            .as_deref(),
+    )?;
     let scratch = scratch_database(&base, "gateway").await?;
-    let res = bench(&scratch, args.quick, args.upstream.as_deref()).await;
+    let res = bench(&scratch, args.quick, args.upstream.as_deref(), flush).await;
     drop_scratch(&base, &scratch).await;
     let line = res?;
     println!("{line}");
     Ok(())
+}
+
+/// The call audit writer's interval for this run: `AWOOOP_GATEWAY_AUDIT_FLUSH_MS`, as the
+/// platform's `--gateway-audit-flush-ms` reads it (1–60000), or the platform's default.
+fn audit_flush_interval(env: Option<&str>) -> anyhow::Result<Duration> {
+    let Some(v) = env else {
+        return Ok(crate::gateway::audit::DEFAULT_FLUSH_INTERVAL);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(ms @ 1..=60_000) => Ok(Duration::from_millis(ms)),
+        _ => anyhow::bail!("AWOOOP_GATEWAY_AUDIT_FLUSH_MS must be between 1 and 60000, not {v:?}"),
+    }
 }
 
 /// One HTTP MCP endpoint the load generator talks to (session set up once).
@@ -605,7 +622,12 @@ fn egress(upstream_url: &str) -> anyhow::Result<awooop_policy::PolicySource> {
     Ok(awooop_policy::PolicySource::fixed(Vec::new(), &rules, true))
 }
 
-async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result<String> {
+async fn bench(
+    url: &str,
+    quick: bool,
+    upstream: Option<&str>,
+    flush: Duration,
+) -> anyhow::Result<String> {
     // In process (requires the credential header, so injection is proven on every call), or
     // an external server given by `--upstream` (checked by one call before measuring).
     let (_fx, fx_url) = match upstream {
@@ -655,7 +677,7 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
 
     let secrets = Arc::new(MemorySecrets::default());
     secrets.put("bench-upstream", "token", SECRET, Some("bench"));
-    let (audit, _writer) = CallAudit::spawn(p.control.db().clone());
+    let (audit, _writer) = CallAudit::spawn_with(p.control.db().clone(), flush);
     let gateway = Arc::new(Gateway::new(
         p.control.db().clone(),
         p.control.coord().clone(),
@@ -767,7 +789,7 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
          direct_p50_ms={:.3} direct_p99_ms={:.3} direct_calls_per_sec={:.0} gateway_calls_per_sec={:.0} client_calls_per_sec={:.0} \
          overhead_p50_ms_16k={:.3} overhead_p99_ms_16k={:.3} overhead_p50_ms_3k_16k={:.3} overhead_p99_ms_3k_16k={:.3} saturation_ratio_16k={:.2} \
          direct_calls_per_sec_16k={:.0} gateway_calls_per_sec_16k={:.0} \
-         relay_ratio={:.2} relay_calls_per_sec={:.0} gateway_to_relay={:.2} relay_ratio_16k={:.2} relay_calls_per_sec_16k={:.0} gateway_to_relay_16k={:.2} pacer_lag_p99_ms={:.3}",
+         relay_ratio={:.2} relay_calls_per_sec={:.0} gateway_to_relay={:.2} relay_ratio_16k={:.2} relay_calls_per_sec_16k={:.0} gateway_to_relay_16k={:.2} pacer_lag_p99_ms={:.3} audit_flush_ms={}",
         k1.p50[0],
         k1.p99[0],
         k1.p50[1],
@@ -792,6 +814,7 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
         k16.relay_rps,
         k16.gateway_rps / k16.relay_rps,
         k1.lag_p99.max(k16.lag_p99),
+        flush.as_millis(),
     ))
 }
 
@@ -799,6 +822,27 @@ async fn bench(url: &str, quick: bool, upstream: Option<&str>) -> anyhow::Result
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// The bench takes the audit interval from the platform's variable, with its bounds and
+    /// default, and refuses anything else rather than measuring another setting than named.
+    #[test]
+    fn the_audit_interval_comes_from_the_platforms_variable() {
+        assert_eq!(
+            audit_flush_interval(None).unwrap(),
+            crate::gateway::audit::DEFAULT_FLUSH_INTERVAL
+        );
+        assert_eq!(
+            audit_flush_interval(Some("50")).unwrap(),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            audit_flush_interval(Some(" 1 ")).unwrap(),
+            Duration::from_millis(1)
+        );
+        for bad in ["0", "60001", "-5", "ten", ""] {
+            assert!(audit_flush_interval(Some(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
 
     /// The open loop's schedule: every instant once, in order, `interval` apart, and none sent
     /// before it is due (a schedule that released early would hide a slow path's queueing).

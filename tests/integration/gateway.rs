@@ -1826,6 +1826,61 @@ async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
     t.cleanup().await;
 }
 
+/// One batch carrying several tenants' rows, interleaved (the writer runs one tenant
+/// transaction per project on one connection): every row lands and each tenant sees exactly
+/// its own rows.
+#[tokio::test]
+async fn gateway_audit_batches_of_several_tenants_land_each_under_its_own() {
+    use awooop::gateway::audit::CallRecord;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let names = ["alpha", "beta", "gamma"];
+    for n in names {
+        project(&cp, n, 1).await;
+    }
+    let (audit, _task) = CallAudit::spawn_with(t.db(), Duration::from_secs(3600));
+    for i in 0..30 {
+        let p = names[i % 3];
+        audit
+            .record(CallRecord {
+                project: pid(p),
+                call_id: Uuid::now_v7(),
+                at: chrono::Utc::now(),
+                trace_id: format!("{p}-{i}"),
+                run_id: None,
+                agent: "triage".into(),
+                tool: "leaky__text".into(),
+                environment: "dev".into(),
+                mode: "shadow",
+                credential_refs: vec![],
+                decision: "allowed",
+                code: None,
+                result_status: "ok",
+                latency_us: 1,
+                bytes_in: 2,
+                bytes_out: 3,
+                truncated: false,
+                details: json!({}),
+            })
+            .await;
+    }
+    audit.flush().await;
+    for n in names {
+        let mut tx = scoped_tx(&t.app, n).await;
+        let traces: Vec<String> =
+            sqlx::query_scalar("SELECT trace_id FROM mcp_call_audit ORDER BY at, call_id")
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!(traces.len(), 10, "{n}: {traces:?}");
+        assert!(
+            traces.iter().all(|t| t.starts_with(&format!("{n}-"))),
+            "{n} sees another tenant's rows: {traces:?}"
+        );
+    }
+    t.cleanup().await;
+}
+
 /// The audit writer keeps a row for at most its interval, counted from the row: with an hour
 /// nothing is written until a flush (a writer that ignored its setting, or ticked on a timer of
 /// its own, would have written it); with 20 ms the row lands without any flush, also when it

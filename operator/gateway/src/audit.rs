@@ -182,18 +182,22 @@ async fn write(db: &Db, rows: &[CallRecord]) -> awooop_core::error::Result<()> {
     for r in rows {
         by_project.entry(&r.project).or_default().push(r);
     }
+    // One connection for the whole batch, one tenant transaction per project on it: each
+    // `Db::tenant` would acquire from the pool, whose check of an idle connection is a round
+    // trip per transaction (with a short interval and many tenants, most of them).
+    let mut conn = db.connection().await?;
     for (project, rows) in by_project {
-        tenancy::scope(project.clone(), insert(db, project, rows)).await?;
+        tenancy::scope(project.clone(), insert(&mut conn, project, rows)).await?;
     }
     Ok(())
 }
 
 async fn insert(
-    db: &Db,
+    conn: &mut sqlx::PgConnection,
     project: &ProjectId,
     rows: Vec<&CallRecord>,
 ) -> awooop_core::error::Result<()> {
-    let mut tx = db.tenant().await?;
+    let mut tx = tenancy::tenant_on(conn).await?;
     // Columns are bound as borrowed slices of the batch (no copy of every string per row).
     sqlx::query(
         "INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode, \

@@ -1779,20 +1779,13 @@ async fn gateway_interop_official_python_client_and_server() {
     e.done().await;
 }
 
-/// A row the database refuses for good (its project does not exist) is reported and dropped;
-/// the rows queued with it are still written and `flush` returns.
-#[tokio::test]
-async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
-    use awooop::gateway::audit::CallRecord;
-    let t = TestDb::new().await;
-    let cp = t.control(Coord::none());
-    project(&cp, "alpha", 1).await;
-    let (audit, _task) = CallAudit::spawn(t.db());
-    let rec = |p: &str| CallRecord {
-        project: pid(p),
+/// An audit row as the gateway records one allowed call of `project`.
+fn audit_row(project: &str, trace_id: &str, details: Value) -> awooop::gateway::audit::CallRecord {
+    awooop::gateway::audit::CallRecord {
+        project: pid(project),
         call_id: Uuid::now_v7(),
         at: chrono::Utc::now(),
-        trace_id: "t".into(),
+        trace_id: trace_id.into(),
         run_id: None,
         agent: "triage".into(),
         tool: "leaky__text".into(),
@@ -1806,8 +1799,19 @@ async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
         bytes_in: 2,
         bytes_out: 3,
         truncated: false,
-        details: json!({"note": "password=hunter2"}),
-    };
+        details,
+    }
+}
+
+/// A row the database refuses for good (its project does not exist) is reported and dropped;
+/// the rows queued with it are still written and `flush` returns.
+#[tokio::test]
+async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    project(&cp, "alpha", 1).await;
+    let (audit, _task) = CallAudit::spawn(t.db());
+    let rec = |p: &str| audit_row(p, "t", json!({"note": "password=hunter2"}));
     audit.record(rec("ghost")).await;
     audit.record(rec("alpha")).await;
     audit.record(rec("alpha")).await;
@@ -1831,7 +1835,6 @@ async fn gateway_audit_rows_refused_by_the_database_do_not_block_the_others() {
 /// its own rows.
 #[tokio::test]
 async fn gateway_audit_batches_of_several_tenants_land_each_under_its_own() {
-    use awooop::gateway::audit::CallRecord;
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
     let names = ["alpha", "beta", "gamma"];
@@ -1842,26 +1845,7 @@ async fn gateway_audit_batches_of_several_tenants_land_each_under_its_own() {
     for i in 0..30 {
         let p = names[i % 3];
         audit
-            .record(CallRecord {
-                project: pid(p),
-                call_id: Uuid::now_v7(),
-                at: chrono::Utc::now(),
-                trace_id: format!("{p}-{i}"),
-                run_id: None,
-                agent: "triage".into(),
-                tool: "leaky__text".into(),
-                environment: "dev".into(),
-                mode: "shadow",
-                credential_refs: vec![],
-                decision: "allowed",
-                code: None,
-                result_status: "ok",
-                latency_us: 1,
-                bytes_in: 2,
-                bytes_out: 3,
-                truncated: false,
-                details: json!({}),
-            })
+            .record(audit_row(p, &format!("{p}-{i}"), json!({})))
             .await;
     }
     audit.flush().await;
@@ -1887,30 +1871,10 @@ async fn gateway_audit_batches_of_several_tenants_land_each_under_its_own() {
 /// is the first after a long idle spell (the writer sleeps while nothing is audited).
 #[tokio::test]
 async fn gateway_audit_rows_wait_at_most_the_configured_interval() {
-    use awooop::gateway::audit::CallRecord;
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
     project(&cp, "alpha", 1).await;
-    let rec = || CallRecord {
-        project: pid("alpha"),
-        call_id: Uuid::now_v7(),
-        at: chrono::Utc::now(),
-        trace_id: "t".into(),
-        run_id: None,
-        agent: "triage".into(),
-        tool: "leaky__text".into(),
-        environment: "dev".into(),
-        mode: "shadow",
-        credential_refs: vec![],
-        decision: "allowed",
-        code: None,
-        result_status: "ok",
-        latency_us: 1,
-        bytes_in: 2,
-        bytes_out: 3,
-        truncated: false,
-        details: json!({}),
-    };
+    let rec = || audit_row("alpha", "t", json!({}));
     let count = || async {
         let mut tx = scoped_tx(&t.app, "alpha").await;
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mcp_call_audit")

@@ -1865,6 +1865,54 @@ async fn gateway_audit_batches_of_several_tenants_land_each_under_its_own() {
     t.cleanup().await;
 }
 
+/// A trace's calls are found through the trace index (a hash of the trace id alone since
+/// migration 0082, no project column), and a tenant still sees only its own calls of a trace id
+/// another tenant's calls carry too: row-level security filters what the index finds.
+#[tokio::test]
+async fn gateway_audit_trace_lookups_use_the_index_and_stay_in_the_tenant() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    for n in ["alpha", "beta"] {
+        project(&cp, n, 1).await;
+    }
+    let (audit, _task) = CallAudit::spawn(t.db());
+    for i in 0..1500 {
+        let p = if i % 2 == 0 { "alpha" } else { "beta" };
+        let trace = if i < 6 {
+            "shared".to_string()
+        } else {
+            format!("{p}-{i}")
+        };
+        audit.record(audit_row(p, &trace, json!({}))).await;
+    }
+    audit.flush().await;
+    sqlx::query("ANALYZE mcp_call_audit")
+        .execute(&t.owner)
+        .await
+        .unwrap();
+    for (n, own) in [("alpha", [0, 2, 4]), ("beta", [1, 3, 5])] {
+        let mut tx = scoped_tx(&t.app, n).await;
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT project_id FROM mcp_call_audit WHERE trace_id = 'shared'")
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!(found, vec![n.to_string(); own.len()], "{n}");
+        let plan: Value = sqlx::query_scalar(
+            "EXPLAIN (FORMAT JSON) SELECT * FROM mcp_call_audit WHERE trace_id = 'shared'",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        let plan = plan.to_string();
+        assert!(
+            plan.contains("\"Index Name\":\"mcp_call_audit_trace\""),
+            "{n}: the lookup does not use the trace index: {plan}"
+        );
+    }
+    t.cleanup().await;
+}
+
 /// The audit writer keeps a row for at most its interval, counted from the row: with an hour
 /// nothing is written until a flush (a writer that ignored its setting, or ticked on a timer of
 /// its own, would have written it); with 20 ms the row lands without any flush, also when it

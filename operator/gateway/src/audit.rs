@@ -64,12 +64,13 @@ const BATCH: usize = 512;
 /// Default of the longest a row waits for its batch (`--gateway-audit-flush-ms`).
 ///
 /// Why 10 ms and not more: on a machine where PostgreSQL shares the gateway's cores, each
-/// write is a burst of backend CPU proportional to its rows (about 20 µs per row,
-/// docs/benchmarks.md, "Session 13"), and calls that arrive during it wait for a core. At
-/// 3,000 calls/s a 50 ms interval made 150-row bursts of about 3 ms, the p99 overhead of the
-/// open loop was 1.8–2.9 ms; with 10 ms, 30-row bursts, 0.15–1.7 ms (same machine, alternated;
-/// docs/benchmarks.md, "Session 23"). Why not less: every write is a transaction with its own
-/// commit, and below the interval a write per row would cost more than the row.
+/// write is a burst of backend CPU proportional to its rows (about 20 µs per row), and calls
+/// that arrive during it wait for a core. At 3,000 calls/s a 50 ms interval made 150-row
+/// bursts of about 3 ms and a p99 overhead of 2.6 ms (median of 12 runs); 10 ms, 30-row
+/// bursts, 1.24 ms (15 runs). Why not less: every write is a transaction of its own, so
+/// PostgreSQL's CPU for the audit grows as batches shrink (over `bench gateway --quick`: +10 %
+/// at 10 ms, +30 % at 5 ms, +55 % at 2 ms against 50 ms), while the tail it buys back exists
+/// only where PostgreSQL shares the gateway's cores (docs/benchmarks.md, "Session 23").
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
 impl CallAudit {

@@ -86,6 +86,9 @@ struct Target {
     url: String,
     headers: reqwest::header::HeaderMap,
     tool: &'static str,
+    /// `tools/call`s sent to this target, by every clone of it (the gateway's must all be
+    /// audited).
+    sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Target {
@@ -132,6 +135,7 @@ impl Target {
             url: url.to_string(),
             headers,
             tool,
+            sent: Arc::default(),
         };
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         t.client
@@ -167,6 +171,7 @@ impl Target {
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}","arguments":{{"size":{size}}}}}}}"#,
             self.tool
         );
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resp = self
             .client
             .post(&self.url)
@@ -774,6 +779,17 @@ async fn bench(
     .await?;
     client.shutdown().await;
     gateway.audit().flush().await;
+    // Everything on means every call audited: the rows written must be the calls sent through
+    // the gateway (allowed or denied, one row each), or the figures measured less work.
+    let audit_rows: i64 = tenancy::scope(project.clone(), async {
+        let mut tx = p.control.db().tenant().await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mcp_call_audit")
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok::<_, crate::error::Error>(n)
+    })
+    .await?;
+    let gateway_calls = through.sent.load(std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(());
     let _ = server.await;
     let _ = relay_stop.send(());
@@ -784,12 +800,16 @@ async fn bench(
         "{} calls failed during the benchmark",
         k1.errors + k16.errors
     );
+    anyhow::ensure!(
+        u64::try_from(audit_rows).ok() == Some(gateway_calls),
+        "{gateway_calls} calls went through the gateway but {audit_rows} audit rows were written"
+    );
     Ok(format!(
         "overhead_p50_ms={:.3} overhead_p99_ms={:.3} overhead_p50_ms_3k={:.3} overhead_p99_ms_3k={:.3} saturation_ratio={:.2} \
          direct_p50_ms={:.3} direct_p99_ms={:.3} direct_calls_per_sec={:.0} gateway_calls_per_sec={:.0} client_calls_per_sec={:.0} \
          overhead_p50_ms_16k={:.3} overhead_p99_ms_16k={:.3} overhead_p50_ms_3k_16k={:.3} overhead_p99_ms_3k_16k={:.3} saturation_ratio_16k={:.2} \
          direct_calls_per_sec_16k={:.0} gateway_calls_per_sec_16k={:.0} \
-         relay_ratio={:.2} relay_calls_per_sec={:.0} gateway_to_relay={:.2} relay_ratio_16k={:.2} relay_calls_per_sec_16k={:.0} gateway_to_relay_16k={:.2} pacer_lag_p99_ms={:.3} audit_flush_ms={}",
+         relay_ratio={:.2} relay_calls_per_sec={:.0} gateway_to_relay={:.2} relay_ratio_16k={:.2} relay_calls_per_sec_16k={:.0} gateway_to_relay_16k={:.2} pacer_lag_p99_ms={:.3} audit_flush_ms={} audit_rows={}",
         k1.p50[0],
         k1.p99[0],
         k1.p50[1],
@@ -815,6 +835,7 @@ async fn bench(
         k16.gateway_rps / k16.relay_rps,
         k1.lag_p99.max(k16.lag_p99),
         flush.as_millis(),
+        audit_rows,
     ))
 }
 

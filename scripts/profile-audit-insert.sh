@@ -11,8 +11,9 @@
 #                share: subtract it)
 #   no_fk        without the foreign key to projects (a check per row)
 #   no_trace_ix  without the trace index
-#   btree_trace  the trace index as it was before migration 0082: a B-tree on (project_id,
-#                trace_id), random text keys (now a hash index on trace_id)
+#   hash_trace   the trace index as a hash index on trace_id (measured and rejected: a caller
+#                repeating one trace id makes every insert walk that bucket's overflow chain;
+#                docs/benchmarks.md, "Session 23")
 #   no_at_ix     without the (project_id, at DESC) index
 #   no_trigger   without the statement-level tool-call event trigger (0075)
 #   no_rls       row-level security off for the table (attribution only: never in production)
@@ -83,7 +84,7 @@ variant_sql() {
     base | gen_only | literal_refs | no_conflict) ;;
     no_fk) echo "ALTER TABLE mcp_call_audit DROP CONSTRAINT mcp_call_audit_project_id_fkey;" ;;
     no_trace_ix) echo "DROP INDEX mcp_call_audit_trace;" ;;
-    btree_trace) echo "DROP INDEX mcp_call_audit_trace; CREATE INDEX mcp_call_audit_trace ON mcp_call_audit (project_id, trace_id);" ;;
+    hash_trace) echo "DROP INDEX mcp_call_audit_trace; CREATE INDEX mcp_call_audit_trace ON mcp_call_audit USING hash (trace_id);" ;;
     no_at_ix) echo "DROP INDEX mcp_call_audit_at;" ;;
     no_trigger) echo "DROP TRIGGER run_events_tool ON mcp_call_audit;" ;;
     at_asc) echo "DROP INDEX mcp_call_audit_at; CREATE INDEX mcp_call_audit_at ON mcp_call_audit (project_id, at);" ;;
@@ -100,7 +101,7 @@ SQL
   esac
 }
 
-read -r -a variants <<< "${VARIANTS:-base gen_only no_fk no_trace_ix btree_trace no_at_ix no_trigger no_rls at_asc c_trace c_keys}"
+read -r -a variants <<< "${VARIANTS:-base gen_only no_fk no_trace_ix hash_trace no_at_ix no_trigger no_rls at_asc c_trace c_keys}"
 for v in "${variants[@]}"; do
   psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1
   psql "$PGURL/postgres" -qc "CREATE DATABASE $DB"

@@ -1865,9 +1865,9 @@ async fn gateway_audit_batches_of_several_tenants_land_each_under_its_own() {
     t.cleanup().await;
 }
 
-/// A trace's calls are found through the trace index (a hash of the trace id alone since
-/// migration 0082, no project column), and a tenant still sees only its own calls of a trace id
-/// another tenant's calls carry too: row-level security filters what the index finds.
+/// A trace's calls are found through the trace index, and a tenant sees only its own calls of
+/// a trace id another tenant's calls carry too (trace ids are the callers' when they send
+/// `traceparent`, so two tenants can pick the same one).
 #[tokio::test]
 async fn gateway_audit_trace_lookups_use_the_index_and_stay_in_the_tenant() {
     let t = TestDb::new().await;

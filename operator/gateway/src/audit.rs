@@ -199,6 +199,9 @@ async fn insert(
     rows: Vec<&CallRecord>,
 ) -> awooop_core::error::Result<()> {
     let mut tx = tenancy::tenant_on(conn).await?;
+    // The trace id is the caller's when it sends `traceparent`: the table's trace index stays
+    // a B-tree, which a repeated key does not degrade (a hash index did: docs/benchmarks.md,
+    // "Session 23").
     // Columns are bound as borrowed slices of the batch (no copy of every string per row).
     sqlx::query(
         "INSERT INTO mcp_call_audit (project_id, call_id, at, trace_id, run_id, agent, tool, environment, mode, \

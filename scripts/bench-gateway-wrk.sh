@@ -32,7 +32,7 @@
 # NGINX=1 also measures the same calls through nginx (`apt-get install -y nginx-light`), a C reverse
 # proxy with keep-alive connections to the fixture and nothing else: the cost of the extra hop
 # alone out of process, the ceiling any gateway in front of the fixture works under. Adds
-# `nginx_rps= nginx_ratio= nginx_p50_ms= nginx_p99_ms=` to the last line.
+# `nginx_rps= nginx_ratio= nginx_p50_ms= nginx_p99_ms= nginx_cpu_us_per_call=` to the last line.
 #
 # Each request carries its own JSON-RPC id (a Lua counter per wrk thread); one MCP session
 # per target is initialized with curl first and shared by every connection (what an agent
@@ -311,12 +311,25 @@ read -r d2 dp50b dp99b dbad2 _ dmax2 < <(run_wrk "$DIRECT_URL" "$FX_KEY" "$DSID"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 NGINX_FIELDS=""
 if [ -n "${NGINX:-}" ]; then
-    read -r n1 np50a np99a nbad1 _ _ < <(run_wrk "$NGINX_URL" "$FX_KEY" "$NSID" blob)
-    read -r n2 np50b np99b nbad2 _ _ < <(run_wrk "$NGINX_URL" "$FX_KEY" "$NSID" blob)
+    # nginx's own CPU per call (master and workers, user + system): the same measure as
+    # up_cpu_us_per_call, for the proxy that does nothing but the hop.
+    nginx_ticks() {
+        local master t=0 p
+        master=$(cat "$WORK/nginx/nginx.pid")
+        for p in "$master" $(pgrep -P "$master"); do
+            t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+        done
+        echo "$t"
+    }
+    NGINX_CPU_BEFORE=$(nginx_ticks)
+    read -r n1 np50a np99a nbad1 nn1 _ < <(run_wrk "$NGINX_URL" "$FX_KEY" "$NSID" blob)
+    read -r n2 np50b np99b nbad2 nn2 _ < <(run_wrk "$NGINX_URL" "$FX_KEY" "$NSID" blob)
+    NGINX_CPU_AFTER=$(nginx_ticks)
     echo "nginx:   $n1 / $n2 req/s, p50 $np50a / $np50b ms, p99 $np99a / $np99b ms, bad $nbad1 / $nbad2" >&2
     [ "$((nbad1 + nbad2))" -eq 0 ] || { echo "error: bad responses through nginx" >&2; exit 1; }
     NGINX_FIELDS=$(awk -v n1="$n1" -v n2="$n2" -v d1="$d1" -v d2="$d2" -v a="$np50a" -v b="$np50b" -v c="$np99a" -v e="$np99b" \
-        'BEGIN { printf " nginx_rps=%.0f nginx_ratio=%.2f nginx_p50_ms=%.3f nginx_p99_ms=%.3f", (n1 + n2) / 2, (n1 + n2) / (d1 + d2), (a + b) / 2, (c + e) / 2 }')
+        -v ticks="$((NGINX_CPU_AFTER - NGINX_CPU_BEFORE))" -v hz="$(getconf CLK_TCK)" -v calls="$((nn1 + nn2))" \
+        'BEGIN { printf " nginx_rps=%.0f nginx_ratio=%.2f nginx_p50_ms=%.3f nginx_p99_ms=%.3f nginx_cpu_us_per_call=%.0f", (n1 + n2) / 2, (n1 + n2) / (d1 + d2), (a + b) / 2, (c + e) / 2, ticks / hz * 1e6 / calls }')
 fi
 
 # IDLE_PROBE="0.5 2 7": after the runs, for each pause (seconds), sleep, then time one gateway

@@ -1611,3 +1611,84 @@ async fn event_count(t: &TestDb, ids: &[Uuid]) -> i64 {
         .await
         .unwrap()
 }
+
+/// Concurrent creations without an idempotency key are group-committed (issue 18, session
+/// 24): while a transaction holds the audit table, the first creations wait on it and the
+/// rest queue behind them; once it ends they land a project at a time, many in one
+/// transaction. Each keeps its own run, `created` event and `run.create` audit row, in its
+/// own project only. On the one-transaction-per-creation path every run has a transaction id
+/// of its own (24 per project here).
+#[tokio::test]
+async fn concurrent_creations_share_transactions_and_stay_in_their_projects() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let alpha = echo_project(&cp, "alpha").await;
+    let beta = echo_project(&cp, "beta").await;
+    let runs = RunService::new(cp.clone());
+    let mut su = t.superuser().await;
+    sqlx::query("BEGIN").execute(&mut su).await.unwrap();
+    sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let per_project = 24;
+    let tasks: Vec<_> = (0..2 * per_project)
+        .map(|i| {
+            let p = if i % 2 == 0 { &alpha } else { &beta }.clone();
+            let runs = runs.clone();
+            tokio::spawn(async move {
+                let req = echo_req(json!({"name": i}));
+                let v = tenancy::scope(p.clone(), runs.create(&admin(), req, None, None))
+                    .await
+                    .unwrap();
+                (p, v)
+            })
+        })
+        .collect();
+    // Every creation prepared (a read each) and queued or waiting on the lock.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("COMMIT").execute(&mut su).await.unwrap();
+    let mut created: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for task in tasks {
+        let (p, v) = task.await.unwrap();
+        assert!(!v.replayed);
+        assert_eq!(v.state, "queued");
+        created
+            .entry(p.as_str().to_string())
+            .or_default()
+            .push(v.run_id);
+    }
+    for (project, ids) in &created {
+        assert_eq!(ids.len(), per_project);
+        let mut tx = scoped_tx(&t.app, project).await;
+        // Everything the project sees: its own runs only, each with one event and one audit row.
+        let (all, mine, xids): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE run_id = ANY($1)), count(DISTINCT xmin::text) \
+             FROM runs",
+        )
+        .bind(ids)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        let (events, audits): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM run_events WHERE kind = 'created' AND run_id = ANY($1)), \
+                    (SELECT count(*) FROM audit_log WHERE action = 'run.create' \
+                        AND target = ANY(SELECT x::text FROM unnest($1::uuid[]) x))",
+        )
+        .bind(ids)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(
+            (all, mine, events, audits),
+            (per_project as i64, per_project as i64, per_project as i64, per_project as i64),
+            "{project}: runs seen, own runs, created events, audit rows"
+        );
+        assert!(
+            xids <= 4,
+            "{project}: {per_project} concurrent creations committed in {xids} transactions"
+        );
+    }
+    t.cleanup().await;
+}

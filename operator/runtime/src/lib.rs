@@ -5,6 +5,7 @@
 //! [`worker::Worker`] executes runs through the [`executor::Executor`] interface.
 
 pub mod approvals;
+mod create_batch;
 pub mod events;
 pub mod executor;
 pub mod metrics;
@@ -252,22 +253,22 @@ impl RunService {
             None => TraceContext::generate(),
         };
         let prepared = self.prepare(actor, req, idempotency_key, trace).await?;
-        // The run's wake-ups are sent after the COMMIT (awooop_store::notify), so concurrent
-        // creations are not serialised on PostgreSQL's NOTIFY lock.
         let db = self.control.db();
+        // Without an idempotency key there is nothing to replay: the run goes to the group
+        // commit, which writes the runs, events and audit rows that concurrent creations of
+        // the project queued meanwhile in one statement and one transaction, and announces
+        // them after its commit (create_batch).
+        if prepared.idempotency_key.is_none() {
+            return db
+                .shared::<create_batch::CreateWriter>()
+                .create(db, prepared)
+                .await;
+        }
+        // With a key, the one-by-one path serialises on the key, then replays, refuses or
+        // inserts. The run's wake-ups are sent after the COMMIT (awooop_store::notify), so
+        // concurrent creations are not serialised on PostgreSQL's NOTIFY lock.
         let mut tx = db.tenant_deferred().await?;
-        // Without an idempotency key there is nothing to replay: the run and its audit row go
-        // in one statement (BEGIN, the statement, COMMIT). With a key, the one-by-one path
-        // serialises on the key, then replays, refuses or inserts.
-        let accepted = match prepared.idempotency_key {
-            None => Self::insert_prepared_many(&mut tx, &[&prepared])
-                .await?
-                .and_then(|mut v| v.pop())
-                .ok_or_else(|| {
-                    Error::new(ErrorCode::Internal, "a run without a key was not written")
-                })?,
-            Some(_) => Self::insert_prepared(&mut tx, &prepared).await?,
-        };
+        let accepted = Self::insert_prepared(&mut tx, &prepared).await?;
         tx.commit().await?;
         if !accepted.replayed {
             db.notifier()

@@ -1682,7 +1682,12 @@ async fn concurrent_creations_share_transactions_and_stay_in_their_projects() {
         tx.rollback().await.unwrap();
         assert_eq!(
             (all, mine, events, audits),
-            (per_project as i64, per_project as i64, per_project as i64, per_project as i64),
+            (
+                per_project as i64,
+                per_project as i64,
+                per_project as i64,
+                per_project as i64
+            ),
             "{project}: runs seen, own runs, created events, audit rows"
         );
         assert!(
@@ -1690,5 +1695,65 @@ async fn concurrent_creations_share_transactions_and_stay_in_their_projects() {
             "{project}: {per_project} concurrent creations committed in {xids} transactions"
         );
     }
+    t.cleanup().await;
+}
+
+/// One creation that PostgreSQL refuses (a `\u0000` in its input: valid JSON, not storable in
+/// jsonb; the HTTP guards refuse it earlier, other callers reach the database) must not fail
+/// the creations group-committed with it: the batch is written again one creation at a time,
+/// the refused one gets its own error (`E-REQ-001`) and nothing is written for it, the others
+/// get their runs.
+#[tokio::test]
+async fn a_refused_creation_does_not_fail_the_creations_committed_with_it() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let alpha = echo_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    let mut su = t.superuser().await;
+    sqlx::query("BEGIN").execute(&mut su).await.unwrap();
+    sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let n = 12;
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (p, runs) = (alpha.clone(), runs.clone());
+            tokio::spawn(async move {
+                let name = if i == n / 2 {
+                    json!("nul \u{0} here")
+                } else {
+                    json!(i)
+                };
+                tenancy::scope(
+                    p,
+                    runs.create(&admin(), echo_req(json!({ "name": name })), None, None),
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("COMMIT").execute(&mut su).await.unwrap();
+    let mut ok = Vec::new();
+    let mut refused = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(v) => ok.push(v.run_id),
+            Err(e) => refused.push(e.code.as_str()),
+        }
+    }
+    assert_eq!(refused, vec!["E-REQ-001"]);
+    assert_eq!(ok.len(), n - 1);
+    let mut tx = scoped_tx(&t.app, "alpha").await;
+    let (all, audits): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM runs), \
+                (SELECT count(*) FROM audit_log WHERE action = 'run.create')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!((all, audits), ((n - 1) as i64, (n - 1) as i64));
     t.cleanup().await;
 }

@@ -135,7 +135,11 @@ async fn write_group(db: &Db, project: ProjectId, jobs: Vec<Job>) {
         Err(e) => {
             // Nothing of the batch was written (one transaction): each creation alone, so the
             // one that failed gets its own error and the others their runs.
-            tracing::debug!(code = e.code.as_str(), n = jobs.len(), "run creation batch failed; writing its runs one by one");
+            tracing::debug!(
+                code = e.code.as_str(),
+                n = jobs.len(),
+                "run creation batch failed; writing its runs one by one"
+            );
             for job in jobs {
                 let r = tenancy::scope(project.clone(), write(db, &[&job.prepared])).await;
                 let r = r.map(|mut v| {

@@ -23,9 +23,8 @@
 //! The run basis (the project's mode and its active Runtime, Agent and Project revisions) a
 //! creation is prepared on is kept per project and agent for [`BASIS_TTL`] ([`CreateWriter::basis`]),
 //! so a creation no longer reads it in a transaction of its own; each distinct basis of a
-//! batch is checked inside the writing transaction (the first by the writing statement
-//! itself, `RunBasis::check_sql`; any other by `RunBasis::still_current`), and creations
-//! prepared on a basis that changed are not written: their callers read
+//! batch is checked inside the writing transaction (`RunBasis::still_current`, one statement),
+//! and creations prepared on a basis that changed are written by nothing: their callers read
 //! the basis afresh, prepare again and are written without the cache (as the channel hub does).
 //! So a run can never be written against a revision that was no longer active, or a mode that
 //! was no longer the project's, when its transaction wrote it: before, the basis was read in
@@ -233,59 +232,39 @@ async fn write_group(db: &Db, project: ProjectId, jobs: Vec<Job>) {
     }
 }
 
-/// One tenant transaction (wake-ups deferred to after the commit) writing `jobs`: the
-/// creations prepared on a basis that is no longer current are left out (`None` in their
-/// place), the others' runs, events and audit rows go in one statement. The first basis is
-/// checked by that statement itself (no round trip of its own: the usual batch has one basis,
-/// its project's one agent); a batch with several checks the others first.
+/// One tenant transaction (wake-ups deferred to after the commit) writing `jobs`: each
+/// distinct basis is checked first, and the creations prepared on a stale one are left out
+/// (`None` in their place); the others' runs, events and audit rows in one statement.
 async fn write(db: &Db, jobs: &[&Job]) -> Result<Vec<Option<RunAccepted>>> {
     let mut tx = db.tenant_deferred().await?;
-    let mut bases: Vec<&Arc<RunBasis>> = Vec::new();
-    for b in jobs.iter().filter_map(|j| j.basis.as_ref()) {
-        if !bases.iter().any(|c| Arc::ptr_eq(c, b)) {
-            bases.push(b);
-        }
-    }
+    let mut current: Vec<&Arc<RunBasis>> = Vec::new();
     let mut stale: Vec<&Arc<RunBasis>> = Vec::new();
-    for b in bases.iter().skip(1) {
-        if !b.still_current(&mut tx).await? {
+    for b in jobs.iter().filter_map(|j| j.basis.as_ref()) {
+        let seen = |v: &[&Arc<RunBasis>]| v.iter().any(|c| Arc::ptr_eq(c, b));
+        if seen(&current) || seen(&stale) {
+            continue;
+        }
+        if b.still_current(&mut tx).await? {
+            current.push(b);
+        } else {
             stale.push(b);
         }
     }
-    let accepted = loop {
-        let is_stale = |j: &Job| {
-            j.basis
-                .as_ref()
-                .is_some_and(|b| stale.iter().any(|s| Arc::ptr_eq(s, b)))
-        };
-        let runs: Vec<&PreparedRun> = jobs
-            .iter()
-            .filter(|j| !is_stale(j))
-            .map(|j| &j.prepared)
-            .collect();
-        let guard = bases
-            .first()
-            .filter(|b| !stale.iter().any(|s| Arc::ptr_eq(s, b)));
-        match RunService::insert_prepared_many_guarded(&mut tx, &runs, guard.map(|b| &***b)).await?
-        {
-            Some(v) if v.len() == runs.len() => break v,
-            // Nothing was written: keyless runs have no key to find taken, so the guard's
-            // basis changed. The same statement again without that basis's creations.
-            None if !runs.is_empty() && guard.is_some() => stale.push(bases[0]),
-            _ => {
-                return Err(Error::new(
-                    ErrorCode::Internal,
-                    "a run without a key was not written",
-                ));
-            }
-        }
-    };
-    tx.commit().await?;
     let is_stale = |j: &Job| {
         j.basis
             .as_ref()
             .is_some_and(|b| stale.iter().any(|s| Arc::ptr_eq(s, b)))
     };
+    let runs: Vec<&PreparedRun> = jobs
+        .iter()
+        .filter(|j| !is_stale(j))
+        .map(|j| &j.prepared)
+        .collect();
+    let accepted = RunService::insert_prepared_many(&mut tx, &runs)
+        .await?
+        .filter(|v| v.len() == runs.len())
+        .ok_or_else(|| Error::new(ErrorCode::Internal, "a run without a key was not written"))?;
+    tx.commit().await?;
     let mut accepted = accepted.into_iter();
     Ok(jobs
         .iter()

@@ -459,16 +459,6 @@ impl RunService {
         tx: &mut sqlx::PgConnection,
         runs: &[&PreparedRun],
     ) -> Result<Option<Vec<RunAccepted>>> {
-        Self::insert_prepared_many_guarded(tx, runs, None).await
-    }
-
-    /// [`Self::insert_prepared_many`], also writing nothing (`None`) when `guard` (the basis
-    /// the runs were prepared on) is no longer current: checked by the same statement.
-    pub async fn insert_prepared_many_guarded(
-        tx: &mut sqlx::PgConnection,
-        runs: &[&PreparedRun],
-        guard: Option<&RunBasis>,
-    ) -> Result<Option<Vec<RunAccepted>>> {
         let project = tenancy::require()?;
         if runs.iter().any(|p| p.project != project) {
             return Err(Error::new(
@@ -511,7 +501,7 @@ impl RunService {
                 .collect(),
         );
         // Runs, keys and audit rows in one statement; nothing written when a key is taken.
-        let written = repo::insert_runs_keys_audit_guarded(
+        let written = repo::insert_runs_keys_audit(
             tx,
             project.as_str(),
             &runs
@@ -521,7 +511,6 @@ impl RunService {
                 .collect::<Vec<_>>(),
             &keyed,
             &audit_rows,
-            guard,
         )
         .await?;
         if !written {

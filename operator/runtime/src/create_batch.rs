@@ -20,35 +20,17 @@
 //! * when a batch of several creations fails, each is written again alone, so one bad
 //!   creation cannot fail its neighbours; a caller sees its own error only.
 //!
-//! The run basis (the project's mode and its active Runtime, Agent and Project revisions) a
-//! creation is prepared on is kept per project and agent for [`BASIS_TTL`] ([`CreateWriter::basis`]),
-//! so a creation no longer reads it in a transaction of its own; each distinct basis of a
-//! batch is checked inside the writing transaction (`RunBasis::still_current`, one statement),
-//! and creations prepared on a basis that changed are written by nothing: their callers read
-//! the basis afresh, prepare again and are written without the cache (as the channel hub does).
-//! So a run can never be written against a revision that was no longer active, or a mode that
-//! was no longer the project's, when its transaction wrote it: before, the basis was read in
-//! one transaction and the run written in the next.
-//!
 //! Creations with an idempotency key keep the one-by-one path: it serialises on the key,
 //! then replays, refuses or inserts.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use awooop_core::cache::TtlCache;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_store::tenancy::{self, Db, ProjectId};
 
-use crate::{PreparedRun, RunAccepted, RunBasis, RunService};
-
-/// How long a run basis is reused for new creations (every use is checked in the writing
-/// transaction, so this bounds only how often a changed basis costs a retry).
-pub const BASIS_TTL: Duration = Duration::from_secs(1);
-/// Most (project, agent) bases kept: only bases that loaded (an existing, active agent).
-const BASES: usize = 4096;
+use crate::{PreparedRun, RunAccepted, RunService};
 
 /// Most creations written in one transaction.
 pub const MAX_BATCH: usize = 64;
@@ -57,82 +39,26 @@ const WRITERS: usize = 2;
 /// Creations waiting for a writer before callers wait to enqueue (back-pressure).
 const QUEUE: usize = 4096;
 
-/// Why a creation was not written.
-pub(crate) enum Refusal {
-    /// The basis it was prepared on is no longer current: prepare again on a fresh one.
-    Stale,
-    Failed(Error),
-}
-
-impl From<Error> for Refusal {
-    fn from(e: Error) -> Self {
-        Refusal::Failed(e)
-    }
-}
-
-type Answer = std::result::Result<RunAccepted, Refusal>;
-
 struct Job {
     prepared: PreparedRun,
-    /// The cached basis it was prepared on, checked in the writing transaction (`None`: read
-    /// afresh by the caller, written as before).
-    basis: Option<Arc<RunBasis>>,
-    reply: oneshot::Sender<Answer>,
+    reply: oneshot::Sender<Result<RunAccepted>>,
 }
 
-/// The group-commit queue of one database and its cached run bases (kept per `Db` through
-/// `Db::shared`, so every `RunService` of the process on that database shares them).
+/// The group-commit queue of one database (kept per `Db` through `Db::shared`, so every
+/// `RunService` of the process on that database feeds the same writers).
+#[derive(Default)]
 pub(crate) struct CreateWriter {
     queue: OnceLock<mpsc::Sender<Job>>,
-    bases: TtlCache<(ProjectId, String), RunBasis, Error>,
-}
-
-impl Default for CreateWriter {
-    fn default() -> Self {
-        Self {
-            queue: OnceLock::new(),
-            bases: TtlCache::bounded(BASIS_TTL, BASES),
-        }
-    }
 }
 
 impl CreateWriter {
-    /// The run basis of `agent` in the current project, reused for [`BASIS_TTL`].
-    pub(crate) async fn basis(&self, runs: &RunService, agent: &str) -> Result<Arc<RunBasis>> {
-        let project = tenancy::require()?;
-        let key = (project.clone(), agent.to_string());
-        self.bases
-            .get(&key, || {
-                let (runs, agent) = (runs.clone(), agent.to_string());
-                // The load runs in a task of its own: it carries the tenant scope itself.
-                tenancy::scope(project, async move { runs.basis(&agent).await })
-            })
-            .await
-            .map_err(Error::unshare)
-    }
-
-    /// Forget the cached basis of `agent` in `project` (it was found stale).
-    pub(crate) fn forget(&self, project: &ProjectId, agent: &str) {
-        self.bases
-            .invalidate(|(p, a)| p == project && a.as_str() == agent);
-    }
-
     /// Write `prepared` (no idempotency key) in the next group commit of `db`; returns when
     /// it has committed. Starts the writers on first use (needs a tokio runtime).
-    pub(crate) async fn create(
-        &self,
-        db: &Db,
-        prepared: PreparedRun,
-        basis: Option<Arc<RunBasis>>,
-    ) -> Answer {
+    pub(crate) async fn create(&self, db: &Db, prepared: PreparedRun) -> Result<RunAccepted> {
         let queue = self.queue.get_or_init(|| start(db.clone())).clone();
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Job {
-                prepared,
-                basis,
-                reply,
-            })
+            .send(Job { prepared, reply })
             .await
             .map_err(|_| stopped())?;
         // A writer that stopped (its task was aborted with the runtime) answers nothing: the
@@ -191,20 +117,20 @@ fn by_project(jobs: Vec<Job>) -> Vec<(ProjectId, Vec<Job>)> {
 
 async fn write_group(db: &Db, project: ProjectId, jobs: Vec<Job>) {
     let result = {
-        let all: Vec<&Job> = jobs.iter().collect();
-        tenancy::scope(project.clone(), write(db, &all)).await
+        let runs: Vec<&PreparedRun> = jobs.iter().map(|j| &j.prepared).collect();
+        tenancy::scope(project.clone(), write(db, &runs)).await
     };
     match result {
-        Ok(written) => {
+        Ok(accepted) => {
             db.notifier()
-                .runs_created(project.as_str(), written.iter().flatten().map(|a| a.run_id));
-            for (job, w) in jobs.into_iter().zip(written) {
-                let _ = job.reply.send(w.ok_or(Refusal::Stale));
+                .runs_created(project.as_str(), accepted.iter().map(|a| a.run_id));
+            for (job, a) in jobs.into_iter().zip(accepted) {
+                let _ = job.reply.send(Ok(a));
             }
         }
         Err(e) if jobs.len() == 1 => {
             let job = jobs.into_iter().next().expect("one job");
-            let _ = job.reply.send(Err(Refusal::Failed(e)));
+            let _ = job.reply.send(Err(e));
         }
         Err(e) => {
             // Nothing of the batch was written (one transaction): each creation alone, so the
@@ -215,59 +141,25 @@ async fn write_group(db: &Db, project: ProjectId, jobs: Vec<Job>) {
                 "run creation batch failed; writing its runs one by one"
             );
             for job in jobs {
-                let r = tenancy::scope(project.clone(), write(db, &[&job])).await;
-                let answer = match r {
-                    Ok(mut w) => match w.pop().flatten() {
-                        Some(a) => {
-                            db.notifier().runs_created(project.as_str(), [a.run_id]);
-                            Ok(a)
-                        }
-                        None => Err(Refusal::Stale),
-                    },
-                    Err(e) => Err(Refusal::Failed(e)),
-                };
-                let _ = job.reply.send(answer);
+                let r = tenancy::scope(project.clone(), write(db, &[&job.prepared])).await;
+                let r = r.map(|mut v| {
+                    let a = v.pop().expect("one run written");
+                    db.notifier().runs_created(project.as_str(), [a.run_id]);
+                    a
+                });
+                let _ = job.reply.send(r);
             }
         }
     }
 }
 
-/// One tenant transaction (wake-ups deferred to after the commit) writing `jobs`: each
-/// distinct basis is checked first, and the creations prepared on a stale one are left out
-/// (`None` in their place); the others' runs, events and audit rows in one statement.
-async fn write(db: &Db, jobs: &[&Job]) -> Result<Vec<Option<RunAccepted>>> {
+/// One tenant transaction (wake-ups deferred to after the commit) writing `runs`.
+async fn write(db: &Db, runs: &[&PreparedRun]) -> Result<Vec<RunAccepted>> {
     let mut tx = db.tenant_deferred().await?;
-    let mut current: Vec<&Arc<RunBasis>> = Vec::new();
-    let mut stale: Vec<&Arc<RunBasis>> = Vec::new();
-    for b in jobs.iter().filter_map(|j| j.basis.as_ref()) {
-        let seen = |v: &[&Arc<RunBasis>]| v.iter().any(|c| Arc::ptr_eq(c, b));
-        if seen(&current) || seen(&stale) {
-            continue;
-        }
-        if b.still_current(&mut tx).await? {
-            current.push(b);
-        } else {
-            stale.push(b);
-        }
-    }
-    let is_stale = |j: &Job| {
-        j.basis
-            .as_ref()
-            .is_some_and(|b| stale.iter().any(|s| Arc::ptr_eq(s, b)))
-    };
-    let runs: Vec<&PreparedRun> = jobs
-        .iter()
-        .filter(|j| !is_stale(j))
-        .map(|j| &j.prepared)
-        .collect();
-    let accepted = RunService::insert_prepared_many(&mut tx, &runs)
+    let accepted = RunService::insert_prepared_many(&mut tx, runs)
         .await?
         .filter(|v| v.len() == runs.len())
         .ok_or_else(|| Error::new(ErrorCode::Internal, "a run without a key was not written"))?;
     tx.commit().await?;
-    let mut accepted = accepted.into_iter();
-    Ok(jobs
-        .iter()
-        .map(|j| if is_stale(j) { None } else { accepted.next() })
-        .collect())
+    Ok(accepted)
 }

@@ -1757,3 +1757,59 @@ async fn a_refused_creation_does_not_fail_the_creations_committed_with_it() {
     assert_eq!((all, audits), ((n - 1) as i64, (n - 1) as i64));
     t.cleanup().await;
 }
+
+/// Creations right after an activation and right after a mode change are written against the
+/// new revision and in the new mode (a guard for any cache of the run basis: session 24 tried
+/// one, checked in the writing transaction, and this test failed when that check was left
+/// out; the cache was not kept, docs/benchmarks.md "Session 24").
+#[tokio::test]
+async fn creations_after_an_activation_or_a_mode_change_never_use_the_cached_basis() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let alpha = echo_project(&cp, "alpha").await;
+    let facts = |id: Uuid| {
+        let t = &t;
+        async move {
+            let mut tx = scoped_tx(&t.app, "alpha").await;
+            let row: (Uuid, String) =
+                sqlx::query_as("SELECT agent_revision_id, mode FROM runs WHERE run_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+            tx.rollback().await.unwrap();
+            row
+        }
+    };
+    let first = create(&cp, &alpha, 1).await[0];
+    let (old_rev, old_mode) = facts(first).await;
+    assert_eq!(old_mode, "shadow");
+    let new_rev = tenancy::scope(alpha.clone(), async {
+        let body = json!({
+            "display_name": "Echo 2", "context_domain": "demo",
+            "safety": {"max_risk": "read_only", "max_steps": 4, "max_tokens_per_run": 1, "timeout_seconds": 60},
+            "executor": {"type": "scripted", "steps": [{"type": "output", "key": "echo", "template": "bye {{input.name}}"}]}
+        });
+        let r = publish(&cp, ContractKind::Agent, "echo", body).await;
+        approve_and_activate(&cp, r, 1).await;
+        r
+    })
+    .await;
+    assert_ne!(new_rev, old_rev);
+    let second = create(&cp, &alpha, 1).await[0];
+    assert_eq!(facts(second).await, (new_rev, "shadow".to_string()));
+    tenancy::scope(
+        alpha.clone(),
+        cp.set_mode(
+            &admin(),
+            awooop::control::MigrationMode::Canary,
+            false,
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    let third = create(&cp, &alpha, 1).await[0];
+    assert_eq!(facts(third).await, (new_rev, "canary".to_string()));
+    t.cleanup().await;
+}

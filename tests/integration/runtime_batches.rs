@@ -1612,6 +1612,26 @@ async fn event_count(t: &TestDb, ids: &[Uuid]) -> i64 {
         .unwrap()
 }
 
+/// A superuser transaction holding `audit_log` (EXCLUSIVE): every run creation's insert waits
+/// on it, so creations started meanwhile queue behind the first ones (the group commit's
+/// batching made deterministic).
+async fn hold_audit_log(t: &TestDb) -> sqlx::PgConnection {
+    let mut su = t.superuser().await;
+    sqlx::query("BEGIN").execute(&mut su).await.unwrap();
+    sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    su
+}
+
+/// Let the creations started meanwhile be prepared (a read each) and queue or wait on the
+/// lock, then release it.
+async fn release_audit_log(mut su: sqlx::PgConnection) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("COMMIT").execute(&mut su).await.unwrap();
+}
+
 /// Concurrent creations without an idempotency key are group-committed (issue 18, session
 /// 24): while a transaction holds the audit table, the first creations wait on it and the
 /// rest queue behind them; once it ends they land a project at a time, many in one
@@ -1625,12 +1645,7 @@ async fn concurrent_creations_share_transactions_and_stay_in_their_projects() {
     let alpha = echo_project(&cp, "alpha").await;
     let beta = echo_project(&cp, "beta").await;
     let runs = RunService::new(cp.clone());
-    let mut su = t.superuser().await;
-    sqlx::query("BEGIN").execute(&mut su).await.unwrap();
-    sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
-        .execute(&mut su)
-        .await
-        .unwrap();
+    let su = hold_audit_log(&t).await;
     let per_project = 24;
     let tasks: Vec<_> = (0..2 * per_project)
         .map(|i| {
@@ -1645,9 +1660,7 @@ async fn concurrent_creations_share_transactions_and_stay_in_their_projects() {
             })
         })
         .collect();
-    // Every creation prepared (a read each) and queued or waiting on the lock.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    sqlx::query("COMMIT").execute(&mut su).await.unwrap();
+    release_audit_log(su).await;
     let mut created: HashMap<String, Vec<Uuid>> = HashMap::new();
     for task in tasks {
         let (p, v) = task.await.unwrap();
@@ -1709,12 +1722,7 @@ async fn a_refused_creation_does_not_fail_the_creations_committed_with_it() {
     let cp = t.control(Coord::none());
     let alpha = echo_project(&cp, "alpha").await;
     let runs = RunService::new(cp.clone());
-    let mut su = t.superuser().await;
-    sqlx::query("BEGIN").execute(&mut su).await.unwrap();
-    sqlx::query("LOCK TABLE audit_log IN EXCLUSIVE MODE")
-        .execute(&mut su)
-        .await
-        .unwrap();
+    let su = hold_audit_log(&t).await;
     let n = 12;
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -1733,8 +1741,7 @@ async fn a_refused_creation_does_not_fail_the_creations_committed_with_it() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    sqlx::query("COMMIT").execute(&mut su).await.unwrap();
+    release_audit_log(su).await;
     let mut ok = Vec::new();
     let mut refused = Vec::new();
     for task in tasks {

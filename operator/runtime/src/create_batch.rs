@@ -20,6 +20,17 @@
 //! * when a batch of several creations fails, each is written again alone, so one bad
 //!   creation cannot fail its neighbours; a caller sees its own error only.
 //!
+//! What changes:
+//! * a caller that goes away after handing its run over (a client hanging up) no longer rolls
+//!   it back: the run is written with its batch, as a run whose commit beat the hang-up always
+//!   was; the client learns nothing of it either way, so a retry without a key may create a
+//!   second run (an `Idempotency-Key` is the way to retry safely, as before);
+//! * the queue is shared by every project of the database, as the connection pool was: a
+//!   tenant creating runs as fast as it can delays the others' creations by what it queued
+//!   ahead of them (first in, first written, at most [`MAX_BATCH`] per transaction; the queue
+//!   holds [`QUEUE`], then callers wait to enqueue), and a tenant whose batch fails costs the
+//!   writer one transaction per creation of its own project's part of that batch only.
+//!
 //! Creations with an idempotency key keep the one-by-one path: it serialises on the key,
 //! then replays, refuses or inserts.
 

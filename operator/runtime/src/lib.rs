@@ -252,18 +252,37 @@ impl RunService {
             Some(h) => TraceContext::from_traceparent(h)?,
             None => TraceContext::generate(),
         };
-        let prepared = self.prepare(actor, req, idempotency_key, trace).await?;
         let db = self.control.db();
         // Without an idempotency key there is nothing to replay: the run goes to the group
         // commit, which writes the runs, events and audit rows that concurrent creations of
         // the project queued meanwhile in one statement and one transaction, and announces
-        // them after its commit (create_batch).
-        if prepared.idempotency_key.is_none() {
-            return db
-                .shared::<create_batch::CreateWriter>()
-                .create(db, prepared)
-                .await;
+        // them after its commit; it is prepared on the cached run basis, which the writing
+        // transaction checks (create_batch).
+        if idempotency_key.is_none() {
+            actor.require(Role::Runner)?;
+            let writer = db.shared::<create_batch::CreateWriter>();
+            let basis = writer.basis(self, &req.agent).await?;
+            let prepared = self.prepare_on(&basis, actor, req.clone(), None, trace.clone())?;
+            return match writer.create(db, prepared, Some(basis)).await {
+                Ok(a) => Ok(a),
+                Err(create_batch::Refusal::Failed(e)) => Err(e),
+                Err(create_batch::Refusal::Stale) => {
+                    // The mode or an active revision changed since the basis was cached: read
+                    // it afresh and write without a check, as a creation always was.
+                    writer.forget(&tenancy::require()?, &req.agent);
+                    let prepared = self.prepare(actor, req, None, trace).await?;
+                    match writer.create(db, prepared, None).await {
+                        Ok(a) => Ok(a),
+                        Err(create_batch::Refusal::Failed(e)) => Err(e),
+                        Err(create_batch::Refusal::Stale) => Err(Error::new(
+                            ErrorCode::Internal,
+                            "a run without a basis check was refused as stale",
+                        )),
+                    }
+                }
+            };
         }
+        let prepared = self.prepare(actor, req, idempotency_key, trace).await?;
         // With a key, the one-by-one path serialises on the key, then replays, refuses or
         // inserts. The run's wake-ups are sent after the COMMIT (awooop_store::notify), so
         // concurrent creations are not serialised on PostgreSQL's NOTIFY lock.
@@ -440,6 +459,16 @@ impl RunService {
         tx: &mut sqlx::PgConnection,
         runs: &[&PreparedRun],
     ) -> Result<Option<Vec<RunAccepted>>> {
+        Self::insert_prepared_many_guarded(tx, runs, None).await
+    }
+
+    /// [`Self::insert_prepared_many`], also writing nothing (`None`) when `guard` (the basis
+    /// the runs were prepared on) is no longer current: checked by the same statement.
+    pub async fn insert_prepared_many_guarded(
+        tx: &mut sqlx::PgConnection,
+        runs: &[&PreparedRun],
+        guard: Option<&RunBasis>,
+    ) -> Result<Option<Vec<RunAccepted>>> {
         let project = tenancy::require()?;
         if runs.iter().any(|p| p.project != project) {
             return Err(Error::new(
@@ -482,7 +511,7 @@ impl RunService {
                 .collect(),
         );
         // Runs, keys and audit rows in one statement; nothing written when a key is taken.
-        let written = repo::insert_runs_keys_audit(
+        let written = repo::insert_runs_keys_audit_guarded(
             tx,
             project.as_str(),
             &runs
@@ -492,6 +521,7 @@ impl RunService {
                 .collect::<Vec<_>>(),
             &keyed,
             &audit_rows,
+            guard,
         )
         .await?;
         if !written {

@@ -193,6 +193,53 @@ pub async fn insert_runs_keys_audit(
     keys: &[(&str, &str, Uuid, i64)],
     audit: &awooop_store::audit::Columns,
 ) -> Result<bool> {
+    insert_runs_keys_audit_guarded(conn, project, rs, keys, audit, None).await
+}
+
+/// The statement of [`insert_runs_keys_audit`], once without and once with a guard: the check
+/// of a run basis (`RunBasis::check_sql`, parameters `$31`…`$36`) in the same statement, so
+/// a stale basis writes nothing at no round trip of its own.
+static INSERT_RUNS_SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
+    let sql = |guard: &str| {
+        format!(
+            "WITH taken AS (SELECT EXISTS (SELECT 1 FROM unnest($19::text[]) AS q(k) \
+               CROSS JOIN LATERAL (SELECT 1 FROM idempotency_keys i WHERE i.key = q.k LIMIT 1) hit){guard} AS yes), \
+             r AS (INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+               project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds, max_concurrent) \
+               SELECT $1, r.run_id, r.agent, r.mode, r.input, r.input_hash, r.agent_revision_id, r.agent_body_hash, \
+                 r.project_revision_id, r.project_body_hash, r.trace_id, r.span_id, r.idempotency_key, r.max_attempts, \
+                 now() + make_interval(secs => r.deadline), r.reply_to, r.lease_seconds, r.max_concurrent \
+               FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::uuid[], $8::text[], $9::uuid[], \
+                 $10::text[], $11::text[], $12::text[], $13::text[], $14::int4[], $15::float8[], $16::jsonb[], $17::int4[], $18::int4[]) \
+               AS r(run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, project_revision_id, \
+                 project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline, reply_to, lease_seconds, max_concurrent) \
+               WHERE NOT (SELECT yes FROM taken)), \
+             k AS (INSERT INTO idempotency_keys (project_id, key, request_hash, run_id, expires_at) \
+               SELECT $1, x.k, x.h, x.r, now() + make_interval(secs => x.ttl) \
+               FROM unnest($19::text[], $20::text[], $21::uuid[], $22::float8[]) AS x(k, h, r, ttl) \
+               WHERE NOT (SELECT yes FROM taken)), \
+             a AS (INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details) \
+               SELECT $1, * FROM unnest($23::uuid[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], \
+                 $29::text[], $30::jsonb[]) WHERE NOT (SELECT yes FROM taken)) \
+             SELECT yes FROM taken"
+        )
+    };
+    [
+        sql(""),
+        sql(&format!(" OR NOT {}", crate::RunBasis::check_sql(31))),
+    ]
+});
+
+/// [`insert_runs_keys_audit`], writing nothing (`false`) also when `guard`, the basis the
+/// runs were prepared on, is no longer current (checked by the statement itself).
+pub async fn insert_runs_keys_audit_guarded(
+    conn: &mut PgConnection,
+    project: &str,
+    rs: &[NewRun<'_>],
+    keys: &[(&str, &str, Uuid, i64)],
+    audit: &awooop_store::audit::Columns,
+    guard: Option<&crate::RunBasis>,
+) -> Result<bool> {
     let c = RunColumns::of(project, rs)?;
     let key_names: Vec<&str> = keys.iter().map(|k| k.0).collect();
     let key_hashes: Vec<&str> = keys.iter().map(|k| k.1).collect();
@@ -200,60 +247,51 @@ pub async fn insert_runs_keys_audit(
     let key_ttls: Vec<f64> = keys.iter().map(|k| k.3 as f64).collect();
     // Every data-modifying CTE runs exactly once, on the snapshot the `taken` check read.
     // The check probes each key by (project, key) (why not `key = ANY(...)`: [`idempotency_keys_taken`]).
-    let taken: bool = sqlx::query_scalar(
-        "WITH taken AS (SELECT EXISTS (SELECT 1 FROM unnest($19::text[]) AS q(k) \
-           CROSS JOIN LATERAL (SELECT 1 FROM idempotency_keys i WHERE i.key = q.k LIMIT 1) hit) AS yes), \
-         r AS (INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
-           project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds, max_concurrent) \
-           SELECT $1, r.run_id, r.agent, r.mode, r.input, r.input_hash, r.agent_revision_id, r.agent_body_hash, \
-             r.project_revision_id, r.project_body_hash, r.trace_id, r.span_id, r.idempotency_key, r.max_attempts, \
-             now() + make_interval(secs => r.deadline), r.reply_to, r.lease_seconds, r.max_concurrent \
-           FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::uuid[], $8::text[], $9::uuid[], \
-             $10::text[], $11::text[], $12::text[], $13::text[], $14::int4[], $15::float8[], $16::jsonb[], $17::int4[], $18::int4[]) \
-           AS r(run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, project_revision_id, \
-             project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline, reply_to, lease_seconds, max_concurrent) \
-           WHERE NOT (SELECT yes FROM taken)), \
-         k AS (INSERT INTO idempotency_keys (project_id, key, request_hash, run_id, expires_at) \
-           SELECT $1, x.k, x.h, x.r, now() + make_interval(secs => x.ttl) \
-           FROM unnest($19::text[], $20::text[], $21::uuid[], $22::float8[]) AS x(k, h, r, ttl) \
-           WHERE NOT (SELECT yes FROM taken)), \
-         a AS (INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details) \
-           SELECT $1, * FROM unnest($23::uuid[], $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], \
-             $29::text[], $30::jsonb[]) WHERE NOT (SELECT yes FROM taken)) \
-         SELECT yes FROM taken",
-    )
-    .bind(project)
-    .bind(&c.run_ids)
-    .bind(&c.agents)
-    .bind(&c.modes)
-    .bind(&c.inputs)
-    .bind(&c.input_hashes)
-    .bind(&c.agent_revs)
-    .bind(&c.agent_hashes)
-    .bind(&c.project_revs)
-    .bind(&c.project_hashes)
-    .bind(&c.trace_ids)
-    .bind(&c.span_ids)
-    .bind(&c.keys)
-    .bind(&c.max_attempts)
-    .bind(&c.deadlines)
-    .bind(&c.reply_tos)
-    .bind(&c.leases)
-    .bind(&c.max_concurrent)
-    .bind(&key_names)
-    .bind(&key_hashes)
-    .bind(&key_runs)
-    .bind(&key_ttls)
-    .bind(&audit.ids)
-    .bind(&audit.actors)
-    .bind(&audit.actions)
-    .bind(&audit.targets)
-    .bind(&audit.outcomes)
-    .bind(&audit.codes)
-    .bind(&audit.traces)
-    .bind(&audit.details)
-    .fetch_one(conn)
-    .await?;
+    let sql: &'static str = INSERT_RUNS_SQL[usize::from(guard.is_some())].as_str();
+    let q = sqlx::query_scalar(sql)
+        .bind(project)
+        .bind(&c.run_ids)
+        .bind(&c.agents)
+        .bind(&c.modes)
+        .bind(&c.inputs)
+        .bind(&c.input_hashes)
+        .bind(&c.agent_revs)
+        .bind(&c.agent_hashes)
+        .bind(&c.project_revs)
+        .bind(&c.project_hashes)
+        .bind(&c.trace_ids)
+        .bind(&c.span_ids)
+        .bind(&c.keys)
+        .bind(&c.max_attempts)
+        .bind(&c.deadlines)
+        .bind(&c.reply_tos)
+        .bind(&c.leases)
+        .bind(&c.max_concurrent)
+        .bind(&key_names)
+        .bind(&key_hashes)
+        .bind(&key_runs)
+        .bind(&key_ttls)
+        .bind(&audit.ids)
+        .bind(&audit.actors)
+        .bind(&audit.actions)
+        .bind(&audit.targets)
+        .bind(&audit.outcomes)
+        .bind(&audit.codes)
+        .bind(&audit.traces)
+        .bind(&audit.details);
+    let q = match guard {
+        Some(b) => {
+            let (mode, runtime, agent, agent_rev, project, project_rev) = b.check_params();
+            q.bind(mode)
+                .bind(runtime)
+                .bind(agent)
+                .bind(agent_rev)
+                .bind(project)
+                .bind(project_rev)
+        }
+        None => q,
+    };
+    let taken: bool = q.fetch_one(conn).await?;
     Ok(!taken)
 }
 

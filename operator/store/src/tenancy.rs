@@ -301,10 +301,20 @@ impl Db {
     /// NOTIFY, so its commit is not serialised with every other notifying commit of the
     /// cluster. Same single round trip. The caller must pass the runs it created to
     /// [`Db::notifier`] once the commit returned (else they wait for the workers' poll).
+    ///
+    /// Its statements are planned generically from their first execution on a connection
+    /// (`plan_cache_mode = force_generic_plan`, for this transaction only). The run insert is
+    /// one statement of arrays whatever the runs (its plan probes indexes by key, kind and
+    /// name, never by how many rows match), so PostgreSQL's default of five custom plans per
+    /// connection first only re-plans it: the pool hands out its least recently used
+    /// connection, each with its own prepared statements, so at low load almost every
+    /// creation was a first five on its connection and its `Bind` planned the statement
+    /// afresh (1.2 ms median of `log_min_duration_statement` on the 2-core machine, against
+    /// 0.12 ms with the cached plan; docs/benchmarks.md, "Session 25").
     pub async fn tenant_deferred(&self) -> Result<Transaction<'static, Postgres>> {
         let project = require()?;
         let sql = format!(
-            "{}; {}",
+            "{}; {}; SET LOCAL plan_cache_mode = force_generic_plan",
             begin_tenant_sql(&project)?,
             crate::notify::DEFER_SQL
         );

@@ -324,14 +324,19 @@ impl Worker {
     }
 
     fn spawn_listener(self: Arc<Self>, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+        // The notices of this worker's own notifier follow a direct wake-up it already got
+        // (`Notifier::runs_token`).
+        let own = self.control.db().notifier().runs_token().to_string();
         tokio::spawn(async move {
             loop {
                 match PgListener::connect_with(&self.pool).await {
                     Ok(mut l) => {
                         if l.listen("awooop_runs").await.is_ok() {
                             wake.notify_one();
-                            while l.recv().await.is_ok() {
-                                wake.notify_one();
+                            while let Ok(n) = l.recv().await {
+                                if n.payload() != own {
+                                    wake.notify_one();
+                                }
                             }
                         }
                     }

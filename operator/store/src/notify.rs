@@ -19,7 +19,9 @@
 //! The notifier also wakes this process's own listeners on the same database directly: the
 //! workers registered with [`Notifier::wake_on_runs`] and the run-event hub, if started (so an
 //! in-process worker picks a new run up without waiting for PostgreSQL to deliver the notice
-//! back; duplicates are harmless, a wake-up only makes a listener look).
+//! back; duplicates are harmless, a wake-up only makes a listener look). The `awooop_runs`
+//! notices this notifier sends carry its token ([`Notifier::runs_token`]), so those workers
+//! ignore the notice PostgreSQL delivers back after the direct wake-up they already had.
 //!
 //! Notices stay wake-ups, never data: a notice that is lost (the notifier's connection is
 //! down, the process dies between its COMMIT and the send) leaves the run to the workers' and
@@ -40,7 +42,8 @@ use crate::events::{self, RunEventHub, Wake};
 /// their notices to the writer (migration 0071, `awooop_notify_deferred()`).
 pub const DEFER_SQL: &str = "SET LOCAL awooop.defer_notify = 'on'";
 
-/// The workers' wake-up channel (payload-free; migration 0003).
+/// The workers' wake-up channel (migration 0003). Its payload carries nothing but who sent it:
+/// empty from the creation triggers, a notifier's token from a [`Notifier`].
 pub const RUNS_CHANNEL: &str = "awooop_runs";
 
 /// Most notices sent in one statement; more wait for the next one.
@@ -54,6 +57,8 @@ type Notice = (&'static str, String);
 #[derive(Debug)]
 pub struct Notifier {
     tx: mpsc::UnboundedSender<Notice>,
+    /// The payload of this notifier's `awooop_runs` notices ([`Notifier::runs_token`]).
+    token: String,
     /// This process's own listeners on the same database, woken directly (no round trip):
     /// workers' wake-ups ([`Notifier::wake_on_runs`]) and the run-event hub, if started.
     local_runs: Mutex<Vec<Weak<Notify>>>,
@@ -69,6 +74,7 @@ impl Notifier {
         tokio::spawn(send_loop(pool.connect_options().as_ref().clone(), rx));
         Arc::new(Self {
             tx,
+            token: Uuid::new_v4().simple().to_string(),
             local_runs: Mutex::new(Vec::new()),
             events,
         })
@@ -82,6 +88,17 @@ impl Notifier {
         let mut l = self.local_runs.lock().unwrap_or_else(|e| e.into_inner());
         l.retain(|w| w.strong_count() > 0);
         l.push(Arc::downgrade(n));
+    }
+
+    /// The payload of the `awooop_runs` notices this notifier sends (random per notifier; the
+    /// creation triggers send an empty one). Every such notice follows a direct wake-up of
+    /// the workers registered here ([`Notifier::wake_on_runs`]), so those workers ignore it
+    /// when PostgreSQL delivers it back: before, each of them claimed twice per announcement,
+    /// once per wake-up, and at low load that was most of the claims PostgreSQL ran (about
+    /// twelve claim statements per run created, docs/benchmarks.md "Session 25"). Workers of
+    /// other processes, or registered with another notifier, still wake on it.
+    pub fn runs_token(&self) -> &str {
+        &self.token
     }
 
     /// Announce runs whose creation committed with [`DEFER_SQL`]: what the creation triggers
@@ -103,7 +120,7 @@ impl Notifier {
                 .send((events::CHANNEL, format!("{project} {run} 1")));
         }
         if any {
-            let _ = self.tx.send((RUNS_CHANNEL, String::new()));
+            let _ = self.tx.send((RUNS_CHANNEL, self.token.clone()));
             let l = self.local_runs.lock().unwrap_or_else(|e| e.into_inner());
             for n in l.iter().filter_map(Weak::upgrade) {
                 n.notify_one();

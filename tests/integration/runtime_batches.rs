@@ -1939,5 +1939,34 @@ async fn creations_after_an_activation_or_a_mode_change_never_use_the_cached_bas
     .unwrap();
     let third = create(&cp, &alpha, 1).await[0];
     assert_eq!(facts(third).await, (new_rev, "canary".to_string()));
+    // A refusal is never decided on the cached basis either: right after the project moves on
+    // to read_only, a run asking for read_only is accepted (the cached basis still says
+    // canary, under which it would be `E-RUN-010`), and one asking for more is refused.
+    let runs = RunService::new(cp.clone());
+    let ask = |mode: &str| {
+        let mut r = echo_req(json!({"name": mode}));
+        r.mode = Some(mode.to_string());
+        let (runs, alpha) = (runs.clone(), alpha.clone());
+        async move {
+            let who = admin();
+            tenancy::scope(alpha, runs.create(&who, r, None, None)).await
+        }
+    };
+    ask("canary").await.unwrap();
+    tenancy::scope(
+        alpha.clone(),
+        cp.set_mode(
+            &admin(),
+            awooop::control::MigrationMode::ReadOnly,
+            false,
+            None,
+        ),
+    )
+    .await
+    .unwrap();
+    let fourth = ask("read_only").await.unwrap().run_id;
+    assert_eq!(facts(fourth).await, (new_rev, "read_only".to_string()));
+    let refused = ask("suggest").await.unwrap_err();
+    assert_eq!(refused.code.as_str(), "E-RUN-010");
     t.cleanup().await;
 }

@@ -262,24 +262,28 @@ impl RunService {
             actor.require(Role::Runner)?;
             let writer = db.shared::<create_batch::CreateWriter>();
             let basis = writer.basis(self, &req.agent).await?;
-            let prepared = self.prepare_on(&basis, actor, req.clone(), None, trace.clone())?;
-            return match writer.create(db, prepared, Some(basis)).await {
+            // A refusal is only ever decided on a basis read afresh: the cached one may predate
+            // the mode change or the activation the request relies on (a higher mode just
+            // allowed, a larger input limit), and an acceptance is checked by the writing
+            // statement anyway.
+            if let Ok(prepared) = self.prepare_on(&basis, actor, req.clone(), None, trace.clone()) {
+                match writer.create(db, prepared, Some(basis)).await {
+                    Ok(a) => return Ok(a),
+                    Err(create_batch::Refusal::Failed(e)) => return Err(e),
+                    Err(create_batch::Refusal::Stale) => {}
+                }
+            }
+            // Refused on the cached basis, or the mode or an active revision changed since it
+            // was cached: read it afresh and write without a check, as a creation always was.
+            writer.forget(&tenancy::require()?, &req.agent);
+            let prepared = self.prepare(actor, req, None, trace).await?;
+            return match writer.create(db, prepared, None).await {
                 Ok(a) => Ok(a),
                 Err(create_batch::Refusal::Failed(e)) => Err(e),
-                Err(create_batch::Refusal::Stale) => {
-                    // The mode or an active revision changed since the basis was cached: read
-                    // it afresh and write without a check, as a creation always was.
-                    writer.forget(&tenancy::require()?, &req.agent);
-                    let prepared = self.prepare(actor, req, None, trace).await?;
-                    match writer.create(db, prepared, None).await {
-                        Ok(a) => Ok(a),
-                        Err(create_batch::Refusal::Failed(e)) => Err(e),
-                        Err(create_batch::Refusal::Stale) => Err(Error::new(
-                            ErrorCode::Internal,
-                            "a run without a basis check was refused as stale",
-                        )),
-                    }
-                }
+                Err(create_batch::Refusal::Stale) => Err(Error::new(
+                    ErrorCode::Internal,
+                    "a run without a basis check was refused as stale",
+                )),
             };
         }
         let prepared = self.prepare(actor, req, idempotency_key, trace).await?;

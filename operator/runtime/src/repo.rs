@@ -142,50 +142,13 @@ impl<'a> RunColumns<'a> {
     }
 }
 
-/// Insert many runs of one project in one statement (same columns as [`insert_run`]).
-pub async fn insert_runs(conn: &mut PgConnection, project: &str, rs: &[NewRun<'_>]) -> Result<()> {
-    let c = RunColumns::of(project, rs)?;
-    sqlx::query(
-        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
-         project_revision_id, project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline_at, reply_to, lease_seconds, max_concurrent) \
-         SELECT $1, r.run_id, r.agent, r.mode, r.input, r.input_hash, r.agent_revision_id, r.agent_body_hash, \
-           r.project_revision_id, r.project_body_hash, r.trace_id, r.span_id, r.idempotency_key, r.max_attempts, \
-           now() + make_interval(secs => r.deadline), r.reply_to, r.lease_seconds, r.max_concurrent \
-         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::uuid[], $8::text[], $9::uuid[], \
-           $10::text[], $11::text[], $12::text[], $13::text[], $14::int4[], $15::float8[], $16::jsonb[], $17::int4[], $18::int4[]) \
-         AS r(run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, project_revision_id, \
-           project_body_hash, trace_id, span_id, idempotency_key, max_attempts, deadline, reply_to, lease_seconds, max_concurrent)",
-    )
-    .bind(project)
-    .bind(&c.run_ids)
-    .bind(&c.agents)
-    .bind(&c.modes)
-    .bind(&c.inputs)
-    .bind(&c.input_hashes)
-    .bind(&c.agent_revs)
-    .bind(&c.agent_hashes)
-    .bind(&c.project_revs)
-    .bind(&c.project_hashes)
-    .bind(&c.trace_ids)
-    .bind(&c.span_ids)
-    .bind(&c.keys)
-    .bind(&c.max_attempts)
-    .bind(&c.deadlines)
-    .bind(&c.reply_tos)
-    .bind(&c.leases)
-    .bind(&c.max_concurrent)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Insert many runs of one project, their idempotency keys and their audit rows in **one
 /// statement** (one round trip instead of four: the channel hub's group commit is bound by
 /// them). Nothing is written and `false` is returned when one of the keys already has a row,
 /// as [`idempotency_keys_taken`] would say: the caller then takes the one-by-one path. A key
 /// taken concurrently after the check fails the statement on the primary key, as before.
 /// The run triggers (run events, the statement-level `awooop_runs` NOTIFY) fire as for
-/// [`insert_runs`]; the audit columns come redacted from [`awooop_store::audit::Columns`].
+/// [`insert_run`]; the audit columns come redacted from [`awooop_store::audit::Columns`].
 pub async fn insert_runs_keys_audit(
     conn: &mut PgConnection,
     project: &str,

@@ -52,16 +52,16 @@ fn encode_whole(secret: &str, how: u8, prefix: &str) -> String {
     }
 }
 
-/// A credential the properties hold for: long enough, unable to hide inside our marker, and
-/// free of the escape introducers `%`, `\` and `&` (a value that contains them, encoded only
-/// in part, can decode ambiguously: `%41` is both three literal characters and `A`; this
-/// limit is documented in docs/security.md).
+/// A credential the properties hold for: long enough, and free of the escape introducers `%`,
+/// `\` and `&` (a value that contains them, encoded only in part, can decode ambiguously: `%41`
+/// is both three literal characters and `A`; this limit is documented in docs/security.md).
+/// Brackets are allowed: a value that the marker `[REDACTED:…]` completes with the text around
+/// it is removed too (`ExactSecrets::redact_str` searches its output again).
 fn usable_secret(s: &str) -> bool {
     s.chars().count() >= 8
-        && !MARKER.contains(s)
         && !s
             .chars()
-            .any(|c| c.is_control() || matches!(c, '[' | ']' | '%' | '\\' | '&'))
+            .any(|c| c.is_control() || matches!(c, '%' | '\\' | '&'))
 }
 
 fn last_chars(s: &str, n: usize) -> String {
@@ -84,7 +84,7 @@ pub fn redactor(data: &[u8]) {
     let (head, rest) = data[1..].split_at(k.min(data.len() - 1));
     let secret: String = String::from_utf8_lossy(head)
         .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '[' | ']' | '%' | '\\' | '&'))
+        .filter(|c| !c.is_control() && !matches!(c, '%' | '\\' | '&'))
         .collect();
     if !usable_secret(&secret) {
         return;
@@ -117,6 +117,19 @@ pub fn redactor(data: &[u8]) {
             "encoded value survived: {input:?} -> {out:?}"
         );
     }
+    // A value ending in the marker's first characters, after copies of its head: each removed
+    // copy leaves the head in front of a marker that spells the value again.
+    let ending = format!("{secret}{}", &MARKER[..1 + usize::from(data[0]) % 4]);
+    let planted = format!(
+        "{pre}{}{ending}{post}",
+        secret.repeat(1 + usize::from(data[0]) % 5)
+    );
+    let ex2 = ExactSecrets::new([ending.as_str()]);
+    let out = ex2.redact_str(&planted).into_owned();
+    assert!(
+        !out.contains(&ending),
+        "a value the marker completed survived: {planted:?} -> {out:?}"
+    );
     // Split across two strings at every position the first byte picks.
     let cut = secret
         .char_indices()

@@ -5,9 +5,14 @@
 //! dropped), then removes the exact values of every credential used in the call (raw or
 //! encoded, also split across text items, via [`ExactSecrets`]) and everything the audit sink's patterns match,
 //! in every string and object key at any depth, and only then truncates (so a cut can never
-//! leave half a secret behind). Text is truncated on character boundaries to the tool's limit
+//! leave half a secret behind). No credential value survives a marker either: a marker can
+//! spell one with the text around it (`Pq7!` + `[REDACTED:email]` is the value `Pq7![`), so
+//! the credential search runs again over what the patterns or the truncation changed, and it
+//! searches its own output until it finds nothing (`ExactSecrets::redact_str`). Text is truncated on character boundaries to the tool's limit
 //! (16,384 characters by default) across all text items, with a marker saying how much was
 //! cut; a `structuredContent` larger than the limit is replaced by a marker.
+
+use std::borrow::Cow;
 
 use serde_json::{Map, Value, json};
 
@@ -22,16 +27,40 @@ pub struct Sanitized {
     pub truncated_chars: usize,
 }
 
-/// Redact a string with the exact values first, then the patterns.
+/// Redact a string with the exact values first, then the patterns; a string the patterns
+/// changed is searched for the values once more, because a pattern's marker can complete one
+/// with the text around it (`Pq7!` + `ops@example.com` → `Pq7![REDACTED:email]` spells the
+/// value `Pq7![`). The result holds no value either way (`ExactSecrets::redact_str` searches
+/// its own output until it finds none).
 pub fn redact_text(s: &str, exact: &ExactSecrets) -> String {
     let once = exact.redact_str(s);
-    Redactor::global().redact_str(&once).into_owned()
+    match Redactor::global().redact_str(&once) {
+        Cow::Borrowed(_) => once.into_owned(),
+        Cow::Owned(twice) => exact.redact_str(&twice).into_owned(),
+    }
 }
 
-/// Redact JSON in place with the exact values first, then the patterns.
+/// Redact JSON in place with the exact values first, then the patterns, then (only when the
+/// patterns replaced something) the exact values again: see [`redact_text`].
 pub fn redact_json(v: &mut Value, exact: &ExactSecrets) {
     exact.redact_json(v);
-    Redactor::global().redact_json(v);
+    if Redactor::global().redact_json(v) > 0 {
+        exact.redact_json(v);
+    }
+}
+
+/// The `text` strings of a result's content items, in order.
+fn text_items(content: &mut Value) -> Vec<&mut String> {
+    match content {
+        Value::Array(items) => items
+            .iter_mut()
+            .filter_map(|item| match item.get_mut("text") {
+                Some(Value::String(t)) => Some(t),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Cut `s` to at most `max` characters (UTF-8 safe). Returns the number of characters cut.
@@ -70,16 +99,10 @@ pub fn sanitize_result(raw: Value, exact: &ExactSecrets, max_chars: usize) -> Sa
     };
     let mut structured = raw.remove("structuredContent");
     redact_json(&mut content, exact);
-    // A value split across text items ("sk-ab" + "cdef…") is found in their concatenation.
-    if let Value::Array(items) = &mut content {
-        let mut texts: Vec<&mut String> = items
-            .iter_mut()
-            .filter_map(|item| match item.get_mut("text") {
-                Some(Value::String(t)) => Some(t),
-                _ => None,
-            })
-            .collect();
-        exact.redact_joined(&mut texts);
+    // A value split across text items ("sk-ab" + "cdef…") is found in their concatenation. One
+    // text item is its own concatenation, and `redact_json` left no value in it.
+    if text_items(&mut content).len() > 1 {
+        exact.redact_joined(&mut text_items(&mut content));
     }
     if let Some(s) = structured.as_mut() {
         redact_json(s, exact);
@@ -118,6 +141,12 @@ pub fn sanitize_result(raw: Value, exact: &ExactSecrets, max_chars: usize) -> Sa
                 )}));
             }
         }
+    }
+    // The truncation's markers are text too, and can complete a value with the text in front
+    // of them (a cut text ending in `abcd`, the value `abcd\n[tr`): searched once more, only
+    // when something was cut.
+    if truncated_chars > 0 {
+        exact.redact_joined(&mut text_items(&mut content));
     }
     let mut out = Map::new();
     out.insert("content".into(), content);
@@ -249,5 +278,55 @@ mod tests {
         assert_eq!(truncate_chars(&mut t, 5), 0);
         assert_eq!(truncate_chars(&mut t, 1), 2);
         assert_eq!(t, "a");
+    }
+
+    /// What the patterns or the truncation put into a text can complete a credential value
+    /// with the text around it: `Pq7!` + `ops@example.com` becomes `Pq7![REDACTED:email]`,
+    /// which spells the value `Pq7![`; a cut text ends in front of `\n[truncated…`. Wherever
+    /// that happens (a text item, another string of the content, `structuredContent`), the
+    /// value is searched for again and removed.
+    #[test]
+    fn values_completed_by_markers_do_not_survive() {
+        let value = "Pq7![";
+        let e = ExactSecrets::new([value]);
+        let planted = "Pq7!ops@example.com and Pq7!Pq7!Pq7![ end";
+        let raw = json!({
+            "content": [
+                {"type": "text", "text": planted},
+                {"type": "resource", "resource": {"uri": "mem://x", "text": planted}}
+            ],
+            "structuredContent": {"note": planted, "list": [planted]},
+        });
+        let s = sanitize_result(raw, &e, 16_384);
+        let text = all_text(&s.result);
+        assert!(!text.contains(value), "{text}");
+        // A single text item, and two.
+        for items in [vec![planted], vec!["Pq7!Pq7!", "Pq7![ tail"]] {
+            let raw = json!({"content": items.iter().map(|t| json!({"type": "text", "text": t})).collect::<Vec<_>>()});
+            let s = sanitize_result(raw, &e, 16_384);
+            let text: String = s.result["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["text"].as_str().unwrap_or_default())
+                .collect();
+            assert!(!text.contains(value), "{items:?}: {text}");
+        }
+        // The truncation marker: the value `abcd\n[tr` is the cut text's end and the marker's
+        // start.
+        let value = "abcd\n[tr";
+        let e = ExactSecrets::new([value]);
+        let raw =
+            json!({"content": [{"type": "text", "text": format!("xxxxxxabcd{}", "y".repeat(50))}]});
+        let s = sanitize_result(raw, &e, 10);
+        let text = all_text(&s.result);
+        assert!(s.truncated_chars > 0);
+        assert!(
+            !s.result["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains(value),
+            "{text}"
+        );
     }
 }

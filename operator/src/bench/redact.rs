@@ -93,7 +93,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut slowest = ("none", 0.0f64);
     for (class, pattern) in Redactor::rules() {
         let re = regex::Regex::new(pattern)?;
-        let us = time((iters / 16).max(100), || re.find(black_box(&text)).map(|m| m.start()));
+        let us = time((iters / 16).max(100), || {
+            re.find(black_box(&text)).map(|m| m.start())
+        });
         eprintln!("rule {:<16} {us:8.2} µs per 16 KiB", class.marker());
         if us > slowest.1 {
             slowest = (class.marker(), us);
@@ -107,7 +109,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         anyhow::ensure!(exact.find_ranges(&text).is_empty(), "{name}: a false match");
         let n = (iters * 1024 / text.len()).max(100);
         let us = time(n, || exact.find_ranges(black_box(&text)));
-        eprintln!("{name}: {us:.2} µs per credential search of {} bytes", text.len());
+        eprintln!(
+            "{name}: {us:.2} µs per credential search of {} bytes",
+            text.len()
+        );
         fields.push(format!("{name}_us={us:.2}"));
     }
     // The sanitized result's JSON text (the `/mcp` answer), 16 KiB of text: serde_json's

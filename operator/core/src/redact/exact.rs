@@ -42,6 +42,13 @@ pub const MIN_B64_OFFSET_BYTES: usize = 8;
 const DECODE_ROUNDS: usize = 2;
 
 const MARKER: &str = "[REDACTED:credential]";
+/// The marker for a set of values one of which the usual marker contains (`credential`,
+/// `REDACTED`): shorter than [`MIN_SECRET_CHARS`] and with no escape character, so no value
+/// and no encoding of one fits in it.
+const SHORT_MARKER: &str = "[*]";
+/// Searches of a redacted text for values its markers completed (see [`ExactSecrets::redact_str`])
+/// before the whole text is replaced by the marker.
+const RESEARCHES: usize = 8;
 
 /// Known credential values, compiled for searching.
 pub struct ExactSecrets {
@@ -50,6 +57,8 @@ pub struct ExactSecrets {
     /// Encoded forms searched in the original text: whole base64, base64 cores at each offset,
     /// hex (case-insensitive).
     encoded: Option<Regex>,
+    /// What replaces a value: [`MARKER`], unless a value is found inside it.
+    marker: &'static str,
 }
 
 impl ExactSecrets {
@@ -83,10 +92,15 @@ impl ExactSecrets {
             v.dedup();
             (!v.is_empty()).then(|| v.join("|"))
         };
-        Self {
+        let mut exact = Self {
             raw: build(raw).map(|alt| BytesRegex::new(&alt).expect("escaped literals compile")),
             encoded: build(encoded).map(|alt| Regex::new(&alt).expect("escaped literals compile")),
+            marker: MARKER,
+        };
+        if !exact.find_ranges(MARKER).is_empty() {
+            exact.marker = SHORT_MARKER;
         }
+        exact
     }
 
     pub fn is_empty(&self) -> bool {
@@ -128,20 +142,42 @@ impl ExactSecrets {
         merge(s, out)
     }
 
+    /// `s` with every value replaced by the marker; borrowed when there was none (one search
+    /// for clean text).
+    ///
+    /// The result holds no value: it is searched again after each replacement. The marker can
+    /// complete a value with the text in front of it or after it: the value `Pq7!z[` in
+    /// `Pq7!zPq7!z[` is replaced, and `Pq7!z` + `[REDACTED…` spells it again; a tool server
+    /// that knows the value can repeat its head as often as it likes, each search peeling one
+    /// copy. A value found again overlaps a marker (the marker alone holds none:
+    /// [`SHORT_MARKER`]); after [`RESEARCHES`] searches that still find one, the whole text is
+    /// replaced by the marker instead, so the searches always end.
     pub fn redact_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
         let ranges = self.find_ranges(s);
         if ranges.is_empty() {
             return Cow::Borrowed(s);
         }
+        let mut out = self.replace(s, &ranges);
+        for _ in 0..RESEARCHES {
+            let ranges = self.find_ranges(&out);
+            if ranges.is_empty() {
+                return Cow::Owned(out);
+            }
+            out = self.replace(&out, &ranges);
+        }
+        Cow::Owned(self.marker.to_string())
+    }
+
+    fn replace(&self, s: &str, ranges: &[Range<usize>]) -> String {
         let mut out = String::with_capacity(s.len());
         let mut at = 0;
         for r in ranges {
             out.push_str(&s[at..r.start]);
-            out.push_str(MARKER);
+            out.push_str(self.marker);
             at = r.end;
         }
         out.push_str(&s[at..]);
-        Cow::Owned(out)
+        out
     }
 
     pub fn redact_json(&self, v: &mut serde_json::Value) -> usize {
@@ -167,44 +203,52 @@ impl ExactSecrets {
                 }
             };
         }
-        let mut joined = String::new();
-        let mut bounds = Vec::with_capacity(parts.len());
-        for p in parts.iter() {
-            let start = joined.len();
-            joined.push_str(p);
-            bounds.push(start..joined.len());
-        }
-        let ranges = self.find_ranges(&joined);
-        if ranges.is_empty() {
-            return 0;
-        }
-        let mut changed = 0;
-        for (i, b) in bounds.iter().enumerate() {
-            let mut cuts: Vec<(Range<usize>, bool)> = Vec::new();
-            for r in &ranges {
-                let (start, end) = (r.start.max(b.start), r.end.min(b.end));
-                if start < end {
-                    cuts.push(((start - b.start)..(end - b.start), r.start >= b.start));
+        // Searched again after each round of cuts, as `redact_str` does: a marker can complete
+        // a value with the text around it, here also across the strings' boundaries.
+        let mut changed = vec![false; parts.len()];
+        for _ in 0..=RESEARCHES {
+            let mut joined = String::new();
+            let mut bounds = Vec::with_capacity(parts.len());
+            for p in parts.iter() {
+                let start = joined.len();
+                joined.push_str(p);
+                bounds.push(start..joined.len());
+            }
+            let ranges = self.find_ranges(&joined);
+            if ranges.is_empty() {
+                return changed.iter().filter(|c| **c).count();
+            }
+            for (i, b) in bounds.iter().enumerate() {
+                let mut cuts: Vec<(Range<usize>, bool)> = Vec::new();
+                for r in &ranges {
+                    let (start, end) = (r.start.max(b.start), r.end.min(b.end));
+                    if start < end {
+                        cuts.push(((start - b.start)..(end - b.start), r.start >= b.start));
+                    }
                 }
-            }
-            if cuts.is_empty() {
-                continue;
-            }
-            let old = std::mem::take(&mut *parts[i]);
-            let mut out = String::with_capacity(old.len());
-            let mut at = 0;
-            for (r, starts_here) in cuts {
-                out.push_str(&old[at..r.start]);
-                if starts_here {
-                    out.push_str(MARKER);
+                if cuts.is_empty() {
+                    continue;
                 }
-                at = r.end;
+                let old = std::mem::take(&mut *parts[i]);
+                let mut out = String::with_capacity(old.len());
+                let mut at = 0;
+                for (r, starts_here) in cuts {
+                    out.push_str(&old[at..r.start]);
+                    if starts_here {
+                        out.push_str(self.marker);
+                    }
+                    at = r.end;
+                }
+                out.push_str(&old[at..]);
+                *parts[i] = out;
+                changed[i] = true;
             }
-            out.push_str(&old[at..]);
-            *parts[i] = out;
-            changed += 1;
         }
-        changed
+        // Still finding values after every search: nothing of these strings is kept.
+        for p in parts.iter_mut() {
+            **p = self.marker.to_string();
+        }
+        parts.len()
     }
 }
 
@@ -517,5 +561,35 @@ mod tests {
             e.redact_str("ü p%C3%A4ssw%c3%b6rd-42 ü"),
             format!("ü {MARKER} ü")
         );
+    }
+
+    /// A value that ends with the marker's first characters (`…[`) is spelled again by the text
+    /// before a removed copy and the marker that replaces it: `Pq7!zPq7!z[` → `Pq7!z` + `[RED…`.
+    /// A hostile tool server that knows the value repeats its head as often as it likes, so
+    /// one search after another is not enough: the output is searched until nothing is found.
+    #[test]
+    fn a_value_completed_by_the_marker_is_removed_too() {
+        let value = "Pq7!z[";
+        let e = ExactSecrets::new([value]);
+        for n in [1, 2, 3, 8, 40] {
+            let text = format!("{}{value} tail", "Pq7!z".repeat(n));
+            let out = e.redact_str(&text).into_owned();
+            assert!(!out.contains(value), "{n}: {out:?}");
+            assert!(e.find_ranges(&out).is_empty(), "{n}: {out:?}");
+            // Split across strings: the same in the concatenation.
+            let (a, b) = text.split_at(text.len() / 2);
+            let (mut a, mut b) = (a.to_string(), b.to_string());
+            e.redact_joined(&mut [&mut a, &mut b]);
+            let joined = format!("{a}{b}");
+            assert!(!joined.contains(value), "{n}: {joined:?}");
+            assert!(e.find_ranges(&joined).is_empty(), "{n}: {joined:?}");
+        }
+        // A value inside the marker itself: another marker is used, and the search ends.
+        for inner in ["credential", "REDACTED", "[REDACTED:credential]"] {
+            let e = ExactSecrets::new([inner]);
+            let out = e.redact_str(&format!("a {inner} b {inner}")).into_owned();
+            assert!(!out.contains(inner), "{inner}: {out:?}");
+            assert!(e.find_ranges(&out).is_empty(), "{inner}: {out:?}");
+        }
     }
 }

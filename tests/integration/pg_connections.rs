@@ -218,3 +218,147 @@ async fn transactions_begin_after_the_server_ended_every_session() {
     pool.close().await;
     db.cleanup().await;
 }
+
+/// What the next borrower of `pool`'s connection finds after the last one was given back: the
+/// tenant setting an autocommit statement sees, whether that statement ran inside a transaction
+/// someone else opened (`now()` is the transaction's start: in a transaction of its own,
+/// microseconds before the statement reads the clock; in one left open, before the pause
+/// below), and how many of the platform's sessions on this database the server reports
+/// inside a transaction block.
+async fn left_behind(
+    db: &TestDb,
+    pool: &sqlx::PgPool,
+    su: &mut sqlx::PgConnection,
+) -> (Option<String>, bool, i64) {
+    // The release (sqlx checks the connection before it is idle again) runs in a task of its
+    // own; a transaction left open would have started before this pause.
+    let mut waited = 0;
+    while pool.num_idle() < pool.size() as usize {
+        assert!(
+            waited < 400,
+            "the connection never came back to the pool: {} idle of {}",
+            pool.num_idle(),
+            pool.size()
+        );
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (setting, inside): (Option<String>, bool) = sqlx::query_as(
+        "SELECT nullif(current_setting('awooop.project_id', true), ''), \
+                now() < clock_timestamp() - interval '150 milliseconds'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("the next borrower's statement runs");
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = $1 AND application_name = 'awooop' AND state LIKE 'idle in transaction%'",
+    )
+    .bind(&db.name)
+    .fetch_one(su)
+    .await
+    .unwrap();
+    (setting, inside, open)
+}
+
+/// A transaction whose `BEGIN` is cancelled while in flight (an API client that hung up, a
+/// timeout, an aborted task: each drops the future holding it) leaves nothing open on the
+/// pooled connection, and neither does a session someone left inside a transaction block
+/// behind sqlx's back.
+///
+/// sqlx-postgres 0.9.0 counted a transaction only once the server had answered its `BEGIN`,
+/// so the drop guard of a begin cancelled in between had nothing to roll back; the pool's
+/// release check (a bare round trip) never read the transaction status the server reports.
+/// The session went back to the pool inside the transaction, with the tenant's
+/// `awooop.project_id` set: the next borrower's statements ran in that tenant's scope and in
+/// a transaction nobody would commit (its autocommitted writes lost at the next rollback).
+/// The bench's killed worker did it (`WARNING: there is already a transaction in progress`);
+/// operator/vendor/README.md has the patch.
+#[tokio::test]
+async fn a_cancelled_begin_leaves_no_transaction_on_the_pooled_connection() {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use awooop::tenancy::{self, Db, ProjectId};
+    let db = TestDb::new().await;
+    let mut su = db.superuser().await;
+    // One connection, so every borrower gets the session the last one gave back.
+    let pool = awooop::db::connect_app(&db.url, 1).await.unwrap();
+    let d = Db::new(pool.clone());
+    let alpha = ProjectId::parse("alpha").unwrap();
+    assert_eq!(left_behind(&db, &pool, &mut su).await, (None, false, 0));
+
+    // Each kind of begin the platform uses: on the pool (tenant, the run writers' deferred
+    // one, the workers'), and on a connection a batch writer holds.
+    type Begin<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+    let begins: Vec<(&str, Begin<'_>)> = vec![
+        (
+            "Db::tenant",
+            Box::pin(tenancy::scope(alpha.clone(), async {
+                drop(d.tenant().await);
+            })),
+        ),
+        (
+            "Db::tenant_deferred",
+            Box::pin(tenancy::scope(alpha.clone(), async {
+                drop(d.tenant_deferred().await);
+            })),
+        ),
+        (
+            "worker_tx",
+            Box::pin(async {
+                drop(tenancy::worker_tx(&pool).await);
+            }),
+        ),
+        (
+            "tenant_on",
+            Box::pin(tenancy::scope(alpha.clone(), async {
+                let mut conn = pool.acquire().await.unwrap();
+                drop(tenancy::tenant_on(&mut conn).await);
+            })),
+        ),
+    ];
+    let mut cancelled = Vec::new();
+    for (what, mut begin) in begins {
+        // One poll: the pool hands out its idle connection (used a moment ago, so unchecked),
+        // the `BEGIN` goes out, and the future waits for the server's answer. Then it is
+        // dropped, as a hung-up client's handler is.
+        if futures::poll!(begin.as_mut()).is_ready() {
+            continue;
+        }
+        drop(begin);
+        cancelled.push(what);
+        assert_eq!(
+            left_behind(&db, &pool, &mut su).await,
+            (None, false, 0),
+            "after a cancelled {what}: (tenant setting seen, inside a leftover transaction, \
+             sessions idle in a transaction)"
+        );
+    }
+    assert!(
+        cancelled.len() >= 3,
+        "the begins completed within one poll, so nothing was cancelled in flight: {cancelled:?}"
+    );
+
+    // A transaction block opened outside sqlx's bookkeeping (a multi-statement simple query)
+    // and given back open: the release check does not hand the session out again.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql("BEGIN; SET LOCAL awooop.project_id = 'alpha'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(left_behind(&db, &pool, &mut su).await, (None, false, 0));
+    // The same block, aborted by an error inside it.
+    let mut conn = pool.acquire().await.unwrap();
+    let failed = sqlx::raw_sql("BEGIN; SET LOCAL awooop.project_id = 'alpha'; SELECT 1/0")
+        .execute(&mut *conn)
+        .await;
+    assert!(failed.is_err());
+    drop(conn);
+    assert_eq!(left_behind(&db, &pool, &mut su).await, (None, false, 0));
+    pool.close().await;
+    drop(su);
+    db.cleanup().await;
+}

@@ -1,4 +1,9 @@
-//! The platform's PostgreSQL connections turn Nagle's algorithm off (TCP_NODELAY).
+//! The platform's PostgreSQL connections: how they are opened, checked and handed out.
+//!
+//! They turn Nagle's algorithm off (TCP_NODELAY), run without JIT, are checked only when idle
+//! for a while, survive the server ending its sessions, and never carry a transaction (with its
+//! tenant setting) from one borrower to the next, even when a begin is cancelled in flight
+//! (sqlx-postgres 0.9.0, patched; operator/vendor/README.md).
 //!
 //! sqlx-core 0.9.0 stopped doing so; the workspace patches it (operator/vendor/README.md). With
 //! Nagle on, a statement that leaves in more than one piece (the hub's group commit, a worker's

@@ -1377,15 +1377,23 @@ async fn gateway_mcp_response_names_the_trace_of_its_audit_row() {
     );
     fx.gw.audit().flush().await;
     let mut tx = scoped_tx(&fx.t.app, fx.project.as_str()).await;
-    let traces: Vec<String> =
-        sqlx::query_scalar("SELECT trace_id FROM mcp_call_audit ORDER BY at, call_id")
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT trace_id, bytes_out FROM mcp_call_audit ORDER BY at, call_id")
             .fetch_all(&mut *tx)
             .await
             .unwrap();
     tx.commit().await.unwrap();
+    let traces: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     assert_eq!(
         traces,
         vec![generated, "4bf92f3577b34da6a3ce929d0e0e4736".to_string()]
+    );
+    // The audited size is the result's JSON text, not the JSON-RPC envelope it was written
+    // into (the response is serialised straight into its frame).
+    let result_len = body["result"].to_string().len() as i64;
+    assert!(
+        rows.iter().all(|r| r.1 == result_len),
+        "{rows:?} vs {result_len}"
     );
     // ... and /openapi.json says so.
     let doc = awooop::http::openapi::document();

@@ -129,6 +129,17 @@ pub fn to_string(v: &Value) -> String {
     out
 }
 
+/// [`to_string`]'s text of `v` between `head` and `tail`, in one buffer: a response that
+/// frames a large value (a JSON-RPC envelope around a 16 KiB tool result) is written once
+/// instead of being built and then copied into the frame.
+pub fn framed(head: &str, v: &Value, tail: &str) -> String {
+    let mut out = String::with_capacity(head.len() + size_hint(v) + tail.len());
+    out.push_str(head);
+    write_value(v, &mut out);
+    out.push_str(tail);
+    out
+}
+
 /// The length of [`to_string`]'s text, counted without building it.
 pub fn len(v: &Value) -> usize {
     match v {

@@ -179,17 +179,11 @@ enum Reply {
     Text(String),
 }
 
-/// The JSON-RPC success response `{"jsonrpc":"2.0","id":…,"result":…}` around a result that is
-/// already JSON text (the key order of [`rpc_result`]).
-fn result_text(id: &Value, result: &str) -> String {
-    let id = id.to_string();
-    let mut out = String::with_capacity(result.len() + id.len() + 36);
-    out.push_str(r#"{"jsonrpc":"2.0","id":"#);
-    out.push_str(&id);
-    out.push_str(r#","result":"#);
-    out.push_str(result);
-    out.push('}');
-    out
+/// The head of the JSON-RPC success response `{"jsonrpc":"2.0","id":…,"result":…}` that a
+/// result already serialised as JSON text is written into (the key order of [`rpc_result`]);
+/// its tail is `}`.
+fn result_head(id: &Value) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"result":"#)
 }
 
 async fn reply(
@@ -237,11 +231,24 @@ async fn reply(
                 .and_then(Value::as_str)
                 .filter(|k| awooop_runtime::valid_idempotency_key(k));
             if as_text {
+                let head = result_head(&id);
+                let frame = crate::service::Frame {
+                    head: &head,
+                    tail: "}",
+                };
                 match gw
-                    .call_tool_json(caller, &name, arguments, approval, idempotency, trace)
+                    .call_tool_json(
+                        caller,
+                        &name,
+                        arguments,
+                        approval,
+                        idempotency,
+                        trace,
+                        frame,
+                    )
                     .await
                 {
-                    Ok(result) => Reply::Text(result_text(&id, &result)),
+                    Ok(response) => Reply::Text(response),
                     Err(e) => Reply::Value(error_response(id, &e, &trace.trace_id)),
                 }
             } else {
@@ -313,7 +320,7 @@ mod tests {
         let result = json!({"content": [{"type": "text", "text": "é \"q\" \n"}], "isError": false});
         for id in [json!(7), json!("a\"b"), json!(u64::MAX)] {
             assert_eq!(
-                result_text(&id, &result.to_string()),
+                awooop_core::json_text::framed(&result_head(&id), &result, "}"),
                 rpc_result(id.clone(), result.clone()).to_string(),
                 "{id}"
             );

@@ -189,7 +189,16 @@ pub struct Gateway {
 /// A sanitized result as the caller asked for it.
 enum Out {
     Value(Value),
+    /// The result's JSON text inside its [`Frame`].
     Json(String),
+}
+
+/// The text around a result [`Gateway::call_tool_json`] writes: `head`, the result's JSON
+/// text, `tail`.
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    pub head: &'a str,
+    pub tail: &'a str,
 }
 
 /// `_meta` key carrying an approval token in `tools/call`.
@@ -519,7 +528,7 @@ impl Gateway {
                 approval_token,
                 idempotency_key,
                 trace,
-                false,
+                None,
             )
             .await?;
         Ok(match out {
@@ -528,9 +537,11 @@ impl Gateway {
         })
     }
 
-    /// [`Self::call_tool_with`] returning the sanitized `CallToolResult` as compact JSON text,
-    /// for `/mcp`, which sends it as is: the result is serialised once, and the audited
-    /// `bytes_out` is that text's length (the same number [`json_len`] counts).
+    /// [`Self::call_tool_with`] returning the sanitized `CallToolResult` as compact JSON text
+    /// inside `frame` (`/mcp`'s JSON-RPC envelope), which is sent as is: the result is
+    /// serialised once, straight into the response's buffer, and the audited `bytes_out` is
+    /// the result's text length without the frame (the same number [`json_len`] counts).
+    #[allow(clippy::too_many_arguments)]
     pub async fn call_tool_json(
         &self,
         caller: &Caller,
@@ -539,6 +550,7 @@ impl Gateway {
         approval_token: Option<&str>,
         idempotency_key: Option<&str>,
         trace: &TraceContext,
+        frame: Frame<'_>,
     ) -> Result<String> {
         let out = self
             .call_tool_out(
@@ -548,12 +560,12 @@ impl Gateway {
                 approval_token,
                 idempotency_key,
                 trace,
-                true,
+                Some(frame),
             )
             .await?;
         Ok(match out {
             Out::Json(s) => s,
-            Out::Value(v) => v.to_string(),
+            Out::Value(v) => format!("{}{v}{}", frame.head, frame.tail),
         })
     }
 
@@ -566,7 +578,7 @@ impl Gateway {
         approval_token: Option<&str>,
         idempotency_key: Option<&str>,
         trace: &TraceContext,
-        as_json: bool,
+        as_json: Option<Frame<'_>>,
     ) -> Result<Out> {
         let arguments = arguments.unwrap_or_else(|| json!({}));
         let s = self.snapshot(&caller.project).await?;
@@ -793,11 +805,11 @@ impl Gateway {
                 tracing::warn!(code = e.code.as_str(), tool = %t.exposed, "dry-run evidence not recorded");
             }
         }
-        let (bytes_out, text) = if as_json {
+        let (bytes_out, text) = if let Some(frame) = as_json {
             // `serde_json::to_string`'s text, escaped a block at a time (a 16 KiB result's
-            // bytes were each looked up in an escape table).
-            let text = awooop_core::json_text::to_string(&out.result);
-            (text.len(), Some(text))
+            // bytes were each looked up in an escape table), written inside its frame.
+            let text = awooop_core::json_text::framed(frame.head, &out.result, frame.tail);
+            (text.len() - frame.head.len() - frame.tail.len(), Some(text))
         } else {
             (json_len(&out.result), None)
         };
@@ -1014,7 +1026,9 @@ mod tests {
 
     /// The size of the future `f` returns, without calling it.
     #[allow(clippy::type_complexity)]
-    fn future_size<A, B, C, D, E, F, G, Fut>(_: impl FnOnce(A, B, C, D, E, F, G) -> Fut) -> usize {
+    fn future_size<A, B, C, D, E, F, G, H, Fut>(
+        _: impl FnOnce(A, B, C, D, E, F, G, H) -> Fut,
+    ) -> usize {
         std::mem::size_of::<Fut>()
     }
 

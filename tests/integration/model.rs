@@ -2017,3 +2017,78 @@ async fn budget_lease_recall_hands_budget_held_by_another_process_to_the_one_tha
     assert_eq!((reserved, spent), (0, 9_000));
     t.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cancellation: a future dropped at an await (a run's `timeout_seconds`, a cancelled or aborted
+// run, shutdown) must not leave the budget or the breaker half-written. Each test stops the
+// operation inside its transaction with a lock the test holds, drops it there, then releases
+// the lock.
+
+/// A lease acquisition dropped mid-flight keeps the spend settled before it. Before the fix the
+/// acquisition's `sync` had taken the settled 600 out of memory when its transaction was
+/// rolled back by the drop, and nothing put them back: they never reached the ledger (spent 0
+/// after the shutdown flush), so the hard limit admitted 600 more than it should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_lease_acquisition_dropped_mid_flight_keeps_the_settled_spend() {
+    use awooop::model::budget::lease::LeaseConfig;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "lease-dropped", 1).await;
+    // No periodic flush or idle return: only the dropped acquisition and the shutdown sync.
+    let b = Budget::with_leases(
+        t.db(),
+        LeaseConfig {
+            flush_interval: Duration::from_secs(3600),
+            idle_return: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
+    let limits = lease_limits(100_000, None);
+    tenancy::scope(p.clone(), async {
+        let r = b.reserve(&limits, &lease_request(1_000)).await.unwrap();
+        assert!(r.leased);
+        // Settled in memory: flushed with the lease's next sync.
+        assert!(b.settle(&r, 600, 0).await.unwrap());
+    })
+    .await;
+    // The lease row held by the test: the next sync stops inside its transaction, after it
+    // planned (and took the settled spend out of memory).
+    let mut su = t.superuser().await;
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM budget_leases FOR UPDATE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    // More than the slice holds: an acquisition.
+    let call = {
+        let (b, limits) = (b.clone(), limits.clone());
+        tokio::spawn(tenancy::scope(p.clone(), async move {
+            b.reserve(&limits, &lease_request(50_000)).await
+        }))
+    };
+    t.wait_for_blocked("UPDATE budget_leases").await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    tenancy::scope(p.clone(), b.shutdown()).await.unwrap();
+    let (reserved, spent, _) = ledger_of(&t, &p).await;
+    assert_eq!(
+        (reserved, spent),
+        (0, 600),
+        "the settled spend reaches the ledger and nothing stays reserved"
+    );
+    let mut tx = scoped_tx(&t.app, "lease-dropped").await;
+    let journal: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, actual_tokens FROM budget_reservations WHERE lease_id IS NOT NULL ORDER BY created_at",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        journal.first(),
+        Some(&("settled".to_string(), 600)),
+        "{journal:?}"
+    );
+    t.cleanup().await;
+}

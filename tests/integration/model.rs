@@ -2092,3 +2092,45 @@ async fn budget_lease_acquisition_dropped_mid_flight_keeps_the_settled_spend() {
     );
     t.cleanup().await;
 }
+
+/// A call dropped while its settlement is in flight is still settled. Before the fix the guard
+/// marked itself settled before the settlement ran, so its `Drop` did nothing and the
+/// reservation stayed `reserved` until it expired, then was charged in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_a_call_dropped_while_settling_is_still_settled() {
+    use awooop::model::budget::ReservationGuard;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "settle-dropped", 1).await;
+    let budget = Budget::new(t.db());
+    let limits = lease_limits(100_000, None);
+    let r = tenancy::scope(p.clone(), budget.reserve(&limits, &lease_request(1_000)))
+        .await
+        .unwrap();
+    let mut su = t.superuser().await;
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM budget_reservations FOR UPDATE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let call = {
+        let guard = ReservationGuard::new(budget.clone(), p.clone(), r);
+        tokio::spawn(tenancy::scope(p.clone(), async move {
+            guard.settle(500, 0).await
+        }))
+    };
+    t.wait_for_blocked("UPDATE budget_reservations").await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_reservations(&t, &p).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reservation of a call dropped while settling stays held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger_of(&t, &p).await, (0, 500, false));
+    t.cleanup().await;
+}

@@ -2134,3 +2134,68 @@ async fn budget_a_call_dropped_while_settling_is_still_settled() {
     assert_eq!(ledger_of(&t, &p).await, (0, 500, false));
     t.cleanup().await;
 }
+
+/// The anomaly that reaches the threshold opens the breaker even when its caller is dropped
+/// after the count and before the opening. Before the fix the count stayed at the threshold
+/// with the breaker closed, and the next anomalies counted past it (the breaker opens on the
+/// threshold exactly), so it stayed closed for the rest of the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anomaly_dropped_between_its_count_and_the_breaker_still_opens_it() {
+    use awooop::model::breaker::Anomaly;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "anomaly-dropped", 1).await;
+    let now = 1_900_000_000 - 1_900_000_000 % 3600 + 1800;
+    let counter = AnomalyCounter::new(
+        t.db(),
+        Coord::none(),
+        AnomalyConfig {
+            window: Duration::from_secs(3600),
+            threshold: 2,
+        },
+    )
+    .with_clock(Clock::new(move || now));
+    assert!(
+        !tenancy::scope(p.clone(), counter.record(Anomaly::Denial))
+            .await
+            .unwrap()
+    );
+    // The breaker table held by the test: the opening waits, the count (another table) not.
+    let mut su = t.superuser().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE model_breakers IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let call = {
+        let counter = counter.clone();
+        tokio::spawn(tenancy::scope(p.clone(), async move {
+            counter.record(Anomaly::Denial).await
+        }))
+    };
+    t.wait_for_blocked("INSERT INTO model_breakers").await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !breaker_open(&t, "anomaly-dropped").await {
+        assert!(
+            Instant::now() < deadline,
+            "the anomaly that reached the threshold never opened the breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.cleanup().await;
+}
+
+async fn breaker_open(t: &TestDb, project: &str) -> bool {
+    let mut tx = scoped_tx(&t.app, project).await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM model_breakers WHERE breaker = 'project' AND open_until > now()",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    n == 1
+}

@@ -273,6 +273,7 @@ pub async fn accept(
         }
     };
     let mut events = Vec::with_capacity(kept.len());
+    let mut handled: Vec<(Uuid, Normalized)> = Vec::new();
     let (mut accepted_n, mut dup_n) = (0u64, 0u64);
     for (i, e) in kept.iter().enumerate() {
         let out = outcomes.get(i).copied().unwrap_or_default();
@@ -283,18 +284,30 @@ pub async fn accept(
         }
         accepted_n += 1;
         let (event_id, trace) = &ids[i];
-        if job.routes[i] == Route::Handler
-            && let Err(err) = hub
-                .actions()
-                .handle(project, &ch.channel, *event_id, e)
-                .await
-        {
-            tracing::warn!(code = err.code.as_str(), %event_id, "postback handler failed");
+        if job.routes[i] == Route::Handler {
+            handled.push((*event_id, e.clone()));
         }
         events.push(json!({
             "external_id": e.external_id, "event_id": event_id, "run_id": out.run_id,
             "kind": e.kind.as_str(), "duplicate": false, "trace_id": trace.trace_id,
         }));
+    }
+    if !handled.is_empty() {
+        // The events are committed, and a redelivery of them is a duplicate that never reaches
+        // the handler: it runs in a task of its own, so a webhook whose connection drops now
+        // (the provider's timeout, a sender hanging up on purpose) cannot leave a stored
+        // approval click undecided for good. The answer still waits for it.
+        let (actions, channel, p) = (hub.actions().clone(), ch.channel.clone(), project.clone());
+        let task = tokio::spawn(tenancy::scope(project.clone(), async move {
+            for (event_id, e) in &handled {
+                if let Err(err) = actions.handle(&p, &channel, *event_id, e).await {
+                    tracing::warn!(code = err.code.as_str(), %event_id, "postback handler failed");
+                }
+            }
+        }));
+        if task.await.is_err() {
+            tracing::warn!("postback handler task stopped");
+        }
     }
     metrics.inbound(provider, "accepted", accepted_n);
     metrics.inbound(provider, "duplicate", dup_n);

@@ -2199,3 +2199,63 @@ async fn breaker_open(t: &TestDb, project: &str) -> bool {
     tx.commit().await.unwrap();
     n == 1
 }
+
+/// A model call dropped mid-stream (a run's `timeout_seconds`, an aborted run) is audited: its
+/// request reached the provider, which may bill it. Before the fix its envelope was audited
+/// only when the call ended, so the drop left no `model.call` row (only the ledger's
+/// reservation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_call_dropped_mid_stream_is_audited() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "call-dropped", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    double.script([Reply::Endless(Duration::from_millis(5))]);
+    let pol = policy(
+        vec![target(&double, ProviderApi::OpenaiChat, "cloud", 100_000)],
+        10_000_000,
+    );
+    let px = proxy(&t);
+    let task = {
+        let (px, pol, p) = (px.clone(), pol.clone(), p.clone());
+        tokio::spawn(tenancy::scope(p, async move {
+            px.chat(&pol, &meta(), &request(), None).await
+        }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while double.requests().is_empty() || open_reservations(&t, &p).await == 0 {
+        assert!(Instant::now() < deadline, "the call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let calls: Vec<String> = audit_actions(&t, "call-dropped")
+            .await
+            .into_iter()
+            .filter(|(a, _)| a == "model.call")
+            .map(|(_, d)| d)
+            .collect();
+        if let Some(d) = calls.first() {
+            assert_eq!(calls.len(), 1, "{calls:?}");
+            break serde_json::from_str::<Value>(d).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped call was never audited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(row["outcome"], "dropped", "{row}");
+    assert_eq!(row["provider"], "cloud");
+    assert!(row["usage"]["output_tokens"].as_u64().unwrap() > 0, "{row}");
+    // The guard settled the reservation at the same count.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_reservations(&t, &p).await > 0 {
+        assert!(Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.cleanup().await;
+}

@@ -636,19 +636,45 @@ async fn remediator_waits_for_two_telegram_approvers_then_calls_the_write_tool_e
 /// webhook there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_click_whose_webhook_is_dropped_mid_decision_still_counts() {
-    let e = env("apr-hangup", MigrationMode::AutoRemediate, 3600).await;
+    click_dropped_while_blocked(
+        "apr-hangup",
+        "SELECT 1 FROM approval_requests FOR UPDATE",
+        "SELECT state, approvers",
+    )
+    .await;
+}
+
+/// The same, dropped earlier: while the click's event is being stored. The hub's writer
+/// commits a queued event whether or not the request still waits for it, so the drop left a
+/// stored click that no handler ever saw (zero decisions) until the storing and the handler
+/// moved into one task of their own. The test locks `conversation_events` so the writer's
+/// statement waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_whose_webhook_is_dropped_while_it_is_stored_still_counts() {
+    click_dropped_while_blocked(
+        "apr-hangup-store",
+        "LOCK TABLE conversation_events IN SHARE ROW EXCLUSIVE MODE",
+        "WITH current AS",
+    )
+    .await;
+}
+
+/// Alice's click, its webhook dropped while a statement starting with `blocked` waits for
+/// `lock` (taken by the test); then the decision must still count, once.
+async fn click_dropped_while_blocked(id: &str, lock: &str, blocked: &str) {
+    let e = env(id, MigrationMode::AutoRemediate, 3600).await;
     let args = json!({"name": "api", "replicas": 2});
     e.model.script([
         Reply::ToolCalls(vec![("fx__echo".into(), args.clone())]),
         Reply::Text("scaled api to 2".into()),
     ]);
     let w = e.worker();
-    let id = e.start_run("api is overloaded").await;
-    let view = e.wait_state(id, &["waiting_approval", "failed"]).await;
+    let run = e.start_run("api is overloaded").await;
+    let view = e.wait_state(run, &["waiting_approval", "failed"]).await;
     assert_eq!(view["state"], "waiting_approval", "{view}");
     let req = e.requests(Some("pending")).await.remove(0);
     let mut su = e.t.superuser().await;
-    sqlx::raw_sql("BEGIN; SELECT 1 FROM approval_requests FOR UPDATE")
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {lock}")))
         .execute(&mut su)
         .await
         .unwrap();
@@ -657,7 +683,7 @@ async fn a_click_whose_webhook_is_dropped_mid_decision_still_counts() {
         &data(&req, Decision::Approve),
         Some(9001),
     )));
-    e.t.wait_for_blocked("SELECT state, approvers").await;
+    e.t.wait_for_blocked(blocked).await;
     hook.abort();
     assert!(hook.await.unwrap_err().is_cancelled());
     sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
@@ -689,7 +715,7 @@ async fn a_click_whose_webhook_is_dropped_mid_decision_still_counts() {
     );
     // Bob completes the quorum; the approved call runs once.
     e.click(222, &data(&req, Decision::Approve), None).await;
-    let done = e.wait_state(id, &["succeeded", "failed"]).await;
+    let done = e.wait_state(run, &["succeeded", "failed"]).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(e.upstream_calls("echo").len(), 1);
     let _ = w.stop.send(true);

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::normalize::{self, Normalized, Parsed};
-use super::writer::{Item, Job, WriteError};
+use super::writer::{Item, ItemOutcome, Job, WriteError};
 use super::{Hub, ResolvedChannel, Route, verify};
 use awooop_contracts::ChannelProvider;
 use awooop_control::MigrationMode;
@@ -240,6 +240,80 @@ pub async fn accept(
         .iter()
         .map(|_| (Uuid::now_v7(), TraceContext::generate()))
         .collect();
+    // Storing the events and handing the stored clicks to their handler run in a task of its
+    // own: a queued job is committed by the writer whether or not anyone still waits for it,
+    // and a redelivery of a committed event is a duplicate that never reaches the handler
+    // again, so a webhook dropped in between (the provider's timeout, a sender hanging up on
+    // purpose) would leave a stored approval click undecided for good. The answer still waits.
+    let stored = {
+        let (hub, project, ch, actor) = (hub.clone(), project.clone(), ch.clone(), actor.clone());
+        tokio::spawn(tenancy::scope(project.clone(), async move {
+            let r = store_and_handle(
+                &hub,
+                &project,
+                &ch,
+                &actor,
+                &kept,
+                &texts,
+                &ids,
+                &body_sha256,
+                &denials,
+            )
+            .await;
+            r.map(|(job, outcomes)| (job, outcomes, kept, ids, denials))
+        }))
+    };
+    let (job, outcomes, kept, ids, denials) = stored.await.map_err(|_| {
+        Error::new(
+            ErrorCode::Internal,
+            "the task storing the webhook's events stopped",
+        )
+    })??;
+    let mut events = Vec::with_capacity(kept.len());
+    let (mut accepted_n, mut dup_n) = (0u64, 0u64);
+    for (i, e) in kept.iter().enumerate() {
+        let out = outcomes.get(i).copied().unwrap_or_default();
+        if !out.inserted {
+            dup_n += 1;
+            events.push(json!({"external_id": e.external_id, "duplicate": true}));
+            continue;
+        }
+        accepted_n += 1;
+        let (event_id, trace) = &ids[i];
+        events.push(json!({
+            "external_id": e.external_id, "event_id": event_id, "run_id": out.run_id,
+            "kind": e.kind.as_str(), "duplicate": false, "trace_id": trace.trace_id,
+        }));
+    }
+    metrics.inbound(provider, "accepted", accepted_n);
+    metrics.inbound(provider, "duplicate", dup_n);
+    metrics.inbound(provider, "ignored", denials.len() as u64);
+    Ok(Accepted {
+        events,
+        ignored,
+        forward: if job.mirror {
+            ch.channel.forward_to.clone()
+        } else {
+            None
+        },
+    })
+}
+
+/// Store the kept events (and queue their runs) through the hub's writer, then hand the
+/// stored events routed to the handler (approval clicks) to it. Runs in a task of its own
+/// (see [`accept`]).
+#[allow(clippy::too_many_arguments)]
+async fn store_and_handle(
+    hub: &Hub,
+    project: &ProjectId,
+    ch: &ResolvedChannel,
+    actor: &Actor,
+    kept: &[Normalized],
+    texts: &[Option<String>],
+    ids: &[(Uuid, TraceContext)],
+    body_sha256: &str,
+    denials: &[(ErrorCode, Value)],
+) -> Result<(JobSummary, Vec<ItemOutcome>)> {
     // Prepared on a cached basis (mode, active revisions) that the write transaction checks;
     // when it changed in between, the cache is dropped and the runs prepared again.
     let mut attempt = 0;
@@ -250,11 +324,11 @@ pub async fn accept(
             project,
             ch,
             actor,
-            &kept,
-            &texts,
-            &ids,
-            &body_sha256,
-            &denials,
+            kept,
+            texts,
+            ids,
+            body_sha256,
+            denials,
         )
         .await?;
         let summary = JobSummary::of(&job);
@@ -272,55 +346,20 @@ pub async fn accept(
             Err(WriteError::Failed(e)) => return Err(e),
         }
     };
-    let mut events = Vec::with_capacity(kept.len());
-    let mut handled: Vec<(Uuid, Normalized)> = Vec::new();
-    let (mut accepted_n, mut dup_n) = (0u64, 0u64);
     for (i, e) in kept.iter().enumerate() {
-        let out = outcomes.get(i).copied().unwrap_or_default();
-        if !out.inserted {
-            dup_n += 1;
-            events.push(json!({"external_id": e.external_id, "duplicate": true}));
-            continue;
-        }
-        accepted_n += 1;
-        let (event_id, trace) = &ids[i];
-        if job.routes[i] == Route::Handler {
-            handled.push((*event_id, e.clone()));
-        }
-        events.push(json!({
-            "external_id": e.external_id, "event_id": event_id, "run_id": out.run_id,
-            "kind": e.kind.as_str(), "duplicate": false, "trace_id": trace.trace_id,
-        }));
-    }
-    if !handled.is_empty() {
-        // The events are committed, and a redelivery of them is a duplicate that never reaches
-        // the handler: it runs in a task of its own, so a webhook whose connection drops now
-        // (the provider's timeout, a sender hanging up on purpose) cannot leave a stored
-        // approval click undecided for good. The answer still waits for it.
-        let (actions, channel, p) = (hub.actions().clone(), ch.channel.clone(), project.clone());
-        let task = tokio::spawn(tenancy::scope(project.clone(), async move {
-            for (event_id, e) in &handled {
-                if let Err(err) = actions.handle(&p, &channel, *event_id, e).await {
-                    tracing::warn!(code = err.code.as_str(), %event_id, "postback handler failed");
-                }
+        let inserted = outcomes.get(i).is_some_and(|o| o.inserted);
+        if inserted && job.routes[i] == Route::Handler {
+            let event_id = ids[i].0;
+            if let Err(err) = hub
+                .actions()
+                .handle(project, &ch.channel, event_id, e)
+                .await
+            {
+                tracing::warn!(code = err.code.as_str(), %event_id, "postback handler failed");
             }
-        }));
-        if task.await.is_err() {
-            tracing::warn!("postback handler task stopped");
         }
     }
-    metrics.inbound(provider, "accepted", accepted_n);
-    metrics.inbound(provider, "duplicate", dup_n);
-    metrics.inbound(provider, "ignored", denials.len() as u64);
-    Ok(Accepted {
-        events,
-        ignored,
-        forward: if job.mirror {
-            ch.channel.forward_to.clone()
-        } else {
-            None
-        },
-    })
+    Ok((job, outcomes))
 }
 
 /// What [`accept`] needs back of a submitted job.

@@ -372,6 +372,18 @@ impl Env {
 
     /// A Telegram callback_query from `user` with `data`, through the verified webhook.
     async fn click(&self, user: i64, data: &str, update_id: Option<i64>) -> (StatusCode, Value) {
+        let req = self.click_request(user, data, update_id);
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// The webhook request of [`Env::click`].
+    fn click_request(&self, user: i64, data: &str, update_id: Option<i64>) -> Request<Body> {
         let id = update_id.unwrap_or_else(|| {
             self.update
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
@@ -380,20 +392,13 @@ impl Env {
             "from": {"id": user, "is_bot": false, "first_name": "u"},
             "message": {"message_id": 1, "date": 0, "chat": {"id": CHAT.parse::<i64>().unwrap(), "type": "private"}},
             "chat_instance": "ci", "data": data}});
-        let req = Request::builder()
+        Request::builder()
             .method("POST")
             .uri(format!("/v1/webhooks/{}/tg", self.p.as_str()))
             .header("content-type", "application/json")
             .header("x-telegram-bot-api-secret-token", TG_SECRET)
             .body(Body::from(body.to_string()))
-            .unwrap();
-        let resp = self.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+            .unwrap()
     }
 
     /// POST a webhook to the hub's verified route of `channel`.
@@ -617,6 +622,102 @@ async fn remediator_waits_for_two_telegram_approvers_then_calls_the_write_tool_e
     let decided = e.audit("approval.decide").await;
     assert!(decided.len() >= 3, "{decided:?}");
     assert!(decided.iter().all(|a| a["trace_id"] == done["trace_id"]));
+    let _ = w.stop.send(true);
+    w.task.await.unwrap().unwrap();
+    e.t.cleanup().await;
+}
+
+/// A click whose webhook request is dropped while its decision is in flight (the provider's
+/// timeout, or a sender hanging up on purpose: hyper drops the handler) still counts. The
+/// click's event is committed first, and the provider's redelivery of it is a duplicate that
+/// never reaches the approval handler again; before the fix the handler ran inside the request,
+/// so the drop lost the decision for good (the request stayed at zero decisions). The test
+/// holds the request's row so the decision waits inside its transaction, and drops the
+/// webhook there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_whose_webhook_is_dropped_mid_decision_still_counts() {
+    click_dropped_while_blocked(
+        "apr-hangup",
+        "SELECT 1 FROM approval_requests FOR UPDATE",
+        "SELECT state, approvers",
+    )
+    .await;
+}
+
+/// The same, dropped earlier: while the click's event is being stored. The hub's writer
+/// commits a queued event whether or not the request still waits for it, so the drop left a
+/// stored click that no handler ever saw (zero decisions) until the storing and the handler
+/// moved into one task of their own. The test locks `conversation_events` so the writer's
+/// statement waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_whose_webhook_is_dropped_while_it_is_stored_still_counts() {
+    click_dropped_while_blocked(
+        "apr-hangup-store",
+        "LOCK TABLE conversation_events IN SHARE ROW EXCLUSIVE MODE",
+        "WITH current AS",
+    )
+    .await;
+}
+
+/// Alice's click, its webhook dropped while a statement starting with `blocked` waits for
+/// `lock` (taken by the test); then the decision must still count, once.
+async fn click_dropped_while_blocked(id: &str, lock: &str, blocked: &str) {
+    let e = env(id, MigrationMode::AutoRemediate, 3600).await;
+    let args = json!({"name": "api", "replicas": 2});
+    e.model.script([
+        Reply::ToolCalls(vec![("fx__echo".into(), args.clone())]),
+        Reply::Text("scaled api to 2".into()),
+    ]);
+    let w = e.worker();
+    let run = e.start_run("api is overloaded").await;
+    let view = e.wait_state(run, &["waiting_approval", "failed"]).await;
+    assert_eq!(view["state"], "waiting_approval", "{view}");
+    let req = e.requests(Some("pending")).await.remove(0);
+    let mut su = e.t.superuser().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {lock}")))
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let hook = tokio::spawn(e.router.clone().oneshot(e.click_request(
+        111,
+        &data(&req, Decision::Approve),
+        Some(9001),
+    )));
+    e.t.wait_for_blocked(blocked).await;
+    hook.abort();
+    assert!(hook.await.unwrap_err().is_cancelled());
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = &e.requests(None).await[0];
+        if r["decisions"].as_array().is_some_and(|d| d.len() == 1) {
+            assert_eq!(r["decisions"][0]["approver"], "alice", "{r}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped webhook's click was never decided: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The provider's redelivery is a duplicate and counts nothing more.
+    let (_, replay) = e
+        .click(111, &data(&req, Decision::Approve), Some(9001))
+        .await;
+    assert_eq!(replay["events"][0]["duplicate"], true, "{replay}");
+    assert_eq!(
+        e.requests(None).await[0]["decisions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Bob completes the quorum; the approved call runs once.
+    e.click(222, &data(&req, Decision::Approve), None).await;
+    let done = e.wait_state(run, &["succeeded", "failed"]).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(e.upstream_calls("echo").len(), 1);
     let _ = w.stop.send(true);
     w.task.await.unwrap().unwrap();
     e.t.cleanup().await;

@@ -703,3 +703,68 @@ async fn invalid_contracts_and_bad_names_write_nothing() {
     .await;
     t.cleanup().await;
 }
+
+/// A refused approval whose caller hangs up while the refusal is being audited (the HTTP
+/// handler dropped) still leaves its denial row. Before the fix the denial row was written in
+/// the caller's future, so dropping it there lost the only trace of the refused attempt
+/// (here: zero `revision.approve` denials). The test locks `audit_log` against inserts,
+/// drops the refused approval while its audit insert waits, then releases the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_approval_dropped_while_audited_still_leaves_its_denial() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "refusal-dropped", 2).await;
+    let rev = tenancy::scope(p.clone(), async {
+        let d = cp
+            .create_draft(&admin(), ContractKind::Runtime, "default", runtime_body(1))
+            .await
+            .unwrap();
+        let req = cp.sign_draft(d.draft.draft_id, KEY_ID).await.unwrap();
+        let rev = cp
+            .publish(&admin(), d.draft.draft_id, req)
+            .await
+            .unwrap()
+            .revision_id;
+        cp.approve(&Actor::cli("alice"), rev).await.unwrap();
+        rev
+    })
+    .await;
+    let mut su = t.superuser().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    // Alice again: refused (E-CONTRACT-011), and the refusal is audited.
+    let call = {
+        let cp = cp.clone();
+        tokio::spawn(tenancy::scope(p.clone(), async move {
+            cp.approve(&Actor::cli("alice"), rev).await
+        }))
+    };
+    t.wait_for_blocked("INSERT INTO audit_log").await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut tx = scoped_tx(&t.app, "refusal-dropped").await;
+        let codes: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT code FROM audit_log WHERE action = 'revision.approve' AND outcome = 'denied'",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        if !codes.is_empty() {
+            assert_eq!(codes, [Some("E-CONTRACT-011".to_string())]);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped refusal left no denial row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    t.cleanup().await;
+}

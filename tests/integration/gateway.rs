@@ -45,6 +45,8 @@ type Seen = (String, Vec<(String, String)>);
 struct LeakyUpstream {
     /// (tool, injected header/env values) of every call that reached it.
     seen: Mutex<Vec<Seen>>,
+    /// Never answer (after recording the call): a tool still running when its caller goes away.
+    hang: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -66,6 +68,9 @@ impl ToolUpstream for LeakyUpstream {
             .lock()
             .unwrap()
             .push((call.tool.to_string(), injected));
+        if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let b64 = base64::engine::general_purpose::STANDARD.encode(&secret);
         let url: String = secret
             .bytes()
@@ -477,6 +482,58 @@ async fn gateway_each_gate_denies_with_its_code_and_every_denial_is_audited() {
         ("allowed", None, "leaky__get_pods")
     );
     assert_eq!(last.3, ["tok"]);
+    fx.done().await;
+}
+
+/// A call whose caller goes away after the gates passed and the request went upstream (a
+/// `/mcp` client hanging up drops the handler; a run's timeout drops its tool call) is still
+/// audited: the upstream may have run the tool. Before the fix its row was written only after
+/// the upstream answered, so dropping the call there left a tool call with no audit row at all
+/// (here: zero rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_a_call_dropped_while_upstream_is_still_audited() {
+    let fx = fixture(MigrationMode::Shadow, Coord::none(), test_config()).await;
+    fx.upstream
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let call = {
+        let (gw, c) = (fx.gw.clone(), caller(&fx.project, "dev"));
+        tokio::spawn(async move {
+            gw.call_tool(
+                &c,
+                "leaky__text",
+                Some(json!({})),
+                None,
+                &TraceContext::generate(),
+            )
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fx.upstream.seen.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    let rows = fx.audit_rows().await;
+    assert_eq!(
+        rows,
+        [(
+            "allowed".to_string(),
+            None,
+            "leaky__text".to_string(),
+            vec!["tok".to_string()]
+        )],
+        "one row for the abandoned call"
+    );
+    let text = fx.audit_text().await;
+    assert!(text.contains("the upstream may have run it"), "{text}");
+    assert!(text.contains("upstream_error"), "{text}");
+    assert_no_secret(&fx.secret, &text);
     fx.done().await;
 }
 

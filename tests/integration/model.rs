@@ -2017,3 +2017,245 @@ async fn budget_lease_recall_hands_budget_held_by_another_process_to_the_one_tha
     assert_eq!((reserved, spent), (0, 9_000));
     t.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cancellation: a future dropped at an await (a run's `timeout_seconds`, a cancelled or aborted
+// run, shutdown) must not leave the budget or the breaker half-written. Each test stops the
+// operation inside its transaction with a lock the test holds, drops it there, then releases
+// the lock.
+
+/// A lease acquisition dropped mid-flight keeps the spend settled before it. Before the fix the
+/// acquisition's `sync` had taken the settled 600 out of memory when its transaction was
+/// rolled back by the drop, and nothing put them back: they never reached the ledger (spent 0
+/// after the shutdown flush), so the hard limit admitted 600 more than it should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_lease_acquisition_dropped_mid_flight_keeps_the_settled_spend() {
+    use awooop::model::budget::lease::LeaseConfig;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "lease-dropped", 1).await;
+    // No periodic flush or idle return: only the dropped acquisition and the shutdown sync.
+    let b = Budget::with_leases(
+        t.db(),
+        LeaseConfig {
+            flush_interval: Duration::from_secs(3600),
+            idle_return: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    );
+    let limits = lease_limits(100_000, None);
+    tenancy::scope(p.clone(), async {
+        let r = b.reserve(&limits, &lease_request(1_000)).await.unwrap();
+        assert!(r.leased);
+        // Settled in memory: flushed with the lease's next sync.
+        assert!(b.settle(&r, 600, 0).await.unwrap());
+    })
+    .await;
+    // The lease row held by the test: the next sync stops inside its transaction, after it
+    // planned (and took the settled spend out of memory).
+    let mut su = t.superuser().await;
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM budget_leases FOR UPDATE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    // More than the slice holds: an acquisition.
+    let call = {
+        let (b, limits) = (b.clone(), limits.clone());
+        tokio::spawn(tenancy::scope(p.clone(), async move {
+            b.reserve(&limits, &lease_request(50_000)).await
+        }))
+    };
+    t.wait_for_blocked("UPDATE budget_leases").await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    tenancy::scope(p.clone(), b.shutdown()).await.unwrap();
+    let (reserved, spent, _) = ledger_of(&t, &p).await;
+    assert_eq!(
+        (reserved, spent),
+        (0, 600),
+        "the settled spend reaches the ledger and nothing stays reserved"
+    );
+    let mut tx = scoped_tx(&t.app, "lease-dropped").await;
+    let journal: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, actual_tokens FROM budget_reservations WHERE lease_id IS NOT NULL ORDER BY created_at",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        journal.first(),
+        Some(&("settled".to_string(), 600)),
+        "{journal:?}"
+    );
+    t.cleanup().await;
+}
+
+/// A call dropped while its settlement is in flight is still settled. Before the fix the guard
+/// marked itself settled before the settlement ran, so its `Drop` did nothing and the
+/// reservation stayed `reserved` until it expired, then was charged in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_a_call_dropped_while_settling_is_still_settled() {
+    use awooop::model::budget::ReservationGuard;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "settle-dropped", 1).await;
+    let budget = Budget::new(t.db());
+    let limits = lease_limits(100_000, None);
+    let r = tenancy::scope(p.clone(), budget.reserve(&limits, &lease_request(1_000)))
+        .await
+        .unwrap();
+    let mut su = t.superuser().await;
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM budget_reservations FOR UPDATE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let call = {
+        let guard = ReservationGuard::new(budget.clone(), p.clone(), r);
+        tokio::spawn(tenancy::scope(p.clone(), async move {
+            guard.settle(500, 0).await
+        }))
+    };
+    t.wait_for_blocked("UPDATE budget_reservations").await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_reservations(&t, &p).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reservation of a call dropped while settling stays held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger_of(&t, &p).await, (0, 500, false));
+    t.cleanup().await;
+}
+
+/// The anomaly that reaches the threshold opens the breaker even when its caller is dropped
+/// after the count and before the opening. Before the fix the count stayed at the threshold
+/// with the breaker closed, and the next anomalies counted past it (the breaker opens on the
+/// threshold exactly), so it stayed closed for the rest of the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anomaly_dropped_between_its_count_and_the_breaker_still_opens_it() {
+    use awooop::model::breaker::Anomaly;
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "anomaly-dropped", 1).await;
+    let now = 1_900_000_000 - 1_900_000_000 % 3600 + 1800;
+    let counter = AnomalyCounter::new(
+        t.db(),
+        Coord::none(),
+        AnomalyConfig {
+            window: Duration::from_secs(3600),
+            threshold: 2,
+        },
+    )
+    .with_clock(Clock::new(move || now));
+    assert!(
+        !tenancy::scope(p.clone(), counter.record(Anomaly::Denial))
+            .await
+            .unwrap()
+    );
+    // The breaker table held by the test: the opening waits, the count (another table) not.
+    let mut su = t.superuser().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE model_breakers IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let call = {
+        let counter = counter.clone();
+        tokio::spawn(tenancy::scope(p.clone(), async move {
+            counter.record(Anomaly::Denial).await
+        }))
+    };
+    t.wait_for_blocked("INSERT INTO model_breakers").await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    drop(su);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !breaker_open(&t, "anomaly-dropped").await {
+        assert!(
+            Instant::now() < deadline,
+            "the anomaly that reached the threshold never opened the breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.cleanup().await;
+}
+
+async fn breaker_open(t: &TestDb, project: &str) -> bool {
+    let mut tx = scoped_tx(&t.app, project).await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM model_breakers WHERE breaker = 'project' AND open_until > now()",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    n == 1
+}
+
+/// A model call dropped mid-stream (a run's `timeout_seconds`, an aborted run) is audited: its
+/// request reached the provider, which may bill it. Before the fix its envelope was audited
+/// only when the call ended, so the drop left no `model.call` row (only the ledger's
+/// reservation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_call_dropped_mid_stream_is_audited() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "call-dropped", 1).await;
+    let double = ProviderDouble::start().await.unwrap();
+    double.script([Reply::Endless(Duration::from_millis(5))]);
+    let pol = policy(
+        vec![target(&double, ProviderApi::OpenaiChat, "cloud", 100_000)],
+        10_000_000,
+    );
+    let px = proxy(&t);
+    let task = {
+        let (px, pol, p) = (px.clone(), pol.clone(), p.clone());
+        tokio::spawn(tenancy::scope(p, async move {
+            px.chat(&pol, &meta(), &request(), None).await
+        }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while double.requests().is_empty() || open_reservations(&t, &p).await == 0 {
+        assert!(Instant::now() < deadline, "the call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let calls: Vec<String> = audit_actions(&t, "call-dropped")
+            .await
+            .into_iter()
+            .filter(|(a, _)| a == "model.call")
+            .map(|(_, d)| d)
+            .collect();
+        if let Some(d) = calls.first() {
+            assert_eq!(calls.len(), 1, "{calls:?}");
+            break serde_json::from_str::<Value>(d).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped call was never audited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(row["outcome"], "dropped", "{row}");
+    assert_eq!(row["provider"], "cloud");
+    assert!(row["usage"]["output_tokens"].as_u64().unwrap() > 0, "{row}");
+    // The guard settled the reservation at the same count.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_reservations(&t, &p).await > 0 {
+        assert!(Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.cleanup().await;
+}

@@ -140,6 +140,36 @@ impl TestDb {
         }
     }
 
+    /// Wait until a session of this database is blocked on a lock (a row or table another
+    /// transaction of the test holds) while running a statement that starts with `prefix`:
+    /// the moment a future awaiting that statement can be dropped mid-flight, for the
+    /// cancellation tests.
+    pub async fn wait_for_blocked(&self, prefix: &str) {
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&base_url())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND wait_event_type = 'Lock' AND starts_with(ltrim(query), $2)",
+            )
+            .bind(&self.name)
+            .bind(prefix)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+            if n > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no session blocked in `{prefix}…` after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Wait until a session of this database has completed `LISTEN channel` (it shows as an
     /// idle backend whose last statement was that LISTEN), so a NOTIFY sent now reaches it.
     pub async fn wait_for_listener(&self, channel: &str) {

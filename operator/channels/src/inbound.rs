@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::normalize::{self, Normalized, Parsed};
-use super::writer::{Item, Job, WriteError};
+use super::writer::{Item, ItemOutcome, Job, WriteError};
 use super::{Hub, ResolvedChannel, Route, verify};
 use awooop_contracts::ChannelProvider;
 use awooop_control::MigrationMode;
@@ -240,38 +240,35 @@ pub async fn accept(
         .iter()
         .map(|_| (Uuid::now_v7(), TraceContext::generate()))
         .collect();
-    // Prepared on a cached basis (mode, active revisions) that the write transaction checks;
-    // when it changed in between, the cache is dropped and the runs prepared again.
-    let mut attempt = 0;
-    let (job, outcomes) = loop {
-        attempt += 1;
-        let job = prepare_job(
-            hub,
-            project,
-            ch,
-            actor,
-            &kept,
-            &texts,
-            &ids,
-            &body_sha256,
-            &denials,
-        )
-        .await?;
-        let summary = JobSummary::of(&job);
-        match hub.writer().submit(job).await {
-            Ok(o) => break (summary, o),
-            Err(WriteError::Stale) if attempt < 3 => {
-                hub.invalidate_project(project);
-            }
-            Err(WriteError::Stale) => {
-                return Err(Error::new(
-                    ErrorCode::Unavailable,
-                    "the project's configuration changed while the events were stored; retry",
-                ));
-            }
-            Err(WriteError::Failed(e)) => return Err(e),
-        }
+    // Storing the events and handing the stored clicks to their handler run in a task of its
+    // own: a queued job is committed by the writer whether or not anyone still waits for it,
+    // and a redelivery of a committed event is a duplicate that never reaches the handler
+    // again, so a webhook dropped in between (the provider's timeout, a sender hanging up on
+    // purpose) would leave a stored approval click undecided for good. The answer still waits.
+    let stored = {
+        let (hub, project, ch, actor) = (hub.clone(), project.clone(), ch.clone(), actor.clone());
+        tokio::spawn(tenancy::scope(project.clone(), async move {
+            let r = store_and_handle(
+                &hub,
+                &project,
+                &ch,
+                &actor,
+                &kept,
+                &texts,
+                &ids,
+                &body_sha256,
+                &denials,
+            )
+            .await;
+            r.map(|(job, outcomes)| (job, outcomes, kept, ids, denials))
+        }))
     };
+    let (job, outcomes, kept, ids, denials) = stored.await.map_err(|_| {
+        Error::new(
+            ErrorCode::Internal,
+            "the task storing the webhook's events stopped",
+        )
+    })??;
     let mut events = Vec::with_capacity(kept.len());
     let (mut accepted_n, mut dup_n) = (0u64, 0u64);
     for (i, e) in kept.iter().enumerate() {
@@ -283,14 +280,6 @@ pub async fn accept(
         }
         accepted_n += 1;
         let (event_id, trace) = &ids[i];
-        if job.routes[i] == Route::Handler
-            && let Err(err) = hub
-                .actions()
-                .handle(project, &ch.channel, *event_id, e)
-                .await
-        {
-            tracing::warn!(code = err.code.as_str(), %event_id, "postback handler failed");
-        }
         events.push(json!({
             "external_id": e.external_id, "event_id": event_id, "run_id": out.run_id,
             "kind": e.kind.as_str(), "duplicate": false, "trace_id": trace.trace_id,
@@ -308,6 +297,69 @@ pub async fn accept(
             None
         },
     })
+}
+
+/// Store the kept events (and queue their runs) through the hub's writer, then hand the
+/// stored events routed to the handler (approval clicks) to it. Runs in a task of its own
+/// (see [`accept`]).
+#[allow(clippy::too_many_arguments)]
+async fn store_and_handle(
+    hub: &Hub,
+    project: &ProjectId,
+    ch: &ResolvedChannel,
+    actor: &Actor,
+    kept: &[Normalized],
+    texts: &[Option<String>],
+    ids: &[(Uuid, TraceContext)],
+    body_sha256: &str,
+    denials: &[(ErrorCode, Value)],
+) -> Result<(JobSummary, Vec<ItemOutcome>)> {
+    // Prepared on a cached basis (mode, active revisions) that the write transaction checks;
+    // when it changed in between, the cache is dropped and the runs prepared again.
+    let mut attempt = 0;
+    let (job, outcomes) = loop {
+        attempt += 1;
+        let job = prepare_job(
+            hub,
+            project,
+            ch,
+            actor,
+            kept,
+            texts,
+            ids,
+            body_sha256,
+            denials,
+        )
+        .await?;
+        let summary = JobSummary::of(&job);
+        match hub.writer().submit(job).await {
+            Ok(o) => break (summary, o),
+            Err(WriteError::Stale) if attempt < 3 => {
+                hub.invalidate_project(project);
+            }
+            Err(WriteError::Stale) => {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the project's configuration changed while the events were stored; retry",
+                ));
+            }
+            Err(WriteError::Failed(e)) => return Err(e),
+        }
+    };
+    for (i, e) in kept.iter().enumerate() {
+        let inserted = outcomes.get(i).is_some_and(|o| o.inserted);
+        if inserted && job.routes[i] == Route::Handler {
+            let event_id = ids[i].0;
+            if let Err(err) = hub
+                .actions()
+                .handle(project, &ch.channel, event_id, e)
+                .await
+            {
+                tracing::warn!(code = err.code.as_str(), %event_id, "postback handler failed");
+            }
+        }
+    }
+    Ok((job, outcomes))
 }
 
 /// What [`accept`] needs back of a submitted job.

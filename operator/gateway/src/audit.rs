@@ -90,15 +90,32 @@ impl CallAudit {
         (Self { tx }, task)
     }
 
-    pub async fn record(&self, mut r: CallRecord) {
-        // Layer 2: the caller chose the tool name and influenced the details.
-        let redactor = Redactor::global();
-        redactor.redact_json(&mut r.details);
-        if let std::borrow::Cow::Owned(t) = redactor.redact_str(&r.tool) {
-            r.tool = t;
-        }
-        if self.tx.send(Msg::Row(Box::new(r))).await.is_err() {
+    pub async fn record(&self, r: CallRecord) {
+        if self.tx.send(Msg::Row(redacted(r))).await.is_err() {
             tracing::error!("call audit writer has stopped; a row could not be queued");
+        }
+    }
+
+    /// [`CallAudit::record`] without waiting, for a `Drop` (a call whose caller went away): the
+    /// row is queued at once, or by a task of its own while the channel is full.
+    pub fn record_detached(&self, r: CallRecord) {
+        match self.tx.try_send(Msg::Row(redacted(r))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(row)) => {
+                let tx = self.tx.clone();
+                if let Ok(h) = tokio::runtime::Handle::try_current() {
+                    h.spawn(async move {
+                        if tx.send(row).await.is_err() {
+                            tracing::error!(
+                                "call audit writer has stopped; a row could not be queued"
+                            );
+                        }
+                    });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("call audit writer has stopped; a row could not be queued");
+            }
         }
     }
 
@@ -109,6 +126,16 @@ impl CallAudit {
             let _ = rx.await;
         }
     }
+}
+
+/// Layer 2: the caller chose the tool name and influenced the details.
+fn redacted(mut r: CallRecord) -> Box<CallRecord> {
+    let redactor = Redactor::global();
+    redactor.redact_json(&mut r.details);
+    if let std::borrow::Cow::Owned(t) = redactor.redact_str(&r.tool) {
+        r.tool = t;
+    }
+    Box::new(r)
 }
 
 async fn writer(db: Db, mut rx: mpsc::Receiver<Msg>, interval: Duration) {

@@ -455,29 +455,45 @@ impl Gateway {
         truncated: bool,
         details: Value,
     ) {
-        let denied = status == "denied";
         self.audit
-            .record(CallRecord {
-                project: a.caller.project.clone(),
-                call_id: Uuid::now_v7(),
-                at: chrono::Utc::now(),
-                trace_id: a.trace.trace_id.clone(),
-                run_id: a.caller.run_id,
-                agent: a.caller.agent.clone(),
-                tool: a.tool.clone(),
-                environment: a.caller.environment.clone(),
-                mode: mode.or(a.caller.mode).map_or("unknown", |m| m.as_str()),
-                credential_refs: refs,
-                decision: if denied { "denied" } else { "allowed" },
-                code: code.map(|c| c.as_str()),
-                result_status: status,
-                latency_us: a.started.elapsed().as_micros() as i64,
-                bytes_in: a.bytes_in,
-                bytes_out: bytes_out as i64,
-                truncated,
-                details,
-            })
+            .record(Self::call_record(
+                a, mode, refs, code, status, bytes_out, truncated, details,
+            ))
             .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn call_record(
+        a: &Attempt<'_>,
+        mode: Option<MigrationMode>,
+        refs: Vec<String>,
+        code: Option<ErrorCode>,
+        status: &'static str,
+        bytes_out: usize,
+        truncated: bool,
+        details: Value,
+    ) -> CallRecord {
+        let denied = status == "denied";
+        CallRecord {
+            project: a.caller.project.clone(),
+            call_id: Uuid::now_v7(),
+            at: chrono::Utc::now(),
+            trace_id: a.trace.trace_id.clone(),
+            run_id: a.caller.run_id,
+            agent: a.caller.agent.clone(),
+            tool: a.tool.clone(),
+            environment: a.caller.environment.clone(),
+            mode: mode.or(a.caller.mode).map_or("unknown", |m| m.as_str()),
+            credential_refs: refs,
+            decision: if denied { "denied" } else { "allowed" },
+            code: code.map(|c| c.as_str()),
+            result_status: status,
+            latency_us: a.started.elapsed().as_micros() as i64,
+            bytes_in: a.bytes_in,
+            bytes_out: bytes_out as i64,
+            truncated,
+            details,
+        }
     }
 
     async fn deny(&self, a: &Attempt<'_>, mode: Option<MigrationMode>, e: Error) -> Error {
@@ -736,6 +752,17 @@ impl Gateway {
         }
         let exact = self.exact_secrets(&creds);
         let traceparent = trace.traceparent();
+        // From here until its row is queued the call is audited even if its caller goes away
+        // (a `/mcp` client hanging up drops this future, as does a run's timeout): the request
+        // may already have reached the upstream, and a tool call without an audit row is what
+        // a hostile caller would aim for.
+        let unaudited = Unaudited {
+            audit: &self.audit,
+            a: &a,
+            mode,
+            refs: refs.clone(),
+            armed: true,
+        };
         let res = self
             .upstream
             .call_tool(UpstreamCall {
@@ -790,6 +817,7 @@ impl Gateway {
                     json!({}),
                 )
                 .await;
+                unaudited.disarm();
                 return Err(Error::new(code, message));
             }
         };
@@ -831,6 +859,7 @@ impl Gateway {
             details,
         )
         .await;
+        unaudited.disarm();
         Ok(match text {
             Some(t) => Out::Json(t),
             None => Out::Value(out.result),
@@ -995,6 +1024,42 @@ impl Gateway {
             Ok(())
         }))
         .await
+    }
+}
+
+/// Queues the audit row of a call that passed the gates and was handed to the upstream, when
+/// the call's future is dropped before its own row was queued (see `call_tool_out`): status
+/// `upstream_error`, no code, `details.cancelled` saying the upstream may have run it.
+struct Unaudited<'a> {
+    audit: &'a CallAudit,
+    a: &'a Attempt<'a>,
+    mode: Option<MigrationMode>,
+    refs: Vec<String>,
+    armed: bool,
+}
+
+impl Unaudited<'_> {
+    /// The call's own row is queued.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unaudited<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.audit.record_detached(Gateway::call_record(
+            self.a,
+            self.mode,
+            std::mem::take(&mut self.refs),
+            None,
+            "upstream_error",
+            0,
+            false,
+            json!({"cancelled": "the caller went away before the call finished; the upstream may have run it"}),
+        ));
     }
 }
 

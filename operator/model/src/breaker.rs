@@ -397,7 +397,27 @@ impl AnomalyCounter {
     }
 
     /// Count one event; returns true when it opened the project breaker.
+    ///
+    /// The count and the opening run in a task of their own: the breaker opens only on the
+    /// event that reaches the threshold exactly, so a caller dropped between the two (a run's
+    /// timeout, a cancelled run: the counted increment is durable, the opening is not) would
+    /// leave the breaker closed for the rest of the window whatever the count.
     pub async fn record(&self, kind: Anomaly) -> Result<bool> {
+        let project = tenancy::require()?;
+        let this = self.clone();
+        tokio::spawn(tenancy::scope(project, async move {
+            this.count_and_open(kind).await
+        }))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::Internal,
+                "an anomaly count task stopped before it answered",
+            ))
+        })
+    }
+
+    async fn count_and_open(&self, kind: Anomaly) -> Result<bool> {
         let start = window_start(self.clock.now(), self.cfg.window);
         let count = match self.redis_incr(kind, start).await? {
             Some(n) => n,

@@ -561,7 +561,21 @@ impl ReservationGuard {
 
     pub async fn settle(&self, tokens: u64, micros: u64) -> Result<bool> {
         self.settled.store(true, Ordering::SeqCst);
-        self.budget.settle(&self.reservation, tokens, micros).await
+        // In a task of its own: from here on `Drop` leaves the reservation to this settlement,
+        // so a caller dropped while it is in flight (a run's timeout, a cancelled or aborted
+        // run) must not take it along; the reservation would stay held until it expired and
+        // then be charged in full (and could trip the breaker).
+        let (budget, r) = (self.budget.clone(), self.reservation.clone());
+        tokio::spawn(tenancy::scope(self.project.clone(), async move {
+            budget.settle(&r, tokens, micros).await
+        }))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::Internal,
+                "a budget settlement task stopped before it answered",
+            ))
+        })
     }
 
     /// Settle at what was counted so far.

@@ -335,6 +335,18 @@ impl ProviderProxy {
         };
         env.reservation_id = Some(reservation.id);
         let guard = ReservationGuard::new(self.budget.clone(), project.clone(), reservation);
+        // From here the request may reach the provider, which may bill it: a call dropped
+        // before its envelope is audited (a run's timeout_seconds, an aborted run) is audited
+        // as `dropped`, at what was counted (the guard settles it at the same usage).
+        let unaudited = DroppedCall {
+            db: self.db.clone(),
+            project: project.clone(),
+            env: Some(env.clone()),
+            started,
+            counted: guard.consumed_tokens.clone(),
+            prompt_bound,
+            prices: (target.input_micros_per_mtok, target.output_micros_per_mtok),
+        };
         let res = tokio::time::timeout(
             timeout,
             self.stream(target, max_tokens, req, &guard, prompt_bound, worst),
@@ -354,10 +366,10 @@ impl ProviderProxy {
                 let output = response.usage.output_tokens;
                 let micros = cost_micros(input, target.input_micros_per_mtok)
                     + cost_micros(output, target.output_micros_per_mtok);
-                guard
-                    .settle(input + output, micros)
-                    .await
-                    .map_err(AttemptError::Fatal)?;
+                if let Err(e) = guard.settle(input + output, micros).await {
+                    unaudited.disarm();
+                    return Err(AttemptError::Fatal(e));
+                }
                 env.usage = Usage {
                     input_tokens: input,
                     output_tokens: output,
@@ -365,6 +377,9 @@ impl ProviderProxy {
                 };
                 env.cost_micros = micros;
                 env.outcome = "ok".into();
+                // Disarmed in the same poll that starts the audit (which writes from a task of
+                // its own): never both rows, never neither.
+                unaudited.disarm();
                 self.audit(&env).await;
                 Ok(ModelCall {
                     response,
@@ -383,10 +398,10 @@ impl ProviderProxy {
                             target.output_micros_per_mtok,
                         )
                 };
-                guard
-                    .settle(counted, micros)
-                    .await
-                    .map_err(AttemptError::Fatal)?;
+                if let Err(e) = guard.settle(counted, micros).await {
+                    unaudited.disarm();
+                    return Err(AttemptError::Fatal(e));
+                }
                 env.usage = Usage {
                     input_tokens: counted.min(prompt_bound),
                     output_tokens: counted.saturating_sub(prompt_bound),
@@ -403,6 +418,7 @@ impl ProviderProxy {
                         env.error_code = Some(err.code.as_str().into());
                     }
                 }
+                unaudited.disarm();
                 self.audit(&env).await;
                 Err(e)
             }
@@ -503,25 +519,80 @@ impl ProviderProxy {
     }
 
     async fn audit(&self, env: &PlatformEnvelope) {
-        let details = serde_json::to_value(env).unwrap_or_default();
-        let entry = Entry {
-            trace_id: Some(env.trace_id.clone()),
-            ..if env.outcome == "ok" {
-                Entry::ok("model", "model.call", env.provider.clone(), details)
-            } else {
-                Entry {
-                    outcome: audit::Outcome::Error,
-                    // The stable code, as the audit log's indexed column.
-                    code: env.error_code.as_deref().and_then(|c| {
-                        ErrorCode::ALL
-                            .iter()
-                            .find(|x| x.as_str() == c)
-                            .map(|x| x.as_str())
-                    }),
-                    ..Entry::ok("model", "model.call", env.provider.clone(), details)
-                }
+        audit_envelope(&self.db, env).await;
+    }
+}
+
+/// The audit row of a model call's envelope (`model.call`).
+async fn audit_envelope(db: &Db, env: &PlatformEnvelope) {
+    let details = serde_json::to_value(env).unwrap_or_default();
+    let entry = Entry {
+        trace_id: Some(env.trace_id.clone()),
+        ..if env.outcome == "ok" {
+            Entry::ok("model", "model.call", env.provider.clone(), details)
+        } else {
+            Entry {
+                outcome: audit::Outcome::Error,
+                // The stable code, as the audit log's indexed column.
+                code: env.error_code.as_deref().and_then(|c| {
+                    ErrorCode::ALL
+                        .iter()
+                        .find(|x| x.as_str() == c)
+                        .map(|x| x.as_str())
+                }),
+                ..Entry::ok("model", "model.call", env.provider.clone(), details)
             }
+        }
+    };
+    audit::record_detached(db, entry).await;
+}
+
+/// Audits a model call dropped after its reservation (see `attempt`): outcome `dropped`,
+/// usage and cost as counted so far (the prompt bound once the request was sent, plus the
+/// streamed output), as `ReservationGuard`'s `Drop` settles it.
+struct DroppedCall {
+    db: Db,
+    project: ProjectId,
+    /// `None` once the call's own envelope is being audited.
+    env: Option<PlatformEnvelope>,
+    started: Instant,
+    counted: Arc<std::sync::atomic::AtomicU64>,
+    prompt_bound: u64,
+    /// Input and output micro-units per million tokens.
+    prices: (u64, u64),
+}
+
+impl DroppedCall {
+    fn disarm(mut self) {
+        self.env = None;
+    }
+}
+
+impl Drop for DroppedCall {
+    fn drop(&mut self) {
+        let Some(mut env) = self.env.take() else {
+            return;
         };
-        audit::record_detached(&self.db, entry).await;
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let counted = self.counted.load(Ordering::SeqCst);
+        env.usage = Usage {
+            input_tokens: counted.min(self.prompt_bound),
+            output_tokens: counted.saturating_sub(self.prompt_bound),
+            reported: false,
+        };
+        env.cost_micros = if counted == 0 {
+            0
+        } else {
+            cost_micros(self.prompt_bound, self.prices.0)
+                + cost_micros(counted.saturating_sub(self.prompt_bound), self.prices.1)
+        };
+        env.outcome = "dropped".into();
+        env.duration_ms = self.started.elapsed().as_millis() as u64;
+        let db = self.db.clone();
+        handle.spawn(tenancy::scope(self.project.clone(), async move {
+            audit_envelope(&db, &env).await;
+        }));
     }
 }

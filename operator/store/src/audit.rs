@@ -171,18 +171,49 @@ pub async fn record_many(conn: &mut PgConnection, entries: Vec<Entry<'_>>) -> Re
 
 /// Append a record in its own transaction (for denials, whose change was rolled back). Failing
 /// to audit a denial must not turn the denial into success, so errors are only logged.
+///
+/// The write runs in a task of its own (in the caller's tenant scope): a caller that hangs up
+/// right after being refused (a forged webhook, an approval by someone not allowed to give it)
+/// drops its handler, and must not take the row of its refusal along with it.
 pub async fn record_detached(db: &Db, entry: Entry<'_>) {
-    let res = async {
+    let Some(project) = tenancy::current() else {
+        tracing::warn!(
+            code = awooop_core::error::ErrorCode::TenantMissing.as_str(),
+            "failed to write denial audit record"
+        );
+        return;
+    };
+    let db = db.clone();
+    let (actor, action) = (entry.actor.to_string(), entry.action.to_string());
+    let Entry {
+        target,
+        outcome,
+        code,
+        trace_id,
+        details,
+        ..
+    } = entry;
+    let task = tokio::spawn(tenancy::scope(project, async move {
+        let entry = Entry {
+            actor: &actor,
+            action: &action,
+            target,
+            outcome,
+            code,
+            trace_id,
+            details,
+        };
         let mut tx = db.tenant().await?;
         record(&mut tx, entry).await?;
         tx.commit().await?;
         Ok::<_, awooop_core::error::Error>(())
-    }
-    .await;
-    if let Err(e) = res {
-        tracing::warn!(
+    }));
+    match task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
             code = e.code.as_str(),
             "failed to write denial audit record"
-        );
+        ),
+        Err(_) => tracing::warn!("denial audit record task stopped"),
     }
 }

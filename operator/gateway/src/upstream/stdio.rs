@@ -60,17 +60,30 @@ impl Shared {
         }
     }
 
-    async fn write_line(&self, mut line: Vec<u8>) -> Result<(), UpstreamError> {
+    async fn write_line(self: &Arc<Self>, mut line: Vec<u8>) -> Result<(), UpstreamError> {
         line.push(b'\n');
-        let mut stdin = self.stdin.lock().await;
-        let res = async {
-            stdin.write_all(&line).await?;
-            stdin.flush().await
-        }
-        .await;
-        res.map_err(|_| {
-            self.alive.store(false, Ordering::SeqCst);
-            UpstreamError::Unavailable("the stdio upstream closed its input".into())
+        // Written by a task of its own: `write_all` is not cancel-safe. A caller dropped while
+        // its line was half written (a large request into a full pipe, and a `/mcp` client
+        // hanging up or a timeout) left the half in the pipe, the next caller's line completed
+        // it, and the child read the two as one broken message: the next call was lost and
+        // waited for its timeout.
+        let shared = self.clone();
+        let task = tokio::spawn(async move {
+            let mut stdin = shared.stdin.lock().await;
+            let res = async {
+                stdin.write_all(&line).await?;
+                stdin.flush().await
+            }
+            .await;
+            res.map_err(|_| {
+                shared.alive.store(false, Ordering::SeqCst);
+                UpstreamError::Unavailable("the stdio upstream closed its input".into())
+            })
+        });
+        task.await.unwrap_or_else(|_| {
+            Err(UpstreamError::Unavailable(
+                "the stdio upstream's writer stopped".into(),
+            ))
         })
     }
 }
@@ -484,5 +497,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A line whose writer is dropped half way (the pipe full, the caller gone) is still
+    /// written whole, so the next line stays a message of its own. Before the fix the child
+    /// read the first 64 KiB of the dropped line followed by the next line, as one line.
+    #[tokio::test]
+    async fn a_line_whose_writer_is_dropped_is_still_written_whole() {
+        // The child reads nothing for a while: the first line fills the pipe and waits.
+        let mut process = Command::new("sh")
+            .args(["-c", "sleep 0.5; exec cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+            stdin: tokio::sync::Mutex::new(process.stdin.take().unwrap()),
+        });
+        // The child's output is read all along (its pipe must not fill up either).
+        let mut out = BufReader::new(process.stdout.take().unwrap());
+        let reader = tokio::spawn(async move {
+            let mut lines = Vec::new();
+            loop {
+                let mut line = Vec::new();
+                if out.read_until(b'\n', &mut line).await.unwrap() == 0 {
+                    return lines;
+                }
+                lines.push(line);
+            }
+        });
+        let big = vec![b'a'; 256 * 1024];
+        let dropped =
+            tokio::time::timeout(Duration::from_millis(100), shared.write_line(big.clone())).await;
+        assert!(dropped.is_err(), "the pipe should have been full");
+        shared.write_line(b"next".to_vec()).await.unwrap();
+        // Both writes are over (the second waited for the first's lock): end the input.
+        drop(shared);
+        let lines = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            lines[0].len(),
+            big.len() + 1,
+            "the first line is the dropped one, whole"
+        );
+        assert_eq!(lines[1], b"next\n");
+        assert_eq!(lines.len(), 2);
     }
 }

@@ -285,6 +285,47 @@ struct Need<'a> {
     recall: Option<DateTime<Utc>>,
 }
 
+/// A [`Need`] owned by the task that syncs for it ([`Inner::sync_detached`]).
+struct OwnedNeed {
+    scopes: Vec<(String, ScopeLimit)>,
+    period: DateTime<Utc>,
+    kind: BudgetPeriod,
+    req: ReserveRequest,
+    recall: Option<DateTime<Utc>>,
+}
+
+impl OwnedNeed {
+    fn borrow(&self) -> Need<'_> {
+        Need {
+            scopes: &self.scopes,
+            period: self.period,
+            kind: self.kind,
+            req: &self.req,
+            recall: self.recall,
+        }
+    }
+}
+
+/// The answer of a sync in its task ([`Inner::sync_detached`]). Dropped unread (the caller
+/// went away after the task answered), the reservation it carries is settled at zero.
+struct Unanswered {
+    rx: tokio::sync::oneshot::Receiver<Result<SyncOutcome>>,
+    inner: Arc<Inner>,
+    project: ProjectId,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Ok(Ok(SyncOutcome {
+            reservation: Some(r),
+            ..
+        })) = self.rx.try_recv()
+        {
+            self.inner.settle_local(&self.project, &r, 0, 0);
+        }
+    }
+}
+
 /// A key's planned change, kept to undo the local side when the transaction fails.
 struct Plan {
     key: Key,
@@ -353,22 +394,21 @@ impl LeasedBudget {
             if let Some(r) = self.inner.try_local(&project, &scopes, period, req)? {
                 return Ok(r);
             }
-            let gate = self.inner.gate(&project);
-            let _g = gate.lock().await;
+            let gate = self.inner.gate(&project).lock_owned().await;
             // Another caller may have leased while this one waited.
             if let Some(r) = self.inner.try_local(&project, &scopes, period, req)? {
                 return Ok(r);
             }
-            let need = Need {
-                scopes: &scopes,
+            let need = OwnedNeed {
+                scopes: scopes.clone(),
                 period,
                 kind: limits.period,
-                req,
+                req: req.clone(),
                 recall,
             };
             let out = self
                 .inner
-                .sync(&project, Mode::Acquire, Some(&need))
+                .sync_detached(&project, gate, Mode::Acquire, Some(need))
                 .await?;
             if let Some(r) = out.reservation {
                 return Ok(r);
@@ -399,9 +439,9 @@ impl LeasedBudget {
                             "scope": scope, "wanted_tokens": req.tokens, "wanted_micros": req.micros
                         })));
                     }
-                    // Other holders answer the recall at their next flush.
+                    // Other holders answer the recall at their next flush (the gate was
+                    // released when the sync ended).
                     recall = recall.or(recall_at);
-                    drop(_g);
                     tokio::time::sleep(self.inner.cfg.flush_interval / 2).await;
                 }
             }
@@ -412,38 +452,16 @@ impl LeasedBudget {
     /// False when it was already settled, expired, or its lease was reaped (charged in full).
     pub async fn settle(&self, r: &Reservation, tokens: u64, micros: u64) -> Result<bool> {
         let project = tenancy::require()?;
-        let (alive, overshoot) = {
-            let mut all = self.inner.lock();
-            let Some(st) = all.get_mut(project.as_str()) else {
-                return Ok(false);
-            };
-            let Some(mut held) = st.held.remove(&r.id) else {
-                return Ok(false);
-            };
-            let actual = [tokens, micros];
-            let mut alive = true;
-            for (key, id) in &held.leases {
-                match st.leases.get_mut(key) {
-                    Some(l) if l.lease_id == *id => {
-                        for d in 0..2 {
-                            l.out[d] = l.out[d].saturating_sub(held.amount[d]);
-                            l.settled[d] = l.settled[d].saturating_add(actual[d]);
-                        }
-                    }
-                    _ => alive = false,
-                }
-            }
-            held.row.state = "settled";
-            held.row.actual = [i64_of(tokens), i64_of(micros)];
-            st.journal.push(held.row);
-            (alive, tokens > held.amount[0] || micros > held.amount[1])
+        let Some((alive, overshoot)) = self.inner.settle_local(&project, r, tokens, micros) else {
+            return Ok(false);
         };
         if overshoot {
             // Usage above the reservation is recorded now, not at the next flush: the ledger
             // shows it (and trips) as the plain path would.
-            let gate = self.inner.gate(&project);
-            let _g = gate.lock().await;
-            self.inner.sync(&project, Mode::Flush, None).await?;
+            let gate = self.inner.gate(&project).lock_owned().await;
+            self.inner
+                .sync_detached(&project, gate, Mode::Flush, None)
+                .await?;
         }
         Ok(alive)
     }
@@ -500,6 +518,38 @@ fn spawn_flusher(weak: Weak<Inner>) {
 }
 
 impl Inner {
+    /// The in-memory part of [`LeasedBudget::settle`]: `None` when the reservation is not
+    /// held here (already settled, expired, or its lease reaped), else (its lease is alive,
+    /// the usage passed the reservation).
+    fn settle_local(
+        &self,
+        project: &ProjectId,
+        r: &Reservation,
+        tokens: u64,
+        micros: u64,
+    ) -> Option<(bool, bool)> {
+        let mut all = self.lock();
+        let st = all.get_mut(project.as_str())?;
+        let mut held = st.held.remove(&r.id)?;
+        let actual = [tokens, micros];
+        let mut alive = true;
+        for (key, id) in &held.leases {
+            match st.leases.get_mut(key) {
+                Some(l) if l.lease_id == *id => {
+                    for d in 0..2 {
+                        l.out[d] = l.out[d].saturating_sub(held.amount[d]);
+                        l.settled[d] = l.settled[d].saturating_add(actual[d]);
+                    }
+                }
+                _ => alive = false,
+            }
+        }
+        held.row.state = "settled";
+        held.row.actual = [i64_of(tokens), i64_of(micros)];
+        st.journal.push(held.row);
+        Some((alive, tokens > held.amount[0] || micros > held.amount[1]))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ProjectState>> {
         // A panic while holding the lock leaves counters that may be off: fail closed by
         // continuing with them (they only ever over-count what is held).
@@ -610,7 +660,7 @@ impl Inner {
         }
     }
 
-    async fn sync_all(&self, mode: Mode, wait: bool) -> Result<()> {
+    async fn sync_all(self: &Arc<Self>, mode: Mode, wait: bool) -> Result<()> {
         let projects: Vec<String> = self
             .lock()
             .iter()
@@ -625,19 +675,67 @@ impl Inner {
             let gate = self.gate(&project);
             // The periodic flush skips a project whose acquirer is busy: that acquisition
             // flushes it anyway.
-            let _g = if wait {
-                gate.lock().await
+            let gate = if wait {
+                gate.lock_owned().await
             } else {
-                match gate.try_lock() {
+                match gate.try_lock_owned() {
                     Ok(g) => g,
                     Err(_) => continue,
                 }
             };
-            if let Err(e) = tenancy::scope(project.clone(), self.sync(&project, mode, None)).await {
+            if let Err(e) = self.sync_detached(&project, gate, mode, None).await {
                 first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// [`Inner::sync`] in a task of its own, holding the project's gate (`gate`) until it ends.
+    ///
+    /// Why a task: `sync` takes the settled spend and the journal out of this process's
+    /// memory before its transaction commits, and puts them back only when the transaction
+    /// *fails*. A caller dropped at one of its awaits (a run's `timeout_seconds`, a cancelled
+    /// or aborted run, shutdown) rolled the transaction back and lost both: spend that never
+    /// reached the ledger, so the hard limit admitted more than it should, and settled
+    /// reservations never journaled. In a task the sync always ends (committed, or rolled back
+    /// with the local side put back). A reservation it admitted for a caller that went away
+    /// is settled at zero at once (nothing was sent for it), not held until it expires and
+    /// charged in full.
+    async fn sync_detached(
+        self: &Arc<Self>,
+        project: &ProjectId,
+        gate: tokio::sync::OwnedMutexGuard<()>,
+        mode: Mode,
+        need: Option<OwnedNeed>,
+    ) -> Result<SyncOutcome> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let inner = self.clone();
+        let p = project.clone();
+        tokio::spawn(tenancy::scope(project.clone(), async move {
+            let out = {
+                let need = need.as_ref().map(OwnedNeed::borrow);
+                inner.sync(&p, mode, need.as_ref()).await
+            };
+            drop(gate);
+            if let Err(Ok(SyncOutcome {
+                reservation: Some(r),
+                ..
+            })) = answer.send(out)
+            {
+                inner.settle_local(&p, &r, 0, 0);
+            }
+        }));
+        let mut answered = Unanswered {
+            rx: answered,
+            inner: self.clone(),
+            project: project.clone(),
+        };
+        (&mut answered.rx).await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::Internal,
+                "a budget lease sync task stopped before it answered",
+            ))
+        })
     }
 
     /// One tenant transaction over all of `project`'s leases (and the needed scopes): reap

@@ -386,6 +386,11 @@ pub fn worker_for_project(
             executor,
             {
                 let mut cfg = args.config(worker_id());
+                // A project-bound worker (the operator's per-project Deployments) claims its
+                // successors in the completion's transaction: measured faster with one project
+                // and never slower on two machines (docs/benchmarks.md, "Session 28"); an
+                // unbound worker does not (no gain with eight tenants, "Session 21").
+                cfg.refill_on_complete = project.is_some();
                 cfg.project = project;
                 cfg
             },

@@ -1089,6 +1089,17 @@ async fn queue(su: &mut sqlx::PgConnection, project: &str, cap: &str, n: i64) {
 /// Then the cap is lowered below the running count: a refill after one completion starts none.
 #[tokio::test]
 async fn a_refill_never_raises_its_projects_running_count() {
+    refill_keeps_the_cap(false).await;
+}
+
+/// The same for a project-bound worker's refill (`awooop worker --project`), which counts its
+/// project's running runs without the fairness probe.
+#[tokio::test]
+async fn a_project_bound_refill_never_raises_its_projects_running_count() {
+    refill_keeps_the_cap(true).await;
+}
+
+async fn refill_keeps_the_cap(bound: bool) {
     let t = TestDb::new().await;
     let mut su = t.superuser().await;
     add_projects(&mut su, &["capped"]).await;
@@ -1114,7 +1125,7 @@ async fn a_refill_never_raises_its_projects_running_count() {
                 .unwrap();
             assert_eq!(landed, vec![true]);
             repo::enter_worker_scope(&mut tx).await.unwrap();
-            let refilled = repo::refill_in(&mut tx, worker, p.as_str(), 1, 30.0)
+            let refilled = repo::refill_in(&mut tx, worker, p.as_str(), 1, 30.0, bound)
                 .await
                 .unwrap();
             (tx, refilled)
@@ -1174,7 +1185,7 @@ async fn a_refill_yields_to_another_tenants_older_runs() {
     .execute(&mut su)
     .await
     .unwrap();
-    let refill = |c: repo::Claimed| {
+    let refill = |c: repo::Claimed, bound: bool| {
         let db = t.db();
         let p = ProjectId::parse("busy").unwrap();
         tenancy::scope(p.clone(), async move {
@@ -1187,15 +1198,29 @@ async fn a_refill_yields_to_another_tenants_older_runs() {
                 .await
                 .unwrap();
             repo::enter_worker_scope(&mut tx).await.unwrap();
-            let r = repo::refill_in(&mut tx, "a", p.as_str(), 1, 30.0)
+            let r = repo::refill_in(&mut tx, "a", p.as_str(), 1, 30.0, bound)
                 .await
                 .unwrap();
             tx.commit().await.unwrap();
             r
         })
     };
-    let refilled = refill(first[0].clone()).await;
+    let refilled = refill(first[0].clone(), false).await;
     assert!(refilled.is_empty(), "{refilled:?}");
+    // A worker bound to 'busy' (`awooop worker --project busy`) cannot start 'waiting''s runs,
+    // so its refill does not yield to them: it takes its own project's next run.
+    let mut a = repo::claim_tx(&t.app).await.unwrap();
+    let bound_first = repo::claim_in(&mut a, "a", 1, 30.0, Some("busy"))
+        .await
+        .unwrap();
+    a.commit().await.unwrap();
+    let refilled = refill(bound_first[0].clone(), true).await;
+    assert_eq!(
+        refilled.len(),
+        1,
+        "a bound refill yielded to runs it cannot claim"
+    );
+    assert_eq!(refilled[0].project_id, "busy");
     // With no older run elsewhere, the same refill takes its own project's next run.
     sqlx::query("DELETE FROM runs WHERE project_id = 'waiting'")
         .execute(&mut su)
@@ -1204,7 +1229,7 @@ async fn a_refill_yields_to_another_tenants_older_runs() {
     let mut b = repo::claim_tx(&t.app).await.unwrap();
     let second = repo::claim_in(&mut b, "a", 1, 30.0, None).await.unwrap();
     b.commit().await.unwrap();
-    let refilled = refill(second[0].clone()).await;
+    let refilled = refill(second[0].clone(), false).await;
     assert_eq!(refilled.len(), 1);
     assert_eq!(refilled[0].project_id, "busy");
     drop(su);
@@ -1256,7 +1281,7 @@ async fn a_refills_fairness_probe_reads_only_the_heads_of_the_queues() {
             .unwrap();
         repo::enter_worker_scope(&mut tx).await.unwrap();
         let before = runs_entries_read(&mut tx).await;
-        let r = repo::refill_in(&mut tx, "a", p.as_str(), 1, 30.0)
+        let r = repo::refill_in(&mut tx, "a", p.as_str(), 1, 30.0, false)
             .await
             .unwrap();
         let read = runs_entries_read(&mut tx).await - before;
@@ -1449,7 +1474,7 @@ impl Executor for Overlap {
 /// count and each started up to the whole room.
 #[tokio::test]
 async fn four_workers_never_run_more_of_a_project_than_its_cap() {
-    cap_holds(false).await;
+    cap_holds(false, false).await;
 }
 
 /// The same with the completion writers refilling in their completion transactions, where a
@@ -1459,16 +1484,37 @@ async fn four_workers_never_run_more_of_a_project_than_its_cap() {
 /// showed instead, as a claim without the lock would, exceeds it.)
 #[tokio::test]
 async fn four_workers_refilling_on_completion_never_run_more_of_a_project_than_its_cap() {
-    cap_holds(true).await;
+    cap_holds(true, false).await;
 }
 
-async fn cap_holds(refill: bool) {
+/// The same with the four workers bound to the project (`awooop worker --project alpha`, which
+/// refills by default) while another tenant's runs have waited longer: those runs are not
+/// theirs to claim, so the refills do not yield to them (before, every refill yielded and fell
+/// back to the locked claim: no run was started by a refill), and the cap still holds.
+#[tokio::test]
+async fn project_bound_workers_refill_past_another_tenants_older_runs() {
+    cap_holds(true, true).await;
+}
+
+/// `bound`: the workers claim only `alpha`'s runs, and `beta` has three runs queued a day
+/// before every run of `alpha`.
+async fn cap_holds(refill: bool, bound: bool) {
     let t = TestDb::new().await;
     let cp = t.control(Coord::none());
     let p = echo_project(&cp, "alpha").await;
     let n = 48;
     create(&cp, &p, n).await;
     let mut su = t.superuser().await;
+    if bound {
+        let beta = echo_project(&cp, "beta").await;
+        create(&cp, &beta, 3).await;
+        sqlx::query(
+            "UPDATE runs SET created_at = created_at - interval '1 day' WHERE project_id = 'beta'",
+        )
+        .execute(&mut su)
+        .await
+        .unwrap();
+    }
     sqlx::query("UPDATE runs SET max_concurrent = 3")
         .execute(&mut su)
         .await
@@ -1485,6 +1531,7 @@ async fn cap_holds(refill: bool) {
             cfg.slots = 8;
             cfg.poll = Duration::from_millis(20);
             cfg.refill_on_complete = refill;
+            cfg.project = bound.then(|| "alpha".to_string());
             Arc::new(Worker::new(t.app.clone(), cp.clone(), exec.clone(), cfg))
         })
         .collect();
@@ -1532,6 +1579,15 @@ async fn cap_holds(refill: bool) {
         .await
         .unwrap();
     assert_eq!(succeeded as usize, n);
+    if bound {
+        let beta: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE project_id = 'beta' AND state = 'queued'",
+        )
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        assert_eq!(beta, 3, "a worker bound to alpha started beta's runs");
+    }
     drop(su);
     t.cleanup().await;
 }

@@ -744,20 +744,36 @@ pub async fn claim_round_in(
 /// ([`REFILL_COUNT_SQL`]); otherwise it starts nothing and the caller's locked claim picks, in
 /// its usual order. Two statements, as a locked claim: [`REFILL_COUNT_SQL`] and [`CLAIM_SQL`]
 /// for this one project with `freed` as its limit.
+///
+/// `bound`: the worker claims only `project`'s runs (`awooop worker --project`, what the
+/// operator's per-project Deployments run). Such a worker cannot start another tenant's runs
+/// whatever their age (their own workers do), so its refill does not yield to them: yielding
+/// would only send it to its locked claim for the same project's runs, one more lock and
+/// statement per cycle.
 pub async fn refill_in(
     conn: &mut PgConnection,
     worker: &str,
     project: &str,
     freed: i64,
     lease_seconds: f64,
+    bound: bool,
 ) -> Result<Vec<Claimed>> {
     if freed <= 0 {
         return Ok(Vec::new());
     }
-    let (busy, first): (i64, bool) = sqlx::query_as(REFILL_COUNT_SQL)
-        .bind(project)
-        .fetch_one(&mut *conn)
-        .await?;
+    let (busy, first): (i64, bool) = if bound {
+        // No other tenant's head to compare with: the count alone.
+        let busy = sqlx::query_scalar(REFILL_BUSY_SQL)
+            .bind(project)
+            .fetch_one(&mut *conn)
+            .await?;
+        (busy, true)
+    } else {
+        sqlx::query_as(REFILL_COUNT_SQL)
+            .bind(project)
+            .fetch_one(&mut *conn)
+            .await?
+    };
     if !first {
         // Another project's run has waited longer (or nothing of this project is queued): the
         // locked claim's order decides, as it would have without the refill.
@@ -812,6 +828,11 @@ pub const REFILL_COUNT_SQL: &str = "WITH RECURSIVE qp AS ( \
                                OFFSET 0) h, mine \
                 WHERE h.head < mine.created_at \
                    OR (h.head = mine.created_at AND h.project_id < $1))";
+
+/// A project-bound worker's [`refill_in`] count: the project's running runs, as the first
+/// column of [`REFILL_COUNT_SQL`] (no fairness probe: see `bound`).
+const REFILL_BUSY_SQL: &str =
+    "SELECT count(*) FROM runs r WHERE r.project_id = $1 AND r.state = 'running'";
 
 /// Turn a tenant transaction that has done its tenant work into a worker-scoped one (for
 /// [`claim_in`] after [`complete_batch`]). Row-level security then also admits the worker

@@ -48,7 +48,10 @@ pub struct WorkerConfig {
     /// slower; the lock-free, fair refill of session 21 is a wash on a CPU-bound machine (a few
     /// per cent faster with one project, about 10 % slower with eight, where most refills find
     /// another tenant's head older and fall back to the locked claim: docs/benchmarks.md,
-    /// "Session 21"). Measure with `AWOOOP_BENCH_REFILL=1 awooop bench runs`.
+    /// "Session 21"). A worker bound to one project (`project`) refills without that probe
+    /// and `awooop worker --project` turns this on ("Session 28": +9 % capped, +13 % uncapped
+    /// with one project on one machine, a few per cent on another). Measure with
+    /// `AWOOOP_BENCH_REFILL=1 awooop bench runs`.
     pub refill_on_complete: bool,
 }
 
@@ -771,6 +774,7 @@ impl Worker {
                                 project.as_str(),
                                 freed.min(want) as i64,
                                 self.cfg.lease.as_secs_f64(),
+                                self.cfg.project.as_deref() == Some(project.as_str()),
                             )
                             .await?;
                             self.stats

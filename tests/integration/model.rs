@@ -229,6 +229,32 @@ async fn budget_fifty_concurrent_calls_never_spend_past_the_limit() {
     t.cleanup().await;
 }
 
+/// Start a model call against `double`'s endless stream, wait until the stream is flowing (its
+/// request sent and its reservation held), then drop the call (its task aborted, as a run's
+/// timeout or an aborted run drops it).
+async fn drop_mid_stream(
+    t: &TestDb,
+    pol: &EffectivePolicy,
+    p: &ProjectId,
+    double: &ProviderDouble,
+) {
+    let px = proxy(t);
+    let task = {
+        let (pol, p) = (pol.clone(), p.clone());
+        tokio::spawn(tenancy::scope(p, async move {
+            px.chat(&pol, &meta(), &request(), None).await
+        }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while double.requests().is_empty() || open_reservations(t, p).await == 0 {
+        assert!(Instant::now() < deadline, "the call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+}
+
 #[tokio::test]
 async fn budget_a_call_dropped_mid_stream_is_settled_and_expired_reservations_are_swept() {
     let t = TestDb::new().await;
@@ -245,22 +271,7 @@ async fn budget_a_call_dropped_mid_stream_is_settled_and_expired_reservations_ar
         )],
         10_000_000,
     );
-    let px = proxy(&t);
-    let task = {
-        let (px, pol, p) = (px.clone(), pol.clone(), p.clone());
-        tokio::spawn(tenancy::scope(p, async move {
-            px.chat(&pol, &meta(), &request(), None).await
-        }))
-    };
-    // Wait until the stream is flowing (the reservation is held), then kill the call.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while double.requests().is_empty() || open_reservations(&t, &p).await == 0 {
-        assert!(Instant::now() < deadline, "the call never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    task.abort();
-    assert!(task.await.unwrap_err().is_cancelled());
+    drop_mid_stream(&t, &pol, &p, &double).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while open_reservations(&t, &p).await > 0 {
         assert!(
@@ -2215,21 +2226,7 @@ async fn a_model_call_dropped_mid_stream_is_audited() {
         vec![target(&double, ProviderApi::OpenaiChat, "cloud", 100_000)],
         10_000_000,
     );
-    let px = proxy(&t);
-    let task = {
-        let (px, pol, p) = (px.clone(), pol.clone(), p.clone());
-        tokio::spawn(tenancy::scope(p, async move {
-            px.chat(&pol, &meta(), &request(), None).await
-        }))
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while double.requests().is_empty() || open_reservations(&t, &p).await == 0 {
-        assert!(Instant::now() < deadline, "the call never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    task.abort();
-    assert!(task.await.unwrap_err().is_cancelled());
+    drop_mid_stream(&t, &pol, &p, &double).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let row = loop {
         let calls: Vec<String> = audit_actions(&t, "call-dropped")

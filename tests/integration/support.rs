@@ -145,56 +145,48 @@ impl TestDb {
     /// the moment a future awaiting that statement can be dropped mid-flight, for the
     /// cancellation tests.
     pub async fn wait_for_blocked(&self, prefix: &str) {
-        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&base_url())
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                 AND wait_event_type = 'Lock' AND starts_with(ltrim(query), $2)",
-            )
-            .bind(&self.name)
-            .bind(prefix)
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-            if n > 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no session blocked in `{prefix}…` after 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.wait_for_session(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+             AND wait_event_type = 'Lock' AND starts_with(ltrim(query), $2)",
+            prefix,
+            Duration::from_secs(20),
+            &format!("no session blocked in `{prefix}…`"),
+        )
+        .await;
     }
 
     /// Wait until a session of this database has completed `LISTEN channel` (it shows as an
     /// idle backend whose last statement was that LISTEN), so a NOTIFY sent now reaches it.
     pub async fn wait_for_listener(&self, channel: &str) {
+        self.wait_for_session(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle' \
+             AND query ILIKE 'LISTEN%' AND position($2 in query) > 0",
+            channel,
+            Duration::from_secs(30),
+            &format!("no session LISTENs on {channel}"),
+        )
+        .await;
+    }
+
+    /// Poll `pg_stat_activity` with `count` (`$1` this database, `$2` bound to `arg`) until it
+    /// finds a session, failing with `what` after `within`.
+    async fn wait_for_session(&self, count: &'static str, arg: &str, within: Duration, what: &str) {
         let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&base_url())
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + within;
         loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'idle' \
-                 AND query ILIKE 'LISTEN%' AND position($2 in query) > 0",
-            )
-            .bind(&self.name)
-            .bind(channel)
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
+            let n: i64 = sqlx::query_scalar(count)
+                .bind(&self.name)
+                .bind(arg)
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
             if n > 0 {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no session LISTENs on {channel} after 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(Instant::now() < deadline, "{what} after {within:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -20,7 +20,7 @@ MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-25}"
 PY="${AWOOOP_TEST_PYTHON:-$(pwd)/.tools/venv/bin/python}"
 ST="$(dirname "$PY")/schemathesis"
 [ -x "$ST" ] || { echo "schemathesis not found next to $PY: run scripts/test.sh" >&2; exit 1; }
-BIN="${AWOOOP_BIN:-target/debug/awooop}"
+BIN="${AWOOOP_BIN:-${CARGO_TARGET_DIR:-target}/debug/awooop}"
 if [ ! -x "$BIN" ]; then cargo build --locked --bin awooop; fi
 
 STATE="$(mktemp -d /tmp/awooop-api-fuzz.XXXXXX)"

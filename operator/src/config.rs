@@ -946,7 +946,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Number of projects (bench projection: each gets 10 grants; bench runs: also drain the
-    /// runs spread over that many projects, each capped at 64 concurrent runs).
+    /// runs spread over that many projects, each capped at 64 concurrent runs, once with the
+    /// shared workers and once with one worker bound to each project).
     #[arg(long)]
     pub projects: Option<usize>,
     /// bench projection: against a real kube-apiserver and etcd started from the folder in

@@ -245,30 +245,30 @@ pub async fn accept(
     // and a redelivery of a committed event is a duplicate that never reaches the handler
     // again, so a webhook dropped in between (the provider's timeout, a sender hanging up on
     // purpose) would leave a stored approval click undecided for good. The answer still waits.
-    let stored = {
-        let (hub, project, ch, actor) = (hub.clone(), project.clone(), ch.clone(), actor.clone());
-        tokio::spawn(tenancy::scope(project.clone(), async move {
-            let r = store_and_handle(
-                &hub,
-                &project,
-                &ch,
-                &actor,
-                &kept,
-                &texts,
-                &ids,
-                &body_sha256,
-                &denials,
-            )
-            .await;
-            r.map(|(job, outcomes)| (job, outcomes, kept, ids, denials))
-        }))
+    let delivery = Delivery {
+        project: project.clone(),
+        ch: ch.clone(),
+        actor: actor.clone(),
+        kept,
+        texts,
+        ids,
+        body_sha256,
+        denials,
     };
-    let (job, outcomes, kept, ids, denials) = stored.await.map_err(|_| {
+    let hub_ = hub.clone();
+    let stored = tenancy::spawn_in(project.clone(), async move {
+        let r = store_and_handle(&hub_, &delivery).await;
+        r.map(|(job, outcomes)| (job, outcomes, delivery))
+    });
+    let (job, outcomes, delivery) = stored.await.map_err(|_| {
         Error::new(
             ErrorCode::Internal,
             "the task storing the webhook's events stopped",
         )
     })??;
+    let Delivery {
+        kept, ids, denials, ..
+    } = delivery;
     let mut events = Vec::with_capacity(kept.len());
     let (mut accepted_n, mut dup_n) = (0u64, 0u64);
     for (i, e) in kept.iter().enumerate() {
@@ -299,38 +299,39 @@ pub async fn accept(
     })
 }
 
+/// A verified webhook's kept events with what was derived from them once per request, owned
+/// so that the task storing them can outlive the request (see [`accept`]).
+struct Delivery {
+    project: ProjectId,
+    ch: ResolvedChannel,
+    actor: Actor,
+    kept: Vec<Normalized>,
+    /// The events' texts, redacted.
+    texts: Vec<Option<String>>,
+    /// Each kept event's id and trace.
+    ids: Vec<(Uuid, TraceContext)>,
+    body_sha256: String,
+    /// Refused events (unsupported kinds, senders not allowed): audited with the job.
+    denials: Vec<(ErrorCode, Value)>,
+}
+
 /// Store the kept events (and queue their runs) through the hub's writer, then hand the
 /// stored events routed to the handler (approval clicks) to it. Runs in a task of its own
 /// (see [`accept`]).
-#[allow(clippy::too_many_arguments)]
-async fn store_and_handle(
-    hub: &Hub,
-    project: &ProjectId,
-    ch: &ResolvedChannel,
-    actor: &Actor,
-    kept: &[Normalized],
-    texts: &[Option<String>],
-    ids: &[(Uuid, TraceContext)],
-    body_sha256: &str,
-    denials: &[(ErrorCode, Value)],
-) -> Result<(JobSummary, Vec<ItemOutcome>)> {
+async fn store_and_handle(hub: &Hub, d: &Delivery) -> Result<(JobSummary, Vec<ItemOutcome>)> {
+    let Delivery {
+        project,
+        ch,
+        kept,
+        ids,
+        ..
+    } = d;
     // Prepared on a cached basis (mode, active revisions) that the write transaction checks;
     // when it changed in between, the cache is dropped and the runs prepared again.
     let mut attempt = 0;
     let (job, outcomes) = loop {
         attempt += 1;
-        let job = prepare_job(
-            hub,
-            project,
-            ch,
-            actor,
-            kept,
-            texts,
-            ids,
-            body_sha256,
-            denials,
-        )
-        .await?;
+        let job = prepare_job(hub, d).await?;
         let summary = JobSummary::of(&job);
         match hub.writer().submit(job).await {
             Ok(o) => break (summary, o),
@@ -379,18 +380,17 @@ impl JobSummary {
 
 /// Prepare the runs of the kept events on the project's (cached) run basis: no I/O unless the
 /// basis has to be read.
-#[allow(clippy::too_many_arguments)]
-async fn prepare_job(
-    hub: &Hub,
-    project: &ProjectId,
-    ch: &ResolvedChannel,
-    actor: &Actor,
-    kept: &[Normalized],
-    texts: &[Option<String>],
-    ids: &[(Uuid, TraceContext)],
-    body_sha256: &str,
-    denials: &[(ErrorCode, Value)],
-) -> Result<Job> {
+async fn prepare_job(hub: &Hub, d: &Delivery) -> Result<Job> {
+    let Delivery {
+        project,
+        ch,
+        actor,
+        kept,
+        texts,
+        ids,
+        body_sha256,
+        denials,
+    } = d;
     let provider = ch.provider().as_str();
     let agent = ch.channel.agent.as_str();
     let basis = match hub.basis(project, agent).await {

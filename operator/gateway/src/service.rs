@@ -443,36 +443,31 @@ impl Gateway {
             .check(&(caller.project.clone(), caller.agent.clone()))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn audit_row(
         &self,
         a: &Attempt<'_>,
         mode: Option<MigrationMode>,
         refs: Vec<String>,
-        code: Option<ErrorCode>,
-        status: &'static str,
-        bytes_out: usize,
-        truncated: bool,
-        details: Value,
+        outcome: Outcome,
     ) {
         self.audit
-            .record(Self::call_record(
-                a, mode, refs, code, status, bytes_out, truncated, details,
-            ))
+            .record(Self::call_record(a, mode, refs, outcome))
             .await;
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn call_record(
         a: &Attempt<'_>,
         mode: Option<MigrationMode>,
         refs: Vec<String>,
-        code: Option<ErrorCode>,
-        status: &'static str,
-        bytes_out: usize,
-        truncated: bool,
-        details: Value,
+        outcome: Outcome,
     ) -> CallRecord {
+        let Outcome {
+            code,
+            status,
+            bytes_out,
+            truncated,
+            details,
+        } = outcome;
         let denied = status == "denied";
         CallRecord {
             project: a.caller.project.clone(),
@@ -497,17 +492,7 @@ impl Gateway {
     }
 
     async fn deny(&self, a: &Attempt<'_>, mode: Option<MigrationMode>, e: Error) -> Error {
-        self.audit_row(
-            a,
-            mode,
-            vec![],
-            Some(e.code),
-            "denied",
-            0,
-            false,
-            json!({"reason": e.message}),
-        )
-        .await;
+        self.audit_row(a, mode, vec![], Outcome::denied(&e)).await;
         e
     }
 
@@ -735,17 +720,8 @@ impl Gateway {
                     value: v,
                 }),
                 Err(e) => {
-                    self.audit_row(
-                        &a,
-                        mode,
-                        refs,
-                        Some(e.code),
-                        "upstream_error",
-                        0,
-                        false,
-                        json!({}),
-                    )
-                    .await;
+                    self.audit_row(&a, mode, refs, Outcome::failed(e.code))
+                        .await;
                     return Err(e);
                 }
             }
@@ -806,17 +782,7 @@ impl Gateway {
                     cause = %sanitize::redact_text(&f.to_string(), &exact),
                     "upstream call failed"
                 );
-                self.audit_row(
-                    &a,
-                    mode,
-                    refs,
-                    Some(code),
-                    "upstream_error",
-                    0,
-                    false,
-                    json!({}),
-                )
-                .await;
+                self.audit_row(&a, mode, refs, Outcome::failed(code)).await;
                 unaudited.disarm();
                 return Err(Error::new(code, message));
             }
@@ -848,17 +814,14 @@ impl Gateway {
         if out.truncated_chars > 0 {
             details["truncated_chars"] = json!(out.truncated_chars);
         }
-        self.audit_row(
-            &a,
-            mode,
-            refs,
-            None,
-            if out.is_error { "tool_error" } else { "ok" },
+        let outcome = Outcome {
+            code: None,
+            status: if out.is_error { "tool_error" } else { "ok" },
             bytes_out,
-            out.truncated_chars > 0,
+            truncated: out.truncated_chars > 0,
             details,
-        )
-        .await;
+        };
+        self.audit_row(&a, mode, refs, outcome).await;
         unaudited.disarm();
         Ok(match text {
             Some(t) => Out::Json(t),
@@ -1027,6 +990,47 @@ impl Gateway {
     }
 }
 
+/// How a call ended, as its audit row records it.
+struct Outcome {
+    code: Option<ErrorCode>,
+    /// `denied`, `upstream_error`, `tool_error` or `ok`.
+    status: &'static str,
+    /// The result's length as sent (0 when none was).
+    bytes_out: usize,
+    truncated: bool,
+    details: Value,
+}
+
+impl Outcome {
+    /// Refused by a gate; the reason goes into the row.
+    fn denied(e: &Error) -> Self {
+        Self {
+            code: Some(e.code),
+            status: "denied",
+            details: json!({"reason": e.message}),
+            ..Self::failed_uncoded()
+        }
+    }
+
+    /// Passed the gates, failed before a result (a credential, the upstream).
+    fn failed(code: ErrorCode) -> Self {
+        Self {
+            code: Some(code),
+            ..Self::failed_uncoded()
+        }
+    }
+
+    fn failed_uncoded() -> Self {
+        Self {
+            code: None,
+            status: "upstream_error",
+            bytes_out: 0,
+            truncated: false,
+            details: json!({}),
+        }
+    }
+}
+
 /// Queues the audit row of a call that passed the gates and was handed to the upstream, when
 /// the call's future is dropped before its own row was queued (see `call_tool_out`): status
 /// `upstream_error`, no code, `details.cancelled` saying the upstream may have run it.
@@ -1054,11 +1058,11 @@ impl Drop for Unaudited<'_> {
             self.a,
             self.mode,
             std::mem::take(&mut self.refs),
-            None,
-            "upstream_error",
-            0,
-            false,
-            json!({"cancelled": "the caller went away before the call finished; the upstream may have run it"}),
+            Outcome {
+                code: None,
+                details: json!({"cancelled": "the caller went away before the call finished; the upstream may have run it"}),
+                ..Outcome::failed_uncoded()
+            },
         ));
     }
 }

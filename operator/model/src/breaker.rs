@@ -405,16 +405,14 @@ impl AnomalyCounter {
     pub async fn record(&self, kind: Anomaly) -> Result<bool> {
         let project = tenancy::require()?;
         let this = self.clone();
-        tokio::spawn(tenancy::scope(project, async move {
-            this.count_and_open(kind).await
-        }))
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::new(
-                ErrorCode::Internal,
-                "an anomaly count task stopped before it answered",
-            ))
-        })
+        tenancy::spawn_in(project, async move { this.count_and_open(kind).await })
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorCode::Internal,
+                    "an anomaly count task stopped before it answered",
+                ))
+            })
     }
 
     async fn count_and_open(&self, kind: Anomaly) -> Result<bool> {

@@ -566,9 +566,9 @@ impl ReservationGuard {
         // run) must not take it along; the reservation would stay held until it expired and
         // then be charged in full (and could trip the breaker).
         let (budget, r) = (self.budget.clone(), self.reservation.clone());
-        tokio::spawn(tenancy::scope(self.project.clone(), async move {
+        tenancy::spawn_in(self.project.clone(), async move {
             budget.settle(&r, tokens, micros).await
-        }))
+        })
         .await
         .unwrap_or_else(|_| {
             Err(Error::new(

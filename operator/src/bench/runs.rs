@@ -6,7 +6,9 @@
 //! project), and `runs_per_sec_bulk_uncapped` with runs bulk-inserted in one statement without
 //! the per-project cap (the workers' own ceiling). With `--projects T` a third drain spreads the
 //! same number of bulk-inserted runs over T projects capped at 64 each
-//! (`runs_per_sec_tenants`): the multi-tenant shape, where every claim meets several backlogs.
+//! (`runs_per_sec_tenants`): the multi-tenant shape, where every claim meets several backlogs;
+//! a fourth drains the same again with one worker bound to each project
+//! (`runs_per_sec_tenants_bound`), as `awooop worker --project` deployments do.
 //! Pickup latency uses the create path too.
 
 use std::sync::Arc;
@@ -64,6 +66,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             " runs_per_sec_tenants={t:.0} tenants={}",
             args.projects.unwrap_or(1)
         ));
+    }
+    if let Some(t) = r.rps_tenants_bound {
+        line.push_str(&format!(" runs_per_sec_tenants_bound={t:.0}"));
     }
     if args.peer {
         // The peer drains the same number of jobs right after ours, on the same server, so
@@ -157,6 +162,8 @@ struct Figures {
     rps_raw: f64,
     /// (`--projects T`) The same number of runs over T projects capped at 64 each, drained.
     rps_tenants: Option<f64>,
+    /// (`--projects T`) The same again, drained by one worker bound to each project.
+    rps_tenants_bound: Option<f64>,
     /// The most runs of one project seen running at once in the capped drains (cap 64).
     capped_peak: i64,
     creates_per_sec: f64,
@@ -309,6 +316,25 @@ fn worker(
     cfg.grace = Duration::from_secs(2);
     // Experiment knob (docs/benchmarks.md): 1 turns the completion writer's claim on.
     cfg.refill_on_complete = std::env::var("AWOOOP_BENCH_REFILL").is_ok_and(|v| v == "1");
+    worker_with(s, cfg, exec)
+}
+
+/// A worker bound to `project`, configured as `awooop worker --project` configures it (the
+/// completion writer refills its project's slots; `platform.rs`).
+fn bound_worker(s: &Setup, id: &str, project: &ProjectId) -> Arc<Worker> {
+    let mut cfg = WorkerConfig::new(id);
+    cfg.slots = 256;
+    cfg.lease = Duration::from_secs(30);
+    cfg.heartbeat = cfg.lease / 4;
+    cfg.poll = Duration::from_millis(200);
+    cfg.reap_every = Duration::from_millis(250);
+    cfg.grace = Duration::from_secs(2);
+    cfg.project = Some(project.to_string());
+    cfg.refill_on_complete = true;
+    worker_with(s, cfg, scripted(s))
+}
+
+fn worker_with(s: &Setup, cfg: WorkerConfig, exec: Arc<dyn Executor>) -> Arc<Worker> {
     Arc::new(Worker::new(
         s.p.control.db().pool_for_health().clone(),
         s.p.control.clone(),
@@ -353,6 +379,9 @@ struct Drain<'a> {
     n: usize,
     what: &'a str,
     capped: bool,
+    /// One worker per project, bound to it (`awooop worker --project`), instead of
+    /// `workers` workers serving every project.
+    bound: bool,
 }
 
 async fn drain(
@@ -367,6 +396,7 @@ async fn drain(
         n,
         what,
         capped,
+        bound,
     } = d;
     let before = succeeded_in(s, projects).await?;
     let owner = crate::db::connect_owner(url, 1)
@@ -380,17 +410,26 @@ async fn drain(
         .await?;
     owner.close().await;
     let (stop, rx) = shutdown_channel();
-    let ws: Vec<_> = (0..workers)
-        .map(|i| {
-            worker(
-                s,
-                &format!("bench-{i}"),
-                scripted(s),
-                256,
-                Duration::from_secs(30),
-            )
-        })
-        .collect();
+    let ws: Vec<_> = if bound {
+        projects
+            .iter()
+            .enumerate()
+            .map(|(i, p)| bound_worker(s, &format!("bench-bound-{i}"), p))
+            .collect()
+    } else {
+        (0..workers)
+            .map(|i| {
+                worker(
+                    s,
+                    &format!("bench-{i}"),
+                    scripted(s),
+                    256,
+                    Duration::from_secs(30),
+                )
+            })
+            .collect()
+    };
+    let workers = ws.len();
     // Only where a cap applies: the sample is a count of running runs, and with a thousand in
     // flight it costs PostgreSQL enough CPU to move the uncapped figure.
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -542,6 +581,7 @@ async fn bench(
             n,
             what: "created, default limits",
             capped: true,
+            bound: false,
         },
         workers,
         quick,
@@ -556,6 +596,7 @@ async fn bench(
             n,
             what: "bulk-inserted, no concurrency cap",
             capped: false,
+            bound: false,
         },
         workers,
         quick,
@@ -563,22 +604,34 @@ async fn bench(
     .await?;
     // 1c. (--projects T) The multi-tenant shape: the same number of runs spread over T projects
     //     with backlogs, each under the default cap of 64 concurrent runs.
-    let tenanted = match tenants {
+    //     Twice: `workers` workers serving every project (`awooop up`'s shape), then one worker
+    //     bound to each project (`awooop worker --project`, one deployment per tenant).
+    let (tenanted, tenanted_bound) = match tenants {
         Some(t) if t > 1 => {
             let ps = tenant_projects(&s, t).await?;
-            for p in &ps {
-                enqueue_in(&s, p, (n / t) as i64, 64).await?;
+            let mut out = Vec::new();
+            for bound in [false, true] {
+                for p in &ps {
+                    enqueue_in(&s, p, (n / t) as i64, 64).await?;
+                }
+                let what = if bound {
+                    format!("bulk-inserted, {t} projects capped at 64 each, a worker bound to each")
+                } else {
+                    format!("bulk-inserted, {t} projects capped at 64 each")
+                };
+                let d = Drain {
+                    projects: &ps,
+                    n: n / t * t,
+                    what: &what,
+                    capped: true,
+                    bound,
+                };
+                out.push(drain(url, &s, d, workers, quick).await?);
             }
-            let what = format!("bulk-inserted, {t} projects capped at 64 each");
-            let d = Drain {
-                projects: &ps,
-                n: n / t * t,
-                what: &what,
-                capped: true,
-            };
-            Some(drain(url, &s, d, workers, quick).await?)
+            let bound = out.pop();
+            (out.pop(), bound)
         }
-        _ => None,
+        _ => (None, None),
     };
     let (stop, rx) = shutdown_channel();
     let ws: Vec<_> = (0..workers)
@@ -706,7 +759,12 @@ async fn bench(
         rps: capped.rps,
         rps_raw: raw.rps,
         rps_tenants: tenanted.as_ref().map(|d| d.rps),
-        capped_peak: capped.peak.max(tenanted.and_then(|d| d.peak)).unwrap_or(0),
+        rps_tenants_bound: tenanted_bound.as_ref().map(|d| d.rps),
+        capped_peak: [&tenanted, &tenanted_bound]
+            .into_iter()
+            .flatten()
+            .fold(capped.peak, |m, d| m.max(d.peak))
+            .unwrap_or(0),
         creates_per_sec,
         pickup: [
             percentile_ms(&pickup, 50.0),

@@ -193,7 +193,7 @@ pub async fn record_detached(db: &Db, entry: Entry<'_>) {
         details,
         ..
     } = entry;
-    let task = tokio::spawn(tenancy::scope(project, async move {
+    let task = tenancy::spawn_in(project, async move {
         let entry = Entry {
             actor: &actor,
             action: &action,
@@ -207,7 +207,7 @@ pub async fn record_detached(db: &Db, entry: Entry<'_>) {
         record(&mut tx, entry).await?;
         tx.commit().await?;
         Ok::<_, awooop_core::error::Error>(())
-    }));
+    });
     match task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(

@@ -94,16 +94,34 @@ pub fn require() -> Result<ProjectId> {
     })
 }
 
-/// Spawn a background task that inherits the caller's tenant context (or none).
+/// Spawn a background task that inherits the caller's tenant context (or none) and its
+/// tracing span.
 pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    use tracing::Instrument;
     match current() {
-        Some(p) => tokio::spawn(CURRENT_PROJECT.scope(p, fut)),
-        None => tokio::spawn(fut),
+        Some(p) => tokio::spawn(CURRENT_PROJECT.scope(p, fut).in_current_span()),
+        None => tokio::spawn(fut.in_current_span()),
     }
+}
+
+/// Spawn a task that runs in `project`'s tenant context and under the caller's tracing span.
+///
+/// For work moved into a task of its own so that a dropped caller cannot cut it in half (a
+/// settlement, an audit row, a stored webhook): the task outlives the caller's future, but
+/// what it logs (a failed write, a slow statement) still belongs to the caller's run or
+/// request, so it keeps the caller's span (`run{run_id, trace_id, …}`) rather than logging
+/// under none. A plain `tokio::spawn` starts with no span and no tenant.
+pub fn spawn_in<F>(project: ProjectId, fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    tokio::spawn(CURRENT_PROJECT.scope(project, fut).in_current_span())
 }
 
 /// Build a Redis key. The project comes from the tenant context, never from the caller, so
@@ -405,5 +423,35 @@ mod tests {
             assert_eq!(plain, None);
         })
         .await;
+    }
+
+    /// Where a spawned task stands: its innermost span's name and its tenant.
+    fn seen() -> (Option<&'static str>, Option<ProjectId>) {
+        (
+            tracing::Span::current().metadata().map(|m| m.name()),
+            current(),
+        )
+    }
+
+    #[tokio::test]
+    async fn spawned_tasks_keep_the_callers_span() {
+        use tracing::Instrument;
+        // A current-thread runtime polls every task on this thread, so a thread-local
+        // subscriber sees them all.
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+        let p = ProjectId::parse("awoooi").unwrap();
+        let (detached, inherited, plain) = async {
+            let detached = spawn_in(p.clone(), async { seen() }).await.unwrap();
+            let inherited =
+                scope(p.clone(), async { spawn(async { seen() }).await.unwrap() }).await;
+            let plain = tokio::spawn(async { seen() }).await.unwrap();
+            (detached, inherited, plain)
+        }
+        .instrument(tracing::info_span!("run"))
+        .await;
+        assert_eq!(detached, (Some("run"), Some(p.clone())));
+        assert_eq!(inherited, (Some("run"), Some(p)));
+        // the control: a plain spawn starts with neither
+        assert_eq!(plain, (None, None));
     }
 }

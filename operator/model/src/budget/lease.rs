@@ -711,7 +711,7 @@ impl Inner {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let inner = self.clone();
         let p = project.clone();
-        tokio::spawn(tenancy::scope(project.clone(), async move {
+        tenancy::spawn_in(project.clone(), async move {
             let out = {
                 let need = need.as_ref().map(OwnedNeed::borrow);
                 inner.sync(&p, mode, need.as_ref()).await
@@ -724,7 +724,7 @@ impl Inner {
             {
                 inner.settle_local(&p, &r, 0, 0);
             }
-        }));
+        });
         let mut answered = Unanswered {
             rx: answered,
             inner: self.clone(),

@@ -23,6 +23,7 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 use awooop::contracts::{ContractKind, Injection};
+use awooop::control::invalidation::Invalidation;
 use awooop::control::{ControlPlane, MigrationMode};
 use awooop::coord::Coord;
 use awooop::gateway::audit::CallAudit;
@@ -2233,7 +2234,7 @@ async fn concurrent_requests_with_one_api_key_verify_it_once() {
 /// default; an hour here).
 #[tokio::test]
 async fn a_revoked_api_key_is_refused_at_once() {
-    let (fx, listener, _) = settled_fixture().await;
+    let (fx, listener, _, _) = settled_fixture().await;
     let runner = runner_key(&fx).await;
     let key_id = runner.split('.').nth(2).unwrap().to_string();
     let client = McpClient {
@@ -2322,20 +2323,38 @@ async fn a_mode_change_reaches_the_cached_snapshot_at_once() {
     fx.done().await;
 }
 
-/// [`listening_fixture`] once its listener has settled ([`listener_settled`]), in
-/// auto_remediate mode, with a caller in `dev`.
-async fn settled_fixture() -> (Fx, tokio::task::JoinHandle<()>, Caller) {
-    let (fx, listener) = listening_fixture().await;
+/// [`listening_fixture`] in auto_remediate mode once every invalidation the setup caused has
+/// been applied (the listener's first clear, the mode change's notice), with a caller in `dev`
+/// and the invalidations the gateway applies from here on.
+///
+/// The gateway's own listener (`spawn_invalidation`: `follow` handing each invalidation to
+/// `Gateway::invalidate`), with every invalidation also reported to the test. Waiting for the
+/// gateway to *show* a change cannot tell a notice applied from a snapshot loaded afresh after
+/// a miss, so a notice still in flight could drop the snapshot cached after the wait (seen:
+/// the control below the wait failed once in six runs of the module).
+async fn settled_fixture() -> (Fx, tokio::task::JoinHandle<()>, Caller, Invalidations) {
+    let config = GatewayConfig {
+        cache_ttl: Duration::from_secs(3600),
+        ..GatewayConfig::default()
+    };
+    let fx = fixture(MigrationMode::Shadow, Coord::none(), config).await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let gw = Arc::downgrade(&fx.gw);
+    let listener = awooop::control::invalidation::follow(fx.t.app.clone(), move |inv| {
+        let Some(gw) = gw.upgrade() else {
+            return false;
+        };
+        match &inv {
+            Invalidation::Project(p) => gw.invalidate(Some(p)),
+            Invalidation::All => gw.invalidate(None),
+        }
+        let _ = tx.send(inv);
+        true
+    });
+    let mut seen = Invalidations(rx);
     let c = caller(&fx.project, "dev");
-    listener_settled(&fx, &c).await;
-    (fx, listener, c)
-}
-
-/// Wait until the gateway's listener has handled a notice (a mode change to auto_remediate,
-/// seen as the write tool listed): its first clear, right after it began listening, is then
-/// behind us, and the snapshot cached from here on stays until a notice or a lost connection.
-async fn listener_settled(fx: &Fx, c: &Caller) {
-    fx.t.wait_for_listener(awooop::control::ACTIVATION_CHANNEL)
+    // Listening: the first clear follows the LISTEN.
+    seen.until(Invalidation::All, "the listener's first clear")
         .await;
     tenancy::scope(
         fx.project.clone(),
@@ -2344,17 +2363,52 @@ async fn listener_settled(fx: &Fx, c: &Caller) {
     )
     .await
     .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !fx
-        .gw
-        .list_tools(c)
-        .await
-        .unwrap()
-        .iter()
-        .any(|t| t["name"] == "leaky__scale")
-    {
-        assert!(std::time::Instant::now() < deadline, "mode change not seen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Notices reach the listener in commit order: once a marker sent after the mode change
+    // was applied, so was every notice before it.
+    seen.barrier(&fx).await;
+    assert!(
+        fx.gw
+            .list_tools(&c)
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "leaky__scale"),
+        "the mode change is not seen"
+    );
+    (fx, listener, c, seen)
+}
+
+/// The invalidations a test's gateway listener applied, in order.
+struct Invalidations(tokio::sync::mpsc::UnboundedReceiver<Invalidation>);
+
+impl Invalidations {
+    /// Wait (20 s at most) until `want` is applied; those before it are passed over.
+    async fn until(&mut self, want: Invalidation, what: &str) {
+        let wait = async {
+            while let Some(inv) = self.0.recv().await {
+                if inv == want {
+                    return;
+                }
+            }
+            panic!("the listener stopped before {what}");
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .unwrap_or_else(|_| panic!("never applied: {what}"));
+    }
+
+    /// Notify a marker naming no real project and wait until it is applied: every notice
+    /// committed before it has been applied too.
+    async fn barrier(&mut self, fx: &Fx) {
+        let marker = ProjectId::parse("zzbarrier").unwrap();
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(awooop::control::ACTIVATION_CHANNEL)
+            .bind(json!({"project_id": marker.as_str()}).to_string())
+            .execute(&mut fx.t.superuser().await)
+            .await
+            .unwrap();
+        self.until(Invalidation::Project(marker), "the barrier's notice")
+            .await;
     }
 }
 
@@ -2389,7 +2443,7 @@ async fn until_no_tools(fx: &Fx, c: &Caller, why: &str) {
 /// the change waited for the TTL (here an hour; the default was 1 s for that reason alone).
 #[tokio::test]
 async fn a_project_suspended_in_sql_reaches_the_cached_snapshot_at_once() {
-    let (fx, listener, c) = settled_fixture().await;
+    let (fx, listener, c, _) = settled_fixture().await;
     suspend_in_sql(&fx, false).await;
     until_no_tools(&fx, &c, "the suspension never reached the cached snapshot").await;
     listener.abort();
@@ -2403,7 +2457,7 @@ async fn a_project_suspended_in_sql_reaches_the_cached_snapshot_at_once() {
 /// TTL, here an hour).
 #[tokio::test]
 async fn a_lost_listener_connection_drops_every_cached_snapshot() {
-    let (fx, listener, c) = settled_fixture().await;
+    let (fx, listener, c, mut seen) = settled_fixture().await;
     suspend_in_sql(&fx, true).await;
     // No notice was sent: the cached snapshot still lists the tools.
     assert!(!fx.gw.list_tools(&c).await.unwrap().is_empty());
@@ -2417,12 +2471,16 @@ async fn a_lost_listener_connection_drops_every_cached_snapshot() {
     .await
     .unwrap();
     fx.t.terminate_backend(pid).await;
-    until_no_tools(
-        &fx,
-        &c,
-        "the snapshot loaded before the connection was lost is still in use",
+    // Before, sqlx reconnected in silence and nothing was dropped: this never came.
+    seen.until(
+        Invalidation::All,
+        "a clear after the listener's connection was lost",
     )
     .await;
+    assert!(
+        fx.gw.list_tools(&c).await.unwrap().is_empty(),
+        "the snapshot loaded before the connection was lost is still in use"
+    );
     listener.abort();
     fx.done().await;
 }

@@ -320,7 +320,8 @@ fn worker(
 }
 
 /// A worker bound to `project`, configured as `awooop worker --project` configures it (the
-/// completion writer refills its project's slots; `platform.rs`).
+/// completion writer refills its project's slots; `platform.rs`). `AWOOOP_BENCH_REFILL=0`
+/// turns the refill off here too.
 fn bound_worker(s: &Setup, id: &str, project: &ProjectId) -> Arc<Worker> {
     let mut cfg = WorkerConfig::new(id);
     cfg.slots = 256;
@@ -330,7 +331,8 @@ fn bound_worker(s: &Setup, id: &str, project: &ProjectId) -> Arc<Worker> {
     cfg.reap_every = Duration::from_millis(250);
     cfg.grace = Duration::from_secs(2);
     cfg.project = Some(project.to_string());
-    cfg.refill_on_complete = true;
+    // On, as `awooop worker --project` has it, unless the experiment knob says 0.
+    cfg.refill_on_complete = std::env::var("AWOOOP_BENCH_REFILL").map_or(true, |v| v != "0");
     worker_with(s, cfg, scripted(s))
 }
 

@@ -2328,7 +2328,7 @@ async fn a_mode_change_reaches_the_cached_snapshot_at_once() {
 /// and the invalidations the gateway applies from here on.
 ///
 /// The gateway's own listener (`spawn_invalidation`: `follow` handing each invalidation to
-/// `Gateway::invalidate`), with every invalidation also reported to the test. Waiting for the
+/// `Gateway::apply`), with every invalidation also reported to the test. Waiting for the
 /// gateway to *show* a change cannot tell a notice applied from a snapshot loaded afresh after
 /// a miss, so a notice still in flight could drop the snapshot cached after the wait (seen:
 /// the control below the wait failed once in six runs of the module).
@@ -2344,10 +2344,7 @@ async fn settled_fixture() -> (Fx, tokio::task::JoinHandle<()>, Caller, Invalida
         let Some(gw) = gw.upgrade() else {
             return false;
         };
-        match &inv {
-            Invalidation::Project(p) => gw.invalidate(Some(p)),
-            Invalidation::All => gw.invalidate(None),
-        }
+        gw.apply(&inv);
         let _ = tx.send(inv);
         true
     });

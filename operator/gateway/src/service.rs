@@ -315,12 +315,17 @@ impl Gateway {
             let Some(gw) = gw.upgrade() else {
                 return false;
             };
-            match inv {
-                Invalidation::Project(p) => gw.invalidate(Some(&p)),
-                Invalidation::All => gw.invalidate(None),
-            }
+            gw.apply(&inv);
             true
         })
+    }
+
+    /// Drop what an invalidation names: one project's snapshot and key verdicts, or all.
+    pub fn apply(&self, inv: &Invalidation) {
+        match inv {
+            Invalidation::Project(p) => self.invalidate(Some(p)),
+            Invalidation::All => self.invalidate(None),
+        }
     }
 
     /// The project's snapshot: cached while valid; else the one load in flight for the project,

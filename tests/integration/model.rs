@@ -2146,6 +2146,74 @@ async fn budget_a_call_dropped_while_settling_is_still_settled() {
     t.cleanup().await;
 }
 
+/// A reservation whose `COMMIT` was in flight when its call was dropped is released at once.
+/// The commit lands after the caller went away, so nobody holds the reservation to settle it
+/// (the call never reached the provider): before the fix it stayed `reserved` until it expired
+/// (here a minute) and was then charged in full, a minute of budget held for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_a_reservation_committed_after_its_call_was_dropped_is_released() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = project(&cp, "reserve-dropped", 1).await;
+    let budget = Budget::new(t.db());
+    let limits = lease_limits(100_000, None);
+    // The reservation's COMMIT waits for a lock the test holds: a deferred constraint trigger
+    // runs at commit time.
+    let mut su = t.superuser().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_commit_gate() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN PERFORM pg_advisory_xact_lock(774411); RETURN NULL; END $$; \
+         GRANT EXECUTE ON FUNCTION test_commit_gate() TO PUBLIC; \
+         CREATE CONSTRAINT TRIGGER test_commit_gate AFTER INSERT ON budget_reservations \
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_commit_gate()",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    // A message of its own: a BEGIN in the same message would take the trigger's creation into
+    // its transaction, and its table lock with it.
+    sqlx::raw_sql("BEGIN; SELECT pg_advisory_xact_lock(774411)")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let call = {
+        let (budget, limits) = (budget.clone(), limits.clone());
+        tokio::spawn(tenancy::scope(p.clone(), async move {
+            budget.reserve(&limits, &lease_request(1_000)).await
+        }))
+    };
+    t.wait_for_blocked("COMMIT").await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    // The commit lands now: the reservation exists (the test is about a committed one) ...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM budget_reservations WHERE project_id = $1")
+                .bind(p.as_str())
+                .fetch_one(&mut su)
+                .await
+                .unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reservation never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(su);
+    // ... and it is released, not held for its minute.
+    while open_reservations(&t, &p).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a reservation committed after its call went away stays held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger_of(&t, &p).await, (0, 0, false));
+    t.cleanup().await;
+}
+
 /// The anomaly that reaches the threshold opens the breaker even when its caller is dropped
 /// after the count and before the opening. Before the fix the count stayed at the threshold
 /// with the breaker closed, and the next anomalies counted past it (the breaker opens on the

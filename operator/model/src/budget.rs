@@ -154,6 +154,42 @@ impl Budget {
             return l.reserve(limits, req).await;
         }
         let project = tenancy::require()?;
+        // In a task of its own: a caller dropped while the reservation's `COMMIT` is in flight
+        // (a run's timeout, a cancelled run) cannot know whether it landed, and one that did
+        // would be held by nobody until it expired and then charged in full. The task sees
+        // that its answer has no taker and releases what it reserved at zero: the call it was
+        // for never reached the provider.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (this, limits, req) = (self.clone(), limits.clone(), req.clone());
+        tenancy::spawn_in(project.clone(), async move {
+            if answer.is_closed() {
+                return;
+            }
+            let out = this.reserve_in_ledger(&project, &limits, &req).await;
+            if let Err(Ok(r)) = answer.send(out)
+                && let Err(e) = this.settle(&r, 0, 0).await
+            {
+                tracing::warn!(
+                    code = e.code.as_str(),
+                    "a reservation whose caller went away was not released; it expires"
+                );
+            }
+        });
+        answered.await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::Internal,
+                "a budget reservation task stopped before it answered",
+            ))
+        })
+    }
+
+    /// [`Self::reserve`] on the ledger (no lease), in `project`'s tenant scope.
+    async fn reserve_in_ledger(
+        &self,
+        project: &ProjectId,
+        limits: &BudgetPolicy,
+        req: &ReserveRequest,
+    ) -> Result<Reservation> {
         let period = period_start(limits.period, Utc::now());
         let mut scopes = vec![("project".to_string(), &limits.project)];
         if let Some(a) = &limits.agent {

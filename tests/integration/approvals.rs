@@ -673,21 +673,11 @@ async fn click_dropped_while_blocked(id: &str, lock: &str, blocked: &str) {
     let view = e.wait_state(run, &["waiting_approval", "failed"]).await;
     assert_eq!(view["state"], "waiting_approval", "{view}");
     let req = e.requests(Some("pending")).await.remove(0);
-    let mut su = e.t.superuser().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {lock}")))
-        .execute(&mut su)
-        .await
-        .unwrap();
-    let hook = tokio::spawn(e.router.clone().oneshot(e.click_request(
-        111,
-        &data(&req, Decision::Approve),
-        Some(9001),
-    )));
-    e.t.wait_for_blocked(blocked).await;
-    hook.abort();
-    assert!(hook.await.unwrap_err().is_cancelled());
-    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
-    drop(su);
+    let hook =
+        e.router
+            .clone()
+            .oneshot(e.click_request(111, &data(&req, Decision::Approve), Some(9001)));
+    e.t.drop_while_blocked(lock, blocked, hook).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let r = &e.requests(None).await[0];

@@ -729,23 +729,16 @@ async fn a_refused_approval_dropped_while_audited_still_leaves_its_denial() {
         rev
     })
     .await;
-    let mut su = t.superuser().await;
-    sqlx::raw_sql("BEGIN; LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
-        .execute(&mut su)
-        .await
-        .unwrap();
     // Alice again: refused (E-CONTRACT-011), and the refusal is audited.
-    let call = {
-        let cp = cp.clone();
-        tokio::spawn(tenancy::scope(p.clone(), async move {
-            cp.approve(&Actor::cli("alice"), rev).await
-        }))
-    };
-    t.wait_for_blocked("INSERT INTO audit_log").await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
-    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
-    drop(su);
+    let cp2 = cp.clone();
+    t.drop_while_blocked(
+        "LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE",
+        "INSERT INTO audit_log",
+        tenancy::scope(p.clone(), async move {
+            cp2.approve(&Actor::cli("alice"), rev).await
+        }),
+    )
+    .await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let mut tx = scoped_tx(&t.app, "refusal-dropped").await;

@@ -2063,24 +2063,17 @@ async fn budget_lease_acquisition_dropped_mid_flight_keeps_the_settled_spend() {
     })
     .await;
     // The lease row held by the test: the next sync stops inside its transaction, after it
-    // planned (and took the settled spend out of memory).
-    let mut su = t.superuser().await;
-    sqlx::raw_sql("BEGIN; SELECT 1 FROM budget_leases FOR UPDATE")
-        .execute(&mut su)
-        .await
-        .unwrap();
-    // More than the slice holds: an acquisition.
-    let call = {
-        let (b, limits) = (b.clone(), limits.clone());
-        tokio::spawn(tenancy::scope(p.clone(), async move {
-            b.reserve(&limits, &lease_request(50_000)).await
-        }))
-    };
-    t.wait_for_blocked("UPDATE budget_leases").await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
-    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
-    drop(su);
+    // planned (and took the settled spend out of memory). More than the slice holds: an
+    // acquisition.
+    let (b2, l2) = (b.clone(), limits.clone());
+    t.drop_while_blocked(
+        "SELECT 1 FROM budget_leases FOR UPDATE",
+        "UPDATE budget_leases",
+        tenancy::scope(p.clone(), async move {
+            b2.reserve(&l2, &lease_request(50_000)).await
+        }),
+    )
+    .await;
     tenancy::scope(p.clone(), b.shutdown()).await.unwrap();
     let (reserved, spent, _) = ledger_of(&t, &p).await;
     assert_eq!(
@@ -2118,22 +2111,13 @@ async fn budget_a_call_dropped_while_settling_is_still_settled() {
     let r = tenancy::scope(p.clone(), budget.reserve(&limits, &lease_request(1_000)))
         .await
         .unwrap();
-    let mut su = t.superuser().await;
-    sqlx::raw_sql("BEGIN; SELECT 1 FROM budget_reservations FOR UPDATE")
-        .execute(&mut su)
-        .await
-        .unwrap();
-    let call = {
-        let guard = ReservationGuard::new(budget.clone(), p.clone(), r);
-        tokio::spawn(tenancy::scope(p.clone(), async move {
-            guard.settle(500, 0).await
-        }))
-    };
-    t.wait_for_blocked("UPDATE budget_reservations").await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
-    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
-    drop(su);
+    let guard = ReservationGuard::new(budget.clone(), p.clone(), r);
+    t.drop_while_blocked(
+        "SELECT 1 FROM budget_reservations FOR UPDATE",
+        "UPDATE budget_reservations",
+        tenancy::scope(p.clone(), async move { guard.settle(500, 0).await }),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while open_reservations(&t, &p).await > 0 {
         assert!(
@@ -2170,22 +2154,15 @@ async fn budget_a_reservation_committed_after_its_call_was_dropped_is_released()
     .execute(&mut su)
     .await
     .unwrap();
-    // A message of its own: a BEGIN in the same message would take the trigger's creation into
-    // its transaction, and its table lock with it.
-    sqlx::raw_sql("BEGIN; SELECT pg_advisory_xact_lock(774411)")
-        .execute(&mut su)
-        .await
-        .unwrap();
-    let call = {
-        let (budget, limits) = (budget.clone(), limits.clone());
-        tokio::spawn(tenancy::scope(p.clone(), async move {
-            budget.reserve(&limits, &lease_request(1_000)).await
-        }))
-    };
-    t.wait_for_blocked("COMMIT").await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
-    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    let (b2, l2) = (budget.clone(), limits.clone());
+    t.drop_while_blocked(
+        "SELECT pg_advisory_xact_lock(774411)",
+        "COMMIT",
+        tenancy::scope(p.clone(), async move {
+            b2.reserve(&l2, &lease_request(1_000)).await
+        }),
+    )
+    .await;
     // The commit lands now: the reservation exists (the test is about a committed one) ...
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -2240,22 +2217,13 @@ async fn an_anomaly_dropped_between_its_count_and_the_breaker_still_opens_it() {
             .unwrap()
     );
     // The breaker table held by the test: the opening waits, the count (another table) not.
-    let mut su = t.superuser().await;
-    sqlx::raw_sql("BEGIN; LOCK TABLE model_breakers IN SHARE ROW EXCLUSIVE MODE")
-        .execute(&mut su)
-        .await
-        .unwrap();
-    let call = {
-        let counter = counter.clone();
-        tokio::spawn(tenancy::scope(p.clone(), async move {
-            counter.record(Anomaly::Denial).await
-        }))
-    };
-    t.wait_for_blocked("INSERT INTO model_breakers").await;
-    call.abort();
-    assert!(call.await.unwrap_err().is_cancelled());
-    sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
-    drop(su);
+    let c2 = counter.clone();
+    t.drop_while_blocked(
+        "LOCK TABLE model_breakers IN SHARE ROW EXCLUSIVE MODE",
+        "INSERT INTO model_breakers",
+        tenancy::scope(p.clone(), async move { c2.record(Anomaly::Denial).await }),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !breaker_open(&t, "anomaly-dropped").await {
         assert!(

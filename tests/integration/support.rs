@@ -155,6 +155,31 @@ impl TestDb {
         .await;
     }
 
+    /// Drop `fut` while it waits in a statement starting with `blocked`: hold what `hold`
+    /// locks (statements run after `BEGIN` on a superuser session), run `fut` in a task, wait
+    /// until a session is blocked in `blocked…` ([`Self::wait_for_blocked`]), abort the task
+    /// (its future is dropped there, mid-statement) and roll the hold back. What the dropped
+    /// future left behind is the caller's to check.
+    pub async fn drop_while_blocked<F>(&self, hold: &str, blocked: &str, fut: F)
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let mut su = self.superuser().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {hold}")))
+            .execute(&mut su)
+            .await
+            .unwrap();
+        let call = tokio::spawn(fut);
+        self.wait_for_blocked(blocked).await;
+        call.abort();
+        match call.await {
+            Err(e) if e.is_cancelled() => {}
+            _ => panic!("the call in `{blocked}…` finished before it was dropped"),
+        }
+        sqlx::raw_sql("ROLLBACK").execute(&mut su).await.unwrap();
+    }
+
     /// Wait until a session of this database has completed `LISTEN channel` (it shows as an
     /// idle backend whose last statement was that LISTEN), so a NOTIFY sent now reaches it.
     pub async fn wait_for_listener(&self, channel: &str) {

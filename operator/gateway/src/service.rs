@@ -1064,7 +1064,6 @@ impl Drop for Unaudited<'_> {
             self.mode,
             std::mem::take(&mut self.refs),
             Outcome {
-                code: None,
                 details: json!({"cancelled": "the caller went away before the call finished; the upstream may have run it"}),
                 ..Outcome::failed_uncoded()
             },

@@ -307,13 +307,7 @@ fn worker(
     slots: usize,
     lease: Duration,
 ) -> Arc<Worker> {
-    let mut cfg = WorkerConfig::new(id);
-    cfg.slots = slots;
-    cfg.lease = lease;
-    cfg.heartbeat = lease / 4;
-    cfg.poll = Duration::from_millis(200);
-    cfg.reap_every = Duration::from_millis(250);
-    cfg.grace = Duration::from_secs(2);
+    let mut cfg = bench_config(id, slots, lease);
     // Experiment knob (docs/benchmarks.md): 1 turns the completion writer's claim on.
     cfg.refill_on_complete = std::env::var("AWOOOP_BENCH_REFILL").is_ok_and(|v| v == "1");
     worker_with(s, cfg, exec)
@@ -323,17 +317,22 @@ fn worker(
 /// completion writer refills its project's slots; `platform.rs`). `AWOOOP_BENCH_REFILL=0`
 /// turns the refill off here too.
 fn bound_worker(s: &Setup, id: &str, project: &ProjectId) -> Arc<Worker> {
+    let mut cfg = bench_config(id, 256, Duration::from_secs(30));
+    cfg.project = Some(project.to_string());
+    cfg.refill_on_complete = std::env::var("AWOOOP_BENCH_REFILL").map_or(true, |v| v != "0");
+    worker_with(s, cfg, scripted(s))
+}
+
+/// The benchmark's worker settings: short poll, reap and grace so that each phase ends soon.
+fn bench_config(id: &str, slots: usize, lease: Duration) -> WorkerConfig {
     let mut cfg = WorkerConfig::new(id);
-    cfg.slots = 256;
-    cfg.lease = Duration::from_secs(30);
-    cfg.heartbeat = cfg.lease / 4;
+    cfg.slots = slots;
+    cfg.lease = lease;
+    cfg.heartbeat = lease / 4;
     cfg.poll = Duration::from_millis(200);
     cfg.reap_every = Duration::from_millis(250);
     cfg.grace = Duration::from_secs(2);
-    cfg.project = Some(project.to_string());
-    // On, as `awooop worker --project` has it, unless the experiment knob says 0.
-    cfg.refill_on_complete = std::env::var("AWOOOP_BENCH_REFILL").map_or(true, |v| v != "0");
-    worker_with(s, cfg, scripted(s))
+    cfg
 }
 
 fn worker_with(s: &Setup, cfg: WorkerConfig, exec: Arc<dyn Executor>) -> Arc<Worker> {

@@ -934,7 +934,7 @@ pub struct CrdgenArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to benchmark.
-    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels", "approvals", "events", "redact"])]
+    #[arg(value_parser = ["contracts", "runs", "budget", "projection", "gateway", "channels", "approvals", "events", "idle", "redact"])]
     pub area: String,
     /// Finish within 30 seconds.
     #[arg(long)]
@@ -947,7 +947,8 @@ pub struct BenchArgs {
     pub concurrency: Option<usize>,
     /// Number of projects (bench projection: each gets 10 grants; bench runs: also drain the
     /// runs spread over that many projects, each capped at 64 concurrent runs, once with the
-    /// shared workers and once with one worker bound to each project).
+    /// shared workers and once with one worker bound to each project; bench idle: that many
+    /// idle project-bound worker processes).
     #[arg(long)]
     pub projects: Option<usize>,
     /// bench projection: against a real kube-apiserver and etcd started from the folder in

@@ -10,6 +10,7 @@ mod channels;
 mod contracts;
 mod events;
 mod gateway;
+mod idle;
 mod projection;
 mod redact;
 mod runs;
@@ -33,6 +34,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "channels" => channels::run(&args).await,
         "approvals" => approvals::run(&args).await,
         "events" => events::run(&args).await,
+        "idle" => idle::run(&args).await,
         "redact" => redact::run(&args).await,
         other => anyhow::bail!("unknown bench area {other}"),
     }

@@ -174,13 +174,13 @@ struct Figures {
     recovery: f64,
 }
 
-struct Setup {
-    p: Platform,
+pub(super) struct Setup {
+    pub(super) p: Platform,
     project: ProjectId,
     state: std::path::PathBuf,
 }
 
-async fn setup(url: &str) -> anyhow::Result<Setup> {
+pub(super) async fn setup(url: &str) -> anyhow::Result<Setup> {
     let (p, project, state) = super::bench_project(url, "runs", 24).await?;
     publish_noop(&p, &project).await?;
     Ok(Setup { p, project, state })
@@ -536,7 +536,7 @@ async fn peak_running(
 }
 
 /// Projects `tenant-1` … `tenant-{t}`, each with the no-op agent active.
-async fn tenant_projects(s: &Setup, t: usize) -> anyhow::Result<Vec<ProjectId>> {
+pub(super) async fn tenant_projects(s: &Setup, t: usize) -> anyhow::Result<Vec<ProjectId>> {
     let mut ps = Vec::with_capacity(t);
     for i in 1..=t {
         let id = format!("tenant-{i}");

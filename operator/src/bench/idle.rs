@@ -1,0 +1,277 @@
+//! `awooop bench idle`: what project-bound worker processes cost while they have nothing to do.
+//!
+//! The operator runs one worker Deployment per project (`awooop worker --project P`), so a
+//! platform with many tenants runs many worker processes, most of them idle most of the time.
+//! Each one keeps polling the queue, reaping expired leases, expiring approvals and looking for
+//! outbound messages whether or not its tenant has work: PostgreSQL CPU that grows with the
+//! number of tenants, not with the work. This benchmark starts K real worker processes (this
+//! binary's `worker --project tenant-i`, the production settings: nothing shortened) on a
+//! scratch database, lets them settle, and measures over a window in which nothing is queued:
+//!
+//! - `pg_cpu_us_per_worker_s`: the CPU time of the scratch database's backends (the workers'
+//!   connections; from `/proc/<pid>/task/*/schedstat`, nanoseconds) per worker and second;
+//! - `worker_cpu_us_per_worker_s`: the worker processes' own CPU, the same way;
+//! - `xacts_per_worker_s`: transactions the database counted (`pg_stat_database`, which a
+//!   backend reports at most once a second: approximate at the window's edges);
+//! - `backends_per_worker`: connections held per worker process;
+//!
+//! and then what an idle worker's pickup costs a caller: one run at a time, each in another
+//! tenant, created through `RunService::create` after a second of quiet, from the creating
+//! transaction's start to the claim (`pickup_p50_ms`, `pickup_p99_ms`, the database's clock).
+//!
+//! PostgreSQL must run on this machine for the CPU figures (they read `/proc`); elsewhere they
+//! print as NaN and the rest still measures.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::runs::{Setup, setup, tenant_projects};
+use super::{drop_scratch, percentile_ms, scratch_database};
+use crate::auth::Actor;
+use crate::config::BenchArgs;
+use crate::runtime::{CreateRun, RunService};
+use crate::tenancy;
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let k = args.projects.unwrap_or(if args.quick { 16 } else { 32 }).max(1);
+    let window = Duration::from_secs(if args.quick { 8 } else { 30 });
+    let pickups = if args.quick { 6 } else { 20 };
+    let base = args
+        .db
+        .database_url
+        .clone()
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let scratch = scratch_database(&base, "idle").await?;
+    let res = bench(&base, &scratch, k, window, pickups).await;
+    drop_scratch(&base, &scratch).await;
+    let f = res?;
+    let per = |x: f64| x / k as f64 / window.as_secs_f64();
+    println!(
+        "idle_workers={k} window_s={} pg_cpu_us_per_worker_s={:.0} worker_cpu_us_per_worker_s={:.0} \
+         xacts_per_worker_s={:.2} backends_per_worker={:.1} pickup_p50_ms={:.2} pickup_p99_ms={:.2}",
+        window.as_secs(),
+        per(f.pg_cpu_us),
+        per(f.worker_cpu_us),
+        per(f.xacts),
+        f.backends as f64 / k as f64,
+        f.pickup[0],
+        f.pickup[1],
+    );
+    Ok(())
+}
+
+struct Figures {
+    /// CPU of the scratch database's backends over the window, microseconds.
+    pg_cpu_us: f64,
+    /// CPU of the worker processes over the window, microseconds.
+    worker_cpu_us: f64,
+    /// Transactions committed or rolled back in the scratch database over the window.
+    xacts: f64,
+    /// The scratch database's backends at the window's end.
+    backends: usize,
+    pickup: [f64; 2],
+}
+
+async fn bench(
+    base: &str,
+    url: &str,
+    k: usize,
+    window: Duration,
+    pickups: usize,
+) -> anyhow::Result<Figures> {
+    let s = setup(url).await?;
+    let tenants = tenant_projects(&s, k).await?;
+    let db = url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::with_capacity(k);
+    for p in &tenants {
+        children.push(
+            tokio::process::Command::new(&exe)
+                .args(["worker", "--project", p.as_str(), "--database-url", url])
+                .args(["--db-max-connections", "4"])
+                .env("RUST_LOG", "error")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+    }
+    let res = measure(&s, base, &db, &mut children, window, &tenants, pickups).await;
+    for c in &mut children {
+        let _ = c.start_kill();
+    }
+    for c in &mut children {
+        let _ = c.wait().await;
+    }
+    res
+}
+
+async fn measure(
+    s: &Setup,
+    base: &str,
+    db: &str,
+    children: &mut [tokio::process::Child],
+    window: Duration,
+    tenants: &[tenancy::ProjectId],
+    pickups: usize,
+) -> anyhow::Result<Figures> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(base).await?;
+    // Every worker has connected and listens (its queue listener, the gateway's snapshot
+    // listener) before the window opens.
+    let settle = Instant::now();
+    loop {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%awooop_runs%'",
+        )
+        .bind(db)
+        .fetch_one(&mut admin)
+        .await?;
+        if listening as usize >= children.len() {
+            break;
+        }
+        for (i, c) in children.iter_mut().enumerate() {
+            if let Some(status) = c.try_wait()? {
+                anyhow::bail!("worker process {i} exited before the window: {status}");
+            }
+        }
+        anyhow::ensure!(
+            settle.elapsed() < Duration::from_secs(60),
+            "only {listening} of {} workers listen after 60 s",
+            children.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past their start-up (first claim, first reap, the gateway's first snapshot).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let workers: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let pg0: std::collections::HashMap<i32, u64> = backends(&mut admin, db)
+        .await?
+        .into_iter()
+        .filter_map(|p| cpu_ns(p as u32).map(|c| (p, c)))
+        .collect();
+    let w0: u64 = workers.iter().filter_map(|p| cpu_ns(*p)).sum();
+    let x0 = xacts(&mut admin, db).await?;
+    tokio::time::sleep(window).await;
+    let x1 = xacts(&mut admin, db).await?;
+    let w1: u64 = workers.iter().filter_map(|p| cpu_ns(*p)).sum();
+    let end = backends(&mut admin, db).await?;
+    let mut pg = 0u64;
+    let mut seen = 0usize;
+    for p in &end {
+        if let Some(c) = cpu_ns(*p as u32) {
+            seen += 1;
+            pg += c.saturating_sub(pg0.get(p).copied().unwrap_or(0));
+        }
+    }
+    let pg_cpu_us = if seen == 0 {
+        f64::NAN
+    } else {
+        pg as f64 / 1e3
+    };
+    let worker_cpu_us = if workers.is_empty() {
+        f64::NAN
+    } else {
+        w1.saturating_sub(w0) as f64 / 1e3
+    };
+    eprintln!(
+        "{} workers idle for {:.0} s: PostgreSQL backends {:.1} ms CPU, worker processes {:.1} ms, {} transactions",
+        children.len(),
+        window.as_secs_f64(),
+        pg_cpu_us / 1e3,
+        worker_cpu_us / 1e3,
+        x1 - x0
+    );
+
+    // Pickup by an idle worker: one run at a time, each in the next tenant, after a quiet second.
+    let runs = RunService::new(s.p.control.clone());
+    let mut waits = Vec::with_capacity(pickups);
+    for i in 0..pickups {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let project = tenants[i % tenants.len()].clone();
+        let req = CreateRun {
+            agent: "noop".into(),
+            input: json!({"idle": i}),
+            mode: None,
+            reply_to: None,
+        };
+        let a = tenancy::scope(
+            project.clone(),
+            runs.create(&Actor::cli("bench"), req, None, None),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let wait = loop {
+            let row: Option<(f64,)> = tenancy::scope(project.clone(), async {
+                let mut tx = s.p.control.db().tenant().await?;
+                let row = sqlx::query_as(
+                    "SELECT extract(epoch FROM started_at - created_at)::float8 FROM runs \
+                     WHERE run_id = $1 AND started_at IS NOT NULL",
+                )
+                .bind(a.run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok::<_, crate::error::Error>(row)
+            })
+            .await?;
+            if let Some((secs,)) = row {
+                break Duration::from_secs_f64(secs.max(0.0));
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "run {} of {project} did not start within 10 s",
+                a.run_id
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        waits.push(wait);
+    }
+    waits.sort();
+    Ok(Figures {
+        pg_cpu_us,
+        worker_cpu_us,
+        xacts: (x1 - x0) as f64,
+        backends: end.len(),
+        pickup: [percentile_ms(&waits, 50.0), percentile_ms(&waits, 99.0)],
+    })
+}
+
+/// The backends connected to database `db`.
+async fn backends(admin: &mut sqlx::PgConnection, db: &str) -> sqlx::Result<Vec<i32>> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+        .bind(db)
+        .fetch_all(admin)
+        .await
+}
+
+/// Transactions committed or rolled back in database `db` so far (as its backends reported).
+async fn xacts(admin: &mut sqlx::PgConnection, db: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+    )
+    .bind(db)
+    .fetch_one(admin)
+    .await
+}
+
+/// CPU time of every thread of process `pid` so far, in nanoseconds (the first field of each
+/// `/proc/<pid>/task/<tid>/schedstat`); `None` when the process is not on this machine.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for t in tasks.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}

@@ -173,13 +173,18 @@ async fn setup_project(
         approve_and_activate(cp, r, 1).await;
     })
     .await;
+    put_credentials(secrets, id, tg_secret);
+    p
+}
+
+/// Project `id`'s channel credentials (what `setup_project` gives it) in `secrets`.
+fn put_credentials(secrets: &StaticSecrets, id: &str, tg_secret: &str) {
     secrets.put(id, &env_ref("TG_SECRET"), tg_secret);
     secrets.put(id, &env_ref("TG_TOKEN"), TG_TOKEN);
     secrets.put(id, &env_ref("LINE_SECRET"), LINE_SECRET);
     secrets.put(id, &env_ref("LINE_TOKEN"), "line-access-token");
     secrets.put(id, &env_ref("SLACK_SECRET"), SLACK_SECRET);
     secrets.put(id, &env_ref("SLACK_TOKEN"), "xoxb-slack-bot-token");
-    p
 }
 
 impl Env {
@@ -201,25 +206,7 @@ impl Env {
         let double = ProviderDouble::start().await.unwrap();
         let secrets = Arc::new(StaticSecrets::default());
         let p = setup_project(&cp, &secrets, "chan-a", contract, TG_SECRET).await;
-        let hub = Hub::new(
-            cp.clone(),
-            secrets.clone(),
-            HubConfig {
-                max_body_bytes: 16 * 1024,
-                urls: double.urls(),
-                cache_ttl,
-                allow_insecure_forward: true,
-                // Every refusal audited here; the rate limit has its own test.
-                refusal_audit_window: Duration::ZERO,
-                ..HubConfig::default()
-            },
-        );
-        let policy = awooop::policy::PolicySource::from_db(t.db());
-        let hub = hub.with_egress(if loopback {
-            policy.allow_loopback()
-        } else {
-            policy
-        });
+        let hub = hub_on(&t, &cp, &double, secrets.clone(), loopback, cache_ttl);
         let router = awooop::channels::routes(hub.clone());
         (
             Self {
@@ -232,6 +219,12 @@ impl Env {
             },
             p,
         )
+    }
+
+    /// Another hub on the same database and doubles that resolves only `secrets`: the hub
+    /// of another process, such as a project's worker pod with its own credentials mounted.
+    fn hub_with(&self, secrets: Arc<StaticSecrets>) -> Hub {
+        hub_on(&self.t, &self.cp, &self.double, secrets, true, Duration::ZERO)
     }
 
     async fn post(&self, path: &str, s: &Signed) -> (StatusCode, Value) {
@@ -284,6 +277,37 @@ impl Env {
             Arc::new(NoGateway),
         )))
     }
+}
+
+/// A hub on the test's database and provider doubles with `secrets` (the loopback allowance:
+/// the doubles listen on 127.0.0.1, as `awooop up` allows).
+fn hub_on(
+    t: &TestDb,
+    cp: &ControlPlane,
+    double: &ProviderDouble,
+    secrets: Arc<StaticSecrets>,
+    loopback: bool,
+    cache_ttl: Duration,
+) -> Hub {
+    let hub = Hub::new(
+        cp.clone(),
+        secrets,
+        HubConfig {
+            max_body_bytes: 16 * 1024,
+            urls: double.urls(),
+            cache_ttl,
+            allow_insecure_forward: true,
+            // Every refusal audited here; the rate limit has its own test.
+            refusal_audit_window: Duration::ZERO,
+            ..HubConfig::default()
+        },
+    );
+    let policy = awooop::policy::PolicySource::from_db(t.db());
+    hub.with_egress(if loopback {
+        policy.allow_loopback()
+    } else {
+        policy
+    })
 }
 
 /// POST a signed request to a hub's router.
@@ -1491,6 +1515,79 @@ async fn messages_to_one_chat_are_held_to_the_per_chat_rate_limit() {
     // Telegram allows about one message per second per chat: the second part waited.
     let gap = to_55[1].at.duration_since(to_55[0].at);
     assert!(gap >= Duration::from_millis(950), "{gap:?}");
+    env.t.cleanup().await;
+}
+
+/// A project's worker pod (`awooop worker --project`) holds only that project's credentials,
+/// so its delivery worker must leave other projects' messages alone: before, it claimed every
+/// project's, and another tenant's reply failed there for want of that tenant's send credential
+/// (lost, `failed`), after its text had passed through the wrong tenant's pod.
+#[tokio::test]
+async fn a_project_bound_delivery_worker_sends_only_its_own_projects_messages() {
+    let Some(py) = python() else { return };
+    let contract = || channels_contract(None, 0, &[], Some(json!({"conversations": ["77"]})));
+    let (env, a) = Env::new(contract()).await;
+    let b = setup_project(&env.cp, &env.secrets, "chan-b", contract(), TG_SECRET).await;
+    for p in [&a, &b] {
+        set_mode(&env.cp, p, MigrationMode::Canary).await;
+    }
+    let signed = sdk(
+        &py,
+        json!([tg_update(9101, "for a", 77), tg_update(9102, "for b", 77)]),
+    );
+    for (s, project) in signed.iter().zip(["chan-a", "chan-b"]) {
+        let (st, v) = env.post(&format!("/v1/webhooks/{project}/tg"), s).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let worker = env.worker(env.scripted());
+    let (stop, rx) = shutdown_channel();
+    let w = tokio::spawn(worker.clone().run(rx));
+    for project in ["chan-a", "chan-b"] {
+        eventually("each project's run finishes with a reply queued", || async {
+            env.count(project, "SELECT count(*) FROM outbound_messages").await == 1
+        })
+        .await;
+    }
+    let _ = stop.send(true);
+    let _ = w.await;
+
+    // Each pod's hub resolves only its own project's credentials.
+    let pod = |project: &ProjectId| {
+        let secrets = Arc::new(StaticSecrets::default());
+        put_credentials(&secrets, project.as_str(), TG_SECRET);
+        DeliveryWorker::for_project(
+            env.hub_with(secrets),
+            DeliveryConfig {
+                chat_min_interval: Duration::ZERO,
+                ..DeliveryConfig::default()
+            },
+            Some(project.clone()),
+        )
+    };
+    let message = |project: &'static str| {
+        let env = &env;
+        async move {
+            env.rows(
+                project,
+                "SELECT status, attempts, (SELECT count(*) FROM channel_deliveries) AS tries FROM outbound_messages",
+            )
+            .await
+            .remove(0)
+        }
+    };
+    let pod_a = pod(&a);
+    assert_eq!(pod_a.tick().await.unwrap(), 1, "pod a claims only its message");
+    assert_eq!(message("chan-a").await["status"], "sent");
+    let untouched = message("chan-b").await;
+    assert_eq!(untouched["status"], "pending", "{untouched}");
+    assert_eq!(untouched["attempts"], 0, "{untouched}");
+    assert_eq!(untouched["tries"], 0, "{untouched}");
+    assert_eq!(pod_a.tick().await.unwrap(), 0);
+    assert_eq!(pod(&b).tick().await.unwrap(), 1);
+    assert_eq!(message("chan-b").await["status"], "sent");
+    let sends = env.double.calls("telegram", "sendMessage");
+    let texts: Vec<&str> = sends.iter().filter_map(|r| r.body["text"].as_str()).collect();
+    assert_eq!(sends.len(), 2, "{texts:?}");
     env.t.cleanup().await;
 }
 

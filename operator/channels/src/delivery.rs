@@ -2,7 +2,12 @@
 //!
 //! * Claims with `FOR UPDATE SKIP LOCKED` and a lease (a crashed sender's messages come back
 //!   after the lease), across tenants in the `delivery` scope; everything else re-enters the
-//!   message's own tenant scope.
+//!   message's own tenant scope. A worker bound to one project (`awooop worker --project`, the
+//!   operator's per-project worker pods) finds its due work in that project's tenant scope
+//!   instead, so row-level security keeps it to its own project's messages: such a pod holds
+//!   only its project's credentials, and another tenant's message claimed there failed for
+//!   want of that tenant's send credential (a lost reply) after its text had passed through a
+//!   pod of the wrong tenant.
 //! * Before anything leaves: the channel must allow outbound, the project's mode must allow it
 //!   (shadow never; canary only for selected conversations), and the text passes the audit
 //!   redactor. Only validated output reaches `outbound_messages` (the runtime writes it from a
@@ -77,6 +82,9 @@ pub struct DeliveryWorker {
     /// Every message to a chat (reply parts and status messages alike) takes a token:
     /// one per `chat_min_interval` per (project, channel, conversation). None: unlimited.
     chats: Option<governor::DefaultKeyedRateLimiter<ChatKey>>,
+    /// The one project whose messages and progress rows this worker handles (`None`: every
+    /// project's).
+    project: Option<ProjectId>,
 }
 
 /// The text of a run's output: a string, or the `text`/`result` string of an object, else the
@@ -95,7 +103,13 @@ pub fn body_text(body: &Value) -> String {
 }
 
 impl DeliveryWorker {
+    /// A worker for every project's messages (`awooop up`, an unbound `awooop worker`).
     pub fn new(hub: Hub, cfg: DeliveryConfig) -> Arc<Self> {
+        Self::for_project(hub, cfg, None)
+    }
+
+    /// A worker for `project`'s messages only (`None`: every project's, as [`Self::new`]).
+    pub fn for_project(hub: Hub, cfg: DeliveryConfig, project: Option<ProjectId>) -> Arc<Self> {
         let pool = hub.control().db().pool_for_health().clone();
         let chats =
             governor::Quota::with_period(cfg.chat_min_interval).map(governor::RateLimiter::keyed);
@@ -104,7 +118,25 @@ impl DeliveryWorker {
             pool,
             cfg,
             chats,
+            project,
         })
+    }
+
+    /// The transaction due work is found in: across tenants (`delivery` scope), or the bound
+    /// project's own tenant transaction, where row-level security shows no other project's rows.
+    async fn due_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        match &self.project {
+            None => store::delivery_tx(&self.pool).await,
+            Some(p) => tenancy::scope(p.clone(), self.hub.control().db().tenant()).await,
+        }
+    }
+
+    /// Pending messages this worker can see (the queue-depth gauge).
+    async fn queue_depth(&self) -> Result<i64> {
+        let mut tx = self.due_tx().await?;
+        let n = store::queue_depth(&mut tx).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Poll until `shutdown` turns true.
@@ -123,7 +155,7 @@ impl DeliveryWorker {
             if let Err(e) = self.progress_tick().await {
                 tracing::warn!(code = e.code.as_str(), "progress pass failed");
             }
-            if let Ok(n) = store::queue_depth(&self.pool).await {
+            if let Ok(n) = self.queue_depth().await {
                 self.hub.metrics().queue_depth.set(n);
             }
             if sent == 0 {
@@ -137,7 +169,12 @@ impl DeliveryWorker {
 
     /// One pass: claim due messages and deliver them. Returns how many were claimed.
     pub async fn tick(self: &Arc<Self>) -> Result<usize> {
-        let claimed = store::claim(&self.pool, self.cfg.batch, self.cfg.lease_seconds).await?;
+        let claimed = {
+            let mut tx = self.due_tx().await?;
+            let rows = store::claim(&mut tx, self.cfg.batch, self.cfg.lease_seconds).await?;
+            tx.commit().await?;
+            rows
+        };
         let n = claimed.len();
         let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency.max(1)));
         let mut tasks = Vec::with_capacity(n);
@@ -475,7 +512,7 @@ impl DeliveryWorker {
     /// One progress pass: status messages of long runs. Returns how many were sent or edited.
     pub async fn progress_tick(self: &Arc<Self>) -> Result<usize> {
         let due: Vec<(String, Uuid)> = {
-            let mut tx = store::delivery_tx(&self.pool).await?;
+            let mut tx = self.due_tx().await?;
             let rows = sqlx::query_as(
                 "SELECT project_id, run_id FROM channel_progress WHERE NOT done AND next_at <= now() \
                  ORDER BY next_at LIMIT $1",

@@ -229,10 +229,15 @@ pub struct Claimed {
 }
 
 /// Claim up to `n` due messages: `FOR UPDATE SKIP LOCKED`, leased for `lease_seconds` so a
-/// crashed sender's messages come back, attempt counted.
-pub async fn claim(pool: &PgPool, n: i64, lease_seconds: f64) -> Result<Vec<Claimed>> {
-    let mut tx = delivery_tx(pool).await?;
-    let rows = sqlx::query_as(
+/// crashed sender's messages come back, attempt counted. Which projects' messages the
+/// transaction sees decides whose are claimed: every project's in a [`delivery_tx`], one
+/// project's in that project's tenant transaction (row-level security).
+pub async fn claim(
+    conn: &mut PgConnection,
+    n: i64,
+    lease_seconds: f64,
+) -> Result<Vec<Claimed>> {
+    Ok(sqlx::query_as(
         "WITH c AS ( \
             SELECT project_id, message_id FROM outbound_messages \
             WHERE status = 'pending' AND next_attempt_at <= now() \
@@ -246,20 +251,18 @@ pub async fn claim(pool: &PgPool, n: i64, lease_seconds: f64) -> Result<Vec<Clai
     )
     .bind(n)
     .bind(lease_seconds)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows)
+    .fetch_all(conn)
+    .await?)
 }
 
-/// Pending messages of every project (the queue-depth metric).
-pub async fn queue_depth(pool: &PgPool) -> Result<i64> {
-    let mut tx = delivery_tx(pool).await?;
-    let n = sqlx::query_scalar("SELECT count(*) FROM outbound_messages WHERE status = 'pending'")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(n)
+/// Pending messages (the queue-depth metric): of every project in a `delivery` transaction,
+/// of the scope's project in a tenant one.
+pub async fn queue_depth(conn: &mut PgConnection) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbound_messages WHERE status = 'pending'")
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 /// Status of an outbound message (`outbound_messages.status`, migration 0004's CHECK); the

@@ -67,10 +67,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Worker(args) => {
             args.worker.validate()?;
             args.gateway.validate()?;
-            let project = match &args.project {
-                Some(id) => Some(ProjectId::parse(id)?.to_string()),
-                None => None,
-            };
+            let bound = args.project.as_deref().map(ProjectId::parse).transpose()?;
+            let project = bound.as_ref().map(ProjectId::to_string);
             let mut p = Platform::connect(&args.db, Some(&args.redis), None).await?;
             // In a worker pod the operator mounts exactly this project's resolved Secret keys.
             let secrets = match (&args.credentials_dir, &project) {
@@ -94,9 +92,15 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 args.worker.worker_slots
             );
             let hub = channel_hub(&p, &args.channels, &crate::metrics::Metrics::new());
+            // A project's worker pod delivers that project's messages only: it holds no other
+            // project's send credentials (channels::delivery).
             let delivery = tokio::spawn(
-                crate::channels::delivery::DeliveryWorker::new(hub, Default::default())
-                    .run(rx.clone()),
+                crate::channels::delivery::DeliveryWorker::for_project(
+                    hub,
+                    Default::default(),
+                    bound,
+                )
+                .run(rx.clone()),
             );
             worker.run(rx).await?;
             let _ = delivery.await;

@@ -8,6 +8,10 @@
 //!   events/s (`rate_per_sec`), 1,000 events (quick) or 5,000.
 //! * `outbound_sends_per_sec`: reply messages delivered by the delivery worker to the Telegram
 //!   double (claim, redaction, formatting, send, attempt audit, status).
+//! * `reply_p50_ms` / `reply_p99_ms`: one reply at a time, with the delivery loop running as
+//!   `awooop up` and `awooop worker` run it (default settings): from the commit of the
+//!   transaction that writes the message (as a run's completion writes its reply) to the
+//!   Telegram double receiving it. 20 replies (quick) or 100, 20-70 ms apart.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +52,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "unknown".into());
     println!(
-        "load_avg_1m={load} inbound_events={} rate_events={} rate_per_sec={RATE_PER_SEC} answer_errors={} outbound_messages={} inbound_events_per_sec={:.0} answer_p50_ms={:.2} answer_p99_ms={:.2} outbound_sends_per_sec={:.0}",
+        "load_avg_1m={load} inbound_events={} rate_events={} rate_per_sec={RATE_PER_SEC} answer_errors={} outbound_messages={} inbound_events_per_sec={:.0} answer_p50_ms={:.2} answer_p99_ms={:.2} outbound_sends_per_sec={:.0} reply_p50_ms={:.2} reply_p99_ms={:.2}",
         r.inbound,
         r.rate_events,
         r.answer_errors,
@@ -56,7 +60,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         r.inbound_per_sec,
         r.p50,
         r.p99,
-        r.outbound_per_sec
+        r.outbound_per_sec,
+        r.reply[0],
+        r.reply[1]
     );
     Ok(())
 }
@@ -70,6 +76,8 @@ struct Figures {
     p99: f64,
     outbound: usize,
     outbound_per_sec: f64,
+    /// A reply's commit to the double receiving it, p50/p99.
+    reply: [f64; 2],
 }
 
 fn signed(id: usize) -> (Vec<u8>, String) {
@@ -224,29 +232,13 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
 
     // 3. Outbound: replies of canary runs delivered to the Telegram double.
     let outbound = if quick { 500 } else { 5000 };
-    tenancy::scope(project.clone(), async {
-        p.control.set_mode(&admin, MigrationMode::Canary, true, Some("bench")).await?;
-        let active = p.control.active(ContractKind::Agent, "echo").await?;
-        let mut tx = p.control.db().tenant().await?;
-        sqlx::query(
-            "WITH r AS (INSERT INTO runs (project_id, run_id, agent, mode, state, input, input_hash, agent_revision_id, \
-               agent_body_hash, trace_id, span_id, max_attempts, deadline_at, max_concurrent) \
-             SELECT 'bench', gen_random_uuid(), 'echo', 'canary', 'queued', '{}'::jsonb, $1, $2, $3, \
-               md5(random()::text || g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour', 100000 \
-             FROM generate_series(1, $4) g RETURNING run_id, trace_id) \
-             INSERT INTO outbound_messages (project_id, message_id, run_id, channel, conversation, kind, body, trace_id) \
-             SELECT 'bench', gen_random_uuid(), run_id, 'tg', '42', 'reply', '\"the pods are fine <3\"'::jsonb, trace_id FROM r",
-        )
-        .bind(crate::contracts::canonical::body_hash(&json!({})))
-        .bind(active.pointer.revision_id)
-        .bind(&active.pointer.body_hash)
-        .bind(outbound as i64)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok::<_, crate::error::Error>(())
-    })
+    tenancy::scope(
+        project.clone(),
+        p.control
+            .set_mode(&admin, MigrationMode::Canary, true, Some("bench")),
+    )
     .await?;
+    queue_replies(&p, &project, outbound).await?;
     let worker = DeliveryWorker::new(
         hub.clone(),
         DeliveryConfig {
@@ -270,6 +262,46 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     if sent != outbound {
         anyhow::bail!("the double received {sent} messages, expected {outbound}");
     }
+
+    // 4. Reply latency: one reply at a time into the running delivery loop.
+    let replies = if quick { 20 } else { 100 };
+    let (stop, rx) = crate::runtime::worker::shutdown_channel();
+    let delivery = tokio::spawn(
+        DeliveryWorker::new(
+            hub.clone(),
+            DeliveryConfig {
+                chat_min_interval: Duration::ZERO,
+                ..DeliveryConfig::default()
+            },
+        )
+        .run(rx),
+    );
+    // Past the loop's first pass.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut waits = Vec::with_capacity(replies);
+    for i in 0..replies {
+        // Spread over the loop's cycle, so no phase of it is favoured.
+        tokio::time::sleep(Duration::from_millis(20 + (i as u64 * 37) % 50)).await;
+        let before = double.calls("telegram", "sendMessage").len();
+        queue_replies(&p, &project, 1).await?;
+        let committed = Instant::now();
+        let deadline = committed + Duration::from_secs(5);
+        let at = loop {
+            if let Some(r) = double.calls("telegram", "sendMessage").get(before) {
+                break r.at;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "reply {i} not delivered within 5 s"
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        };
+        waits.push(at.saturating_duration_since(committed));
+    }
+    let _ = stop.send(true);
+    let _ = delivery.await;
+    waits.sort();
+    let reply = [percentile_ms(&waits, 50.0), percentile_ms(&waits, 99.0)];
     Ok(Figures {
         inbound,
         inbound_per_sec,
@@ -279,5 +311,38 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
         p99,
         outbound,
         outbound_per_sec,
+        reply,
     })
+}
+
+/// `n` canary runs of `echo`, each with a reply to chat 42 queued, in one transaction (what a
+/// run's completion writes, without running the runs).
+async fn queue_replies(
+    p: &crate::platform::Platform,
+    project: &tenancy::ProjectId,
+    n: usize,
+) -> anyhow::Result<()> {
+    tenancy::scope(project.clone(), async {
+        let active = p.control.active(ContractKind::Agent, "echo").await?;
+        let mut tx = p.control.db().tenant().await?;
+        sqlx::query(
+            "WITH r AS (INSERT INTO runs (project_id, run_id, agent, mode, state, input, input_hash, agent_revision_id, \
+               agent_body_hash, trace_id, span_id, max_attempts, deadline_at, max_concurrent) \
+             SELECT 'bench', gen_random_uuid(), 'echo', 'canary', 'queued', '{}'::jsonb, $1, $2, $3, \
+               md5(random()::text || g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour', 100000 \
+             FROM generate_series(1, $4) g RETURNING run_id, trace_id) \
+             INSERT INTO outbound_messages (project_id, message_id, run_id, channel, conversation, kind, body, trace_id) \
+             SELECT 'bench', gen_random_uuid(), run_id, 'tg', '42', 'reply', '\"the pods are fine <3\"'::jsonb, trace_id FROM r",
+        )
+        .bind(crate::contracts::canonical::body_hash(&json!({})))
+        .bind(active.pointer.revision_id)
+        .bind(&active.pointer.body_hash)
+        .bind(n as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok::<_, crate::error::Error>(())
+    })
+    .await?;
+    Ok(())
 }

@@ -1162,6 +1162,89 @@ async fn a_long_run_gets_a_status_message_edited_in_place_then_the_reply_and_not
     env.t.cleanup().await;
 }
 
+/// The delivery loop (what `awooop up` and `awooop worker` run) waits for notices and due times,
+/// not for a poll: with its poll and idle bound both an hour it still retries a reply a 429
+/// deferred by a second (the due time its pass read), sends a long run's status message when
+/// the progress row the group commit announced falls due, and sends the reply its run's
+/// completion announced. Before, the loop only polled (every 500 ms by default), so with an
+/// hour nothing after its first pass would have been sent.
+#[tokio::test]
+async fn the_delivery_loop_sends_on_notices_and_due_times_without_polling() {
+    let Some(py) = python() else { return };
+    let (env, p) = Env::new(channels_contract(
+        None,
+        1,
+        &[],
+        Some(json!({"conversations": ["77"]})),
+    ))
+    .await;
+    set_mode(&env.cp, &p, MigrationMode::Canary).await;
+    let hour = Duration::from_secs(3600);
+    let d = DeliveryWorker::new(
+        env.hub.clone(),
+        DeliveryConfig {
+            poll: hour,
+            idle: hour,
+            chat_min_interval: Duration::ZERO,
+            ..DeliveryConfig::default()
+        },
+    );
+    let (stop_d, rx_d) = shutdown_channel();
+    let dl = tokio::spawn(d.run(rx_d));
+    let (release, gate) = tokio::sync::watch::channel(true);
+    let worker = env.worker(Arc::new(Gated { release: gate }));
+    let (stop, rx) = shutdown_channel();
+    let w = tokio::spawn(worker.clone().run(rx));
+    let texts = || {
+        env.double
+            .calls("telegram", "sendMessage")
+            .into_iter()
+            .filter_map(|r| r.body["text"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    let signed = sdk(
+        &py,
+        json!([tg_update(9201, "quick", 77), tg_update(9202, "slow", 77)]),
+    );
+
+    // 1. A reply the provider defers by a second (429, retry_after 1) goes out a second later.
+    env.double.fault("telegram", [Fault::RateLimited(1)]);
+    let (st, v) = env.post("/v1/webhooks/chan-a/tg", &signed[0]).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    eventually("the deferred reply is sent", || async {
+        texts().iter().any(|t| t == "done: quick")
+    })
+    .await;
+    assert_eq!(
+        env.count(
+            "chan-a",
+            "SELECT count(*) FROM channel_deliveries WHERE status = 'retry'"
+        )
+        .await,
+        1,
+        "the first attempt met the 429"
+    );
+
+    // 2. A long run: its status message when its progress row falls due (1 s), then its reply.
+    release.send_replace(false);
+    let (st, v) = env.post("/v1/webhooks/chan-a/tg", &signed[1]).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    eventually("the long run's status message", || async {
+        texts().iter().any(|t| t.contains("Still on it"))
+    })
+    .await;
+    release.send_replace(true);
+    eventually("the long run's reply", || async {
+        texts().iter().any(|t| t == "done: slow")
+    })
+    .await;
+    let _ = stop.send(true);
+    let _ = w.await;
+    let _ = stop_d.send(true);
+    let _ = dl.await;
+    env.t.cleanup().await;
+}
+
 /// Run the queued runs of the project to completion with the scripted executor.
 async fn run_all(env: &Env, n: i64) {
     let worker = env.worker(env.scripted());

@@ -23,11 +23,13 @@
 //!   no status message can follow the reply.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use super::providers::{self, SendOutcome};
@@ -36,11 +38,18 @@ use super::{Hub, format, store};
 use awooop_contracts::ChannelProvider;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::redact::Redactor;
+use awooop_store::notify::OUTBOUND_CHANNEL;
 use awooop_store::tenancy::{self, ProjectId};
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
+    /// How soon to look again when something is due that this worker could not take (another
+    /// sender holds it), and how often to look while the notice listener is down.
     pub poll: Duration,
+    /// The longest wait while the listener is up: new messages announce themselves
+    /// (`awooop_outbound`, migration 0082) and the next retry, lease expiry or progress update
+    /// is waited for exactly, so this only bounds the delay of a notice that was lost.
+    pub idle: Duration,
     pub batch: i64,
     pub lease_seconds: f64,
     /// Attempts before a message is `failed`.
@@ -61,6 +70,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             poll: Duration::from_millis(500),
+            idle: Duration::from_secs(10),
             batch: 64,
             lease_seconds: 60.0,
             max_attempts: 6,
@@ -74,6 +84,14 @@ impl Default for DeliveryConfig {
 }
 
 type ChatKey = (String, String, String);
+
+/// What one pass of [`DeliveryWorker::run`] found.
+struct Pass {
+    claimed: usize,
+    /// How long until the next pending message or progress row falls due (zero: one is due
+    /// now that this pass could not take); `None`: nothing is pending.
+    next_due: Option<Duration>,
+}
 
 pub struct DeliveryWorker {
     hub: Hub,
@@ -131,43 +149,100 @@ impl DeliveryWorker {
         }
     }
 
-    /// Pending messages this worker can see (the queue-depth gauge).
-    async fn queue_depth(&self) -> Result<i64> {
-        let mut tx = self.due_tx().await?;
-        let n = store::queue_depth(&mut tx).await?;
-        tx.commit().await?;
-        Ok(n)
-    }
-
-    /// Poll until `shutdown` turns true.
+    /// Deliver until `shutdown` turns true.
+    ///
+    /// Each pass is one transaction: claim the due messages, find the due progress rows, count
+    /// the queue and read when the next thing falls due; then send. With nothing claimed, the
+    /// worker waits for that moment, for a notice of a new message or progress row, or at most
+    /// `idle` (`poll` while the listener is down). Before, an idle worker ran three
+    /// transactions every 500 ms whatever was queued, and a reply waited for the next of those
+    /// polls: 250 ms on average (docs/benchmarks.md, "Session 30").
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let wake = Arc::new(Notify::new());
+        let listening = Arc::new(AtomicBool::new(false));
+        let listener = self.clone().spawn_listener(wake.clone(), listening.clone());
         loop {
             if *shutdown.borrow() {
-                return;
+                break;
             }
-            let sent = match self.tick().await {
-                Ok(n) => n,
+            let wait = match self.pass().await {
+                Ok(p) if p.claimed > 0 => continue,
+                Ok(p) => match p.next_due {
+                    // Due now, but held by another sender (a claim or a status being sent).
+                    Some(d) if d.is_zero() => self.cfg.poll,
+                    Some(d) => d.min(self.cfg.idle),
+                    None => self.cfg.idle,
+                },
                 Err(e) => {
                     tracing::warn!(code = e.code.as_str(), "delivery pass failed");
-                    0
+                    self.cfg.poll
                 }
             };
-            if let Err(e) = self.progress_tick().await {
-                tracing::warn!(code = e.code.as_str(), "progress pass failed");
-            }
-            if let Ok(n) = self.queue_depth().await {
-                self.hub.metrics().queue_depth.set(n);
-            }
-            if sent == 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.cfg.poll) => {}
-                    _ = shutdown.changed() => {}
-                }
+            let wait = if listening.load(Ordering::Acquire) {
+                wait
+            } else {
+                wait.min(self.cfg.poll)
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake.notified() => {}
+                _ = shutdown.changed() => {}
             }
         }
+        listener.abort();
     }
 
-    /// One pass: claim due messages and deliver them. Returns how many were claimed.
+    /// Wake the loop on every `awooop_outbound` notice, and once after each (re)connection
+    /// (notices sent while it was down are lost).
+    fn spawn_listener(
+        self: Arc<Self>,
+        wake: Arc<Notify>,
+        listening: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect_with(&self.pool).await {
+                    Ok(mut l) => {
+                        if l.listen(OUTBOUND_CHANNEL).await.is_ok() {
+                            listening.store(true, Ordering::Release);
+                            wake.notify_one();
+                            while l.recv().await.is_ok() {
+                                wake.notify_one();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; polling"),
+                }
+                listening.store(false, Ordering::Release);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+
+    /// One pass (see [`Self::run`]): what it claimed and sent, and when the next thing is due.
+    async fn pass(self: &Arc<Self>) -> Result<Pass> {
+        let (claimed, progress, depth, next_due) = {
+            let mut tx = self.due_tx().await?;
+            let claimed = store::claim(&mut tx, self.cfg.batch, self.cfg.lease_seconds).await?;
+            let progress = self.due_progress(&mut tx).await?;
+            let depth = store::queue_depth(&mut tx).await?;
+            let next_due = store::next_due(&mut tx).await?;
+            tx.commit().await?;
+            (claimed, progress, depth, next_due)
+        };
+        self.hub.metrics().queue_depth.set(depth);
+        let n = self.deliver_all(claimed).await;
+        self.progress_all(progress).await;
+        Ok(Pass {
+            claimed: n,
+            // After this pass's own sends nothing it claimed is due again at once (a sent
+            // message is done, a failed one backs off), so the reading still stands.
+            next_due: next_due.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        })
+    }
+
+    /// One delivery pass on its own: claim due messages and deliver them. Returns how many were
+    /// claimed.
     pub async fn tick(self: &Arc<Self>) -> Result<usize> {
         let claimed = {
             let mut tx = self.due_tx().await?;
@@ -175,6 +250,11 @@ impl DeliveryWorker {
             tx.commit().await?;
             rows
         };
+        Ok(self.deliver_all(claimed).await)
+    }
+
+    /// Send claimed messages, `concurrency` at a time; returns how many there were.
+    async fn deliver_all(self: &Arc<Self>, claimed: Vec<store::Claimed>) -> usize {
         let n = claimed.len();
         let sem = Arc::new(tokio::sync::Semaphore::new(self.cfg.concurrency.max(1)));
         let mut tasks = Vec::with_capacity(n);
@@ -195,7 +275,7 @@ impl DeliveryWorker {
         for t in tasks {
             let _ = t.await;
         }
-        Ok(n)
+        n
     }
 
     fn backoff(&self, attempt: i32) -> Duration {
@@ -509,20 +589,31 @@ impl DeliveryWorker {
         Ok(())
     }
 
-    /// One progress pass: status messages of long runs. Returns how many were sent or edited.
+    /// One progress pass on its own: status messages of long runs. Returns how many were sent
+    /// or edited.
     pub async fn progress_tick(self: &Arc<Self>) -> Result<usize> {
-        let due: Vec<(String, Uuid)> = {
+        let due = {
             let mut tx = self.due_tx().await?;
-            let rows = sqlx::query_as(
-                "SELECT project_id, run_id FROM channel_progress WHERE NOT done AND next_at <= now() \
-                 ORDER BY next_at LIMIT $1",
-            )
-            .bind(self.cfg.batch)
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows = self.due_progress(&mut tx).await?;
             tx.commit().await?;
             rows
         };
+        Ok(self.progress_all(due).await)
+    }
+
+    /// Progress rows due now (at most a batch), in the order they fell due.
+    async fn due_progress(&self, conn: &mut sqlx::PgConnection) -> Result<Vec<(String, Uuid)>> {
+        Ok(sqlx::query_as(
+            "SELECT project_id, run_id FROM channel_progress WHERE NOT done AND next_at <= now() \
+             ORDER BY next_at LIMIT $1",
+        )
+        .bind(self.cfg.batch)
+        .fetch_all(conn)
+        .await?)
+    }
+
+    /// Send or edit the status messages of `due`; returns how many were sent or edited.
+    async fn progress_all(&self, due: Vec<(String, Uuid)>) -> usize {
         let mut n = 0;
         for (project, run_id) in due {
             let Ok(p) = ProjectId::parse(&project) else {
@@ -534,7 +625,7 @@ impl DeliveryWorker {
                 Err(e) => tracing::warn!(code = e.code.as_str(), %run_id, "progress update failed"),
             }
         }
-        Ok(n)
+        n
     }
 
     async fn progress_one(&self, run_id: Uuid) -> Result<bool> {

@@ -265,6 +265,22 @@ pub async fn queue_depth(conn: &mut PgConnection) -> Result<i64> {
     )
 }
 
+/// Seconds until the next pending message or progress row this transaction sees falls due: a
+/// message at its `next_attempt_at`, or when its lease runs out while another sender holds it;
+/// a progress row at its `next_at`. Zero or less: one is due now. `None`: nothing is pending.
+pub async fn next_due(conn: &mut PgConnection) -> Result<Option<f64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT extract(epoch FROM least( \
+            (SELECT min(next_attempt_at) FROM outbound_messages \
+             WHERE status = 'pending' AND (lease_until IS NULL OR lease_until < now())), \
+            (SELECT min(lease_until) FROM outbound_messages \
+             WHERE status = 'pending' AND lease_until >= now()), \
+            (SELECT min(next_at) FROM channel_progress WHERE NOT done)) - now())::float8",
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
 /// Status of an outbound message (`outbound_messages.status`, migration 0004's CHECK); the
 /// SQL of this file also names `pending` and `sent` in its statements.
 #[derive(

@@ -417,5 +417,8 @@ async fn write_jobs(
     tx.commit().await.map_err(Error::from)?;
     // Every run the statement wrote (a replayed key's run gets a harmless extra wake-up).
     notifier.runs_created(project.as_str(), accepted.iter().map(|r| r.run_id));
+    if !progress_rows.is_empty() {
+        notifier.outbound();
+    }
     Ok(outs)
 }

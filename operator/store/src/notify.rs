@@ -46,6 +46,10 @@ pub const DEFER_SQL: &str = "SET LOCAL awooop.defer_notify = 'on'";
 /// empty from the creation triggers, a notifier's token from a [`Notifier`].
 pub const RUNS_CHANNEL: &str = "awooop_runs";
 
+/// The delivery workers' wake-up channel (migration 0082): a new outbound message or progress
+/// row. Payload-free, so the notices of one transaction fold into one.
+pub const OUTBOUND_CHANNEL: &str = "awooop_outbound";
+
 /// Most notices sent in one statement; more wait for the next one.
 const MAX_BATCH: usize = 4096;
 
@@ -126,6 +130,15 @@ impl Notifier {
                 n.notify_one();
             }
         }
+    }
+}
+
+impl Notifier {
+    /// Announce progress rows whose insert committed (the channel hub's group commit, which
+    /// keeps NOTIFY out of its transactions: migration 0071): the delivery workers then wait
+    /// for their first status update exactly instead of until their idle bound.
+    pub fn outbound(&self) {
+        let _ = self.tx.send((OUTBOUND_CHANNEL, String::new()));
     }
 }
 

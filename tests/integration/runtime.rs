@@ -969,6 +969,66 @@ async fn reaper_fails_runs_out_of_attempts_and_times_out_runs_past_their_deadlin
     t.cleanup().await;
 }
 
+/// An idle reaper tick reads and writes nothing: the reaper runs in every worker process every
+/// two seconds whether or not anything expired, and each of its three UPDATEs fired the run
+/// event triggers even when it changed no row (three UPDATE statements and two transactions
+/// per tick). One probe (`repo::reap_due`) now decides; a lease that expires is still reaped.
+#[tokio::test]
+async fn an_idle_reaper_runs_no_update_and_still_reaps_an_expired_lease() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = runnable_project(&cp, "alpha").await;
+    let runs = RunService::new(cp.clone());
+    // Counts UPDATE statements on runs: a statement trigger fires even when no row changes.
+    sqlx::raw_sql(
+        "CREATE TABLE runs_update_statements (n bigint NOT NULL); \
+         INSERT INTO runs_update_statements VALUES (0); \
+         CREATE FUNCTION count_runs_updates() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
+           AS $$ BEGIN UPDATE runs_update_statements SET n = n + 1; RETURN NULL; END $$; \
+         CREATE TRIGGER count_runs_updates AFTER UPDATE ON runs \
+           FOR EACH STATEMENT EXECUTE FUNCTION count_runs_updates();",
+    )
+    .execute(&t.owner)
+    .await
+    .unwrap();
+    let updates = || async {
+        sqlx::query_scalar::<_, i64>("SELECT n FROM runs_update_statements")
+            .fetch_one(&t.owner)
+            .await
+            .unwrap()
+    };
+    // Bound to another project, so it claims none of alpha's runs; its reaper sees every run.
+    let mut cfg = test_config("reaper", 30_000);
+    cfg.project = Some("elsewhere".into());
+    cfg.poll = Duration::from_secs(3600);
+    cfg.reap_every = Duration::from_millis(20);
+    let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+        cp.clone(),
+        Arc::new(RecordingUpstream::default()),
+    )));
+    let w = worker_cfg(&t, &cp, exec, cfg);
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.clone().run(rx));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = updates().await;
+    assert_eq!(idle, 0, "idle reaper ticks ran {idle} UPDATE statements on runs");
+
+    let id = start(&runs, &p, "echo", json!({"n": 1})).await;
+    assert_eq!(repo::worker_claim(&t.app, "dead", 1, 30.0).await.unwrap().len(), 1);
+    let mut tx = scoped_tx(&t.owner, "alpha").await;
+    sqlx::query("UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    wait_state(&runs, &p, id, "retrying", 10).await;
+    assert!(w.stats.reaped.load(Ordering::Relaxed) >= 1);
+    let _ = stop.send(true);
+    let _ = h.await;
+    t.cleanup().await;
+}
+
 #[tokio::test]
 async fn the_runtime_contract_sets_attempts_lease_and_deadline_of_new_runs() {
     let t = TestDb::new().await;

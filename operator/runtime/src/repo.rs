@@ -906,6 +906,38 @@ pub struct Reaped {
     pub timed_out: u64,
 }
 
+/// What the reaper has to do at this moment: whether any run's lease expired or hard deadline
+/// passed ([`worker_reap`]), and whether any pending approval request expired
+/// (`approvals::expire_due`). One statement of three index probes (`runs_leased`,
+/// `runs_deadline`, `approval_requests_pending`, each read from its first entry), so that an
+/// idle reaper tick costs one short transaction instead of two transactions, three UPDATEs
+/// (each firing the run-event triggers even when it changes nothing) and a SELECT: the reaper
+/// runs in every worker process every two seconds, busy or not (docs/benchmarks.md,
+/// "Session 30"). What it finds due, the reaper then does as before; what falls due after it,
+/// the next tick finds.
+pub async fn reap_due(pool: &PgPool) -> Result<ReapDue> {
+    let mut tx = worker_tx(pool).await?;
+    let (runs, approvals): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE state = 'running' AND lease_expires_at < now()) \
+             OR EXISTS (SELECT 1 FROM runs WHERE state IN ('queued', 'retrying', 'running', 'waiting_approval') \
+                        AND deadline_at < now()), \
+                EXISTS (SELECT 1 FROM approval_requests WHERE state = 'pending' AND expires_at < now())",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ReapDue { runs, approvals })
+}
+
+/// See [`reap_due`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReapDue {
+    /// A run's lease expired or its hard deadline passed.
+    pub runs: bool,
+    /// A pending approval request expired.
+    pub approvals: bool,
+}
+
 /// Return runs whose lease expired to the queue (with exponential backoff), fail those out of
 /// attempts with E-RUN-005, and time out runs past their hard deadline with E-RUN-006.
 pub async fn worker_reap(pool: &PgPool) -> Result<Reaped> {

@@ -432,35 +432,56 @@ impl Worker {
             let mut tick = tokio::time::interval(self.cfg.reap_every);
             loop {
                 tick.tick().await;
-                match repo::worker_reap(&self.pool).await {
-                    Ok(r) => {
-                        self.metrics.reaped("requeued", r.requeued);
-                        self.metrics.reaped("failed", r.failed);
-                        self.metrics.reaped("timed_out", r.timed_out);
-                        let n = r.requeued + r.failed + r.timed_out;
-                        if n > 0 {
-                            self.stats.reaped.fetch_add(n, Ordering::Relaxed);
-                            tracing::info!(
-                                requeued = r.requeued,
-                                failed = r.failed,
-                                timed_out = r.timed_out,
-                                "reaper"
-                            );
-                        }
+                // Most ticks find nothing: one probe decides what to run (repo::reap_due).
+                let due = match repo::reap_due(&self.pool).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::debug!(code = e.code.as_str(), "reap check failed");
+                        continue;
                     }
-                    Err(e) => tracing::debug!(code = e.code.as_str(), "reap failed"),
+                };
+                if due.runs {
+                    self.reap().await;
                 }
-                // Approval requests past their expiry fail their runs with E-APPROVAL-002.
-                match crate::approvals::expire_due(&self.pool, &self.control).await {
-                    Ok(n) if n > 0 => {
-                        self.metrics.reaped("approval_expired", n);
-                        tracing::info!(expired = n, "approval requests expired");
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(code = e.code.as_str(), "approval expiry failed"),
+                if due.approvals {
+                    self.expire_approvals().await;
                 }
             }
         })
+    }
+
+    /// Requeue, fail or time out the runs [`repo::worker_reap`] finds.
+    async fn reap(&self) {
+        match repo::worker_reap(&self.pool).await {
+            Ok(r) => {
+                self.metrics.reaped("requeued", r.requeued);
+                self.metrics.reaped("failed", r.failed);
+                self.metrics.reaped("timed_out", r.timed_out);
+                let n = r.requeued + r.failed + r.timed_out;
+                if n > 0 {
+                    self.stats.reaped.fetch_add(n, Ordering::Relaxed);
+                    tracing::info!(
+                        requeued = r.requeued,
+                        failed = r.failed,
+                        timed_out = r.timed_out,
+                        "reaper"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(code = e.code.as_str(), "reap failed"),
+        }
+    }
+
+    /// Approval requests past their expiry fail their runs with E-APPROVAL-002.
+    async fn expire_approvals(&self) {
+        match crate::approvals::expire_due(&self.pool, &self.control).await {
+            Ok(n) if n > 0 => {
+                self.metrics.reaped("approval_expired", n);
+                tracing::info!(expired = n, "approval requests expired");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(code = e.code.as_str(), "approval expiry failed"),
+        }
     }
 
     /// Execute one claimed run inside its own `run` span. The span is attached with

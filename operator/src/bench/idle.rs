@@ -15,9 +15,14 @@
 //!   backend reports at most once a second: approximate at the window's edges);
 //! - `backends_per_worker`: connections held per worker process;
 //!
-//! and then what an idle worker's pickup costs a caller: one run at a time, each in another
-//! tenant, created through `RunService::create` after a second of quiet, from the creating
-//! transaction's start to the claim (`pickup_p50_ms`, `pickup_p99_ms`, the database's clock).
+//! and then how soon an idle worker starts a run: one run at a time, each after a second of
+//! quiet, created through `RunService::create`, from the creating transaction's start to the
+//! claim (the database's clock): first one in each of a few tenants (`pickup_first_p50_ms`:
+//! the worker's first run, with its caches and its connections' statements cold), then one
+//! more in each of them (`pickup_p50_ms`, `pickup_p99_ms`: an idle, warm worker).
+//!
+//! Each worker process holds up to about five connections (its pool of four, its listeners), so K is
+//! bounded by the server's `max_connections`: the default K is 16.
 //!
 //! PostgreSQL must run on this machine for the CPU figures (they read `/proc`); elsewhere they
 //! print as NaN and the rest still measures.
@@ -34,27 +39,31 @@ use crate::runtime::{CreateRun, RunService};
 use crate::tenancy;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let k = args.projects.unwrap_or(if args.quick { 16 } else { 32 }).max(1);
+    let k = args.projects.unwrap_or(16).max(1);
     let window = Duration::from_secs(if args.quick { 8 } else { 30 });
-    let pickups = if args.quick { 6 } else { 20 };
+    // Past the workers' start-up: their first claims, reaps and passes, and the first use of
+    // each pooled connection (a session's first statements are planned, its PL/pgSQL compiled).
+    let settle = Duration::from_secs(if args.quick { 4 } else { 10 });
+    let pickups = if args.quick { 3 } else { 10 };
     let base = args
         .db
         .database_url
         .clone()
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let scratch = scratch_database(&base, "idle").await?;
-    let res = bench(&base, &scratch, k, window, pickups).await;
+    let res = bench(&base, &scratch, k, window, settle, pickups).await;
     drop_scratch(&base, &scratch).await;
     let f = res?;
     let per = |x: f64| x / k as f64 / window.as_secs_f64();
     println!(
         "idle_workers={k} window_s={} pg_cpu_us_per_worker_s={:.0} worker_cpu_us_per_worker_s={:.0} \
-         xacts_per_worker_s={:.2} backends_per_worker={:.1} pickup_p50_ms={:.2} pickup_p99_ms={:.2}",
+         xacts_per_worker_s={:.2} backends_per_worker={:.1} pickup_first_p50_ms={:.2} pickup_p50_ms={:.2} pickup_p99_ms={:.2}",
         window.as_secs(),
         per(f.pg_cpu_us),
         per(f.worker_cpu_us),
         per(f.xacts),
         f.backends as f64 / k as f64,
+        f.pickup_first,
         f.pickup[0],
         f.pickup[1],
     );
@@ -70,6 +79,9 @@ struct Figures {
     xacts: f64,
     /// The scratch database's backends at the window's end.
     backends: usize,
+    /// A worker's first run (p50).
+    pickup_first: f64,
+    /// An idle, warm worker's run (p50, p99).
     pickup: [f64; 2],
 }
 
@@ -78,8 +90,20 @@ async fn bench(
     url: &str,
     k: usize,
     window: Duration,
+    settle: Duration,
     pickups: usize,
 ) -> anyhow::Result<Figures> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(base).await?;
+    let max: i64 = sqlx::query_scalar("SELECT current_setting('max_connections')::bigint")
+        .fetch_one(&mut admin)
+        .await?;
+    anyhow::ensure!(
+        (k as i64) * 5 + 10 <= max,
+        "{k} worker processes need about {} connections; the server allows {max} \
+         (max_connections): ask for fewer with --projects",
+        k * 5 + 10
+    );
     let s = setup(url).await?;
     let tenants = tenant_projects(&s, k).await?;
     let db = url
@@ -104,7 +128,16 @@ async fn bench(
                 .spawn()?,
         );
     }
-    let res = measure(&s, base, &db, &mut children, window, &tenants, pickups).await;
+    let res = measure(
+        &s,
+        &mut admin,
+        &db,
+        &mut children,
+        (window, settle),
+        &tenants,
+        pickups,
+    )
+    .await;
     for c in &mut children {
         let _ = c.start_kill();
     }
@@ -116,24 +149,22 @@ async fn bench(
 
 async fn measure(
     s: &Setup,
-    base: &str,
+    admin: &mut sqlx::PgConnection,
     db: &str,
     children: &mut [tokio::process::Child],
-    window: Duration,
+    (window, settle): (Duration, Duration),
     tenants: &[tenancy::ProjectId],
     pickups: usize,
 ) -> anyhow::Result<Figures> {
-    use sqlx::Connection;
-    let mut admin = sqlx::PgConnection::connect(base).await?;
     // Every worker has connected and listens (its queue listener, the gateway's snapshot
     // listener) before the window opens.
-    let settle = Instant::now();
+    let started = Instant::now();
     loop {
         let listening: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%awooop_runs%'",
         )
         .bind(db)
-        .fetch_one(&mut admin)
+        .fetch_one(&mut *admin)
         .await?;
         if listening as usize >= children.len() {
             break;
@@ -144,27 +175,26 @@ async fn measure(
             }
         }
         anyhow::ensure!(
-            settle.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_secs(60),
             "only {listening} of {} workers listen after 60 s",
             children.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Past their start-up (first claim, first reap, the gateway's first snapshot).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(settle).await;
 
     let workers: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
-    let pg0: std::collections::HashMap<i32, u64> = backends(&mut admin, db)
+    let pg0: std::collections::HashMap<i32, u64> = backends(admin, db)
         .await?
         .into_iter()
         .filter_map(|p| cpu_ns(p as u32).map(|c| (p, c)))
         .collect();
     let w0: u64 = workers.iter().filter_map(|p| cpu_ns(*p)).sum();
-    let x0 = xacts(&mut admin, db).await?;
+    let x0 = xacts(admin, db).await?;
     tokio::time::sleep(window).await;
-    let x1 = xacts(&mut admin, db).await?;
+    let x1 = xacts(admin, db).await?;
     let w1: u64 = workers.iter().filter_map(|p| cpu_ns(*p)).sum();
-    let end = backends(&mut admin, db).await?;
+    let end = backends(admin, db).await?;
     let mut pg = 0u64;
     let mut seen = 0usize;
     for p in &end {
@@ -192,12 +222,14 @@ async fn measure(
         x1 - x0
     );
 
-    // Pickup by an idle worker: one run at a time, each in the next tenant, after a quiet second.
+    // Pickup by an idle worker: one run at a time after a quiet second, first in each of
+    // `pickups` tenants (each worker's first run), then again in each of them.
     let runs = RunService::new(s.p.control.clone());
-    let mut waits = Vec::with_capacity(pickups);
-    for i in 0..pickups {
+    let pickups = pickups.min(tenants.len());
+    let mut waits = Vec::with_capacity(pickups * 2);
+    for i in 0..pickups * 2 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let project = tenants[i % tenants.len()].clone();
+        let project = tenants[i % pickups].clone();
         let req = CreateRun {
             agent: "noop".into(),
             input: json!({"idle": i}),
@@ -236,13 +268,16 @@ async fn measure(
         };
         waits.push(wait);
     }
+    let mut warm = waits.split_off(pickups);
     waits.sort();
+    warm.sort();
     Ok(Figures {
         pg_cpu_us,
         worker_cpu_us,
         xacts: (x1 - x0) as f64,
         backends: end.len(),
-        pickup: [percentile_ms(&waits, 50.0), percentile_ms(&waits, 99.0)],
+        pickup_first: percentile_ms(&waits, 50.0),
+        pickup: [percentile_ms(&warm, 50.0), percentile_ms(&warm, 99.0)],
     })
 }
 

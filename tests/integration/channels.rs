@@ -224,7 +224,14 @@ impl Env {
     /// Another hub on the same database and doubles that resolves only `secrets`: the hub
     /// of another process, such as a project's worker pod with its own credentials mounted.
     fn hub_with(&self, secrets: Arc<StaticSecrets>) -> Hub {
-        hub_on(&self.t, &self.cp, &self.double, secrets, true, Duration::ZERO)
+        hub_on(
+            &self.t,
+            &self.cp,
+            &self.double,
+            secrets,
+            true,
+            Duration::ZERO,
+        )
     }
 
     async fn post(&self, path: &str, s: &Signed) -> (StatusCode, Value) {
@@ -1171,14 +1178,21 @@ async fn a_long_run_gets_a_status_message_edited_in_place_then_the_reply_and_not
 #[tokio::test]
 async fn the_delivery_loop_sends_on_notices_and_due_times_without_polling() {
     let Some(py) = python() else { return };
-    let (env, p) = Env::new(channels_contract(
-        None,
-        1,
-        &[],
-        Some(json!({"conversations": ["77"]})),
-    ))
+    // chan-a without progress messages (its only request to the provider is the reply the 429
+    // meets), chan-b with a status message after 1 s.
+    let canary = || Some(json!({"conversations": ["77"]}));
+    let (env, a) = Env::new(channels_contract(None, 0, &[], canary())).await;
+    let b = setup_project(
+        &env.cp,
+        &env.secrets,
+        "chan-b",
+        channels_contract(None, 1, &[], canary()),
+        TG_SECRET,
+    )
     .await;
-    set_mode(&env.cp, &p, MigrationMode::Canary).await;
+    for p in [&a, &b] {
+        set_mode(&env.cp, p, MigrationMode::Canary).await;
+    }
     let hour = Duration::from_secs(3600);
     let d = DeliveryWorker::new(
         env.hub.clone(),
@@ -1212,7 +1226,12 @@ async fn the_delivery_loop_sends_on_notices_and_due_times_without_polling() {
     let (st, v) = env.post("/v1/webhooks/chan-a/tg", &signed[0]).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     eventually("the deferred reply is sent", || async {
-        texts().iter().any(|t| t == "done: quick")
+        env.count(
+            "chan-a",
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await
+            == 1
     })
     .await;
     assert_eq!(
@@ -1224,10 +1243,12 @@ async fn the_delivery_loop_sends_on_notices_and_due_times_without_polling() {
         1,
         "the first attempt met the 429"
     );
+    let tries = texts().iter().filter(|t| *t == "done: quick").count();
+    assert_eq!(tries, 2, "the 429'd request and the one a second later");
 
     // 2. A long run: its status message when its progress row falls due (1 s), then its reply.
     release.send_replace(false);
-    let (st, v) = env.post("/v1/webhooks/chan-a/tg", &signed[1]).await;
+    let (st, v) = env.post("/v1/webhooks/chan-b/tg", &signed[1]).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     eventually("the long run's status message", || async {
         texts().iter().any(|t| t.contains("Still on it"))
@@ -1626,9 +1647,14 @@ async fn a_project_bound_delivery_worker_sends_only_its_own_projects_messages() 
     let (stop, rx) = shutdown_channel();
     let w = tokio::spawn(worker.clone().run(rx));
     for project in ["chan-a", "chan-b"] {
-        eventually("each project's run finishes with a reply queued", || async {
-            env.count(project, "SELECT count(*) FROM outbound_messages").await == 1
-        })
+        eventually(
+            "each project's run finishes with a reply queued",
+            || async {
+                env.count(project, "SELECT count(*) FROM outbound_messages")
+                    .await
+                    == 1
+            },
+        )
         .await;
     }
     let _ = stop.send(true);
@@ -1659,7 +1685,11 @@ async fn a_project_bound_delivery_worker_sends_only_its_own_projects_messages() 
         }
     };
     let pod_a = pod(&a);
-    assert_eq!(pod_a.tick().await.unwrap(), 1, "pod a claims only its message");
+    assert_eq!(
+        pod_a.tick().await.unwrap(),
+        1,
+        "pod a claims only its message"
+    );
     assert_eq!(message("chan-a").await["status"], "sent");
     let untouched = message("chan-b").await;
     assert_eq!(untouched["status"], "pending", "{untouched}");
@@ -1669,7 +1699,10 @@ async fn a_project_bound_delivery_worker_sends_only_its_own_projects_messages() 
     assert_eq!(pod(&b).tick().await.unwrap(), 1);
     assert_eq!(message("chan-b").await["status"], "sent");
     let sends = env.double.calls("telegram", "sendMessage");
-    let texts: Vec<&str> = sends.iter().filter_map(|r| r.body["text"].as_str()).collect();
+    let texts: Vec<&str> = sends
+        .iter()
+        .filter_map(|r| r.body["text"].as_str())
+        .collect();
     assert_eq!(sends.len(), 2, "{texts:?}");
     env.t.cleanup().await;
 }

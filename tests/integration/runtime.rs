@@ -1011,10 +1011,19 @@ async fn an_idle_reaper_runs_no_update_and_still_reaps_an_expired_lease() {
     let h = tokio::spawn(w.clone().run(rx));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = updates().await;
-    assert_eq!(idle, 0, "idle reaper ticks ran {idle} UPDATE statements on runs");
+    assert_eq!(
+        idle, 0,
+        "idle reaper ticks ran {idle} UPDATE statements on runs"
+    );
 
     let id = start(&runs, &p, "echo", json!({"n": 1})).await;
-    assert_eq!(repo::worker_claim(&t.app, "dead", 1, 30.0).await.unwrap().len(), 1);
+    assert_eq!(
+        repo::worker_claim(&t.app, "dead", 1, 30.0)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let mut tx = scoped_tx(&t.owner, "alpha").await;
     sqlx::query("UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = $1")
         .bind(id)

@@ -232,11 +232,7 @@ pub struct Claimed {
 /// crashed sender's messages come back, attempt counted. Which projects' messages the
 /// transaction sees decides whose are claimed: every project's in a [`delivery_tx`], one
 /// project's in that project's tenant transaction (row-level security).
-pub async fn claim(
-    conn: &mut PgConnection,
-    n: i64,
-    lease_seconds: f64,
-) -> Result<Vec<Claimed>> {
+pub async fn claim(conn: &mut PgConnection, n: i64, lease_seconds: f64) -> Result<Vec<Claimed>> {
     Ok(sqlx::query_as(
         "WITH c AS ( \
             SELECT project_id, message_id FROM outbound_messages \

@@ -203,11 +203,7 @@ async fn measure(
             pg += c.saturating_sub(pg0.get(p).copied().unwrap_or(0));
         }
     }
-    let pg_cpu_us = if seen == 0 {
-        f64::NAN
-    } else {
-        pg as f64 / 1e3
-    };
+    let pg_cpu_us = if seen == 0 { f64::NAN } else { pg as f64 / 1e3 };
     let worker_cpu_us = if workers.is_empty() {
         f64::NAN
     } else {

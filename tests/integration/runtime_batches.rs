@@ -368,6 +368,72 @@ async fn leased_entries_read(tx: &mut sqlx::PgConnection) -> i64 {
     .unwrap()
 }
 
+/// Entries of the queue index (`runs_claimable_project`: every project's queued runs) this
+/// backend has read and not yet reported (see [`leased_entries_read`]).
+async fn queue_entries_read(tx: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT pg_stat_get_xact_tuples_returned(to_regclass('runs_claimable_project'))::bigint",
+    )
+    .fetch_one(tx)
+    .await
+    .unwrap()
+}
+
+/// A project-bound worker's claim reads its own project's queue, not the other tenants'
+/// (migration 0083). Its generic plan could not use `(only_project IS NULL OR project_id =
+/// only_project)` as an index condition, so a bound worker with nothing queued read every other
+/// tenant's queued runs at each claim, twice a second while idle: 2,000 here, 50,000 in the
+/// measurement of docs/benchmarks.md ("Session 30", 10 ms per idle claim). The claims return what
+/// they returned: nothing for the idle project, the other project's room for an unbound worker.
+#[tokio::test]
+async fn a_bound_claim_reads_only_its_own_projects_queue() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    echo_project(&cp, "alpha").await;
+    echo_project(&cp, "beta").await;
+    let mut su = t.superuser().await;
+    sqlx::query(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+         trace_id, span_id, max_attempts, deadline_at, max_concurrent) \
+         SELECT 'beta', gen_random_uuid(), 'echo', 'shadow', '{}'::jsonb, 'sha256:' || repeat('0', 64), gen_random_uuid(), \
+         'sha256:x', md5(g::text), substr(md5(g::text), 1, 16), 3, now() + interval '1 hour', 8 \
+         FROM generate_series(1, 2000) g",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE runs").execute(&mut su).await.unwrap();
+    // Several rounds: the claim's transaction plans generically, and the function's own plans
+    // are cached per session after the first executions.
+    for _ in 0..7 {
+        let mut tx = repo::claim_tx(&t.app).await.unwrap();
+        let before = queue_entries_read(&mut tx).await;
+        let round = repo::claim_round_in(&mut tx, "bound", 16, 30.0, Some("alpha"))
+            .await
+            .unwrap();
+        let read = queue_entries_read(&mut tx).await - before;
+        tx.rollback().await.unwrap();
+        assert!(round.runs.is_empty());
+        assert!(
+            read < 10,
+            "an idle bound claim read {read} entries of the queue index (2,000 of another project)"
+        );
+    }
+    let mut tx = repo::claim_tx(&t.app).await.unwrap();
+    let round = repo::claim_round_in(&mut tx, "shared", 16, 30.0, None)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(round.runs.len(), 8, "beta's room");
+    let mut tx = repo::claim_tx(&t.app).await.unwrap();
+    let round = repo::claim_round_in(&mut tx, "bound-beta", 16, 30.0, Some("beta"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(round.runs.is_empty(), "beta is at its cap of 8");
+    t.cleanup().await;
+}
+
 /// The completion and heartbeat fences probe runs by id whatever the planner's statistics say
 /// (issue 18, docs/benchmarks.md "drain (session 7)"). With statistics taken while nothing ran
 /// (a queue analysed while idle, as `awooop bench runs` does before each drain), a literal

@@ -14,6 +14,9 @@
 //! - `xacts_per_worker_s`: transactions the database counted (`pg_stat_database`, which a
 //!   backend reports at most once a second: approximate at the window's edges);
 //! - `backends_per_worker`: connections held per worker process;
+//! - `pg_cpu_us_per_worker_s_backlog`: the first figure again in a second window, after a
+//!   project no worker here serves (`tenant-{K+1}`) got a backlog of queued runs (20,000 quick,
+//!   50,000 full): what one tenant's backlog costs every other tenant's idle workers;
 //!
 //! and then how soon an idle worker starts a run: one run at a time, each after a second of
 //! quiet, created through `RunService::create`, from the creating transaction's start to the
@@ -40,7 +43,8 @@ use crate::tenancy;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let k = args.projects.unwrap_or(16).max(1);
-    let window = Duration::from_secs(if args.quick { 8 } else { 30 });
+    let window = Duration::from_secs(if args.quick { 6 } else { 30 });
+    let backlog = if args.quick { 20_000 } else { 50_000 };
     // Past the workers' start-up: their first claims, reaps and passes, and the first use of
     // each pooled connection (a session's first statements are planned, its PL/pgSQL compiled).
     let settle = Duration::from_secs(if args.quick { 4 } else { 10 });
@@ -51,18 +55,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let scratch = scratch_database(&base, "idle").await?;
-    let res = bench(&base, &scratch, k, window, settle, pickups).await;
+    let res = bench(&base, &scratch, k, (window, settle), backlog, pickups).await;
     drop_scratch(&base, &scratch).await;
     let f = res?;
     let per = |x: f64| x / k as f64 / window.as_secs_f64();
     println!(
         "idle_workers={k} window_s={} pg_cpu_us_per_worker_s={:.0} worker_cpu_us_per_worker_s={:.0} \
-         xacts_per_worker_s={:.2} backends_per_worker={:.1} pickup_first_p50_ms={:.2} pickup_p50_ms={:.2} pickup_p99_ms={:.2}",
+         xacts_per_worker_s={:.2} backends_per_worker={:.1} backlog={backlog} pg_cpu_us_per_worker_s_backlog={:.0} \
+         pickup_first_p50_ms={:.2} pickup_p50_ms={:.2} pickup_p99_ms={:.2}",
         window.as_secs(),
         per(f.pg_cpu_us),
         per(f.worker_cpu_us),
         per(f.xacts),
         f.backends as f64 / k as f64,
+        per(f.pg_cpu_us_backlog),
         f.pickup_first,
         f.pickup[0],
         f.pickup[1],
@@ -73,6 +79,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 struct Figures {
     /// CPU of the scratch database's backends over the window, microseconds.
     pg_cpu_us: f64,
+    /// The same in the second window, with another project's backlog queued.
+    pg_cpu_us_backlog: f64,
     /// CPU of the worker processes over the window, microseconds.
     worker_cpu_us: f64,
     /// Transactions committed or rolled back in the scratch database over the window.
@@ -89,8 +97,8 @@ async fn bench(
     base: &str,
     url: &str,
     k: usize,
-    window: Duration,
-    settle: Duration,
+    (window, settle): (Duration, Duration),
+    backlog: i64,
     pickups: usize,
 ) -> anyhow::Result<Figures> {
     use sqlx::Connection;
@@ -105,7 +113,9 @@ async fn bench(
         k * 5 + 10
     );
     let s = setup(url).await?;
-    let tenants = tenant_projects(&s, k).await?;
+    // One more project than workers: the neighbour whose backlog no worker here serves.
+    let mut tenants = tenant_projects(&s, k + 1).await?;
+    let neighbour = tenants.pop().expect("k + 1 projects");
     let db = url
         .rsplit('/')
         .next()
@@ -134,8 +144,8 @@ async fn bench(
         &db,
         &mut children,
         (window, settle),
-        &tenants,
-        pickups,
+        (&neighbour, backlog),
+        (&tenants, pickups),
     )
     .await;
     for c in &mut children {
@@ -153,8 +163,8 @@ async fn measure(
     db: &str,
     children: &mut [tokio::process::Child],
     (window, settle): (Duration, Duration),
-    tenants: &[tenancy::ProjectId],
-    pickups: usize,
+    (neighbour, backlog): (&tenancy::ProjectId, i64),
+    (tenants, pickups): (&[tenancy::ProjectId], usize),
 ) -> anyhow::Result<Figures> {
     // Every worker has connected and listens (its queue listener, the gateway's snapshot
     // listener) before the window opens.
@@ -184,38 +194,23 @@ async fn measure(
     tokio::time::sleep(settle).await;
 
     let workers: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
-    let pg0: std::collections::HashMap<i32, u64> = backends(admin, db)
-        .await?
-        .into_iter()
-        .filter_map(|p| cpu_ns(p as u32).map(|c| (p, c)))
-        .collect();
-    let w0: u64 = workers.iter().filter_map(|p| cpu_ns(*p)).sum();
-    let x0 = xacts(admin, db).await?;
-    tokio::time::sleep(window).await;
-    let x1 = xacts(admin, db).await?;
-    let w1: u64 = workers.iter().filter_map(|p| cpu_ns(*p)).sum();
-    let end = backends(admin, db).await?;
-    let mut pg = 0u64;
-    let mut seen = 0usize;
-    for p in &end {
-        if let Some(c) = cpu_ns(*p as u32) {
-            seen += 1;
-            pg += c.saturating_sub(pg0.get(p).copied().unwrap_or(0));
-        }
-    }
-    let pg_cpu_us = if seen == 0 { f64::NAN } else { pg as f64 / 1e3 };
-    let worker_cpu_us = if workers.is_empty() {
-        f64::NAN
-    } else {
-        w1.saturating_sub(w0) as f64 / 1e3
-    };
+    let quiet = cpu_window(admin, db, &workers, window).await?;
     eprintln!(
         "{} workers idle for {:.0} s: PostgreSQL backends {:.1} ms CPU, worker processes {:.1} ms, {} transactions",
         children.len(),
         window.as_secs_f64(),
-        pg_cpu_us / 1e3,
-        worker_cpu_us / 1e3,
-        x1 - x0
+        quiet.pg_cpu_us / 1e3,
+        quiet.worker_cpu_us / 1e3,
+        quiet.xacts
+    );
+    // A neighbour's backlog: queued runs of a project none of these workers serves.
+    super::runs::enqueue_in(s, neighbour, backlog, 64).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = cpu_window(admin, db, &workers, window).await?;
+    eprintln!(
+        "the same with {backlog} runs queued in {neighbour}: PostgreSQL backends {:.1} ms CPU, {} transactions",
+        busy.pg_cpu_us / 1e3,
+        busy.xacts
     );
 
     // Pickup by an idle worker: one run at a time after a quiet second, first in each of
@@ -268,12 +263,63 @@ async fn measure(
     waits.sort();
     warm.sort();
     Ok(Figures {
-        pg_cpu_us,
-        worker_cpu_us,
-        xacts: (x1 - x0) as f64,
-        backends: end.len(),
+        pg_cpu_us: quiet.pg_cpu_us,
+        pg_cpu_us_backlog: busy.pg_cpu_us,
+        worker_cpu_us: quiet.worker_cpu_us,
+        xacts: quiet.xacts as f64,
+        backends: quiet.backends,
         pickup_first: percentile_ms(&waits, 50.0),
         pickup: [percentile_ms(&warm, 50.0), percentile_ms(&warm, 99.0)],
+    })
+}
+
+/// What one measurement window cost.
+struct Window {
+    /// CPU of the database's backends, microseconds (NaN when they are not on this machine).
+    pg_cpu_us: f64,
+    /// CPU of the worker processes, microseconds.
+    worker_cpu_us: f64,
+    /// Transactions the database counted.
+    xacts: i64,
+    /// The database's backends at the window's end.
+    backends: usize,
+}
+
+/// Measure `window` of database `db` and the processes `workers`.
+async fn cpu_window(
+    admin: &mut sqlx::PgConnection,
+    db: &str,
+    workers: &[u32],
+    window: Duration,
+) -> anyhow::Result<Window> {
+    let pg0: std::collections::HashMap<i32, u64> = backends(admin, db)
+        .await?
+        .into_iter()
+        .filter_map(|p| cpu_ns(p as u32).map(|c| (p, c)))
+        .collect();
+    let w0: u64 = workers.iter().filter_map(|p| cpu_ns(*p)).sum();
+    let x0 = xacts(admin, db).await?;
+    tokio::time::sleep(window).await;
+    let x1 = xacts(admin, db).await?;
+    let w1: u64 = workers.iter().filter_map(|p| cpu_ns(*p)).sum();
+    let end = backends(admin, db).await?;
+    let mut pg = 0u64;
+    let mut seen = 0usize;
+    for p in &end {
+        if let Some(c) = cpu_ns(*p as u32) {
+            seen += 1;
+            pg += c.saturating_sub(pg0.get(p).copied().unwrap_or(0));
+        }
+    }
+    Ok(Window {
+        pg_cpu_us: if seen == 0 { f64::NAN } else { pg as f64 / 1e3 },
+        worker_cpu_us: if workers.is_empty() {
+            f64::NAN
+        } else {
+            w1.saturating_sub(w0) as f64 / 1e3
+        },
+        xacts: x1 - x0,
+        backends: end.len(),
     })
 }
 

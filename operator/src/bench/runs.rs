@@ -251,7 +251,7 @@ async fn enqueue(s: &Setup, n: i64) -> anyhow::Result<()> {
 
 /// [`enqueue`] into `project` with its runs capped at `max_concurrent` (one statement: the
 /// runs share their `created_at`, so projects filled one after the other queue in that order).
-async fn enqueue_in(
+pub(super) async fn enqueue_in(
     s: &Setup,
     project: &ProjectId,
     n: i64,

@@ -11,7 +11,8 @@
 //! * `reply_p50_ms` / `reply_p99_ms`: one reply at a time, with the delivery loop running as
 //!   `awooop up` and `awooop worker` run it (default settings): from the commit of the
 //!   transaction that writes the message (as a run's completion writes its reply) to the
-//!   Telegram double receiving it. 20 replies (quick) or 100, 20-70 ms apart.
+//!   Telegram double receiving it. 16 replies (quick) or 100, each 20-520 ms after the
+//!   previous one was delivered.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -264,7 +265,7 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     }
 
     // 4. Reply latency: one reply at a time into the running delivery loop.
-    let replies = if quick { 20 } else { 100 };
+    let replies = if quick { 16 } else { 100 };
     let (stop, rx) = crate::runtime::worker::shutdown_channel();
     let delivery = tokio::spawn(
         DeliveryWorker::new(
@@ -280,8 +281,10 @@ async fn bench(url: &str, quick: bool) -> anyhow::Result<Figures> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut waits = Vec::with_capacity(replies);
     for i in 0..replies {
-        // Spread over the loop's cycle, so no phase of it is favoured.
-        tokio::time::sleep(Duration::from_millis(20 + (i as u64 * 37) % 50)).await;
+        // 20-520 ms after the previous reply was delivered, spread evenly: a loop that sleeps
+        // after each pass (the one before session 30 slept 500 ms) would otherwise always be
+        // met at the same point of its sleep.
+        tokio::time::sleep(Duration::from_millis(20 + (i as u64 * 131) % 500)).await;
         let before = double.calls("telegram", "sendMessage").len();
         queue_replies(&p, &project, 1).await?;
         let committed = Instant::now();

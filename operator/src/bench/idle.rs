@@ -116,14 +116,7 @@ async fn bench(
     // One more project than workers: the neighbour whose backlog no worker here serves.
     let mut tenants = tenant_projects(&s, k + 1).await?;
     let neighbour = tenants.pop().expect("k + 1 projects");
-    let db = url
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let db = super::database_name(url);
     let exe = std::env::current_exe()?;
     let mut children = Vec::with_capacity(k);
     for p in &tenants {

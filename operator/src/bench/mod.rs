@@ -78,15 +78,19 @@ pub async fn scratch_database(base_url: &str, tag: &str) -> anyhow::Result<Strin
     Ok(url)
 }
 
-pub async fn drop_scratch(base_url: &str, scratch_url: &str) {
-    let name = scratch_url
-        .rsplit('/')
+/// The database name of a connection URL (its last path segment, without the query).
+pub fn database_name(url: &str) -> String {
+    url.rsplit('/')
         .next()
         .unwrap_or_default()
         .split('?')
         .next()
         .unwrap_or_default()
-        .to_string();
+        .to_string()
+}
+
+pub async fn drop_scratch(base_url: &str, scratch_url: &str) {
+    let name = database_name(scratch_url);
     if !name.starts_with("awooop_bench_") {
         return;
     }

@@ -186,9 +186,13 @@ async fn workers_survive_terminated_database_connections() {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            // Waiting on the gate's lock itself: any other lock wait of the moment (a relation
+            // extension, the commit-time NOTIFY lock) is over in microseconds, and a round that
+            // took one for a worker blocked at a completion killed none (a flake under load).
             let blocked: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                 AND application_name = 'awooop' AND wait_event_type = 'Lock'",
+                "SELECT count(*) FROM pg_stat_activity a WHERE a.datname = $1 \
+                 AND a.application_name = 'awooop' AND EXISTS (SELECT 1 FROM pg_locks l \
+                   WHERE l.pid = a.pid AND NOT l.granted AND l.relation = 'run_steps'::regclass)",
             )
             .bind(&t.name)
             .fetch_one(&mut su)
@@ -206,9 +210,11 @@ async fn workers_survive_terminated_database_connections() {
             .unwrap();
         let (n, waiting): (i64, i64) = sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE waiting) FROM ( \
-               SELECT pg_terminate_backend(pid), wait_event_type = 'Lock' AS waiting \
-               FROM pg_stat_activity WHERE datname = $1 AND application_name = 'awooop' \
-               AND pid <> $2 AND pid <> pg_backend_pid()) x",
+               SELECT pg_terminate_backend(pid), waiting FROM ( \
+                 SELECT a.pid, EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid \
+                   AND NOT l.granted AND l.relation = 'run_steps'::regclass) AS waiting \
+                 FROM pg_stat_activity a WHERE a.datname = $1 AND a.application_name = 'awooop' \
+                 AND a.pid <> $2 AND a.pid <> pg_backend_pid() OFFSET 0) w) x",
         )
         .bind(&t.name)
         .bind(gate_pid)

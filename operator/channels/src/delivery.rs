@@ -85,6 +85,15 @@ impl Default for DeliveryConfig {
 
 type ChatKey = (String, String, String);
 
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What one pass of [`DeliveryWorker::run`] found.
 struct Pass {
     claimed: usize,
@@ -160,7 +169,8 @@ impl DeliveryWorker {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
         let listening = Arc::new(AtomicBool::new(false));
-        let listener = self.clone().spawn_listener(wake.clone(), listening.clone());
+        // Aborted when this loop ends or its future is dropped: the task holds a connection.
+        let _listener = AbortOnDrop(self.clone().spawn_listener(wake.clone(), listening.clone()));
         loop {
             if *shutdown.borrow() {
                 break;
@@ -189,7 +199,6 @@ impl DeliveryWorker {
                 _ = shutdown.changed() => {}
             }
         }
-        listener.abort();
     }
 
     /// Wake the loop on every `awooop_outbound` notice, and once after each (re)connection

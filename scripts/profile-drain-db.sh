@@ -126,7 +126,7 @@ EOF
 if [ -n "${CLAIM_SQL:-}" ]; then cp "$CLAIM_SQL" "$WORK/claim.sql"; else
 cat > "$WORK/claim.sql" <<'EOF'
 PREPARE projects(bigint, text) AS
-SELECT locked, busy, passed_over FROM awooop_claim_projects($1, $2);
+SELECT locked, busy, passed_over, queued FROM awooop_claim_projects($1, $2);
 PREPARE claim(bigint, text, float8, text[], bigint[]) AS
 WITH room AS (
     SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n

@@ -313,6 +313,10 @@ pub struct WorkerArgs {
     /// Fallback poll interval when no notification arrives.
     #[arg(long, env = "AWOOOP_POLL_MS", default_value_t = 500)]
     pub poll_ms: u64,
+    /// The longest a worker waits for a notice after a claim found nothing queued (its
+    /// listener up): new and re-queued runs announce themselves.
+    #[arg(long, env = "AWOOOP_IDLE_MS", default_value_t = 10_000)]
+    pub idle_ms: u64,
     /// Shutdown grace period for in-flight runs.
     #[arg(long, env = "AWOOOP_GRACE_SECONDS", default_value_t = 20)]
     pub grace_seconds: u64,
@@ -385,6 +389,7 @@ impl WorkerArgs {
         c.lease = std::time::Duration::from_secs(self.lease_seconds);
         c.heartbeat = std::time::Duration::from_secs(self.heartbeat_seconds);
         c.poll = std::time::Duration::from_millis(self.poll_ms);
+        c.idle = std::time::Duration::from_millis(self.idle_ms.max(self.poll_ms));
         c.grace = std::time::Duration::from_secs(self.grace_seconds);
         c
     }

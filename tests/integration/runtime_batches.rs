@@ -414,6 +414,7 @@ async fn a_bound_claim_reads_only_its_own_projects_queue() {
         let read = queue_entries_read(&mut tx).await - before;
         tx.rollback().await.unwrap();
         assert!(round.runs.is_empty());
+        assert_eq!(round.queued, 0, "alpha has nothing queued");
         assert!(
             read < 10,
             "an idle bound claim read {read} entries of the queue index (2,000 of another project)"
@@ -425,12 +426,17 @@ async fn a_bound_claim_reads_only_its_own_projects_queue() {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(round.runs.len(), 8, "beta's room");
+    assert_eq!(round.queued, 1, "one project, beta, has queued runs");
     let mut tx = repo::claim_tx(&t.app).await.unwrap();
     let round = repo::claim_round_in(&mut tx, "bound-beta", 16, 30.0, Some("beta"))
         .await
         .unwrap();
     tx.commit().await.unwrap();
     assert!(round.runs.is_empty(), "beta is at its cap of 8");
+    assert_eq!(
+        round.queued, 1,
+        "beta's queue, claimable or not, keeps its worker polling"
+    );
     t.cleanup().await;
 }
 
@@ -625,9 +631,9 @@ async fn run_creation_commits_without_notify_and_is_announced_after_its_commit()
             v[0].run_id
         })
     };
-    // The triggers' `awooop_runs` notice is empty, the notifier's carries its token (its own
-    // process's workers, woken directly, ignore it).
-    let token = db.notifier().runs_token().to_string();
+    // The triggers' `awooop_runs` notice names the project, the notifier's also carries its
+    // token (its own process's workers, woken directly, ignore it).
+    let token = format!("alpha {}", db.notifier().runs_token());
     let expect_both = |run: Uuid, runs_payload: &str| {
         let mut want = vec![
             ("awooop_run_events".to_string(), format!("alpha {run} 1")),
@@ -657,7 +663,7 @@ async fn run_creation_commits_without_notify_and_is_announced_after_its_commit()
     // 2. An ordinary transaction still notifies from its triggers (every other writer).
     let run = insert(false, prepare(2).await).await;
     let got = two_notices(&mut l).await;
-    assert_eq!(got, expect_both(run, ""));
+    assert_eq!(got, expect_both(run, "alpha"));
 
     // 3. The API's creation path defers and announces.
     let v = tenancy::scope(
@@ -947,7 +953,7 @@ async fn claim_plans(conn: &mut sqlx::PgConnection) -> (i64, i64) {
     sqlx::query_as(
         "SELECT coalesce(sum(generic_plans), 0)::bigint, coalesce(sum(custom_plans), 0)::bigint \
          FROM pg_prepared_statements \
-         WHERE statement LIKE 'WITH room AS%' OR statement LIKE 'SELECT locked, busy, passed_over FROM%'",
+         WHERE statement LIKE 'WITH room AS%' OR statement LIKE 'SELECT locked, busy, passed_over, queued FROM%'",
     )
     .fetch_one(conn)
     .await
@@ -1773,6 +1779,174 @@ async fn a_worker_ignores_the_notices_of_runs_its_own_process_announced() {
         2 * n,
         "claim rounds for {n} runs created one at a time (two each: the wake-up, the run's end)"
     );
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+/// Wait until the worker's claim rounds stop moving (its first claim and the listener's
+/// wake-up once it listens are behind it), and return their count.
+async fn settled_rounds(w: &Worker) -> u64 {
+    let rounds = || w.stats.claim_rounds.load(Ordering::Relaxed);
+    let mut last = u64::MAX;
+    while rounds() != last || last < 2 {
+        last = rounds();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    last
+}
+
+/// Insert `n` queued runs of `project`'s echo agent as another writer would (the creation
+/// triggers send the notices), to run after `delay`.
+async fn insert_runs(su: &mut sqlx::PgConnection, project: &str, n: i64, delay: Duration) {
+    sqlx::query(
+        "INSERT INTO runs (project_id, run_id, agent, mode, input, input_hash, agent_revision_id, agent_body_hash, \
+         trace_id, span_id, max_attempts, deadline_at, max_concurrent, run_after) \
+         SELECT $1, gen_random_uuid(), 'echo', 'shadow', '{}'::jsonb, 'sha256:' || repeat('0', 64), c.revision_id, \
+         c.body_hash, md5(g::text), substr(md5(g::text), 1, 16), 1, now() + interval '1 hour', 8, \
+         now() + make_interval(secs => $3) \
+         FROM generate_series(1, $2) g, \
+              (SELECT revision_id, body_hash FROM contract_revisions \
+               WHERE project_id = $1 AND kind = 'agent' AND name = 'echo' \
+               ORDER BY revision DESC LIMIT 1) c",
+    )
+    .bind(project)
+    .bind(n)
+    .bind(delay.as_secs_f64())
+    .execute(su)
+    .await
+    .unwrap();
+}
+
+/// A worker bound to one project (`awooop worker --project`, one Deployment per tenant) wakes
+/// for its own project's new runs only (issue 18, session 31). The `awooop_runs` notice named
+/// no project, so every run created anywhere woke every tenant's workers for a claim that could
+/// only find nothing: 16 claims per run created with 16 tenants (`awooop bench idle`). The
+/// notices now carry the project, from the triggers and from the notifier alike (migration
+/// 0084), and so do the in-process wake-ups.
+#[tokio::test]
+async fn a_bound_worker_wakes_only_for_its_own_projects_runs() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    echo_project(&cp, "alpha").await;
+    let beta = echo_project(&cp, "beta").await;
+    // Another process: its own notifier, so its notices reach this worker through PostgreSQL.
+    let other = t.control(Coord::none());
+    let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+        cp.clone(),
+        Arc::new(NoGateway),
+    )));
+    let mut cfg = WorkerConfig::new("w-alpha");
+    cfg.project = Some("alpha".into());
+    // No fallback poll and no idle bound within the test: every claim round is a wake-up's.
+    cfg.poll = Duration::from_secs(60);
+    cfg.idle = Duration::from_secs(60);
+    let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg));
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.clone().run(rx));
+    let rounds = || w.stats.claim_rounds.load(Ordering::Relaxed);
+    let before = settled_rounds(&w).await;
+    // Beta's runs: created in this process (the direct wake-up), in another (its notifier's
+    // notice) and by the triggers (their notice).
+    create(&cp, &beta, 2).await;
+    create(&other, &beta, 2).await;
+    let mut su = t.superuser().await;
+    insert_runs(&mut su, "beta", 2, Duration::ZERO).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        rounds(),
+        before,
+        "beta's runs woke the worker bound to alpha"
+    );
+    assert_eq!(w.stats.claimed.load(Ordering::Relaxed), 0);
+    // Alpha's runs wake it, each way.
+    let alpha = ProjectId::parse("alpha").unwrap();
+    for (i, how) in ["this process", "another process", "the triggers"]
+        .into_iter()
+        .enumerate()
+    {
+        let woken = rounds();
+        match i {
+            0 => drop(create(&cp, &alpha, 1).await),
+            1 => drop(create(&other, &alpha, 1).await),
+            _ => insert_runs(&mut su, "alpha", 1, Duration::ZERO).await,
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while w.stats.claimed.load(Ordering::Relaxed) < i as u64 + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "alpha's run created by {how} was not picked up"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(rounds() > woken);
+    }
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
+/// A worker whose claim found nothing queued waits for a notice, not for its fallback poll
+/// (issue 18, session 31): an idle worker claimed twice a second, most of what an idle worker
+/// pod cost the database (`awooop bench idle`). A queued run that is not claimable yet (a
+/// future `run_after`) keeps it polling: nothing announces the moment it falls due.
+#[tokio::test]
+async fn an_idle_worker_waits_for_notices_and_polls_only_while_runs_are_queued() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    echo_project(&cp, "alpha").await;
+    let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+        cp.clone(),
+        Arc::new(NoGateway),
+    )));
+    let mut cfg = WorkerConfig::new("w");
+    cfg.poll = Duration::from_millis(50);
+    cfg.idle = Duration::from_secs(60);
+    let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg));
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.clone().run(rx));
+    let rounds = || w.stats.claim_rounds.load(Ordering::Relaxed);
+    // Settles at all: a 50 ms poll would claim eight times in each of its 400 ms looks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settle = tokio::time::timeout_at(deadline.into(), settled_rounds(&w)).await;
+    let idle = settle.unwrap_or_else(|_| {
+        panic!(
+            "an idle worker kept claiming at its poll: {} rounds in 10 s",
+            rounds()
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rounds(), idle, "claims while nothing was queued");
+    // A run due in 1.5 s: its notice wakes the worker, whose claim finds it queued but not
+    // claimable, so it polls until the run falls due.
+    let mut su = t.superuser().await;
+    let queued_at = Instant::now();
+    insert_runs(&mut su, "alpha", 1, Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.stats.claimed.load(Ordering::Relaxed) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the delayed run waited for the idle bound"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(queued_at.elapsed() >= Duration::from_millis(1400));
+    assert!(
+        rounds() - idle >= 10,
+        "the worker polled while the run waited: {} rounds",
+        rounds() - idle
+    );
+    // Its run ended, nothing is queued: idle again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.stats.failed.load(Ordering::Relaxed) + w.stats.succeeded.load(Ordering::Relaxed) < 1 {
+        assert!(Instant::now() < deadline, "the run never ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let after = tokio::time::timeout(Duration::from_secs(10), settled_rounds(&w))
+        .await
+        .expect("the worker went back to waiting for notices");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rounds(), after);
     stop.send(true).unwrap();
     h.await.unwrap().unwrap();
     t.cleanup().await;

@@ -38,7 +38,7 @@ use super::{Hub, format, store};
 use awooop_contracts::ChannelProvider;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::redact::Redactor;
-use awooop_store::notify::OUTBOUND_CHANNEL;
+use awooop_store::notify::{OUTBOUND_CHANNEL, project_notice_wakes};
 use awooop_store::tenancy::{self, ProjectId};
 
 #[derive(Debug, Clone)]
@@ -201,8 +201,8 @@ impl DeliveryWorker {
         }
     }
 
-    /// Wake the loop on every `awooop_outbound` notice, and once after each (re)connection
-    /// (notices sent while it was down are lost).
+    /// Wake the loop on the `awooop_outbound` notices of its project (every notice if
+    /// unbound), and once after each (re)connection (notices sent while it was down are lost).
     fn spawn_listener(
         self: Arc<Self>,
         wake: Arc<Notify>,
@@ -215,14 +215,22 @@ impl DeliveryWorker {
                         if l.listen(OUTBOUND_CHANNEL).await.is_ok() {
                             listening.store(true, Ordering::Release);
                             wake.notify_one();
-                            while l.recv().await.is_ok() {
-                                wake.notify_one();
+                            let bound = self.project.as_ref().map(ProjectId::as_str);
+                            // A bound worker wakes for its own project's messages only
+                            // (migration 0084).
+                            while let Ok(n) = l.recv().await {
+                                if project_notice_wakes(n.payload(), bound) {
+                                    wake.notify_one();
+                                }
                             }
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; polling"),
                 }
-                listening.store(false, Ordering::Release);
+                if listening.swap(false, Ordering::AcqRel) {
+                    // A loop waiting for notices goes back to its poll.
+                    wake.notify_one();
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })

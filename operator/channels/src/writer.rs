@@ -418,7 +418,7 @@ async fn write_jobs(
     // Every run the statement wrote (a replayed key's run gets a harmless extra wake-up).
     notifier.runs_created(project.as_str(), accepted.iter().map(|r| r.run_id));
     if !progress_rows.is_empty() {
-        notifier.outbound();
+        notifier.outbound(project.as_str());
     }
     Ok(outs)
 }

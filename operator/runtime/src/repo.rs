@@ -660,8 +660,12 @@ pub const CLAIM_SQL: &str = "WITH room AS ( \
 /// project is locked its running runs are counted by a new statement (a new snapshot, after
 /// the lock); the projects with room are returned with their counts (`busy`) until their room
 /// covers `$1`, and how many were passed over (`passed_over`).
+///
+/// It also returns how many projects it found with queued or retrying runs in its scope
+/// (`queued`; migration 0084): none lets the worker wait for a notice instead of its fallback
+/// poll.
 pub const CLAIM_PROJECTS_SQL: &str =
-    "SELECT locked, busy, passed_over FROM awooop_claim_projects($1, $2)";
+    "SELECT locked, busy, passed_over, queued FROM awooop_claim_projects($1, $2)";
 
 /// What one claim started, and whether it passed over projects another claim was claiming
 /// from at that instant (their runs are that claim's to start; what it leaves, the next claim
@@ -672,6 +676,10 @@ pub struct ClaimRound {
     /// Projects with queued runs this claim passed over because another claim held their lock
     /// (their room was not counted: it may have been none).
     pub passed_over: u32,
+    /// Projects in this claim's scope with queued or retrying runs, whether claimable now or
+    /// not (a future `run_after`, a project at its cap): 0 means nothing is queued at all, so
+    /// only a notice can bring work (a new run, a re-queue), and the worker may wait for one.
+    pub queued: u32,
 }
 
 /// The claim of [`worker_claim_for`], in a transaction the caller holds in worker
@@ -699,17 +707,20 @@ pub async fn claim_round_in(
     lease_seconds: f64,
     project: Option<&str>,
 ) -> Result<ClaimRound> {
-    let (projects, busy, passed_over): (Vec<String>, Vec<i64>, i32) =
+    let (projects, busy, passed_over, queued): (Vec<String>, Vec<i64>, i32, Option<i32>) =
         sqlx::query_as(CLAIM_PROJECTS_SQL)
             .bind(n)
             .bind(project)
             .fetch_one(&mut *conn)
             .await?;
     let passed_over = passed_over.max(0) as u32;
+    // Unknown (nothing was asked for): count it as queued, so nobody waits on it.
+    let queued = queued.map_or(1, |q| q.max(0) as u32);
     if projects.is_empty() {
         return Ok(ClaimRound {
             runs: Vec::new(),
             passed_over,
+            queued,
         });
     }
     let runs = sqlx::query_as(CLAIM_SQL)
@@ -720,7 +731,11 @@ pub async fn claim_round_in(
         .bind(&busy)
         .fetch_all(conn)
         .await?;
-    Ok(ClaimRound { runs, passed_over })
+    Ok(ClaimRound {
+        runs,
+        passed_over,
+        queued,
+    })
 }
 
 /// The completion writer's refill of the project it has just completed runs of (with

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use awooop_contracts::{self as contracts, AgentContract, Contract, ContractKind};
 use awooop_control::{ControlPlane, MigrationMode};
 use awooop_core::error::Result;
+use awooop_store::notify;
 use awooop_store::tenancy::{self, ProjectId};
 
 #[derive(Debug, Clone)]
@@ -34,6 +35,11 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     /// Fallback poll when no notification arrives.
     pub poll: Duration,
+    /// The longest wait after a claim found nothing queued at all, while the listener is up:
+    /// every way a run becomes claimable then announces itself (migration 0084), so an idle
+    /// worker waits for a notice instead of claiming at every `poll`. A notice lost anyway (a
+    /// notifier that could not reach the database twice in a row) costs at most this long.
+    pub idle: Duration,
     pub reap_every: Duration,
     /// How often finished runs and expired idempotency keys are cleaned up.
     pub retention_every: Duration,
@@ -63,6 +69,7 @@ impl WorkerConfig {
             lease: Duration::from_secs(20),
             heartbeat: Duration::from_secs(5),
             poll: Duration::from_millis(500),
+            idle: Duration::from_secs(10),
             reap_every: Duration::from_secs(2),
             retention_every: Duration::from_secs(600),
             grace: Duration::from_secs(20),
@@ -160,7 +167,12 @@ impl Worker {
         let wake = Arc::new(Notify::new());
         // Runs created by this process (API, channel hub) wake this worker directly, one round
         // trip before PostgreSQL's notice arrives (awooop_store::notify).
-        self.control.db().notifier().wake_on_runs(&wake);
+        self.control
+            .db()
+            .notifier()
+            .wake_on_runs(&wake, self.cfg.project.as_deref());
+        // Whether the listener is listening: only then can an idle worker wait for notices.
+        let listening = Arc::new(AtomicBool::new(false));
         let rx = self
             .completions_rx
             .lock()
@@ -184,7 +196,7 @@ impl Worker {
                 )
             })?;
         let _background = AbortOnDrop(vec![
-            self.clone().spawn_listener(wake.clone()),
+            self.clone().spawn_listener(wake.clone(), listening.clone()),
             self.clone().spawn_heartbeat(),
             self.clone().spawn_reaper(),
             self.clone().spawn_retention(),
@@ -196,6 +208,8 @@ impl Worker {
         // how soon to look again (see below).
         let mut retry: Option<Duration> = None;
         loop {
+            // Whether this round's claim found nothing queued in its scope (see below).
+            let mut empty = false;
             if *shutdown.borrow() {
                 break;
             }
@@ -227,6 +241,7 @@ impl Worker {
                     Ok(round) => {
                         let batch = round.runs;
                         self.stats.claim_rounds.fetch_add(1, Ordering::Relaxed);
+                        empty = round.queued == 0;
                         claimed_full = batch.len() == free;
                         if round.passed_over > 0 {
                             self.stats
@@ -262,10 +277,20 @@ impl Worker {
                     .map_or(Duration::from_millis(1), |d| d * 2)
                     .min(self.cfg.poll)
             });
+            // Nothing queued in this worker's scope and the listener up: what can make a run
+            // claimable now announces itself (a new run, a re-queue, a re-lock: migration 0084),
+            // and a queued run that is not claimable yet (a future run_after, a project at its
+            // cap) keeps `queued` above zero and this worker on its poll. So an idle worker
+            // claims on notices, not twice a second (docs/benchmarks.md, "Session 31").
+            let wait = match retry {
+                Some(r) => r,
+                None if empty && listening.load(Ordering::Acquire) => self.cfg.idle,
+                None => self.cfg.poll,
+            };
             tokio::select! {
                 Some(batch) = refills.recv() => self.start_refills(batch, &slots, &mut tasks).await,
                 _ = wake.notified() => {},
-                _ = tokio::time::sleep(retry.unwrap_or(self.cfg.poll)) => {},
+                _ = tokio::time::sleep(wait) => {},
                 _ = shutdown.changed() => {},
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {},
             }
@@ -326,24 +351,37 @@ impl Worker {
         }
     }
 
-    fn spawn_listener(self: Arc<Self>, wake: Arc<Notify>) -> tokio::task::JoinHandle<()> {
+    /// Wake the claim loop on the `awooop_runs` notices that concern this worker
+    /// ([`notify::runs_notice_wakes`]), and once after each (re)connection and each loss of it:
+    /// notices sent while it was down are lost, and the loop polls while `listening` is false.
+    fn spawn_listener(
+        self: Arc<Self>,
+        wake: Arc<Notify>,
+        listening: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
         // The notices of this worker's own notifier follow a direct wake-up it already got
         // (`Notifier::runs_token`).
         let own = self.control.db().notifier().runs_token().to_string();
         tokio::spawn(async move {
+            let bound = self.cfg.project.as_deref();
             loop {
                 match PgListener::connect_with(&self.pool).await {
                     Ok(mut l) => {
-                        if l.listen("awooop_runs").await.is_ok() {
+                        if l.listen(notify::RUNS_CHANNEL).await.is_ok() {
+                            listening.store(true, Ordering::Release);
                             wake.notify_one();
                             while let Ok(n) = l.recv().await {
-                                if n.payload() != own {
+                                if notify::runs_notice_wakes(n.payload(), &own, bound) {
                                     wake.notify_one();
                                 }
                             }
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; polling"),
+                }
+                if listening.swap(false, Ordering::AcqRel) {
+                    // A loop waiting for notices goes back to its poll.
+                    wake.notify_one();
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -42,13 +42,39 @@ use crate::events::{self, RunEventHub, Wake};
 /// their notices to the writer (migration 0071, `awooop_notify_deferred()`).
 pub const DEFER_SQL: &str = "SET LOCAL awooop.defer_notify = 'on'";
 
-/// The workers' wake-up channel (migration 0003). Its payload carries nothing but who sent it:
-/// empty from the creation triggers, a notifier's token from a [`Notifier`].
+/// The workers' wake-up channel (migration 0003). Its payload names the project whose runs
+/// became claimable (migration 0084): `{project}` from the triggers, `{project} {token}` from a
+/// [`Notifier`] ([`Notifier::runs_token`]). See [`runs_notice_wakes`].
 pub const RUNS_CHANNEL: &str = "awooop_runs";
 
 /// The delivery workers' wake-up channel (migration 0082): a new outbound message or progress
-/// row. Payload-free, so the notices of one transaction fold into one.
+/// row. Its payload is the project (migration 0084; see [`project_notice_wakes`]).
 pub const OUTBOUND_CHANNEL: &str = "awooop_outbound";
+
+/// Whether an `awooop_runs` notice should wake a worker whose notifier's token is `own` and
+/// which claims only `bound`'s runs (`None`: every project's).
+///
+/// A notice its own notifier sent followed a direct wake-up the worker already had
+/// ([`Notifier::runs_token`]). A bound worker ignores other projects' notices: before
+/// migration 0084 every run created anywhere woke every tenant's worker pods, each for a claim
+/// that could find nothing. A notice without a project (an empty payload, as every notice was
+/// before that migration) wakes every worker.
+pub fn runs_notice_wakes(payload: &str, own: &str, bound: Option<&str>) -> bool {
+    let (project, token) = payload.split_once(' ').unwrap_or((payload, ""));
+    if !token.is_empty() && token == own {
+        return false;
+    }
+    project_notice_wakes(project, bound)
+}
+
+/// Whether a notice naming `project` (empty: any) concerns a listener bound to `bound`
+/// (`None`: every project).
+pub fn project_notice_wakes(project: &str, bound: Option<&str>) -> bool {
+    match bound {
+        Some(b) => project.is_empty() || project == b,
+        None => true,
+    }
+}
 
 /// Most notices sent in one statement; more wait for the next one.
 const MAX_BATCH: usize = 4096;
@@ -64,8 +90,9 @@ pub struct Notifier {
     /// The payload of this notifier's `awooop_runs` notices ([`Notifier::runs_token`]).
     token: String,
     /// This process's own listeners on the same database, woken directly (no round trip):
-    /// workers' wake-ups ([`Notifier::wake_on_runs`]) and the run-event hub, if started.
-    local_runs: Mutex<Vec<Weak<Notify>>>,
+    /// workers' wake-ups ([`Notifier::wake_on_runs`], with the project each is bound to) and
+    /// the run-event hub, if started.
+    local_runs: Mutex<Vec<(Weak<Notify>, Option<String>)>>,
     events: Arc<OnceLock<Arc<RunEventHub>>>,
 }
 
@@ -87,15 +114,16 @@ impl Notifier {
     /// Wake `n` (`notify_one`) whenever this process announces new runs, without waiting for
     /// PostgreSQL to deliver the `awooop_runs` notice back (a worker in the same process as the
     /// creator picks a run up one round trip sooner). Other processes still get the notice.
-    /// Held weakly: a dropped waiter is forgotten.
-    pub fn wake_on_runs(&self, n: &Arc<Notify>) {
+    /// `bound`: only for that project's runs (`None`: every project's). Held weakly: a dropped
+    /// waiter is forgotten.
+    pub fn wake_on_runs(&self, n: &Arc<Notify>, bound: Option<&str>) {
         let mut l = self.local_runs.lock().unwrap_or_else(|e| e.into_inner());
-        l.retain(|w| w.strong_count() > 0);
-        l.push(Arc::downgrade(n));
+        l.retain(|(w, _)| w.strong_count() > 0);
+        l.push((Arc::downgrade(n), bound.map(str::to_string)));
     }
 
-    /// The payload of the `awooop_runs` notices this notifier sends (random per notifier; the
-    /// creation triggers send an empty one). Every such notice follows a direct wake-up of
+    /// The token in the `awooop_runs` notices this notifier sends, after the project (random per
+    /// notifier; the creation triggers send the project alone). Every such notice follows a direct wake-up of
     /// the workers registered here ([`Notifier::wake_on_runs`]), so those workers ignore it
     /// when PostgreSQL delivers it back: before, each of them claimed twice per announcement,
     /// once per wake-up, and at low load that was most of the claims PostgreSQL ran (about
@@ -124,10 +152,16 @@ impl Notifier {
                 .send((events::CHANNEL, format!("{project} {run} 1")));
         }
         if any {
-            let _ = self.tx.send((RUNS_CHANNEL, self.token.clone()));
+            let _ = self
+                .tx
+                .send((RUNS_CHANNEL, format!("{project} {}", self.token)));
             let l = self.local_runs.lock().unwrap_or_else(|e| e.into_inner());
-            for n in l.iter().filter_map(Weak::upgrade) {
-                n.notify_one();
+            for (n, bound) in l.iter() {
+                if project_notice_wakes(project, bound.as_deref())
+                    && let Some(n) = n.upgrade()
+                {
+                    n.notify_one();
+                }
             }
         }
     }
@@ -137,14 +171,15 @@ impl Notifier {
     /// Announce progress rows whose insert committed (the channel hub's group commit, which
     /// keeps NOTIFY out of its transactions: migration 0071): the delivery workers then wait
     /// for their first status update exactly instead of until their idle bound.
-    pub fn outbound(&self) {
-        let _ = self.tx.send((OUTBOUND_CHANNEL, String::new()));
+    pub fn outbound(&self, project: &str) {
+        let _ = self.tx.send((OUTBOUND_CHANNEL, project.to_string()));
     }
 }
 
 async fn send_loop(opts: PgConnectOptions, mut rx: mpsc::UnboundedReceiver<Notice>) {
     let mut conn: Option<PgConnection> = None;
     let mut batch: Vec<Notice> = Vec::new();
+    let mut resent = false;
     loop {
         if batch.is_empty() {
             match rx.recv().await {
@@ -183,11 +218,26 @@ async fn send_loop(opts: PgConnectOptions, mut rx: mpsc::UnboundedReceiver<Notic
         .bind(&payloads)
         .execute(&mut *c)
         .await;
-        if let Err(e) = res {
-            tracing::debug!(error = %e, dropped = batch.len(), "notifier send failed");
-            conn = None;
+        match res {
+            Ok(_) => {
+                batch.clear();
+                resent = false;
+            }
+            // A connection that broke (the server restarted it, a proxy dropped it) gets the
+            // batch again once on a new one: idle workers wait for these notices up to their
+            // idle bound, so one reset should not cost them that.
+            Err(e) if !resent => {
+                tracing::debug!(error = %e, "notifier send failed; resending once");
+                conn = None;
+                resent = true;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, dropped = batch.len(), "notifier send failed");
+                conn = None;
+                batch.clear();
+                resent = false;
+            }
         }
-        batch.clear();
     }
 }
 
@@ -219,8 +269,10 @@ mod tests {
         let mut sub = hub.subscribe();
         let n = Notifier::start(pool, events);
         let (a, gone) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        n.wake_on_runs(&a);
-        n.wake_on_runs(&gone);
+        let other = Arc::new(Notify::new());
+        n.wake_on_runs(&a, None);
+        n.wake_on_runs(&gone, None);
+        n.wake_on_runs(&other, Some("beta"));
         drop(gone);
         // No run, no wake-up.
         n.runs_created("alpha", []);
@@ -231,6 +283,15 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), a.notified())
             .await
             .expect("the local worker is woken");
+        let other_woken = tokio::time::timeout(Duration::from_millis(50), other.notified()).await;
+        assert!(
+            other_woken.is_err(),
+            "a worker bound to beta woken by alpha's run"
+        );
+        n.runs_created("beta", [Uuid::now_v7()]);
+        tokio::time::timeout(Duration::from_secs(5), other.notified())
+            .await
+            .expect("the worker bound to beta is woken by beta's run");
         let seen = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match sub.recv().await.unwrap() {
@@ -250,17 +311,42 @@ mod tests {
             }
         );
         // Held weakly: the dropped waiter is pruned on the next registration.
-        assert_eq!(n.local_runs.lock().unwrap().len(), 2);
-        n.wake_on_runs(&a);
-        assert_eq!(n.local_runs.lock().unwrap().len(), 2);
+        assert_eq!(n.local_runs.lock().unwrap().len(), 3);
+        n.wake_on_runs(&a, None);
+        assert_eq!(n.local_runs.lock().unwrap().len(), 3);
         assert_eq!(
             n.local_runs
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|w| w.strong_count() > 0)
+                .filter(|(w, _)| w.strong_count() > 0)
                 .count(),
-            2
+            3
         );
+    }
+
+    #[test]
+    fn a_runs_notice_wakes_unbound_workers_and_its_own_projects() {
+        let own = "t0k3n";
+        // From the triggers: the project alone.
+        assert!(runs_notice_wakes("alpha", own, None));
+        assert!(runs_notice_wakes("alpha", own, Some("alpha")));
+        assert!(!runs_notice_wakes("alpha", own, Some("beta")));
+        // From another process's notifier.
+        assert!(runs_notice_wakes("alpha other", own, None));
+        assert!(runs_notice_wakes("alpha other", own, Some("alpha")));
+        assert!(!runs_notice_wakes("alpha other", own, Some("beta")));
+        // From this worker's own notifier: it was woken directly already.
+        assert!(!runs_notice_wakes("alpha t0k3n", own, None));
+        assert!(!runs_notice_wakes("alpha t0k3n", own, Some("alpha")));
+        // Without a project (before migration 0084): everybody.
+        assert!(runs_notice_wakes("", own, None));
+        assert!(runs_notice_wakes("", own, Some("beta")));
+        // A project that only starts like the bound one is another project.
+        assert!(!runs_notice_wakes("alpha-2", own, Some("alpha")));
+        assert!(!project_notice_wakes("alpha-2", Some("alpha")));
+        assert!(project_notice_wakes("alpha", Some("alpha")));
+        assert!(project_notice_wakes("", Some("alpha")));
+        assert!(project_notice_wakes("beta", None));
     }
 }

@@ -17,6 +17,10 @@
 //! - `pg_cpu_us_per_worker_s_backlog`: the first figure again in a second window, after a
 //!   project no worker here serves (`tenant-{K+1}`) got a backlog of queued runs (20,000 quick,
 //!   50,000 full): what one tenant's backlog costs every other tenant's idle workers;
+//! - `pg_cpu_us_per_worker_s_traffic`, `worker_cpu_us_per_worker_s_traffic`: both CPU figures
+//!   in a third window, while that neighbour gets new runs at a steady rate (`traffic_runs_s`,
+//!   one `RunService::create` at a time from this process): what another tenant's work costs
+//!   idle workers that cannot take it (their wake-ups);
 //!
 //! and then how soon an idle worker starts a run: one run at a time, each after a second of
 //! quiet, created through `RunService::create`, from the creating transaction's start to the
@@ -27,8 +31,10 @@
 //! Each worker process holds up to about five connections (its pool of four, its listeners), so K is
 //! bounded by the server's `max_connections`: the default K is 16.
 //!
-//! PostgreSQL must run on this machine for the CPU figures (they read `/proc`); elsewhere they
-//! print as NaN and the rest still measures.
+//! The PostgreSQL figures count the backends of the worker processes' own connections (matched
+//! by their TCP ports, from `/proc`), not this process's. PostgreSQL must run on this machine
+//! for the CPU figures (they read `/proc`); elsewhere they print as NaN and the rest still
+//! measures.
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +55,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // each pooled connection (a session's first statements are planned, its PL/pgSQL compiled).
     let settle = Duration::from_secs(if args.quick { 4 } else { 10 });
     let pickups = if args.quick { 3 } else { 10 };
+    let traffic = TRAFFIC_RUNS_S;
     let base = args
         .db
         .database_url
@@ -62,6 +69,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "idle_workers={k} window_s={} pg_cpu_us_per_worker_s={:.0} worker_cpu_us_per_worker_s={:.0} \
          xacts_per_worker_s={:.2} backends_per_worker={:.1} backlog={backlog} pg_cpu_us_per_worker_s_backlog={:.0} \
+         traffic_runs_s={traffic} pg_cpu_us_per_worker_s_traffic={:.0} worker_cpu_us_per_worker_s_traffic={:.0} \
          pickup_first_p50_ms={:.2} pickup_p50_ms={:.2} pickup_p99_ms={:.2}",
         window.as_secs(),
         per(f.pg_cpu_us),
@@ -69,6 +77,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         per(f.xacts),
         f.backends as f64 / k as f64,
         per(f.pg_cpu_us_backlog),
+        per(f.traffic.pg_cpu_us),
+        per(f.traffic.worker_cpu_us),
         f.pickup_first,
         f.pickup[0],
         f.pickup[1],
@@ -76,11 +86,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a second created in the neighbour's project during the traffic window.
+const TRAFFIC_RUNS_S: u32 = 100;
+
 struct Figures {
     /// CPU of the scratch database's backends over the window, microseconds.
     pg_cpu_us: f64,
     /// The same in the second window, with another project's backlog queued.
     pg_cpu_us_backlog: f64,
+    /// The third window: the neighbour gets new runs.
+    traffic: Window,
     /// CPU of the worker processes over the window, microseconds.
     worker_cpu_us: f64,
     /// Transactions committed or rolled back in the scratch database over the window.
@@ -205,6 +220,18 @@ async fn measure(
         busy.pg_cpu_us / 1e3,
         busy.xacts
     );
+    // The neighbour's new runs, one at a time at a steady rate, while the window runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let creator = tokio::spawn(create_steadily(s, neighbour.clone(), stop.clone()));
+    let traffic = cpu_window(admin, db, &workers, window).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let created = creator.await??;
+    let traffic = traffic?;
+    eprintln!(
+        "while {neighbour} got {created} new runs ({TRAFFIC_RUNS_S}/s): PostgreSQL backends {:.1} ms CPU, worker processes {:.1} ms",
+        traffic.pg_cpu_us / 1e3,
+        traffic.worker_cpu_us / 1e3,
+    );
 
     // Pickup by an idle worker: one run at a time after a quiet second, first in each of
     // `pickups` tenants (each worker's first run), then again in each of them.
@@ -258,12 +285,44 @@ async fn measure(
     Ok(Figures {
         pg_cpu_us: quiet.pg_cpu_us,
         pg_cpu_us_backlog: busy.pg_cpu_us,
+        traffic,
         worker_cpu_us: quiet.worker_cpu_us,
         xacts: quiet.xacts as f64,
         backends: quiet.backends,
         pickup_first: percentile_ms(&waits, 50.0),
         pickup: [percentile_ms(&warm, 50.0), percentile_ms(&warm, 99.0)],
     })
+}
+
+/// Create runs of `project` through the platform's path, [`TRAFFIC_RUNS_S`] a second, one at
+/// a time, until `stop`; returns how many.
+fn create_steadily(
+    s: &Setup,
+    project: tenancy::ProjectId,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> impl std::future::Future<Output = anyhow::Result<u64>> + Send + 'static {
+    let runs = RunService::new(s.p.control.clone());
+    async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / TRAFFIC_RUNS_S.max(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            let req = CreateRun {
+                agent: "noop".into(),
+                input: json!({"traffic": n}),
+                mode: None,
+                reply_to: None,
+            };
+            tenancy::scope(
+                project.clone(),
+                runs.create(&Actor::cli("bench"), req, None, None),
+            )
+            .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
 }
 
 /// What one measurement window cost.
@@ -278,14 +337,16 @@ struct Window {
     backends: usize,
 }
 
-/// Measure `window` of database `db` and the processes `workers`.
+/// Measure `window` of database `db` and the processes `workers`: the CPU of the backends
+/// serving the workers' connections (all of the database's backends when the workers' ports
+/// cannot be read), and of the workers themselves.
 async fn cpu_window(
     admin: &mut sqlx::PgConnection,
     db: &str,
     workers: &[u32],
     window: Duration,
 ) -> anyhow::Result<Window> {
-    let pg0: std::collections::HashMap<i32, u64> = backends(admin, db)
+    let pg0: std::collections::HashMap<i32, u64> = backends(admin, db, workers)
         .await?
         .into_iter()
         .filter_map(|p| cpu_ns(p as u32).map(|c| (p, c)))
@@ -295,7 +356,7 @@ async fn cpu_window(
     tokio::time::sleep(window).await;
     let x1 = xacts(admin, db).await?;
     let w1: u64 = workers.iter().filter_map(|p| cpu_ns(*p)).sum();
-    let end = backends(admin, db).await?;
+    let end = backends(admin, db, workers).await?;
     let mut pg = 0u64;
     let mut seen = 0usize;
     for p in &end {
@@ -316,12 +377,63 @@ async fn cpu_window(
     })
 }
 
-/// The backends connected to database `db`.
-async fn backends(admin: &mut sqlx::PgConnection, db: &str) -> sqlx::Result<Vec<i32>> {
-    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
-        .bind(db)
-        .fetch_all(admin)
-        .await
+/// The backends connected to database `db` from the processes `workers` (every backend of `db`
+/// when none of their ports can be read).
+async fn backends(
+    admin: &mut sqlx::PgConnection,
+    db: &str,
+    workers: &[u32],
+) -> sqlx::Result<Vec<i32>> {
+    let all: Vec<(i32, Option<i32>)> =
+        sqlx::query_as("SELECT pid, client_port FROM pg_stat_activity WHERE datname = $1")
+            .bind(db)
+            .fetch_all(admin)
+            .await?;
+    let ports = local_ports(workers);
+    if ports.is_empty() {
+        return Ok(all.into_iter().map(|(pid, _)| pid).collect());
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(_, port)| port.is_some_and(|p| ports.contains(&(p as u16))))
+        .map(|(pid, _)| pid)
+        .collect())
+}
+
+/// The local TCP ports of the sockets processes `pids` hold open (their file descriptors'
+/// socket inodes, looked up in `/proc/net/tcp` and `tcp6`); empty off Linux.
+fn local_ports(pids: &[u32]) -> std::collections::HashSet<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let t = target.to_string_lossy();
+                if let Some(inode) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                    inodes.insert(inode.to_string());
+                }
+            }
+        }
+    }
+    let mut ports = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...`
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && inodes.contains(cols[9]) {
+                let port = cols[1]
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                ports.extend(port);
+            }
+        }
+    }
+    ports
 }
 
 /// Transactions committed or rolled back in database `db` so far (as its backends reported).

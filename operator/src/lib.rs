@@ -17,7 +17,7 @@ pub use awooop_model as model;
 pub use awooop_policy as policy;
 pub use awooop_runtime as runtime;
 pub use awooop_runtime::metrics;
-pub use awooop_store::{audit, auth, coord, db, local, tenancy};
+pub use awooop_store::{audit, auth, coord, db, listen, local, notify, tenancy};
 
 pub mod apply;
 #[cfg(feature = "bench")]

@@ -203,7 +203,7 @@ pub fn attach_gateway(
         audit,
         args.config(),
     ));
-    gw.spawn_invalidation(p.control.db().pool_for_health().clone());
+    gw.spawn_invalidation(p.control.db());
     p.tools = std::sync::Arc::new(crate::gateway::in_process::InProcessGateway::new(
         gw.clone(),
     ));

@@ -2277,7 +2277,7 @@ async fn listening_fixture() -> (Fx, tokio::task::JoinHandle<()>) {
         ..GatewayConfig::default()
     };
     let fx = fixture(MigrationMode::Shadow, Coord::none(), config).await;
-    let listener = fx.gw.spawn_invalidation(fx.t.app.clone());
+    let listener = fx.gw.spawn_invalidation(fx.cp.db());
     (fx, listener)
 }
 
@@ -2340,7 +2340,7 @@ async fn settled_fixture() -> (Fx, tokio::task::JoinHandle<()>, Caller, Invalida
     let fx = fixture(MigrationMode::Shadow, Coord::none(), config).await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let gw = Arc::downgrade(&fx.gw);
-    let listener = awooop::control::invalidation::follow(fx.t.app.clone(), move |inv| {
+    let listener = awooop::control::invalidation::follow(fx.cp.db(), move |inv| {
         let Some(gw) = gw.upgrade() else {
             return false;
         };

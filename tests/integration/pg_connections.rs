@@ -16,6 +16,14 @@ use std::net::TcpStream;
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use awooop::coord::Coord;
+use awooop::listen::{Signal, Subscription};
+use awooop::notify;
+use awooop::runtime::executor::{GuardedGateway, NoGateway, ScriptedExecutor};
+use awooop::runtime::worker::{Worker, WorkerConfig, shutdown_channel};
+
 use crate::support::{TestDb, base_url};
 
 /// TCP_NODELAY of this process's TCP socket whose local port is `port` (None: no such socket).
@@ -368,4 +376,111 @@ async fn a_cancelled_begin_leaves_no_transaction_on_the_pooled_connection() {
     pool.close().await;
     drop(su);
     db.cleanup().await;
+}
+
+/// The next signal of `sub` that is not `Lost` (a reconnection says `Lost` first).
+async fn next_signal(sub: &mut Subscription) -> Signal {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.recv()).await {
+            Ok(Some(Signal::Lost)) => continue,
+            Ok(Some(s)) => return s,
+            Ok(None) => panic!("the listener ended"),
+            Err(_) => panic!("no signal within 10 s"),
+        }
+    }
+}
+
+/// The sessions of this database whose last statement was a LISTEN, with that statement.
+async fn listen_sessions(t: &TestDb) -> Vec<(i32, String)> {
+    sqlx::query_as(
+        "SELECT pid, query FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+    )
+    .bind(&t.name)
+    .fetch_all(&mut t.superuser().await)
+    .await
+    .unwrap()
+}
+
+/// A process's wake-up channels share one LISTEN connection (issue 18, session 31): a worker
+/// process listened on three connections of its own (its claim loop, its delivery loop, its
+/// gateway's cache), and PostgreSQL 15 signals every listening backend at every notifying
+/// commit, whatever the channel, so with one worker pod per tenant each run created anywhere
+/// woke three backends per idle pod, and each pod held three pool connections for it. Each
+/// subscriber still hears only its own channel, and every loss and return of the connection.
+#[tokio::test]
+async fn a_process_listens_on_one_connection_for_every_wakeup_channel() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let db = cp.db().clone();
+    let mut runs = db.listener().subscribe(notify::RUNS_CHANNEL);
+    let mut out = db.listener().subscribe(notify::OUTBOUND_CHANNEL);
+    assert_eq!(next_signal(&mut runs).await, Signal::Listening);
+    assert_eq!(next_signal(&mut out).await, Signal::Listening);
+    // A channel subscribed later: the others hear the gap and the return.
+    let mut act = db.listener().subscribe(awooop::control::ACTIVATION_CHANNEL);
+    assert_eq!(next_signal(&mut act).await, Signal::Listening);
+    for s in [&mut runs, &mut out] {
+        assert_eq!(next_signal(s).await, Signal::Listening);
+    }
+    let sessions = listen_sessions(&t).await;
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    for channel in ["awooop_runs", "awooop_outbound", "awooop_activation"] {
+        assert!(sessions[0].1.contains(channel), "{sessions:?}");
+    }
+    // Each subscriber hears its own channel's notices.
+    let mut su = t.superuser().await;
+    sqlx::query(
+        "SELECT pg_notify('awooop_outbound', 'beta'), pg_notify('awooop_runs', 'alpha'), \
+                pg_notify('awooop_activation', '{}')",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(next_signal(&mut runs).await, Signal::Notice("alpha".into()));
+    assert_eq!(next_signal(&mut out).await, Signal::Notice("beta".into()));
+    assert_eq!(next_signal(&mut act).await, Signal::Notice("{}".into()));
+    // The connection ends: every subscriber hears it, then the return.
+    t.terminate_backend(sessions[0].0).await;
+    for s in [&mut runs, &mut out, &mut act] {
+        let lost = tokio::time::timeout(Duration::from_secs(10), s.recv()).await;
+        assert_eq!(lost.unwrap(), Some(Signal::Lost));
+        assert_eq!(next_signal(s).await, Signal::Listening);
+    }
+    sqlx::query("SELECT pg_notify('awooop_runs', 'gamma')")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    assert_eq!(next_signal(&mut runs).await, Signal::Notice("gamma".into()));
+    drop((runs, out, act));
+
+    // The components of a worker process on one database handle: still one session.
+    let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+        cp.clone(),
+        Arc::new(NoGateway),
+    )));
+    let mut cfg = WorkerConfig::new("w");
+    cfg.project = Some("alpha".into());
+    let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg));
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.clone().run(rx));
+    let follow = awooop::control::invalidation::follow(cp.db(), |_| true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sessions = listen_sessions(&t).await;
+        assert!(sessions.len() <= 1, "{sessions:?}");
+        if sessions.len() == 1
+            && w.stats
+                .claim_rounds
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= 2
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sessions:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    follow.abort();
+    t.cleanup().await;
 }

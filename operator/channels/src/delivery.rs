@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -38,6 +37,7 @@ use super::{Hub, format, store};
 use awooop_contracts::ChannelProvider;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::redact::Redactor;
+use awooop_store::listen::Signal;
 use awooop_store::notify::{OUTBOUND_CHANNEL, project_notice_wakes};
 use awooop_store::tenancy::{self, ProjectId};
 
@@ -202,36 +202,42 @@ impl DeliveryWorker {
     }
 
     /// Wake the loop on the `awooop_outbound` notices of its project (every notice if
-    /// unbound), and once after each (re)connection (notices sent while it was down are lost).
+    /// unbound), and once after each (re)connection and each loss of it (notices sent while
+    /// it was down are lost). The process's components share one listening connection
+    /// ([`awooop_store::listen`]).
     fn spawn_listener(
         self: Arc<Self>,
         wake: Arc<Notify>,
         listening: Arc<AtomicBool>,
     ) -> tokio::task::JoinHandle<()> {
+        let mut sub = self
+            .hub
+            .control()
+            .db()
+            .listener()
+            .subscribe(OUTBOUND_CHANNEL);
         tokio::spawn(async move {
-            loop {
-                match PgListener::connect_with(&self.pool).await {
-                    Ok(mut l) => {
-                        if l.listen(OUTBOUND_CHANNEL).await.is_ok() {
-                            listening.store(true, Ordering::Release);
+            let bound = self.project.as_ref().map(ProjectId::as_str);
+            while let Some(signal) = sub.recv().await {
+                match signal {
+                    Signal::Listening => {
+                        listening.store(true, Ordering::Release);
+                        wake.notify_one();
+                    }
+                    Signal::Lost => {
+                        if listening.swap(false, Ordering::AcqRel) {
+                            // A loop waiting for notices goes back to its poll.
                             wake.notify_one();
-                            let bound = self.project.as_ref().map(ProjectId::as_str);
-                            // A bound worker wakes for its own project's messages only
-                            // (migration 0084).
-                            while let Ok(n) = l.recv().await {
-                                if project_notice_wakes(n.payload(), bound) {
-                                    wake.notify_one();
-                                }
-                            }
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; polling"),
+                    // A bound worker wakes for its own project's messages only (migration
+                    // 0084).
+                    Signal::Notice(project) => {
+                        if project_notice_wakes(&project, bound) {
+                            wake.notify_one();
+                        }
+                    }
                 }
-                if listening.swap(false, Ordering::AcqRel) {
-                    // A loop waiting for notices goes back to its poll.
-                    wake.notify_one();
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     }

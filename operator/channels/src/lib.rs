@@ -415,8 +415,7 @@ impl Hub {
     /// re-checks the run basis either way.
     pub fn spawn_invalidation(&self) -> tokio::task::JoinHandle<()> {
         let hub = Arc::downgrade(&self.inner);
-        let pool = self.inner.control.db().pool_for_health().clone();
-        awooop_control::invalidation::follow(pool, move |inv| {
+        awooop_control::invalidation::follow(self.inner.control.db(), move |inv| {
             let Some(inner) = hub.upgrade() else {
                 return false;
             };

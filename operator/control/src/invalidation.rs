@@ -6,15 +6,15 @@
 //! gap: once `LISTEN` is in place after a (re)connection, after every failed attempt to
 //! connect, and when the connection is lost. sqlx's `PgListener::recv` reconnects on its own and
 //! says nothing, which left whatever a cache had loaded before the loss in use until its TTL;
-//! `try_recv` reports the loss (after listening again, as `eager_reconnect` is on), and that is
-//! the moment to drop everything. With that, a cache's TTL only bounds staleness when the
-//! listener's connection hangs without failing.
-
-use std::time::Duration;
+//! the process's shared listener ([`awooop_store::listen`]) reports every loss
+//! ([`Signal::Lost`]) and every return ([`Signal::Listening`]), and those are the moments to
+//! drop everything. With that, a cache's TTL only bounds staleness when the listener's
+//! connection hangs without failing.
 
 use serde_json::Value;
 
-use awooop_store::tenancy::ProjectId;
+use awooop_store::listen::Signal;
+use awooop_store::tenancy::{Db, ProjectId};
 
 /// What a cache following activations must drop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,59 +37,29 @@ impl Invalidation {
     }
 }
 
-/// How long to wait before connecting again after a failed attempt.
-const RETRY: Duration = Duration::from_secs(1);
-
-/// Listen on [`crate::ACTIVATION_CHANNEL`] and hand every invalidation to `apply` until it
-/// returns `false` (its cache is gone). Reconnects for ever; see the module's comment for when
-/// it says [`Invalidation::All`].
+/// Listen on [`crate::ACTIVATION_CHANNEL`] (through the process's shared listener of `db`,
+/// [`awooop_store::listen`]) and hand every invalidation to `apply` until it returns `false`
+/// (its cache is gone). The listener reconnects for ever and reports every gap; see the
+/// module's comment for when this says [`Invalidation::All`].
 pub fn follow(
-    pool: sqlx::PgPool,
+    db: &Db,
     mut apply: impl FnMut(Invalidation) -> bool + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
+    let mut sub = db.listener().subscribe(crate::ACTIVATION_CHANNEL);
     tokio::spawn(async move {
-        loop {
-            let mut listener = match listen(&pool).await {
-                Ok(l) => l,
-                Err(e) => {
-                    // Not listening: nothing cached can be trusted beyond this moment.
-                    tracing::warn!(error = %e, "activation listener: cannot listen; retrying");
-                    if !apply(Invalidation::All) {
-                        return;
-                    }
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
+        while let Some(signal) = sub.recv().await {
+            let invalidation = match signal {
+                // Listening from here on: what was loaded before may have missed a notice.
+                Signal::Listening => Invalidation::All,
+                // Not listening: nothing cached can be trusted beyond this moment.
+                Signal::Lost => Invalidation::All,
+                Signal::Notice(payload) => Invalidation::from_payload(&payload),
             };
-            // Listening from here on: what was loaded before may have missed a notification.
-            if !apply(Invalidation::All) {
-                return;
-            }
-            loop {
-                let invalidation = match listener.try_recv().await {
-                    Ok(Some(n)) => Invalidation::from_payload(n.payload()),
-                    // Lost and listening again (eager reconnect): the gap may have lost some.
-                    Ok(None) => Invalidation::All,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "activation listener: connection failed");
-                        break;
-                    }
-                };
-                if !apply(invalidation) {
-                    return;
-                }
-            }
-            if !apply(Invalidation::All) {
+            if !apply(invalidation) {
                 return;
             }
         }
     })
-}
-
-async fn listen(pool: &sqlx::PgPool) -> sqlx::Result<sqlx::postgres::PgListener> {
-    let mut l = sqlx::postgres::PgListener::connect_with(pool).await?;
-    l.listen(crate::ACTIVATION_CHANNEL).await?;
-    Ok(l)
 }
 
 #[cfg(test)]

@@ -309,9 +309,12 @@ impl Gateway {
     /// (`LISTEN awooop_activation`), and all of them whenever the listener was not listening
     /// ([`awooop_control::invalidation::follow`]); the TTL bounds staleness only if its
     /// connection hangs without failing.
-    pub fn spawn_invalidation(self: &Arc<Self>, pool: sqlx::PgPool) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_invalidation(
+        self: &Arc<Self>,
+        db: &awooop_store::tenancy::Db,
+    ) -> tokio::task::JoinHandle<()> {
         let gw = Arc::downgrade(self);
-        awooop_control::invalidation::follow(pool, move |inv| {
+        awooop_control::invalidation::follow(db, move |inv| {
             let Some(gw) = gw.upgrade() else {
                 return false;
             };

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -23,6 +22,7 @@ use crate::metrics::Metrics;
 use awooop_contracts::{self as contracts, AgentContract, Contract, ContractKind};
 use awooop_control::{ControlPlane, MigrationMode};
 use awooop_core::error::Result;
+use awooop_store::listen::Signal;
 use awooop_store::notify;
 use awooop_store::tenancy::{self, ProjectId};
 
@@ -354,6 +354,7 @@ impl Worker {
     /// Wake the claim loop on the `awooop_runs` notices that concern this worker
     /// ([`notify::runs_notice_wakes`]), and once after each (re)connection and each loss of it:
     /// notices sent while it was down are lost, and the loop polls while `listening` is false.
+    /// The process's components share one listening connection ([`awooop_store::listen`]).
     fn spawn_listener(
         self: Arc<Self>,
         wake: Arc<Notify>,
@@ -362,28 +363,27 @@ impl Worker {
         // The notices of this worker's own notifier follow a direct wake-up it already got
         // (`Notifier::runs_token`).
         let own = self.control.db().notifier().runs_token().to_string();
+        let mut sub = self.control.db().listener().subscribe(notify::RUNS_CHANNEL);
         tokio::spawn(async move {
             let bound = self.cfg.project.as_deref();
-            loop {
-                match PgListener::connect_with(&self.pool).await {
-                    Ok(mut l) => {
-                        if l.listen(notify::RUNS_CHANNEL).await.is_ok() {
-                            listening.store(true, Ordering::Release);
+            while let Some(signal) = sub.recv().await {
+                match signal {
+                    Signal::Listening => {
+                        listening.store(true, Ordering::Release);
+                        wake.notify_one();
+                    }
+                    Signal::Lost => {
+                        if listening.swap(false, Ordering::AcqRel) {
+                            // A loop waiting for notices goes back to its poll.
                             wake.notify_one();
-                            while let Ok(n) = l.recv().await {
-                                if notify::runs_notice_wakes(n.payload(), &own, bound) {
-                                    wake.notify_one();
-                                }
-                            }
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; polling"),
+                    Signal::Notice(payload) => {
+                        if notify::runs_notice_wakes(&payload, &own, bound) {
+                            wake.notify_one();
+                        }
+                    }
                 }
-                if listening.swap(false, Ordering::AcqRel) {
-                    // A loop waiting for notices goes back to its poll.
-                    wake.notify_one();
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     }

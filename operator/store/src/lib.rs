@@ -8,6 +8,7 @@ pub mod auth;
 pub mod coord;
 pub mod db;
 pub mod events;
+pub mod listen;
 pub mod local;
 pub mod notify;
 pub mod tenancy;

@@ -248,6 +248,8 @@ pub struct Db {
     events: Arc<std::sync::OnceLock<Arc<crate::events::RunEventHub>>>,
     /// The post-commit notice sender of this pool, started on first use ([`Db::notifier`]).
     notifier: Arc<std::sync::OnceLock<Arc<crate::notify::Notifier>>>,
+    /// The wake-up listener of this pool, started on first use ([`Db::listener`]).
+    listener: Arc<std::sync::OnceLock<Arc<crate::listen::Listener>>>,
     /// Process-wide state that higher crates keep per database (one value per type), e.g. the
     /// runtime's shared run-event readers: it must live exactly as long as the pool it reads,
     /// and this crate cannot name those types.
@@ -262,6 +264,7 @@ impl Db {
             pool,
             events: Arc::default(),
             notifier: Arc::default(),
+            listener: Arc::default(),
             shared: Arc::default(),
         }
     }
@@ -299,6 +302,14 @@ impl Db {
     pub fn notifier(&self) -> Arc<crate::notify::Notifier> {
         self.notifier
             .get_or_init(|| crate::notify::Notifier::start(self.pool.clone(), self.events.clone()))
+            .clone()
+    }
+
+    /// The process's one `LISTEN` connection for this database's wake-up channels (shared by
+    /// every clone of this handle; [`crate::listen`]). Needs a tokio runtime on first call.
+    pub fn listener(&self) -> Arc<crate::listen::Listener> {
+        self.listener
+            .get_or_init(|| crate::listen::Listener::start(self.pool.clone()))
             .clone()
     }
 

@@ -400,6 +400,12 @@ impl Worker {
                     .iter()
                     .map(|(k, v)| (*k, *v))
                     .collect();
+                // Nothing held and healthy: there is no lease to keep, and the next claim is a
+                // round trip of its own (an idle worker ran `SELECT 1` every heartbeat; session
+                // 31). An unhealthy worker still probes, to claim again once it answers.
+                if held.is_empty() && self.healthy.load(Ordering::Relaxed) {
+                    continue;
+                }
                 match repo::worker_heartbeat(
                     &self.pool,
                     &self.cfg.id,

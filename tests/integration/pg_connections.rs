@@ -416,6 +416,8 @@ async fn a_process_listens_on_one_connection_for_every_wakeup_channel() {
     let mut out = db.listener().subscribe(notify::OUTBOUND_CHANNEL);
     assert_eq!(next_signal(&mut runs).await, Signal::Listening);
     assert_eq!(next_signal(&mut out).await, Signal::Listening);
+    let first = listen_sessions(&t).await;
+    assert_eq!(first.len(), 1, "{first:?}");
     // A channel subscribed later: the others hear the gap and the return.
     let mut act = db.listener().subscribe(awooop::control::ACTIVATION_CHANNEL);
     assert_eq!(next_signal(&mut act).await, Signal::Listening);
@@ -427,6 +429,9 @@ async fn a_process_listens_on_one_connection_for_every_wakeup_channel() {
     for channel in ["awooop_runs", "awooop_outbound", "awooop_activation"] {
         assert!(sessions[0].1.contains(channel), "{sessions:?}");
     }
+    // The listener's own one-connection pool gave it the same server session back; from the
+    // process's pool it took a new one at each new channel, and left the old ones there.
+    assert_eq!(sessions[0].0, first[0].0, "a new session for a new channel");
     // Each subscriber hears its own channel's notices.
     let mut su = t.superuser().await;
     sqlx::query(

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 
 /// What a subscription hears.
@@ -65,11 +65,22 @@ pub struct Listener {
 const RETRY: Duration = Duration::from_millis(500);
 
 impl Listener {
-    /// Start the listener's task, which connects through `pool` once something is subscribed
-    /// and ends when the last handle is dropped or the pool is closed.
+    /// Start the listener's task, which connects with `pool`'s options once something is
+    /// subscribed and ends when the last handle is dropped or `pool` is closed.
+    ///
+    /// The connection comes from a pool of its own, of one connection: it never takes one the
+    /// process's work would use (each listener held one of a worker's pooled connections), and
+    /// a reconnection for a new channel gets the same server session back once the old
+    /// listener has run its `UNLISTEN *` (from the shared pool it opened a new one each time,
+    /// and the old ones stayed in that pool, idle, for its idle timeout).
     pub fn start(pool: PgPool) -> Arc<Self> {
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(pool.options().get_acquire_timeout())
+            .connect_lazy_with(pool.connect_options().as_ref().clone());
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx));
+        tokio::spawn(run(pool, own, rx));
         Arc::new(Self { tx })
     }
 
@@ -90,7 +101,8 @@ fn broadcast(subs: &mut Subscribers, signal: &Signal) {
     }
 }
 
-async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Subscribe>) {
+/// `pool`: the process's pool, whose closing ends the listener; `own`: the listener's own.
+async fn run(pool: PgPool, own: PgPool, mut rx: mpsc::UnboundedReceiver<Subscribe>) {
     let mut subs = Subscribers::new();
     let mut conn: Option<PgListener> = None;
     loop {
@@ -105,7 +117,7 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Subscribe>) {
             while let Ok((channel, tx)) = rx.try_recv() {
                 subs.entry(channel).or_default().push(tx);
             }
-            match connect(&pool, subs.keys()).await {
+            match connect(&own, subs.keys()).await {
                 Ok(l) => {
                     conn = Some(l);
                     broadcast(&mut subs, &Signal::Listening);
@@ -136,6 +148,8 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Subscribe>) {
         };
         tokio::select! {
             biased;
+            // The process's pool closed (shutdown, a test's end): so does the listener.
+            _ = pool.close_event() => return,
             s = rx.recv() => match s {
                 None => return,
                 Some((channel, tx)) => match subs.get_mut(&channel) {

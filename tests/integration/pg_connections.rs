@@ -489,3 +489,47 @@ async fn a_process_listens_on_one_connection_for_every_wakeup_channel() {
     follow.abort();
     t.cleanup().await;
 }
+
+/// A pool hands out the connection released last, so the connections a burst opened and the
+/// load no longer needs go idle and are closed (issue 18, session 31; the patched sqlx-core,
+/// operator/vendor/README.md). sqlx's pool handed its idle connections out in turn: none ever
+/// sat idle long enough for its idle timeout, so a worker pod kept every connection it had
+/// ever opened, and each was used cold (its statements prepared and planned once per session,
+/// and pinged when idle a second).
+#[tokio::test]
+async fn a_pool_reuses_its_last_connection_and_closes_the_ones_a_burst_left() {
+    let t = TestDb::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .idle_timeout(Duration::from_secs(1))
+        .connect(&t.url)
+        .await
+        .unwrap();
+    // A burst: four connections at once.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    drop(held);
+    assert_eq!(pool.size(), 4);
+    // Then one caller at a time, for longer than the idle timeout and the reaper's period.
+    let mut pids = std::collections::BTreeSet::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(3500) {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pids.insert(pid);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pids.len(), 1, "one caller at a time used {pids:?}");
+    assert_eq!(
+        pool.size(),
+        1,
+        "connections the burst opened and nobody used were kept"
+    );
+    pool.close().await;
+    t.cleanup().await;
+}

@@ -61,6 +61,11 @@ pub async fn connect_app(url: &str, max_connections: u32) -> Result<PgPool> {
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
+        // A connection nobody took for this long is closed. The pool hands out the connection
+        // released last (sqlx-core, patched: operator/vendor/README.md), so what a burst opened
+        // and the load no longer needs does go idle, and an idle worker pod holds one pooled
+        // connection instead of every one it ever opened (docs/benchmarks.md, "Session 31").
+        .idle_timeout(Duration::from_secs(60))
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {

@@ -4,7 +4,6 @@ use crate::connection::Connection;
 use crate::database::Database;
 use crate::error::Error;
 use crate::pool::{deadline_as_timeout, CloseEvent, Pool, PoolOptions};
-use crossbeam_queue::ArrayQueue;
 
 use crate::sync::{AsyncSemaphore, AsyncSemaphoreReleaser};
 
@@ -24,7 +23,13 @@ use tracing::Level;
 
 pub(crate) struct PoolInner<DB: Database> {
     pub(super) connect_options: RwLock<Arc<<DB::Connection as Connection>::Options>>,
-    pub(super) idle_conns: ArrayQueue<Idle<DB>>,
+    // AwoooP patch (operator/vendor/README.md): a stack, not a FIFO queue. The connection
+    // released last is handed out first, so a pool that needs fewer connections than it holds
+    // keeps using the same warm ones and the rest stay idle until `idle_timeout` closes them;
+    // with a queue every connection was used in turn, none ever sat idle that long, and a pool
+    // kept every connection a burst had opened (PgBouncer reuses server connections LIFO for
+    // the same reason).
+    pub(super) idle_conns: IdleStack<DB>,
     pub(super) semaphore: AsyncSemaphore,
     pub(super) size: AtomicU32,
     pub(super) num_idle: AtomicUsize,
@@ -53,7 +58,7 @@ impl<DB: Database> PoolInner<DB> {
 
         let pool = Self {
             connect_options: RwLock::new(Arc::new(connect_options)),
-            idle_conns: ArrayQueue::new(capacity),
+            idle_conns: IdleStack::new(capacity),
             semaphore: AsyncSemaphore::new(options.fair, semaphore_capacity),
             size: AtomicU32::new(0),
             num_idle: AtomicUsize::new(0),
@@ -541,21 +546,25 @@ fn spawn_maintenance_tasks<DB: Database>(pool: &Arc<PoolInner<DB>>) {
 
                     let next_run = Instant::now() + period;
 
-                    // Go over all idle connections, check for idleness and lifetime,
-                    // and if we have fewer than min_connections after reaping a connection,
-                    // open a new one immediately. Note that other connections may be popped from
-                    // the queue in the meantime - that's fine, there is no harm in checking more
+                    // AwoooP patch: close the idle connections past their idle timeout or
+                    // lifetime, the longest idle first (the bottom of the stack), and if we have
+                    // fewer than min_connections after reaping one, open a new one immediately.
+                    // The others are left where they are: releasing them, as the queue's reaper
+                    // did, would make them the most recent.
                     for _ in 0..pool.num_idle() {
-                        if let Some(conn) = pool.try_acquire() {
-                            if is_beyond_idle_timeout(&conn, &pool.options)
-                                || is_beyond_max_lifetime(&conn, &pool.options)
-                            {
-                                let _ = conn.close().await;
-                                pool.min_connections_maintenance(Some(next_run)).await;
-                            } else {
-                                pool.release(conn.into_live());
-                            }
-                        }
+                        let Some(permit) = pool.semaphore.try_acquire(1) else {
+                            break;
+                        };
+                        let Some(idle) = pool.idle_conns.pop_oldest_if(|idle| {
+                            is_beyond_idle_timeout(idle, &pool.options)
+                                || is_beyond_max_lifetime(&idle.live, &pool.options)
+                        }) else {
+                            break;
+                        };
+                        pool.num_idle.fetch_sub(1, Ordering::AcqRel);
+                        let conn = Floating::from_idle(idle, pool.clone(), permit);
+                        let _ = conn.close().await;
+                        pool.min_connections_maintenance(Some(next_run)).await;
                     }
 
                     // Don't hold a reference to the pool while sleeping.
@@ -618,6 +627,44 @@ impl<DB: Database> Drop for DecrementSizeGuard<DB> {
 
             // and here we release the permit we got on construction
             self.pool.semaphore.release(1);
+        }
+    }
+}
+
+/// AwoooP patch: the pool's idle connections, most recently released on top (see `idle_conns`).
+pub(super) struct IdleStack<DB: Database> {
+    conns: std::sync::Mutex<std::collections::VecDeque<Idle<DB>>>,
+}
+
+impl<DB: Database> IdleStack<DB> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            conns: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Idle<DB>>> {
+        // Nothing panics while the lock is held (push and pop only).
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently released connection.
+    pub(super) fn pop(&self) -> Option<Idle<DB>> {
+        self.lock().pop_back()
+    }
+
+    pub(super) fn push(&self, idle: Idle<DB>) -> Result<(), Idle<DB>> {
+        self.lock().push_back(idle);
+        Ok(())
+    }
+
+    /// The connection idle longest, if `reap` says it goes.
+    fn pop_oldest_if(&self, reap: impl FnOnce(&Idle<DB>) -> bool) -> Option<Idle<DB>> {
+        let mut conns = self.lock();
+        if conns.front().is_some_and(reap) {
+            conns.pop_front()
+        } else {
+            None
         }
     }
 }

@@ -26,7 +26,8 @@
 //! quiet, created through `RunService::create`, from the creating transaction's start to the
 //! claim (the database's clock): first one in each of a few tenants (`pickup_first_p50_ms`:
 //! the worker's first run, with its caches and its connections' statements cold), then one
-//! more in each of them (`pickup_p50_ms`, `pickup_p99_ms`: an idle, warm worker).
+//! more in each of them (`pickup_p50_ms`, `pickup_p99_ms`: an idle, warm worker); then the
+//! connections each worker holds (`backends_per_worker_end`, `elapsed_s` after the start).
 //!
 //! Each worker process holds up to about five connections (its pool of four, its listeners), so K is
 //! bounded by the server's `max_connections`: the default K is 16.
@@ -61,6 +62,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let started = Instant::now();
     let scratch = scratch_database(&base, "idle").await?;
     let res = bench(&base, &scratch, k, (window, settle), backlog, pickups).await;
     drop_scratch(&base, &scratch).await;
@@ -70,7 +72,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "idle_workers={k} window_s={} pg_cpu_us_per_worker_s={:.0} worker_cpu_us_per_worker_s={:.0} \
          xacts_per_worker_s={:.2} backends_per_worker={:.1} backlog={backlog} pg_cpu_us_per_worker_s_backlog={:.0} \
          traffic_runs_s={traffic} pg_cpu_us_per_worker_s_traffic={:.0} worker_cpu_us_per_worker_s_traffic={:.0} \
-         pickup_first_p50_ms={:.2} pickup_p50_ms={:.2} pickup_p99_ms={:.2}",
+         pickup_first_p50_ms={:.2} pickup_p50_ms={:.2} pickup_p99_ms={:.2} backends_per_worker_end={:.1} elapsed_s={:.0}",
         window.as_secs(),
         per(f.pg_cpu_us),
         per(f.worker_cpu_us),
@@ -82,6 +84,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         f.pickup_first,
         f.pickup[0],
         f.pickup[1],
+        f.backends_end as f64 / k as f64,
+        started.elapsed().as_secs_f64(),
     );
     Ok(())
 }
@@ -100,8 +104,10 @@ struct Figures {
     worker_cpu_us: f64,
     /// Transactions committed or rolled back in the scratch database over the window.
     xacts: f64,
-    /// The scratch database's backends at the window's end.
+    /// The workers' backends at the quiet window's end.
     backends: usize,
+    /// The same after the pickups.
+    backends_end: usize,
     /// A worker's first run (p50).
     pickup_first: f64,
     /// An idle, warm worker's run (p50, p99).
@@ -279,6 +285,9 @@ async fn measure(
         };
         waits.push(wait);
     }
+    // Connections held once the pickups are over (more than a minute after the start on a
+    // full run: the pool's idle timeout has closed what the start-up opened and nothing used).
+    let backends_end = backends(admin, db, &workers).await?.len();
     let mut warm = waits.split_off(pickups);
     waits.sort();
     warm.sort();
@@ -289,6 +298,7 @@ async fn measure(
         worker_cpu_us: quiet.worker_cpu_us,
         xacts: quiet.xacts as f64,
         backends: quiet.backends,
+        backends_end,
         pickup_first: percentile_ms(&waits, 50.0),
         pickup: [percentile_ms(&warm, 50.0), percentile_ms(&warm, 99.0)],
     })

@@ -19,9 +19,12 @@
 -- * awooop_claim_projects returns `queued`: how many projects it found with queued or retrying
 --   runs in its scope (the bound worker's own project, or all). A claim that finds none lets a
 --   worker whose listener is up wait for a notice (or its idle bound) instead of its fallback
---   poll: every way a run becomes claimable either notifies (creation, re-queue, re-lock) or
---   leaves a queued or retrying run behind that keeps the worker polling (a run_after in the
---   future, a project at its cap).
+--   poll: every way a run enters the queue notifies (creation, re-queue, re-lock, and now a
+--   retry too: runs_notify_requeue fires on entering `retrying` as well as `queued`), and a run
+--   in the queue that is not claimable yet (a run_after in the future, a project at its cap)
+--   keeps the claim's `queued` above zero and the worker on its poll. Before this migration a
+--   run entering `retrying` (a retry after a failure, a lease the reaper took back) sent no
+--   notice: the workers found it at their next poll, which an idle worker no longer runs.
 --
 -- What stays: notices are still wake-ups, never data; the claim locks, counts and returns the
 -- same projects in the same order.
@@ -49,6 +52,11 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+DROP TRIGGER runs_notify_requeue ON runs;
+CREATE TRIGGER runs_notify_requeue AFTER UPDATE OF state ON runs
+    FOR EACH ROW WHEN (NEW.state IN ('queued', 'retrying') AND OLD.state NOT IN ('queued', 'retrying'))
+    EXECUTE FUNCTION awooop_runs_notify();
 
 DROP TRIGGER runs_notify ON runs;
 CREATE TRIGGER runs_notify AFTER INSERT ON runs

@@ -1952,6 +1952,56 @@ async fn an_idle_worker_waits_for_notices_and_polls_only_while_runs_are_queued()
     t.cleanup().await;
 }
 
+/// A run whose lease the reaper took back (it goes to `retrying`, due after a backoff) wakes
+/// the idle workers (issue 18, session 31): entering `retrying` sent no notice, and the workers
+/// found such a run at their next fallback poll, which an idle worker no longer runs (it waits
+/// for notices, up to its idle bound: here an hour). `awooop bench runs` saw its recovery after
+/// a killed worker go from 3.5 s to 10 s, the idle bound, before the trigger covered it.
+#[tokio::test]
+async fn a_run_the_reaper_takes_back_wakes_an_idle_worker() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    let id = create(&cp, &p, 1).await[0];
+    // A worker that dies holding it: claimed with a half-second lease, never heartbeated.
+    let held = repo::worker_claim(&t.app, "dead", 1, 0.5).await.unwrap();
+    assert_eq!(held.len(), 1);
+    let exec = Arc::new(ScriptedExecutor::new(GuardedGateway::new(
+        cp.clone(),
+        Arc::new(NoGateway),
+    )));
+    let mut cfg = WorkerConfig::new("w");
+    cfg.poll = Duration::from_millis(50);
+    cfg.idle = Duration::from_secs(3600);
+    // The test reaps below, at a moment it knows.
+    cfg.reap_every = Duration::from_secs(3600);
+    let w = Arc::new(Worker::new(t.app.clone(), cp.clone(), exec, cfg));
+    let (stop, rx) = shutdown_channel();
+    let h = tokio::spawn(w.clone().run(rx));
+    // Idle: nothing queued (the run is running elsewhere).
+    let idle = tokio::time::timeout(Duration::from_secs(10), settled_rounds(&w))
+        .await
+        .expect("the worker settles into waiting for notices");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let reaped = repo::worker_reap(&t.app).await.unwrap();
+    assert_eq!(reaped.requeued, 1, "the expired lease is taken back");
+    let f = facts(&t, "alpha", id).await;
+    assert_eq!(f.0, "retrying");
+    // Due after a 0.25 s backoff; the worker is woken, finds it queued, polls and takes it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.stats.succeeded.load(Ordering::Relaxed) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the reaped run waited for the idle bound ({} claim rounds since idle)",
+            w.stats.claim_rounds.load(Ordering::Relaxed) - idle
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    h.await.unwrap().unwrap();
+    t.cleanup().await;
+}
+
 /// Run events carry no foreign key to their run (migration 0080). The key's check ran once per
 /// event row, and on a run its transaction had just created it locked the new version
 /// (`FOR KEY SHARE`): a lock record in the WAL and a dirtied page for every run created, left

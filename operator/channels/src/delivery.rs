@@ -37,7 +37,6 @@ use super::{Hub, format, store};
 use awooop_contracts::ChannelProvider;
 use awooop_core::error::{Error, ErrorCode, Result};
 use awooop_core::redact::Redactor;
-use awooop_store::listen::Signal;
 use awooop_store::notify::{OUTBOUND_CHANNEL, project_notice_wakes};
 use awooop_store::tenancy::{self, ProjectId};
 
@@ -210,36 +209,16 @@ impl DeliveryWorker {
         wake: Arc<Notify>,
         listening: Arc<AtomicBool>,
     ) -> tokio::task::JoinHandle<()> {
-        let mut sub = self
-            .hub
+        // A bound worker wakes for its own project's messages only (migration 0084).
+        let bound = self.project.clone();
+        self.hub
             .control()
             .db()
             .listener()
-            .subscribe(OUTBOUND_CHANNEL);
-        tokio::spawn(async move {
-            let bound = self.project.as_ref().map(ProjectId::as_str);
-            while let Some(signal) = sub.recv().await {
-                match signal {
-                    Signal::Listening => {
-                        listening.store(true, Ordering::Release);
-                        wake.notify_one();
-                    }
-                    Signal::Lost => {
-                        if listening.swap(false, Ordering::AcqRel) {
-                            // A loop waiting for notices goes back to its poll.
-                            wake.notify_one();
-                        }
-                    }
-                    // A bound worker wakes for its own project's messages only (migration
-                    // 0084).
-                    Signal::Notice(project) => {
-                        if project_notice_wakes(&project, bound) {
-                            wake.notify_one();
-                        }
-                    }
-                }
-            }
-        })
+            .subscribe(OUTBOUND_CHANNEL)
+            .wake(wake, listening, move |project| {
+                project_notice_wakes(project, bound.as_ref().map(ProjectId::as_str))
+            })
     }
 
     /// One pass (see [`Self::run`]): what it claimed and sent, and when the next thing is due.

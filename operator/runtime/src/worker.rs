@@ -22,7 +22,6 @@ use crate::metrics::Metrics;
 use awooop_contracts::{self as contracts, AgentContract, Contract, ContractKind};
 use awooop_control::{ControlPlane, MigrationMode};
 use awooop_core::error::Result;
-use awooop_store::listen::Signal;
 use awooop_store::notify;
 use awooop_store::tenancy::{self, ProjectId};
 
@@ -363,29 +362,14 @@ impl Worker {
         // The notices of this worker's own notifier follow a direct wake-up it already got
         // (`Notifier::runs_token`).
         let own = self.control.db().notifier().runs_token().to_string();
-        let mut sub = self.control.db().listener().subscribe(notify::RUNS_CHANNEL);
-        tokio::spawn(async move {
-            let bound = self.cfg.project.as_deref();
-            while let Some(signal) = sub.recv().await {
-                match signal {
-                    Signal::Listening => {
-                        listening.store(true, Ordering::Release);
-                        wake.notify_one();
-                    }
-                    Signal::Lost => {
-                        if listening.swap(false, Ordering::AcqRel) {
-                            // A loop waiting for notices goes back to its poll.
-                            wake.notify_one();
-                        }
-                    }
-                    Signal::Notice(payload) => {
-                        if notify::runs_notice_wakes(&payload, &own, bound) {
-                            wake.notify_one();
-                        }
-                    }
-                }
-            }
-        })
+        let bound = self.cfg.project.clone();
+        self.control
+            .db()
+            .listener()
+            .subscribe(notify::RUNS_CHANNEL)
+            .wake(wake, listening, move |payload| {
+                notify::runs_notice_wakes(payload, &own, bound.as_deref())
+            })
     }
 
     fn spawn_heartbeat(self: Arc<Self>) -> tokio::task::JoinHandle<()> {

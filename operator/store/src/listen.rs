@@ -23,11 +23,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// What a subscription hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,42 @@ impl Subscription {
     /// The next signal; `None` once the listener is gone (its database handle dropped).
     pub async fn recv(&mut self) -> Option<Signal> {
         self.rx.recv().await
+    }
+}
+
+impl Subscription {
+    /// Turn this subscription into wake-ups of a loop that waits for notices while `listening`
+    /// and polls otherwise: `listening` follows the connection, `wake` is notified at each
+    /// change of it (the loop then looks once: notices sent in a gap are lost) and at each
+    /// notice whose payload `concerns` the loop. Runs until the listener is gone or the
+    /// returned task is aborted.
+    pub fn wake(
+        mut self,
+        wake: Arc<Notify>,
+        listening: Arc<AtomicBool>,
+        concerns: impl Fn(&str) -> bool + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while let Some(signal) = self.recv().await {
+                match signal {
+                    Signal::Listening => {
+                        listening.store(true, Ordering::Release);
+                        wake.notify_one();
+                    }
+                    Signal::Lost => {
+                        if listening.swap(false, Ordering::AcqRel) {
+                            // A loop waiting for notices goes back to its poll.
+                            wake.notify_one();
+                        }
+                    }
+                    Signal::Notice(payload) => {
+                        if concerns(&payload) {
+                            wake.notify_one();
+                        }
+                    }
+                }
+            }
+        })
     }
 }
 

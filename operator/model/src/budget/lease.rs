@@ -716,7 +716,11 @@ impl Inner {
                 let need = need.as_ref().map(OwnedNeed::borrow);
                 inner.sync(&p, mode, need.as_ref()).await
             };
-            drop(gate);
+            // The reservation of a caller that went away is settled before the gate opens: a
+            // shutdown waiting for the gate would otherwise sync first, find the slice still
+            // out to that reservation and keep it reserved in the ledger for good (seen under
+            // load: model::budget_lease_acquisition_dropped_mid_flight_keeps_the_settled_spend
+            // found 50,000 reserved after the shutdown).
             if let Err(Ok(SyncOutcome {
                 reservation: Some(r),
                 ..
@@ -724,6 +728,7 @@ impl Inner {
             {
                 inner.settle_local(&p, &r, 0, 0);
             }
+            drop(gate);
         });
         let mut answered = Unanswered {
             rx: answered,

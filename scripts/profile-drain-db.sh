@@ -129,16 +129,12 @@ PREPARE projects(bigint, text) AS
 SELECT locked, busy, passed_over, queued FROM awooop_claim_projects($1, $2);
 PREPARE claim(bigint, text, float8, text[], bigint[]) AS
 WITH room AS (
-    SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n
-    FROM (SELECT qp.project_id,
-                 (SELECT r.created_at FROM runs r
-                  WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying')
-                  ORDER BY r.created_at LIMIT 1) AS head,
-                 (SELECT r.max_concurrent FROM runs r
-                  WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying')
-                  ORDER BY r.created_at LIMIT 1) AS mc,
-                 qp.busy
-          FROM unnest($4::text[], $5::bigint[]) AS qp(project_id, busy) OFFSET 0) x),
+    SELECT qp.project_id, h.head, qp.busy, least($1, h.mc - qp.busy) AS n
+    FROM unnest($4::text[], $5::bigint[]) AS qp(project_id, busy)
+    CROSS JOIN LATERAL (
+        SELECT r.created_at AS head, r.max_concurrent AS mc FROM runs r
+        WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying')
+        ORDER BY r.created_at LIMIT 1) h),
  c AS (
     SELECT q.project_id, q.run_id, q.created_at
     FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o

@@ -969,6 +969,12 @@ pub struct BenchArgs {
     /// PostgreSQL, via scripts/bench-runs-peer.sh (needs node and npm), and print the ratio.
     #[arg(long)]
     pub peer: bool,
+    /// bench runs: hold a snapshot (a REPEATABLE READ transaction in the `postgres` database of
+    /// the same server) through the measurements, as a pg_dump, a report or a session idle in a
+    /// transaction does: the queue's dead entries then stay in its index (docs/benchmarks.md,
+    /// "Session 32"). The peer (`--peer`) drains under it too.
+    #[arg(long)]
+    pub held_snapshot: bool,
     /// bench gateway: measure against this external MCP server (Streamable HTTP URL, e.g. an
     /// `awooop mcp-fixture` process) instead of the in-process fixture. It must serve the
     /// `blob {size}` tool; the gateway injects a Bearer credential it may ignore.

@@ -1123,6 +1123,98 @@ async fn a_claim_reads_only_the_running_runs_of_the_projects_it_claims_for() {
     t.cleanup().await;
 }
 
+/// While any session holds a snapshot older than the queue's recent claims (a pg_dump, a
+/// report, a session idle in a transaction), the entries the claimed runs left in the queue
+/// index cannot be marked dead, and every probe of a project's oldest queued run walks them,
+/// one heap fetch each. A claim walks them three times (migration 0085): the scan that finds
+/// the project and its head, the claim statement's one probe of head and max_concurrent, and
+/// its claim scan. Before, six walks for a claim of all projects (3,612 entries here) and four
+/// for a bound one (2,455): one 70-second snapshot held during `bench runs` cut the capped
+/// drain by more than half (docs/benchmarks.md, "Session 32").
+#[tokio::test]
+async fn a_claim_walks_the_runs_claimed_under_a_held_snapshot_three_times_at_most() {
+    let t = TestDb::new().await;
+    let mut su = t.superuser().await;
+    add_projects(&mut su, &["alpha", "beta"]).await;
+    queue(&mut su, "'alpha'", "100000", 1000).await;
+    // Another project, newer: the claim of all projects finds it and starts with alpha.
+    queue(&mut su, "'beta'", "100000", 10).await;
+    sqlx::query(
+        "UPDATE runs SET created_at = created_at + interval '1 day' WHERE project_id = 'beta'",
+    )
+    .execute(&mut su)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE runs")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    // One connection, its plans made before the snapshot: planning a statement probes the
+    // index's ends (the planner's actual-range lookup) and would walk the entries once more.
+    let one = awooop::db::connect_app(&t.url, 1).await.unwrap();
+    for bound in [None, Some("alpha")] {
+        let mut tx = repo::claim_tx(&one).await.unwrap();
+        assert_eq!(
+            repo::claim_in(&mut tx, "w0", 1, 30.0, bound)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        tx.commit().await.unwrap();
+    }
+    let mut held = t.superuser().await;
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .execute(&mut held)
+        .await
+        .unwrap();
+    // Alpha's 600 oldest runs claimed and finished after the snapshot was taken (the two above
+    // with them).
+    for _ in 0..6 {
+        let got = repo::worker_claim_for(&t.app, "w1", 100, 30.0, Some("alpha"))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 100);
+        sqlx::query(
+            "UPDATE runs SET state = 'succeeded', finished_at = now(), worker_id = NULL, \
+             lease_expires_at = NULL WHERE state = 'running'",
+        )
+        .execute(&mut su)
+        .await
+        .unwrap();
+    }
+    for (scope, bound) in [("all projects", None), ("alpha", Some("alpha"))] {
+        let mut tx = repo::claim_tx(&one).await.unwrap();
+        let before = queue_entries_read(&mut tx).await;
+        let claimed = repo::claim_in(&mut tx, "w2", 4, 30.0, bound).await.unwrap();
+        let read = queue_entries_read(&mut tx).await - before;
+        tx.commit().await.unwrap();
+        assert_eq!(claimed.len(), 4, "{scope}");
+        assert!(claimed.iter().all(|c| c.project_id == "alpha"), "{scope}");
+        // Still the oldest first: nothing of alpha's queue is older than what was claimed.
+        let oldest = claimed.iter().map(|c| c.created_at).min().unwrap();
+        let older: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE project_id = 'alpha' AND state = 'queued' \
+             AND created_at < $1",
+        )
+        .bind(oldest)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        assert_eq!(older, 0, "{scope}");
+        assert!(
+            read <= 3 * 600 + 50,
+            "a claim of 4 runs ({scope}) read {read} entries of the queue index; 600 claimed \
+             runs are still in it behind a held snapshot"
+        );
+    }
+    sqlx::raw_sql("ROLLBACK").execute(&mut held).await.unwrap();
+    drop(held);
+    one.close().await;
+    drop(su);
+    t.cleanup().await;
+}
+
 /// Insert the projects (tenants) `ids` as the superuser.
 async fn add_projects(su: &mut sqlx::PgConnection, ids: &[&str]) {
     sqlx::query(

@@ -601,8 +601,18 @@ pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::
 /// backlogs a claim of 16 locked (and WAL-logged) 800 rows and released 784 at its
 /// commit (docs/benchmarks.md, "Session 15"). The candidates are ranked per project so
 /// that the cap holds exactly even if runs of one project carry different
-/// max_concurrent values. `OFFSET 0` keeps the three probes per project evaluated once
-/// each.
+/// max_concurrent values.
+///
+/// Each project's head and its max_concurrent are read in one probe (`room` is referenced
+/// twice, so it is computed once). A claimed run's entry stays in the queue index until no
+/// snapshot anywhere on the server can see its old version; while a long transaction holds
+/// one (a pg_dump, a report), every probe of a head walks, one heap fetch each, every run of
+/// the project claimed since. The claim made six such walks for a claim of all projects
+/// (three here, three in `awooop_claim_projects`) and four for a bound one; now three each
+/// (migration 0085, docs/benchmarks.md "Session 32"). The claim's own scan does not start at
+/// the head (`created_at >= head`), although that would save one more walk: with the range
+/// the generic plan turned the scan into a bitmap scan of every queued run of the project and
+/// a sort.
 ///
 /// FOR NO KEY UPDATE, the lock the claim's own UPDATE takes: it still excludes other
 /// claimers and every writer of the row, but not the FOR KEY SHARE lock of a
@@ -615,16 +625,12 @@ pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::
 /// projects the count read every tenant's running runs (from runs_leased, or the whole new
 /// index).
 pub const CLAIM_SQL: &str = "WITH room AS ( \
-        SELECT x.project_id, x.head, x.busy, least($1, x.mc - x.busy) AS n \
-        FROM (SELECT qp.project_id, \
-                     (SELECT r.created_at FROM runs r \
-                      WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
-                      ORDER BY r.created_at LIMIT 1) AS head, \
-                     (SELECT r.max_concurrent FROM runs r \
-                      WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
-                      ORDER BY r.created_at LIMIT 1) AS mc, \
-                     qp.busy \
-              FROM unnest($4::text[], $5::bigint[]) AS qp(project_id, busy) OFFSET 0) x), \
+        SELECT qp.project_id, h.head, qp.busy, least($1, h.mc - qp.busy) AS n \
+        FROM unnest($4::text[], $5::bigint[]) AS qp(project_id, busy) \
+        CROSS JOIN LATERAL ( \
+            SELECT r.created_at AS head, r.max_concurrent AS mc FROM runs r \
+            WHERE r.project_id = qp.project_id AND r.state IN ('queued', 'retrying') \
+            ORDER BY r.created_at LIMIT 1) h), \
      c AS ( \
         SELECT q.project_id, q.run_id, q.created_at \
         FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o \

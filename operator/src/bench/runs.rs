@@ -39,6 +39,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let scratch = scratch_database(&base, "runs").await?;
+    let held = if args.held_snapshot {
+        Some(hold_snapshot(&base).await?)
+    } else {
+        None
+    };
     let res = bench(&scratch, n, workers, args.quick, args.projects).await;
     drop_scratch(&base, &scratch).await;
     let r = res?;
@@ -55,6 +60,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         r.recovery,
         r.capped_peak
     );
+    if args.held_snapshot {
+        line.push_str(" held_snapshot=1");
+    }
     // Transport, for like-for-like comparisons: sqlx negotiates TLS when the server offers it
     // (`sslmode=prefer`), node-postgres (the peer) does not unless told to, so the peer is told
     // to match; TLS on a loopback connection cost this benchmark 2-17 % (docs/benchmarks.md,
@@ -86,6 +94,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             r.rps / peer,
             r.rps_raw / peer
         ));
+    }
+    if let Some(conn) = held {
+        // Closing the connection ends its transaction.
+        sqlx::Connection::close(conn).await?;
     }
     println!("{line}");
     Ok(())
@@ -245,6 +257,21 @@ fn epoch_now() -> f64 {
 
 /// Insert `n` queued runs of the no-op agent in one statement, bypassing the create path, with
 /// `max_concurrent = 100000` (no per-project concurrency cap): the runtime's ceiling.
+/// `--held-snapshot`: a session of the `postgres` database that holds a snapshot (and a
+/// transaction id) until it is closed. PostgreSQL's horizon for removing dead row versions
+/// and for marking dead index entries is server-wide for a transaction holding an id, so this
+/// stands for any long transaction on the server (a pg_dump, a report, a session idle in a
+/// transaction).
+async fn hold_snapshot(base_url: &str) -> anyhow::Result<sqlx::PgConnection> {
+    let admin = crate::db::with_database(base_url, "postgres");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await?;
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT txid_current()")
+        .execute(&mut conn)
+        .await?;
+    eprintln!("holding a snapshot (and a transaction id) in the postgres database");
+    Ok(conn)
+}
+
 async fn enqueue(s: &Setup, n: i64) -> anyhow::Result<()> {
     enqueue_in(s, &s.project, n, 100_000).await
 }

@@ -18,8 +18,9 @@
 -- is its oldest queued run, with created_at and max_concurrent (both in the index); the head
 -- and max_concurrent probes are gone. The bound worker's path reads its project's head once,
 -- as before. The claim statement (operator/runtime/src/repo.rs CLAIM_SQL) reads each project's
--- head and max_concurrent in one probe. Three walks per claim instead of six (four for a
--- project-bound worker's claim).
+-- head and max_concurrent in one probe and starts its claim scan at that head, with bitmap
+-- scans off in the claim's transaction (repo::CLAIM_BEGIN). Two walks per claim instead of six
+-- (four for a project-bound worker's claim).
 --
 -- What stays: the same projects, locked the same way, in the same order (oldest queued run
 -- first, ties by project id), with their running runs counted after the lock; the same

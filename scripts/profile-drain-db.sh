@@ -137,11 +137,11 @@ WITH room AS (
         ORDER BY r.created_at LIMIT 1) h),
  c AS (
     SELECT q.project_id, q.run_id, q.created_at
-    FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o
+    FROM (SELECT project_id, head, n FROM room WHERE n > 0 ORDER BY head, project_id) o
     CROSS JOIN LATERAL (
         SELECT r.project_id, r.run_id, r.created_at FROM runs r
         WHERE r.project_id = o.project_id AND r.state IN ('queued', 'retrying')
-          AND r.run_after <= now()
+          AND r.created_at >= o.head AND r.run_after <= now()
         ORDER BY r.created_at LIMIT o.n
         FOR NO KEY UPDATE SKIP LOCKED) q
     LIMIT $1),
@@ -265,12 +265,12 @@ for n in "${sizes[@]}"; do
     cat "$WORK/claim.sql" "$WORK/prep.sql"
     # 1,024 runs running for other workers (4 x 256 slots), claimed by the real statement.
     for w in 1 2 3 4; do
-      echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
+      echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan}; SET LOCAL enable_bitmapscan = off;"
       claim 256 "bg-$w" '\g /dev/null'
       echo "COMMIT;"
     done
     # Our batch in flight.
-    echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
+    echo "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan}; SET LOCAL enable_bitmapscan = off;"
     claim "$n" w '\gset b_'
     echo "COMMIT;"
     for i in $(seq -7 "$cycles"); do    # 8 warm-up cycles (custom plans, then the generic one)
@@ -297,7 +297,7 @@ for n in "${sizes[@]}"; do
       else
         echo "SET LOCAL awooop.scope = 'worker';"
       fi
-      echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
+      echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan}; SET LOCAL enable_bitmapscan = off;"
       claim "$n" w '\gset b_'
       [ "$i" -ge 1 ] && phase claim
       echo "COMMIT;"
@@ -322,7 +322,7 @@ for n in "${sizes[@]}"; do
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench');"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
       echo "SET LOCAL awooop.scope = 'worker';"
-      echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan};"
+      echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan}; SET LOCAL enable_bitmapscan = off;"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE projects($n, NULL);"
       echo "EXECUTE projects($n, NULL) \\gset p_"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE claim($n, 'w', 30, :'p_locked', :'p_busy');"

@@ -568,8 +568,12 @@ pub async fn worker_claim_round(
 /// depend on the parameters' values: its probes are the partial indexes' literal predicates
 /// and run ids, so the generic plan is the same plan. Set per transaction, so nothing else the
 /// connection runs changes. In the `BEGIN` message: no extra round trip.
-const CLAIM_BEGIN: &str =
-    "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = force_generic_plan";
+///
+/// Bitmap scans are off in it too: every statement of a claim reads the queue index in order
+/// and stops early (a head, the oldest runs up to a limit), and a bitmap scan reads every
+/// matching entry before it sorts (see [`CLAIM_SQL`]).
+const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = force_generic_plan; \
+     SET LOCAL enable_bitmapscan = off";
 
 /// A worker-scoped transaction for [`claim_in`] (see [`CLAIM_BEGIN`]).
 pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
@@ -604,15 +608,16 @@ pub async fn claim_tx(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::
 /// max_concurrent values.
 ///
 /// Each project's head and its max_concurrent are read in one probe (`room` is referenced
-/// twice, so it is computed once). A claimed run's entry stays in the queue index until no
-/// snapshot anywhere on the server can see its old version; while a long transaction holds
-/// one (a pg_dump, a report), every probe of a head walks, one heap fetch each, every run of
-/// the project claimed since. The claim made six such walks for a claim of all projects
-/// (three here, three in `awooop_claim_projects`) and four for a bound one; now three each
-/// (migration 0085, docs/benchmarks.md "Session 32"). The claim's own scan does not start at
-/// the head (`created_at >= head`), although that would save one more walk: with the range
-/// the generic plan turned the scan into a bitmap scan of every queued run of the project and
-/// a sort.
+/// twice, so it is computed once), and the claim's scan starts at that head
+/// (`created_at >= o.head`: the same snapshot saw no queued run of the project older than it).
+/// A claimed run's entry stays in the queue index until no snapshot anywhere on the server can
+/// see its old version; while a long transaction holds one (a pg_dump, a report), every probe
+/// of a head walks, one heap fetch each, every run of the project claimed since. The claim
+/// made six such walks for a claim of all projects (three here, three in
+/// `awooop_claim_projects`) and four for a bound one; now two each (migration 0085,
+/// docs/benchmarks.md "Session 32"). With the range, a generic plan estimated few rows and
+/// fetched them all with a bitmap scan and a sort: [`CLAIM_BEGIN`] turns bitmap scans off for
+/// the claim's transaction, so the scan reads the index in order and stops at its limit.
 ///
 /// FOR NO KEY UPDATE, the lock the claim's own UPDATE takes: it still excludes other
 /// claimers and every writer of the row, but not the FOR KEY SHARE lock of a
@@ -633,11 +638,11 @@ pub const CLAIM_SQL: &str = "WITH room AS ( \
             ORDER BY r.created_at LIMIT 1) h), \
      c AS ( \
         SELECT q.project_id, q.run_id, q.created_at \
-        FROM (SELECT project_id, n FROM room WHERE n > 0 ORDER BY head, project_id) o \
+        FROM (SELECT project_id, head, n FROM room WHERE n > 0 ORDER BY head, project_id) o \
         CROSS JOIN LATERAL ( \
             SELECT r.project_id, r.run_id, r.created_at FROM runs r \
             WHERE r.project_id = o.project_id AND r.state IN ('queued', 'retrying') \
-              AND r.run_after <= now() \
+              AND r.created_at >= o.head AND r.run_after <= now() \
             ORDER BY r.created_at LIMIT o.n \
             FOR NO KEY UPDATE SKIP LOCKED) q \
         LIMIT $1), \
@@ -861,7 +866,8 @@ const REFILL_BUSY_SQL: &str =
 pub async fn enter_worker_scope(conn: &mut PgConnection) -> Result<()> {
     // One simple-query message, as CLAIM_BEGIN: the scope, and the claim on its generic plan.
     sqlx::raw_sql(
-        "SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = force_generic_plan",
+        "SET LOCAL awooop.scope = 'worker'; SET LOCAL plan_cache_mode = force_generic_plan; \
+         SET LOCAL enable_bitmapscan = off",
     )
     .execute(conn)
     .await?;

@@ -94,6 +94,11 @@ pub async fn drop_scratch(base_url: &str, scratch_url: &str) {
     if !name.starts_with("awooop_bench_") {
         return;
     }
+    // For a look at what a benchmark wrote (its runs' timings, its plans) after it ended.
+    if std::env::var_os("AWOOOP_BENCH_KEEP_SCRATCH").is_some() {
+        eprintln!("scratch database {name} kept (AWOOOP_BENCH_KEEP_SCRATCH)");
+        return;
+    }
     let admin = crate::db::with_database(base_url, "postgres");
     if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await {
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

@@ -255,8 +255,6 @@ fn epoch_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Insert `n` queued runs of the no-op agent in one statement, bypassing the create path, with
-/// `max_concurrent = 100000` (no per-project concurrency cap): the runtime's ceiling.
 /// `--held-snapshot`: a session of the `postgres` database that holds a snapshot (and a
 /// transaction id) until it is closed. PostgreSQL's horizon for removing dead row versions
 /// and for marking dead index entries is server-wide for a transaction holding an id, so this
@@ -272,6 +270,8 @@ async fn hold_snapshot(base_url: &str) -> anyhow::Result<sqlx::PgConnection> {
     Ok(conn)
 }
 
+/// Insert `n` queued runs of the no-op agent in one statement, bypassing the create path, with
+/// `max_concurrent = 100000` (no per-project concurrency cap): the runtime's ceiling.
 async fn enqueue(s: &Setup, n: i64) -> anyhow::Result<()> {
     enqueue_in(s, &s.project, n, 100_000).await
 }

@@ -8,9 +8,10 @@
 #   refill mode (default), one transaction per cycle = the completion writer with refill:
 #     BEGIN; SET LOCAL awooop.project_id     (tenant scope)
 #     SELECT ... FOR NO KEY UPDATE           (complete_batch's fence, as a lock: migration 0074)
-#     INSERT run_steps ... unnest            (journal, one step per run, awooop.step_seq deferred)
-#     fenced UPDATE runs ... FROM unnest     (the batch claimed last cycle; event_seq catches up)
-#     INSERT audit_log ... unnest            (audit, one row per run)
+#     INSERT run_steps ... unnest            (journal, one step per run; sets awooop.step_seq deferred)
+#     fenced UPDATE runs ... FROM unnest     (the batch claimed last cycle; event_seq catches up;
+#                                             its audit rows, one per run, and the numbering reset
+#                                             in the same statement since session 33)
 #     SET LOCAL awooop.scope = 'worker'; claim_in(batch)   (the refill, on its generic plan)
 #     COMMIT
 #   The session runs with jit = off, as the app pool's connections do (awooop_store::db).
@@ -47,7 +48,9 @@
 #   PERF=1       perf record -g the backend over the measured cycles; report (--no-inline)
 #   EXPLAIN=1    EXPLAIN (ANALYZE, BUFFERS) of one cycle's statements after the measurement
 #   KEEP=1       keep the scratch database (its name is printed)
-#   OLD=1        the completion and heartbeat statements before session 7 (for the old figure)
+#   (OLD=1, the completion and heartbeat statements before session 7, is gone since session 33:
+#   the completion now writes its audit rows and resets the journal's numbering itself, and the
+#   old fences are in git history, `git show 9db2946:scripts/profile-drain-db.sh`.)
 #
 # Drops its database at the end unless KEEP=1.
 set -euo pipefail
@@ -162,8 +165,8 @@ SELECT count(*) AS got, coalesce(array_agg(run_id), '{}') AS ids, coalesce(array
 EOF
 fi
 cat > "$WORK/prep.sql" <<'EOF'
-PREPARE done(uuid[], int[], text[], jsonb[], text[], text[], text) AS
-UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code,
+PREPARE done(uuid[], int[], text[], jsonb[], text[], text[], text, uuid[], text[], text[], text[], text[], text[], text[], jsonb[]) AS
+WITH done AS (UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code,
  error_message = h.msg,
  finished_at = CASE WHEN h.state IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE r.finished_at END,
  worker_id = NULL, lease_expires_at = NULL, updated_at = now(),
@@ -172,7 +175,14 @@ UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), err
  FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
    array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) AS h(run_id, attempt, state, output, code, msg, expect)
  WHERE r.project_id = $7 AND r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect
- RETURNING r.run_id;
+ RETURNING r.run_id, r.attempt),
+ a AS (INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details)
+ SELECT $7, x.id, x.actor, x.action, x.target, x.outcome, x.code, x.trace, x.details
+ FROM unnest($1::uuid[], $2::int[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+   $14::text[], $15::jsonb[]) AS x(run_id, attempt, id, actor, action, target, outcome, code, trace, details)
+ WHERE (x.run_id, x.attempt) IN (SELECT run_id, attempt FROM done))
+ SELECT run_id FROM done
+ UNION ALL SELECT NULL::uuid FROM (SELECT set_config('awooop.step_seq', '', true) AS off) z WHERE z.off IS NULL;
 PREPARE lock(uuid[], int[], text) AS
 SELECT r.run_id FROM runs r
  JOIN unnest($1::uuid[], $2::int[], array_fill('running'::text, ARRAY[cardinality($1::uuid[])]))
@@ -182,11 +192,10 @@ SELECT r.run_id FROM runs r
  FOR NO KEY UPDATE OF r;
 PREPARE journal(text, uuid[], int[], int[], text[], text[], text[], text[], jsonb[], text[], text[], text[], timestamptz[]) AS
 INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at)
- SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])
+ SELECT $1, u.* FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::timestamptz[])
+   AS u(run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at)
+ CROSS JOIN (SELECT set_config('awooop.step_seq', 'deferred', true) AS deferred OFFSET 0) d
  ON CONFLICT DO NOTHING;
-PREPARE audit(text, uuid[], text[], text[], text[], text[], text[], text[], jsonb[]) AS
-INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details)
- SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[]);
 PREPARE beat(text, uuid[], int[], float8) AS
 UPDATE runs r SET heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => least($4, r.lease_seconds))
  FROM (SELECT x.run_id FROM runs x JOIN unnest($2::uuid[], $3::int[],
@@ -195,24 +204,6 @@ UPDATE runs r SET heartbeat_at = now(), lease_expires_at = now() + make_interval
        WHERE x.state = h.expect AND x.worker_id = $1 FOR UPDATE OF x SKIP LOCKED) l
  WHERE r.run_id = l.run_id;
 EOF
-
-# OLD=1: the statements before session 7 (a literal `state = 'running'` in the fences).
-if [ "${OLD:-0}" = 1 ]; then
-  python3 - "$WORK/prep.sql" <<'PY'
-import sys
-p = sys.argv[1]; s = open(p).read()
-s = s.replace(""",
-   array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) AS h(run_id, attempt, state, output, code, msg, expect)""",
-    """) AS h(run_id, attempt, state, output, code, msg)""")
-s = s.replace(",\n event_seq = greatest(r.event_seq, (SELECT coalesce(max(e.seq), 0) FROM run_events e\n   WHERE e.project_id = r.project_id AND e.run_id = r.run_id))", "")
-s = s.replace("r.state = h.expect", "r.state = 'running'")
-s = s.replace(""",
-         array_fill('running'::text, ARRAY[cardinality($2::uuid[])])) AS h(run_id, attempt, expect)""",
-    """) AS h(run_id, attempt)""")
-s = s.replace("x.state = h.expect", "x.state = 'running'")
-open(p, 'w').write(s)
-PY
-fi
 
 # Client-side arrays of one completion batch (what the worker binds), built by psql from the
 # claimed ids: states, outputs, codes, the journal's columns and the audit rows. They are made
@@ -277,19 +268,13 @@ for n in "${sizes[@]}"; do
       mkarrays b_
       [ "$i" -ge 1 ] && phase begin
       echo "BEGIN; SET LOCAL awooop.project_id = 'bench';"
-      done_sql="EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench') \\g /dev/null"
+      done_sql="EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det') \\g /dev/null"
       journal_sql="EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
-      if [ "${OLD:-0}" = 1 ]; then
-        step update "$done_sql"
-        step journal "$journal_sql"
-      else
-        # complete_batch since migration 0074: lock the fence, journal with deferred step
-        # numbering, then the state change that catches event_seq up.
-        step lock "EXECUTE lock(:'b_ids', :'b_att', 'bench') \\g /dev/null"
-        step journal "SET LOCAL awooop.step_seq = 'deferred';" "$journal_sql" "SET LOCAL awooop.step_seq = '';"
-        step update "$done_sql"
-      fi
-      step audit "EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
+      # complete_batch: lock the fence, journal with deferred step numbering (migration 0074),
+      # then the state change that catches event_seq up, with its audit rows (session 33).
+      step lock "EXECUTE lock(:'b_ids', :'b_att', 'bench') \\g /dev/null"
+      step journal "$journal_sql"
+      step update "$done_sql"
       if [ "${SEPARATE:-0}" = 1 ]; then
         echo "COMMIT;"
         [ "$i" -ge 1 ] && phase commit
@@ -316,11 +301,8 @@ for n in "${sizes[@]}"; do
       mkarrays b_
       echo "BEGIN; SET LOCAL awooop.project_id = 'bench';"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE lock(:'b_ids', :'b_att', 'bench');"
-      echo "SET LOCAL awooop.step_seq = 'deferred';"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE journal('bench', :'b_ids', :'a_idx', :'b_att', :'a_key', :'a_typ', :'a_ih', :'a_st', :'a_out', :'a_nul', :'b_tr', :'b_sp', :'a_at');"
-      echo "SET LOCAL awooop.step_seq = '';"
-      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench');"
-      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE audit('bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
+      echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE done(:'b_ids', :'b_att', :'a_st', :'a_out', :'a_nul', :'a_nul', 'bench', :'a_aid', :'a_actor', :'a_action', :'a_tgt', :'a_outcome', :'a_nul', :'b_tr', :'a_det');"
       echo "SET LOCAL awooop.scope = 'worker';"
       echo "SET LOCAL plan_cache_mode = ${CLAIM_PLAN:-force_generic_plan}; SET LOCAL enable_bitmapscan = off;"
       echo "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE projects($n, NULL);"
@@ -362,9 +344,9 @@ for n in "${sizes[@]}"; do
       }
       runs = n * cycles
       split(upd, u, " ")
-      printf "batch=%d cycles=%d mode=%s backend_cpu_us_per_run=%.1f (lock %.1f update %.1f journal %.1f audit %.1f claim %.1f commit %.1f) heartbeat_us_per_held_run=%.2f runs_updates=%d hot=%.0f%% wall_s=%.1f load_avg_1m=%s\n",
+      printf "batch=%d cycles=%d mode=%s backend_cpu_us_per_run=%.1f (lock %.1f update+audit %.1f journal %.1f claim %.1f commit %.1f) heartbeat_us_per_held_run=%.2f runs_updates=%d hot=%.0f%% wall_s=%.1f load_avg_1m=%s\n",
         n, cycles, (sep == 1 ? "separate" : "refill"), total / 1000 / runs, cost["lock"] / 1000 / runs, cost["update"] / 1000 / runs,
-        cost["journal"] / 1000 / runs, cost["audit"] / 1000 / runs, cost["claim"] / 1000 / runs,
+        cost["journal"] / 1000 / runs, cost["claim"] / 1000 / runs,
         cost["commit"] / 1000 / runs, beat / 1000 / (40 * 256), u[3] - u[1],
         (u[3] - u[1] > 0 ? 100 * (u[4] - u[2]) / (u[3] - u[1]) : 0), w, la
     }' "$WORK/phases"

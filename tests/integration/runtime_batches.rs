@@ -242,6 +242,58 @@ async fn a_completion_batch_lands_only_current_attempts_with_journal_audit_and_e
     t.cleanup().await;
 }
 
+/// The completion turns the journal's deferred numbering (migration 0074) on and off inside
+/// its own statements (session 33: `STEPS_SQL` sets it, `COMPLETE_SQL` resets it; they were two
+/// `SET LOCAL` round trips). Left on, a journal row written later in the same transaction would
+/// be numbered without moving the run's counter, and its event would sit past `event_seq`.
+#[tokio::test]
+async fn a_journal_row_after_a_completion_in_its_transaction_moves_the_counter() {
+    let t = TestDb::new().await;
+    let cp = t.control(Coord::none());
+    let p = echo_project(&cp, "alpha").await;
+    create(&cp, &p, 2).await;
+    let claimed = repo::worker_claim(&t.app, "w1", 10, 30.0).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let late = claimed[0].clone();
+    tenancy::scope(p.clone(), async {
+        let mut tx = cp.db().tenant().await.unwrap();
+        let batch: Vec<Completion> = claimed.iter().map(succeeded).collect();
+        let landed = repo::complete_batch(&mut tx, p.as_str(), &batch)
+            .await
+            .unwrap();
+        assert_eq!(landed, vec![true, true]);
+        let mode: String =
+            sqlx::query_scalar("SELECT coalesce(current_setting('awooop.step_seq', true), '')")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!(mode, "", "deferred numbering left on after the completion");
+        sqlx::query(
+            "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, \
+             input_hash, status, output, trace_id, span_id, started_at) \
+             VALUES ($1, $2, 1, $3, 'late', 'output', 'sha256:late', 'succeeded', '\"y\"', $4, $5, now())",
+        )
+        .bind(p.as_str())
+        .bind(late.run_id)
+        .bind(late.attempt)
+        .bind(&late.trace_id)
+        .bind(&late.span_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    })
+    .await;
+    let f = facts(&t, "alpha", late.run_id).await;
+    assert_eq!((f.0.as_str(), f.3, f.4), ("succeeded", 2, 1), "{f:?}");
+    assert_eq!(f.2, 6, "the late step moved the counter: {f:?}");
+    assert_gapless(&f);
+    let other = facts(&t, "alpha", claimed[1].run_id).await;
+    assert_eq!((other.2, other.3, other.4), (5, 1, 1), "{other:?}");
+    assert_gapless(&other);
+    t.cleanup().await;
+}
+
 /// Hangs on every first attempt (the worker that holds them is the one killed).
 struct HangFirst(ScriptedExecutor);
 

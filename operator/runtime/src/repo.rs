@@ -1146,7 +1146,17 @@ pub const FENCE_LOCK_SQL: &str = "SELECT r.run_id FROM runs r \
 /// each completion by run id. Same rows, same fence (run, attempt, state = running).
 /// `event_seq` catches up with the journal events written before it (the state-change
 /// trigger numbers its events after it; migration 0074).
-pub const COMPLETE_SQL: &str = "UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code, \
+///
+/// The same statement writes the `run.finish` audit row of every run it lands (`a`: the
+/// rows come redacted from [`awooop_store::audit::Columns`], one per completion, and only
+/// those of the attempts that land are inserted) and turns the journal's deferred numbering
+/// off again (`z`, set by [`STEPS_SQL`]: a journal row written later in the transaction moves
+/// the counter itself). Both were statements of their own: with the `SET LOCAL` before the
+/// journal, three round trips of every completion batch, and on the 2-core machine a round
+/// trip under load is 0.2-0.4 ms of a cycle the capped drain waits for (docs/benchmarks.md,
+/// "Session 33"). `z` is the second branch of a UNION ALL, which is always evaluated,
+/// whatever lands; `set_config` never returns NULL, so it adds no row.
+pub const COMPLETE_SQL: &str = "WITH done AS (UPDATE runs r SET state = h.state, output = NULLIF(h.output, 'null'::jsonb), error_code = h.code, \
          error_message = h.msg, \
          finished_at = CASE WHEN h.state IN ('succeeded','failed','cancelled','timed_out') THEN now() ELSE r.finished_at END, \
          worker_id = NULL, lease_expires_at = NULL, updated_at = now(), \
@@ -1155,7 +1165,24 @@ pub const COMPLETE_SQL: &str = "UPDATE runs r SET state = h.state, output = NULL
          FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::text[], $6::text[], \
            array_fill('running'::text, ARRAY[cardinality($1::uuid[])])) AS h(run_id, attempt, state, output, code, msg, expect) \
          WHERE r.project_id = $7 AND r.run_id = h.run_id AND r.attempt = h.attempt AND r.state = h.expect \
-         RETURNING r.run_id";
+         RETURNING r.run_id, r.attempt), \
+     a AS (INSERT INTO audit_log (project_id, audit_id, actor, action, target, outcome, code, trace_id, details) \
+         SELECT $7, x.id, x.actor, x.action, x.target, x.outcome, x.code, x.trace, x.details \
+         FROM unnest($1::uuid[], $2::int[], $8::uuid[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+           $14::text[], $15::jsonb[]) AS x(run_id, attempt, id, actor, action, target, outcome, code, trace, details) \
+         WHERE (x.run_id, x.attempt) IN (SELECT run_id, attempt FROM done)) \
+     SELECT run_id FROM done \
+     UNION ALL SELECT NULL::uuid FROM (SELECT set_config('awooop.step_seq', '', true) AS off) z WHERE z.off IS NULL";
+
+/// The journal rows of a completion batch, in one statement, numbered in the deferred mode of
+/// migration 0074 (`awooop.step_seq = 'deferred'`, set by the statement itself before its
+/// AFTER trigger fires, and turned off again by [`COMPLETE_SQL`]). Duplicates of rows already
+/// journalled are skipped: a retried batch writes nothing twice.
+pub const STEPS_SQL: &str = "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at) \
+     SELECT $1, u.* FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::timestamptz[]) \
+       AS u(run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at) \
+     CROSS JOIN (SELECT set_config('awooop.step_seq', 'deferred', true) AS deferred OFFSET 0) d \
+     ON CONFLICT DO NOTHING";
 
 /// Write many completions of the current project in one transaction: the fenced state update
 /// (only attempts that still hold their run land), then the journal rows, replies and audit
@@ -1201,20 +1228,29 @@ pub async fn complete_batch(
             .flat_map(|c| c.steps.iter().map(move |s| (c, s)))
             .collect();
         if !steps.is_empty() {
-            sqlx::query("SET LOCAL awooop.step_seq = 'deferred'")
-                .execute(&mut *conn)
-                .await?;
+            // Deferred numbering on (the statement sets it) until COMPLETE_SQL turns it off.
             insert_steps(conn, project, &steps).await?;
-            // Off again at once: a journal row written later in this transaction (none today)
-            // moves the counter itself, as everywhere else.
-            sqlx::query("SET LOCAL awooop.step_seq = ''")
-                .execute(&mut *conn)
-                .await?;
         }
         Some(locked)
     } else {
         None
     };
+    // One `run.finish` audit row per completion, redacted here; the statement inserts those of
+    // the runs that land (their details carry no user content: state, attempt, code).
+    let audit = awooop_store::audit::Columns::of(
+        items
+            .iter()
+            .map(|c| awooop_store::audit::Entry {
+                trace_id: Some(c.trace_id.clone()),
+                ..awooop_store::audit::Entry::ok(
+                    "worker",
+                    "run.finish",
+                    c.run_id.to_string(),
+                    serde_json::json!({"state": c.state.as_str(), "attempt": c.attempt, "error_code": c.error.as_ref().map(|e| e.0.as_str())}),
+                )
+            })
+            .collect(),
+    );
     let landed: Vec<Uuid> = sqlx::query_scalar(COMPLETE_SQL)
         .bind(&ids)
         .bind(&attempts)
@@ -1223,6 +1259,14 @@ pub async fn complete_batch(
         .bind(&codes)
         .bind(&msgs)
         .bind(project)
+        .bind(&audit.ids)
+        .bind(&audit.actors)
+        .bind(&audit.actions)
+        .bind(&audit.targets)
+        .bind(&audit.outcomes)
+        .bind(&audit.codes)
+        .bind(&audit.traces)
+        .bind(&audit.details)
         .fetch_all(&mut *conn)
         .await?;
     let landed: std::collections::HashSet<Uuid> = landed.into_iter().collect();
@@ -1261,57 +1305,78 @@ pub async fn complete_batch(
                     .await?;
             }
         }
-        // Audit rows (their details carry no user content: state, attempt, code).
-        let entries: Vec<awooop_store::audit::Entry<'_>> = ok
-            .iter()
-            .map(|c| awooop_store::audit::Entry {
-                trace_id: Some(c.trace_id.clone()),
-                ..awooop_store::audit::Entry::ok(
-                    "worker",
-                    "run.finish",
-                    c.run_id.to_string(),
-                    serde_json::json!({"state": c.state.as_str(), "attempt": c.attempt, "error_code": c.error.as_ref().map(|e| e.0.as_str())}),
-                )
-            })
-            .collect();
-        awooop_store::audit::record_many(conn, entries).await?;
     }
     Ok(items.iter().map(|c| landed.contains(&c.run_id)).collect())
 }
 
-/// The journal rows of a completion batch, in one statement (duplicates of rows already
-/// journalled are skipped: a retried batch writes nothing twice).
+/// The journal rows of a completion batch ([`STEPS_SQL`]).
 async fn insert_steps(
     conn: &mut PgConnection,
     project: &str,
     steps: &[(&Completion, &PendingStep)],
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO run_steps (project_id, run_id, step_index, attempt, step_key, step_type, input_hash, status, output, error_code, trace_id, span_id, started_at) \
-         SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::text[], $13::timestamptz[]) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(project)
-    .bind(steps.iter().map(|(c, _)| c.run_id).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.index).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(c, _)| c.attempt).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.key.as_str()).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.step_type.as_str()).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.input_hash.as_str()).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.status.as_str()).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.output.clone().unwrap_or(Value::Null)).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.error_code.as_deref()).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.trace.trace_id.as_str()).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.trace.span_id.as_str()).collect::<Vec<_>>())
-    .bind(steps.iter().map(|(_, s)| s.started_at).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(STEPS_SQL)
+        .bind(project)
+        .bind(steps.iter().map(|(c, _)| c.run_id).collect::<Vec<_>>())
+        .bind(steps.iter().map(|(_, s)| s.index).collect::<Vec<_>>())
+        .bind(steps.iter().map(|(c, _)| c.attempt).collect::<Vec<_>>())
+        .bind(
+            steps
+                .iter()
+                .map(|(_, s)| s.key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            steps
+                .iter()
+                .map(|(_, s)| s.step_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            steps
+                .iter()
+                .map(|(_, s)| s.input_hash.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            steps
+                .iter()
+                .map(|(_, s)| s.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            steps
+                .iter()
+                .map(|(_, s)| s.output.clone().unwrap_or(Value::Null))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            steps
+                .iter()
+                .map(|(_, s)| s.error_code.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            steps
+                .iter()
+                .map(|(_, s)| s.trace.trace_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            steps
+                .iter()
+                .map(|(_, s)| s.trace.span_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(steps.iter().map(|(_, s)| s.started_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{CLAIM_PROJECTS_SQL, CLAIM_SQL, COMPLETE_SQL, FENCE_LOCK_SQL};
+    use super::{CLAIM_PROJECTS_SQL, CLAIM_SQL, COMPLETE_SQL, FENCE_LOCK_SQL, STEPS_SQL};
 
     /// The text without any whitespace: the script spreads the statements over lines
     /// differently, and only the tokens matter.
@@ -1355,9 +1420,15 @@ mod tests {
         assert_eq!(squeeze(lock), squeeze(FENCE_LOCK_SQL));
         let done = between(
             &script,
-            "PREPARE done(uuid[], int[], text[], jsonb[], text[], text[], text) AS\n",
+            "PREPARE done(uuid[], int[], text[], jsonb[], text[], text[], text, uuid[], text[], text[], text[], text[], text[], text[], jsonb[]) AS\n",
             ";\n",
         );
         assert_eq!(squeeze(done), squeeze(COMPLETE_SQL));
+        let journal = between(
+            &script,
+            "PREPARE journal(text, uuid[], int[], int[], text[], text[], text[], text[], jsonb[], text[], text[], text[], timestamptz[]) AS\n",
+            ";\n",
+        );
+        assert_eq!(squeeze(journal), squeeze(STEPS_SQL));
     }
 }

@@ -1236,7 +1236,7 @@ pub async fn complete_batch(
         None
     };
     // One `run.finish` audit row per completion, redacted here; the statement inserts those of
-    // the runs that land (their details carry no user content: state, attempt, code).
+    // the attempts that land (their details carry no user content: state, attempt, code).
     let audit = awooop_store::audit::Columns::of(
         items
             .iter()
@@ -1315,60 +1315,27 @@ async fn insert_steps(
     project: &str,
     steps: &[(&Completion, &PendingStep)],
 ) -> Result<()> {
+    /// One column of the journal rows.
+    fn col<'a, T>(
+        steps: &[(&'a Completion, &'a PendingStep)],
+        f: impl Fn(&'a Completion, &'a PendingStep) -> T,
+    ) -> Vec<T> {
+        steps.iter().map(|&(c, s)| f(c, s)).collect()
+    }
     sqlx::query(STEPS_SQL)
         .bind(project)
-        .bind(steps.iter().map(|(c, _)| c.run_id).collect::<Vec<_>>())
-        .bind(steps.iter().map(|(_, s)| s.index).collect::<Vec<_>>())
-        .bind(steps.iter().map(|(c, _)| c.attempt).collect::<Vec<_>>())
-        .bind(
-            steps
-                .iter()
-                .map(|(_, s)| s.key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, s)| s.step_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, s)| s.input_hash.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, s)| s.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, s)| s.output.clone().unwrap_or(Value::Null))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, s)| s.error_code.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, s)| s.trace.trace_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, s)| s.trace.span_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(steps.iter().map(|(_, s)| s.started_at).collect::<Vec<_>>())
+        .bind(col(steps, |c, _| c.run_id))
+        .bind(col(steps, |_, s| s.index))
+        .bind(col(steps, |c, _| c.attempt))
+        .bind(col(steps, |_, s| s.key.as_str()))
+        .bind(col(steps, |_, s| s.step_type.as_str()))
+        .bind(col(steps, |_, s| s.input_hash.as_str()))
+        .bind(col(steps, |_, s| s.status.as_str()))
+        .bind(col(steps, |_, s| s.output.clone().unwrap_or(Value::Null)))
+        .bind(col(steps, |_, s| s.error_code.as_deref()))
+        .bind(col(steps, |_, s| s.trace.trace_id.as_str()))
+        .bind(col(steps, |_, s| s.trace.span_id.as_str()))
+        .bind(col(steps, |_, s| s.started_at))
         .execute(&mut *conn)
         .await?;
     Ok(())
